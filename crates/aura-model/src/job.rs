@@ -1,0 +1,505 @@
+//! What a job is: its spec as submitted (program, arguments, limits, policies), its validation, and the
+//! resource accounting recorded when it runs.
+
+use crate::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A job's identity, assigned by the store at submit; increasing in submit order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Limits the spec validation enforces; chosen generously so that real FFmpeg command lines always fit.
+pub mod limits {
+    pub const MAX_ARGS: usize = 4096;
+    pub const MAX_ARG_BYTES: usize = 128 * 1024;
+    pub const MAX_TOTAL_ARG_BYTES: usize = 1024 * 1024;
+    pub const MAX_ENV: usize = 1024;
+    pub const MAX_LABELS: usize = 64;
+    pub const MAX_LABEL_BYTES: usize = 256;
+    pub const MAX_STOP_STEPS: usize = 8;
+    pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+    pub const MAX_GRACE_SECS: u64 = 3600;
+    pub const MAX_CPU: f64 = 4096.0;
+    pub const MAX_GPUS: u32 = 64;
+    pub const MAX_RETRIES: u32 = 100;
+}
+
+/// Signals a stop sequence may send. A closed set: users cannot ask for SIGSTOP or a realtime signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StopSignal {
+    Int,
+    Term,
+    Hup,
+    Quit,
+    Usr1,
+    Usr2,
+    Kill,
+}
+
+impl StopSignal {
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Int => 2,
+            StopSignal::Term => 15,
+            StopSignal::Hup => 1,
+            StopSignal::Quit => 3,
+            StopSignal::Usr1 => 10,
+            StopSignal::Usr2 => 12,
+            StopSignal::Kill => 9,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Int => "SIGINT",
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+            StopSignal::Kill => "SIGKILL",
+        }
+    }
+}
+
+impl std::str::FromStr for StopSignal {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let upper = s.trim().to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        Ok(match name {
+            "INT" | "2" => StopSignal::Int,
+            "TERM" | "15" => StopSignal::Term,
+            "HUP" | "1" => StopSignal::Hup,
+            "QUIT" | "3" => StopSignal::Quit,
+            "USR1" | "10" => StopSignal::Usr1,
+            "USR2" | "12" => StopSignal::Usr2,
+            "KILL" | "9" => StopSignal::Kill,
+            _ => return Err(SpecError::UnknownSignal(s.to_owned())),
+        })
+    }
+}
+
+/// One step of a stop sequence: send `signal` to every process of the tree, then wait up to `grace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopStep {
+    pub signal: StopSignal,
+    #[serde(with = "humantime_serde_compat")]
+    pub grace: Duration,
+}
+
+/// How a job's tree is stopped: the steps in order, then SIGKILL of whatever is left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StopSequence(pub Vec<StopStep>);
+
+impl Default for StopSequence {
+    /// SIGINT first (FFmpeg finalises its output on it), then SIGTERM, then SIGKILL.
+    fn default() -> Self {
+        StopSequence(vec![
+            StopStep { signal: StopSignal::Int, grace: Duration::from_secs(5) },
+            StopStep { signal: StopSignal::Term, grace: Duration::from_secs(3) },
+        ])
+    }
+}
+
+impl StopSequence {
+    /// The longest the sequence can take before the final SIGKILL.
+    pub fn total_grace(&self) -> Duration {
+        self.0.iter().map(|s| s.grace).sum()
+    }
+}
+
+impl std::str::FromStr for StopSequence {
+    type Err = SpecError;
+    /// `INT:5s,TERM:3s` — each step a signal and its grace period.
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let mut steps = Vec::new();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (sig, grace) = part
+                .split_once(':')
+                .ok_or_else(|| SpecError::InvalidStopSequence(format!("{part:?} is not SIGNAL:GRACE")))?;
+            let grace = humantime::parse_duration(grace.trim())
+                .map_err(|e| SpecError::InvalidStopSequence(format!("{grace:?}: {e}")))?;
+            steps.push(StopStep { signal: sig.parse()?, grace });
+        }
+        Ok(StopSequence(steps))
+    }
+}
+
+/// What to do when an attempt does not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Extra attempts after a failure (non-zero exit, signal, timeout, failed start). Cancels never retry.
+    pub max_retries: u32,
+    /// Requeue when the daemon died or shut down under the job (does not count against `max_retries`).
+    pub requeue_interrupted: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_retries: 0, requeue_interrupted: true }
+    }
+}
+
+/// What a job asks of the machine. Stored and validated here; admission enforces it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceRequest {
+    pub memory: Option<ByteSize>,
+    /// Cores; fractions allowed.
+    pub cpu: Option<f64>,
+    pub gpus: Option<u32>,
+}
+
+/// A job as submitted. Program and argument vector, never a shell string.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Added to (and overriding) the daemon's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; `None` means a fresh per-job directory under the data dir.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub stop: StopSequence,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Free-form labels; `kind` names the class of work (e.g. `encode`, `tts`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub resources: ResourceRequest,
+}
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+impl JobSpec {
+    pub fn new(program: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        JobSpec {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            cwd: None,
+            timeout: DEFAULT_TIMEOUT,
+            stop: StopSequence::default(),
+            priority: 0,
+            labels: BTreeMap::new(),
+            retry: RetryPolicy::default(),
+            resources: ResourceRequest::default(),
+        }
+    }
+
+    pub fn kind(&self) -> Option<&str> {
+        self.labels.get("kind").map(String::as_str)
+    }
+
+    /// Checks everything that can be checked without touching the machine.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        use limits::*;
+        if self.program.trim().is_empty() {
+            return Err(SpecError::EmptyProgram);
+        }
+        check_text("program", &self.program, MAX_ARG_BYTES)?;
+        if self.args.len() > MAX_ARGS {
+            return Err(SpecError::TooMany { what: "arguments", max: MAX_ARGS });
+        }
+        let mut total = self.program.len();
+        for (i, arg) in self.args.iter().enumerate() {
+            check_text(&format!("argument {}", i + 1), arg, MAX_ARG_BYTES)?;
+            total += arg.len();
+        }
+        if total > MAX_TOTAL_ARG_BYTES {
+            return Err(SpecError::TooLong { what: "command line".into(), max: MAX_TOTAL_ARG_BYTES });
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(SpecError::TooMany { what: "environment variables", max: MAX_ENV });
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(SpecError::InvalidEnvName(k.clone()));
+            }
+            check_text(&format!("environment variable {k}"), k, MAX_ARG_BYTES)?;
+            check_text(&format!("environment variable {k}"), v, MAX_ARG_BYTES)?;
+        }
+        if let Some(cwd) = &self.cwd {
+            if !cwd.is_absolute() {
+                return Err(SpecError::RelativeCwd(cwd.clone()));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(SpecError::OutOfRange { what: "timeout", detail: "must be greater than zero".into() });
+        }
+        if self.timeout > Duration::from_secs(MAX_TIMEOUT_SECS) {
+            return Err(SpecError::OutOfRange { what: "timeout", detail: "at most 30 days".into() });
+        }
+        if self.stop.0.len() > MAX_STOP_STEPS {
+            return Err(SpecError::TooMany { what: "stop steps", max: MAX_STOP_STEPS });
+        }
+        if self.stop.0.iter().any(|s| s.grace > Duration::from_secs(MAX_GRACE_SECS)) {
+            return Err(SpecError::InvalidStopSequence("a grace period is at most 1 hour".into()));
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(SpecError::TooMany { what: "labels", max: MAX_LABELS });
+        }
+        for (k, v) in &self.labels {
+            let valid_key = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+            if !valid_key || k.len() > MAX_LABEL_BYTES {
+                return Err(SpecError::InvalidLabel(k.clone()));
+            }
+            check_text(&format!("label {k}"), v, MAX_LABEL_BYTES)?;
+        }
+        if self.retry.max_retries > MAX_RETRIES {
+            return Err(SpecError::OutOfRange { what: "max_retries", detail: format!("at most {MAX_RETRIES}") });
+        }
+        let r = &self.resources;
+        if r.memory == Some(ByteSize(0)) {
+            return Err(SpecError::OutOfRange { what: "memory", detail: "must be greater than zero".into() });
+        }
+        if let Some(cpu) = r.cpu {
+            if !(cpu.is_finite() && cpu > 0.0 && cpu <= MAX_CPU) {
+                return Err(SpecError::OutOfRange { what: "cpu", detail: format!("must be in (0, {MAX_CPU}]") });
+            }
+        }
+        if r.gpus.is_some_and(|g| g > MAX_GPUS) {
+            return Err(SpecError::OutOfRange { what: "gpus", detail: format!("at most {MAX_GPUS}") });
+        }
+        Ok(())
+    }
+}
+
+fn check_text(what: &str, text: &str, max: usize) -> Result<(), SpecError> {
+    if text.contains('\0') {
+        return Err(SpecError::NulByte(what.to_owned()));
+    }
+    if text.len() > max {
+        return Err(SpecError::TooLong { what: what.to_owned(), max });
+    }
+    Ok(())
+}
+
+/// Why a spec was refused. Each variant names the offending part.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum SpecError {
+    #[error("the program is empty")]
+    EmptyProgram,
+    #[error("{0} contains a NUL byte")]
+    NulByte(String),
+    #[error("{what} is longer than {max} bytes")]
+    TooLong { what: String, max: usize },
+    #[error("too many {what} (at most {max})")]
+    TooMany { what: &'static str, max: usize },
+    #[error("invalid environment variable name {0:?}")]
+    InvalidEnvName(String),
+    #[error("working directory {0:?} must be an absolute path")]
+    RelativeCwd(PathBuf),
+    #[error("{what} out of range: {detail}")]
+    OutOfRange { what: &'static str, detail: String },
+    #[error("unknown signal {0:?} (use INT, TERM, HUP, QUIT, USR1, USR2 or KILL)")]
+    UnknownSignal(String),
+    #[error("invalid stop sequence: {0}")]
+    InvalidStopSequence(String),
+    #[error("invalid label name {0:?} (letters, digits, _ - . / only)")]
+    InvalidLabel(String),
+}
+
+/// Which process-tree backend ran a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Pure cgroup v2: kill, CPU and (if the controller is delegated) memory from one hierarchy.
+    CgroupV2,
+    /// cgroup v2 tree for membership and `cgroup.kill`, cgroup v1 memory controller for accounting.
+    Hybrid,
+    /// cgroup v1 memory controller alone: membership and accounting, kill by signalling every member.
+    CgroupV1,
+    /// No cgroups: process group, `PR_SET_PDEATHSIG`, pidfd; cannot reach processes that leave the group.
+    ProcessGroup,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::CgroupV2 => "cgroup_v2",
+            Backend::Hybrid => "hybrid",
+            Backend::CgroupV1 => "cgroup_v1",
+            Backend::ProcessGroup => "process_group",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a memory figure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    /// The kernel's exact cgroup high-water mark (`memory.peak` / `memory.max_usage_in_bytes`).
+    CgroupPeak,
+    /// The highest sum of the tree's RSS seen by periodic sampling; short spikes can be missed.
+    SampledRss,
+}
+
+/// Resource use of one attempt, recorded when its tree is gone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accounting {
+    pub memory_start: Option<ByteSize>,
+    pub memory_peak: Option<ByteSize>,
+    pub memory_end: Option<ByteSize>,
+    pub memory_source: Option<MemorySource>,
+    pub cpu_user_secs: Option<f64>,
+    pub cpu_system_secs: Option<f64>,
+    pub wall_secs: Option<f64>,
+    pub peak_processes: Option<u32>,
+    /// Bytes of captured output dropped because of the log size cap (oldest first).
+    #[serde(default)]
+    pub log_truncated_bytes: u64,
+}
+
+impl Accounting {
+    /// `Start=…MB, Peak=…MB, End=…MB, Delta=…MB (cgroup peak)`, the memory report of the user's documents.
+    pub fn memory_line(&self) -> String {
+        let mb = |b: Option<ByteSize>| b.map_or("?".to_owned(), |b| format!("{:.1}", b.mib()));
+        let delta = match (self.memory_start, self.memory_end) {
+            (Some(s), Some(e)) => format!("{:+.1}", e.mib() - s.mib()),
+            _ => "?".to_owned(),
+        };
+        let source = match self.memory_source {
+            Some(MemorySource::CgroupPeak) => " (kernel high-water mark)",
+            Some(MemorySource::SampledRss) => " (sampled RSS)",
+            None => "",
+        };
+        format!(
+            "Start={}MB, Peak={}MB, End={}MB, Delta={}MB{}",
+            mb(self.memory_start),
+            mb(self.memory_peak),
+            mb(self.memory_end),
+            delta,
+            source
+        )
+    }
+}
+
+/// Serde adapter for durations as humantime strings (`"90s"`, `"1h 30m"`); also accepts seconds as a number.
+pub mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) if s.is_finite() && s >= 0.0 && s < 1e12 => Ok(Duration::from_secs_f64(s)),
+            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}: must be non-negative"))),
+            Raw::Text(t) => humantime::parse_duration(t.trim())
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec::new("ffmpeg", ["-version"])
+    }
+
+    fn check(edit: impl FnOnce(&mut JobSpec), expected: Result<(), &str>) {
+        let mut s = spec();
+        edit(&mut s);
+        let got = s.validate().map_err(|e| e.to_string());
+        assert_eq!(got.as_ref().map(|_| ()).map_err(String::as_str), expected);
+    }
+
+    #[test]
+    fn validation_table() {
+        check(|_| {}, Ok(()));
+        check(|s| s.program = "  ".into(), Err("the program is empty"));
+        check(|s| s.args.push("a\0b".into()), Err("argument 2 contains a NUL byte"));
+        check(
+            |s| s.args.push("x".repeat(limits::MAX_ARG_BYTES + 1)),
+            Err("argument 2 is longer than 131072 bytes"),
+        );
+        check(|s| s.timeout = Duration::ZERO, Err("timeout out of range: must be greater than zero"));
+        check(|s| s.cwd = Some("rel/dir".into()), Err("working directory \"rel/dir\" must be an absolute path"));
+        check(|s| _ = s.env.insert("A=B".into(), "x".into()), Err("invalid environment variable name \"A=B\""));
+        check(|s| _ = s.labels.insert("bad key".into(), "x".into()), Err("invalid label name \"bad key\" (letters, digits, _ - . / only)"));
+        check(|s| s.resources.cpu = Some(-1.0), Err("cpu out of range: must be in (0, 4096]"));
+        check(|s| s.resources.cpu = Some(f64::NAN), Err("cpu out of range: must be in (0, 4096]"));
+        check(|s| s.resources.memory = Some(ByteSize(0)), Err("memory out of range: must be greater than zero"));
+        check(|s| s.resources.cpu = Some(0.5), Ok(()));
+    }
+
+    #[test]
+    fn json_rejects_unknown_fields_and_negative_timeouts() {
+        let bad = serde_json::from_str::<JobSpec>(r#"{"program":"true","bogus":1}"#).unwrap_err();
+        assert!(bad.to_string().contains("unknown field `bogus`"), "{bad}");
+        let neg = serde_json::from_str::<JobSpec>(r#"{"program":"true","timeout":-3}"#).unwrap_err();
+        assert!(neg.to_string().contains("non-negative"), "{neg}");
+        let ok: JobSpec = serde_json::from_str(r#"{"program":"true","timeout":"90s","resources":{"memory":"2G"}}"#).unwrap();
+        assert_eq!(ok.timeout, Duration::from_secs(90));
+        assert_eq!(ok.resources.memory, Some(ByteSize(2 << 30)));
+        assert_eq!(ok.stop, StopSequence::default());
+    }
+
+    #[test]
+    fn stop_sequence_parses() {
+        let s: StopSequence = "INT:5s, SIGTERM:2s".parse().unwrap();
+        assert_eq!(s.0.len(), 2);
+        assert_eq!(s.total_grace(), Duration::from_secs(7));
+        assert!("BOGUS:1s".parse::<StopSequence>().is_err());
+        assert!("INT".parse::<StopSequence>().is_err());
+    }
+
+    #[test]
+    fn memory_line_matches_the_documents() {
+        let a = Accounting {
+            memory_start: Some(ByteSize(10 << 20)),
+            memory_peak: Some(ByteSize(310 << 20)),
+            memory_end: Some(ByteSize(12 << 20)),
+            memory_source: Some(MemorySource::CgroupPeak),
+            ..Default::default()
+        };
+        assert_eq!(a.memory_line(), "Start=10.0MB, Peak=310.0MB, End=12.0MB, Delta=+2.0MB (kernel high-water mark)");
+    }
+}

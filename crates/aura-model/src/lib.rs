@@ -1,0 +1,14 @@
+//! The pure job model of Aura: job specs, validation, states and the one transition function.
+//!
+//! This crate does no I/O and knows nothing of processes, SQL or HTTP. Every other crate depends on it;
+//! it depends on none of them.
+
+pub mod job;
+pub mod size;
+pub mod state;
+pub mod time;
+
+pub use job::*;
+pub use size::ByteSize;
+pub use state::*;
+pub use time::Timestamp;

@@ -1,0 +1,516 @@
+//! Job states, outcomes and events, and `Job::apply`: the one function that holds every legal transition.
+
+use crate::{Accounting, Backend, JobId, JobSpec, StopSignal, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// How to find a job's process tree again, even from a daemon that restarted after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeHandle {
+    pub backend: Backend,
+    /// The main process (also its process group id: every job leads its own group).
+    pub pid: u32,
+    /// Start time of the main process in clock ticks since boot (`/proc/PID/stat` field 22), so that a
+    /// reused PID is never mistaken for the job.
+    pub start_ticks: u64,
+    /// The job's cgroup directories (empty for the process-group backend).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// Facts about a running attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub started_at: Timestamp,
+    pub tree: TreeHandle,
+    /// The working directory the attempt runs in.
+    pub cwd: PathBuf,
+}
+
+/// Why the engine stops a running tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Cancelled,
+    TimedOut,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+/// How a process ended, as `wait` reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed { exit_code: i32 },
+    Killed { signal: i32 },
+    TimedOut,
+    Cancelled,
+    FailedToStart { error: String },
+    /// The daemon died or shut down while the job ran.
+    Interrupted { reason: String },
+    MemoryLimitExceeded { limit_bytes: u64 },
+    MemoryPressure { detail: String },
+}
+
+impl Outcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Succeeded)
+    }
+
+    /// Whether this outcome uses up one of the retry policy's retries.
+    pub fn counts_as_failure(&self) -> bool {
+        !matches!(self, Outcome::Succeeded | Outcome::Cancelled | Outcome::Interrupted { .. })
+    }
+
+    /// The short name shown in tables and used in filters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Killed { .. } => "killed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+            Outcome::FailedToStart { .. } => "failed_to_start",
+            Outcome::Interrupted { .. } => "interrupted",
+            Outcome::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
+            Outcome::MemoryPressure { .. } => "memory_pressure",
+        }
+    }
+
+    /// The exit code a CLI waiting on the job should exit with.
+    pub fn cli_exit_code(&self) -> i32 {
+        match self {
+            Outcome::Succeeded => 0,
+            Outcome::Failed { exit_code } => *exit_code,
+            Outcome::Killed { signal } => 128 + signal,
+            Outcome::TimedOut => 124,
+            Outcome::Cancelled => 130,
+            Outcome::FailedToStart { .. } => 127,
+            Outcome::Interrupted { .. } => 75,
+            Outcome::MemoryLimitExceeded { .. } | Outcome::MemoryPressure { .. } => 137,
+        }
+    }
+}
+
+/// Facts about a finished attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub finished_at: Timestamp,
+    /// Absent when the attempt never started.
+    pub run: Option<Run>,
+    pub exit: Option<ExitStatus>,
+    /// Signals sent by the stop sequence, in order (empty if the job ended by itself).
+    #[serde(default)]
+    pub signals_sent: Vec<StopSignal>,
+    #[serde(default)]
+    pub accounting: Accounting,
+}
+
+/// Where a job is in its life. Each state carries its own data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    Queued { since: Timestamp },
+    Running { run: Run },
+    Stopping { run: Run, reason: StopReason, requested_at: Timestamp },
+    Finished(Finished),
+}
+
+/// The coarse state name, for filters, indexes and tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateName {
+    Queued,
+    Running,
+    Stopping,
+    Finished,
+}
+
+impl StateName {
+    pub const ALL: [StateName; 4] = [StateName::Queued, StateName::Running, StateName::Stopping, StateName::Finished];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Queued => "queued",
+            StateName::Running => "running",
+            StateName::Stopping => "stopping",
+            StateName::Finished => "finished",
+        }
+    }
+}
+
+impl std::str::FromStr for StateName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        StateName::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| format!("unknown state {s:?} (use queued, running, stopping or finished)"))
+    }
+}
+
+impl JobState {
+    pub fn name(&self) -> StateName {
+        match self {
+            JobState::Queued { .. } => StateName::Queued,
+            JobState::Running { .. } => StateName::Running,
+            JobState::Stopping { .. } => StateName::Stopping,
+            JobState::Finished(_) => StateName::Finished,
+        }
+    }
+
+    pub fn run(&self) -> Option<&Run> {
+        match self {
+            JobState::Queued { .. } => None,
+            JobState::Running { run } | JobState::Stopping { run, .. } => Some(run),
+            JobState::Finished(f) => f.run.as_ref(),
+        }
+    }
+}
+
+/// Everything that can happen to a job; the input of `Job::apply`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Started { run: Run },
+    SpawnFailed { error: String, at: Timestamp },
+    StopRequested { reason: StopReason, at: Timestamp },
+    Exited { exit: ExitStatus, signals_sent: Vec<StopSignal>, accounting: Accounting, at: Timestamp },
+    /// The daemon lost the job (crash or shutdown) while it ran.
+    Interrupted { reason: String, at: Timestamp },
+    /// Put a finished attempt back in the queue; allowed only when the retry policy says so.
+    Requeue { at: Timestamp },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::SpawnFailed { .. } => "spawn_failed",
+            Event::StopRequested { .. } => "stop_requested",
+            Event::Exited { .. } => "exited",
+            Event::Interrupted { .. } => "interrupted",
+            Event::Requeue { .. } => "requeued",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("job {job}: cannot apply {event} while {state}{detail}")]
+pub struct TransitionError {
+    pub job: JobId,
+    pub event: &'static str,
+    pub state: &'static str,
+    pub detail: &'static str,
+}
+
+/// A job as the store keeps it and the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub submitted_at: Timestamp,
+    /// 1 for the first attempt; incremented by each requeue.
+    pub attempt: u32,
+    /// Failed attempts so far that count against `retry.max_retries` (interruptions do not).
+    pub failures: u32,
+    pub state: JobState,
+}
+
+impl Job {
+    pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp) -> Self {
+        Job { id, spec, submitted_at, attempt: 1, failures: 0, state: JobState::Queued { since: submitted_at } }
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.state {
+            JobState::Finished(f) => Some(&f.outcome),
+            _ => None,
+        }
+    }
+
+    /// Whether the retry policy allows another attempt after the current (finished) one.
+    pub fn may_retry(&self) -> bool {
+        match self.outcome() {
+            None | Some(Outcome::Succeeded) | Some(Outcome::Cancelled) => false,
+            Some(Outcome::Interrupted { .. }) => self.spec.retry.requeue_interrupted,
+            Some(_) => self.failures <= self.spec.retry.max_retries,
+        }
+    }
+
+    /// Applies one event. Every legal transition of a job is in this function; anything else is an error
+    /// and leaves the job unchanged.
+    pub fn apply(&mut self, event: Event) -> Result<(), TransitionError> {
+        let illegal = |job: &Job, detail| TransitionError {
+            job: job.id,
+            event: event.name(),
+            state: job.state.name().as_str(),
+            detail,
+        };
+        let next = match (&self.state, &event) {
+            (JobState::Queued { .. }, Event::Started { run }) => JobState::Running { run: run.clone() },
+            (JobState::Queued { .. }, Event::SpawnFailed { error, at }) => JobState::Finished(Finished {
+                outcome: Outcome::FailedToStart { error: error.clone() },
+                finished_at: *at,
+                run: None,
+                exit: None,
+                signals_sent: vec![],
+                accounting: Accounting::default(),
+            }),
+            (JobState::Queued { .. }, Event::StopRequested { reason: StopReason::Cancelled, at }) => {
+                JobState::Finished(Finished {
+                    outcome: Outcome::Cancelled,
+                    finished_at: *at,
+                    run: None,
+                    exit: None,
+                    signals_sent: vec![],
+                    accounting: Accounting::default(),
+                })
+            }
+            (JobState::Running { run }, Event::StopRequested { reason, at }) => {
+                JobState::Stopping { run: run.clone(), reason: *reason, requested_at: *at }
+            }
+            // A second stop request keeps the first reason: a job that timed out stays timed out.
+            (JobState::Stopping { .. }, Event::StopRequested { .. }) => return Ok(()),
+            (JobState::Running { run }, Event::Exited { exit, signals_sent, accounting, at }) => {
+                JobState::Finished(Finished {
+                    outcome: outcome_of_exit(*exit),
+                    finished_at: *at,
+                    run: Some(run.clone()),
+                    exit: Some(*exit),
+                    signals_sent: signals_sent.clone(),
+                    accounting: accounting.clone(),
+                })
+            }
+            (JobState::Stopping { run, reason, .. }, Event::Exited { exit, signals_sent, accounting, at }) => {
+                let outcome = match reason {
+                    StopReason::Cancelled => Outcome::Cancelled,
+                    StopReason::TimedOut => Outcome::TimedOut,
+                    StopReason::Shutdown => Outcome::Interrupted { reason: "daemon shutdown".into() },
+                };
+                JobState::Finished(Finished {
+                    outcome,
+                    finished_at: *at,
+                    run: Some(run.clone()),
+                    exit: Some(*exit),
+                    signals_sent: signals_sent.clone(),
+                    accounting: accounting.clone(),
+                })
+            }
+            (JobState::Running { run } | JobState::Stopping { run, .. }, Event::Interrupted { reason, at }) => {
+                JobState::Finished(Finished {
+                    outcome: Outcome::Interrupted { reason: reason.clone() },
+                    finished_at: *at,
+                    run: Some(run.clone()),
+                    exit: None,
+                    signals_sent: vec![],
+                    accounting: Accounting::default(),
+                })
+            }
+            (JobState::Finished(_), Event::Requeue { at }) => {
+                if !self.may_retry() {
+                    return Err(illegal(self, ": the retry policy allows no further attempt"));
+                }
+                self.attempt += 1;
+                JobState::Queued { since: *at }
+            }
+            _ => return Err(illegal(self, "")),
+        };
+        if let JobState::Finished(f) = &next {
+            if f.outcome.counts_as_failure() {
+                self.failures += 1;
+            }
+        }
+        self.state = next;
+        Ok(())
+    }
+}
+
+fn outcome_of_exit(exit: ExitStatus) -> Outcome {
+    match exit {
+        ExitStatus::Code(0) => Outcome::Succeeded,
+        ExitStatus::Code(exit_code) => Outcome::Failed { exit_code },
+        ExitStatus::Signal(signal) => Outcome::Killed { signal },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, JobSpec, RetryPolicy};
+
+    const T: Timestamp = Timestamp::from_unix_millis_const(1_000);
+
+    fn run() -> Run {
+        Run {
+            started_at: T,
+            tree: TreeHandle { backend: Backend::Hybrid, pid: 42, start_ticks: 7, cgroups: vec![] },
+            cwd: "/tmp".into(),
+        }
+    }
+
+    fn exited(code: i32) -> Event {
+        Event::Exited { exit: ExitStatus::Code(code), signals_sent: vec![], accounting: Accounting::default(), at: T }
+    }
+
+    fn stop(reason: StopReason) -> Event {
+        Event::StopRequested { reason, at: T }
+    }
+
+    fn job_in(state: StateName, retry: RetryPolicy) -> Job {
+        let mut spec = JobSpec::new("true", Vec::<String>::new());
+        spec.retry = retry;
+        let mut job = Job::new(JobId(1), spec, T);
+        match state {
+            StateName::Queued => {}
+            StateName::Running => job.apply(Event::Started { run: run() }).unwrap(),
+            StateName::Stopping => {
+                job.apply(Event::Started { run: run() }).unwrap();
+                job.apply(stop(StopReason::Cancelled)).unwrap();
+            }
+            StateName::Finished => {
+                job.apply(Event::Started { run: run() }).unwrap();
+                job.apply(exited(1)).unwrap();
+            }
+        }
+        job
+    }
+
+    /// Every (state, event) pair: the resulting state name or outcome, or `Err` for an illegal one.
+    #[test]
+    fn transition_table() {
+        use StateName::*;
+        let no_retry = RetryPolicy { max_retries: 0, requeue_interrupted: true };
+        let one_retry = RetryPolicy { max_retries: 1, requeue_interrupted: false };
+        let interrupted = || Event::Interrupted { reason: "daemon died".into(), at: T };
+        let cases: Vec<(StateName, RetryPolicy, Event, Result<&str, ()>)> = vec![
+            (Queued, no_retry, Event::Started { run: run() }, Ok("running")),
+            (Queued, no_retry, Event::SpawnFailed { error: "ENOENT".into(), at: T }, Ok("failed_to_start")),
+            (Queued, no_retry, stop(StopReason::Cancelled), Ok("cancelled")),
+            (Queued, no_retry, stop(StopReason::TimedOut), Err(())),
+            (Queued, no_retry, exited(0), Err(())),
+            (Queued, no_retry, interrupted(), Err(())),
+            (Queued, no_retry, Event::Requeue { at: T }, Err(())),
+            (Running, no_retry, exited(0), Ok("succeeded")),
+            (Running, no_retry, exited(3), Ok("failed")),
+            (
+                Running,
+                no_retry,
+                Event::Exited { exit: ExitStatus::Signal(9), signals_sent: vec![], accounting: Accounting::default(), at: T },
+                Ok("killed"),
+            ),
+            (Running, no_retry, stop(StopReason::TimedOut), Ok("stopping")),
+            (Running, no_retry, interrupted(), Ok("interrupted")),
+            (Running, no_retry, Event::Started { run: run() }, Err(())),
+            (Running, no_retry, Event::Requeue { at: T }, Err(())),
+            (Stopping, no_retry, exited(0), Ok("cancelled")),
+            (Stopping, no_retry, stop(StopReason::TimedOut), Ok("stopping")),
+            (Stopping, no_retry, interrupted(), Ok("interrupted")),
+            (Stopping, no_retry, Event::Started { run: run() }, Err(())),
+            (Finished, no_retry, Event::Requeue { at: T }, Err(())),
+            (Finished, one_retry, Event::Requeue { at: T }, Ok("queued")),
+            (Finished, one_retry, exited(0), Err(())),
+            (Finished, one_retry, stop(StopReason::Cancelled), Err(())),
+        ];
+        for (from, retry, event, expected) in cases {
+            let mut job = job_in(from, retry);
+            let before = job.clone();
+            let label = format!("{from:?} + {}", event.name());
+            let got = job.apply(event).map(|()| match job.outcome() {
+                Some(o) => o.name(),
+                None => job.state.name().as_str(),
+            });
+            match expected {
+                Ok(name) => assert_eq!(got, Ok(name), "{label}"),
+                Err(()) => {
+                    assert!(got.is_err(), "{label} should be illegal, got {got:?}");
+                    assert_eq!(job, before, "{label}: an illegal event must change nothing");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stop_reason_decides_the_outcome() {
+        for (reason, expected) in [
+            (StopReason::Cancelled, "cancelled"),
+            (StopReason::TimedOut, "timed_out"),
+            (StopReason::Shutdown, "interrupted"),
+        ] {
+            let mut job = job_in(StateName::Running, RetryPolicy::default());
+            job.apply(stop(reason)).unwrap();
+            job.apply(exited(255)).unwrap();
+            assert_eq!(job.outcome().map(Outcome::name), Some(expected));
+        }
+    }
+
+    #[test]
+    fn retries_are_counted_and_bounded() {
+        let mut job = job_in(StateName::Finished, RetryPolicy { max_retries: 2, requeue_interrupted: false });
+        for attempt in 2..=3 {
+            job.apply(Event::Requeue { at: T }).unwrap();
+            assert_eq!(job.attempt, attempt);
+            job.apply(Event::Started { run: run() }).unwrap();
+            job.apply(exited(1)).unwrap();
+        }
+        assert_eq!(job.failures, 3);
+        assert!(job.apply(Event::Requeue { at: T }).is_err());
+    }
+
+    #[test]
+    fn interruptions_requeue_without_using_retries() {
+        let mut job = job_in(StateName::Running, RetryPolicy { max_retries: 0, requeue_interrupted: true });
+        job.apply(Event::Interrupted { reason: "daemon died".into(), at: T }).unwrap();
+        assert!(job.may_retry());
+        job.apply(Event::Requeue { at: T }).unwrap();
+        assert_eq!((job.attempt, job.failures), (2, 0));
+
+        let mut no = job_in(StateName::Running, RetryPolicy { max_retries: 5, requeue_interrupted: false });
+        no.apply(Event::Interrupted { reason: "daemon died".into(), at: T }).unwrap();
+        assert!(no.apply(Event::Requeue { at: T }).is_err());
+    }
+
+    #[test]
+    fn job_json_round_trips() {
+        let job = job_in(StateName::Finished, RetryPolicy::default());
+        let json = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<Job>(&json).unwrap(), job);
+    }
+}
+
+/// One entry of a job's append-only event log, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEventRecord {
+    /// Store-assigned, increasing across all jobs.
+    pub seq: i64,
+    pub job_id: JobId,
+    pub at: Timestamp,
+    pub attempt: u32,
+    /// `submitted`, `started`, `stop_requested`, `signal_sent`, `exited`, `interrupted`, `requeued`, …
+    pub kind: String,
+    /// Event-specific figures and reasons.
+    pub detail: serde_json::Value,
+}
+
+/// An event to append, before the store gives it a sequence number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub at: Timestamp,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: impl Into<String>, detail: serde_json::Value) -> Self {
+        NewEvent { at: Timestamp::now(), kind: kind.into(), detail }
+    }
+}
