@@ -428,8 +428,8 @@ pub mod humantime_serde_compat {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) if s.is_finite() && s >= 0.0 && s < 1e12 => Ok(Duration::from_secs_f64(s)),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}: must be non-negative"))),
+            Raw::Secs(s) if (0.0..1e12).contains(&s) => Ok(Duration::from_secs_f64(s)),
+            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}: must be non-negative and finite"))),
             Raw::Text(t) => humantime::parse_duration(t.trim())
                 .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
         }
@@ -502,4 +502,16 @@ mod tests {
         };
         assert_eq!(a.memory_line(), "Start=10.0MB, Peak=310.0MB, End=12.0MB, Delta=+2.0MB (kernel high-water mark)");
     }
+}
+
+/// Resource use of a running tree, as last sampled. Plain data, so that every layer can show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveUsage {
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub memory_source: Option<MemorySource>,
+    pub cpu_user_secs: Option<f64>,
+    pub cpu_system_secs: Option<f64>,
+    pub processes: u32,
+    pub peak_processes: u32,
 }

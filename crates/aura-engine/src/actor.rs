@@ -1,0 +1,397 @@
+//! The actor: a single task that owns the queue and the live state of every job. Everyone else talks to it
+//! through a bounded channel of `Command`s; nothing else mutates a live job.
+
+use crate::monitor::Monitor;
+use crate::{EngineConfig, EngineError, EngineHandle};
+use aura_model::{Accounting, Event, ExitStatus, Job, JobId, JobState, NewEvent, Outcome, Run, StopReason, StopSignal, Timestamp};
+use aura_store::{Pending, Store};
+use aura_supervisor::{Supervisor, UsageProbe};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde_json::json;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+/// Commands the actor accepts. Closed set: this is the whole protocol.
+pub(crate) enum Command {
+    Enqueue(Job),
+    Cancel { id: JobId, reply: oneshot::Sender<CancelReply> },
+    Started { id: JobId, run: Run },
+    SpawnFailed { id: JobId, error: String },
+    TimedOut { id: JobId },
+    Exited { id: JobId, exit: ExitStatus, signals_sent: Vec<StopSignal>, accounting: Accounting },
+    Status { reply: oneshot::Sender<(usize, usize)> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+pub(crate) enum CancelReply {
+    Done(Box<Job>),
+    /// The actor does not hold the job: it is finished or does not exist.
+    NotLive,
+}
+
+/// What the actor shares read-only (or through short, uncontended locks) with handles and monitors.
+pub(crate) struct Shared {
+    pub config: EngineConfig,
+    pub store: Store,
+    pub supervisor: Supervisor,
+    pub accepting: AtomicBool,
+    /// Ids of jobs that reached a final state; waiters filter for theirs. Lagging receivers re-read the store.
+    pub finished: broadcast::Sender<JobId>,
+    // A std Mutex: held for a map insert/lookup only, never across an await.
+    probes: Mutex<HashMap<JobId, UsageProbe>>,
+}
+
+impl Shared {
+    pub(crate) fn register_probe(&self, id: JobId, probe: UsageProbe) {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, probe);
+    }
+
+    pub(crate) fn unregister_probe(&self, id: JobId) {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    pub(crate) fn probe(&self, id: JobId) -> Option<UsageProbe> {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    pub(crate) fn job_dir(&self, id: JobId) -> std::path::PathBuf {
+        self.config.jobs_dir().join(id.to_string())
+    }
+
+    pub(crate) fn log_dir(&self, id: JobId, attempt: u32) -> std::path::PathBuf {
+        self.job_dir(id).join("logs").join(attempt.to_string())
+    }
+}
+
+/// Queue order: higher priority first, then lower id (FIFO).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    priority: i32,
+    id: Reverse<JobId>,
+}
+
+struct Active {
+    job: Job,
+    stop: watch::Sender<Option<StopReason>>,
+    /// A stop requested while the tree was still being launched, applied once it has started.
+    pending_stop: Option<StopReason>,
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    tx: mpsc::Sender<Command>,
+    queue: BinaryHeap<QueueKey>,
+    queued: HashMap<JobId, Job>,
+    active: HashMap<JobId, Active>,
+    monitors: JoinSet<()>,
+    monitor_jobs: HashMap<tokio::task::Id, JobId>,
+    writes: FuturesUnordered<Pending>,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+}
+
+const COMMAND_CAPACITY: usize = 1024;
+
+pub(crate) async fn spawn(config: EngineConfig, store: Store, supervisor: Supervisor) -> Result<EngineHandle, EngineError> {
+    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (finished, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        supervisor,
+        accepting: AtomicBool::new(false),
+        finished,
+        probes: Mutex::new(HashMap::new()),
+    });
+    let mut actor = Actor {
+        shared: shared.clone(),
+        rx,
+        tx: tx.clone(),
+        queue: BinaryHeap::new(),
+        queued: HashMap::new(),
+        active: HashMap::new(),
+        monitors: JoinSet::new(),
+        monitor_jobs: HashMap::new(),
+        writes: FuturesUnordered::new(),
+        shutdown_waiters: Vec::new(),
+    };
+    actor.recover().await?;
+    shared.accepting.store(true, Ordering::SeqCst);
+    let task = tokio::spawn(actor.run());
+    Ok(EngineHandle::new(tx, shared, task))
+}
+
+impl Actor {
+    /// Runs before the actor accepts anything: kills whatever a dead predecessor left running, marks those
+    /// jobs interrupted (requeuing them per their retry policy) and rebuilds the queue.
+    async fn recover(&mut self) -> Result<(), EngineError> {
+        let unfinished = self.shared.store.unfinished().await?;
+        let handles: Vec<_> = unfinished.iter().filter_map(|j| j.state.run().map(|r| r.tree.clone())).collect();
+        let report = self.shared.supervisor.recover(handles).await;
+        if report.killed_processes > 0 || report.removed_cgroups > 0 {
+            tracing::warn!(
+                killed_processes = report.killed_processes,
+                removed_cgroups = report.removed_cgroups,
+                "killed processes left by a previous daemon"
+            );
+        }
+        let now = Timestamp::now();
+        for mut job in unfinished {
+            if !matches!(job.state, JobState::Queued { .. }) {
+                job.apply(Event::Interrupted { reason: "daemon died while the job ran".into(), at: now })
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                let mut events = vec![NewEvent::new(
+                    "interrupted",
+                    json!({ "reason": "daemon died while the job ran", "recovery": report }),
+                )];
+                if job.may_retry() {
+                    job.apply(Event::Requeue { at: now }).map_err(|e| EngineError::Internal(e.to_string()))?;
+                    events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
+                }
+                tracing::warn!(job_id = %job.id, requeued = job.may_retry() || matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
+                self.shared.store.record(&job, events).await?;
+            }
+            if matches!(job.state, JobState::Queued { .. }) {
+                self.enqueue(job);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(mut self) {
+        self.dispatch().await;
+        loop {
+            tokio::select! {
+                command = self.rx.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    // Unreachable while the actor holds its own sender; kept for clarity.
+                    None => break,
+                },
+                Some(joined) = self.monitors.join_next_with_id(), if !self.monitors.is_empty() => {
+                    self.monitor_ended(joined).await;
+                }
+                Some(result) = self.writes.next(), if !self.writes.is_empty() => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "failed to persist a job state change");
+                    }
+                }
+            }
+            if !self.shutdown_waiters.is_empty() && self.active.is_empty() {
+                break;
+            }
+        }
+        while let Some(result) = self.writes.next().await {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "failed to persist a job state change");
+            }
+        }
+        for waiter in self.shutdown_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Enqueue(job) => {
+                if self.shared.accepting.load(Ordering::SeqCst) {
+                    self.enqueue(job);
+                    self.dispatch().await;
+                }
+            }
+            Command::Cancel { id, reply } => {
+                let result = self.cancel(id).await;
+                let _ = reply.send(result);
+            }
+            Command::Started { id, run } => self.started(id, run).await,
+            Command::SpawnFailed { id, error } => {
+                tracing::warn!(job_id = %id, %error, "job failed to start");
+                let event = Event::SpawnFailed { error: error.clone(), at: Timestamp::now() };
+                self.finish(id, event, vec![NewEvent::new("spawn_failed", json!({ "error": error }))]).await;
+            }
+            Command::TimedOut { id } => {
+                self.request_stop(id, StopReason::TimedOut).await;
+            }
+            Command::Exited { id, exit, signals_sent, accounting } => {
+                let detail = json!({
+                    "exit": exit,
+                    "signals_sent": signals_sent,
+                    "accounting": accounting,
+                    "memory": accounting.memory_line(),
+                });
+                tracing::info!(job_id = %id, ?exit, memory = %accounting.memory_line(), "job tree gone");
+                let event = Event::Exited { exit, signals_sent, accounting, at: Timestamp::now() };
+                self.finish(id, event, vec![NewEvent::new("exited", detail)]).await;
+            }
+            Command::Status { reply } => {
+                let _ = reply.send((self.active.len(), self.queued.len()));
+            }
+            Command::Shutdown { reply } => {
+                self.shared.accepting.store(false, Ordering::SeqCst);
+                self.shutdown_waiters.push(reply);
+                let ids: Vec<JobId> = self.active.keys().copied().collect();
+                tracing::info!(running = ids.len(), "shutting down: stopping running jobs");
+                for id in ids {
+                    self.request_stop(id, StopReason::Shutdown).await;
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        self.queue.push(QueueKey { priority: job.spec.priority, id: Reverse(job.id) });
+        self.queued.insert(job.id, job);
+    }
+
+    /// Starts queued jobs while there is room. Event-driven: called whenever a job arrives or ends.
+    async fn dispatch(&mut self) {
+        while self.shutdown_waiters.is_empty() && self.active.len() < self.shared.config.max_concurrent {
+            let Some(key) = self.queue.pop() else { break };
+            // Cancelled jobs leave a stale key behind; skipping it here keeps cancel O(1).
+            let Some(job) = self.queued.remove(&key.id.0) else { continue };
+            self.launch(job);
+        }
+    }
+
+    fn launch(&mut self, job: Job) {
+        let id = job.id;
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let cwd = job.spec.cwd.clone().unwrap_or_else(|| self.shared.job_dir(id).join("work"));
+        let monitor = Monitor {
+            id,
+            attempt: job.attempt,
+            spec: job.spec.clone(),
+            cwd,
+            log_dir: self.shared.log_dir(id, job.attempt),
+            shared: self.shared.clone(),
+            stop: stop_rx,
+            actor: self.tx.clone(),
+        };
+        let handle = self.monitors.spawn(monitor.run());
+        self.monitor_jobs.insert(handle.id(), id);
+        self.active.insert(id, Active { job, stop: stop_tx, pending_stop: None });
+    }
+
+    async fn started(&mut self, id: JobId, run: Run) {
+        let Some(active) = self.active.get_mut(&id) else { return };
+        let detail = json!({
+            "pid": run.tree.pid,
+            "backend": run.tree.backend,
+            "cgroups": run.tree.cgroups,
+            "cwd": run.cwd,
+        });
+        if let Err(e) = active.job.apply(Event::Started { run }) {
+            tracing::error!(job_id = %id, error = %e, "illegal transition");
+            return;
+        }
+        tracing::info!(job_id = %id, attempt = active.job.attempt, "job started");
+        let job = active.job.clone();
+        let pending = active.pending_stop.take();
+        self.persist(&job, vec![NewEvent::new("started", detail)]).await;
+        if let Some(reason) = pending {
+            self.request_stop(id, reason).await;
+        }
+    }
+
+    /// Marks a live job as stopping and tells its monitor. A job still launching is stopped as soon as it has
+    /// started; a queued job that is cancelled finishes at once.
+    async fn request_stop(&mut self, id: JobId, reason: StopReason) {
+        let Some(active) = self.active.get_mut(&id) else { return };
+        let _ = active.stop.send(Some(reason));
+        if matches!(active.job.state, JobState::Queued { .. }) {
+            active.pending_stop.get_or_insert(reason);
+            return;
+        }
+        let before = active.job.state.name();
+        if let Err(e) = active.job.apply(Event::StopRequested { reason, at: Timestamp::now() }) {
+            tracing::error!(job_id = %id, error = %e, "illegal transition");
+            return;
+        }
+        if before != active.job.state.name() {
+            tracing::info!(job_id = %id, ?reason, "stopping job");
+            let job = active.job.clone();
+            self.persist(&job, vec![NewEvent::new("stop_requested", json!({ "reason": reason }))]).await;
+        }
+    }
+
+    async fn cancel(&mut self, id: JobId) -> CancelReply {
+        if let Some(mut job) = self.queued.remove(&id) {
+            if job.apply(Event::StopRequested { reason: StopReason::Cancelled, at: Timestamp::now() }).is_err() {
+                return CancelReply::NotLive;
+            }
+            tracing::info!(job_id = %id, "cancelled a queued job");
+            self.persist(&job, vec![NewEvent::new("stop_requested", json!({ "reason": StopReason::Cancelled }))])
+                .await;
+            let _ = self.shared.finished.send(id);
+            return CancelReply::Done(Box::new(job));
+        }
+        if self.active.contains_key(&id) {
+            self.request_stop(id, StopReason::Cancelled).await;
+            if let Some(active) = self.active.get(&id) {
+                return CancelReply::Done(Box::new(active.job.clone()));
+            }
+        }
+        CancelReply::NotLive
+    }
+
+    /// Applies the event that ends an attempt, requeues per policy, persists, and starts the next job.
+    async fn finish(&mut self, id: JobId, event: Event, mut events: Vec<NewEvent>) {
+        let Some(Active { mut job, .. }) = self.active.remove(&id) else { return };
+        if let Err(e) = job.apply(event) {
+            tracing::error!(job_id = %id, error = %e, "illegal transition");
+            return;
+        }
+        let outcome = job.outcome().cloned();
+        events.push(NewEvent::new("finished", json!({ "outcome": outcome })));
+        let shutdown_interrupt = matches!(outcome, Some(Outcome::Interrupted { .. }));
+        let requeue = job.may_retry() && (!shutdown_interrupt || self.shared.config.requeue_on_shutdown);
+        if requeue {
+            // may_retry was checked, so the transition cannot fail.
+            if job.apply(Event::Requeue { at: Timestamp::now() }).is_ok() {
+                events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
+                tracing::info!(job_id = %id, attempt = job.attempt, "job requeued");
+            }
+        }
+        self.persist(&job, events).await;
+        if matches!(job.state, JobState::Queued { .. }) {
+            if self.shutdown_waiters.is_empty() {
+                self.enqueue(job);
+            }
+        } else {
+            let _ = self.shared.finished.send(id);
+        }
+        self.dispatch().await;
+    }
+
+    async fn monitor_ended(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let task = match &joined {
+            Ok((task, ())) => *task,
+            Err(e) => e.id(),
+        };
+        let Some(id) = self.monitor_jobs.remove(&task) else { return };
+        if let Err(e) = joined {
+            // The monitor's RunningTree was dropped while unwinding, which kills the tree.
+            tracing::error!(job_id = %id, error = %e, "job monitor failed");
+            self.shared.unregister_probe(id);
+            let reason = format!("internal error: {e}");
+            let at = Timestamp::now();
+            let event = match self.active.get(&id).map(|a| a.job.state.name()) {
+                Some(aura_model::StateName::Queued) => Event::SpawnFailed { error: reason.clone(), at },
+                _ => Event::Interrupted { reason: reason.clone(), at },
+            };
+            self.finish(id, event, vec![NewEvent::new("interrupted", json!({ "reason": reason }))]).await;
+        }
+    }
+
+    /// Queues the write in the store's group commit without waiting for it; ordering per job is preserved
+    /// because the store applies writes in queue order. Failures are logged when the commit resolves.
+    async fn persist(&mut self, job: &Job, events: Vec<NewEvent>) {
+        match self.shared.store.record_queued(job, events).await {
+            Ok(pending) => self.writes.push(pending),
+            Err(e) => tracing::error!(job_id = %job.id, error = %e, "failed to persist a job state change"),
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The engine's error type: what can go wrong when submitting, querying or controlling jobs.
+
+use aura_model::{JobId, SpecError};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid job: {0}")]
+    InvalidSpec(#[from] SpecError),
+    #[error("cannot run {program:?}: {reason}")]
+    Program { program: String, reason: String },
+    #[error("working directory {path:?} is not usable: {reason}")]
+    WorkingDirectory { path: PathBuf, reason: String },
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("job {id} is already finished ({outcome})")]
+    AlreadyFinished { id: JobId, outcome: &'static str },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+    #[error("store: {0}")]
+    Store(#[from] aura_store::StoreError),
+    #[error("supervisor: {0}")]
+    Supervisor(#[from] aura_supervisor::SupervisorError),
+    #[error("logs: {0}")]
+    Logs(#[from] aura_logs::LogError),
+    #[error("{path:?}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("internal error: {0}")]
+    Internal(String),
+}

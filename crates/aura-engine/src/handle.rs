@@ -1,0 +1,185 @@
+//! `EngineHandle`: the cheap, cloneable API everyone else (HTTP server, tests) uses to talk to the engine.
+
+use crate::actor::{CancelReply, Command, Shared};
+use crate::EngineError;
+use aura_logs::{LogChunk, Stream};
+use aura_model::{Backend, Job, JobEventRecord, JobId, JobSpec, StateName, Timestamp};
+use aura_store::ListFilter;
+use aura_supervisor::LiveUsage;
+use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// A job record plus, while it runs, its live resource use.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveUsage>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineStatus {
+    pub backend: Backend,
+    pub backend_detail: String,
+    pub accepting: bool,
+    pub max_concurrent: usize,
+    pub running: usize,
+    pub queued: usize,
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    actor: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl EngineHandle {
+    pub(crate) fn new(tx: mpsc::Sender<Command>, shared: Arc<Shared>, actor: JoinHandle<()>) -> Self {
+        EngineHandle { tx, shared, actor: Arc::new(Mutex::new(Some(actor))) }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.shared.supervisor.backend()
+    }
+
+    /// Validates, persists and queues a job. Refuses, changing nothing, a spec that is invalid, names a
+    /// program that does not exist or is not executable, or a working directory that is not a directory.
+    pub async fn submit(&self, spec: JobSpec) -> Result<Job, EngineError> {
+        spec.validate()?;
+        if let Some(cwd) = &spec.cwd {
+            match tokio::fs::metadata(cwd).await {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(EngineError::WorkingDirectory { path: cwd.clone(), reason: "not a directory".into() })
+                }
+                Err(e) => return Err(EngineError::WorkingDirectory { path: cwd.clone(), reason: e.to_string() }),
+            }
+        }
+        let (program, path_var, cwd) = (spec.program.clone(), spec.env.get("PATH").cloned(), spec.cwd.clone());
+        tokio::task::spawn_blocking(move || aura_supervisor::resolve_program(&program, path_var.as_deref(), cwd.as_deref()))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(|e| EngineError::Program { program: spec.program.clone(), reason: e.to_string() })?;
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let job = self.shared.store.insert_job(spec, Timestamp::now()).await?;
+        tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
+        self.tx.send(Command::Enqueue(job.clone())).await.map_err(|_| EngineError::ShuttingDown)?;
+        Ok(job)
+    }
+
+    /// Cancels a queued job at once, or stops a running one with its stop sequence.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Cancel { id, reply }).await.map_err(|_| EngineError::ShuttingDown)?;
+        match rx.await.map_err(|_| EngineError::ShuttingDown)? {
+            CancelReply::Done(job) => Ok(*job),
+            CancelReply::NotLive => match self.shared.store.get(id).await? {
+                Some(job) => Err(EngineError::AlreadyFinished {
+                    id,
+                    outcome: job.outcome().map_or("finished", |o| o.name()),
+                }),
+                None => Err(EngineError::NotFound(id)),
+            },
+        }
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<JobView, EngineError> {
+        let job = self.shared.store.get(id).await?.ok_or(EngineError::NotFound(id))?;
+        Ok(self.view(job))
+    }
+
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<JobView>, EngineError> {
+        Ok(self.shared.store.list(filter).await?.into_iter().map(|j| self.view(j)).collect())
+    }
+
+    pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, EngineError> {
+        if self.shared.store.get(id).await?.is_none() {
+            return Err(EngineError::NotFound(id));
+        }
+        Ok(self.shared.store.events(id).await?)
+    }
+
+    /// Reads captured output of one attempt (the latest by default) from a logical byte offset.
+    pub async fn logs(
+        &self,
+        id: JobId,
+        stream: Stream,
+        attempt: Option<u32>,
+        offset: u64,
+        max: usize,
+    ) -> Result<LogChunk, EngineError> {
+        let job = self.shared.store.get(id).await?.ok_or(EngineError::NotFound(id))?;
+        let dir = self.shared.log_dir(id, attempt.unwrap_or(job.attempt));
+        let chunk = tokio::task::spawn_blocking(move || aura_logs::read(&dir, stream, offset, max))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
+        Ok(chunk)
+    }
+
+    /// Waits up to `timeout` for the job to reach a final state and returns it as it is then.
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobView, EngineError> {
+        // Subscribe before reading, so that a job finishing in between is not missed.
+        let mut finished = self.shared.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let view = self.get(id).await?;
+            if view.job.state.name() == StateName::Finished {
+                return Ok(view);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_elapsed) => return self.get(id).await,
+                    Ok(Ok(done)) if done != id => continue,
+                    // Ours, or we lagged and may have missed it, or the engine stopped: re-read the store.
+                    Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return self.get(id).await,
+                }
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Result<EngineStatus, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Status { reply }).await.map_err(|_| EngineError::ShuttingDown)?;
+        let (running, queued) = rx.await.map_err(|_| EngineError::ShuttingDown)?;
+        Ok(EngineStatus {
+            backend: self.shared.supervisor.backend(),
+            backend_detail: self.shared.supervisor.description(),
+            accepting: self.shared.accepting.load(Ordering::SeqCst),
+            max_concurrent: self.shared.config.max_concurrent,
+            running,
+            queued,
+        })
+    }
+
+    /// The shutdown protocol: stop admitting, stop every running tree with its stop sequence, record the
+    /// outcomes (requeuing per config), then close the store and the supervisor. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        let actor = self.actor.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(actor) = actor else { return Ok(()) };
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        actor.await.map_err(|e| EngineError::Internal(format!("engine actor failed: {e}")))?;
+        self.shared.supervisor.shutdown().await;
+        self.shared.store.close().await?;
+        Ok(())
+    }
+
+    fn view(&self, job: Job) -> JobView {
+        let live = match job.state.name() {
+            StateName::Running | StateName::Stopping => self.shared.probe(job.id).map(|p| p.live()),
+            _ => None,
+        };
+        JobView { job, live }
+    }
+}

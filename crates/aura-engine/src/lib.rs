@@ -1,0 +1,58 @@
+//! The engine: the one component that owns live job state. It queues submitted jobs, starts them on the
+//! supervisor in priority-then-FIFO order up to a concurrency limit, enforces timeouts and cancels, records
+//! every transition in the store, recovers after a crash and shuts down as a protocol.
+//!
+//! It knows no SQL (the store does), no cgroup (the supervisor does) and no status code (the server does).
+
+mod actor;
+mod error;
+mod handle;
+mod monitor;
+
+pub use error::EngineError;
+pub use handle::{EngineHandle, EngineStatus, JobView};
+
+use aura_supervisor::{Supervisor, SupervisorConfig};
+use std::path::PathBuf;
+
+/// Everything the engine needs to run, with the defaults of `aura serve`.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Jobs running at once (until resource-based admission replaces it). Default: the number of cores.
+    pub max_concurrent: usize,
+    /// Requeue the jobs a graceful shutdown stopped, so that the next start runs them again.
+    pub requeue_on_shutdown: bool,
+    pub supervisor: SupervisorConfig,
+}
+
+impl EngineConfig {
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.data_dir.join("jobs")
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("aura.db")
+    }
+}
+
+/// The default concurrency: one job per core.
+pub fn default_max_concurrent() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Opens the store, starts the supervisor, recovers what a previous daemon left behind and starts the
+/// actor. Returns once recovery is complete and the engine accepts jobs.
+pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
+    if config.max_concurrent == 0 {
+        return Err(EngineError::Config("max_concurrent must be at least 1".into()));
+    }
+    let jobs_dir = config.jobs_dir();
+    tokio::fs::create_dir_all(&jobs_dir)
+        .await
+        .map_err(|source| EngineError::Io { path: jobs_dir.clone(), source })?;
+    let store = aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default()).await?;
+    let supervisor = Supervisor::start(config.supervisor.clone())?;
+    tracing::info!(backend = %supervisor.backend(), detail = %supervisor.description(), "process-tree backend");
+    actor::spawn(config, store, supervisor).await
+}

@@ -1,0 +1,79 @@
+//! One task per running attempt: launches the tree, races its exit against the timeout and stop requests,
+//! runs the stop sequence, collects the accounting and reports each step to the actor.
+
+use crate::actor::{Command, Shared};
+use aura_model::{JobId, JobSpec, Run, StopReason, Timestamp};
+use aura_supervisor::LaunchRequest;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+pub(crate) struct Monitor {
+    pub id: JobId,
+    pub attempt: u32,
+    pub spec: JobSpec,
+    pub cwd: PathBuf,
+    pub log_dir: PathBuf,
+    pub shared: Arc<Shared>,
+    pub stop: watch::Receiver<Option<StopReason>>,
+    pub actor: mpsc::Sender<Command>,
+}
+
+impl Monitor {
+    pub(crate) async fn run(mut self) {
+        let id = self.id;
+        let dirs = [&self.cwd, &self.log_dir];
+        for dir in dirs {
+            if let Err(e) = tokio::fs::create_dir_all(dir).await {
+                let error = format!("cannot create {}: {e}", dir.display());
+                self.report(Command::SpawnFailed { id, error }).await;
+                return;
+            }
+        }
+        let request = LaunchRequest {
+            job_id: id,
+            attempt: self.attempt,
+            program: self.spec.program.clone(),
+            args: self.spec.args.clone(),
+            env: self.spec.env.clone(),
+            cwd: self.cwd.clone(),
+            log_dir: self.log_dir.clone(),
+        };
+        let mut tree = match self.shared.supervisor.launch(request).await {
+            Ok(tree) => tree,
+            Err(e) => {
+                self.report(Command::SpawnFailed { id, error: e.to_string() }).await;
+                return;
+            }
+        };
+        self.shared.register_probe(id, tree.probe());
+        let run = Run { started_at: Timestamp::now(), tree: tree.handle().clone(), cwd: self.cwd.clone() };
+        self.report(Command::Started { id, run }).await;
+
+        let stop_sequence = self.spec.stop.clone();
+        let already_stopped = self.stop.borrow_and_update().is_some();
+        let (exit, signals_sent) = if already_stopped {
+            tree.stop(&stop_sequence).await
+        } else {
+            let timeout = tokio::time::sleep(self.spec.timeout);
+            tokio::select! {
+                exit = tree.wait() => (exit, Vec::new()),
+                () = timeout => {
+                    tracing::info!(job_id = %id, timeout = ?self.spec.timeout, "job timed out, stopping its tree");
+                    self.report(Command::TimedOut { id }).await;
+                    tree.stop(&stop_sequence).await
+                }
+                // An error here means the actor is gone; stopping is the only safe thing to do then.
+                _ = self.stop.changed() => tree.stop(&stop_sequence).await,
+            }
+        };
+        let accounting = tree.finish().await;
+        self.shared.unregister_probe(id);
+        self.report(Command::Exited { id, exit, signals_sent, accounting }).await;
+    }
+
+    async fn report(&self, command: Command) {
+        // Fails only if the actor has ended, in which case nobody is left to tell.
+        let _ = self.actor.send(command).await;
+    }
+}

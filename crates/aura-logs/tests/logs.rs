@@ -1,0 +1,344 @@
+//! Integration tests for `aura-logs`: real pipes, a real child process, and a
+//! reader racing the writer's rotation.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use aura_logs::{capture, read, stat, CaptureReport, LogCap, LogError, Stream};
+use rustix::pipe::{pipe_with, PipeFlags};
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    pipe_with(PipeFlags::CLOEXEC).expect("create pipe")
+}
+
+/// Deterministic content where each byte encodes its logical position, so any
+/// reordering or misplaced offset shows up as a mismatch.
+fn pattern(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+fn pattern_bytes(range: std::ops::Range<u64>) -> Vec<u8> {
+    range.map(pattern).collect()
+}
+
+/// Writes `data` into a fresh pipe from a thread, in `piece`-sized writes, and
+/// captures it.
+async fn capture_bytes(
+    dir: &Path,
+    stream: Stream,
+    cap: u64,
+    data: Vec<u8>,
+    piece: usize,
+) -> CaptureReport {
+    let (rx, tx) = pipe();
+    let writer = std::thread::spawn(move || {
+        let mut tx = File::from(tx);
+        for part in data.chunks(piece) {
+            tx.write_all(part).expect("write to pipe");
+        }
+    });
+    let report = capture(rx, dir, stream, LogCap::new(cap).expect("cap"))
+        .await
+        .expect("capture");
+    writer.join().expect("writer thread");
+    report
+}
+
+fn read_all(dir: &Path, stream: Stream) -> Vec<u8> {
+    read(dir, stream, 0, usize::MAX).expect("read").data
+}
+
+fn segment_count(dir: &Path, stream: Stream) -> usize {
+    std::fs::read_dir(dir)
+        .expect("list dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&format!("{}.", stream.as_str())) && name.ends_with(".log")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn small_output_is_kept_entirely() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("job-1").join("logs"); // does not exist yet
+    let data = b"hello world\nsecond line\n".to_vec();
+    let report = capture_bytes(&dir, Stream::Stdout, 1024, data.clone(), 5).await;
+    assert_eq!(
+        report,
+        CaptureReport {
+            bytes_written: data.len() as u64,
+            truncated_bytes: 0
+        }
+    );
+
+    let chunk = read(&dir, Stream::Stdout, 0, 4096).expect("read");
+    assert_eq!(chunk.stream, Stream::Stdout);
+    assert_eq!(chunk.offset, 0);
+    assert_eq!(chunk.data, data);
+    assert_eq!(chunk.next_offset, data.len() as u64);
+    assert_eq!(chunk.truncated_bytes, 0);
+    assert_eq!(
+        stat(&dir, Stream::Stdout).expect("stat"),
+        (data.len() as u64, 0)
+    );
+
+    // The other stream is independent and empty.
+    let other = read(&dir, Stream::Stderr, 0, 4096).expect("read stderr");
+    assert!(other.data.is_empty());
+    assert_eq!((other.offset, other.next_offset), (0, 0));
+}
+
+#[tokio::test]
+async fn segment_files_are_named_by_offset_with_mode_0640() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    capture_bytes(tmp.path(), Stream::Stderr, 10, pattern_bytes(0..12), 3).await;
+    let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "stderr.00000000000000000005.log",
+            "stderr.00000000000000000010.log"
+        ]
+    );
+    for name in names {
+        let mode = std::fs::metadata(tmp.path().join(name))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+}
+
+#[tokio::test]
+async fn output_three_times_cap_keeps_newest_tail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cap = 10_000u64;
+    // Odd piece size so writes straddle segment boundaries.
+    for (total, piece) in [
+        (3 * cap, 777usize),
+        (3 * cap + 1234, 4096),
+        (3 * cap - 1, 1),
+    ] {
+        let dir = tmp.path().join(format!("t{total}-{piece}"));
+        let expected = pattern_bytes(0..total);
+        let report = capture_bytes(&dir, Stream::Stdout, cap, expected.clone(), piece).await;
+        let kept = read_all(&dir, Stream::Stdout);
+        let kept_len = kept.len() as u64;
+        assert!(
+            kept_len >= cap / 2 && kept_len <= cap,
+            "kept {kept_len} bytes of cap {cap}"
+        );
+        assert_eq!(
+            kept,
+            expected[(total - kept_len) as usize..],
+            "kept bytes are the newest"
+        );
+        assert_eq!(report.bytes_written, total);
+        assert_eq!(report.truncated_bytes, total - kept_len);
+        assert_eq!(
+            stat(&dir, Stream::Stdout).expect("stat"),
+            (total, total - kept_len)
+        );
+        assert!(segment_count(&dir, Stream::Stdout) <= 2);
+    }
+}
+
+#[tokio::test]
+async fn real_child_process_output_is_capped() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (rx, tx) = pipe();
+    let mut child = {
+        // The Command owns our copy of the write end; dropping it at the end
+        // of this block leaves the child as the only writer, so EOF arrives.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "yes hello | head -c 300000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(tx));
+        cmd.spawn().expect("spawn sh")
+    };
+    let report = capture(
+        rx,
+        tmp.path(),
+        Stream::Stdout,
+        LogCap::new(100_000).expect("cap"),
+    )
+    .await
+    .expect("capture");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success());
+
+    let expected = b"hello\n".repeat(50_000);
+    assert_eq!(report.bytes_written, 300_000);
+    let kept = read_all(tmp.path(), Stream::Stdout);
+    let kept_len = kept.len() as u64;
+    assert!((50_000..=100_000).contains(&kept_len), "kept {kept_len}");
+    assert_eq!(report.truncated_bytes, 300_000 - kept_len);
+    assert_eq!(kept, expected[(300_000 - kept_len) as usize..]);
+    assert!(segment_count(tmp.path(), Stream::Stdout) <= 2);
+}
+
+#[tokio::test]
+async fn reading_by_offset_in_pieces() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let total = 2_500u64;
+    let cap = 1_000u64;
+    capture_bytes(
+        tmp.path(),
+        Stream::Stdout,
+        cap,
+        pattern_bytes(0..total),
+        333,
+    )
+    .await;
+    let (end, truncated) = stat(tmp.path(), Stream::Stdout).expect("stat");
+    assert_eq!(end, total);
+    assert!(truncated > 0);
+
+    // Small pieces reassemble exactly the kept tail, crossing segment borders.
+    let mut offset = truncated;
+    let mut assembled = Vec::new();
+    loop {
+        let chunk = read(tmp.path(), Stream::Stdout, offset, 7).expect("read");
+        assert_eq!(chunk.offset, offset);
+        assert!(chunk.data.len() <= 7);
+        assert_eq!(chunk.next_offset, offset + chunk.data.len() as u64);
+        assert_eq!(chunk.truncated_bytes, truncated);
+        if chunk.data.is_empty() {
+            break;
+        }
+        assembled.extend_from_slice(&chunk.data);
+        offset = chunk.next_offset;
+    }
+    assert_eq!(offset, total);
+    assert_eq!(assembled, pattern_bytes(truncated..total));
+
+    // An offset inside the truncated region is moved forward.
+    let chunk = read(tmp.path(), Stream::Stdout, 3, 10).expect("read");
+    assert_eq!(chunk.offset, truncated);
+    assert_eq!(chunk.data, pattern_bytes(truncated..truncated + 10));
+    assert_eq!(chunk.next_offset, truncated + 10);
+
+    // At and past the end: empty, next_offset = end.
+    for past in [total, total + 1, u64::MAX] {
+        let chunk = read(tmp.path(), Stream::Stdout, past, 10).expect("read");
+        assert!(chunk.data.is_empty());
+        assert_eq!(chunk.next_offset, total);
+    }
+
+    // max = 0 reads nothing but stays put.
+    let chunk = read(tmp.path(), Stream::Stdout, truncated + 5, 0).expect("read");
+    assert!(chunk.data.is_empty());
+    assert_eq!(chunk.next_offset, truncated + 5);
+}
+
+#[tokio::test]
+async fn capture_resumes_after_existing_segments() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    capture_bytes(tmp.path(), Stream::Stdout, 100, pattern_bytes(0..30), 7).await;
+    let report = capture_bytes(tmp.path(), Stream::Stdout, 100, pattern_bytes(30..170), 9).await;
+    assert_eq!(report.bytes_written, 140);
+    let chunk = read(tmp.path(), Stream::Stdout, 0, usize::MAX).expect("read");
+    assert_eq!(chunk.next_offset, 170);
+    assert_eq!(chunk.offset, report.truncated_bytes);
+    assert_eq!(chunk.data, pattern_bytes(report.truncated_bytes..170));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_during_rotation_are_ordered_and_never_fail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    let total = 400_000u64;
+    // A tiny cap makes the writer rotate thousands of times under the reader.
+    let cap = 64u64;
+    let done = Arc::new(AtomicBool::new(false));
+
+    let reader = {
+        let dir = dir.clone();
+        let done = done.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut offset = 0u64;
+            let mut reads = 0u64;
+            let mut bytes = 0u64;
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let chunk = read(&dir, Stream::Stdout, offset, 50).expect("read during rotation");
+                reads += 1;
+                assert!(
+                    chunk.offset >= offset,
+                    "went backwards: {} < {offset}",
+                    chunk.offset
+                );
+                assert_eq!(chunk.next_offset, chunk.offset + chunk.data.len() as u64);
+                assert_eq!(
+                    chunk.data,
+                    pattern_bytes(chunk.offset..chunk.next_offset),
+                    "bytes out of order at {}",
+                    chunk.offset
+                );
+                bytes += chunk.data.len() as u64;
+                offset = chunk.next_offset;
+                if finished && chunk.data.is_empty() {
+                    return (offset, reads, bytes);
+                }
+            }
+        })
+    };
+
+    let report = capture_bytes(&dir, Stream::Stdout, cap, pattern_bytes(0..total), 13).await;
+    done.store(true, Ordering::Release);
+    let (end, reads, bytes) = reader.await.expect("reader");
+    assert_eq!(report.bytes_written, total);
+    assert_eq!(end, total);
+    assert!(reads > 1 && bytes > 0);
+}
+
+#[test]
+fn invalid_caps_and_streams_are_errors() {
+    assert!(matches!(LogCap::new(0), Err(LogError::InvalidCap(0))));
+    assert!(matches!(LogCap::new(1), Err(LogError::InvalidCap(1))));
+    assert_eq!(LogCap::new(2).expect("cap 2").bytes(), 2);
+    assert_eq!("stdout".parse::<Stream>().expect("parse"), Stream::Stdout);
+    assert_eq!("stderr".parse::<Stream>().expect("parse"), Stream::Stderr);
+    assert!(matches!(
+        "stdin".parse::<Stream>(),
+        Err(LogError::UnknownStream(_))
+    ));
+    assert_eq!(Stream::Stderr.as_str(), "stderr");
+}
+
+#[test]
+fn missing_directory_reads_as_empty() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("never-created");
+    let chunk = read(&dir, Stream::Stdout, 42, 100).expect("read missing dir");
+    assert_eq!(chunk.offset, 0);
+    assert!(chunk.data.is_empty());
+    assert_eq!(chunk.next_offset, 0);
+    assert_eq!(chunk.truncated_bytes, 0);
+    assert_eq!(stat(&dir, Stream::Stderr).expect("stat"), (0, 0));
+}
+
+#[tokio::test]
+async fn minimum_cap_still_rotates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let report = capture_bytes(tmp.path(), Stream::Stdout, 2, pattern_bytes(0..10), 3).await;
+    let chunk = read(tmp.path(), Stream::Stdout, 0, 100).expect("read");
+    assert_eq!(chunk.data, pattern_bytes(8..10));
+    assert_eq!(report.truncated_bytes, 8);
+}

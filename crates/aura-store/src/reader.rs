@@ -1,0 +1,168 @@
+//! Read connections and the read queries. Readers are pooled connections used on tokio's blocking
+//! threads; WAL lets them read a consistent snapshot while the writer commits.
+
+use crate::codec::{decode_event, decode_job, parse_state_name, JOB_COLUMNS};
+use crate::error::{Context, StoreError};
+use crate::schema::open_connection;
+use aura_model::{Job, JobEventRecord, JobId, StateName};
+use rusqlite::{params_from_iter, types::Value, Connection};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Most idle read connections kept; more may exist briefly under load and are closed when returned.
+const MAX_IDLE: usize = 4;
+
+pub(crate) const MAX_LIST_LIMIT: u32 = 1000;
+
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    busy_timeout: Duration,
+    /// `None` once the store is closed.
+    idle: Mutex<Option<Vec<Connection>>>,
+}
+
+impl ReadPool {
+    pub fn new(path: PathBuf, busy_timeout: Duration, first: Connection) -> Self {
+        ReadPool {
+            path,
+            busy_timeout,
+            idle: Mutex::new(Some(vec![first])),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<Connection>>> {
+        // The guarded data is a plain list of connections; a panic elsewhere cannot leave it inconsistent.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on an idle connection (opening one if none is idle). Blocking: call on a blocking thread.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let taken = match self.lock().as_mut() {
+            None => return Err(StoreError::Closed),
+            Some(idle) => idle.pop(),
+        };
+        let conn = match taken {
+            Some(conn) => conn,
+            None => open_connection(&self.path, self.busy_timeout, true)?,
+        };
+        let result = f(&conn);
+        if let Some(idle) = self.lock().as_mut() {
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    pub fn close(&self) {
+        self.lock().take();
+    }
+}
+
+pub(crate) fn get(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+        .context("reading a job")?;
+    let mut rows = stmt.query([id.0]).context("reading a job")?;
+    match rows.next().context("reading a job")? {
+        Some(row) => decode_job(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn list(
+    conn: &Connection,
+    states: &[StateName],
+    after: Option<JobId>,
+    limit: u32,
+    newest_first: bool,
+) -> Result<Vec<Job>, StoreError> {
+    let limit = limit.min(MAX_LIST_LIMIT);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // Normalised so that equal filters share one cached statement: states in canonical order, no
+    // duplicates, and no state clause at all when every state is asked for.
+    let wanted: Vec<StateName> = StateName::ALL
+        .into_iter()
+        .filter(|s| states.contains(s))
+        .collect();
+    let mut clauses = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    if !wanted.is_empty() && wanted.len() < StateName::ALL.len() {
+        clauses.push(format!("state IN ({})", vec!["?"; wanted.len()].join(", ")));
+        args.extend(wanted.iter().map(|s| Value::Text(s.as_str().to_owned())));
+    }
+    if let Some(after) = after {
+        clauses.push(if newest_first { "id < ?" } else { "id > ?" }.to_owned());
+        args.push(Value::Integer(after.0));
+    }
+    args.push(Value::Integer(i64::from(limit)));
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let order = if newest_first { "DESC" } else { "ASC" };
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY id {order} LIMIT ?");
+    let mut stmt = conn.prepare_cached(&sql).context("listing jobs")?;
+    let mut rows = stmt.query(params_from_iter(args)).context("listing jobs")?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next().context("listing jobs")? {
+        jobs.push(decode_job(row)?);
+    }
+    Ok(jobs)
+}
+
+pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<Job>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running', 'stopping') ORDER BY id ASC"
+        ))
+        .context("reading unfinished jobs")?;
+    let mut rows = stmt.query([]).context("reading unfinished jobs")?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next().context("reading unfinished jobs")? {
+        jobs.push(decode_job(row)?);
+    }
+    Ok(jobs)
+}
+
+pub(crate) fn events(conn: &Connection, id: JobId) -> Result<Vec<JobEventRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT seq, job_id, at_ms, attempt, kind, detail FROM job_events WHERE job_id = ?1 ORDER BY seq")
+        .context("reading job events")?;
+    let mut rows = stmt.query([id.0]).context("reading job events")?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next().context("reading job events")? {
+        events.push(decode_event(row)?);
+    }
+    Ok(events)
+}
+
+/// Every state name with its count, zeros included, in `StateName::ALL` order.
+pub(crate) fn count_by_state(conn: &Connection) -> Result<Vec<(StateName, u64)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT state, COUNT(*), MIN(id) FROM jobs GROUP BY state")
+        .context("counting jobs")?;
+    let mut rows = stmt.query([]).context("counting jobs")?;
+    let mut counts: Vec<(StateName, u64)> = StateName::ALL.into_iter().map(|s| (s, 0)).collect();
+    while let Some(row) = rows.next().context("counting jobs")? {
+        let name: String = row.get(0).context("counting jobs")?;
+        let count: i64 = row.get(1).context("counting jobs")?;
+        let state = parse_state_name(&name).ok_or_else(|| StoreError::Corrupt {
+            id: JobId(row.get(2).unwrap_or_default()),
+            detail: format!("unknown state {name:?}"),
+        })?;
+        if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+            slot.1 = u64::try_from(count).unwrap_or_default();
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,115 @@
+//! Connection set-up and the versioned schema: pragmas every connection needs, and the numbered
+//! migrations recorded in `PRAGMA user_version`.
+
+use crate::error::StoreError;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+/// Schema migrations in order; entry `i` brings the database to version `i + 1`. Append only: a released
+/// migration is never edited, since databases in the field have already run it.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and their event log. Columns exist for everything the store filters or sorts on; the rest of
+    // a job is JSON so the model can grow without a migration per field. AUTOINCREMENT so that ids and
+    // sequence numbers are never reused, even if the newest rows are ever deleted.
+    r#"
+    CREATE TABLE jobs (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        state           TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'stopping', 'finished')),
+        priority        INTEGER NOT NULL,
+        submitted_at_ms INTEGER NOT NULL,
+        updated_at_ms   INTEGER NOT NULL,
+        attempt         INTEGER NOT NULL,
+        failures        INTEGER NOT NULL,
+        kind            TEXT,
+        outcome         TEXT,
+        spec            TEXT    NOT NULL,
+        state_data      TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX jobs_state_id ON jobs (state, id);
+
+    CREATE TABLE job_events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id  INTEGER NOT NULL REFERENCES jobs (id),
+        at_ms   INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        kind    TEXT    NOT NULL CHECK (kind <> ''),
+        detail  TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX job_events_job_seq ON job_events (job_id, seq);
+    "#,
+];
+
+pub(crate) const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Opens a connection with the settings every store connection shares. Errors name the file, because
+/// the most likely cause is a wrong path or a file that is not a database.
+pub(crate) fn open_connection(
+    path: &Path,
+    busy_timeout: Duration,
+    read_only: bool,
+) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // No URI parsing and no shared cache: the path is a plain file name chosen by the operator.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(busy_timeout).map_err(open_err)?;
+    // The first statement that reads the file: this is where "file is not a database" shows up.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "job database is not in WAL mode; reads may wait for writes");
+    }
+    // NORMAL is durable against process crashes in WAL mode; only an OS crash can lose the last commits.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(open_err)?;
+    if read_only {
+        // Readers are opened read-write (a read-only WAL connection cannot create the -shm file) but
+        // must never write: only the writer thread may, or group commit ordering would break.
+        conn.pragma_update(None, "query_only", true)
+            .map_err(open_err)?;
+    }
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Brings the schema up to `LATEST_VERSION`, each migration in its own transaction. Safe to run from
+/// several processes at once: the version is re-read under the write lock.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current =
+        user_version(conn).map_err(|source| StoreError::Migration { version: 0, source })?;
+    if current > LATEST_VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: LATEST_VERSION,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as u32 + 1;
+        let err = |source| StoreError::Migration { version, source };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        if user_version(&tx).map_err(err)? >= version {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!(version, "job database migrated");
+    }
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}

@@ -1,0 +1,306 @@
+//! `Store`: the async handle the engine and the HTTP server use. It turns calls into writer commands or
+//! pooled reads and owns the writer thread's lifetime.
+
+use crate::codec::{encode_event, encode_job, encode_parts};
+use crate::error::StoreError;
+use crate::reader::{self, ReadPool};
+use crate::schema::{migrate, open_connection};
+use crate::writer::{Command, Counters, Write, Writer};
+use aura_model::{Job, JobEventRecord, JobId, JobSpec, JobState, NewEvent, StateName, Timestamp};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How long a connection waits for a lock held by another process before giving up.
+    pub busy_timeout: Duration,
+    /// Most writes group-committed in one transaction.
+    pub max_batch: usize,
+    /// Writes that may wait for the writer before callers wait for channel space.
+    pub channel_capacity: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 512,
+            channel_capacity: 4096,
+        }
+    }
+}
+
+/// A page request for `Store::list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Empty means every state.
+    pub states: Vec<StateName>,
+    /// Keyset cursor: the last id of the previous page (exclusive), in the order of `newest_first`.
+    pub after: Option<JobId>,
+    /// Capped at 1000; 0 yields an empty page.
+    pub limit: u32,
+    pub newest_first: bool,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        ListFilter {
+            states: Vec::new(),
+            after: None,
+            limit: 100,
+            newest_first: true,
+        }
+    }
+}
+
+/// Counters since `open`, for tests and status pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed by the writer.
+    pub commits: u64,
+    /// Writes (inserts and records) those transactions held, failed ones included.
+    pub writes: u64,
+}
+
+/// A queued write; resolves once it is committed (or failed). Dropping it does not cancel the write.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<(), StoreError>>);
+
+impl Future for Pending {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|reply| reply.unwrap_or(Err(StoreError::Closed)))
+    }
+}
+
+/// A cheap, clonable handle to the job database. The writer thread stops when `close` is called or when
+/// the last handle is dropped (after applying everything already queued).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    readers: Arc<ReadPool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<Counters>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs blocking work off the async worker threads; a panic in it is a store bug, reported as such.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Internal(format!("blocking task failed: {e}")))?
+}
+
+impl Store {
+    /// Opens (creating if missing) the database file, WAL mode, synchronous=NORMAL, foreign keys on, runs
+    /// the migrations the file lacks, and starts the writer thread.
+    pub async fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        let path = path.to_owned();
+        let busy_timeout = opts.busy_timeout;
+        let (write_conn, read_conn, path) = blocking(move || {
+            let mut write_conn = open_connection(&path, busy_timeout, false)?;
+            migrate(&mut write_conn)?;
+            let read_conn = open_connection(&path, busy_timeout, true)?;
+            Ok((write_conn, read_conn, path))
+        })
+        .await?;
+        // tokio panics on a zero-capacity channel, and a zero batch would never make progress.
+        let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            conn: write_conn,
+            rx,
+            max_batch: opts.max_batch.max(1),
+            counters: counters.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("aura-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(StoreError::Spawn)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                commands: tx,
+                readers: Arc::new(ReadPool::new(path, busy_timeout, read_conn)),
+                writer: Mutex::new(Some(handle)),
+                counters,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.inner.counters.commits.load(Ordering::Relaxed),
+            writes: self.inner.counters.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.check_open()?;
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Assigns the next id, stores the job as queued and appends a `submitted` event; resolves once
+    /// committed, with the job as stored.
+    pub async fn insert_job(
+        &self,
+        spec: JobSpec,
+        submitted_at: Timestamp,
+    ) -> Result<Job, StoreError> {
+        let state = JobState::Queued {
+            since: submitted_at,
+        };
+        let job = encode_parts(&spec, &state, submitted_at, 1, 0)?;
+        let detail = serde_json::json!({ "program": spec.program, "priority": spec.priority });
+        let event = encode_event(&NewEvent {
+            at: submitted_at,
+            kind: "submitted".into(),
+            detail,
+        })?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Write(Write::Insert { job, event, reply }))
+            .await?;
+        let id = answer.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(Job::new(id, spec, submitted_at))
+    }
+
+    /// Writes the job's row and appends `events` (stamped with `job.attempt`) atomically; resolves once
+    /// committed. An id that is not stored is `NotFound` and changes nothing.
+    pub async fn record(&self, job: &Job, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        self.record_queued(job, events).await?.await
+    }
+
+    /// Like `record`, but resolves as soon as the write is queued; the returned `Pending` resolves when it
+    /// is committed. Writes are applied in the order they were queued.
+    pub async fn record_queued(
+        &self,
+        job: &Job,
+        events: Vec<NewEvent>,
+    ) -> Result<Pending, StoreError> {
+        let row = encode_job(job)?;
+        let events = events
+            .iter()
+            .map(encode_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Write(Write::Record {
+            id: job.id,
+            job: row,
+            events,
+            reply,
+        }))
+        .await?;
+        Ok(Pending(answer))
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.check_open()?;
+        let readers = self.inner.readers.clone();
+        blocking(move || readers.with(query)).await
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(move |conn| reader::get(conn, id)).await
+    }
+
+    /// One page of jobs; see `ListFilter`.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
+        self.read(move |conn| {
+            reader::list(
+                conn,
+                &filter.states,
+                filter.after,
+                filter.limit,
+                filter.newest_first,
+            )
+        })
+        .await
+    }
+
+    /// Jobs queued, running or stopping, oldest first: what a starting daemon must recover or requeue.
+    pub async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
+        self.read(reader::unfinished).await
+    }
+
+    /// The job's event log in order; empty for an unknown id.
+    pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, StoreError> {
+        self.read(move |conn| reader::events(conn, id)).await
+    }
+
+    /// Every state with its number of jobs, zeros included.
+    pub async fn count_by_state(&self) -> Result<Vec<(StateName, u64)>, StoreError> {
+        self.read(reader::count_by_state).await
+    }
+
+    /// Applies every write already queued, stops the writer thread and waits for it. Later calls return
+    /// `Closed`; closing again is a no-op.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.closed.store(true, Ordering::Release);
+        let (reply, done) = oneshot::channel();
+        // A failed send means the writer is already gone: nothing left to flush.
+        if self
+            .inner
+            .commands
+            .send(Command::Close(reply))
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+        self.inner.readers.close();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            blocking(move || {
+                handle
+                    .join()
+                    .map_err(|_| StoreError::Internal("the writer thread panicked".into()))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}

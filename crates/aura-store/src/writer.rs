@@ -1,0 +1,228 @@
+//! The writer thread: owns the only write connection and applies queued writes with group commit —
+//! everything waiting is applied in one transaction, each write inside its own savepoint so that one
+//! failing write never takes the others of its batch down with it.
+
+use crate::codec::{EventRow, JobRow};
+use crate::error::{Context, StoreError};
+use aura_model::JobId;
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub(crate) enum Command {
+    Write(Write),
+    /// Apply everything already queued, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+pub(crate) enum Write {
+    Insert {
+        job: JobRow,
+        event: EventRow,
+        reply: Reply<JobId>,
+    },
+    Record {
+        id: JobId,
+        job: JobRow,
+        events: Vec<EventRow>,
+        reply: Reply<()>,
+    },
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub commits: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub rx: mpsc::Receiver<Command>,
+    pub max_batch: usize,
+    pub counters: Arc<Counters>,
+}
+
+impl Writer {
+    /// Runs until `Close` arrives or every sender is gone, then returns (dropping the connection, which
+    /// checkpoints the WAL if it is the last one).
+    pub fn run(mut self) {
+        let mut closers = Vec::new();
+        let mut batch = Vec::with_capacity(self.max_batch);
+        // After a Close the channel is closed but still drained: anything a caller managed to queue was
+        // acknowledged as queued (`record_queued`), so it must be written.
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Write(write) => batch.push(write),
+                    Command::Close(reply) => {
+                        self.rx.close();
+                        closers.push(reply);
+                    }
+                }
+                if batch.len() < self.max_batch {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.apply(&mut batch);
+            }
+        }
+        for closer in closers {
+            let _ = closer.send(());
+        }
+        tracing::debug!("job store writer stopped");
+    }
+
+    fn apply(&mut self, batch: &mut Vec<Write>) {
+        let count = batch.len() as u64;
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, writes = count, "cannot begin a job store transaction");
+                let source = Arc::new(e);
+                for write in batch.drain(..) {
+                    write.reply(Err(StoreError::Commit {
+                        source: source.clone(),
+                    }));
+                }
+                return;
+            }
+        };
+        let mut tx = tx;
+        let results: Vec<Result<JobId, StoreError>> =
+            batch.iter().map(|write| isolated(&mut tx, write)).collect();
+        match tx.commit() {
+            Ok(()) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters.writes.fetch_add(count, Ordering::Relaxed);
+                for (write, result) in batch.drain(..).zip(results) {
+                    write.reply(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = count, "cannot commit a job store transaction");
+                let source = Arc::new(e);
+                for (write, result) in batch.drain(..).zip(results) {
+                    // A write that failed on its own keeps its own, more precise error.
+                    write.reply(result.and(Err(StoreError::Commit {
+                        source: source.clone(),
+                    })));
+                }
+            }
+        }
+    }
+}
+
+/// Runs one write inside a savepoint: on error only this write is rolled back.
+fn isolated(tx: &mut Transaction<'_>, write: &Write) -> Result<JobId, StoreError> {
+    let sp = tx.savepoint().context("opening a savepoint")?;
+    // Dropping the savepoint without `commit` rolls it back.
+    let id = write.execute(&sp)?;
+    sp.commit().context("releasing a savepoint")?;
+    Ok(id)
+}
+
+impl Write {
+    fn execute(&self, conn: &Connection) -> Result<JobId, StoreError> {
+        match self {
+            Write::Insert { job, event, .. } => {
+                conn.prepare_cached(
+                    "INSERT INTO jobs (state, priority, submitted_at_ms, updated_at_ms, attempt, failures, kind, \
+                     outcome, spec, state_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        job.state,
+                        job.priority,
+                        job.submitted_at_ms,
+                        job.updated_at_ms,
+                        job.attempt,
+                        job.failures,
+                        job.kind,
+                        job.outcome,
+                        job.spec,
+                        job.state_data,
+                    ])
+                })
+                .context("inserting a job")?;
+                let id = JobId(conn.last_insert_rowid());
+                insert_event(conn, id, job.attempt, event)?;
+                Ok(id)
+            }
+            Write::Record {
+                id, job, events, ..
+            } => {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE jobs SET state = ?2, priority = ?3, submitted_at_ms = ?4, updated_at_ms = ?5, \
+                         attempt = ?6, failures = ?7, kind = ?8, outcome = ?9, spec = ?10, state_data = ?11 \
+                         WHERE id = ?1",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            id.0,
+                            job.state,
+                            job.priority,
+                            job.submitted_at_ms,
+                            job.updated_at_ms,
+                            job.attempt,
+                            job.failures,
+                            job.kind,
+                            job.outcome,
+                            job.spec,
+                            job.state_data,
+                        ])
+                    })
+                    .context("updating a job")?;
+                if changed == 0 {
+                    return Err(StoreError::NotFound(*id));
+                }
+                for event in events {
+                    insert_event(conn, *id, job.attempt, event)?;
+                }
+                Ok(*id)
+            }
+        }
+    }
+
+    fn reply(self, result: Result<JobId, StoreError>) {
+        // A caller that stopped waiting (dropped its future) does not care about the answer.
+        match self {
+            Write::Insert { reply, .. } => {
+                let _ = reply.send(result);
+            }
+            Write::Record { reply, .. } => {
+                let _ = reply.send(result.map(|_| ()));
+            }
+        }
+    }
+}
+
+fn insert_event(
+    conn: &Connection,
+    job: JobId,
+    attempt: i64,
+    event: &EventRow,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO job_events (job_id, at_ms, attempt, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            job.0,
+            event.at_ms,
+            attempt,
+            event.kind,
+            event.detail
+        ])
+    })
+    .context("appending a job event")?;
+    Ok(())
+}

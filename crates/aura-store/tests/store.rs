@@ -1,0 +1,649 @@
+//! Integration tests of the job store against real SQLite files.
+
+use aura_model::{
+    Accounting, Backend, ByteSize, Event, ExitStatus, Job, JobId, JobSpec, MemorySource, NewEvent,
+    RetryPolicy, Run, StateName, StopReason, StopSignal, Timestamp, TreeHandle,
+};
+use aura_store::{ListFilter, Store, StoreError, StoreOptions};
+use serde_json::json;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(1_700_000_000_000 + ms)
+}
+
+fn spec(n: usize) -> JobSpec {
+    let mut spec = JobSpec::new(
+        "ffmpeg",
+        ["-i", "in.mkv", "-c:v", "libx264", &format!("out{n}.mp4")],
+    );
+    spec.labels.insert(
+        "kind".into(),
+        if n.is_multiple_of(2) { "encode" } else { "tts" }.into(),
+    );
+    spec.env.insert("LANG".into(), "C.UTF-8".into());
+    spec.cwd = Some(PathBuf::from("/srv/media"));
+    spec.priority = (n % 5) as i32 - 2;
+    spec.resources.cpu = Some(1.0 / 3.0);
+    spec.resources.memory = Some(ByteSize(300 << 20));
+    spec.retry = RetryPolicy {
+        max_retries: 1,
+        requeue_interrupted: true,
+    };
+    spec
+}
+
+fn run_info(ms: i64) -> Run {
+    Run {
+        started_at: at(ms),
+        tree: TreeHandle {
+            backend: Backend::CgroupV2,
+            pid: 4242,
+            start_ticks: u64::MAX - 7,
+            cgroups: vec!["/sys/fs/cgroup/aura/job-1".into()],
+        },
+        cwd: "/srv/media".into(),
+    }
+}
+
+fn exited(code: i32, ms: i64) -> Event {
+    Event::Exited {
+        exit: ExitStatus::Code(code),
+        signals_sent: vec![StopSignal::Int],
+        accounting: Accounting {
+            memory_start: Some(ByteSize(10 << 20)),
+            memory_peak: Some(ByteSize(310 << 20)),
+            memory_end: Some(ByteSize(12 << 20)),
+            memory_source: Some(MemorySource::CgroupPeak),
+            cpu_user_secs: Some(0.1 + 0.2),
+            cpu_system_secs: Some(1e-7),
+            wall_secs: Some(12.345_678_901_234_5),
+            peak_processes: Some(3),
+            log_truncated_bytes: 17,
+        },
+        at: at(ms),
+    }
+}
+
+fn event(kind: &str, ms: i64) -> NewEvent {
+    NewEvent {
+        at: at(ms),
+        kind: kind.into(),
+        detail: json!({ "n": ms, "why": kind }),
+    }
+}
+
+async fn open(path: &Path) -> Store {
+    Store::open(path, StoreOptions::default())
+        .await
+        .expect("open store")
+}
+
+fn db(dir: &TempDir) -> PathBuf {
+    dir.path().join("aura.db")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insert_then_get_round_trips() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let mut last = JobId(0);
+    for n in 0..5 {
+        let job = store.insert_job(spec(n), at(n as i64)).await.unwrap();
+        assert!(
+            job.id > last,
+            "ids must increase: {:?} after {:?}",
+            job.id,
+            last
+        );
+        last = job.id;
+        assert_eq!(job, Job::new(job.id, spec(n), at(n as i64)));
+        assert_eq!(store.get(job.id).await.unwrap(), Some(job.clone()));
+        let events = store.events(job.id).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].kind.as_str(), events[0].job_id, events[0].attempt),
+            ("submitted", job.id, 1)
+        );
+        assert_eq!(events[0].at, at(n as i64));
+    }
+    assert_eq!(store.get(JobId(9999)).await.unwrap(), None);
+    assert!(store.events(JobId(9999)).await.unwrap().is_empty());
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_transitions_read_back_equal() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let mut job = store.insert_job(spec(1), at(0)).await.unwrap();
+
+    job.apply(Event::Started { run: run_info(10) }).unwrap();
+    store
+        .record(&job, vec![event("started", 10)])
+        .await
+        .unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().as_ref(), Some(&job));
+
+    job.apply(Event::StopRequested {
+        reason: StopReason::TimedOut,
+        at: at(20),
+    })
+    .unwrap();
+    store
+        .record(
+            &job,
+            vec![event("stop_requested", 20), event("signal_sent", 21)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().as_ref(), Some(&job));
+
+    job.apply(exited(1, 30)).unwrap();
+    store.record(&job, vec![event("exited", 30)]).await.unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().as_ref(), Some(&job));
+    assert_eq!(job.failures, 1);
+
+    job.apply(Event::Requeue { at: at(40) }).unwrap();
+    store
+        .record(&job, vec![event("requeued", 40)])
+        .await
+        .unwrap();
+    job.apply(Event::Started { run: run_info(50) }).unwrap();
+    store
+        .record_queued(&job, vec![event("started", 50)])
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    job.apply(exited(0, 60)).unwrap();
+    store.record(&job, vec![event("exited", 60)]).await.unwrap();
+    let stored = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!(stored, job);
+    assert_eq!(
+        (
+            stored.attempt,
+            stored.failures,
+            stored.outcome().map(|o| o.name())
+        ),
+        (2, 1, Some("succeeded"))
+    );
+
+    let events = store.events(job.id).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "started",
+            "stop_requested",
+            "signal_sent",
+            "exited",
+            "requeued",
+            "started",
+            "exited"
+        ]
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].seq < w[1].seq),
+        "seq must increase: {events:?}"
+    );
+    let attempts: Vec<u32> = events.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [1, 1, 1, 1, 1, 2, 2, 2]);
+    assert_eq!(
+        events[2].detail,
+        json!({ "n": 20, "why": "stop_requested" })
+    );
+    assert_eq!(events[2].at, at(20));
+    store.close().await.unwrap();
+}
+
+/// Inserts `n` jobs and moves them so that id % 4 decides the state: 0 queued, 1 running, 2 stopping,
+/// 3 finished. Returns them in id order.
+async fn populate(store: &Store, n: usize) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        let mut job = store.insert_job(spec(i), at(i as i64)).await.unwrap();
+        let step = job.id.0 % 4;
+        if step >= 1 {
+            job.apply(Event::Started { run: run_info(1) }).unwrap();
+        }
+        if step == 2 {
+            job.apply(Event::StopRequested {
+                reason: StopReason::Cancelled,
+                at: at(2),
+            })
+            .unwrap();
+        }
+        if step == 3 {
+            job.apply(exited(0, 3)).unwrap();
+        }
+        store.record(&job, vec![]).await.unwrap();
+        jobs.push(job);
+    }
+    jobs
+}
+
+fn ids(jobs: &[Job]) -> Vec<i64> {
+    jobs.iter().map(|j| j.id.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_and_pages_in_both_orders() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let jobs = populate(&store, 20).await;
+    let all: Vec<i64> = ids(&jobs);
+
+    let newest = store.list(ListFilter::default()).await.unwrap();
+    assert_eq!(ids(&newest), all.iter().rev().copied().collect::<Vec<_>>());
+    assert_eq!(newest.last(), jobs.first(), "listed jobs are complete");
+
+    let running = store
+        .list(ListFilter {
+            states: vec![StateName::Running],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!running.is_empty());
+    assert!(running.iter().all(|j| j.state.name() == StateName::Running));
+    let two = ListFilter {
+        states: vec![StateName::Finished, StateName::Queued, StateName::Finished],
+        newest_first: false,
+        ..Default::default()
+    };
+    let expected: Vec<i64> = all
+        .iter()
+        .copied()
+        .filter(|id| id % 4 == 0 || id % 4 == 3)
+        .collect();
+    assert_eq!(ids(&store.list(two).await.unwrap()), expected);
+
+    for newest_first in [true, false] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list(ListFilter {
+                    states: vec![],
+                    after,
+                    limit: 3,
+                    newest_first,
+                })
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 3);
+            after = page.last().map(|j| j.id);
+            seen.extend(ids(&page));
+        }
+        let mut want = all.clone();
+        if newest_first {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "paging newest_first={newest_first}");
+    }
+    let page = ListFilter {
+        states: vec![StateName::Queued],
+        after: Some(JobId(9)),
+        limit: 2,
+        newest_first: true,
+    };
+    assert_eq!(ids(&store.list(page).await.unwrap()), [8, 4]);
+    let page = ListFilter {
+        states: vec![StateName::Queued],
+        after: Some(JobId(9)),
+        limit: 2,
+        newest_first: false,
+    };
+    assert_eq!(ids(&store.list(page).await.unwrap()), [12, 16]);
+    assert!(store
+        .list(ListFilter {
+            limit: 0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
+
+    let counts = store.count_by_state().await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            (StateName::Queued, 5),
+            (StateName::Running, 5),
+            (StateName::Stopping, 5),
+            (StateName::Finished, 5)
+        ]
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unfinished_is_queued_running_and_stopping_oldest_first() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let jobs = populate(&store, 12).await;
+    let unfinished = store.unfinished().await.unwrap();
+    let expected: Vec<Job> = jobs
+        .into_iter()
+        .filter(|j| j.state.name() != StateName::Finished)
+        .collect();
+    assert_eq!(unfinished, expected);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_limit_is_capped_at_1000() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let handles: Vec<_> = (0..1005)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_job(spec(n), at(0)).await })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap().unwrap();
+    }
+    let page = store
+        .list(ListFilter {
+            limit: u32::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1000);
+    assert_eq!(page[0].id, JobId(1005));
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_survives_close_and_reopen_and_migrations_run_once() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    let store = open(&path).await;
+    let mut job = store.insert_job(spec(3), at(0)).await.unwrap();
+    job.apply(Event::Started { run: run_info(5) }).unwrap();
+    store.record(&job, vec![event("started", 5)]).await.unwrap();
+    let events = store.events(job.id).await.unwrap();
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(store.get(job.id).await, Err(StoreError::Closed)));
+    assert!(matches!(
+        store.insert_job(spec(0), at(0)).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        store.record(&job, vec![]).await,
+        Err(StoreError::Closed)
+    ));
+
+    for _ in 0..2 {
+        let store = open(&path).await;
+        assert_eq!(store.get(job.id).await.unwrap(), Some(job.clone()));
+        assert_eq!(store.events(job.id).await.unwrap(), events);
+        assert_eq!(store.unfinished().await.unwrap(), [job.clone()]);
+        store.close().await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    let next = open(&path).await.insert_job(spec(0), at(0)).await.unwrap();
+    assert!(next.id > job.id, "ids keep increasing after a reopen");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_every_handle_still_flushes_queued_writes() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    let store = open(&path).await;
+    let mut job = store.insert_job(spec(0), at(0)).await.unwrap();
+    job.apply(Event::Started { run: run_info(1) }).unwrap();
+    let pending = store
+        .record_queued(&job, vec![event("started", 1)])
+        .await
+        .unwrap();
+    drop(store);
+    pending.await.unwrap();
+    let store = open(&path).await;
+    assert_eq!(store.get(job.id).await.unwrap(), Some(job));
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_inserts_are_group_committed() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let before = store.stats();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..50)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..40 {
+                    ids.push(
+                        store
+                            .insert_job(spec(t * 40 + i), at(i as i64))
+                            .await
+                            .unwrap()
+                            .id,
+                    );
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for task in tasks {
+        for id in task.await.unwrap() {
+            assert!(ids.insert(id), "duplicate id {id}");
+        }
+    }
+    let elapsed = started.elapsed();
+    let stats = store.stats();
+    let (commits, writes) = (stats.commits - before.commits, stats.writes - before.writes);
+    println!("2000 concurrent inserts: {elapsed:?}, {commits} commits");
+    assert_eq!(ids.len(), 2000);
+    assert_eq!(writes, 2000);
+    assert!(commits < writes, "{commits} commits for {writes} writes");
+    let counts = store.count_by_state().await.unwrap();
+    assert_eq!(counts[0], (StateName::Queued, 2000));
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_ids_fail_alone_inside_a_batch() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    let store = Store::open(
+        &path,
+        StoreOptions {
+            busy_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut jobs = Vec::new();
+    for n in 0..50 {
+        jobs.push(store.insert_job(spec(n), at(0)).await.unwrap());
+    }
+
+    let mut ghost = jobs[0].clone();
+    ghost.id = JobId(777);
+    assert!(matches!(
+        store.record(&ghost, vec![event("started", 1)]).await,
+        Err(StoreError::NotFound(JobId(777)))
+    ));
+    assert_eq!(store.get(JobId(777)).await.unwrap(), None);
+    assert!(store.events(JobId(777)).await.unwrap().is_empty());
+
+    // Hold the write lock from outside so that everything queued meanwhile lands in one batch.
+    let mut blocker = rusqlite::Connection::open(&path).unwrap();
+    let lock = blocker
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    let before = store.stats();
+    let mut pending = Vec::new();
+    for (n, job) in jobs.iter_mut().enumerate() {
+        job.apply(Event::Started {
+            run: run_info(n as i64),
+        })
+        .unwrap();
+        pending.push((
+            Some(job.id),
+            store
+                .record_queued(job, vec![event("started", n as i64)])
+                .await
+                .unwrap(),
+        ));
+        ghost.id = JobId(1000 + n as i64);
+        pending.push((
+            None,
+            store
+                .record_queued(&ghost, vec![event("started", 0)])
+                .await
+                .unwrap(),
+        ));
+        // Fails on its second statement (an empty event kind breaks a CHECK): its row update must be
+        // rolled back too, and nothing else.
+        let mut broken = job.clone();
+        broken.failures = 99;
+        let bad_event = NewEvent {
+            at: at(0),
+            kind: String::new(),
+            detail: json!(null),
+        };
+        pending.push((
+            None,
+            store
+                .record_queued(&broken, vec![event("ok", 0), bad_event])
+                .await
+                .unwrap(),
+        ));
+    }
+    drop(lock);
+    for (real, pending) in pending {
+        match (real, pending.await) {
+            (Some(_), Ok(())) => {}
+            (None, Err(StoreError::NotFound(id))) if id.0 >= 1000 => {}
+            (
+                None,
+                Err(StoreError::Db {
+                    context: "appending a job event",
+                    ..
+                }),
+            ) => {}
+            (real, other) => panic!("{real:?}: unexpected {other:?}"),
+        }
+    }
+    let stats = store.stats();
+    assert_eq!(stats.writes - before.writes, 150);
+    assert!(
+        stats.commits - before.commits <= 2,
+        "{stats:?} vs {before:?}"
+    );
+    for job in &jobs {
+        assert_eq!(store.get(job.id).await.unwrap().as_ref(), Some(job));
+        assert_eq!(store.events(job.id).await.unwrap().len(), 2);
+    }
+    assert_eq!(
+        store
+            .list(ListFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opening_garbage_or_a_directory_is_a_clear_error() {
+    let dir = TempDir::new().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(
+        &garbage,
+        "this is not an SQLite database, just some text that is long enough. ".repeat(100),
+    )
+    .unwrap();
+    match Store::open(&garbage, StoreOptions::default()).await {
+        Err(e @ StoreError::Open { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("garbage.db") && text.contains("not a database"),
+                "{text}"
+            );
+        }
+        other => panic!("expected an Open error, got {other:?}"),
+    }
+    match Store::open(dir.path(), StoreOptions::default()).await {
+        Err(e @ StoreError::Open { .. }) => assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        ),
+        other => panic!("expected an Open error, got {other:?}"),
+    }
+    let missing_parent = dir.path().join("no/such/dir/aura.db");
+    assert!(matches!(
+        Store::open(&missing_parent, StoreOptions::default()).await,
+        Err(StoreError::Open { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_rows_are_reported_as_corrupt() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    let store = open(&path).await;
+    let job = store.insert_job(spec(0), at(0)).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE jobs SET spec = '{\"program\": 3}' WHERE id = ?1",
+        [job.id.0],
+    )
+    .unwrap();
+    match store.get(job.id).await {
+        Err(StoreError::Corrupt { id, detail }) => {
+            assert_eq!(id, job.id);
+            assert!(detail.starts_with("spec:"), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.list(ListFilter::default()).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_schema_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = db(&dir);
+    open(&path).await.close().await.unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    assert!(matches!(
+        Store::open(&path, StoreOptions::default()).await,
+        Err(StoreError::TooNew {
+            found: 99,
+            supported: 1
+        })
+    ));
+}

@@ -1,0 +1,454 @@
+//! `aura-supervisor` runs each job attempt as a supervised process tree and guarantees that nothing
+//! of it outlives the job: no process, no zombie, no leaked fd, no cgroup directory.
+//!
+//! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
+//! plain process groups), forking jobs from one dedicated launcher thread (so `PR_SET_PDEATHSIG` ties
+//! them to a thread that lives as long as the supervisor), waiting with pidfds and `wait4`, stop
+//! sequences, memory/CPU accounting (kernel high-water marks where the host has them, a sampler thread
+//! otherwise), wiring stdout/stderr into `aura_logs`, and killing what a crashed predecessor left.
+//!
+//! It does not own: job state, scheduling, persistence (the engine stores each [`TreeHandle`] and
+//! hands leftovers to [`Supervisor::recover`]), or the log file format (`aura_logs`).
+//!
+//! Threads: one launcher thread and one sampler thread per [`Supervisor`]; blocking cgroupfs and
+//! `/proc` work otherwise runs in `spawn_blocking`. Nothing blocking runs on async worker threads,
+//! except the few `mkdir`s of [`Supervisor::start`].
+//!
+//! Backend guarantees:
+//! - cgroup backends: a job cannot leave its cgroup (it is placed there before `exec`), so every
+//!   process it ever forks — including `setsid`'d and double-forked daemons — is killed.
+//! - [`BackendChoice::ProcessGroup`]: the tree is the process group plus descendants of the main
+//!   process seen by the sampler. A process that calls `setsid()`/`setpgid()` and is reparented away
+//!   before the sampler ever saw it **cannot be reached**; a crash recovery after the leader died finds
+//!   only the group's members.
+
+mod cgroup;
+mod host;
+mod launcher;
+mod procfs;
+mod recover;
+mod sampler;
+mod tree;
+
+pub use tree::{RunningTree, UsageProbe};
+
+use aura_model::{Backend, JobId, TreeHandle};
+use launcher::LauncherMsg;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+
+/// Which backend to use; `Auto` detects the best one the host offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    CgroupV2,
+    Hybrid,
+    CgroupV1,
+    ProcessGroup,
+}
+
+impl BackendChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::CgroupV2 => "cgroup_v2",
+            BackendChoice::Hybrid => "hybrid",
+            BackendChoice::CgroupV1 => "cgroup_v1",
+            BackendChoice::ProcessGroup => "process_group",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = SupervisorError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "auto" => BackendChoice::Auto,
+            "cgroup_v2" => BackendChoice::CgroupV2,
+            "hybrid" => BackendChoice::Hybrid,
+            "cgroup_v1" => BackendChoice::CgroupV1,
+            "process_group" => BackendChoice::ProcessGroup,
+            other => return Err(SupervisorError::UnknownBackend(other.to_owned())),
+        })
+    }
+}
+
+/// Supervisor settings; [`SupervisorConfig::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct SupervisorConfig {
+    pub backend: BackendChoice,
+    /// Unique per daemon (the engine passes a stable id stored in its data dir). Names this daemon's
+    /// cgroup subtree `aura-<instance>`, so two daemons (e.g. parallel tests) never touch each other's
+    /// jobs. Letters, digits, `-`, `_`, `.`; at most 64 bytes.
+    pub instance: String,
+    /// How often the sampler thread reads memory, process count and CPU of every tree.
+    pub sample_interval: Duration,
+    /// Log cap per stream.
+    pub log_cap: aura_logs::LogCap,
+    /// Written to each job's `oom_score_adj`, so the kernel's OOM killer picks a job before the daemon.
+    pub job_oom_score_adj: i32,
+    /// How long `finish()`/`stop()` wait for a killed tree to be empty.
+    pub kill_wait: Duration,
+}
+
+impl SupervisorConfig {
+    /// Defaults: auto backend, 250 ms sampling, 64 MiB log cap per stream, oom_score_adj 500, 2 s kill wait.
+    pub fn new(instance: impl Into<String>) -> Self {
+        SupervisorConfig {
+            backend: BackendChoice::Auto,
+            instance: instance.into(),
+            sample_interval: Duration::from_millis(250),
+            log_cap: aura_logs::LogCap::new(64 << 20).expect("valid cap"),
+            job_oom_score_adj: 500,
+            kill_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("process backend {backend} is not available on this host: {reason}")]
+    BackendUnavailable {
+        backend: BackendChoice,
+        reason: String,
+    },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unknown process backend {0:?} (expected auto, cgroup_v2, hybrid, cgroup_v1 or process_group)")]
+    UnknownBackend(String),
+    #[error(
+        "invalid supervisor instance name {0:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+    )]
+    InvalidInstance(String),
+    #[error("could not start the {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    #[error("Supervisor::start must be called inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Why a job could not be started. Messages are shown to users verbatim.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("program {program:?} not found")]
+    ProgramNotFound { program: String },
+    #[error("{path} is not an executable file")]
+    NotExecutable { path: PathBuf },
+    #[error("working directory {path}: {source}")]
+    Cwd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("could not start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("could not set up job cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+}
+
+/// One job attempt to start.
+#[derive(Clone, Debug)]
+pub struct LaunchRequest {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub program: String,
+    pub args: Vec<String>,
+    /// Overlaid on the daemon's environment.
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    /// `aura_logs` segments for stdout/stderr go here.
+    pub log_dir: PathBuf,
+}
+
+/// What a crash recovery did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct RecoveryReport {
+    pub killed_processes: u32,
+    pub removed_cgroups: u32,
+}
+
+/// The latest sampler snapshot of a running tree (a model type, so every layer can show it).
+pub use aura_model::LiveUsage;
+
+/// Resolves a program like `execvp` would (absolute path; a path with '/' relative to `cwd`; else a
+/// search of `path_var` or the daemon's `PATH`) and checks it is an executable regular file.
+pub fn resolve_program(
+    program: &str,
+    path_var: Option<&str>,
+    cwd: Option<&Path>,
+) -> Result<PathBuf, LaunchError> {
+    let not_found = || LaunchError::ProgramNotFound {
+        program: program.to_owned(),
+    };
+    if program.is_empty() {
+        return Err(not_found());
+    }
+    let relative_to_cwd = |p: &Path| match cwd {
+        Some(c) if p.is_relative() => c.join(p),
+        _ => p.to_path_buf(),
+    };
+    let check = |p: PathBuf| -> Result<PathBuf, LaunchError> {
+        match std::fs::metadata(&p) {
+            Err(_) => Err(not_found()),
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(p),
+            Ok(_) => Err(LaunchError::NotExecutable { path: p }),
+        }
+    };
+    if program.contains('/') {
+        return check(relative_to_cwd(Path::new(program)));
+    }
+    let daemon_path = std::env::var("PATH").ok();
+    let search = path_var
+        .or(daemon_path.as_deref())
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let mut first_error = None;
+    for dir in search.split(':') {
+        let dir = if dir.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(dir)
+        };
+        match check(relative_to_cwd(dir).join(program)) {
+            Ok(p) => return Ok(p),
+            Err(e @ LaunchError::NotExecutable { .. }) if first_error.is_none() => {
+                first_error = Some(e)
+            }
+            Err(_) => {}
+        }
+    }
+    Err(first_error.unwrap_or_else(not_found))
+}
+
+/// Shared state of one supervisor.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub cfg: SupervisorConfig,
+    pub layout: host::Layout,
+    pub runtime: tokio::runtime::Handle,
+    launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
+    sampler: sampler::Sampler,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for LauncherMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LauncherMsg")
+    }
+}
+
+/// The process-tree supervisor; cheap to clone. Running trees keep it alive: its launcher thread (the
+/// parent of every job, see `PR_SET_PDEATHSIG`) ends when the last clone and tree are gone or at
+/// [`shutdown`](Supervisor::shutdown).
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    /// Detects (or forces) the backend, creates this instance's cgroup dirs, starts the launcher and
+    /// sampler threads. Forcing a backend the host lacks is an error naming what is missing. Must be
+    /// called inside a tokio runtime.
+    pub fn start(cfg: SupervisorConfig) -> Result<Supervisor, SupervisorError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SupervisorError::NoRuntime)?;
+        let valid = !cfg.instance.is_empty()
+            && cfg.instance.len() <= 64
+            && cfg.instance != "."
+            && cfg.instance != ".."
+            && cfg
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid {
+            return Err(SupervisorError::InvalidInstance(cfg.instance.clone()));
+        }
+        let layout = host::choose(cfg.backend, &host::HostCgroups::read(), &cfg.instance)?;
+        let (launch_tx, launch_rx) = tokio::sync::mpsc::channel(64);
+        let launcher = launcher::start(layout.clone(), cfg.job_oom_score_adj, launch_rx).map_err(
+            |source| SupervisorError::Thread {
+                thread: "launcher",
+                source,
+            },
+        )?;
+        let (sampler, sampler_thread) =
+            sampler::Sampler::start(cfg.sample_interval).map_err(|source| {
+                SupervisorError::Thread {
+                    thread: "sampler",
+                    source,
+                }
+            })?;
+        let sup = Supervisor {
+            inner: Arc::new(Inner {
+                cfg,
+                layout,
+                runtime,
+                launch_tx,
+                sampler,
+                threads: Mutex::new(vec![launcher, sampler_thread]),
+                shut_down: AtomicBool::new(false),
+            }),
+        };
+        tracing::info!(description = %sup.description(), "process supervisor started");
+        Ok(sup)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.layout.backend
+    }
+
+    /// One line for the start-up log: backend, cgroup paths and capabilities.
+    pub fn description(&self) -> String {
+        let l = &self.inner.layout;
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("-".to_owned(), |p| p.display().to_string())
+        };
+        match l.backend {
+            Backend::CgroupV2 => format!(
+                "backend=cgroup_v2 cgroup={} kill=cgroup.kill memory={} processes={} cpu=cpu.stat",
+                path(&l.v2_root),
+                if l.v2_memory { "memory.peak (kernel high-water mark)" } else { "sampled RSS (memory controller not delegated)" },
+                if l.v2_pids { "cgroup.procs (pids controller delegated)" } else { "cgroup.procs" }
+            ),
+            Backend::Hybrid => format!(
+                "backend=hybrid cgroup_v2={} (membership, cgroup.kill, cpu.stat) memory_v1={} (memory.max_usage_in_bytes, kernel high-water mark)",
+                path(&l.v2_root),
+                path(&l.v1_root)
+            ),
+            Backend::CgroupV1 => format!(
+                "backend=cgroup_v1 memory_v1={} (membership, kill by signalling every member, memory.max_usage_in_bytes) cpu=wait4 rusage",
+                path(&l.v1_root)
+            ),
+            Backend::ProcessGroup => "backend=process_group (no cgroups: killpg + descendants; memory=sampled RSS; cpu=wait4 rusage; setsid'd processes can escape)".to_owned(),
+        }
+    }
+
+    /// Starts one job attempt.
+    pub async fn launch(&self, req: LaunchRequest) -> Result<RunningTree, LaunchError> {
+        if self.inner.shut_down.load(Ordering::Relaxed) {
+            return Err(LaunchError::ShuttingDown);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let log_dir = req.log_dir.clone();
+        let job_id = req.job_id;
+        self.inner
+            .launch_tx
+            .send(LauncherMsg::Launch(Box::new(req.clone()), tx))
+            .await
+            .map_err(|_| LaunchError::ShuttingDown)?;
+        let spawned = rx.await.map_err(|_| LaunchError::ShuttingDown)??;
+        let tree = spawned.tree;
+        let handle = TreeHandle {
+            backend: tree.backend,
+            pid: tree.pid as u32,
+            start_ticks: tree.start_ticks,
+            cgroups: tree.dirs(),
+        };
+        // SAFETY: the AsyncFd owns the OwnedFd and never replaces or closes it while registered.
+        let pidfd = spawned.pidfd.and_then(|fd| {
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
+        });
+        let cap = self.inner.cfg.log_cap;
+        let logs = [
+            (spawned.stdout, aura_logs::Stream::Stdout),
+            (spawned.stderr, aura_logs::Stream::Stderr),
+        ]
+        .into_iter()
+        .map(|(fd, stream)| {
+            let dir = log_dir.clone();
+            tokio::spawn(async move { aura_logs::capture(fd, &dir, stream, cap).await })
+        })
+        .collect();
+        let stats = Arc::new(tree::TreeStats::new(
+            tree.clone(),
+            self.inner.layout.has_cgroup_memory(),
+        ));
+        self.inner.sampler.register(stats.clone());
+        tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");
+        Ok(RunningTree::new(
+            self.inner.clone(),
+            handle,
+            tree,
+            stats,
+            pidfd,
+            logs,
+            spawned.started,
+        ))
+    }
+
+    /// After a daemon crash: kills every process of the given trees and removes the job cgroups.
+    ///
+    /// Cgroup backends: every job cgroup under this instance's roots, listed or not — so call it at
+    /// start-up, before launching anything. Process-group handles: the group, only if the leader's start
+    /// time equals `start_ticks` (or, leader gone, the group members started no earlier than it).
+    pub async fn recover(&self, leftovers: Vec<TreeHandle>) -> RecoveryReport {
+        let layout = self.inner.layout.clone();
+        let bound = self.inner.cfg.kill_wait;
+        let report = self
+            .inner
+            .runtime
+            .spawn_blocking(move || recover::recover(&layout, &leftovers, bound))
+            .await
+            .unwrap_or_default();
+        tracing::info!(
+            killed = report.killed_processes,
+            removed_cgroups = report.removed_cgroups,
+            "recovery done"
+        );
+        report
+    }
+
+    /// Stops and joins the launcher and sampler threads and removes this instance's (now empty) cgroup
+    /// dirs. Call after every `RunningTree` is finished: the launcher thread's exit SIGKILLs (via
+    /// `PR_SET_PDEATHSIG`) any job main process still running.
+    pub async fn shutdown(&self) {
+        if self.inner.shut_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = self.inner.launch_tx.send(LauncherMsg::Stop).await;
+        let inner = self.inner.clone();
+        let _ = self
+            .inner
+            .runtime
+            .spawn_blocking(move || {
+                inner.sampler.stop();
+                let threads = std::mem::take(&mut *inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+                for t in threads {
+                    let _ = t.join();
+                }
+                for root in inner.layout.v2_root.iter().chain(inner.layout.v1_root.iter()) {
+                    if let Err(e) = cgroup::rmdir(root, Duration::from_millis(200)) {
+                        tracing::warn!(cgroup = %root.display(), error = %e, "could not remove instance cgroup");
+                    }
+                }
+            })
+            .await;
+    }
+}

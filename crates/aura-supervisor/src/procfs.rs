@@ -1,0 +1,123 @@
+//! Small, allocation-light readers of `/proc`: a process's stat line (parent, group, state, CPU, start
+//! time), its resident memory, and the list of all pids. Blocking: call from the launcher thread, the
+//! sampler thread or `spawn_blocking`, never from an async worker.
+
+use std::fs;
+use std::sync::OnceLock;
+
+/// The fields of `/proc/PID/stat` the supervisor uses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProcStat {
+    pub state: u8,
+    pub ppid: i32,
+    pub pgrp: i32,
+    /// User and system CPU in clock ticks.
+    pub utime: u64,
+    pub stime: u64,
+    /// Start time in clock ticks since boot (field 22).
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    pub fn is_zombie(&self) -> bool {
+        self.state == b'Z' || self.state == b'X'
+    }
+}
+
+/// Parses `/proc/PID/stat`; `None` if the process is gone.
+pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
+    // The command name (field 2) is in parentheses and may contain spaces or ')': split after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state).
+    let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
+    Some(ProcStat {
+        state: *f.first()?.as_bytes().first()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        utime: num(11)?,
+        stime: num(12)?,
+        start_ticks: num(19)?,
+    })
+}
+
+/// Resident set size in bytes (`/proc/PID/statm` field 2 × page size).
+pub(crate) fn resident_bytes(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+/// Every numeric entry of `/proc`.
+pub(crate) fn all_pids() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+pub(crate) fn page_size() -> u64 {
+    static PAGE: OnceLock<u64> = OnceLock::new();
+    *PAGE.get_or_init(|| rustix::param::page_size() as u64)
+}
+
+pub(crate) fn ticks_per_second() -> u64 {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    *TICKS.get_or_init(|| rustix::param::clock_ticks_per_second().max(1))
+}
+
+/// A snapshot of every live (non-zombie) process: `(pid, stat)`. Used by the process-group backend and
+/// by recovery to find group members and descendants.
+pub(crate) fn snapshot() -> Vec<(i32, ProcStat)> {
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| stat(pid).map(|s| (pid, s)))
+        .filter(|(_, s)| !s.is_zombie())
+        .collect()
+}
+
+/// All descendants of `root` in `snap` (not `root` itself), following ppid links.
+pub(crate) fn descendants(snap: &[(i32, ProcStat)], root: i32) -> Vec<(i32, u64)> {
+    let mut out: Vec<(i32, u64)> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, s) in snap {
+            if s.ppid == parent && *pid != root && !out.iter().any(|(p, _)| p == pid) {
+                out.push((*pid, s.start_ticks));
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194304 100 0 0 0 7 3 0 0 20 0 1 0 98765 1000 50 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, b'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.pgrp, 1234);
+        assert_eq!(s.utime, 7);
+        assert_eq!(s.stime, 3);
+        assert_eq!(s.start_ticks, 98765);
+    }
+
+    #[test]
+    fn reads_own_stat() {
+        let me = std::process::id() as i32;
+        let s = stat(me).unwrap();
+        assert!(s.start_ticks > 0);
+        assert!(resident_bytes(me).unwrap() > 0);
+    }
+}

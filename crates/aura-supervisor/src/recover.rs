@@ -1,0 +1,125 @@
+//! Crash recovery: kill what a previous incarnation of this daemon instance left running. Job cgroups
+//! outlive the daemon, so for cgroup backends every `job-*` cgroup under this instance's roots is
+//! killed and removed, listed or not. Process-group trees are found from their recorded handles and
+//! checked against the recorded start time, so a reused pid is never killed. Blocking.
+
+use crate::host::Layout;
+use crate::procfs;
+use crate::tree::TreeRef;
+use crate::{cgroup, RecoveryReport};
+use aura_model::{Backend, TreeHandle};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) fn recover(
+    layout: &Layout,
+    leftovers: &[TreeHandle],
+    bound: Duration,
+) -> RecoveryReport {
+    let mut report = RecoveryReport::default();
+    let mut killed: HashSet<i32> = HashSet::new();
+
+    // 1. Job cgroups: every job-* dir under our roots, plus any listed in a handle (v2 first: cgroup.kill).
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for root in layout.v2_root.iter().chain(layout.v1_root.iter()) {
+        dirs.extend(cgroup::job_dirs(root));
+    }
+    for h in leftovers {
+        for d in &h.cgroups {
+            if d.join("cgroup.procs").exists() && !dirs.contains(d) {
+                dirs.push(d.clone());
+            }
+        }
+    }
+    dirs.sort_by_key(|d| !d.join("cgroup.kill").exists()); // v2 dirs first
+    for dir in dirs {
+        killed.extend(cgroup::procs(&dir));
+        let is_v2 = dir.join("cgroup.kill").exists();
+        let tree = TreeRef {
+            backend: if is_v2 {
+                Backend::CgroupV2
+            } else {
+                Backend::CgroupV1
+            },
+            pid: 0,
+            start_ticks: 0,
+            v2: is_v2.then(|| dir.clone()),
+            v1: (!is_v2).then(|| dir.clone()),
+            known: Arc::default(),
+        };
+        tree.kill_and_wait(bound);
+        report.removed_cgroups += tree.remove_dirs();
+    }
+
+    // 2. Process groups, verified by start time.
+    for h in leftovers
+        .iter()
+        .filter(|h| h.backend == Backend::ProcessGroup)
+    {
+        let pgid = h.pid as i32;
+        let snap = procfs::snapshot();
+        let leader = snap.iter().find(|(p, _)| *p == pgid).map(|(_, s)| *s);
+        let targets: Vec<(i32, u64)> = match leader {
+            Some(l) if l.start_ticks == h.start_ticks => {
+                let mut t: Vec<(i32, u64)> = snap
+                    .iter()
+                    .filter(|(_, s)| s.pgrp == pgid)
+                    .map(|(p, s)| (*p, s.start_ticks))
+                    .collect();
+                t.extend(procfs::descendants(&snap, pgid));
+                t
+            }
+            Some(_) => {
+                tracing::info!(
+                    pid = pgid,
+                    "recorded pid now belongs to another process; not killing it"
+                );
+                continue;
+            }
+            // Leader gone: members of its group that started no earlier than it did.
+            None => snap
+                .iter()
+                .filter(|(_, s)| s.pgrp == pgid && s.start_ticks >= h.start_ticks)
+                .map(|(p, s)| (*p, s.start_ticks))
+                .collect(),
+        };
+        let tree = TreeRef {
+            backend: Backend::ProcessGroup,
+            pid: pgid,
+            start_ticks: h.start_ticks,
+            v2: None,
+            v1: None,
+            known: Arc::new(std::sync::Mutex::new(targets.clone())),
+        };
+        killed.extend(targets.iter().map(|(p, _)| *p));
+        if leader.is_some() || !targets.is_empty() {
+            tree.kill_and_wait(bound);
+        }
+    }
+
+    // 3. If a leftover main process is our own child (the supervisor was restarted inside the same
+    // process), reap it so it does not stay a zombie. Only exactly the recorded process.
+    let me = std::process::id() as i32;
+    for h in leftovers {
+        let pid = h.pid as i32;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Some(s) = procfs::stat(pid) {
+            if s.ppid != me || s.start_ticks != h.start_ticks {
+                break;
+            }
+            if s.is_zombie() {
+                // SAFETY: plain syscall on a specific pid that is our zombie child.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    report.killed_processes = killed.len() as u32;
+    report
+}

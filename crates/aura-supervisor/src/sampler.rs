@@ -1,0 +1,67 @@
+//! The one sampler thread: every `sample_interval` it reads current memory, process count and CPU of
+//! every registered tree and keeps the peaks in the trees' atomics. A newly registered tree is sampled
+//! at once (its "memory at start"). Finished trees flag themselves `done` and are dropped from the
+//! registry on the next round, so the registry does not grow with the number of jobs ever run.
+
+use crate::tree::TreeStats;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub(crate) enum Wake {
+    Sample,
+    Stop,
+}
+
+#[derive(Debug)]
+pub(crate) struct Sampler {
+    // A plain Mutex: held only to push or to clone the list, never across I/O.
+    registry: Arc<Mutex<Vec<Arc<TreeStats>>>>,
+    wake: SyncSender<Wake>,
+}
+
+impl Sampler {
+    pub fn start(interval: Duration) -> std::io::Result<(Sampler, std::thread::JoinHandle<()>)> {
+        let registry: Arc<Mutex<Vec<Arc<TreeStats>>>> = Arc::default();
+        let (wake, rx) = std::sync::mpsc::sync_channel(64);
+        let reg = registry.clone();
+        let thread = std::thread::Builder::new()
+            .name("aura-sampler".into())
+            .spawn(move || run(reg, rx, interval))?;
+        Ok((Sampler { registry, wake }, thread))
+    }
+
+    /// Registers a tree and asks for an immediate sample. Never blocks.
+    pub fn register(&self, stats: Arc<TreeStats>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stats);
+        match self.wake.try_send(Wake::Sample) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Asks the thread to stop (blocking send: call off the runtime).
+    pub fn stop(&self) {
+        let _ = self.wake.send(Wake::Stop);
+    }
+}
+
+fn run(registry: Arc<Mutex<Vec<Arc<TreeStats>>>>, rx: Receiver<Wake>, interval: Duration) {
+    loop {
+        match rx.recv_timeout(interval) {
+            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+            Ok(Wake::Sample) | Err(RecvTimeoutError::Timeout) => {}
+        }
+        let trees: Vec<Arc<TreeStats>> = {
+            let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
+            reg.retain(|t| !t.done.load(std::sync::atomic::Ordering::Relaxed));
+            reg.clone()
+        };
+        let mut snapshot = None;
+        for t in trees {
+            t.sample(&mut snapshot);
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! One job's process tree: how to find its members, signal and kill them (`TreeRef`, blocking), its
+//! sampled statistics (`TreeStats`, atomics shared with the sampler thread), and the public RAII
+//! `RunningTree` that waits, stops and finishes it.
+
+use crate::procfs::{self, ProcStat};
+use crate::{cgroup, Inner, LiveUsage};
+use aura_logs::{CaptureReport, LogError};
+use aura_model::{
+    Accounting, Backend, ByteSize, ExitStatus, MemorySource, StopSequence, StopSignal, TreeHandle,
+};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+/// Everything needed to find, signal and kill one job's processes. Cheap to clone; every method
+/// blocks (cgroupfs, /proc), so call it from a blocking context.
+#[derive(Clone, Debug)]
+pub(crate) struct TreeRef {
+    pub backend: Backend,
+    /// The main process, also the process group id.
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub v2: Option<PathBuf>,
+    pub v1: Option<PathBuf>,
+    /// Process-group backend only: members and descendants seen so far with their start times, so that
+    /// a process that left the group (setsid) while its parent was still alive is still reached.
+    pub known: Arc<Mutex<Vec<(i32, u64)>>>,
+}
+
+impl TreeRef {
+    /// The cgroup whose `cgroup.procs` defines membership (v2 when there is one).
+    fn membership_dir(&self) -> Option<&Path> {
+        self.v2.as_deref().or(self.v1.as_deref())
+    }
+
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.v2.iter().chain(self.v1.iter()).cloned().collect()
+    }
+
+    /// Current member pids. For the process-group backend `snap` is a `/proc` snapshot (taken if `None`).
+    pub fn members(&self, snap: Option<&[(i32, ProcStat)]>) -> Vec<i32> {
+        match self.membership_dir() {
+            Some(dir) => cgroup::procs(dir),
+            None => match snap {
+                Some(s) => self.group_members(s).into_iter().map(|(p, _)| p).collect(),
+                None => self
+                    .group_members(&procfs::snapshot())
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect(),
+            },
+        }
+    }
+
+    /// Process-group backend: live processes of the group, descendants of the main process (while it is
+    /// alive and still the same process), and previously seen members that are still the same process.
+    pub fn group_members(&self, snap: &[(i32, ProcStat)]) -> Vec<(i32, u64)> {
+        let mut out: Vec<(i32, u64)> = snap
+            .iter()
+            .filter(|(_, s)| s.pgrp == self.pid)
+            .map(|(p, s)| (*p, s.start_ticks))
+            .collect();
+        if snap
+            .iter()
+            .any(|(p, s)| *p == self.pid && s.start_ticks == self.start_ticks)
+        {
+            out.extend(procfs::descendants(snap, self.pid));
+        }
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (pid, ticks) in known {
+            if snap
+                .iter()
+                .any(|(p, s)| *p == pid && s.start_ticks == ticks)
+            {
+                out.push((pid, ticks));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Sends `sig` to every process of the tree.
+    pub fn signal(&self, sig: i32) {
+        match self.membership_dir() {
+            Some(dir) => {
+                cgroup::signal_members(dir, sig);
+            }
+            None => {
+                let members = self.group_members(&procfs::snapshot());
+                // SAFETY: plain syscalls. The group id stays reserved while any member lives.
+                unsafe { libc::killpg(self.pid, sig) };
+                for (pid, _) in members {
+                    unsafe { libc::kill(pid, sig) };
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs every process of the tree (one round; see `kill_and_wait`).
+    pub fn kill(&self) {
+        match (&self.v2, &self.v1) {
+            (Some(v2), _) => {
+                if let Err(e) = cgroup::v2_kill(v2) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(cgroup = %v2.display(), error = %e, "cgroup.kill failed; signalling members");
+                        cgroup::signal_members(v2, libc::SIGKILL);
+                    }
+                }
+            }
+            (None, Some(v1)) => {
+                cgroup::signal_members(v1, libc::SIGKILL);
+            }
+            (None, None) => self.signal(libc::SIGKILL),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match (&self.v2, &self.v1) {
+            (Some(v2), _) => !cgroup::v2_populated(v2),
+            (None, Some(v1)) => cgroup::procs(v1).is_empty(),
+            (None, None) => self.group_members(&procfs::snapshot()).is_empty(),
+        }
+    }
+
+    /// Kills until the tree is empty (re-killing catches processes forked meanwhile), at most `bound`.
+    pub fn kill_and_wait(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            self.kill();
+            std::thread::sleep(Duration::from_millis(2));
+            if self.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(pid = self.pid, backend = %self.backend, "process tree not empty after kill wait");
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(8));
+        }
+    }
+
+    /// Removes the job cgroups; returns how many were removed.
+    pub fn remove_dirs(&self) -> u32 {
+        let mut n = 0;
+        for dir in self.dirs() {
+            match cgroup::rmdir(&dir, Duration::from_millis(500)) {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove job cgroup")
+                }
+            }
+        }
+        n
+    }
+}
+
+const NONE: u64 = u64::MAX;
+
+fn opt(v: u64) -> Option<u64> {
+    (v != NONE).then_some(v)
+}
+
+/// Sampled statistics of one tree, written by the sampler thread, read lock-free by `live()`.
+#[derive(Debug)]
+pub(crate) struct TreeStats {
+    pub tree: TreeRef,
+    /// Memory comes from the kernel's per-cgroup counters (else summed RSS).
+    pub cgroup_memory: bool,
+    /// Set when the tree is finished or dropped; the sampler then forgets it.
+    pub done: AtomicBool,
+    mem_start: AtomicU64,
+    mem_current: AtomicU64,
+    mem_peak_sampled: AtomicU64,
+    mem_peak_kernel: AtomicU64,
+    cpu_user_usec: AtomicU64,
+    cpu_system_usec: AtomicU64,
+    processes: AtomicU32,
+    peak_processes: AtomicU32,
+}
+
+impl TreeStats {
+    pub fn new(tree: TreeRef, cgroup_memory: bool) -> TreeStats {
+        TreeStats {
+            tree,
+            cgroup_memory,
+            done: AtomicBool::new(false),
+            mem_start: AtomicU64::new(NONE),
+            mem_current: AtomicU64::new(NONE),
+            mem_peak_sampled: AtomicU64::new(NONE),
+            mem_peak_kernel: AtomicU64::new(NONE),
+            cpu_user_usec: AtomicU64::new(NONE),
+            cpu_system_usec: AtomicU64::new(NONE),
+            processes: AtomicU32::new(0),
+            peak_processes: AtomicU32::new(0),
+        }
+    }
+
+    fn memory_dir(&self) -> Option<(&Path, &'static str, &'static str)> {
+        if !self.cgroup_memory {
+            return None;
+        }
+        match (&self.tree.v1, &self.tree.v2) {
+            (Some(v1), _) => Some((
+                v1.as_path(),
+                "memory.usage_in_bytes",
+                "memory.max_usage_in_bytes",
+            )),
+            (None, Some(v2)) => Some((v2.as_path(), "memory.current", "memory.peak")),
+            _ => None,
+        }
+    }
+
+    /// The kernel high-water mark, read now.
+    pub fn read_kernel_peak(&self) -> Option<u64> {
+        let (dir, _, peak) = self.memory_dir()?;
+        let v = cgroup::read_u64(&dir.join(peak))?;
+        self.mem_peak_kernel.store(v, Ordering::Relaxed);
+        Some(v)
+    }
+
+    /// One sample. `snap` is a lazily taken `/proc` snapshot shared by all trees of this round.
+    pub fn sample(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
+        let needs_proc = self.tree.membership_dir().is_none();
+        if needs_proc && snap.is_none() {
+            *snap = Some(procfs::snapshot());
+        }
+        let members: Vec<i32> = if needs_proc {
+            let found = self.tree.group_members(snap.as_deref().unwrap_or(&[]));
+            let pids = found.iter().map(|(p, _)| *p).collect();
+            *self.tree.known.lock().unwrap_or_else(|e| e.into_inner()) = found;
+            pids
+        } else {
+            self.tree.members(None)
+        };
+        let n = members.len() as u32;
+        self.processes.store(n, Ordering::Relaxed);
+        self.peak_processes.fetch_max(n, Ordering::Relaxed);
+        if n == 0 {
+            // Keep the last memory figures from before the tree went away.
+            return;
+        }
+        let current = match self.memory_dir() {
+            Some((dir, current, _)) => {
+                self.read_kernel_peak();
+                cgroup::read_u64(&dir.join(current))
+            }
+            None => Some(
+                members
+                    .iter()
+                    .filter_map(|&p| procfs::resident_bytes(p))
+                    .sum(),
+            ),
+        };
+        if let Some(cur) = current {
+            self.mem_current.store(cur, Ordering::Relaxed);
+            let _ =
+                self.mem_start
+                    .compare_exchange(NONE, cur, Ordering::Relaxed, Ordering::Relaxed);
+            let peak = self.mem_peak_sampled.load(Ordering::Relaxed);
+            if peak == NONE || cur > peak {
+                self.mem_peak_sampled.store(cur, Ordering::Relaxed);
+            }
+        }
+        let cpu = match &self.tree.v2 {
+            Some(v2) => cgroup::cpu_usec(v2),
+            None => {
+                // Live processes only: the final figure comes from wait4's rusage.
+                let tick_usec = 1_000_000 / procfs::ticks_per_second();
+                let (mut u, mut s) = (0, 0);
+                for &pid in &members {
+                    let st = snap
+                        .as_ref()
+                        .and_then(|v| v.iter().find(|(p, _)| *p == pid).map(|(_, s)| *s));
+                    if let Some(st) = st.or_else(|| procfs::stat(pid)) {
+                        u += st.utime * tick_usec;
+                        s += st.stime * tick_usec;
+                    }
+                }
+                Some((u, s))
+            }
+        };
+        if let Some((u, s)) = cpu {
+            self.cpu_user_usec.store(u, Ordering::Relaxed);
+            self.cpu_system_usec.store(s, Ordering::Relaxed);
+        }
+    }
+
+    pub fn live(&self) -> LiveUsage {
+        let sampled_peak = opt(self.mem_peak_sampled.load(Ordering::Relaxed));
+        let (memory_peak, memory_source) = if self.cgroup_memory {
+            (
+                opt(self.mem_peak_kernel.load(Ordering::Relaxed)).or(sampled_peak),
+                Some(MemorySource::CgroupPeak),
+            )
+        } else {
+            (sampled_peak, Some(MemorySource::SampledRss))
+        };
+        LiveUsage {
+            memory_current: opt(self.mem_current.load(Ordering::Relaxed)),
+            memory_peak,
+            memory_source,
+            cpu_user_secs: opt(self.cpu_user_usec.load(Ordering::Relaxed)).map(|u| u as f64 / 1e6),
+            cpu_system_secs: opt(self.cpu_system_usec.load(Ordering::Relaxed))
+                .map(|u| u as f64 / 1e6),
+            processes: self.processes.load(Ordering::Relaxed),
+            peak_processes: self.peak_processes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What `wait4` reported about the main process.
+#[derive(Clone, Copy, Debug)]
+struct Reaped {
+    status: ExitStatus,
+    user_secs: f64,
+    system_secs: f64,
+    max_rss_bytes: u64,
+    at: Instant,
+}
+
+fn tv_secs(tv: libc::timeval) -> f64 {
+    tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
+}
+
+/// `wait4(pid, WNOHANG)`: `Ok(None)` while the process runs.
+fn try_wait4(pid: i32) -> std::io::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; wait4 fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+    if r == 0 {
+        return Ok(None);
+    }
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let status = if libc::WIFEXITED(status) {
+        ExitStatus::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ExitStatus::Signal(libc::WTERMSIG(status))
+    } else {
+        ExitStatus::Code(-1)
+    };
+    Ok(Some(Reaped {
+        status,
+        user_secs: tv_secs(ru.ru_utime),
+        system_secs: tv_secs(ru.ru_stime),
+        max_rss_bytes: ru.ru_maxrss.max(0) as u64 * 1024,
+        at: Instant::now(),
+    }))
+}
+
+/// Blocking reap of a SIGKILLed (or about to be) child, bounded. Used by cleanup paths off the runtime.
+pub(crate) fn reap_blocking(pid: i32, bound: Duration) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        match try_wait4(pid) {
+            Ok(Some(_)) => return true,
+            Err(_) => return false, // not our child (already reaped)
+            Ok(None) if Instant::now() >= deadline => {
+                tracing::error!(
+                    pid,
+                    "main process did not exit after SIGKILL; it will stay a zombie"
+                );
+                return false;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Reads a running tree's latest sampled usage without owning the tree. Holding one after the tree is
+/// finished is harmless: it keeps showing the last sample.
+#[derive(Clone)]
+pub struct UsageProbe(Arc<TreeStats>);
+
+impl UsageProbe {
+    pub fn live(&self) -> LiveUsage {
+        self.0.live()
+    }
+}
+
+type LogTask = JoinHandle<Result<CaptureReport, LogError>>;
+
+/// A job's live process tree. Dropping it without [`finish`](RunningTree::finish) SIGKILLs the whole
+/// tree and cleans up in the background.
+pub struct RunningTree {
+    pub(crate) sup: Arc<Inner>,
+    pub(crate) handle: TreeHandle,
+    pub(crate) tree: TreeRef,
+    pub(crate) stats: Arc<TreeStats>,
+    pub(crate) pidfd: Option<AsyncFd<OwnedFd>>,
+    pub(crate) logs: Vec<LogTask>,
+    pub(crate) started: Instant,
+    reaped: Option<Reaped>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for RunningTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningTree")
+            .field("handle", &self.handle)
+            .field("exit", &self.reaped.map(|r| r.status))
+            .finish()
+    }
+}
+
+impl RunningTree {
+    pub(crate) fn new(
+        sup: Arc<Inner>,
+        handle: TreeHandle,
+        tree: TreeRef,
+        stats: Arc<TreeStats>,
+        pidfd: Option<AsyncFd<OwnedFd>>,
+        logs: Vec<LogTask>,
+        started: Instant,
+    ) -> RunningTree {
+        RunningTree {
+            sup,
+            handle,
+            tree,
+            stats,
+            pidfd,
+            logs,
+            started,
+            reaped: None,
+            finished: false,
+        }
+    }
+
+    /// Backend, pid (== pgid), start time and cgroup dirs: store it to recover after a crash.
+    pub fn handle(&self) -> &TreeHandle {
+        &self.handle
+    }
+
+    /// The latest sampler snapshot (no I/O).
+    pub fn live(&self) -> LiveUsage {
+        self.stats.live()
+    }
+
+    /// A cheap, cloneable reader of this tree's live usage, for whoever shows it while the tree runs.
+    pub fn probe(&self) -> UsageProbe {
+        UsageProbe(self.stats.clone())
+    }
+
+    /// The main process's status if it has been reaped already.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.reaped.map(|r| r.status)
+    }
+
+    fn reap_now(&mut self) -> Option<ExitStatus> {
+        if let Some(r) = self.reaped {
+            return Some(r.status);
+        }
+        let result = try_wait4(self.tree.pid);
+        self.record(result)
+    }
+
+    fn record(&mut self, result: std::io::Result<Option<Reaped>>) -> Option<ExitStatus> {
+        let r = match result {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                // ECHILD: someone else reaped our child (e.g. SIGCHLD set to SIG_IGN by the embedding
+                // program). The status is lost.
+                tracing::error!(pid = self.tree.pid, error = %e, "wait4 failed; exit status unknown");
+                Reaped {
+                    status: ExitStatus::Code(-1),
+                    user_secs: 0.0,
+                    system_secs: 0.0,
+                    max_rss_bytes: 0,
+                    at: Instant::now(),
+                }
+            }
+        };
+        self.reaped = Some(r);
+        self.pidfd = None; // close it: the process is gone
+        Some(r.status)
+    }
+
+    /// Resolves when the main process has exited, reaping it with `wait4`. Cancel-safe; afterwards it
+    /// returns the same status immediately.
+    pub async fn wait(&mut self) -> ExitStatus {
+        loop {
+            if let Some(s) = self.reap_now() {
+                return s;
+            }
+            let pid = self.tree.pid;
+            let result = match &self.pidfd {
+                Some(fd) => {
+                    // The pidfd turns readable when the process exits. The timeout is a safety net
+                    // against a lost edge; it costs one wait4 per second per waiting job.
+                    match tokio::time::timeout(Duration::from_secs(1), fd.readable()).await {
+                        Ok(Ok(mut guard)) => {
+                            let r = try_wait4(pid);
+                            if matches!(r, Ok(None)) {
+                                guard.clear_ready();
+                            }
+                            r
+                        }
+                        Ok(Err(_)) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            if let Some(s) = self.record(result) {
+                return s;
+            }
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(TreeRef) -> T + Send + 'static,
+    ) -> Option<T> {
+        let tree = self.tree.clone();
+        self.sup.runtime.spawn_blocking(move || f(tree)).await.ok()
+    }
+
+    /// Runs the stop sequence: each step signals every process of the tree, then waits up to its grace
+    /// for the main process; if it is still alive after all steps, the whole tree gets SIGKILL. Returns
+    /// the exit status and the signals actually sent (SIGKILL included if it was needed). If the main
+    /// process had already exited, nothing is sent. Call [`finish`](RunningTree::finish) afterwards.
+    pub async fn stop(&mut self, seq: &StopSequence) -> (ExitStatus, Vec<StopSignal>) {
+        let mut sent = Vec::new();
+        if let Some(s) = self.reap_now() {
+            return (s, sent);
+        }
+        for step in &seq.0 {
+            let sig = step.signal.number();
+            self.blocking(move |t| t.signal(sig)).await;
+            sent.push(step.signal);
+            if let Ok(s) = tokio::time::timeout(step.grace, self.wait()).await {
+                return (s, sent);
+            }
+        }
+        self.blocking(|t| t.kill()).await;
+        sent.push(StopSignal::Kill);
+        (self.wait().await, sent)
+    }
+
+    /// After the main process exited: kills whatever remains of the tree (nothing outlives the job's
+    /// main process), waits until it is empty (bounded by `kill_wait`), reads the final accounting,
+    /// waits (at most ~1 s) for log capture to reach EOF, removes the job cgroups and returns the
+    /// accounting. If the main process is still running, the tree is SIGKILLed first.
+    pub async fn finish(mut self) -> Accounting {
+        if self.reap_now().is_none() {
+            self.blocking(|t| t.kill()).await;
+            self.wait().await;
+        }
+        let kill_wait = self.sup.cfg.kill_wait;
+        let stats = self.stats.clone();
+        // Kill the rest, wait for empty, then read the kernel's final counters.
+        let (kernel_peak, cpu) = self
+            .blocking(move |t| {
+                t.kill_and_wait(kill_wait);
+                let peak = stats.read_kernel_peak();
+                let cpu = t.v2.as_deref().and_then(cgroup::cpu_usec);
+                (peak, cpu)
+            })
+            .await
+            .unwrap_or((None, None));
+
+        // Log capture ends at EOF once every holder of the pipes is dead; a process outside the
+        // backend's reach may keep it open, so bound the wait and abort.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let mut truncated = 0;
+        for mut task in std::mem::take(&mut self.logs) {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Ok(report))) => truncated += report.truncated_bytes,
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(pid = self.tree.pid, error = %e, "log capture failed")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(pid = self.tree.pid, error = %e, "log capture task failed")
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        pid = self.tree.pid,
+                        "log pipe still held open after the tree was killed; abandoning capture"
+                    );
+                    task.abort();
+                }
+            }
+        }
+        self.blocking(|t| t.remove_dirs()).await;
+        self.stats.done.store(true, Ordering::Relaxed);
+        self.finished = true;
+
+        let reaped = self.reaped.expect("reaped above");
+        let live = self.stats.live();
+        let (memory_peak, memory_source) = if self.stats.cgroup_memory {
+            (kernel_peak.or(live.memory_peak), MemorySource::CgroupPeak)
+        } else {
+            // wait4's ru_maxrss covers the main process and the children it reaped: a floor under the
+            // sampled sum that catches spikes between samples.
+            let peak = live.memory_peak.unwrap_or(0).max(reaped.max_rss_bytes);
+            ((peak > 0).then_some(peak), MemorySource::SampledRss)
+        };
+        let (cpu_user_secs, cpu_system_secs) = match cpu {
+            Some((u, s)) => (u as f64 / 1e6, s as f64 / 1e6),
+            None => (reaped.user_secs, reaped.system_secs),
+        };
+        Accounting {
+            memory_start: self.stats.live_start().map(ByteSize),
+            memory_peak: memory_peak.map(ByteSize),
+            memory_end: live.memory_current.map(ByteSize),
+            memory_source: Some(memory_source),
+            cpu_user_secs: Some(cpu_user_secs),
+            cpu_system_secs: Some(cpu_system_secs),
+            wall_secs: Some(reaped.at.duration_since(self.started).as_secs_f64()),
+            peak_processes: Some(live.peak_processes.max(1)),
+            log_truncated_bytes: truncated,
+        }
+    }
+}
+
+impl TreeStats {
+    pub fn live_start(&self) -> Option<u64> {
+        opt(self.mem_start.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for RunningTree {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.stats.done.store(true, Ordering::Relaxed);
+        // Immediate, non-blocking: SIGKILL the main process through its pidfd (immune to pid reuse)
+        // and its group. The rest (cgroup kill, waiting, reaping, rmdir) happens off this thread.
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: plain syscall on an fd we own.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.get_ref().as_raw_fd(),
+                    libc::SIGKILL,
+                    0usize,
+                    0u32,
+                )
+            };
+        }
+        if self.reaped.is_none() {
+            unsafe { libc::killpg(self.tree.pid, libc::SIGKILL) };
+        }
+        let tree = self.tree.clone();
+        let reap = self.reaped.is_none();
+        let logs = std::mem::take(&mut self.logs);
+        let kill_wait = self.sup.cfg.kill_wait;
+        let cleanup = move || {
+            tree.kill_and_wait(kill_wait);
+            if reap {
+                reap_blocking(tree.pid, Duration::from_secs(10));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            for task in logs {
+                task.abort();
+            }
+            tree.remove_dirs();
+        };
+        drop(self.sup.runtime.spawn_blocking(cleanup));
+    }
+}

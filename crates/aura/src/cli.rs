@@ -1,0 +1,463 @@
+//! Command-line interface: argument parsing and the client commands, which talk to the daemon only through
+//! the HTTP API.
+
+use crate::config::Config;
+use anyhow::{bail, Context};
+use aura_client::{Client, JobView, ListQuery};
+use aura_model::{ByteSize, ExitStatus, JobId, JobSpec, JobState, Outcome, RetryPolicy, StopSequence, Timestamp};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "aura", version, about = "Runs media jobs as supervised process trees")]
+pub struct Args {
+    /// URL of the daemon for client commands.
+    #[arg(long, global = true, env = "AURA_SERVER", default_value = "http://127.0.0.1:7411")]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: engine and HTTP API.
+    Serve {
+        /// Data directory (database, job directories, logs). Default: ./aura-data
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on. Default: 127.0.0.1:7411
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// TOML configuration file.
+        #[arg(long, env = "AURA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Submit a job: `aura submit [OPTIONS] -- PROGRAM ARGS...`
+    Submit(SubmitArgs),
+    /// List jobs, newest first.
+    Jobs {
+        /// Only jobs in these states (queued, running, stopping, finished); repeatable.
+        #[arg(long)]
+        state: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print the job records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything known about one job.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Captured stdout and stderr of a job.
+    Logs {
+        id: i64,
+        /// Keep printing new output until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only stdout.
+        #[arg(long, conflicts_with = "stderr")]
+        stdout: bool,
+        /// Only stderr.
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Stop a job: its stop sequence (graceful signal, grace period, SIGKILL) on the whole process tree.
+    Cancel {
+        id: i64,
+        /// Wait until the tree is gone and print the outcome.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Engine status: backend, running and queued jobs.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct SubmitArgs {
+    /// Wall-clock limit, e.g. 90s, 2h. Default: 60m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Memory request, e.g. 512M, 2G.
+    #[arg(long)]
+    memory: Option<ByteSize>,
+    /// CPU request in cores (fractions allowed).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// GPUs requested.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Higher runs first. Default: 0.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Label k=v (repeatable); `kind` names the class of work.
+    #[arg(long = "label", value_parser = parse_key_value)]
+    labels: Vec<(String, String)>,
+    /// Environment variable K=V for the job (repeatable), on top of the daemon's environment.
+    #[arg(long = "env", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Working directory. Default: a fresh directory for the job under the daemon's data dir.
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Stop sequence, e.g. INT:5s,TERM:3s (SIGKILL follows). Default: INT:5s,TERM:3s.
+    #[arg(long)]
+    stop: Option<StopSequence>,
+    /// Extra attempts after a failure.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Print only the job id.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Wait for the job, print its outcome and exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// The program and its arguments (no shell: name one, e.g. `sh -c '…'`, if you need it).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_parser = clap::value_parser!(OsString))]
+    command: Vec<OsString>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    if let Command::Serve { data_dir, listen, config } = args.command {
+        init_logging();
+        let mut cfg = Config::load(config.as_deref())?;
+        if let Some(dir) = data_dir {
+            cfg.data_dir = dir;
+        }
+        if let Some(listen) = listen {
+            cfg.listen = listen;
+        }
+        crate::serve::run(cfg).await?;
+        return Ok(0);
+    }
+    let client = Client::new(&args.server)?;
+    match args.command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Submit(submit) => submit_job(&client, submit).await,
+        Command::Jobs { state, limit, json } => {
+            let states = state.iter().flat_map(|s| s.split(',')).map(str::to_owned).collect();
+            let page = client.list(&ListQuery { states, limit: Some(limit), ..Default::default() }).await?;
+            if json {
+                print_json(&page.jobs)?;
+            } else {
+                print_table(&page.jobs);
+            }
+            Ok(0)
+        }
+        Command::Show { id, json } => {
+            let view = client.get(JobId(id)).await?;
+            if json {
+                print_json(&view)?;
+            } else {
+                let events = client.events(JobId(id)).await?;
+                print_job(&view, &events);
+            }
+            Ok(0)
+        }
+        Command::Logs { id, follow, stdout, stderr } => {
+            let streams: &[&str] = match (stdout, stderr) {
+                (true, _) => &["stdout"],
+                (_, true) => &["stderr"],
+                _ => &["stdout", "stderr"],
+            };
+            print_logs(&client, JobId(id), streams, follow).await?;
+            Ok(0)
+        }
+        Command::Cancel { id, wait } => {
+            let view = client.cancel(JobId(id)).await?;
+            if !wait {
+                println!("job {id}: {}", describe_state(&view));
+                return Ok(0);
+            }
+            let view = wait_for(&client, view.job.id).await?;
+            println!("job {id}: {}", describe_state(&view));
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let status = client.status().await?;
+            if json {
+                print_json(&status)?;
+            } else {
+                let field = |k: &str| status.get(k).map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
+                println!("backend:        {} ({})", field("backend"), field("backend_detail"));
+                println!("accepting:      {}", field("accepting"));
+                println!("running:        {} of {}", field("running"), field("max_concurrent"));
+                println!("queued:         {}", field("queued"));
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AURA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
+    let mut argv = Vec::with_capacity(args.command.len());
+    for (i, arg) in args.command.into_iter().enumerate() {
+        match arg.into_string() {
+            Ok(s) => argv.push(s),
+            Err(raw) => bail!(
+                "{} {:?} is not valid UTF-8; Aura stores commands as UTF-8 text",
+                if i == 0 { "the program".to_owned() } else { format!("argument {i}") },
+                raw
+            ),
+        }
+    }
+    let mut argv = argv.into_iter();
+    let Some(program) = argv.next() else { bail!("no program given: aura submit -- PROGRAM ARGS...") };
+    let mut spec = JobSpec::new(program, argv);
+    if let Some(timeout) = args.timeout {
+        spec.timeout = timeout;
+    }
+    spec.resources.memory = args.memory;
+    spec.resources.cpu = args.cpu;
+    spec.resources.gpus = args.gpus;
+    spec.priority = args.priority;
+    spec.labels = args.labels.into_iter().collect();
+    spec.env = args.env.into_iter().collect();
+    if let Some(cwd) = args.cwd {
+        spec.cwd = Some(std::path::absolute(&cwd).with_context(|| format!("invalid --cwd {}", cwd.display()))?);
+    }
+    if let Some(stop) = args.stop {
+        spec.stop = stop;
+    }
+    spec.retry = RetryPolicy { max_retries: args.retries, ..RetryPolicy::default() };
+    let view = client.submit(&spec).await?;
+    let id = view.job.id;
+    if args.quiet {
+        println!("{id}");
+    } else {
+        println!("submitted job {id}");
+    }
+    if !args.wait {
+        return Ok(0);
+    }
+    let view = wait_for(client, id).await?;
+    if !args.quiet {
+        eprintln!("job {id}: {}", describe_state(&view));
+    }
+    let code = view.job.outcome().map_or(1, Outcome::cli_exit_code);
+    Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+async fn wait_for(client: &Client, id: JobId) -> anyhow::Result<JobView> {
+    loop {
+        let view = client.wait(id, Duration::from_secs(60)).await?;
+        if view.job.outcome().is_some() {
+            return Ok(view);
+        }
+    }
+}
+
+async fn print_logs(client: &Client, id: JobId, streams: &[&str], follow: bool) -> anyhow::Result<()> {
+    let mut offsets = vec![0u64; streams.len()];
+    loop {
+        // Read the state before the logs: output written before the job finished is then surely read.
+        let finished = !follow || client.get(id).await?.job.outcome().is_some();
+        loop {
+            let mut progressed = false;
+            for (stream, offset) in streams.iter().zip(offsets.iter_mut()) {
+                let chunk = client.logs(id, stream, *offset).await?;
+                if *offset == 0 && chunk.truncated_bytes > 0 {
+                    eprintln!("[aura: {} oldest bytes of {stream} were dropped by the log size cap]", chunk.truncated_bytes);
+                }
+                if !chunk.data.is_empty() {
+                    progressed = true;
+                    if *stream == "stderr" {
+                        std::io::stderr().write_all(&chunk.data)?;
+                    } else {
+                        std::io::stdout().write_all(&chunk.data)?;
+                    }
+                }
+                *offset = chunk.next_offset;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        std::io::stdout().flush()?;
+        if finished {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn command_line(spec: &JobSpec) -> String {
+    std::iter::once(spec.program.as_str())
+        .chain(spec.args.iter().map(String::as_str))
+        .map(|a| if a.is_empty() || a.contains(char::is_whitespace) { format!("'{a}'") } else { a.to_owned() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn describe_state(view: &JobView) -> String {
+    match &view.job.state {
+        JobState::Queued { .. } => "queued".into(),
+        JobState::Running { .. } => "running".into(),
+        JobState::Stopping { reason, .. } => format!("stopping ({reason:?})").to_lowercase(),
+        JobState::Finished(f) => match (&f.outcome, f.exit) {
+            (Outcome::Failed { exit_code }, _) => format!("failed (exit {exit_code})"),
+            (Outcome::Killed { signal }, _) => format!("killed (signal {signal})"),
+            (Outcome::FailedToStart { error }, _) => format!("failed to start: {error}"),
+            (Outcome::Interrupted { reason }, _) => format!("interrupted: {reason}"),
+            (o, Some(ExitStatus::Code(c))) if !o.is_success() => format!("{} (exit {c})", o.name()),
+            (o, Some(ExitStatus::Signal(s))) if !o.is_success() => format!("{} (signal {s})", o.name()),
+            (o, _) => o.name().to_owned(),
+        },
+    }
+}
+
+fn short_time(t: Timestamp) -> String {
+    let text = t.to_string();
+    // 2026-11-22T15:40:01.123Z → 2026-11-22 15:40:01
+    text.get(..19).map(|s| s.replacen('T', " ", 1)).unwrap_or(text)
+}
+
+fn duration_of(view: &JobView) -> Option<Duration> {
+    let run = view.job.state.run()?;
+    let end = match &view.job.state {
+        JobState::Finished(f) => f.finished_at,
+        _ => Timestamp::now(),
+    };
+    Some(end.since(run.started_at))
+}
+
+fn peak_memory(view: &JobView) -> Option<ByteSize> {
+    match &view.job.state {
+        JobState::Finished(f) => f.accounting.memory_peak,
+        _ => view.live.and_then(|l| l.memory_peak).map(ByteSize),
+    }
+}
+
+fn print_table(jobs: &[JobView]) {
+    println!("{:>6}  {:<22}  {:<40}  {:<19}  {:>9}  {:>10}", "ID", "STATE", "COMMAND", "STARTED", "DURATION", "PEAK MEM");
+    for view in jobs {
+        let mut command = command_line(&view.job.spec);
+        if command.chars().count() > 40 {
+            command = command.chars().take(39).collect::<String>() + "…";
+        }
+        let mut state = describe_state(view);
+        if state.chars().count() > 22 {
+            state = state.chars().take(21).collect::<String>() + "…";
+        }
+        let started = view.job.state.run().map(|r| short_time(r.started_at)).unwrap_or_else(|| "-".into());
+        let duration = duration_of(view).map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "-".into());
+        let peak = peak_memory(view).map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+        println!("{:>6}  {state:<22}  {command:<40}  {started:<19}  {duration:>9}  {peak:>10}", view.job.id.0);
+    }
+}
+
+fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
+    let job = &view.job;
+    println!("Job {}: {} (attempt {})", job.id, describe_state(view), job.attempt);
+    println!("  Command:    {}", command_line(&job.spec));
+    println!("  Submitted:  {}", job.submitted_at);
+    if let Some(run) = job.state.run() {
+        println!("  Started:    {}", run.started_at);
+        println!("  Backend:    {} (pid {}, cgroups: {})", run.tree.backend, run.tree.pid, if run.tree.cgroups.is_empty() {
+            "none".to_owned()
+        } else {
+            run.tree.cgroups.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        });
+        println!("  Directory:  {}", run.cwd.display());
+    }
+    if let Some(d) = duration_of(view) {
+        println!("  Duration:   {:.3}s", d.as_secs_f64());
+    }
+    match &job.state {
+        JobState::Finished(f) => {
+            println!("  Finished:   {}", f.finished_at);
+            if let Some(exit) = f.exit {
+                println!("  Exit:       {}", match exit {
+                    ExitStatus::Code(c) => format!("code {c}"),
+                    ExitStatus::Signal(s) => format!("signal {s}"),
+                });
+            }
+            if !f.signals_sent.is_empty() {
+                println!("  Stop:       {}", f.signals_sent.iter().map(|s| s.name()).collect::<Vec<_>>().join(" → "));
+            }
+            let a = &f.accounting;
+            if f.run.is_some() {
+                println!("  Memory:     {}", a.memory_line());
+                let secs = |s: Option<f64>| s.map_or("?".into(), |s| format!("{s:.2}s"));
+                println!(
+                    "  CPU:        user {}, system {}; peak processes {}",
+                    secs(a.cpu_user_secs),
+                    secs(a.cpu_system_secs),
+                    a.peak_processes.map_or("?".into(), |p| p.to_string())
+                );
+                if a.log_truncated_bytes > 0 {
+                    println!("  Logs:       {} oldest bytes dropped by the size cap", a.log_truncated_bytes);
+                }
+            }
+        }
+        _ => {
+            if let Some(live) = view.live {
+                let mb = |b: Option<u64>| b.map_or("?".into(), |b| format!("{:.1}MB", ByteSize(b).mib()));
+                println!(
+                    "  Live:       memory {} (peak {}), {} processes",
+                    mb(live.memory_current),
+                    mb(live.memory_peak),
+                    live.processes
+                );
+            }
+        }
+    }
+    let spec = &job.spec;
+    println!("  Timeout:    {}", humantime::format_duration(spec.timeout));
+    println!("  Priority:   {}", spec.priority);
+    if !spec.labels.is_empty() {
+        println!("  Labels:     {}", spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "));
+    }
+    let r = &spec.resources;
+    if r.memory.is_some() || r.cpu.is_some() || r.gpus.is_some() {
+        println!(
+            "  Requests:   memory {}, cpu {}, gpus {}",
+            r.memory.map_or("-".into(), |m| m.to_string()),
+            r.cpu.map_or("-".into(), |c| c.to_string()),
+            r.gpus.map_or("-".into(), |g| g.to_string())
+        );
+    }
+    if !events.is_empty() {
+        println!("  Events:");
+        for e in events {
+            println!("    {}  #{}  {:<15} {}", e.at, e.attempt, e.kind, compact(&e.detail));
+        }
+    }
+}
+
+fn compact(detail: &serde_json::Value) -> String {
+    match detail {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| *k != "accounting")
+            .map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"')))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}

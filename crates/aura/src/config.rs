@@ -1,0 +1,137 @@
+//! Typed configuration of `aura serve`: defaults, then a TOML file, then `AURA_*` environment variables,
+//! then command-line flags. Every field is documented in README.md.
+
+use aura_model::ByteSize;
+use aura_supervisor::BackendChoice;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Database, job directories and logs. Default: `./aura-data`.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API. Default: 127.0.0.1:7411 (loopback only).
+    pub listen: SocketAddr,
+    /// Jobs running at once. Default: the number of cores.
+    pub max_concurrent: usize,
+    /// Requeue jobs stopped by a graceful shutdown. Default: true.
+    pub requeue_on_shutdown: bool,
+    pub supervisor: SupervisorSection,
+    pub api: ApiSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSection {
+    /// `auto`, `cgroup_v2`, `hybrid`, `cgroup_v1` or `process_group` (the no-cgroup fallback).
+    pub backend: BackendChoice,
+    /// How often running trees are sampled (memory, processes, CPU). Default: 250ms.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub sample_interval: Duration,
+    /// Captured output kept per stream; the newest bytes are kept. Default: 16 MiB.
+    pub log_cap: ByteSize,
+    /// `oom_score_adj` of job processes, so the kernel kills a job before the daemon. Default: 500.
+    pub job_oom_score_adj: i32,
+    /// How long to wait for a killed tree to disappear. Default: 2s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub kill_wait: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// Largest accepted request body. Default: 2 MiB.
+    pub max_body: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("aura-data"),
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7411))),
+            max_concurrent: aura_engine::default_max_concurrent(),
+            requeue_on_shutdown: true,
+            supervisor: SupervisorSection::default(),
+            api: ApiSection::default(),
+        }
+    }
+}
+
+impl Default for SupervisorSection {
+    fn default() -> Self {
+        SupervisorSection {
+            backend: BackendChoice::Auto,
+            sample_interval: Duration::from_millis(250),
+            log_cap: ByteSize(16 << 20),
+            job_oom_score_adj: 500,
+            kill_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { max_body: ByteSize(2 << 20) }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if given), then `AURA_*` variables (`AURA_SUPERVISOR__BACKEND=process_group`).
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        use figment::providers::{Env, Format, Serialized, Toml};
+        let mut figment = figment::Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                anyhow::bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        // Variables the CLI itself uses are not configuration keys.
+        let env = Env::prefixed("AURA_").ignore(&["SERVER", "CONFIG", "LOG"]).split("__");
+        let config: Config = figment.merge(env).extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if config.max_concurrent == 0 {
+            anyhow::bail!("invalid configuration: max_concurrent must be at least 1");
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "aura.toml",
+                "max_concurrent = 3\n[supervisor]\nbackend = \"process_group\"\nlog_cap = \"1M\"\n",
+            )?;
+            jail.set_env("AURA_MAX_CONCURRENT", "5");
+            let config = Config::load(Some(Path::new("aura.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.max_concurrent, 5);
+            assert_eq!(config.supervisor.backend, BackendChoice::ProcessGroup);
+            assert_eq!(config.supervisor.log_cap, ByteSize(1 << 20));
+            assert_eq!(config.requeue_on_shutdown, true);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "max_concurent = 3\n")?;
+            let err = Config::load(Some(Path::new("bad.toml"))).unwrap_err().to_string();
+            assert!(err.contains("max_concurent"), "{err}");
+            jail.create_file("zero.toml", "max_concurrent = 0\n")?;
+            assert!(Config::load(Some(Path::new("zero.toml"))).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,577 @@
+//! End-to-end tests: a real `aura serve` (the built binary) on a temporary data dir, driven through the CLI
+//! and the HTTP API, running real process trees, real SQLite, real cgroups where the machine has them.
+
+use aura_client::{Client, JobView};
+use aura_model::{JobId, JobSpec, JobState, Outcome, StopSequence};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const AURA: &str = env!("CARGO_BIN_EXE_aura");
+
+/// A daemon under test. Killed on drop so that a failing test leaves nothing running.
+struct Daemon {
+    child: Option<Child>,
+    url: String,
+    data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    fn start(env: &[(&str, &str)]) -> Daemon {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut daemon = Daemon { child: None, url: String::new(), data_dir, env, _tmp: Some(tmp) };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts (or restarts) `aura serve` on this daemon's data dir and waits until it listens.
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(AURA);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&self.data_dir);
+        cmd.env("AURA_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn aura serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("aura serve exited before listening").expect("read stdout");
+            if let Some(url) = line.strip_prefix("aura serve: listening on ") {
+                break url.to_owned();
+            }
+        };
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.url).expect("client")
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(AURA).args(args).env("AURA_SERVER", &self.url).output().expect("run aura")
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal daemon");
+    }
+
+    /// Waits for the daemon process to exit and returns how long that took.
+    fn wait_exit(&mut self) -> Duration {
+        let start = Instant::now();
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("wait");
+        start.elapsed()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM runs the shutdown protocol, which stops every job tree; SIGKILL only if that hangs.
+        if let Some(mut child) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&child),
+                rustix::process::Signal::TERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn spec(program: &str, args: &[&str]) -> JobSpec {
+    JobSpec::new(program, args.iter().copied())
+}
+
+async fn wait_done(client: &Client, id: JobId) -> JobView {
+    let view = client.wait(id, Duration::from_secs(60)).await.expect("wait");
+    assert!(view.job.outcome().is_some(), "job {id} did not finish: {:?}", view.job.state);
+    view
+}
+
+async fn wait_running(client: &Client, id: JobId, min_processes: u32) -> JobView {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = client.get(id).await.expect("get");
+        if matches!(view.job.state, JobState::Running { .. }) && view.live.is_some_and(|l| l.processes >= min_processes) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "job {id} never reached {min_processes} processes: {view:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Every process of a job's tree, from its cgroup (all cgroup backends record at least one).
+fn tree_pids(view: &JobView) -> Vec<u32> {
+    let run = view.job.state.run().expect("run");
+    let mut pids = Vec::new();
+    for cg in &run.tree.cgroups {
+        if let Ok(text) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+async fn all_gone_within(pids: &[u32], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !pids.iter().any(|p| alive(*p)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !pids.iter().any(|p| alive(*p))
+}
+
+const TREE: &str = "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
+
+fn outcome(view: &JobView) -> &Outcome {
+    view.job.outcome().expect("finished")
+}
+
+mod cli {
+    use super::*;
+
+    #[test]
+    fn submit_wait_exits_with_the_job_code_and_jobs_show_it() {
+        let daemon = Daemon::start(&[]);
+        let out = daemon.cli(&["submit", "--wait", "--", "sh", "-c", "sleep 0.2; exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let id = stdout(&out).trim().trim_start_matches("submitted job ").to_owned();
+
+        let out = daemon.cli(&["submit", "--quiet", "--", "echo", "hello"]);
+        assert!(out.status.success(), "{out:?}");
+        let quiet_id = stdout(&out).trim().to_owned();
+        assert!(quiet_id.parse::<i64>().is_ok(), "--quiet prints only the id: {quiet_id:?}");
+
+        let table = stdout(&daemon.cli(&["jobs"]));
+        assert!(table.contains("PEAK MEM") && table.contains("failed (exit 3)"), "{table}");
+
+        let json = daemon.cli(&["jobs", "--json"]);
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).expect("jobs --json");
+        assert!(jobs.len() >= 2);
+
+        let show = stdout(&daemon.cli(&["show", &id]));
+        assert!(show.contains("Start=") && show.contains("Peak=") && show.contains("End="), "{show}");
+        assert!(show.contains("code 3"), "{show}");
+        let show_json: serde_json::Value = serde_json::from_slice(&daemon.cli(&["show", &id, "--json"]).stdout).unwrap();
+        assert_eq!(show_json["state"], "finished");
+        assert_eq!(show_json["outcome"]["kind"], "failed");
+        assert_eq!(show_json["outcome"]["exit_code"], 3);
+        assert!(show_json["accounting"]["memory_peak"].is_u64(), "{show_json}");
+
+        let out = daemon.cli(&["submit", "--wait", "--", "sh", "-c", "echo out; echo err >&2"]);
+        let id = stdout(&out).lines().next().unwrap().trim_start_matches("submitted job ").to_owned();
+        let logs = daemon.cli(&["logs", &id]);
+        assert_eq!(stdout(&logs), "out\n");
+        assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\n");
+    }
+
+    #[test]
+    fn client_errors_are_clear() {
+        let out = Command::new(AURA).args(["jobs"]).env("AURA_SERVER", "http://127.0.0.1:9").output().unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Aura daemon"), "{out:?}");
+
+        let daemon = Daemon::start(&[]);
+        let out = daemon.cli(&["submit", "--", "definitely-not-a-program-xyz"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("definitely-not-a-program-xyz"), "{err}");
+
+        use std::os::unix::ffi::OsStrExt;
+        let out = Command::new(AURA)
+            .args(["submit", "--", "echo"])
+            .arg(std::ffi::OsStr::from_bytes(b"caf\xe9"))
+            .env("AURA_SERVER", &daemon.url)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not valid UTF-8"), "{out:?}");
+        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&daemon.cli(&["jobs", "--json"]).stdout).unwrap();
+        assert!(jobs.is_empty(), "refused submissions must create no job: {jobs:?}");
+    }
+}
+
+mod api {
+    use super::*;
+
+    async fn post_raw(url: &str, body: Vec<u8>) -> (u16, serde_json::Value, String) {
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/api/jobs"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, json, ctype)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_input_gets_a_clear_problem_and_changes_nothing() {
+        let daemon = Daemon::start(&[]);
+        let long_arg = "x".repeat(200 * 1024);
+        let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+            ("empty program", br#"{"program":""}"#.to_vec(), 422, "the program is empty"),
+            ("missing program", br#"{"program":"no-such-program-xyz"}"#.to_vec(), 422, "no-such-program-xyz"),
+            ("unknown field", br#"{"program":"true","bogus":1}"#.to_vec(), 422, "unknown field `bogus`"),
+            ("negative timeout", br#"{"program":"true","timeout":-1}"#.to_vec(), 422, "non-negative"),
+            ("zero timeout", br#"{"program":"true","timeout":"0s"}"#.to_vec(), 422, "greater than zero"),
+            ("non-UTF-8", b"{\"program\":\"echo\",\"args\":[\"caf\xe9\"]}".to_vec(), 400, "invalid JSON"),
+            ("syntax", b"{\"program\":".to_vec(), 400, "invalid JSON"),
+            (
+                "over-long argument",
+                format!(r#"{{"program":"echo","args":["{long_arg}"]}}"#).into_bytes(),
+                422,
+                "longer than",
+            ),
+            ("body over limit", vec![b' '; 3 * 1024 * 1024], 413, "larger than"),
+            ("relative cwd", br#"{"program":"true","cwd":"rel"}"#.to_vec(), 422, "absolute"),
+            ("missing cwd", br#"{"program":"true","cwd":"/no/such/dir"}"#.to_vec(), 422, "/no/such/dir"),
+        ];
+        for (name, body, status, needle) in cases {
+            let (got, problem, ctype) = post_raw(&daemon.url, body).await;
+            assert_eq!(got, status, "{name}: {problem}");
+            assert_eq!(ctype, "application/problem+json", "{name}");
+            assert_eq!(problem["status"], status, "{name}");
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(needle), "{name}: {detail:?} should mention {needle:?}");
+        }
+        let page = daemon.client().list(&Default::default()).await.unwrap();
+        assert!(page.jobs.is_empty(), "bad input must not create jobs: {:?}", page.jobs);
+
+        let client = daemon.client();
+        let err = client.get(JobId(999)).await.unwrap_err().to_string();
+        assert!(err.contains("job 999 not found"), "{err}");
+        let resp = reqwest::get(format!("{}/api/jobs/abc", daemon.url)).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+        let resp = reqwest::get(format!("{}/api/jobs?state=bogus", daemon.url)).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+        let health: serde_json::Value = reqwest::get(format!("{}/healthz", daemon.url)).await.unwrap().json().await.unwrap();
+        assert_eq!(health["status"], "ok");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn list_filters_and_pages() {
+        let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
+        let client = daemon.client();
+        let blocker = client.submit(&spec("sleep", &["30"])).await.unwrap().job.id;
+        let mut queued = Vec::new();
+        for _ in 0..5 {
+            queued.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
+        }
+        let q = aura_client::ListQuery { states: vec!["queued".into()], limit: Some(2), ..Default::default() };
+        let first = client.list(&q).await.unwrap();
+        assert_eq!(first.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(), vec![queued[4], queued[3]]);
+        let second = client.list(&aura_client::ListQuery { after: first.next_after, ..q.clone() }).await.unwrap();
+        assert_eq!(second.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(), vec![queued[2], queued[1]]);
+        client.cancel(blocker).await.unwrap();
+        for id in queued {
+            assert!(outcome(&wait_done(&client, id).await).is_success());
+        }
+    }
+}
+
+mod supervision {
+    use super::*;
+
+    async fn cancel_kills_the_whole_tree(backend: &str) {
+        let daemon = Daemon::start(&[("AURA_SUPERVISOR__BACKEND", backend)]);
+        let client = daemon.client();
+        let mut job = spec("sh", &["-c", TREE]);
+        job.stop = "TERM:2s".parse::<StopSequence>().unwrap();
+        let id = client.submit(&job).await.unwrap().job.id;
+        let view = wait_running(&client, id, 20).await;
+        let pids = tree_pids(&view);
+        assert!(pids.len() >= 20, "expected the whole tree in the cgroup, got {pids:?}");
+        client.cancel(id).await.unwrap();
+        assert!(all_gone_within(&pids, Duration::from_secs(2)).await, "tree survived the cancel: {pids:?}");
+        let view = wait_done(&client, id).await;
+        assert_eq!(outcome(&view), &Outcome::Cancelled);
+        let JobState::Finished(f) = &view.job.state else { unreachable!() };
+        assert_eq!(f.signals_sent.first().map(|s| s.name()), Some("SIGTERM"), "{f:?}");
+        assert!(f.accounting.peak_processes.unwrap_or(0) >= 20, "{:?}", f.accounting);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cancel_kills_a_tree_with_setsid_and_double_fork_hybrid() {
+        cancel_kills_the_whole_tree("auto").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn cancel_kills_a_tree_with_setsid_and_double_fork_cgroup_v1() {
+        cancel_kills_the_whole_tree("cgroup_v1").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn timeout_ends_the_job_and_its_tree() {
+        let daemon = Daemon::start(&[("AURA_SUPERVISOR__BACKEND", "process_group")]);
+        let client = daemon.client();
+        let mut job = spec("sleep", &["60"]);
+        job.timeout = Duration::from_secs(1);
+        let id = client.submit(&job).await.unwrap().job.id;
+        let view = wait_done(&client, id).await;
+        assert_eq!(outcome(&view), &Outcome::TimedOut);
+        let JobState::Finished(f) = &view.job.state else { unreachable!() };
+        let wall = f.accounting.wall_secs.unwrap_or_default();
+        assert!((0.9..3.0).contains(&wall), "timed out after {wall}s");
+        let pid = f.run.as_ref().unwrap().tree.pid;
+        assert!(!alive(pid), "sleep {pid} survived its timeout");
+        assert_eq!(f.signals_sent.first().map(|s| s.name()), Some("SIGINT"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn memory_peak_is_recorded() {
+        let daemon = Daemon::start(&[]);
+        let client = daemon.client();
+        let job = spec("stress-ng", &["--vm", "1", "--vm-bytes", "300M", "--vm-keep", "--timeout", "2s", "--quiet"]);
+        let id = client.submit(&job).await.unwrap().job.id;
+        let view = wait_done(&client, id).await;
+        let JobState::Finished(f) = &view.job.state else { unreachable!() };
+        let peak_mb = f.accounting.memory_peak.map(|b| b.bytes() as f64 / 1e6).unwrap_or_default();
+        assert!((300.0..=400.0).contains(&peak_mb), "peak {peak_mb} MB: {:?}", f.accounting);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn priorities_then_fifo() {
+        let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
+        let client = daemon.client();
+        let blocker = client.submit(&spec("sleep", &["0.5"])).await.unwrap().job.id;
+        let low = client.submit(&spec("true", &[])).await.unwrap().job.id;
+        let low2 = client.submit(&spec("true", &[])).await.unwrap().job.id;
+        let mut urgent = spec("true", &[]);
+        urgent.priority = 10;
+        let high = client.submit(&urgent).await.unwrap().job.id;
+        wait_done(&client, blocker).await;
+        let mut started = Vec::new();
+        for id in [low, low2, high] {
+            let view = wait_done(&client, id).await;
+            started.push((view.job.state.run().unwrap().started_at, id));
+        }
+        started.sort();
+        assert_eq!(started.iter().map(|s| s.1).collect::<Vec<_>>(), vec![high, low, low2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_daemon_fd_reaches_a_job() {
+        let daemon = Daemon::start(&[]);
+        let client = daemon.client();
+        let id = client.submit(&spec("sh", &["-c", "ls -l /proc/$$/fd"])).await.unwrap().job.id;
+        wait_done(&client, id).await;
+        let out = client.logs(id, "stdout", 0).await.unwrap();
+        let listing = String::from_utf8_lossy(&out.data);
+        let fds: Vec<&str> = listing.lines().filter(|l| l.contains(" -> ")).collect();
+        assert!(!fds.is_empty(), "{listing}");
+        for line in &fds {
+            assert!(
+                !(line.contains("aura.db") || line.contains("socket:") || line.contains("aura.lock") || line.contains("anon_inode")),
+                "a daemon fd leaked into the job: {line}"
+            );
+        }
+    }
+}
+
+mod lifecycle {
+    use super::*;
+
+    fn daemon_fds(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    fn daemon_threads(pid: u32) -> usize {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().unwrap_or(0))))
+            .unwrap_or(0)
+    }
+
+    fn zombie_children(pid: u32) -> Vec<u32> {
+        let mut zombies = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+            let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+            let fields: Vec<&str> = rest.split(' ').collect();
+            if fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+                zombies.push(child);
+            }
+        }
+        zombies
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_thousand_jobs_leak_no_fd_thread_or_zombie() {
+        let daemon = Daemon::start(&[]);
+        let client = daemon.client();
+        let pid = daemon.pid();
+        for _ in 0..20 {
+            let id = client.submit(&spec("true", &[])).await.unwrap().job.id;
+            wait_done(&client, id).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (fds0, threads0) = (daemon_fds(pid), daemon_threads(pid));
+        let mut ids = Vec::new();
+        for _ in 0..1000 {
+            ids.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
+        }
+        for id in ids {
+            assert!(outcome(&wait_done(&client, id).await).is_success());
+        }
+        // Idle blocking-pool threads exit after a few seconds; give them time, then demand the baseline.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (fds, threads) = (daemon_fds(pid), daemon_threads(pid));
+            if fds <= fds0 && threads <= threads0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "fds {fds0} → {fds}, threads {threads0} → {threads}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(zombie_children(pid), Vec::<u32>::new());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sigkilled_daemon_leaves_no_process_and_loses_no_job() {
+        let mut daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "5")]);
+        let client = daemon.client();
+        // The first attempt leaves a marker and hangs with a setsid'd grandchild; the second succeeds.
+        let script = "if [ -e ran ]; then exit 0; fi; touch ran; setsid sleep 300 & sleep 300 & wait";
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(client.submit(&spec("sh", &["-c", script])).await.unwrap().job.id);
+        }
+        let mut pids = Vec::new();
+        for id in &ids {
+            pids.extend(tree_pids(&wait_running(&client, *id, 3).await));
+        }
+        assert!(pids.len() >= 15, "{pids:?}");
+        daemon.signal(rustix::process::Signal::KILL);
+        daemon.wait_exit();
+        let restarted = Instant::now();
+        daemon.spawn();
+        assert!(
+            all_gone_within(&pids, Duration::from_secs(2).saturating_sub(restarted.elapsed())).await,
+            "processes of the crashed daemon's jobs survived the restart"
+        );
+        let client = daemon.client();
+        for id in ids {
+            let view = wait_done(&client, id).await;
+            assert!(outcome(&view).is_success(), "{view:?}");
+            assert_eq!(view.job.attempt, 2);
+            let kinds: Vec<String> = client.events(id).await.unwrap().into_iter().map(|e| e.kind).collect();
+            let interrupted = kinds.iter().position(|k| k == "interrupted").expect("interrupted event");
+            assert_eq!(kinds.get(interrupted + 1).map(String::as_str), Some("requeued"), "{kinds:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn graceful_shutdown_stops_trees_and_requeues() {
+        let mut daemon = Daemon::start(&[]);
+        let client = daemon.client();
+        let mut job = spec("sh", &["-c", "if [ -e ran ]; then exit 0; fi; touch ran; sleep 300 & wait"]);
+        job.stop = "INT:1s".parse::<StopSequence>().unwrap();
+        let id = client.submit(&job).await.unwrap().job.id;
+        let pids = tree_pids(&wait_running(&client, id, 2).await);
+        daemon.signal(rustix::process::Signal::TERM);
+        let took = daemon.wait_exit();
+        assert!(took < Duration::from_secs(3), "shutdown took {took:?} (grace 1s + 1s)");
+        assert!(!pids.iter().any(|p| alive(*p)), "a job process outlived the daemon");
+        daemon.spawn();
+        let client = daemon.client();
+        let view = wait_done(&client, id).await;
+        assert!(outcome(&view).is_success(), "{view:?}");
+        let kinds: Vec<String> = client.events(id).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert!(kinds.contains(&"requeued".to_owned()), "{kinds:?}");
+    }
+}
+
+mod ffmpeg {
+    use super::*;
+
+    fn probe_duration(path: &Path) -> Option<f64> {
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
+            .arg(path)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn encode_produces_a_valid_video_and_cancel_finalises_it() {
+        let daemon = Daemon::start(&[]);
+        let client = daemon.client();
+        let out_dir = tempfile::tempdir().unwrap();
+        let encode = |name: &str, extra: &[&str]| {
+            let mut args: Vec<String> = vec!["-nostdin".into(), "-y".into()];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(
+                ["-f", "lavfi", "-i", "testsrc=duration=3:size=320x240:rate=25", "-c:v", "libx264", "-preset", "ultrafast"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            args.push(out_dir.path().join(name).display().to_string());
+            JobSpec::new("ffmpeg", args)
+        };
+        let id = client.submit(&encode("full.mp4", &[])).await.unwrap().job.id;
+        let view = wait_done(&client, id).await;
+        assert!(outcome(&view).is_success(), "{view:?}");
+        let full = probe_duration(&out_dir.path().join("full.mp4")).expect("ffprobe reads the encode");
+        assert!((2.9..3.2).contains(&full), "duration {full}");
+
+        // `-re` reads the source in real time, so the encode is still running when it is cancelled.
+        let mut long = encode("cancelled.mp4", &["-re"]);
+        let i = long.args.iter().position(|a| a.starts_with("testsrc")).unwrap();
+        long.args[i] = "testsrc=duration=60:size=320x240:rate=25".into();
+        let id = client.submit(&long).await.unwrap().job.id;
+        wait_running(&client, id, 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        client.cancel(id).await.unwrap();
+        let view = wait_done(&client, id).await;
+        assert_eq!(outcome(&view), &Outcome::Cancelled);
+        let JobState::Finished(f) = &view.job.state else { unreachable!() };
+        assert_eq!(f.signals_sent.iter().map(|s| s.name()).collect::<Vec<_>>(), vec!["SIGINT"], "FFmpeg stops on SIGINT");
+        let partial = probe_duration(&out_dir.path().join("cancelled.mp4")).expect("the cancelled encode is playable");
+        assert!(partial > 0.5 && partial < 30.0, "duration {partial}");
+    }
+}

@@ -1,0 +1,250 @@
+//! The benchmark harness: starts a release `aura serve` on a scratch data dir and measures it side by side
+//! with the raw system limit in the same run. Prints figures for BENCHMARKS.md.
+
+use anyhow::{bail, Context};
+use aura_client::{Client, ListQuery};
+use aura_model::{JobId, JobSpec, JobState, StopSequence};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let which = args.first().map(String::as_str).unwrap_or("");
+    let flag = |name: &str, default: usize| -> anyhow::Result<usize> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => args.get(i + 1).context("flag needs a value")?.parse().context("not a number"),
+            None => Ok(default),
+        }
+    };
+    match which {
+        "throughput" => throughput(root, flag("--jobs", 2000)?, flag("--parallel", 2)?),
+        "kill" => kill_latency(root, flag("--rounds", 20)?),
+        _ => bail!("unknown benchmark {which:?}: use throughput or kill"),
+    }
+}
+
+/// A release daemon on a scratch data dir; killed (and its data dir removed) on drop.
+struct Daemon {
+    child: Child,
+    url: String,
+    data_dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(root: &Path, max_concurrent: usize) -> anyhow::Result<Daemon> {
+        super::run(root, "cargo", &["build", "--release", "--quiet", "-p", "aura"])?;
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let data_dir = target.join(format!("bench-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut child = Command::new(target.join("release/aura"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .env("AURA_MAX_CONCURRENT", max_concurrent.to_string())
+            .env("AURA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start aura serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut url = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(u) = line.strip_prefix("aura serve: listening on ") {
+                url = Some(u.to_owned());
+                break;
+            }
+        }
+        let url = url.context("aura serve did not report its address")?;
+        Ok(Daemon { child, url, data_dir })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Raw fork+exec+wait of /bin/true on `threads` threads: the ceiling for trivial jobs on this machine.
+fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let per_thread = jobs / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                for _ in 0..per_thread {
+                    Command::new("/bin/true").status()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
+    }
+    Ok((per_thread * threads) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
+    let daemon = Daemon::start(root, parallel)?;
+    let rt = runtime()?;
+    let client = Client::new(&daemon.url)?;
+    let (latencies, rate, wall) = rt.block_on(async {
+        // Warm-up, then submit→start latency with an empty queue, one job at a time.
+        let mut latencies = Vec::new();
+        for i in 0..70 {
+            let view = client.submit(&JobSpec::new("/bin/true", Vec::<String>::new())).await?;
+            let done = client.wait(view.job.id, Duration::from_secs(30)).await?;
+            if i >= 20 {
+                let run = done.job.state.run().context("job did not run")?;
+                latencies.push(run.started_at.since(done.job.submitted_at).as_secs_f64() * 1000.0);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+
+        let submitters = 8;
+        let first_submit = aura_model::Timestamp::now();
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..submitters {
+            let client = client.clone();
+            let count = jobs / submitters + usize::from(s < jobs % submitters);
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::with_capacity(count);
+                for _ in 0..count {
+                    ids.push(client.submit(&JobSpec::new("/bin/true", Vec::<String>::new())).await?.job.id);
+                }
+                Ok::<_, aura_client::ClientError>(ids)
+            }));
+        }
+        let mut ids: Vec<JobId> = Vec::new();
+        for t in tasks {
+            ids.extend(t.await??);
+        }
+        let submit_secs = started.elapsed().as_secs_f64();
+        // Wait for the highest id, then confirm from the store that every job finished and succeeded.
+        let max_id = ids.iter().copied().max().context("no jobs")?;
+        loop {
+            let status = client.status().await?;
+            if status["running"] == 0 && status["queued"] == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = client.wait(max_id, Duration::from_secs(60)).await?;
+        let min_id = ids.iter().copied().min().context("no jobs")?;
+        let mut last_finish = first_submit;
+        let mut finished = 0usize;
+        let mut after = Some(JobId(min_id.0 - 1));
+        loop {
+            let page = client.list(&ListQuery { limit: Some(1000), after, oldest_first: true, ..Default::default() }).await?;
+            for v in &page.jobs {
+                if let JobState::Finished(f) = &v.job.state {
+                    if !f.outcome.is_success() {
+                        anyhow::bail!("job {} did not succeed: {:?}", v.job.id, f.outcome);
+                    }
+                    finished += 1;
+                    last_finish = last_finish.max(f.finished_at);
+                }
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        if finished != jobs {
+            anyhow::bail!("only {finished} of {jobs} jobs are recorded as finished");
+        }
+        let wall = last_finish.since(first_submit).as_secs_f64();
+        eprintln!("submitted {jobs} jobs in {submit_secs:.2}s");
+        Ok::<_, anyhow::Error>((latencies, jobs as f64 / wall, wall))
+    })?;
+    drop(daemon);
+    let raw = raw_spawn_rate(jobs, parallel)?;
+    println!("throughput: {jobs} x /bin/true, parallelism {parallel}");
+    println!("  aura end to end : {rate:8.1} jobs/s  ({wall:.2}s, submit of first → last outcome persisted)");
+    println!("  raw spawn+wait  : {raw:8.1} jobs/s  ({parallel} threads, same run)");
+    println!("  ratio           : {:8.1} %   (target ≥ 60 %)", 100.0 * rate / raw);
+    println!(
+        "  submit→start    : p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms (empty queue, {} jobs; target p50 ≤ 5 ms)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 1.0),
+        latencies.len()
+    );
+    Ok(())
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its parent's reaping is pending.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
+    let daemon = Daemon::start(root, 2)?;
+    let rt = runtime()?;
+    let client = Client::new(&daemon.url)?;
+    let script = "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
+    let mut latencies = Vec::new();
+    let mut backend = String::new();
+    rt.block_on(async {
+        for _ in 0..rounds {
+            let mut spec = JobSpec::new("sh", ["-c", script]);
+            spec.stop = "TERM:2s".parse::<StopSequence>()?;
+            let id = client.submit(&spec).await?.job.id;
+            let cgroup = loop {
+                let view = client.get(id).await?;
+                if let (Some(run), Some(live)) = (view.job.state.run(), view.live) {
+                    if live.processes >= 20 {
+                        backend = run.tree.backend.to_string();
+                        break run.tree.cgroups.first().cloned().context("the benchmark needs a cgroup backend")?;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let pids: Vec<u32> = std::fs::read_to_string(cgroup.join("cgroup.procs"))?
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            let t0 = Instant::now();
+            client.cancel(id).await?;
+            while pids.iter().any(|p| alive(*p)) {
+                if t0.elapsed() > Duration::from_secs(10) {
+                    anyhow::bail!("tree of job {id} still alive after 10s");
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
+            client.wait(id, Duration::from_secs(30)).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    latencies.sort_by(f64::total_cmp);
+    println!("kill latency: cancel of a 20-process tree (setsid + double fork) → every process gone, backend {backend}");
+    println!(
+        "  p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms over {rounds} rounds (target ≤ 100 ms)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 1.0)
+    );
+    Ok(())
+}
