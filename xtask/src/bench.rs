@@ -13,7 +13,11 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let which = args.first().map(String::as_str).unwrap_or("");
     let flag = |name: &str, default: usize| -> anyhow::Result<usize> {
         match args.iter().position(|a| a == name) {
-            Some(i) => args.get(i + 1).context("flag needs a value")?.parse().context("not a number"),
+            Some(i) => args
+                .get(i + 1)
+                .context("flag needs a value")?
+                .parse()
+                .context("not a number"),
             None => Ok(default),
         }
     };
@@ -33,8 +37,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &Path, max_concurrent: usize) -> anyhow::Result<Daemon> {
-        super::run(root, "cargo", &["build", "--release", "--quiet", "-p", "aura"])?;
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        super::run(
+            root,
+            "cargo",
+            &["build", "--release", "--quiet", "-p", "aura"],
+        )?;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
         let data_dir = target.join(format!("bench-data-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         let mut child = Command::new(target.join("release/aura"))
@@ -55,7 +65,11 @@ impl Daemon {
             }
         }
         let url = url.context("aura serve did not report its address")?;
-        Ok(Daemon { child, url, data_dir })
+        Ok(Daemon {
+            child,
+            url,
+            data_dir,
+        })
     }
 }
 
@@ -71,7 +85,10 @@ impl Drop for Daemon {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -96,7 +113,8 @@ fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
         })
         .collect();
     for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
     }
     Ok((per_thread * threads) as f64 / start.elapsed().as_secs_f64())
 }
@@ -109,7 +127,9 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         // Warm-up, then submit→start latency with an empty queue, one job at a time.
         let mut latencies = Vec::new();
         for i in 0..70 {
-            let view = client.submit(&JobSpec::new("/bin/true", Vec::<String>::new())).await?;
+            let view = client
+                .submit(&JobSpec::new("/bin/true", Vec::<String>::new()))
+                .await?;
             let done = client.wait(view.job.id, Duration::from_secs(30)).await?;
             if i >= 20 {
                 let run = done.job.state.run().context("job did not run")?;
@@ -128,7 +148,13 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let mut ids = Vec::with_capacity(count);
                 for _ in 0..count {
-                    ids.push(client.submit(&JobSpec::new("/bin/true", Vec::<String>::new())).await?.job.id);
+                    ids.push(
+                        client
+                            .submit(&JobSpec::new("/bin/true", Vec::<String>::new()))
+                            .await?
+                            .job
+                            .id,
+                    );
                 }
                 Ok::<_, aura_client::ClientError>(ids)
             }));
@@ -153,7 +179,14 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         let mut finished = 0usize;
         let mut after = Some(JobId(min_id.0 - 1));
         loop {
-            let page = client.list(&ListQuery { limit: Some(1000), after, oldest_first: true, ..Default::default() }).await?;
+            let page = client
+                .list(&ListQuery {
+                    limit: Some(1000),
+                    after,
+                    oldest_first: true,
+                    ..Default::default()
+                })
+                .await?;
             for v in &page.jobs {
                 if let JobState::Finished(f) = &v.job.state {
                     if !f.outcome.is_success() {
@@ -180,7 +213,10 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
     println!("throughput: {jobs} x /bin/true, parallelism {parallel}");
     println!("  aura end to end : {rate:8.1} jobs/s  ({wall:.2}s, submit of first → last outcome persisted)");
     println!("  raw spawn+wait  : {raw:8.1} jobs/s  ({parallel} threads, same run)");
-    println!("  ratio           : {:8.1} %   (target ≥ 60 %)", 100.0 * rate / raw);
+    println!(
+        "  ratio           : {:8.1} %   (target ≥ 60 %)",
+        100.0 * rate / raw
+    );
     println!(
         "  submit→start    : p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms (empty queue, {} jobs; target p50 ≤ 5 ms)",
         percentile(&latencies, 0.5),
@@ -194,7 +230,9 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
 fn alive(pid: u32) -> bool {
     // A zombie has exited; only its parent's reaping is pending.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -216,7 +254,12 @@ fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
                 if let (Some(run), Some(live)) = (view.job.state.run(), view.live) {
                     if live.processes >= 20 {
                         backend = run.tree.backend.to_string();
-                        break run.tree.cgroups.first().cloned().context("the benchmark needs a cgroup backend")?;
+                        break run
+                            .tree
+                            .cgroups
+                            .first()
+                            .cloned()
+                            .context("the benchmark needs a cgroup backend")?;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

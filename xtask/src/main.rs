@@ -15,8 +15,13 @@ const USAGE: &str = "usage:
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
 /// procps and util-linux (`setsid`, `ps` in process-tree tests).
-const PACKAGES: &[(&str, &str)] =
-    &[("ffmpeg", "ffmpeg"), ("ffprobe", "ffmpeg"), ("stress-ng", "stress-ng"), ("setsid", "util-linux"), ("ps", "procps")];
+const PACKAGES: &[(&str, &str)] = &[
+    ("ffmpeg", "ffmpeg"),
+    ("ffprobe", "ffmpeg"),
+    ("stress-ng", "stress-ng"),
+    ("setsid", "util-linux"),
+    ("ps", "procps"),
+];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,8 +30,23 @@ fn main() -> anyhow::Result<()> {
         Some("test") => {
             install_packages()?;
             run(&root, "cargo", &["fmt", "--all", "--", "--check"])?;
-            run(&root, "cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-            run(&root, "cargo", &["test", "--workspace", "--", "--color=never"])
+            run(
+                &root,
+                "cargo",
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            run(
+                &root,
+                "cargo",
+                &["test", "--workspace", "--", "--color=never"],
+            )
         }
         Some("deps") => install_packages(),
         Some("bench") => bench::main(&root, &args[1..]),
@@ -39,7 +59,10 @@ fn main() -> anyhow::Result<()> {
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(manifest.parent().context("xtask has no parent directory")?.to_path_buf())
+    Ok(manifest
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
 }
 
 fn have(program: &str) -> bool {
@@ -50,7 +73,11 @@ fn have(program: &str) -> bool {
 
 /// Installs missing Debian packages with apt-get (as root, or through sudo).
 fn install_packages() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = PACKAGES.iter().filter(|(bin, _)| !have(bin)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());

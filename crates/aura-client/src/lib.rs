@@ -37,7 +37,11 @@ pub enum ClientError {
     #[error("{}: {}", .0.title, .0.detail)]
     Api(Problem),
     #[error("unexpected response from {url}: HTTP {status}: {body}")]
-    Unexpected { url: String, status: StatusCode, body: String },
+    Unexpected {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
     #[error("request to {url} failed: {source}")]
     Http { url: String, source: reqwest::Error },
     #[error("invalid server URL {url:?}: {reason}")]
@@ -71,12 +75,18 @@ impl Client {
     pub fn new(base: &str) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::BadUrl { url: base, reason: "must start with http:// or https://".into() });
+            return Err(ClientError::BadUrl {
+                url: base,
+                reason: "must start with http:// or https://".into(),
+            });
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|source| ClientError::Http { url: base.clone(), source })?;
+            .map_err(|source| ClientError::Http {
+                url: base.clone(),
+                source,
+            })?;
         Ok(Client { base, http })
     }
 
@@ -93,11 +103,13 @@ impl Client {
     }
 
     pub async fn submit(&self, spec: &JobSpec) -> Result<JobView, ClientError> {
-        self.send(self.http.post(self.url("/api/jobs")).json(spec)).await
+        self.send(self.http.post(self.url("/api/jobs")).json(spec))
+            .await
     }
 
     pub async fn get(&self, id: JobId) -> Result<JobView, ClientError> {
-        self.send(self.http.get(self.url(&format!("/api/jobs/{id}")))).await
+        self.send(self.http.get(self.url(&format!("/api/jobs/{id}"))))
+            .await
     }
 
     pub async fn list(&self, q: &ListQuery) -> Result<JobPage, ClientError> {
@@ -114,15 +126,18 @@ impl Client {
         if q.oldest_first {
             params.push(("order", "asc".into()));
         }
-        self.send(self.http.get(self.url("/api/jobs")).query(&params)).await
+        self.send(self.http.get(self.url("/api/jobs")).query(&params))
+            .await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<JobView, ClientError> {
-        self.send(self.http.post(self.url(&format!("/api/jobs/{id}/cancel")))).await
+        self.send(self.http.post(self.url(&format!("/api/jobs/{id}/cancel"))))
+            .await
     }
 
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, ClientError> {
-        self.send(self.http.get(self.url(&format!("/api/jobs/{id}/events")))).await
+        self.send(self.http.get(self.url(&format!("/api/jobs/{id}/events"))))
+            .await
     }
 
     /// Long-polls until the job is finished or `timeout` passes; returns the job as it is then.
@@ -135,31 +150,62 @@ impl Client {
         self.send(request).await
     }
 
-    pub async fn logs(&self, id: JobId, stream: &str, offset: u64) -> Result<LogChunk, ClientError> {
+    pub async fn logs(
+        &self,
+        id: JobId,
+        stream: &str,
+        offset: u64,
+    ) -> Result<LogChunk, ClientError> {
         let url = self.url(&format!("/api/jobs/{id}/logs"));
-        let request = self.http.get(&url).query(&[("stream", stream.to_owned()), ("offset", offset.to_string())]);
+        let request = self.http.get(&url).query(&[
+            ("stream", stream.to_owned()),
+            ("offset", offset.to_string()),
+        ]);
         let response = self.execute(request, &url).await?;
         let header = |name: &str| -> u64 {
-            response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
         };
-        let (offset, next_offset, truncated_bytes) =
-            (header("aura-log-offset"), header("aura-log-next-offset"), header("aura-log-truncated"));
-        let data = response.bytes().await.map_err(|source| ClientError::Http { url, source })?.to_vec();
-        Ok(LogChunk { offset, next_offset, truncated_bytes, data })
+        let (offset, next_offset, truncated_bytes) = (
+            header("aura-log-offset"),
+            header("aura-log-next-offset"),
+            header("aura-log-truncated"),
+        );
+        let data = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Http { url, source })?
+            .to_vec();
+        Ok(LogChunk {
+            offset,
+            next_offset,
+            truncated_bytes,
+            data,
+        })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let url = request
             .try_clone()
             .and_then(|r| r.build().ok())
             .map(|r| r.url().to_string())
             .unwrap_or_else(|| self.base.clone());
         let response = self.execute(request, &url).await?;
-        let bytes = response.bytes().await.map_err(|source| ClientError::Http { url: url.clone(), source })?;
+        let bytes = response.bytes().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
             url,
             status: StatusCode::OK,
@@ -167,12 +213,22 @@ impl Client {
         })
     }
 
-    async fn execute(&self, request: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
+    async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
         let response = request.send().await.map_err(|source| {
             if source.is_connect() {
-                ClientError::Connect { url: self.base.clone(), source }
+                ClientError::Connect {
+                    url: self.base.clone(),
+                    source,
+                }
             } else {
-                ClientError::Http { url: url.to_owned(), source }
+                ClientError::Http {
+                    url: url.to_owned(),
+                    source,
+                }
             }
         })?;
         let status = response.status();
@@ -182,7 +238,11 @@ impl Client {
         let body = response.text().await.unwrap_or_default();
         match serde_json::from_str::<Problem>(&body) {
             Ok(problem) => Err(ClientError::Api(problem)),
-            Err(_) => Err(ClientError::Unexpected { url: url.to_owned(), status, body }),
+            Err(_) => Err(ClientError::Unexpected {
+                url: url.to_owned(),
+                status,
+                body,
+            }),
         }
     }
 }

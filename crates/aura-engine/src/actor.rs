@@ -3,9 +3,13 @@
 
 use crate::monitor::Monitor;
 use crate::{EngineConfig, EngineError, EngineHandle};
-use aura_model::{Accounting, Event, ExitStatus, Job, JobId, JobState, NewEvent, Outcome, Run, StopReason, StopSignal, Timestamp};
-use aura_store::{Pending, Store};
+use aura_model::{
+    Accounting, Event, ExitStatus, Job, JobId, JobState, NewEvent, Outcome, Run, StopReason,
+    StopSignal, Timestamp,
+};
+use aura_store::{Store, StoreError};
 use aura_supervisor::{Supervisor, UsageProbe};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use std::cmp::Reverse;
@@ -17,14 +21,34 @@ use tokio::task::JoinSet;
 
 /// Commands the actor accepts. Closed set: this is the whole protocol.
 pub(crate) enum Command {
-    Enqueue(Job),
-    Cancel { id: JobId, reply: oneshot::Sender<CancelReply> },
-    Started { id: JobId, run: Run },
-    SpawnFailed { id: JobId, error: String },
-    TimedOut { id: JobId },
-    Exited { id: JobId, exit: ExitStatus, signals_sent: Vec<StopSignal>, accounting: Accounting },
-    Status { reply: oneshot::Sender<(usize, usize)> },
-    Shutdown { reply: oneshot::Sender<()> },
+    Enqueue(Box<Job>),
+    Cancel {
+        id: JobId,
+        reply: oneshot::Sender<CancelReply>,
+    },
+    Started {
+        id: JobId,
+        run: Run,
+    },
+    SpawnFailed {
+        id: JobId,
+        error: String,
+    },
+    TimedOut {
+        id: JobId,
+    },
+    Exited {
+        id: JobId,
+        exit: ExitStatus,
+        signals_sent: Vec<StopSignal>,
+        accounting: Accounting,
+    },
+    Status {
+        reply: oneshot::Sender<(usize, usize)>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 pub(crate) enum CancelReply {
@@ -47,15 +71,25 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn register_probe(&self, id: JobId, probe: UsageProbe) {
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).insert(id, probe);
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, probe);
     }
 
     pub(crate) fn unregister_probe(&self, id: JobId) {
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     pub(crate) fn probe(&self, id: JobId) -> Option<UsageProbe> {
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub(crate) fn job_dir(&self, id: JobId) -> std::path::PathBuf {
@@ -90,13 +124,18 @@ struct Actor {
     active: HashMap<JobId, Active>,
     monitors: JoinSet<()>,
     monitor_jobs: HashMap<tokio::task::Id, JobId>,
-    writes: FuturesUnordered<Pending>,
+    /// Queued store writes; each resolves when committed, carrying the id of a job to announce as finished.
+    writes: FuturesUnordered<BoxFuture<'static, (Result<(), StoreError>, Option<JobId>)>>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
 }
 
 const COMMAND_CAPACITY: usize = 1024;
 
-pub(crate) async fn spawn(config: EngineConfig, store: Store, supervisor: Supervisor) -> Result<EngineHandle, EngineError> {
+pub(crate) async fn spawn(
+    config: EngineConfig,
+    store: Store,
+    supervisor: Supervisor,
+) -> Result<EngineHandle, EngineError> {
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let (finished, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -130,7 +169,10 @@ impl Actor {
     /// jobs interrupted (requeuing them per their retry policy) and rebuilds the queue.
     async fn recover(&mut self) -> Result<(), EngineError> {
         let unfinished = self.shared.store.unfinished().await?;
-        let handles: Vec<_> = unfinished.iter().filter_map(|j| j.state.run().map(|r| r.tree.clone())).collect();
+        let handles: Vec<_> = unfinished
+            .iter()
+            .filter_map(|j| j.state.run().map(|r| r.tree.clone()))
+            .collect();
         let report = self.shared.supervisor.recover(handles).await;
         if report.killed_processes > 0 || report.removed_cgroups > 0 {
             tracing::warn!(
@@ -142,14 +184,18 @@ impl Actor {
         let now = Timestamp::now();
         for mut job in unfinished {
             if !matches!(job.state, JobState::Queued { .. }) {
-                job.apply(Event::Interrupted { reason: "daemon died while the job ran".into(), at: now })
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                job.apply(Event::Interrupted {
+                    reason: "daemon died while the job ran".into(),
+                    at: now,
+                })
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
                 let mut events = vec![NewEvent::new(
                     "interrupted",
                     json!({ "reason": "daemon died while the job ran", "recovery": report }),
                 )];
                 if job.may_retry() {
-                    job.apply(Event::Requeue { at: now }).map_err(|e| EngineError::Internal(e.to_string()))?;
+                    job.apply(Event::Requeue { at: now })
+                        .map_err(|e| EngineError::Internal(e.to_string()))?;
                     events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
                 }
                 tracing::warn!(job_id = %job.id, requeued = job.may_retry() || matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
@@ -174,20 +220,14 @@ impl Actor {
                 Some(joined) = self.monitors.join_next_with_id(), if !self.monitors.is_empty() => {
                     self.monitor_ended(joined).await;
                 }
-                Some(result) = self.writes.next(), if !self.writes.is_empty() => {
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "failed to persist a job state change");
-                    }
-                }
+                Some(committed) = self.writes.next(), if !self.writes.is_empty() => self.committed(committed),
             }
             if !self.shutdown_waiters.is_empty() && self.active.is_empty() {
                 break;
             }
         }
-        while let Some(result) = self.writes.next().await {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "failed to persist a job state change");
-            }
+        while let Some(committed) = self.writes.next().await {
+            self.committed(committed);
         }
         for waiter in self.shutdown_waiters.drain(..) {
             let _ = waiter.send(());
@@ -198,7 +238,7 @@ impl Actor {
         match command {
             Command::Enqueue(job) => {
                 if self.shared.accepting.load(Ordering::SeqCst) {
-                    self.enqueue(job);
+                    self.enqueue(*job);
                     self.dispatch().await;
                 }
             }
@@ -209,13 +249,26 @@ impl Actor {
             Command::Started { id, run } => self.started(id, run).await,
             Command::SpawnFailed { id, error } => {
                 tracing::warn!(job_id = %id, %error, "job failed to start");
-                let event = Event::SpawnFailed { error: error.clone(), at: Timestamp::now() };
-                self.finish(id, event, vec![NewEvent::new("spawn_failed", json!({ "error": error }))]).await;
+                let event = Event::SpawnFailed {
+                    error: error.clone(),
+                    at: Timestamp::now(),
+                };
+                self.finish(
+                    id,
+                    event,
+                    vec![NewEvent::new("spawn_failed", json!({ "error": error }))],
+                )
+                .await;
             }
             Command::TimedOut { id } => {
                 self.request_stop(id, StopReason::TimedOut).await;
             }
-            Command::Exited { id, exit, signals_sent, accounting } => {
+            Command::Exited {
+                id,
+                exit,
+                signals_sent,
+                accounting,
+            } => {
                 let detail = json!({
                     "exit": exit,
                     "signals_sent": signals_sent,
@@ -223,8 +276,14 @@ impl Actor {
                     "memory": accounting.memory_line(),
                 });
                 tracing::info!(job_id = %id, ?exit, memory = %accounting.memory_line(), "job tree gone");
-                let event = Event::Exited { exit, signals_sent, accounting, at: Timestamp::now() };
-                self.finish(id, event, vec![NewEvent::new("exited", detail)]).await;
+                let event = Event::Exited {
+                    exit,
+                    signals_sent,
+                    accounting,
+                    at: Timestamp::now(),
+                };
+                self.finish(id, event, vec![NewEvent::new("exited", detail)])
+                    .await;
             }
             Command::Status { reply } => {
                 let _ = reply.send((self.active.len(), self.queued.len()));
@@ -242,16 +301,23 @@ impl Actor {
     }
 
     fn enqueue(&mut self, job: Job) {
-        self.queue.push(QueueKey { priority: job.spec.priority, id: Reverse(job.id) });
+        self.queue.push(QueueKey {
+            priority: job.spec.priority,
+            id: Reverse(job.id),
+        });
         self.queued.insert(job.id, job);
     }
 
     /// Starts queued jobs while there is room. Event-driven: called whenever a job arrives or ends.
     async fn dispatch(&mut self) {
-        while self.shutdown_waiters.is_empty() && self.active.len() < self.shared.config.max_concurrent {
+        while self.shutdown_waiters.is_empty()
+            && self.active.len() < self.shared.config.max_concurrent
+        {
             let Some(key) = self.queue.pop() else { break };
             // Cancelled jobs leave a stale key behind; skipping it here keeps cancel O(1).
-            let Some(job) = self.queued.remove(&key.id.0) else { continue };
+            let Some(job) = self.queued.remove(&key.id.0) else {
+                continue;
+            };
             self.launch(job);
         }
     }
@@ -259,7 +325,11 @@ impl Actor {
     fn launch(&mut self, job: Job) {
         let id = job.id;
         let (stop_tx, stop_rx) = watch::channel(None);
-        let cwd = job.spec.cwd.clone().unwrap_or_else(|| self.shared.job_dir(id).join("work"));
+        let cwd = job
+            .spec
+            .cwd
+            .clone()
+            .unwrap_or_else(|| self.shared.job_dir(id).join("work"));
         let monitor = Monitor {
             id,
             attempt: job.attempt,
@@ -272,11 +342,20 @@ impl Actor {
         };
         let handle = self.monitors.spawn(monitor.run());
         self.monitor_jobs.insert(handle.id(), id);
-        self.active.insert(id, Active { job, stop: stop_tx, pending_stop: None });
+        self.active.insert(
+            id,
+            Active {
+                job,
+                stop: stop_tx,
+                pending_stop: None,
+            },
+        );
     }
 
     async fn started(&mut self, id: JobId, run: Run) {
-        let Some(active) = self.active.get_mut(&id) else { return };
+        let Some(active) = self.active.get_mut(&id) else {
+            return;
+        };
         let detail = json!({
             "pid": run.tree.pid,
             "backend": run.tree.backend,
@@ -290,7 +369,8 @@ impl Actor {
         tracing::info!(job_id = %id, attempt = active.job.attempt, "job started");
         let job = active.job.clone();
         let pending = active.pending_stop.take();
-        self.persist(&job, vec![NewEvent::new("started", detail)]).await;
+        self.persist(&job, vec![NewEvent::new("started", detail)])
+            .await;
         if let Some(reason) = pending {
             self.request_stop(id, reason).await;
         }
@@ -299,32 +379,53 @@ impl Actor {
     /// Marks a live job as stopping and tells its monitor. A job still launching is stopped as soon as it has
     /// started; a queued job that is cancelled finishes at once.
     async fn request_stop(&mut self, id: JobId, reason: StopReason) {
-        let Some(active) = self.active.get_mut(&id) else { return };
+        let Some(active) = self.active.get_mut(&id) else {
+            return;
+        };
         let _ = active.stop.send(Some(reason));
         if matches!(active.job.state, JobState::Queued { .. }) {
             active.pending_stop.get_or_insert(reason);
             return;
         }
         let before = active.job.state.name();
-        if let Err(e) = active.job.apply(Event::StopRequested { reason, at: Timestamp::now() }) {
+        if let Err(e) = active.job.apply(Event::StopRequested {
+            reason,
+            at: Timestamp::now(),
+        }) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;
         }
         if before != active.job.state.name() {
             tracing::info!(job_id = %id, ?reason, "stopping job");
             let job = active.job.clone();
-            self.persist(&job, vec![NewEvent::new("stop_requested", json!({ "reason": reason }))]).await;
+            self.persist(
+                &job,
+                vec![NewEvent::new("stop_requested", json!({ "reason": reason }))],
+            )
+            .await;
         }
     }
 
     async fn cancel(&mut self, id: JobId) -> CancelReply {
         if let Some(mut job) = self.queued.remove(&id) {
-            if job.apply(Event::StopRequested { reason: StopReason::Cancelled, at: Timestamp::now() }).is_err() {
+            if job
+                .apply(Event::StopRequested {
+                    reason: StopReason::Cancelled,
+                    at: Timestamp::now(),
+                })
+                .is_err()
+            {
                 return CancelReply::NotLive;
             }
             tracing::info!(job_id = %id, "cancelled a queued job");
-            self.persist(&job, vec![NewEvent::new("stop_requested", json!({ "reason": StopReason::Cancelled }))])
-                .await;
+            self.persist(
+                &job,
+                vec![NewEvent::new(
+                    "stop_requested",
+                    json!({ "reason": StopReason::Cancelled }),
+                )],
+            )
+            .await;
             let _ = self.shared.finished.send(id);
             return CancelReply::Done(Box::new(job));
         }
@@ -339,7 +440,9 @@ impl Actor {
 
     /// Applies the event that ends an attempt, requeues per policy, persists, and starts the next job.
     async fn finish(&mut self, id: JobId, event: Event, mut events: Vec<NewEvent>) {
-        let Some(Active { mut job, .. }) = self.active.remove(&id) else { return };
+        let Some(Active { mut job, .. }) = self.active.remove(&id) else {
+            return;
+        };
         if let Err(e) = job.apply(event) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;
@@ -347,31 +450,42 @@ impl Actor {
         let outcome = job.outcome().cloned();
         events.push(NewEvent::new("finished", json!({ "outcome": outcome })));
         let shutdown_interrupt = matches!(outcome, Some(Outcome::Interrupted { .. }));
-        let requeue = job.may_retry() && (!shutdown_interrupt || self.shared.config.requeue_on_shutdown);
+        let requeue =
+            job.may_retry() && (!shutdown_interrupt || self.shared.config.requeue_on_shutdown);
         if requeue {
             // may_retry was checked, so the transition cannot fail.
-            if job.apply(Event::Requeue { at: Timestamp::now() }).is_ok() {
+            if job
+                .apply(Event::Requeue {
+                    at: Timestamp::now(),
+                })
+                .is_ok()
+            {
                 events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
                 tracing::info!(job_id = %id, attempt = job.attempt, "job requeued");
             }
         }
-        self.persist(&job, events).await;
         if matches!(job.state, JobState::Queued { .. }) {
+            self.persist(&job, events).await;
             if self.shutdown_waiters.is_empty() {
                 self.enqueue(job);
             }
         } else {
-            let _ = self.shared.finished.send(id);
+            self.persist_final(&job, events).await;
         }
         self.dispatch().await;
     }
 
-    async fn monitor_ended(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+    async fn monitor_ended(
+        &mut self,
+        joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
         let task = match &joined {
             Ok((task, ())) => *task,
             Err(e) => e.id(),
         };
-        let Some(id) = self.monitor_jobs.remove(&task) else { return };
+        let Some(id) = self.monitor_jobs.remove(&task) else {
+            return;
+        };
         if let Err(e) = joined {
             // The monitor's RunningTree was dropped while unwinding, which kills the tree.
             tracing::error!(job_id = %id, error = %e, "job monitor failed");
@@ -379,19 +493,52 @@ impl Actor {
             let reason = format!("internal error: {e}");
             let at = Timestamp::now();
             let event = match self.active.get(&id).map(|a| a.job.state.name()) {
-                Some(aura_model::StateName::Queued) => Event::SpawnFailed { error: reason.clone(), at },
-                _ => Event::Interrupted { reason: reason.clone(), at },
+                Some(aura_model::StateName::Queued) => Event::SpawnFailed {
+                    error: reason.clone(),
+                    at,
+                },
+                _ => Event::Interrupted {
+                    reason: reason.clone(),
+                    at,
+                },
             };
-            self.finish(id, event, vec![NewEvent::new("interrupted", json!({ "reason": reason }))]).await;
+            self.finish(
+                id,
+                event,
+                vec![NewEvent::new("interrupted", json!({ "reason": reason }))],
+            )
+            .await;
         }
     }
 
     /// Queues the write in the store's group commit without waiting for it; ordering per job is preserved
     /// because the store applies writes in queue order. Failures are logged when the commit resolves.
     async fn persist(&mut self, job: &Job, events: Vec<NewEvent>) {
+        self.queue_write(job, events, None).await;
+    }
+
+    /// Like `persist` for a job that reached its final state: waiters are told once the commit is done,
+    /// so that what they read next is the final record.
+    async fn persist_final(&mut self, job: &Job, events: Vec<NewEvent>) {
+        self.queue_write(job, events, Some(job.id)).await;
+    }
+
+    async fn queue_write(&mut self, job: &Job, events: Vec<NewEvent>, finished: Option<JobId>) {
         match self.shared.store.record_queued(job, events).await {
-            Ok(pending) => self.writes.push(pending),
-            Err(e) => tracing::error!(job_id = %job.id, error = %e, "failed to persist a job state change"),
+            Ok(pending) => self.writes.push(Box::pin(async move { (pending.await, finished) })),
+            Err(e) => {
+                tracing::error!(job_id = %job.id, error = %e, "failed to persist a job state change")
+            }
+        }
+    }
+
+    fn committed(&mut self, (result, finished): (Result<(), StoreError>, Option<JobId>)) {
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "failed to persist a job state change");
+        }
+        if let Some(id) = finished {
+            // Sent even if the write failed: waiters then re-read and see what the store has.
+            let _ = self.shared.finished.send(id);
         }
     }
 }

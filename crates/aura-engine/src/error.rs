@@ -26,7 +26,10 @@ pub enum EngineError {
     #[error("logs: {0}")]
     Logs(#[from] aura_logs::LogError),
     #[error("{path:?}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -40,8 +40,16 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    pub(crate) fn new(tx: mpsc::Sender<Command>, shared: Arc<Shared>, actor: JoinHandle<()>) -> Self {
-        EngineHandle { tx, shared, actor: Arc::new(Mutex::new(Some(actor))) }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Command>,
+        shared: Arc<Shared>,
+        actor: JoinHandle<()>,
+    ) -> Self {
+        EngineHandle {
+            tx,
+            shared,
+            actor: Arc::new(Mutex::new(Some(actor))),
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -56,29 +64,52 @@ impl EngineHandle {
             match tokio::fs::metadata(cwd).await {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
-                    return Err(EngineError::WorkingDirectory { path: cwd.clone(), reason: "not a directory".into() })
+                    return Err(EngineError::WorkingDirectory {
+                        path: cwd.clone(),
+                        reason: "not a directory".into(),
+                    })
                 }
-                Err(e) => return Err(EngineError::WorkingDirectory { path: cwd.clone(), reason: e.to_string() }),
+                Err(e) => {
+                    return Err(EngineError::WorkingDirectory {
+                        path: cwd.clone(),
+                        reason: e.to_string(),
+                    })
+                }
             }
         }
-        let (program, path_var, cwd) = (spec.program.clone(), spec.env.get("PATH").cloned(), spec.cwd.clone());
-        tokio::task::spawn_blocking(move || aura_supervisor::resolve_program(&program, path_var.as_deref(), cwd.as_deref()))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .map_err(|e| EngineError::Program { program: spec.program.clone(), reason: e.to_string() })?;
+        let (program, path_var, cwd) = (
+            spec.program.clone(),
+            spec.env.get("PATH").cloned(),
+            spec.cwd.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            aura_supervisor::resolve_program(&program, path_var.as_deref(), cwd.as_deref())
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(|e| EngineError::Program {
+            program: spec.program.clone(),
+            reason: e.to_string(),
+        })?;
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
         }
         let job = self.shared.store.insert_job(spec, Timestamp::now()).await?;
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
-        self.tx.send(Command::Enqueue(job.clone())).await.map_err(|_| EngineError::ShuttingDown)?;
+        self.tx
+            .send(Command::Enqueue(Box::new(job.clone())))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
         Ok(job)
     }
 
     /// Cancels a queued job at once, or stops a running one with its stop sequence.
     pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Cancel { id, reply }).await.map_err(|_| EngineError::ShuttingDown)?;
+        self.tx
+            .send(Command::Cancel { id, reply })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
         match rx.await.map_err(|_| EngineError::ShuttingDown)? {
             CancelReply::Done(job) => Ok(*job),
             CancelReply::NotLive => match self.shared.store.get(id).await? {
@@ -92,12 +123,24 @@ impl EngineHandle {
     }
 
     pub async fn get(&self, id: JobId) -> Result<JobView, EngineError> {
-        let job = self.shared.store.get(id).await?.ok_or(EngineError::NotFound(id))?;
+        let job = self
+            .shared
+            .store
+            .get(id)
+            .await?
+            .ok_or(EngineError::NotFound(id))?;
         Ok(self.view(job))
     }
 
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<JobView>, EngineError> {
-        Ok(self.shared.store.list(filter).await?.into_iter().map(|j| self.view(j)).collect())
+        Ok(self
+            .shared
+            .store
+            .list(filter)
+            .await?
+            .into_iter()
+            .map(|j| self.view(j))
+            .collect())
     }
 
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, EngineError> {
@@ -116,7 +159,12 @@ impl EngineHandle {
         offset: u64,
         max: usize,
     ) -> Result<LogChunk, EngineError> {
-        let job = self.shared.store.get(id).await?.ok_or(EngineError::NotFound(id))?;
+        let job = self
+            .shared
+            .store
+            .get(id)
+            .await?
+            .ok_or(EngineError::NotFound(id))?;
         let dir = self.shared.log_dir(id, attempt.unwrap_or(job.attempt));
         let chunk = tokio::task::spawn_blocking(move || aura_logs::read(&dir, stream, offset, max))
             .await
@@ -148,7 +196,10 @@ impl EngineHandle {
 
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Status { reply }).await.map_err(|_| EngineError::ShuttingDown)?;
+        self.tx
+            .send(Command::Status { reply })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
         let (running, queued) = rx.await.map_err(|_| EngineError::ShuttingDown)?;
         Ok(EngineStatus {
             backend: self.shared.supervisor.backend(),
@@ -169,7 +220,9 @@ impl EngineHandle {
         if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
             let _ = rx.await;
         }
-        actor.await.map_err(|e| EngineError::Internal(format!("engine actor failed: {e}")))?;
+        actor
+            .await
+            .map_err(|e| EngineError::Internal(format!("engine actor failed: {e}")))?;
         self.shared.supervisor.shutdown().await;
         self.shared.store.close().await?;
         Ok(())

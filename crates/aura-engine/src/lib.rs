@@ -38,20 +38,29 @@ impl EngineConfig {
 
 /// The default concurrency: one job per core.
 pub fn default_max_concurrent() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Opens the store, starts the supervisor, recovers what a previous daemon left behind and starts the
 /// actor. Returns once recovery is complete and the engine accepts jobs.
 pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
     if config.max_concurrent == 0 {
-        return Err(EngineError::Config("max_concurrent must be at least 1".into()));
+        return Err(EngineError::Config(
+            "max_concurrent must be at least 1".into(),
+        ));
     }
     let jobs_dir = config.jobs_dir();
     tokio::fs::create_dir_all(&jobs_dir)
         .await
-        .map_err(|source| EngineError::Io { path: jobs_dir.clone(), source })?;
-    let store = aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default()).await?;
+        .map_err(|source| EngineError::Io {
+            path: jobs_dir.clone(),
+            source,
+        })?;
+    let store =
+        aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default())
+            .await?;
     let supervisor = Supervisor::start(config.supervisor.clone())?;
     tracing::info!(backend = %supervisor.backend(), detail = %supervisor.description(), "process-tree backend");
     actor::spawn(config, store, supervisor).await

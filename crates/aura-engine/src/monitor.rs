@@ -42,12 +42,20 @@ impl Monitor {
         let mut tree = match self.shared.supervisor.launch(request).await {
             Ok(tree) => tree,
             Err(e) => {
-                self.report(Command::SpawnFailed { id, error: e.to_string() }).await;
+                self.report(Command::SpawnFailed {
+                    id,
+                    error: e.to_string(),
+                })
+                .await;
                 return;
             }
         };
         self.shared.register_probe(id, tree.probe());
-        let run = Run { started_at: Timestamp::now(), tree: tree.handle().clone(), cwd: self.cwd.clone() };
+        let run = Run {
+            started_at: Timestamp::now(),
+            tree: tree.handle().clone(),
+            cwd: self.cwd.clone(),
+        };
         self.report(Command::Started { id, run }).await;
 
         let stop_sequence = self.spec.stop.clone();
@@ -69,7 +77,13 @@ impl Monitor {
         };
         let accounting = tree.finish().await;
         self.shared.unregister_probe(id);
-        self.report(Command::Exited { id, exit, signals_sent, accounting }).await;
+        self.report(Command::Exited {
+            id,
+            exit,
+            signals_sent,
+            accounting,
+        })
+        .await;
     }
 
     async fn report(&self, command: Command) {

@@ -109,8 +109,14 @@ impl Default for StopSequence {
     /// SIGINT first (FFmpeg finalises its output on it), then SIGTERM, then SIGKILL.
     fn default() -> Self {
         StopSequence(vec![
-            StopStep { signal: StopSignal::Int, grace: Duration::from_secs(5) },
-            StopStep { signal: StopSignal::Term, grace: Duration::from_secs(3) },
+            StopStep {
+                signal: StopSignal::Int,
+                grace: Duration::from_secs(5),
+            },
+            StopStep {
+                signal: StopSignal::Term,
+                grace: Duration::from_secs(3),
+            },
         ])
     }
 }
@@ -128,12 +134,15 @@ impl std::str::FromStr for StopSequence {
     fn from_str(s: &str) -> Result<Self, SpecError> {
         let mut steps = Vec::new();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let (sig, grace) = part
-                .split_once(':')
-                .ok_or_else(|| SpecError::InvalidStopSequence(format!("{part:?} is not SIGNAL:GRACE")))?;
+            let (sig, grace) = part.split_once(':').ok_or_else(|| {
+                SpecError::InvalidStopSequence(format!("{part:?} is not SIGNAL:GRACE"))
+            })?;
             let grace = humantime::parse_duration(grace.trim())
                 .map_err(|e| SpecError::InvalidStopSequence(format!("{grace:?}: {e}")))?;
-            steps.push(StopStep { signal: sig.parse()?, grace });
+            steps.push(StopStep {
+                signal: sig.parse()?,
+                grace,
+            });
         }
         Ok(StopSequence(steps))
     }
@@ -151,7 +160,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_retries: 0, requeue_interrupted: true }
+        RetryPolicy {
+            max_retries: 0,
+            requeue_interrupted: true,
+        }
     }
 }
 
@@ -201,7 +213,10 @@ fn default_timeout() -> Duration {
 }
 
 impl JobSpec {
-    pub fn new(program: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        program: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         JobSpec {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
@@ -228,7 +243,10 @@ impl JobSpec {
         }
         check_text("program", &self.program, MAX_ARG_BYTES)?;
         if self.args.len() > MAX_ARGS {
-            return Err(SpecError::TooMany { what: "arguments", max: MAX_ARGS });
+            return Err(SpecError::TooMany {
+                what: "arguments",
+                max: MAX_ARGS,
+            });
         }
         let mut total = self.program.len();
         for (i, arg) in self.args.iter().enumerate() {
@@ -236,10 +254,16 @@ impl JobSpec {
             total += arg.len();
         }
         if total > MAX_TOTAL_ARG_BYTES {
-            return Err(SpecError::TooLong { what: "command line".into(), max: MAX_TOTAL_ARG_BYTES });
+            return Err(SpecError::TooLong {
+                what: "command line".into(),
+                max: MAX_TOTAL_ARG_BYTES,
+            });
         }
         if self.env.len() > MAX_ENV {
-            return Err(SpecError::TooMany { what: "environment variables", max: MAX_ENV });
+            return Err(SpecError::TooMany {
+                what: "environment variables",
+                max: MAX_ENV,
+            });
         }
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') {
@@ -254,42 +278,74 @@ impl JobSpec {
             }
         }
         if self.timeout.is_zero() {
-            return Err(SpecError::OutOfRange { what: "timeout", detail: "must be greater than zero".into() });
+            return Err(SpecError::OutOfRange {
+                what: "timeout",
+                detail: "must be greater than zero".into(),
+            });
         }
         if self.timeout > Duration::from_secs(MAX_TIMEOUT_SECS) {
-            return Err(SpecError::OutOfRange { what: "timeout", detail: "at most 30 days".into() });
+            return Err(SpecError::OutOfRange {
+                what: "timeout",
+                detail: "at most 30 days".into(),
+            });
         }
         if self.stop.0.len() > MAX_STOP_STEPS {
-            return Err(SpecError::TooMany { what: "stop steps", max: MAX_STOP_STEPS });
+            return Err(SpecError::TooMany {
+                what: "stop steps",
+                max: MAX_STOP_STEPS,
+            });
         }
-        if self.stop.0.iter().any(|s| s.grace > Duration::from_secs(MAX_GRACE_SECS)) {
-            return Err(SpecError::InvalidStopSequence("a grace period is at most 1 hour".into()));
+        if self
+            .stop
+            .0
+            .iter()
+            .any(|s| s.grace > Duration::from_secs(MAX_GRACE_SECS))
+        {
+            return Err(SpecError::InvalidStopSequence(
+                "a grace period is at most 1 hour".into(),
+            ));
         }
         if self.labels.len() > MAX_LABELS {
-            return Err(SpecError::TooMany { what: "labels", max: MAX_LABELS });
+            return Err(SpecError::TooMany {
+                what: "labels",
+                max: MAX_LABELS,
+            });
         }
         for (k, v) in &self.labels {
             let valid_key = !k.is_empty()
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
             if !valid_key || k.len() > MAX_LABEL_BYTES {
                 return Err(SpecError::InvalidLabel(k.clone()));
             }
             check_text(&format!("label {k}"), v, MAX_LABEL_BYTES)?;
         }
         if self.retry.max_retries > MAX_RETRIES {
-            return Err(SpecError::OutOfRange { what: "max_retries", detail: format!("at most {MAX_RETRIES}") });
+            return Err(SpecError::OutOfRange {
+                what: "max_retries",
+                detail: format!("at most {MAX_RETRIES}"),
+            });
         }
         let r = &self.resources;
         if r.memory == Some(ByteSize(0)) {
-            return Err(SpecError::OutOfRange { what: "memory", detail: "must be greater than zero".into() });
+            return Err(SpecError::OutOfRange {
+                what: "memory",
+                detail: "must be greater than zero".into(),
+            });
         }
         if let Some(cpu) = r.cpu {
             if !(cpu.is_finite() && cpu > 0.0 && cpu <= MAX_CPU) {
-                return Err(SpecError::OutOfRange { what: "cpu", detail: format!("must be in (0, {MAX_CPU}]") });
+                return Err(SpecError::OutOfRange {
+                    what: "cpu",
+                    detail: format!("must be in (0, {MAX_CPU}]"),
+                });
             }
         }
         if r.gpus.is_some_and(|g| g > MAX_GPUS) {
-            return Err(SpecError::OutOfRange { what: "gpus", detail: format!("at most {MAX_GPUS}") });
+            return Err(SpecError::OutOfRange {
+                what: "gpus",
+                detail: format!("at most {MAX_GPUS}"),
+            });
         }
         Ok(())
     }
@@ -300,7 +356,10 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), SpecError> {
         return Err(SpecError::NulByte(what.to_owned()));
     }
     if text.len() > max {
-        return Err(SpecError::TooLong { what: what.to_owned(), max });
+        return Err(SpecError::TooLong {
+            what: what.to_owned(),
+            max,
+        });
     }
     Ok(())
 }
@@ -429,7 +488,9 @@ pub mod humantime_serde_compat {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(s) if (0.0..1e12).contains(&s) => Ok(Duration::from_secs_f64(s)),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!("invalid duration {s}: must be non-negative and finite"))),
+            Raw::Secs(s) => Err(serde::de::Error::custom(format!(
+                "invalid duration {s}: must be non-negative and finite"
+            ))),
             Raw::Text(t) => humantime::parse_duration(t.trim())
                 .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
         }
@@ -455,18 +516,42 @@ mod tests {
     fn validation_table() {
         check(|_| {}, Ok(()));
         check(|s| s.program = "  ".into(), Err("the program is empty"));
-        check(|s| s.args.push("a\0b".into()), Err("argument 2 contains a NUL byte"));
+        check(
+            |s| s.args.push("a\0b".into()),
+            Err("argument 2 contains a NUL byte"),
+        );
         check(
             |s| s.args.push("x".repeat(limits::MAX_ARG_BYTES + 1)),
             Err("argument 2 is longer than 131072 bytes"),
         );
-        check(|s| s.timeout = Duration::ZERO, Err("timeout out of range: must be greater than zero"));
-        check(|s| s.cwd = Some("rel/dir".into()), Err("working directory \"rel/dir\" must be an absolute path"));
-        check(|s| _ = s.env.insert("A=B".into(), "x".into()), Err("invalid environment variable name \"A=B\""));
-        check(|s| _ = s.labels.insert("bad key".into(), "x".into()), Err("invalid label name \"bad key\" (letters, digits, _ - . / only)"));
-        check(|s| s.resources.cpu = Some(-1.0), Err("cpu out of range: must be in (0, 4096]"));
-        check(|s| s.resources.cpu = Some(f64::NAN), Err("cpu out of range: must be in (0, 4096]"));
-        check(|s| s.resources.memory = Some(ByteSize(0)), Err("memory out of range: must be greater than zero"));
+        check(
+            |s| s.timeout = Duration::ZERO,
+            Err("timeout out of range: must be greater than zero"),
+        );
+        check(
+            |s| s.cwd = Some("rel/dir".into()),
+            Err("working directory \"rel/dir\" must be an absolute path"),
+        );
+        check(
+            |s| _ = s.env.insert("A=B".into(), "x".into()),
+            Err("invalid environment variable name \"A=B\""),
+        );
+        check(
+            |s| _ = s.labels.insert("bad key".into(), "x".into()),
+            Err("invalid label name \"bad key\" (letters, digits, _ - . / only)"),
+        );
+        check(
+            |s| s.resources.cpu = Some(-1.0),
+            Err("cpu out of range: must be in (0, 4096]"),
+        );
+        check(
+            |s| s.resources.cpu = Some(f64::NAN),
+            Err("cpu out of range: must be in (0, 4096]"),
+        );
+        check(
+            |s| s.resources.memory = Some(ByteSize(0)),
+            Err("memory out of range: must be greater than zero"),
+        );
         check(|s| s.resources.cpu = Some(0.5), Ok(()));
     }
 
@@ -474,9 +559,13 @@ mod tests {
     fn json_rejects_unknown_fields_and_negative_timeouts() {
         let bad = serde_json::from_str::<JobSpec>(r#"{"program":"true","bogus":1}"#).unwrap_err();
         assert!(bad.to_string().contains("unknown field `bogus`"), "{bad}");
-        let neg = serde_json::from_str::<JobSpec>(r#"{"program":"true","timeout":-3}"#).unwrap_err();
+        let neg =
+            serde_json::from_str::<JobSpec>(r#"{"program":"true","timeout":-3}"#).unwrap_err();
         assert!(neg.to_string().contains("non-negative"), "{neg}");
-        let ok: JobSpec = serde_json::from_str(r#"{"program":"true","timeout":"90s","resources":{"memory":"2G"}}"#).unwrap();
+        let ok: JobSpec = serde_json::from_str(
+            r#"{"program":"true","timeout":"90s","resources":{"memory":"2G"}}"#,
+        )
+        .unwrap();
         assert_eq!(ok.timeout, Duration::from_secs(90));
         assert_eq!(ok.resources.memory, Some(ByteSize(2 << 30)));
         assert_eq!(ok.stop, StopSequence::default());
@@ -500,7 +589,10 @@ mod tests {
             memory_source: Some(MemorySource::CgroupPeak),
             ..Default::default()
         };
-        assert_eq!(a.memory_line(), "Start=10.0MB, Peak=310.0MB, End=12.0MB, Delta=+2.0MB (kernel high-water mark)");
+        assert_eq!(
+            a.memory_line(),
+            "Start=10.0MB, Peak=310.0MB, End=12.0MB, Delta=+2.0MB (kernel high-water mark)"
+        );
     }
 }
 

@@ -30,9 +30,14 @@ impl FromStr for ByteSize {
     type Err = ParseSizeError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseSizeError { input: input.to_owned(), reason };
+        let err = |reason| ParseSizeError {
+            input: input.to_owned(),
+            reason,
+        };
         let text = input.trim();
-        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
         if number.is_empty() {
             return Err(err("expected a number, e.g. 512M or 2G"));

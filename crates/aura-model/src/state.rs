@@ -50,15 +50,27 @@ pub enum ExitStatus {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
-    Failed { exit_code: i32 },
-    Killed { signal: i32 },
+    Failed {
+        exit_code: i32,
+    },
+    Killed {
+        signal: i32,
+    },
     TimedOut,
     Cancelled,
-    FailedToStart { error: String },
+    FailedToStart {
+        error: String,
+    },
     /// The daemon died or shut down while the job ran.
-    Interrupted { reason: String },
-    MemoryLimitExceeded { limit_bytes: u64 },
-    MemoryPressure { detail: String },
+    Interrupted {
+        reason: String,
+    },
+    MemoryLimitExceeded {
+        limit_bytes: u64,
+    },
+    MemoryPressure {
+        detail: String,
+    },
 }
 
 impl Outcome {
@@ -68,7 +80,10 @@ impl Outcome {
 
     /// Whether this outcome uses up one of the retry policy's retries.
     pub fn counts_as_failure(&self) -> bool {
-        !matches!(self, Outcome::Succeeded | Outcome::Cancelled | Outcome::Interrupted { .. })
+        !matches!(
+            self,
+            Outcome::Succeeded | Outcome::Cancelled | Outcome::Interrupted { .. }
+        )
     }
 
     /// The short name shown in tables and used in filters.
@@ -120,9 +135,17 @@ pub struct Finished {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum JobState {
-    Queued { since: Timestamp },
-    Running { run: Run },
-    Stopping { run: Run, reason: StopReason, requested_at: Timestamp },
+    Queued {
+        since: Timestamp,
+    },
+    Running {
+        run: Run,
+    },
+    Stopping {
+        run: Run,
+        reason: StopReason,
+        requested_at: Timestamp,
+    },
     Finished(Finished),
 }
 
@@ -137,7 +160,12 @@ pub enum StateName {
 }
 
 impl StateName {
-    pub const ALL: [StateName; 4] = [StateName::Queued, StateName::Running, StateName::Stopping, StateName::Finished];
+    pub const ALL: [StateName; 4] = [
+        StateName::Queued,
+        StateName::Running,
+        StateName::Stopping,
+        StateName::Finished,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -155,7 +183,9 @@ impl std::str::FromStr for StateName {
         StateName::ALL
             .into_iter()
             .find(|n| n.as_str() == s)
-            .ok_or_else(|| format!("unknown state {s:?} (use queued, running, stopping or finished)"))
+            .ok_or_else(|| {
+                format!("unknown state {s:?} (use queued, running, stopping or finished)")
+            })
     }
 }
 
@@ -181,14 +211,32 @@ impl JobState {
 /// Everything that can happen to a job; the input of `Job::apply`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Started { run: Run },
-    SpawnFailed { error: String, at: Timestamp },
-    StopRequested { reason: StopReason, at: Timestamp },
-    Exited { exit: ExitStatus, signals_sent: Vec<StopSignal>, accounting: Accounting, at: Timestamp },
+    Started {
+        run: Run,
+    },
+    SpawnFailed {
+        error: String,
+        at: Timestamp,
+    },
+    StopRequested {
+        reason: StopReason,
+        at: Timestamp,
+    },
+    Exited {
+        exit: ExitStatus,
+        signals_sent: Vec<StopSignal>,
+        accounting: Accounting,
+        at: Timestamp,
+    },
     /// The daemon lost the job (crash or shutdown) while it ran.
-    Interrupted { reason: String, at: Timestamp },
+    Interrupted {
+        reason: String,
+        at: Timestamp,
+    },
     /// Put a finished attempt back in the queue; allowed only when the retry policy says so.
-    Requeue { at: Timestamp },
+    Requeue {
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -223,12 +271,23 @@ pub struct Job {
     pub attempt: u32,
     /// Failed attempts so far that count against `retry.max_retries` (interruptions do not).
     pub failures: u32,
+    /// Flattened, so a record reads `{"id": 7, "state": "finished", "outcome": {...}, "accounting": {...}}`.
+    #[serde(flatten)]
     pub state: JobState,
 }
 
 impl Job {
     pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp) -> Self {
-        Job { id, spec, submitted_at, attempt: 1, failures: 0, state: JobState::Queued { since: submitted_at } }
+        Job {
+            id,
+            spec,
+            submitted_at,
+            attempt: 1,
+            failures: 0,
+            state: JobState::Queued {
+                since: submitted_at,
+            },
+        }
     }
 
     pub fn outcome(&self) -> Option<&Outcome> {
@@ -257,18 +316,14 @@ impl Job {
             detail,
         };
         let next = match (&self.state, &event) {
-            (JobState::Queued { .. }, Event::Started { run }) => JobState::Running { run: run.clone() },
-            (JobState::Queued { .. }, Event::SpawnFailed { error, at }) => JobState::Finished(Finished {
-                outcome: Outcome::FailedToStart { error: error.clone() },
-                finished_at: *at,
-                run: None,
-                exit: None,
-                signals_sent: vec![],
-                accounting: Accounting::default(),
-            }),
-            (JobState::Queued { .. }, Event::StopRequested { reason: StopReason::Cancelled, at }) => {
+            (JobState::Queued { .. }, Event::Started { run }) => {
+                JobState::Running { run: run.clone() }
+            }
+            (JobState::Queued { .. }, Event::SpawnFailed { error, at }) => {
                 JobState::Finished(Finished {
-                    outcome: Outcome::Cancelled,
+                    outcome: Outcome::FailedToStart {
+                        error: error.clone(),
+                    },
                     finished_at: *at,
                     run: None,
                     exit: None,
@@ -276,26 +331,60 @@ impl Job {
                     accounting: Accounting::default(),
                 })
             }
+            (
+                JobState::Queued { .. },
+                Event::StopRequested {
+                    reason: StopReason::Cancelled,
+                    at,
+                },
+            ) => JobState::Finished(Finished {
+                outcome: Outcome::Cancelled,
+                finished_at: *at,
+                run: None,
+                exit: None,
+                signals_sent: vec![],
+                accounting: Accounting::default(),
+            }),
             (JobState::Running { run }, Event::StopRequested { reason, at }) => {
-                JobState::Stopping { run: run.clone(), reason: *reason, requested_at: *at }
+                JobState::Stopping {
+                    run: run.clone(),
+                    reason: *reason,
+                    requested_at: *at,
+                }
             }
             // A second stop request keeps the first reason: a job that timed out stays timed out.
             (JobState::Stopping { .. }, Event::StopRequested { .. }) => return Ok(()),
-            (JobState::Running { run }, Event::Exited { exit, signals_sent, accounting, at }) => {
-                JobState::Finished(Finished {
-                    outcome: outcome_of_exit(*exit),
-                    finished_at: *at,
-                    run: Some(run.clone()),
-                    exit: Some(*exit),
-                    signals_sent: signals_sent.clone(),
-                    accounting: accounting.clone(),
-                })
-            }
-            (JobState::Stopping { run, reason, .. }, Event::Exited { exit, signals_sent, accounting, at }) => {
+            (
+                JobState::Running { run },
+                Event::Exited {
+                    exit,
+                    signals_sent,
+                    accounting,
+                    at,
+                },
+            ) => JobState::Finished(Finished {
+                outcome: outcome_of_exit(*exit),
+                finished_at: *at,
+                run: Some(run.clone()),
+                exit: Some(*exit),
+                signals_sent: signals_sent.clone(),
+                accounting: accounting.clone(),
+            }),
+            (
+                JobState::Stopping { run, reason, .. },
+                Event::Exited {
+                    exit,
+                    signals_sent,
+                    accounting,
+                    at,
+                },
+            ) => {
                 let outcome = match reason {
                     StopReason::Cancelled => Outcome::Cancelled,
                     StopReason::TimedOut => Outcome::TimedOut,
-                    StopReason::Shutdown => Outcome::Interrupted { reason: "daemon shutdown".into() },
+                    StopReason::Shutdown => Outcome::Interrupted {
+                        reason: "daemon shutdown".into(),
+                    },
                 };
                 JobState::Finished(Finished {
                     outcome,
@@ -306,19 +395,25 @@ impl Job {
                     accounting: accounting.clone(),
                 })
             }
-            (JobState::Running { run } | JobState::Stopping { run, .. }, Event::Interrupted { reason, at }) => {
-                JobState::Finished(Finished {
-                    outcome: Outcome::Interrupted { reason: reason.clone() },
-                    finished_at: *at,
-                    run: Some(run.clone()),
-                    exit: None,
-                    signals_sent: vec![],
-                    accounting: Accounting::default(),
-                })
-            }
+            (
+                JobState::Running { run } | JobState::Stopping { run, .. },
+                Event::Interrupted { reason, at },
+            ) => JobState::Finished(Finished {
+                outcome: Outcome::Interrupted {
+                    reason: reason.clone(),
+                },
+                finished_at: *at,
+                run: Some(run.clone()),
+                exit: None,
+                signals_sent: vec![],
+                accounting: Accounting::default(),
+            }),
             (JobState::Finished(_), Event::Requeue { at }) => {
                 if !self.may_retry() {
-                    return Err(illegal(self, ": the retry policy allows no further attempt"));
+                    return Err(illegal(
+                        self,
+                        ": the retry policy allows no further attempt",
+                    ));
                 }
                 self.attempt += 1;
                 JobState::Queued { since: *at }
@@ -353,13 +448,23 @@ mod tests {
     fn run() -> Run {
         Run {
             started_at: T,
-            tree: TreeHandle { backend: Backend::Hybrid, pid: 42, start_ticks: 7, cgroups: vec![] },
+            tree: TreeHandle {
+                backend: Backend::Hybrid,
+                pid: 42,
+                start_ticks: 7,
+                cgroups: vec![],
+            },
             cwd: "/tmp".into(),
         }
     }
 
     fn exited(code: i32) -> Event {
-        Event::Exited { exit: ExitStatus::Code(code), signals_sent: vec![], accounting: Accounting::default(), at: T }
+        Event::Exited {
+            exit: ExitStatus::Code(code),
+            signals_sent: vec![],
+            accounting: Accounting::default(),
+            at: T,
+        }
     }
 
     fn stop(reason: StopReason) -> Event {
@@ -389,13 +494,40 @@ mod tests {
     #[test]
     fn transition_table() {
         use StateName::*;
-        let no_retry = RetryPolicy { max_retries: 0, requeue_interrupted: true };
-        let one_retry = RetryPolicy { max_retries: 1, requeue_interrupted: false };
-        let interrupted = || Event::Interrupted { reason: "daemon died".into(), at: T };
+        let no_retry = RetryPolicy {
+            max_retries: 0,
+            requeue_interrupted: true,
+        };
+        let one_retry = RetryPolicy {
+            max_retries: 1,
+            requeue_interrupted: false,
+        };
+        let interrupted = || Event::Interrupted {
+            reason: "daemon died".into(),
+            at: T,
+        };
         let cases: Vec<(StateName, RetryPolicy, Event, Result<&str, ()>)> = vec![
-            (Queued, no_retry, Event::Started { run: run() }, Ok("running")),
-            (Queued, no_retry, Event::SpawnFailed { error: "ENOENT".into(), at: T }, Ok("failed_to_start")),
-            (Queued, no_retry, stop(StopReason::Cancelled), Ok("cancelled")),
+            (
+                Queued,
+                no_retry,
+                Event::Started { run: run() },
+                Ok("running"),
+            ),
+            (
+                Queued,
+                no_retry,
+                Event::SpawnFailed {
+                    error: "ENOENT".into(),
+                    at: T,
+                },
+                Ok("failed_to_start"),
+            ),
+            (
+                Queued,
+                no_retry,
+                stop(StopReason::Cancelled),
+                Ok("cancelled"),
+            ),
             (Queued, no_retry, stop(StopReason::TimedOut), Err(())),
             (Queued, no_retry, exited(0), Err(())),
             (Queued, no_retry, interrupted(), Err(())),
@@ -405,15 +537,30 @@ mod tests {
             (
                 Running,
                 no_retry,
-                Event::Exited { exit: ExitStatus::Signal(9), signals_sent: vec![], accounting: Accounting::default(), at: T },
+                Event::Exited {
+                    exit: ExitStatus::Signal(9),
+                    signals_sent: vec![],
+                    accounting: Accounting::default(),
+                    at: T,
+                },
                 Ok("killed"),
             ),
-            (Running, no_retry, stop(StopReason::TimedOut), Ok("stopping")),
+            (
+                Running,
+                no_retry,
+                stop(StopReason::TimedOut),
+                Ok("stopping"),
+            ),
             (Running, no_retry, interrupted(), Ok("interrupted")),
             (Running, no_retry, Event::Started { run: run() }, Err(())),
             (Running, no_retry, Event::Requeue { at: T }, Err(())),
             (Stopping, no_retry, exited(0), Ok("cancelled")),
-            (Stopping, no_retry, stop(StopReason::TimedOut), Ok("stopping")),
+            (
+                Stopping,
+                no_retry,
+                stop(StopReason::TimedOut),
+                Ok("stopping"),
+            ),
             (Stopping, no_retry, interrupted(), Ok("interrupted")),
             (Stopping, no_retry, Event::Started { run: run() }, Err(())),
             (Finished, no_retry, Event::Requeue { at: T }, Err(())),
@@ -455,7 +602,13 @@ mod tests {
 
     #[test]
     fn retries_are_counted_and_bounded() {
-        let mut job = job_in(StateName::Finished, RetryPolicy { max_retries: 2, requeue_interrupted: false });
+        let mut job = job_in(
+            StateName::Finished,
+            RetryPolicy {
+                max_retries: 2,
+                requeue_interrupted: false,
+            },
+        );
         for attempt in 2..=3 {
             job.apply(Event::Requeue { at: T }).unwrap();
             assert_eq!(job.attempt, attempt);
@@ -468,14 +621,34 @@ mod tests {
 
     #[test]
     fn interruptions_requeue_without_using_retries() {
-        let mut job = job_in(StateName::Running, RetryPolicy { max_retries: 0, requeue_interrupted: true });
-        job.apply(Event::Interrupted { reason: "daemon died".into(), at: T }).unwrap();
+        let mut job = job_in(
+            StateName::Running,
+            RetryPolicy {
+                max_retries: 0,
+                requeue_interrupted: true,
+            },
+        );
+        job.apply(Event::Interrupted {
+            reason: "daemon died".into(),
+            at: T,
+        })
+        .unwrap();
         assert!(job.may_retry());
         job.apply(Event::Requeue { at: T }).unwrap();
         assert_eq!((job.attempt, job.failures), (2, 0));
 
-        let mut no = job_in(StateName::Running, RetryPolicy { max_retries: 5, requeue_interrupted: false });
-        no.apply(Event::Interrupted { reason: "daemon died".into(), at: T }).unwrap();
+        let mut no = job_in(
+            StateName::Running,
+            RetryPolicy {
+                max_retries: 5,
+                requeue_interrupted: false,
+            },
+        );
+        no.apply(Event::Interrupted {
+            reason: "daemon died".into(),
+            at: T,
+        })
+        .unwrap();
         assert!(no.apply(Event::Requeue { at: T }).is_err());
     }
 
@@ -511,6 +684,10 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new(kind: impl Into<String>, detail: serde_json::Value) -> Self {
-        NewEvent { at: Timestamp::now(), kind: kind.into(), detail }
+        NewEvent {
+            at: Timestamp::now(),
+            kind: kind.into(),
+            detail,
+        }
     }
 }

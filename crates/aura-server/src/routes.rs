@@ -26,7 +26,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 2 * 1024 * 1024, max_wait: Duration::from_secs(300) }
+        ApiConfig {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_wait: Duration::from_secs(300),
+        }
     }
 }
 
@@ -61,11 +64,16 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<JobId> {
         .ok()
         .filter(|id| *id > 0)
         .map(JobId)
-        .ok_or_else(|| ApiError::bad_request(format!("invalid job id {raw:?}: expected a positive integer")))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid job id {raw:?}: expected a positive integer"
+            ))
+        })
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(t)| t).map_err(|e| ApiError::bad_request(e.body_text()))
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
 #[derive(Serialize)]
@@ -75,19 +83,28 @@ struct Health {
 }
 
 async fn healthz(State(app): State<AppState>) -> Json<Health> {
-    Json(Health { status: "ok", backend: app.engine.backend() })
+    Json(Health {
+        status: "ok",
+        backend: app.engine.backend(),
+    })
 }
 
 async fn status(State(app): State<AppState>) -> ApiResult<Json<EngineStatus>> {
     Ok(Json(app.engine.status().await?))
 }
 
-async fn submit(State(app): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+async fn submit(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("the request body is larger than {} bytes", app.config.max_body_bytes),
+                format!(
+                    "the request body is larger than {} bytes",
+                    app.config.max_body_bytes
+                ),
             )
         } else {
             ApiError::bad_request(e.body_text())
@@ -127,7 +144,10 @@ struct JobList {
 
 const MAX_PAGE: u32 = 1000;
 
-async fn list(State(app): State<AppState>, q: Result<Query<ListQuery>, QueryRejection>) -> ApiResult<Json<JobList>> {
+async fn list(
+    State(app): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<JobList>> {
     let q = query(q)?;
     let states = match q.state.as_deref() {
         None | Some("") => Vec::new(),
@@ -139,23 +159,42 @@ async fn list(State(app): State<AppState>, q: Result<Query<ListQuery>, QueryReje
     let newest_first = match q.order.as_deref() {
         None | Some("desc") => true,
         Some("asc") => false,
-        Some(other) => return Err(ApiError::bad_request(format!("invalid order {other:?}: use asc or desc"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid order {other:?}: use asc or desc"
+            )))
+        }
     };
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_PAGE}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
     }
-    let filter = ListFilter { states, after: q.after.map(JobId), limit, newest_first };
+    let filter = ListFilter {
+        states,
+        after: q.after.map(JobId),
+        limit,
+        newest_first,
+    };
     let jobs = app.engine.list(filter).await?;
-    let next_after = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.job.id)).flatten();
+    let next_after = (jobs.len() == limit as usize)
+        .then(|| jobs.last().map(|j| j.job.id))
+        .flatten();
     Ok(Json(JobList { jobs, next_after }))
 }
 
-async fn show(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<JobView>> {
+async fn show(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<JobView>> {
     Ok(Json(app.engine.get(job_id(id)?).await?))
 }
 
-async fn cancel(State(app): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult<Json<JobView>> {
+async fn cancel(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<JobView>> {
     let id = job_id(id)?;
     app.engine.cancel(id).await?;
     Ok(Json(app.engine.get(id).await?))
@@ -190,15 +229,26 @@ async fn logs(
     let q = query(q)?;
     let stream = match q.stream.as_deref() {
         None => Stream::Stdout,
-        Some(s) => s.parse::<Stream>().map_err(|_| ApiError::bad_request(format!("invalid stream {s:?}: use stdout or stderr")))?,
+        Some(s) => s.parse::<Stream>().map_err(|_| {
+            ApiError::bad_request(format!("invalid stream {s:?}: use stdout or stderr"))
+        })?,
     };
     let max = q.max.unwrap_or(1024 * 1024).clamp(1, MAX_LOG_CHUNK);
-    let chunk = app.engine.logs(id, stream, q.attempt, q.offset.unwrap_or(0), max).await?;
+    let chunk = app
+        .engine
+        .logs(id, stream, q.attempt, q.offset.unwrap_or(0), max)
+        .await?;
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     headers.insert("aura-log-offset", HeaderValue::from(chunk.offset));
     headers.insert("aura-log-next-offset", HeaderValue::from(chunk.next_offset));
-    headers.insert("aura-log-truncated", HeaderValue::from(chunk.truncated_bytes));
+    headers.insert(
+        "aura-log-truncated",
+        HeaderValue::from(chunk.truncated_bytes),
+    );
     Ok((headers, chunk.data).into_response())
 }
 
@@ -217,7 +267,12 @@ async fn wait(
     let id = job_id(id)?;
     let timeout = match query(q)?.timeout {
         None => Duration::from_secs(30),
-        Some(t) => humantime::parse_duration(&t).map_err(|e| ApiError::bad_request(format!("invalid timeout {t:?}: {e}")))?,
+        Some(t) => humantime::parse_duration(&t)
+            .map_err(|e| ApiError::bad_request(format!("invalid timeout {t:?}: {e}")))?,
     };
-    Ok(Json(app.engine.wait(id, timeout.min(app.config.max_wait)).await?))
+    Ok(Json(
+        app.engine
+            .wait(id, timeout.min(app.config.max_wait))
+            .await?,
+    ))
 }

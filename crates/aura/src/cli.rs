@@ -4,7 +4,9 @@
 use crate::config::Config;
 use anyhow::{bail, Context};
 use aura_client::{Client, JobView, ListQuery};
-use aura_model::{ByteSize, ExitStatus, JobId, JobSpec, JobState, Outcome, RetryPolicy, StopSequence, Timestamp};
+use aura_model::{
+    ByteSize, ExitStatus, JobId, JobSpec, JobState, Outcome, RetryPolicy, StopSequence, Timestamp,
+};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
@@ -12,10 +14,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "aura", version, about = "Runs media jobs as supervised process trees")]
+#[command(
+    name = "aura",
+    version,
+    about = "Runs media jobs as supervised process trees"
+)]
 pub struct Args {
     /// URL of the daemon for client commands.
-    #[arg(long, global = true, env = "AURA_SERVER", default_value = "http://127.0.0.1:7411")]
+    #[arg(
+        long,
+        global = true,
+        env = "AURA_SERVER",
+        default_value = "http://127.0.0.1:7411"
+    )]
     server: String,
     #[command(subcommand)]
     command: Command,
@@ -125,11 +136,18 @@ struct SubmitArgs {
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<u8> {
-    if let Command::Serve { data_dir, listen, config } = args.command {
+    if let Command::Serve {
+        data_dir,
+        listen,
+        config,
+    } = args.command
+    {
         init_logging();
         let mut cfg = Config::load(config.as_deref())?;
         if let Some(dir) = data_dir {
@@ -146,8 +164,18 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Submit(submit) => submit_job(&client, submit).await,
         Command::Jobs { state, limit, json } => {
-            let states = state.iter().flat_map(|s| s.split(',')).map(str::to_owned).collect();
-            let page = client.list(&ListQuery { states, limit: Some(limit), ..Default::default() }).await?;
+            let states = state
+                .iter()
+                .flat_map(|s| s.split(','))
+                .map(str::to_owned)
+                .collect();
+            let page = client
+                .list(&ListQuery {
+                    states,
+                    limit: Some(limit),
+                    ..Default::default()
+                })
+                .await?;
             if json {
                 print_json(&page.jobs)?;
             } else {
@@ -165,7 +193,12 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Logs { id, follow, stdout, stderr } => {
+        Command::Logs {
+            id,
+            follow,
+            stdout,
+            stderr,
+        } => {
             let streams: &[&str] = match (stdout, stderr) {
                 (true, _) => &["stdout"],
                 (_, true) => &["stderr"],
@@ -189,10 +222,23 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             if json {
                 print_json(&status)?;
             } else {
-                let field = |k: &str| status.get(k).map(|v| v.to_string().trim_matches('"').to_owned()).unwrap_or_default();
-                println!("backend:        {} ({})", field("backend"), field("backend_detail"));
+                let field = |k: &str| {
+                    status
+                        .get(k)
+                        .map(|v| v.to_string().trim_matches('"').to_owned())
+                        .unwrap_or_default()
+                };
+                println!(
+                    "backend:        {} ({})",
+                    field("backend"),
+                    field("backend_detail")
+                );
                 println!("accepting:      {}", field("accepting"));
-                println!("running:        {} of {}", field("running"), field("max_concurrent"));
+                println!(
+                    "running:        {} of {}",
+                    field("running"),
+                    field("max_concurrent")
+                );
                 println!("queued:         {}", field("queued"));
             }
             Ok(0)
@@ -203,7 +249,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AURA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
@@ -213,13 +262,19 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
             Ok(s) => argv.push(s),
             Err(raw) => bail!(
                 "{} {:?} is not valid UTF-8; Aura stores commands as UTF-8 text",
-                if i == 0 { "the program".to_owned() } else { format!("argument {i}") },
+                if i == 0 {
+                    "the program".to_owned()
+                } else {
+                    format!("argument {i}")
+                },
                 raw
             ),
         }
     }
     let mut argv = argv.into_iter();
-    let Some(program) = argv.next() else { bail!("no program given: aura submit -- PROGRAM ARGS...") };
+    let Some(program) = argv.next() else {
+        bail!("no program given: aura submit -- PROGRAM ARGS...")
+    };
     let mut spec = JobSpec::new(program, argv);
     if let Some(timeout) = args.timeout {
         spec.timeout = timeout;
@@ -231,12 +286,18 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
     spec.labels = args.labels.into_iter().collect();
     spec.env = args.env.into_iter().collect();
     if let Some(cwd) = args.cwd {
-        spec.cwd = Some(std::path::absolute(&cwd).with_context(|| format!("invalid --cwd {}", cwd.display()))?);
+        spec.cwd = Some(
+            std::path::absolute(&cwd)
+                .with_context(|| format!("invalid --cwd {}", cwd.display()))?,
+        );
     }
     if let Some(stop) = args.stop {
         spec.stop = stop;
     }
-    spec.retry = RetryPolicy { max_retries: args.retries, ..RetryPolicy::default() };
+    spec.retry = RetryPolicy {
+        max_retries: args.retries,
+        ..RetryPolicy::default()
+    };
     let view = client.submit(&spec).await?;
     let id = view.job.id;
     if args.quiet {
@@ -264,7 +325,12 @@ async fn wait_for(client: &Client, id: JobId) -> anyhow::Result<JobView> {
     }
 }
 
-async fn print_logs(client: &Client, id: JobId, streams: &[&str], follow: bool) -> anyhow::Result<()> {
+async fn print_logs(
+    client: &Client,
+    id: JobId,
+    streams: &[&str],
+    follow: bool,
+) -> anyhow::Result<()> {
     let mut offsets = vec![0u64; streams.len()];
     loop {
         // Read the state before the logs: output written before the job finished is then surely read.
@@ -274,7 +340,10 @@ async fn print_logs(client: &Client, id: JobId, streams: &[&str], follow: bool) 
             for (stream, offset) in streams.iter().zip(offsets.iter_mut()) {
                 let chunk = client.logs(id, stream, *offset).await?;
                 if *offset == 0 && chunk.truncated_bytes > 0 {
-                    eprintln!("[aura: {} oldest bytes of {stream} were dropped by the log size cap]", chunk.truncated_bytes);
+                    eprintln!(
+                        "[aura: {} oldest bytes of {stream} were dropped by the log size cap]",
+                        chunk.truncated_bytes
+                    );
                 }
                 if !chunk.data.is_empty() {
                     progressed = true;
@@ -308,7 +377,13 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 fn command_line(spec: &JobSpec) -> String {
     std::iter::once(spec.program.as_str())
         .chain(spec.args.iter().map(String::as_str))
-        .map(|a| if a.is_empty() || a.contains(char::is_whitespace) { format!("'{a}'") } else { a.to_owned() })
+        .map(|a| {
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                format!("'{a}'")
+            } else {
+                a.to_owned()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -324,7 +399,9 @@ fn describe_state(view: &JobView) -> String {
             (Outcome::FailedToStart { error }, _) => format!("failed to start: {error}"),
             (Outcome::Interrupted { reason }, _) => format!("interrupted: {reason}"),
             (o, Some(ExitStatus::Code(c))) if !o.is_success() => format!("{} (exit {c})", o.name()),
-            (o, Some(ExitStatus::Signal(s))) if !o.is_success() => format!("{} (signal {s})", o.name()),
+            (o, Some(ExitStatus::Signal(s))) if !o.is_success() => {
+                format!("{} (signal {s})", o.name())
+            }
             (o, _) => o.name().to_owned(),
         },
     }
@@ -333,7 +410,9 @@ fn describe_state(view: &JobView) -> String {
 fn short_time(t: Timestamp) -> String {
     let text = t.to_string();
     // 2026-11-22T15:40:01.123Z → 2026-11-22 15:40:01
-    text.get(..19).map(|s| s.replacen('T', " ", 1)).unwrap_or(text)
+    text.get(..19)
+        .map(|s| s.replacen('T', " ", 1))
+        .unwrap_or(text)
 }
 
 fn duration_of(view: &JobView) -> Option<Duration> {
@@ -353,7 +432,10 @@ fn peak_memory(view: &JobView) -> Option<ByteSize> {
 }
 
 fn print_table(jobs: &[JobView]) {
-    println!("{:>6}  {:<22}  {:<40}  {:<19}  {:>9}  {:>10}", "ID", "STATE", "COMMAND", "STARTED", "DURATION", "PEAK MEM");
+    println!(
+        "{:>6}  {:<22}  {:<40}  {:<19}  {:>9}  {:>10}",
+        "ID", "STATE", "COMMAND", "STARTED", "DURATION", "PEAK MEM"
+    );
     for view in jobs {
         let mut command = command_line(&view.job.spec);
         if command.chars().count() > 40 {
@@ -363,25 +445,52 @@ fn print_table(jobs: &[JobView]) {
         if state.chars().count() > 22 {
             state = state.chars().take(21).collect::<String>() + "…";
         }
-        let started = view.job.state.run().map(|r| short_time(r.started_at)).unwrap_or_else(|| "-".into());
-        let duration = duration_of(view).map(|d| format!("{:.1}s", d.as_secs_f64())).unwrap_or_else(|| "-".into());
-        let peak = peak_memory(view).map(|b| b.to_string()).unwrap_or_else(|| "-".into());
-        println!("{:>6}  {state:<22}  {command:<40}  {started:<19}  {duration:>9}  {peak:>10}", view.job.id.0);
+        let started = view
+            .job
+            .state
+            .run()
+            .map(|r| short_time(r.started_at))
+            .unwrap_or_else(|| "-".into());
+        let duration = duration_of(view)
+            .map(|d| format!("{:.1}s", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
+        let peak = peak_memory(view)
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>6}  {state:<22}  {command:<40}  {started:<19}  {duration:>9}  {peak:>10}",
+            view.job.id.0
+        );
     }
 }
 
 fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
     let job = &view.job;
-    println!("Job {}: {} (attempt {})", job.id, describe_state(view), job.attempt);
+    println!(
+        "Job {}: {} (attempt {})",
+        job.id,
+        describe_state(view),
+        job.attempt
+    );
     println!("  Command:    {}", command_line(&job.spec));
     println!("  Submitted:  {}", job.submitted_at);
     if let Some(run) = job.state.run() {
         println!("  Started:    {}", run.started_at);
-        println!("  Backend:    {} (pid {}, cgroups: {})", run.tree.backend, run.tree.pid, if run.tree.cgroups.is_empty() {
-            "none".to_owned()
-        } else {
-            run.tree.cgroups.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        });
+        println!(
+            "  Backend:    {} (pid {}, cgroups: {})",
+            run.tree.backend,
+            run.tree.pid,
+            if run.tree.cgroups.is_empty() {
+                "none".to_owned()
+            } else {
+                run.tree
+                    .cgroups
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
         println!("  Directory:  {}", run.cwd.display());
     }
     if let Some(d) = duration_of(view) {
@@ -391,13 +500,23 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
         JobState::Finished(f) => {
             println!("  Finished:   {}", f.finished_at);
             if let Some(exit) = f.exit {
-                println!("  Exit:       {}", match exit {
-                    ExitStatus::Code(c) => format!("code {c}"),
-                    ExitStatus::Signal(s) => format!("signal {s}"),
-                });
+                println!(
+                    "  Exit:       {}",
+                    match exit {
+                        ExitStatus::Code(c) => format!("code {c}"),
+                        ExitStatus::Signal(s) => format!("signal {s}"),
+                    }
+                );
             }
             if !f.signals_sent.is_empty() {
-                println!("  Stop:       {}", f.signals_sent.iter().map(|s| s.name()).collect::<Vec<_>>().join(" → "));
+                println!(
+                    "  Stop:       {}",
+                    f.signals_sent
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(" → ")
+                );
             }
             let a = &f.accounting;
             if f.run.is_some() {
@@ -410,13 +529,18 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
                     a.peak_processes.map_or("?".into(), |p| p.to_string())
                 );
                 if a.log_truncated_bytes > 0 {
-                    println!("  Logs:       {} oldest bytes dropped by the size cap", a.log_truncated_bytes);
+                    println!(
+                        "  Logs:       {} oldest bytes dropped by the size cap",
+                        a.log_truncated_bytes
+                    );
                 }
             }
         }
         _ => {
             if let Some(live) = view.live {
-                let mb = |b: Option<u64>| b.map_or("?".into(), |b| format!("{:.1}MB", ByteSize(b).mib()));
+                let mb = |b: Option<u64>| {
+                    b.map_or("?".into(), |b| format!("{:.1}MB", ByteSize(b).mib()))
+                };
                 println!(
                     "  Live:       memory {} (peak {}), {} processes",
                     mb(live.memory_current),
@@ -430,7 +554,14 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
     println!("  Timeout:    {}", humantime::format_duration(spec.timeout));
     println!("  Priority:   {}", spec.priority);
     if !spec.labels.is_empty() {
-        println!("  Labels:     {}", spec.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "  Labels:     {}",
+            spec.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let r = &spec.resources;
     if r.memory.is_some() || r.cpu.is_some() || r.gpus.is_some() {
@@ -444,7 +575,13 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
     if !events.is_empty() {
         println!("  Events:");
         for e in events {
-            println!("    {}  #{}  {:<15} {}", e.at, e.attempt, e.kind, compact(&e.detail));
+            println!(
+                "    {}  #{}  {:<15} {}",
+                e.at,
+                e.attempt,
+                e.kind,
+                compact(&e.detail)
+            );
         }
     }
 }

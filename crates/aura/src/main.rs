@@ -12,7 +12,8 @@ fn main() -> std::process::ExitCode {
         // Idle blocking threads go away soon, so the daemon's thread count returns to its baseline.
         .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
-        .build() {
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aura: cannot start the async runtime: {e}");

@@ -21,9 +21,15 @@ impl DataDirLock {
             .write(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-            anyhow::anyhow!("another `aura serve` is using the data dir {} (lock held on {})", data_dir.display(), path.display())
-        })?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                anyhow::anyhow!(
+                    "another `aura serve` is using the data dir {} (lock held on {})",
+                    data_dir.display(),
+                    path.display()
+                )
+            },
+        )?;
         Ok(DataDirLock(file))
     }
 }
@@ -37,7 +43,10 @@ fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let id = format!("{:x}", (nanos as u64) ^ ((std::process::id() as u64) << 40));
     std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(id)
@@ -46,7 +55,10 @@ fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let data_dir = config.data_dir.canonicalize().context("cannot resolve the data dir")?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .context("cannot resolve the data dir")?;
     let _lock = DataDirLock::acquire(&data_dir)?;
     let instance = instance_id(&data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -80,12 +92,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     // On stdout, for people and for scripts that wait for the daemon to be up.
     println!("aura serve: data dir {}", data_dir.display());
-    println!("aura serve: backend {} ({})", status.backend, status.backend_detail);
+    println!(
+        "aura serve: backend {} ({})",
+        status.backend, status.backend_detail
+    );
     println!("aura serve: listening on http://{address}");
 
     let router = aura_server::router(
         engine.clone(),
-        aura_server::ApiConfig { max_body_bytes: config.api.max_body.bytes() as usize, ..Default::default() },
+        aura_server::ApiConfig {
+            max_body_bytes: config.api.max_body.bytes() as usize,
+            ..Default::default()
+        },
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(aura_server::serve(listener, router, async move {

@@ -23,8 +23,17 @@ impl Daemon {
     fn start(env: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut daemon = Daemon { child: None, url: String::new(), data_dir, env, _tmp: Some(tmp) };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut daemon = Daemon {
+            child: None,
+            url: String::new(),
+            data_dir,
+            env,
+            _tmp: Some(tmp),
+        };
         daemon.spawn();
         daemon
     }
@@ -32,8 +41,11 @@ impl Daemon {
     /// Starts (or restarts) `aura serve` on this daemon's data dir and waits until it listens.
     fn spawn(&mut self) {
         let mut cmd = Command::new(AURA);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&self.data_dir);
-        cmd.env("AURA_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir);
+        cmd.env("AURA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -41,7 +53,10 @@ impl Daemon {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let url = loop {
-            let line = lines.next().expect("aura serve exited before listening").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("aura serve exited before listening")
+                .expect("read stdout");
             if let Some(url) = line.strip_prefix("aura serve: listening on ") {
                 break url.to_owned();
             }
@@ -61,7 +76,11 @@ impl Daemon {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(AURA).args(args).env("AURA_SERVER", &self.url).output().expect("run aura")
+        Command::new(AURA)
+            .args(args)
+            .env("AURA_SERVER", &self.url)
+            .output()
+            .expect("run aura")
     }
 
     fn signal(&self, signal: rustix::process::Signal) {
@@ -108,8 +127,15 @@ fn spec(program: &str, args: &[&str]) -> JobSpec {
 }
 
 async fn wait_done(client: &Client, id: JobId) -> JobView {
-    let view = client.wait(id, Duration::from_secs(60)).await.expect("wait");
-    assert!(view.job.outcome().is_some(), "job {id} did not finish: {:?}", view.job.state);
+    let view = client
+        .wait(id, Duration::from_secs(60))
+        .await
+        .expect("wait");
+    assert!(
+        view.job.outcome().is_some(),
+        "job {id} did not finish: {:?}",
+        view.job.state
+    );
     view
 }
 
@@ -117,17 +143,24 @@ async fn wait_running(client: &Client, id: JobId, min_processes: u32) -> JobView
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let view = client.get(id).await.expect("get");
-        if matches!(view.job.state, JobState::Running { .. }) && view.live.is_some_and(|l| l.processes >= min_processes) {
+        if matches!(view.job.state, JobState::Running { .. })
+            && view.live.is_some_and(|l| l.processes >= min_processes)
+        {
             return view;
         }
-        assert!(Instant::now() < deadline, "job {id} never reached {min_processes} processes: {view:?}");
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never reached {min_processes} processes: {view:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -157,7 +190,8 @@ async fn all_gone_within(pids: &[u32], limit: Duration) -> bool {
     !pids.iter().any(|p| alive(*p))
 }
 
-const TREE: &str = "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
+const TREE: &str =
+    "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
 
 fn outcome(view: &JobView) -> &Outcome {
     view.job.outcome().expect("finished")
@@ -171,31 +205,60 @@ mod cli {
         let daemon = Daemon::start(&[]);
         let out = daemon.cli(&["submit", "--wait", "--", "sh", "-c", "sleep 0.2; exit 3"]);
         assert_eq!(out.status.code(), Some(3), "{out:?}");
-        let id = stdout(&out).trim().trim_start_matches("submitted job ").to_owned();
+        let id = stdout(&out)
+            .trim()
+            .trim_start_matches("submitted job ")
+            .to_owned();
 
         let out = daemon.cli(&["submit", "--quiet", "--", "echo", "hello"]);
         assert!(out.status.success(), "{out:?}");
         let quiet_id = stdout(&out).trim().to_owned();
-        assert!(quiet_id.parse::<i64>().is_ok(), "--quiet prints only the id: {quiet_id:?}");
+        assert!(
+            quiet_id.parse::<i64>().is_ok(),
+            "--quiet prints only the id: {quiet_id:?}"
+        );
 
         let table = stdout(&daemon.cli(&["jobs"]));
-        assert!(table.contains("PEAK MEM") && table.contains("failed (exit 3)"), "{table}");
+        assert!(
+            table.contains("PEAK MEM") && table.contains("failed (exit 3)"),
+            "{table}"
+        );
 
         let json = daemon.cli(&["jobs", "--json"]);
-        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).expect("jobs --json");
+        let jobs: Vec<serde_json::Value> =
+            serde_json::from_slice(&json.stdout).expect("jobs --json");
         assert!(jobs.len() >= 2);
 
         let show = stdout(&daemon.cli(&["show", &id]));
-        assert!(show.contains("Start=") && show.contains("Peak=") && show.contains("End="), "{show}");
+        assert!(
+            show.contains("Start=") && show.contains("Peak=") && show.contains("End="),
+            "{show}"
+        );
         assert!(show.contains("code 3"), "{show}");
-        let show_json: serde_json::Value = serde_json::from_slice(&daemon.cli(&["show", &id, "--json"]).stdout).unwrap();
+        let show_json: serde_json::Value =
+            serde_json::from_slice(&daemon.cli(&["show", &id, "--json"]).stdout).unwrap();
         assert_eq!(show_json["state"], "finished");
         assert_eq!(show_json["outcome"]["kind"], "failed");
         assert_eq!(show_json["outcome"]["exit_code"], 3);
-        assert!(show_json["accounting"]["memory_peak"].is_u64(), "{show_json}");
+        assert!(
+            show_json["accounting"]["memory_peak"].is_u64(),
+            "{show_json}"
+        );
 
-        let out = daemon.cli(&["submit", "--wait", "--", "sh", "-c", "echo out; echo err >&2"]);
-        let id = stdout(&out).lines().next().unwrap().trim_start_matches("submitted job ").to_owned();
+        let out = daemon.cli(&[
+            "submit",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2",
+        ]);
+        let id = stdout(&out)
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("submitted job ")
+            .to_owned();
         let logs = daemon.cli(&["logs", &id]);
         assert_eq!(stdout(&logs), "out\n");
         assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\n");
@@ -203,9 +266,16 @@ mod cli {
 
     #[test]
     fn client_errors_are_clear() {
-        let out = Command::new(AURA).args(["jobs"]).env("AURA_SERVER", "http://127.0.0.1:9").output().unwrap();
+        let out = Command::new(AURA)
+            .args(["jobs"])
+            .env("AURA_SERVER", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Aura daemon"), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cannot reach the Aura daemon"),
+            "{out:?}"
+        );
 
         let daemon = Daemon::start(&[]);
         let out = daemon.cli(&["submit", "--", "definitely-not-a-program-xyz"]);
@@ -221,9 +291,16 @@ mod cli {
             .output()
             .unwrap();
         assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not valid UTF-8"), "{out:?}");
-        let jobs: Vec<serde_json::Value> = serde_json::from_slice(&daemon.cli(&["jobs", "--json"]).stdout).unwrap();
-        assert!(jobs.is_empty(), "refused submissions must create no job: {jobs:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not valid UTF-8"),
+            "{out:?}"
+        );
+        let jobs: Vec<serde_json::Value> =
+            serde_json::from_slice(&daemon.cli(&["jobs", "--json"]).stdout).unwrap();
+        assert!(
+            jobs.is_empty(),
+            "refused submissions must create no job: {jobs:?}"
+        );
     }
 }
 
@@ -239,7 +316,11 @@ mod api {
             .await
             .unwrap();
         let status = resp.status().as_u16();
-        let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let json = resp.json().await.unwrap_or(serde_json::Value::Null);
         (status, json, ctype)
     }
@@ -249,12 +330,42 @@ mod api {
         let daemon = Daemon::start(&[]);
         let long_arg = "x".repeat(200 * 1024);
         let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-            ("empty program", br#"{"program":""}"#.to_vec(), 422, "the program is empty"),
-            ("missing program", br#"{"program":"no-such-program-xyz"}"#.to_vec(), 422, "no-such-program-xyz"),
-            ("unknown field", br#"{"program":"true","bogus":1}"#.to_vec(), 422, "unknown field `bogus`"),
-            ("negative timeout", br#"{"program":"true","timeout":-1}"#.to_vec(), 422, "non-negative"),
-            ("zero timeout", br#"{"program":"true","timeout":"0s"}"#.to_vec(), 422, "greater than zero"),
-            ("non-UTF-8", b"{\"program\":\"echo\",\"args\":[\"caf\xe9\"]}".to_vec(), 400, "invalid JSON"),
+            (
+                "empty program",
+                br#"{"program":""}"#.to_vec(),
+                422,
+                "the program is empty",
+            ),
+            (
+                "missing program",
+                br#"{"program":"no-such-program-xyz"}"#.to_vec(),
+                422,
+                "no-such-program-xyz",
+            ),
+            (
+                "unknown field",
+                br#"{"program":"true","bogus":1}"#.to_vec(),
+                422,
+                "unknown field `bogus`",
+            ),
+            (
+                "negative timeout",
+                br#"{"program":"true","timeout":-1}"#.to_vec(),
+                422,
+                "non-negative",
+            ),
+            (
+                "zero timeout",
+                br#"{"program":"true","timeout":"0s"}"#.to_vec(),
+                422,
+                "greater than zero",
+            ),
+            (
+                "non-UTF-8",
+                b"{\"program\":\"echo\",\"args\":[\"caf\xe9\"]}".to_vec(),
+                400,
+                "invalid JSON",
+            ),
             ("syntax", b"{\"program\":".to_vec(), 400, "invalid JSON"),
             (
                 "over-long argument",
@@ -262,9 +373,24 @@ mod api {
                 422,
                 "longer than",
             ),
-            ("body over limit", vec![b' '; 3 * 1024 * 1024], 413, "larger than"),
-            ("relative cwd", br#"{"program":"true","cwd":"rel"}"#.to_vec(), 422, "absolute"),
-            ("missing cwd", br#"{"program":"true","cwd":"/no/such/dir"}"#.to_vec(), 422, "/no/such/dir"),
+            (
+                "body over limit",
+                vec![b' '; 3 * 1024 * 1024],
+                413,
+                "larger than",
+            ),
+            (
+                "relative cwd",
+                br#"{"program":"true","cwd":"rel"}"#.to_vec(),
+                422,
+                "absolute",
+            ),
+            (
+                "missing cwd",
+                br#"{"program":"true","cwd":"/no/such/dir"}"#.to_vec(),
+                422,
+                "/no/such/dir",
+            ),
         ];
         for (name, body, status, needle) in cases {
             let (got, problem, ctype) = post_raw(&daemon.url, body).await;
@@ -272,19 +398,35 @@ mod api {
             assert_eq!(ctype, "application/problem+json", "{name}");
             assert_eq!(problem["status"], status, "{name}");
             let detail = problem["detail"].as_str().unwrap_or_default();
-            assert!(detail.contains(needle), "{name}: {detail:?} should mention {needle:?}");
+            assert!(
+                detail.contains(needle),
+                "{name}: {detail:?} should mention {needle:?}"
+            );
         }
         let page = daemon.client().list(&Default::default()).await.unwrap();
-        assert!(page.jobs.is_empty(), "bad input must not create jobs: {:?}", page.jobs);
+        assert!(
+            page.jobs.is_empty(),
+            "bad input must not create jobs: {:?}",
+            page.jobs
+        );
 
         let client = daemon.client();
         let err = client.get(JobId(999)).await.unwrap_err().to_string();
         assert!(err.contains("job 999 not found"), "{err}");
-        let resp = reqwest::get(format!("{}/api/jobs/abc", daemon.url)).await.unwrap();
+        let resp = reqwest::get(format!("{}/api/jobs/abc", daemon.url))
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 400);
-        let resp = reqwest::get(format!("{}/api/jobs?state=bogus", daemon.url)).await.unwrap();
+        let resp = reqwest::get(format!("{}/api/jobs?state=bogus", daemon.url))
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 400);
-        let health: serde_json::Value = reqwest::get(format!("{}/healthz", daemon.url)).await.unwrap().json().await.unwrap();
+        let health: serde_json::Value = reqwest::get(format!("{}/healthz", daemon.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(health["status"], "ok");
     }
 
@@ -297,11 +439,27 @@ mod api {
         for _ in 0..5 {
             queued.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
         }
-        let q = aura_client::ListQuery { states: vec!["queued".into()], limit: Some(2), ..Default::default() };
+        let q = aura_client::ListQuery {
+            states: vec!["queued".into()],
+            limit: Some(2),
+            ..Default::default()
+        };
         let first = client.list(&q).await.unwrap();
-        assert_eq!(first.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(), vec![queued[4], queued[3]]);
-        let second = client.list(&aura_client::ListQuery { after: first.next_after, ..q.clone() }).await.unwrap();
-        assert_eq!(second.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(), vec![queued[2], queued[1]]);
+        assert_eq!(
+            first.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(),
+            vec![queued[4], queued[3]]
+        );
+        let second = client
+            .list(&aura_client::ListQuery {
+                after: first.next_after,
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            second.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(),
+            vec![queued[2], queued[1]]
+        );
         client.cancel(blocker).await.unwrap();
         for id in queued {
             assert!(outcome(&wait_done(&client, id).await).is_success());
@@ -320,14 +478,30 @@ mod supervision {
         let id = client.submit(&job).await.unwrap().job.id;
         let view = wait_running(&client, id, 20).await;
         let pids = tree_pids(&view);
-        assert!(pids.len() >= 20, "expected the whole tree in the cgroup, got {pids:?}");
+        assert!(
+            pids.len() >= 20,
+            "expected the whole tree in the cgroup, got {pids:?}"
+        );
         client.cancel(id).await.unwrap();
-        assert!(all_gone_within(&pids, Duration::from_secs(2)).await, "tree survived the cancel: {pids:?}");
+        assert!(
+            all_gone_within(&pids, Duration::from_secs(2)).await,
+            "tree survived the cancel: {pids:?}"
+        );
         let view = wait_done(&client, id).await;
         assert_eq!(outcome(&view), &Outcome::Cancelled);
-        let JobState::Finished(f) = &view.job.state else { unreachable!() };
-        assert_eq!(f.signals_sent.first().map(|s| s.name()), Some("SIGTERM"), "{f:?}");
-        assert!(f.accounting.peak_processes.unwrap_or(0) >= 20, "{:?}", f.accounting);
+        let JobState::Finished(f) = &view.job.state else {
+            unreachable!()
+        };
+        assert_eq!(
+            f.signals_sent.first().map(|s| s.name()),
+            Some("SIGTERM"),
+            "{f:?}"
+        );
+        assert!(
+            f.accounting.peak_processes.unwrap_or(0) >= 20,
+            "{:?}",
+            f.accounting
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -349,7 +523,9 @@ mod supervision {
         let id = client.submit(&job).await.unwrap().job.id;
         let view = wait_done(&client, id).await;
         assert_eq!(outcome(&view), &Outcome::TimedOut);
-        let JobState::Finished(f) = &view.job.state else { unreachable!() };
+        let JobState::Finished(f) = &view.job.state else {
+            unreachable!()
+        };
         let wall = f.accounting.wall_secs.unwrap_or_default();
         assert!((0.9..3.0).contains(&wall), "timed out after {wall}s");
         let pid = f.run.as_ref().unwrap().tree.pid;
@@ -361,19 +537,46 @@ mod supervision {
     async fn memory_peak_is_recorded() {
         let daemon = Daemon::start(&[]);
         let client = daemon.client();
-        let job = spec("stress-ng", &["--vm", "1", "--vm-bytes", "300M", "--vm-keep", "--timeout", "2s", "--quiet"]);
+        let job = spec(
+            "stress-ng",
+            &[
+                "--vm",
+                "1",
+                "--vm-bytes",
+                "300M",
+                "--vm-keep",
+                "--timeout",
+                "2s",
+                "--quiet",
+            ],
+        );
         let id = client.submit(&job).await.unwrap().job.id;
         let view = wait_done(&client, id).await;
-        let JobState::Finished(f) = &view.job.state else { unreachable!() };
-        let peak_mb = f.accounting.memory_peak.map(|b| b.bytes() as f64 / 1e6).unwrap_or_default();
-        assert!((300.0..=400.0).contains(&peak_mb), "peak {peak_mb} MB: {:?}", f.accounting);
+        let JobState::Finished(f) = &view.job.state else {
+            unreachable!()
+        };
+        let peak_mb = f
+            .accounting
+            .memory_peak
+            .map(|b| b.bytes() as f64 / 1e6)
+            .unwrap_or_default();
+        assert!(
+            (300.0..=400.0).contains(&peak_mb),
+            "peak {peak_mb} MB: {:?}",
+            f.accounting
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn priorities_then_fifo() {
         let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
         let client = daemon.client();
-        let blocker = client.submit(&spec("sleep", &["0.5"])).await.unwrap().job.id;
+        let blocker = client
+            .submit(&spec("sleep", &["0.5"]))
+            .await
+            .unwrap()
+            .job
+            .id;
         let low = client.submit(&spec("true", &[])).await.unwrap().job.id;
         let low2 = client.submit(&spec("true", &[])).await.unwrap().job.id;
         let mut urgent = spec("true", &[]);
@@ -386,14 +589,22 @@ mod supervision {
             started.push((view.job.state.run().unwrap().started_at, id));
         }
         started.sort();
-        assert_eq!(started.iter().map(|s| s.1).collect::<Vec<_>>(), vec![high, low, low2]);
+        assert_eq!(
+            started.iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![high, low, low2]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn no_daemon_fd_reaches_a_job() {
         let daemon = Daemon::start(&[]);
         let client = daemon.client();
-        let id = client.submit(&spec("sh", &["-c", "ls -l /proc/$$/fd"])).await.unwrap().job.id;
+        let id = client
+            .submit(&spec("sh", &["-c", "ls -l /proc/$$/fd"]))
+            .await
+            .unwrap()
+            .job
+            .id;
         wait_done(&client, id).await;
         let out = client.logs(id, "stdout", 0).await.unwrap();
         let listing = String::from_utf8_lossy(&out.data);
@@ -401,7 +612,10 @@ mod supervision {
         assert!(!fds.is_empty(), "{listing}");
         for line in &fds {
             assert!(
-                !(line.contains("aura.db") || line.contains("socket:") || line.contains("aura.lock") || line.contains("anon_inode")),
+                !(line.contains("aura.db")
+                    || line.contains("socket:")
+                    || line.contains("aura.lock")
+                    || line.contains("anon_inode")),
                 "a daemon fd leaked into the job: {line}"
             );
         }
@@ -412,24 +626,39 @@ mod lifecycle {
     use super::*;
 
     fn daemon_fds(pid: u32) -> usize {
-        std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     fn daemon_threads(pid: u32) -> usize {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().unwrap_or(0))))
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("Threads:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+            })
             .unwrap_or(0)
     }
 
     fn zombie_children(pid: u32) -> Vec<u32> {
         let mut zombies = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-            let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
             let fields: Vec<&str> = rest.split(' ').collect();
-            if fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            if fields.first() == Some(&"Z")
+                && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+            {
                 zombies.push(child);
             }
         }
@@ -461,7 +690,10 @@ mod lifecycle {
             if fds <= fds0 && threads <= threads0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "fds {fds0} → {fds}, threads {threads0} → {threads}");
+            assert!(
+                Instant::now() < deadline,
+                "fds {fds0} → {fds}, threads {threads0} → {threads}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(zombie_children(pid), Vec::<u32>::new());
@@ -472,10 +704,18 @@ mod lifecycle {
         let mut daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "5")]);
         let client = daemon.client();
         // The first attempt leaves a marker and hangs with a setsid'd grandchild; the second succeeds.
-        let script = "if [ -e ran ]; then exit 0; fi; touch ran; setsid sleep 300 & sleep 300 & wait";
+        let script =
+            "if [ -e ran ]; then exit 0; fi; touch ran; setsid sleep 300 & sleep 300 & wait";
         let mut ids = Vec::new();
         for _ in 0..5 {
-            ids.push(client.submit(&spec("sh", &["-c", script])).await.unwrap().job.id);
+            ids.push(
+                client
+                    .submit(&spec("sh", &["-c", script]))
+                    .await
+                    .unwrap()
+                    .job
+                    .id,
+            );
         }
         let mut pids = Vec::new();
         for id in &ids {
@@ -487,7 +727,11 @@ mod lifecycle {
         let restarted = Instant::now();
         daemon.spawn();
         assert!(
-            all_gone_within(&pids, Duration::from_secs(2).saturating_sub(restarted.elapsed())).await,
+            all_gone_within(
+                &pids,
+                Duration::from_secs(2).saturating_sub(restarted.elapsed())
+            )
+            .await,
             "processes of the crashed daemon's jobs survived the restart"
         );
         let client = daemon.client();
@@ -495,9 +739,22 @@ mod lifecycle {
             let view = wait_done(&client, id).await;
             assert!(outcome(&view).is_success(), "{view:?}");
             assert_eq!(view.job.attempt, 2);
-            let kinds: Vec<String> = client.events(id).await.unwrap().into_iter().map(|e| e.kind).collect();
-            let interrupted = kinds.iter().position(|k| k == "interrupted").expect("interrupted event");
-            assert_eq!(kinds.get(interrupted + 1).map(String::as_str), Some("requeued"), "{kinds:?}");
+            let kinds: Vec<String> = client
+                .events(id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            let interrupted = kinds
+                .iter()
+                .position(|k| k == "interrupted")
+                .expect("interrupted event");
+            assert_eq!(
+                kinds.get(interrupted + 1).map(String::as_str),
+                Some("requeued"),
+                "{kinds:?}"
+            );
         }
     }
 
@@ -505,19 +762,37 @@ mod lifecycle {
     async fn graceful_shutdown_stops_trees_and_requeues() {
         let mut daemon = Daemon::start(&[]);
         let client = daemon.client();
-        let mut job = spec("sh", &["-c", "if [ -e ran ]; then exit 0; fi; touch ran; sleep 300 & wait"]);
+        let mut job = spec(
+            "sh",
+            &[
+                "-c",
+                "if [ -e ran ]; then exit 0; fi; touch ran; sleep 300 & wait",
+            ],
+        );
         job.stop = "INT:1s".parse::<StopSequence>().unwrap();
         let id = client.submit(&job).await.unwrap().job.id;
         let pids = tree_pids(&wait_running(&client, id, 2).await);
         daemon.signal(rustix::process::Signal::TERM);
         let took = daemon.wait_exit();
-        assert!(took < Duration::from_secs(3), "shutdown took {took:?} (grace 1s + 1s)");
-        assert!(!pids.iter().any(|p| alive(*p)), "a job process outlived the daemon");
+        assert!(
+            took < Duration::from_secs(3),
+            "shutdown took {took:?} (grace 1s + 1s)"
+        );
+        assert!(
+            !pids.iter().any(|p| alive(*p)),
+            "a job process outlived the daemon"
+        );
         daemon.spawn();
         let client = daemon.client();
         let view = wait_done(&client, id).await;
         assert!(outcome(&view).is_success(), "{view:?}");
-        let kinds: Vec<String> = client.events(id).await.unwrap().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<String> = client
+            .events(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert!(kinds.contains(&"requeued".to_owned()), "{kinds:?}");
     }
 }
@@ -527,7 +802,14 @@ mod ffmpeg {
 
     fn probe_duration(path: &Path) -> Option<f64> {
         let out = Command::new("ffprobe")
-            .args(["-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1"])
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "default=nw=1:nk=1",
+            ])
             .arg(path)
             .output()
             .ok()?;
@@ -546,22 +828,41 @@ mod ffmpeg {
             let mut args: Vec<String> = vec!["-nostdin".into(), "-y".into()];
             args.extend(extra.iter().map(|s| s.to_string()));
             args.extend(
-                ["-f", "lavfi", "-i", "testsrc=duration=3:size=320x240:rate=25", "-c:v", "libx264", "-preset", "ultrafast"]
-                    .iter()
-                    .map(|s| s.to_string()),
+                [
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc=duration=3:size=320x240:rate=25",
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
             );
             args.push(out_dir.path().join(name).display().to_string());
             JobSpec::new("ffmpeg", args)
         };
-        let id = client.submit(&encode("full.mp4", &[])).await.unwrap().job.id;
+        let id = client
+            .submit(&encode("full.mp4", &[]))
+            .await
+            .unwrap()
+            .job
+            .id;
         let view = wait_done(&client, id).await;
         assert!(outcome(&view).is_success(), "{view:?}");
-        let full = probe_duration(&out_dir.path().join("full.mp4")).expect("ffprobe reads the encode");
+        let full =
+            probe_duration(&out_dir.path().join("full.mp4")).expect("ffprobe reads the encode");
         assert!((2.9..3.2).contains(&full), "duration {full}");
 
         // `-re` reads the source in real time, so the encode is still running when it is cancelled.
         let mut long = encode("cancelled.mp4", &["-re"]);
-        let i = long.args.iter().position(|a| a.starts_with("testsrc")).unwrap();
+        let i = long
+            .args
+            .iter()
+            .position(|a| a.starts_with("testsrc"))
+            .unwrap();
         long.args[i] = "testsrc=duration=60:size=320x240:rate=25".into();
         let id = client.submit(&long).await.unwrap().job.id;
         wait_running(&client, id, 1).await;
@@ -569,9 +870,16 @@ mod ffmpeg {
         client.cancel(id).await.unwrap();
         let view = wait_done(&client, id).await;
         assert_eq!(outcome(&view), &Outcome::Cancelled);
-        let JobState::Finished(f) = &view.job.state else { unreachable!() };
-        assert_eq!(f.signals_sent.iter().map(|s| s.name()).collect::<Vec<_>>(), vec!["SIGINT"], "FFmpeg stops on SIGINT");
-        let partial = probe_duration(&out_dir.path().join("cancelled.mp4")).expect("the cancelled encode is playable");
+        let JobState::Finished(f) = &view.job.state else {
+            unreachable!()
+        };
+        assert_eq!(
+            f.signals_sent.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            vec!["SIGINT"],
+            "FFmpeg stops on SIGINT"
+        );
+        let partial = probe_duration(&out_dir.path().join("cancelled.mp4"))
+            .expect("the cancelled encode is playable");
         assert!(partial > 0.5 && partial < 30.0, "duration {partial}");
     }
 }
