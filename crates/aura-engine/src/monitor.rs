@@ -22,14 +22,6 @@ pub(crate) struct Monitor {
 impl Monitor {
     pub(crate) async fn run(mut self) {
         let id = self.id;
-        let dirs = [&self.cwd, &self.log_dir];
-        for dir in dirs {
-            if let Err(e) = tokio::fs::create_dir_all(dir).await {
-                let error = format!("cannot create {}: {e}", dir.display());
-                self.report(Command::SpawnFailed { id, error }).await;
-                return;
-            }
-        }
         let request = LaunchRequest {
             job_id: id,
             attempt: self.attempt,
@@ -37,6 +29,8 @@ impl Monitor {
             args: self.spec.args.clone(),
             env: self.spec.env.clone(),
             cwd: self.cwd.clone(),
+            // The default per-job directory is created by the launcher thread, off the async workers.
+            create_cwd: self.spec.cwd.is_none(),
             log_dir: self.log_dir.clone(),
         };
         let mut tree = match self.shared.supervisor.launch(request).await {

@@ -36,7 +36,8 @@ pub struct CaptureReport {
 }
 
 /// Reads `pipe` (the read end of a job's stdout or stderr pipe) until EOF,
-/// writing it into segments under `dir`, which is created if missing.
+/// writing it into segments under `dir`, which is created if missing when
+/// the first byte arrives (a silent stream creates no file).
 ///
 /// If `dir` already holds segments for `stream` (the same job's stream being
 /// captured again), capture continues after the existing bytes rather than
@@ -55,11 +56,9 @@ pub async fn capture(
 ) -> Result<CaptureReport, LogError> {
     let mut rx =
         pipe::Receiver::from_owned_fd(pipe).map_err(|source| LogError::Pipe { stream, source })?;
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| LogError::io("creating log directory", dir, e))?;
-    let mut writer = SegmentWriter::open(dir, stream, cap).await?;
-
+    // Files are created on the first byte: most short jobs print nothing on one of their streams, and
+    // creating files they never use costs more than the job itself for a trivial command.
+    let mut writer: Option<SegmentWriter> = None;
     let mut buf = vec![0u8; READ_BUF];
     loop {
         let n = match rx.read(&mut buf).await {
@@ -68,9 +67,18 @@ pub async fn capture(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(LogError::Pipe { stream, source }),
         };
-        writer.write(&buf[..n]).await?;
+        let w = match &mut writer {
+            Some(w) => w,
+            None => {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| LogError::io("creating log directory", dir, e))?;
+                writer.insert(SegmentWriter::open(dir, stream, cap).await?)
+            }
+        };
+        w.write(&buf[..n]).await?;
     }
-    Ok(writer.report())
+    Ok(writer.map(|w| w.report()).unwrap_or_default())
 }
 
 /// Appends to the newest segment and rotates when it is full.

@@ -1,17 +1,16 @@
 //! The launcher thread: the only place that forks. A dedicated, long-lived std thread, because
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, and tokio's blocking-pool threads exit
-//! when idle. It creates the job cgroups, forks/execs with `std::process::Command` + `pre_exec`, opens
+//! when idle. It creates the job cgroups, starts the job's main process (`spawn`, a vfork-style clone), opens
 //! the pidfd and replies on a oneshot.
 
 use crate::host::Layout;
 use crate::tree::{reap_blocking, TreeRef};
+use crate::spawn::{self, SpawnPlan};
 use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::CString;
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -70,6 +69,11 @@ fn launch_one(
         req.env.get("PATH").map(String::as_str),
         Some(&req.cwd),
     )?;
+    if req.create_cwd {
+        if let Err(source) = std::fs::create_dir_all(&req.cwd) {
+            return Err(LaunchError::Cwd { path: req.cwd.clone(), source });
+        }
+    }
     match std::fs::metadata(&req.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
@@ -115,79 +119,25 @@ fn launch_one(
             }
         }
     }
-    let procs_fds: Vec<RawFd> = procs_files.iter().map(|f| f.as_raw_fd()).collect();
-    let oom_path = CString::new("/proc/self/oom_score_adj").expect("no NUL");
-    let oom_value = oom_score_adj.to_string().into_bytes();
-    // SAFETY: plain syscall.
-    let launcher_pid = unsafe { libc::getpid() };
-
-    let mut cmd = Command::new(&program);
-    cmd.arg0(&req.program)
-        .args(&req.args)
-        .envs(&req.env)
-        .current_dir(&req.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Lead our own process group, so the group is the job (fallback backend, terminal signals).
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Die with the launcher thread; if it is already gone, don't run at all.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != launcher_pid {
-                libc::_exit(111);
-            }
-            for &fd in &procs_fds {
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            let fd = libc::open(oom_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, oom_value.as_ptr().cast(), oom_value.len());
-                libc::close(fd);
-            }
-            // Whatever fd the daemon inherited without O_CLOEXEC (e.g. a jobserver pipe from its own
-            // parent) must not reach the job: mark every fd >= 3 close-on-exec. Marking rather than
-            // closing keeps std's exec-error pipe working. Ignored on kernels before 5.11.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
-            );
-            Ok(())
-        });
-    }
-    let started = Instant::now();
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let plan_and_pipes = prepare(req, &program, &procs_files, oom_score_adj);
+    let (plan, [stdout, stderr], _stdio_ends) = match plan_and_pipes {
+        Ok(p) => p,
         Err(source) => {
             remove_dirs();
-            return Err(LaunchError::Spawn {
-                program: req.program.clone(),
-                source,
-            });
+            return Err(LaunchError::Spawn { program: req.program.clone(), source });
         }
     };
+    let started = Instant::now();
+    let pid = match spawn::spawn(&plan) {
+        Ok(pid) => pid,
+        Err(source) => {
+            remove_dirs();
+            return Err(LaunchError::Spawn { program: req.program.clone(), source });
+        }
+    };
+    // `_stdio_ends` (our copies of the child's stdin and pipe write ends) and the cgroup.procs files close
+    // here, so the capture sees EOF once the job's own copies are closed.
     drop(procs_files);
-    let pid = child.id() as i32;
-    let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
-    let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
-    drop(child); // std's Child does not wait or kill on drop; we reap with wait4 ourselves.
 
     // The child is not reaped yet (only we reap it), so its pid and /proc entry are pinned.
     let pidfd = rustix::process::Pid::from_raw(pid)
@@ -211,4 +161,61 @@ fn launch_one(
         tree,
         started,
     })
+}
+
+/// The child's side of the job's stdio, closed in the parent once the child has them.
+struct StdioEnds {
+    _stdin: OwnedFd,
+    _stdout: OwnedFd,
+    _stderr: OwnedFd,
+}
+
+/// Builds the spawn plan (argv, environment, stdio pipes) before anything is started. Returns the plan,
+/// the read ends of stdout and stderr, and the child's ends to close after the spawn.
+fn prepare(
+    req: &LaunchRequest,
+    program: &std::path::Path,
+    procs_files: &[std::fs::File],
+    oom_score_adj: i32,
+) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let cstring = |bytes: Vec<u8>| {
+        CString::new(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "contains a NUL byte"))
+    };
+    let mut argv = Vec::with_capacity(req.args.len() + 1);
+    argv.push(cstring(req.program.clone().into_bytes())?);
+    for arg in &req.args {
+        argv.push(cstring(arg.clone().into_bytes())?);
+    }
+    // The daemon's environment, overlaid with the job's.
+    let mut env: std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString> = std::env::vars_os().collect();
+    for (k, v) in &req.env {
+        env.insert(k.into(), v.into());
+    }
+    let envp = env
+        .into_iter()
+        .map(|(k, v)| {
+            let mut entry = k.into_vec();
+            entry.push(b'=');
+            entry.extend(v.into_vec());
+            cstring(entry)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let stdin: OwnedFd = std::fs::File::open("/dev/null")?.into();
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let plan = SpawnPlan {
+        path: cstring(program.as_os_str().as_bytes().to_vec())?,
+        argv,
+        envp,
+        cwd: cstring(req.cwd.as_os_str().as_bytes().to_vec())?,
+        stdin: stdin.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_w.as_raw_fd(),
+        cgroup_procs: procs_files.iter().map(|f| f.as_raw_fd()).collect(),
+        oom_score_adj: oom_score_adj.to_string().into_bytes(),
+        // SAFETY: plain syscall.
+        parent_pid: unsafe { libc::getpid() },
+    };
+    Ok((plan, [out_r, err_r], StdioEnds { _stdin: stdin, _stdout: out_w, _stderr: err_w }))
 }

@@ -28,6 +28,7 @@ mod launcher;
 mod procfs;
 mod recover;
 mod sampler;
+mod spawn;
 mod tree;
 
 pub use tree::{RunningTree, UsageProbe};
@@ -182,6 +183,8 @@ pub struct LaunchRequest {
     /// Overlaid on the daemon's environment.
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
+    /// Create `cwd` (and its parents) if missing: the engine's default per-job directory.
+    pub create_cwd: bool,
     /// `aura_logs` segments for stdout/stderr go here.
     pub log_dir: PathBuf,
 }

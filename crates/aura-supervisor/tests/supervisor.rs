@@ -51,6 +51,7 @@ fn request(job: i64, dir: &Path, program: &str, args: &[&str]) -> LaunchRequest 
         args: args.iter().map(|a| a.to_string()).collect(),
         env: BTreeMap::new(),
         cwd: dir.to_path_buf(),
+        create_cwd: false,
         log_dir: dir.join(format!("logs-{job}")),
     }
 }

@@ -249,9 +249,11 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AURA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
