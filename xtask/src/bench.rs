@@ -206,6 +206,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         }
         let wall = last_finish.since(first_submit).as_secs_f64();
         eprintln!("submitted {jobs} jobs in {submit_secs:.2}s");
+        eprintln!("daemon cpu per thread after the run: {}", thread_cpu(daemon.child.id()));
         Ok::<_, anyhow::Error>((latencies, jobs as f64 / wall, wall))
     })?;
     drop(daemon);
@@ -290,4 +291,21 @@ fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
         percentile(&latencies, 1.0)
     );
     Ok(())
+}
+
+/// CPU seconds per thread name of a process, from /proc (clock ticks of 10 ms).
+fn thread_cpu(pid: u32) -> String {
+    let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+            let name = head.split_once(" (").map(|(_, n)| n.to_owned()).unwrap_or_default();
+            let f: Vec<&str> = rest.split(' ').collect();
+            let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+                + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+            *by_name.entry(name).or_default() += ticks / 100.0;
+        }
+    }
+    by_name.iter().map(|(n, s)| format!("{n}={s:.2}s")).collect::<Vec<_>>().join(" ")
 }

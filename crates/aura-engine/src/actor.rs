@@ -92,12 +92,13 @@ impl Shared {
             .cloned()
     }
 
-    pub(crate) fn job_dir(&self, id: JobId) -> std::path::PathBuf {
-        self.config.jobs_dir().join(id.to_string())
+    /// The default working directory of a job, shared by its attempts.
+    pub(crate) fn work_dir(&self, id: JobId) -> std::path::PathBuf {
+        self.config.work_root().join(id.to_string())
     }
 
     pub(crate) fn log_dir(&self, id: JobId, attempt: u32) -> std::path::PathBuf {
-        self.job_dir(id).join("logs").join(attempt.to_string())
+        self.config.log_root().join(id.to_string()).join(attempt.to_string())
     }
 }
 
@@ -329,7 +330,7 @@ impl Actor {
             .spec
             .cwd
             .clone()
-            .unwrap_or_else(|| self.shared.job_dir(id).join("work"));
+            .unwrap_or_else(|| self.shared.work_dir(id));
         let monitor = Monitor {
             id,
             attempt: job.attempt,

@@ -27,8 +27,14 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    pub fn jobs_dir(&self) -> PathBuf {
-        self.data_dir.join("jobs")
+    /// Parent of the default per-job working directories, `work/<id>`.
+    pub fn work_root(&self) -> PathBuf {
+        self.data_dir.join("work")
+    }
+
+    /// Parent of captured output, `logs/<id>/<attempt>/`.
+    pub fn log_root(&self) -> PathBuf {
+        self.data_dir.join("logs")
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -51,13 +57,9 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             "max_concurrent must be at least 1".into(),
         ));
     }
-    let jobs_dir = config.jobs_dir();
-    tokio::fs::create_dir_all(&jobs_dir)
-        .await
-        .map_err(|source| EngineError::Io {
-            path: jobs_dir.clone(),
-            source,
-        })?;
+    for dir in [config.work_root(), config.log_root()] {
+        tokio::fs::create_dir_all(&dir).await.map_err(|source| EngineError::Io { path: dir.clone(), source })?;
+    }
     let store =
         aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default())
             .await?;

@@ -70,23 +70,25 @@ fn launch_one(
         Some(&req.cwd),
     )?;
     if req.create_cwd {
-        if let Err(source) = std::fs::create_dir_all(&req.cwd) {
+        // One mkdir in the common case (the parent exists); an attempt after a retry reuses the directory.
+        let created = match std::fs::create_dir(&req.cwd) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&req.cwd),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        };
+        if let Err(source) = created {
             return Err(LaunchError::Cwd { path: req.cwd.clone(), source });
         }
-    }
-    match std::fs::metadata(&req.cwd) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(LaunchError::Cwd {
-                path: req.cwd.clone(),
-                source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
-            })
-        }
-        Err(source) => {
-            return Err(LaunchError::Cwd {
-                path: req.cwd.clone(),
-                source,
-            })
+    } else {
+        match std::fs::metadata(&req.cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(LaunchError::Cwd {
+                    path: req.cwd.clone(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+                })
+            }
+            Err(source) => return Err(LaunchError::Cwd { path: req.cwd.clone(), source }),
         }
     }
 

@@ -572,6 +572,8 @@ impl RunningTree {
                 t.kill_and_wait(kill_wait);
                 let peak = stats.read_kernel_peak();
                 let cpu = t.v2.as_deref().and_then(cgroup::cpu_usec);
+                // In the same hop: one blocking-pool round trip per job, not two.
+                t.remove_dirs();
                 (peak, cpu)
             })
             .await
@@ -599,7 +601,6 @@ impl RunningTree {
                 }
             }
         }
-        self.blocking(|t| t.remove_dirs()).await;
         self.stats.done.store(true, Ordering::Relaxed);
         self.finished = true;
 
