@@ -98,7 +98,10 @@ impl Shared {
     }
 
     pub(crate) fn log_dir(&self, id: JobId, attempt: u32) -> std::path::PathBuf {
-        self.config.log_root().join(id.to_string()).join(attempt.to_string())
+        self.config
+            .log_root()
+            .join(id.to_string())
+            .join(attempt.to_string())
     }
 }
 
@@ -526,7 +529,9 @@ impl Actor {
 
     async fn queue_write(&mut self, job: &Job, events: Vec<NewEvent>, finished: Option<JobId>) {
         match self.shared.store.record_queued(job, events).await {
-            Ok(pending) => self.writes.push(Box::pin(async move { (pending.await, finished) })),
+            Ok(pending) => self
+                .writes
+                .push(Box::pin(async move { (pending.await, finished) })),
             Err(e) => {
                 tracing::error!(job_id = %job.id, error = %e, "failed to persist a job state change")
             }

@@ -58,7 +58,12 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         ));
     }
     for dir in [config.work_root(), config.log_root()] {
-        tokio::fs::create_dir_all(&dir).await.map_err(|source| EngineError::Io { path: dir.clone(), source })?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|source| EngineError::Io {
+                path: dir.clone(),
+                source,
+            })?;
     }
     let store =
         aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default())

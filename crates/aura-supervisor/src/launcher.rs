@@ -4,8 +4,8 @@
 //! the pidfd and replies on a oneshot.
 
 use crate::host::Layout;
-use crate::tree::{reap_blocking, TreeRef};
 use crate::spawn::{self, SpawnPlan};
+use crate::tree::{reap_blocking, TreeRef};
 use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -77,7 +77,10 @@ fn launch_one(
             other => other,
         };
         if let Err(source) = created {
-            return Err(LaunchError::Cwd { path: req.cwd.clone(), source });
+            return Err(LaunchError::Cwd {
+                path: req.cwd.clone(),
+                source,
+            });
         }
     } else {
         match std::fs::metadata(&req.cwd) {
@@ -88,7 +91,12 @@ fn launch_one(
                     source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
                 })
             }
-            Err(source) => return Err(LaunchError::Cwd { path: req.cwd.clone(), source }),
+            Err(source) => {
+                return Err(LaunchError::Cwd {
+                    path: req.cwd.clone(),
+                    source,
+                })
+            }
         }
     }
 
@@ -126,7 +134,10 @@ fn launch_one(
         Ok(p) => p,
         Err(source) => {
             remove_dirs();
-            return Err(LaunchError::Spawn { program: req.program.clone(), source });
+            return Err(LaunchError::Spawn {
+                program: req.program.clone(),
+                source,
+            });
         }
     };
     let started = Instant::now();
@@ -134,7 +145,10 @@ fn launch_one(
         Ok(pid) => pid,
         Err(source) => {
             remove_dirs();
-            return Err(LaunchError::Spawn { program: req.program.clone(), source });
+            return Err(LaunchError::Spawn {
+                program: req.program.clone(),
+                source,
+            });
         }
     };
     // `_stdio_ends` (our copies of the child's stdin and pipe write ends) and the cgroup.procs files close
@@ -182,7 +196,9 @@ fn prepare(
 ) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let cstring = |bytes: Vec<u8>| {
-        CString::new(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "contains a NUL byte"))
+        CString::new(bytes).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "contains a NUL byte")
+        })
     };
     let mut argv = Vec::with_capacity(req.args.len() + 1);
     argv.push(cstring(req.program.clone().into_bytes())?);
@@ -190,7 +206,8 @@ fn prepare(
         argv.push(cstring(arg.clone().into_bytes())?);
     }
     // The daemon's environment, overlaid with the job's.
-    let mut env: std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString> = std::env::vars_os().collect();
+    let mut env: std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString> =
+        std::env::vars_os().collect();
     for (k, v) in &req.env {
         env.insert(k.into(), v.into());
     }
@@ -219,5 +236,13 @@ fn prepare(
         // SAFETY: plain syscall.
         parent_pid: unsafe { libc::getpid() },
     };
-    Ok((plan, [out_r, err_r], StdioEnds { _stdin: stdin, _stdout: out_w, _stderr: err_w }))
+    Ok((
+        plan,
+        [out_r, err_r],
+        StdioEnds {
+            _stdin: stdin,
+            _stdout: out_w,
+            _stderr: err_w,
+        },
+    ))
 }

@@ -33,8 +33,16 @@ pub(crate) struct SpawnPlan {
 }
 
 /// Which setup step failed in the child, for the error message.
-const STAGES: [&str; 8] =
-    ["setpgid", "PR_SET_PDEATHSIG", "joining the job cgroup", "oom_score_adj", "redirecting stdio", "chdir", "execve", "parent gone"];
+const STAGES: [&str; 8] = [
+    "setpgid",
+    "PR_SET_PDEATHSIG",
+    "joining the job cgroup",
+    "oom_score_adj",
+    "redirecting stdio",
+    "chdir",
+    "execve",
+    "parent gone",
+];
 
 struct Shared<'a> {
     plan: &'a SpawnPlan,
@@ -52,7 +60,12 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     let shared = unsafe { &*(arg as *const Shared) };
     let plan = shared.plan;
     let fail = |stage: i32| -> ! {
-        shared.errno.store(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL), Ordering::SeqCst);
+        shared.errno.store(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL),
+            Ordering::SeqCst,
+        );
         shared.stage.store(stage, Ordering::SeqCst);
         // SAFETY: terminates only this child.
         unsafe { libc::_exit(127) }
@@ -73,7 +86,14 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(0);
         }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             fail(1);
         }
         if libc::getppid() != plan.parent_pid {
@@ -87,7 +107,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         let fd = libc::open(shared.oom_path, libc::O_WRONLY | libc::O_CLOEXEC);
         if fd >= 0 {
-            libc::write(fd, plan.oom_score_adj.as_ptr().cast(), plan.oom_score_adj.len());
+            libc::write(
+                fd,
+                plan.oom_score_adj.as_ptr().cast(),
+                plan.oom_score_adj.len(),
+            );
             libc::close(fd);
         }
         for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
@@ -97,7 +121,12 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         // Whatever fd the daemon inherited without O_CLOEXEC (a jobserver pipe from its own parent, say)
         // must not reach the job. Ignored by kernels before 5.11.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_uint);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
+        );
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(5);
         }
@@ -115,10 +144,18 @@ const CHILD_STACK: usize = 64 * 1024;
 /// Starts the process and returns its pid. On failure the child has been reaped and the error names the
 /// step that failed.
 pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
-    let argv: Vec<*const libc::c_char> =
-        plan.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp: Vec<*const libc::c_char> =
-        plan.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv: Vec<*const libc::c_char> = plan
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = plan
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let oom_path = c"/proc/self/oom_score_adj";
     let shared = Shared {
         plan,
@@ -152,11 +189,16 @@ pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
     };
     let errno = shared.errno.load(Ordering::SeqCst);
     if errno != 0 {
-        let stage = usize::try_from(shared.stage.load(Ordering::SeqCst)).ok().and_then(|s| STAGES.get(s));
+        let stage = usize::try_from(shared.stage.load(Ordering::SeqCst))
+            .ok()
+            .and_then(|s| STAGES.get(s));
         // SAFETY: reaps our own child, which has exited (_exit above).
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         let error = io::Error::from_raw_os_error(errno);
-        return Err(io::Error::new(error.kind(), format!("{}: {error}", stage.unwrap_or(&"setup"))));
+        return Err(io::Error::new(
+            error.kind(),
+            format!("{}: {error}", stage.unwrap_or(&"setup")),
+        ));
     }
     Ok(pid)
 }
