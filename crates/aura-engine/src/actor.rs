@@ -128,12 +128,14 @@ struct Actor {
     active: HashMap<JobId, Active>,
     monitors: JoinSet<()>,
     monitor_jobs: HashMap<tokio::task::Id, JobId>,
-    /// Queued store writes; each resolves when committed, carrying the id of a job to announce as finished.
-    writes: FuturesUnordered<BoxFuture<'static, (Result<(), StoreError>, Option<JobId>)>>,
+    writes: FuturesUnordered<QueuedWrite>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
 }
 
 const COMMAND_CAPACITY: usize = 1024;
+
+/// A store write in flight: resolves when committed, with the id of a job to announce as finished.
+type QueuedWrite = BoxFuture<'static, (Result<(), StoreError>, Option<JobId>)>;
 
 pub(crate) async fn spawn(
     config: EngineConfig,

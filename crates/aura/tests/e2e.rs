@@ -596,6 +596,37 @@ mod supervision {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn output_over_the_log_cap_keeps_the_newest_bytes() {
+        let daemon = Daemon::start(&[("AURA_SUPERVISOR__LOG_CAP", "4KiB")]);
+        let client = daemon.client();
+        let id = client
+            .submit(&spec("sh", &["-c", "seq 1 20000"]))
+            .await
+            .unwrap()
+            .job
+            .id;
+        let view = wait_done(&client, id).await;
+        let JobState::Finished(f) = &view.job.state else {
+            unreachable!()
+        };
+        let total: u64 = (1..=20000u64).map(|n| n.to_string().len() as u64 + 1).sum();
+        let chunk = client.logs(id, "stdout", 0).await.unwrap();
+        assert!(
+            chunk.data.len() <= 4096 && chunk.data.len() >= 2048,
+            "kept {} bytes",
+            chunk.data.len()
+        );
+        assert_eq!(chunk.truncated_bytes + chunk.data.len() as u64, total);
+        assert_eq!(f.accounting.log_truncated_bytes, chunk.truncated_bytes);
+        assert!(String::from_utf8_lossy(&chunk.data).ends_with("19999\n20000\n"));
+        let show = stdout(&daemon.cli(&["show", &id.to_string()]));
+        assert!(
+            show.contains("oldest bytes dropped by the size cap"),
+            "{show}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn no_daemon_fd_reaches_a_job() {
         let daemon = Daemon::start(&[]);
         let client = daemon.client();
