@@ -699,20 +699,38 @@ mod lifecycle {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_thousand_jobs_leak_no_fd_thread_or_zombie() {
         let daemon = Daemon::start(&[]);
-        let client = daemon.client();
         let pid = daemon.pid();
-        for _ in 0..20 {
-            let id = client.submit(&spec("true", &[])).await.unwrap().job.id;
-            wait_done(&client, id).await;
+        // Warm-up with concurrent requests, so that pools that legitimately keep a few resources (the
+        // store's read connections) are at their steady size before the baseline is taken.
+        {
+            let client = daemon.client();
+            let mut ids = Vec::new();
+            for _ in 0..20 {
+                ids.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
+            }
+            let waits: Vec<_> = ids
+                .into_iter()
+                .map(|id| {
+                    let client = client.clone();
+                    tokio::spawn(async move { wait_done(&client, id).await })
+                })
+                .collect();
+            for wait in waits {
+                assert!(outcome(&wait.await.unwrap()).is_success());
+            }
         }
+        // The client's keep-alive connections are gone with it; let the daemon see them close.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (fds0, threads0) = (daemon_fds(pid), daemon_threads(pid));
-        let mut ids = Vec::new();
-        for _ in 0..1000 {
-            ids.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
-        }
-        for id in ids {
-            assert!(outcome(&wait_done(&client, id).await).is_success());
+        {
+            let client = daemon.client();
+            let mut ids = Vec::new();
+            for _ in 0..1000 {
+                ids.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
+            }
+            for id in ids {
+                assert!(outcome(&wait_done(&client, id).await).is_success());
+            }
         }
         // Idle blocking-pool threads exit after a few seconds; give them time, then demand the baseline.
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -723,11 +741,27 @@ mod lifecycle {
             }
             assert!(
                 Instant::now() < deadline,
-                "fds {fds0} → {fds}, threads {threads0} → {threads}"
+                "fds {fds0} → {fds}, threads {threads0} → {threads}: {}",
+                fd_listing(pid)
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(zombie_children(pid), Vec::<u32>::new());
+    }
+
+    fn fd_listing(pid: u32) -> String {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let target = std::fs::read_link(entry.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            out.push(format!("{}→{target}", entry.file_name().to_string_lossy()));
+        }
+        out.join(" ")
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,89 @@
+//! Checks the boundaries ARCHITECTURE.md promises: which crate may depend on what, and that every module
+//! says what it owns.
+
+use std::path::{Path, PathBuf};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn crates() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(workspace().join("crates"))
+        .expect("crates dir")
+        .flatten()
+    {
+        let manifest = entry.path().join("Cargo.toml");
+        if let Ok(text) = std::fs::read_to_string(&manifest) {
+            out.push((entry.file_name().to_string_lossy().into_owned(), text));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn depends_on(manifest: &str, dependency: &str) -> bool {
+    manifest.lines().any(|l| {
+        l.trim_start().starts_with(&format!("{dependency} "))
+            || l.trim_start().starts_with(&format!("{dependency}."))
+    })
+}
+
+#[test]
+fn only_the_store_knows_sql_and_only_the_server_knows_http_status_codes() {
+    let crates = crates();
+    assert!(crates.len() >= 8, "{crates:?}");
+    for (name, manifest) in &crates {
+        for (dependency, owner) in [("rusqlite", "aura-store"), ("axum", "aura-server")] {
+            assert!(
+                !depends_on(manifest, dependency) || name == owner,
+                "{name} depends on {dependency}, which only {owner} may use"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_model_is_pure() {
+    let (_, model) = crates()
+        .into_iter()
+        .find(|(n, _)| n == "aura-model")
+        .expect("aura-model");
+    let dependencies = model.split("[dependencies]").nth(1).unwrap_or_default();
+    let dependencies = dependencies.split("\n[").next().unwrap_or_default();
+    for line in dependencies
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        let name = line.split([' ', '.', '=']).next().unwrap_or_default();
+        assert!(
+            !name.starts_with("aura-")
+                && !["tokio", "rusqlite", "axum", "libc", "rustix", "reqwest"].contains(&name),
+            "aura-model must stay free of I/O and of other crates, but depends on {name}"
+        );
+    }
+}
+
+#[test]
+fn every_module_says_what_it_owns() {
+    let mut missing = Vec::new();
+    let mut stack = vec![workspace().join("crates"), workspace().join("xtask")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "target") {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                if !text.trim_start().starts_with("//!") {
+                    missing.push(path);
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "modules without a //! line: {missing:?}"
+    );
+}
