@@ -511,6 +511,11 @@ mod supervision {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn cancel_kills_a_tree_with_setsid_and_double_fork_cgroup_v1() {
+        // Pure cgroup-v2 hosts have no v1 memory controller; the supervisor suite covers what they have.
+        if !Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
+            eprintln!("skipping: no cgroup v1 memory controller on this host");
+            return;
+        }
         cancel_kills_the_whole_tree("cgroup_v1").await;
     }
 
