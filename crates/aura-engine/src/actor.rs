@@ -204,7 +204,7 @@ impl Actor {
                         .map_err(|e| EngineError::Internal(e.to_string()))?;
                     events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
                 }
-                tracing::warn!(job_id = %job.id, requeued = job.may_retry() || matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
+                tracing::warn!(job_id = %job.id, requeued = matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
                 self.shared.store.record(&job, events).await?;
             }
             if matches!(job.state, JobState::Queued { .. }) {

@@ -195,9 +195,9 @@ async fn cancel(
     State(app): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
-    let id = job_id(id)?;
-    app.engine.cancel(id).await?;
-    Ok(Json(app.engine.get(id).await?))
+    // The engine's answer, not a store read: the stop it just recorded may not be committed yet.
+    let job = app.engine.cancel(job_id(id)?).await?;
+    Ok(Json(JobView { job, live: None }))
 }
 
 async fn events(

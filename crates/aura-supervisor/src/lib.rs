@@ -2,7 +2,7 @@
 //! of it outlives the job: no process, no zombie, no leaked fd, no cgroup directory.
 //!
 //! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
-//! plain process groups), forking jobs from one dedicated launcher thread (so `PR_SET_PDEATHSIG` ties
+//! plain process groups), starting jobs from one dedicated launcher thread (so `PR_SET_PDEATHSIG` ties
 //! them to a thread that lives as long as the supervisor), waiting with pidfds and `wait4`, stop
 //! sequences, memory/CPU accounting (kernel high-water marks where the host has them, a sampler thread
 //! otherwise), wiring stdout/stderr into `aura_logs`, and killing what a crashed predecessor left.

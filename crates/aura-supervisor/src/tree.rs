@@ -219,6 +219,13 @@ impl TreeStats {
         }
     }
 
+    /// The cgroup's current charge, read now: after the tree is gone, what the job left charged (page
+    /// cache of the files it wrote). Used as the end figure of jobs too short to have been sampled.
+    pub fn read_kernel_current(&self) -> Option<u64> {
+        let (dir, current, _) = self.memory_dir()?;
+        cgroup::read_u64(&dir.join(current))
+    }
+
     /// The kernel high-water mark, read now.
     pub fn read_kernel_peak(&self) -> Option<u64> {
         let (dir, _, peak) = self.memory_dir()?;
@@ -567,17 +574,18 @@ impl RunningTree {
         let kill_wait = self.sup.cfg.kill_wait;
         let stats = self.stats.clone();
         // Kill the rest, wait for empty, then read the kernel's final counters.
-        let (kernel_peak, cpu) = self
+        let (kernel_peak, kernel_current, cpu) = self
             .blocking(move |t| {
                 t.kill_and_wait(kill_wait);
                 let peak = stats.read_kernel_peak();
+                let current = stats.read_kernel_current();
                 let cpu = t.v2.as_deref().and_then(cgroup::cpu_usec);
                 // In the same hop: one blocking-pool round trip per job, not two.
                 t.remove_dirs();
-                (peak, cpu)
+                (peak, current, cpu)
             })
             .await
-            .unwrap_or((None, None));
+            .unwrap_or((None, None, None));
 
         // Log capture ends at EOF once every holder of the pipes is dead; a process outside the
         // backend's reach may keep it open, so bound the wait and abort.
@@ -621,7 +629,7 @@ impl RunningTree {
         Accounting {
             memory_start: self.stats.live_start().map(ByteSize),
             memory_peak: memory_peak.map(ByteSize),
-            memory_end: live.memory_current.map(ByteSize),
+            memory_end: live.memory_current.or(kernel_current).map(ByteSize),
             memory_source: Some(memory_source),
             cpu_user_secs: Some(cpu_user_secs),
             cpu_system_secs: Some(cpu_system_secs),
