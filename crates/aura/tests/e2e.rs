@@ -165,13 +165,29 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// Every process of a job's tree, from its cgroup (all cgroup backends record at least one).
+/// Every process of a job's tree: from its cgroups, or (process-group backend) its process group.
 fn tree_pids(view: &JobView) -> Vec<u32> {
     let run = view.job.state.run().expect("run");
     let mut pids = Vec::new();
     for cg in &run.tree.cgroups {
         if let Ok(text) = std::fs::read_to_string(cg.join("cgroup.procs")) {
             pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+    }
+    if run.tree.cgroups.is_empty() {
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            if rest.split(' ').nth(2).and_then(|g| g.parse::<u32>().ok()) == Some(run.tree.pid) {
+                pids.push(pid);
+            }
         }
     }
     pids.sort_unstable();
@@ -771,11 +787,31 @@ mod lifecycle {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn sigkilled_daemon_leaves_no_process_and_loses_no_job() {
-        let mut daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "5")]);
-        let client = daemon.client();
         // The first attempt leaves a marker and hangs with a setsid'd grandchild; the second succeeds.
-        let script =
-            "if [ -e ran ]; then exit 0; fi; touch ran; setsid sleep 300 & sleep 300 & wait";
+        crash_and_recover(
+            "auto",
+            "if [ -e ran ]; then exit 0; fi; touch ran; setsid sleep 300 & sleep 300 & wait",
+        )
+        .await;
+    }
+
+    /// The fallback finds the trees again by their recorded process groups (checked against the leader's
+    /// start time). A `setsid` child would escape it, as documented, so this tree stays in its group.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sigkilled_daemon_recovery_on_the_process_group_fallback() {
+        crash_and_recover(
+            "process_group",
+            "if [ -e ran ]; then exit 0; fi; touch ran; sleep 300 & sleep 300 & wait",
+        )
+        .await;
+    }
+
+    async fn crash_and_recover(backend: &str, script: &str) {
+        let mut daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "5"),
+            ("AURA_SUPERVISOR__BACKEND", backend),
+        ]);
+        let client = daemon.client();
         let mut ids = Vec::new();
         for _ in 0..5 {
             ids.push(
@@ -864,6 +900,63 @@ mod lifecycle {
             .map(|e| e.kind)
             .collect();
         assert!(kinds.contains(&"requeued".to_owned()), "{kinds:?}");
+    }
+}
+
+mod retries {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failing_job_is_retried_per_its_policy() {
+        let daemon = Daemon::start(&[]);
+        let client = daemon.client();
+        let mut job = spec("sh", &["-c", "echo attempt; exit 7"]);
+        job.retry.max_retries = 2;
+        let id = client.submit(&job).await.unwrap().job.id;
+        let view = wait_done(&client, id).await;
+        assert_eq!(outcome(&view), &Outcome::Failed { exit_code: 7 });
+        assert_eq!((view.job.attempt, view.job.failures), (3, 3));
+        let kinds: Vec<String> = client
+            .events(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "requeued").count(),
+            2,
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "started").count(),
+            3,
+            "{kinds:?}"
+        );
+        // Each attempt keeps its own output.
+        let out = daemon.cli(&["logs", &id.to_string()]);
+        assert_eq!(stdout(&out), "attempt\n");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn shutdown_without_requeue_leaves_jobs_interrupted() {
+        let mut daemon = Daemon::start(&[("AURA_REQUEUE_ON_SHUTDOWN", "false")]);
+        let client = daemon.client();
+        let id = client
+            .submit(&spec("sleep", &["300"]))
+            .await
+            .unwrap()
+            .job
+            .id;
+        wait_running(&client, id, 1).await;
+        daemon.signal(rustix::process::Signal::TERM);
+        daemon.wait_exit();
+        daemon.spawn();
+        let view = daemon.client().get(id).await.unwrap();
+        assert!(
+            matches!(outcome(&view), Outcome::Interrupted { .. }),
+            "{view:?}"
+        );
     }
 }
 
