@@ -1,0 +1,89 @@
+//! Learned memory requests: a job that states none gets a high percentile of the recorded peaks of earlier
+//! successful jobs of its `kind`, plus a margin; with too little history, a configured default.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimator {
+    /// 0.95 for p95.
+    pub percentile: f64,
+    /// 0.2 adds 20 % on top of the percentile.
+    pub margin: f64,
+    /// Fewer samples than this fall back to the default.
+    pub min_samples: usize,
+    pub default_bytes: u64,
+}
+
+impl Default for Estimator {
+    /// p95 + 20 % from at least 5 runs, else 2 GiB (the user's documents' per-job figure).
+    fn default() -> Self {
+        Estimator {
+            percentile: 0.95,
+            margin: 0.2,
+            min_samples: 5,
+            default_bytes: 2 << 30,
+        }
+    }
+}
+
+/// Where a job's memory request came from; shown in the job record.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum RequestSource {
+    Stated,
+    Learned {
+        samples: usize,
+        percentile_bytes: u64,
+    },
+    Default,
+}
+
+impl Estimator {
+    /// The request for a job with these recorded peaks (any order).
+    pub fn estimate(&self, peaks: &[u64]) -> (u64, RequestSource) {
+        if peaks.len() < self.min_samples.max(1) {
+            return (self.default_bytes, RequestSource::Default);
+        }
+        let mut sorted = peaks.to_vec();
+        sorted.sort_unstable();
+        // Nearest-rank percentile.
+        let rank = ((self.percentile.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize)
+            .clamp(1, sorted.len());
+        let p = sorted[rank - 1];
+        let with_margin = (p as f64 * (1.0 + self.margin.max(0.0))).round() as u64;
+        (
+            with_margin,
+            RequestSource::Learned {
+                samples: sorted.len(),
+                percentile_bytes: p,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p95_plus_margin_or_default() {
+        let e = Estimator::default();
+        assert_eq!(e.estimate(&[1, 2, 3]), (2 << 30, RequestSource::Default));
+        let peaks: Vec<u64> = (1..=100).map(|i| i * 1_000_000).collect();
+        let (bytes, source) = e.estimate(&peaks);
+        assert_eq!(
+            source,
+            RequestSource::Learned {
+                samples: 100,
+                percentile_bytes: 95_000_000
+            }
+        );
+        assert_eq!(bytes, 114_000_000);
+        let one_outlier: Vec<u64> = std::iter::repeat_n(100, 99).chain([10_000]).collect();
+        assert_eq!(
+            e.estimate(&one_outlier).0,
+            120,
+            "p95 ignores a single outlier"
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! The ledger: capacity, what is reserved, named limits, and the `Reservation` RAII guard. One mutex,
+//! held for arithmetic only (never across I/O or an await), so reserve+release costs well under a
+//! microsecond.
+
+use crate::resources::{Capacity, Request, Resource, Scalar};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// A named limit (Slurm's licenses, OpenCue's limits): how many jobs may hold it at once and how many may
+/// start per minute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitConfig {
+    pub max_concurrent: Option<u32>,
+    pub per_minute: Option<u32>,
+}
+
+/// Why a request cannot be granted now (or ever, for `check_capacity`). Displayed to users verbatim.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Shortfall {
+    #[error("waiting for {}: needs {}, {} free after reservations", resource.name(), resource.format(*needed), resource.format(*available))]
+    Resource {
+        resource: Resource,
+        needed: u64,
+        available: u64,
+    },
+    #[error("waiting for {name}: all {limit} slots in use")]
+    Limit { name: String, limit: u32 },
+    #[error("waiting for {name}: at most {per_minute} starts per minute, next in {:.1}s", retry_in.as_secs_f64())]
+    Rate {
+        name: String,
+        per_minute: u32,
+        retry_in: Duration,
+    },
+    #[error("unknown named limit {0:?}")]
+    UnknownLimit(String),
+    #[error("{} requested ({}) exceeds this machine's capacity ({})", resource.name(), resource.format(*needed), resource.format(*capacity))]
+    NeverFits {
+        resource: Resource,
+        needed: u64,
+        capacity: u64,
+    },
+}
+
+struct Limit {
+    config: LimitConfig,
+    in_use: u32,
+    /// Start times within the last minute, oldest first (bounded by `per_minute`).
+    starts: VecDeque<Instant>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct GpuUse {
+    vram: u64,
+    sessions: u32,
+}
+
+pub(crate) struct Ledger {
+    pub capacity: Capacity,
+    pub total: Scalar,
+    pub used: Scalar,
+    gpus: Vec<GpuUse>,
+    limits: HashMap<String, Limit>,
+    /// Starvation guard: resources released while a job was blocked at the head of the queue are held
+    /// for it (by its key), so that backfilled small jobs cannot keep it waiting forever.
+    pub claim: Option<(i64, Scalar)>,
+    pub active: usize,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Ledger {
+    pub fn free(&self) -> Scalar {
+        self.total.saturating_sub(&self.used)
+    }
+
+    /// Whether `request` fits in `free` (host-wide quantities), the GPUs and the named limits now.
+    pub fn check(
+        &mut self,
+        request: &Request,
+        free: &Scalar,
+        now: Instant,
+    ) -> Result<Vec<u32>, Shortfall> {
+        if let Some((resource, needed, available)) = request.scalar().fits_in(free) {
+            return Err(Shortfall::Resource {
+                resource,
+                needed,
+                available,
+            });
+        }
+        for name in &request.providers {
+            let limit = self
+                .limits
+                .get_mut(name)
+                .ok_or_else(|| Shortfall::UnknownLimit(name.clone()))?;
+            if let Some(max) = limit.config.max_concurrent {
+                if limit.in_use >= max {
+                    return Err(Shortfall::Limit {
+                        name: name.clone(),
+                        limit: max,
+                    });
+                }
+            }
+            if let Some(per_minute) = limit.config.per_minute {
+                while limit
+                    .starts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+                {
+                    limit.starts.pop_front();
+                }
+                if limit.starts.len() as u32 >= per_minute {
+                    let oldest = limit.starts.front().copied().unwrap_or(now);
+                    let retry_in = MINUTE.saturating_sub(now.duration_since(oldest));
+                    return Err(Shortfall::Rate {
+                        name: name.clone(),
+                        per_minute,
+                        retry_in,
+                    });
+                }
+            }
+        }
+        self.pick_gpus(request)
+    }
+
+    /// First fit over the devices: the `request.gpus` devices with room for its VRAM and encoder sessions.
+    fn pick_gpus(&self, request: &Request) -> Result<Vec<u32>, Shortfall> {
+        if request.gpus == 0 {
+            return Ok(Vec::new());
+        }
+        let mut picked = Vec::with_capacity(request.gpus as usize);
+        for (i, (device, used)) in self.capacity.gpus.iter().zip(&self.gpus).enumerate() {
+            let vram_ok = device.vram_bytes.saturating_sub(used.vram) >= request.vram_bytes_per_gpu;
+            let sessions_ok = device.encoder_sessions.saturating_sub(used.sessions)
+                >= request.encoder_sessions_per_gpu;
+            if vram_ok && sessions_ok {
+                picked.push(i as u32);
+                if picked.len() == request.gpus as usize {
+                    return Ok(picked);
+                }
+            }
+        }
+        Err(Shortfall::Resource {
+            resource: Resource::Gpu,
+            needed: u64::from(request.gpus),
+            available: picked.len() as u64,
+        })
+    }
+
+    pub fn grant(&mut self, request: &Request, gpus: Vec<u32>, now: Instant) -> Grant {
+        let scalar = request.scalar();
+        self.used.add(&scalar);
+        for &g in &gpus {
+            if let Some(u) = self.gpus.get_mut(g as usize) {
+                u.vram += request.vram_bytes_per_gpu;
+                u.sessions += request.encoder_sessions_per_gpu;
+            }
+        }
+        for name in &request.providers {
+            if let Some(limit) = self.limits.get_mut(name) {
+                limit.in_use += 1;
+                if limit.config.per_minute.is_some() {
+                    limit.starts.push_back(now);
+                }
+            }
+        }
+        self.active += 1;
+        Grant {
+            scalar,
+            gpus,
+            vram_per_gpu: request.vram_bytes_per_gpu,
+            sessions_per_gpu: request.encoder_sessions_per_gpu,
+            providers: request.providers.iter().cloned().collect(),
+        }
+    }
+
+    fn release(&mut self, grant: &Grant) {
+        self.used.sub(&grant.scalar);
+        for &g in &grant.gpus {
+            if let Some(u) = self.gpus.get_mut(g as usize) {
+                u.vram = u.vram.saturating_sub(grant.vram_per_gpu);
+                u.sessions = u.sessions.saturating_sub(grant.sessions_per_gpu);
+            }
+        }
+        for name in &grant.providers {
+            if let Some(limit) = self.limits.get_mut(name) {
+                limit.in_use = limit.in_use.saturating_sub(1);
+            }
+        }
+        self.active = self.active.saturating_sub(1);
+        if let Some((_, claim)) = &mut self.claim {
+            claim.add(&grant.scalar);
+            *claim = claim.min(&self.total);
+        }
+    }
+}
+
+/// What a reservation holds, to give back exactly.
+pub(crate) struct Grant {
+    scalar: Scalar,
+    gpus: Vec<u32>,
+    vram_per_gpu: u64,
+    sessions_per_gpu: u32,
+    providers: Vec<String>,
+}
+
+/// The admission controller's shared ledger. Cheap to clone.
+#[derive(Clone)]
+pub struct Admission {
+    pub(crate) ledger: Arc<Mutex<Ledger>>,
+}
+
+/// Resources held by one job (or lease) from admission until it is dropped. Dropping it is the only way to
+/// release, so no code path can forget.
+#[must_use = "dropping a reservation releases it at once"]
+pub struct Reservation {
+    ledger: Arc<Mutex<Ledger>>,
+    grant: Grant,
+}
+
+impl Reservation {
+    /// The GPU devices (indexes) granted, e.g. for `CUDA_VISIBLE_DEVICES`.
+    pub fn gpus(&self) -> &[u32] {
+        &self.grant.gpus
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        lock(&self.ledger).release(&self.grant);
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("gpus", &self.grant.gpus)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
+    // The ledger holds plain numbers; a panic elsewhere cannot leave it half-updated in a way that matters
+    // more than stopping admission would.
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reserved and free amounts, for status and metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct Usage {
+    pub capacity: Capacity,
+    pub reserved_memory_bytes: u64,
+    pub reserved_cpu_millis: u64,
+    pub reserved_disk_bytes: u64,
+    pub active: usize,
+    pub limits: BTreeMap<String, (u32, LimitConfig)>,
+}
+
+impl Admission {
+    pub fn new(capacity: Capacity, limits: BTreeMap<String, LimitConfig>) -> Admission {
+        let total = Scalar {
+            memory: capacity.memory_bytes,
+            cpu: capacity.cpu_millis,
+            disk: capacity.disk_bytes,
+        };
+        let gpus = vec![GpuUse::default(); capacity.gpus.len()];
+        let limits = limits
+            .into_iter()
+            .map(|(name, config)| {
+                (
+                    name,
+                    Limit {
+                        config,
+                        in_use: 0,
+                        starts: VecDeque::new(),
+                    },
+                )
+            })
+            .collect();
+        Admission {
+            ledger: Arc::new(Mutex::new(Ledger {
+                capacity,
+                total,
+                used: Scalar::default(),
+                gpus,
+                limits,
+                claim: None,
+                active: 0,
+            })),
+        }
+    }
+
+    /// Refuses a request that can never fit this machine, naming the resource and both numbers.
+    pub fn check_capacity(&self, request: &Request) -> Result<(), Shortfall> {
+        let ledger = lock(&self.ledger);
+        let never = |resource, needed, capacity| {
+            Err(Shortfall::NeverFits {
+                resource,
+                needed,
+                capacity,
+            })
+        };
+        let total = &ledger.total;
+        if let Some((resource, needed, _)) = request.scalar().fits_in(total) {
+            let capacity = match resource {
+                Resource::Memory => total.memory,
+                Resource::Cpu => total.cpu,
+                _ => total.disk,
+            };
+            return never(resource, needed, capacity);
+        }
+        if request.gpus > 0 {
+            let devices = &ledger.capacity.gpus;
+            let suitable = devices
+                .iter()
+                .filter(|d| {
+                    d.vram_bytes >= request.vram_bytes_per_gpu
+                        && d.encoder_sessions >= request.encoder_sessions_per_gpu
+                })
+                .count() as u64;
+            if suitable < u64::from(request.gpus) {
+                return never(Resource::Gpu, u64::from(request.gpus), suitable);
+            }
+        }
+        for name in &request.providers {
+            match ledger.limits.get(name) {
+                None => return Err(Shortfall::UnknownLimit(name.clone())),
+                Some(l) if l.config.max_concurrent == Some(0) || l.config.per_minute == Some(0) => {
+                    return Err(Shortfall::Limit {
+                        name: name.clone(),
+                        limit: 0,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves `request` now if it fits, ignoring the queue (for leases and tests; jobs go through
+    /// `Scheduler::pass`).
+    pub fn try_reserve(&self, request: &Request, now: Instant) -> Result<Reservation, Shortfall> {
+        let mut ledger = lock(&self.ledger);
+        let free = ledger.free();
+        let gpus = ledger.check(request, &free, now)?;
+        let grant = ledger.grant(request, gpus, now);
+        Ok(Reservation {
+            ledger: self.ledger.clone(),
+            grant,
+        })
+    }
+
+    pub(crate) fn reservation(&self, grant: Grant) -> Reservation {
+        Reservation {
+            ledger: self.ledger.clone(),
+            grant,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        let ledger = lock(&self.ledger);
+        Usage {
+            capacity: ledger.capacity.clone(),
+            reserved_memory_bytes: ledger.used.memory,
+            reserved_cpu_millis: ledger.used.cpu,
+            reserved_disk_bytes: ledger.used.disk,
+            active: ledger.active,
+            limits: ledger
+                .limits
+                .iter()
+                .map(|(n, l)| (n.clone(), (l.in_use, l.config)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::GpuDevice;
+
+    const GIB: u64 = 1 << 30;
+
+    fn admission() -> Admission {
+        let capacity = Capacity {
+            memory_bytes: 4 * GIB,
+            cpu_millis: 2000,
+            disk_bytes: 100 * GIB,
+            gpus: vec![
+                GpuDevice {
+                    index: 0,
+                    vram_bytes: 8 * GIB,
+                    encoder_sessions: 3,
+                },
+                GpuDevice {
+                    index: 1,
+                    vram_bytes: 24 * GIB,
+                    encoder_sessions: 8,
+                },
+            ],
+        };
+        let limits = BTreeMap::from([
+            (
+                "openai".to_owned(),
+                LimitConfig {
+                    max_concurrent: Some(2),
+                    per_minute: None,
+                },
+            ),
+            (
+                "elevenlabs".to_owned(),
+                LimitConfig {
+                    max_concurrent: None,
+                    per_minute: Some(3),
+                },
+            ),
+        ]);
+        Admission::new(capacity, limits)
+    }
+
+    #[test]
+    fn dropping_a_reservation_gives_everything_back() {
+        let a = admission();
+        let now = Instant::now();
+        let mut req = Request::memory(3 * GIB);
+        req.cpu_millis = 1500;
+        req.gpus = 1;
+        req.vram_bytes_per_gpu = 10 * GIB;
+        req.providers.insert("openai".into());
+        let r = a.try_reserve(&req, now).unwrap();
+        assert_eq!(r.gpus(), &[1], "only device 1 has 10 GiB of VRAM");
+        let err = a.try_reserve(&Request::memory(2 * GIB), now).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "waiting for memory: needs 2.0 GiB, 1.0 GiB free after reservations"
+        );
+        drop(r);
+        let u = a.usage();
+        assert_eq!(
+            (u.reserved_memory_bytes, u.reserved_cpu_millis, u.active),
+            (0, 0, 0)
+        );
+        assert_eq!(u.limits["openai"].0, 0);
+        assert!(a.try_reserve(&req, now).is_ok());
+    }
+
+    #[test]
+    fn named_limits_and_rates() {
+        let a = admission();
+        let t0 = Instant::now();
+        let mut openai = Request::default();
+        openai.providers.insert("openai".into());
+        let held: Vec<_> = (0..2)
+            .map(|_| a.try_reserve(&openai, t0).unwrap())
+            .collect();
+        assert_eq!(
+            a.try_reserve(&openai, t0).unwrap_err(),
+            Shortfall::Limit {
+                name: "openai".into(),
+                limit: 2
+            }
+        );
+        drop(held);
+        assert!(a.try_reserve(&openai, t0).is_ok());
+
+        let mut tts = Request::default();
+        tts.providers.insert("elevenlabs".into());
+        for _ in 0..3 {
+            drop(a.try_reserve(&tts, t0).unwrap());
+        }
+        match a.try_reserve(&tts, t0 + Duration::from_secs(10)) {
+            Err(Shortfall::Rate { retry_in, .. }) => assert_eq!(retry_in, Duration::from_secs(50)),
+            other => panic!("{other:?}"),
+        }
+        assert!(a.try_reserve(&tts, t0 + Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn requests_that_can_never_fit_name_the_resource_and_both_numbers() {
+        let a = admission();
+        let err = a.check_capacity(&Request::memory(5 * GIB)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "memory requested (5.0 GiB) exceeds this machine's capacity (4.0 GiB)"
+        );
+        let gpu = Request {
+            gpus: 1,
+            encoder_sessions_per_gpu: 9,
+            ..Request::default()
+        };
+        assert!(matches!(
+            a.check_capacity(&gpu),
+            Err(Shortfall::NeverFits {
+                resource: Resource::Gpu,
+                ..
+            })
+        ));
+        let mut unknown = Request::default();
+        unknown.providers.insert("nope".into());
+        assert_eq!(
+            a.check_capacity(&unknown),
+            Err(Shortfall::UnknownLimit("nope".into()))
+        );
+        assert!(a.check_capacity(&Request::memory(4 * GIB)).is_ok());
+    }
+}

@@ -1,0 +1,140 @@
+//! Resource quantities: what a machine has (`Capacity`) and what a job asks for (`Request`), in integer
+//! base units so that reserving and releasing are exact.
+
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// A countable resource, as named in errors, reasons and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Memory,
+    Cpu,
+    Gpu,
+    Vram,
+    EncoderSessions,
+    Disk,
+}
+
+impl Resource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Memory => "memory",
+            Resource::Cpu => "cpu",
+            Resource::Gpu => "gpu",
+            Resource::Vram => "gpu memory",
+            Resource::EncoderSessions => "encoder sessions",
+            Resource::Disk => "disk",
+        }
+    }
+
+    /// Renders an amount of this resource for people: bytes as GiB/MiB, CPU in cores.
+    pub fn format(self, amount: u64) -> String {
+        match self {
+            Resource::Memory | Resource::Vram | Resource::Disk => {
+                aura_model::ByteSize(amount).to_string()
+            }
+            Resource::Cpu => format!("{:.2} cores", amount as f64 / 1000.0),
+            Resource::Gpu | Resource::EncoderSessions => amount.to_string(),
+        }
+    }
+}
+
+/// One GPU: its memory and how many concurrent NVENC sessions its driver allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GpuDevice {
+    pub index: u32,
+    pub vram_bytes: u64,
+    pub encoder_sessions: u32,
+}
+
+/// What the machine offers to jobs (after headroom).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Capacity {
+    pub memory_bytes: u64,
+    /// Thousandths of a core, so fractional requests add up exactly.
+    pub cpu_millis: u64,
+    pub disk_bytes: u64,
+    pub gpus: Vec<GpuDevice>,
+}
+
+/// What a job asks for. GPU figures are per device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Request {
+    pub memory_bytes: u64,
+    pub cpu_millis: u64,
+    pub disk_bytes: u64,
+    pub gpus: u32,
+    pub vram_bytes_per_gpu: u64,
+    pub encoder_sessions_per_gpu: u32,
+    /// Named limits (providers) the job holds a slot of while it runs.
+    pub providers: BTreeSet<String>,
+}
+
+impl Request {
+    pub fn memory(bytes: u64) -> Request {
+        Request {
+            memory_bytes: bytes,
+            ..Request::default()
+        }
+    }
+
+    /// The host-wide quantities of this request, for the fits/reserve arithmetic.
+    pub(crate) fn scalar(&self) -> Scalar {
+        Scalar {
+            memory: self.memory_bytes,
+            cpu: self.cpu_millis,
+            disk: self.disk_bytes,
+        }
+    }
+}
+
+/// Host-wide (non-GPU) quantities; GPU devices are allocated one by one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Scalar {
+    pub memory: u64,
+    pub cpu: u64,
+    pub disk: u64,
+}
+
+impl Scalar {
+    pub fn fits_in(&self, free: &Scalar) -> Option<(Resource, u64, u64)> {
+        if self.memory > free.memory {
+            return Some((Resource::Memory, self.memory, free.memory));
+        }
+        if self.cpu > free.cpu {
+            return Some((Resource::Cpu, self.cpu, free.cpu));
+        }
+        if self.disk > free.disk {
+            return Some((Resource::Disk, self.disk, free.disk));
+        }
+        None
+    }
+
+    pub fn saturating_sub(&self, other: &Scalar) -> Scalar {
+        Scalar {
+            memory: self.memory.saturating_sub(other.memory),
+            cpu: self.cpu.saturating_sub(other.cpu),
+            disk: self.disk.saturating_sub(other.disk),
+        }
+    }
+
+    pub fn add(&mut self, other: &Scalar) {
+        self.memory += other.memory;
+        self.cpu += other.cpu;
+        self.disk += other.disk;
+    }
+
+    pub fn sub(&mut self, other: &Scalar) {
+        *self = self.saturating_sub(other);
+    }
+
+    /// Component-wise minimum.
+    pub fn min(&self, other: &Scalar) -> Scalar {
+        Scalar {
+            memory: self.memory.min(other.memory),
+            cpu: self.cpu.min(other.cpu),
+            disk: self.disk.min(other.disk),
+        }
+    }
+}
