@@ -362,6 +362,22 @@ impl Admission {
         }
     }
 
+    /// When a per-minute limit that is full now frees a start: the time to re-run the scheduling pass.
+    pub fn next_rate_window(&self, now: Instant) -> Option<Duration> {
+        let ledger = lock(&self.ledger);
+        ledger
+            .limits
+            .values()
+            .filter(|l| {
+                l.config
+                    .per_minute
+                    .is_some_and(|max| l.starts.len() as u32 >= max)
+            })
+            .filter_map(|l| l.starts.front())
+            .map(|oldest| MINUTE.saturating_sub(now.duration_since(*oldest)))
+            .min()
+    }
+
     pub fn usage(&self) -> Usage {
         let ledger = lock(&self.ledger);
         Usage {

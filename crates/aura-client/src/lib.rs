@@ -13,6 +13,9 @@ pub struct JobView {
     pub job: Job,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveUsage>,
+    /// Why a queued job has not started yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -100,6 +103,11 @@ impl Client {
 
     pub async fn status(&self) -> Result<serde_json::Value, ClientError> {
         self.send(self.http.get(self.url("/api/status"))).await
+    }
+
+    pub async fn utilization(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/api/metrics/utilization")))
+            .await
     }
 
     pub async fn submit(&self, spec: &JobSpec) -> Result<JobView, ClientError> {

@@ -3,6 +3,7 @@
 
 use crate::monitor::Monitor;
 use crate::{EngineConfig, EngineError, EngineHandle};
+use aura_admission::{Admission, Queued, Request, Reservation, Scheduler};
 use aura_model::{
     Accounting, Event, ExitStatus, Job, JobId, JobState, NewEvent, Outcome, Run, StopReason,
     StopSignal, Timestamp,
@@ -13,8 +14,9 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -60,6 +62,9 @@ pub(crate) enum CancelReply {
 /// What the actor shares read-only (or through short, uncontended locks) with handles and monitors.
 pub(crate) struct Shared {
     pub config: EngineConfig,
+    pub admission: Admission,
+    /// Jobs waiting in the queue, as last counted by the actor (for the queue cap at submit).
+    pub queued_count: AtomicUsize,
     pub store: Store,
     pub supervisor: Supervisor,
     pub accepting: AtomicBool,
@@ -106,14 +111,16 @@ impl Shared {
 }
 
 /// Queue order: higher priority first, then lower id (FIFO).
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct QueueKey {
-    priority: i32,
-    id: Reverse<JobId>,
+type QueueKey = (Reverse<i32>, JobId);
+
+fn queue_key(job: &Job) -> QueueKey {
+    (Reverse(job.spec.priority), job.id)
 }
 
 struct Active {
     job: Job,
+    /// Held until the job's tree is gone (the actor drops it when the monitor reports the exit).
+    _reservation: Reservation,
     stop: watch::Sender<Option<StopReason>>,
     /// A stop requested while the tree was still being launched, applied once it has started.
     pending_stop: Option<StopReason>,
@@ -123,8 +130,11 @@ struct Actor {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
     tx: mpsc::Sender<Command>,
-    queue: BinaryHeap<QueueKey>,
+    /// The queue in start order, with each job's admission request.
+    queue: BTreeMap<QueueKey, Request>,
     queued: HashMap<JobId, Job>,
+    /// Set when a per-minute limit holds jobs back: the moment a start frees up in its window.
+    rate_wakeup: Option<Pin<Box<tokio::time::Sleep>>>,
     active: HashMap<JobId, Active>,
     monitors: JoinSet<()>,
     monitor_jobs: HashMap<tokio::task::Id, JobId>,
@@ -139,6 +149,7 @@ type QueuedWrite = BoxFuture<'static, (Result<(), StoreError>, Option<JobId>)>;
 
 pub(crate) async fn spawn(
     config: EngineConfig,
+    admission: Admission,
     store: Store,
     supervisor: Supervisor,
 ) -> Result<EngineHandle, EngineError> {
@@ -146,6 +157,8 @@ pub(crate) async fn spawn(
     let (finished, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         config,
+        admission,
+        queued_count: AtomicUsize::new(0),
         store,
         supervisor,
         accepting: AtomicBool::new(false),
@@ -156,8 +169,9 @@ pub(crate) async fn spawn(
         shared: shared.clone(),
         rx,
         tx: tx.clone(),
-        queue: BinaryHeap::new(),
+        queue: BTreeMap::new(),
         queued: HashMap::new(),
+        rate_wakeup: None,
         active: HashMap::new(),
         monitors: JoinSet::new(),
         monitor_jobs: HashMap::new(),
@@ -227,6 +241,9 @@ impl Actor {
                     self.monitor_ended(joined).await;
                 }
                 Some(committed) = self.writes.next(), if !self.writes.is_empty() => self.committed(committed),
+                () = async { if let Some(w) = self.rate_wakeup.as_mut() { w.await } }, if self.rate_wakeup.is_some() => {
+                    self.dispatch().await;
+                }
             }
             if !self.shutdown_waiters.is_empty() && self.active.is_empty() {
                 break;
@@ -307,28 +324,55 @@ impl Actor {
     }
 
     fn enqueue(&mut self, job: Job) {
-        self.queue.push(QueueKey {
-            priority: job.spec.priority,
-            id: Reverse(job.id),
-        });
+        let request = self.shared.config.admission.request(&job.spec);
+        self.queue.insert(queue_key(&job), request);
         self.queued.insert(job.id, job);
+        self.shared
+            .queued_count
+            .store(self.queued.len(), Ordering::Relaxed);
     }
 
-    /// Starts queued jobs while there is room. Event-driven: called whenever a job arrives or ends.
+    fn dequeue(&mut self, id: JobId) -> Option<Job> {
+        let job = self.queued.remove(&id)?;
+        self.queue.remove(&queue_key(&job));
+        self.shared
+            .queued_count
+            .store(self.queued.len(), Ordering::Relaxed);
+        Some(job)
+    }
+
+    /// Starts what admission allows, in queue order (see `aura_admission::Scheduler::pass` for backfill and
+    /// the starvation guard). Event-driven: called whenever a job arrives or ends, and when a per-minute
+    /// limit's window frees a start.
     async fn dispatch(&mut self) {
-        while self.shutdown_waiters.is_empty()
-            && self.active.len() < self.shared.config.max_concurrent
-        {
-            let Some(key) = self.queue.pop() else { break };
-            // Cancelled jobs leave a stale key behind; skipping it here keeps cancel O(1).
-            let Some(job) = self.queued.remove(&key.id.0) else {
-                continue;
-            };
-            self.launch(job);
+        self.rate_wakeup = None;
+        let room = self
+            .shared
+            .config
+            .max_concurrent
+            .saturating_sub(self.active.len());
+        if !self.shutdown_waiters.is_empty() || room == 0 || self.queue.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let queue = self
+            .queue
+            .iter()
+            .map(|((_, id), request)| Queued { key: id.0, request });
+        let started = Scheduler::pass(&self.shared.admission, queue, now, room);
+        for (key, reservation) in started {
+            if let Some(job) = self.dequeue(JobId(key)) {
+                self.launch(job, reservation);
+            }
+        }
+        if !self.queue.is_empty() {
+            if let Some(wait) = self.shared.admission.next_rate_window(now) {
+                self.rate_wakeup = Some(Box::pin(tokio::time::sleep(wait)));
+            }
         }
     }
 
-    fn launch(&mut self, job: Job) {
+    fn launch(&mut self, job: Job, reservation: Reservation) {
         let id = job.id;
         let (stop_tx, stop_rx) = watch::channel(None);
         let cwd = job
@@ -352,6 +396,7 @@ impl Actor {
             id,
             Active {
                 job,
+                _reservation: reservation,
                 stop: stop_tx,
                 pending_stop: None,
             },
@@ -413,7 +458,7 @@ impl Actor {
     }
 
     async fn cancel(&mut self, id: JobId) -> CancelReply {
-        if let Some(mut job) = self.queued.remove(&id) {
+        if let Some(mut job) = self.dequeue(id) {
             if job
                 .apply(Event::StopRequested {
                     reason: StopReason::Cancelled,

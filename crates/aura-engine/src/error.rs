@@ -11,6 +11,10 @@ pub enum EngineError {
     Program { program: String, reason: String },
     #[error("working directory {path:?} is not usable: {reason}")]
     WorkingDirectory { path: PathBuf, reason: String },
+    #[error("the job can never run here: {0}")]
+    ExceedsCapacity(aura_admission::Shortfall),
+    #[error("the queue is full ({queued} jobs waiting, at most {cap}); retry later")]
+    QueueFull { queued: usize, cap: usize },
     #[error("job {0} not found")]
     NotFound(JobId),
     #[error("job {id} is already finished ({outcome})")]

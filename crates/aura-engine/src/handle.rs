@@ -20,6 +20,39 @@ pub struct JobView {
     pub job: Job,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveUsage>,
+    /// Why a queued job has not started yet, e.g. "waiting for memory: needs 2.0 GiB, 1.2 GiB free after
+    /// reservations".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// What admission has and what is reserved: `GET /api/metrics/utilization`, `aura status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Utilization {
+    pub capacity: aura_admission::Capacity,
+    pub reserved_memory_bytes: u64,
+    pub available_memory_bytes: u64,
+    pub reserved_cpu_cores: f64,
+    pub reserved_disk_bytes: u64,
+    pub running: usize,
+    pub queued: usize,
+    pub max_concurrent: usize,
+    /// Slots left under `max_concurrent`.
+    pub available_slots: usize,
+    /// How many jobs of the default memory request the capacity holds (capped by `max_concurrent`).
+    pub max_jobs_at_default_request: u64,
+    /// Per named limit: slots in use, and its configuration.
+    pub limits: std::collections::BTreeMap<String, LimitUse>,
+    /// Live guards are not implemented yet: admission is never paused by host pressure.
+    pub admission_paused: bool,
+    pub paused_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LimitUse {
+    pub in_use: u32,
+    pub max_concurrent: Option<u32>,
+    pub per_minute: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,8 +124,19 @@ impl EngineHandle {
             program: spec.program.clone(),
             reason: e.to_string(),
         })?;
+        self.shared
+            .admission
+            .check_capacity(&self.shared.config.admission.request(&spec))
+            .map_err(EngineError::ExceedsCapacity)?;
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
+        }
+        let (queued, cap) = (
+            self.shared.queued_count.load(Ordering::Relaxed),
+            self.shared.config.admission.queue_cap,
+        );
+        if queued >= cap {
+            return Err(EngineError::QueueFull { queued, cap });
         }
         let job = self.shared.store.insert_job(spec, Timestamp::now()).await?;
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
@@ -233,6 +277,75 @@ impl EngineHandle {
             StateName::Running | StateName::Stopping => self.shared.probe(job.id).map(|p| p.live()),
             _ => None,
         };
-        JobView { job, live }
+        let waiting = (job.state.name() == StateName::Queued).then(|| self.waiting_reason(&job));
+        JobView { job, live, waiting }
+    }
+
+    fn waiting_reason(&self, job: &Job) -> String {
+        let request = self.shared.config.admission.request(&job.spec);
+        match aura_admission::Scheduler::explain(
+            &self.shared.admission,
+            &request,
+            std::time::Instant::now(),
+        ) {
+            Some(shortfall) => shortfall.to_string(),
+            None => {
+                let usage = self.shared.admission.usage();
+                if usage.active >= self.shared.config.max_concurrent {
+                    format!(
+                        "waiting for a job slot: {} of max_concurrent {} running",
+                        usage.active, self.shared.config.max_concurrent
+                    )
+                } else {
+                    "waiting behind jobs ahead of it in the queue".to_owned()
+                }
+            }
+        }
+    }
+
+    pub async fn utilization(&self) -> Result<Utilization, EngineError> {
+        let (running, queued) = {
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(Command::Status { reply })
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?;
+            rx.await.map_err(|_| EngineError::ShuttingDown)?
+        };
+        let usage = self.shared.admission.usage();
+        let config = &self.shared.config;
+        let per_default =
+            usage.capacity.memory_bytes / config.admission.default_memory_bytes.max(1);
+        Ok(Utilization {
+            available_memory_bytes: usage
+                .capacity
+                .memory_bytes
+                .saturating_sub(usage.reserved_memory_bytes),
+            reserved_memory_bytes: usage.reserved_memory_bytes,
+            reserved_cpu_cores: usage.reserved_cpu_millis as f64 / 1000.0,
+            reserved_disk_bytes: usage.reserved_disk_bytes,
+            capacity: usage.capacity,
+            running,
+            queued,
+            max_concurrent: config.max_concurrent,
+            available_slots: config.max_concurrent.saturating_sub(running),
+            max_jobs_at_default_request: per_default.min(config.max_concurrent as u64),
+            limits: usage
+                .limits
+                .into_iter()
+                .map(|(name, (in_use, c))| {
+                    (
+                        name,
+                        LimitUse {
+                            in_use,
+                            max_concurrent: c.max_concurrent,
+                            per_minute: c.per_minute,
+                        },
+                    )
+                })
+                .collect(),
+            admission_paused: false,
+            paused_reason: None,
+        })
     }
 }

@@ -1,16 +1,18 @@
 //! The engine: the one component that owns live job state. It queues submitted jobs, starts them on the
-//! supervisor in priority-then-FIFO order up to a concurrency limit, enforces timeouts and cancels, records
+//! supervisor in priority-then-FIFO order as admission allows (resources, named limits, a concurrency cap), enforces timeouts and cancels, records
 //! every transition in the store, recovers after a crash and shuts down as a protocol.
 //!
 //! It knows no SQL (the store does), no cgroup (the supervisor does) and no status code (the server does).
 
 mod actor;
+mod admission;
 mod error;
 mod handle;
 mod monitor;
 
+pub use admission::AdmissionConfig;
 pub use error::EngineError;
-pub use handle::{EngineHandle, EngineStatus, JobView};
+pub use handle::{EngineHandle, EngineStatus, JobView, LimitUse, Utilization};
 
 use aura_supervisor::{Supervisor, SupervisorConfig};
 use std::path::PathBuf;
@@ -19,8 +21,9 @@ use std::path::PathBuf;
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub data_dir: PathBuf,
-    /// Jobs running at once (until resource-based admission replaces it). Default: the number of cores.
+    /// Most jobs running at once, on top of admission's resource checks. Default: the number of cores.
     pub max_concurrent: usize,
+    pub admission: AdmissionConfig,
     /// Requeue the jobs a graceful shutdown stopped, so that the next start runs them again.
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorConfig,
@@ -70,5 +73,17 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             .await?;
     let supervisor = Supervisor::start(config.supervisor.clone())?;
     tracing::info!(backend = %supervisor.backend(), detail = %supervisor.description(), "process-tree backend");
-    actor::spawn(config, store, supervisor).await
+    let (admission_config, data_dir) = (config.admission.clone(), config.data_dir.clone());
+    let capacity = tokio::task::spawn_blocking(move || admission_config.capacity(&data_dir))
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+    tracing::info!(
+        memory = %aura_model::ByteSize(capacity.memory_bytes),
+        cpu_cores = capacity.cpu_millis as f64 / 1000.0,
+        disk = %aura_model::ByteSize(capacity.disk_bytes),
+        limits = config.admission.limits.len(),
+        "admission capacity"
+    );
+    let admission = aura_admission::Admission::new(capacity, config.admission.limits.clone());
+    actor::spawn(config, admission, store, supervisor).await
 }

@@ -175,6 +175,14 @@ pub struct ResourceRequest {
     /// Cores; fractions allowed.
     pub cpu: Option<f64>,
     pub gpus: Option<u32>,
+    /// GPU memory per GPU.
+    pub vram: Option<ByteSize>,
+    /// NVENC/NVDEC sessions per GPU.
+    pub encoder_sessions: Option<u32>,
+    /// Expected output size on the volume holding job directories.
+    pub disk: Option<ByteSize>,
+    /// Named limits (providers such as `openai`, `elevenlabs`) the job holds a slot of while it runs.
+    pub providers: std::collections::BTreeSet<String>,
 }
 
 /// A job as submitted. Program and argument vector, never a shell string.
@@ -341,6 +349,33 @@ impl JobSpec {
                 });
             }
         }
+        if r.providers.len() > MAX_LABELS {
+            return Err(SpecError::TooMany {
+                what: "providers",
+                max: MAX_LABELS,
+            });
+        }
+        for p in &r.providers {
+            let valid = !p.is_empty()
+                && p.len() <= MAX_LABEL_BYTES
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !valid {
+                return Err(SpecError::InvalidProvider(p.clone()));
+            }
+        }
+        if r.encoder_sessions.is_some() && r.gpus.unwrap_or(0) == 0 {
+            return Err(SpecError::OutOfRange {
+                what: "encoder_sessions",
+                detail: "needs gpus of at least 1".into(),
+            });
+        }
+        if r.vram.is_some() && r.gpus.unwrap_or(0) == 0 {
+            return Err(SpecError::OutOfRange {
+                what: "vram",
+                detail: "needs gpus of at least 1".into(),
+            });
+        }
         if r.gpus.is_some_and(|g| g > MAX_GPUS) {
             return Err(SpecError::OutOfRange {
                 what: "gpus",
@@ -387,6 +422,8 @@ pub enum SpecError {
     InvalidStopSequence(String),
     #[error("invalid label name {0:?} (letters, digits, _ - . / only)")]
     InvalidLabel(String),
+    #[error("invalid provider name {0:?} (letters, digits, _ - . only)")]
+    InvalidProvider(String),
 }
 
 /// Which process-tree backend ran a job.

@@ -14,6 +14,8 @@ pub enum ErrorCode {
     InvalidSpec,
     ProgramNotFound,
     InvalidWorkingDirectory,
+    ExceedsCapacity,
+    QueueFull,
     PayloadTooLarge,
     NotFound,
     AlreadyFinished,
@@ -28,7 +30,9 @@ impl ErrorCode {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidSpec
             | ErrorCode::ProgramNotFound
-            | ErrorCode::InvalidWorkingDirectory => StatusCode::UNPROCESSABLE_ENTITY,
+            | ErrorCode::InvalidWorkingDirectory
+            | ErrorCode::ExceedsCapacity => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::AlreadyFinished => StatusCode::CONFLICT,
@@ -43,6 +47,8 @@ impl ErrorCode {
             ErrorCode::InvalidSpec => "Invalid job",
             ErrorCode::ProgramNotFound => "Program cannot be run",
             ErrorCode::InvalidWorkingDirectory => "Invalid working directory",
+            ErrorCode::ExceedsCapacity => "Request exceeds this machine's capacity",
+            ErrorCode::QueueFull => "Queue full",
             ErrorCode::PayloadTooLarge => "Request body too large",
             ErrorCode::NotFound => "Not found",
             ErrorCode::AlreadyFinished => "Job already finished",
@@ -58,6 +64,8 @@ impl ErrorCode {
             .unwrap_or_default()
     }
 }
+
+const QUEUE_FULL_RETRY_AFTER_SECS: u32 = 5;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -84,6 +92,8 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidSpec(_) => ErrorCode::InvalidSpec,
             EngineError::Program { .. } => ErrorCode::ProgramNotFound,
             EngineError::WorkingDirectory { .. } => ErrorCode::InvalidWorkingDirectory,
+            EngineError::ExceedsCapacity(_) => ErrorCode::ExceedsCapacity,
+            EngineError::QueueFull { .. } => ErrorCode::QueueFull,
             EngineError::NotFound(_) => ErrorCode::NotFound,
             EngineError::AlreadyFinished { .. } => ErrorCode::AlreadyFinished,
             EngineError::ShuttingDown => ErrorCode::ShuttingDown,
@@ -122,11 +132,19 @@ impl IntoResponse for ApiError {
             code: self.code,
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        if self.code == ErrorCode::QueueFull {
+            // The queue drains as jobs finish; a few seconds is a fair first guess for a client's back-off.
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from(QUEUE_FULL_RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }

@@ -45,6 +45,7 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
+        .route("/api/metrics/utilization", get(utilization))
         .route("/api/jobs", post(submit).get(list))
         .route("/api/jobs/{id}", get(show))
         .route("/api/jobs/{id}/cancel", post(cancel))
@@ -93,6 +94,10 @@ async fn status(State(app): State<AppState>) -> ApiResult<Json<EngineStatus>> {
     Ok(Json(app.engine.status().await?))
 }
 
+async fn utilization(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Utilization>> {
+    Ok(Json(app.engine.utilization().await?))
+}
+
 async fn submit(
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -116,7 +121,15 @@ async fn submit(
     })?;
     let job = app.engine.submit(spec).await?;
     let location = HeaderValue::from_str(&format!("/api/jobs/{}", job.id)).ok();
-    let mut response = (StatusCode::CREATED, Json(JobView { job, live: None })).into_response();
+    let mut response = (
+        StatusCode::CREATED,
+        Json(JobView {
+            job,
+            live: None,
+            waiting: None,
+        }),
+    )
+        .into_response();
     if let Some(location) = location {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -197,7 +210,11 @@ async fn cancel(
 ) -> ApiResult<Json<JobView>> {
     // The engine's answer, not a store read: the stop it just recorded may not be committed yet.
     let job = app.engine.cancel(job_id(id)?).await?;
-    Ok(Json(JobView { job, live: None }))
+    Ok(Json(JobView {
+        job,
+        live: None,
+        waiting: None,
+    }))
 }
 
 async fn events(

@@ -106,6 +106,12 @@ struct SubmitArgs {
     /// GPUs requested.
     #[arg(long)]
     gpus: Option<u32>,
+    /// Expected output size on the data dir's volume, e.g. 5G.
+    #[arg(long)]
+    disk: Option<ByteSize>,
+    /// A named limit (provider) the job uses, e.g. openai (repeatable).
+    #[arg(long = "provider")]
+    providers: Vec<String>,
     /// Higher runs first. Default: 0.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
@@ -219,30 +225,71 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         }
         Command::Status { json } => {
             let status = client.status().await?;
+            let utilization = client.utilization().await?;
             if json {
-                print_json(&status)?;
+                print_json(&serde_json::json!({ "engine": status, "utilization": utilization }))?;
             } else {
-                let field = |k: &str| {
-                    status
-                        .get(k)
-                        .map(|v| v.to_string().trim_matches('"').to_owned())
-                        .unwrap_or_default()
-                };
-                println!(
-                    "backend:        {} ({})",
-                    field("backend"),
-                    field("backend_detail")
-                );
-                println!("accepting:      {}", field("accepting"));
-                println!(
-                    "running:        {} of {}",
-                    field("running"),
-                    field("max_concurrent")
-                );
-                println!("queued:         {}", field("queued"));
+                print_status(&status, &utilization);
             }
             Ok(0)
         }
+    }
+}
+
+fn print_status(status: &serde_json::Value, u: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.to_string().trim_matches('"').to_owned();
+    let bytes = |v: &serde_json::Value| {
+        v.as_u64()
+            .map_or("?".to_owned(), |b| ByteSize(b).to_string())
+    };
+    println!(
+        "backend:        {} ({})",
+        text(&status["backend"]),
+        text(&status["backend_detail"])
+    );
+    println!("accepting:      {}", text(&status["accepting"]));
+    println!(
+        "running:        {} of max_concurrent {}",
+        text(&u["running"]),
+        text(&u["max_concurrent"])
+    );
+    println!("queued:         {}", text(&u["queued"]));
+    println!(
+        "memory:         {} reserved of {} ({} available; {} jobs at the default request)",
+        bytes(&u["reserved_memory_bytes"]),
+        bytes(&u["capacity"]["memory_bytes"]),
+        bytes(&u["available_memory_bytes"]),
+        text(&u["max_jobs_at_default_request"])
+    );
+    let cores = u["capacity"]["cpu_millis"]
+        .as_f64()
+        .map_or(0.0, |m| m / 1000.0);
+    println!(
+        "cpu:            {} of {cores} cores reserved",
+        text(&u["reserved_cpu_cores"])
+    );
+    println!(
+        "disk:           {} reserved of {}",
+        bytes(&u["reserved_disk_bytes"]),
+        bytes(&u["capacity"]["disk_bytes"])
+    );
+    if let Some(limits) = u["limits"].as_object() {
+        for (name, l) in limits {
+            let max = l["max_concurrent"]
+                .as_u64()
+                .map_or("unlimited".to_owned(), |m| m.to_string());
+            let rate = l["per_minute"]
+                .as_u64()
+                .map_or(String::new(), |r| format!(", at most {r} starts/min"));
+            println!(
+                "limit {name:<9} {} of {max} in use{rate}",
+                text(&l["in_use"])
+            );
+        }
+    }
+    match u["paused_reason"].as_str() {
+        Some(reason) => println!("admission:      paused: {reason}"),
+        None => println!("admission:      open"),
     }
 }
 
@@ -284,6 +331,8 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
     spec.resources.memory = args.memory;
     spec.resources.cpu = args.cpu;
     spec.resources.gpus = args.gpus;
+    spec.resources.disk = args.disk;
+    spec.resources.providers = args.providers.into_iter().collect();
     spec.priority = args.priority;
     spec.labels = args.labels.into_iter().collect();
     spec.env = args.env.into_iter().collect();
@@ -539,6 +588,9 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
             }
         }
         _ => {
+            if let Some(waiting) = &view.waiting {
+                println!("  Waiting:    {waiting}");
+            }
             if let Some(live) = view.live {
                 let mb = |b: Option<u64>| {
                     b.map_or("?".into(), |b| format!("{:.1}MB", ByteSize(b).mib()))

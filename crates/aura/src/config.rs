@@ -22,7 +22,56 @@ pub struct Config {
     /// Requeue jobs stopped by a graceful shutdown. Default: true.
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorSection,
+    pub admission: AdmissionSection,
     pub api: ApiSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSection {
+    /// Memory jobs may reserve. Default: physical memory minus `memory_headroom`.
+    pub memory: Option<ByteSize>,
+    /// Kept free for the rest of the machine when `memory` is not set. Default: 500 MiB.
+    pub memory_headroom: ByteSize,
+    /// Cores jobs may reserve. Default: the number of cores.
+    pub cpu: Option<f64>,
+    /// Bytes of declared output the data dir's volume accepts. Default: its free space at start-up.
+    pub disk: Option<ByteSize>,
+    /// Reserved for a job that states no memory request. Default: 2 GiB.
+    pub default_memory_request: ByteSize,
+    /// Most queued jobs; more submissions get 429 with Retry-After. Default: 100000.
+    pub queue_cap: usize,
+    /// Named limits (providers): `[admission.limits.openai] max_concurrent = 2, per_minute = 60`.
+    pub limits: std::collections::BTreeMap<String, aura_admission::LimitConfig>,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        let engine = aura_engine::AdmissionConfig::default();
+        AdmissionSection {
+            memory: None,
+            memory_headroom: ByteSize(engine.memory_headroom_bytes),
+            cpu: None,
+            disk: None,
+            default_memory_request: ByteSize(engine.default_memory_bytes),
+            queue_cap: engine.queue_cap,
+            limits: engine.limits,
+        }
+    }
+}
+
+impl AdmissionSection {
+    pub fn to_engine(&self) -> aura_engine::AdmissionConfig {
+        aura_engine::AdmissionConfig {
+            memory_bytes: self.memory.map(|m| m.bytes()),
+            memory_headroom_bytes: self.memory_headroom.bytes(),
+            cpu_cores: self.cpu,
+            disk_bytes: self.disk.map(|d| d.bytes()),
+            default_memory_bytes: self.default_memory_request.bytes(),
+            limits: self.limits.clone(),
+            queue_cap: self.queue_cap,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +108,7 @@ impl Default for Config {
             max_concurrent: aura_engine::default_max_concurrent(),
             requeue_on_shutdown: true,
             supervisor: SupervisorSection::default(),
+            admission: AdmissionSection::default(),
             api: ApiSection::default(),
         }
     }
@@ -105,6 +155,20 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if config.max_concurrent == 0 {
             anyhow::bail!("invalid configuration: max_concurrent must be at least 1");
+        }
+        if config
+            .admission
+            .cpu
+            .is_some_and(|c| !(c.is_finite() && c > 0.0))
+        {
+            anyhow::bail!(
+                "invalid configuration: admission.cpu must be a positive number of cores"
+            );
+        }
+        if config.admission.default_memory_request.bytes() == 0 {
+            anyhow::bail!(
+                "invalid configuration: admission.default_memory_request must be greater than zero"
+            );
         }
         Ok(config)
     }

@@ -76,6 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = aura_engine::start(EngineConfig {
         data_dir: data_dir.clone(),
         max_concurrent: config.max_concurrent,
+        admission: config.admission.to_engine(),
         requeue_on_shutdown: config.requeue_on_shutdown,
         supervisor,
     })

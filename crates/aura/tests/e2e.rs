@@ -960,6 +960,162 @@ mod retries {
     }
 }
 
+mod admission {
+    use super::*;
+
+    /// The most jobs whose runs overlapped, from their recorded start and finish times.
+    fn max_overlap(views: &[JobView]) -> usize {
+        let mut edges = Vec::new();
+        for v in views {
+            let JobState::Finished(f) = &v.job.state else {
+                panic!("unfinished: {v:?}")
+            };
+            let run = f.run.as_ref().expect("ran");
+            // An end sorts before a start at the same millisecond: those runs did not overlap.
+            edges.push((run.started_at, 1i32));
+            edges.push((f.finished_at, -1i32));
+        }
+        edges.sort();
+        let (mut now, mut max) = (0i32, 0i32);
+        for (_, delta) in edges {
+            now += delta;
+            max = max.max(now);
+        }
+        max as usize
+    }
+
+    async fn submit_all(client: &Client, specs: Vec<JobSpec>) -> Vec<JobId> {
+        let tasks: Vec<_> = specs
+            .into_iter()
+            .map(|spec| {
+                let client = client.clone();
+                tokio::spawn(async move { client.submit(&spec).await.expect("submit").job.id })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.expect("task"));
+        }
+        ids
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn memory_reservations_bound_concurrency() {
+        let daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "10"),
+            ("AURA_ADMISSION__MEMORY", "1GiB"),
+        ]);
+        let client = daemon.client();
+        let mut job = spec("sleep", &["0.4"]);
+        job.resources.memory = Some("400MiB".parse().unwrap());
+        let ids = submit_all(&client, vec![job; 6]).await;
+        let queued = client.get(*ids.last().unwrap()).await.unwrap();
+        if queued.job.state.name() == aura_model::StateName::Queued {
+            let waiting = queued.waiting.unwrap_or_default();
+            assert!(
+                waiting.starts_with("waiting for memory: needs 400.0 MiB"),
+                "{waiting}"
+            );
+        }
+        let mut views = Vec::new();
+        for id in ids {
+            let view = wait_done(&client, id).await;
+            assert!(outcome(&view).is_success(), "{view:?}");
+            views.push(view);
+        }
+        assert_eq!(max_overlap(&views), 2);
+        let u = client.utilization().await.unwrap();
+        assert_eq!(
+            u["reserved_memory_bytes"], 0,
+            "every reservation is released: {u}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn provider_limits_hold_under_concurrent_submissions() {
+        let env = [
+            ("AURA_MAX_CONCURRENT", "50"),
+            ("AURA_ADMISSION__LIMITS__OPENAI__MAX_CONCURRENT", "2"),
+            ("AURA_ADMISSION__LIMITS__ELEVENLABS__MAX_CONCURRENT", "2"),
+            ("AURA_ADMISSION__LIMITS__AZURE__MAX_CONCURRENT", "2"),
+        ];
+        let daemon = Daemon::start(&env);
+        let client = daemon.client();
+        let providers = ["openai", "elevenlabs", "azure"];
+        let specs: Vec<JobSpec> = (0..50)
+            .map(|i| {
+                let mut job = spec("sleep", &["0.2"]);
+                job.resources.memory = Some("1MiB".parse().unwrap());
+                job.resources.providers.insert(providers[i % 3].to_owned());
+                job
+            })
+            .collect();
+        let ids = submit_all(&client, specs).await;
+        let mut by_provider: std::collections::BTreeMap<String, Vec<JobView>> = Default::default();
+        for id in ids {
+            let view = wait_done(&client, id).await;
+            assert!(outcome(&view).is_success(), "{view:?}");
+            let provider = view
+                .job
+                .spec
+                .resources
+                .providers
+                .iter()
+                .next()
+                .cloned()
+                .unwrap();
+            by_provider.entry(provider).or_default().push(view);
+        }
+        for (provider, views) in &by_provider {
+            assert_eq!(max_overlap(views), 2, "{provider}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn impossible_requests_are_refused_at_submit_and_a_full_queue_says_retry_later() {
+        let daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "1"),
+            ("AURA_ADMISSION__QUEUE_CAP", "2"),
+        ]);
+        let client = daemon.client();
+        let mut huge = spec("true", &[]);
+        huge.resources.memory = Some("64TiB".parse().unwrap());
+        let err = client.submit(&huge).await.unwrap_err().to_string();
+        assert!(
+            err.contains("memory requested (64.0 TiB) exceeds this machine's capacity"),
+            "{err}"
+        );
+        let mut unknown = spec("true", &[]);
+        unknown.resources.providers.insert("nobody".into());
+        let err = client.submit(&unknown).await.unwrap_err().to_string();
+        assert!(err.contains("unknown named limit \"nobody\""), "{err}");
+
+        let blocker = client.submit(&spec("sleep", &["30"])).await.unwrap().job.id;
+        wait_running(&client, blocker, 1).await;
+        client.submit(&spec("true", &[])).await.unwrap();
+        client.submit(&spec("true", &[])).await.unwrap();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/jobs", daemon.url))
+            .json(&spec("true", &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("5")
+        );
+        let show = stdout(&daemon.cli(&["show", "3"]));
+        assert!(
+            show.contains("Waiting:    waiting for a job slot"),
+            "{show}"
+        );
+        client.cancel(blocker).await.unwrap();
+    }
+}
+
 mod ffmpeg {
     use super::*;
 

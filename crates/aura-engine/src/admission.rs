@@ -1,0 +1,81 @@
+//! The engine's side of admission: what this host can afford (read at start-up, overridable), and how a
+//! job spec becomes an admission `Request`.
+
+use aura_admission::{Capacity, LimitConfig, Request};
+use aura_model::JobSpec;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Admission settings, with the defaults of `aura serve`.
+#[derive(Clone, Debug)]
+pub struct AdmissionConfig {
+    /// What jobs may reserve. `None` fields are read from the host at start-up.
+    pub memory_bytes: Option<u64>,
+    /// Kept free for the rest of the machine (the studio UI) when memory is read from the host.
+    pub memory_headroom_bytes: u64,
+    pub cpu_cores: Option<f64>,
+    pub disk_bytes: Option<u64>,
+    /// Reserved for a job that states no memory request (until learned requests replace it).
+    pub default_memory_bytes: u64,
+    /// Named limits (providers).
+    pub limits: BTreeMap<String, LimitConfig>,
+    /// Most jobs waiting in the queue; submit beyond it is refused with "retry later".
+    pub queue_cap: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            memory_bytes: None,
+            memory_headroom_bytes: 500 << 20,
+            cpu_cores: None,
+            disk_bytes: None,
+            default_memory_bytes: 2 << 30,
+            limits: BTreeMap::new(),
+            queue_cap: 100_000,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// Host capacity with the configured overrides. Blocking (reads /proc and statvfs): call at start-up.
+    pub fn capacity(&self, data_dir: &Path) -> Capacity {
+        let memory = self.memory_bytes.unwrap_or_else(|| {
+            mem_total().map_or(0, |total| total.saturating_sub(self.memory_headroom_bytes))
+        });
+        let cores = self
+            .cpu_cores
+            .unwrap_or_else(|| crate::default_max_concurrent() as f64);
+        let disk = self.disk_bytes.unwrap_or_else(|| {
+            rustix::fs::statvfs(data_dir)
+                .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize))
+        });
+        Capacity {
+            memory_bytes: memory,
+            cpu_millis: (cores * 1000.0).round() as u64,
+            disk_bytes: disk,
+            gpus: vec![],
+        }
+    }
+
+    /// The admission request of a job: what it states, with the default memory when it states none.
+    pub fn request(&self, spec: &JobSpec) -> Request {
+        let r = &spec.resources;
+        Request {
+            memory_bytes: r.memory.map_or(self.default_memory_bytes, |m| m.bytes()),
+            cpu_millis: r.cpu.map_or(0, |c| (c * 1000.0).round() as u64),
+            disk_bytes: r.disk.map_or(0, |d| d.bytes()),
+            gpus: r.gpus.unwrap_or(0),
+            vram_bytes_per_gpu: r.vram.map_or(0, |v| v.bytes()),
+            encoder_sessions_per_gpu: r.encoder_sessions.unwrap_or(0),
+            providers: r.providers.clone(),
+        }
+    }
+}
+
+fn mem_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
