@@ -1,7 +1,7 @@
 //! Learned memory requests: a job that states none gets a high percentile of the recorded peaks of earlier
 //! successful jobs of its `kind`, plus a margin; with too little history, a configured default.
 
-use serde::Serialize;
+use aura_model::{ByteSize, MemoryRequest, RequestSource};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Estimator {
@@ -26,23 +26,14 @@ impl Default for Estimator {
     }
 }
 
-/// Where a job's memory request came from; shown in the job record.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "source", rename_all = "snake_case")]
-pub enum RequestSource {
-    Stated,
-    Learned {
-        samples: usize,
-        percentile_bytes: u64,
-    },
-    Default,
-}
-
 impl Estimator {
-    /// The request for a job with these recorded peaks (any order).
-    pub fn estimate(&self, peaks: &[u64]) -> (u64, RequestSource) {
+    /// The request for a job of `kind` whose earlier successful runs peaked at `peaks` (any order).
+    pub fn estimate(&self, kind: &str, peaks: &[u64]) -> MemoryRequest {
         if peaks.len() < self.min_samples.max(1) {
-            return (self.default_bytes, RequestSource::Default);
+            return MemoryRequest {
+                bytes: ByteSize(self.default_bytes),
+                source: RequestSource::Default,
+            };
         }
         let mut sorted = peaks.to_vec();
         sorted.sort_unstable();
@@ -51,13 +42,14 @@ impl Estimator {
             .clamp(1, sorted.len());
         let p = sorted[rank - 1];
         let with_margin = (p as f64 * (1.0 + self.margin.max(0.0))).round() as u64;
-        (
-            with_margin,
-            RequestSource::Learned {
+        MemoryRequest {
+            bytes: ByteSize(with_margin),
+            source: RequestSource::Learned {
+                kind: kind.to_owned(),
                 samples: sorted.len(),
                 percentile_bytes: p,
             },
-        )
+        }
     }
 }
 
@@ -68,21 +60,29 @@ mod tests {
     #[test]
     fn p95_plus_margin_or_default() {
         let e = Estimator::default();
-        assert_eq!(e.estimate(&[1, 2, 3]), (2 << 30, RequestSource::Default));
+        let default = MemoryRequest {
+            bytes: ByteSize(2 << 30),
+            source: RequestSource::Default,
+        };
+        assert_eq!(e.estimate("encode", &[1, 2, 3]), default);
         let peaks: Vec<u64> = (1..=100).map(|i| i * 1_000_000).collect();
-        let (bytes, source) = e.estimate(&peaks);
+        let learned = e.estimate("encode", &peaks);
+        let source = RequestSource::Learned {
+            kind: "encode".into(),
+            samples: 100,
+            percentile_bytes: 95_000_000,
+        };
         assert_eq!(
-            source,
-            RequestSource::Learned {
-                samples: 100,
-                percentile_bytes: 95_000_000
+            learned,
+            MemoryRequest {
+                bytes: ByteSize(114_000_000),
+                source
             }
         );
-        assert_eq!(bytes, 114_000_000);
         let one_outlier: Vec<u64> = std::iter::repeat_n(100, 99).chain([10_000]).collect();
         assert_eq!(
-            e.estimate(&one_outlier).0,
-            120,
+            e.estimate("encode", &one_outlier).bytes,
+            ByteSize(120),
             "p95 ignores a single outlier"
         );
     }

@@ -324,7 +324,7 @@ impl Actor {
     }
 
     fn enqueue(&mut self, job: Job) {
-        let request = self.shared.config.admission.request(&job.spec);
+        let request = self.shared.config.admission.request(&job);
         self.queue.insert(queue_key(&job), request);
         self.queued.insert(job.id, job);
         self.shared

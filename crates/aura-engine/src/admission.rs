@@ -1,8 +1,9 @@
 //! The engine's side of admission: what this host can afford (read at start-up, overridable), and how a
 //! job spec becomes an admission `Request`.
 
+use aura_admission::estimate::Estimator;
 use aura_admission::{Capacity, LimitConfig, Request};
-use aura_model::JobSpec;
+use aura_model::{ByteSize, Job, JobSpec, MemoryRequest, RequestSource};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -15,8 +16,11 @@ pub struct AdmissionConfig {
     pub memory_headroom_bytes: u64,
     pub cpu_cores: Option<f64>,
     pub disk_bytes: Option<u64>,
-    /// Reserved for a job that states no memory request (until learned requests replace it).
-    pub default_memory_bytes: u64,
+    /// How a job that states no memory request gets one: learned from its kind's history, else the
+    /// estimator's default (2 GiB).
+    pub estimator: Estimator,
+    /// How many of a kind's newest successful runs the estimate looks at.
+    pub learn_window: u32,
     /// Named limits (providers).
     pub limits: BTreeMap<String, LimitConfig>,
     /// Most jobs waiting in the queue; submit beyond it is refused with "retry later".
@@ -30,7 +34,8 @@ impl Default for AdmissionConfig {
             memory_headroom_bytes: 500 << 20,
             cpu_cores: None,
             disk_bytes: None,
-            default_memory_bytes: 2 << 30,
+            estimator: Estimator::default(),
+            learn_window: 200,
             limits: BTreeMap::new(),
             queue_cap: 100_000,
         }
@@ -58,11 +63,32 @@ impl AdmissionConfig {
         }
     }
 
-    /// The admission request of a job: what it states, with the default memory when it states none.
-    pub fn request(&self, spec: &JobSpec) -> Request {
+    /// The memory request of a job that states none and has no `kind` to learn from.
+    pub fn default_memory(&self) -> MemoryRequest {
+        MemoryRequest {
+            bytes: ByteSize(self.estimator.default_bytes),
+            source: RequestSource::Default,
+        }
+    }
+
+    /// The admission request of a job: the memory settled at submit (stated, learned or default) and the
+    /// rest as stated.
+    pub fn request(&self, job: &Job) -> Request {
+        let memory = match (&job.memory_request, job.spec.resources.memory) {
+            (Some(m), _) => m.bytes,
+            (None, Some(stated)) => stated,
+            (None, None) => ByteSize(self.estimator.default_bytes),
+        };
+        Request {
+            memory_bytes: memory.bytes(),
+            ..self.request_of_spec(&job.spec)
+        }
+    }
+
+    fn request_of_spec(&self, spec: &JobSpec) -> Request {
         let r = &spec.resources;
         Request {
-            memory_bytes: r.memory.map_or(self.default_memory_bytes, |m| m.bytes()),
+            memory_bytes: r.memory.map_or(self.estimator.default_bytes, |m| m.bytes()),
             cpu_millis: r.cpu.map_or(0, |c| (c * 1000.0).round() as u64),
             disk_bytes: r.disk.map_or(0, |d| d.bytes()),
             gpus: r.gpus.unwrap_or(0),

@@ -3,7 +3,10 @@
 use crate::actor::{CancelReply, Command, Shared};
 use crate::EngineError;
 use aura_logs::{LogChunk, Stream};
-use aura_model::{Backend, Job, JobEventRecord, JobId, JobSpec, StateName, Timestamp};
+use aura_model::{
+    Backend, Job, JobEventRecord, JobId, JobSpec, MemoryRequest, RequestSource, StateName,
+    Timestamp,
+};
 use aura_store::ListFilter;
 use aura_supervisor::LiveUsage;
 use serde::Serialize;
@@ -124,9 +127,12 @@ impl EngineHandle {
             program: spec.program.clone(),
             reason: e.to_string(),
         })?;
+        let memory_request = self.memory_request(&spec).await?;
+        let mut probe = Job::new(JobId(0), spec, Timestamp::now());
+        probe.memory_request = Some(memory_request);
         self.shared
             .admission
-            .check_capacity(&self.shared.config.admission.request(&spec))
+            .check_capacity(&self.shared.config.admission.request(&probe))
             .map_err(EngineError::ExceedsCapacity)?;
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
@@ -138,13 +144,38 @@ impl EngineHandle {
         if queued >= cap {
             return Err(EngineError::QueueFull { queued, cap });
         }
-        let job = self.shared.store.insert_job(spec, Timestamp::now()).await?;
+        let job = self
+            .shared
+            .store
+            .insert_job_with_request(probe.spec, probe.submitted_at, probe.memory_request)
+            .await?;
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
         self.tx
             .send(Command::Enqueue(Box::new(job.clone())))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         Ok(job)
+    }
+
+    /// The memory a new job reserves: what it states; else learned from the recorded peaks of its kind's
+    /// earlier successful runs; else the configured default.
+    async fn memory_request(&self, spec: &JobSpec) -> Result<MemoryRequest, EngineError> {
+        let admission = &self.shared.config.admission;
+        if let Some(bytes) = spec.resources.memory {
+            return Ok(MemoryRequest {
+                bytes,
+                source: RequestSource::Stated,
+            });
+        }
+        let Some(kind) = spec.kind() else {
+            return Ok(admission.default_memory());
+        };
+        let peaks = self
+            .shared
+            .store
+            .memory_peaks(kind, admission.learn_window)
+            .await?;
+        Ok(admission.estimator.estimate(kind, &peaks))
     }
 
     /// Cancels a queued job at once, or stops a running one with its stop sequence.
@@ -282,7 +313,7 @@ impl EngineHandle {
     }
 
     fn waiting_reason(&self, job: &Job) -> String {
-        let request = self.shared.config.admission.request(&job.spec);
+        let request = self.shared.config.admission.request(job);
         match aura_admission::Scheduler::explain(
             &self.shared.admission,
             &request,
@@ -315,7 +346,7 @@ impl EngineHandle {
         let usage = self.shared.admission.usage();
         let config = &self.shared.config;
         let per_default =
-            usage.capacity.memory_bytes / config.admission.default_memory_bytes.max(1);
+            usage.capacity.memory_bytes / config.admission.estimator.default_bytes.max(1);
         Ok(Utilization {
             available_memory_bytes: usage
                 .capacity

@@ -644,3 +644,26 @@ pub struct LiveUsage {
     pub processes: u32,
     pub peak_processes: u32,
 }
+
+/// The memory a job reserves and where that figure came from; shown in the job record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryRequest {
+    pub bytes: ByteSize,
+    #[serde(flatten)]
+    pub source: RequestSource,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum RequestSource {
+    /// The job stated it.
+    Stated,
+    /// A high percentile of the recorded peaks of earlier successful jobs of its `kind`, plus a margin.
+    Learned {
+        kind: String,
+        samples: usize,
+        percentile_bytes: u64,
+    },
+    /// No statement and too little history: the configured default.
+    Default,
+}

@@ -271,6 +271,10 @@ pub struct Job {
     pub attempt: u32,
     /// Failed attempts so far that count against `retry.max_retries` (interruptions do not).
     pub failures: u32,
+    /// The memory admission reserves for it, and where the figure came from (absent on records written
+    /// before admission existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_request: Option<crate::MemoryRequest>,
     /// Flattened, so a record reads `{"id": 7, "state": "finished", "outcome": {...}, "accounting": {...}}`.
     #[serde(flatten)]
     pub state: JobState,
@@ -284,6 +288,7 @@ impl Job {
             submitted_at,
             attempt: 1,
             failures: 0,
+            memory_request: None,
             state: JobState::Queued {
                 since: submitted_at,
             },

@@ -2,12 +2,14 @@
 //! `job_events`. Encoding happens on the caller's side so the writer thread only runs SQL.
 
 use crate::error::StoreError;
-use aura_model::{Job, JobEventRecord, JobId, JobSpec, JobState, NewEvent, StateName, Timestamp};
+use aura_model::{
+    Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent, StateName, Timestamp,
+};
 use rusqlite::Row;
 
 /// The column list every job query selects, in the order `decode_job` reads it.
 pub(crate) const JOB_COLUMNS: &str =
-    "id, state, submitted_at_ms, attempt, failures, spec, state_data";
+    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request";
 
 /// A job's row, ready to bind.
 #[derive(Debug)]
@@ -22,6 +24,7 @@ pub(crate) struct JobRow {
     pub outcome: Option<&'static str>,
     pub spec: String,
     pub state_data: String,
+    pub memory_request: Option<String>,
 }
 
 /// An event row, ready to bind; the job id and attempt come from the command it travels with.
@@ -42,6 +45,7 @@ pub(crate) fn encode_parts(
     submitted_at: Timestamp,
     attempt: u32,
     failures: u32,
+    memory_request: Option<&MemoryRequest>,
 ) -> Result<JobRow, StoreError> {
     let outcome = match state {
         JobState::Finished(f) => Some(f.outcome.name()),
@@ -58,6 +62,9 @@ pub(crate) fn encode_parts(
         outcome,
         spec: to_json("job spec", spec)?,
         state_data: to_json("job state", state)?,
+        memory_request: memory_request
+            .map(|m| to_json("memory request", m))
+            .transpose()?,
     })
 }
 
@@ -68,6 +75,7 @@ pub(crate) fn encode_job(job: &Job) -> Result<JobRow, StoreError> {
         job.submitted_at,
         job.attempt,
         job.failures,
+        job.memory_request.as_ref(),
     )
 }
 
@@ -94,6 +102,11 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         serde_json::from_str(&spec_json).map_err(|e| corrupt(format!("spec: {e}")))?;
     let state: JobState =
         serde_json::from_str(&state_json).map_err(|e| corrupt(format!("state: {e}")))?;
+    let memory_request_json: Option<String> = row.get(7)?;
+    let memory_request = memory_request_json
+        .map(|text| serde_json::from_str::<MemoryRequest>(&text))
+        .transpose()
+        .map_err(|e| corrupt(format!("memory request: {e}")))?;
     if state.name().as_str() != state_name {
         return Err(corrupt(format!(
             "state column says {state_name:?} but the state data is {:?}",
@@ -106,6 +119,7 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         submitted_at,
         attempt,
         failures,
+        memory_request,
         state,
     })
 }

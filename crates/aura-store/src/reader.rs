@@ -166,3 +166,28 @@ pub(crate) fn count_by_state(conn: &Connection) -> Result<Vec<(StateName, u64)>,
     }
     Ok(counts)
 }
+
+pub(crate) fn memory_peaks(
+    conn: &Connection,
+    kind: &str,
+    limit: u32,
+) -> Result<Vec<u64>, StoreError> {
+    // Served by the partial index jobs_kind_succeeded; the peak is read out of the state JSON.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT json_extract(state_data, '$.accounting.memory_peak') FROM jobs \
+             WHERE kind = ?1 AND outcome = 'succeeded' ORDER BY id DESC LIMIT ?2",
+        )
+        .context("reading memory peaks")?;
+    let mut rows = stmt
+        .query(rusqlite::params![kind, limit])
+        .context("reading memory peaks")?;
+    let mut peaks = Vec::new();
+    while let Some(row) = rows.next().context("reading memory peaks")? {
+        let peak: Option<i64> = row.get(0).context("reading memory peaks")?;
+        if let Some(p) = peak.and_then(|p| u64::try_from(p).ok()) {
+            peaks.push(p);
+        }
+    }
+    Ok(peaks)
+}

@@ -38,6 +38,12 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX job_events_job_seq ON job_events (job_id, seq);
     "#,
+    // 2: admission. The memory a job reserves and where the figure came from (JSON), and an index for
+    // learning requests from the recorded peaks of a kind's successful jobs, newest first.
+    r#"
+    ALTER TABLE jobs ADD COLUMN memory_request TEXT;
+    CREATE INDEX jobs_kind_succeeded ON jobs (kind, id) WHERE outcome = 'succeeded';
+    "#,
 ];
 
 pub(crate) const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;

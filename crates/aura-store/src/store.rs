@@ -6,7 +6,9 @@ use crate::error::StoreError;
 use crate::reader::{self, ReadPool};
 use crate::schema::{migrate, open_connection};
 use crate::writer::{Command, Counters, Write, Writer};
-use aura_model::{Job, JobEventRecord, JobId, JobSpec, JobState, NewEvent, StateName, Timestamp};
+use aura_model::{
+    Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent, StateName, Timestamp,
+};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -183,10 +185,21 @@ impl Store {
         spec: JobSpec,
         submitted_at: Timestamp,
     ) -> Result<Job, StoreError> {
+        self.insert_job_with_request(spec, submitted_at, None).await
+    }
+
+    /// `insert_job` for a job whose memory request admission has already settled (stated, learned or
+    /// default), so that the record shows the figure and its source from the start.
+    pub async fn insert_job_with_request(
+        &self,
+        spec: JobSpec,
+        submitted_at: Timestamp,
+        memory_request: Option<MemoryRequest>,
+    ) -> Result<Job, StoreError> {
         let state = JobState::Queued {
             since: submitted_at,
         };
-        let job = encode_parts(&spec, &state, submitted_at, 1, 0)?;
+        let job = encode_parts(&spec, &state, submitted_at, 1, 0, memory_request.as_ref())?;
         let detail = serde_json::json!({ "program": spec.program, "priority": spec.priority });
         let event = encode_event(&NewEvent {
             at: submitted_at,
@@ -197,7 +210,10 @@ impl Store {
         self.send(Command::Write(Write::Insert { job, event, reply }))
             .await?;
         let id = answer.await.unwrap_or(Err(StoreError::Closed))?;
-        Ok(Job::new(id, spec, submitted_at))
+        Ok(Job {
+            memory_request,
+            ..Job::new(id, spec, submitted_at)
+        })
     }
 
     /// Writes the job's row and appends `events` (stamped with `job.attempt`) atomically; resolves once
@@ -264,6 +280,14 @@ impl Store {
     /// The job's event log in order; empty for an unknown id.
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, StoreError> {
         self.read(move |conn| reader::events(conn, id)).await
+    }
+
+    /// Recorded memory peaks (bytes) of the newest `limit` successful jobs of `kind`, newest first: the
+    /// history admission learns memory requests from.
+    pub async fn memory_peaks(&self, kind: &str, limit: u32) -> Result<Vec<u64>, StoreError> {
+        let kind = kind.to_owned();
+        self.read(move |conn| reader::memory_peaks(conn, &kind, limit))
+            .await
     }
 
     /// Every state with its number of jobs, zeros included.

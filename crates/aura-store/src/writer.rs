@@ -135,7 +135,7 @@ impl Write {
             Write::Insert { job, event, .. } => {
                 conn.prepare_cached(
                     "INSERT INTO jobs (state, priority, submitted_at_ms, updated_at_ms, attempt, failures, kind, \
-                     outcome, spec, state_data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     outcome, spec, state_data, memory_request) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .and_then(|mut stmt| {
                     stmt.execute(params![
@@ -149,6 +149,7 @@ impl Write {
                         job.outcome,
                         job.spec,
                         job.state_data,
+                        job.memory_request,
                     ])
                 })
                 .context("inserting a job")?;
@@ -162,8 +163,8 @@ impl Write {
                 let changed = conn
                     .prepare_cached(
                         "UPDATE jobs SET state = ?2, priority = ?3, submitted_at_ms = ?4, updated_at_ms = ?5, \
-                         attempt = ?6, failures = ?7, kind = ?8, outcome = ?9, spec = ?10, state_data = ?11 \
-                         WHERE id = ?1",
+                         attempt = ?6, failures = ?7, kind = ?8, outcome = ?9, spec = ?10, state_data = ?11, \
+                         memory_request = ?12 WHERE id = ?1",
                     )
                     .and_then(|mut stmt| {
                         stmt.execute(params![
@@ -178,6 +179,7 @@ impl Write {
                             job.outcome,
                             job.spec,
                             job.state_data,
+                            job.memory_request,
                         ])
                     })
                     .context("updating a job")?;

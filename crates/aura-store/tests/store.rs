@@ -396,7 +396,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let next = open(&path).await.insert_job(spec(0), at(0)).await.unwrap();
     assert!(next.id > job.id, "ids keep increasing after a reopen");
 }
@@ -643,7 +643,44 @@ async fn a_newer_schema_is_refused() {
         Store::open(&path, StoreOptions::default()).await,
         Err(StoreError::TooNew {
             found: 99,
-            supported: 1
+            supported: 2
         })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_peaks_come_from_successful_jobs_of_the_kind_newest_first() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let mut expected = Vec::new();
+    for (i, (kind, code)) in [("encode", 0), ("encode", 1), ("tts", 0), ("encode", 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = spec(i);
+        s.labels.insert("kind".into(), kind.into());
+        let request = aura_model::MemoryRequest {
+            bytes: ByteSize(1 << 30),
+            source: aura_model::RequestSource::Default,
+        };
+        let mut job = store
+            .insert_job_with_request(s, at(0), Some(request.clone()))
+            .await
+            .unwrap();
+        assert_eq!(job.memory_request.as_ref(), Some(&request));
+        job.apply(Event::Started { run: run_info(1) }).unwrap();
+        job.apply(exited(code, 2)).unwrap();
+        store.record(&job, vec![]).await.unwrap();
+        assert_eq!(
+            store.get(job.id).await.unwrap().unwrap(),
+            job,
+            "the memory request round-trips"
+        );
+        if kind == "encode" && code == 0 {
+            expected.insert(0, 310u64 << 20);
+        }
+    }
+    assert_eq!(store.memory_peaks("encode", 10).await.unwrap(), expected);
+    assert_eq!(store.memory_peaks("encode", 1).await.unwrap().len(), 1);
+    assert!(store.memory_peaks("render", 10).await.unwrap().is_empty());
 }

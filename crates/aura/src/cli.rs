@@ -617,6 +617,21 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
                 .join(", ")
         );
     }
+    if let Some(m) = &job.memory_request {
+        let source = match &m.source {
+            aura_model::RequestSource::Stated => "stated".to_owned(),
+            aura_model::RequestSource::Default => "default: no history for its kind".to_owned(),
+            aura_model::RequestSource::Learned {
+                kind,
+                samples,
+                percentile_bytes,
+            } => format!(
+                "learned from {samples} runs of kind {kind}: p95 {}",
+                ByteSize(*percentile_bytes)
+            ),
+        };
+        println!("  Reserves:   {} of memory ({source})", m.bytes);
+    }
     let r = &spec.resources;
     if r.memory.is_some() || r.cpu.is_some() || r.gpus.is_some() {
         println!(

@@ -37,8 +37,14 @@ pub struct AdmissionSection {
     pub cpu: Option<f64>,
     /// Bytes of declared output the data dir's volume accepts. Default: its free space at start-up.
     pub disk: Option<ByteSize>,
-    /// Reserved for a job that states no memory request. Default: 2 GiB.
+    /// Reserved for a job that states no memory request and whose kind has too little history. Default: 2 GiB.
     pub default_memory_request: ByteSize,
+    /// Learned requests: this percentile of a kind's recorded peaks… Default: 0.95.
+    pub learn_percentile: f64,
+    /// …plus this margin (0.2 = 20 %). Default: 0.2.
+    pub learn_margin: f64,
+    /// …from at least this many successful runs. Default: 5.
+    pub learn_min_samples: usize,
     /// Most queued jobs; more submissions get 429 with Retry-After. Default: 100000.
     pub queue_cap: usize,
     /// Named limits (providers): `[admission.limits.openai] max_concurrent = 2, per_minute = 60`.
@@ -53,7 +59,10 @@ impl Default for AdmissionSection {
             memory_headroom: ByteSize(engine.memory_headroom_bytes),
             cpu: None,
             disk: None,
-            default_memory_request: ByteSize(engine.default_memory_bytes),
+            default_memory_request: ByteSize(engine.estimator.default_bytes),
+            learn_percentile: engine.estimator.percentile,
+            learn_margin: engine.estimator.margin,
+            learn_min_samples: engine.estimator.min_samples,
             queue_cap: engine.queue_cap,
             limits: engine.limits,
         }
@@ -67,7 +76,13 @@ impl AdmissionSection {
             memory_headroom_bytes: self.memory_headroom.bytes(),
             cpu_cores: self.cpu,
             disk_bytes: self.disk.map(|d| d.bytes()),
-            default_memory_bytes: self.default_memory_request.bytes(),
+            estimator: aura_admission::estimate::Estimator {
+                percentile: self.learn_percentile,
+                margin: self.learn_margin,
+                min_samples: self.learn_min_samples,
+                default_bytes: self.default_memory_request.bytes(),
+            },
+            learn_window: aura_engine::AdmissionConfig::default().learn_window,
             limits: self.limits.clone(),
             queue_cap: self.queue_cap,
         }
@@ -164,6 +179,12 @@ impl Config {
             anyhow::bail!(
                 "invalid configuration: admission.cpu must be a positive number of cores"
             );
+        }
+        let a = &config.admission;
+        if !(a.learn_percentile > 0.0 && a.learn_percentile <= 1.0)
+            || !(a.learn_margin >= 0.0 && a.learn_margin.is_finite())
+        {
+            anyhow::bail!("invalid configuration: admission.learn_percentile must be in (0, 1] and learn_margin at least 0");
         }
         if config.admission.default_memory_request.bytes() == 0 {
             anyhow::bail!(

@@ -1032,6 +1032,53 @@ mod admission {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_kind_with_history_gets_a_learned_request() {
+        let daemon = Daemon::start(&[("AURA_ADMISSION__LEARN_MIN_SAMPLES", "5")]);
+        let client = daemon.client();
+        let mut job = spec(
+            "sh",
+            &["-c", "head -c 3000000 /dev/zero | tail -c 1 >/dev/null"],
+        );
+        job.labels.insert("kind".into(), "probe".into());
+        let mut peaks = Vec::new();
+        for _ in 0..5 {
+            let view = client.submit(&job).await.unwrap();
+            let source = &view.job.memory_request.as_ref().unwrap().source;
+            assert_eq!(source, &aura_model::RequestSource::Default);
+            let done = wait_done(&client, view.job.id).await;
+            let JobState::Finished(f) = &done.job.state else {
+                unreachable!()
+            };
+            peaks.push(f.accounting.memory_peak.unwrap().bytes());
+        }
+        let learned = client
+            .submit(&job)
+            .await
+            .unwrap()
+            .job
+            .memory_request
+            .unwrap();
+        let p95 = *peaks.iter().max().unwrap(); // nearest-rank p95 of 5 samples is the largest
+        assert_eq!(
+            learned.source,
+            aura_model::RequestSource::Learned {
+                kind: "probe".into(),
+                samples: 5,
+                percentile_bytes: p95
+            }
+        );
+        let margin = learned.bytes.bytes() as f64 / p95 as f64 - 1.0;
+        assert!((margin - 0.2).abs() < 0.001, "margin {margin}");
+        let mut stated = job.clone();
+        stated.resources.memory = Some("64MiB".parse().unwrap());
+        let view = client.submit(&stated).await.unwrap();
+        assert_eq!(
+            view.job.memory_request.unwrap().source,
+            aura_model::RequestSource::Stated
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn provider_limits_hold_under_concurrent_submissions() {
         let env = [
             ("AURA_MAX_CONCURRENT", "50"),
