@@ -207,8 +207,12 @@ impl Store {
             detail,
         })?;
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Write(Write::Insert { job, event, reply }))
-            .await?;
+        self.send(Command::Write(Box::new(Write::Insert {
+            job,
+            event,
+            reply,
+        })))
+        .await?;
         let id = answer.await.unwrap_or(Err(StoreError::Closed))?;
         Ok(Job {
             memory_request,
@@ -235,12 +239,12 @@ impl Store {
             .map(encode_event)
             .collect::<Result<Vec<_>, _>>()?;
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Write(Write::Record {
+        self.send(Command::Write(Box::new(Write::Record {
             id: job.id,
             job: row,
             events,
             reply,
-        }))
+        })))
         .await?;
         Ok(Pending(answer))
     }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(crate) enum Command {
-    Write(Write),
+    Write(Box<Write>),
     /// Apply everything already queued, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -57,7 +57,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Write(write) => batch.push(write),
+                    Command::Write(write) => batch.push(*write),
                     Command::Close(reply) => {
                         self.rx.close();
                         closers.push(reply);
