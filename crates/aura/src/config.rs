@@ -181,9 +181,9 @@ impl Config {
             );
         }
         let a = &config.admission;
-        if !(a.learn_percentile > 0.0 && a.learn_percentile <= 1.0)
-            || !(a.learn_margin >= 0.0 && a.learn_margin.is_finite())
-        {
+        let percentile_ok = a.learn_percentile > 0.0 && a.learn_percentile <= 1.0;
+        let margin_ok = a.learn_margin >= 0.0 && a.learn_margin.is_finite();
+        if !(percentile_ok && margin_ok) {
             anyhow::bail!("invalid configuration: admission.learn_percentile must be in (0, 1] and learn_margin at least 0");
         }
         if config.admission.default_memory_request.bytes() == 0 {
