@@ -1,12 +1,13 @@
 //! The actor: a single task that owns the queue and the live state of every job. Everyone else talks to it
 //! through a bounded channel of `Command`s; nothing else mutates a live job.
 
+use crate::lease::{LeaseInfo, Leases};
 use crate::monitor::Monitor;
 use crate::{EngineConfig, EngineError, EngineHandle};
 use aura_admission::{Admission, Queued, Request, Reservation, Scheduler};
 use aura_model::{
-    Accounting, Event, ExitStatus, Job, JobId, JobState, NewEvent, Outcome, Run, StopReason,
-    StopSignal, Timestamp,
+    Accounting, Event, ExitStatus, Job, JobId, JobState, LeaseSpec, NewEvent, Outcome, Run,
+    StopReason, StopSignal, Timestamp,
 };
 use aura_store::{Store, StoreError};
 use aura_supervisor::{Supervisor, UsageProbe};
@@ -47,6 +48,21 @@ pub(crate) enum Command {
     },
     Status {
         reply: oneshot::Sender<(usize, usize)>,
+    },
+    AcquireLease {
+        spec: LeaseSpec,
+        reply: oneshot::Sender<Result<LeaseInfo, EngineError>>,
+    },
+    RenewLease {
+        id: u64,
+        reply: oneshot::Sender<Result<LeaseInfo, EngineError>>,
+    },
+    ReleaseLease {
+        id: u64,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    ListLeases {
+        reply: oneshot::Sender<Vec<LeaseInfo>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -135,6 +151,9 @@ struct Actor {
     queued: HashMap<JobId, Job>,
     /// Set when a per-minute limit holds jobs back: the moment a start frees up in its window.
     rate_wakeup: Option<Pin<Box<tokio::time::Sleep>>>,
+    leases: Leases,
+    /// The earliest lease deadline, when there are leases.
+    lease_wakeup: Option<Pin<Box<tokio::time::Sleep>>>,
     active: HashMap<JobId, Active>,
     monitors: JoinSet<()>,
     monitor_jobs: HashMap<tokio::task::Id, JobId>,
@@ -172,6 +191,8 @@ pub(crate) async fn spawn(
         queue: BTreeMap::new(),
         queued: HashMap::new(),
         rate_wakeup: None,
+        leases: Leases::new(),
+        lease_wakeup: None,
         active: HashMap::new(),
         monitors: JoinSet::new(),
         monitor_jobs: HashMap::new(),
@@ -244,6 +265,12 @@ impl Actor {
                 () = async { if let Some(w) = self.rate_wakeup.as_mut() { w.await } }, if self.rate_wakeup.is_some() => {
                     self.dispatch().await;
                 }
+                () = async { if let Some(w) = self.lease_wakeup.as_mut() { w.await } }, if self.lease_wakeup.is_some() => {
+                    for id in self.leases.expire(tokio::time::Instant::now()) {
+                        tracing::warn!(lease_id = id, "lease expired: its holder stopped renewing; capacity reclaimed");
+                    }
+                    self.leases_changed().await;
+                }
             }
             if !self.shutdown_waiters.is_empty() && self.active.is_empty() {
                 break;
@@ -311,6 +338,45 @@ impl Actor {
             Command::Status { reply } => {
                 let _ = reply.send((self.active.len(), self.queued.len()));
             }
+            Command::AcquireLease { spec, reply } => {
+                let request = self.shared.config.admission.lease_request(&spec.resources);
+                let result = self
+                    .shared
+                    .admission
+                    .check_capacity(&request)
+                    .map_err(EngineError::ExceedsCapacity)
+                    .and_then(|()| {
+                        self.shared
+                            .admission
+                            .try_reserve(&request, std::time::Instant::now())
+                            .map_err(EngineError::LeaseUnavailable)
+                    })
+                    .map(|reservation| self.leases.insert(spec, reservation));
+                if let Ok(lease) = &result {
+                    tracing::info!(lease_id = lease.id, holder = ?lease.holder, ttl = ?lease.ttl, "lease acquired");
+                }
+                let _ = reply.send(result);
+                self.leases_changed().await;
+            }
+            Command::RenewLease { id, reply } => {
+                let _ = reply.send(self.leases.renew(id).ok_or(EngineError::LeaseNotFound(id)));
+                self.leases_changed().await;
+            }
+            Command::ReleaseLease { id, reply } => {
+                let released = self.leases.release(id);
+                let _ = reply.send(if released {
+                    Ok(())
+                } else {
+                    Err(EngineError::LeaseNotFound(id))
+                });
+                if released {
+                    tracing::info!(lease_id = id, "lease released");
+                }
+                self.leases_changed().await;
+            }
+            Command::ListLeases { reply } => {
+                let _ = reply.send(self.leases.list());
+            }
             Command::Shutdown { reply } => {
                 self.shared.accepting.store(false, Ordering::SeqCst);
                 self.shutdown_waiters.push(reply);
@@ -321,6 +387,15 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Re-arms the expiry timer for the earliest lease, and lets queued jobs use what a lease gave back.
+    async fn leases_changed(&mut self) {
+        self.lease_wakeup = self
+            .leases
+            .next_deadline()
+            .map(|d| Box::pin(tokio::time::sleep_until(d)));
+        self.dispatch().await;
     }
 
     fn enqueue(&mut self, job: Job) {

@@ -3,7 +3,7 @@
 
 use aura_admission::estimate::Estimator;
 use aura_admission::{Capacity, LimitConfig, Request};
-use aura_model::{ByteSize, Job, JobSpec, MemoryRequest, RequestSource};
+use aura_model::{ByteSize, Job, JobSpec, MemoryRequest, RequestSource, ResourceRequest};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -86,9 +86,17 @@ impl AdmissionConfig {
     }
 
     fn request_of_spec(&self, spec: &JobSpec) -> Request {
-        let r = &spec.resources;
+        Self::resources(&spec.resources, self.estimator.default_bytes)
+    }
+
+    /// A lease holds exactly what it states: no default memory.
+    pub fn lease_request(&self, r: &ResourceRequest) -> Request {
+        Self::resources(r, 0)
+    }
+
+    fn resources(r: &ResourceRequest, default_memory: u64) -> Request {
         Request {
-            memory_bytes: r.memory.map_or(self.estimator.default_bytes, |m| m.bytes()),
+            memory_bytes: r.memory.map_or(default_memory, |m| m.bytes()),
             cpu_millis: r.cpu.map_or(0, |c| (c * 1000.0).round() as u64),
             disk_bytes: r.disk.map_or(0, |d| d.bytes()),
             gpus: r.gpus.unwrap_or(0),

@@ -15,6 +15,10 @@ pub enum EngineError {
     ExceedsCapacity(aura_admission::Shortfall),
     #[error("the queue is full ({queued} jobs waiting, at most {cap}); retry later")]
     QueueFull { queued: usize, cap: usize },
+    #[error("lease not available now: {0}")]
+    LeaseUnavailable(aura_admission::Shortfall),
+    #[error("lease {0} not found (expired, released, or held before a daemon restart)")]
+    LeaseNotFound(u64),
     #[error("job {0} not found")]
     NotFound(JobId),
     #[error("job {id} is already finished ({outcome})")]

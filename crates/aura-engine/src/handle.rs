@@ -178,14 +178,47 @@ impl EngineHandle {
         Ok(admission.estimator.estimate(kind, &peaks))
     }
 
-    /// Cancels a queued job at once, or stops a running one with its stop sequence.
-    pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
+    /// Reserves resources for work outside Aura's processes, for `spec.ttl`; refused at once (not queued)
+    /// when they are not free now.
+    pub async fn acquire_lease(
+        &self,
+        spec: aura_model::LeaseSpec,
+    ) -> Result<crate::LeaseInfo, EngineError> {
+        spec.validate()?;
+        self.ask(|reply| Command::AcquireLease { spec, reply })
+            .await?
+    }
+
+    /// Extends a lease by its TTL from now.
+    pub async fn renew_lease(&self, id: u64) -> Result<crate::LeaseInfo, EngineError> {
+        self.ask(|reply| Command::RenewLease { id, reply }).await?
+    }
+
+    pub async fn release_lease(&self, id: u64) -> Result<(), EngineError> {
+        self.ask(|reply| Command::ReleaseLease { id, reply })
+            .await?
+    }
+
+    pub async fn leases(&self) -> Result<Vec<crate::LeaseInfo>, EngineError> {
+        self.ask(|reply| Command::ListLeases { reply }).await
+    }
+
+    /// Sends a command to the actor and waits for its answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Cancel { id, reply })
+            .send(command(reply))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        match rx.await.map_err(|_| EngineError::ShuttingDown)? {
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Cancels a queued job at once, or stops a running one with its stop sequence.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
+        match self.ask(|reply| Command::Cancel { id, reply }).await? {
             CancelReply::Done(job) => Ok(*job),
             CancelReply::NotLive => match self.shared.store.get(id).await? {
                 Some(job) => Err(EngineError::AlreadyFinished {
@@ -270,12 +303,7 @@ impl EngineHandle {
     }
 
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Status { reply })
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?;
-        let (running, queued) = rx.await.map_err(|_| EngineError::ShuttingDown)?;
+        let (running, queued) = self.ask(|reply| Command::Status { reply }).await?;
         Ok(EngineStatus {
             backend: self.shared.supervisor.backend(),
             backend_detail: self.shared.supervisor.description(),
@@ -335,14 +363,7 @@ impl EngineHandle {
     }
 
     pub async fn utilization(&self) -> Result<Utilization, EngineError> {
-        let (running, queued) = {
-            let (reply, rx) = oneshot::channel();
-            self.tx
-                .send(Command::Status { reply })
-                .await
-                .map_err(|_| EngineError::ShuttingDown)?;
-            rx.await.map_err(|_| EngineError::ShuttingDown)?
-        };
+        let (running, queued) = self.ask(|reply| Command::Status { reply }).await?;
         let usage = self.shared.admission.usage();
         let config = &self.shared.config;
         let per_default =

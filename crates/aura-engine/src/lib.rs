@@ -8,11 +8,13 @@ mod actor;
 mod admission;
 mod error;
 mod handle;
+mod lease;
 mod monitor;
 
 pub use admission::AdmissionConfig;
 pub use error::EngineError;
 pub use handle::{EngineHandle, EngineStatus, JobView, LimitUse, Utilization};
+pub use lease::LeaseInfo;
 
 use aura_supervisor::{Supervisor, SupervisorConfig};
 use std::path::PathBuf;

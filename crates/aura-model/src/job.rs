@@ -667,3 +667,36 @@ pub enum RequestSource {
     /// No statement and too little history: the configured default.
     Default,
 }
+
+/// A request for a lease: resources held by work outside Aura's processes (a provider call, an in-process
+/// render) for `ttl`, renewed by its holder; reclaimed when the holder stops renewing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSpec {
+    #[serde(default)]
+    pub resources: ResourceRequest,
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: std::time::Duration,
+    /// Who holds it, for people reading the lease list.
+    #[serde(default)]
+    pub holder: Option<String>,
+}
+
+impl LeaseSpec {
+    pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.ttl.is_zero() || self.ttl > Self::MAX_TTL {
+            return Err(SpecError::OutOfRange {
+                what: "ttl",
+                detail: "must be between 1ms and 1 hour".into(),
+            });
+        }
+        if let Some(holder) = &self.holder {
+            check_text("holder", holder, limits::MAX_LABEL_BYTES)?;
+        }
+        let mut probe = JobSpec::new("lease", Vec::<String>::new());
+        probe.resources = self.resources.clone();
+        probe.validate()
+    }
+}

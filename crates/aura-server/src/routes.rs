@@ -46,6 +46,9 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
         .route("/api/metrics/utilization", get(utilization))
+        .route("/api/leases", post(acquire_lease).get(list_leases))
+        .route("/api/leases/{id}/renew", post(renew_lease))
+        .route("/api/leases/{id}", axum::routing::delete(release_lease))
         .route("/api/jobs", post(submit).get(list))
         .route("/api/jobs/{id}", get(show))
         .route("/api/jobs/{id}/cancel", post(cancel))
@@ -94,6 +97,62 @@ async fn status(State(app): State<AppState>) -> ApiResult<Json<EngineStatus>> {
     Ok(Json(app.engine.status().await?))
 }
 
+fn lease_id(path: Result<Path<String>, PathRejection>) -> ApiResult<u64> {
+    let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    raw.parse::<u64>()
+        .map_err(|_| ApiError::bad_request(format!("invalid lease id {raw:?}")))
+}
+
+/// Parses a JSON body into `T`: malformed JSON is 400, well-formed but invalid content (an unknown field, a
+/// negative duration) is 422.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    max_body_bytes: usize,
+) -> ApiResult<T> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {max_body_bytes} bytes"),
+            )
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidSpec, e.to_string()),
+        _ => ApiError::bad_request(format!("invalid JSON: {e}")),
+    })
+}
+
+async fn acquire_lease(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let spec: aura_model::LeaseSpec = json_body(body, app.config.max_body_bytes)?;
+    let lease = app.engine.acquire_lease(spec).await?;
+    Ok((StatusCode::CREATED, Json(lease)).into_response())
+}
+
+async fn renew_lease(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<aura_engine::LeaseInfo>> {
+    Ok(Json(app.engine.renew_lease(lease_id(id)?).await?))
+}
+
+async fn release_lease(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    app.engine.release_lease(lease_id(id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_leases(State(app): State<AppState>) -> ApiResult<Json<Vec<aura_engine::LeaseInfo>>> {
+    Ok(Json(app.engine.leases().await?))
+}
+
 async fn utilization(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Utilization>> {
     Ok(Json(app.engine.utilization().await?))
 }
@@ -102,23 +161,7 @@ async fn submit(
     State(app): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the request body is larger than {} bytes",
-                    app.config.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::bad_request(e.body_text())
-        }
-    })?;
-    let spec: JobSpec = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidSpec, e.to_string()),
-        _ => ApiError::bad_request(format!("invalid JSON: {e}")),
-    })?;
+    let spec: JobSpec = json_body(body, app.config.max_body_bytes)?;
     let job = app.engine.submit(spec).await?;
     let location = HeaderValue::from_str(&format!("/api/jobs/{}", job.id)).ok();
     let mut response = (

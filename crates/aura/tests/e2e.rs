@@ -1032,6 +1032,90 @@ mod admission {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn an_abandoned_lease_is_reclaimed_and_its_capacity_comes_back() {
+        let daemon = Daemon::start(&[("AURA_ADMISSION__MEMORY", "1GiB")]);
+        let client = daemon.client();
+        let http = reqwest::Client::new();
+        let acquire = |body: serde_json::Value| {
+            http.post(format!("{}/api/leases", daemon.url))
+                .json(&body)
+                .send()
+        };
+        let resp = acquire(serde_json::json!({"resources": {"memory": "600MiB"}, "ttl": "1s", "holder": "tts-worker"}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201);
+        let lease: serde_json::Value = resp.json().await.unwrap();
+        let lease_id = lease["id"].as_u64().unwrap();
+        // A second lease that does not fit now is refused at once, naming what is missing.
+        let resp = acquire(serde_json::json!({"resources": {"memory": "600MiB"}, "ttl": "1s"}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 409);
+        let problem: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("waiting for memory"),
+            "{problem}"
+        );
+        let resp = acquire(serde_json::json!({"resources": {"memory": "2GiB"}, "ttl": "1s"}))
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 422);
+        // Renewing works while the holder is alive …
+        let renew = http
+            .post(format!("{}/api/leases/{lease_id}/renew", daemon.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(renew.status().as_u16(), 200);
+        // … then the holder vanishes. A job that needs the memory waits for it.
+        let mut job = spec("true", &[]);
+        job.resources.memory = Some("600MiB".parse().unwrap());
+        let abandoned = Instant::now();
+        let id = client.submit(&job).await.unwrap().job.id;
+        let view = wait_done(&client, id).await;
+        let started = view.job.state.run().unwrap().started_at;
+        assert!(outcome(&view).is_success());
+        let waited = started.since(view.job.submitted_at);
+        assert!(
+            waited >= Duration::from_millis(500),
+            "the job started before the lease expired ({waited:?})"
+        );
+        assert!(
+            abandoned.elapsed() < Duration::from_secs(3),
+            "reclaimed within 2 s of the TTL"
+        );
+        let gone = http
+            .post(format!("{}/api/leases/{lease_id}/renew", daemon.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status().as_u16(), 404);
+        let u = client.utilization().await.unwrap();
+        assert_eq!(u["reserved_memory_bytes"], 0, "{u}");
+        // An explicit release gives the capacity back at once.
+        let resp = acquire(serde_json::json!({"resources": {"memory": "1GiB"}, "ttl": "60s"}))
+            .await
+            .unwrap();
+        let id: u64 = resp.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_u64()
+            .unwrap();
+        let release = http
+            .delete(format!("{}/api/leases/{id}", daemon.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(release.status().as_u16(), 204);
+        assert_eq!(
+            client.utilization().await.unwrap()["reserved_memory_bytes"],
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_kind_with_history_gets_a_learned_request() {
         let daemon = Daemon::start(&[("AURA_ADMISSION__LEARN_MIN_SAMPLES", "5")]);
         let client = daemon.client();
