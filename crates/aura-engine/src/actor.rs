@@ -64,6 +64,8 @@ pub(crate) enum Command {
     ListLeases {
         reply: oneshot::Sender<Vec<LeaseInfo>>,
     },
+    /// From the guard thread: why admission is paused now, or `None` when it may admit again.
+    Guard(Option<String>),
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -88,6 +90,8 @@ pub(crate) struct Shared {
     pub finished: broadcast::Sender<JobId>,
     // A std Mutex: held for a map insert/lookup only, never across an await.
     probes: Mutex<HashMap<JobId, UsageProbe>>,
+    /// Why admission is paused by a live guard, if it is (set by the actor, read by handles).
+    pub paused: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -103,6 +107,27 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+    }
+
+    /// CPU time of the running jobs as last sampled: the guard's fallback where there is no cgroup v2 root
+    /// to read (it misses the last moments of jobs that ended since the previous sample).
+    pub(crate) fn probes_cpu_usec(&self) -> u64 {
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes
+            .values()
+            .map(|p| {
+                let live = p.live();
+                ((live.cpu_user_secs.unwrap_or(0.0) + live.cpu_system_secs.unwrap_or(0.0)) * 1e6)
+                    as u64
+            })
+            .sum()
+    }
+
+    pub(crate) fn paused_reason(&self) -> Option<String> {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn probe(&self, id: JobId) -> Option<UsageProbe> {
@@ -183,6 +208,7 @@ pub(crate) async fn spawn(
         accepting: AtomicBool::new(false),
         finished,
         probes: Mutex::new(HashMap::new()),
+        paused: Mutex::new(None),
     });
     let mut actor = Actor {
         shared: shared.clone(),
@@ -201,8 +227,15 @@ pub(crate) async fn spawn(
     };
     actor.recover().await?;
     shared.accepting.store(true, Ordering::SeqCst);
+    let guards = if shared.config.guards.enabled {
+        let thread = crate::guards::GuardThread::start(shared.clone(), tx.clone())
+            .map_err(|e| EngineError::Internal(format!("cannot start the guard thread: {e}")))?;
+        Some(thread)
+    } else {
+        None
+    };
     let task = tokio::spawn(actor.run());
-    Ok(EngineHandle::new(tx, shared, task))
+    Ok(EngineHandle::new(tx, shared, task, guards))
 }
 
 impl Actor {
@@ -377,6 +410,13 @@ impl Actor {
             Command::ListLeases { reply } => {
                 let _ = reply.send(self.leases.list());
             }
+            Command::Guard(reason) => {
+                let resumed = reason.is_none();
+                *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+                if resumed {
+                    self.dispatch().await;
+                }
+            }
             Command::Shutdown { reply } => {
                 self.shared.accepting.store(false, Ordering::SeqCst);
                 self.shutdown_waiters.push(reply);
@@ -427,6 +467,9 @@ impl Actor {
             .max_concurrent
             .saturating_sub(self.active.len());
         if !self.shutdown_waiters.is_empty() || room == 0 || self.queue.is_empty() {
+            return;
+        }
+        if self.shared.paused_reason().is_some() {
             return;
         }
         let now = std::time::Instant::now();

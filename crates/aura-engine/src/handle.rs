@@ -46,7 +46,7 @@ pub struct Utilization {
     pub max_jobs_at_default_request: u64,
     /// Per named limit: slots in use, and its configuration.
     pub limits: std::collections::BTreeMap<String, LimitUse>,
-    /// Live guards are not implemented yet: admission is never paused by host pressure.
+    /// Whether a live guard (memory, pressure, outside CPU) holds admission back, and why.
     pub admission_paused: bool,
     pub paused_reason: Option<String>,
 }
@@ -73,6 +73,7 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     actor: Arc<Mutex<Option<JoinHandle<()>>>>,
+    guards: Arc<Mutex<Option<crate::guards::GuardThread>>>,
 }
 
 impl EngineHandle {
@@ -80,11 +81,13 @@ impl EngineHandle {
         tx: mpsc::Sender<Command>,
         shared: Arc<Shared>,
         actor: JoinHandle<()>,
+        guards: Option<crate::guards::GuardThread>,
     ) -> Self {
         EngineHandle {
             tx,
             shared,
             actor: Arc::new(Mutex::new(Some(actor))),
+            guards: Arc::new(Mutex::new(guards)),
         }
     }
 
@@ -326,6 +329,10 @@ impl EngineHandle {
         actor
             .await
             .map_err(|e| EngineError::Internal(format!("engine actor failed: {e}")))?;
+        let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(guards) = guards {
+            let _ = tokio::task::spawn_blocking(move || guards.stop()).await;
+        }
         self.shared.supervisor.shutdown().await;
         self.shared.store.close().await?;
         Ok(())
@@ -341,6 +348,9 @@ impl EngineHandle {
     }
 
     fn waiting_reason(&self, job: &Job) -> String {
+        if let Some(reason) = self.shared.paused_reason() {
+            return format!("admission paused: {reason}");
+        }
         let request = self.shared.config.admission.request(job);
         match aura_admission::Scheduler::explain(
             &self.shared.admission,
@@ -396,8 +406,8 @@ impl EngineHandle {
                     )
                 })
                 .collect(),
-            admission_paused: false,
-            paused_reason: None,
+            admission_paused: self.shared.paused_reason().is_some(),
+            paused_reason: self.shared.paused_reason(),
         })
     }
 }

@@ -7,12 +7,14 @@
 mod actor;
 mod admission;
 mod error;
+mod guards;
 mod handle;
 mod lease;
 mod monitor;
 
 pub use admission::AdmissionConfig;
 pub use error::EngineError;
+pub use guards::GuardConfig;
 pub use handle::{EngineHandle, EngineStatus, JobView, LimitUse, Utilization};
 pub use lease::LeaseInfo;
 
@@ -26,6 +28,7 @@ pub struct EngineConfig {
     /// Most jobs running at once, on top of admission's resource checks. Default: the number of cores.
     pub max_concurrent: usize,
     pub admission: AdmissionConfig,
+    pub guards: GuardConfig,
     /// Requeue the jobs a graceful shutdown stopped, so that the next start runs them again.
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorConfig,

@@ -354,6 +354,14 @@ impl Supervisor {
     }
 
     /// Starts one job attempt.
+    /// CPU time (user + system, microseconds) used by all of this supervisor's jobs so far, from the
+    /// hierarchical `cpu.stat` of the instance's cgroup v2 root; `None` on backends without one. Blocking
+    /// (one small cgroupfs read): call from a sampler thread.
+    pub fn jobs_cpu_usec(&self) -> Option<u64> {
+        let root = self.inner.layout.v2_root.as_deref()?;
+        cgroup::cpu_usec(root).map(|(user, system)| user + system)
+    }
+
     pub async fn launch(&self, req: LaunchRequest) -> Result<RunningTree, LaunchError> {
         if self.inner.shut_down.load(Ordering::Relaxed) {
             return Err(LaunchError::ShuttingDown);

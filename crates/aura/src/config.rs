@@ -23,7 +23,85 @@ pub struct Config {
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorSection,
     pub admission: AdmissionSection,
+    pub guards: GuardsSection,
     pub api: ApiSection,
+}
+
+/// Live admission guards (defaults in brackets): admission pauses while available memory is under
+/// `min_available_memory` [0.20] (resumes over `resume_available_memory` [0.25]), while PSI memory `some
+/// avg10` is over `max_memory_pressure` [40 %] (resumes under `resume_memory_pressure` [20 %]), or while CPU
+/// use outside Aura's jobs averaged over `cpu_window` [10s] is over `max_outside_cpu` [0.85] (resumes under
+/// `resume_outside_cpu` [0.75]). Sampled every `interval` [1s]; `enabled` [true].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardsSection {
+    pub enabled: bool,
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub interval: Duration,
+    pub min_available_memory: f64,
+    pub resume_available_memory: f64,
+    pub max_memory_pressure: f64,
+    pub resume_memory_pressure: f64,
+    pub max_outside_cpu: f64,
+    pub resume_outside_cpu: f64,
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub cpu_window: Duration,
+}
+
+impl Default for GuardsSection {
+    fn default() -> Self {
+        let d = aura_engine::GuardConfig::default();
+        GuardsSection {
+            enabled: d.enabled,
+            interval: d.interval,
+            min_available_memory: d.min_available_memory,
+            resume_available_memory: d.resume_available_memory,
+            max_memory_pressure: d.max_memory_pressure,
+            resume_memory_pressure: d.resume_memory_pressure,
+            max_outside_cpu: d.max_outside_cpu,
+            resume_outside_cpu: d.resume_outside_cpu,
+            cpu_window: d.cpu_window,
+        }
+    }
+}
+
+impl GuardsSection {
+    pub fn to_engine(&self) -> aura_engine::GuardConfig {
+        aura_engine::GuardConfig {
+            enabled: self.enabled,
+            interval: self.interval,
+            min_available_memory: self.min_available_memory,
+            resume_available_memory: self.resume_available_memory,
+            max_memory_pressure: self.max_memory_pressure,
+            resume_memory_pressure: self.resume_memory_pressure,
+            max_outside_cpu: self.max_outside_cpu,
+            resume_outside_cpu: self.resume_outside_cpu,
+            cpu_window: self.cpu_window,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let ratio = |x: f64| (0.0..=1.0).contains(&x);
+        let percent = |x: f64| (0.0..=100.0).contains(&x);
+        let ok = ratio(self.min_available_memory)
+            && ratio(self.resume_available_memory)
+            && self.resume_available_memory >= self.min_available_memory
+            && percent(self.max_memory_pressure)
+            && percent(self.resume_memory_pressure)
+            && self.resume_memory_pressure <= self.max_memory_pressure
+            && ratio(self.max_outside_cpu)
+            && ratio(self.resume_outside_cpu)
+            && self.resume_outside_cpu <= self.max_outside_cpu
+            && !self.interval.is_zero()
+            && self.cpu_window >= self.interval;
+        if !ok {
+            anyhow::bail!(
+                "invalid configuration: guards need ratios in [0, 1], pressures in [0, 100], each resume threshold \
+                 on the safe side of its pause threshold, and cpu_window >= interval > 0"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +202,7 @@ impl Default for Config {
             requeue_on_shutdown: true,
             supervisor: SupervisorSection::default(),
             admission: AdmissionSection::default(),
+            guards: GuardsSection::default(),
             api: ApiSection::default(),
         }
     }
@@ -180,6 +259,7 @@ impl Config {
                 "invalid configuration: admission.cpu must be a positive number of cores"
             );
         }
+        config.guards.validate()?;
         let a = &config.admission;
         let percentile_ok = a.learn_percentile > 0.0 && a.learn_percentile <= 1.0;
         let margin_ok = a.learn_margin >= 0.0 && a.learn_margin.is_finite();

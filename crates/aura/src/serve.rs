@@ -77,6 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         max_concurrent: config.max_concurrent,
         admission: config.admission.to_engine(),
+        guards: config.guards.to_engine(),
         requeue_on_shutdown: config.requeue_on_shutdown,
         supervisor,
     })

@@ -23,8 +23,16 @@ impl Daemon {
     fn start(env: &[(&str, &str)]) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let env: Vec<(String, String)> = env
+        // Tests share two cores with each other and with cargo: CPU used by another test's daemon is "outside
+        // Aura" for this one, so the outside-CPU guard would pause admission at random. The memory guards stay
+        // on; the CPU guard has its own tests.
+        let defaults = [
+            ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
+            ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
+        ];
+        let env: Vec<(String, String)> = defaults
             .iter()
+            .chain(env)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let mut daemon = Daemon {
@@ -1113,6 +1121,52 @@ mod admission {
             client.utilization().await.unwrap()["reserved_memory_bytes"],
             0
         );
+    }
+
+    /// The guard reads the real host: with the threshold set above what any machine has available, it must
+    /// pause admission, say why, and hold a queued job back.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_tripped_memory_guard_pauses_admission_and_says_why() {
+        let daemon = Daemon::start(&[
+            ("AURA_GUARDS__MIN_AVAILABLE_MEMORY", "0.999"),
+            ("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", "0.9995"),
+            ("AURA_GUARDS__INTERVAL", "100ms"),
+        ]);
+        let client = daemon.client();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let utilization = loop {
+            let u = client.utilization().await.unwrap();
+            if u["admission_paused"] == true {
+                break u;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the guard never paused admission: {u}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            utilization["paused_reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("available memory"),
+            "{utilization}"
+        );
+        let id = client.submit(&spec("true", &[])).await.unwrap().job.id;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let view = client.get(id).await.unwrap();
+        assert_eq!(view.job.state.name(), aura_model::StateName::Queued);
+        let waiting = view.waiting.unwrap_or_default();
+        assert!(
+            waiting.starts_with("admission paused: available memory"),
+            "{waiting}"
+        );
+        let status = stdout(&daemon.cli(&["status"]));
+        assert!(
+            status.contains("admission:      paused: available memory"),
+            "{status}"
+        );
+        client.cancel(id).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]
