@@ -1169,6 +1169,179 @@ mod admission {
         client.cancel(id).await.unwrap();
     }
 
+    fn run_of(view: &JobView) -> (aura_model::Timestamp, aura_model::Timestamp) {
+        let JobState::Finished(f) = &view.job.state else {
+            panic!("unfinished: {view:?}")
+        };
+        (f.run.as_ref().expect("ran").started_at, f.finished_at)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn backfill_never_starves_the_big_job() {
+        let daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "30"),
+            ("AURA_ADMISSION__MEMORY", "8GiB"),
+        ]);
+        let client = daemon.client();
+        let with_memory = |secs: &str, memory: &str| {
+            let mut job = spec("sleep", &[secs]);
+            job.resources.memory = Some(memory.parse().unwrap());
+            job
+        };
+        // 6 GiB of running work that ends in steps.
+        let mut running = Vec::new();
+        for secs in ["1.5", "2.5", "3.5"] {
+            running.push(
+                client
+                    .submit(&with_memory(secs, "2GiB"))
+                    .await
+                    .unwrap()
+                    .job
+                    .id,
+            );
+        }
+        let big = client
+            .submit(&with_memory("0.1", "4GiB"))
+            .await
+            .unwrap()
+            .job
+            .id;
+        // Small jobs keep arriving the whole time.
+        let mut small = Vec::new();
+        for _ in 0..20 {
+            small.push(
+                client
+                    .submit(&with_memory("0.5", "1GiB"))
+                    .await
+                    .unwrap()
+                    .job
+                    .id,
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let big_run = run_of(&wait_done(&client, big).await);
+        let second_end = run_of(&wait_done(&client, running[1]).await).1;
+        let mut small_runs = Vec::new();
+        for id in small {
+            small_runs.push(run_of(&wait_done(&client, id).await));
+        }
+        assert!(
+            small_runs.iter().any(|r| r.0 < big_run.0),
+            "small jobs backfilled while the big one waited"
+        );
+        assert!(
+            small_runs.iter().any(|r| r.0 > big_run.0),
+            "small jobs kept arriving after it started"
+        );
+        // 4 GiB are free for it once the second 2 GiB job has ended (its 2 GiB plus the first one's, both
+        // claimed for the big job however many small ones arrive).
+        let late = big_run.0.since(second_end);
+        assert!(
+            late < Duration::from_millis(600),
+            "the big job started {late:?} after enough memory was free"
+        );
+        assert!(
+            big_run.0 < run_of(&wait_done(&client, running[2]).await).1,
+            "it did not need the last job to end"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ten_thousand_queued_jobs_drain_in_priority_order() {
+        let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
+        let client = daemon.client();
+        let blocker = client
+            .submit(&spec("sleep", &["300"]))
+            .await
+            .unwrap()
+            .job
+            .id;
+        wait_running(&client, blocker, 1).await;
+        let mut slowest = Duration::ZERO;
+        let mut ids = Vec::new();
+        for chunk in 0..100 {
+            let tasks: Vec<_> = (0..100)
+                .map(|i| {
+                    let client = client.clone();
+                    let mut job = spec("true", &[]);
+                    job.priority = ((chunk * 100 + i) * 7919 % 5) as i32;
+                    job.resources.memory = Some("1MiB".parse().unwrap());
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        let id = client.submit(&job).await.expect("submit").job.id;
+                        (id, t.elapsed())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let (id, took) = t.await.unwrap();
+                slowest = slowest.max(took);
+                ids.push(id);
+            }
+        }
+        // Generous: responsiveness, not speed, is what this checks (timings belong in benchmarks).
+        assert!(
+            slowest < Duration::from_secs(5),
+            "a submit took {slowest:?} with {} queued",
+            ids.len()
+        );
+        let u = client.utilization().await.unwrap();
+        assert_eq!(u["queued"], 10_000);
+        client.cancel(blocker).await.unwrap();
+        let last = *ids.iter().max().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let u = client.utilization().await.unwrap();
+            if u["queued"] == 0 && u["running"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the queue did not drain: {u}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        wait_done(&client, last).await;
+        // Start order = order of the `started` events' sequence numbers; it must be priority, then id.
+        let mut starts = Vec::new();
+        let mut after = None;
+        loop {
+            let page = client
+                .list(&aura_client::ListQuery {
+                    limit: Some(1000),
+                    after,
+                    oldest_first: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            for v in &page.jobs {
+                if v.job.id != blocker {
+                    let JobState::Finished(f) = &v.job.state else {
+                        panic!("{v:?}")
+                    };
+                    starts.push((
+                        f.run.as_ref().unwrap().started_at,
+                        v.job.spec.priority,
+                        v.job.id,
+                    ));
+                }
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(starts.len(), 10_000);
+        // Jobs run one at a time, so start times give the order; within one millisecond they cannot, and the
+        // expected order breaks the tie.
+        starts.sort_by_key(|(at, priority, id)| (*at, std::cmp::Reverse(*priority), *id));
+        for pair in starts.windows(2) {
+            let ((_, p0, id0), (_, p1, id1)) = (pair[0], pair[1]);
+            assert!(
+                p0 > p1 || (p0 == p1 && id0 < id1),
+                "job {id1} (priority {p1}) started after job {id0} (priority {p0})"
+            );
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_kind_with_history_gets_a_learned_request() {
         let daemon = Daemon::start(&[("AURA_ADMISSION__LEARN_MIN_SAMPLES", "5")]);
