@@ -1264,7 +1264,7 @@ mod admission {
                 .map(|i| {
                     let client = client.clone();
                     let mut job = spec("true", &[]);
-                    job.priority = ((chunk * 100 + i) * 7919 % 5) as i32;
+                    job.priority = (chunk * 100 + i) * 7919 % 5;
                     job.resources.memory = Some("1MiB".parse().unwrap());
                     tokio::spawn(async move {
                         let t = Instant::now();
