@@ -491,6 +491,13 @@ impl Actor {
     }
 
     fn launch(&mut self, job: Job, reservation: Reservation) {
+        let mut spec = job.spec.clone();
+        if !reservation.gpus().is_empty() {
+            // The job sees only the devices it was granted (CUDA, NVENC through FFmpeg's -hwaccel).
+            let devices: Vec<String> = reservation.gpus().iter().map(u32::to_string).collect();
+            spec.env
+                .insert("CUDA_VISIBLE_DEVICES".into(), devices.join(","));
+        }
         let id = job.id;
         let (stop_tx, stop_rx) = watch::channel(None);
         let cwd = job
@@ -501,7 +508,7 @@ impl Actor {
         let monitor = Monitor {
             id,
             attempt: job.attempt,
-            spec: job.spec.clone(),
+            spec,
             cwd,
             log_dir: self.shared.log_dir(id, job.attempt),
             shared: self.shared.clone(),

@@ -2,7 +2,7 @@
 //! job spec becomes an admission `Request`.
 
 use aura_admission::estimate::Estimator;
-use aura_admission::{Capacity, LimitConfig, Request};
+use aura_admission::{Capacity, GpuDevice, LimitConfig, Request};
 use aura_model::{ByteSize, Job, JobSpec, MemoryRequest, RequestSource, ResourceRequest};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +25,11 @@ pub struct AdmissionConfig {
     pub limits: BTreeMap<String, LimitConfig>,
     /// Most jobs waiting in the queue; submit beyond it is refused with "retry later".
     pub queue_cap: usize,
+    /// Read GPUs through NVML at start-up (no GPU or no driver: none, with the reason logged once).
+    pub detect_gpus: bool,
+    /// Concurrent NVENC sessions per GPU. NVML does not report the driver's session limit (consumer cards
+    /// allow a handful, data-centre cards many), so it is configured.
+    pub gpu_encoder_sessions: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -38,6 +43,8 @@ impl Default for AdmissionConfig {
             learn_window: 200,
             limits: BTreeMap::new(),
             queue_cap: 100_000,
+            detect_gpus: true,
+            gpu_encoder_sessions: 8,
         }
     }
 }
@@ -55,11 +62,16 @@ impl AdmissionConfig {
             rustix::fs::statvfs(data_dir)
                 .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize))
         });
+        let gpus = if self.detect_gpus {
+            nvml_gpus(self.gpu_encoder_sessions)
+        } else {
+            Vec::new()
+        };
         Capacity {
             memory_bytes: memory,
             cpu_millis: (cores * 1000.0).round() as u64,
             disk_bytes: disk,
-            gpus: vec![],
+            gpus,
         }
     }
 
@@ -112,4 +124,57 @@ fn mem_total() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The host's GPUs through NVML, loaded at run time: a host without a GPU or a driver gets none (and one
+/// log line saying why), never a crash and never a subprocess.
+fn nvml_gpus(encoder_sessions: u32) -> Vec<GpuDevice> {
+    let nvml = match nvml_wrapper::Nvml::init() {
+        Ok(nvml) => nvml,
+        Err(e) => {
+            tracing::info!(reason = %e, "no GPUs for admission: NVML is not available");
+            return Vec::new();
+        }
+    };
+    let count = match nvml.device_count() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "NVML could not count GPUs; admitting no GPU jobs");
+            return Vec::new();
+        }
+    };
+    let mut gpus = Vec::new();
+    for index in 0..count {
+        let device = nvml.device_by_index(index);
+        match device.and_then(|d| Ok((d.name()?, d.memory_info()?.total))) {
+            Ok((name, vram_bytes)) => {
+                tracing::info!(index, %name, vram = %ByteSize(vram_bytes), encoder_sessions, "GPU available to admission");
+                gpus.push(GpuDevice {
+                    index,
+                    vram_bytes,
+                    encoder_sessions,
+                });
+            }
+            Err(e) => tracing::warn!(index, error = %e, "skipping a GPU NVML cannot read"),
+        }
+    }
+    gpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine with NVIDIA GPUs and a driver this lists them; elsewhere it must return none quietly.
+    #[test]
+    fn gpu_detection_never_fails() {
+        let gpus = nvml_gpus(8);
+        for (i, gpu) in gpus.iter().enumerate() {
+            assert_eq!(gpu.index as usize, i);
+            assert!(gpu.vram_bytes > 0);
+        }
+        if !std::path::Path::new("/dev/nvidiactl").exists() {
+            assert!(gpus.is_empty());
+        }
+    }
 }

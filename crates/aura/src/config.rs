@@ -127,6 +127,10 @@ pub struct AdmissionSection {
     pub queue_cap: usize,
     /// Named limits (providers): `[admission.limits.openai] max_concurrent = 2, per_minute = 60`.
     pub limits: std::collections::BTreeMap<String, aura_admission::LimitConfig>,
+    /// Read GPUs (VRAM) through NVML at start-up. Default: true.
+    pub detect_gpus: bool,
+    /// Concurrent NVENC sessions per GPU (not reported by NVML). Default: 8.
+    pub gpu_encoder_sessions: u32,
 }
 
 impl Default for AdmissionSection {
@@ -143,6 +147,8 @@ impl Default for AdmissionSection {
             learn_min_samples: engine.estimator.min_samples,
             queue_cap: engine.queue_cap,
             limits: engine.limits,
+            detect_gpus: engine.detect_gpus,
+            gpu_encoder_sessions: engine.gpu_encoder_sessions,
         }
     }
 }
@@ -163,6 +169,8 @@ impl AdmissionSection {
             learn_window: aura_engine::AdmissionConfig::default().learn_window,
             limits: self.limits.clone(),
             queue_cap: self.queue_cap,
+            detect_gpus: self.detect_gpus,
+            gpu_encoder_sessions: self.gpu_encoder_sessions,
         }
     }
 }
