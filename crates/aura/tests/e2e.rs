@@ -1123,6 +1123,36 @@ mod admission {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rate_limit_holds_starts_back_and_says_until_when() {
+        let daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "10"),
+            ("AURA_ADMISSION__LIMITS__TTS__PER_MINUTE", "2"),
+        ]);
+        let client = daemon.client();
+        let mut job = spec("true", &[]);
+        job.resources.memory = Some("1MiB".parse().unwrap());
+        job.resources.providers.insert("tts".into());
+        let first = client.submit(&job).await.unwrap().job.id;
+        let second = client.submit(&job).await.unwrap().job.id;
+        let third = client.submit(&job).await.unwrap().job.id;
+        wait_done(&client, first).await;
+        wait_done(&client, second).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let view = client.get(third).await.unwrap();
+        assert_eq!(
+            view.job.state.name(),
+            aura_model::StateName::Queued,
+            "a third start inside the minute"
+        );
+        let waiting = view.waiting.unwrap_or_default();
+        assert!(
+            waiting.starts_with("waiting for tts: at most 2 starts per minute, next in"),
+            "{waiting}"
+        );
+        client.cancel(third).await.unwrap();
+    }
+
     /// The guard reads the real host: with the threshold set above what any machine has available, it must
     /// pause admission, say why, and hold a queued job back.
     #[tokio::test(flavor = "multi_thread")]
