@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     probes: Mutex<HashMap<JobId, UsageProbe>>,
     /// Why admission is paused by a live guard, if it is (set by the actor, read by handles).
     pub paused: Mutex<Option<String>>,
+    /// The guard thread's latest look at the host.
+    pub host: Mutex<Option<crate::guards::Reading>>,
 }
 
 impl Shared {
@@ -209,6 +211,7 @@ pub(crate) async fn spawn(
         finished,
         probes: Mutex::new(HashMap::new()),
         paused: Mutex::new(None),
+        host: Mutex::new(None),
     });
     let mut actor = Actor {
         shared: shared.clone(),

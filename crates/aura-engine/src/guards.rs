@@ -48,8 +48,8 @@ impl Default for GuardConfig {
     }
 }
 
-/// One look at the host.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One look at the host: shares of 0–1, PSI in percent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Reading {
     pub available_memory: Option<f64>,
     pub memory_pressure: Option<f64>,
@@ -152,6 +152,7 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             memory_pressure: memory_pressure(),
             outside_cpu: cpu.sample(shared),
         };
+        *shared.host.lock().unwrap_or_else(|p| p.into_inner()) = Some(reading);
         let verdict = evaluate(config, &mut tripped, &reading);
         if verdict != reported {
             match &verdict {

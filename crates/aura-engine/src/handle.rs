@@ -46,6 +46,9 @@ pub struct Utilization {
     pub max_jobs_at_default_request: u64,
     /// Per named limit: slots in use, and its configuration.
     pub limits: std::collections::BTreeMap<String, LimitUse>,
+    /// The host as the guards last saw it: available memory share, PSI memory pressure, CPU share used
+    /// outside Aura's jobs (absent when guards are disabled or before the first full CPU window).
+    pub host: Option<crate::guards::Reading>,
     /// Whether a live guard (memory, pressure, outside CPU) holds admission back, and why.
     pub admission_paused: bool,
     pub paused_reason: Option<String>,
@@ -406,6 +409,7 @@ impl EngineHandle {
                     )
                 })
                 .collect(),
+            host: *self.shared.host.lock().unwrap_or_else(|p| p.into_inner()),
             admission_paused: self.shared.paused_reason().is_some(),
             paused_reason: self.shared.paused_reason(),
         })

@@ -287,6 +287,19 @@ fn print_status(status: &serde_json::Value, u: &serde_json::Value) {
             );
         }
     }
+    let host = &u["host"];
+    let share = |v: &serde_json::Value| {
+        v.as_f64()
+            .map_or("?".to_owned(), |x| format!("{:.0} %", x * 100.0))
+    };
+    if !host.is_null() {
+        println!(
+            "host:           {} memory available, memory pressure {} (PSI some avg10), {} CPU used outside Aura",
+            share(&host["available_memory"]),
+            host["memory_pressure"].as_f64().map_or("?".to_owned(), |p| format!("{p:.1} %")),
+            share(&host["outside_cpu"])
+        );
+    }
     match u["paused_reason"].as_str() {
         Some(reason) => println!("admission:      paused: {reason}"),
         None => println!("admission:      open"),

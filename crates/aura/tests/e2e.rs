@@ -1196,6 +1196,14 @@ mod admission {
             status.contains("admission:      paused: available memory"),
             "{status}"
         );
+        assert!(
+            status.contains("memory available, memory pressure"),
+            "{status}"
+        );
+        let available = utilization["host"]["available_memory"]
+            .as_f64()
+            .unwrap_or(-1.0);
+        assert!(available > 0.0 && available <= 1.0, "{utilization}");
         client.cancel(id).await.unwrap();
     }
 
