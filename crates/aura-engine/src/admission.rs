@@ -27,6 +27,8 @@ pub struct AdmissionConfig {
     pub queue_cap: usize,
     /// Read GPUs through NVML at start-up (no GPU or no driver: none, with the reason logged once).
     pub detect_gpus: bool,
+    /// GPUs as configured instead of detected (when not empty): VRAM and encoder sessions per device.
+    pub gpus: Vec<GpuDevice>,
     /// Concurrent NVENC sessions per GPU. NVML does not report the driver's session limit (consumer cards
     /// allow a handful, data-centre cards many), so it is configured.
     pub gpu_encoder_sessions: u32,
@@ -44,6 +46,7 @@ impl Default for AdmissionConfig {
             limits: BTreeMap::new(),
             queue_cap: 100_000,
             detect_gpus: true,
+            gpus: Vec::new(),
             gpu_encoder_sessions: 8,
         }
     }
@@ -62,7 +65,9 @@ impl AdmissionConfig {
             rustix::fs::statvfs(data_dir)
                 .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize))
         });
-        let gpus = if self.detect_gpus {
+        let gpus = if !self.gpus.is_empty() {
+            self.gpus.clone()
+        } else if self.detect_gpus {
             nvml_gpus(self.gpu_encoder_sessions)
         } else {
             Vec::new()

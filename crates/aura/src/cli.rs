@@ -242,11 +242,8 @@ fn print_status(status: &serde_json::Value, u: &serde_json::Value) {
         v.as_u64()
             .map_or("?".to_owned(), |b| ByteSize(b).to_string())
     };
-    println!(
-        "backend:        {} ({})",
-        text(&status["backend"]),
-        text(&status["backend_detail"])
-    );
+    // The detail starts with the backend's name.
+    println!("backend:        {}", text(&status["backend_detail"]));
     println!("accepting:      {}", text(&status["accepting"]));
     println!(
         "running:        {} of max_concurrent {}",

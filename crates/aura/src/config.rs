@@ -131,6 +131,16 @@ pub struct AdmissionSection {
     pub detect_gpus: bool,
     /// Concurrent NVENC sessions per GPU (not reported by NVML). Default: 8.
     pub gpu_encoder_sessions: u32,
+    /// GPUs as configured instead of detected: `gpus = [{ vram = "24GiB", encoder_sessions = 8 }]`.
+    pub gpus: Vec<GpuSection>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSection {
+    pub vram: ByteSize,
+    /// Default: `gpu_encoder_sessions`.
+    pub encoder_sessions: Option<u32>,
 }
 
 impl Default for AdmissionSection {
@@ -149,6 +159,7 @@ impl Default for AdmissionSection {
             limits: engine.limits,
             detect_gpus: engine.detect_gpus,
             gpu_encoder_sessions: engine.gpu_encoder_sessions,
+            gpus: Vec::new(),
         }
     }
 }
@@ -171,6 +182,16 @@ impl AdmissionSection {
             queue_cap: self.queue_cap,
             detect_gpus: self.detect_gpus,
             gpu_encoder_sessions: self.gpu_encoder_sessions,
+            gpus: self
+                .gpus
+                .iter()
+                .enumerate()
+                .map(|(i, g)| aura_admission::GpuDevice {
+                    index: i as u32,
+                    vram_bytes: g.vram.bytes(),
+                    encoder_sessions: g.encoder_sessions.unwrap_or(self.gpu_encoder_sessions),
+                })
+                .collect(),
         }
     }
 }

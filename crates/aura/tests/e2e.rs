@@ -1153,6 +1153,54 @@ mod admission {
         client.cancel(third).await.unwrap();
     }
 
+    /// GPU admission without a GPU: the devices come from config (as an operator would pin them), and the
+    /// admission arithmetic, the refusal at submit and CUDA_VISIBLE_DEVICES are real.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn configured_gpus_bound_encoder_sessions_and_pick_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("aura.toml");
+        std::fs::write(
+            &config,
+            "max_concurrent = 10\n[admission]\ngpus = [{ vram = \"8GiB\", encoder_sessions = 2 }, { vram = \"24GiB\", encoder_sessions = 1 }]\n",
+        )
+        .unwrap();
+        let daemon = Daemon::start(&[("AURA_CONFIG", config.to_str().unwrap())]);
+        let client = daemon.client();
+        let mut encode = spec("sh", &["-c", "echo $CUDA_VISIBLE_DEVICES; sleep 0.4"]);
+        encode.resources.memory = Some("1MiB".parse().unwrap());
+        encode.resources.gpus = Some(1);
+        encode.resources.encoder_sessions = Some(1);
+        let ids = submit_all(&client, vec![encode.clone(); 6]).await;
+        let mut views = Vec::new();
+        for id in &ids {
+            let view = wait_done(&client, *id).await;
+            assert!(outcome(&view).is_success(), "{view:?}");
+            let device =
+                String::from_utf8(client.logs(*id, "stdout", 0).await.unwrap().data).unwrap();
+            assert!(device == "0\n" || device == "1\n", "{device:?}");
+            views.push(view);
+        }
+        assert_eq!(
+            max_overlap(&views),
+            3,
+            "two sessions on GPU 0, one on GPU 1"
+        );
+        let mut big = encode.clone();
+        big.resources.vram = Some("16GiB".parse().unwrap());
+        let big = client.submit(&big).await.unwrap().job.id;
+        let view = wait_done(&client, big).await;
+        assert!(outcome(&view).is_success());
+        let device = String::from_utf8(client.logs(big, "stdout", 0).await.unwrap().data).unwrap();
+        assert_eq!(device, "1\n", "only GPU 1 has 16 GiB");
+        let mut impossible = encode;
+        impossible.resources.gpus = Some(3);
+        let err = client.submit(&impossible).await.unwrap_err().to_string();
+        assert!(
+            err.contains("gpu requested (3) exceeds this machine's capacity (2)"),
+            "{err}"
+        );
+    }
+
     /// The guard reads the real host: with the threshold set above what any machine has available, it must
     /// pause admission, say why, and hold a queued job back.
     #[tokio::test(flavor = "multi_thread")]
