@@ -81,6 +81,8 @@ pub(crate) enum CancelReply {
 pub(crate) struct Shared {
     pub config: EngineConfig,
     pub admission: Admission,
+    /// Host metrics on their own thread; requests read its latest snapshot and never sample themselves.
+    pub host_sampler: aura_host::HostSampler,
     /// Jobs waiting in the queue, as last counted by the actor (for the queue cap at submit).
     pub queued_count: AtomicUsize,
     pub store: Store,
@@ -196,6 +198,7 @@ type QueuedWrite = BoxFuture<'static, (Result<(), StoreError>, Option<JobId>)>;
 pub(crate) async fn spawn(
     config: EngineConfig,
     admission: Admission,
+    host: aura_host::HostSampler,
     store: Store,
     supervisor: Supervisor,
 ) -> Result<EngineHandle, EngineError> {
@@ -204,6 +207,7 @@ pub(crate) async fn spawn(
     let shared = Arc::new(Shared {
         config,
         admission,
+        host_sampler: host,
         queued_count: AtomicUsize::new(0),
         store,
         supervisor,

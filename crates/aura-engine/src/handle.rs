@@ -61,6 +61,24 @@ pub struct LimitUse {
     pub per_minute: Option<u32>,
 }
 
+/// The data dir's volume below this share available degrades readiness.
+const MIN_FREE_DISK: f64 = 0.05;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+/// `GET /readyz`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
+    pub status: Health,
+    pub reasons: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct EngineStatus {
     pub backend: Backend,
@@ -222,6 +240,61 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
+    /// The host sampler's latest snapshot (`None` only if its very first sample failed).
+    pub fn host(&self) -> Option<std::sync::Arc<aura_host::HostSnapshot>> {
+        self.shared.host_sampler.latest()
+    }
+
+    /// Recent host snapshots, oldest first (bounded by `host_history`).
+    pub fn host_history(&self) -> Vec<std::sync::Arc<aura_host::HostSnapshot>> {
+        self.shared.host_sampler.history()
+    }
+
+    /// The daemon's own process: memory, fds and their limit, threads, children, CPU.
+    pub async fn process(&self) -> Result<aura_host::ProcessSnapshot, EngineError> {
+        tokio::task::spawn_blocking(aura_host::process_snapshot)
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(|e| EngineError::Internal(format!("reading the daemon's own process: {e}")))
+    }
+
+    /// Whether the daemon can do its work now, and what degrades it.
+    pub async fn readiness(&self) -> Readiness {
+        let mut unhealthy = Vec::new();
+        let mut degraded = Vec::new();
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            unhealthy.push("shutting down".to_owned());
+        }
+        if let Err(e) = self.shared.store.count_by_state().await {
+            unhealthy.push(format!("store unreachable: {e}"));
+        }
+        if let Some(reason) = self.shared.paused_reason() {
+            degraded.push(format!("admission paused: {reason}"));
+        }
+        if let Some(volume) = self.host().and_then(|h| h.data_volume.clone()) {
+            let free = volume.available as f64 / volume.total.max(1) as f64;
+            if free < MIN_FREE_DISK {
+                degraded.push(format!(
+                    "disk nearly full: {:.1} % of the data dir's volume available (below {:.0} %)",
+                    free * 100.0,
+                    MIN_FREE_DISK * 100.0
+                ));
+            }
+        }
+        let status = if !unhealthy.is_empty() {
+            Health::Unhealthy
+        } else if !degraded.is_empty() {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        };
+        unhealthy.extend(degraded);
+        Readiness {
+            status,
+            reasons: unhealthy,
+        }
+    }
+
     /// Cancels a queued job at once, or stops a running one with its stop sequence.
     pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
         match self.ask(|reply| Command::Cancel { id, reply }).await? {
@@ -333,9 +406,14 @@ impl EngineHandle {
             .await
             .map_err(|e| EngineError::Internal(format!("engine actor failed: {e}")))?;
         let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(guards) = guards {
-            let _ = tokio::task::spawn_blocking(move || guards.stop()).await;
-        }
+        let host = self.shared.host_sampler.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(guards) = guards {
+                guards.stop();
+            }
+            host.stop();
+        })
+        .await;
         self.shared.supervisor.shutdown().await;
         self.shared.store.close().await?;
         Ok(())

@@ -15,7 +15,7 @@ mod monitor;
 pub use admission::AdmissionConfig;
 pub use error::EngineError;
 pub use guards::GuardConfig;
-pub use handle::{EngineHandle, EngineStatus, JobView, LimitUse, Utilization};
+pub use handle::{EngineHandle, EngineStatus, Health, JobView, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
 
 use aura_supervisor::{Supervisor, SupervisorConfig};
@@ -29,6 +29,9 @@ pub struct EngineConfig {
     pub max_concurrent: usize,
     pub admission: AdmissionConfig,
     pub guards: GuardConfig,
+    /// The host sampler behind `/api/metrics/system`: how often, and how many snapshots it keeps.
+    pub host_interval: std::time::Duration,
+    pub host_history: usize,
     /// Requeue the jobs a graceful shutdown stopped, so that the next start runs them again.
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorConfig,
@@ -90,5 +93,15 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         "admission capacity"
     );
     let admission = aura_admission::Admission::new(capacity, config.admission.limits.clone());
-    actor::spawn(config, admission, store, supervisor).await
+    let sampler_config = aura_host::SamplerConfig {
+        interval: config.host_interval,
+        history: config.host_history,
+        data_dir: config.data_dir.clone(),
+        nvml: config.admission.detect_gpus,
+    };
+    let host = tokio::task::spawn_blocking(move || aura_host::HostSampler::start(sampler_config))
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(|e| EngineError::Internal(format!("cannot start the host sampler: {e}")))?;
+    actor::spawn(config, admission, host, store, supervisor).await
 }

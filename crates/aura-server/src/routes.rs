@@ -46,6 +46,9 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
         .route("/api/metrics/utilization", get(utilization))
+        .route("/api/metrics/system", get(system))
+        .route("/api/metrics/process", get(process))
+        .route("/readyz", get(readyz))
         .route("/api/leases", post(acquire_lease).get(list_leases))
         .route("/api/leases/{id}/renew", post(renew_lease))
         .route("/api/leases/{id}", axum::routing::delete(release_lease))
@@ -151,6 +154,43 @@ async fn release_lease(
 
 async fn list_leases(State(app): State<AppState>) -> ApiResult<Json<Vec<aura_engine::LeaseInfo>>> {
     Ok(Json(app.engine.leases().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SystemQuery {
+    /// `true` for the recent snapshots (oldest first) instead of the latest.
+    history: Option<bool>,
+}
+
+async fn system(
+    State(app): State<AppState>,
+    q: Result<Query<SystemQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    if query(q)?.history.unwrap_or(false) {
+        let history = app.engine.host_history();
+        let snapshots: Vec<&aura_host::HostSnapshot> = history.iter().map(|s| &**s).collect();
+        return Ok(Json(snapshots).into_response());
+    }
+    let latest = app
+        .engine
+        .host()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "the host sampler has no sample yet"))?;
+    Ok(Json(&*latest).into_response())
+}
+
+async fn process(State(app): State<AppState>) -> ApiResult<Json<aura_host::ProcessSnapshot>> {
+    Ok(Json(app.engine.process().await?))
+}
+
+/// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let readiness = app.engine.readiness().await;
+    let status = match readiness.status {
+        aura_engine::Health::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        aura_engine::Health::Healthy | aura_engine::Health::Degraded => StatusCode::OK,
+    };
+    (status, Json(readiness)).into_response()
 }
 
 async fn utilization(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Utilization>> {

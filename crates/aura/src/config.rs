@@ -24,7 +24,28 @@ pub struct Config {
     pub supervisor: SupervisorSection,
     pub admission: AdmissionSection,
     pub guards: GuardsSection,
+    pub metrics: MetricsSection,
     pub api: ApiSection,
+}
+
+/// The host sampler behind `/api/metrics/system`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// How often the host is sampled. Default: 1s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub interval: Duration,
+    /// Snapshots kept in memory for the dashboard. Default: 300 (5 minutes at 1 s).
+    pub history: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            interval: Duration::from_secs(1),
+            history: 300,
+        }
+    }
 }
 
 /// Live admission guards (defaults in brackets): admission pauses while available memory is under
@@ -232,6 +253,7 @@ impl Default for Config {
             supervisor: SupervisorSection::default(),
             admission: AdmissionSection::default(),
             guards: GuardsSection::default(),
+            metrics: MetricsSection::default(),
             api: ApiSection::default(),
         }
     }
@@ -289,6 +311,12 @@ impl Config {
             );
         }
         config.guards.validate()?;
+        if config.metrics.interval.is_zero()
+            || config.metrics.history == 0
+            || config.metrics.history > 100_000
+        {
+            anyhow::bail!("invalid configuration: metrics.interval must be > 0 and metrics.history in 1..=100000");
+        }
         let a = &config.admission;
         let percentile_ok = a.learn_percentile > 0.0 && a.learn_percentile <= 1.0;
         let margin_ok = a.learn_margin >= 0.0 && a.learn_margin.is_finite();

@@ -1560,6 +1560,78 @@ mod admission {
     }
 }
 
+mod metrics {
+    use super::*;
+
+    async fn get_json(url: String) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(url).await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn system_process_and_readiness_answer_without_a_gpu() {
+        let daemon = Daemon::start(&[("AURA_METRICS__INTERVAL", "100ms")]);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (status, system) = get_json(format!("{}/api/metrics/system", daemon.url)).await;
+        assert_eq!(status, 200);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(system["cpu"]["cores"], cores, "{system}");
+        assert!(system["memory"]["total"].as_u64().unwrap() > 0, "{system}");
+        if !Path::new("/dev/nvidiactl").exists() {
+            assert!(system["gpus"].is_null(), "{system}");
+            assert!(system["gpu_unavailable"].is_string(), "{system}");
+        }
+        let (_, history) =
+            get_json(format!("{}/api/metrics/system?history=true", daemon.url)).await;
+        assert!(
+            history.as_array().is_some_and(|h| h.len() >= 2),
+            "{history}"
+        );
+        let (status, process) = get_json(format!("{}/api/metrics/process", daemon.url)).await;
+        assert_eq!(status, 200);
+        assert_eq!(process["pid"], daemon.pid(), "{process}");
+        assert!(
+            process["open_fds"].as_u64().unwrap() > 3 && process["rss_bytes"].as_u64().unwrap() > 0,
+            "{process}"
+        );
+        let (status, ready) = get_json(format!("{}/readyz", daemon.url)).await;
+        assert_eq!(
+            (status, ready["status"].as_str()),
+            (200, Some("healthy")),
+            "{ready}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_paused_admission_degrades_readiness() {
+        let daemon = Daemon::start(&[
+            ("AURA_GUARDS__MIN_AVAILABLE_MEMORY", "0.999"),
+            ("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", "0.9995"),
+            ("AURA_GUARDS__INTERVAL", "100ms"),
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, ready) = get_json(format!("{}/readyz", daemon.url)).await;
+            if ready["status"] == "degraded" {
+                assert_eq!(status, 200);
+                assert!(
+                    ready["reasons"][0]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("admission paused"),
+                    "{ready}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readiness never degraded: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 mod ffmpeg {
     use super::*;
 
