@@ -14,13 +14,14 @@ const USAGE: &str = "usage:
   cargo xtask bench kill [--rounds N]";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
-/// procps and util-linux (`setsid`, `ps` in process-tree tests).
+/// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`).
 const PACKAGES: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
     ("ffprobe", "ffmpeg"),
     ("stress-ng", "stress-ng"),
     ("setsid", "util-linux"),
     ("ps", "procps"),
+    ("promtool", "prometheus"),
 ];
 
 fn main() -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! status codes; everything it does goes through an `EngineHandle`.
 
 mod error;
+mod prometheus;
 mod routes;
 
 pub use error::{ApiError, ErrorCode};

@@ -49,6 +49,8 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/metrics/system", get(system))
         .route("/api/metrics/process", get(process))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/metrics/prometheus", get(metrics))
         .route("/api/leases", post(acquire_lease).get(list_leases))
         .route("/api/leases/{id}/renew", post(renew_lease))
         .route("/api/leases/{id}", axum::routing::delete(release_lease))
@@ -181,6 +183,30 @@ async fn system(
 
 async fn process(State(app): State<AppState>) -> ApiResult<Json<aura_host::ProcessSnapshot>> {
     Ok(Json(app.engine.process().await?))
+}
+
+async fn metrics(State(app): State<AppState>) -> ApiResult<Response> {
+    let running = app
+        .engine
+        .list(ListFilter {
+            states: vec![StateName::Running, StateName::Stopping],
+            after: None,
+            limit: 1000,
+            newest_first: true,
+        })
+        .await?;
+    let inputs = crate::prometheus::Inputs {
+        host: app.engine.host(),
+        // The scrape still answers if the process read fails; those series are then absent.
+        process: app.engine.process().await.ok(),
+        status: app.engine.status().await?,
+        utilization: app.engine.utilization().await?,
+        running,
+    };
+    let body = crate::prometheus::render(inputs)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")))?;
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 /// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.

@@ -1603,6 +1603,73 @@ mod metrics {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn prometheus_output_passes_promtool_and_shows_running_jobs() {
+        let daemon = Daemon::start(&[("AURA_METRICS__INTERVAL", "100ms")]);
+        let client = daemon.client();
+        let id = client.submit(&spec("sleep", &["5"])).await.unwrap().job.id;
+        wait_running(&client, id, 1).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let resp = reqwest::get(format!("{}/metrics", daemon.url))
+            .await
+            .unwrap();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        let text = resp.text().await.unwrap();
+        let mut promtool = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
+        use std::io::Write;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for series in [
+            "aura_host_cpu_seconds_total{mode=\"user\"}",
+            "aura_host_memory_available_bytes ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "aura_jobs_running 1",
+            &format!("aura_job_memory_bytes{{job_id=\"{id}\"}}"),
+        ] {
+            assert!(text.contains(series), "missing {series:?} in\n{text}");
+        }
+        client.cancel(id).await.unwrap();
+        wait_done(&client, id).await;
+        let after = reqwest::get(format!("{}/api/metrics/prometheus", daemon.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !after.contains("job_id="),
+            "a finished job keeps no series: {after}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_paused_admission_degrades_readiness() {
         let daemon = Daemon::start(&[
             ("AURA_GUARDS__MIN_AVAILABLE_MEMORY", "0.999"),
