@@ -31,7 +31,8 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
     match which {
         "throughput" => throughput(root, flag("--jobs", 2000)?, flag("--parallel", 2)?),
         "kill" => kill_latency(root, flag("--rounds", 20)?),
-        _ => bail!("unknown benchmark {which:?}: use throughput or kill"),
+        "metrics" => metrics(root, flag("--scrapes", 300)?),
+        _ => bail!("unknown benchmark {which:?}: use throughput, kill or metrics"),
     }
 }
 
@@ -329,4 +330,98 @@ fn thread_cpu(pid: u32) -> String {
         .map(|(n, s)| format!("{n}={s:.2}s"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Scrapes per second over one keep-alive connection.
+async fn scrape_rate(url: &str, scrapes: usize) -> anyhow::Result<(f64, usize)> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
+    let mut bytes = client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?
+        .len();
+    let start = Instant::now();
+    for _ in 0..scrapes {
+        bytes = client
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?
+            .len();
+    }
+    Ok((scrapes as f64 / start.elapsed().as_secs_f64(), bytes))
+}
+
+fn process_cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest: Vec<&str> = stat
+        .rsplit_once(") ")
+        .context("bad stat")?
+        .1
+        .split(' ')
+        .collect();
+    let ticks: f64 = rest[11].parse::<f64>()? + rest[12].parse::<f64>()?;
+    let rss_pages: u64 = rest[21].parse()?;
+    Ok((ticks / 100.0, rss_pages * 4096))
+}
+
+/// `/metrics` against a stock node_exporter on the same machine in the same run, then the idle daemon.
+fn metrics(root: &Path, scrapes: usize) -> anyhow::Result<()> {
+    let daemon = Daemon::start(root, 2)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut exporter = Command::new("prometheus-node-exporter")
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context(
+            "cannot start prometheus-node-exporter (Debian package prometheus-node-exporter)",
+        )?;
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let node_url = format!("http://127.0.0.1:{port}/metrics");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reqwest::get(&node_url).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "node_exporter did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the host sampler fill its CPU windows before measuring.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let aura = scrape_rate(&format!("{}/metrics", daemon.url), scrapes).await?;
+        let node = scrape_rate(&node_url, (scrapes / 10).max(10)).await?;
+        Ok::<_, anyhow::Error>((aura, node))
+    });
+    let _ = exporter.kill();
+    let _ = exporter.wait();
+    let ((aura_rate, aura_bytes), (node_rate, node_bytes)) = result?;
+    println!("metrics: sequential scrapes over one connection, same machine, same run");
+    println!("  aura /metrics   : {aura_rate:8.1} scrapes/s ({aura_bytes} bytes)");
+    println!("  node_exporter   : {node_rate:8.1} scrapes/s ({node_bytes} bytes)");
+    println!(
+        "  ratio           : {:8.1} x   (target ≥ 10 x)",
+        aura_rate / node_rate
+    );
+    // Idle daemon: 1 s host sampling, guards on, no jobs.
+    let pid = daemon.child.id();
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu0, _) = process_cpu_and_rss(pid)?;
+    let idle = Duration::from_secs(20);
+    std::thread::sleep(idle);
+    let (cpu1, rss) = process_cpu_and_rss(pid)?;
+    println!(
+        "  idle daemon     : {:.2} % of one core over {}s, RSS {:.1} MB (targets ≤ 0.5 %, ≤ 20 MB)",
+        100.0 * (cpu1 - cpu0) / idle.as_secs_f64(),
+        idle.as_secs(),
+        rss as f64 / 1e6
+    );
+    Ok(())
 }
