@@ -258,6 +258,27 @@ impl EngineHandle {
             .map_err(|e| EngineError::Internal(format!("reading the daemon's own process: {e}")))
     }
 
+    /// The daemon's own resources against the warning thresholds.
+    pub async fn diagnostics(&self) -> Result<crate::Diagnostics, EngineError> {
+        let process = self.process().await?;
+        let (running_jobs, _) = self.ask(|reply| Command::Status { reply }).await?;
+        let warnings =
+            crate::diagnostics::warnings(&self.shared.config.diagnostics, &process, running_jobs);
+        Ok(crate::Diagnostics {
+            process,
+            running_jobs,
+            warnings,
+        })
+    }
+
+    /// Gives back what can be given back now, and reports the daemon before and after.
+    pub async fn cleanup(&self) -> Result<crate::Cleanup, EngineError> {
+        tokio::task::spawn_blocking(crate::diagnostics::cleanup)
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(|e| EngineError::Internal(format!("cleanup: {e}")))
+    }
+
     /// Whether the daemon can do its work now, and what degrades it.
     pub async fn readiness(&self) -> Readiness {
         let mut unhealthy = Vec::new();
@@ -280,6 +301,14 @@ impl EngineHandle {
                     MIN_FREE_DISK * 100.0
                 ));
             }
+        }
+        match self.diagnostics().await {
+            Ok(d) => degraded.extend(
+                d.warnings
+                    .into_iter()
+                    .map(|w| format!("warning: {}", w.message)),
+            ),
+            Err(e) => degraded.push(format!("diagnostics unavailable: {e}")),
         }
         let status = if !unhealthy.is_empty() {
             Health::Unhealthy

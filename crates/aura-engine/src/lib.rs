@@ -6,6 +6,7 @@
 
 mod actor;
 mod admission;
+mod diagnostics;
 mod error;
 mod guards;
 mod handle;
@@ -13,6 +14,7 @@ mod lease;
 mod monitor;
 
 pub use admission::AdmissionConfig;
+pub use diagnostics::{Cleanup, Diagnostics, DiagnosticsConfig, Warning};
 pub use error::EngineError;
 pub use guards::GuardConfig;
 pub use handle::{EngineHandle, EngineStatus, Health, JobView, LimitUse, Readiness, Utilization};
@@ -29,6 +31,7 @@ pub struct EngineConfig {
     pub max_concurrent: usize,
     pub admission: AdmissionConfig,
     pub guards: GuardConfig,
+    pub diagnostics: DiagnosticsConfig,
     /// The host sampler behind `/api/metrics/system`: how often, and how many snapshots it keeps.
     pub host_interval: std::time::Duration,
     pub host_history: usize,

@@ -49,6 +49,8 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/metrics/system", get(system))
         .route("/api/metrics/process", get(process))
         .route("/readyz", get(readyz))
+        .route("/api/diagnostics/resources", get(diagnostics))
+        .route("/api/diagnostics/resources/cleanup", post(cleanup))
         .route("/metrics", get(metrics))
         .route("/api/metrics/prometheus", get(metrics))
         .route("/api/leases", post(acquire_lease).get(list_leases))
@@ -183,6 +185,14 @@ async fn system(
 
 async fn process(State(app): State<AppState>) -> ApiResult<Json<aura_host::ProcessSnapshot>> {
     Ok(Json(app.engine.process().await?))
+}
+
+async fn diagnostics(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Diagnostics>> {
+    Ok(Json(app.engine.diagnostics().await?))
+}
+
+async fn cleanup(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Cleanup>> {
+    Ok(Json(app.engine.cleanup().await?))
 }
 
 async fn metrics(State(app): State<AppState>) -> ApiResult<Response> {

@@ -25,7 +25,45 @@ pub struct Config {
     pub admission: AdmissionSection,
     pub guards: GuardsSection,
     pub metrics: MetricsSection,
+    pub diagnostics: DiagnosticsSection,
     pub api: ApiSection,
+}
+
+/// Warning thresholds of `/api/diagnostics/resources` (warnings also degrade `/readyz`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsSection {
+    /// Default: 1000.
+    pub max_open_fds: u64,
+    /// Default: 2 GiB.
+    pub max_rss: ByteSize,
+    /// Default: 200.
+    pub max_threads: u64,
+    /// Child processes beyond the running jobs' main processes. Default: 10.
+    pub max_extra_children: u64,
+}
+
+impl Default for DiagnosticsSection {
+    fn default() -> Self {
+        let d = aura_engine::DiagnosticsConfig::default();
+        DiagnosticsSection {
+            max_open_fds: d.max_open_fds,
+            max_rss: ByteSize(d.max_rss_bytes),
+            max_threads: d.max_threads,
+            max_extra_children: d.max_extra_children,
+        }
+    }
+}
+
+impl DiagnosticsSection {
+    pub fn to_engine(&self) -> aura_engine::DiagnosticsConfig {
+        aura_engine::DiagnosticsConfig {
+            max_open_fds: self.max_open_fds,
+            max_rss_bytes: self.max_rss.bytes(),
+            max_threads: self.max_threads,
+            max_extra_children: self.max_extra_children,
+        }
+    }
 }
 
 /// The host sampler behind `/api/metrics/system`.
@@ -254,6 +292,7 @@ impl Default for Config {
             admission: AdmissionSection::default(),
             guards: GuardsSection::default(),
             metrics: MetricsSection::default(),
+            diagnostics: DiagnosticsSection::default(),
             api: ApiSection::default(),
         }
     }

@@ -78,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_concurrent: config.max_concurrent,
         admission: config.admission.to_engine(),
         guards: config.guards.to_engine(),
+        diagnostics: config.diagnostics.to_engine(),
         host_interval: config.metrics.interval,
         host_history: config.metrics.history,
         requeue_on_shutdown: config.requeue_on_shutdown,

@@ -1670,6 +1670,92 @@ mod metrics {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn warnings_over_thresholds_degrade_readiness_and_cleanup_reports() {
+        let daemon = Daemon::start(&[("AURA_DIAGNOSTICS__MAX_OPEN_FDS", "3")]);
+        let (status, diag) = get_json(format!("{}/api/diagnostics/resources", daemon.url)).await;
+        assert_eq!(status, 200);
+        assert_eq!(diag["warnings"][0]["metric"], "open_fds", "{diag}");
+        assert_eq!(diag["warnings"][0]["threshold"], 3, "{diag}");
+        let (status, ready) = get_json(format!("{}/readyz", daemon.url)).await;
+        assert_eq!(
+            (status, ready["status"].as_str()),
+            (200, Some("degraded")),
+            "{ready}"
+        );
+        assert!(
+            ready["reasons"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("warning: open file descriptors"),
+            "{ready}"
+        );
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/diagnostics/resources/cleanup", daemon.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let cleanup: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(cleanup["before"]["pid"], daemon.pid(), "{cleanup}");
+        assert!(
+            cleanup["after"]["rss_bytes"].as_u64().unwrap() > 0,
+            "{cleanup}"
+        );
+    }
+
+    /// A job's live memory rises while it allocates, and its peak matches the recorded one.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn live_memory_rises_and_the_peak_matches_the_record() {
+        let daemon = Daemon::start(&[("AURA_SUPERVISOR__SAMPLE_INTERVAL", "100ms")]);
+        let client = daemon.client();
+        let job = spec(
+            "stress-ng",
+            &[
+                "--vm",
+                "1",
+                "--vm-bytes",
+                "200M",
+                "--vm-keep",
+                "--timeout",
+                "3s",
+                "--quiet",
+            ],
+        );
+        let id = client.submit(&job).await.unwrap().job.id;
+        let mut seen = Vec::new();
+        loop {
+            let view = client.get(id).await.unwrap();
+            if let Some(live) = view.live {
+                seen.push((
+                    live.memory_current.unwrap_or(0),
+                    live.memory_peak.unwrap_or(0),
+                ));
+            }
+            if view.job.outcome().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let first = seen.first().map_or(0, |s| s.0);
+        let max_live = seen.iter().map(|s| s.0).max().unwrap_or(0);
+        assert!(
+            max_live > first + (100 << 20),
+            "live memory did not rise: {seen:?}"
+        );
+        let live_peak = seen.iter().map(|s| s.1).max().unwrap_or(0);
+        let view = wait_done(&client, id).await;
+        let JobState::Finished(f) = &view.job.state else {
+            unreachable!()
+        };
+        let recorded = f.accounting.memory_peak.unwrap().bytes();
+        // The kernel's high-water mark can only be at or above what sampling saw, and close to it.
+        assert!(
+            recorded >= live_peak && recorded - live_peak < (32 << 20),
+            "live peak {live_peak}, recorded {recorded}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_paused_admission_degrades_readiness() {
         let daemon = Daemon::start(&[
             ("AURA_GUARDS__MIN_AVAILABLE_MEMORY", "0.999"),

@@ -1,0 +1,152 @@
+//! Diagnostics of the daemon itself, as the user's documents' ResourceTracker had them: its own fds,
+//! threads, memory and child processes checked against thresholds, and a cleanup that gives back what can be
+//! given back now.
+
+use aura_host::ProcessSnapshot;
+use serde::Serialize;
+
+/// Warning thresholds, with the defaults of `aura serve`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiagnosticsConfig {
+    pub max_open_fds: u64,
+    pub max_rss_bytes: u64,
+    pub max_threads: u64,
+    /// Children beyond the running jobs' main processes (which are the daemon's children by design).
+    pub max_extra_children: u64,
+}
+
+impl Default for DiagnosticsConfig {
+    /// 1000 fds and 2 GB as in the user's documents; 200 threads; 10 unexplained children.
+    fn default() -> Self {
+        DiagnosticsConfig {
+            max_open_fds: 1000,
+            max_rss_bytes: 2 << 30,
+            max_threads: 200,
+            max_extra_children: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Warning {
+    pub metric: &'static str,
+    pub value: u64,
+    pub threshold: u64,
+    pub message: String,
+}
+
+/// `GET /api/diagnostics/resources`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Diagnostics {
+    pub process: ProcessSnapshot,
+    pub running_jobs: usize,
+    pub warnings: Vec<Warning>,
+}
+
+/// `POST /api/diagnostics/resources/cleanup`: the daemon before and after.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cleanup {
+    pub before: ProcessSnapshot,
+    pub after: ProcessSnapshot,
+    /// What was done.
+    pub actions: Vec<String>,
+}
+
+pub(crate) fn warnings(
+    config: &DiagnosticsConfig,
+    p: &ProcessSnapshot,
+    running_jobs: usize,
+) -> Vec<Warning> {
+    let extra_children = p.children.saturating_sub(running_jobs as u64);
+    let checks = [
+        (
+            "open_fds",
+            p.open_fds,
+            config.max_open_fds,
+            "open file descriptors",
+        ),
+        (
+            "rss_bytes",
+            p.rss_bytes,
+            config.max_rss_bytes,
+            "resident memory (bytes)",
+        ),
+        ("threads", p.threads, config.max_threads, "threads"),
+        (
+            "extra_children",
+            extra_children,
+            config.max_extra_children,
+            "child processes beyond running jobs",
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, value, threshold, _)| value > threshold)
+        .map(|(metric, value, threshold, what)| Warning {
+            metric,
+            value,
+            threshold,
+            message: format!("{what}: {value} is over the threshold {threshold}"),
+        })
+        .collect()
+}
+
+/// Gives memory the allocator holds but does not use back to the OS. Blocking.
+pub(crate) fn cleanup() -> Result<Cleanup, aura_host::HostError> {
+    let before = aura_host::process_snapshot()?;
+    let mut actions = Vec::new();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: glibc's malloc_trim only releases free memory at the top of the heaps and unused pages.
+        let released = unsafe { libc::malloc_trim(0) };
+        actions.push(format!(
+            "malloc_trim: {}",
+            if released == 1 {
+                "memory returned to the OS"
+            } else {
+                "nothing to return"
+            }
+        ));
+    }
+    // Job processes are reaped through their pidfds as they exit; there is nothing else to reap, and the
+    // janitor's quick pass does not exist yet.
+    let after = aura_host::process_snapshot()?;
+    Ok(Cleanup {
+        before,
+        after,
+        actions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_name_the_metric_and_both_numbers() {
+        let p = aura_host::process_snapshot().expect("own process");
+        let none = warnings(&DiagnosticsConfig::default(), &p, 0);
+        assert!(none.is_empty(), "{none:?}");
+        let strict = DiagnosticsConfig {
+            max_open_fds: 1,
+            max_rss_bytes: 1,
+            max_threads: 0,
+            max_extra_children: 10,
+        };
+        let w = warnings(&strict, &p, 0);
+        let metrics: Vec<&str> = w.iter().map(|w| w.metric).collect();
+        assert_eq!(metrics, ["open_fds", "rss_bytes", "threads"]);
+        assert!(
+            w[0].message.starts_with("open file descriptors: "),
+            "{}",
+            w[0].message
+        );
+    }
+
+    #[test]
+    fn cleanup_reports_before_and_after() {
+        let c = cleanup().expect("cleanup");
+        assert_eq!(c.before.pid, c.after.pid);
+        assert!(!c.actions.is_empty());
+    }
+}
