@@ -105,6 +105,11 @@ impl Client {
         self.send(self.http.get(self.url("/api/status"))).await
     }
 
+    pub async fn system(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/api/metrics/system")))
+            .await
+    }
+
     pub async fn utilization(&self) -> Result<serde_json::Value, ClientError> {
         self.send(self.http.get(self.url("/api/metrics/utilization")))
             .await

@@ -85,6 +85,8 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// A live view of running jobs, the host and admission (q to quit).
+    Top,
     /// Engine status: backend, running and queued jobs.
     Status {
         #[arg(long)]
@@ -221,6 +223,10 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             }
             let view = wait_for(&client, view.job.id).await?;
             println!("job {id}: {}", describe_state(&view));
+            Ok(0)
+        }
+        Command::Top => {
+            crate::top::run(&client).await?;
             Ok(0)
         }
         Command::Status { json } => {

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod serve;
+mod top;
 
 use clap::Parser;
 

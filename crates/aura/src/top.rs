@@ -1,0 +1,254 @@
+//! `aura top`: a live terminal view of the engine, like htop for jobs — running jobs with memory, CPU and
+//! processes; host CPU, memory, PSI and GPUs; admission — refreshed every second from the HTTP API.
+
+use aura_client::{Client, JobView, ListQuery};
+use aura_model::ByteSize;
+use crossterm::event::{self, Event, KeyCode, KeyModifiers};
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
+use ratatui::Frame;
+use std::time::Duration;
+
+/// Everything one screen shows.
+#[derive(Default)]
+pub struct TopState {
+    pub server: String,
+    pub host: serde_json::Value,
+    pub utilization: serde_json::Value,
+    pub running: Vec<JobView>,
+    pub error: Option<String>,
+}
+
+impl TopState {
+    async fn refresh(&mut self, client: &Client) {
+        let result = async {
+            let host = client.system().await?;
+            let utilization = client.utilization().await?;
+            let query = ListQuery {
+                states: vec!["running".into(), "stopping".into()],
+                limit: Some(200),
+                ..Default::default()
+            };
+            let running = client.list(&query).await?.jobs;
+            Ok::<_, aura_client::ClientError>((host, utilization, running))
+        }
+        .await;
+        match result {
+            Ok((host, utilization, running)) => {
+                (self.host, self.utilization, self.running, self.error) =
+                    (host, utilization, running, None)
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+}
+
+fn pct(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map_or("-".to_owned(), |x| format!("{:.0}%", x * 100.0))
+}
+
+fn bytes(v: Option<u64>) -> String {
+    v.map_or("-".to_owned(), |b| ByteSize(b).to_string())
+}
+
+/// Draws one frame; pure, so tests render it into a buffer.
+pub fn draw(frame: &mut Frame, state: &TopState) {
+    let [header, jobs, footer] = Layout::vertical([
+        Constraint::Length(6),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    let h = &state.host;
+    let u = &state.utilization;
+    let mem = &h["memory"];
+    let psi = &h["pressure"]["memory"]["some"]["avg10"];
+    let gpus = match h["gpus"].as_array() {
+        Some(gpus) => gpus
+            .iter()
+            .map(|g| {
+                format!(
+                    "GPU{} {} enc {}",
+                    g["index"],
+                    pct(&g["utilization_gpu"]),
+                    pct(&g["encoder_utilization"])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("  "),
+        None => "no GPU".to_owned(),
+    };
+    let admission = match u["paused_reason"].as_str() {
+        Some(reason) => format!("PAUSED: {reason}"),
+        None => "open".to_owned(),
+    };
+    let lines = vec![
+        Line::from(format!(
+            "CPU {}  load {}  mem {} of {} avail  PSI mem {}",
+            pct(&h["cpu"]["busy_ratio"]),
+            h["load_average"][0]
+                .as_f64()
+                .map_or("-".into(), |l| format!("{l:.2}")),
+            bytes(mem["available"].as_u64()),
+            bytes(mem["total"].as_u64()),
+            pct(psi)
+        )),
+        Line::from(gpus),
+        Line::from(format!(
+            "jobs {} running, {} queued (max {})  reserved {} of {}",
+            u["running"],
+            u["queued"],
+            u["max_concurrent"],
+            bytes(u["reserved_memory_bytes"].as_u64()),
+            bytes(u["capacity"]["memory_bytes"].as_u64())
+        )),
+        Line::from(format!("admission {admission}")),
+    ];
+    let title = format!(" aura top — {} ", state.server);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
+        header,
+    );
+
+    let rows = state.running.iter().map(|v| {
+        let live = v.live.unwrap_or_default();
+        let command = std::iter::once(v.job.spec.program.as_str())
+            .chain(v.job.spec.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cpu = live
+            .cpu_user_secs
+            .zip(live.cpu_system_secs)
+            .map_or("-".to_owned(), |(a, b)| format!("{:.1}s", a + b));
+        Row::new(vec![
+            v.job.id.to_string(),
+            v.job.state.name().as_str().to_owned(),
+            bytes(live.memory_current),
+            bytes(live.memory_peak),
+            cpu,
+            live.processes.to_string(),
+            command,
+        ])
+    });
+    let widths = [
+        Constraint::Length(6),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(7),
+        Constraint::Length(5),
+        Constraint::Min(10),
+    ];
+    let table = Table::new(rows, widths)
+        .header(
+            Row::new(vec!["ID", "STATE", "MEM", "PEAK", "CPU", "PROC", "COMMAND"])
+                .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" running jobs "),
+        );
+    frame.render_widget(table, jobs);
+    let status = state
+        .error
+        .clone()
+        .unwrap_or_else(|| "q: quit   refreshed every second".to_owned());
+    frame.render_widget(Paragraph::new(status), footer);
+}
+
+/// Runs the live view until `q`, Esc or Ctrl-C.
+pub async fn run(client: &Client) -> anyhow::Result<()> {
+    let mut terminal = ratatui::init();
+    let mut state = TopState {
+        server: client.base().to_owned(),
+        ..Default::default()
+    };
+    let result = async {
+        loop {
+            state.refresh(client).await;
+            terminal.draw(|f| draw(f, &state))?;
+            // Wait up to a second for a key, off the async workers.
+            let key =
+                tokio::task::spawn_blocking(|| -> std::io::Result<Option<event::KeyEvent>> {
+                    if event::poll(Duration::from_secs(1))? {
+                        if let Event::Key(key) = event::read()? {
+                            return Ok(Some(key));
+                        }
+                    }
+                    Ok(None)
+                })
+                .await??;
+            if let Some(key) = key {
+                let ctrl_c =
+                    key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                if matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+        }
+    }
+    .await;
+    ratatui::restore();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    #[test]
+    fn renders_in_an_80_by_24_terminal() {
+        let job: JobView = serde_json::from_value(serde_json::json!({
+            "id": 42, "submitted_at": "2026-11-22T10:00:00Z", "attempt": 1, "failures": 0,
+            "spec": {"program": "ffmpeg", "args": ["-i", "in.mov", "out.mp4"]},
+            "state": "running",
+            "run": {"started_at": "2026-11-22T10:00:01Z", "cwd": "/tmp",
+                    "tree": {"backend": "hybrid", "pid": 7, "start_ticks": 1, "cgroups": []}},
+            "live": {"memory_current": 314572800, "memory_peak": 419430400, "memory_source": "cgroup_peak",
+                     "cpu_user_secs": 3.0, "cpu_system_secs": 0.5, "processes": 2, "peak_processes": 2}
+        }))
+        .expect("a job view");
+        let state = TopState {
+            server: "http://127.0.0.1:7411".into(),
+            host: serde_json::json!({"cpu": {"busy_ratio": 0.5}, "load_average": [1.0, 0.5, 0.2],
+                "memory": {"total": 25_000_000_000u64, "available": 20_000_000_000u64},
+                "pressure": {"memory": {"some": {"avg10": 0.01}}}, "gpus": null}),
+            utilization: serde_json::json!({"running": 1, "queued": 3, "max_concurrent": 2,
+                "reserved_memory_bytes": 2147483648u64, "capacity": {"memory_bytes": 24_000_000_000u64},
+                "paused_reason": null}),
+            running: vec![job],
+            error: None,
+        };
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+        terminal.draw(|f| draw(f, &state)).expect("draw");
+        let screen: String = terminal
+            .backend()
+            .buffer()
+            .content()
+            .chunks(80)
+            .map(|row| row.iter().map(|c| c.symbol()).collect::<String>() + "\n")
+            .collect();
+        for expected in [
+            "aura top",
+            "CPU 50%",
+            "no GPU",
+            "1 running, 3 queued",
+            "admission open",
+            "ffmpeg -i in.mov",
+            "300.0 MiB",
+            "3.5s",
+            "q: quit",
+        ] {
+            assert!(
+                screen.contains(expected),
+                "missing {expected:?} in\n{screen}"
+            );
+        }
+    }
+}
