@@ -15,7 +15,7 @@ mod snapshot;
 
 pub use collector::Collector;
 pub use error::HostError;
-pub use process::{process_snapshot, ProcessSnapshot};
+pub use process::{process_snapshot, AllocatorStats, ProcessSnapshot};
 pub use sampler::{HostSampler, SamplerConfig};
 pub use snapshot::{
     CpuModeSeconds, CpuStats, DiskStats, GpuStats, HostSnapshot, MemoryStats, NetStats, Pressure,

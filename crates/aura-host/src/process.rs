@@ -24,6 +24,35 @@ pub struct ProcessSnapshot {
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
     pub start_time: Timestamp,
+    /// The allocator's own view, where it offers one (glibc's `mallinfo2`).
+    pub allocator: Option<AllocatorStats>,
+}
+
+/// Heap figures from the allocator: what it got from the OS, what is handed out, what it holds free.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct AllocatorStats {
+    /// Bytes obtained from the OS (main arena plus mmapped chunks).
+    pub mapped_bytes: u64,
+    /// Bytes in allocations the program holds.
+    pub in_use_bytes: u64,
+    /// Bytes free inside the allocator (what a cleanup's `malloc_trim` may return).
+    pub free_bytes: u64,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn allocator() -> Option<AllocatorStats> {
+    // SAFETY: mallinfo2 only reads the allocator's counters (glibc >= 2.33).
+    let m = unsafe { libc::mallinfo2() };
+    Some(AllocatorStats {
+        mapped_bytes: (m.arena + m.hblkhd) as u64,
+        in_use_bytes: (m.uordblks + m.hblkhd) as u64,
+        free_bytes: m.fordblks as u64,
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn allocator() -> Option<AllocatorStats> {
+    None
 }
 
 fn read(path: &str) -> Result<String, HostError> {
@@ -123,5 +152,6 @@ pub fn process_snapshot() -> Result<ProcessSnapshot, HostError> {
         cpu_user_seconds: stat.utime as f64 / hz,
         cpu_system_seconds: stat.stime as f64 / hz,
         start_time: Timestamp::from_unix_millis(start_ms),
+        allocator: allocator(),
     })
 }

@@ -369,6 +369,23 @@ fn process(s: &mut Scrape, p: &ProcessSnapshot) {
         "Number of OS threads in the process.",
         Scrape::one(p.threads as f64),
     );
+    if let Some(a) = &p.allocator {
+        s.gauge(
+            "aura_allocator_mapped_bytes",
+            "Heap memory the allocator obtained from the OS.",
+            Scrape::one(a.mapped_bytes as f64),
+        );
+        s.gauge(
+            "aura_allocator_in_use_bytes",
+            "Heap memory in allocations the daemon holds.",
+            Scrape::one(a.in_use_bytes as f64),
+        );
+        s.gauge(
+            "aura_allocator_free_bytes",
+            "Heap memory free inside the allocator.",
+            Scrape::one(a.free_bytes as f64),
+        );
+    }
     s.gauge(
         "process_start_time_seconds",
         "Start time of the process since unix epoch in seconds.",

@@ -1594,6 +1594,12 @@ mod metrics {
             process["open_fds"].as_u64().unwrap() > 3 && process["rss_bytes"].as_u64().unwrap() > 0,
             "{process}"
         );
+        assert!(
+            process["allocator"]["in_use_bytes"]
+                .as_u64()
+                .is_some_and(|b| b > 0),
+            "{process}"
+        );
         let (status, ready) = get_json(format!("{}/readyz", daemon.url)).await;
         assert_eq!(
             (status, ready["status"].as_str()),
@@ -1650,6 +1656,7 @@ mod metrics {
             "aura_host_memory_available_bytes ",
             "process_resident_memory_bytes ",
             "process_open_fds ",
+            "aura_allocator_in_use_bytes ",
             "aura_jobs_running 1",
             &format!("aura_job_memory_bytes{{job_id=\"{id}\"}}"),
         ] {
