@@ -338,13 +338,17 @@ impl EngineHandle {
         }
     }
 
-    pub async fn get(&self, id: JobId) -> Result<JobView, EngineError> {
-        let job = self
-            .shared
+    /// The stored job, or `NotFound`.
+    async fn stored(&self, id: JobId) -> Result<Job, EngineError> {
+        self.shared
             .store
             .get(id)
             .await?
-            .ok_or(EngineError::NotFound(id))?;
+            .ok_or(EngineError::NotFound(id))
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<JobView, EngineError> {
+        let job = self.stored(id).await?;
         Ok(self.view(job))
     }
 
@@ -360,9 +364,7 @@ impl EngineHandle {
     }
 
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, EngineError> {
-        if self.shared.store.get(id).await?.is_none() {
-            return Err(EngineError::NotFound(id));
-        }
+        self.stored(id).await?;
         Ok(self.shared.store.events(id).await?)
     }
 
@@ -375,12 +377,7 @@ impl EngineHandle {
         offset: u64,
         max: usize,
     ) -> Result<LogChunk, EngineError> {
-        let job = self
-            .shared
-            .store
-            .get(id)
-            .await?
-            .ok_or(EngineError::NotFound(id))?;
+        let job = self.stored(id).await?;
         let dir = self.shared.log_dir(id, attempt.unwrap_or(job.attempt));
         let chunk = tokio::task::spawn_blocking(move || aura_logs::read(&dir, stream, offset, max))
             .await
