@@ -52,6 +52,16 @@ fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// The kernel's OOM killer should pick a job (they run at `supervisor.job_oom_score_adj`, 500 by default)
+/// before the daemon that would record its outcome. Lowering the score needs CAP_SYS_RESOURCE; without it
+/// the daemon keeps the default and says so.
+fn protect_from_oom_killer() {
+    const DAEMON_OOM_SCORE_ADJ: &str = "-500";
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", DAEMON_OOM_SCORE_ADJ) {
+        tracing::warn!(error = %e, "cannot lower the daemon's oom_score_adj; the OOM killer may pick it over a job");
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -60,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .canonicalize()
         .context("cannot resolve the data dir")?;
     let _lock = DataDirLock::acquire(&data_dir)?;
+    protect_from_oom_killer();
     let instance = instance_id(&data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

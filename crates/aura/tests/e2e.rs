@@ -1606,6 +1606,26 @@ mod metrics {
             (200, Some("healthy")),
             "{ready}"
         );
+        // The kernel's OOM killer picks a job before the daemon: jobs run at +500; the daemon lowers its own
+        // score to -500 where it has CAP_SYS_RESOURCE (this sandbox's root does not) and stays at 0 otherwise.
+        let adj = |pid: u32| -> i32 {
+            std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let client = daemon.client();
+        let id = client.submit(&spec("sleep", &["30"])).await.unwrap().job.id;
+        let view = wait_running(&client, id, 1).await;
+        let job_pid = view.job.state.run().unwrap().tree.pid;
+        assert_eq!(adj(job_pid), 500);
+        assert!(
+            adj(daemon.pid()) <= 0,
+            "daemon oom_score_adj {}",
+            adj(daemon.pid())
+        );
+        client.cancel(id).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]
