@@ -5,7 +5,6 @@ use aura_admission::estimate::Estimator;
 use aura_admission::{Capacity, GpuDevice, LimitConfig, Request};
 use aura_model::{ByteSize, Job, JobSpec, MemoryRequest, RequestSource, ResourceRequest};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Admission settings, with the defaults of `aura serve`.
 #[derive(Clone, Debug)]
@@ -53,22 +52,26 @@ impl Default for AdmissionConfig {
 }
 
 impl AdmissionConfig {
-    /// Host capacity with the configured overrides. Blocking (reads /proc and statvfs): call at start-up.
-    pub fn capacity(&self, data_dir: &Path) -> Capacity {
+    /// Capacity: the host as the sampler first saw it (physical memory minus headroom, cores, the data
+    /// volume's free space, NVML GPUs), with the configured overrides. Pure: the sampler did the I/O.
+    pub fn capacity(&self, host: Option<&aura_host::HostSnapshot>) -> Capacity {
         let memory = self.memory_bytes.unwrap_or_else(|| {
-            mem_total().map_or(0, |total| total.saturating_sub(self.memory_headroom_bytes))
+            host.map_or(0, |h| {
+                h.memory.total.saturating_sub(self.memory_headroom_bytes)
+            })
         });
         let cores = self
             .cpu_cores
             .unwrap_or_else(|| crate::default_max_concurrent() as f64);
         let disk = self.disk_bytes.unwrap_or_else(|| {
-            rustix::fs::statvfs(data_dir)
-                .map_or(u64::MAX, |s| s.f_bavail.saturating_mul(s.f_frsize))
+            host.and_then(|h| h.data_volume.as_ref())
+                .map_or(u64::MAX, |v| v.available)
         });
         let gpus = if !self.gpus.is_empty() {
             self.gpus.clone()
         } else if self.detect_gpus {
-            nvml_gpus(self.gpu_encoder_sessions)
+            host.and_then(|h| h.gpus.as_deref())
+                .map_or_else(Vec::new, |gpus| self.detected_gpus(gpus))
         } else {
             Vec::new()
         };
@@ -78,6 +81,26 @@ impl AdmissionConfig {
             disk_bytes: disk,
             gpus,
         }
+    }
+
+    /// The GPUs NVML reported, with the configured encoder-session limit (NVML does not report it).
+    fn detected_gpus(&self, gpus: &[aura_host::GpuStats]) -> Vec<GpuDevice> {
+        gpus.iter()
+            .filter_map(|g| match g.memory_total_bytes {
+                Some(vram_bytes) => Some(GpuDevice {
+                    index: g.index,
+                    vram_bytes,
+                    encoder_sessions: self.gpu_encoder_sessions,
+                }),
+                None => {
+                    tracing::warn!(
+                        index = g.index,
+                        "skipping a GPU whose memory NVML cannot read"
+                    );
+                    None
+                }
+            })
+            .collect()
     }
 
     /// The memory request of a job that states none and has no `kind` to learn from.
@@ -120,66 +143,6 @@ impl AdmissionConfig {
             vram_bytes_per_gpu: r.vram.map_or(0, |v| v.bytes()),
             encoder_sessions_per_gpu: r.encoder_sessions.unwrap_or(0),
             providers: r.providers.clone(),
-        }
-    }
-}
-
-fn mem_total() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// The host's GPUs through NVML, loaded at run time: a host without a GPU or a driver gets none (and one
-/// log line saying why), never a crash and never a subprocess.
-fn nvml_gpus(encoder_sessions: u32) -> Vec<GpuDevice> {
-    let nvml = match nvml_wrapper::Nvml::init() {
-        Ok(nvml) => nvml,
-        Err(e) => {
-            tracing::info!(reason = %e, "no GPUs for admission: NVML is not available");
-            return Vec::new();
-        }
-    };
-    let count = match nvml.device_count() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "NVML could not count GPUs; admitting no GPU jobs");
-            return Vec::new();
-        }
-    };
-    let mut gpus = Vec::new();
-    for index in 0..count {
-        let device = nvml.device_by_index(index);
-        match device.and_then(|d| Ok((d.name()?, d.memory_info()?.total))) {
-            Ok((name, vram_bytes)) => {
-                tracing::info!(index, %name, vram = %ByteSize(vram_bytes), encoder_sessions, "GPU available to admission");
-                gpus.push(GpuDevice {
-                    index,
-                    vram_bytes,
-                    encoder_sessions,
-                });
-            }
-            Err(e) => tracing::warn!(index, error = %e, "skipping a GPU NVML cannot read"),
-        }
-    }
-    gpus
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// On a machine with NVIDIA GPUs and a driver this lists them; elsewhere it must return none quietly.
-    #[test]
-    fn gpu_detection_never_fails() {
-        let gpus = nvml_gpus(8);
-        for (i, gpu) in gpus.iter().enumerate() {
-            assert_eq!(gpu.index as usize, i);
-            assert!(gpu.vram_bytes > 0);
-        }
-        if !std::path::Path::new("/dev/nvidiactl").exists() {
-            assert!(gpus.is_empty());
         }
     }
 }

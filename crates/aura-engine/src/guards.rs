@@ -3,8 +3,8 @@
 //! while Aura's own jobs are governed by their CPU reservations. Each guard has hysteresis (it trips at one
 //! threshold and clears at a gentler one) so admission does not flap.
 //!
-//! One sampler thread reads /proc and the jobs' cgroup, decides, and tells the actor only when the answer
-//! changes.
+//! One thread judges the host sampler's latest snapshot (plus the jobs' cgroup CPU), and tells the actor
+//! only when the answer changes.
 
 use crate::actor::{Command, Shared};
 use std::collections::VecDeque;
@@ -147,10 +147,19 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
     let mut reported: Option<String> = None;
     let mut cpu = CpuWindow::new(config.cpu_window, config.interval);
     while !stop.load(Ordering::SeqCst) {
+        // The host sampler reads /proc; the guards only judge its latest snapshot.
+        let host = shared.host_sampler.latest();
         let reading = Reading {
-            available_memory: available_memory(),
-            memory_pressure: memory_pressure(),
-            outside_cpu: cpu.sample(shared),
+            available_memory: host
+                .as_ref()
+                .filter(|h| h.memory.total > 0)
+                .map(|h| h.memory.available as f64 / h.memory.total as f64),
+            // aura-host gives PSI as a ratio; the thresholds are in percent, as `/proc/pressure` writes them.
+            memory_pressure: host
+                .as_ref()
+                .and_then(|h| h.pressure)
+                .map(|p| p.memory.some.avg10 * 100.0),
+            outside_cpu: host.as_ref().and_then(|h| cpu.sample(shared, h)),
         };
         *shared.host.lock().unwrap_or_else(|p| p.into_inner()) = Some(reading);
         let verdict = evaluate(config, &mut tripped, &reading);
@@ -174,33 +183,27 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
     }
 }
 
-fn meminfo_field(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn available_memory() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let total = meminfo_field(&text, "MemTotal:")?;
-    let available = meminfo_field(&text, "MemAvailable:")?;
-    (total > 0.0).then(|| available / total)
-}
-
-fn memory_pressure() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
-    let some = text.lines().find(|l| l.starts_with("some "))?;
-    some.split_whitespace()
-        .find_map(|kv| kv.strip_prefix("avg10="))
-        .and_then(|v| v.parse().ok())
+/// CPU seconds used by Aura so far: its jobs (the instance cgroup's hierarchical `cpu.stat`, or the running
+/// jobs' samples where there is none) and the daemon itself (`getrusage`, a syscall, no /proc parsing).
+fn aura_cpu_seconds(shared: &Shared) -> f64 {
+    let jobs = shared
+        .supervisor
+        .jobs_cpu_usec()
+        .unwrap_or_else(|| shared.probes_cpu_usec());
+    // SAFETY: getrusage only fills the struct it is given.
+    let own = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    jobs as f64 / 1e6 + secs(own.ru_utime) + secs(own.ru_stime)
 }
 
 /// The share of the machine's CPU used outside Aura's jobs and the daemon, averaged over a window.
 struct CpuWindow {
-    previous: Option<(u64, u64, u64)>,
+    /// The host snapshot time, busy and total host CPU seconds, and Aura's CPU seconds, at the last sample.
+    previous: Option<(aura_model::Timestamp, f64, f64, f64)>,
     samples: VecDeque<f64>,
     capacity: usize,
 }
@@ -215,60 +218,33 @@ impl CpuWindow {
         }
     }
 
-    /// Busy and total CPU microseconds of the host, and microseconds used by Aura (jobs + daemon).
-    fn read(shared: &Shared) -> Option<(u64, u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        let ticks = |i: usize| fields.get(i).copied().unwrap_or(0);
-        // user nice system idle iowait irq softirq steal (guest time is already in user)
-        let total: u64 = (0..8).map(ticks).sum();
-        let idle = ticks(3) + ticks(4);
-        let usec_per_tick = 1_000_000 / clock_ticks();
-        let jobs = shared
-            .supervisor
-            .jobs_cpu_usec()
-            .unwrap_or_else(|| shared.probes_cpu_usec());
-        let own = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(") ")?.1.split(' ').collect::<Vec<_>>();
-                Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
-            })?;
-        Some((
-            (total - idle) * usec_per_tick,
-            total * usec_per_tick,
-            jobs + own * usec_per_tick,
-        ))
-    }
-
-    fn sample(&mut self, shared: &Shared) -> Option<f64> {
-        let now = Self::read(shared)?;
+    fn sample(&mut self, shared: &Shared, host: &aura_host::HostSnapshot) -> Option<f64> {
+        if self.previous.is_some_and(|p| p.0 == host.at) {
+            // No new host sample since the last look: keep the window as it is.
+            return self.average();
+        }
+        let c = &host.cpu.seconds;
+        let total = c.user + c.nice + c.system + c.idle + c.iowait + c.irq + c.softirq + c.steal;
+        let busy = total - c.idle - c.iowait;
+        let now = (host.at, busy, total, aura_cpu_seconds(shared));
         let previous = self.previous.replace(now)?;
-        let total = now.1.saturating_sub(previous.1);
-        if total == 0 {
+        let total = now.2 - previous.2;
+        if total <= 0.0 {
             return None;
         }
-        let busy = now.0.saturating_sub(previous.0);
-        let aura = now.2.saturating_sub(previous.2);
-        let outside = busy.saturating_sub(aura) as f64 / total as f64;
+        let outside = ((now.1 - previous.1) - (now.3 - previous.3)) / total;
         if self.samples.len() == self.capacity {
             self.samples.pop_front();
         }
         self.samples.push_back(outside.clamp(0.0, 1.0));
-        // "Sustained": only a full window counts.
+        self.average()
+    }
+
+    /// "Sustained": only a full window counts.
+    fn average(&self) -> Option<f64> {
         (self.samples.len() == self.capacity)
             .then(|| self.samples.iter().sum::<f64>() / self.capacity as f64)
     }
-}
-
-fn clock_ticks() -> u64 {
-    rustix::param::clock_ticks_per_second().max(1)
 }
 
 #[cfg(test)]
@@ -330,14 +306,5 @@ mod tests {
             evaluate(&c, &mut t, &nothing).is_some(),
             "a failed read keeps the guard where it was"
         );
-    }
-
-    #[test]
-    fn host_readings_are_plausible() {
-        let avail = available_memory().expect("/proc/meminfo");
-        assert!(avail > 0.0 && avail <= 1.0);
-        if std::path::Path::new("/proc/pressure/memory").exists() {
-            assert!(memory_pressure().is_some_and(|p| (0.0..=100.0).contains(&p)));
-        }
     }
 }

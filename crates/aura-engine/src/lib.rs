@@ -84,18 +84,8 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             .await?;
     let supervisor = Supervisor::start(config.supervisor.clone())?;
     tracing::info!(backend = %supervisor.backend(), detail = %supervisor.description(), "process-tree backend");
-    let (admission_config, data_dir) = (config.admission.clone(), config.data_dir.clone());
-    let capacity = tokio::task::spawn_blocking(move || admission_config.capacity(&data_dir))
-        .await
-        .map_err(|e| EngineError::Internal(e.to_string()))?;
-    tracing::info!(
-        memory = %aura_model::ByteSize(capacity.memory_bytes),
-        cpu_cores = capacity.cpu_millis as f64 / 1000.0,
-        disk = %aura_model::ByteSize(capacity.disk_bytes),
-        limits = config.admission.limits.len(),
-        "admission capacity"
-    );
-    let admission = aura_admission::Admission::new(capacity, config.admission.limits.clone());
+    // The host sampler first: its first snapshot (taken before `start` returns) is where capacity comes
+    // from, so /proc, statvfs and NVML are read in one place.
     let sampler_config = aura_host::SamplerConfig {
         interval: config.host_interval,
         history: config.host_history,
@@ -106,5 +96,15 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
         .map_err(|e| EngineError::Internal(format!("cannot start the host sampler: {e}")))?;
+    let capacity = config.admission.capacity(host.latest().as_deref());
+    tracing::info!(
+        memory = %aura_model::ByteSize(capacity.memory_bytes),
+        cpu_cores = capacity.cpu_millis as f64 / 1000.0,
+        disk = %aura_model::ByteSize(capacity.disk_bytes),
+        gpus = capacity.gpus.len(),
+        limits = config.admission.limits.len(),
+        "admission capacity"
+    );
+    let admission = aura_admission::Admission::new(capacity, config.admission.limits.clone());
     actor::spawn(config, admission, host, store, supervisor).await
 }
