@@ -5,11 +5,12 @@
 use aura_host::ProcessSnapshot;
 use serde::Serialize;
 
-/// Warning thresholds, with the defaults of `aura serve`.
-#[derive(Clone, Debug, PartialEq)]
+/// Warning thresholds, with the defaults of `aura serve`; the `[diagnostics]` section of its configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DiagnosticsConfig {
     pub max_open_fds: u64,
-    pub max_rss_bytes: u64,
+    pub max_rss: aura_model::ByteSize,
     pub max_threads: u64,
     /// Children beyond the running jobs' main processes (which are the daemon's children by design).
     pub max_extra_children: u64,
@@ -20,7 +21,7 @@ impl Default for DiagnosticsConfig {
     fn default() -> Self {
         DiagnosticsConfig {
             max_open_fds: 1000,
-            max_rss_bytes: 2 << 30,
+            max_rss: aura_model::ByteSize(2 << 30),
             max_threads: 200,
             max_extra_children: 10,
         }
@@ -68,7 +69,7 @@ pub(crate) fn warnings(
         (
             "rss_bytes",
             p.rss_bytes,
-            config.max_rss_bytes,
+            config.max_rss.bytes(),
             "resident memory (bytes)",
         ),
         ("threads", p.threads, config.max_threads, "threads"),
@@ -129,7 +130,7 @@ mod tests {
         assert!(none.is_empty(), "{none:?}");
         let strict = DiagnosticsConfig {
             max_open_fds: 1,
-            max_rss_bytes: 1,
+            max_rss: aura_model::ByteSize(1),
             max_threads: 0,
             max_extra_children: 10,
         };

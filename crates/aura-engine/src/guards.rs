@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Thresholds, with the defaults of `aura serve`.
-#[derive(Clone, Debug, PartialEq)]
+/// Thresholds, with the defaults of `aura serve`; the `[guards]` section of its configuration as is.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct GuardConfig {
     pub enabled: bool,
+    #[serde(with = "aura_model::humantime_serde_compat")]
     pub interval: Duration,
     /// Pause below this share of physical memory available (`MemAvailable / MemTotal`), resume above
     /// `resume_available_memory`.
@@ -29,7 +31,35 @@ pub struct GuardConfig {
     /// of the machine; resume below `resume_outside_cpu`.
     pub max_outside_cpu: f64,
     pub resume_outside_cpu: f64,
+    #[serde(with = "aura_model::humantime_serde_compat")]
     pub cpu_window: Duration,
+}
+
+impl GuardConfig {
+    /// Ratios in [0, 1], pressures in [0, 100], each resume threshold on the safe side of its pause
+    /// threshold, and `cpu_window >= interval > 0`.
+    pub fn validate(&self) -> Result<(), String> {
+        let ratio = |x: f64| (0.0..=1.0).contains(&x);
+        let percent = |x: f64| (0.0..=100.0).contains(&x);
+        let ok = ratio(self.min_available_memory)
+            && ratio(self.resume_available_memory)
+            && self.resume_available_memory >= self.min_available_memory
+            && percent(self.max_memory_pressure)
+            && percent(self.resume_memory_pressure)
+            && self.resume_memory_pressure <= self.max_memory_pressure
+            && ratio(self.max_outside_cpu)
+            && ratio(self.resume_outside_cpu)
+            && self.resume_outside_cpu <= self.max_outside_cpu
+            && !self.interval.is_zero()
+            && self.cpu_window >= self.interval;
+        if ok {
+            Ok(())
+        } else {
+            Err("guards need ratios in [0, 1], pressures in [0, 100], each resume threshold on the safe side \
+                 of its pause threshold, and cpu_window >= interval > 0"
+                .into())
+        }
+    }
 }
 
 impl Default for GuardConfig {

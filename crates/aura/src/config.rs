@@ -23,47 +23,17 @@ pub struct Config {
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorSection,
     pub admission: AdmissionSection,
-    pub guards: GuardsSection,
+    /// Live admission guards (defaults in brackets): admission pauses while available memory is under
+    /// `min_available_memory` [0.20] (resumes over `resume_available_memory` [0.25]), while PSI memory
+    /// `some avg10` is over `max_memory_pressure` [40 %] (resumes under `resume_memory_pressure` [20 %]), or
+    /// while CPU use outside Aura's jobs averaged over `cpu_window` [10s] is over `max_outside_cpu` [0.85]
+    /// (resumes under `resume_outside_cpu` [0.75]). Judged every `interval` [1s]; `enabled` [true].
+    pub guards: aura_engine::GuardConfig,
     pub metrics: MetricsSection,
-    pub diagnostics: DiagnosticsSection,
+    /// Warning thresholds of `/api/diagnostics/resources` (warnings also degrade `/readyz`):
+    /// `max_open_fds` [1000], `max_rss` [2GiB], `max_threads` [200], `max_extra_children` [10].
+    pub diagnostics: aura_engine::DiagnosticsConfig,
     pub api: ApiSection,
-}
-
-/// Warning thresholds of `/api/diagnostics/resources` (warnings also degrade `/readyz`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiagnosticsSection {
-    /// Default: 1000.
-    pub max_open_fds: u64,
-    /// Default: 2 GiB.
-    pub max_rss: ByteSize,
-    /// Default: 200.
-    pub max_threads: u64,
-    /// Child processes beyond the running jobs' main processes. Default: 10.
-    pub max_extra_children: u64,
-}
-
-impl Default for DiagnosticsSection {
-    fn default() -> Self {
-        let d = aura_engine::DiagnosticsConfig::default();
-        DiagnosticsSection {
-            max_open_fds: d.max_open_fds,
-            max_rss: ByteSize(d.max_rss_bytes),
-            max_threads: d.max_threads,
-            max_extra_children: d.max_extra_children,
-        }
-    }
-}
-
-impl DiagnosticsSection {
-    pub fn to_engine(&self) -> aura_engine::DiagnosticsConfig {
-        aura_engine::DiagnosticsConfig {
-            max_open_fds: self.max_open_fds,
-            max_rss_bytes: self.max_rss.bytes(),
-            max_threads: self.max_threads,
-            max_extra_children: self.max_extra_children,
-        }
-    }
 }
 
 /// The host sampler behind `/api/metrics/system`.
@@ -83,83 +53,6 @@ impl Default for MetricsSection {
             interval: Duration::from_secs(1),
             history: 300,
         }
-    }
-}
-
-/// Live admission guards (defaults in brackets): admission pauses while available memory is under
-/// `min_available_memory` [0.20] (resumes over `resume_available_memory` [0.25]), while PSI memory `some
-/// avg10` is over `max_memory_pressure` [40 %] (resumes under `resume_memory_pressure` [20 %]), or while CPU
-/// use outside Aura's jobs averaged over `cpu_window` [10s] is over `max_outside_cpu` [0.85] (resumes under
-/// `resume_outside_cpu` [0.75]). Sampled every `interval` [1s]; `enabled` [true].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GuardsSection {
-    pub enabled: bool,
-    #[serde(with = "aura_model::humantime_serde_compat")]
-    pub interval: Duration,
-    pub min_available_memory: f64,
-    pub resume_available_memory: f64,
-    pub max_memory_pressure: f64,
-    pub resume_memory_pressure: f64,
-    pub max_outside_cpu: f64,
-    pub resume_outside_cpu: f64,
-    #[serde(with = "aura_model::humantime_serde_compat")]
-    pub cpu_window: Duration,
-}
-
-impl Default for GuardsSection {
-    fn default() -> Self {
-        let d = aura_engine::GuardConfig::default();
-        GuardsSection {
-            enabled: d.enabled,
-            interval: d.interval,
-            min_available_memory: d.min_available_memory,
-            resume_available_memory: d.resume_available_memory,
-            max_memory_pressure: d.max_memory_pressure,
-            resume_memory_pressure: d.resume_memory_pressure,
-            max_outside_cpu: d.max_outside_cpu,
-            resume_outside_cpu: d.resume_outside_cpu,
-            cpu_window: d.cpu_window,
-        }
-    }
-}
-
-impl GuardsSection {
-    pub fn to_engine(&self) -> aura_engine::GuardConfig {
-        aura_engine::GuardConfig {
-            enabled: self.enabled,
-            interval: self.interval,
-            min_available_memory: self.min_available_memory,
-            resume_available_memory: self.resume_available_memory,
-            max_memory_pressure: self.max_memory_pressure,
-            resume_memory_pressure: self.resume_memory_pressure,
-            max_outside_cpu: self.max_outside_cpu,
-            resume_outside_cpu: self.resume_outside_cpu,
-            cpu_window: self.cpu_window,
-        }
-    }
-
-    fn validate(&self) -> anyhow::Result<()> {
-        let ratio = |x: f64| (0.0..=1.0).contains(&x);
-        let percent = |x: f64| (0.0..=100.0).contains(&x);
-        let ok = ratio(self.min_available_memory)
-            && ratio(self.resume_available_memory)
-            && self.resume_available_memory >= self.min_available_memory
-            && percent(self.max_memory_pressure)
-            && percent(self.resume_memory_pressure)
-            && self.resume_memory_pressure <= self.max_memory_pressure
-            && ratio(self.max_outside_cpu)
-            && ratio(self.resume_outside_cpu)
-            && self.resume_outside_cpu <= self.max_outside_cpu
-            && !self.interval.is_zero()
-            && self.cpu_window >= self.interval;
-        if !ok {
-            anyhow::bail!(
-                "invalid configuration: guards need ratios in [0, 1], pressures in [0, 100], each resume threshold \
-                 on the safe side of its pause threshold, and cpu_window >= interval > 0"
-            );
-        }
-        Ok(())
     }
 }
 
@@ -290,9 +183,9 @@ impl Default for Config {
             requeue_on_shutdown: true,
             supervisor: SupervisorSection::default(),
             admission: AdmissionSection::default(),
-            guards: GuardsSection::default(),
+            guards: aura_engine::GuardConfig::default(),
             metrics: MetricsSection::default(),
-            diagnostics: DiagnosticsSection::default(),
+            diagnostics: aura_engine::DiagnosticsConfig::default(),
             api: ApiSection::default(),
         }
     }
@@ -349,7 +242,10 @@ impl Config {
                 "invalid configuration: admission.cpu must be a positive number of cores"
             );
         }
-        config.guards.validate()?;
+        config
+            .guards
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if config.metrics.interval.is_zero()
             || config.metrics.history == 0
             || config.metrics.history > 100_000
@@ -405,6 +301,9 @@ mod tests {
             jail.create_file("zero.toml", "max_concurrent = 0\n")?;
             assert!(Config::load(Some(Path::new("zero.toml"))).is_err());
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            jail.set_env("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", "0.1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("resume threshold"), "{err}");
             Ok(())
         });
     }
