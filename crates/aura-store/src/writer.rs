@@ -5,7 +5,7 @@
 use crate::codec::{EventRow, JobRow};
 use crate::error::{Context, StoreError};
 use aura_model::JobId;
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection, ToSql, Transaction, TransactionBehavior};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -137,21 +137,7 @@ impl Write {
                     "INSERT INTO jobs (state, priority, submitted_at_ms, updated_at_ms, attempt, failures, kind, \
                      outcome, spec, state_data, memory_request) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
-                .and_then(|mut stmt| {
-                    stmt.execute(params![
-                        job.state,
-                        job.priority,
-                        job.submitted_at_ms,
-                        job.updated_at_ms,
-                        job.attempt,
-                        job.failures,
-                        job.kind,
-                        job.outcome,
-                        job.spec,
-                        job.state_data,
-                        job.memory_request,
-                    ])
-                })
+                .and_then(|mut stmt| stmt.execute(params_from_iter(job_columns(job))))
                 .context("inserting a job")?;
                 let id = JobId(conn.last_insert_rowid());
                 insert_event(conn, id, job.attempt, event)?;
@@ -167,20 +153,8 @@ impl Write {
                          memory_request = ?12 WHERE id = ?1",
                     )
                     .and_then(|mut stmt| {
-                        stmt.execute(params![
-                            id.0,
-                            job.state,
-                            job.priority,
-                            job.submitted_at_ms,
-                            job.updated_at_ms,
-                            job.attempt,
-                            job.failures,
-                            job.kind,
-                            job.outcome,
-                            job.spec,
-                            job.state_data,
-                            job.memory_request,
-                        ])
+                        let id: &dyn ToSql = &id.0;
+                        stmt.execute(params_from_iter(std::iter::once(id).chain(job_columns(job))))
                     })
                     .context("updating a job")?;
                 if changed == 0 {
@@ -227,4 +201,21 @@ fn insert_event(
     })
     .context("appending a job event")?;
     Ok(())
+}
+
+/// A job row's values in the column order of both the INSERT and the UPDATE, so the two cannot drift apart.
+fn job_columns(job: &JobRow) -> [&dyn ToSql; 11] {
+    [
+        &job.state,
+        &job.priority,
+        &job.submitted_at_ms,
+        &job.updated_at_ms,
+        &job.attempt,
+        &job.failures,
+        &job.kind,
+        &job.outcome,
+        &job.spec,
+        &job.state_data,
+        &job.memory_request,
+    ]
 }
