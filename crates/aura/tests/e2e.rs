@@ -134,6 +134,11 @@ fn spec(program: &str, args: &[&str]) -> JobSpec {
     JobSpec::new(program, args.iter().copied())
 }
 
+/// Submits and returns the new job's id.
+async fn submit(client: &Client, spec: &JobSpec) -> JobId {
+    client.submit(spec).await.expect("submit").job.id
+}
+
 async fn wait_done(client: &Client, id: JobId) -> JobView {
     let view = client
         .wait(id, Duration::from_secs(60))
@@ -458,10 +463,10 @@ mod api {
     async fn list_filters_and_pages() {
         let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
         let client = daemon.client();
-        let blocker = client.submit(&spec("sleep", &["30"])).await.unwrap().job.id;
+        let blocker = submit(&client, &spec("sleep", &["30"])).await;
         let mut queued = Vec::new();
         for _ in 0..5 {
-            queued.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
+            queued.push(submit(&client, &spec("true", &[])).await);
         }
         let q = aura_client::ListQuery {
             states: vec!["queued".into()],
@@ -499,7 +504,7 @@ mod supervision {
         let client = daemon.client();
         let mut job = spec("sh", &["-c", TREE]);
         job.stop = "TERM:2s".parse::<StopSequence>().unwrap();
-        let id = client.submit(&job).await.unwrap().job.id;
+        let id = submit(&client, &job).await;
         let view = wait_running(&client, id, 20).await;
         let pids = tree_pids(&view);
         assert!(
@@ -549,7 +554,7 @@ mod supervision {
         let client = daemon.client();
         let mut job = spec("sleep", &["60"]);
         job.timeout = Duration::from_secs(1);
-        let id = client.submit(&job).await.unwrap().job.id;
+        let id = submit(&client, &job).await;
         let view = wait_done(&client, id).await;
         assert_eq!(outcome(&view), &Outcome::TimedOut);
         let JobState::Finished(f) = &view.job.state else {
@@ -579,7 +584,7 @@ mod supervision {
                 "--quiet",
             ],
         );
-        let id = client.submit(&job).await.unwrap().job.id;
+        let id = submit(&client, &job).await;
         let view = wait_done(&client, id).await;
         let JobState::Finished(f) = &view.job.state else {
             unreachable!()
@@ -600,17 +605,12 @@ mod supervision {
     async fn priorities_then_fifo() {
         let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
         let client = daemon.client();
-        let blocker = client
-            .submit(&spec("sleep", &["0.5"]))
-            .await
-            .unwrap()
-            .job
-            .id;
-        let low = client.submit(&spec("true", &[])).await.unwrap().job.id;
-        let low2 = client.submit(&spec("true", &[])).await.unwrap().job.id;
+        let blocker = submit(&client, &spec("sleep", &["0.5"])).await;
+        let low = submit(&client, &spec("true", &[])).await;
+        let low2 = submit(&client, &spec("true", &[])).await;
         let mut urgent = spec("true", &[]);
         urgent.priority = 10;
-        let high = client.submit(&urgent).await.unwrap().job.id;
+        let high = submit(&client, &urgent).await;
         wait_done(&client, blocker).await;
         let mut started = Vec::new();
         for id in [low, low2, high] {
@@ -628,12 +628,7 @@ mod supervision {
     async fn output_over_the_log_cap_keeps_the_newest_bytes() {
         let daemon = Daemon::start(&[("AURA_SUPERVISOR__LOG_CAP", "4KiB")]);
         let client = daemon.client();
-        let id = client
-            .submit(&spec("sh", &["-c", "seq 1 20000"]))
-            .await
-            .unwrap()
-            .job
-            .id;
+        let id = submit(&client, &spec("sh", &["-c", "seq 1 20000"])).await;
         let view = wait_done(&client, id).await;
         let JobState::Finished(f) = &view.job.state else {
             unreachable!()
@@ -659,12 +654,7 @@ mod supervision {
     async fn no_daemon_fd_reaches_a_job() {
         let daemon = Daemon::start(&[]);
         let client = daemon.client();
-        let id = client
-            .submit(&spec("sh", &["-c", "ls -l /proc/$$/fd"]))
-            .await
-            .unwrap()
-            .job
-            .id;
+        let id = submit(&client, &spec("sh", &["-c", "ls -l /proc/$$/fd"])).await;
         wait_done(&client, id).await;
         let out = client.logs(id, "stdout", 0).await.unwrap();
         let listing = String::from_utf8_lossy(&out.data);
@@ -735,7 +725,7 @@ mod lifecycle {
             let client = daemon.client();
             let mut ids = Vec::new();
             for _ in 0..20 {
-                ids.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
+                ids.push(submit(&client, &spec("true", &[])).await);
             }
             let waits: Vec<_> = ids
                 .into_iter()
@@ -755,7 +745,7 @@ mod lifecycle {
             let client = daemon.client();
             let mut ids = Vec::new();
             for _ in 0..1000 {
-                ids.push(client.submit(&spec("true", &[])).await.unwrap().job.id);
+                ids.push(submit(&client, &spec("true", &[])).await);
             }
             for id in ids {
                 assert!(outcome(&wait_done(&client, id).await).is_success());
@@ -822,14 +812,7 @@ mod lifecycle {
         let client = daemon.client();
         let mut ids = Vec::new();
         for _ in 0..5 {
-            ids.push(
-                client
-                    .submit(&spec("sh", &["-c", script]))
-                    .await
-                    .unwrap()
-                    .job
-                    .id,
-            );
+            ids.push(submit(&client, &spec("sh", &["-c", script])).await);
         }
         let mut pids = Vec::new();
         for id in &ids {
@@ -884,7 +867,7 @@ mod lifecycle {
             ],
         );
         job.stop = "INT:1s".parse::<StopSequence>().unwrap();
-        let id = client.submit(&job).await.unwrap().job.id;
+        let id = submit(&client, &job).await;
         let pids = tree_pids(&wait_running(&client, id, 2).await);
         daemon.signal(rustix::process::Signal::TERM);
         let took = daemon.wait_exit();
@@ -920,7 +903,7 @@ mod retries {
         let client = daemon.client();
         let mut job = spec("sh", &["-c", "echo attempt; exit 7"]);
         job.retry.max_retries = 2;
-        let id = client.submit(&job).await.unwrap().job.id;
+        let id = submit(&client, &job).await;
         let view = wait_done(&client, id).await;
         assert_eq!(outcome(&view), &Outcome::Failed { exit_code: 7 });
         assert_eq!((view.job.attempt, view.job.failures), (3, 3));
@@ -950,12 +933,7 @@ mod retries {
     async fn shutdown_without_requeue_leaves_jobs_interrupted() {
         let mut daemon = Daemon::start(&[("AURA_REQUEUE_ON_SHUTDOWN", "false")]);
         let client = daemon.client();
-        let id = client
-            .submit(&spec("sleep", &["300"]))
-            .await
-            .unwrap()
-            .job
-            .id;
+        let id = submit(&client, &spec("sleep", &["300"])).await;
         wait_running(&client, id, 1).await;
         daemon.signal(rustix::process::Signal::TERM);
         daemon.wait_exit();
@@ -1083,7 +1061,7 @@ mod admission {
         let mut job = spec("true", &[]);
         job.resources.memory = Some("600MiB".parse().unwrap());
         let abandoned = Instant::now();
-        let id = client.submit(&job).await.unwrap().job.id;
+        let id = submit(&client, &job).await;
         let view = wait_done(&client, id).await;
         let started = view.job.state.run().unwrap().started_at;
         assert!(outcome(&view).is_success());
@@ -1133,9 +1111,9 @@ mod admission {
         let mut job = spec("true", &[]);
         job.resources.memory = Some("1MiB".parse().unwrap());
         job.resources.providers.insert("tts".into());
-        let first = client.submit(&job).await.unwrap().job.id;
-        let second = client.submit(&job).await.unwrap().job.id;
-        let third = client.submit(&job).await.unwrap().job.id;
+        let first = submit(&client, &job).await;
+        let second = submit(&client, &job).await;
+        let third = submit(&client, &job).await;
         wait_done(&client, first).await;
         wait_done(&client, second).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1187,7 +1165,7 @@ mod admission {
         );
         let mut big = encode.clone();
         big.resources.vram = Some("16GiB".parse().unwrap());
-        let big = client.submit(&big).await.unwrap().job.id;
+        let big = submit(&client, &big).await;
         let view = wait_done(&client, big).await;
         assert!(outcome(&view).is_success());
         let device = String::from_utf8(client.logs(big, "stdout", 0).await.unwrap().data).unwrap();
@@ -1230,7 +1208,7 @@ mod admission {
                 .starts_with("available memory"),
             "{utilization}"
         );
-        let id = client.submit(&spec("true", &[])).await.unwrap().job.id;
+        let id = submit(&client, &spec("true", &[])).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let view = client.get(id).await.unwrap();
         assert_eq!(view.job.state.name(), aura_model::StateName::Queued);
@@ -1277,32 +1255,13 @@ mod admission {
         // 6 GiB of running work that ends in steps.
         let mut running = Vec::new();
         for secs in ["1.5", "2.5", "3.5"] {
-            running.push(
-                client
-                    .submit(&with_memory(secs, "2GiB"))
-                    .await
-                    .unwrap()
-                    .job
-                    .id,
-            );
+            running.push(submit(&client, &with_memory(secs, "2GiB")).await);
         }
-        let big = client
-            .submit(&with_memory("0.1", "4GiB"))
-            .await
-            .unwrap()
-            .job
-            .id;
+        let big = submit(&client, &with_memory("0.1", "4GiB")).await;
         // Small jobs keep arriving the whole time.
         let mut small = Vec::new();
         for _ in 0..20 {
-            small.push(
-                client
-                    .submit(&with_memory("0.5", "1GiB"))
-                    .await
-                    .unwrap()
-                    .job
-                    .id,
-            );
+            small.push(submit(&client, &with_memory("0.5", "1GiB")).await);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let big_run = run_of(&wait_done(&client, big).await);
@@ -1336,12 +1295,7 @@ mod admission {
     async fn ten_thousand_queued_jobs_drain_in_priority_order() {
         let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
         let client = daemon.client();
-        let blocker = client
-            .submit(&spec("sleep", &["300"]))
-            .await
-            .unwrap()
-            .job
-            .id;
+        let blocker = submit(&client, &spec("sleep", &["300"])).await;
         wait_running(&client, blocker, 1).await;
         let mut slowest = Duration::ZERO;
         let mut ids = Vec::new();
@@ -1534,7 +1488,7 @@ mod admission {
         let err = client.submit(&unknown).await.unwrap_err().to_string();
         assert!(err.contains("unknown named limit \"nobody\""), "{err}");
 
-        let blocker = client.submit(&spec("sleep", &["30"])).await.unwrap().job.id;
+        let blocker = submit(&client, &spec("sleep", &["30"])).await;
         wait_running(&client, blocker, 1).await;
         client.submit(&spec("true", &[])).await.unwrap();
         client.submit(&spec("true", &[])).await.unwrap();
@@ -1616,7 +1570,7 @@ mod metrics {
                 .unwrap()
         };
         let client = daemon.client();
-        let id = client.submit(&spec("sleep", &["30"])).await.unwrap().job.id;
+        let id = submit(&client, &spec("sleep", &["30"])).await;
         let view = wait_running(&client, id, 1).await;
         let job_pid = view.job.state.run().unwrap().tree.pid;
         assert_eq!(adj(job_pid), 500);
@@ -1632,7 +1586,7 @@ mod metrics {
     async fn prometheus_output_passes_promtool_and_shows_running_jobs() {
         let daemon = Daemon::start(&[("AURA_METRICS__INTERVAL", "100ms")]);
         let client = daemon.client();
-        let id = client.submit(&spec("sleep", &["5"])).await.unwrap().job.id;
+        let id = submit(&client, &spec("sleep", &["5"])).await;
         wait_running(&client, id, 1).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         let resp = reqwest::get(format!("{}/metrics", daemon.url))
@@ -1748,7 +1702,7 @@ mod metrics {
                 "--quiet",
             ],
         );
-        let id = client.submit(&job).await.unwrap().job.id;
+        let id = submit(&client, &job).await;
         let mut seen = Vec::new();
         loop {
             let view = client.get(id).await.unwrap();
@@ -1859,12 +1813,7 @@ mod ffmpeg {
             args.push(out_dir.path().join(name).display().to_string());
             JobSpec::new("ffmpeg", args)
         };
-        let id = client
-            .submit(&encode("full.mp4", &[]))
-            .await
-            .unwrap()
-            .job
-            .id;
+        let id = submit(&client, &encode("full.mp4", &[])).await;
         let view = wait_done(&client, id).await;
         assert!(outcome(&view).is_success(), "{view:?}");
         let full =
@@ -1879,7 +1828,7 @@ mod ffmpeg {
             .position(|a| a.starts_with("testsrc"))
             .unwrap();
         long.args[i] = "testsrc=duration=60:size=320x240:rate=25".into();
-        let id = client.submit(&long).await.unwrap().job.id;
+        let id = submit(&client, &long).await;
         wait_running(&client, id, 1).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         client.cancel(id).await.unwrap();
