@@ -95,7 +95,7 @@ pub(crate) struct Shared {
     /// Why admission is paused by a live guard, if it is (set by the actor, read by handles).
     pub paused: Mutex<Option<String>>,
     /// The guard thread's latest look at the host.
-    pub host: Mutex<Option<crate::guards::Reading>>,
+    pub guard_reading: Mutex<Option<crate::guards::Reading>>,
 }
 
 impl Shared {
@@ -215,7 +215,7 @@ pub(crate) async fn spawn(
         finished,
         probes: Mutex::new(HashMap::new()),
         paused: Mutex::new(None),
-        host: Mutex::new(None),
+        guard_reading: Mutex::new(None),
     });
     let mut actor = Actor {
         shared: shared.clone(),
@@ -446,7 +446,11 @@ impl Actor {
     }
 
     fn enqueue(&mut self, job: Job) {
-        let request = self.shared.config.admission.request(&job);
+        let request = self
+            .shared
+            .config
+            .admission
+            .request(&job.spec, job.memory_request.as_ref());
         self.queue.insert(queue_key(&job), request);
         self.queued.insert(job.id, job);
         self.shared

@@ -3,7 +3,7 @@
 
 use aura_admission::estimate::Estimator;
 use aura_admission::{Capacity, GpuDevice, LimitConfig, Request};
-use aura_model::{ByteSize, Job, JobSpec, MemoryRequest, RequestSource, ResourceRequest};
+use aura_model::{ByteSize, JobSpec, MemoryRequest, RequestSource, ResourceRequest};
 use std::collections::BTreeMap;
 
 /// Admission settings, with the defaults of `aura serve`.
@@ -111,22 +111,14 @@ impl AdmissionConfig {
         }
     }
 
-    /// The admission request of a job: the memory settled at submit (stated, learned or default) and the
-    /// rest as stated.
-    pub fn request(&self, job: &Job) -> Request {
-        let memory = match (&job.memory_request, job.spec.resources.memory) {
-            (Some(m), _) => m.bytes,
-            (None, Some(stated)) => stated,
-            (None, None) => ByteSize(self.estimator.default_bytes),
-        };
-        Request {
-            memory_bytes: memory.bytes(),
-            ..self.request_of_spec(&job.spec)
+    /// The admission request of a job: what its spec states, with the memory settled at submit (stated,
+    /// learned or default) where there is one — records from before admission have none.
+    pub fn request(&self, spec: &JobSpec, memory: Option<&MemoryRequest>) -> Request {
+        let mut request = Self::resources(&spec.resources, self.estimator.default_bytes);
+        if let Some(m) = memory {
+            request.memory_bytes = m.bytes.bytes();
         }
-    }
-
-    fn request_of_spec(&self, spec: &JobSpec) -> Request {
-        Self::resources(&spec.resources, self.estimator.default_bytes)
+        request
     }
 
     /// A lease holds exactly what it states: no default memory.

@@ -191,7 +191,10 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
                 .map(|p| p.memory.some.avg10 * 100.0),
             outside_cpu: host.as_ref().and_then(|h| cpu.sample(shared, h)),
         };
-        *shared.host.lock().unwrap_or_else(|p| p.into_inner()) = Some(reading);
+        *shared
+            .guard_reading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reading);
         let verdict = evaluate(config, &mut tripped, &reading);
         if verdict != reported {
             match &verdict {

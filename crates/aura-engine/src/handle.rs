@@ -152,11 +152,15 @@ impl EngineHandle {
             reason: e.to_string(),
         })?;
         let memory_request = self.memory_request(&spec).await?;
-        let mut probe = Job::new(JobId(0), spec, Timestamp::now());
-        probe.memory_request = Some(memory_request);
         self.shared
             .admission
-            .check_capacity(&self.shared.config.admission.request(&probe))
+            .check_capacity(
+                &self
+                    .shared
+                    .config
+                    .admission
+                    .request(&spec, Some(&memory_request)),
+            )
             .map_err(EngineError::ExceedsCapacity)?;
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
@@ -171,7 +175,7 @@ impl EngineHandle {
         let job = self
             .shared
             .store
-            .insert_job_with_request(probe.spec, probe.submitted_at, probe.memory_request)
+            .insert_job_with_request(spec, Timestamp::now(), Some(memory_request))
             .await?;
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
         self.tx
@@ -458,7 +462,11 @@ impl EngineHandle {
         if let Some(reason) = self.shared.paused_reason() {
             return format!("admission paused: {reason}");
         }
-        let request = self.shared.config.admission.request(job);
+        let request = self
+            .shared
+            .config
+            .admission
+            .request(&job.spec, job.memory_request.as_ref());
         match aura_admission::Scheduler::explain(
             &self.shared.admission,
             &request,
@@ -513,7 +521,11 @@ impl EngineHandle {
                     )
                 })
                 .collect(),
-            host: *self.shared.host.lock().unwrap_or_else(|p| p.into_inner()),
+            host: *self
+                .shared
+                .guard_reading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
             admission_paused: self.shared.paused_reason().is_some(),
             paused_reason: self.shared.paused_reason(),
         })
