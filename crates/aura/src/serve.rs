@@ -62,16 +62,23 @@ fn protect_from_oom_killer() {
     }
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let data_dir = config
-        .data_dir
-        .canonicalize()
-        .context("cannot resolve the data dir")?;
-    let _lock = DataDirLock::acquire(&data_dir)?;
+/// Creates and locks the data dir and reads its instance id (blocking file work, kept off the async workers).
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLock, String)> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let data_dir = dir.canonicalize().context("cannot resolve the data dir")?;
+    let lock = DataDirLock::acquire(&data_dir)?;
     protect_from_oom_killer();
     let instance = instance_id(&data_dir)?;
+    Ok((data_dir, lock, instance))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (data_dir, _lock, instance) = tokio::task::spawn_blocking({
+        let dir = config.data_dir.clone();
+        move || prepare_data_dir(&dir)
+    })
+    .await??;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

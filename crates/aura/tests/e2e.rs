@@ -294,6 +294,29 @@ mod cli {
     }
 
     #[test]
+    fn a_second_daemon_on_the_same_data_dir_is_refused() {
+        let daemon = Daemon::start(&[]);
+        let out = Command::new(AURA)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&daemon.data_dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("another `aura serve` is using the data dir"),
+            "{err}"
+        );
+        // The first one is untouched.
+        let health = Command::new(AURA)
+            .args(["status"])
+            .env("AURA_SERVER", &daemon.url)
+            .output()
+            .unwrap();
+        assert!(health.status.success(), "{health:?}");
+    }
+
+    #[test]
     fn client_errors_are_clear() {
         let out = Command::new(AURA)
             .args(["jobs"])
