@@ -32,6 +32,8 @@ pub mod limits {
     pub const MAX_CPU: f64 = 4096.0;
     pub const MAX_GPUS: u32 = 64;
     pub const MAX_RETRIES: u32 = 100;
+    /// Below this a process cannot even start; a limit that small is a typo.
+    pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 }
 
 /// Signals a stop sequence may send. A closed set: users cannot ask for SIGSTOP or a realtime signal.
@@ -156,6 +158,9 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     /// Requeue when the daemon died or shut down under the job (does not count against `max_retries`).
     pub requeue_interrupted: bool,
+    /// How many times a job stopped by the memory pressure responder is requeued (with a larger memory
+    /// request); these do not count against `max_retries`, since the job did nothing wrong.
+    pub max_pressure_requeues: u32,
 }
 
 impl Default for RetryPolicy {
@@ -163,6 +168,7 @@ impl Default for RetryPolicy {
         RetryPolicy {
             max_retries: 0,
             requeue_interrupted: true,
+            max_pressure_requeues: 3,
         }
     }
 }
@@ -171,7 +177,12 @@ impl Default for RetryPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourceRequest {
+    /// The memory admission reserves for the job; when stated, also its hard limit unless `memory_max`
+    /// says otherwise (as Slurm's `--mem`).
     pub memory: Option<ByteSize>,
+    /// A hard memory limit above the reservation: the kernel (or the fallback's watchdog) kills the tree
+    /// beyond it, with outcome `memory_limit_exceeded`.
+    pub memory_max: Option<ByteSize>,
     /// Cores; fractions allowed.
     pub cpu: Option<f64>,
     pub gpus: Option<u32>,
@@ -241,6 +252,12 @@ impl JobSpec {
 
     pub fn kind(&self) -> Option<&str> {
         self.labels.get("kind").map(String::as_str)
+    }
+
+    /// The hard memory limit of each attempt: `memory_max`, else a stated `memory` request. Learned and
+    /// default requests only reserve: a job that stated nothing is never killed for a guess.
+    pub fn memory_limit(&self) -> Option<ByteSize> {
+        self.resources.memory_max.or(self.resources.memory)
     }
 
     /// Checks everything that can be checked without touching the machine.
@@ -334,11 +351,36 @@ impl JobSpec {
                 detail: format!("at most {MAX_RETRIES}"),
             });
         }
+        if self.retry.max_pressure_requeues > MAX_RETRIES {
+            return Err(SpecError::OutOfRange {
+                what: "max_pressure_requeues",
+                detail: format!("at most {MAX_RETRIES}"),
+            });
+        }
         let r = &self.resources;
         if r.memory == Some(ByteSize(0)) {
             return Err(SpecError::OutOfRange {
                 what: "memory",
                 detail: "must be greater than zero".into(),
+            });
+        }
+        if let Some(max) = r.memory_max {
+            if max.bytes() < limits::MIN_MEMORY_LIMIT {
+                return Err(SpecError::OutOfRange {
+                    what: "memory_max",
+                    detail: "must be at least 1 MiB".into(),
+                });
+            }
+            if r.memory.is_some_and(|m| m > max) {
+                return Err(SpecError::OutOfRange {
+                    what: "memory_max",
+                    detail: "must be at least the memory request".into(),
+                });
+            }
+        } else if r.memory.is_some_and(|m| m.bytes() < limits::MIN_MEMORY_LIMIT) {
+            return Err(SpecError::OutOfRange {
+                what: "memory",
+                detail: "a stated memory request is also the job's limit: at least 1 MiB".into(),
             });
         }
         if let Some(cpu) = r.cpu {
@@ -481,6 +523,16 @@ pub struct Accounting {
     /// Bytes of captured output dropped because of the log size cap (oldest first).
     #[serde(default)]
     pub log_truncated_bytes: u64,
+    /// The hard memory limit the attempt ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<ByteSize>,
+    /// Processes of the tree the kernel's OOM killer killed (from the job cgroup's counters; 0 where the
+    /// backend cannot tell).
+    #[serde(default)]
+    pub oom_kills: u64,
+    /// The tree was killed for going over `memory_limit`, by the kernel or by the fallback's watchdog.
+    #[serde(default)]
+    pub memory_limit_exceeded: bool,
 }
 
 impl Accounting {
@@ -590,6 +642,38 @@ mod tests {
             Err("memory out of range: must be greater than zero"),
         );
         check(|s| s.resources.cpu = Some(0.5), Ok(()));
+        check(
+            |s| s.resources.memory = Some(ByteSize(1000)),
+            Err("memory out of range: a stated memory request is also the job's limit: at least 1 MiB"),
+        );
+        check(
+            |s| s.resources.memory_max = Some(ByteSize(1000)),
+            Err("memory_max out of range: must be at least 1 MiB"),
+        );
+        check(
+            |s| {
+                s.resources.memory = Some(ByteSize(2 << 30));
+                s.resources.memory_max = Some(ByteSize(1 << 30));
+            },
+            Err("memory_max out of range: must be at least the memory request"),
+        );
+        check(
+            |s| {
+                s.resources.memory = Some(ByteSize(1 << 30));
+                s.resources.memory_max = Some(ByteSize(2 << 30));
+            },
+            Ok(()),
+        );
+    }
+
+    #[test]
+    fn the_limit_is_memory_max_else_a_stated_request() {
+        let mut s = spec();
+        assert_eq!(s.memory_limit(), None);
+        s.resources.memory = Some(ByteSize(1 << 30));
+        assert_eq!(s.memory_limit(), Some(ByteSize(1 << 30)));
+        s.resources.memory_max = Some(ByteSize(3 << 30));
+        assert_eq!(s.memory_limit(), Some(ByteSize(3 << 30)));
     }
 
     #[test]
@@ -666,6 +750,9 @@ pub enum RequestSource {
     },
     /// No statement and too little history: the configured default.
     Default,
+    /// Raised after the memory pressure responder stopped the job: its previous request or the peak it
+    /// reached, whichever is larger, times the configured growth factor.
+    Pressure { previous_bytes: u64, peak_bytes: u64 },
 }
 
 /// A request for a lease: resources held by work outside Aura's processes (a provider call, an in-process

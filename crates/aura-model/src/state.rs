@@ -35,6 +35,8 @@ pub enum StopReason {
     TimedOut,
     /// The daemon is shutting down.
     Shutdown,
+    /// The memory pressure responder chose this job as its victim.
+    MemoryPressure,
 }
 
 /// How a process ended, as `wait` reported it.
@@ -65,11 +67,19 @@ pub enum Outcome {
     Interrupted {
         reason: String,
     },
+    /// Killed for going over its hard memory limit (by the kernel in its cgroup, or the fallback's
+    /// watchdog); the peak is the recorded one.
     MemoryLimitExceeded {
         limit_bytes: u64,
+        peak_bytes: Option<u64>,
     },
+    /// Stopped by the memory pressure responder to protect the host; requeued with a larger request.
     MemoryPressure {
         detail: String,
+    },
+    /// The kernel's OOM killer (host out of memory, not the job's limit) killed processes of the job.
+    OomKilled {
+        kills: u64,
     },
 }
 
@@ -82,7 +92,10 @@ impl Outcome {
     pub fn counts_as_failure(&self) -> bool {
         !matches!(
             self,
-            Outcome::Succeeded | Outcome::Cancelled | Outcome::Interrupted { .. }
+            Outcome::Succeeded
+                | Outcome::Cancelled
+                | Outcome::Interrupted { .. }
+                | Outcome::MemoryPressure { .. }
         )
     }
 
@@ -98,6 +111,7 @@ impl Outcome {
             Outcome::Interrupted { .. } => "interrupted",
             Outcome::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             Outcome::MemoryPressure { .. } => "memory_pressure",
+            Outcome::OomKilled { .. } => "oom_killed",
         }
     }
 
@@ -111,7 +125,9 @@ impl Outcome {
             Outcome::Cancelled => 130,
             Outcome::FailedToStart { .. } => 127,
             Outcome::Interrupted { .. } => 75,
-            Outcome::MemoryLimitExceeded { .. } | Outcome::MemoryPressure { .. } => 137,
+            Outcome::MemoryLimitExceeded { .. }
+            | Outcome::MemoryPressure { .. }
+            | Outcome::OomKilled { .. } => 137,
         }
     }
 }
@@ -271,6 +287,9 @@ pub struct Job {
     pub attempt: u32,
     /// Failed attempts so far that count against `retry.max_retries` (interruptions do not).
     pub failures: u32,
+    /// Attempts stopped by the memory pressure responder (bounded by `retry.max_pressure_requeues`).
+    #[serde(default)]
+    pub pressure_stops: u32,
     /// The memory admission reserves for it, and where the figure came from (absent on records written
     /// before admission existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +307,7 @@ impl Job {
             submitted_at,
             attempt: 1,
             failures: 0,
+            pressure_stops: 0,
             memory_request: None,
             state: JobState::Queued {
                 since: submitted_at,
@@ -307,6 +327,9 @@ impl Job {
         match self.outcome() {
             None | Some(Outcome::Succeeded) | Some(Outcome::Cancelled) => false,
             Some(Outcome::Interrupted { .. }) => self.spec.retry.requeue_interrupted,
+            Some(Outcome::MemoryPressure { .. }) => {
+                self.pressure_stops <= self.spec.retry.max_pressure_requeues
+            }
             Some(_) => self.failures <= self.spec.retry.max_retries,
         }
     }
@@ -368,7 +391,7 @@ impl Job {
                     at,
                 },
             ) => JobState::Finished(Finished {
-                outcome: outcome_of_exit(*exit),
+                outcome: memory_outcome(*exit, accounting).unwrap_or_else(|| outcome_of_exit(*exit)),
                 finished_at: *at,
                 run: Some(run.clone()),
                 exit: Some(*exit),
@@ -384,13 +407,18 @@ impl Job {
                     at,
                 },
             ) => {
-                let outcome = match reason {
+                // How the tree really died comes first: a job that hit its limit while being cancelled
+                // hit its limit.
+                let outcome = memory_outcome(*exit, accounting).unwrap_or_else(|| match reason {
                     StopReason::Cancelled => Outcome::Cancelled,
                     StopReason::TimedOut => Outcome::TimedOut,
                     StopReason::Shutdown => Outcome::Interrupted {
                         reason: "daemon shutdown".into(),
                     },
-                };
+                    StopReason::MemoryPressure => Outcome::MemoryPressure {
+                        detail: "stopped by the memory pressure responder to protect the host".into(),
+                    },
+                });
                 JobState::Finished(Finished {
                     outcome,
                     finished_at: *at,
@@ -429,10 +457,27 @@ impl Job {
             if f.outcome.counts_as_failure() {
                 self.failures += 1;
             }
+            if matches!(f.outcome, Outcome::MemoryPressure { .. }) {
+                self.pressure_stops += 1;
+            }
         }
         self.state = next;
         Ok(())
     }
+}
+
+/// The outcome the memory counters decide, if they decide one: over the hard limit, or hit by the
+/// kernel's OOM killer (unless the main process still succeeded, e.g. a wrapper that survived a child).
+fn memory_outcome(exit: ExitStatus, accounting: &Accounting) -> Option<Outcome> {
+    if accounting.memory_limit_exceeded {
+        return Some(Outcome::MemoryLimitExceeded {
+            limit_bytes: accounting.memory_limit.map_or(0, |l| l.bytes()),
+            peak_bytes: accounting.memory_peak.map(|p| p.bytes()),
+        });
+    }
+    (accounting.oom_kills > 0 && exit != ExitStatus::Code(0)).then_some(Outcome::OomKilled {
+        kills: accounting.oom_kills,
+    })
 }
 
 fn outcome_of_exit(exit: ExitStatus) -> Outcome {
@@ -502,10 +547,12 @@ mod tests {
         let no_retry = RetryPolicy {
             max_retries: 0,
             requeue_interrupted: true,
+            ..RetryPolicy::default()
         };
         let one_retry = RetryPolicy {
             max_retries: 1,
             requeue_interrupted: false,
+            ..RetryPolicy::default()
         };
         let interrupted = || Event::Interrupted {
             reason: "daemon died".into(),
@@ -605,6 +652,96 @@ mod tests {
         }
     }
 
+    fn exited_with(exit: ExitStatus, accounting: Accounting) -> Event {
+        Event::Exited {
+            exit,
+            signals_sent: vec![],
+            accounting,
+            at: T,
+        }
+    }
+
+    #[test]
+    fn memory_counters_decide_the_outcome() {
+        use crate::ByteSize;
+        let over = Accounting {
+            memory_limit: Some(ByteSize(200 << 20)),
+            memory_peak: Some(ByteSize(201 << 20)),
+            memory_limit_exceeded: true,
+            oom_kills: 1,
+            ..Accounting::default()
+        };
+        let oom = Accounting {
+            oom_kills: 2,
+            ..Accounting::default()
+        };
+        // (stop reason before the exit, exit, accounting) → outcome
+        let cases = [
+            (None, ExitStatus::Signal(9), over.clone(), "memory_limit_exceeded"),
+            (
+                Some(StopReason::Cancelled),
+                ExitStatus::Signal(9),
+                over.clone(),
+                "memory_limit_exceeded",
+            ),
+            (None, ExitStatus::Signal(9), oom.clone(), "oom_killed"),
+            (None, ExitStatus::Code(1), oom.clone(), "oom_killed"),
+            // A wrapper whose child was OOM-killed but which still succeeded succeeded.
+            (None, ExitStatus::Code(0), oom.clone(), "succeeded"),
+            (
+                Some(StopReason::MemoryPressure),
+                ExitStatus::Signal(2),
+                Accounting::default(),
+                "memory_pressure",
+            ),
+        ];
+        for (reason, exit, accounting, expected) in cases {
+            let mut job = job_in(StateName::Running, RetryPolicy::default());
+            if let Some(r) = reason {
+                job.apply(stop(r)).unwrap();
+            }
+            job.apply(exited_with(exit, accounting)).unwrap();
+            assert_eq!(job.outcome().map(Outcome::name), Some(expected), "{reason:?} {exit:?}");
+        }
+        let mut job = job_in(StateName::Running, RetryPolicy::default());
+        job.apply(exited_with(ExitStatus::Signal(9), over)).unwrap();
+        assert_eq!(
+            job.outcome(),
+            Some(&Outcome::MemoryLimitExceeded {
+                limit_bytes: 200 << 20,
+                peak_bytes: Some(201 << 20)
+            })
+        );
+        assert_eq!(job.failures, 1, "going over the limit is the job's failure");
+        assert!(!job.may_retry());
+    }
+
+    #[test]
+    fn pressure_stops_requeue_within_their_own_budget() {
+        let mut job = job_in(
+            StateName::Running,
+            RetryPolicy {
+                max_retries: 0,
+                requeue_interrupted: false,
+                max_pressure_requeues: 2,
+            },
+        );
+        for round in 1..=3 {
+            job.apply(stop(StopReason::MemoryPressure)).unwrap();
+            job.apply(exited(130)).unwrap();
+            assert_eq!(job.outcome().map(Outcome::name), Some("memory_pressure"));
+            assert_eq!((job.pressure_stops, job.failures), (round, 0));
+            if round < 3 {
+                job.apply(Event::Requeue { at: T }).unwrap();
+                job.apply(Event::Started { run: run() }).unwrap();
+            }
+        }
+        assert!(
+            job.apply(Event::Requeue { at: T }).is_err(),
+            "a third pressure stop exceeds max_pressure_requeues = 2"
+        );
+    }
+
     #[test]
     fn retries_are_counted_and_bounded() {
         let mut job = job_in(
@@ -612,6 +749,7 @@ mod tests {
             RetryPolicy {
                 max_retries: 2,
                 requeue_interrupted: false,
+                ..RetryPolicy::default()
             },
         );
         for attempt in 2..=3 {
@@ -631,6 +769,7 @@ mod tests {
             RetryPolicy {
                 max_retries: 0,
                 requeue_interrupted: true,
+                ..RetryPolicy::default()
             },
         );
         job.apply(Event::Interrupted {
@@ -647,6 +786,7 @@ mod tests {
             RetryPolicy {
                 max_retries: 5,
                 requeue_interrupted: false,
+                ..RetryPolicy::default()
             },
         );
         no.apply(Event::Interrupted {
@@ -676,6 +816,18 @@ pub struct JobEventRecord {
     /// `submitted`, `started`, `stop_requested`, `signal_sent`, `exited`, `interrupted`, `requeued`, …
     pub kind: String,
     /// Event-specific figures and reasons.
+    pub detail: serde_json::Value,
+}
+
+/// One entry of the engine's own event log: decisions about the host rather than one job (admission
+/// paused or resumed, a memory pressure victim chosen), with the figures that triggered them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineEventRecord {
+    /// Store-assigned, increasing.
+    pub seq: i64,
+    pub at: Timestamp,
+    /// `admission_paused`, `admission_resumed`, `pressure_critical`, `pressure_victim`, …
+    pub kind: String,
     pub detail: serde_json::Value,
 }
 

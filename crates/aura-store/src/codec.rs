@@ -3,13 +3,14 @@
 
 use crate::error::StoreError;
 use aura_model::{
-    Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent, StateName, Timestamp,
+    EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent,
+    StateName, Timestamp,
 };
 use rusqlite::Row;
 
 /// The column list every job query selects, in the order `decode_job` reads it.
 pub(crate) const JOB_COLUMNS: &str =
-    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request";
+    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops";
 
 /// A job's row, ready to bind.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ pub(crate) struct JobRow {
     pub spec: String,
     pub state_data: String,
     pub memory_request: Option<String>,
+    pub pressure_stops: i64,
 }
 
 /// An event row, ready to bind; the job id and attempt come from the command it travels with.
@@ -45,6 +47,7 @@ pub(crate) fn encode_parts(
     submitted_at: Timestamp,
     attempt: u32,
     failures: u32,
+    pressure_stops: u32,
     memory_request: Option<&MemoryRequest>,
 ) -> Result<JobRow, StoreError> {
     let outcome = match state {
@@ -65,6 +68,7 @@ pub(crate) fn encode_parts(
         memory_request: memory_request
             .map(|m| to_json("memory request", m))
             .transpose()?,
+        pressure_stops: i64::from(pressure_stops),
     })
 }
 
@@ -75,6 +79,7 @@ pub(crate) fn encode_job(job: &Job) -> Result<JobRow, StoreError> {
         job.submitted_at,
         job.attempt,
         job.failures,
+        job.pressure_stops,
         job.memory_request.as_ref(),
     )
 }
@@ -103,6 +108,9 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
     let state: JobState =
         serde_json::from_str(&state_json).map_err(|e| corrupt(format!("state: {e}")))?;
     let memory_request_json: Option<String> = row.get(7)?;
+    let pressure_stops: u32 = row
+        .get(8)
+        .map_err(|e| corrupt(format!("pressure_stops: {e}")))?;
     let memory_request = memory_request_json
         .map(|text| serde_json::from_str::<MemoryRequest>(&text))
         .transpose()
@@ -119,6 +127,7 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         submitted_at,
         attempt,
         failures,
+        pressure_stops,
         memory_request,
         state,
     })
@@ -138,6 +147,21 @@ pub(crate) fn decode_event(row: &Row<'_>) -> Result<JobEventRecord, StoreError> 
         detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
             id: job_id,
             detail: format!("event {seq} detail: {e}"),
+        })?,
+    })
+}
+
+/// Reads `seq, at_ms, kind, detail` of `engine_events`.
+pub(crate) fn decode_engine_event(row: &Row<'_>) -> Result<EngineEventRecord, StoreError> {
+    let seq: i64 = row.get(0)?;
+    let detail: String = row.get(3)?;
+    Ok(EngineEventRecord {
+        seq,
+        at: Timestamp::from_unix_millis(row.get(1)?),
+        kind: row.get(2)?,
+        detail: serde_json::from_str(&detail).map_err(|e| StoreError::CorruptEngineEvent {
+            seq,
+            detail: e.to_string(),
         })?,
     })
 }

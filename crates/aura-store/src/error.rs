@@ -43,6 +43,8 @@ pub enum StoreError {
     },
     #[error("job {id} is stored in a form this build cannot read: {detail}")]
     Corrupt { id: JobId, detail: String },
+    #[error("engine event {seq} is stored in a form this build cannot read: {detail}")]
+    CorruptEngineEvent { seq: i64, detail: String },
     #[error("job {0} not found")]
     NotFound(JobId),
     #[error("the job store is closed")]

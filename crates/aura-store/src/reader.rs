@@ -1,10 +1,10 @@
 //! Read connections and the read queries. Readers are pooled connections used on tokio's blocking
 //! threads; WAL lets them read a consistent snapshot while the writer commits.
 
-use crate::codec::{decode_event, decode_job, parse_state_name, JOB_COLUMNS};
+use crate::codec::{decode_engine_event, decode_event, decode_job, parse_state_name, JOB_COLUMNS};
 use crate::error::{Context, StoreError};
 use crate::schema::open_connection;
-use aura_model::{Job, JobEventRecord, JobId, StateName};
+use aura_model::{EngineEventRecord, Job, JobEventRecord, JobId, StateName};
 use rusqlite::{params_from_iter, types::Value, Connection};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -142,6 +142,27 @@ pub(crate) fn events(conn: &Connection, id: JobId) -> Result<Vec<JobEventRecord>
     let mut events = Vec::new();
     while let Some(row) = rows.next().context("reading job events")? {
         events.push(decode_event(row)?);
+    }
+    Ok(events)
+}
+
+/// Engine events after `after` (a sequence number), oldest first, at most `limit` (capped).
+pub(crate) fn engine_events(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<EngineEventRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, at_ms, kind, detail FROM engine_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .context("reading engine events")?;
+    let mut rows = stmt
+        .query(rusqlite::params![after, limit.min(MAX_LIST_LIMIT)])
+        .context("reading engine events")?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next().context("reading engine events")? {
+        events.push(decode_engine_event(row)?);
     }
     Ok(events)
 }

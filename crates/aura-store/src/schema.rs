@@ -44,6 +44,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN memory_request TEXT;
     CREATE INDEX jobs_kind_succeeded ON jobs (kind, id) WHERE outcome = 'succeeded';
     "#,
+    // 3: memory protection. How often the pressure responder stopped a job (its own retry budget), and the
+    // engine's own decisions (admission paused or resumed, a pressure victim chosen), which belong to no
+    // single job.
+    r#"
+    ALTER TABLE jobs ADD COLUMN pressure_stops INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE engine_events (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms  INTEGER NOT NULL,
+        kind   TEXT    NOT NULL CHECK (kind <> ''),
+        detail TEXT    NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 pub(crate) const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;

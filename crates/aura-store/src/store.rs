@@ -7,7 +7,8 @@ use crate::reader::{self, ReadPool};
 use crate::schema::{migrate, open_connection};
 use crate::writer::{Command, Counters, Write, Writer};
 use aura_model::{
-    Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent, StateName, Timestamp,
+    EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent,
+    StateName, Timestamp,
 };
 use std::future::Future;
 use std::path::Path;
@@ -199,7 +200,7 @@ impl Store {
         let state = JobState::Queued {
             since: submitted_at,
         };
-        let job = encode_parts(&spec, &state, submitted_at, 1, 0, memory_request.as_ref())?;
+        let job = encode_parts(&spec, &state, submitted_at, 1, 0, 0, memory_request.as_ref())?;
         let detail = serde_json::json!({ "program": spec.program, "priority": spec.priority });
         let event = encode_event(&NewEvent {
             at: submitted_at,
@@ -247,6 +248,26 @@ impl Store {
         })))
         .await?;
         Ok(Pending(answer))
+    }
+
+    /// Appends an entry to the engine's own event log (decisions that belong to no single job); resolves
+    /// once queued, the `Pending` once committed.
+    pub async fn record_engine_event(&self, event: &NewEvent) -> Result<Pending, StoreError> {
+        let event = encode_event(event)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Write(Box::new(Write::Engine { event, reply })))
+            .await?;
+        Ok(Pending(answer))
+    }
+
+    /// The engine's event log after sequence number `after`, oldest first, at most `limit` (≤ 1000).
+    pub async fn engine_events(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<EngineEventRecord>, StoreError> {
+        self.read(move |conn| reader::engine_events(conn, after, limit))
+            .await
     }
 
     async fn read<T: Send + 'static>(

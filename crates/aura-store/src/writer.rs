@@ -30,6 +30,8 @@ pub(crate) enum Write {
         events: Vec<EventRow>,
         reply: Reply<()>,
     },
+    /// An entry of the engine's own event log.
+    Engine { event: EventRow, reply: Reply<()> },
 }
 
 #[derive(Default)]
@@ -135,7 +137,8 @@ impl Write {
             Write::Insert { job, event, .. } => {
                 conn.prepare_cached(
                     "INSERT INTO jobs (state, priority, submitted_at_ms, updated_at_ms, attempt, failures, kind, \
-                     outcome, spec, state_data, memory_request) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     outcome, spec, state_data, memory_request, pressure_stops) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .and_then(|mut stmt| stmt.execute(params_from_iter(job_columns(job))))
                 .context("inserting a job")?;
@@ -150,7 +153,7 @@ impl Write {
                     .prepare_cached(
                         "UPDATE jobs SET state = ?2, priority = ?3, submitted_at_ms = ?4, updated_at_ms = ?5, \
                          attempt = ?6, failures = ?7, kind = ?8, outcome = ?9, spec = ?10, state_data = ?11, \
-                         memory_request = ?12 WHERE id = ?1",
+                         memory_request = ?12, pressure_stops = ?13 WHERE id = ?1",
                     )
                     .and_then(|mut stmt| {
                         let id: &dyn ToSql = &id.0;
@@ -165,6 +168,14 @@ impl Write {
                 }
                 Ok(*id)
             }
+            Write::Engine { event, .. } => {
+                conn.prepare_cached(
+                    "INSERT INTO engine_events (at_ms, kind, detail) VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut stmt| stmt.execute(params![event.at_ms, event.kind, event.detail]))
+                .context("appending an engine event")?;
+                Ok(JobId(0))
+            }
         }
     }
 
@@ -174,7 +185,7 @@ impl Write {
             Write::Insert { reply, .. } => {
                 let _ = reply.send(result);
             }
-            Write::Record { reply, .. } => {
+            Write::Record { reply, .. } | Write::Engine { reply, .. } => {
                 let _ = reply.send(result.map(|_| ()));
             }
         }
@@ -204,7 +215,7 @@ fn insert_event(
 }
 
 /// A job row's values in the column order of both the INSERT and the UPDATE, so the two cannot drift apart.
-fn job_columns(job: &JobRow) -> [&dyn ToSql; 11] {
+fn job_columns(job: &JobRow) -> [&dyn ToSql; 12] {
     [
         &job.state,
         &job.priority,
@@ -217,5 +228,6 @@ fn job_columns(job: &JobRow) -> [&dyn ToSql; 11] {
         &job.spec,
         &job.state_data,
         &job.memory_request,
+        &job.pressure_stops,
     ]
 }

@@ -32,6 +32,7 @@ fn spec(n: usize) -> JobSpec {
     spec.retry = RetryPolicy {
         max_retries: 1,
         requeue_interrupted: true,
+        max_pressure_requeues: 1,
     };
     spec
 }
@@ -63,6 +64,9 @@ fn exited(code: i32, ms: i64) -> Event {
             wall_secs: Some(12.345_678_901_234_5),
             peak_processes: Some(3),
             log_truncated_bytes: 17,
+            memory_limit: Some(ByteSize(400 << 20)),
+            oom_kills: 0,
+            memory_limit_exceeded: false,
         },
         at: at(ms),
     }
@@ -396,7 +400,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let next = open(&path).await.insert_job(spec(0), at(0)).await.unwrap();
     assert!(next.id > job.id, "ids keep increasing after a reopen");
 }
@@ -643,7 +647,7 @@ async fn a_newer_schema_is_refused() {
         Store::open(&path, StoreOptions::default()).await,
         Err(StoreError::TooNew {
             found: 99,
-            supported: 2
+            supported: 3
         })
     ));
 }
@@ -683,4 +687,30 @@ async fn memory_peaks_come_from_successful_jobs_of_the_kind_newest_first() {
     assert_eq!(store.memory_peaks("encode", 10).await.unwrap(), expected);
     assert_eq!(store.memory_peaks("encode", 1).await.unwrap().len(), 1);
     assert!(store.memory_peaks("render", 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_events_append_and_page_and_pressure_stops_persist() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    for n in 0..5 {
+        store
+            .record_engine_event(&event("admission_paused", n))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let all = store.engine_events(0, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all[2].detail, json!({ "n": 2, "why": "admission_paused" }));
+    let rest = store.engine_events(all[1].seq, 2).await.unwrap();
+    assert_eq!(rest, all[2..4].to_vec(), "pages after a sequence number");
+
+    let mut job = store.insert_job(spec(1), at(0)).await.unwrap();
+    job.pressure_stops = 2;
+    store.record(&job, vec![]).await.unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().unwrap().pressure_stops, 2);
+    store.close().await.unwrap();
 }
