@@ -40,6 +40,11 @@ pub(crate) enum Command {
     TimedOut {
         id: JobId,
     },
+    /// The sampler found the tree over its memory limit or hit by the OOM killer; the monitor kills it.
+    MemoryViolation {
+        id: JobId,
+        violation: aura_supervisor::MemoryViolation,
+    },
     Exited {
         id: JobId,
         exit: ExitStatus,
@@ -65,7 +70,19 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<LeaseInfo>>,
     },
     /// From the guard thread: why admission is paused now, or `None` when it may admit again.
-    Guard(Option<String>),
+    Guard {
+        paused: Option<String>,
+        reading: crate::guards::Reading,
+    },
+    /// From the guard thread: memory has been critical long enough; stop one job (the reply names it,
+    /// `None` when nothing could be stopped).
+    PressureVictim {
+        reason: String,
+        reading: crate::guards::Reading,
+        reply: oneshot::Sender<Option<JobId>>,
+    },
+    /// An entry for the engine's event log.
+    EngineEvent(NewEvent),
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -353,6 +370,7 @@ impl Actor {
             Command::TimedOut { id } => {
                 self.request_stop(id, StopReason::TimedOut).await;
             }
+            Command::MemoryViolation { id, violation } => self.memory_violation(id, violation).await,
             Command::Exited {
                 id,
                 exit,
@@ -417,13 +435,42 @@ impl Actor {
             Command::ListLeases { reply } => {
                 let _ = reply.send(self.leases.list());
             }
-            Command::Guard(reason) => {
-                let resumed = reason.is_none();
-                *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+            Command::Guard { paused, reading } => {
+                let was_paused = self.shared.paused_reason().is_some();
+                let resumed = paused.is_none();
+                match (&paused, was_paused) {
+                    (Some(reason), false) => {
+                        tracing::warn!(%reason, "admission paused");
+                        self.engine_event(NewEvent::new(
+                            "admission_paused",
+                            json!({ "reason": reason, "reading": reading }),
+                        ))
+                        .await;
+                    }
+                    (None, true) => {
+                        tracing::info!("admission resumed");
+                        self.engine_event(NewEvent::new(
+                            "admission_resumed",
+                            json!({ "reading": reading }),
+                        ))
+                        .await;
+                    }
+                    _ => {}
+                }
+                *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
                 if resumed {
                     self.dispatch().await;
                 }
             }
+            Command::PressureVictim {
+                reason,
+                reading,
+                reply,
+            } => {
+                let victim = self.pressure_victim(&reason, reading).await;
+                let _ = reply.send(victim);
+            }
+            Command::EngineEvent(event) => self.engine_event(event).await,
             Command::Shutdown { reply } => {
                 self.shared.accepting.store(false, Ordering::SeqCst);
                 self.shutdown_waiters.push(reply);
@@ -563,6 +610,102 @@ impl Actor {
         }
     }
 
+    /// Stage 2 of memory protection: chooses a victim among the running jobs (ranking in
+    /// `crate::pressure`), stops it with its stop sequence, and records the decision with its figures.
+    async fn pressure_victim(
+        &mut self,
+        reason: &str,
+        reading: crate::guards::Reading,
+    ) -> Option<JobId> {
+        let candidates: Vec<crate::pressure::Candidate> = self
+            .active
+            .values()
+            .filter_map(|a| match &a.job.state {
+                JobState::Running { run } => Some(crate::pressure::Candidate {
+                    id: a.job.id,
+                    priority: a.job.spec.priority,
+                    started_at_ms: run.started_at.unix_millis(),
+                    memory_bytes: self.shared.probe(a.job.id).and_then(|p| p.live().memory_current),
+                    reserved_bytes: self.reserved_memory(&a.job),
+                }),
+                _ => None,
+            })
+            .collect();
+        let Some(victim) = crate::pressure::choose_victim(&candidates).cloned() else {
+            tracing::warn!(%reason, "memory critical but no running job can be stopped");
+            self.engine_event(NewEvent::new(
+                "pressure_no_victim",
+                json!({ "reason": reason, "reading": reading }),
+            ))
+            .await;
+            return None;
+        };
+        tracing::warn!(job_id = %victim.id, %reason, memory = ?victim.memory_bytes, reserved = victim.reserved_bytes,
+            "memory critical: stopping a victim job");
+        let detail = json!({
+            "job_id": victim.id,
+            "reason": reason,
+            "reading": reading,
+            "victim": victim,
+            "excess_bytes": victim.excess_bytes(),
+            "candidates": candidates.len(),
+            "ranking": "lowest priority, then furthest over its reservation, then most recently started",
+            "cooldown_secs": self.shared.config.guards.victim_cooldown.as_secs_f64(),
+        });
+        self.engine_event(NewEvent::new("pressure_victim", detail.clone()))
+            .await;
+        if let Some(active) = self.active.get(&victim.id) {
+            let job = active.job.clone();
+            self.persist(&job, vec![NewEvent::new("pressure_victim", detail)])
+                .await;
+        }
+        self.request_stop(victim.id, StopReason::MemoryPressure).await;
+        Some(victim.id)
+    }
+
+    /// The memory admission reserved for a job (its settled request).
+    fn reserved_memory(&self, job: &Job) -> u64 {
+        self.shared
+            .config
+            .admission
+            .request(&job.spec, job.memory_request.as_ref())
+            .memory_bytes
+    }
+
+    /// Appends to the engine's event log without waiting for the commit.
+    async fn engine_event(&mut self, event: NewEvent) {
+        match self.shared.store.record_engine_event(&event).await {
+            Ok(pending) => self
+                .writes
+                .push(Box::pin(async move { (pending.await, None) })),
+            Err(e) => tracing::error!(error = %e, kind = %event.kind, "failed to record an engine event"),
+        }
+    }
+
+    /// Records why the monitor is killing a tree for memory; the outcome follows from the accounting.
+    async fn memory_violation(&mut self, id: JobId, violation: aura_supervisor::MemoryViolation) {
+        let Some(active) = self.active.get(&id) else {
+            return;
+        };
+        let event = match violation {
+            aura_supervisor::MemoryViolation::LimitExceeded {
+                limit_bytes,
+                current_bytes,
+                by,
+            } => NewEvent::new(
+                "memory_limit_exceeded",
+                json!({ "limit_bytes": limit_bytes, "current_bytes": current_bytes, "enforced_by": by,
+                        "action": "killing the whole tree" }),
+            ),
+            aura_supervisor::MemoryViolation::OomKilled { kills } => NewEvent::new(
+                "oom_killed",
+                json!({ "kills": kills, "action": "the kernel's OOM killer hit the tree; killing the rest" }),
+            ),
+        };
+        let job = active.job.clone();
+        self.persist(&job, vec![event]).await;
+    }
+
     /// Marks a live job as stopping and tells its monitor. A job still launching is stopped as soon as it has
     /// started; a queued job that is cancelled finishes at once.
     async fn request_stop(&mut self, id: JobId, reason: StopReason) {
@@ -639,6 +782,24 @@ impl Actor {
         let shutdown_interrupt = matches!(outcome, Some(Outcome::Interrupted { .. }));
         let requeue =
             job.may_retry() && (!shutdown_interrupt || self.shared.config.requeue_on_shutdown);
+        if requeue && matches!(outcome, Some(Outcome::MemoryPressure { .. })) {
+            let peak = match &job.state {
+                JobState::Finished(f) => f.accounting.memory_peak.map(|p| p.bytes()),
+                _ => None,
+            };
+            let grown = crate::pressure::grown_request(
+                self.reserved_memory(&job),
+                peak,
+                self.shared.config.guards.requeue_growth,
+                job.spec.memory_limit(),
+                self.shared.admission.usage().capacity.memory_bytes,
+            );
+            events.push(NewEvent::new(
+                "memory_request_raised",
+                json!({ "memory_request": grown, "reason": "stopped by the memory pressure responder" }),
+            ));
+            job.memory_request = Some(grown);
+        }
         if requeue {
             // may_retry was checked, so the transition cannot fail.
             if job

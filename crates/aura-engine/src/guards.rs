@@ -7,23 +7,116 @@
 //! only when the answer changes.
 
 use crate::actor::{Command, Shared};
+use aura_model::{ByteSize, NewEvent};
+use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// An amount of available memory: a share of physical memory (`0.2`, `"20%"`) or a size (`"2GiB"`, or
+/// a whole number of bytes above 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MemoryThreshold {
+    Share(f64),
+    Bytes(u64),
+}
+
+impl MemoryThreshold {
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            MemoryThreshold::Share(s) => (total as f64 * s) as u64,
+            MemoryThreshold::Bytes(b) => b,
+        }
+    }
+
+    fn valid(self) -> bool {
+        match self {
+            MemoryThreshold::Share(s) => (0.0..=1.0).contains(&s),
+            MemoryThreshold::Bytes(_) => true,
+        }
+    }
+
+    /// Whether `self` is at least `other` (only comparable when both are of one kind).
+    fn at_least(self, other: MemoryThreshold) -> bool {
+        match (self, other) {
+            (MemoryThreshold::Share(a), MemoryThreshold::Share(b)) => a >= b,
+            (MemoryThreshold::Bytes(a), MemoryThreshold::Bytes(b)) => a >= b,
+            _ => true,
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryThreshold::Share(s) => write!(f, "{:.0} %", s * 100.0),
+            MemoryThreshold::Bytes(b) => write!(f, "{}", ByteSize(*b)),
+        }
+    }
+}
+
+impl serde::Serialize for MemoryThreshold {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MemoryThreshold::Share(x) => s.serialize_f64(*x),
+            MemoryThreshold::Bytes(b) => s.serialize_str(&ByteSize(*b).to_string()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MemoryThreshold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        let bad = |what: &str| {
+            serde::de::Error::custom(format!(
+                "invalid memory threshold {what}: use a share of physical memory (0.2 or \"20%\") or a size (\"2GiB\")"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Number(x) if (0.0..=1.0).contains(&x) => Ok(MemoryThreshold::Share(x)),
+            Raw::Number(x) if x > 1.0 && x.fract() == 0.0 && x < 1e19 => {
+                Ok(MemoryThreshold::Bytes(x as u64))
+            }
+            Raw::Number(x) => Err(bad(&x.to_string())),
+            Raw::Text(t) => {
+                let t = t.trim();
+                if let Some(pct) = t.strip_suffix('%') {
+                    match pct.trim().parse::<f64>() {
+                        Ok(p) if (0.0..=100.0).contains(&p) => Ok(MemoryThreshold::Share(p / 100.0)),
+                        _ => Err(bad(t)),
+                    }
+                } else {
+                    t.parse::<ByteSize>()
+                        .map(|b| MemoryThreshold::Bytes(b.bytes()))
+                        .map_err(|_| bad(t))
+                }
+            }
+        }
+    }
+}
 
 /// Thresholds, with the defaults of `aura serve`; the `[guards]` section of its configuration as is.
+///
+/// Two stages. Stage 1 pauses admission (nothing new starts). Stage 2, the pressure responder, acts when
+/// memory is critical for `critical_sustain`: it stops one running job (see `crate::pressure` for the
+/// ranking) with its stop sequence, requeues it with a larger memory request, then waits
+/// `victim_cooldown` before it may choose another, so the kernel can reclaim what the victim freed.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardConfig {
     pub enabled: bool,
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub interval: Duration,
-    /// Pause below this share of physical memory available (`MemAvailable / MemTotal`), resume above
-    /// `resume_available_memory`.
-    pub min_available_memory: f64,
-    pub resume_available_memory: f64,
+    /// Pause while available memory (`MemAvailable`) is below this, resume above `resume_available_memory`.
+    pub min_available_memory: MemoryThreshold,
+    pub resume_available_memory: MemoryThreshold,
     /// Pause above this PSI `some avg10` memory pressure (percent), resume below `resume_memory_pressure`.
     pub max_memory_pressure: f64,
     pub resume_memory_pressure: f64,
@@ -33,30 +126,60 @@ pub struct GuardConfig {
     pub resume_outside_cpu: f64,
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub cpu_window: Duration,
+    /// Stage 2 (critical) below this much available memory; cleared above `critical_resume_available_memory`.
+    pub critical_available_memory: MemoryThreshold,
+    pub critical_resume_available_memory: MemoryThreshold,
+    /// Stage 2 above this PSI `full avg10` memory pressure (percent: every task stalled on memory);
+    /// cleared below `critical_resume_memory_pressure`.
+    pub critical_memory_pressure: f64,
+    pub critical_resume_memory_pressure: f64,
+    /// How long memory must stay critical before a victim is chosen.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub critical_sustain: Duration,
+    /// After a victim: no other before this has passed.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub victim_cooldown: Duration,
+    /// A victim is requeued asking for max(its request, its peak) times this.
+    pub requeue_growth: f64,
 }
 
 impl GuardConfig {
-    /// Ratios in [0, 1], pressures in [0, 100], each resume threshold on the safe side of its pause
-    /// threshold, and `cpu_window >= interval > 0`.
+    /// Shares and pressures in range, each resume threshold on the safe side of its trip threshold,
+    /// critical thresholds no gentler than the pause thresholds, `cpu_window >= interval > 0`, growth ≥ 1.
     pub fn validate(&self) -> Result<(), String> {
         let ratio = |x: f64| (0.0..=1.0).contains(&x);
         let percent = |x: f64| (0.0..=100.0).contains(&x);
-        let ok = ratio(self.min_available_memory)
-            && ratio(self.resume_available_memory)
-            && self.resume_available_memory >= self.min_available_memory
+        let memory = [
+            self.min_available_memory,
+            self.resume_available_memory,
+            self.critical_available_memory,
+            self.critical_resume_available_memory,
+        ];
+        let ok = memory.iter().all(|m| m.valid())
+            && self.resume_available_memory.at_least(self.min_available_memory)
+            && self
+                .critical_resume_available_memory
+                .at_least(self.critical_available_memory)
+            && self.min_available_memory.at_least(self.critical_available_memory)
             && percent(self.max_memory_pressure)
             && percent(self.resume_memory_pressure)
             && self.resume_memory_pressure <= self.max_memory_pressure
+            && percent(self.critical_memory_pressure)
+            && percent(self.critical_resume_memory_pressure)
+            && self.critical_resume_memory_pressure <= self.critical_memory_pressure
             && ratio(self.max_outside_cpu)
             && ratio(self.resume_outside_cpu)
             && self.resume_outside_cpu <= self.max_outside_cpu
             && !self.interval.is_zero()
-            && self.cpu_window >= self.interval;
+            && self.cpu_window >= self.interval
+            && self.requeue_growth.is_finite()
+            && self.requeue_growth >= 1.0;
         if ok {
             Ok(())
         } else {
-            Err("guards need ratios in [0, 1], pressures in [0, 100], each resume threshold on the safe side \
-                 of its pause threshold, and cpu_window >= interval > 0"
+            Err("guards need memory thresholds as shares in [0, 1] or sizes, pressures in [0, 100], each resume \
+                 threshold on the safe side of its trip threshold, critical memory thresholds no higher than \
+                 the pause thresholds, cpu_window >= interval > 0 and requeue_growth >= 1"
                 .into())
         }
     }
@@ -67,13 +190,20 @@ impl Default for GuardConfig {
         GuardConfig {
             enabled: true,
             interval: Duration::from_secs(1),
-            min_available_memory: 0.20,
-            resume_available_memory: 0.25,
+            min_available_memory: MemoryThreshold::Share(0.20),
+            resume_available_memory: MemoryThreshold::Share(0.25),
             max_memory_pressure: 40.0,
             resume_memory_pressure: 20.0,
             max_outside_cpu: 0.85,
             resume_outside_cpu: 0.75,
             cpu_window: Duration::from_secs(10),
+            critical_available_memory: MemoryThreshold::Share(0.05),
+            critical_resume_available_memory: MemoryThreshold::Share(0.10),
+            critical_memory_pressure: 30.0,
+            critical_resume_memory_pressure: 10.0,
+            critical_sustain: Duration::from_secs(3),
+            victim_cooldown: Duration::from_secs(30),
+            requeue_growth: 1.5,
         }
     }
 }
@@ -82,7 +212,11 @@ impl Default for GuardConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Reading {
     pub available_memory: Option<f64>,
+    pub available_memory_bytes: Option<u64>,
+    pub total_memory_bytes: Option<u64>,
     pub memory_pressure: Option<f64>,
+    /// PSI memory `full avg10`, percent.
+    pub memory_pressure_full: Option<f64>,
     pub outside_cpu: Option<f64>,
 }
 
@@ -92,38 +226,67 @@ pub struct Tripped {
     memory: bool,
     pressure: bool,
     cpu: bool,
+    critical_memory: bool,
+    critical_pressure: bool,
 }
 
-/// Applies one reading with hysteresis and returns why admission is paused, if it is.
+/// A trip/clear pair: below (or above) one threshold trips, the other clears.
+fn hysteresis(tripped: &mut bool, value: Option<f64>, trip: impl Fn(f64) -> bool, clear: impl Fn(f64) -> bool) {
+    if let Some(v) = value {
+        *tripped = if *tripped { !clear(v) } else { trip(v) };
+    }
+}
+
+fn below(
+    tripped: &mut bool,
+    reading: &Reading,
+    trip: MemoryThreshold,
+    clear: MemoryThreshold,
+) {
+    if let (Some(avail), Some(total)) = (reading.available_memory_bytes, reading.total_memory_bytes) {
+        hysteresis(
+            tripped,
+            Some(avail as f64),
+            |v| v < trip.bytes(total) as f64,
+            |v| v > clear.bytes(total) as f64,
+        );
+    }
+}
+
+fn available(reading: &Reading) -> String {
+    match (reading.available_memory_bytes, reading.available_memory) {
+        (Some(b), Some(share)) => format!("{} ({:.0} %)", ByteSize(b), share * 100.0),
+        _ => "unknown".into(),
+    }
+}
+
+/// Applies one reading with hysteresis and returns why admission is paused (stage 1), if it is.
 pub fn evaluate(config: &GuardConfig, tripped: &mut Tripped, reading: &Reading) -> Option<String> {
     let pct = |x: f64| x * 100.0;
-    if let Some(avail) = reading.available_memory {
-        tripped.memory = if tripped.memory {
-            avail < config.resume_available_memory
-        } else {
-            avail < config.min_available_memory
-        };
-    }
-    if let Some(psi) = reading.memory_pressure {
-        tripped.pressure = if tripped.pressure {
-            psi > config.resume_memory_pressure
-        } else {
-            psi > config.max_memory_pressure
-        };
-    }
-    if let Some(cpu) = reading.outside_cpu {
-        tripped.cpu = if tripped.cpu {
-            cpu > config.resume_outside_cpu
-        } else {
-            cpu > config.max_outside_cpu
-        };
-    }
+    below(
+        &mut tripped.memory,
+        reading,
+        config.min_available_memory,
+        config.resume_available_memory,
+    );
+    hysteresis(
+        &mut tripped.pressure,
+        reading.memory_pressure,
+        |v| v > config.max_memory_pressure,
+        |v| v < config.resume_memory_pressure,
+    );
+    hysteresis(
+        &mut tripped.cpu,
+        reading.outside_cpu,
+        |v| v > config.max_outside_cpu,
+        |v| v < config.resume_outside_cpu,
+    );
     if tripped.memory {
         return Some(format!(
-            "available memory {:.0} % (pauses below {:.0} %, resumes above {:.0} %)",
-            pct(reading.available_memory.unwrap_or_default()),
-            pct(config.min_available_memory),
-            pct(config.resume_available_memory)
+            "available memory {} (pauses below {}, resumes above {})",
+            available(reading),
+            config.min_available_memory,
+            config.resume_available_memory
         ));
     }
     if tripped.pressure {
@@ -143,6 +306,79 @@ pub fn evaluate(config: &GuardConfig, tripped: &mut Tripped, reading: &Reading) 
         ));
     }
     None
+}
+
+/// Stage 2: applies one reading to the critical thresholds (with hysteresis) and returns why memory is
+/// critical, if it is.
+pub fn evaluate_critical(
+    config: &GuardConfig,
+    tripped: &mut Tripped,
+    reading: &Reading,
+) -> Option<String> {
+    below(
+        &mut tripped.critical_memory,
+        reading,
+        config.critical_available_memory,
+        config.critical_resume_available_memory,
+    );
+    hysteresis(
+        &mut tripped.critical_pressure,
+        reading.memory_pressure_full,
+        |v| v > config.critical_memory_pressure,
+        |v| v < config.critical_resume_memory_pressure,
+    );
+    if tripped.critical_memory {
+        return Some(format!(
+            "available memory {} is critical (below {}, clears above {})",
+            available(reading),
+            config.critical_available_memory,
+            config.critical_resume_available_memory
+        ));
+    }
+    if tripped.critical_pressure {
+        return Some(format!(
+            "memory pressure (PSI full avg10) {:.1} % is critical (above {:.0} %, clears below {:.0} %)",
+            reading.memory_pressure_full.unwrap_or_default(),
+            config.critical_memory_pressure,
+            config.critical_resume_memory_pressure
+        ));
+    }
+    None
+}
+
+/// When the pressure responder may act: critical for `critical_sustain`, and not within `victim_cooldown`
+/// of the last victim. Pure, so the timing rules are tested without a host under pressure.
+#[derive(Debug, Default)]
+pub struct Responder {
+    critical_since: Option<Instant>,
+    last_victim: Option<Instant>,
+    /// This critical episode found nobody to stop: say so once, then ask again only after a cooldown.
+    asked_in_vain: Option<Instant>,
+}
+
+impl Responder {
+    /// Feeds one verdict of `evaluate_critical`; true when a victim should be chosen now.
+    pub fn due(&mut self, config: &GuardConfig, critical: bool, now: Instant) -> bool {
+        if !critical {
+            self.critical_since = None;
+            self.asked_in_vain = None;
+            return false;
+        }
+        let since = *self.critical_since.get_or_insert(now);
+        let cooled = |t: Option<Instant>| t.is_none_or(|t| now.duration_since(t) >= config.victim_cooldown);
+        now.duration_since(since) >= config.critical_sustain
+            && cooled(self.last_victim)
+            && cooled(self.asked_in_vain)
+    }
+
+    /// What the actor answered: a victim was stopped, or none could be.
+    pub fn acted(&mut self, victim: bool, now: Instant) {
+        if victim {
+            self.last_victim = Some(now);
+        } else {
+            self.asked_in_vain = Some(now);
+        }
+    }
 }
 
 /// The guard sampler thread; stopped and joined by `stop`.
@@ -175,20 +411,21 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
     let config = &shared.config.guards;
     let mut tripped = Tripped::default();
     let mut reported: Option<String> = None;
+    let mut critical_active = false;
+    let mut responder = Responder::default();
     let mut cpu = CpuWindow::new(config.cpu_window, config.interval);
     while !stop.load(Ordering::SeqCst) {
         // The host sampler reads /proc; the guards only judge its latest snapshot.
         let host = shared.host_sampler.latest();
+        let memory = host.as_ref().map(|h| h.memory).filter(|m| m.total > 0);
+        // aura-host gives PSI as a ratio; the thresholds are in percent, as `/proc/pressure` writes them.
+        let psi = host.as_ref().and_then(|h| h.pressure).map(|p| p.memory);
         let reading = Reading {
-            available_memory: host
-                .as_ref()
-                .filter(|h| h.memory.total > 0)
-                .map(|h| h.memory.available as f64 / h.memory.total as f64),
-            // aura-host gives PSI as a ratio; the thresholds are in percent, as `/proc/pressure` writes them.
-            memory_pressure: host
-                .as_ref()
-                .and_then(|h| h.pressure)
-                .map(|p| p.memory.some.avg10 * 100.0),
+            available_memory: memory.map(|m| m.available as f64 / m.total as f64),
+            available_memory_bytes: memory.map(|m| m.available),
+            total_memory_bytes: memory.map(|m| m.total),
+            memory_pressure: psi.map(|p| p.some.avg10 * 100.0),
+            memory_pressure_full: psi.and_then(|p| p.full).map(|f| f.avg10 * 100.0),
             outside_cpu: host.as_ref().and_then(|h| cpu.sample(shared, h)),
         };
         *shared
@@ -197,14 +434,44 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             .unwrap_or_else(|p| p.into_inner()) = Some(reading);
         let verdict = evaluate(config, &mut tripped, &reading);
         if verdict != reported {
-            match &verdict {
-                Some(reason) => tracing::warn!(%reason, "admission paused"),
-                None => tracing::info!("admission resumed"),
-            }
             reported = verdict.clone();
-            if actor.blocking_send(Command::Guard(verdict)).is_err() {
+            let command = Command::Guard {
+                paused: verdict,
+                reading,
+            };
+            if actor.blocking_send(command).is_err() {
                 return;
             }
+        }
+        let critical = evaluate_critical(config, &mut tripped, &reading);
+        if critical.is_some() != critical_active {
+            critical_active = critical.is_some();
+            let event = match &critical {
+                Some(reason) => {
+                    tracing::warn!(%reason, "memory critical: the pressure responder is armed");
+                    NewEvent::new("pressure_critical", json!({ "reason": reason, "reading": reading }))
+                }
+                None => {
+                    tracing::info!("memory no longer critical");
+                    NewEvent::new("pressure_cleared", json!({ "reading": reading }))
+                }
+            };
+            if actor.blocking_send(Command::EngineEvent(event)).is_err() {
+                return;
+            }
+        }
+        if responder.due(config, critical.is_some(), Instant::now()) {
+            let (reply, answer) = oneshot::channel();
+            let command = Command::PressureVictim {
+                reason: critical.unwrap_or_default(),
+                reading,
+                reply,
+            };
+            if actor.blocking_send(command).is_err() {
+                return;
+            }
+            let victim = answer.blocking_recv().ok().flatten();
+            responder.acted(victim.is_some(), Instant::now());
         }
         // Sleep in short steps so that a stop is noticed quickly.
         let mut slept = Duration::ZERO;
@@ -284,10 +551,15 @@ impl CpuWindow {
 mod tests {
     use super::*;
 
+    const TOTAL: u64 = 16 << 30;
+
     fn reading(available_memory: f64, memory_pressure: f64, outside_cpu: f64) -> Reading {
         Reading {
             available_memory: Some(available_memory),
+            available_memory_bytes: Some((TOTAL as f64 * available_memory) as u64),
+            total_memory_bytes: Some(TOTAL),
             memory_pressure: Some(memory_pressure),
+            memory_pressure_full: Some(0.0),
             outside_cpu: Some(outside_cpu),
         }
     }
@@ -301,9 +573,9 @@ mod tests {
             ((0.50, 0.0, 0.10), None),
             (
                 (0.19, 0.0, 0.10),
-                Some("available memory 19 % (pauses below 20 %"),
+                Some("available memory 3.0 GiB (19 %) (pauses below 20 %"),
             ),
-            ((0.22, 0.0, 0.10), Some("available memory 22 %")),
+            ((0.22, 0.0, 0.10), Some("available memory 3.5 GiB (22 %)")),
             ((0.26, 0.0, 0.10), None),
             ((0.50, 41.0, 0.10), Some("memory pressure")),
             ((0.50, 30.0, 0.10), Some("memory pressure")),
@@ -330,14 +602,85 @@ mod tests {
         let c = GuardConfig::default();
         let mut t = Tripped::default();
         assert!(evaluate(&c, &mut t, &reading(0.1, 0.0, 0.0)).is_some());
-        let nothing = Reading {
-            available_memory: None,
-            memory_pressure: None,
-            outside_cpu: None,
-        };
+        let nothing = Reading::default();
         assert!(
             evaluate(&c, &mut t, &nothing).is_some(),
             "a failed read keeps the guard where it was"
         );
+    }
+
+    #[test]
+    fn thresholds_are_shares_or_sizes() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<MemoryThreshold>(v);
+        assert_eq!(parse(json!(0.2)).unwrap(), MemoryThreshold::Share(0.2));
+        assert_eq!(parse(json!("15%")).unwrap(), MemoryThreshold::Share(0.15));
+        assert_eq!(parse(json!("2GiB")).unwrap(), MemoryThreshold::Bytes(2 << 30));
+        assert_eq!(parse(json!(1048576)).unwrap(), MemoryThreshold::Bytes(1 << 20));
+        for bad in [json!(-1), json!(1.5), json!("150%"), json!("lots")] {
+            let e = parse(bad.clone()).unwrap_err().to_string();
+            assert!(e.contains("invalid memory threshold"), "{bad}: {e}");
+        }
+        let mut c = GuardConfig {
+            critical_available_memory: MemoryThreshold::Bytes(2 << 30),
+            critical_resume_available_memory: MemoryThreshold::Bytes(1 << 30),
+            ..GuardConfig::default()
+        };
+        assert!(c.validate().is_err(), "resume below trip");
+        c.critical_resume_available_memory = MemoryThreshold::Bytes(3 << 30);
+        assert!(c.validate().is_ok(), "{:?}", c.validate());
+        c.requeue_growth = 0.5;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn critical_stage_trips_and_clears_with_hysteresis() {
+        let c = GuardConfig::default(); // critical below 5 %, clears above 10 %; PSI full 30 / 10
+        let mut t = Tripped::default();
+        let full = |avail: f64, psi_full: f64| Reading {
+            memory_pressure_full: Some(psi_full),
+            ..reading(avail, 0.0, 0.0)
+        };
+        let steps = [
+            ((0.50, 0.0), None),
+            ((0.04, 0.0), Some("available memory")),
+            ((0.08, 0.0), Some("available memory")),
+            ((0.11, 0.0), None),
+            ((0.50, 35.0), Some("memory pressure (PSI full avg10) 35.0 %")),
+            ((0.50, 15.0), Some("memory pressure")),
+            ((0.50, 5.0), None),
+        ];
+        for (i, ((avail, psi), expected)) in steps.into_iter().enumerate() {
+            let got = evaluate_critical(&c, &mut t, &full(avail, psi));
+            match expected {
+                None => assert_eq!(got, None, "step {i}"),
+                Some(prefix) => assert!(
+                    got.as_deref().is_some_and(|r| r.starts_with(prefix)),
+                    "step {i}: {got:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn the_responder_waits_for_sustain_and_cooldown() {
+        let c = GuardConfig {
+            critical_sustain: Duration::from_secs(3),
+            victim_cooldown: Duration::from_secs(30),
+            ..GuardConfig::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Responder::default();
+        assert!(!r.due(&c, true, at(0)), "critical just began");
+        assert!(!r.due(&c, true, at(2)));
+        assert!(r.due(&c, true, at(3)), "sustained for 3 s");
+        r.acted(true, at(3));
+        assert!(!r.due(&c, true, at(10)), "inside the cooldown");
+        assert!(!r.due(&c, false, at(20)), "cleared");
+        assert!(!r.due(&c, true, at(34)), "critical again, but not yet sustained");
+        assert!(r.due(&c, true, at(37)), "sustained again and cooled down");
+        r.acted(false, at(37));
+        assert!(!r.due(&c, true, at(40)), "nobody to stop: do not ask every tick");
+        assert!(r.due(&c, true, at(67)));
     }
 }

@@ -186,8 +186,17 @@ impl EngineHandle {
     }
 
     /// The memory a new job reserves: what it states; else learned from the recorded peaks of its kind's
-    /// earlier successful runs; else the configured default.
+    /// earlier successful runs; else the configured default — never more than its `memory_max`, which
+    /// it can never use.
     async fn memory_request(&self, spec: &JobSpec) -> Result<MemoryRequest, EngineError> {
+        let mut request = self.unbounded_memory_request(spec).await?;
+        if let Some(max) = spec.resources.memory_max {
+            request.bytes = request.bytes.min(max);
+        }
+        Ok(request)
+    }
+
+    async fn unbounded_memory_request(&self, spec: &JobSpec) -> Result<MemoryRequest, EngineError> {
         let admission = &self.shared.config.admission;
         if let Some(bytes) = spec.resources.memory {
             return Ok(MemoryRequest {
@@ -365,6 +374,16 @@ impl EngineHandle {
             .into_iter()
             .map(|j| self.view(j))
             .collect())
+    }
+
+    /// The engine's own decisions (admission paused/resumed, memory critical, pressure victims), oldest
+    /// first, after sequence number `after`, at most `limit` (≤ 1000).
+    pub async fn engine_events(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<aura_model::EngineEventRecord>, EngineError> {
+        Ok(self.shared.store.engine_events(after, limit).await?)
     }
 
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, EngineError> {

@@ -12,11 +12,12 @@ mod guards;
 mod handle;
 mod lease;
 mod monitor;
+mod pressure;
 
 pub use admission::AdmissionConfig;
 pub use diagnostics::{Cleanup, Diagnostics, DiagnosticsConfig, Warning};
 pub use error::EngineError;
-pub use guards::GuardConfig;
+pub use guards::{GuardConfig, MemoryThreshold};
 pub use handle::{EngineHandle, EngineStatus, Health, JobView, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
 

@@ -1,8 +1,9 @@
-//! One task per running attempt: launches the tree, races its exit against the timeout and stop requests,
-//! runs the stop sequence, collects the accounting and reports each step to the actor.
+//! One task per running attempt: launches the tree, races its exit against the timeout, stop requests and
+//! memory violations, runs the stop sequence (or kills at once for memory), collects the accounting and
+//! reports each step to the actor.
 
 use crate::actor::{Command, Shared};
-use aura_model::{JobId, JobSpec, Run, StopReason, Timestamp};
+use aura_model::{JobId, JobSpec, Run, StopReason, StopSignal, Timestamp};
 use aura_supervisor::LaunchRequest;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ impl Monitor {
             // The default per-job directory is created by the launcher thread, off the async workers.
             create_cwd: self.spec.cwd.is_none(),
             log_dir: self.log_dir.clone(),
+            memory_limit: self.spec.memory_limit().map(|l| l.bytes()),
         };
         let mut tree = match self.shared.supervisor.launch(request).await {
             Ok(tree) => tree,
@@ -44,7 +46,8 @@ impl Monitor {
                 return;
             }
         };
-        self.shared.register_probe(id, tree.probe());
+        let probe = tree.probe();
+        self.shared.register_probe(id, probe.clone());
         let run = Run {
             started_at: Timestamp::now(),
             tree: tree.handle().clone(),
@@ -67,6 +70,11 @@ impl Monitor {
                 }
                 // An error here means the actor is gone; stopping is the only safe thing to do then.
                 _ = self.stop.changed() => tree.stop(&stop_sequence).await,
+                violation = probe.memory_violation() => {
+                    tracing::warn!(job_id = %id, ?violation, "memory violation, killing the tree");
+                    self.report(Command::MemoryViolation { id, violation }).await;
+                    (tree.kill().await, vec![StopSignal::Kill])
+                }
             }
         };
         let accounting = tree.finish().await;

@@ -60,6 +60,7 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/jobs/{id}", get(show))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/events", get(events))
+        .route("/api/events", get(engine_events))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/wait", get(wait))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
@@ -158,6 +159,27 @@ async fn release_lease(
 
 async fn list_leases(State(app): State<AppState>) -> ApiResult<Json<Vec<aura_engine::LeaseInfo>>> {
     Ok(Json(app.engine.leases().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineEventsQuery {
+    /// Sequence number to continue after (0: from the start).
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// The engine's event log: decisions about the host rather than one job.
+async fn engine_events(
+    State(app): State<AppState>,
+    q: Result<Query<EngineEventsQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<aura_model::EngineEventRecord>>> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    Ok(Json(app.engine.engine_events(q.after.unwrap_or(0), limit).await?))
 }
 
 #[derive(Deserialize)]

@@ -87,3 +87,79 @@ pub(crate) fn job_dirs(root: &Path) -> Vec<std::path::PathBuf> {
         .map(|e| e.path())
         .collect()
 }
+
+/// Which memory-controller interface a job's memory cgroup speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MemoryApi {
+    V1,
+    V2,
+}
+
+/// Makes `limit` a hard limit on the job's memory: swap cannot stretch it (no swap beyond the limit where
+/// the kernel accounts swap), and on v2 an OOM kill takes the whole cgroup, as the job is one unit.
+/// Files the kernel lacks (no swap accounting, no `memory.oom.group` before Linux 4.19) are skipped;
+/// failing to set the limit itself is an error, never a silently unlimited job.
+pub(crate) fn set_memory_limit(dir: &Path, api: MemoryApi, limit: u64) -> io::Result<()> {
+    let optional = |file: &str, value: &str| match std::fs::write(dir.join(file), value) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    let limit = limit.to_string();
+    match api {
+        MemoryApi::V1 => {
+            // memsw (memory + swap) must stay >= limit_in_bytes: on a reused cgroup whose old memsw is
+            // below the new limit, raise memsw first.
+            if let Err(e) = std::fs::write(dir.join("memory.limit_in_bytes"), &limit) {
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e);
+                }
+                optional("memory.memsw.limit_in_bytes", &limit)?;
+                std::fs::write(dir.join("memory.limit_in_bytes"), &limit)?;
+            }
+            optional("memory.memsw.limit_in_bytes", &limit)
+        }
+        MemoryApi::V2 => {
+            std::fs::write(dir.join("memory.max"), &limit)?;
+            optional("memory.swap.max", "0")?;
+            optional("memory.oom.group", "1")
+        }
+    }
+}
+
+/// What the kernel counted about a memory cgroup's limit and OOM kills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OomCounters {
+    /// Processes of the cgroup killed by the OOM killer (its own limit or the whole host's).
+    pub oom_kills: u64,
+    /// Times the cgroup ran out of memory under its own limit (v2 `oom` events); v1 has no such counter
+    /// (its `failcnt` stays 0 on recent kernels), so there it is 1 when the high-water mark reached the
+    /// limit, 0 otherwise.
+    pub limit_hits: u64,
+}
+
+/// Reads the OOM counters of a memory cgroup (v1 `memory.oom_control`, or v2 `memory.events`); `None` if
+/// the cgroup is gone or the kernel has no such counters. `limit` is the limit the job was given.
+pub(crate) fn oom_counters(dir: &Path, api: MemoryApi, limit: Option<u64>) -> Option<OomCounters> {
+    match api {
+        MemoryApi::V1 => {
+            let oom_kills = keyed(&dir.join("memory.oom_control"), "oom_kill")?;
+            // The kernel OOM-kills in a memcg only once it cannot reclaim below the limit, so a charge
+            // that reached the limit (within reclaim slack) is the limit's doing.
+            let reached = |limit: u64| {
+                read_u64(&dir.join("memory.max_usage_in_bytes"))
+                    .is_some_and(|peak| peak + (limit / 100).max(1 << 20) >= limit)
+            };
+            Some(OomCounters {
+                oom_kills,
+                limit_hits: u64::from(limit.is_some_and(reached)),
+            })
+        }
+        MemoryApi::V2 => {
+            let events = dir.join("memory.events");
+            Some(OomCounters {
+                oom_kills: keyed(&events, "oom_kill")?,
+                limit_hits: keyed(&events, "oom").unwrap_or(0),
+            })
+        }
+    }
+}

@@ -129,6 +129,24 @@ fn launch_one(
             }
         }
     }
+    // The limit is in place before the job exists: it cannot allocate a byte beyond it.
+    if let Some(limit) = req.memory_limit {
+        let memory_cgroup = match (&v1, &v2) {
+            (Some(v1), _) => Some((v1, cgroup::MemoryApi::V1)),
+            (None, Some(v2)) if layout.has_cgroup_memory() => Some((v2, cgroup::MemoryApi::V2)),
+            // No memory cgroup: the sampler's watchdog enforces it.
+            _ => None,
+        };
+        if let Some((dir, api)) = memory_cgroup {
+            if let Err(source) = cgroup::set_memory_limit(dir, api, limit) {
+                remove_dirs();
+                return Err(LaunchError::Cgroup {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        }
+    }
     let plan_and_pipes = prepare(req, &program, &procs_files, oom_score_adj);
     let (plan, [stdout, stderr], _stdio_ends) = match plan_and_pipes {
         Ok(p) => p,

@@ -31,7 +31,7 @@ mod sampler;
 mod spawn;
 mod tree;
 
-pub use tree::{RunningTree, UsageProbe};
+pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 
 use aura_model::{Backend, JobId, TreeHandle};
 use launcher::LauncherMsg;
@@ -103,10 +103,15 @@ pub struct SupervisorConfig {
     pub job_oom_score_adj: i32,
     /// How long `finish()`/`stop()` wait for a killed tree to be empty.
     pub kill_wait: Duration,
+    /// How often trees with a memory limit are sampled: on the no-cgroup fallback this is the watchdog's
+    /// reaction time (a job may overshoot its limit by what it allocates in one interval); on cgroups
+    /// it is how soon the rest of a tree the kernel OOM-killed in is killed.
+    pub memory_watch_interval: Duration,
 }
 
 impl SupervisorConfig {
-    /// Defaults: auto backend, 250 ms sampling, 64 MiB log cap per stream, oom_score_adj 500, 2 s kill wait.
+    /// Defaults: auto backend, 250 ms sampling (50 ms for trees with a memory limit), 64 MiB log cap per
+    /// stream, oom_score_adj 500, 2 s kill wait.
     pub fn new(instance: impl Into<String>) -> Self {
         SupervisorConfig {
             backend: BackendChoice::Auto,
@@ -115,6 +120,7 @@ impl SupervisorConfig {
             log_cap: aura_logs::LogCap::new(64 << 20).expect("valid cap"),
             job_oom_score_adj: 500,
             kill_wait: Duration::from_secs(2),
+            memory_watch_interval: Duration::from_millis(50),
         }
     }
 }
@@ -187,6 +193,9 @@ pub struct LaunchRequest {
     pub create_cwd: bool,
     /// `aura_logs` segments for stdout/stderr go here.
     pub log_dir: PathBuf,
+    /// Hard memory limit in bytes: set on the job's memory cgroup before it starts, or enforced by the
+    /// watchdog where there is none.
+    pub memory_limit: Option<u64>,
 }
 
 /// What a crash recovery did.
@@ -301,7 +310,7 @@ impl Supervisor {
             },
         )?;
         let (sampler, sampler_thread) =
-            sampler::Sampler::start(cfg.sample_interval).map_err(|source| {
+            sampler::Sampler::start(cfg.sample_interval, cfg.memory_watch_interval).map_err(|source| {
                 SupervisorError::Thread {
                     thread: "sampler",
                     source,
@@ -400,6 +409,7 @@ impl Supervisor {
         let stats = Arc::new(tree::TreeStats::new(
             tree.clone(),
             self.inner.layout.has_cgroup_memory(),
+            req.memory_limit,
         ));
         self.inner.sampler.register(stats.clone());
         tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");

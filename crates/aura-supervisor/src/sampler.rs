@@ -1,12 +1,13 @@
 //! The one sampler thread: every `sample_interval` it reads current memory, process count and CPU of
-//! every registered tree and keeps the peaks in the trees' atomics. A newly registered tree is sampled
-//! at once (its "memory at start"). Finished trees flag themselves `done` and are dropped from the
-//! registry on the next round, so the registry does not grow with the number of jobs ever run.
+//! every registered tree and keeps the peaks in the trees' atomics; trees with a memory limit are also
+//! sampled every `watch_interval` in between (the watchdog and OOM checks). A newly registered tree is
+//! sampled at once (its "memory at start"). Finished trees flag themselves `done` and are dropped from
+//! the registry on the next round, so the registry does not grow with the number of jobs ever run.
 
 use crate::tree::TreeStats;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) enum Wake {
     Sample,
@@ -21,13 +22,16 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    pub fn start(interval: Duration) -> std::io::Result<(Sampler, std::thread::JoinHandle<()>)> {
+    pub fn start(
+        interval: Duration,
+        watch_interval: Duration,
+    ) -> std::io::Result<(Sampler, std::thread::JoinHandle<()>)> {
         let registry: Arc<Mutex<Vec<Arc<TreeStats>>>> = Arc::default();
         let (wake, rx) = std::sync::mpsc::sync_channel(64);
         let reg = registry.clone();
         let thread = std::thread::Builder::new()
             .name("aura-sampler".into())
-            .spawn(move || run(reg, rx, interval))?;
+            .spawn(move || run(reg, rx, interval, watch_interval))?;
         Ok((Sampler { registry, wake }, thread))
     }
 
@@ -48,16 +52,37 @@ impl Sampler {
     }
 }
 
-fn run(registry: Arc<Mutex<Vec<Arc<TreeStats>>>>, rx: Receiver<Wake>, interval: Duration) {
+fn run(
+    registry: Arc<Mutex<Vec<Arc<TreeStats>>>>,
+    rx: Receiver<Wake>,
+    interval: Duration,
+    watch_interval: Duration,
+) {
+    let mut next_full = Instant::now() + interval;
+    let mut watching = false;
     loop {
-        match rx.recv_timeout(interval) {
+        let now = Instant::now();
+        let wake_at = if watching {
+            next_full.min(now + watch_interval)
+        } else {
+            next_full
+        };
+        let full = match rx.recv_timeout(wake_at.saturating_duration_since(now)) {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Ok(Wake::Sample) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Wake::Sample) => true,
+            Err(RecvTimeoutError::Timeout) => Instant::now() >= next_full,
+        };
+        if full {
+            next_full = Instant::now() + interval;
         }
         let trees: Vec<Arc<TreeStats>> = {
             let mut reg = registry.lock().unwrap_or_else(|e| e.into_inner());
             reg.retain(|t| !t.done.load(std::sync::atomic::Ordering::Relaxed));
-            reg.clone()
+            watching = reg.iter().any(|t| t.watched());
+            reg.iter()
+                .filter(|t| full || t.watched())
+                .cloned()
+                .collect()
         };
         let mut snapshot = None;
         for t in trees {

@@ -3,7 +3,8 @@
 //! `RunningTree` that waits, stops and finishes it.
 
 use crate::procfs::{self, ProcStat};
-use crate::{cgroup, Inner, LiveUsage};
+use crate::cgroup::{self, MemoryApi, OomCounters};
+use crate::{Inner, LiveUsage};
 use aura_logs::{CaptureReport, LogError};
 use aura_model::{
     Accounting, Backend, ByteSize, ExitStatus, MemorySource, StopSequence, StopSignal, TreeHandle,
@@ -32,6 +33,19 @@ pub(crate) struct TreeRef {
 }
 
 impl TreeRef {
+    /// The cgroup holding the job's memory controller (v1 where the host has it, else v2), when the
+    /// backend has one (`cgroup_memory`).
+    pub fn memory_cgroup(&self, cgroup_memory: bool) -> Option<(&Path, MemoryApi)> {
+        if !cgroup_memory {
+            return None;
+        }
+        match (&self.v1, &self.v2) {
+            (Some(v1), _) => Some((v1.as_path(), MemoryApi::V1)),
+            (None, Some(v2)) => Some((v2.as_path(), MemoryApi::V2)),
+            _ => None,
+        }
+    }
+
     /// The cgroup whose `cgroup.procs` defines membership (v2 when there is one).
     fn membership_dir(&self) -> Option<&Path> {
         self.v2.as_deref().or(self.v1.as_deref())
@@ -169,12 +183,45 @@ fn opt(v: u64) -> Option<u64> {
     (v != NONE).then_some(v)
 }
 
+/// Why a tree must be killed for memory, as the sampler saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryViolation {
+    /// Over its hard limit: the kernel reached it in the job's cgroup, or the watchdog saw the tree's
+    /// RSS above it.
+    LimitExceeded {
+        limit_bytes: u64,
+        current_bytes: Option<u64>,
+        by: LimitEnforcer,
+    },
+    /// The kernel's OOM killer killed part of the tree (the host ran out of memory): like systemd's
+    /// `OOMPolicy=stop`, the rest of the tree goes too, since a job with a killed part is broken.
+    OomKilled { kills: u64 },
+}
+
+/// Who enforces a job's memory limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitEnforcer {
+    /// The job cgroup's `memory.max` / `memory.limit_in_bytes`: the job cannot go over it.
+    Kernel,
+    /// The no-cgroup fallback: the sampler kills the tree once its summed RSS is over the limit, so the
+    /// peak may overshoot by what the job allocates in one watch interval.
+    Watchdog,
+}
+
 /// Sampled statistics of one tree, written by the sampler thread, read lock-free by `live()`.
 #[derive(Debug)]
 pub(crate) struct TreeStats {
     pub tree: TreeRef,
     /// Memory comes from the kernel's per-cgroup counters (else summed RSS).
     pub cgroup_memory: bool,
+    /// The hard memory limit, if the job has one.
+    pub memory_limit: Option<u64>,
+    oom_kills: AtomicU64,
+    limit_hits: AtomicU64,
+    /// Set (once) when the sampler finds a memory violation; the monitor waits on `violation_notify`.
+    violation: Mutex<Option<MemoryViolation>>,
+    violation_notify: tokio::sync::Notify,
     /// Set when the tree is finished or dropped; the sampler then forgets it.
     pub done: AtomicBool,
     mem_start: AtomicU64,
@@ -188,10 +235,15 @@ pub(crate) struct TreeStats {
 }
 
 impl TreeStats {
-    pub fn new(tree: TreeRef, cgroup_memory: bool) -> TreeStats {
+    pub fn new(tree: TreeRef, cgroup_memory: bool, memory_limit: Option<u64>) -> TreeStats {
         TreeStats {
             tree,
             cgroup_memory,
+            memory_limit,
+            oom_kills: AtomicU64::new(0),
+            limit_hits: AtomicU64::new(0),
+            violation: Mutex::new(None),
+            violation_notify: tokio::sync::Notify::new(),
             done: AtomicBool::new(false),
             mem_start: AtomicU64::new(NONE),
             mem_current: AtomicU64::new(NONE),
@@ -205,17 +257,88 @@ impl TreeStats {
     }
 
     fn memory_dir(&self) -> Option<(&Path, &'static str, &'static str)> {
-        if !self.cgroup_memory {
-            return None;
+        match self.tree.memory_cgroup(self.cgroup_memory)? {
+            (dir, MemoryApi::V1) => Some((dir, "memory.usage_in_bytes", "memory.max_usage_in_bytes")),
+            (dir, MemoryApi::V2) => Some((dir, "memory.current", "memory.peak")),
         }
-        match (&self.tree.v1, &self.tree.v2) {
-            (Some(v1), _) => Some((
-                v1.as_path(),
-                "memory.usage_in_bytes",
-                "memory.max_usage_in_bytes",
-            )),
-            (None, Some(v2)) => Some((v2.as_path(), "memory.current", "memory.peak")),
-            _ => None,
+    }
+
+    /// Sampled more often than the others: a tree with a memory limit (the watchdog must catch it early
+    /// in the fallback; on cgroups, the rest of a tree the kernel hit is killed promptly).
+    pub fn watched(&self) -> bool {
+        self.memory_limit.is_some()
+    }
+
+    /// Reads the kernel's OOM counters now (cgroup backends) and keeps them.
+    pub fn read_oom(&self) -> Option<OomCounters> {
+        let (dir, api) = self.tree.memory_cgroup(self.cgroup_memory)?;
+        let c = cgroup::oom_counters(dir, api, self.memory_limit)?;
+        self.oom_kills.store(c.oom_kills, Ordering::Relaxed);
+        self.limit_hits.store(c.limit_hits, Ordering::Relaxed);
+        Some(c)
+    }
+
+    /// What the kernel's counters and the watchdog say about the tree's memory, once it is gone.
+    pub fn memory_verdict(&self) -> (u64, bool) {
+        let oom_kills = self.oom_kills.load(Ordering::Relaxed);
+        let flagged = matches!(
+            *self.violation.lock().unwrap_or_else(|e| e.into_inner()),
+            Some(MemoryViolation::LimitExceeded { .. })
+        );
+        // The kernel killed inside the job's cgroup after the cgroup reached its own limit.
+        let kernel_limit = self.memory_limit.is_some()
+            && oom_kills > 0
+            && self.limit_hits.load(Ordering::Relaxed) > 0;
+        (oom_kills, flagged || kernel_limit)
+    }
+
+    fn flag(&self, violation: MemoryViolation) {
+        let mut slot = self.violation.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(violation);
+            self.violation_notify.notify_one();
+        }
+    }
+
+    /// Resolves once the sampler found a memory violation (at most once per tree).
+    pub async fn violation(&self) -> MemoryViolation {
+        loop {
+            if let Some(v) = *self.violation.lock().unwrap_or_else(|e| e.into_inner()) {
+                return v;
+            }
+            self.violation_notify.notified().await;
+        }
+    }
+
+    /// Checks the kernel's OOM counters (cgroups) or the tree's RSS against its limit (watchdog).
+    fn check_memory(&self, current: Option<u64>) {
+        if self.memory_dir().is_some() {
+            // A tree's first sample (most trivial jobs get no other) skips the counters of an unlimited
+            // job: `finish` reads them anyway.
+            let first = self.mem_start.load(Ordering::Relaxed) == NONE;
+            if first && self.memory_limit.is_none() {
+                return;
+            }
+            let Some(c) = self.read_oom() else { return };
+            if c.oom_kills == 0 {
+                return;
+            }
+            match self.memory_limit {
+                Some(limit) if c.limit_hits > 0 => self.flag(MemoryViolation::LimitExceeded {
+                    limit_bytes: limit,
+                    current_bytes: current,
+                    by: LimitEnforcer::Kernel,
+                }),
+                _ => self.flag(MemoryViolation::OomKilled { kills: c.oom_kills }),
+            }
+        } else if let (Some(limit), Some(cur)) = (self.memory_limit, current) {
+            if cur > limit {
+                self.flag(MemoryViolation::LimitExceeded {
+                    limit_bytes: limit,
+                    current_bytes: Some(cur),
+                    by: LimitEnforcer::Watchdog,
+                });
+            }
         }
     }
 
@@ -267,6 +390,7 @@ impl TreeStats {
                     .sum(),
             ),
         };
+        self.check_memory(current);
         if let Some(cur) = current {
             self.mem_current.store(cur, Ordering::Relaxed);
             let _ =
@@ -394,6 +518,13 @@ impl UsageProbe {
     pub fn live(&self) -> LiveUsage {
         self.0.live()
     }
+
+    /// Resolves when the sampler finds the tree over its memory limit or hit by the kernel's OOM killer;
+    /// whoever owns the tree then kills it ([`RunningTree::kill`]). Never resolves for a healthy tree.
+    /// Cancel-safe.
+    pub async fn memory_violation(&self) -> MemoryViolation {
+        self.0.violation().await
+    }
 }
 
 type LogTask = JoinHandle<Result<CaptureReport, LogError>>;
@@ -452,6 +583,16 @@ impl RunningTree {
     /// The latest sampler snapshot (no I/O).
     pub fn live(&self) -> LiveUsage {
         self.stats.live()
+    }
+
+    /// SIGKILLs every process of the tree at once, without a stop sequence (memory violations: the
+    /// tree has no memory left to shut down gracefully). Returns the main process's status.
+    pub async fn kill(&mut self) -> ExitStatus {
+        if let Some(s) = self.reap_now() {
+            return s;
+        }
+        self.blocking(|t| t.kill()).await;
+        self.wait().await
     }
 
     /// A cheap, cloneable reader of this tree's live usage, for whoever shows it while the tree runs.
@@ -577,6 +718,7 @@ impl RunningTree {
         let (kernel_peak, kernel_current, cpu) = self
             .blocking(move |t| {
                 t.kill_and_wait(kill_wait);
+                stats.read_oom();
                 let peak = stats.read_kernel_peak();
                 let current = stats.read_kernel_current();
                 let cpu = t.v2.as_deref().and_then(cgroup::cpu_usec);
@@ -626,7 +768,11 @@ impl RunningTree {
             Some((u, s)) => (u as f64 / 1e6, s as f64 / 1e6),
             None => (reaped.user_secs, reaped.system_secs),
         };
+        let (oom_kills, memory_limit_exceeded) = self.stats.memory_verdict();
         Accounting {
+            memory_limit: self.stats.memory_limit.map(ByteSize),
+            oom_kills,
+            memory_limit_exceeded,
             memory_start: self.stats.live_start().map(ByteSize),
             memory_peak: memory_peak.map(ByteSize),
             memory_end: live.memory_current.or(kernel_current).map(ByteSize),

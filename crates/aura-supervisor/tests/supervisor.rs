@@ -53,6 +53,7 @@ fn request(job: i64, dir: &Path, program: &str, args: &[&str]) -> LaunchRequest 
         cwd: dir.to_path_buf(),
         create_cwd: false,
         log_dir: dir.join(format!("logs-{job}")),
+        memory_limit: None,
     }
 }
 
@@ -284,6 +285,59 @@ async fn memory_peak_is_recorded() {
             acc.memory_start.is_some() && acc.memory_end.is_some(),
             "{backend}: {acc:?}"
         );
+        s.shutdown().await;
+    }
+}
+
+/// A job with a 200 MiB limit allocating 1 GiB is killed and flagged on every backend (by the kernel
+/// through its memory cgroup, or by the watchdog), and a job beside it is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_kills_the_tree_and_spares_the_others() {
+    let _g = GATE.read().await;
+    if resolve_program("stress-ng", None, None).is_err() {
+        eprintln!("skipping: stress-ng is not installed (cargo xtask test installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let limit: u64 = 200 << 20;
+    for backend in BACKENDS {
+        let Some(s) = start("limit", backend) else {
+            continue;
+        };
+        let mut bystander = s.launch(sh(2, dir.path(), "sleep 2")).await.unwrap();
+        let mut req = request(
+            1,
+            dir.path(),
+            "stress-ng",
+            &["--vm", "1", "--vm-bytes", "1G", "--vm-keep", "--timeout", "60s"],
+        );
+        req.memory_limit = Some(limit);
+        let mut hog = s.launch(req).await.unwrap();
+        let violation = tokio::time::timeout(Duration::from_secs(20), hog.probe().memory_violation())
+            .await
+            .unwrap_or_else(|_| panic!("{backend}: no memory violation within 20 s"));
+        let status = hog.kill().await;
+        let acc = hog.finish().await;
+        eprintln!("{backend}: {violation:?} {status:?} {}", acc.memory_line());
+        assert!(
+            matches!(violation, aura_supervisor::MemoryViolation::LimitExceeded { limit_bytes, .. } if limit_bytes == limit),
+            "{backend}: {violation:?}"
+        );
+        assert!(acc.memory_limit_exceeded, "{backend}: {acc:?}");
+        assert_eq!(acc.memory_limit.map(|l| l.bytes()), Some(limit));
+        let peak = acc.memory_peak.expect("peak").bytes();
+        match backend {
+            // The kernel never lets the cgroup charge more than the limit.
+            BackendChoice::Hybrid | BackendChoice::CgroupV1 => {
+                assert!(peak <= limit + (4 << 20), "{backend}: peak {peak}");
+                assert!(acc.oom_kills >= 1, "{backend}: {acc:?}");
+            }
+            // The watchdog reacts within its interval: stopped well before the 1 GiB goal.
+            _ => assert!(peak < 900 << 20, "{backend}: peak {peak}"),
+        }
+        assert_eq!(bystander.wait().await, ExitStatus::Code(0), "{backend}");
+        let acc = bystander.finish().await;
+        assert!(!acc.memory_limit_exceeded && acc.oom_kills == 0, "{backend}");
         s.shutdown().await;
     }
 }

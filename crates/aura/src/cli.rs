@@ -99,9 +99,13 @@ struct SubmitArgs {
     /// Wall-clock limit, e.g. 90s, 2h. Default: 60m.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
-    /// Memory request, e.g. 512M, 2G.
+    /// Memory request, e.g. 512M, 2G: admission reserves it, and it is also the job's hard limit unless
+    /// --memory-max sets a higher one.
     #[arg(long)]
     memory: Option<ByteSize>,
+    /// Hard memory limit, e.g. 4G: beyond it the job's tree is killed (outcome memory_limit_exceeded).
+    #[arg(long)]
+    memory_max: Option<ByteSize>,
     /// CPU request in cores (fractions allowed).
     #[arg(long)]
     cpu: Option<f64>,
@@ -345,6 +349,7 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
         spec.timeout = timeout;
     }
     spec.resources.memory = args.memory;
+    spec.resources.memory_max = args.memory_max;
     spec.resources.cpu = args.cpu;
     spec.resources.gpus = args.gpus;
     spec.resources.disk = args.disk;
@@ -588,6 +593,15 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
             let a = &f.accounting;
             if f.run.is_some() {
                 println!("  Memory:     {}", a.memory_line());
+                if let Some(limit) = a.memory_limit {
+                    println!(
+                        "  Limit:      {limit}{}",
+                        if a.memory_limit_exceeded { " — exceeded, the tree was killed" } else { "" }
+                    );
+                }
+                if a.oom_kills > 0 {
+                    println!("  OOM kills:  {} (the kernel's OOM killer)", a.oom_kills);
+                }
                 let secs = |s: Option<f64>| s.map_or("?".into(), |s| format!("{s:.2}s"));
                 println!(
                     "  CPU:        user {}, system {}; peak processes {}",
@@ -637,6 +651,14 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
         let source = match &m.source {
             aura_model::RequestSource::Stated => "stated".to_owned(),
             aura_model::RequestSource::Default => "default: no history for its kind".to_owned(),
+            aura_model::RequestSource::Pressure {
+                previous_bytes,
+                peak_bytes,
+            } => format!(
+                "raised after a memory pressure stop: was {}, peak {}",
+                ByteSize(*previous_bytes),
+                ByteSize(*peak_bytes)
+            ),
             aura_model::RequestSource::Learned {
                 kind,
                 samples,

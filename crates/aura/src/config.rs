@@ -28,6 +28,12 @@ pub struct Config {
     /// `some avg10` is over `max_memory_pressure` [40 %] (resumes under `resume_memory_pressure` [20 %]), or
     /// while CPU use outside Aura's jobs averaged over `cpu_window` [10s] is over `max_outside_cpu` [0.85]
     /// (resumes under `resume_outside_cpu` [0.75]). Judged every `interval` [1s]; `enabled` [true].
+    /// Memory thresholds are shares of physical memory (`0.2`, `"20%"`) or sizes (`"2GiB"`).
+    /// Stage 2, the memory pressure responder: memory is critical below `critical_available_memory` [0.05]
+    /// (clears above `critical_resume_available_memory` [0.10]) or above PSI memory `full avg10`
+    /// `critical_memory_pressure` [30 %] (clears below `critical_resume_memory_pressure` [10 %]); critical
+    /// for `critical_sustain` [3s], one running job is stopped with its stop sequence and requeued asking
+    /// for `requeue_growth` [1.5] × max(request, peak); no other victim within `victim_cooldown` [30s].
     pub guards: aura_engine::GuardConfig,
     pub metrics: MetricsSection,
     /// Warning thresholds of `/api/diagnostics/resources` (warnings also degrade `/readyz`):
@@ -163,6 +169,10 @@ pub struct SupervisorSection {
     /// How long to wait for a killed tree to disappear. Default: 2s.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub kill_wait: Duration,
+    /// How often jobs with a memory limit are sampled: the no-cgroup fallback's watchdog reaction time (a
+    /// job may overshoot its limit by what it allocates in one interval). Default: 50ms.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub memory_watch_interval: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -199,6 +209,7 @@ impl Default for SupervisorSection {
             log_cap: ByteSize(16 << 20),
             job_oom_score_adj: 500,
             kill_wait: Duration::from_secs(2),
+            memory_watch_interval: Duration::from_millis(50),
         }
     }
 }
@@ -232,6 +243,10 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if config.max_concurrent == 0 {
             anyhow::bail!("invalid configuration: max_concurrent must be at least 1");
+        }
+        let sup = &config.supervisor;
+        if sup.sample_interval.is_zero() || sup.memory_watch_interval.is_zero() {
+            anyhow::bail!("invalid configuration: supervisor.sample_interval and memory_watch_interval must be > 0");
         }
         if config
             .admission

@@ -91,6 +91,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("invalid supervisor.log_cap")?;
     supervisor.job_oom_score_adj = config.supervisor.job_oom_score_adj;
     supervisor.kill_wait = config.supervisor.kill_wait;
+    supervisor.memory_watch_interval = config.supervisor.memory_watch_interval;
     let engine = aura_engine::start(EngineConfig {
         data_dir: data_dir.clone(),
         max_concurrent: config.max_concurrent,
