@@ -153,6 +153,16 @@ impl Client {
             .await
     }
 
+    /// The engine's own event log (admission paused/resumed, memory pressure decisions) after `after`.
+    pub async fn engine_events(
+        &self,
+        after: i64,
+    ) -> Result<Vec<aura_model::EngineEventRecord>, ClientError> {
+        let params = [("after", after.to_string()), ("limit", "1000".into())];
+        self.send(self.http.get(self.url("/api/events")).query(&params))
+            .await
+    }
+
     /// Long-polls until the job is finished or `timeout` passes; returns the job as it is then.
     pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobView, ClientError> {
         let request = self

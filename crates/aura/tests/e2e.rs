@@ -1870,3 +1870,169 @@ mod ffmpeg {
         assert!(partial > 0.5 && partial < 30.0, "duration {partial}");
     }
 }
+
+mod memory {
+    use super::*;
+
+    const LIMIT: u64 = 200 << 20;
+
+    fn hog(bytes: &str, seconds: u32) -> JobSpec {
+        let timeout = format!("{seconds}s");
+        spec(
+            "stress-ng",
+            &["--vm", "1", "--vm-bytes", bytes, "--vm-keep", "--timeout", &timeout],
+        )
+    }
+
+    /// A job with a 200 MiB limit allocating 1 GiB is killed with outcome `memory_limit_exceeded`, the limit
+    /// and its peak in the record; the job beside it is untouched and the daemon keeps serving.
+    async fn over_the_limit_is_killed(backend: &str) {
+        let daemon = Daemon::start(&[("AURA_SUPERVISOR__BACKEND", backend)]);
+        let client = daemon.client();
+        let bystander = submit(&client, &spec("sh", &["-c", "sleep 3"])).await;
+        let out = daemon.cli(&[
+            "submit", "--quiet", "--memory-max", "200M", "--", "stress-ng", "--vm", "1", "--vm-bytes",
+            "1G", "--vm-keep", "--timeout", "60s",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let id: JobId = JobId(stdout(&out).trim().parse().expect("job id"));
+        let view = wait_done(&client, id).await;
+        let Outcome::MemoryLimitExceeded {
+            limit_bytes,
+            peak_bytes,
+        } = outcome(&view).clone()
+        else {
+            panic!("{backend}: {:?}", view.job.state);
+        };
+        assert_eq!(limit_bytes, LIMIT);
+        let peak = peak_bytes.expect("peak recorded");
+        if backend == "process_group" {
+            // The watchdog samples every 50 ms: stopped far below the 1 GiB the job wanted.
+            assert!(peak < 600 << 20, "{backend}: peak {peak}");
+        } else {
+            assert!(peak <= LIMIT + (4 << 20), "{backend}: peak {peak} over the limit");
+        }
+        let events = client.events(id).await.unwrap();
+        let kill = events
+            .iter()
+            .find(|e| e.kind == "memory_limit_exceeded")
+            .unwrap_or_else(|| panic!("{backend}: no memory_limit_exceeded event: {events:?}"));
+        let enforcer = if backend == "process_group" { "watchdog" } else { "kernel" };
+        assert_eq!(kill.detail["enforced_by"], enforcer, "{backend}");
+        let show = stdout(&daemon.cli(&["show", &id.to_string()]));
+        assert!(show.contains("memory_limit_exceeded"), "{show}");
+        assert!(show.contains("Limit:      200.0 MiB — exceeded"), "{show}");
+        assert!(show.contains("Delta="), "{show}");
+
+        assert!(outcome(&wait_done(&client, bystander).await).is_success(), "{backend}");
+        let after = submit(&client, &spec("true", &[])).await;
+        assert!(outcome(&wait_done(&client, after).await).is_success(), "daemon keeps serving");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn over_the_limit_is_killed_by_the_kernel() {
+        over_the_limit_is_killed("auto").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn over_the_limit_is_killed_by_the_watchdog_on_the_fallback() {
+        over_the_limit_is_killed("process_group").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn memory_limits_are_validated_at_submit() {
+        let daemon = Daemon::start(&[]);
+        let out = daemon.cli(&["submit", "--memory", "2G", "--memory-max", "1G", "--", "true"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("memory_max out of range: must be at least the memory request"), "{err}");
+        let jobs = daemon.client().list(&Default::default()).await.unwrap();
+        assert!(jobs.jobs.is_empty(), "a refused job changes nothing");
+    }
+
+    fn available_mib() -> u64 {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("MemAvailable");
+        kib / 1024
+    }
+
+    /// Host pressure simulated with thresholds set relative to the memory available now: two 1.5 GiB hogs
+    /// together cross the critical threshold, one alone only the pause threshold. Admission pauses, the
+    /// lower-priority hog is the one victim (none other within the cooldown), it is requeued asking for more
+    /// and completes later, and every other job completes. The daemon is never killed.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn host_pressure_stops_one_victim_and_requeues_it_bigger() {
+        let avail = available_mib();
+        if avail < 6 << 10 {
+            eprintln!("skipping: needs 6 GiB available, has {avail} MiB");
+            return;
+        }
+        let below = |mib: u64| format!("{}MiB", avail - mib);
+        let (pause, resume) = (below(1000), below(800));
+        let (critical, clear) = (below(2400), below(2100));
+        let daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "4"),
+            ("AURA_METRICS__INTERVAL", "200ms"),
+            ("AURA_GUARDS__INTERVAL", "200ms"),
+            ("AURA_GUARDS__MIN_AVAILABLE_MEMORY", &pause),
+            ("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", &resume),
+            ("AURA_GUARDS__CRITICAL_AVAILABLE_MEMORY", &critical),
+            ("AURA_GUARDS__CRITICAL_RESUME_AVAILABLE_MEMORY", &clear),
+            ("AURA_GUARDS__CRITICAL_SUSTAIN", "1s"),
+            ("AURA_GUARDS__VICTIM_COOLDOWN", "5m"),
+            ("AURA_ADMISSION__DEFAULT_MEMORY_REQUEST", "256MiB"),
+        ]);
+        let client = daemon.client();
+        let mut low = hog("1500M", 8);
+        low.priority = 0;
+        let mut high = hog("1500M", 8);
+        high.priority = 5;
+        let low = submit(&client, &low).await;
+        let high = submit(&client, &high).await;
+        wait_running(&client, low, 1).await;
+        wait_running(&client, high, 1).await;
+        // Submitted while the hogs hold the memory: they wait for admission to resume.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut small = Vec::new();
+        for _ in 0..3 {
+            small.push(submit(&client, &spec("true", &[])).await);
+        }
+
+        let high_view = wait_done(&client, high).await;
+        assert!(outcome(&high_view).is_success(), "{:?}", high_view.job.state);
+        for id in small {
+            assert!(outcome(&wait_done(&client, id).await).is_success());
+        }
+        let low_view = wait_done(&client, low).await;
+        assert!(outcome(&low_view).is_success(), "{:?}", low_view.job.state);
+        assert_eq!((low_view.job.attempt, low_view.job.pressure_stops), (2, 1));
+        let request = low_view.job.memory_request.clone().expect("request");
+        assert!(
+            matches!(request.source, aura_model::RequestSource::Pressure { peak_bytes, .. } if peak_bytes >= 1400 << 20),
+            "{request:?}"
+        );
+        assert!(request.bytes.bytes() >= 2000 << 20, "max(request, peak) × 1.5: {request:?}");
+        let low_events = client.events(low).await.unwrap();
+        let kinds: Vec<&str> = low_events.iter().map(|e| e.kind.as_str()).collect();
+        for kind in ["pressure_victim", "memory_request_raised", "requeued"] {
+            assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+        }
+        let finished: Vec<_> = low_events.iter().filter(|e| e.kind == "finished").collect();
+        assert_eq!(finished[0].detail["outcome"]["kind"], "memory_pressure");
+
+        let engine = client.engine_events(0).await.unwrap();
+        let count = |kind: &str| engine.iter().filter(|e| e.kind == kind).count();
+        assert_eq!(count("pressure_victim"), 1, "one victim, none other within the cooldown: {engine:?}");
+        assert!(count("admission_paused") >= 1 && count("admission_resumed") >= 1, "{engine:?}");
+        assert!(count("pressure_critical") >= 1, "{engine:?}");
+        let victim = engine.iter().find(|e| e.kind == "pressure_victim").unwrap();
+        assert_eq!(victim.detail["job_id"], low.0);
+        assert!(victim.detail["reading"]["available_memory_bytes"].as_u64().is_some(), "{victim:?}");
+        assert!(alive(daemon.pid()), "the daemon is never the victim");
+        client.health().await.expect("still serving");
+    }
+}
