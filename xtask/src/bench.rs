@@ -32,7 +32,8 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "throughput" => throughput(root, flag("--jobs", 2000)?, flag("--parallel", 2)?),
         "kill" => kill_latency(root, flag("--rounds", 20)?),
         "metrics" => metrics(root, flag("--scrapes", 300)?),
-        _ => bail!("unknown benchmark {which:?}: use throughput, kill or metrics"),
+        "soak" => soak(root, flag("--jobs", 10_000)?, flag("--every", 500)?),
+        _ => bail!("unknown benchmark {which:?}: use throughput, kill, metrics or soak"),
     }
 }
 
@@ -419,6 +420,116 @@ fn metrics(root: &Path, scrapes: usize) -> anyhow::Result<()> {
         100.0 * (cpu1 - cpu0) / idle.as_secs_f64(),
         idle.as_secs(),
         rss as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// The daemon's (RSS KiB, open fds, threads), read from /proc.
+fn daemon_resources(pid: u32) -> anyhow::Result<(u64, usize, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    Ok((field("VmRSS:")?, fds, field("Threads:")? as usize))
+}
+
+/// Many trivial jobs through one daemon: its RSS, fds and threads after every `every` jobs (the curve),
+/// growth after a warm-up of the first 10 %, and the counts after the daemon has been idle again.
+fn soak(root: &Path, jobs: usize, every: usize) -> anyhow::Result<()> {
+    if every == 0 || jobs < every {
+        bail!("--every must be between 1 and --jobs");
+    }
+    let daemon = Daemon::start(root, 2)?;
+    let pid = daemon.child.id();
+    let rt = runtime()?;
+    let client = Client::new(&daemon.url)?;
+    let start = daemon_resources(pid)?;
+    let warm_up = (jobs / 10).max(every);
+    let mut curve: Vec<(usize, (u64, usize, usize))> = vec![(0, start)];
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut done = 0;
+        while done < jobs {
+            let batch = every.min(jobs - done);
+            let submitters = 8.min(batch);
+            let mut tasks = Vec::new();
+            for s in 0..submitters {
+                let client = client.clone();
+                let count = batch / submitters + usize::from(s < batch % submitters);
+                tasks.push(tokio::spawn(async move {
+                    let mut last = None;
+                    for _ in 0..count {
+                        let view = client
+                            .submit(&JobSpec::new("/bin/true", Vec::<String>::new()))
+                            .await?;
+                        last = Some(view.job.id);
+                    }
+                    Ok::<_, aura_client::ClientError>(last)
+                }));
+            }
+            let mut ids = Vec::new();
+            for t in tasks {
+                ids.extend(t.await??);
+            }
+            for id in ids {
+                let view = client.wait(id, Duration::from_secs(120)).await?;
+                if view.job.outcome().is_none() {
+                    bail!("job {id} did not finish");
+                }
+            }
+            loop {
+                let status = client.status().await?;
+                if status["running"] == 0 && status["queued"] == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            done += batch;
+            curve.push((done, daemon_resources(pid)?));
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let elapsed = started.elapsed();
+    drop(client);
+    // Idle again: keep-alive connections close, idle blocking-pool threads exit.
+    std::thread::sleep(Duration::from_secs(12));
+    let idle = daemon_resources(pid)?;
+    let at_warm_up = curve
+        .iter()
+        .find(|(n, _)| *n >= warm_up)
+        .map_or(start, |(_, r)| *r);
+    let after_warm_up: Vec<u64> = curve
+        .iter()
+        .filter(|(n, _)| *n >= warm_up)
+        .map(|(_, r)| r.0)
+        .collect();
+    let max_rss = after_warm_up.iter().copied().max().unwrap_or(at_warm_up.0);
+    println!(
+        "soak: {jobs} x /bin/true, parallelism 2, {:.1}s ({:.0} jobs/s)",
+        elapsed.as_secs_f64(),
+        jobs as f64 / elapsed.as_secs_f64()
+    );
+    println!("  jobs   RSS (KiB)   fds  threads");
+    for (n, (rss, fds, threads)) in &curve {
+        println!("  {n:>6} {rss:>10} {fds:>5} {threads:>8}");
+    }
+    println!(
+        "  idle   {:>10} {:>5} {:>8}   (after 12 s without requests)",
+        idle.0, idle.1, idle.2
+    );
+    println!(
+        "  RSS growth after warm-up ({warm_up} jobs): {:+} KiB at the end, {:+} KiB at most (target ≤ 2048 KiB)",
+        idle.0 as i64 - at_warm_up.0 as i64,
+        max_rss as i64 - at_warm_up.0 as i64,
+    );
+    println!(
+        "  fds {} → {} (idle), threads {} → {} (idle)",
+        start.1, idle.1, start.2, idle.2
     );
     Ok(())
 }

@@ -370,7 +370,9 @@ impl Actor {
             Command::TimedOut { id } => {
                 self.request_stop(id, StopReason::TimedOut).await;
             }
-            Command::MemoryViolation { id, violation } => self.memory_violation(id, violation).await,
+            Command::MemoryViolation { id, violation } => {
+                self.memory_violation(id, violation).await
+            }
             Command::Exited {
                 id,
                 exit,
@@ -625,7 +627,10 @@ impl Actor {
                     id: a.job.id,
                     priority: a.job.spec.priority,
                     started_at_ms: run.started_at.unix_millis(),
-                    memory_bytes: self.shared.probe(a.job.id).and_then(|p| p.live().memory_current),
+                    memory_bytes: self
+                        .shared
+                        .probe(a.job.id)
+                        .and_then(|p| p.live().memory_current),
                     reserved_bytes: self.reserved_memory(&a.job),
                 }),
                 _ => None,
@@ -659,7 +664,8 @@ impl Actor {
             self.persist(&job, vec![NewEvent::new("pressure_victim", detail)])
                 .await;
         }
-        self.request_stop(victim.id, StopReason::MemoryPressure).await;
+        self.request_stop(victim.id, StopReason::MemoryPressure)
+            .await;
         Some(victim.id)
     }
 
@@ -678,7 +684,9 @@ impl Actor {
             Ok(pending) => self
                 .writes
                 .push(Box::pin(async move { (pending.await, None) })),
-            Err(e) => tracing::error!(error = %e, kind = %event.kind, "failed to record an engine event"),
+            Err(e) => {
+                tracing::error!(error = %e, kind = %event.kind, "failed to record an engine event")
+            }
         }
     }
 

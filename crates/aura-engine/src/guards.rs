@@ -89,7 +89,9 @@ impl<'de> serde::Deserialize<'de> for MemoryThreshold {
                 let t = t.trim();
                 if let Some(pct) = t.strip_suffix('%') {
                     match pct.trim().parse::<f64>() {
-                        Ok(p) if (0.0..=100.0).contains(&p) => Ok(MemoryThreshold::Share(p / 100.0)),
+                        Ok(p) if (0.0..=100.0).contains(&p) => {
+                            Ok(MemoryThreshold::Share(p / 100.0))
+                        }
                         _ => Err(bad(t)),
                     }
                 } else {
@@ -156,11 +158,15 @@ impl GuardConfig {
             self.critical_resume_available_memory,
         ];
         let ok = memory.iter().all(|m| m.valid())
-            && self.resume_available_memory.at_least(self.min_available_memory)
+            && self
+                .resume_available_memory
+                .at_least(self.min_available_memory)
             && self
                 .critical_resume_available_memory
                 .at_least(self.critical_available_memory)
-            && self.min_available_memory.at_least(self.critical_available_memory)
+            && self
+                .min_available_memory
+                .at_least(self.critical_available_memory)
             && percent(self.max_memory_pressure)
             && percent(self.resume_memory_pressure)
             && self.resume_memory_pressure <= self.max_memory_pressure
@@ -231,19 +237,20 @@ pub struct Tripped {
 }
 
 /// A trip/clear pair: below (or above) one threshold trips, the other clears.
-fn hysteresis(tripped: &mut bool, value: Option<f64>, trip: impl Fn(f64) -> bool, clear: impl Fn(f64) -> bool) {
+fn hysteresis(
+    tripped: &mut bool,
+    value: Option<f64>,
+    trip: impl Fn(f64) -> bool,
+    clear: impl Fn(f64) -> bool,
+) {
     if let Some(v) = value {
         *tripped = if *tripped { !clear(v) } else { trip(v) };
     }
 }
 
-fn below(
-    tripped: &mut bool,
-    reading: &Reading,
-    trip: MemoryThreshold,
-    clear: MemoryThreshold,
-) {
-    if let (Some(avail), Some(total)) = (reading.available_memory_bytes, reading.total_memory_bytes) {
+fn below(tripped: &mut bool, reading: &Reading, trip: MemoryThreshold, clear: MemoryThreshold) {
+    if let (Some(avail), Some(total)) = (reading.available_memory_bytes, reading.total_memory_bytes)
+    {
         hysteresis(
             tripped,
             Some(avail as f64),
@@ -365,7 +372,8 @@ impl Responder {
             return false;
         }
         let since = *self.critical_since.get_or_insert(now);
-        let cooled = |t: Option<Instant>| t.is_none_or(|t| now.duration_since(t) >= config.victim_cooldown);
+        let cooled =
+            |t: Option<Instant>| t.is_none_or(|t| now.duration_since(t) >= config.victim_cooldown);
         now.duration_since(since) >= config.critical_sustain
             && cooled(self.last_victim)
             && cooled(self.asked_in_vain)
@@ -449,7 +457,10 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             let event = match &critical {
                 Some(reason) => {
                     tracing::warn!(%reason, "memory critical: the pressure responder is armed");
-                    NewEvent::new("pressure_critical", json!({ "reason": reason, "reading": reading }))
+                    NewEvent::new(
+                        "pressure_critical",
+                        json!({ "reason": reason, "reading": reading }),
+                    )
                 }
                 None => {
                     tracing::info!("memory no longer critical");
@@ -614,8 +625,14 @@ mod tests {
         let parse = |v: serde_json::Value| serde_json::from_value::<MemoryThreshold>(v);
         assert_eq!(parse(json!(0.2)).unwrap(), MemoryThreshold::Share(0.2));
         assert_eq!(parse(json!("15%")).unwrap(), MemoryThreshold::Share(0.15));
-        assert_eq!(parse(json!("2GiB")).unwrap(), MemoryThreshold::Bytes(2 << 30));
-        assert_eq!(parse(json!(1048576)).unwrap(), MemoryThreshold::Bytes(1 << 20));
+        assert_eq!(
+            parse(json!("2GiB")).unwrap(),
+            MemoryThreshold::Bytes(2 << 30)
+        );
+        assert_eq!(
+            parse(json!(1048576)).unwrap(),
+            MemoryThreshold::Bytes(1 << 20)
+        );
         for bad in [json!(-1), json!(1.5), json!("150%"), json!("lots")] {
             let e = parse(bad.clone()).unwrap_err().to_string();
             assert!(e.contains("invalid memory threshold"), "{bad}: {e}");
@@ -645,7 +662,10 @@ mod tests {
             ((0.04, 0.0), Some("available memory")),
             ((0.08, 0.0), Some("available memory")),
             ((0.11, 0.0), None),
-            ((0.50, 35.0), Some("memory pressure (PSI full avg10) 35.0 %")),
+            (
+                (0.50, 35.0),
+                Some("memory pressure (PSI full avg10) 35.0 %"),
+            ),
             ((0.50, 15.0), Some("memory pressure")),
             ((0.50, 5.0), None),
         ];
@@ -677,10 +697,16 @@ mod tests {
         r.acted(true, at(3));
         assert!(!r.due(&c, true, at(10)), "inside the cooldown");
         assert!(!r.due(&c, false, at(20)), "cleared");
-        assert!(!r.due(&c, true, at(34)), "critical again, but not yet sustained");
+        assert!(
+            !r.due(&c, true, at(34)),
+            "critical again, but not yet sustained"
+        );
         assert!(r.due(&c, true, at(37)), "sustained again and cooled down");
         r.acted(false, at(37));
-        assert!(!r.due(&c, true, at(40)), "nobody to stop: do not ask every tick");
+        assert!(
+            !r.due(&c, true, at(40)),
+            "nobody to stop: do not ask every tick"
+        );
         assert!(r.due(&c, true, at(67)));
     }
 }

@@ -35,9 +35,14 @@ impl Candidate {
 
 /// The victim by the ranking above, or `None` when nothing runs.
 pub fn choose_victim(candidates: &[Candidate]) -> Option<&Candidate> {
-    candidates
-        .iter()
-        .min_by_key(|c| (c.priority, Reverse(c.excess_bytes()), Reverse(c.started_at_ms), c.id))
+    candidates.iter().min_by_key(|c| {
+        (
+            c.priority,
+            Reverse(c.excess_bytes()),
+            Reverse(c.started_at_ms),
+            c.id,
+        )
+    })
 }
 
 /// The memory request of a requeued victim: max(previous request, peak) × `growth`, capped by the job's
@@ -86,10 +91,18 @@ mod tests {
         let v = [c(1, 5, 0, 8 * G, G), c(2, 0, 0, G, G)];
         assert_eq!(choose_victim(&v).map(|c| c.id), Some(JobId(2)));
         // Same priority: the one furthest over its reservation.
-        let v = [c(1, 0, 0, 3 * G, 2 * G), c(2, 0, 10, 2 * G, 2 * G), c(3, 0, 5, 4 * G, G)];
+        let v = [
+            c(1, 0, 0, 3 * G, 2 * G),
+            c(2, 0, 10, 2 * G, 2 * G),
+            c(3, 0, 5, 4 * G, G),
+        ];
         assert_eq!(choose_victim(&v).map(|c| c.id), Some(JobId(3)));
         // Same priority, nobody over: the most recently started.
-        let v = [c(1, 0, 100, G, 2 * G), c(2, 0, 300, G, 2 * G), c(3, 0, 200, G, 2 * G)];
+        let v = [
+            c(1, 0, 100, G, 2 * G),
+            c(2, 0, 300, G, 2 * G),
+            c(3, 0, 200, G, 2 * G),
+        ];
         assert_eq!(choose_victim(&v).map(|c| c.id), Some(JobId(2)));
     }
 
@@ -105,10 +118,23 @@ mod tests {
                 peak_bytes: 300 * M
             }
         );
-        assert_eq!(grown_request(400 * M, Some(300 * M), 1.5, None, 10_000 * M).bytes.bytes(), 600 * M);
-        assert_eq!(grown_request(400 * M, None, 1.5, None, 500 * M).bytes.bytes(), 500 * M, "capped by capacity");
         assert_eq!(
-            grown_request(400 * M, None, 1.5, Some(ByteSize(450 * M)), 10_000 * M).bytes.bytes(),
+            grown_request(400 * M, Some(300 * M), 1.5, None, 10_000 * M)
+                .bytes
+                .bytes(),
+            600 * M
+        );
+        assert_eq!(
+            grown_request(400 * M, None, 1.5, None, 500 * M)
+                .bytes
+                .bytes(),
+            500 * M,
+            "capped by capacity"
+        );
+        assert_eq!(
+            grown_request(400 * M, None, 1.5, Some(ByteSize(450 * M)), 10_000 * M)
+                .bytes
+                .bytes(),
             450 * M,
             "capped by the job's own limit"
         );

@@ -377,7 +377,10 @@ impl JobSpec {
                     detail: "must be at least the memory request".into(),
                 });
             }
-        } else if r.memory.is_some_and(|m| m.bytes() < limits::MIN_MEMORY_LIMIT) {
+        } else if r
+            .memory
+            .is_some_and(|m| m.bytes() < limits::MIN_MEMORY_LIMIT)
+        {
             return Err(SpecError::OutOfRange {
                 what: "memory",
                 detail: "a stated memory request is also the job's limit: at least 1 MiB".into(),
@@ -752,7 +755,10 @@ pub enum RequestSource {
     Default,
     /// Raised after the memory pressure responder stopped the job: its previous request or the peak it
     /// reached, whichever is larger, times the configured growth factor.
-    Pressure { previous_bytes: u64, peak_bytes: u64 },
+    Pressure {
+        previous_bytes: u64,
+        peak_bytes: u64,
+    },
 }
 
 /// A request for a lease: resources held by work outside Aura's processes (a provider call, an in-process

@@ -162,7 +162,8 @@ pub enum JobState {
         reason: StopReason,
         requested_at: Timestamp,
     },
-    Finished(Finished),
+    /// Boxed: the finished record (outcome, accounting) is much larger than the live states.
+    Finished(Box<Finished>),
 }
 
 /// The coarse state name, for filters, indexes and tables.
@@ -348,7 +349,7 @@ impl Job {
                 JobState::Running { run: run.clone() }
             }
             (JobState::Queued { .. }, Event::SpawnFailed { error, at }) => {
-                JobState::Finished(Finished {
+                JobState::Finished(Box::new(Finished {
                     outcome: Outcome::FailedToStart {
                         error: error.clone(),
                     },
@@ -357,7 +358,7 @@ impl Job {
                     exit: None,
                     signals_sent: vec![],
                     accounting: Accounting::default(),
-                })
+                }))
             }
             (
                 JobState::Queued { .. },
@@ -365,14 +366,14 @@ impl Job {
                     reason: StopReason::Cancelled,
                     at,
                 },
-            ) => JobState::Finished(Finished {
+            ) => JobState::Finished(Box::new(Finished {
                 outcome: Outcome::Cancelled,
                 finished_at: *at,
                 run: None,
                 exit: None,
                 signals_sent: vec![],
                 accounting: Accounting::default(),
-            }),
+            })),
             (JobState::Running { run }, Event::StopRequested { reason, at }) => {
                 JobState::Stopping {
                     run: run.clone(),
@@ -390,14 +391,15 @@ impl Job {
                     accounting,
                     at,
                 },
-            ) => JobState::Finished(Finished {
-                outcome: memory_outcome(*exit, accounting).unwrap_or_else(|| outcome_of_exit(*exit)),
+            ) => JobState::Finished(Box::new(Finished {
+                outcome: memory_outcome(*exit, accounting)
+                    .unwrap_or_else(|| outcome_of_exit(*exit)),
                 finished_at: *at,
                 run: Some(run.clone()),
                 exit: Some(*exit),
                 signals_sent: signals_sent.clone(),
                 accounting: accounting.clone(),
-            }),
+            })),
             (
                 JobState::Stopping { run, reason, .. },
                 Event::Exited {
@@ -416,22 +418,23 @@ impl Job {
                         reason: "daemon shutdown".into(),
                     },
                     StopReason::MemoryPressure => Outcome::MemoryPressure {
-                        detail: "stopped by the memory pressure responder to protect the host".into(),
+                        detail: "stopped by the memory pressure responder to protect the host"
+                            .into(),
                     },
                 });
-                JobState::Finished(Finished {
+                JobState::Finished(Box::new(Finished {
                     outcome,
                     finished_at: *at,
                     run: Some(run.clone()),
                     exit: Some(*exit),
                     signals_sent: signals_sent.clone(),
                     accounting: accounting.clone(),
-                })
+                }))
             }
             (
                 JobState::Running { run } | JobState::Stopping { run, .. },
                 Event::Interrupted { reason, at },
-            ) => JobState::Finished(Finished {
+            ) => JobState::Finished(Box::new(Finished {
                 outcome: Outcome::Interrupted {
                     reason: reason.clone(),
                 },
@@ -440,7 +443,7 @@ impl Job {
                 exit: None,
                 signals_sent: vec![],
                 accounting: Accounting::default(),
-            }),
+            })),
             (JobState::Finished(_), Event::Requeue { at }) => {
                 if !self.may_retry() {
                     return Err(illegal(
@@ -677,7 +680,12 @@ mod tests {
         };
         // (stop reason before the exit, exit, accounting) → outcome
         let cases = [
-            (None, ExitStatus::Signal(9), over.clone(), "memory_limit_exceeded"),
+            (
+                None,
+                ExitStatus::Signal(9),
+                over.clone(),
+                "memory_limit_exceeded",
+            ),
             (
                 Some(StopReason::Cancelled),
                 ExitStatus::Signal(9),
@@ -701,7 +709,11 @@ mod tests {
                 job.apply(stop(r)).unwrap();
             }
             job.apply(exited_with(exit, accounting)).unwrap();
-            assert_eq!(job.outcome().map(Outcome::name), Some(expected), "{reason:?} {exit:?}");
+            assert_eq!(
+                job.outcome().map(Outcome::name),
+                Some(expected),
+                "{reason:?} {exit:?}"
+            );
         }
         let mut job = job_in(StateName::Running, RetryPolicy::default());
         job.apply(exited_with(ExitStatus::Signal(9), over)).unwrap();

@@ -179,7 +179,11 @@ async fn engine_events(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
-    Ok(Json(app.engine.engine_events(q.after.unwrap_or(0), limit).await?))
+    Ok(Json(
+        app.engine
+            .engine_events(q.after.unwrap_or(0), limit)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -200,7 +200,15 @@ impl Store {
         let state = JobState::Queued {
             since: submitted_at,
         };
-        let job = encode_parts(&spec, &state, submitted_at, 1, 0, 0, memory_request.as_ref())?;
+        let job = encode_parts(
+            &spec,
+            &state,
+            submitted_at,
+            1,
+            0,
+            0,
+            memory_request.as_ref(),
+        )?;
         let detail = serde_json::json!({ "program": spec.program, "priority": spec.priority });
         let event = encode_event(&NewEvent {
             at: submitted_at,

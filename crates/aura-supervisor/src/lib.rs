@@ -310,12 +310,12 @@ impl Supervisor {
             },
         )?;
         let (sampler, sampler_thread) =
-            sampler::Sampler::start(cfg.sample_interval, cfg.memory_watch_interval).map_err(|source| {
-                SupervisorError::Thread {
+            sampler::Sampler::start(cfg.sample_interval, cfg.memory_watch_interval).map_err(
+                |source| SupervisorError::Thread {
                     thread: "sampler",
                     source,
-                }
-            })?;
+                },
+            )?;
         let sup = Supervisor {
             inner: Arc::new(Inner {
                 cfg,

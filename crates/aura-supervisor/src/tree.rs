@@ -2,8 +2,8 @@
 //! sampled statistics (`TreeStats`, atomics shared with the sampler thread), and the public RAII
 //! `RunningTree` that waits, stops and finishes it.
 
-use crate::procfs::{self, ProcStat};
 use crate::cgroup::{self, MemoryApi, OomCounters};
+use crate::procfs::{self, ProcStat};
 use crate::{Inner, LiveUsage};
 use aura_logs::{CaptureReport, LogError};
 use aura_model::{
@@ -258,7 +258,9 @@ impl TreeStats {
 
     fn memory_dir(&self) -> Option<(&Path, &'static str, &'static str)> {
         match self.tree.memory_cgroup(self.cgroup_memory)? {
-            (dir, MemoryApi::V1) => Some((dir, "memory.usage_in_bytes", "memory.max_usage_in_bytes")),
+            (dir, MemoryApi::V1) => {
+                Some((dir, "memory.usage_in_bytes", "memory.max_usage_in_bytes"))
+            }
             (dir, MemoryApi::V2) => Some((dir, "memory.current", "memory.peak")),
         }
     }

@@ -309,13 +309,22 @@ async fn memory_limit_kills_the_tree_and_spares_the_others() {
             1,
             dir.path(),
             "stress-ng",
-            &["--vm", "1", "--vm-bytes", "1G", "--vm-keep", "--timeout", "60s"],
+            &[
+                "--vm",
+                "1",
+                "--vm-bytes",
+                "1G",
+                "--vm-keep",
+                "--timeout",
+                "60s",
+            ],
         );
         req.memory_limit = Some(limit);
         let mut hog = s.launch(req).await.unwrap();
-        let violation = tokio::time::timeout(Duration::from_secs(20), hog.probe().memory_violation())
-            .await
-            .unwrap_or_else(|_| panic!("{backend}: no memory violation within 20 s"));
+        let violation =
+            tokio::time::timeout(Duration::from_secs(20), hog.probe().memory_violation())
+                .await
+                .unwrap_or_else(|_| panic!("{backend}: no memory violation within 20 s"));
         let status = hog.kill().await;
         let acc = hog.finish().await;
         eprintln!("{backend}: {violation:?} {status:?} {}", acc.memory_line());
@@ -337,7 +346,10 @@ async fn memory_limit_kills_the_tree_and_spares_the_others() {
         }
         assert_eq!(bystander.wait().await, ExitStatus::Code(0), "{backend}");
         let acc = bystander.finish().await;
-        assert!(!acc.memory_limit_exceeded && acc.oom_kills == 0, "{backend}");
+        assert!(
+            !acc.memory_limit_exceeded && acc.oom_kills == 0,
+            "{backend}"
+        );
         s.shutdown().await;
     }
 }

@@ -596,7 +596,11 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
                 if let Some(limit) = a.memory_limit {
                     println!(
                         "  Limit:      {limit}{}",
-                        if a.memory_limit_exceeded { " — exceeded, the tree was killed" } else { "" }
+                        if a.memory_limit_exceeded {
+                            " — exceeded, the tree was killed"
+                        } else {
+                            ""
+                        }
                     );
                 }
                 if a.oom_kills > 0 {

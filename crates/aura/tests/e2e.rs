@@ -738,12 +738,37 @@ mod lifecycle {
         zombies
     }
 
+    fn daemon_rss_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("VmRSS:")
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    async fn run_sequentially(client: &Client, n: usize) {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(submit(client, &spec("true", &[])).await);
+        }
+        for id in ids {
+            assert!(outcome(&wait_done(client, id).await).is_success());
+        }
+    }
+
+    /// The short soak of the memory-protection issue: 2,000 jobs after a warm-up; the daemon's RSS grows
+    /// by less than 2 MB, and its fds and threads return to their baseline, with no zombie left.
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_thousand_jobs_leak_no_fd_thread_or_zombie() {
+    async fn two_thousand_jobs_leak_no_memory_fd_thread_or_zombie() {
         let daemon = Daemon::start(&[]);
         let pid = daemon.pid();
         // Warm-up with concurrent requests, so that pools that legitimately keep a few resources (the
-        // store's read connections) are at their steady size before the baseline is taken.
+        // store's read connections, the allocator's arenas, SQLite's page caches) are at their steady size
+        // before the baseline is taken.
         {
             let client = daemon.client();
             let mut ids = Vec::new();
@@ -760,20 +785,12 @@ mod lifecycle {
             for wait in waits {
                 assert!(outcome(&wait.await.unwrap()).is_success());
             }
+            run_sequentially(&client, 500).await;
         }
         // The client's keep-alive connections are gone with it; let the daemon see them close.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (fds0, threads0) = (daemon_fds(pid), daemon_threads(pid));
-        {
-            let client = daemon.client();
-            let mut ids = Vec::new();
-            for _ in 0..1000 {
-                ids.push(submit(&client, &spec("true", &[])).await);
-            }
-            for id in ids {
-                assert!(outcome(&wait_done(&client, id).await).is_success());
-            }
-        }
+        let (fds0, threads0, rss0) = (daemon_fds(pid), daemon_threads(pid), daemon_rss_kib(pid));
+        run_sequentially(&daemon.client(), 2000).await;
         // Idle blocking-pool threads exit after a few seconds; give them time, then demand the baseline.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -789,6 +806,13 @@ mod lifecycle {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(zombie_children(pid), Vec::<u32>::new());
+        let rss = daemon_rss_kib(pid);
+        eprintln!("daemon RSS after warm-up {rss0} KiB, after 2,000 more jobs {rss} KiB");
+        assert!(
+            rss < rss0 + 2048,
+            "RSS grew by {} KiB over 2,000 jobs (limit 2 MiB)",
+            rss.saturating_sub(rss0)
+        );
     }
 
     fn fd_listing(pid: u32) -> String {
@@ -1880,7 +1904,15 @@ mod memory {
         let timeout = format!("{seconds}s");
         spec(
             "stress-ng",
-            &["--vm", "1", "--vm-bytes", bytes, "--vm-keep", "--timeout", &timeout],
+            &[
+                "--vm",
+                "1",
+                "--vm-bytes",
+                bytes,
+                "--vm-keep",
+                "--timeout",
+                &timeout,
+            ],
         )
     }
 
@@ -1891,8 +1923,19 @@ mod memory {
         let client = daemon.client();
         let bystander = submit(&client, &spec("sh", &["-c", "sleep 3"])).await;
         let out = daemon.cli(&[
-            "submit", "--quiet", "--memory-max", "200M", "--", "stress-ng", "--vm", "1", "--vm-bytes",
-            "1G", "--vm-keep", "--timeout", "60s",
+            "submit",
+            "--quiet",
+            "--memory-max",
+            "200M",
+            "--",
+            "stress-ng",
+            "--vm",
+            "1",
+            "--vm-bytes",
+            "1G",
+            "--vm-keep",
+            "--timeout",
+            "60s",
         ]);
         assert!(out.status.success(), "{out:?}");
         let id: JobId = JobId(stdout(&out).trim().parse().expect("job id"));
@@ -1910,23 +1953,36 @@ mod memory {
             // The watchdog samples every 50 ms: stopped far below the 1 GiB the job wanted.
             assert!(peak < 600 << 20, "{backend}: peak {peak}");
         } else {
-            assert!(peak <= LIMIT + (4 << 20), "{backend}: peak {peak} over the limit");
+            assert!(
+                peak <= LIMIT + (4 << 20),
+                "{backend}: peak {peak} over the limit"
+            );
         }
         let events = client.events(id).await.unwrap();
         let kill = events
             .iter()
             .find(|e| e.kind == "memory_limit_exceeded")
             .unwrap_or_else(|| panic!("{backend}: no memory_limit_exceeded event: {events:?}"));
-        let enforcer = if backend == "process_group" { "watchdog" } else { "kernel" };
+        let enforcer = if backend == "process_group" {
+            "watchdog"
+        } else {
+            "kernel"
+        };
         assert_eq!(kill.detail["enforced_by"], enforcer, "{backend}");
         let show = stdout(&daemon.cli(&["show", &id.to_string()]));
         assert!(show.contains("memory_limit_exceeded"), "{show}");
         assert!(show.contains("Limit:      200.0 MiB — exceeded"), "{show}");
         assert!(show.contains("Delta="), "{show}");
 
-        assert!(outcome(&wait_done(&client, bystander).await).is_success(), "{backend}");
+        assert!(
+            outcome(&wait_done(&client, bystander).await).is_success(),
+            "{backend}"
+        );
         let after = submit(&client, &spec("true", &[])).await;
-        assert!(outcome(&wait_done(&client, after).await).is_success(), "daemon keeps serving");
+        assert!(
+            outcome(&wait_done(&client, after).await).is_success(),
+            "daemon keeps serving"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1942,10 +1998,21 @@ mod memory {
     #[tokio::test(flavor = "multi_thread")]
     async fn memory_limits_are_validated_at_submit() {
         let daemon = Daemon::start(&[]);
-        let out = daemon.cli(&["submit", "--memory", "2G", "--memory-max", "1G", "--", "true"]);
+        let out = daemon.cli(&[
+            "submit",
+            "--memory",
+            "2G",
+            "--memory-max",
+            "1G",
+            "--",
+            "true",
+        ]);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("memory_max out of range: must be at least the memory request"), "{err}");
+        assert!(
+            err.contains("memory_max out of range: must be at least the memory request"),
+            "{err}"
+        );
         let jobs = daemon.client().list(&Default::default()).await.unwrap();
         assert!(jobs.jobs.is_empty(), "a refused job changes nothing");
     }
@@ -2003,7 +2070,11 @@ mod memory {
         }
 
         let high_view = wait_done(&client, high).await;
-        assert!(outcome(&high_view).is_success(), "{:?}", high_view.job.state);
+        assert!(
+            outcome(&high_view).is_success(),
+            "{:?}",
+            high_view.job.state
+        );
         for id in small {
             assert!(outcome(&wait_done(&client, id).await).is_success());
         }
@@ -2015,7 +2086,10 @@ mod memory {
             matches!(request.source, aura_model::RequestSource::Pressure { peak_bytes, .. } if peak_bytes >= 1400 << 20),
             "{request:?}"
         );
-        assert!(request.bytes.bytes() >= 2000 << 20, "max(request, peak) × 1.5: {request:?}");
+        assert!(
+            request.bytes.bytes() >= 2000 << 20,
+            "max(request, peak) × 1.5: {request:?}"
+        );
         let low_events = client.events(low).await.unwrap();
         let kinds: Vec<&str> = low_events.iter().map(|e| e.kind.as_str()).collect();
         for kind in ["pressure_victim", "memory_request_raised", "requeued"] {
@@ -2026,12 +2100,24 @@ mod memory {
 
         let engine = client.engine_events(0).await.unwrap();
         let count = |kind: &str| engine.iter().filter(|e| e.kind == kind).count();
-        assert_eq!(count("pressure_victim"), 1, "one victim, none other within the cooldown: {engine:?}");
-        assert!(count("admission_paused") >= 1 && count("admission_resumed") >= 1, "{engine:?}");
+        assert_eq!(
+            count("pressure_victim"),
+            1,
+            "one victim, none other within the cooldown: {engine:?}"
+        );
+        assert!(
+            count("admission_paused") >= 1 && count("admission_resumed") >= 1,
+            "{engine:?}"
+        );
         assert!(count("pressure_critical") >= 1, "{engine:?}");
         let victim = engine.iter().find(|e| e.kind == "pressure_victim").unwrap();
         assert_eq!(victim.detail["job_id"], low.0);
-        assert!(victim.detail["reading"]["available_memory_bytes"].as_u64().is_some(), "{victim:?}");
+        assert!(
+            victim.detail["reading"]["available_memory_bytes"]
+                .as_u64()
+                .is_some(),
+            "{victim:?}"
+        );
         assert!(alive(daemon.pid()), "the daemon is never the victim");
         client.health().await.expect("still serving");
     }
