@@ -86,7 +86,11 @@ fn run(
         };
         let mut snapshot = None;
         for t in trees {
-            t.sample(&mut snapshot);
+            if full {
+                t.sample(&mut snapshot);
+            } else {
+                t.watch(&mut snapshot);
+            }
         }
     }
 }

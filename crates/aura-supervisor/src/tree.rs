@@ -359,6 +359,15 @@ impl TreeStats {
         Some(v)
     }
 
+    /// A watch round between full samples: where the kernel enforces the limit only its OOM counters
+    /// matter (two small reads); the watchdog needs the tree's RSS, i.e. a full sample.
+    pub fn watch(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
+        match self.memory_dir() {
+            Some((dir, current, _)) => self.check_memory(cgroup::read_u64(&dir.join(current))),
+            None => self.sample(snap),
+        }
+    }
+
     /// One sample. `snap` is a lazily taken `/proc` snapshot shared by all trees of this round.
     pub fn sample(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
         let needs_proc = self.tree.membership_dir().is_none();
