@@ -354,6 +354,62 @@ async fn memory_limit_kills_the_tree_and_spares_the_others() {
     }
 }
 
+/// The host running out of memory, simulated by a limit on this supervisor's own instance cgroup: the
+/// kernel OOM-kills inside an unlimited job, the supervisor attributes the kill to the job (its cgroup's
+/// counter), flags it as an OOM kill rather than its own limit, and the rest of the tree is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn kernel_oom_kills_are_attributed_to_the_job() {
+    let _g = GATE.read().await;
+    if resolve_program("stress-ng", None, None).is_err() {
+        eprintln!("skipping: stress-ng is not installed (cargo xtask test installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for backend in [BackendChoice::Hybrid, BackendChoice::CgroupV1] {
+        let Some(s) = start("oom", backend) else {
+            continue;
+        };
+        let mut t = s
+            .launch(request(
+                1,
+                dir.path(),
+                "stress-ng",
+                &[
+                    "--vm",
+                    "1",
+                    "--vm-bytes",
+                    "1G",
+                    "--vm-keep",
+                    "--timeout",
+                    "60s",
+                ],
+            ))
+            .await
+            .unwrap();
+        // The v1 memory cgroup's parent is the instance root: the "host" of this test.
+        let job_v1 = t.handle().cgroups.last().expect("v1 cgroup").clone();
+        let root_limit = job_v1.parent().unwrap().join("memory.limit_in_bytes");
+        std::fs::write(&root_limit, (256u64 << 20).to_string()).unwrap();
+        let violation = tokio::time::timeout(Duration::from_secs(20), t.probe().memory_violation())
+            .await
+            .unwrap_or_else(|_| panic!("{backend}: no OOM kill seen within 20 s"));
+        t.kill().await;
+        let acc = t.finish().await;
+        std::fs::write(&root_limit, "-1").unwrap();
+        eprintln!("{backend}: {violation:?} {acc:?}");
+        assert!(
+            matches!(violation, aura_supervisor::MemoryViolation::OomKilled { kills } if kills >= 1),
+            "{backend}: {violation:?}"
+        );
+        assert!(
+            acc.oom_kills >= 1 && !acc.memory_limit_exceeded,
+            "{backend}: {acc:?}"
+        );
+        assert_eq!(acc.memory_limit, None);
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_sequence_escalates_to_kill() {
     let _g = GATE.read().await;
