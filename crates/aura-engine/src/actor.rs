@@ -17,7 +17,7 @@ use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -113,6 +113,17 @@ pub(crate) struct Shared {
     pub paused: Mutex<Option<String>>,
     /// The guard thread's latest look at the host.
     pub guard_reading: Mutex<Option<crate::guards::Reading>>,
+    /// Memory protection since start-up: stage 2 armed now, and trees killed or stopped for memory.
+    pub memory: MemoryCounters,
+}
+
+/// What memory protection did since the daemon started (for `/metrics` and the utilization view).
+#[derive(Debug, Default)]
+pub(crate) struct MemoryCounters {
+    pub critical: AtomicBool,
+    pub limit_exceeded: AtomicU64,
+    pub oom_killed: AtomicU64,
+    pub pressure_victims: AtomicU64,
 }
 
 impl Shared {
@@ -233,6 +244,7 @@ pub(crate) async fn spawn(
         probes: Mutex::new(HashMap::new()),
         paused: Mutex::new(None),
         guard_reading: Mutex::new(None),
+        memory: MemoryCounters::default(),
     });
     let mut actor = Actor {
         shared: shared.clone(),
@@ -664,6 +676,10 @@ impl Actor {
             self.persist(&job, vec![NewEvent::new("pressure_victim", detail)])
                 .await;
         }
+        self.shared
+            .memory
+            .pressure_victims
+            .fetch_add(1, Ordering::Relaxed);
         self.request_stop(victim.id, StopReason::MemoryPressure)
             .await;
         Some(victim.id)
@@ -695,6 +711,13 @@ impl Actor {
         let Some(active) = self.active.get(&id) else {
             return;
         };
+        let counter = match violation {
+            aura_supervisor::MemoryViolation::LimitExceeded { .. } => {
+                &self.shared.memory.limit_exceeded
+            }
+            aura_supervisor::MemoryViolation::OomKilled { .. } => &self.shared.memory.oom_killed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let event = match violation {
             aura_supervisor::MemoryViolation::LimitExceeded {
                 limit_bytes,

@@ -454,6 +454,10 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
         let critical = evaluate_critical(config, &mut tripped, &reading);
         if critical.is_some() != critical_active {
             critical_active = critical.is_some();
+            shared
+                .memory
+                .critical
+                .store(critical_active, Ordering::Relaxed);
             let event = match &critical {
                 Some(reason) => {
                     tracing::warn!(%reason, "memory critical: the pressure responder is armed");

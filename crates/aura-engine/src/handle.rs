@@ -52,6 +52,12 @@ pub struct Utilization {
     /// Whether a live guard (memory, pressure, outside CPU) holds admission back, and why.
     pub admission_paused: bool,
     pub paused_reason: Option<String>,
+    /// Memory protection: whether memory is critical now (the pressure responder is armed), and the trees
+    /// killed or stopped for memory since start-up.
+    pub memory_critical: bool,
+    pub memory_limit_kills: u64,
+    pub oom_kills: u64,
+    pub pressure_victims: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -547,6 +553,10 @@ impl EngineHandle {
                 .unwrap_or_else(|p| p.into_inner()),
             admission_paused: self.shared.paused_reason().is_some(),
             paused_reason: self.shared.paused_reason(),
+            memory_critical: self.shared.memory.critical.load(Ordering::Relaxed),
+            memory_limit_kills: self.shared.memory.limit_exceeded.load(Ordering::Relaxed),
+            oom_kills: self.shared.memory.oom_killed.load(Ordering::Relaxed),
+            pressure_victims: self.shared.memory.pressure_victims.load(Ordering::Relaxed),
         })
     }
 }

@@ -431,6 +431,23 @@ fn engine(s: &mut Scrape, i: &Inputs) {
         Scrape::one(f64::from(u8::from(u.admission_paused))),
     );
     s.gauge(
+        "aura_memory_critical",
+        "1 while memory is critical and the pressure responder may stop a job.",
+        Scrape::one(f64::from(u8::from(u.memory_critical))),
+    );
+    s.counter(
+        "aura_memory_kills",
+        "Job trees killed or stopped for memory since start-up: over their limit, hit by the kernel's OOM killer, or chosen by the pressure responder.",
+        [
+            ("limit_exceeded", u.memory_limit_kills),
+            ("oom_killed", u.oom_kills),
+            ("pressure", u.pressure_victims),
+        ]
+        .iter()
+        .map(|(reason, n)| (labels(&[("reason", reason)]), *n as f64))
+        .collect(),
+    );
+    s.gauge(
         "aura_admission_limit_in_use",
         "Slots of each named limit held by running jobs and leases.",
         u.limits

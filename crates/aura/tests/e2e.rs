@@ -1973,6 +1973,16 @@ mod memory {
         assert!(show.contains("memory_limit_exceeded"), "{show}");
         assert!(show.contains("Limit:      200.0 MiB — exceeded"), "{show}");
         assert!(show.contains("Delta="), "{show}");
+        let metrics = reqwest::get(format!("{}/metrics", daemon.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("aura_memory_kills_total{reason=\"limit_exceeded\"} 1"),
+            "{metrics}"
+        );
 
         assert!(
             outcome(&wait_done(&client, bystander).await).is_success(),
@@ -2128,6 +2138,8 @@ mod memory {
                 .is_some(),
             "{victim:?}"
         );
+        let utilization = client.utilization().await.unwrap();
+        assert_eq!(utilization["pressure_victims"], 1, "{utilization}");
         assert!(alive(daemon.pid()), "the daemon is never the victim");
         client.health().await.expect("still serving");
     }
