@@ -92,6 +92,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The engine's own decisions, oldest first: admission paused/resumed, memory critical, pressure victims.
+    Events {
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -233,6 +241,23 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             crate::top::run(&client).await?;
             Ok(0)
         }
+        Command::Events { after, json } => {
+            let events = client.engine_events(after).await?;
+            if json {
+                print_json(&events)?;
+            } else {
+                for e in &events {
+                    println!(
+                        "{:>6}  {}  {:<18} {}",
+                        e.seq,
+                        e.at,
+                        e.kind,
+                        compact(&e.detail)
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::Status { json } => {
             let status = client.status().await?;
             let utilization = client.utilization().await?;
@@ -311,6 +336,13 @@ fn print_status(status: &serde_json::Value, u: &serde_json::Value) {
         Some(reason) => println!("admission:      paused: {reason}"),
         None => println!("admission:      open"),
     }
+    println!(
+        "memory guard:   {}; since start-up {} over their limit, {} OOM-killed, {} stopped for pressure",
+        if u["memory_critical"] == true { "CRITICAL (the pressure responder is armed)" } else { "normal" },
+        text(&u["memory_limit_kills"]),
+        text(&u["oom_kills"]),
+        text(&u["pressure_victims"])
+    );
 }
 
 fn init_logging() {

@@ -2140,6 +2140,13 @@ mod memory {
         );
         let utilization = client.utilization().await.unwrap();
         assert_eq!(utilization["pressure_victims"], 1, "{utilization}");
+        let events = stdout(&daemon.cli(&["events"]));
+        assert!(
+            events.contains("pressure_victim") && events.contains("admission_paused"),
+            "{events}"
+        );
+        let status = stdout(&daemon.cli(&["status"]));
+        assert!(status.contains("1 stopped for pressure"), "{status}");
         assert!(alive(daemon.pid()), "the daemon is never the victim");
         client.health().await.expect("still serving");
     }
