@@ -25,6 +25,7 @@
 mod cgroup;
 mod host;
 mod launcher;
+mod pool;
 mod procfs;
 mod recover;
 mod sampler;
@@ -103,10 +104,13 @@ pub struct SupervisorConfig {
     pub job_oom_score_adj: i32,
     /// How long `finish()`/`stop()` wait for a killed tree to be empty.
     pub kill_wait: Duration,
+    /// How many emptied job cgroups are kept for reuse (see the `pool` module); more are removed.
+    pub cgroup_pool: usize,
 }
 
 impl SupervisorConfig {
-    /// Defaults: auto backend, 250 ms sampling, 64 MiB log cap per stream, oom_score_adj 500, 2 s kill wait.
+    /// Defaults: auto backend, 250 ms sampling, 64 MiB log cap per stream, oom_score_adj 500, 2 s kill wait,
+    /// 32 pooled job cgroups.
     pub fn new(instance: impl Into<String>) -> Self {
         SupervisorConfig {
             backend: BackendChoice::Auto,
@@ -115,6 +119,7 @@ impl SupervisorConfig {
             log_cap: aura_logs::LogCap::new(64 << 20).expect("valid cap"),
             job_oom_score_adj: 500,
             kill_wait: Duration::from_secs(2),
+            cgroup_pool: 32,
         }
     }
 }
@@ -254,6 +259,8 @@ pub(crate) struct Inner {
     pub cfg: SupervisorConfig,
     pub layout: host::Layout,
     pub runtime: tokio::runtime::Handle,
+    /// Emptied job cgroups for reuse.
+    pub pool: Arc<pool::CgroupPool>,
     launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
     sampler: sampler::Sampler,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -293,13 +300,18 @@ impl Supervisor {
             return Err(SupervisorError::InvalidInstance(cfg.instance.clone()));
         }
         let layout = host::choose(cfg.backend, &host::HostCgroups::read(), &cfg.instance)?;
+        let pool = Arc::new(pool::CgroupPool::new(&layout, cfg.cgroup_pool));
         let (launch_tx, launch_rx) = tokio::sync::mpsc::channel(64);
-        let launcher = launcher::start(layout.clone(), cfg.job_oom_score_adj, launch_rx).map_err(
-            |source| SupervisorError::Thread {
-                thread: "launcher",
-                source,
-            },
-        )?;
+        let launcher = launcher::start(
+            layout.clone(),
+            pool.clone(),
+            cfg.job_oom_score_adj,
+            launch_rx,
+        )
+        .map_err(|source| SupervisorError::Thread {
+            thread: "launcher",
+            source,
+        })?;
         let (sampler, sampler_thread) =
             sampler::Sampler::start(cfg.sample_interval).map_err(|source| {
                 SupervisorError::Thread {
@@ -312,6 +324,7 @@ impl Supervisor {
                 cfg,
                 layout,
                 runtime,
+                pool,
                 launch_tx,
                 sampler,
                 threads: Mutex::new(vec![launcher, sampler_thread]),
@@ -400,6 +413,7 @@ impl Supervisor {
         let stats = Arc::new(tree::TreeStats::new(
             tree.clone(),
             self.inner.layout.has_cgroup_memory(),
+            spawned.baseline,
         ));
         self.inner.sampler.register(stats.clone());
         tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");
@@ -454,6 +468,7 @@ impl Supervisor {
                 for t in threads {
                     let _ = t.join();
                 }
+                inner.pool.drain();
                 for root in inner.layout.v2_root.iter().chain(inner.layout.v1_root.iter()) {
                     if let Err(e) = cgroup::rmdir(root, Duration::from_millis(200)) {
                         tracing::warn!(cgroup = %root.display(), error = %e, "could not remove instance cgroup");

@@ -2,6 +2,7 @@
 //! sampled statistics (`TreeStats`, atomics shared with the sampler thread), and the public RAII
 //! `RunningTree` that waits, stops and finishes it.
 
+use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::procfs::{self, ProcStat};
 use crate::{cgroup, Inner, LiveUsage};
 use aura_logs::{CaptureReport, LogError};
@@ -148,6 +149,23 @@ impl TreeRef {
         }
     }
 
+    /// Hands the job cgroups to the pool: reused if `empty` (every process known gone) and clean, else
+    /// removed. `v1_charge`: the v1 memory charge now, if already read.
+    pub fn release_cgroups(&self, pool: &CgroupPool, empty: bool, v1_charge: Option<u64>) {
+        if self.v2.is_none() && self.v1.is_none() {
+            return;
+        }
+        let v1_charge = v1_charge.or_else(|| {
+            let v1 = self.v1.as_deref()?;
+            cgroup::read_u64(&v1.join("memory.usage_in_bytes"))
+        });
+        let cgroups = JobCgroups {
+            v2: self.v2.clone(),
+            v1: self.v1.clone(),
+        };
+        pool.release(cgroups, empty, v1_charge);
+    }
+
     /// Removes the job cgroups; returns how many were removed.
     pub fn remove_dirs(&self) -> u32 {
         let mut n = 0;
@@ -175,8 +193,14 @@ pub(crate) struct TreeStats {
     pub tree: TreeRef,
     /// Memory comes from the kernel's per-cgroup counters (else summed RSS).
     pub cgroup_memory: bool,
+    /// Where the cgroup counters stood when the job got its (possibly reused) cgroups; the job's figures
+    /// are taken from there.
+    base: Baseline,
     /// Set when the tree is finished or dropped; the sampler then forgets it.
     pub done: AtomicBool,
+    /// Held by the sampler while it samples: `retire` takes it, so that no sample of this job is still
+    /// running once its cgroups may go to the next job.
+    sampling: Mutex<()>,
     mem_start: AtomicU64,
     mem_current: AtomicU64,
     mem_peak_sampled: AtomicU64,
@@ -188,11 +212,13 @@ pub(crate) struct TreeStats {
 }
 
 impl TreeStats {
-    pub fn new(tree: TreeRef, cgroup_memory: bool) -> TreeStats {
+    pub fn new(tree: TreeRef, cgroup_memory: bool, base: Baseline) -> TreeStats {
         TreeStats {
             tree,
             cgroup_memory,
+            base,
             done: AtomicBool::new(false),
+            sampling: Mutex::new(()),
             mem_start: AtomicU64::new(NONE),
             mem_current: AtomicU64::new(NONE),
             mem_peak_sampled: AtomicU64::new(NONE),
@@ -219,23 +245,39 @@ impl TreeStats {
         }
     }
 
-    /// The cgroup's current charge, read now: after the tree is gone, what the job left charged (page
-    /// cache of the files it wrote). Used as the end figure of jobs too short to have been sampled.
+    /// The cgroup's current charge as the kernel counts it (not relative to the baseline), read now:
+    /// after the tree is gone, what is left charged (page cache of the files the job wrote). Used for the
+    /// end figure of jobs too short to have been sampled, and to decide whether the cgroup is reused.
     pub fn read_kernel_current(&self) -> Option<u64> {
         let (dir, current, _) = self.memory_dir()?;
         cgroup::read_u64(&dir.join(current))
     }
 
-    /// The kernel high-water mark, read now.
+    /// This job's part of a charge read from the cgroup.
+    pub fn job_memory(&self, charge: u64) -> u64 {
+        charge.saturating_sub(self.base.memory)
+    }
+
+    /// The kernel high-water mark (since this job's start), read now.
     pub fn read_kernel_peak(&self) -> Option<u64> {
         let (dir, _, peak) = self.memory_dir()?;
-        let v = cgroup::read_u64(&dir.join(peak))?;
+        let v = self.job_memory(cgroup::read_u64(&dir.join(peak))?);
         self.mem_peak_kernel.store(v, Ordering::Relaxed);
         Some(v)
     }
 
+    /// Stops sampling for good, waiting out a sample in progress. Blocking (briefly).
+    pub fn retire(&self) {
+        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        self.done.store(true, Ordering::Relaxed);
+    }
+
     /// One sample. `snap` is a lazily taken `/proc` snapshot shared by all trees of this round.
     pub fn sample(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
+        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        if self.done.load(Ordering::Relaxed) {
+            return;
+        }
         let needs_proc = self.tree.membership_dir().is_none();
         if needs_proc && snap.is_none() {
             *snap = Some(procfs::snapshot());
@@ -258,7 +300,7 @@ impl TreeStats {
         let current = match self.memory_dir() {
             Some((dir, current, _)) => {
                 self.read_kernel_peak();
-                cgroup::read_u64(&dir.join(current))
+                cgroup::read_u64(&dir.join(current)).map(|c| self.job_memory(c))
             }
             None => Some(
                 members
@@ -278,7 +320,7 @@ impl TreeStats {
             }
         }
         let cpu = match &self.tree.v2 {
-            Some(v2) => cgroup::cpu_usec(v2),
+            Some(v2) => cgroup::cpu_usec(v2).map(|c| self.job_cpu(c)),
             None => {
                 // Live processes only: the final figure comes from wait4's rusage.
                 let tick_usec = 1_000_000 / procfs::ticks_per_second();
@@ -299,6 +341,14 @@ impl TreeStats {
             self.cpu_user_usec.store(u, Ordering::Relaxed);
             self.cpu_system_usec.store(s, Ordering::Relaxed);
         }
+    }
+
+    /// This job's part of a `cpu.stat` reading (user, system) of its v2 cgroup.
+    pub fn job_cpu(&self, (user, system): (u64, u64)) -> (u64, u64) {
+        (
+            user.saturating_sub(self.base.cpu_user_usec),
+            system.saturating_sub(self.base.cpu_system_usec),
+        )
     }
 
     pub fn live(&self) -> LiveUsage {
@@ -573,16 +623,22 @@ impl RunningTree {
         }
         let kill_wait = self.sup.cfg.kill_wait;
         let stats = self.stats.clone();
+        let pool = self.sup.pool.clone();
         // Kill the rest, wait for empty, then read the kernel's final counters.
         let (kernel_peak, kernel_current, cpu) = self
             .blocking(move |t| {
-                t.kill_and_wait(kill_wait);
+                let empty = t.kill_and_wait(kill_wait);
+                // The final figures are read here; after this the cgroups may belong to the next job.
+                stats.retire();
                 let peak = stats.read_kernel_peak();
                 let current = stats.read_kernel_current();
-                let cpu = t.v2.as_deref().and_then(cgroup::cpu_usec);
+                let cpu =
+                    t.v2.as_deref()
+                        .and_then(cgroup::cpu_usec)
+                        .map(|c| stats.job_cpu(c));
                 // In the same hop: one blocking-pool round trip per job, not two.
-                t.remove_dirs();
-                (peak, current, cpu)
+                t.release_cgroups(&pool, empty, current.filter(|_| t.v1.is_some()));
+                (peak, current.map(|c| stats.job_memory(c)), cpu)
             })
             .await
             .unwrap_or((None, None, None));
@@ -673,8 +729,11 @@ impl Drop for RunningTree {
         let reap = self.reaped.is_none();
         let logs = std::mem::take(&mut self.logs);
         let kill_wait = self.sup.cfg.kill_wait;
+        let pool = self.sup.pool.clone();
+        let stats = self.stats.clone();
         let cleanup = move || {
-            tree.kill_and_wait(kill_wait);
+            let empty = tree.kill_and_wait(kill_wait);
+            stats.retire();
             if reap {
                 reap_blocking(tree.pid, Duration::from_secs(10));
             }
@@ -682,7 +741,7 @@ impl Drop for RunningTree {
             for task in logs {
                 task.abort();
             }
-            tree.remove_dirs();
+            tree.release_cgroups(&pool, empty, None);
         };
         drop(self.sup.runtime.spawn_blocking(cleanup));
     }
