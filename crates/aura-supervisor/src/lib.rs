@@ -1,5 +1,6 @@
 //! `aura-supervisor` runs each job attempt as a supervised process tree and guarantees that nothing
-//! of it outlives the job: no process, no zombie, no leaked fd, no cgroup directory.
+//! of it outlives the job: no process, no zombie, no leaked fd, no cgroup directory (emptied job cgroups
+//! wait in a bounded pool for the next job and are removed at shutdown).
 //!
 //! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
 //! plain process groups), starting jobs from one dedicated launcher thread (so `PR_SET_PDEATHSIG` ties

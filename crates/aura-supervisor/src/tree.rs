@@ -614,8 +614,8 @@ impl RunningTree {
 
     /// After the main process exited: kills whatever remains of the tree (nothing outlives the job's
     /// main process), waits until it is empty (bounded by `kill_wait`), reads the final accounting,
-    /// waits (at most ~1 s) for log capture to reach EOF, removes the job cgroups and returns the
-    /// accounting. If the main process is still running, the tree is SIGKILLed first.
+    /// hands the job cgroups back to the pool (reused when empty and clean, else removed), waits (at
+    /// most ~1 s) for log capture to reach EOF and returns the accounting. If the main process is still running, the tree is SIGKILLed first.
     pub async fn finish(mut self) -> Accounting {
         if self.reap_now().is_none() {
             self.blocking(|t| t.kill()).await;
