@@ -4,13 +4,13 @@
 //! the pidfd and replies on a oneshot.
 
 use crate::host::Layout;
+use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::spawn::{self, SpawnPlan};
 use crate::tree::{reap_blocking, TreeRef};
 use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -20,6 +20,8 @@ pub(crate) struct Spawned {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub tree: TreeRef,
+    /// Where the job's cgroup counters started (reused cgroups keep counting across jobs).
+    pub baseline: Baseline,
     pub started: Instant,
 }
 
@@ -33,6 +35,7 @@ pub(crate) enum LauncherMsg {
 
 pub(crate) fn start(
     layout: Layout,
+    pool: Arc<CgroupPool>,
     oom_score_adj: i32,
     mut rx: mpsc::Receiver<LauncherMsg>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -41,11 +44,11 @@ pub(crate) fn start(
             match msg {
                 LauncherMsg::Stop => break,
                 LauncherMsg::Launch(req, reply) => {
-                    let result = launch_one(&layout, oom_score_adj, &req);
+                    let result = launch_one(&layout, &pool, oom_score_adj, &req);
                     if let Err(Ok(orphan)) = reply.send(result) {
                         // The caller went away (its launch future was cancelled): nobody owns this tree.
                         tracing::warn!(job_id = %req.job_id, pid = orphan.tree.pid, "launch abandoned by caller; killing the tree");
-                        abandon(orphan);
+                        abandon(orphan, &pool, req.memory_limit.is_none());
                     }
                 }
             }
@@ -53,14 +56,15 @@ pub(crate) fn start(
     })
 }
 
-fn abandon(s: Spawned) {
-    s.tree.kill_and_wait(Duration::from_secs(2));
+fn abandon(s: Spawned, pool: &CgroupPool, unlimited: bool) {
+    let empty = s.tree.kill_and_wait(Duration::from_secs(2));
     reap_blocking(s.tree.pid, Duration::from_secs(5));
-    s.tree.remove_dirs();
+    s.tree.release_cgroups(pool, empty && unlimited, None);
 }
 
 fn launch_one(
     layout: &Layout,
+    pool: &CgroupPool,
     oom_score_adj: i32,
     req: &LaunchRequest,
 ) -> Result<Spawned, LaunchError> {
@@ -100,36 +104,53 @@ fn launch_one(
         }
     }
 
-    let name = format!("job-{}-{}", req.job_id.0, req.attempt);
-    let v2 = layout.v2_root.as_ref().map(|r| r.join(&name));
-    let v1 = layout.v1_root.as_ref().map(|r| r.join(&name));
-    let dirs: Vec<PathBuf> = v2.iter().chain(v1.iter()).cloned().collect();
-    let remove_dirs = || {
-        for d in &dirs {
-            let _ = cgroup::rmdir(d, Duration::from_millis(100));
+    // Empty job cgroups, reused where the backend allows (see `pool`), with their per-job settings applied.
+    let cgroups = match pool.acquire() {
+        Ok(c) => c,
+        Err((path, source)) => return Err(LaunchError::Cgroup { path, source }),
+    };
+    let (v2, v1) = match &cgroups {
+        Some(c) => (c.v2.clone(), c.v1.clone()),
+        None => (None, None),
+    };
+    // A failed start is rare: remove its cgroups rather than judge what the failed child left in them.
+    let discard = |cgroups: Option<JobCgroups>| {
+        if let Some(c) = cgroups {
+            c.remove();
+        }
+    };
+    let baseline = match cgroups.as_ref().map(JobCgroups::prepare).transpose() {
+        Ok(b) => b.unwrap_or_default(),
+        Err(source) => {
+            let path = cgroups
+                .as_ref()
+                .and_then(|c| c.dirs().next().cloned())
+                .unwrap_or_default();
+            discard(cgroups);
+            return Err(LaunchError::Cgroup { path, source });
         }
     };
     // Open every job cgroup's cgroup.procs before forking (O_CLOEXEC, std's default): the child joins
     // its cgroups by writing "0" before exec, so no fork of the job can ever happen outside them.
-    let mut procs_files = Vec::new();
-    for dir in &dirs {
-        let opened = cgroup::mkdir(dir).and_then(|()| {
+    let opened = cgroups
+        .iter()
+        .flat_map(JobCgroups::dirs)
+        .map(|dir| {
             OpenOptions::new()
                 .write(true)
                 .open(dir.join("cgroup.procs"))
-        });
-        match opened {
-            Ok(f) => procs_files.push(f),
-            Err(source) => {
-                remove_dirs();
-                return Err(LaunchError::Cgroup {
-                    path: dir.clone(),
-                    source,
-                });
-            }
+                .map_err(|source| (dir.clone(), source))
+        })
+        .collect::<Result<Vec<_>, _>>();
+    let procs_files = match opened {
+        Ok(files) => files,
+        Err((path, source)) => {
+            discard(cgroups);
+            return Err(LaunchError::Cgroup { path, source });
         }
-    }
-    // The limit is in place before the job exists: it cannot allocate a byte beyond it.
+    };
+    // The limit is in place before the job exists: it cannot allocate a byte beyond it. Cgroups of limited
+    // jobs never go back to the pool, so an acquired one never carries an earlier job's limit.
     if let Some(limit) = req.memory_limit {
         let memory_cgroup = match (&v1, &v2) {
             (Some(v1), _) => Some((v1, cgroup::MemoryApi::V1)),
@@ -139,11 +160,10 @@ fn launch_one(
         };
         if let Some((dir, api)) = memory_cgroup {
             if let Err(source) = cgroup::set_memory_limit(dir, api, limit) {
-                remove_dirs();
-                return Err(LaunchError::Cgroup {
-                    path: dir.clone(),
-                    source,
-                });
+                let path = dir.clone();
+                drop(procs_files);
+                discard(cgroups);
+                return Err(LaunchError::Cgroup { path, source });
             }
         }
     }
@@ -151,7 +171,8 @@ fn launch_one(
     let (plan, [stdout, stderr], _stdio_ends) = match plan_and_pipes {
         Ok(p) => p,
         Err(source) => {
-            remove_dirs();
+            drop(procs_files);
+            discard(cgroups);
             return Err(LaunchError::Spawn {
                 program: req.program.clone(),
                 source,
@@ -162,7 +183,8 @@ fn launch_one(
     let pid = match spawn::spawn(&plan) {
         Ok(pid) => pid,
         Err(source) => {
-            remove_dirs();
+            drop(procs_files);
+            discard(cgroups);
             return Err(LaunchError::Spawn {
                 program: req.program.clone(),
                 source,
@@ -193,6 +215,7 @@ fn launch_one(
         stdout,
         stderr,
         tree,
+        baseline,
         started,
     })
 }

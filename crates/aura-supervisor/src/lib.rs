@@ -1,5 +1,6 @@
 //! `aura-supervisor` runs each job attempt as a supervised process tree and guarantees that nothing
-//! of it outlives the job: no process, no zombie, no leaked fd, no cgroup directory.
+//! of it outlives the job: no process, no zombie, no leaked fd, no cgroup directory (emptied job cgroups
+//! wait in a bounded pool for the next job and are removed at shutdown).
 //!
 //! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
 //! plain process groups), starting jobs from one dedicated launcher thread (so `PR_SET_PDEATHSIG` ties
@@ -25,6 +26,7 @@
 mod cgroup;
 mod host;
 mod launcher;
+mod pool;
 mod procfs;
 mod recover;
 mod sampler;
@@ -107,11 +109,13 @@ pub struct SupervisorConfig {
     /// reaction time (a job may overshoot its limit by what it allocates in one interval); on cgroups
     /// it is how soon the rest of a tree the kernel OOM-killed in is killed.
     pub memory_watch_interval: Duration,
+    /// How many emptied job cgroups are kept for reuse (see the `pool` module); more are removed.
+    pub cgroup_pool: usize,
 }
 
 impl SupervisorConfig {
     /// Defaults: auto backend, 250 ms sampling (50 ms for trees with a memory limit), 64 MiB log cap per
-    /// stream, oom_score_adj 500, 2 s kill wait.
+    /// stream, oom_score_adj 500, 2 s kill wait, 32 pooled job cgroups.
     pub fn new(instance: impl Into<String>) -> Self {
         SupervisorConfig {
             backend: BackendChoice::Auto,
@@ -121,6 +125,7 @@ impl SupervisorConfig {
             job_oom_score_adj: 500,
             kill_wait: Duration::from_secs(2),
             memory_watch_interval: Duration::from_millis(50),
+            cgroup_pool: 32,
         }
     }
 }
@@ -263,6 +268,8 @@ pub(crate) struct Inner {
     pub cfg: SupervisorConfig,
     pub layout: host::Layout,
     pub runtime: tokio::runtime::Handle,
+    /// Emptied job cgroups for reuse.
+    pub pool: Arc<pool::CgroupPool>,
     launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
     sampler: sampler::Sampler,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -302,13 +309,18 @@ impl Supervisor {
             return Err(SupervisorError::InvalidInstance(cfg.instance.clone()));
         }
         let layout = host::choose(cfg.backend, &host::HostCgroups::read(), &cfg.instance)?;
+        let pool = Arc::new(pool::CgroupPool::new(&layout, cfg.cgroup_pool));
         let (launch_tx, launch_rx) = tokio::sync::mpsc::channel(64);
-        let launcher = launcher::start(layout.clone(), cfg.job_oom_score_adj, launch_rx).map_err(
-            |source| SupervisorError::Thread {
-                thread: "launcher",
-                source,
-            },
-        )?;
+        let launcher = launcher::start(
+            layout.clone(),
+            pool.clone(),
+            cfg.job_oom_score_adj,
+            launch_rx,
+        )
+        .map_err(|source| SupervisorError::Thread {
+            thread: "launcher",
+            source,
+        })?;
         let (sampler, sampler_thread) =
             sampler::Sampler::start(cfg.sample_interval, cfg.memory_watch_interval).map_err(
                 |source| SupervisorError::Thread {
@@ -321,6 +333,7 @@ impl Supervisor {
                 cfg,
                 layout,
                 runtime,
+                pool,
                 launch_tx,
                 sampler,
                 threads: Mutex::new(vec![launcher, sampler_thread]),
@@ -410,6 +423,7 @@ impl Supervisor {
             tree.clone(),
             self.inner.layout.has_cgroup_memory(),
             req.memory_limit,
+            spawned.baseline,
         ));
         self.inner.sampler.register(stats.clone());
         tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");
@@ -464,6 +478,7 @@ impl Supervisor {
                 for t in threads {
                     let _ = t.join();
                 }
+                inner.pool.drain();
                 for root in inner.layout.v2_root.iter().chain(inner.layout.v1_root.iter()) {
                     if let Err(e) = cgroup::rmdir(root, Duration::from_millis(200)) {
                         tracing::warn!(cgroup = %root.display(), error = %e, "could not remove instance cgroup");

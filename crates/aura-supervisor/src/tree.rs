@@ -3,6 +3,7 @@
 //! `RunningTree` that waits, stops and finishes it.
 
 use crate::cgroup::{self, MemoryApi, OomCounters};
+use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::procfs::{self, ProcStat};
 use crate::{Inner, LiveUsage};
 use aura_logs::{CaptureReport, LogError};
@@ -162,6 +163,24 @@ impl TreeRef {
         }
     }
 
+    /// Hands the job cgroups to the pool: reused if `reusable` (every process known gone, no per-job
+    /// settings or sticky counters) and clean, else removed. `v1_charge`: the v1 memory charge now, if
+    /// already read.
+    pub fn release_cgroups(&self, pool: &CgroupPool, reusable: bool, v1_charge: Option<u64>) {
+        if self.v2.is_none() && self.v1.is_none() {
+            return;
+        }
+        let v1_charge = v1_charge.or_else(|| {
+            let v1 = self.v1.as_deref()?;
+            cgroup::read_u64(&v1.join("memory.usage_in_bytes"))
+        });
+        let cgroups = JobCgroups {
+            v2: self.v2.clone(),
+            v1: self.v1.clone(),
+        };
+        pool.release(cgroups, reusable, v1_charge);
+    }
+
     /// Removes the job cgroups; returns how many were removed.
     pub fn remove_dirs(&self) -> u32 {
         let mut n = 0;
@@ -222,8 +241,14 @@ pub(crate) struct TreeStats {
     /// Set (once) when the sampler finds a memory violation; the monitor waits on `violation_notify`.
     violation: Mutex<Option<MemoryViolation>>,
     violation_notify: tokio::sync::Notify,
+    /// Where the cgroup counters stood when the job got its (possibly reused) cgroups; the job's figures
+    /// are taken from there.
+    base: Baseline,
     /// Set when the tree is finished or dropped; the sampler then forgets it.
     pub done: AtomicBool,
+    /// Held by the sampler while it samples: `retire` takes it, so that no sample of this job is still
+    /// running once its cgroups may go to the next job.
+    sampling: Mutex<()>,
     mem_start: AtomicU64,
     mem_current: AtomicU64,
     mem_peak_sampled: AtomicU64,
@@ -235,7 +260,12 @@ pub(crate) struct TreeStats {
 }
 
 impl TreeStats {
-    pub fn new(tree: TreeRef, cgroup_memory: bool, memory_limit: Option<u64>) -> TreeStats {
+    pub fn new(
+        tree: TreeRef,
+        cgroup_memory: bool,
+        memory_limit: Option<u64>,
+        base: Baseline,
+    ) -> TreeStats {
         TreeStats {
             tree,
             cgroup_memory,
@@ -244,7 +274,9 @@ impl TreeStats {
             limit_hits: AtomicU64::new(0),
             violation: Mutex::new(None),
             violation_notify: tokio::sync::Notify::new(),
+            base,
             done: AtomicBool::new(false),
+            sampling: Mutex::new(()),
             mem_start: AtomicU64::new(NONE),
             mem_current: AtomicU64::new(NONE),
             mem_peak_sampled: AtomicU64::new(NONE),
@@ -278,6 +310,12 @@ impl TreeStats {
         self.oom_kills.store(c.oom_kills, Ordering::Relaxed);
         self.limit_hits.store(c.limit_hits, Ordering::Relaxed);
         Some(c)
+    }
+
+    /// Whether the job's cgroups may go back to the pool as far as memory is concerned: a limited job's
+    /// cgroup keeps its limit, and OOM counters never reset, so neither is handed to another job.
+    pub fn leaves_cgroups_reusable(&self) -> bool {
+        self.memory_limit.is_none() && self.oom_kills.load(Ordering::Relaxed) == 0
     }
 
     /// What the kernel's counters and the watchdog say about the tree's memory, once it is gone.
@@ -344,17 +382,23 @@ impl TreeStats {
         }
     }
 
-    /// The cgroup's current charge, read now: after the tree is gone, what the job left charged (page
-    /// cache of the files it wrote). Used as the end figure of jobs too short to have been sampled.
+    /// The cgroup's current charge as the kernel counts it (not relative to the baseline), read now:
+    /// after the tree is gone, what is left charged (page cache of the files the job wrote). Used for the
+    /// end figure of jobs too short to have been sampled, and to decide whether the cgroup is reused.
     pub fn read_kernel_current(&self) -> Option<u64> {
         let (dir, current, _) = self.memory_dir()?;
         cgroup::read_u64(&dir.join(current))
     }
 
-    /// The kernel high-water mark, read now.
+    /// This job's part of a charge read from the cgroup.
+    pub fn job_memory(&self, charge: u64) -> u64 {
+        charge.saturating_sub(self.base.memory)
+    }
+
+    /// The kernel high-water mark (since this job's start), read now.
     pub fn read_kernel_peak(&self) -> Option<u64> {
         let (dir, _, peak) = self.memory_dir()?;
-        let v = cgroup::read_u64(&dir.join(peak))?;
+        let v = self.job_memory(cgroup::read_u64(&dir.join(peak))?);
         self.mem_peak_kernel.store(v, Ordering::Relaxed);
         Some(v)
     }
@@ -362,14 +406,27 @@ impl TreeStats {
     /// A watch round between full samples: where the kernel enforces the limit only its OOM counters
     /// matter (two small reads); the watchdog needs the tree's RSS, i.e. a full sample.
     pub fn watch(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
-        match self.memory_dir() {
-            Some((dir, current, _)) => self.check_memory(cgroup::read_u64(&dir.join(current))),
-            None => self.sample(snap),
+        let Some((dir, current, _)) = self.memory_dir() else {
+            return self.sample(snap);
+        };
+        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.done.load(Ordering::Relaxed) {
+            self.check_memory(cgroup::read_u64(&dir.join(current)).map(|c| self.job_memory(c)));
         }
+    }
+
+    /// Stops sampling for good, waiting out a sample in progress. Blocking (briefly).
+    pub fn retire(&self) {
+        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        self.done.store(true, Ordering::Relaxed);
     }
 
     /// One sample. `snap` is a lazily taken `/proc` snapshot shared by all trees of this round.
     pub fn sample(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
+        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        if self.done.load(Ordering::Relaxed) {
+            return;
+        }
         let needs_proc = self.tree.membership_dir().is_none();
         if needs_proc && snap.is_none() {
             *snap = Some(procfs::snapshot());
@@ -392,7 +449,7 @@ impl TreeStats {
         let current = match self.memory_dir() {
             Some((dir, current, _)) => {
                 self.read_kernel_peak();
-                cgroup::read_u64(&dir.join(current))
+                cgroup::read_u64(&dir.join(current)).map(|c| self.job_memory(c))
             }
             None => Some(
                 members
@@ -413,7 +470,7 @@ impl TreeStats {
             }
         }
         let cpu = match &self.tree.v2 {
-            Some(v2) => cgroup::cpu_usec(v2),
+            Some(v2) => cgroup::cpu_usec(v2).map(|c| self.job_cpu(c)),
             None => {
                 // Live processes only: the final figure comes from wait4's rusage.
                 let tick_usec = 1_000_000 / procfs::ticks_per_second();
@@ -434,6 +491,14 @@ impl TreeStats {
             self.cpu_user_usec.store(u, Ordering::Relaxed);
             self.cpu_system_usec.store(s, Ordering::Relaxed);
         }
+    }
+
+    /// This job's part of a `cpu.stat` reading (user, system) of its v2 cgroup.
+    pub fn job_cpu(&self, (user, system): (u64, u64)) -> (u64, u64) {
+        (
+            user.saturating_sub(self.base.cpu_user_usec),
+            system.saturating_sub(self.base.cpu_system_usec),
+        )
     }
 
     pub fn live(&self) -> LiveUsage {
@@ -716,8 +781,8 @@ impl RunningTree {
 
     /// After the main process exited: kills whatever remains of the tree (nothing outlives the job's
     /// main process), waits until it is empty (bounded by `kill_wait`), reads the final accounting,
-    /// waits (at most ~1 s) for log capture to reach EOF, removes the job cgroups and returns the
-    /// accounting. If the main process is still running, the tree is SIGKILLed first.
+    /// hands the job cgroups back to the pool (reused when empty and clean, else removed), waits (at
+    /// most ~1 s) for log capture to reach EOF and returns the accounting. If the main process is still running, the tree is SIGKILLed first.
     pub async fn finish(mut self) -> Accounting {
         if self.reap_now().is_none() {
             self.blocking(|t| t.kill()).await;
@@ -725,17 +790,24 @@ impl RunningTree {
         }
         let kill_wait = self.sup.cfg.kill_wait;
         let stats = self.stats.clone();
+        let pool = self.sup.pool.clone();
         // Kill the rest, wait for empty, then read the kernel's final counters.
         let (kernel_peak, kernel_current, cpu) = self
             .blocking(move |t| {
-                t.kill_and_wait(kill_wait);
+                let empty = t.kill_and_wait(kill_wait);
+                // The final figures are read here; after this the cgroups may belong to the next job.
+                stats.retire();
                 stats.read_oom();
                 let peak = stats.read_kernel_peak();
                 let current = stats.read_kernel_current();
-                let cpu = t.v2.as_deref().and_then(cgroup::cpu_usec);
+                let cpu =
+                    t.v2.as_deref()
+                        .and_then(cgroup::cpu_usec)
+                        .map(|c| stats.job_cpu(c));
                 // In the same hop: one blocking-pool round trip per job, not two.
-                t.remove_dirs();
-                (peak, current, cpu)
+                let reusable = empty && stats.leaves_cgroups_reusable();
+                t.release_cgroups(&pool, reusable, current.filter(|_| t.v1.is_some()));
+                (peak, current.map(|c| stats.job_memory(c)), cpu)
             })
             .await
             .unwrap_or((None, None, None));
@@ -830,8 +902,11 @@ impl Drop for RunningTree {
         let reap = self.reaped.is_none();
         let logs = std::mem::take(&mut self.logs);
         let kill_wait = self.sup.cfg.kill_wait;
+        let pool = self.sup.pool.clone();
+        let stats = self.stats.clone();
         let cleanup = move || {
-            tree.kill_and_wait(kill_wait);
+            let empty = tree.kill_and_wait(kill_wait);
+            stats.retire();
             if reap {
                 reap_blocking(tree.pid, Duration::from_secs(10));
             }
@@ -839,7 +914,7 @@ impl Drop for RunningTree {
             for task in logs {
                 task.abort();
             }
-            tree.remove_dirs();
+            tree.release_cgroups(&pool, empty && stats.leaves_cgroups_reusable(), None);
         };
         drop(self.sup.runtime.spawn_blocking(cleanup));
     }

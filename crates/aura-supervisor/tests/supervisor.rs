@@ -410,6 +410,90 @@ async fn kernel_oom_kills_are_attributed_to_the_job() {
     }
 }
 
+/// Emptied job cgroups are reused, and a reused one starts clean: the next job's peak and CPU are its own,
+/// a limited job's cgroup is never handed on, and the job after it runs without a limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_cgroups_start_clean() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    for backend in [
+        BackendChoice::Hybrid,
+        BackendChoice::CgroupV1,
+        BackendChoice::CgroupV2,
+    ] {
+        let Some(s) = start("reuse", backend) else {
+            continue;
+        };
+        let run = |req: LaunchRequest| {
+            let s = s.clone();
+            async move {
+                let mut t = s.launch(req).await.unwrap();
+                let cgroups = t.handle().cgroups.clone();
+                assert_eq!(t.wait().await, ExitStatus::Code(0));
+                (cgroups, t.finish().await)
+            }
+        };
+        // `tail` holds all of a newline-free input in anonymous memory, freed at exit. Whether an emptied
+        // cgroup is clean enough to reuse depends on what the kernel still has charged per CPU, so
+        // alternate a big job and a trivial one until the trivial one gets the big one's cgroup.
+        let mut reused = None;
+        for round in 0..20 {
+            let (first, big) = run(sh(1, dir.path(), "head -c 100M /dev/zero | tail")).await;
+            assert!(
+                big.memory_peak.map_or(0, |p| p.bytes()) > 100 << 20,
+                "{backend}: {big:?}"
+            );
+            let (second, small) = run(request(2, dir.path(), "true", &[])).await;
+            if first == second {
+                eprintln!(
+                    "{backend}: round {round}: {} then {}",
+                    big.memory_line(),
+                    small.memory_line()
+                );
+                reused = Some(small);
+                break;
+            }
+        }
+        let small =
+            reused.unwrap_or_else(|| panic!("{backend}: no emptied cgroup was ever reused"));
+        let peak = small.memory_peak.map_or(0, |p| p.bytes());
+        assert!(
+            peak < 50 << 20,
+            "{backend}: the reused cgroup's peak is the new job's own: {peak}"
+        );
+        let cpu = small.cpu_user_secs.unwrap_or(0.0) + small.cpu_system_secs.unwrap_or(0.0);
+        assert!(cpu < 0.5, "{backend}: the new job's CPU only: {cpu}");
+
+        let mut limited = request(3, dir.path(), "true", &[]);
+        limited.memory_limit = Some(300 << 20);
+        let (third, _) = run(limited).await;
+        assert!(
+            third.iter().all(|d| !d.exists()),
+            "{backend}: a limited job's cgroup is removed, never handed on"
+        );
+        let mut t = s.launch(sh(4, dir.path(), "sleep 0.3")).await.unwrap();
+        if let Some(v1) = t
+            .handle()
+            .cgroups
+            .iter()
+            .find(|d| d.starts_with("/sys/fs/cgroup/memory"))
+        {
+            let limit: u64 = std::fs::read_to_string(v1.join("memory.limit_in_bytes"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(
+                limit > 1 << 40,
+                "{backend}: the next job runs without a limit: {limit}"
+            );
+        }
+        t.wait().await;
+        t.finish().await;
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_sequence_escalates_to_kill() {
     let _g = GATE.read().await;
