@@ -85,6 +85,17 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
         Some(reason) => format!("PAUSED: {reason}"),
         None => "open".to_owned(),
     };
+    let memory_guard = format!(
+        "memory {}  killed: {} over limit, {} OOM, {} for pressure",
+        if u["memory_critical"] == true {
+            "CRITICAL"
+        } else {
+            "ok"
+        },
+        u["memory_limit_kills"].as_u64().unwrap_or(0),
+        u["oom_kills"].as_u64().unwrap_or(0),
+        u["pressure_victims"].as_u64().unwrap_or(0)
+    );
     let lines = vec![
         Line::from(format!(
             "CPU {}  load {}  mem {} of {} avail  PSI mem {}",
@@ -105,7 +116,7 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
             bytes(u["reserved_memory_bytes"].as_u64()),
             bytes(u["capacity"]["memory_bytes"].as_u64())
         )),
-        Line::from(format!("admission {admission}")),
+        Line::from(format!("admission {admission}  {memory_guard}")),
     ];
     let title = format!(" aura top — {} ", state.server);
     frame.render_widget(
@@ -221,7 +232,8 @@ mod tests {
                 "pressure": {"memory": {"some": {"avg10": 0.01}}}, "gpus": null}),
             utilization: serde_json::json!({"running": 1, "queued": 3, "max_concurrent": 2,
                 "reserved_memory_bytes": 2147483648u64, "capacity": {"memory_bytes": 24_000_000_000u64},
-                "paused_reason": null}),
+                "paused_reason": null, "memory_critical": false, "memory_limit_kills": 2,
+                "oom_kills": 0, "pressure_victims": 1}),
             running: vec![job],
             error: None,
         };
@@ -240,6 +252,7 @@ mod tests {
             "no GPU",
             "1 running, 3 queued",
             "admission open",
+            "memory ok  killed: 2 over limit, 0 OOM, 1 for pressure",
             "ffmpeg -i in.mov",
             "300.0 MiB",
             "3.5s",
