@@ -149,6 +149,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         latencies.sort_by(f64::total_cmp);
 
         let submitters = 8;
+        let cpu_before = machine_cpu_ticks()?;
         let first_submit = aura_model::Timestamp::now();
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -217,6 +218,9 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         let wall = last_finish.since(first_submit).as_secs_f64();
         eprintln!("submitted {jobs} jobs in {submit_secs:.2}s");
         let daemon_cpu = thread_cpu(daemon.child.id());
+        let (busy, total) = machine_cpu_ticks()?;
+        let busy_share = (busy - cpu_before.0) as f64 / (total - cpu_before.1).max(1) as f64;
+        eprintln!("machine CPU busy during the run: {:.0} %", busy_share * 100.0);
         Ok::<_, anyhow::Error>((latencies, jobs as f64 / wall, wall, daemon_cpu))
     })?;
     drop(daemon);
@@ -238,6 +242,22 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         latencies.len()
     );
     Ok(())
+}
+
+/// (busy, total) CPU ticks of the whole machine from /proc/stat: whether a run was CPU-bound.
+fn machine_cpu_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
 }
 
 fn alive(pid: u32) -> bool {
