@@ -220,7 +220,10 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         let daemon_cpu = thread_cpu(daemon.child.id());
         let (busy, total) = machine_cpu_ticks()?;
         let busy_share = (busy - cpu_before.0) as f64 / (total - cpu_before.1).max(1) as f64;
-        eprintln!("machine CPU busy during the run: {:.0} %", busy_share * 100.0);
+        eprintln!(
+            "machine CPU busy during the run: {:.0} %",
+            busy_share * 100.0
+        );
         Ok::<_, anyhow::Error>((latencies, jobs as f64 / wall, wall, daemon_cpu))
     })?;
     drop(daemon);
