@@ -188,6 +188,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         let min_id = ids.iter().copied().min().context("no jobs")?;
         let mut last_finish = first_submit;
         let mut finished = 0usize;
+        let (mut job_wall, mut job_cpu) = (0.0, 0.0);
         let mut after = Some(JobId(min_id.0 - 1));
         loop {
             let page = client
@@ -204,6 +205,9 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
                         anyhow::bail!("job {} did not succeed: {:?}", v.job.id, f.outcome);
                     }
                     finished += 1;
+                    job_wall += f.accounting.wall_secs.unwrap_or(0.0);
+                    job_cpu += f.accounting.cpu_user_secs.unwrap_or(0.0)
+                        + f.accounting.cpu_system_secs.unwrap_or(0.0);
                     last_finish = last_finish.max(f.finished_at);
                 }
             }
@@ -223,6 +227,14 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         eprintln!(
             "machine CPU busy during the run: {:.0} %",
             busy_share * 100.0
+        );
+        // Each of the `parallel` slots runs jobs back to back: its cycle is the job's own life (spawn to
+        // reap) plus the daemon's latency between one job's exit and the next one's start.
+        eprintln!(
+            "per slot: a job every {:.2} ms, of which the job itself (spawn → reap) {:.2} ms, its CPU {:.2} ms",
+            wall * 1000.0 * parallel as f64 / jobs as f64,
+            job_wall * 1000.0 / finished.max(1) as f64,
+            job_cpu * 1000.0 / finished.max(1) as f64
         );
         Ok::<_, anyhow::Error>((latencies, jobs as f64 / wall, wall, daemon_cpu))
     })?;
