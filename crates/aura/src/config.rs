@@ -322,4 +322,51 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn memory_thresholds_take_shares_or_sizes() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "aura.toml",
+                "[guards]
+min_available_memory = \"4GiB\"
+resume_available_memory = \"5GiB\"
+                 critical_available_memory = \"10%\"
+critical_resume_available_memory = 0.15
+                 victim_cooldown = \"1m\"
+[supervisor]
+memory_watch_interval = \"20ms\"
+",
+            )?;
+            let config = Config::load(Some(Path::new("aura.toml"))).map_err(|e| e.to_string())?;
+            let g = &config.guards;
+            assert_eq!(
+                g.min_available_memory,
+                aura_engine::MemoryThreshold::Bytes(4 << 30)
+            );
+            assert_eq!(
+                g.critical_available_memory,
+                aura_engine::MemoryThreshold::Share(0.10)
+            );
+            assert_eq!(g.victim_cooldown, Duration::from_secs(60));
+            assert_eq!(
+                config.supervisor.memory_watch_interval,
+                Duration::from_millis(20)
+            );
+            jail.create_file("bad.toml", "[guards]\nmin_available_memory = \"lots\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("invalid memory threshold"), "{err}");
+            jail.create_file(
+                "zero.toml",
+                "[supervisor]\nmemory_watch_interval = \"0s\"\n",
+            )?;
+            let err = Config::load(Some(Path::new("zero.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("memory_watch_interval"), "{err}");
+            Ok(())
+        });
+    }
 }
