@@ -11,6 +11,7 @@ use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -73,128 +74,41 @@ fn launch_one(
         req.env.get("PATH").map(String::as_str),
         Some(&req.cwd),
     )?;
-    if req.create_cwd {
+    let cwd_ready = if req.create_cwd {
         // One mkdir in the common case (the parent exists); an attempt after a retry reuses the directory.
-        let created = match std::fs::create_dir(&req.cwd) {
+        match std::fs::create_dir(&req.cwd) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&req.cwd),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
-        };
-        if let Err(source) = created {
-            return Err(LaunchError::Cwd {
-                path: req.cwd.clone(),
-                source,
-            });
         }
     } else {
         match std::fs::metadata(&req.cwd) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(LaunchError::Cwd {
-                    path: req.cwd.clone(),
-                    source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
-                })
-            }
-            Err(source) => {
-                return Err(LaunchError::Cwd {
-                    path: req.cwd.clone(),
-                    source,
-                })
-            }
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
+            Err(e) => Err(e),
         }
-    }
+    };
+    cwd_ready.map_err(|source| LaunchError::Cwd {
+        path: req.cwd.clone(),
+        source,
+    })?;
 
-    // Empty job cgroups, reused where the backend allows (see `pool`), with their per-job settings applied.
-    let cgroups = match pool.acquire() {
-        Ok(c) => c,
-        Err((path, source)) => return Err(LaunchError::Cgroup { path, source }),
-    };
-    let (v2, v1) = match &cgroups {
-        Some(c) => (c.v2.clone(), c.v1.clone()),
-        None => (None, None),
-    };
-    // A failed start is rare: remove its cgroups rather than judge what the failed child left in them.
-    let discard = |cgroups: Option<JobCgroups>| {
-        if let Some(c) = cgroups {
-            c.remove();
-        }
-    };
-    let baseline = match cgroups.as_ref().map(JobCgroups::prepare).transpose() {
-        Ok(b) => b.unwrap_or_default(),
-        Err(source) => {
-            let path = cgroups
-                .as_ref()
-                .and_then(|c| c.dirs().next().cloned())
-                .unwrap_or_default();
-            discard(cgroups);
-            return Err(LaunchError::Cgroup { path, source });
-        }
-    };
-    // Open every job cgroup's cgroup.procs before forking (O_CLOEXEC, std's default): the child joins
-    // its cgroups by writing "0" before exec, so no fork of the job can ever happen outside them.
-    let opened = cgroups
-        .iter()
-        .flat_map(JobCgroups::dirs)
-        .map(|dir| {
-            OpenOptions::new()
-                .write(true)
-                .open(dir.join("cgroup.procs"))
-                .map_err(|source| (dir.clone(), source))
-        })
-        .collect::<Result<Vec<_>, _>>();
-    let procs_files = match opened {
-        Ok(files) => files,
-        Err((path, source)) => {
-            discard(cgroups);
-            return Err(LaunchError::Cgroup { path, source });
-        }
-    };
-    // The limit is in place before the job exists: it cannot allocate a byte beyond it. Cgroups of limited
-    // jobs never go back to the pool, so an acquired one never carries an earlier job's limit.
-    if let Some(limit) = req.memory_limit {
-        let memory_cgroup = match (&v1, &v2) {
-            (Some(v1), _) => Some((v1, cgroup::MemoryApi::V1)),
-            (None, Some(v2)) if layout.has_cgroup_memory() => Some((v2, cgroup::MemoryApi::V2)),
-            // No memory cgroup: the sampler's watchdog enforces it.
-            _ => None,
-        };
-        if let Some((dir, api)) = memory_cgroup {
-            if let Err(source) = cgroup::set_memory_limit(dir, api, limit) {
-                let path = dir.clone();
-                drop(procs_files);
-                discard(cgroups);
-                return Err(LaunchError::Cgroup { path, source });
-            }
-        }
-    }
-    let plan_and_pipes = prepare(req, &program, &procs_files, oom_score_adj);
-    let (plan, [stdout, stderr], _stdio_ends) = match plan_and_pipes {
-        Ok(p) => p,
-        Err(source) => {
-            drop(procs_files);
-            discard(cgroups);
-            return Err(LaunchError::Spawn {
+    let (staged, baseline) = StagedCgroups::acquire(layout, pool, req.memory_limit)?;
+    let (plan, [stdout, stderr], _stdio_ends) =
+        prepare(req, &program, &staged.procs, oom_score_adj).map_err(|source| {
+            LaunchError::Spawn {
                 program: req.program.clone(),
                 source,
-            });
-        }
-    };
+            }
+        })?;
     let started = Instant::now();
-    let pid = match spawn::spawn(&plan) {
-        Ok(pid) => pid,
-        Err(source) => {
-            drop(procs_files);
-            discard(cgroups);
-            return Err(LaunchError::Spawn {
-                program: req.program.clone(),
-                source,
-            });
-        }
-    };
-    // `_stdio_ends` (our copies of the child's stdin and pipe write ends) and the cgroup.procs files close
-    // here, so the capture sees EOF once the job's own copies are closed.
-    drop(procs_files);
-
+    let pid = spawn::spawn(&plan).map_err(|source| LaunchError::Spawn {
+        program: req.program.clone(),
+        source,
+    })?;
+    // `_stdio_ends` (our copies of the child's stdin and pipe write ends) close at the end of this
+    // function, so the capture sees EOF once the job's own copies are closed.
+    let (v2, v1) = staged.started();
     // The child is not reaped yet (only we reap it), so its pid and /proc entry are pinned.
     let pidfd = rustix::process::Pid::from_raw(pid)
         .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
@@ -218,6 +132,81 @@ fn launch_one(
         baseline,
         started,
     })
+}
+
+/// A job's cgroups while its start is being prepared: empty, reused where the backend allows (see `pool`),
+/// with the job's settings applied and every `cgroup.procs` open. Dropped before the job started (any
+/// error on the way), it removes them rather than judge what a failed child left in them.
+struct StagedCgroups {
+    /// Opened before forking (O_CLOEXEC, std's default): the child joins its cgroups by writing "0"
+    /// before exec, so no fork of the job can ever happen outside them. Declared first: closed before
+    /// the directories go.
+    procs: Vec<std::fs::File>,
+    cgroups: Option<JobCgroups>,
+}
+
+impl StagedCgroups {
+    fn acquire(
+        layout: &Layout,
+        pool: &CgroupPool,
+        memory_limit: Option<u64>,
+    ) -> Result<(StagedCgroups, Baseline), LaunchError> {
+        let cgroups = pool
+            .acquire()
+            .map_err(|(path, source)| LaunchError::Cgroup { path, source })?;
+        let mut staged = StagedCgroups {
+            procs: Vec::new(),
+            cgroups,
+        };
+        let Some(c) = &staged.cgroups else {
+            return Ok((staged, Baseline::default()));
+        };
+        let failed = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| LaunchError::Cgroup { path, source }
+        };
+        let first = c.dirs().next().cloned().unwrap_or_default();
+        let baseline = c.prepare().map_err(failed(&first))?;
+        for dir in c.dirs() {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.procs"))
+                .map_err(failed(dir))?;
+            staged.procs.push(file);
+        }
+        // The limit is in place before the job exists: it cannot allocate a byte beyond it. Cgroups of
+        // limited jobs never go back to the pool, so an acquired one never carries an earlier job's limit.
+        if let Some(limit) = memory_limit {
+            let memory_cgroup = match (&c.v1, &c.v2) {
+                (Some(v1), _) => Some((v1, cgroup::MemoryApi::V1)),
+                (None, Some(v2)) if layout.has_cgroup_memory() => Some((v2, cgroup::MemoryApi::V2)),
+                // No memory cgroup: the sampler's watchdog enforces it.
+                _ => None,
+            };
+            if let Some((dir, api)) = memory_cgroup {
+                cgroup::set_memory_limit(dir, api, limit).map_err(failed(dir))?;
+            }
+        }
+        Ok((staged, baseline))
+    }
+
+    /// The job is inside: close the `cgroup.procs` files and hand over the directories (v2, v1).
+    fn started(mut self) -> (Option<PathBuf>, Option<PathBuf>) {
+        self.procs.clear();
+        match self.cgroups.take() {
+            Some(c) => (c.v2.clone(), c.v1.clone()),
+            None => (None, None),
+        }
+    }
+}
+
+impl Drop for StagedCgroups {
+    fn drop(&mut self) {
+        self.procs.clear();
+        if let Some(c) = self.cgroups.take() {
+            c.remove();
+        }
+    }
 }
 
 /// The child's side of the job's stdio, closed in the parent once the child has them.

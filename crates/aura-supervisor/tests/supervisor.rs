@@ -61,6 +61,33 @@ fn sh(job: i64, dir: &Path, script: &str) -> LaunchRequest {
     request(job, dir, "sh", &["-c", script])
 }
 
+/// Whether the memory hog is installed (`cargo xtask test` installs it); says so when it is not.
+fn have_stress_ng() -> bool {
+    let found = resolve_program("stress-ng", None, None).is_ok();
+    if !found {
+        eprintln!("skipping: stress-ng is not installed (cargo xtask test installs it)");
+    }
+    found
+}
+
+/// A job that allocates and touches `bytes` (e.g. "300M") and keeps it for up to `timeout`.
+fn vm_hog(job: i64, dir: &Path, bytes: &str, timeout: &str) -> LaunchRequest {
+    request(
+        job,
+        dir,
+        "stress-ng",
+        &[
+            "--vm",
+            "1",
+            "--vm-bytes",
+            bytes,
+            "--vm-keep",
+            "--timeout",
+            timeout,
+        ],
+    )
+}
+
 /// `(state, ppid, pgrp, start_ticks)` from /proc/PID/stat.
 fn proc_stat(pid: i32) -> Option<(u8, i32, i32, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -237,34 +264,14 @@ async fn exit_codes_and_signals() {
 async fn memory_peak_is_recorded() {
     let _g = GATE.read().await;
     let dir = tempfile::tempdir().unwrap();
-    let use_stress = resolve_program("stress-ng", None, None).is_ok();
+    if !have_stress_ng() {
+        return;
+    }
     for backend in BACKENDS {
         let Some(s) = start("mem", backend) else {
             continue;
         };
-        let req = if use_stress {
-            request(
-                1,
-                dir.path(),
-                "stress-ng",
-                &[
-                    "--vm",
-                    "1",
-                    "--vm-bytes",
-                    "300M",
-                    "--vm-keep",
-                    "--timeout",
-                    "3s",
-                ],
-            )
-        } else {
-            request(
-                1,
-                dir.path(),
-                "python3",
-                &["-c", "b=bytearray(300<<20); import time; time.sleep(2)"],
-            )
-        };
+        let req = vm_hog(1, dir.path(), "300M", "3s");
         let mut t = s.launch(req).await.unwrap();
         let status = t.wait().await;
         let acc = t.finish().await;
@@ -294,8 +301,7 @@ async fn memory_peak_is_recorded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_limit_kills_the_tree_and_spares_the_others() {
     let _g = GATE.read().await;
-    if resolve_program("stress-ng", None, None).is_err() {
-        eprintln!("skipping: stress-ng is not installed (cargo xtask test installs it)");
+    if !have_stress_ng() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -305,20 +311,7 @@ async fn memory_limit_kills_the_tree_and_spares_the_others() {
             continue;
         };
         let mut bystander = s.launch(sh(2, dir.path(), "sleep 2")).await.unwrap();
-        let mut req = request(
-            1,
-            dir.path(),
-            "stress-ng",
-            &[
-                "--vm",
-                "1",
-                "--vm-bytes",
-                "1G",
-                "--vm-keep",
-                "--timeout",
-                "60s",
-            ],
-        );
+        let mut req = vm_hog(1, dir.path(), "1G", "60s");
         req.memory_limit = Some(limit);
         let mut hog = s.launch(req).await.unwrap();
         let violation =
@@ -360,8 +353,7 @@ async fn memory_limit_kills_the_tree_and_spares_the_others() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kernel_oom_kills_are_attributed_to_the_job() {
     let _g = GATE.read().await;
-    if resolve_program("stress-ng", None, None).is_err() {
-        eprintln!("skipping: stress-ng is not installed (cargo xtask test installs it)");
+    if !have_stress_ng() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -369,23 +361,7 @@ async fn kernel_oom_kills_are_attributed_to_the_job() {
         let Some(s) = start("oom", backend) else {
             continue;
         };
-        let mut t = s
-            .launch(request(
-                1,
-                dir.path(),
-                "stress-ng",
-                &[
-                    "--vm",
-                    "1",
-                    "--vm-bytes",
-                    "1G",
-                    "--vm-keep",
-                    "--timeout",
-                    "60s",
-                ],
-            ))
-            .await
-            .unwrap();
+        let mut t = s.launch(vm_hog(1, dir.path(), "1G", "60s")).await.unwrap();
         // The v1 memory cgroup's parent is the instance root: the "host" of this test.
         let job_v1 = t.handle().cgroups.last().expect("v1 cgroup").clone();
         let root_limit = job_v1.parent().unwrap().join("memory.limit_in_bytes");
