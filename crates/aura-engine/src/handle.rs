@@ -181,7 +181,7 @@ impl EngineHandle {
         let job = self
             .shared
             .store
-            .insert_job_with_request(spec, Timestamp::now(), Some(memory_request))
+            .insert_job(spec, Timestamp::now(), Some(memory_request))
             .await?;
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
         self.tx
@@ -305,7 +305,7 @@ impl EngineHandle {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             unhealthy.push("shutting down".to_owned());
         }
-        if let Err(e) = self.shared.store.count_by_state().await {
+        if let Err(e) = self.shared.store.ping().await {
             unhealthy.push(format!("store unreachable: {e}"));
         }
         if let Some(reason) = self.shared.paused_reason() {

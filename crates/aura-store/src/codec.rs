@@ -12,21 +12,28 @@ use rusqlite::Row;
 pub(crate) const JOB_COLUMNS: &str =
     "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops";
 
-/// A job's row, ready to bind.
+/// What changes over a job's life, ready to bind: every `record` writes exactly this.
 #[derive(Debug)]
-pub(crate) struct JobRow {
+pub(crate) struct StateRow {
     pub state: &'static str,
-    pub priority: i64,
-    pub submitted_at_ms: i64,
     pub updated_at_ms: i64,
     pub attempt: i64,
     pub failures: i64,
-    pub kind: Option<String>,
     pub outcome: Option<&'static str>,
-    pub spec: String,
     pub state_data: String,
     pub memory_request: Option<String>,
     pub pressure_stops: i64,
+}
+
+/// A new job's row: what never changes after submit (so it is encoded and written once), and its first
+/// state.
+#[derive(Debug)]
+pub(crate) struct JobRow {
+    pub priority: i64,
+    pub submitted_at_ms: i64,
+    pub kind: Option<String>,
+    pub spec: String,
+    pub state: StateRow,
 }
 
 /// An event row, ready to bind; the job id and attempt come from the command it travels with.
@@ -41,47 +48,34 @@ fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String,
     serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
 
-pub(crate) fn encode_parts(
-    spec: &JobSpec,
-    state: &JobState,
-    submitted_at: Timestamp,
-    attempt: u32,
-    failures: u32,
-    pressure_stops: u32,
-    memory_request: Option<&MemoryRequest>,
-) -> Result<JobRow, StoreError> {
-    let outcome = match state {
-        JobState::Finished(f) => Some(f.outcome.name()),
-        _ => None,
-    };
-    Ok(JobRow {
-        state: state.name().as_str(),
-        priority: i64::from(spec.priority),
-        submitted_at_ms: submitted_at.unix_millis(),
+/// The changing part of a job's row.
+pub(crate) fn encode_state(job: &Job) -> Result<StateRow, StoreError> {
+    let outcome = job.outcome().map(|o| o.name());
+    Ok(StateRow {
+        state: job.state.name().as_str(),
         updated_at_ms: Timestamp::now().unix_millis(),
-        attempt: i64::from(attempt),
-        failures: i64::from(failures),
-        kind: spec.kind().map(str::to_owned),
+        attempt: i64::from(job.attempt),
+        failures: i64::from(job.failures),
         outcome,
-        spec: to_json("job spec", spec)?,
-        state_data: to_json("job state", state)?,
-        memory_request: memory_request
+        state_data: to_json("job state", &job.state)?,
+        memory_request: job
+            .memory_request
+            .as_ref()
             .map(|m| to_json("memory request", m))
             .transpose()?,
-        pressure_stops: i64::from(pressure_stops),
+        pressure_stops: i64::from(job.pressure_stops),
     })
 }
 
-pub(crate) fn encode_job(job: &Job) -> Result<JobRow, StoreError> {
-    encode_parts(
-        &job.spec,
-        &job.state,
-        job.submitted_at,
-        job.attempt,
-        job.failures,
-        job.pressure_stops,
-        job.memory_request.as_ref(),
-    )
+/// A whole row, for the insert.
+pub(crate) fn encode_new(job: &Job) -> Result<JobRow, StoreError> {
+    Ok(JobRow {
+        priority: i64::from(job.spec.priority),
+        submitted_at_ms: job.submitted_at.unix_millis(),
+        kind: job.spec.kind().map(str::to_owned),
+        spec: to_json("job spec", &job.spec)?,
+        state: encode_state(job)?,
+    })
 }
 
 pub(crate) fn encode_event(event: &NewEvent) -> Result<EventRow, StoreError> {

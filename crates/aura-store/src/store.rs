@@ -1,14 +1,14 @@
 //! `Store`: the async handle the engine and the HTTP server use. It turns calls into writer commands or
 //! pooled reads and owns the writer thread's lifetime.
 
-use crate::codec::{encode_event, encode_job, encode_parts};
-use crate::error::StoreError;
+use crate::codec::{encode_event, encode_new, encode_state};
+use crate::error::{Context as _, StoreError};
 use crate::reader::{self, ReadPool};
 use crate::schema::{migrate, open_connection};
 use crate::writer::{Command, Counters, Write, Writer};
 use aura_model::{
-    EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent,
-    StateName, Timestamp,
+    EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, MemoryRequest, NewEvent, StateName,
+    Timestamp,
 };
 use std::future::Future;
 use std::path::Path;
@@ -179,37 +179,22 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Assigns the next id, stores the job as queued and appends a `submitted` event; resolves once
-    /// committed, with the job as stored.
+    /// Assigns the next id, stores the job as queued with the memory request admission settled for it
+    /// (stated, learned or default; so the record shows the figure and its source from the start), and
+    /// appends a `submitted` event; resolves once committed, with the job as stored.
     pub async fn insert_job(
-        &self,
-        spec: JobSpec,
-        submitted_at: Timestamp,
-    ) -> Result<Job, StoreError> {
-        self.insert_job_with_request(spec, submitted_at, None).await
-    }
-
-    /// `insert_job` for a job whose memory request admission has already settled (stated, learned or
-    /// default), so that the record shows the figure and its source from the start.
-    pub async fn insert_job_with_request(
         &self,
         spec: JobSpec,
         submitted_at: Timestamp,
         memory_request: Option<MemoryRequest>,
     ) -> Result<Job, StoreError> {
-        let state = JobState::Queued {
-            since: submitted_at,
+        let mut job = Job {
+            memory_request,
+            ..Job::new(JobId(0), spec, submitted_at)
         };
-        let job = encode_parts(
-            &spec,
-            &state,
-            submitted_at,
-            1,
-            0,
-            0,
-            memory_request.as_ref(),
-        )?;
-        let detail = serde_json::json!({ "program": spec.program, "priority": spec.priority });
+        let row = encode_new(&job)?;
+        let detail =
+            serde_json::json!({ "program": job.spec.program, "priority": job.spec.priority });
         let event = encode_event(&NewEvent {
             at: submitted_at,
             kind: "submitted".into(),
@@ -217,16 +202,13 @@ impl Store {
         })?;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Write(Box::new(Write::Insert {
-            job,
+            job: row,
             event,
             reply,
         })))
         .await?;
-        let id = answer.await.unwrap_or(Err(StoreError::Closed))?;
-        Ok(Job {
-            memory_request,
-            ..Job::new(id, spec, submitted_at)
-        })
+        job.id = answer.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(job)
     }
 
     /// Writes the job's row and appends `events` (stamped with `job.attempt`) atomically; resolves once
@@ -242,7 +224,7 @@ impl Store {
         job: &Job,
         events: Vec<NewEvent>,
     ) -> Result<Pending, StoreError> {
-        let row = encode_job(job)?;
+        let row = encode_state(job)?;
         let events = events
             .iter()
             .map(encode_event)
@@ -321,6 +303,16 @@ impl Store {
         let kind = kind.to_owned();
         self.read(move |conn| reader::memory_peaks(conn, &kind, limit))
             .await
+    }
+
+    /// Whether a read connection answers: one trivial query, for readiness probes (a count would scan
+    /// the whole table on every probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .context("pinging the job database")
+        })
+        .await
     }
 
     /// Every state with its number of jobs, zeros included.

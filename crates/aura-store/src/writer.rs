@@ -2,7 +2,7 @@
 //! everything waiting is applied in one transaction, each write inside its own savepoint so that one
 //! failing write never takes the others of its batch down with it.
 
-use crate::codec::{EventRow, JobRow};
+use crate::codec::{EventRow, JobRow, StateRow};
 use crate::error::{Context, StoreError};
 use aura_model::JobId;
 use rusqlite::{params, params_from_iter, Connection, ToSql, Transaction, TransactionBehavior};
@@ -26,7 +26,7 @@ pub(crate) enum Write {
     },
     Record {
         id: JobId,
-        job: JobRow,
+        job: StateRow,
         events: Vec<EventRow>,
         reply: Reply<()>,
     },
@@ -136,14 +136,18 @@ impl Write {
         match self {
             Write::Insert { job, event, .. } => {
                 conn.prepare_cached(
-                    "INSERT INTO jobs (state, priority, submitted_at_ms, updated_at_ms, attempt, failures, kind, \
-                     outcome, spec, state_data, memory_request, pressure_stops) \
+                    "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, state, updated_at_ms, attempt, \
+                     failures, outcome, state_data, memory_request, pressure_stops) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
-                .and_then(|mut stmt| stmt.execute(params_from_iter(job_columns(job))))
+                .and_then(|mut stmt| {
+                    let fixed: [&dyn ToSql; 4] =
+                        [&job.priority, &job.submitted_at_ms, &job.kind, &job.spec];
+                    stmt.execute(params_from_iter(fixed.into_iter().chain(state_columns(&job.state))))
+                })
                 .context("inserting a job")?;
                 let id = JobId(conn.last_insert_rowid());
-                insert_event(conn, id, job.attempt, event)?;
+                insert_event(conn, id, job.state.attempt, event)?;
                 Ok(id)
             }
             Write::Record {
@@ -151,13 +155,12 @@ impl Write {
             } => {
                 let changed = conn
                     .prepare_cached(
-                        "UPDATE jobs SET state = ?2, priority = ?3, submitted_at_ms = ?4, updated_at_ms = ?5, \
-                         attempt = ?6, failures = ?7, kind = ?8, outcome = ?9, spec = ?10, state_data = ?11, \
-                         memory_request = ?12, pressure_stops = ?13 WHERE id = ?1",
+                        "UPDATE jobs SET state = ?2, updated_at_ms = ?3, attempt = ?4, failures = ?5, \
+                         outcome = ?6, state_data = ?7, memory_request = ?8, pressure_stops = ?9 WHERE id = ?1",
                     )
                     .and_then(|mut stmt| {
                         let id: &dyn ToSql = &id.0;
-                        stmt.execute(params_from_iter(std::iter::once(id).chain(job_columns(job))))
+                        stmt.execute(params_from_iter(std::iter::once(id).chain(state_columns(job))))
                     })
                     .context("updating a job")?;
                 if changed == 0 {
@@ -214,20 +217,17 @@ fn insert_event(
     Ok(())
 }
 
-/// A job row's values in the column order of both the INSERT and the UPDATE, so the two cannot drift apart.
-fn job_columns(job: &JobRow) -> [&dyn ToSql; 12] {
+/// The changing columns in the order of both the INSERT (after the fixed ones) and the UPDATE, so the two
+/// cannot drift apart.
+fn state_columns(row: &StateRow) -> [&dyn ToSql; 8] {
     [
-        &job.state,
-        &job.priority,
-        &job.submitted_at_ms,
-        &job.updated_at_ms,
-        &job.attempt,
-        &job.failures,
-        &job.kind,
-        &job.outcome,
-        &job.spec,
-        &job.state_data,
-        &job.memory_request,
-        &job.pressure_stops,
+        &row.state,
+        &row.updated_at_ms,
+        &row.attempt,
+        &row.failures,
+        &row.outcome,
+        &row.state_data,
+        &row.memory_request,
+        &row.pressure_stops,
     ]
 }

@@ -96,7 +96,7 @@ async fn insert_then_get_round_trips() {
     let store = open(&db(&dir)).await;
     let mut last = JobId(0);
     for n in 0..5 {
-        let job = store.insert_job(spec(n), at(n as i64)).await.unwrap();
+        let job = store.insert_job(spec(n), at(n as i64), None).await.unwrap();
         assert!(
             job.id > last,
             "ids must increase: {:?} after {:?}",
@@ -123,7 +123,7 @@ async fn insert_then_get_round_trips() {
 async fn recorded_transitions_read_back_equal() {
     let dir = TempDir::new().unwrap();
     let store = open(&db(&dir)).await;
-    let mut job = store.insert_job(spec(1), at(0)).await.unwrap();
+    let mut job = store.insert_job(spec(1), at(0), None).await.unwrap();
 
     job.apply(Event::Started { run: run_info(10) }).unwrap();
     store
@@ -210,7 +210,7 @@ async fn recorded_transitions_read_back_equal() {
 async fn populate(store: &Store, n: usize) -> Vec<Job> {
     let mut jobs = Vec::new();
     for i in 0..n {
-        let mut job = store.insert_job(spec(i), at(i as i64)).await.unwrap();
+        let mut job = store.insert_job(spec(i), at(i as i64), None).await.unwrap();
         let step = job.id.0 % 4;
         if step >= 1 {
             job.apply(Event::Started { run: run_info(1) }).unwrap();
@@ -350,7 +350,7 @@ async fn list_limit_is_capped_at_1000() {
     let handles: Vec<_> = (0..1005)
         .map(|n| {
             let store = store.clone();
-            tokio::spawn(async move { store.insert_job(spec(n), at(0)).await })
+            tokio::spawn(async move { store.insert_job(spec(n), at(0), None).await })
         })
         .collect();
     for handle in handles {
@@ -373,7 +373,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     let dir = TempDir::new().unwrap();
     let path = db(&dir);
     let store = open(&path).await;
-    let mut job = store.insert_job(spec(3), at(0)).await.unwrap();
+    let mut job = store.insert_job(spec(3), at(0), None).await.unwrap();
     job.apply(Event::Started { run: run_info(5) }).unwrap();
     store.record(&job, vec![event("started", 5)]).await.unwrap();
     let events = store.events(job.id).await.unwrap();
@@ -381,7 +381,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     store.close().await.unwrap();
     assert!(matches!(store.get(job.id).await, Err(StoreError::Closed)));
     assert!(matches!(
-        store.insert_job(spec(0), at(0)).await,
+        store.insert_job(spec(0), at(0), None).await,
         Err(StoreError::Closed)
     ));
     assert!(matches!(
@@ -401,7 +401,11 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
     assert_eq!(version, 3);
-    let next = open(&path).await.insert_job(spec(0), at(0)).await.unwrap();
+    let next = open(&path)
+        .await
+        .insert_job(spec(0), at(0), None)
+        .await
+        .unwrap();
     assert!(next.id > job.id, "ids keep increasing after a reopen");
 }
 
@@ -410,7 +414,7 @@ async fn dropping_every_handle_still_flushes_queued_writes() {
     let dir = TempDir::new().unwrap();
     let path = db(&dir);
     let store = open(&path).await;
-    let mut job = store.insert_job(spec(0), at(0)).await.unwrap();
+    let mut job = store.insert_job(spec(0), at(0), None).await.unwrap();
     job.apply(Event::Started { run: run_info(1) }).unwrap();
     let pending = store
         .record_queued(&job, vec![event("started", 1)])
@@ -437,7 +441,7 @@ async fn concurrent_inserts_are_group_committed() {
                 for i in 0..40 {
                     ids.push(
                         store
-                            .insert_job(spec(t * 40 + i), at(i as i64))
+                            .insert_job(spec(t * 40 + i), at(i as i64), None)
                             .await
                             .unwrap()
                             .id,
@@ -480,7 +484,7 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
     .unwrap();
     let mut jobs = Vec::new();
     for n in 0..50 {
-        jobs.push(store.insert_job(spec(n), at(0)).await.unwrap());
+        jobs.push(store.insert_job(spec(n), at(0), None).await.unwrap());
     }
 
     let mut ghost = jobs[0].clone();
@@ -613,7 +617,7 @@ async fn undecodable_rows_are_reported_as_corrupt() {
     let dir = TempDir::new().unwrap();
     let path = db(&dir);
     let store = open(&path).await;
-    let job = store.insert_job(spec(0), at(0)).await.unwrap();
+    let job = store.insert_job(spec(0), at(0), None).await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
         "UPDATE jobs SET spec = '{\"program\": 3}' WHERE id = ?1",
@@ -668,7 +672,7 @@ async fn memory_peaks_come_from_successful_jobs_of_the_kind_newest_first() {
             source: aura_model::RequestSource::Default,
         };
         let mut job = store
-            .insert_job_with_request(s, at(0), Some(request.clone()))
+            .insert_job(s, at(0), Some(request.clone()))
             .await
             .unwrap();
         assert_eq!(job.memory_request.as_ref(), Some(&request));
@@ -708,7 +712,7 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     let rest = store.engine_events(all[1].seq, 2).await.unwrap();
     assert_eq!(rest, all[2..4].to_vec(), "pages after a sequence number");
 
-    let mut job = store.insert_job(spec(1), at(0)).await.unwrap();
+    let mut job = store.insert_job(spec(1), at(0), None).await.unwrap();
     job.pressure_stops = 2;
     store.record(&job, vec![]).await.unwrap();
     assert_eq!(store.get(job.id).await.unwrap().unwrap().pressure_stops, 2);
