@@ -196,6 +196,80 @@ pub struct ResourceRequest {
     pub providers: std::collections::BTreeSet<String>,
 }
 
+impl ResourceRequest {
+    /// What holds for any request, a job's or a lease's: figures in range, known-good provider names, GPU
+    /// figures only with GPUs.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        use limits::*;
+        if self.memory == Some(ByteSize(0)) {
+            return Err(SpecError::OutOfRange {
+                what: "memory",
+                detail: "must be greater than zero".into(),
+            });
+        }
+        if let Some(max) = self.memory_max {
+            if max.bytes() < MIN_MEMORY_LIMIT {
+                return Err(SpecError::OutOfRange {
+                    what: "memory_max",
+                    detail: "must be at least 1 MiB".into(),
+                });
+            }
+            if self.memory.is_some_and(|m| m > max) {
+                return Err(SpecError::OutOfRange {
+                    what: "memory_max",
+                    detail: "must be at least the memory request".into(),
+                });
+            }
+        }
+        if let Some(cpu) = self.cpu {
+            if !(cpu.is_finite() && cpu > 0.0 && cpu <= MAX_CPU) {
+                return Err(SpecError::OutOfRange {
+                    what: "cpu",
+                    detail: format!("must be in (0, {MAX_CPU}]"),
+                });
+            }
+        }
+        if self.providers.len() > MAX_LABELS {
+            return Err(SpecError::TooMany {
+                what: "providers",
+                max: MAX_LABELS,
+            });
+        }
+        if let Some(p) = self.providers.iter().find(|p| !valid_name(p, &[])) {
+            return Err(SpecError::InvalidProvider(p.clone()));
+        }
+        let no_gpus = self.gpus.unwrap_or(0) == 0;
+        for (what, stated) in [
+            ("encoder_sessions", self.encoder_sessions.is_some()),
+            ("vram", self.vram.is_some()),
+        ] {
+            if stated && no_gpus {
+                return Err(SpecError::OutOfRange {
+                    what,
+                    detail: "needs gpus of at least 1".into(),
+                });
+            }
+        }
+        if self.gpus.is_some_and(|g| g > MAX_GPUS) {
+            return Err(SpecError::OutOfRange {
+                what: "gpus",
+                detail: format!("at most {MAX_GPUS}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A name (label key, provider): letters, digits, `_ - .` and the `extra` characters, at most
+/// `MAX_LABEL_BYTES`.
+fn valid_name(name: &str, extra: &[char]) -> bool {
+    !name.is_empty()
+        && name.len() <= limits::MAX_LABEL_BYTES
+        && name.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') || extra.contains(&c)
+        })
+}
+
 /// A job as submitted. Program and argument vector, never a shell string.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -337,10 +411,7 @@ impl JobSpec {
             });
         }
         for (k, v) in &self.labels {
-            let valid_key = !k.is_empty()
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
-            if !valid_key || k.len() > MAX_LABEL_BYTES {
+            if !valid_name(k, &['/']) {
                 return Err(SpecError::InvalidLabel(k.clone()));
             }
             check_text(&format!("label {k}"), v, MAX_LABEL_BYTES)?;
@@ -357,74 +428,15 @@ impl JobSpec {
                 detail: format!("at most {MAX_RETRIES}"),
             });
         }
+        self.resources.validate()?;
         let r = &self.resources;
-        if r.memory == Some(ByteSize(0)) {
-            return Err(SpecError::OutOfRange {
-                what: "memory",
-                detail: "must be greater than zero".into(),
-            });
-        }
-        if let Some(max) = r.memory_max {
-            if max.bytes() < limits::MIN_MEMORY_LIMIT {
-                return Err(SpecError::OutOfRange {
-                    what: "memory_max",
-                    detail: "must be at least 1 MiB".into(),
-                });
-            }
-            if r.memory.is_some_and(|m| m > max) {
-                return Err(SpecError::OutOfRange {
-                    what: "memory_max",
-                    detail: "must be at least the memory request".into(),
-                });
-            }
-        } else if r
-            .memory
-            .is_some_and(|m| m.bytes() < limits::MIN_MEMORY_LIMIT)
+        if r.memory_max.is_none()
+            && r.memory
+                .is_some_and(|m| m.bytes() < limits::MIN_MEMORY_LIMIT)
         {
             return Err(SpecError::OutOfRange {
                 what: "memory",
                 detail: "a stated memory request is also the job's limit: at least 1 MiB".into(),
-            });
-        }
-        if let Some(cpu) = r.cpu {
-            if !(cpu.is_finite() && cpu > 0.0 && cpu <= MAX_CPU) {
-                return Err(SpecError::OutOfRange {
-                    what: "cpu",
-                    detail: format!("must be in (0, {MAX_CPU}]"),
-                });
-            }
-        }
-        if r.providers.len() > MAX_LABELS {
-            return Err(SpecError::TooMany {
-                what: "providers",
-                max: MAX_LABELS,
-            });
-        }
-        for p in &r.providers {
-            let valid = !p.is_empty()
-                && p.len() <= MAX_LABEL_BYTES
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-            if !valid {
-                return Err(SpecError::InvalidProvider(p.clone()));
-            }
-        }
-        if r.encoder_sessions.is_some() && r.gpus.unwrap_or(0) == 0 {
-            return Err(SpecError::OutOfRange {
-                what: "encoder_sessions",
-                detail: "needs gpus of at least 1".into(),
-            });
-        }
-        if r.vram.is_some() && r.gpus.unwrap_or(0) == 0 {
-            return Err(SpecError::OutOfRange {
-                what: "vram",
-                detail: "needs gpus of at least 1".into(),
-            });
-        }
-        if r.gpus.is_some_and(|g| g > MAX_GPUS) {
-            return Err(SpecError::OutOfRange {
-                what: "gpus",
-                detail: format!("at most {MAX_GPUS}"),
             });
         }
         Ok(())
@@ -670,6 +682,41 @@ mod tests {
     }
 
     #[test]
+    fn leases_share_the_resource_rules_but_have_no_limit() {
+        let lease = |edit: &dyn Fn(&mut ResourceRequest)| {
+            let mut resources = ResourceRequest::default();
+            edit(&mut resources);
+            LeaseSpec {
+                resources,
+                ttl: Duration::from_secs(30),
+                holder: None,
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            lease(&|r| r.memory = Some(ByteSize(1000))),
+            Ok(()),
+            "a lease only reserves"
+        );
+        assert_eq!(
+            lease(&|r| r.memory_max = Some(ByteSize(1 << 30))),
+            Err(
+                "memory_max out of range: a lease holds what it states; it has no process to limit"
+                    .into()
+            )
+        );
+        assert_eq!(
+            lease(&|r| _ = r.providers.insert("bad name".into())),
+            Err("invalid provider name \"bad name\" (letters, digits, _ - . only)".into())
+        );
+        assert_eq!(
+            lease(&|r| r.vram = Some(ByteSize(1 << 30))),
+            Err("vram out of range: needs gpus of at least 1".into())
+        );
+    }
+
+    #[test]
     fn the_limit_is_memory_max_else_a_stated_request() {
         let mut s = spec();
         assert_eq!(s.memory_limit(), None);
@@ -788,8 +835,12 @@ impl LeaseSpec {
         if let Some(holder) = &self.holder {
             check_text("holder", holder, limits::MAX_LABEL_BYTES)?;
         }
-        let mut probe = JobSpec::new("lease", Vec::<String>::new());
-        probe.resources = self.resources.clone();
-        probe.validate()
+        if self.resources.memory_max.is_some() {
+            return Err(SpecError::OutOfRange {
+                what: "memory_max",
+                detail: "a lease holds what it states; it has no process to limit".into(),
+            });
+        }
+        self.resources.validate()
     }
 }

@@ -472,9 +472,10 @@ impl Job {
 /// The outcome the memory counters decide, if they decide one: over the hard limit, or hit by the
 /// kernel's OOM killer (unless the main process still succeeded, e.g. a wrapper that survived a child).
 fn memory_outcome(exit: ExitStatus, accounting: &Accounting) -> Option<Outcome> {
-    if accounting.memory_limit_exceeded {
+    // Only the supervisor sets `memory_limit_exceeded`, always with the limit it enforced.
+    if let (true, Some(limit)) = (accounting.memory_limit_exceeded, accounting.memory_limit) {
         return Some(Outcome::MemoryLimitExceeded {
-            limit_bytes: accounting.memory_limit.map_or(0, |l| l.bytes()),
+            limit_bytes: limit.bytes(),
             peak_bytes: accounting.memory_peak.map(|p| p.bytes()),
         });
     }
