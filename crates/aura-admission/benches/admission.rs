@@ -49,7 +49,8 @@ fn scheduling_pass(c: &mut Criterion) {
         .expect("fits");
     let queue: Vec<(i64, Request)> = (0..10_000)
         .map(|i| {
-            let mut r = Request::memory((1 + i % 4) * GIB);
+            // 2–5 GiB: none fits the 1 GiB left, so no iteration grants or releases anything.
+            let mut r = Request::memory((2 + i % 4) * GIB);
             r.cpu_millis = 500;
             (i as i64, r)
         })

@@ -168,9 +168,14 @@ impl Ledger {
             }
         }
         self.active += 1;
+        let devices = gpus
+            .iter()
+            .filter_map(|&g| self.capacity.gpus.get(g as usize).map(|d| d.index))
+            .collect();
         Grant {
             scalar,
             gpus,
+            devices,
             vram_per_gpu: request.vram_bytes_per_gpu,
             sessions_per_gpu: request.encoder_sessions_per_gpu,
             providers: request.providers.iter().cloned().collect(),
@@ -201,7 +206,11 @@ impl Ledger {
 /// What a reservation holds, to give back exactly.
 pub(crate) struct Grant {
     scalar: Scalar,
+    /// Positions in `Capacity::gpus` (the ledger's bookkeeping).
     gpus: Vec<u32>,
+    /// The same devices' own indexes (NVML's, what `CUDA_VISIBLE_DEVICES` names): positions differ from
+    /// them when a device was left out of the capacity.
+    devices: Vec<u32>,
     vram_per_gpu: u64,
     sessions_per_gpu: u32,
     providers: Vec<String>,
@@ -222,9 +231,9 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The GPU devices (indexes) granted, e.g. for `CUDA_VISIBLE_DEVICES`.
+    /// The GPU devices granted, by their own indexes (`GpuDevice::index`), e.g. for `CUDA_VISIBLE_DEVICES`.
     pub fn gpus(&self) -> &[u32] {
-        &self.grant.gpus
+        &self.grant.devices
     }
 }
 
@@ -305,13 +314,7 @@ impl Admission {
                 capacity,
             })
         };
-        let total = &ledger.total;
-        if let Some((resource, needed, _)) = request.scalar().fits_in(total) {
-            let capacity = match resource {
-                Resource::Memory => total.memory,
-                Resource::Cpu => total.cpu,
-                _ => total.disk,
-            };
+        if let Some((resource, needed, capacity)) = request.scalar().fits_in(&ledger.total) {
             return never(resource, needed, capacity);
         }
         if request.gpus > 0 {
@@ -413,8 +416,10 @@ mod tests {
                     vram_bytes: 8 * GIB,
                     encoder_sessions: 3,
                 },
+                // Device 1 is not offered (say NVML could not read its memory): positions and device
+                // indexes differ from here on.
                 GpuDevice {
-                    index: 1,
+                    index: 2,
                     vram_bytes: 24 * GIB,
                     encoder_sessions: 8,
                 },
@@ -449,7 +454,7 @@ mod tests {
         req.vram_bytes_per_gpu = 10 * GIB;
         req.providers.insert("openai".into());
         let r = a.try_reserve(&req, now).unwrap();
-        assert_eq!(r.gpus(), &[1], "only device 1 has 10 GiB of VRAM");
+        assert_eq!(r.gpus(), &[2], "only device 2 has 10 GiB of VRAM");
         let err = a.try_reserve(&Request::memory(2 * GIB), now).unwrap_err();
         assert_eq!(
             err.to_string(),

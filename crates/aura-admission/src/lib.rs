@@ -1,8 +1,6 @@
 //! The admission core: what the machine can afford, what each running job holds, and which queued jobs may
 //! start now. Pure bookkeeping with no I/O and no async: the engine feeds it capacity, requests and the
 //! clock; it answers with RAII reservations that give their resources back when dropped.
-//!
-//! Not wired into the engine yet (issue 3 continues): the engine still uses `max_concurrent`.
 
 mod ledger;
 mod resources;
