@@ -168,14 +168,13 @@ impl Ledger {
             }
         }
         self.active += 1;
-        let devices = gpus
-            .iter()
-            .filter_map(|&g| self.capacity.gpus.get(g as usize).map(|d| d.index))
-            .collect();
         Grant {
             scalar,
-            gpus,
-            devices,
+            gpus: gpus
+                .iter()
+                .filter_map(|&g| self.capacity.gpus.get(g as usize).map(|d| d.index))
+                .collect(),
+            positions: gpus,
             vram_per_gpu: request.vram_bytes_per_gpu,
             sessions_per_gpu: request.encoder_sessions_per_gpu,
             providers: request.providers.iter().cloned().collect(),
@@ -184,7 +183,7 @@ impl Ledger {
 
     fn release(&mut self, grant: &Grant) {
         self.used.sub(&grant.scalar);
-        for &g in &grant.gpus {
+        for &g in &grant.positions {
             if let Some(u) = self.gpus.get_mut(g as usize) {
                 u.vram = u.vram.saturating_sub(grant.vram_per_gpu);
                 u.sessions = u.sessions.saturating_sub(grant.sessions_per_gpu);
@@ -207,10 +206,10 @@ impl Ledger {
 pub(crate) struct Grant {
     scalar: Scalar,
     /// Positions in `Capacity::gpus` (the ledger's bookkeeping).
-    gpus: Vec<u32>,
+    positions: Vec<u32>,
     /// The same devices' own indexes (NVML's, what `CUDA_VISIBLE_DEVICES` names): positions differ from
     /// them when a device was left out of the capacity.
-    devices: Vec<u32>,
+    gpus: Vec<u32>,
     vram_per_gpu: u64,
     sessions_per_gpu: u32,
     providers: Vec<String>,
@@ -233,7 +232,7 @@ pub struct Reservation {
 impl Reservation {
     /// The GPU devices granted, by their own indexes (`GpuDevice::index`), e.g. for `CUDA_VISIBLE_DEVICES`.
     pub fn gpus(&self) -> &[u32] {
-        &self.grant.devices
+        &self.grant.gpus
     }
 }
 

@@ -51,9 +51,6 @@ pub(crate) enum Command {
         signals_sent: Vec<StopSignal>,
         accounting: Accounting,
     },
-    Status {
-        reply: oneshot::Sender<(usize, usize)>,
-    },
     AcquireLease {
         spec: LeaseSpec,
         reply: oneshot::Sender<Result<LeaseInfo, EngineError>>,
@@ -102,6 +99,8 @@ pub(crate) struct Shared {
     pub host_sampler: aura_host::HostSampler,
     /// Jobs waiting in the queue, as last counted by the actor (for the queue cap at submit).
     pub queued_count: AtomicUsize,
+    /// Jobs the actor holds as live (launching, running, stopping), as last counted by the actor.
+    pub running_count: AtomicUsize,
     pub store: Store,
     pub supervisor: Supervisor,
     pub accepting: AtomicBool,
@@ -109,6 +108,8 @@ pub(crate) struct Shared {
     pub finished: broadcast::Sender<JobId>,
     // A std Mutex: held for a map insert/lookup only, never across an await.
     probes: Mutex<HashMap<JobId, UsageProbe>>,
+    /// CPU time of the jobs whose probes are gone, so that `probes_cpu_usec` keeps counting them.
+    ended_jobs_cpu_usec: AtomicU64,
     /// Why admission is paused by a live guard, if it is (set by the actor, read by handles).
     pub paused: Mutex<Option<String>>,
     /// The guard thread's latest look at the host.
@@ -134,25 +135,40 @@ impl Shared {
             .insert(id, probe);
     }
 
-    pub(crate) fn unregister_probe(&self, id: JobId) {
-        self.probes
+    /// Forgets a finished job's probe, keeping its CPU time in the running total: its final accounting
+    /// where there is one, else its last sample.
+    pub(crate) fn unregister_probe(&self, id: JobId, final_accounting: Option<&Accounting>) {
+        let removed = self
+            .probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        let secs = match (final_accounting, removed) {
+            (Some(a), _) => a.cpu_user_secs.unwrap_or(0.0) + a.cpu_system_secs.unwrap_or(0.0),
+            (None, Some(p)) => cpu_secs(&p.live()),
+            (None, None) => 0.0,
+        };
+        self.ended_jobs_cpu_usec
+            .fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 
-    /// CPU time of the running jobs as last sampled: the guard's fallback where there is no cgroup v2 root
-    /// to read (it misses the last moments of jobs that ended since the previous sample).
+    /// CPU time of every job since start-up: the running ones as last sampled plus the ended ones. The
+    /// guard's fallback where there is no cgroup v2 root to read.
     pub(crate) fn probes_cpu_usec(&self) -> u64 {
         let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
-        probes
+        let running: u64 = probes
             .values()
-            .map(|p| {
-                let live = p.live();
-                ((live.cpu_user_secs.unwrap_or(0.0) + live.cpu_system_secs.unwrap_or(0.0)) * 1e6)
-                    as u64
-            })
-            .sum()
+            .map(|p| (cpu_secs(&p.live()) * 1e6) as u64)
+            .sum();
+        running + self.ended_jobs_cpu_usec.load(Ordering::Relaxed)
+    }
+
+    /// (running, queued) as the actor last counted them: no round trip through it.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (
+            self.running_count.load(Ordering::Relaxed),
+            self.queued_count.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn paused_reason(&self) -> Option<String> {
@@ -181,6 +197,10 @@ impl Shared {
             .join(id.to_string())
             .join(attempt.to_string())
     }
+}
+
+fn cpu_secs(live: &aura_model::LiveUsage) -> f64 {
+    live.cpu_user_secs.unwrap_or(0.0) + live.cpu_system_secs.unwrap_or(0.0)
 }
 
 /// Queue order: higher priority first, then lower id (FIFO).
@@ -237,11 +257,13 @@ pub(crate) async fn spawn(
         admission,
         host_sampler: host,
         queued_count: AtomicUsize::new(0),
+        running_count: AtomicUsize::new(0),
         store,
         supervisor,
         accepting: AtomicBool::new(false),
         finished,
         probes: Mutex::new(HashMap::new()),
+        ended_jobs_cpu_usec: AtomicU64::new(0),
         paused: Mutex::new(None),
         guard_reading: Mutex::new(None),
         memory: MemoryCounters::default(),
@@ -406,9 +428,6 @@ impl Actor {
                 };
                 self.finish(id, event, vec![NewEvent::new("exited", detail)])
                     .await;
-            }
-            Command::Status { reply } => {
-                let _ = reply.send((self.active.len(), self.queued.len()));
             }
             Command::AcquireLease { spec, reply } => {
                 let request = self.shared.config.admission.lease_request(&spec.resources);
@@ -598,6 +617,9 @@ impl Actor {
                 pending_stop: None,
             },
         );
+        self.shared
+            .running_count
+            .store(self.active.len(), Ordering::Relaxed);
     }
 
     async fn started(&mut self, id: JobId, run: Run) {
@@ -779,15 +801,12 @@ impl Actor {
                 return CancelReply::NotLive;
             }
             tracing::info!(job_id = %id, "cancelled a queued job");
-            self.persist(
-                &job,
-                vec![NewEvent::new(
-                    "stop_requested",
-                    json!({ "reason": StopReason::Cancelled }),
-                )],
-            )
-            .await;
-            let _ = self.shared.finished.send(id);
+            // Final like any other ending: waiters hear of it once the commit is done.
+            let events = vec![
+                NewEvent::new("stop_requested", json!({ "reason": StopReason::Cancelled })),
+                NewEvent::new("finished", json!({ "outcome": job.outcome() })),
+            ];
+            self.persist_final(&job, events).await;
             return CancelReply::Done(Box::new(job));
         }
         if self.active.contains_key(&id) {
@@ -804,6 +823,9 @@ impl Actor {
         let Some(Active { mut job, .. }) = self.active.remove(&id) else {
             return;
         };
+        self.shared
+            .running_count
+            .store(self.active.len(), Ordering::Relaxed);
         if let Err(e) = job.apply(event) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;
@@ -868,7 +890,7 @@ impl Actor {
         if let Err(e) = joined {
             // The monitor's RunningTree was dropped while unwinding, which kills the tree.
             tracing::error!(job_id = %id, error = %e, "job monitor failed");
-            self.shared.unregister_probe(id);
+            self.shared.unregister_probe(id, None);
             let reason = format!("internal error: {e}");
             let at = Timestamp::now();
             let event = match self.active.get(&id).map(|a| a.job.state.name()) {

@@ -191,6 +191,43 @@ impl GuardConfig {
     }
 }
 
+impl GuardConfig {
+    /// What `validate` cannot check alone: thresholds given one as a share and one as a size, compared in
+    /// bytes of this host's physical memory (`total`).
+    pub fn check_for_host(&self, total: u64) -> Result<(), String> {
+        let pairs = [
+            (
+                self.resume_available_memory,
+                self.min_available_memory,
+                "resume_available_memory",
+                "min_available_memory",
+            ),
+            (
+                self.critical_resume_available_memory,
+                self.critical_available_memory,
+                "critical_resume_available_memory",
+                "critical_available_memory",
+            ),
+            (
+                self.min_available_memory,
+                self.critical_available_memory,
+                "min_available_memory",
+                "critical_available_memory",
+            ),
+        ];
+        for (high, low, high_name, low_name) in pairs {
+            if high.bytes(total) < low.bytes(total) {
+                return Err(format!(
+                    "guards.{high_name} ({high}) must not be below guards.{low_name} ({low}) on this host \
+                     ({} of memory)",
+                    ByteSize(total)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
@@ -234,6 +271,19 @@ pub struct Tripped {
     cpu: bool,
     critical_memory: bool,
     critical_pressure: bool,
+}
+
+impl Tripped {
+    /// Which stage-1 guard holds admission (the one `evaluate` names), if any.
+    fn pausing(&self) -> Option<&'static str> {
+        [
+            (self.memory, "memory"),
+            (self.pressure, "pressure"),
+            (self.cpu, "cpu"),
+        ]
+        .into_iter()
+        .find_map(|(tripped, name)| tripped.then_some(name))
+    }
 }
 
 /// A trip/clear pair: below (or above) one threshold trips, the other clears.
@@ -372,8 +422,9 @@ impl Responder {
             return false;
         }
         let since = *self.critical_since.get_or_insert(now);
-        let cooled =
-            |t: Option<Instant>| t.is_none_or(|t| now.duration_since(t) >= config.victim_cooldown);
+        let cooled = |t: Option<Instant>| {
+            t.map_or(true, |t| now.duration_since(t) >= config.victim_cooldown)
+        };
         now.duration_since(since) >= config.critical_sustain
             && cooled(self.last_victim)
             && cooled(self.asked_in_vain)
@@ -418,7 +469,8 @@ impl GuardThread {
 fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
     let config = &shared.config.guards;
     let mut tripped = Tripped::default();
-    let mut reported: Option<String> = None;
+    // The reason text carries live figures; the actor hears only when the guard holding admission changes.
+    let mut reported: Option<&'static str> = None;
     let mut critical_active = false;
     let mut responder = Responder::default();
     let mut cpu = CpuWindow::new(config.cpu_window, config.interval);
@@ -441,8 +493,8 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(reading);
         let verdict = evaluate(config, &mut tripped, &reading);
-        if verdict != reported {
-            reported = verdict.clone();
+        if tripped.pausing() != reported {
+            reported = tripped.pausing();
             let command = Command::Guard {
                 paused: verdict,
                 reading,
@@ -651,6 +703,18 @@ mod tests {
         assert!(c.validate().is_ok(), "{:?}", c.validate());
         c.requeue_growth = 0.5;
         assert!(c.validate().is_err());
+        // A size and a share only compare on a given host: 4 GiB is below 10 % of 64 GiB.
+        let mixed = GuardConfig {
+            min_available_memory: MemoryThreshold::Bytes(4 << 30),
+            resume_available_memory: MemoryThreshold::Bytes(5 << 30),
+            critical_available_memory: MemoryThreshold::Share(0.10),
+            critical_resume_available_memory: MemoryThreshold::Share(0.15),
+            ..GuardConfig::default()
+        };
+        assert!(mixed.validate().is_ok());
+        assert!(mixed.check_for_host(16 << 30).is_ok());
+        let err = mixed.check_for_host(64 << 30).unwrap_err();
+        assert!(err.starts_with("guards.min_available_memory (4.0 GiB) must not be below guards.critical_available_memory (10 %)"), "{err}");
     }
 
     #[test]

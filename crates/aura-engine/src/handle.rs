@@ -192,12 +192,12 @@ impl EngineHandle {
     }
 
     /// The memory a new job reserves: what it states; else learned from the recorded peaks of its kind's
-    /// earlier successful runs; else the configured default — never more than its `memory_max`, which
-    /// it can never use.
+    /// earlier successful runs; else the configured default — never more than its hard limit, which it
+    /// can never go beyond.
     async fn memory_request(&self, spec: &JobSpec) -> Result<MemoryRequest, EngineError> {
         let mut request = self.unbounded_memory_request(spec).await?;
-        if let Some(max) = spec.resources.memory_max {
-            request.bytes = request.bytes.min(max);
+        if let Some(limit) = spec.memory_limit() {
+            request.bytes = request.bytes.min(limit);
         }
         Ok(request)
     }
@@ -280,7 +280,7 @@ impl EngineHandle {
     /// The daemon's own resources against the warning thresholds.
     pub async fn diagnostics(&self) -> Result<crate::Diagnostics, EngineError> {
         let process = self.process().await?;
-        let (running_jobs, _) = self.ask(|reply| Command::Status { reply }).await?;
+        let (running_jobs, _) = self.shared.counts();
         let warnings =
             crate::diagnostics::warnings(&self.shared.config.diagnostics, &process, running_jobs);
         Ok(crate::Diagnostics {
@@ -437,7 +437,7 @@ impl EngineHandle {
     }
 
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
-        let (running, queued) = self.ask(|reply| Command::Status { reply }).await?;
+        let (running, queued) = self.shared.counts();
         Ok(EngineStatus {
             backend: self.shared.supervisor.backend(),
             backend_detail: self.shared.supervisor.description(),
@@ -499,11 +499,12 @@ impl EngineHandle {
         ) {
             Some(shortfall) => shortfall.to_string(),
             None => {
-                let usage = self.shared.admission.usage();
-                if usage.active >= self.shared.config.max_concurrent {
+                // Jobs only: leases hold reservations but no job slot.
+                let (running, _) = self.shared.counts();
+                if running >= self.shared.config.max_concurrent {
                     format!(
                         "waiting for a job slot: {} of max_concurrent {} running",
-                        usage.active, self.shared.config.max_concurrent
+                        running, self.shared.config.max_concurrent
                     )
                 } else {
                     "waiting behind jobs ahead of it in the queue".to_owned()
@@ -513,7 +514,7 @@ impl EngineHandle {
     }
 
     pub async fn utilization(&self) -> Result<Utilization, EngineError> {
-        let (running, queued) = self.ask(|reply| Command::Status { reply }).await?;
+        let (running, queued) = self.shared.counts();
         let usage = self.shared.admission.usage();
         let config = &self.shared.config;
         let per_default =

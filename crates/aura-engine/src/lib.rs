@@ -97,6 +97,13 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?
         .map_err(|e| EngineError::Internal(format!("cannot start the host sampler: {e}")))?;
+    if let Some(total) = host.latest().map(|h| h.memory.total) {
+        config
+            .guards
+            .validate()
+            .and_then(|()| config.guards.check_for_host(total))
+            .map_err(EngineError::Config)?;
+    }
     let capacity = config.admission.capacity(host.latest().as_deref());
     tracing::info!(
         memory = %aura_model::ByteSize(capacity.memory_bytes),

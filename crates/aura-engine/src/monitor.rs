@@ -78,7 +78,7 @@ impl Monitor {
             }
         };
         let accounting = tree.finish().await;
-        self.shared.unregister_probe(id);
+        self.shared.unregister_probe(id, Some(&accounting));
         self.report(Command::Exited {
             id,
             exit,
