@@ -23,25 +23,37 @@ pub(crate) fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// A `key value` field of a flat-keyed file such as `cpu.stat`, `memory.stat`, `cgroup.events`.
-pub(crate) fn keyed(path: &Path, key: &str) -> Option<u64> {
+/// `key value` fields of a flat-keyed file such as `cpu.stat`, `memory.events`, `cgroup.events`, from one
+/// read (so they come from one moment, and `cpu.stat`'s statistics flush happens once); `None` if the
+/// file or any key is missing.
+pub(crate) fn keyed<const N: usize>(path: &Path, keys: [&str; N]) -> Option<[u64; N]> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
+    let mut found = [None; N];
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(' ') else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|key| *key == k) {
+            found[i] = v.trim().parse().ok();
+        }
+    }
+    let mut values = [0; N];
+    for (value, f) in values.iter_mut().zip(found) {
+        *value = f?;
+    }
+    Some(values)
 }
 
 /// `cpu.stat` user/system time in microseconds (v2; present without the cpu controller).
 pub(crate) fn cpu_usec(dir: &Path) -> Option<(u64, u64)> {
-    let p = dir.join("cpu.stat");
-    Some((keyed(&p, "user_usec")?, keyed(&p, "system_usec")?))
+    let [user, system] = keyed(&dir.join("cpu.stat"), ["user_usec", "system_usec"])?;
+    Some((user, system))
 }
 
 /// v2: whether any process is left (`cgroup.events` `populated`); falls back to `cgroup.procs`.
 pub(crate) fn v2_populated(dir: &Path) -> bool {
-    match keyed(&dir.join("cgroup.events"), "populated") {
-        Some(p) => p != 0,
+    match keyed(&dir.join("cgroup.events"), ["populated"]) {
+        Some([p]) => p != 0,
         None => !procs(dir).is_empty(),
     }
 }
@@ -51,16 +63,12 @@ pub(crate) fn v2_kill(dir: &Path) -> io::Result<()> {
     std::fs::write(dir.join("cgroup.kill"), "1")
 }
 
-/// Sends `sig` to every pid listed in `cgroup.procs`; returns how many were signalled.
-pub(crate) fn signal_members(dir: &Path, sig: i32) -> u32 {
-    let mut n = 0;
+/// Sends `sig` to every pid listed in `cgroup.procs`.
+pub(crate) fn signal_members(dir: &Path, sig: i32) {
     for pid in procs(dir) {
         // SAFETY: plain syscall.
-        if unsafe { libc::kill(pid, sig) } == 0 {
-            n += 1;
-        }
+        unsafe { libc::kill(pid, sig) };
     }
-    n
 }
 
 /// Removes an (empty) cgroup directory, retrying briefly: right after the last member dies the kernel
@@ -107,15 +115,9 @@ pub(crate) fn set_memory_limit(dir: &Path, api: MemoryApi, limit: u64) -> io::Re
     let limit = limit.to_string();
     match api {
         MemoryApi::V1 => {
-            // memsw (memory + swap) must stay >= limit_in_bytes: on a reused cgroup whose old memsw is
-            // below the new limit, raise memsw first.
-            if let Err(e) = std::fs::write(dir.join("memory.limit_in_bytes"), &limit) {
-                if e.raw_os_error() != Some(libc::EINVAL) {
-                    return Err(e);
-                }
-                optional("memory.memsw.limit_in_bytes", &limit)?;
-                std::fs::write(dir.join("memory.limit_in_bytes"), &limit)?;
-            }
+            // memsw (memory + swap) must stay >= limit_in_bytes, so the limit goes first. An acquired
+            // cgroup is always unlimited: limited ones are never pooled.
+            std::fs::write(dir.join("memory.limit_in_bytes"), &limit)?;
             optional("memory.memsw.limit_in_bytes", &limit)
         }
         MemoryApi::V2 => {
@@ -142,7 +144,7 @@ pub(crate) struct OomCounters {
 pub(crate) fn oom_counters(dir: &Path, api: MemoryApi, limit: Option<u64>) -> Option<OomCounters> {
     match api {
         MemoryApi::V1 => {
-            let oom_kills = keyed(&dir.join("memory.oom_control"), "oom_kill")?;
+            let [oom_kills] = keyed(&dir.join("memory.oom_control"), ["oom_kill"])?;
             // The kernel OOM-kills in a memcg only once it cannot reclaim below the limit, so a charge
             // that reached the limit (within reclaim slack) is the limit's doing.
             let reached = |limit: u64| {
@@ -155,10 +157,10 @@ pub(crate) fn oom_counters(dir: &Path, api: MemoryApi, limit: Option<u64>) -> Op
             })
         }
         MemoryApi::V2 => {
-            let events = dir.join("memory.events");
+            let [oom_kills, limit_hits] = keyed(&dir.join("memory.events"), ["oom_kill", "oom"])?;
             Some(OomCounters {
-                oom_kills: keyed(&events, "oom_kill")?,
-                limit_hits: keyed(&events, "oom").unwrap_or(0),
+                oom_kills,
+                limit_hits,
             })
         }
     }

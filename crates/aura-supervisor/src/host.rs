@@ -154,8 +154,6 @@ pub(crate) struct Layout {
     pub v1_root: Option<PathBuf>,
     /// The v2 memory controller is enabled for job cgroups (`memory.peak`, `memory.current`).
     pub v2_memory: bool,
-    /// The v2 pids controller is enabled for job cgroups (`pids.peak`).
-    pub v2_pids: bool,
 }
 
 impl Layout {
@@ -165,7 +163,6 @@ impl Layout {
             v2_root: None,
             v1_root: None,
             v2_memory: false,
-            v2_pids: false,
         }
     }
 
@@ -228,22 +225,28 @@ fn make_instance_dir(parent: &Path, name: &str) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-fn setup_v2(host: &HostCgroups, name: &str) -> Result<Layout, String> {
-    let own = host.own_v2_dir()?;
-    let root = make_instance_dir(&own, name)?;
+/// This instance's cgroup v2 directory under `own`, which must offer `cgroup.kill`.
+fn make_v2_root(own: &Path, name: &str) -> Result<PathBuf, String> {
+    let root = make_instance_dir(own, name)?;
     if !root.join("cgroup.kill").exists() {
+        let _ = cgroup::rmdir(&root, std::time::Duration::ZERO);
         return Err(format!(
             "{} has no cgroup.kill (kernel older than 5.14?)",
             root.display()
         ));
     }
-    let (v2_memory, v2_pids) = enable_controllers(&own, &root);
+    Ok(root)
+}
+
+fn setup_v2(host: &HostCgroups, name: &str) -> Result<Layout, String> {
+    let own = host.own_v2_dir()?;
+    let root = make_v2_root(&own, name)?;
+    let v2_memory = enable_memory_controller(&own, &root);
     Ok(Layout {
         backend: Backend::CgroupV2,
         v2_root: Some(root),
         v1_root: None,
         v2_memory,
-        v2_pids,
     })
 }
 
@@ -256,20 +259,16 @@ fn setup_hybrid(host: &HostCgroups, name: &str) -> Result<Layout, String> {
     }
     let v1 = host.own_v1_memory_dir()?;
     let own_v2 = host.own_v2_dir()?;
-    let v2_root = make_instance_dir(&own_v2, name)?;
-    if !v2_root.join("cgroup.kill").exists() {
-        return Err(format!(
-            "{} has no cgroup.kill (kernel older than 5.14?)",
-            v2_root.display()
-        ));
-    }
-    let v1_root = make_instance_dir(&v1, name)?;
+    let v2_root = make_v2_root(&own_v2, name)?;
+    let v1_root = make_instance_dir(&v1, name).inspect_err(|_| {
+        // The fallback chosen next has no use for it.
+        let _ = cgroup::rmdir(&v2_root, std::time::Duration::ZERO);
+    })?;
     Ok(Layout {
         backend: Backend::Hybrid,
         v2_root: Some(v2_root),
         v1_root: Some(v1_root),
         v2_memory: false,
-        v2_pids: false,
     })
 }
 
@@ -287,40 +286,24 @@ fn setup_v1(host: &HostCgroups, name: &str) -> Result<Layout, String> {
         v2_root: None,
         v1_root: Some(v1_root),
         v2_memory: false,
-        v2_pids: false,
     })
 }
 
-/// Best effort: delegate memory/pids/cpu to job cgroups. Enabling a controller in the instance's
-/// `subtree_control` needs it in the parent's too, which the kernel refuses while the parent (the
-/// daemon's own cgroup, not the root) holds processes — then memory falls back to sampled RSS.
-fn enable_controllers(parent: &Path, root: &Path) -> (bool, bool) {
-    let mut enabled = (false, false);
-    for (controller, slot) in [("memory", 0), ("pids", 1), ("cpu", 2)] {
-        let available = |dir: &Path| {
-            std::fs::read_to_string(dir.join("cgroup.controllers"))
-                .map(|s| s.split_whitespace().any(|c| c == controller))
-                .unwrap_or(false)
-        };
-        if !available(root) && available(parent) {
-            let _ = std::fs::write(
-                parent.join("cgroup.subtree_control"),
-                format!("+{controller}"),
-            );
-        }
-        let ok = available(root)
-            && std::fs::write(
-                root.join("cgroup.subtree_control"),
-                format!("+{controller}"),
-            )
-            .is_ok();
-        match slot {
-            0 => enabled.0 = ok,
-            1 => enabled.1 = ok,
-            _ => {}
-        }
+/// Best effort: delegate the memory controller to job cgroups (exact peaks, limits). Only memory: `cpu.stat`
+/// needs no controller, and enabling `cpu` would change how the scheduler shares the machine between jobs.
+/// Enabling a controller in the instance's `subtree_control` needs it in the parent's too, which the kernel
+/// refuses while the parent (the daemon's own cgroup, not the root) holds processes — then memory falls
+/// back to sampled RSS.
+fn enable_memory_controller(parent: &Path, root: &Path) -> bool {
+    let available = |dir: &Path| {
+        std::fs::read_to_string(dir.join("cgroup.controllers"))
+            .map(|s| s.split_whitespace().any(|c| c == "memory"))
+            .unwrap_or(false)
+    };
+    if !available(root) && available(parent) {
+        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
     }
-    enabled
+    available(root) && std::fs::write(root.join("cgroup.subtree_control"), "+memory").is_ok()
 }
 
 #[cfg(test)]

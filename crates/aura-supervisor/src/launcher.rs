@@ -8,7 +8,7 @@ use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::spawn::{self, SpawnPlan};
 use crate::tree::{reap_blocking, TreeRef};
 use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -41,11 +41,13 @@ pub(crate) fn start(
     mut rx: mpsc::Receiver<LauncherMsg>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("aura-launcher".into()).spawn(move || {
+        // Read once: the daemon does not change its own environment, and every job inherits it.
+        let daemon_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         while let Some(msg) = rx.blocking_recv() {
             match msg {
                 LauncherMsg::Stop => break,
                 LauncherMsg::Launch(req, reply) => {
-                    let result = launch_one(&layout, &pool, oom_score_adj, &req);
+                    let result = launch_one(&layout, &daemon_env, &pool, oom_score_adj, &req);
                     if let Err(Ok(orphan)) = reply.send(result) {
                         // The caller went away (its launch future was cancelled): nobody owns this tree.
                         tracing::warn!(job_id = %req.job_id, pid = orphan.tree.pid, "launch abandoned by caller; killing the tree");
@@ -57,14 +59,33 @@ pub(crate) fn start(
     })
 }
 
-fn abandon(s: Spawned, pool: &CgroupPool, unlimited: bool) {
-    let empty = s.tree.kill_and_wait(Duration::from_secs(2));
-    reap_blocking(s.tree.pid, Duration::from_secs(5));
-    s.tree.release_cgroups(pool, empty && unlimited, None);
+/// Kills and reaps an orphaned tree on a thread of its own: waiting for it (seconds, at worst) must not
+/// hold up every other job's start on the launcher thread. Without a thread, the launcher does it.
+fn abandon(s: Spawned, pool: &Arc<CgroupPool>, unlimited: bool) {
+    let clean_up = move |slot: &std::sync::Mutex<Option<Spawned>>, pool: &CgroupPool| {
+        let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = taken {
+            let empty = s.tree.kill_and_wait(Duration::from_secs(2));
+            reap_blocking(s.tree.pid, Duration::from_secs(5));
+            s.tree.release_cgroups(pool, empty && unlimited, None);
+        }
+    };
+    let slot = Arc::new(std::sync::Mutex::new(Some(s)));
+    let spawned = std::thread::Builder::new()
+        .name("aura-abandon".into())
+        .spawn({
+            let (slot, pool) = (slot.clone(), pool.clone());
+            move || clean_up(&slot, &pool)
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread for an abandoned tree; cleaning up on the launcher");
+        clean_up(&slot, pool);
+    }
 }
 
 fn launch_one(
     layout: &Layout,
+    daemon_env: &[(OsString, OsString)],
     pool: &CgroupPool,
     oom_score_adj: i32,
     req: &LaunchRequest,
@@ -95,7 +116,7 @@ fn launch_one(
 
     let (staged, baseline) = StagedCgroups::acquire(layout, pool, req.memory_limit)?;
     let (plan, [stdout, stderr], _stdio_ends) =
-        prepare(req, &program, &staged.procs, oom_score_adj).map_err(|source| {
+        prepare(req, daemon_env, &program, &staged.procs, oom_score_adj).map_err(|source| {
             LaunchError::Spawn {
                 program: req.program.clone(),
                 source,
@@ -220,11 +241,12 @@ struct StdioEnds {
 /// the read ends of stdout and stderr, and the child's ends to close after the spawn.
 fn prepare(
     req: &LaunchRequest,
+    daemon_env: &[(OsString, OsString)],
     program: &std::path::Path,
     procs_files: &[std::fs::File],
     oom_score_adj: i32,
 ) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::os::unix::ffi::OsStrExt;
     let cstring = |bytes: Vec<u8>| {
         CString::new(bytes).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "contains a NUL byte")
@@ -236,17 +258,18 @@ fn prepare(
         argv.push(cstring(arg.clone().into_bytes())?);
     }
     // The daemon's environment, overlaid with the job's.
-    let mut env: std::collections::BTreeMap<std::ffi::OsString, std::ffi::OsString> =
-        std::env::vars_os().collect();
-    for (k, v) in &req.env {
-        env.insert(k.into(), v.into());
-    }
-    let envp = env
-        .into_iter()
+    let inherited = daemon_env
+        .iter()
+        .filter(|(k, _)| k.to_str().map_or(true, |k| !req.env.contains_key(k)))
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+    let own = req.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+    let envp = inherited
+        .chain(own)
         .map(|(k, v)| {
-            let mut entry = k.into_vec();
+            let mut entry = Vec::with_capacity(k.len() + v.len() + 1);
+            entry.extend_from_slice(k);
             entry.push(b'=');
-            entry.extend(v.into_vec());
+            entry.extend_from_slice(v);
             cstring(entry)
         })
         .collect::<std::io::Result<Vec<_>>>()?;

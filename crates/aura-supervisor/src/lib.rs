@@ -357,10 +357,9 @@ impl Supervisor {
         };
         match l.backend {
             Backend::CgroupV2 => format!(
-                "backend=cgroup_v2 cgroup={} kill=cgroup.kill memory={} processes={} cpu=cpu.stat",
+                "backend=cgroup_v2 cgroup={} kill=cgroup.kill memory={} processes=cgroup.procs cpu=cpu.stat",
                 path(&l.v2_root),
                 if l.v2_memory { "memory.peak (kernel high-water mark)" } else { "sampled RSS (memory controller not delegated)" },
-                if l.v2_pids { "cgroup.procs (pids controller delegated)" } else { "cgroup.procs" }
             ),
             Backend::Hybrid => format!(
                 "backend=hybrid cgroup_v2={} (membership, cgroup.kill, cpu.stat) memory_v1={} (memory.max_usage_in_bytes, kernel high-water mark)",
@@ -389,11 +388,10 @@ impl Supervisor {
             return Err(LaunchError::ShuttingDown);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let log_dir = req.log_dir.clone();
-        let job_id = req.job_id;
+        let (log_dir, job_id, memory_limit) = (req.log_dir.clone(), req.job_id, req.memory_limit);
         self.inner
             .launch_tx
-            .send(LauncherMsg::Launch(Box::new(req.clone()), tx))
+            .send(LauncherMsg::Launch(Box::new(req), tx))
             .await
             .map_err(|_| LaunchError::ShuttingDown)?;
         let spawned = rx.await.map_err(|_| LaunchError::ShuttingDown)??;
@@ -422,7 +420,7 @@ impl Supervisor {
         let stats = Arc::new(tree::TreeStats::new(
             tree.clone(),
             self.inner.layout.has_cgroup_memory(),
-            req.memory_limit,
+            memory_limit,
             spawned.baseline,
         ));
         self.inner.sampler.register(stats.clone());

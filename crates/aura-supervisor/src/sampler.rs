@@ -5,12 +5,13 @@
 //! the registry on the next round, so the registry does not grow with the number of jobs ever run.
 
 use crate::tree::TreeStats;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) enum Wake {
-    Sample,
+    /// A tree just registered: sample it alone, at once (its "memory at start").
+    New(Arc<TreeStats>),
     Stop,
 }
 
@@ -35,13 +36,15 @@ impl Sampler {
         Ok((Sampler { registry, wake }, thread))
     }
 
-    /// Registers a tree and asks for an immediate sample. Never blocks.
+    /// Registers a tree and asks for an immediate sample of it (of it alone: a busy engine registers
+    /// trees far more often than the sampling interval). Never blocks; with the channel full the tree
+    /// waits for the next round.
     pub fn register(&self, stats: Arc<TreeStats>) {
         self.registry
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(stats);
-        match self.wake.try_send(Wake::Sample) {
+            .push(stats.clone());
+        match self.wake.try_send(Wake::New(stats)) {
             Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
         }
     }
@@ -67,11 +70,34 @@ fn run(
         } else {
             next_full
         };
-        let full = match rx.recv_timeout(wake_at.saturating_duration_since(now)) {
-            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Ok(Wake::Sample) => true,
-            Err(RecvTimeoutError::Timeout) => Instant::now() >= next_full,
+        let mut snapshot = None;
+        // A round that is due runs next whatever is queued, or a steady stream of new trees would starve
+        // it; one message is still taken, so a stop is never starved either.
+        let message = if now < wake_at {
+            match rx.recv_timeout(wake_at - now) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => break,
+            }
         };
+        match message {
+            Some(Wake::Stop) => break,
+            Some(Wake::New(tree)) => {
+                tree.sample(&mut snapshot);
+                watching |= tree.watched();
+                if Instant::now() < wake_at {
+                    continue;
+                }
+            }
+            None => {}
+        }
+        let full = Instant::now() >= next_full;
         if full {
             next_full = Instant::now() + interval;
         }
@@ -84,7 +110,6 @@ fn run(
                 .cloned()
                 .collect()
         };
-        let mut snapshot = None;
         for t in trees {
             if full {
                 t.sample(&mut snapshot);

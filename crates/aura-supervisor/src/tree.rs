@@ -56,21 +56,6 @@ impl TreeRef {
         self.v2.iter().chain(self.v1.iter()).cloned().collect()
     }
 
-    /// Current member pids. For the process-group backend `snap` is a `/proc` snapshot (taken if `None`).
-    pub fn members(&self, snap: Option<&[(i32, ProcStat)]>) -> Vec<i32> {
-        match self.membership_dir() {
-            Some(dir) => cgroup::procs(dir),
-            None => match snap {
-                Some(s) => self.group_members(s).into_iter().map(|(p, _)| p).collect(),
-                None => self
-                    .group_members(&procfs::snapshot())
-                    .into_iter()
-                    .map(|(p, _)| p)
-                    .collect(),
-            },
-        }
-    }
-
     /// Process-group backend: live processes of the group, descendants of the main process (while it is
     /// alive and still the same process), and previously seen members that are still the same process.
     pub fn group_members(&self, snap: &[(i32, ProcStat)]) -> Vec<(i32, u64)> {
@@ -164,14 +149,20 @@ impl TreeRef {
     }
 
     /// Hands the job cgroups to the pool: reused if `reusable` (every process known gone, no per-job
-    /// settings or sticky counters) and clean, else removed. `v1_charge`: the v1 memory charge now, if
-    /// already read.
+    /// settings or sticky counters) and clean, else removed. `v1_charge`: the v1 memory charge, from a
+    /// caller that has just read it and the OOM counter (`finish`); without it (a dropped or abandoned
+    /// tree, whose counters may never have been read) both are read here, and a cgroup whose
+    /// never-resetting OOM counter moved is not handed to another job.
     pub fn release_cgroups(&self, pool: &CgroupPool, reusable: bool, v1_charge: Option<u64>) {
         if self.v2.is_none() && self.v1.is_none() {
             return;
         }
+        let mut reusable = reusable;
         let v1_charge = v1_charge.or_else(|| {
             let v1 = self.v1.as_deref()?;
+            let oom_kills =
+                cgroup::oom_counters(v1, MemoryApi::V1, None).map_or(1, |c| c.oom_kills);
+            reusable &= oom_kills == 0;
             cgroup::read_u64(&v1.join("memory.usage_in_bytes"))
         });
         let cgroups = JobCgroups {
@@ -313,7 +304,9 @@ impl TreeStats {
     }
 
     /// Whether the job's cgroups may go back to the pool as far as memory is concerned: a limited job's
-    /// cgroup keeps its limit, and OOM counters never reset, so neither is handed to another job.
+    /// cgroup keeps its limit, and OOM counters never reset, so neither is handed to another job. The OOM
+    /// count is the last one read: exact after `read_oom` (`finish`); `release_cgroups` re-reads it
+    /// otherwise.
     pub fn leaves_cgroups_reusable(&self) -> bool {
         self.memory_limit.is_none() && self.oom_kills.load(Ordering::Relaxed) == 0
     }
@@ -431,13 +424,14 @@ impl TreeStats {
         if needs_proc && snap.is_none() {
             *snap = Some(procfs::snapshot());
         }
-        let members: Vec<i32> = if needs_proc {
-            let found = self.tree.group_members(snap.as_deref().unwrap_or(&[]));
-            let pids = found.iter().map(|(p, _)| *p).collect();
-            *self.tree.known.lock().unwrap_or_else(|e| e.into_inner()) = found;
-            pids
-        } else {
-            self.tree.members(None)
+        let members: Vec<i32> = match self.tree.membership_dir() {
+            Some(dir) => cgroup::procs(dir),
+            None => {
+                let found = self.tree.group_members(snap.as_deref().unwrap_or(&[]));
+                let pids = found.iter().map(|(p, _)| *p).collect();
+                *self.tree.known.lock().unwrap_or_else(|e| e.into_inner()) = found;
+                pids
+            }
         };
         let n = members.len() as u32;
         self.processes.store(n, Ordering::Relaxed);
@@ -792,13 +786,14 @@ impl RunningTree {
         let stats = self.stats.clone();
         let pool = self.sup.pool.clone();
         // Kill the rest, wait for empty, then read the kernel's final counters.
-        let (kernel_peak, kernel_current, cpu) = self
+        let (kernel_current, cpu) = self
             .blocking(move |t| {
                 let empty = t.kill_and_wait(kill_wait);
                 // The final figures are read here; after this the cgroups may belong to the next job.
                 stats.retire();
                 stats.read_oom();
-                let peak = stats.read_kernel_peak();
+                // Kept in the stats: `live()` below reports it.
+                stats.read_kernel_peak();
                 let current = stats.read_kernel_current();
                 let cpu =
                     t.v2.as_deref()
@@ -807,10 +802,10 @@ impl RunningTree {
                 // In the same hop: one blocking-pool round trip per job, not two.
                 let reusable = empty && stats.leaves_cgroups_reusable();
                 t.release_cgroups(&pool, reusable, current.filter(|_| t.v1.is_some()));
-                (peak, current.map(|c| stats.job_memory(c)), cpu)
+                (current.map(|c| stats.job_memory(c)), cpu)
             })
             .await
-            .unwrap_or((None, None, None));
+            .unwrap_or((None, None));
 
         // Log capture ends at EOF once every holder of the pipes is dead; a process outside the
         // backend's reach may keep it open, so bound the wait and abort.
@@ -840,7 +835,7 @@ impl RunningTree {
         let reaped = self.reaped.expect("reaped above");
         let live = self.stats.live();
         let (memory_peak, memory_source) = if self.stats.cgroup_memory {
-            (kernel_peak.or(live.memory_peak), MemorySource::CgroupPeak)
+            (live.memory_peak, MemorySource::CgroupPeak)
         } else {
             // wait4's ru_maxrss covers the main process and the children it reaped: a floor under the
             // sampled sum that catches spikes between samples.
