@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use aura_client::{Client, ListQuery};
+use aura_host::procfs;
 use aura_model::{JobId, JobSpec, JobState, StopSequence};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -65,8 +66,9 @@ impl Daemon {
             .spawn()
             .context("cannot start aura serve")?;
         let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
         let mut url = None;
-        for line in BufReader::new(stdout).lines() {
+        for line in lines.by_ref() {
             let line = line?;
             if let Some(u) = line.strip_prefix("aura serve: listening on ") {
                 url = Some(u.to_owned());
@@ -74,6 +76,8 @@ impl Daemon {
             }
         }
         let url = url.context("aura serve did not report its address")?;
+        // Keep draining: a daemon writing to a closed pipe would die of SIGPIPE.
+        std::thread::spawn(move || lines.for_each(drop));
         Ok(Daemon {
             child,
             url,
@@ -248,7 +252,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         "  ratio           : {:8.1} %   (target ≥ 60 %)",
         100.0 * rate / raw
     );
-    println!("  daemon CPU      : {daemon_cpu} (per thread name, whole run incl. warm-up)");
+    println!("  daemon CPU      : {daemon_cpu} (whole run incl. warm-up)");
     println!(
         "  submit→start    : p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms (empty queue, {} jobs; target p50 ≤ 5 ms)",
         percentile(&latencies, 0.5),
@@ -261,18 +265,17 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
 
 /// (busy, total) CPU ticks of the whole machine from /proc/stat: whether a run was CPU-bound.
 fn machine_cpu_ticks() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .context("empty /proc/stat")?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    Ok((total - idle, total))
+    let stat = procfs::parse_stat(&std::fs::read_to_string("/proc/stat")?)?;
+    Ok((stat.total.busy(), stat.total.total()))
+}
+
+/// A process's (or thread's) `/proc/.../stat`, parsed by the daemon's own parser.
+fn pid_stat(path: &str) -> anyhow::Result<procfs::PidStat> {
+    Ok(procfs::parse_pid_stat(&std::fs::read_to_string(path)?)?)
+}
+
+fn cpu_secs(stat: &procfs::PidStat) -> f64 {
+    (stat.utime + stat.stime) as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 fn alive(pid: u32) -> bool {
@@ -341,31 +344,24 @@ fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
 }
 
 /// CPU seconds per thread name of a process, from /proc (clock ticks of 10 ms).
+/// The daemon's CPU: the process total (threads that already exited included: idle blocking-pool threads
+/// come and go), then the live threads by name.
 fn thread_cpu(pid: u32) -> String {
     let mut by_name: std::collections::BTreeMap<String, f64> = Default::default();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                continue;
-            };
-            let Some((head, rest)) = stat.rsplit_once(") ") else {
-                continue;
-            };
-            let name = head
-                .split_once(" (")
-                .map(|(_, n)| n.to_owned())
-                .unwrap_or_default();
-            let f: Vec<&str> = rest.split(' ').collect();
-            let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-                + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-            *by_name.entry(name).or_default() += ticks / 100.0;
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if let Ok(stat) = pid_stat(&task.path().join("stat").to_string_lossy()) {
+                *by_name.entry(name.trim().to_owned()).or_default() += cpu_secs(&stat);
+            }
         }
     }
-    by_name
+    let total = pid_stat(&format!("/proc/{pid}/stat")).map_or(f64::NAN, |s| cpu_secs(&s));
+    let threads: Vec<String> = by_name
         .iter()
         .map(|(n, s)| format!("{n}={s:.2}s"))
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    format!("total {total:.2}s; live threads: {}", threads.join(" "))
 }
 
 async fn scrape(client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
@@ -393,16 +389,11 @@ async fn scrape_rate(url: &str, scrapes: usize) -> anyhow::Result<(f64, usize)> 
 }
 
 fn process_cpu_and_rss(pid: u32) -> anyhow::Result<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest: Vec<&str> = stat
-        .rsplit_once(") ")
-        .context("bad stat")?
-        .1
-        .split(' ')
-        .collect();
-    let ticks: f64 = rest[11].parse::<f64>()? + rest[12].parse::<f64>()?;
-    let rss_pages: u64 = rest[21].parse()?;
-    Ok((ticks / 100.0, rss_pages * 4096))
+    let stat = pid_stat(&format!("/proc/{pid}/stat"))?;
+    Ok((
+        cpu_secs(&stat),
+        stat.rss_pages * rustix::param::page_size() as u64,
+    ))
 }
 
 /// `/metrics` against a stock node_exporter on the same machine in the same run, then the idle daemon.

@@ -11,7 +11,9 @@ const USAGE: &str = "usage:
   cargo xtask test                 install the system packages the tests need, then fmt, clippy and the whole suite
   cargo xtask deps                 only install the system packages
   cargo xtask bench throughput [--jobs N] [--parallel N]
-  cargo xtask bench kill [--rounds N]";
+  cargo xtask bench kill [--rounds N]
+  cargo xtask bench metrics [--scrapes N]      (needs prometheus-node-exporter)
+  cargo xtask bench soak [--jobs N] [--every N]";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
 /// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`).

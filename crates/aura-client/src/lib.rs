@@ -153,7 +153,8 @@ impl Client {
             .await
     }
 
-    /// The engine's own event log (admission paused/resumed, memory pressure decisions) after `after`.
+    /// One page (up to 1,000) of the engine's own event log (admission paused/resumed, memory pressure
+    /// decisions) after sequence number `after`; continue after the last one's `seq`.
     pub async fn engine_events(
         &self,
         after: i64,

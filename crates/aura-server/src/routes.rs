@@ -175,10 +175,7 @@ async fn engine_events(
     q: Result<Query<EngineEventsQuery>, QueryRejection>,
 ) -> ApiResult<Json<Vec<aura_model::EngineEventRecord>>> {
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
-    }
+    let limit = page_limit(q.limit)?;
     Ok(Json(
         app.engine
             .engine_events(q.after.unwrap_or(0), limit)
@@ -227,7 +224,7 @@ async fn metrics(State(app): State<AppState>) -> ApiResult<Response> {
         .list(ListFilter {
             states: vec![StateName::Running, StateName::Stopping],
             after: None,
-            limit: 1000,
+            limit: MAX_PAGE,
             newest_first: true,
         })
         .await?;
@@ -302,6 +299,16 @@ struct JobList {
 
 const MAX_PAGE: u32 = 1000;
 
+/// A listing's `limit` parameter: 100 when absent, 1 to `MAX_PAGE` when given.
+fn page_limit(limit: Option<u32>) -> ApiResult<u32> {
+    match limit.unwrap_or(100) {
+        l @ 1..=MAX_PAGE => Ok(l),
+        _ => Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
+
 async fn list(
     State(app): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
@@ -323,12 +330,7 @@ async fn list(
             )))
         }
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(q.limit)?;
     let filter = ListFilter {
         states,
         after: q.after.map(JobId),

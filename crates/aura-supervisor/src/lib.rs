@@ -114,14 +114,14 @@ pub struct SupervisorConfig {
 }
 
 impl SupervisorConfig {
-    /// Defaults: auto backend, 250 ms sampling (50 ms for trees with a memory limit), 64 MiB log cap per
+    /// Defaults: auto backend, 250 ms sampling (50 ms for trees with a memory limit), 16 MiB log cap per
     /// stream, oom_score_adj 500, 2 s kill wait, 32 pooled job cgroups.
     pub fn new(instance: impl Into<String>) -> Self {
         SupervisorConfig {
             backend: BackendChoice::Auto,
             instance: instance.into(),
             sample_interval: Duration::from_millis(250),
-            log_cap: aura_logs::LogCap::new(64 << 20).expect("valid cap"),
+            log_cap: aura_logs::LogCap::new(16 << 20).expect("valid cap"),
             job_oom_score_adj: 500,
             kill_wait: Duration::from_secs(2),
             memory_watch_interval: Duration::from_millis(50),

@@ -242,7 +242,15 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Events { after, json } => {
-            let events = client.engine_events(after).await?;
+            // The API pages by sequence number; read every page.
+            let mut events = Vec::new();
+            let mut next = after;
+            loop {
+                let page = client.engine_events(next).await?;
+                let Some(last) = page.last() else { break };
+                next = last.seq;
+                events.extend(page);
+            }
             if json {
                 print_json(&events)?;
             } else {

@@ -55,9 +55,10 @@ pub struct MetricsSection {
 
 impl Default for MetricsSection {
     fn default() -> Self {
+        let host = aura_host::SamplerConfig::default();
         MetricsSection {
-            interval: Duration::from_secs(1),
-            history: 300,
+            interval: host.interval,
+            history: host.history,
         }
     }
 }
@@ -201,15 +202,17 @@ impl Default for Config {
     }
 }
 
+/// The supervisor's own defaults (`SupervisorConfig::new`), so the two cannot drift apart.
 impl Default for SupervisorSection {
     fn default() -> Self {
+        let s = aura_supervisor::SupervisorConfig::new("");
         SupervisorSection {
-            backend: BackendChoice::Auto,
-            sample_interval: Duration::from_millis(250),
-            log_cap: ByteSize(16 << 20),
-            job_oom_score_adj: 500,
-            kill_wait: Duration::from_secs(2),
-            memory_watch_interval: Duration::from_millis(50),
+            backend: s.backend,
+            sample_interval: s.sample_interval,
+            log_cap: ByteSize(s.log_cap.bytes()),
+            job_oom_score_adj: s.job_oom_score_adj,
+            kill_wait: s.kill_wait,
+            memory_watch_interval: s.memory_watch_interval,
         }
     }
 }
@@ -217,7 +220,7 @@ impl Default for SupervisorSection {
 impl Default for ApiSection {
     fn default() -> Self {
         ApiSection {
-            max_body: ByteSize(2 << 20),
+            max_body: ByteSize(aura_server::ApiConfig::default().max_body_bytes as u64),
         }
     }
 }
