@@ -180,12 +180,14 @@ impl Client {
         stream: &str,
         offset: u64,
     ) -> Result<LogChunk, ClientError> {
-        let url = self.url(&format!("/api/jobs/{id}/logs"));
-        let request = self.http.get(&url).query(&[
-            ("stream", stream.to_owned()),
-            ("offset", offset.to_string()),
-        ]);
-        let response = self.execute(request, &url).await?;
+        let request = self
+            .http
+            .get(self.url(&format!("/api/jobs/{id}/logs")))
+            .query(&[
+                ("stream", stream.to_owned()),
+                ("offset", offset.to_string()),
+            ]);
+        let response = self.execute(request).await?;
         let header = |name: &str| -> u64 {
             response
                 .headers()
@@ -199,6 +201,7 @@ impl Client {
             header("aura-log-next-offset"),
             header("aura-log-truncated"),
         );
+        let url = response.url().to_string();
         let data = response
             .bytes()
             .await
@@ -220,19 +223,15 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        let url = request
-            .try_clone()
-            .and_then(|r| r.build().ok())
-            .map(|r| r.url().to_string())
-            .unwrap_or_else(|| self.base.clone());
-        let response = self.execute(request, &url).await?;
+        let response = self.execute(request).await?;
+        let (url, status) = (response.url().to_string(), response.status());
         let bytes = response.bytes().await.map_err(|source| ClientError::Http {
             url: url.clone(),
             source,
         })?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
             url,
-            status: StatusCode::OK,
+            status,
             body: format!("{e}: {}", String::from_utf8_lossy(&bytes)),
         })
     }
@@ -240,9 +239,13 @@ impl Client {
     async fn execute(
         &self,
         request: reqwest::RequestBuilder,
-        url: &str,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request.send().await.map_err(|source| {
+        let request = request.build().map_err(|source| ClientError::Http {
+            url: self.base.clone(),
+            source,
+        })?;
+        let url = request.url().to_string();
+        let response = self.http.execute(request).await.map_err(|source| {
             if source.is_connect() {
                 ClientError::Connect {
                     url: self.base.clone(),
@@ -250,7 +253,7 @@ impl Client {
                 }
             } else {
                 ClientError::Http {
-                    url: url.to_owned(),
+                    url: url.clone(),
                     source,
                 }
             }
@@ -262,11 +265,7 @@ impl Client {
         let body = response.text().await.unwrap_or_default();
         match serde_json::from_str::<Problem>(&body) {
             Ok(problem) => Err(ClientError::Api(problem)),
-            Err(_) => Err(ClientError::Unexpected {
-                url: url.to_owned(),
-                status,
-                body,
-            }),
+            Err(_) => Err(ClientError::Unexpected { url, status, body }),
         }
     }
 }

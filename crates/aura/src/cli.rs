@@ -486,7 +486,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn command_line(spec: &JobSpec) -> String {
+pub(crate) fn command_line(spec: &JobSpec) -> String {
     std::iter::once(spec.program.as_str())
         .chain(spec.args.iter().map(String::as_str))
         .map(|a| {

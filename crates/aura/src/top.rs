@@ -126,10 +126,7 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
 
     let rows = state.running.iter().map(|v| {
         let live = v.live.unwrap_or_default();
-        let command = std::iter::once(v.job.spec.program.as_str())
-            .chain(v.job.spec.args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let command = crate::cli::command_line(&v.job.spec);
         let cpu = live
             .cpu_user_secs
             .zip(live.cpu_system_secs)
