@@ -23,7 +23,11 @@ fn err(msg: impl Into<String>) -> ParseError {
     ParseError(msg.into())
 }
 
-fn num<T: std::str::FromStr>(s: Option<&str>, what: &str) -> Result<T, ParseError> {
+/// `what` is only formatted on the error path: the per-field labels of a sample cost nothing otherwise.
+fn num<T: std::str::FromStr>(
+    s: Option<&str>,
+    what: impl std::fmt::Display,
+) -> Result<T, ParseError> {
     let s = s.ok_or_else(|| err(format!("missing {what}")))?;
     s.parse().map_err(|_| err(format!("bad {what}: {s:?}")))
 }
@@ -249,7 +253,7 @@ pub fn parse_diskstats(text: &str) -> Result<Vec<DiskRaw>, ParseError> {
         let name = it.next().ok_or_else(|| err("missing device name"))?;
         let mut f = [0u64; 10];
         for (i, slot) in f.iter_mut().enumerate() {
-            *slot = num(it.next(), &format!("{name} field {}", i + 4))?;
+            *slot = num(it.next(), format_args!("{name} field {}", i + 4))?;
         }
         out.push(DiskRaw {
             name: name.to_owned(),
@@ -305,7 +309,7 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<NetRaw>, ParseError> {
         let mut f = [0u64; 16];
         let mut it = rest.split_ascii_whitespace();
         for (i, slot) in f.iter_mut().enumerate() {
-            *slot = num(it.next(), &format!("{name} column {i}"))?;
+            *slot = num(it.next(), format_args!("{name} column {i}"))?;
         }
         out.push(NetRaw {
             name: name.to_owned(),

@@ -23,18 +23,20 @@ fn cfg(dir: &std::path::Path, interval_ms: u64, history: usize) -> SamplerConfig
     }
 }
 
-/// Waits for a snapshot with CPU ratios (i.e. a second sample) taken after `after`.
+/// Waits until `after`, then for a snapshot with CPU ratios (i.e. not the first sample) that the sampler
+/// took after that moment: one newer than whatever was latest then.
 fn wait_for_ratios(s: &HostSampler, after: Instant, timeout: Duration) -> Arc<HostSnapshot> {
+    std::thread::sleep(after.saturating_duration_since(Instant::now()));
     let deadline = Instant::now() + timeout;
-    let min_len = s.history().len() + 1;
+    let before = s.latest();
     loop {
         if let Some(l) = s.latest() {
-            if l.cpu.busy_ratio.is_some() && Instant::now() > after && s.history().len() >= min_len
-            {
+            let newer = before.as_ref().map_or(true, |b| !Arc::ptr_eq(b, &l));
+            if newer && l.cpu.busy_ratio.is_some() {
                 return l;
             }
         }
-        assert!(Instant::now() < deadline, "no second sample in {timeout:?}");
+        assert!(Instant::now() < deadline, "no new sample in {timeout:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -170,25 +172,36 @@ fn busy_loop_raises_cpu_ratio() {
     let start = Instant::now();
     let busy_thread = std::thread::spawn(move || {
         let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(1300) {
+        while start.elapsed() < Duration::from_millis(2400) {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         x
     });
-    // A sample whose whole interval falls inside the busy loop.
+    // Samples come every second: the first one taken after 1.1 s covers a window that starts after the
+    // loop did and (taken by 2.1 s and some slack) ends before it stops.
     let busy = wait_for_ratios(
         &s,
-        start + Duration::from_millis(1000),
+        start + Duration::from_millis(1100),
         Duration::from_secs(5),
     );
     busy_thread.join().unwrap();
     s.stop();
 
+    let busiest = busy
+        .cpu
+        .per_core
+        .as_ref()
+        .map_or(0.0, |cores| cores.iter().copied().fold(0.0, f64::max));
     let (idle, busy) = (idle.cpu.busy_ratio.unwrap(), busy.cpu.busy_ratio.unwrap());
-    println!("idle {idle:.3}, busy {busy:.3}, cores {ncpu}");
+    println!("idle {idle:.3}, busy {busy:.3}, busiest core {busiest:.3}, cores {ncpu}");
+    // One core spun for the whole window: the machine was at least one core's worth busy.
     assert!(
-        busy > 0.3 / ncpu,
+        busy >= 0.8 / ncpu,
         "busy ratio {busy} with one spinning core"
+    );
+    assert!(
+        busiest >= 0.8,
+        "busiest core {busiest} with one spinning core"
     );
 }
 

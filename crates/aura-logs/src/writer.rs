@@ -59,9 +59,13 @@ pub async fn capture(
     // Files are created on the first byte: most short jobs print nothing on one of their streams, and
     // creating files they never use costs more than the job itself for a trivial command.
     let mut writer: Option<SegmentWriter> = None;
-    let mut buf = vec![0u8; READ_BUF];
+    // Likewise the read buffer: a stream that only ever sees EOF costs a small stack array, and the
+    // full-size buffer is allocated with the first byte.
+    let mut first = [0u8; 512];
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = match rx.read(&mut buf).await {
+        let target: &mut [u8] = if buf.is_empty() { &mut first } else { &mut buf };
+        let n = match rx.read(target).await {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -76,7 +80,10 @@ pub async fn capture(
                 writer.insert(SegmentWriter::open(dir, stream, cap).await?)
             }
         };
-        w.write(&buf[..n]).await?;
+        w.write(&target[..n]).await?;
+        if buf.is_empty() {
+            buf = vec![0u8; READ_BUF];
+        }
     }
     Ok(writer.map(|w| w.report()).unwrap_or_default())
 }
