@@ -380,6 +380,11 @@ impl Admission {
             .min()
     }
 
+    /// The memory jobs may reserve in all (without copying the whole `usage`).
+    pub fn memory_capacity(&self) -> u64 {
+        lock(&self.ledger).capacity.memory_bytes
+    }
+
     pub fn usage(&self) -> Usage {
         let ledger = lock(&self.ledger);
         Usage {

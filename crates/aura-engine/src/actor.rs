@@ -212,6 +212,8 @@ fn queue_key(job: &Job) -> QueueKey {
 
 struct Active {
     job: Job,
+    /// What admission reserved for it (the `Request` it was queued with).
+    request: Request,
     /// Held until the job's tree is gone (the actor drops it when the monitor reports the exit).
     _reservation: Reservation,
     stop: watch::Sender<Option<StopReason>>,
@@ -538,13 +540,13 @@ impl Actor {
             .store(self.queued.len(), Ordering::Relaxed);
     }
 
-    fn dequeue(&mut self, id: JobId) -> Option<Job> {
+    fn dequeue(&mut self, id: JobId) -> Option<(Job, Request)> {
         let job = self.queued.remove(&id)?;
-        self.queue.remove(&queue_key(&job));
+        let request = self.queue.remove(&queue_key(&job))?;
         self.shared
             .queued_count
             .store(self.queued.len(), Ordering::Relaxed);
-        Some(job)
+        Some((job, request))
     }
 
     /// Starts what admission allows, in queue order (see `aura_admission::Scheduler::pass` for backfill and
@@ -570,8 +572,8 @@ impl Actor {
             .map(|((_, id), request)| Queued { key: id.0, request });
         let started = Scheduler::pass(&self.shared.admission, queue, now, room);
         for (key, reservation) in started {
-            if let Some(job) = self.dequeue(JobId(key)) {
-                self.launch(job, reservation);
+            if let Some((job, request)) = self.dequeue(JobId(key)) {
+                self.launch(job, request, reservation);
             }
         }
         if !self.queue.is_empty() {
@@ -581,7 +583,7 @@ impl Actor {
         }
     }
 
-    fn launch(&mut self, job: Job, reservation: Reservation) {
+    fn launch(&mut self, job: Job, request: Request, reservation: Reservation) {
         let mut spec = job.spec.clone();
         if !reservation.gpus().is_empty() {
             // The job sees only the devices it was granted (CUDA, NVENC through FFmpeg's -hwaccel).
@@ -612,6 +614,7 @@ impl Actor {
             id,
             Active {
                 job,
+                request,
                 _reservation: reservation,
                 stop: stop_tx,
                 pending_stop: None,
@@ -665,7 +668,7 @@ impl Actor {
                         .shared
                         .probe(a.job.id)
                         .and_then(|p| p.live().memory_current),
-                    reserved_bytes: self.reserved_memory(&a.job),
+                    reserved_bytes: a.request.memory_bytes,
                 }),
                 _ => None,
             })
@@ -705,15 +708,6 @@ impl Actor {
         self.request_stop(victim.id, StopReason::MemoryPressure)
             .await;
         Some(victim.id)
-    }
-
-    /// The memory admission reserved for a job (its settled request).
-    fn reserved_memory(&self, job: &Job) -> u64 {
-        self.shared
-            .config
-            .admission
-            .request(&job.spec, job.memory_request.as_ref())
-            .memory_bytes
     }
 
     /// Appends to the engine's event log without waiting for the commit.
@@ -790,7 +784,7 @@ impl Actor {
     }
 
     async fn cancel(&mut self, id: JobId) -> CancelReply {
-        if let Some(mut job) = self.dequeue(id) {
+        if let Some((mut job, _)) = self.dequeue(id) {
             if job
                 .apply(Event::StopRequested {
                     reason: StopReason::Cancelled,
@@ -820,7 +814,10 @@ impl Actor {
 
     /// Applies the event that ends an attempt, requeues per policy, persists, and starts the next job.
     async fn finish(&mut self, id: JobId, event: Event, mut events: Vec<NewEvent>) {
-        let Some(Active { mut job, .. }) = self.active.remove(&id) else {
+        let Some(Active {
+            mut job, request, ..
+        }) = self.active.remove(&id)
+        else {
             return;
         };
         self.shared
@@ -841,11 +838,11 @@ impl Actor {
                 _ => None,
             };
             let grown = crate::pressure::grown_request(
-                self.reserved_memory(&job),
+                request.memory_bytes,
                 peak,
                 self.shared.config.guards.requeue_growth,
                 job.spec.memory_limit(),
-                self.shared.admission.usage().capacity.memory_bytes,
+                self.shared.admission.memory_capacity(),
             );
             events.push(NewEvent::new(
                 "memory_request_raised",

@@ -591,9 +591,7 @@ impl CpuWindow {
             return self.average();
         }
         let c = &host.cpu.seconds;
-        let total = c.user + c.nice + c.system + c.idle + c.iowait + c.irq + c.softirq + c.steal;
-        let busy = total - c.idle - c.iowait;
-        let now = (host.at, busy, total, aura_cpu_seconds(shared));
+        let now = (host.at, c.busy(), c.total(), aura_cpu_seconds(shared));
         let previous = self.previous.replace(now)?;
         let total = now.2 - previous.2;
         if total <= 0.0 {

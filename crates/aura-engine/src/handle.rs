@@ -126,37 +126,37 @@ impl EngineHandle {
     /// program that does not exist or is not executable, or a working directory that is not a directory.
     pub async fn submit(&self, spec: JobSpec) -> Result<Job, EngineError> {
         spec.validate()?;
-        if let Some(cwd) = &spec.cwd {
-            match tokio::fs::metadata(cwd).await {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(EngineError::WorkingDirectory {
-                        path: cwd.clone(),
-                        reason: "not a directory".into(),
-                    })
-                }
-                Err(e) => {
-                    return Err(EngineError::WorkingDirectory {
-                        path: cwd.clone(),
-                        reason: e.to_string(),
-                    })
-                }
-            }
-        }
+        // The cheap refusals first: a daemon shutting down or a full queue costs no file system work.
+        self.check_accepting()?;
+        // The working directory and the program in one blocking hop.
         let (program, path_var, cwd) = (
             spec.program.clone(),
             spec.env.get("PATH").cloned(),
             spec.cwd.clone(),
         );
         tokio::task::spawn_blocking(move || {
+            if let Some(cwd) = &cwd {
+                let reason = match std::fs::metadata(cwd) {
+                    Ok(m) if m.is_dir() => None,
+                    Ok(_) => Some("not a directory".to_owned()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(reason) = reason {
+                    return Err(EngineError::WorkingDirectory {
+                        path: cwd.clone(),
+                        reason,
+                    });
+                }
+            }
             aura_supervisor::resolve_program(&program, path_var.as_deref(), cwd.as_deref())
+                .map(drop)
+                .map_err(|e| EngineError::Program {
+                    program,
+                    reason: e.to_string(),
+                })
         })
         .await
-        .map_err(|e| EngineError::Internal(e.to_string()))?
-        .map_err(|e| EngineError::Program {
-            program: spec.program.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| EngineError::Internal(e.to_string()))??;
         let memory_request = self.memory_request(&spec).await?;
         self.shared
             .admission
@@ -168,16 +168,8 @@ impl EngineHandle {
                     .request(&spec, Some(&memory_request)),
             )
             .map_err(EngineError::ExceedsCapacity)?;
-        if !self.shared.accepting.load(Ordering::SeqCst) {
-            return Err(EngineError::ShuttingDown);
-        }
-        let (queued, cap) = (
-            self.shared.queued_count.load(Ordering::Relaxed),
-            self.shared.config.admission.queue_cap,
-        );
-        if queued >= cap {
-            return Err(EngineError::QueueFull { queued, cap });
-        }
+        // Again: shutdown may have begun, or the queue filled, while this submit did its checks.
+        self.check_accepting()?;
         let job = self
             .shared
             .store
@@ -189,6 +181,21 @@ impl EngineHandle {
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
         Ok(job)
+    }
+
+    /// Refuses a submit while the daemon shuts down or the queue is full.
+    fn check_accepting(&self) -> Result<(), EngineError> {
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let (queued, cap) = (
+            self.shared.queued_count.load(Ordering::Relaxed),
+            self.shared.config.admission.queue_cap,
+        );
+        if queued >= cap {
+            return Err(EngineError::QueueFull { queued, cap });
+        }
+        Ok(())
     }
 
     /// The memory a new job reserves: what it states; else learned from the recorded peaks of its kind's

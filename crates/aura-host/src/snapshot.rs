@@ -55,6 +55,25 @@ pub struct CpuModeSeconds {
     pub steal: f64,
 }
 
+impl CpuModeSeconds {
+    /// All seconds, as `procfs::CpuTimes::total` counts ticks.
+    pub fn total(&self) -> f64 {
+        self.user
+            + self.nice
+            + self.system
+            + self.idle
+            + self.iowait
+            + self.irq
+            + self.softirq
+            + self.steal
+    }
+
+    /// Seconds not spent idle, as `procfs::CpuTimes::busy` (iowait counts as idle).
+    pub fn busy(&self) -> f64 {
+        self.total() - self.idle - self.iowait
+    }
+}
+
 /// Memory, bytes. `used` is `total - available`: what cannot be had back without swapping.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct MemoryStats {
