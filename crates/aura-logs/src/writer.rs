@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::fs::{File, OpenOptions};
+use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
@@ -73,12 +73,7 @@ pub async fn capture(
         };
         let w = match &mut writer {
             Some(w) => w,
-            None => {
-                tokio::fs::create_dir_all(dir)
-                    .await
-                    .map_err(|e| LogError::io("creating log directory", dir, e))?;
-                writer.insert(SegmentWriter::open(dir, stream, cap).await?)
-            }
+            None => writer.insert(SegmentWriter::open(dir, stream, cap).await?),
         };
         w.write(&target[..n]).await?;
         if buf.is_empty() {
@@ -106,31 +101,45 @@ struct SegmentWriter {
 }
 
 impl SegmentWriter {
+    /// Creates the directory if needed and opens the newest segment (continuing after existing bytes)
+    /// or creates the first one: all the file system work in one blocking hop.
     async fn open(dir: &Path, stream: Stream, cap: LogCap) -> Result<Self, LogError> {
-        let existing = list_async(dir, stream).await?;
-        let mut kept: VecDeque<u64> = existing.iter().copied().collect();
-
-        let (file, file_path, file_len, end) = match existing.last() {
-            Some(&start) => {
-                let path = segment::path(dir, stream, start);
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(&path)
-                    .await
-                    .map_err(|e| LogError::io("opening log segment", &path, e))?;
-                let len = file
-                    .metadata()
-                    .await
-                    .map_err(|e| LogError::io("reading log segment size", &path, e))?
-                    .len();
-                (file, path, len, start.saturating_add(len))
+        let owned_dir = dir.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            let dir = owned_dir.as_path();
+            std::fs::create_dir_all(dir)
+                .map_err(|e| LogError::io("creating log directory", dir, e))?;
+            let existing = segment::list(dir, stream)?;
+            let kept: VecDeque<u64> = existing.iter().map(|s| s.start).collect();
+            match existing.last() {
+                Some(last) => {
+                    let file = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&last.path)
+                        .map_err(|e| LogError::io("opening log segment", &last.path, e))?;
+                    let len = file
+                        .metadata()
+                        .map_err(|e| LogError::io("reading log segment size", &last.path, e))?
+                        .len();
+                    Ok((
+                        kept,
+                        file,
+                        last.path.clone(),
+                        len,
+                        last.start.saturating_add(len),
+                    ))
+                }
+                None => {
+                    let path = segment::path(dir, stream, 0);
+                    let file = create_segment_blocking(&path)?;
+                    Ok((VecDeque::from([0]), file, path, 0, 0))
+                }
             }
-            None => {
-                let path = segment::path(dir, stream, 0);
-                kept.push_back(0);
-                (create_segment(&path).await?, path, 0, 0)
-            }
-        };
+        })
+        .await
+        .map_err(|e| LogError::io("opening log segment", dir, io::Error::other(e)))?;
+        let (kept, file, file_path, file_len, end) = opened?;
+        let file = File::from_std(file);
 
         let mut writer = SegmentWriter {
             dir: dir.to_path_buf(),
@@ -225,41 +234,25 @@ impl SegmentWriter {
 }
 
 async fn create_segment(path: &Path) -> Result<File, LogError> {
+    let owned = path.to_path_buf();
+    let file = tokio::task::spawn_blocking(move || create_segment_blocking(&owned))
+        .await
+        .map_err(|e| LogError::io("creating log segment", path, io::Error::other(e)))??;
+    Ok(File::from_std(file))
+}
+
+fn create_segment_blocking(path: &Path) -> Result<std::fs::File, LogError> {
+    use std::os::unix::fs::OpenOptionsExt;
     // create_new: an existing file at this offset would mean a second writer on
     // the same stream, and appending to it would corrupt logical offsets.
-    let file = OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(SEGMENT_MODE)
         .open(path)
-        .await
         .map_err(|e| LogError::io("creating log segment", path, e))?;
     // The process umask may have narrowed the mode; set it exactly.
     file.set_permissions(std::fs::Permissions::from_mode(SEGMENT_MODE))
-        .await
         .map_err(|e| LogError::io("setting log segment permissions", path, e))?;
     Ok(file)
-}
-
-/// Async twin of [`segment::list`] so the writer never blocks a worker thread
-/// on directory IO. Returns segment starts, oldest first.
-async fn list_async(dir: &Path, stream: Stream) -> Result<Vec<u64>, LogError> {
-    let mut entries = match tokio::fs::read_dir(dir).await {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(LogError::io("listing log directory", dir, e)),
-    };
-    let mut starts = Vec::new();
-    while let Some(entry) = entries
-        .next_entry()
-        .await
-        .map_err(|e| LogError::io("listing log directory", dir, e))?
-    {
-        let name = entry.file_name();
-        if let Some(start) = name.to_str().and_then(|n| segment::parse(stream, n)) {
-            starts.push(start);
-        }
-    }
-    starts.sort_unstable();
-    Ok(starts)
 }
