@@ -28,10 +28,11 @@ pub enum Shortfall {
         available: u64,
     },
     #[error("waiting for {name}: all {limit} slots in use")]
-    Limit { name: String, limit: u32 },
+    // Shared names: a pass over a long queue blocked on one limit builds a shortfall per job.
+    Limit { name: Arc<str>, limit: u32 },
     #[error("waiting for {name}: at most {per_minute} starts per minute, next in {:.1}s", retry_in.as_secs_f64())]
     Rate {
-        name: String,
+        name: Arc<str>,
         per_minute: u32,
         retry_in: Duration,
     },
@@ -46,6 +47,7 @@ pub enum Shortfall {
 }
 
 struct Limit {
+    name: Arc<str>,
     config: LimitConfig,
     in_use: u32,
     /// Start times within the last minute, oldest first (bounded by `per_minute`).
@@ -99,7 +101,7 @@ impl Ledger {
             if let Some(max) = limit.config.max_concurrent {
                 if limit.in_use >= max {
                     return Err(Shortfall::Limit {
-                        name: name.clone(),
+                        name: limit.name.clone(),
                         limit: max,
                     });
                 }
@@ -116,7 +118,7 @@ impl Ledger {
                     let oldest = limit.starts.front().copied().unwrap_or(now);
                     let retry_in = MINUTE.saturating_sub(now.duration_since(oldest));
                     return Err(Shortfall::Rate {
-                        name: name.clone(),
+                        name: limit.name.clone(),
                         per_minute,
                         retry_in,
                     });
@@ -281,8 +283,9 @@ impl Admission {
             .into_iter()
             .map(|(name, config)| {
                 (
-                    name,
+                    name.clone(),
                     Limit {
+                        name: Arc::from(name),
                         config,
                         in_use: 0,
                         starts: VecDeque::new(),
@@ -334,7 +337,7 @@ impl Admission {
                 None => return Err(Shortfall::UnknownLimit(name.clone())),
                 Some(l) if l.config.max_concurrent == Some(0) || l.config.per_minute == Some(0) => {
                     return Err(Shortfall::Limit {
-                        name: name.clone(),
+                        name: l.name.clone(),
                         limit: 0,
                     })
                 }

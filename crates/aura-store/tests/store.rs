@@ -22,7 +22,7 @@ fn spec(n: usize) -> JobSpec {
     );
     spec.labels.insert(
         "kind".into(),
-        if n.is_multiple_of(2) { "encode" } else { "tts" }.into(),
+        if n % 2 == 0 { "encode" } else { "tts" }.into(),
     );
     spec.env.insert("LANG".into(), "C.UTF-8".into());
     spec.cwd = Some(PathBuf::from("/srv/media"));
