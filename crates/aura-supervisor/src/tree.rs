@@ -165,25 +165,20 @@ impl TreeRef {
             reusable &= oom_kills == 0;
             cgroup::read_u64(&v1.join("memory.usage_in_bytes"))
         });
-        let cgroups = JobCgroups {
-            v2: self.v2.clone(),
-            v1: self.v1.clone(),
-        };
-        pool.release(cgroups, reusable, v1_charge);
+        pool.release(self.cgroups(), reusable, v1_charge);
     }
 
     /// Removes the job cgroups; returns how many were removed.
     pub fn remove_dirs(&self) -> u32 {
-        let mut n = 0;
-        for dir in self.dirs() {
-            match cgroup::rmdir(&dir, Duration::from_millis(500)) {
-                Ok(()) => n += 1,
-                Err(e) => {
-                    tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove job cgroup")
-                }
-            }
+        self.cgroups().remove()
+    }
+
+    /// The job's cgroup directories as the pool handles them.
+    fn cgroups(&self) -> JobCgroups {
+        JobCgroups {
+            v2: self.v2.clone(),
+            v1: self.v1.clone(),
         }
-        n
     }
 }
 
