@@ -317,52 +317,68 @@ fn available(reading: &Reading) -> String {
     }
 }
 
+/// The memory half of a stage: available memory against a trip and a clear threshold, and a PSI memory
+/// figure likewise; `verbs` name what tripping and clearing do ("pauses"/"resumes").
+struct MemoryGuard<'a> {
+    available: (MemoryThreshold, MemoryThreshold),
+    psi_name: &'a str,
+    psi: Option<f64>,
+    psi_thresholds: (f64, f64),
+    verbs: (&'a str, &'a str),
+}
+
+impl MemoryGuard<'_> {
+    /// Applies the reading to both flags, and names the first one tripped.
+    fn judge(&self, memory: &mut bool, pressure: &mut bool, reading: &Reading) -> Option<String> {
+        let (trip, clear) = self.verbs;
+        below(memory, reading, self.available.0, self.available.1);
+        let (psi_trip, psi_clear) = self.psi_thresholds;
+        hysteresis(pressure, self.psi, |v| v > psi_trip, |v| v < psi_clear);
+        if *memory {
+            return Some(format!(
+                "available memory {} ({trip} below {}, {clear} above {})",
+                available(reading),
+                self.available.0,
+                self.available.1
+            ));
+        }
+        pressure.then(|| {
+            format!(
+                "memory pressure (PSI {}) {:.1} % ({trip} above {psi_trip:.0} %, {clear} below {psi_clear:.0} %)",
+                self.psi_name,
+                self.psi.unwrap_or_default()
+            )
+        })
+    }
+}
+
 /// Applies one reading with hysteresis and returns why admission is paused (stage 1), if it is.
 pub fn evaluate(config: &GuardConfig, tripped: &mut Tripped, reading: &Reading) -> Option<String> {
-    let pct = |x: f64| x * 100.0;
-    below(
-        &mut tripped.memory,
-        reading,
-        config.min_available_memory,
-        config.resume_available_memory,
-    );
-    hysteresis(
-        &mut tripped.pressure,
-        reading.memory_pressure,
-        |v| v > config.max_memory_pressure,
-        |v| v < config.resume_memory_pressure,
-    );
+    let memory = MemoryGuard {
+        available: (config.min_available_memory, config.resume_available_memory),
+        psi_name: "some avg10",
+        psi: reading.memory_pressure,
+        psi_thresholds: (config.max_memory_pressure, config.resume_memory_pressure),
+        verbs: ("pauses", "resumes"),
+    }
+    .judge(&mut tripped.memory, &mut tripped.pressure, reading);
     hysteresis(
         &mut tripped.cpu,
         reading.outside_cpu,
         |v| v > config.max_outside_cpu,
         |v| v < config.resume_outside_cpu,
     );
-    if tripped.memory {
-        return Some(format!(
-            "available memory {} (pauses below {}, resumes above {})",
-            available(reading),
-            config.min_available_memory,
-            config.resume_available_memory
-        ));
-    }
-    if tripped.pressure {
-        return Some(format!(
-            "memory pressure (PSI some avg10) {:.1} % (pauses above {:.0} %, resumes below {:.0} %)",
-            reading.memory_pressure.unwrap_or_default(),
-            config.max_memory_pressure,
-            config.resume_memory_pressure
-        ));
-    }
-    if tripped.cpu {
-        return Some(format!(
-            "CPU use outside Aura's jobs {:.0} % over the window (pauses above {:.0} %, resumes below {:.0} %)",
-            pct(reading.outside_cpu.unwrap_or_default()),
-            pct(config.max_outside_cpu),
-            pct(config.resume_outside_cpu)
-        ));
-    }
-    None
+    let pct = |x: f64| x * 100.0;
+    memory.or_else(|| {
+        tripped.cpu.then(|| {
+            format!(
+                "CPU use outside Aura's jobs {:.0} % over the window (pauses above {:.0} %, resumes below {:.0} %)",
+                pct(reading.outside_cpu.unwrap_or_default()),
+                pct(config.max_outside_cpu),
+                pct(config.resume_outside_cpu)
+            )
+        })
+    })
 }
 
 /// Stage 2: applies one reading to the critical thresholds (with hysteresis) and returns why memory is
@@ -372,35 +388,24 @@ pub fn evaluate_critical(
     tripped: &mut Tripped,
     reading: &Reading,
 ) -> Option<String> {
-    below(
-        &mut tripped.critical_memory,
-        reading,
-        config.critical_available_memory,
-        config.critical_resume_available_memory,
-    );
-    hysteresis(
-        &mut tripped.critical_pressure,
-        reading.memory_pressure_full,
-        |v| v > config.critical_memory_pressure,
-        |v| v < config.critical_resume_memory_pressure,
-    );
-    if tripped.critical_memory {
-        return Some(format!(
-            "available memory {} is critical (below {}, clears above {})",
-            available(reading),
+    MemoryGuard {
+        available: (
             config.critical_available_memory,
-            config.critical_resume_available_memory
-        ));
-    }
-    if tripped.critical_pressure {
-        return Some(format!(
-            "memory pressure (PSI full avg10) {:.1} % is critical (above {:.0} %, clears below {:.0} %)",
-            reading.memory_pressure_full.unwrap_or_default(),
+            config.critical_resume_available_memory,
+        ),
+        psi_name: "full avg10",
+        psi: reading.memory_pressure_full,
+        psi_thresholds: (
             config.critical_memory_pressure,
-            config.critical_resume_memory_pressure
-        ));
+            config.critical_resume_memory_pressure,
+        ),
+        verbs: ("critical", "clears"),
     }
-    None
+    .judge(
+        &mut tripped.critical_memory,
+        &mut tripped.critical_pressure,
+        reading,
+    )
 }
 
 /// When the pressure responder may act: critical for `critical_sustain`, and not within `victim_cooldown`
