@@ -14,8 +14,8 @@ use crate::error::HostError;
 use crate::gpu::Gpus;
 use crate::procfs::{self, CpuTimes, DiskRaw, NetRaw, Psi};
 use crate::snapshot::{
-    CpuModeSeconds, CpuStats, DiskStats, HostSnapshot, MemoryStats, NetStats, Pressure,
-    PressureResource, PressureStall, VolumeStats,
+    CpuStats, DiskStats, HostSnapshot, MemoryStats, NetStats, Pressure, PressureResource,
+    PressureStall, VolumeStats,
 };
 
 /// Counters from the previous sample, kept to compute deltas.
@@ -189,16 +189,7 @@ impl Collector {
                         .collect()
                 }),
             cores: stat.cores.len(),
-            seconds: CpuModeSeconds {
-                user: t.user as f64 / hz,
-                nice: t.nice as f64 / hz,
-                system: t.system as f64 / hz,
-                idle: t.idle as f64 / hz,
-                iowait: t.iowait as f64 / hz,
-                irq: t.irq as f64 / hz,
-                softirq: t.softirq as f64 / hz,
-                steal: t.steal as f64 / hz,
-            },
+            seconds: t.map(|ticks| ticks as f64 / hz),
         };
 
         let disks: Vec<DiskRaw> = all_disks

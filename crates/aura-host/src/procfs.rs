@@ -32,22 +32,25 @@ fn num<T: std::str::FromStr>(
     s.parse().map_err(|_| err(format!("bad {what}: {s:?}")))
 }
 
-/// One `cpu` line of /proc/stat, in clock ticks (USER_HZ).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CpuTimes {
-    pub user: u64,
-    pub nice: u64,
-    pub system: u64,
-    pub idle: u64,
-    pub iowait: u64,
-    pub irq: u64,
-    pub softirq: u64,
-    pub steal: u64,
+/// Time per CPU mode: ticks as /proc/stat counts them (`CpuTimes`), or seconds (`CpuModeSeconds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CpuModes<T> {
+    pub user: T,
+    pub nice: T,
+    pub system: T,
+    pub idle: T,
+    pub iowait: T,
+    pub irq: T,
+    pub softirq: T,
+    pub steal: T,
 }
 
-impl CpuTimes {
-    /// All ticks. Guest time is already counted inside user/nice, so it is not added again.
-    pub fn total(&self) -> u64 {
+/// One `cpu` line of /proc/stat, in clock ticks (USER_HZ).
+pub type CpuTimes = CpuModes<u64>;
+
+impl<T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>> CpuModes<T> {
+    /// All of it. Guest time is already counted inside user/nice, so it is not added again.
+    pub fn total(&self) -> T {
         self.user
             + self.nice
             + self.system
@@ -58,9 +61,23 @@ impl CpuTimes {
             + self.steal
     }
 
-    /// Ticks not spent idle; iowait counts as idle because the CPU was free to run something.
-    pub fn busy(&self) -> u64 {
+    /// Time not spent idle; iowait counts as idle because the CPU was free to run something.
+    pub fn busy(&self) -> T {
         self.total() - self.idle - self.iowait
+    }
+
+    /// Every mode converted alike (ticks to seconds).
+    pub fn map<U>(&self, f: impl Fn(T) -> U) -> CpuModes<U> {
+        CpuModes {
+            user: f(self.user),
+            nice: f(self.nice),
+            system: f(self.system),
+            idle: f(self.idle),
+            iowait: f(self.iowait),
+            irq: f(self.irq),
+            softirq: f(self.softirq),
+            steal: f(self.steal),
+        }
     }
 }
 

@@ -43,36 +43,8 @@ pub struct CpuStats {
     pub seconds: CpuModeSeconds,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct CpuModeSeconds {
-    pub user: f64,
-    pub nice: f64,
-    pub system: f64,
-    pub idle: f64,
-    pub iowait: f64,
-    pub irq: f64,
-    pub softirq: f64,
-    pub steal: f64,
-}
-
-impl CpuModeSeconds {
-    /// All seconds, as `procfs::CpuTimes::total` counts ticks.
-    pub fn total(&self) -> f64 {
-        self.user
-            + self.nice
-            + self.system
-            + self.idle
-            + self.iowait
-            + self.irq
-            + self.softirq
-            + self.steal
-    }
-
-    /// Seconds not spent idle, as `procfs::CpuTimes::busy` (iowait counts as idle).
-    pub fn busy(&self) -> f64 {
-        self.total() - self.idle - self.iowait
-    }
-}
+/// Cumulative seconds per CPU mode.
+pub type CpuModeSeconds = crate::procfs::CpuModes<f64>;
 
 /// Memory, bytes. `used` is `total - available`: what cannot be had back without swapping.
 #[derive(Clone, Copy, Debug, Serialize)]
