@@ -640,9 +640,8 @@ impl Actor {
             return;
         }
         tracing::info!(job_id = %id, attempt = active.job.attempt, "job started");
-        let job = active.job.clone();
         let pending = active.pending_stop.take();
-        self.persist(&job, vec![NewEvent::new("started", detail)])
+        self.persist_active(id, vec![NewEvent::new("started", detail)])
             .await;
         if let Some(reason) = pending {
             self.request_stop(id, reason).await;
@@ -696,11 +695,8 @@ impl Actor {
         });
         self.engine_event(NewEvent::new("pressure_victim", detail.clone()))
             .await;
-        if let Some(active) = self.active.get(&victim.id) {
-            let job = active.job.clone();
-            self.persist(&job, vec![NewEvent::new("pressure_victim", detail)])
-                .await;
-        }
+        self.persist_active(victim.id, vec![NewEvent::new("pressure_victim", detail)])
+            .await;
         self.shared
             .memory
             .pressure_victims
@@ -724,9 +720,9 @@ impl Actor {
 
     /// Records why the monitor is killing a tree for memory; the outcome follows from the accounting.
     async fn memory_violation(&mut self, id: JobId, violation: aura_supervisor::MemoryViolation) {
-        let Some(active) = self.active.get(&id) else {
+        if !self.active.contains_key(&id) {
             return;
-        };
+        }
         let counter = match violation {
             aura_supervisor::MemoryViolation::LimitExceeded { .. } => {
                 &self.shared.memory.limit_exceeded
@@ -749,8 +745,7 @@ impl Actor {
                 json!({ "kills": kills, "action": "the kernel's OOM killer hit the tree; killing the rest" }),
             ),
         };
-        let job = active.job.clone();
-        self.persist(&job, vec![event]).await;
+        self.persist_active(id, vec![event]).await;
     }
 
     /// Marks a live job as stopping and tells its monitor. A job still launching is stopped as soon as it has
@@ -774,9 +769,8 @@ impl Actor {
         }
         if before != active.job.state.name() {
             tracing::info!(job_id = %id, ?reason, "stopping job");
-            let job = active.job.clone();
-            self.persist(
-                &job,
+            self.persist_active(
+                id,
                 vec![NewEvent::new("stop_requested", json!({ "reason": reason }))],
             )
             .await;
@@ -912,24 +906,34 @@ impl Actor {
     /// Queues the write in the store's group commit without waiting for it; ordering per job is preserved
     /// because the store applies writes in queue order. Failures are logged when the commit resolves.
     async fn persist(&mut self, job: &Job, events: Vec<NewEvent>) {
-        self.queue_write(job, events, None).await;
+        queue_write(&self.shared.store, &mut self.writes, job, events, None).await;
+    }
+
+    /// `persist` of a live job, in place (no copy of the job to get around the borrow of `self`).
+    async fn persist_active(&mut self, id: JobId, events: Vec<NewEvent>) {
+        if let Some(active) = self.active.get(&id) {
+            queue_write(
+                &self.shared.store,
+                &mut self.writes,
+                &active.job,
+                events,
+                None,
+            )
+            .await;
+        }
     }
 
     /// Like `persist` for a job that reached its final state: waiters are told once the commit is done,
     /// so that what they read next is the final record.
     async fn persist_final(&mut self, job: &Job, events: Vec<NewEvent>) {
-        self.queue_write(job, events, Some(job.id)).await;
-    }
-
-    async fn queue_write(&mut self, job: &Job, events: Vec<NewEvent>, finished: Option<JobId>) {
-        match self.shared.store.record_queued(job, events).await {
-            Ok(pending) => self
-                .writes
-                .push(Box::pin(async move { (pending.await, finished) })),
-            Err(e) => {
-                tracing::error!(job_id = %job.id, error = %e, "failed to persist a job state change")
-            }
-        }
+        queue_write(
+            &self.shared.store,
+            &mut self.writes,
+            job,
+            events,
+            Some(job.id),
+        )
+        .await;
     }
 
     fn committed(&mut self, (result, finished): (Result<(), StoreError>, Option<JobId>)) {
@@ -939,6 +943,22 @@ impl Actor {
         if let Some(id) = finished {
             // Sent even if the write failed: waiters then re-read and see what the store has.
             let _ = self.shared.finished.send(id);
+        }
+    }
+}
+
+/// Queues one job's write in the store's group commit; `writes` resolves it (and announces `finished`).
+async fn queue_write(
+    store: &Store,
+    writes: &mut FuturesUnordered<QueuedWrite>,
+    job: &Job,
+    events: Vec<NewEvent>,
+    finished: Option<JobId>,
+) {
+    match store.record_queued(job, events).await {
+        Ok(pending) => writes.push(Box::pin(async move { (pending.await, finished) })),
+        Err(e) => {
+            tracing::error!(job_id = %job.id, error = %e, "failed to persist a job state change")
         }
     }
 }
