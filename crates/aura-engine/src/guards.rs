@@ -478,7 +478,9 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
     let mut reported: Option<&'static str> = None;
     let mut critical_active = false;
     let mut responder = Responder::default();
-    let mut cpu = CpuWindow::new(config.cpu_window, config.interval);
+    // A window sample is taken per new host snapshot seen by a guard tick: as often as the slower of the two.
+    let sample_every = config.interval.max(shared.config.host_interval);
+    let mut cpu = CpuWindow::new(config.cpu_window, sample_every);
     while !stop.load(Ordering::SeqCst) {
         // The host sampler reads /proc; the guards only judge its latest snapshot.
         let host = shared.host_sampler.latest();
