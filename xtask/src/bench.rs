@@ -153,6 +153,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         latencies.sort_by(f64::total_cmp);
 
         let submitters = 8;
+        let daemon_before = daemon_work(daemon.child.id())?;
         let cpu_before = machine_cpu_ticks()?;
         let first_submit = aura_model::Timestamp::now();
         let started = Instant::now();
@@ -224,7 +225,13 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
             anyhow::bail!("only {finished} of {jobs} jobs are recorded as finished");
         }
         let wall = last_finish.since(first_submit).as_secs_f64();
+        let daemon_after = daemon_work(daemon.child.id())?;
         eprintln!("submitted {jobs} jobs in {submit_secs:.2}s");
+        eprintln!(
+            "daemon per job (this run only): CPU {:.3} ms, context switches {:.1}",
+            (daemon_after.0 - daemon_before.0) * 1000.0 / jobs as f64,
+            (daemon_after.1 - daemon_before.1) as f64 / jobs as f64
+        );
         let daemon_cpu = thread_cpu(daemon.child.id());
         let (busy, total) = machine_cpu_ticks()?;
         let busy_share = (busy - cpu_before.0) as f64 / (total - cpu_before.1).max(1) as f64;
@@ -261,6 +268,22 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         latencies.len()
     );
     Ok(())
+}
+
+/// The daemon's CPU seconds (every thread, exited ones included) and context switches (its live threads:
+/// each switch is a sleep and a wake-up, the main cost of a hand-off between threads on this VM).
+fn daemon_work(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let cpu = cpu_secs(&pid_stat(&format!("/proc/{pid}/stat"))?);
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        switches += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok((cpu, switches))
 }
 
 /// (busy, total) CPU ticks of the whole machine from /proc/stat: whether a run was CPU-bound.

@@ -9,10 +9,8 @@ use aura_model::{
     Accounting, Event, ExitStatus, Job, JobId, JobState, LeaseSpec, NewEvent, Outcome, Run,
     StopReason, StopSignal, Timestamp,
 };
-use aura_store::{Store, StoreError};
+use aura_store::Store;
 use aura_supervisor::{Supervisor, UsageProbe};
-use futures_util::future::BoxFuture;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -236,14 +234,10 @@ struct Actor {
     active: HashMap<JobId, Active>,
     monitors: JoinSet<()>,
     monitor_jobs: HashMap<tokio::task::Id, JobId>,
-    writes: FuturesUnordered<QueuedWrite>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
 }
 
 const COMMAND_CAPACITY: usize = 1024;
-
-/// A store write in flight: resolves when committed, with the id of a job to announce as finished.
-type QueuedWrite = BoxFuture<'static, (Result<(), StoreError>, Option<JobId>)>;
 
 pub(crate) async fn spawn(
     config: EngineConfig,
@@ -282,7 +276,6 @@ pub(crate) async fn spawn(
         active: HashMap::new(),
         monitors: JoinSet::new(),
         monitor_jobs: HashMap::new(),
-        writes: FuturesUnordered::new(),
         shutdown_waiters: Vec::new(),
     };
     actor.recover().await?;
@@ -354,7 +347,6 @@ impl Actor {
                 Some(joined) = self.monitors.join_next_with_id(), if !self.monitors.is_empty() => {
                     self.monitor_ended(joined).await;
                 }
-                Some(committed) = self.writes.next(), if !self.writes.is_empty() => self.committed(committed),
                 () = async { if let Some(w) = self.rate_wakeup.as_mut() { w.await } }, if self.rate_wakeup.is_some() => {
                     self.dispatch().await;
                 }
@@ -369,9 +361,8 @@ impl Actor {
                 break;
             }
         }
-        while let Some(committed) = self.writes.next().await {
-            self.committed(committed);
-        }
+        // Writes still queued are committed by the store's close (the engine's shutdown), which also
+        // announces the final ones.
         for waiter in self.shutdown_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -708,13 +699,14 @@ impl Actor {
 
     /// Appends to the engine's event log without waiting for the commit.
     async fn engine_event(&mut self, event: NewEvent) {
-        match self.shared.store.record_engine_event(&event).await {
-            Ok(pending) => self
-                .writes
-                .push(Box::pin(async move { (pending.await, None) })),
-            Err(e) => {
-                tracing::error!(error = %e, kind = %event.kind, "failed to record an engine event")
+        let kind = event.kind.clone();
+        let logged = move |result: Result<(), aura_store::StoreError>| {
+            if let Err(e) = result {
+                tracing::error!(error = %e, %kind, "failed to record an engine event");
             }
+        };
+        if let Err(e) = self.shared.store.record_engine_event(&event, logged).await {
+            tracing::error!(error = %e, kind = %event.kind, "failed to record an engine event")
         }
     }
 
@@ -906,59 +898,38 @@ impl Actor {
     /// Queues the write in the store's group commit without waiting for it; ordering per job is preserved
     /// because the store applies writes in queue order. Failures are logged when the commit resolves.
     async fn persist(&mut self, job: &Job, events: Vec<NewEvent>) {
-        queue_write(&self.shared.store, &mut self.writes, job, events, None).await;
+        queue_write(&self.shared, job, events, false).await;
     }
 
     /// `persist` of a live job, in place (no copy of the job to get around the borrow of `self`).
     async fn persist_active(&mut self, id: JobId, events: Vec<NewEvent>) {
         if let Some(active) = self.active.get(&id) {
-            queue_write(
-                &self.shared.store,
-                &mut self.writes,
-                &active.job,
-                events,
-                None,
-            )
-            .await;
+            queue_write(&self.shared, &active.job, events, false).await;
         }
     }
 
     /// Like `persist` for a job that reached its final state: waiters are told once the commit is done,
     /// so that what they read next is the final record.
     async fn persist_final(&mut self, job: &Job, events: Vec<NewEvent>) {
-        queue_write(
-            &self.shared.store,
-            &mut self.writes,
-            job,
-            events,
-            Some(job.id),
-        )
-        .await;
-    }
-
-    fn committed(&mut self, (result, finished): (Result<(), StoreError>, Option<JobId>)) {
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "failed to persist a job state change");
-        }
-        if let Some(id) = finished {
-            // Sent even if the write failed: waiters then re-read and see what the store has.
-            let _ = self.shared.finished.send(id);
-        }
+        queue_write(&self.shared, job, events, true).await;
     }
 }
 
-/// Queues one job's write in the store's group commit; `writes` resolves it (and announces `finished`).
-async fn queue_write(
-    store: &Store,
-    writes: &mut FuturesUnordered<QueuedWrite>,
-    job: &Job,
-    events: Vec<NewEvent>,
-    finished: Option<JobId>,
-) {
-    match store.record_queued(job, events).await {
-        Ok(pending) => writes.push(Box::pin(async move { (pending.await, finished) })),
-        Err(e) => {
-            tracing::error!(job_id = %job.id, error = %e, "failed to persist a job state change")
+/// Queues one job's write in the store's group commit. The store's writer thread logs a failure and,
+/// for a final state (`finished`), announces the job to waiters once the commit is done — even if it
+/// failed: waiters then re-read and see what the store has. Nothing here waits for the commit.
+async fn queue_write(shared: &Shared, job: &Job, events: Vec<NewEvent>, finished: bool) {
+    let id = job.id;
+    let announce = finished.then(|| shared.finished.clone());
+    let then = move |result: Result<(), aura_store::StoreError>| {
+        if let Err(e) = result {
+            tracing::error!(job_id = %id, error = %e, "failed to persist a job state change");
         }
+        if let Some(finished) = announce {
+            let _ = finished.send(id);
+        }
+    };
+    if let Err(e) = shared.store.record_then(job, &events, then).await {
+        tracing::error!(job_id = %id, error = %e, "failed to persist a job state change");
     }
 }

@@ -100,6 +100,7 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     actor: Arc<Mutex<Option<JoinHandle<()>>>>,
+    checks: Arc<crate::checks::RecentChecks>,
     guards: Arc<Mutex<Option<crate::guards::GuardThread>>>,
 }
 
@@ -114,6 +115,7 @@ impl EngineHandle {
             tx,
             shared,
             actor: Arc::new(Mutex::new(Some(actor))),
+            checks: Arc::default(),
             guards: Arc::new(Mutex::new(guards)),
         }
     }
@@ -128,35 +130,8 @@ impl EngineHandle {
         spec.validate()?;
         // The cheap refusals first: a daemon shutting down or a full queue costs no file system work.
         self.check_accepting()?;
-        // The working directory and the program in one blocking hop.
-        let (program, path_var, cwd) = (
-            spec.program.clone(),
-            spec.env.get("PATH").cloned(),
-            spec.cwd.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
-            if let Some(cwd) = &cwd {
-                let reason = match std::fs::metadata(cwd) {
-                    Ok(m) if m.is_dir() => None,
-                    Ok(_) => Some("not a directory".to_owned()),
-                    Err(e) => Some(e.to_string()),
-                };
-                if let Some(reason) = reason {
-                    return Err(EngineError::WorkingDirectory {
-                        path: cwd.clone(),
-                        reason,
-                    });
-                }
-            }
-            aura_supervisor::resolve_program(&program, path_var.as_deref(), cwd.as_deref())
-                .map(drop)
-                .map_err(|e| EngineError::Program {
-                    program,
-                    reason: e.to_string(),
-                })
-        })
-        .await
-        .map_err(|e| EngineError::Internal(e.to_string()))??;
+        // The working directory and the program (one blocking hop, unless the same check just passed).
+        self.checks.check(&spec).await?;
         let memory_request = self.memory_request(&spec).await?;
         self.shared
             .admission

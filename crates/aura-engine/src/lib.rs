@@ -6,6 +6,7 @@
 
 mod actor;
 mod admission;
+mod checks;
 mod diagnostics;
 mod error;
 mod guards;

@@ -5,7 +5,7 @@ use crate::codec::{encode_event, encode_new, encode_state};
 use crate::error::{Context as _, StoreError};
 use crate::reader::{self, ReadPool};
 use crate::schema::{migrate, open_connection};
-use crate::writer::{Command, Counters, Write, Writer};
+use crate::writer::{Command, Counters, Done, Write, Writer};
 use aura_model::{
     EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, MemoryRequest, NewEvent, StateName,
     Timestamp,
@@ -224,30 +224,57 @@ impl Store {
         job: &Job,
         events: Vec<NewEvent>,
     ) -> Result<Pending, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue_record(job, &events, Done::Reply(reply)).await?;
+        Ok(Pending(answer))
+    }
+
+    /// Like `record`, but resolves as soon as the write is queued; `then` runs on the writer thread once
+    /// it is committed (or failed). It must be quick and must not block: it runs between two commits.
+    /// Nothing waits for the commit, so no task is woken for it.
+    pub async fn record_then(
+        &self,
+        job: &Job,
+        events: &[NewEvent],
+        then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.queue_record(job, events, Done::Then(Box::new(then)))
+            .await
+    }
+
+    async fn queue_record(
+        &self,
+        job: &Job,
+        events: &[NewEvent],
+        done: Done,
+    ) -> Result<(), StoreError> {
         let row = encode_state(job)?;
         let events = events
             .iter()
             .map(encode_event)
             .collect::<Result<Vec<_>, _>>()?;
-        let (reply, answer) = oneshot::channel();
         self.send(Command::Write(Box::new(Write::Record {
             id: job.id,
             job: row,
             events,
-            reply,
+            done,
         })))
-        .await?;
-        Ok(Pending(answer))
+        .await
     }
 
     /// Appends an entry to the engine's own event log (decisions that belong to no single job); resolves
-    /// once queued, the `Pending` once committed.
-    pub async fn record_engine_event(&self, event: &NewEvent) -> Result<Pending, StoreError> {
+    /// once queued; `then` runs on the writer thread once it is committed (see `record_then`).
+    pub async fn record_engine_event(
+        &self,
+        event: &NewEvent,
+        then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
         let event = encode_event(event)?;
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Write(Box::new(Write::Engine { event, reply })))
-            .await?;
-        Ok(Pending(answer))
+        self.send(Command::Write(Box::new(Write::Engine {
+            event,
+            done: Done::Then(Box::new(then)),
+        })))
+        .await
     }
 
     /// The engine's event log after sequence number `after`, oldest first, at most `limit` (≤ 1000).

@@ -12,6 +12,28 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// What to do once a write is committed (or failed).
+pub(crate) enum Done {
+    /// Answer a caller that awaits the `Pending`.
+    Reply(Reply<()>),
+    /// Run this on the writer thread: a caller that does not wait for the commit (most state changes)
+    /// costs no wake-up of an async task, and one that must act on it (announce a final state) acts
+    /// straight from here.
+    Then(Box<dyn FnOnce(Result<(), StoreError>) + Send>),
+}
+
+impl Done {
+    fn send(self, result: Result<(), StoreError>) {
+        match self {
+            // A caller that stopped waiting (dropped its future) does not care about the answer.
+            Done::Reply(reply) => {
+                let _ = reply.send(result);
+            }
+            Done::Then(then) => then(result),
+        }
+    }
+}
+
 pub(crate) enum Command {
     Write(Box<Write>),
     /// Apply everything already queued, then stop.
@@ -28,10 +50,10 @@ pub(crate) enum Write {
         id: JobId,
         job: StateRow,
         events: Vec<EventRow>,
-        reply: Reply<()>,
+        done: Done,
     },
     /// An entry of the engine's own event log.
-    Engine { event: EventRow, reply: Reply<()> },
+    Engine { event: EventRow, done: Done },
 }
 
 #[derive(Default)]
@@ -183,13 +205,13 @@ impl Write {
     }
 
     fn reply(self, result: Result<JobId, StoreError>) {
-        // A caller that stopped waiting (dropped its future) does not care about the answer.
         match self {
+            // A caller that stopped waiting (dropped its future) does not care about the answer.
             Write::Insert { reply, .. } => {
                 let _ = reply.send(result);
             }
-            Write::Record { reply, .. } | Write::Engine { reply, .. } => {
-                let _ = reply.send(result.map(|_| ()));
+            Write::Record { done, .. } | Write::Engine { done, .. } => {
+                done.send(result.map(|_| ()))
             }
         }
     }

@@ -698,12 +698,14 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     let dir = TempDir::new().unwrap();
     let store = open(&db(&dir)).await;
     for n in 0..5 {
+        let (tx, committed) = tokio::sync::oneshot::channel();
         store
-            .record_engine_event(&event("admission_paused", n))
-            .await
-            .unwrap()
+            .record_engine_event(&event("admission_paused", n), move |r| {
+                let _ = tx.send(r);
+            })
             .await
             .unwrap();
+        committed.await.unwrap().unwrap();
     }
     let all = store.engine_events(0, 100).await.unwrap();
     assert_eq!(all.len(), 5);
@@ -716,5 +718,33 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     job.pressure_stops = 2;
     store.record(&job, vec![]).await.unwrap();
     assert_eq!(store.get(job.id).await.unwrap().unwrap().pressure_stops, 2);
+
+    // `record_then` runs its callback on the writer thread once committed: the write is visible then,
+    // and a failed write hands its own error to the callback.
+    job.pressure_stops = 3;
+    let (tx, committed) = tokio::sync::oneshot::channel();
+    store
+        .record_then(&job, &[event("started", 9)], move |r| {
+            let _ = tx.send(r);
+        })
+        .await
+        .unwrap();
+    committed.await.unwrap().unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().unwrap().pressure_stops, 3);
+    let ghost = Job {
+        id: JobId(987_654),
+        ..job.clone()
+    };
+    let (tx, failed) = tokio::sync::oneshot::channel();
+    store
+        .record_then(&ghost, &[], move |r| {
+            let _ = tx.send(r);
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        failed.await.unwrap(),
+        Err(StoreError::NotFound(JobId(987_654)))
+    ));
     store.close().await.unwrap();
 }

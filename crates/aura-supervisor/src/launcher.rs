@@ -1,28 +1,28 @@
 //! The launcher thread: the only place that forks. A dedicated, long-lived std thread, because
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, and tokio's blocking-pool threads exit
 //! when idle. It creates the job cgroups, starts the job's main process (`spawn`, a vfork-style clone), opens
-//! the pidfd and replies on a oneshot.
+//! the pidfd, hands the tree to the watcher thread (which reaps it) and replies on a oneshot.
 
 use crate::host::Layout;
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::spawn::{self, SpawnPlan};
-use crate::tree::{reap_blocking, TreeRef};
+use crate::tree::{kill_main, TreeRef, TreeStats};
+use crate::watcher::Watcher;
 use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::{CString, OsString};
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) struct Spawned {
-    pub pidfd: Option<OwnedFd>,
+    pub pidfd: Option<Arc<OwnedFd>>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    pub tree: TreeRef,
-    /// Where the job's cgroup counters started (reused cgroups keep counting across jobs).
-    pub baseline: Baseline,
+    /// The tree, already watched by the watcher thread.
+    pub stats: Arc<TreeStats>,
     pub started: Instant,
 }
 
@@ -34,59 +34,57 @@ pub(crate) enum LauncherMsg {
     Stop,
 }
 
+/// Starts `count` launcher threads sharing one queue: with one, every job start waited for the one
+/// before it (a launch is mostly the child's own setup and `exec`, during which the vfork-style clone
+/// holds its launcher), and the launcher, not the machine, capped how many trivial jobs a second could
+/// start.
 pub(crate) fn start(
+    count: usize,
     layout: Layout,
     pool: Arc<CgroupPool>,
+    watcher: Watcher,
     oom_score_adj: i32,
-    mut rx: mpsc::Receiver<LauncherMsg>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("aura-launcher".into()).spawn(move || {
-        // Read once: the daemon does not change its own environment, and every job inherits it.
-        let daemon_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        while let Some(msg) = rx.blocking_recv() {
-            match msg {
-                LauncherMsg::Stop => break,
-                LauncherMsg::Launch(req, reply) => {
-                    let result = launch_one(&layout, &daemon_env, &pool, oom_score_adj, &req);
+    rx: mpsc::Receiver<LauncherMsg>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    // A std Mutex around the receiver: the thread holding it waits for the next message, the others
+    // wait for the lock; it is never held while a job starts.
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    // Read once: the daemon does not change its own environment, and every job inherits it.
+    let daemon_env: Arc<[(OsString, OsString)]> = std::env::vars_os().collect();
+    (0..count.max(1))
+        .map(|_| {
+            let (layout, pool, watcher, rx, daemon_env) = (
+                layout.clone(),
+                pool.clone(),
+                watcher.clone(),
+                rx.clone(),
+                daemon_env.clone(),
+            );
+            std::thread::Builder::new()
+                .name("aura-launcher".into())
+                .spawn(move || loop {
+                    let msg = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+                    let Some(LauncherMsg::Launch(req, reply)) = msg else {
+                        break;
+                    };
+                    let result =
+                        launch_one(&layout, &daemon_env, &pool, &watcher, oom_score_adj, &req);
                     if let Err(Ok(orphan)) = reply.send(result) {
                         // The caller went away (its launch future was cancelled): nobody owns this tree.
-                        tracing::warn!(job_id = %req.job_id, pid = orphan.tree.pid, "launch abandoned by caller; killing the tree");
-                        abandon(orphan, &pool, req.memory_limit.is_none());
+                        // The watcher reaps it and kills the rest.
+                        tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
+                        kill_main(&orphan.stats, orphan.pidfd.as_deref());
                     }
-                }
-            }
-        }
-    })
-}
-
-/// Kills and reaps an orphaned tree on a thread of its own: waiting for it (seconds, at worst) must not
-/// hold up every other job's start on the launcher thread. Without a thread, the launcher does it.
-fn abandon(s: Spawned, pool: &Arc<CgroupPool>, unlimited: bool) {
-    let clean_up = move |slot: &std::sync::Mutex<Option<Spawned>>, pool: &CgroupPool| {
-        let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(s) = taken {
-            let empty = s.tree.kill_and_wait(Duration::from_secs(2));
-            reap_blocking(s.tree.pid, Duration::from_secs(5));
-            s.tree.release_cgroups(pool, empty && unlimited, None);
-        }
-    };
-    let slot = Arc::new(std::sync::Mutex::new(Some(s)));
-    let spawned = std::thread::Builder::new()
-        .name("aura-abandon".into())
-        .spawn({
-            let (slot, pool) = (slot.clone(), pool.clone());
-            move || clean_up(&slot, &pool)
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no thread for an abandoned tree; cleaning up on the launcher");
-        clean_up(&slot, pool);
-    }
+                })
+        })
+        .collect()
 }
 
 fn launch_one(
     layout: &Layout,
     daemon_env: &[(OsString, OsString)],
     pool: &CgroupPool,
+    watcher: &Watcher,
     oom_score_adj: i32,
     req: &LaunchRequest,
 ) -> Result<Spawned, LaunchError> {
@@ -123,20 +121,29 @@ fn launch_one(
             }
         })?;
     let started = Instant::now();
+    let ticks_before = procfs::boot_ticks();
     let pid = spawn::spawn(&plan).map_err(|source| LaunchError::Spawn {
         program: req.program.clone(),
         source,
     })?;
+    let ticks_after = procfs::boot_ticks();
     // `_stdio_ends` (our copies of the child's stdin and pipe write ends) close at the end of this
     // function, so the capture sees EOF once the job's own copies are closed.
     let (v2, v1) = staged.started();
     // The child is not reaped yet (only we reap it), so its pid and /proc entry are pinned.
     let pidfd = rustix::process::Pid::from_raw(pid)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+        .map(Arc::new);
     if pidfd.is_none() {
         tracing::warn!(pid, "pidfd_open failed; waiting by polling");
     }
-    let start_ticks = procfs::stat(pid).map_or(0, |s| s.start_ticks);
+    // The kernel stamps the child's start (in boot-clock ticks) inside clone, between the two readings:
+    // when they agree, that is its start time, without reading /proc/PID/stat — which would wait for
+    // the child's exec to finish.
+    let start_ticks = match (ticks_before, ticks_after) {
+        (Some(before), Some(after)) if before == after => before,
+        _ => procfs::stat(pid).map_or(0, |s| s.start_ticks),
+    };
     let tree = TreeRef {
         backend: layout.backend,
         pid,
@@ -145,12 +152,20 @@ fn launch_one(
         v1,
         known: Arc::default(),
     };
+    let stats = Arc::new(TreeStats::new(
+        tree,
+        layout.has_cgroup_memory(),
+        req.memory_limit,
+        baseline,
+    ));
+    stats.start_sample();
+    // Without a memory cgroup the start figures need a /proc sample: the watcher takes it at once.
+    watcher.register(stats.clone(), pidfd.clone(), !layout.has_cgroup_memory());
     Ok(Spawned {
         pidfd,
         stdout,
         stderr,
-        tree,
-        baseline,
+        stats,
         started,
     })
 }

@@ -4,23 +4,25 @@
 //!
 //! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
 //! plain process groups), starting jobs from one dedicated launcher thread (so `PR_SET_PDEATHSIG` ties
-//! them to a thread that lives as long as the supervisor), waiting with pidfds and `wait4`, stop
-//! sequences, memory/CPU accounting (kernel high-water marks where the host has them, a sampler thread
-//! otherwise), wiring stdout/stderr into `aura_logs`, and killing what a crashed predecessor left.
+//! them to a thread that lives as long as the supervisor), reaping them on one watcher thread (pidfds in
+//! an epoll set, `wait4`), stop sequences, memory/CPU accounting (kernel high-water marks where the host
+//! has them, sampled by the watcher thread otherwise), wiring stdout/stderr into `aura_logs`, and
+//! killing what a crashed predecessor left.
 //!
 //! It does not own: job state, scheduling, persistence (the engine stores each [`TreeHandle`] and
 //! hands leftovers to [`Supervisor::recover`]), or the log file format (`aura_logs`).
 //!
-//! Threads: one launcher thread and one sampler thread per [`Supervisor`]; blocking cgroupfs and
-//! `/proc` work otherwise runs in `spawn_blocking`. Nothing blocking runs on async worker threads,
-//! except the few `mkdir`s of [`Supervisor::start`].
+//! Threads: one launcher thread and one watcher thread per [`Supervisor`]; the rarer blocking cgroupfs
+//! and `/proc` work (signalling a tree, killing one that outlived its main process) runs in
+//! `spawn_blocking`. Nothing blocking runs on async worker threads, except the few `mkdir`s of
+//! [`Supervisor::start`].
 //!
 //! Backend guarantees:
 //! - cgroup backends: a job cannot leave its cgroup (it is placed there before `exec`), so every
 //!   process it ever forks — including `setsid`'d and double-forked daemons — is killed.
 //! - [`BackendChoice::ProcessGroup`]: the tree is the process group plus descendants of the main
-//!   process seen by the sampler. A process that calls `setsid()`/`setpgid()` and is reparented away
-//!   before the sampler ever saw it **cannot be reached**; a crash recovery after the leader died finds
+//!   process seen by the watcher's samples. A process that calls `setsid()`/`setpgid()` and is
+//!   reparented away before a sample ever saw it **cannot be reached**; a crash recovery after the leader died finds
 //!   only the group's members.
 
 mod cgroup;
@@ -29,9 +31,9 @@ mod launcher;
 mod pool;
 mod procfs;
 mod recover;
-mod sampler;
 mod spawn;
 mod tree;
+mod watcher;
 
 pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 
@@ -43,7 +45,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::unix::AsyncFd;
 
 /// Which backend to use; `Auto` detects the best one the host offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -97,7 +98,7 @@ pub struct SupervisorConfig {
     /// cgroup subtree `aura-<instance>`, so two daemons (e.g. parallel tests) never touch each other's
     /// jobs. Letters, digits, `-`, `_`, `.`; at most 64 bytes.
     pub instance: String,
-    /// How often the sampler thread reads memory, process count and CPU of every tree.
+    /// How often the watcher thread samples memory, process count and CPU of every tree.
     pub sample_interval: Duration,
     /// Log cap per stream.
     pub log_cap: aura_logs::LogCap,
@@ -111,6 +112,8 @@ pub struct SupervisorConfig {
     pub memory_watch_interval: Duration,
     /// How many emptied job cgroups are kept for reuse (see the `pool` module); more are removed.
     pub cgroup_pool: usize,
+    /// Launcher threads: how many jobs can be starting at the same moment.
+    pub launchers: usize,
 }
 
 impl SupervisorConfig {
@@ -126,6 +129,7 @@ impl SupervisorConfig {
             kill_wait: Duration::from_secs(2),
             memory_watch_interval: Duration::from_millis(50),
             cgroup_pool: 32,
+            launchers: 2,
         }
     }
 }
@@ -271,7 +275,7 @@ pub(crate) struct Inner {
     /// Emptied job cgroups for reuse.
     pub pool: Arc<pool::CgroupPool>,
     launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
-    sampler: sampler::Sampler,
+    watcher: watcher::Watcher,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -292,7 +296,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Detects (or forces) the backend, creates this instance's cgroup dirs, starts the launcher and
-    /// sampler threads. Forcing a backend the host lacks is an error naming what is missing. Must be
+    /// watcher threads. Forcing a backend the host lacks is an error naming what is missing. Must be
     /// called inside a tokio runtime.
     pub fn start(cfg: SupervisorConfig) -> Result<Supervisor, SupervisorError> {
         let runtime =
@@ -310,24 +314,33 @@ impl Supervisor {
         }
         let layout = host::choose(cfg.backend, &host::HostCgroups::read(), &cfg.instance)?;
         let pool = Arc::new(pool::CgroupPool::new(&layout, cfg.cgroup_pool));
+        let (watcher, watcher_thread) = watcher::Watcher::start(watcher::Settings {
+            sample_interval: cfg.sample_interval,
+            watch_interval: cfg.memory_watch_interval,
+            kill_wait: cfg.kill_wait,
+            pool: pool.clone(),
+            runtime: runtime.clone(),
+        })
+        .map_err(|source| SupervisorError::Thread {
+            thread: "watcher",
+            source,
+        })?;
         let (launch_tx, launch_rx) = tokio::sync::mpsc::channel(64);
-        let launcher = launcher::start(
+        let launchers = launcher::start(
+            cfg.launchers,
             layout.clone(),
             pool.clone(),
+            watcher.clone(),
             cfg.job_oom_score_adj,
             launch_rx,
         )
-        .map_err(|source| SupervisorError::Thread {
-            thread: "launcher",
-            source,
+        .map_err(|source| {
+            watcher.stop();
+            SupervisorError::Thread {
+                thread: "launcher",
+                source,
+            }
         })?;
-        let (sampler, sampler_thread) =
-            sampler::Sampler::start(cfg.sample_interval, cfg.memory_watch_interval).map_err(
-                |source| SupervisorError::Thread {
-                    thread: "sampler",
-                    source,
-                },
-            )?;
         let sup = Supervisor {
             inner: Arc::new(Inner {
                 cfg,
@@ -335,8 +348,8 @@ impl Supervisor {
                 runtime,
                 pool,
                 launch_tx,
-                sampler,
-                threads: Mutex::new(vec![launcher, sampler_thread]),
+                watcher,
+                threads: Mutex::new(launchers.into_iter().chain([watcher_thread]).collect()),
                 shut_down: AtomicBool::new(false),
             }),
         };
@@ -377,7 +390,7 @@ impl Supervisor {
     /// Starts one job attempt.
     /// CPU time (user + system, microseconds) used by all of this supervisor's jobs so far, from the
     /// hierarchical `cpu.stat` of the instance's cgroup v2 root; `None` on backends without one. Blocking
-    /// (one small cgroupfs read): call from a sampler thread.
+    /// (one small cgroupfs read): call from a thread that may block.
     pub fn jobs_cpu_usec(&self) -> Option<u64> {
         let root = self.inner.layout.v2_root.as_deref()?;
         cgroup::cpu_usec(root).map(|(user, system)| user + system)
@@ -388,24 +401,20 @@ impl Supervisor {
             return Err(LaunchError::ShuttingDown);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (log_dir, job_id, memory_limit) = (req.log_dir.clone(), req.job_id, req.memory_limit);
+        let (log_dir, job_id) = (req.log_dir.clone(), req.job_id);
         self.inner
             .launch_tx
             .send(LauncherMsg::Launch(Box::new(req), tx))
             .await
             .map_err(|_| LaunchError::ShuttingDown)?;
         let spawned = rx.await.map_err(|_| LaunchError::ShuttingDown)??;
-        let tree = spawned.tree;
+        let tree = &spawned.stats.tree;
         let handle = TreeHandle {
             backend: tree.backend,
             pid: tree.pid as u32,
             start_ticks: tree.start_ticks,
             cgroups: tree.dirs(),
         };
-        // SAFETY: the AsyncFd owns the OwnedFd and never replaces or closes it while registered.
-        let pidfd = spawned.pidfd.and_then(|fd| {
-            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
-        });
         let cap = self.inner.cfg.log_cap;
         let logs = [
             (spawned.stdout, aura_logs::Stream::Stdout),
@@ -417,20 +426,12 @@ impl Supervisor {
             tokio::spawn(async move { aura_logs::capture(fd, &dir, stream, cap).await })
         })
         .collect();
-        let stats = Arc::new(tree::TreeStats::new(
-            tree.clone(),
-            self.inner.layout.has_cgroup_memory(),
-            memory_limit,
-            spawned.baseline,
-        ));
-        self.inner.sampler.register(stats.clone());
         tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");
         Ok(RunningTree::new(
             self.inner.clone(),
             handle,
-            tree,
-            stats,
-            pidfd,
+            spawned.stats,
+            spawned.pidfd,
             logs,
             spawned.started,
         ))
@@ -458,20 +459,22 @@ impl Supervisor {
         report
     }
 
-    /// Stops and joins the launcher and sampler threads and removes this instance's (now empty) cgroup
+    /// Stops and joins the launcher and watcher threads and removes this instance's (now empty) cgroup
     /// dirs. Call after every `RunningTree` is finished: the launcher thread's exit SIGKILLs (via
     /// `PR_SET_PDEATHSIG`) any job main process still running.
     pub async fn shutdown(&self) {
         if self.inner.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        let _ = self.inner.launch_tx.send(LauncherMsg::Stop).await;
+        for _ in 0..self.inner.cfg.launchers.max(1) {
+            let _ = self.inner.launch_tx.send(LauncherMsg::Stop).await;
+        }
         let inner = self.inner.clone();
         let _ = self
             .inner
             .runtime
             .spawn_blocking(move || {
-                inner.sampler.stop();
+                inner.watcher.stop();
                 let threads = std::mem::take(&mut *inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
                 for t in threads {
                     let _ = t.join();

@@ -72,6 +72,15 @@ pub(crate) fn ticks_per_second() -> u64 {
     *TICKS.get_or_init(|| rustix::param::clock_ticks_per_second().max(1))
 }
 
+/// Now on the boot clock, in the clock ticks `/proc/PID/stat` gives a process's start time in (its
+/// `starttime` is the boot-clock time of its creation divided down to ticks).
+pub(crate) fn boot_ticks() -> Option<u64> {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let nanos =
+        u64::try_from(now.tv_sec).ok()? * 1_000_000_000 + u64::try_from(now.tv_nsec).ok()?;
+    Some(nanos / (1_000_000_000 / ticks_per_second()))
+}
+
 /// A snapshot of every live (non-zombie) process: `(pid, stat)`. Used by the process-group backend and
 /// by recovery to find group members and descendants.
 pub(crate) fn snapshot() -> Vec<(i32, ProcStat)> {

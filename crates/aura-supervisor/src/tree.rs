@@ -1,6 +1,7 @@
 //! One job's process tree: how to find its members, signal and kill them (`TreeRef`, blocking), its
-//! sampled statistics (`TreeStats`, atomics shared with the sampler thread), and the public RAII
-//! `RunningTree` that waits, stops and finishes it.
+//! sampled statistics and its ending (`TreeStats`, shared with the watcher thread, which samples it and
+//! concludes it when the main process exits), and the public RAII `RunningTree` that waits, stops and
+//! finishes it.
 
 use crate::cgroup::{self, MemoryApi, OomCounters};
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
@@ -15,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
 /// Everything needed to find, signal and kill one job's processes. Cheap to clone; every method
@@ -243,6 +243,22 @@ pub(crate) struct TreeStats {
     cpu_system_usec: AtomicU64,
     processes: AtomicU32,
     peak_processes: AtomicU32,
+    /// The main process's status, set by the watcher thread when it reaped it.
+    exit: Mutex<Option<Reaped>>,
+    /// The tree's final figures, set by the watcher (or, for a tree that outlived its main process, by
+    /// the blocking task that killed the rest) once the tree is empty and its cgroups are handed back.
+    finals: Mutex<Option<Finals>>,
+    /// Woken when `exit` or `finals` is set.
+    ended: tokio::sync::Notify,
+}
+
+/// What is read from a tree's cgroups once it is empty, before they go to the next job.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Finals {
+    /// The job's part of the memory charge left when it ended.
+    pub memory_end: Option<u64>,
+    /// The job's CPU time (user, system) in microseconds from its v2 cgroup.
+    pub cpu_usec: Option<(u64, u64)>,
 }
 
 impl TreeStats {
@@ -271,6 +287,95 @@ impl TreeStats {
             cpu_system_usec: AtomicU64::new(NONE),
             processes: AtomicU32::new(0),
             peak_processes: AtomicU32::new(0),
+            exit: Mutex::new(None),
+            finals: Mutex::new(None),
+            ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The tree's first figures, read by the launcher right after the start where the kernel counts the
+    /// memory (one read; elsewhere the watcher takes a first sample).
+    pub fn start_sample(&self) {
+        let Some((dir, current, _)) = self.memory_dir() else {
+            return;
+        };
+        if let Some(charge) = cgroup::read_u64(&dir.join(current)) {
+            let cur = self.job_memory(charge);
+            self.mem_start.store(cur, Ordering::Relaxed);
+            self.mem_current.store(cur, Ordering::Relaxed);
+            self.mem_peak_sampled.store(cur, Ordering::Relaxed);
+        }
+        self.processes.store(1, Ordering::Relaxed);
+        self.peak_processes.store(1, Ordering::Relaxed);
+    }
+
+    /// Called by the watcher once it reaped the main process: publishes the status and, for a tree left
+    /// empty (the common case: one read to know), reads the final figures and hands the cgroups back at
+    /// once, so the owner is woken once with everything. A tree that outlived its main process is killed
+    /// and waited for on the blocking pool (bounded by `kill_wait`), never on the watcher thread.
+    pub fn conclude(
+        self: &Arc<Self>,
+        reaped: Reaped,
+        pool: &Arc<CgroupPool>,
+        runtime: &tokio::runtime::Handle,
+        kill_wait: Duration,
+    ) {
+        *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(reaped);
+        if self.tree.is_empty() {
+            self.settle(pool, true);
+            return;
+        }
+        self.ended.notify_one();
+        let (stats, pool) = (self.clone(), pool.clone());
+        drop(runtime.spawn_blocking(move || {
+            let empty = stats.tree.kill_and_wait(kill_wait);
+            stats.settle(&pool, empty);
+        }));
+    }
+
+    /// Reads the final figures of an ended tree, hands its cgroups back (reused only if `empty` and
+    /// clean) and wakes the owner. Blocking (cgroupfs).
+    fn settle(&self, pool: &CgroupPool, empty: bool) {
+        // After this the cgroups may belong to the next job: no sample of this one may still be running.
+        self.retire();
+        self.read_oom();
+        // Kept in the atomics: `live()` reports it.
+        self.read_kernel_peak();
+        let charge = self.read_kernel_current();
+        let cpu_usec = self
+            .tree
+            .v2
+            .as_deref()
+            .and_then(cgroup::cpu_usec)
+            .map(|c| self.job_cpu(c));
+        let reusable = empty && self.leaves_cgroups_reusable();
+        self.tree
+            .release_cgroups(pool, reusable, charge.filter(|_| self.tree.v1.is_some()));
+        *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
+            memory_end: charge.map(|c| self.job_memory(c)),
+            cpu_usec,
+        });
+        self.ended.notify_one();
+    }
+
+    /// The main process's status, once the watcher reaped it.
+    pub fn exit(&self) -> Option<Reaped> {
+        *self.exit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finals(&self) -> Option<Finals> {
+        *self.finals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves once `ready` returns something (set by the watcher side). Cancel-safe.
+    async fn ended_with<T>(&self, ready: impl Fn(&Self) -> Option<T>) -> T {
+        loop {
+            // Registered before the check: a notification in between is not lost.
+            let notified = self.ended.notified();
+            if let Some(v) = ready(self) {
+                return v;
+            }
+            notified.await;
         }
     }
 
@@ -515,7 +620,7 @@ impl TreeStats {
 
 /// What `wait4` reported about the main process.
 #[derive(Clone, Copy, Debug)]
-struct Reaped {
+pub(crate) struct Reaped {
     status: ExitStatus,
     user_secs: f64,
     system_secs: f64,
@@ -523,12 +628,25 @@ struct Reaped {
     at: Instant,
 }
 
+impl Reaped {
+    /// A child reaped by someone else: its status is lost.
+    pub fn unknown() -> Reaped {
+        Reaped {
+            status: ExitStatus::Code(-1),
+            user_secs: 0.0,
+            system_secs: 0.0,
+            max_rss_bytes: 0,
+            at: Instant::now(),
+        }
+    }
+}
+
 fn tv_secs(tv: libc::timeval) -> f64 {
     tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6
 }
 
 /// `wait4(pid, WNOHANG)`: `Ok(None)` while the process runs.
-fn try_wait4(pid: i32) -> std::io::Result<Option<Reaped>> {
+pub(crate) fn try_wait4(pid: i32) -> std::io::Result<Option<Reaped>> {
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain old data; wait4 fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -555,25 +673,6 @@ fn try_wait4(pid: i32) -> std::io::Result<Option<Reaped>> {
     }))
 }
 
-/// Blocking reap of a SIGKILLed (or about to be) child, bounded. Used by cleanup paths off the runtime.
-pub(crate) fn reap_blocking(pid: i32, bound: Duration) -> bool {
-    let deadline = Instant::now() + bound;
-    loop {
-        match try_wait4(pid) {
-            Ok(Some(_)) => return true,
-            Err(_) => return false, // not our child (already reaped)
-            Ok(None) if Instant::now() >= deadline => {
-                tracing::error!(
-                    pid,
-                    "main process did not exit after SIGKILL; it will stay a zombie"
-                );
-                return false;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
 /// Reads a running tree's latest sampled usage without owning the tree. Holding one after the tree is
 /// finished is harmless: it keeps showing the last sample.
 #[derive(Clone)]
@@ -595,16 +694,16 @@ impl UsageProbe {
 type LogTask = JoinHandle<Result<CaptureReport, LogError>>;
 
 /// A job's live process tree. Dropping it without [`finish`](RunningTree::finish) SIGKILLs the whole
-/// tree and cleans up in the background.
+/// tree; the watcher thread reaps it and cleans up.
 pub struct RunningTree {
     pub(crate) sup: Arc<Inner>,
     pub(crate) handle: TreeHandle,
     pub(crate) tree: TreeRef,
     pub(crate) stats: Arc<TreeStats>,
-    pub(crate) pidfd: Option<AsyncFd<OwnedFd>>,
+    /// The main process's pidfd (shared with the watcher): signals through it never reach a reused pid.
+    pub(crate) pidfd: Option<Arc<OwnedFd>>,
     pub(crate) logs: Vec<LogTask>,
     pub(crate) started: Instant,
-    reaped: Option<Reaped>,
     finished: bool,
 }
 
@@ -612,7 +711,7 @@ impl std::fmt::Debug for RunningTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningTree")
             .field("handle", &self.handle)
-            .field("exit", &self.reaped.map(|r| r.status))
+            .field("exit", &self.stats.exit().map(|r| r.status))
             .finish()
     }
 }
@@ -621,21 +720,19 @@ impl RunningTree {
     pub(crate) fn new(
         sup: Arc<Inner>,
         handle: TreeHandle,
-        tree: TreeRef,
         stats: Arc<TreeStats>,
-        pidfd: Option<AsyncFd<OwnedFd>>,
+        pidfd: Option<Arc<OwnedFd>>,
         logs: Vec<LogTask>,
         started: Instant,
     ) -> RunningTree {
         RunningTree {
             sup,
             handle,
-            tree,
+            tree: stats.tree.clone(),
             stats,
             pidfd,
             logs,
             started,
-            reaped: None,
             finished: false,
         }
     }
@@ -653,7 +750,7 @@ impl RunningTree {
     /// SIGKILLs every process of the tree at once, without a stop sequence (memory violations: the
     /// tree has no memory left to shut down gracefully). Returns the main process's status.
     pub async fn kill(&mut self) -> ExitStatus {
-        if let Some(s) = self.reap_now() {
+        if let Some(s) = self.exit_status() {
             return s;
         }
         self.blocking(|t| t.kill()).await;
@@ -667,75 +764,13 @@ impl RunningTree {
 
     /// The main process's status if it has been reaped already.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        self.reaped.map(|r| r.status)
+        self.stats.exit().map(|r| r.status)
     }
 
-    fn reap_now(&mut self) -> Option<ExitStatus> {
-        if let Some(r) = self.reaped {
-            return Some(r.status);
-        }
-        let result = try_wait4(self.tree.pid);
-        self.record(result)
-    }
-
-    fn record(&mut self, result: std::io::Result<Option<Reaped>>) -> Option<ExitStatus> {
-        let r = match result {
-            Ok(Some(r)) => r,
-            Ok(None) => return None,
-            Err(e) => {
-                // ECHILD: someone else reaped our child (e.g. SIGCHLD set to SIG_IGN by the embedding
-                // program). The status is lost.
-                tracing::error!(pid = self.tree.pid, error = %e, "wait4 failed; exit status unknown");
-                Reaped {
-                    status: ExitStatus::Code(-1),
-                    user_secs: 0.0,
-                    system_secs: 0.0,
-                    max_rss_bytes: 0,
-                    at: Instant::now(),
-                }
-            }
-        };
-        self.reaped = Some(r);
-        self.pidfd = None; // close it: the process is gone
-        Some(r.status)
-    }
-
-    /// Resolves when the main process has exited, reaping it with `wait4`. Cancel-safe; afterwards it
-    /// returns the same status immediately.
+    /// Resolves when the main process has exited (the watcher thread reaps it). Cancel-safe; afterwards
+    /// it returns the same status immediately.
     pub async fn wait(&mut self) -> ExitStatus {
-        loop {
-            if let Some(s) = self.reap_now() {
-                return s;
-            }
-            let pid = self.tree.pid;
-            let result = match &self.pidfd {
-                Some(fd) => {
-                    // The pidfd turns readable when the process exits. The timeout is a safety net
-                    // against a lost edge; it costs one wait4 per second per waiting job.
-                    match tokio::time::timeout(Duration::from_secs(1), fd.readable()).await {
-                        Ok(Ok(mut guard)) => {
-                            let r = try_wait4(pid);
-                            if matches!(r, Ok(None)) {
-                                guard.clear_ready();
-                            }
-                            r
-                        }
-                        Ok(Err(_)) => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                        Err(_) => continue,
-                    }
-                }
-                None => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            if let Some(s) = self.record(result) {
-                return s;
-            }
-        }
+        self.stats.ended_with(|s| s.exit().map(|r| r.status)).await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -752,7 +787,7 @@ impl RunningTree {
     /// process had already exited, nothing is sent. Call [`finish`](RunningTree::finish) afterwards.
     pub async fn stop(&mut self, seq: &StopSequence) -> (ExitStatus, Vec<StopSignal>) {
         let mut sent = Vec::new();
-        if let Some(s) = self.reap_now() {
+        if let Some(s) = self.exit_status() {
             return (s, sent);
         }
         for step in &seq.0 {
@@ -768,39 +803,16 @@ impl RunningTree {
         (self.wait().await, sent)
     }
 
-    /// After the main process exited: kills whatever remains of the tree (nothing outlives the job's
-    /// main process), waits until it is empty (bounded by `kill_wait`), reads the final accounting,
-    /// hands the job cgroups back to the pool (reused when empty and clean, else removed), waits (at
-    /// most ~1 s) for log capture to reach EOF and returns the accounting. If the main process is still running, the tree is SIGKILLed first.
+    /// After the main process exited: waits until the watcher has concluded the tree (whatever remained
+    /// of it killed — nothing outlives the job's main process —, the final counters read, the job
+    /// cgroups handed back to the pool), waits (at most ~1 s) for log capture to reach EOF and returns
+    /// the accounting. If the main process is still running, the tree is SIGKILLed first.
     pub async fn finish(mut self) -> Accounting {
-        if self.reap_now().is_none() {
+        if self.exit_status().is_none() {
             self.blocking(|t| t.kill()).await;
-            self.wait().await;
         }
-        let kill_wait = self.sup.cfg.kill_wait;
-        let stats = self.stats.clone();
-        let pool = self.sup.pool.clone();
-        // Kill the rest, wait for empty, then read the kernel's final counters.
-        let (kernel_current, cpu) = self
-            .blocking(move |t| {
-                let empty = t.kill_and_wait(kill_wait);
-                // The final figures are read here; after this the cgroups may belong to the next job.
-                stats.retire();
-                stats.read_oom();
-                // Kept in the stats: `live()` below reports it.
-                stats.read_kernel_peak();
-                let current = stats.read_kernel_current();
-                let cpu =
-                    t.v2.as_deref()
-                        .and_then(cgroup::cpu_usec)
-                        .map(|c| stats.job_cpu(c));
-                // In the same hop: one blocking-pool round trip per job, not two.
-                let reusable = empty && stats.leaves_cgroups_reusable();
-                t.release_cgroups(&pool, reusable, current.filter(|_| t.v1.is_some()));
-                (current.map(|c| stats.job_memory(c)), cpu)
-            })
-            .await
-            .unwrap_or((None, None));
+        let finals = self.stats.ended_with(TreeStats::finals).await;
+        let reaped = self.stats.exit().unwrap_or_else(Reaped::unknown);
 
         // Log capture ends at EOF once every holder of the pipes is dead; a process outside the
         // backend's reach may keep it open, so bound the wait and abort.
@@ -824,10 +836,8 @@ impl RunningTree {
                 }
             }
         }
-        self.stats.done.store(true, Ordering::Relaxed);
         self.finished = true;
 
-        let reaped = self.reaped.expect("reaped above");
         let live = self.stats.live();
         let (memory_peak, memory_source) = if self.stats.cgroup_memory {
             (live.memory_peak, MemorySource::CgroupPeak)
@@ -837,7 +847,7 @@ impl RunningTree {
             let peak = live.memory_peak.unwrap_or(0).max(reaped.max_rss_bytes);
             ((peak > 0).then_some(peak), MemorySource::SampledRss)
         };
-        let (cpu_user_secs, cpu_system_secs) = match cpu {
+        let (cpu_user_secs, cpu_system_secs) = match finals.cpu_usec {
             Some((u, s)) => (u as f64 / 1e6, s as f64 / 1e6),
             None => (reaped.user_secs, reaped.system_secs),
         };
@@ -848,7 +858,7 @@ impl RunningTree {
             memory_limit_exceeded,
             memory_start: self.stats.live_start().map(ByteSize),
             memory_peak: memory_peak.map(ByteSize),
-            memory_end: live.memory_current.or(kernel_current).map(ByteSize),
+            memory_end: live.memory_current.or(finals.memory_end).map(ByteSize),
             memory_source: Some(memory_source),
             cpu_user_secs: Some(cpu_user_secs),
             cpu_system_secs: Some(cpu_system_secs),
@@ -865,47 +875,43 @@ impl TreeStats {
     }
 }
 
+/// SIGKILLs the main process through its pidfd (immune to pid reuse). The watcher then reaps it and
+/// kills whatever is left of the tree.
+pub(crate) fn kill_main(stats: &TreeStats, pidfd: Option<&OwnedFd>) {
+    if let Some(fd) = pidfd {
+        // SAFETY: plain syscall on an fd we own.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                libc::SIGKILL,
+                0usize,
+                0u32,
+            )
+        };
+    } else if stats.exit().is_none() {
+        // No pidfd (kernels before 5.3): the group, while the leader is unreaped (which keeps its id).
+        // SAFETY: plain syscall.
+        unsafe { libc::killpg(stats.tree.pid, libc::SIGKILL) };
+    }
+}
+
 impl Drop for RunningTree {
     fn drop(&mut self) {
         if self.finished {
             return;
         }
-        self.stats.done.store(true, Ordering::Relaxed);
-        // Immediate, non-blocking: SIGKILL the main process through its pidfd (immune to pid reuse)
-        // and its group. The rest (cgroup kill, waiting, reaping, rmdir) happens off this thread.
-        if let Some(fd) = &self.pidfd {
-            // SAFETY: plain syscall on an fd we own.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.get_ref().as_raw_fd(),
-                    libc::SIGKILL,
-                    0usize,
-                    0u32,
-                )
-            };
-        }
-        if self.reaped.is_none() {
-            unsafe { libc::killpg(self.tree.pid, libc::SIGKILL) };
-        }
-        let tree = self.tree.clone();
-        let reap = self.reaped.is_none();
+        kill_main(&self.stats, self.pidfd.as_deref());
+        // The capture ends at EOF once the tree is dead; a process out of the backend's reach may hold
+        // the pipes open, so the tasks are aborted after a while.
         let logs = std::mem::take(&mut self.logs);
-        let kill_wait = self.sup.cfg.kill_wait;
-        let pool = self.sup.pool.clone();
-        let stats = self.stats.clone();
-        let cleanup = move || {
-            let empty = tree.kill_and_wait(kill_wait);
-            stats.retire();
-            if reap {
-                reap_blocking(tree.pid, Duration::from_secs(10));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            for task in logs {
-                task.abort();
-            }
-            tree.release_cgroups(&pool, empty && stats.leaves_cgroups_reusable(), None);
-        };
-        drop(self.sup.runtime.spawn_blocking(cleanup));
+        if !logs.is_empty() {
+            drop(self.sup.runtime.spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for task in logs {
+                    task.abort();
+                }
+            }));
+        }
     }
 }

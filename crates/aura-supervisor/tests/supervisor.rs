@@ -527,6 +527,12 @@ async fn recover_kills_leftovers_of_a_crashed_daemon() {
         let pids = tree_pids(t.handle());
         assert!(pids.len() >= 3, "{backend}: {pids:?}");
         let handle = t.handle().clone();
+        // The recorded start time is the kernel's (the launcher computes it without reading /proc).
+        assert_eq!(
+            Some(handle.start_ticks),
+            proc_stat(handle.pid as i32).map(|s| s.3),
+            "{backend}"
+        );
         // The daemon "crashes": nothing is cleaned up.
         std::mem::forget(t);
         drop(old);

@@ -1,0 +1,302 @@
+//! The watcher thread: it reaps every job's main process the moment it exits and samples the running
+//! trees in between. Each main process's pidfd sits in the watcher's epoll set, so an exit wakes this one
+//! thread, which reaps it (`wait4`), concludes the tree in the same wake-up — is it empty? the kernel's
+//! final counters, the cgroups back to the pool (`TreeStats::conclude`) — and wakes the tree's owner once.
+//! Before, an exit woke an async worker, which handed the final reads to the blocking pool, which woke the
+//! worker again: on this VM each hand-off is a context switch, and they were a large share of the
+//! daemon's work per trivial job (see BENCHMARKS.md).
+//!
+//! Sampling: every `sample_interval` it reads current memory, process count and CPU of every tree, and
+//! every `watch_interval` the trees with a memory limit (watchdog and OOM checks). Registering a tree
+//! costs no wake-up (the launcher adds its pidfd to the epoll set directly), except where its first
+//! figures need a `/proc` sample (no memory cgroup): then it is sampled at once, alone.
+
+use crate::pool::CgroupPool;
+use crate::tree::{self, TreeStats};
+use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The epoll key of the wake-up eventfd; trees get keys from 1 on.
+const WAKE_KEY: u64 = 0;
+/// How often trees without a pidfd (kernels before 5.3) are polled with `wait4`.
+const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(20);
+
+/// What the watcher thread needs besides its registry.
+pub(crate) struct Settings {
+    pub sample_interval: Duration,
+    pub watch_interval: Duration,
+    pub kill_wait: Duration,
+    pub pool: Arc<CgroupPool>,
+    /// For the slow end of a tree that outlived its main process (killing and waiting for it is bounded
+    /// but may take up to `kill_wait`; it must not hold up every other tree's exit).
+    pub runtime: tokio::runtime::Handle,
+}
+
+struct Watched {
+    stats: Arc<TreeStats>,
+    /// Shared with the `RunningTree`, which signals through it; `None` where pidfd_open failed.
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+#[derive(Default)]
+struct Inbox {
+    stop: bool,
+    /// Trees to sample at once (their first figures need a `/proc` sample).
+    sample: Vec<u64>,
+}
+
+struct Shared {
+    epoll: OwnedFd,
+    wake: OwnedFd,
+    // Plain Mutexes: held for a map or vector operation, never across I/O.
+    trees: Mutex<HashMap<u64, Watched>>,
+    inbox: Mutex<Inbox>,
+    next_key: AtomicU64,
+}
+
+#[derive(Clone)]
+pub(crate) struct Watcher {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
+}
+
+impl Watcher {
+    pub fn start(settings: Settings) -> std::io::Result<(Watcher, std::thread::JoinHandle<()>)> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(
+            &epoll,
+            &wake,
+            epoll::EventData::new_u64(WAKE_KEY),
+            epoll::EventFlags::IN,
+        )?;
+        let shared = Arc::new(Shared {
+            epoll,
+            wake,
+            trees: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(Inbox::default()),
+            next_key: AtomicU64::new(WAKE_KEY + 1),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("aura-watcher".into())
+            .spawn(move || run(&thread_shared, &settings))?;
+        Ok((Watcher { shared }, thread))
+    }
+
+    /// Watches a just-started tree: its exit wakes the watcher through `pidfd`. `sample_now`: take its
+    /// first sample at once (costs a wake-up; only where the launcher could not read its start figures).
+    pub fn register(&self, stats: Arc<TreeStats>, pidfd: Option<Arc<OwnedFd>>, sample_now: bool) {
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        // In the map before its pidfd is in the epoll set: an exit can be reported at once.
+        let pidfd_for_epoll = pidfd.clone();
+        self.shared
+            .trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Watched { stats, pidfd });
+        let mut polled = pidfd_for_epoll.is_none();
+        if let Some(fd) = &pidfd_for_epoll {
+            if let Err(e) = epoll::add(
+                &self.shared.epoll,
+                fd,
+                epoll::EventData::new_u64(key),
+                epoll::EventFlags::IN,
+            ) {
+                tracing::warn!(error = %e, "cannot watch a pidfd; reaping by polling");
+                self.shared
+                    .trees
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key)
+                    .and_modify(|w| w.pidfd = None);
+                polled = true;
+            }
+        }
+        if sample_now || polled {
+            self.shared
+                .inbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sample
+                .push(key);
+            self.wake();
+        }
+    }
+
+    /// Asks the thread to stop; it returns after its current round.
+    pub fn stop(&self) {
+        self.shared
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop = true;
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Err(e) = rustix::io::write(&self.shared.wake, &1u64.to_ne_bytes()) {
+            // EAGAIN: the counter is saturated, so the thread is woken anyway.
+            if e != rustix::io::Errno::AGAIN {
+                tracing::error!(error = %e, "cannot wake the watcher thread");
+            }
+        }
+    }
+}
+
+fn run(shared: &Shared, settings: &Settings) {
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
+    let mut next_full = Instant::now() + settings.sample_interval;
+    let mut next_watch = Instant::now() + settings.watch_interval;
+    loop {
+        let (watching, polling) = {
+            let trees = shared.trees.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                trees.values().any(|w| w.stats.watched()),
+                trees.values().any(|w| w.pidfd.is_none()),
+            )
+        };
+        let now = Instant::now();
+        let mut wake_at = next_full;
+        if watching {
+            wake_at = wake_at.min(next_watch);
+        }
+        if polling {
+            wake_at = wake_at.min(now + POLL_WITHOUT_PIDFD);
+        }
+        let timeout = wake_at.saturating_duration_since(now);
+        let timeout = Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        events.clear();
+        match epoll::wait(
+            &shared.epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&timeout),
+        ) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed in the watcher thread");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        }
+        let mut exited = Vec::new();
+        for event in &events {
+            match event.data.u64() {
+                WAKE_KEY => {
+                    let mut counter = [0u8; 8];
+                    let _ = rustix::io::read(&shared.wake, &mut counter);
+                }
+                key => exited.push(key),
+            }
+        }
+        let inbox = std::mem::take(&mut *shared.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        if inbox.stop {
+            break;
+        }
+        for key in exited {
+            conclude(shared, settings, key);
+        }
+        if polling {
+            let unwatched: Vec<u64> = shared
+                .trees
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, w)| w.pidfd.is_none())
+                .map(|(k, _)| *k)
+                .collect();
+            for key in unwatched {
+                conclude(shared, settings, key);
+            }
+        }
+        let mut snapshot = None;
+        for key in inbox.sample {
+            let stats = shared
+                .trees
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .map(|w| w.stats.clone());
+            if let Some(stats) = stats {
+                stats.sample(&mut snapshot);
+            }
+        }
+        let now = Instant::now();
+        let full = now >= next_full;
+        let watch_due = watching && now >= next_watch;
+        if !full && !watch_due {
+            continue;
+        }
+        if full {
+            next_full = now + settings.sample_interval;
+        }
+        next_watch = now + settings.watch_interval;
+        let trees: Vec<Arc<TreeStats>> = shared
+            .trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|w| full || w.stats.watched())
+            .map(|w| w.stats.clone())
+            .collect();
+        for t in trees {
+            if full {
+                t.sample(&mut snapshot);
+            } else {
+                t.watch(&mut snapshot);
+            }
+        }
+    }
+}
+
+/// Reaps the main process of tree `key` if it has exited, and concludes the tree.
+fn conclude(shared: &Shared, settings: &Settings, key: u64) {
+    let Some(watched) = shared
+        .trees
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key)
+    else {
+        return;
+    };
+    let reaped = match tree::try_wait4(watched.stats.tree.pid) {
+        Ok(Some(reaped)) => reaped,
+        Ok(None) => {
+            // Still running: a poll round of a tree without a pidfd.
+            shared
+                .trees
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, watched);
+            return;
+        }
+        Err(e) => {
+            // ECHILD: someone else reaped our child (e.g. SIGCHLD set to SIG_IGN by the embedding
+            // program). The status is lost.
+            tracing::error!(pid = watched.stats.tree.pid, error = %e, "wait4 failed; exit status unknown");
+            tree::Reaped::unknown()
+        }
+    };
+    if let Some(fd) = &watched.pidfd {
+        let _ = epoll::delete(&shared.epoll, &**fd);
+    }
+    watched.stats.conclude(
+        reaped,
+        &settings.pool,
+        &settings.runtime,
+        settings.kill_wait,
+    );
+}
