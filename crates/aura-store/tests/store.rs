@@ -496,6 +496,26 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
     assert_eq!(store.get(JobId(777)).await.unwrap(), None);
     assert!(store.events(JobId(777)).await.unwrap().is_empty());
 
+    // A failing write alone in its transaction (no savepoint then) leaves nothing behind either: its
+    // row update is rolled back with it.
+    let before_alone = store.get(jobs[0].id).await.unwrap();
+    let mut broken = jobs[0].clone();
+    broken.failures = 42;
+    let bad_event = NewEvent {
+        at: at(0),
+        kind: String::new(),
+        detail: json!(null),
+    };
+    assert!(matches!(
+        store.record(&broken, vec![event("ok", 0), bad_event]).await,
+        Err(StoreError::Db {
+            context: "appending a job event",
+            ..
+        })
+    ));
+    assert_eq!(store.get(jobs[0].id).await.unwrap(), before_alone);
+    assert_eq!(store.events(jobs[0].id).await.unwrap().len(), 1);
+
     // Hold the write lock from outside so that everything queued meanwhile lands in one batch.
     let mut blocker = rusqlite::Connection::open(&path).unwrap();
     let lock = blocker

@@ -49,6 +49,10 @@ pub(crate) struct Baseline {
 pub(crate) struct JobCgroups {
     pub v2: Option<PathBuf>,
     pub v1: Option<PathBuf>,
+    /// Where the cumulative counters stood when the previous job ended, read then: an empty cgroup's
+    /// CPU counters stand still, so the next job's baseline needs no new reads. (Its v1 charge can only
+    /// shrink meanwhile, by reclaim of at most the pool's leftover allowance.)
+    pub counters: Option<Baseline>,
 }
 
 impl JobCgroups {
@@ -62,7 +66,12 @@ impl JobCgroups {
         let mut base = Baseline::default();
         if let Some(v1) = &self.v1 {
             std::fs::write(v1.join("memory.max_usage_in_bytes"), "0")?;
+            if let Some(known) = self.counters {
+                return Ok(known);
+            }
             base.memory = cgroup::read_u64(&v1.join("memory.usage_in_bytes")).unwrap_or(0);
+        } else if let Some(known) = self.counters {
+            return Ok(known);
         }
         if let Some((user, system)) = self.v2.as_deref().and_then(cgroup::cpu_usec) {
             base.cpu_user_usec = user;
@@ -142,6 +151,7 @@ impl CgroupPool {
             let cgroups = JobCgroups {
                 v2: self.v2_root.as_ref().map(|r| r.join(&name)),
                 v1: self.v1_root.as_ref().map(|r| r.join(&name)),
+                counters: None,
             };
             let mut created = Vec::new();
             let mut taken = false;

@@ -153,7 +153,15 @@ impl TreeRef {
     /// caller that has just read it and the OOM counter (`finish`); without it (a dropped or abandoned
     /// tree, whose counters may never have been read) both are read here, and a cgroup whose
     /// never-resetting OOM counter moved is not handed to another job.
-    pub fn release_cgroups(&self, pool: &CgroupPool, reusable: bool, v1_charge: Option<u64>) {
+    /// `cpu_usec`: the v2 `cpu.stat` figures read with it, so that the next job of a reused cgroup
+    /// starts from them without reading again.
+    pub fn release_cgroups(
+        &self,
+        pool: &CgroupPool,
+        reusable: bool,
+        v1_charge: Option<u64>,
+        cpu_usec: Option<(u64, u64)>,
+    ) {
         if self.v2.is_none() && self.v1.is_none() {
             return;
         }
@@ -165,7 +173,18 @@ impl TreeRef {
             reusable &= oom_kills == 0;
             cgroup::read_u64(&v1.join("memory.usage_in_bytes"))
         });
-        pool.release(self.cgroups(), reusable, v1_charge);
+        let mut cgroups = self.cgroups();
+        if let (Some(charge), Some((user, system))) = (
+            v1_charge.or(self.v1.is_none().then_some(0)),
+            cpu_usec.or(self.v2.is_none().then_some((0, 0))),
+        ) {
+            cgroups.counters = Some(Baseline {
+                cpu_user_usec: user,
+                cpu_system_usec: system,
+                memory: charge,
+            });
+        }
+        pool.release(cgroups, reusable, v1_charge);
     }
 
     /// Removes the job cgroups; returns how many were removed.
@@ -178,6 +197,7 @@ impl TreeRef {
         JobCgroups {
             v2: self.v2.clone(),
             v1: self.v1.clone(),
+            counters: None,
         }
     }
 }
@@ -342,15 +362,15 @@ impl TreeStats {
         // Kept in the atomics: `live()` reports it.
         self.read_kernel_peak();
         let charge = self.read_kernel_current();
-        let cpu_usec = self
-            .tree
-            .v2
-            .as_deref()
-            .and_then(cgroup::cpu_usec)
-            .map(|c| self.job_cpu(c));
+        let cpu_counters = self.tree.v2.as_deref().and_then(cgroup::cpu_usec);
+        let cpu_usec = cpu_counters.map(|c| self.job_cpu(c));
         let reusable = empty && self.leaves_cgroups_reusable();
-        self.tree
-            .release_cgroups(pool, reusable, charge.filter(|_| self.tree.v1.is_some()));
+        self.tree.release_cgroups(
+            pool,
+            reusable,
+            charge.filter(|_| self.tree.v1.is_some()),
+            cpu_counters,
+        );
         *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
             memory_end: charge.map(|c| self.job_memory(c)),
             cpu_usec,
