@@ -8,6 +8,7 @@ use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::spawn::{self, SpawnPlan};
 use crate::tree::{kill_main, TreeRef, TreeStats};
 use crate::watcher::Watcher;
+use crate::workdirs::WorkDirs;
 use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::{CString, OsString};
 use std::fs::OpenOptions;
@@ -34,32 +35,33 @@ pub(crate) enum LauncherMsg {
     Stop,
 }
 
+/// What every launcher thread shares.
+pub(crate) struct Launcher {
+    pub layout: Layout,
+    pub pool: Arc<CgroupPool>,
+    pub workdirs: Arc<WorkDirs>,
+    pub watcher: Watcher,
+    pub oom_score_adj: i32,
+}
+
 /// Starts `count` launcher threads sharing one queue: with one, every job start waited for the one
 /// before it (a launch is mostly the child's own setup and `exec`, during which the vfork-style clone
 /// holds its launcher), and the launcher, not the machine, capped how many trivial jobs a second could
 /// start.
 pub(crate) fn start(
     count: usize,
-    layout: Layout,
-    pool: Arc<CgroupPool>,
-    watcher: Watcher,
-    oom_score_adj: i32,
+    launcher: Launcher,
     rx: mpsc::Receiver<LauncherMsg>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     // A std Mutex around the receiver: the thread holding it waits for the next message, the others
     // wait for the lock; it is never held while a job starts.
     let rx = Arc::new(std::sync::Mutex::new(rx));
+    let launcher = Arc::new(launcher);
     // Read once: the daemon does not change its own environment, and every job inherits it.
     let daemon_env: Arc<[(OsString, OsString)]> = std::env::vars_os().collect();
     (0..count.max(1))
         .map(|_| {
-            let (layout, pool, watcher, rx, daemon_env) = (
-                layout.clone(),
-                pool.clone(),
-                watcher.clone(),
-                rx.clone(),
-                daemon_env.clone(),
-            );
+            let (launcher, rx, daemon_env) = (launcher.clone(), rx.clone(), daemon_env.clone());
             std::thread::Builder::new()
                 .name("aura-launcher".into())
                 .spawn(move || loop {
@@ -67,8 +69,7 @@ pub(crate) fn start(
                     let Some(LauncherMsg::Launch(req, reply)) = msg else {
                         break;
                     };
-                    let result =
-                        launch_one(&layout, &daemon_env, &pool, &watcher, oom_score_adj, &req);
+                    let result = launcher.launch(&daemon_env, &req);
                     if let Err(Ok(orphan)) = reply.send(result) {
                         // The caller went away (its launch future was cancelled): nobody owns this tree.
                         // The watcher reaps it and kills the rest.
@@ -80,94 +81,98 @@ pub(crate) fn start(
         .collect()
 }
 
-fn launch_one(
-    layout: &Layout,
-    daemon_env: &[(OsString, OsString)],
-    pool: &CgroupPool,
-    watcher: &Watcher,
-    oom_score_adj: i32,
-    req: &LaunchRequest,
-) -> Result<Spawned, LaunchError> {
-    let program = resolve_program(
-        &req.program,
-        req.env.get("PATH").map(String::as_str),
-        Some(&req.cwd),
-    )?;
-    let cwd_ready = if req.create_cwd {
-        // One mkdir in the common case (the parent exists); an attempt after a retry reuses the directory.
-        match std::fs::create_dir(&req.cwd) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&req.cwd),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        }
-    } else {
-        match std::fs::metadata(&req.cwd) {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
-            Err(e) => Err(e),
-        }
-    };
-    cwd_ready.map_err(|source| LaunchError::Cwd {
-        path: req.cwd.clone(),
-        source,
-    })?;
-
-    let (staged, baseline) = StagedCgroups::acquire(layout, pool, req.memory_limit)?;
-    let (plan, [stdout, stderr], _stdio_ends) =
-        prepare(req, daemon_env, &program, &staged.procs, oom_score_adj).map_err(|source| {
-            LaunchError::Spawn {
-                program: req.program.clone(),
-                source,
+impl Launcher {
+    fn launch(
+        &self,
+        daemon_env: &[(OsString, OsString)],
+        req: &LaunchRequest,
+    ) -> Result<Spawned, LaunchError> {
+        let Launcher {
+            layout,
+            pool,
+            workdirs,
+            watcher,
+            oom_score_adj,
+        } = self;
+        let program = resolve_program(
+            &req.program,
+            req.env.get("PATH").map(String::as_str),
+            Some(&req.cwd),
+        )?;
+        let cwd_ready = if req.create_cwd {
+            // A spare renamed into place, else one mkdir in the common case (the parent exists); an attempt
+            // after a retry reuses the directory.
+            workdirs.create(&req.cwd)
+        } else {
+            match std::fs::metadata(&req.cwd) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
+                Err(e) => Err(e),
             }
+        };
+        cwd_ready.map_err(|source| LaunchError::Cwd {
+            path: req.cwd.clone(),
+            source,
         })?;
-    let started = Instant::now();
-    let ticks_before = procfs::boot_ticks();
-    let pid = spawn::spawn(&plan).map_err(|source| LaunchError::Spawn {
-        program: req.program.clone(),
-        source,
-    })?;
-    let ticks_after = procfs::boot_ticks();
-    // `_stdio_ends` (our copies of the child's stdin and pipe write ends) close at the end of this
-    // function, so the capture sees EOF once the job's own copies are closed.
-    let (v2, v1) = staged.started();
-    // The child is not reaped yet (only we reap it), so its pid and /proc entry are pinned.
-    let pidfd = rustix::process::Pid::from_raw(pid)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
-        .map(Arc::new);
-    if pidfd.is_none() {
-        tracing::warn!(pid, "pidfd_open failed; waiting by polling");
+
+        let (staged, baseline) = StagedCgroups::acquire(layout, pool, req.memory_limit)?;
+        let (plan, [stdout, stderr], _stdio_ends) =
+            prepare(req, daemon_env, &program, &staged.procs, *oom_score_adj).map_err(
+                |source| LaunchError::Spawn {
+                    program: req.program.clone(),
+                    source,
+                },
+            )?;
+        let started = Instant::now();
+        let ticks_before = procfs::boot_ticks();
+        let pid = spawn::spawn(&plan).map_err(|source| LaunchError::Spawn {
+            program: req.program.clone(),
+            source,
+        })?;
+        let ticks_after = procfs::boot_ticks();
+        // `_stdio_ends` (our copies of the child's stdin and pipe write ends) close at the end of this
+        // function, so the capture sees EOF once the job's own copies are closed.
+        let (v2, v1) = staged.started();
+        // The child is not reaped yet (only we reap it), so its pid and /proc entry are pinned.
+        let pidfd = rustix::process::Pid::from_raw(pid)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            .map(Arc::new);
+        if pidfd.is_none() {
+            tracing::warn!(pid, "pidfd_open failed; waiting by polling");
+        }
+        // The kernel stamps the child's start (in boot-clock ticks) inside clone, between the two readings:
+        // when they agree, that is its start time, without reading /proc/PID/stat — which would wait for
+        // the child's exec to finish.
+        let start_ticks = match (ticks_before, ticks_after) {
+            (Some(before), Some(after)) if before == after => before,
+            _ => procfs::stat(pid).map_or(0, |s| s.start_ticks),
+        };
+        let tree = TreeRef {
+            backend: layout.backend,
+            pid,
+            start_ticks,
+            v2,
+            v1,
+            known: Arc::default(),
+        };
+        let stats = Arc::new(TreeStats::new(
+            tree,
+            layout.has_cgroup_memory(),
+            req.memory_limit,
+            baseline,
+            req.create_cwd.then(|| req.cwd.clone()),
+        ));
+        stats.start_sample();
+        // Without a memory cgroup the start figures need a /proc sample: the watcher takes it at once.
+        watcher.register(stats.clone(), pidfd.clone(), !layout.has_cgroup_memory());
+        Ok(Spawned {
+            pidfd,
+            stdout,
+            stderr,
+            stats,
+            started,
+        })
     }
-    // The kernel stamps the child's start (in boot-clock ticks) inside clone, between the two readings:
-    // when they agree, that is its start time, without reading /proc/PID/stat — which would wait for
-    // the child's exec to finish.
-    let start_ticks = match (ticks_before, ticks_after) {
-        (Some(before), Some(after)) if before == after => before,
-        _ => procfs::stat(pid).map_or(0, |s| s.start_ticks),
-    };
-    let tree = TreeRef {
-        backend: layout.backend,
-        pid,
-        start_ticks,
-        v2,
-        v1,
-        known: Arc::default(),
-    };
-    let stats = Arc::new(TreeStats::new(
-        tree,
-        layout.has_cgroup_memory(),
-        req.memory_limit,
-        baseline,
-    ));
-    stats.start_sample();
-    // Without a memory cgroup the start figures need a /proc sample: the watcher takes it at once.
-    watcher.register(stats.clone(), pidfd.clone(), !layout.has_cgroup_memory());
-    Ok(Spawned {
-        pidfd,
-        stdout,
-        stderr,
-        stats,
-        started,
-    })
 }
 
 /// A job's cgroups while its start is being prepared: empty, reused where the backend allows (see `pool`),
@@ -216,7 +221,7 @@ impl StagedCgroups {
             let memory_cgroup = match (&c.v1, &c.v2) {
                 (Some(v1), _) => Some((v1, cgroup::MemoryApi::V1)),
                 (None, Some(v2)) if layout.has_cgroup_memory() => Some((v2, cgroup::MemoryApi::V2)),
-                // No memory cgroup: the sampler's watchdog enforces it.
+                // No memory cgroup: the watcher's watchdog enforces it.
                 _ => None,
             };
             if let Some((dir, api)) = memory_cgroup {

@@ -34,6 +34,7 @@ mod recover;
 mod spawn;
 mod tree;
 mod watcher;
+mod workdirs;
 
 pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 
@@ -118,7 +119,7 @@ pub struct SupervisorConfig {
 
 impl SupervisorConfig {
     /// Defaults: auto backend, 250 ms sampling (50 ms for trees with a memory limit), 16 MiB log cap per
-    /// stream, oom_score_adj 500, 2 s kill wait, 32 pooled job cgroups.
+    /// stream, oom_score_adj 500, 2 s kill wait, 32 pooled job cgroups, 2 launcher threads.
     pub fn new(instance: impl Into<String>) -> Self {
         SupervisorConfig {
             backend: BackendChoice::Auto,
@@ -274,6 +275,8 @@ pub(crate) struct Inner {
     pub runtime: tokio::runtime::Handle,
     /// Emptied job cgroups for reuse.
     pub pool: Arc<pool::CgroupPool>,
+    /// Emptied default working directories for reuse.
+    workdirs: Arc<workdirs::WorkDirs>,
     launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
     watcher: watcher::Watcher,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -314,12 +317,19 @@ impl Supervisor {
         }
         let layout = host::choose(cfg.backend, &host::HostCgroups::read(), &cfg.instance)?;
         let pool = Arc::new(pool::CgroupPool::new(&layout, cfg.cgroup_pool));
+        let workdirs = Arc::new(workdirs::WorkDirs::new(
+            cfg.cgroup_pool,
+            layout.backend != Backend::ProcessGroup,
+        ));
         let (watcher, watcher_thread) = watcher::Watcher::start(watcher::Settings {
             sample_interval: cfg.sample_interval,
             watch_interval: cfg.memory_watch_interval,
-            kill_wait: cfg.kill_wait,
-            pool: pool.clone(),
-            runtime: runtime.clone(),
+            ending: Arc::new(tree::Ending {
+                pool: pool.clone(),
+                workdirs: workdirs.clone(),
+                runtime: runtime.clone(),
+                kill_wait: cfg.kill_wait,
+            }),
         })
         .map_err(|source| SupervisorError::Thread {
             thread: "watcher",
@@ -328,10 +338,13 @@ impl Supervisor {
         let (launch_tx, launch_rx) = tokio::sync::mpsc::channel(64);
         let launchers = launcher::start(
             cfg.launchers,
-            layout.clone(),
-            pool.clone(),
-            watcher.clone(),
-            cfg.job_oom_score_adj,
+            launcher::Launcher {
+                layout: layout.clone(),
+                pool: pool.clone(),
+                workdirs: workdirs.clone(),
+                watcher: watcher.clone(),
+                oom_score_adj: cfg.job_oom_score_adj,
+            },
             launch_rx,
         )
         .map_err(|source| {
@@ -347,6 +360,7 @@ impl Supervisor {
                 layout,
                 runtime,
                 pool,
+                workdirs,
                 launch_tx,
                 watcher,
                 threads: Mutex::new(launchers.into_iter().chain([watcher_thread]).collect()),
@@ -480,6 +494,7 @@ impl Supervisor {
                     let _ = t.join();
                 }
                 inner.pool.drain();
+                inner.workdirs.drain();
                 for root in inner.layout.v2_root.iter().chain(inner.layout.v1_root.iter()) {
                     if let Err(e) = cgroup::rmdir(root, Duration::from_millis(200)) {
                         tracing::warn!(cgroup = %root.display(), error = %e, "could not remove instance cgroup");

@@ -6,6 +6,7 @@
 use crate::cgroup::{self, MemoryApi, OomCounters};
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::procfs::{self, ProcStat};
+use crate::workdirs::WorkDirs;
 use crate::{Inner, LiveUsage};
 use aura_logs::{CaptureReport, LogError};
 use aura_model::{
@@ -208,7 +209,7 @@ fn opt(v: u64) -> Option<u64> {
     (v != NONE).then_some(v)
 }
 
-/// Why a tree must be killed for memory, as the sampler saw it.
+/// Why a tree must be killed for memory, as the watcher's samples saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryViolation {
     /// Over its hard limit: the kernel reached it in the job's cgroup, or the watchdog saw the tree's
@@ -229,12 +230,13 @@ pub enum MemoryViolation {
 pub enum LimitEnforcer {
     /// The job cgroup's `memory.max` / `memory.limit_in_bytes`: the job cannot go over it.
     Kernel,
-    /// The no-cgroup fallback: the sampler kills the tree once its summed RSS is over the limit, so the
+    /// The no-cgroup fallback: the watcher kills the tree once its summed RSS is over the limit, so the
     /// peak may overshoot by what the job allocates in one watch interval.
     Watchdog,
 }
 
-/// Sampled statistics of one tree, written by the sampler thread, read lock-free by `live()`.
+/// Sampled statistics and the ending of one tree, written by the watcher thread (and the launcher's
+/// first look), read lock-free by `live()`.
 #[derive(Debug)]
 pub(crate) struct TreeStats {
     pub tree: TreeRef,
@@ -244,15 +246,15 @@ pub(crate) struct TreeStats {
     pub memory_limit: Option<u64>,
     oom_kills: AtomicU64,
     limit_hits: AtomicU64,
-    /// Set (once) when the sampler finds a memory violation; the monitor waits on `violation_notify`.
+    /// Set (once) when a sample finds a memory violation; the monitor waits on `violation_notify`.
     violation: Mutex<Option<MemoryViolation>>,
     violation_notify: tokio::sync::Notify,
     /// Where the cgroup counters stood when the job got its (possibly reused) cgroups; the job's figures
     /// are taken from there.
     base: Baseline,
-    /// Set when the tree is finished or dropped; the sampler then forgets it.
+    /// Set once the tree has ended (`retire`): no sample touches it after that.
     pub done: AtomicBool,
-    /// Held by the sampler while it samples: `retire` takes it, so that no sample of this job is still
+    /// Held by the watcher while it samples: `retire` takes it, so that no sample of this job is still
     /// running once its cgroups may go to the next job.
     sampling: Mutex<()>,
     mem_start: AtomicU64,
@@ -270,6 +272,17 @@ pub(crate) struct TreeStats {
     finals: Mutex<Option<Finals>>,
     /// Woken when `exit` or `finals` is set.
     ended: tokio::sync::Notify,
+    /// The default working directory created for the job: recycled when the tree is gone, if empty.
+    pub created_cwd: Option<PathBuf>,
+}
+
+/// What concluding a tree needs besides the tree: where its cgroups and working directory go, and where
+/// a tree that outlived its main process is killed and waited for.
+pub(crate) struct Ending {
+    pub pool: Arc<CgroupPool>,
+    pub workdirs: Arc<WorkDirs>,
+    pub runtime: tokio::runtime::Handle,
+    pub kill_wait: Duration,
 }
 
 /// What is read from a tree's cgroups once it is empty, before they go to the next job.
@@ -287,8 +300,10 @@ impl TreeStats {
         cgroup_memory: bool,
         memory_limit: Option<u64>,
         base: Baseline,
+        created_cwd: Option<PathBuf>,
     ) -> TreeStats {
         TreeStats {
+            created_cwd,
             tree,
             cgroup_memory,
             memory_limit,
@@ -333,29 +348,25 @@ impl TreeStats {
     /// empty (the common case: one read to know), reads the final figures and hands the cgroups back at
     /// once, so the owner is woken once with everything. A tree that outlived its main process is killed
     /// and waited for on the blocking pool (bounded by `kill_wait`), never on the watcher thread.
-    pub fn conclude(
-        self: &Arc<Self>,
-        reaped: Reaped,
-        pool: &Arc<CgroupPool>,
-        runtime: &tokio::runtime::Handle,
-        kill_wait: Duration,
-    ) {
+    pub fn conclude(self: &Arc<Self>, reaped: Reaped, ending: &Arc<Ending>) {
         *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(reaped);
         if self.tree.is_empty() {
-            self.settle(pool, true);
+            self.settle(ending, true);
             return;
         }
         self.ended.notify_one();
-        let (stats, pool) = (self.clone(), pool.clone());
-        drop(runtime.spawn_blocking(move || {
-            let empty = stats.tree.kill_and_wait(kill_wait);
-            stats.settle(&pool, empty);
+        let (stats, end) = (self.clone(), ending.clone());
+        drop(ending.runtime.spawn_blocking(move || {
+            let empty = stats.tree.kill_and_wait(end.kill_wait);
+            stats.settle(&end, empty);
         }));
     }
 
     /// Reads the final figures of an ended tree, hands its cgroups back (reused only if `empty` and
-    /// clean) and wakes the owner. Blocking (cgroupfs).
-    fn settle(&self, pool: &CgroupPool, empty: bool) {
+    /// clean), recycles its working directory if it created an empty one, and wakes the owner. Blocking
+    /// (cgroupfs, the file system).
+    fn settle(&self, ending: &Ending, empty: bool) {
+        let pool = &ending.pool;
         // After this the cgroups may belong to the next job: no sample of this one may still be running.
         self.retire();
         self.read_oom();
@@ -376,6 +387,9 @@ impl TreeStats {
             cpu_usec,
         });
         self.ended.notify_one();
+        if let Some(dir) = self.created_cwd.as_deref().filter(|_| empty) {
+            ending.workdirs.recycle(dir);
+        }
     }
 
     /// The main process's status, once the watcher reaped it.
@@ -453,7 +467,7 @@ impl TreeStats {
         }
     }
 
-    /// Resolves once the sampler found a memory violation (at most once per tree).
+    /// Resolves once a sample found a memory violation (at most once per tree).
     pub async fn violation(&self) -> MemoryViolation {
         loop {
             if let Some(v) = *self.violation.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -703,7 +717,7 @@ impl UsageProbe {
         self.0.live()
     }
 
-    /// Resolves when the sampler finds the tree over its memory limit or hit by the kernel's OOM killer;
+    /// Resolves when the watcher finds the tree over its memory limit or hit by the kernel's OOM killer;
     /// whoever owns the tree then kills it ([`RunningTree::kill`]). Never resolves for a healthy tree.
     /// Cancel-safe.
     pub async fn memory_violation(&self) -> MemoryViolation {

@@ -11,8 +11,7 @@
 //! costs no wake-up (the launcher adds its pidfd to the epoll set directly), except where its first
 //! figures need a `/proc` sample (no memory cgroup): then it is sampled at once, alone.
 
-use crate::pool::CgroupPool;
-use crate::tree::{self, TreeStats};
+use crate::tree::{self, Ending, TreeStats};
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -29,11 +28,10 @@ const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(20);
 pub(crate) struct Settings {
     pub sample_interval: Duration,
     pub watch_interval: Duration,
-    pub kill_wait: Duration,
-    pub pool: Arc<CgroupPool>,
-    /// For the slow end of a tree that outlived its main process (killing and waiting for it is bounded
-    /// but may take up to `kill_wait`; it must not hold up every other tree's exit).
-    pub runtime: tokio::runtime::Handle,
+    /// Where concluded trees' cgroups and working directories go; its runtime takes the slow end of a
+    /// tree that outlived its main process (bounded by `kill_wait`, but it must not hold up every other
+    /// tree's exit).
+    pub ending: Arc<Ending>,
 }
 
 struct Watched {
@@ -293,10 +291,5 @@ fn conclude(shared: &Shared, settings: &Settings, key: u64) {
     if let Some(fd) = &watched.pidfd {
         let _ = epoll::delete(&shared.epoll, &**fd);
     }
-    watched.stats.conclude(
-        reaped,
-        &settings.pool,
-        &settings.runtime,
-        settings.kill_wait,
-    );
+    watched.stats.conclude(reaped, &settings.ending);
 }
