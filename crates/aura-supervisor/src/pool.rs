@@ -127,7 +127,8 @@ impl CgroupPool {
                 libc::sysconf(libc::_SC_NPROCESSORS_CONF),
             )
         };
-        let max_leftover = 2 * MEMCG_CHARGE_BATCH
+        let max_leftover = 2
+            * MEMCG_CHARGE_BATCH
             * u64::try_from(page).unwrap_or(4096)
             * u64::try_from(cpus).unwrap_or(1).max(1);
         CgroupPool {
