@@ -375,6 +375,13 @@ impl TreeStats {
         let charge = self.read_kernel_current();
         let cpu_counters = self.tree.v2.as_deref().and_then(cgroup::cpu_usec);
         let cpu_usec = cpu_counters.map(|c| self.job_cpu(c));
+        *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
+            memory_end: charge.map(|c| self.job_memory(c)),
+            cpu_usec,
+        });
+        // The owner can go on (and the engine start the next job) while the cgroups and the working
+        // directory are handed back: that takes the next job's launcher longer to need than to do.
+        self.ended.notify_one();
         let reusable = empty && self.leaves_cgroups_reusable();
         self.tree.release_cgroups(
             pool,
@@ -382,11 +389,6 @@ impl TreeStats {
             charge.filter(|_| self.tree.v1.is_some()),
             cpu_counters,
         );
-        *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
-            memory_end: charge.map(|c| self.job_memory(c)),
-            cpu_usec,
-        });
-        self.ended.notify_one();
         if let Some(dir) = self.created_cwd.as_deref().filter(|_| empty) {
             ending.workdirs.recycle(dir);
         }
