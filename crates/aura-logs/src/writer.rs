@@ -1,5 +1,6 @@
 //! The capture side: drains a job's pipe into rotating segment files, keeping
 //! at most `cap` bytes and never holding output in memory across pipe reads.
+//! Synchronous and event-driven (`Capture::drain` when the pipe is readable).
 
 use std::collections::VecDeque;
 use std::io;
@@ -7,9 +8,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::fs::File;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::pipe;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::segment;
 use crate::{LogCap, LogError, Stream};
@@ -35,52 +36,135 @@ pub struct CaptureReport {
     pub truncated_bytes: u64,
 }
 
-/// Reads `pipe` (the read end of a job's stdout or stderr pipe) until EOF,
-/// writing it into segments under `dir`, which is created if missing when
-/// the first byte arrives (a silent stream creates no file).
+/// One stream's capture, driven by its owner's event loop (the supervisor's watcher thread): call
+/// [`drain`](Capture::drain) whenever the pipe is readable. Synchronous on purpose: each chunk is read and
+/// appended on the thread that was woken for it, with no hand-off per chunk (a chatty FFmpeg writes
+/// progress to stderr many times a second).
 ///
-/// If `dir` already holds segments for `stream` (the same job's stream being
-/// captured again), capture continues after the existing bytes rather than
-/// overwriting them, so logical offsets stay monotonic for anyone following
-/// the log. `bytes_written` counts only this call's bytes.
-///
-/// Must be called within a tokio runtime with IO enabled: the pipe is
-/// registered with the reactor via
-/// [`tokio::net::unix::pipe::Receiver::from_owned_fd`], which also makes it
-/// non-blocking.
-pub async fn capture(
+/// The log directory is created, and the segment files opened, with the first byte: most short jobs print
+/// nothing on one of their streams, and creating files they never use costs more than the job itself for
+/// a trivial command. If `dir` already holds segments for `stream` (the same job's stream captured
+/// again), capture continues after the existing bytes rather than overwriting them, so logical offsets
+/// stay monotonic for anyone following the log. `bytes_written` counts only this capture's bytes.
+pub struct Capture {
+    pipe: OwnedFd,
+    dir: PathBuf,
+    stream: Stream,
+    cap: LogCap,
+    writer: Option<SegmentWriter>,
+    /// Allocated with the first byte, like the files: a stream that only ever sees EOF costs a small
+    /// stack array.
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Capture {
+    /// Takes the read end of a job's stdout or stderr pipe and makes it non-blocking.
+    pub fn new(
+        pipe: OwnedFd,
+        dir: &Path,
+        stream: Stream,
+        cap: LogCap,
+    ) -> Result<Capture, LogError> {
+        rustix::io::ioctl_fionbio(&pipe, true).map_err(|e| LogError::Pipe {
+            stream,
+            source: e.into(),
+        })?;
+        Ok(Capture {
+            pipe,
+            dir: dir.to_path_buf(),
+            stream,
+            cap,
+            writer: None,
+            buf: Vec::new(),
+            eof: false,
+        })
+    }
+
+    /// The pipe, for the owner's poll set.
+    pub fn pipe(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+
+    /// Appends what the pipe holds now, at most about `budget` bytes (so that one busy stream cannot
+    /// hold up its owner's other work), and returns whether the pipe reached EOF — the capture is then
+    /// complete. Never blocks on the pipe.
+    pub fn drain(&mut self, budget: usize) -> Result<bool, LogError> {
+        let mut taken = 0;
+        let mut first = [0u8; 512];
+        while !self.eof && taken < budget {
+            let target: &mut [u8] = if self.buf.is_empty() {
+                &mut first
+            } else {
+                &mut self.buf
+            };
+            let n = match rustix::io::read(&self.pipe, &mut *target) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => n,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(LogError::Pipe {
+                        stream: self.stream,
+                        source: e.into(),
+                    })
+                }
+            };
+            let w = match &mut self.writer {
+                Some(w) => w,
+                None => self
+                    .writer
+                    .insert(SegmentWriter::open(&self.dir, self.stream, self.cap)?),
+            };
+            w.write(&target[..n])?;
+            taken += n;
+            if self.buf.is_empty() {
+                self.buf = vec![0u8; READ_BUF];
+            }
+        }
+        Ok(self.eof)
+    }
+
+    pub fn report(&self) -> CaptureReport {
+        self.writer
+            .as_ref()
+            .map(SegmentWriter::report)
+            .unwrap_or_default()
+    }
+}
+
+/// Captures `pipe` to EOF on the calling thread (blocking): a [`Capture`] with its own wait for
+/// readability.
+pub fn capture_blocking(
     pipe: OwnedFd,
     dir: &Path,
     stream: Stream,
     cap: LogCap,
 ) -> Result<CaptureReport, LogError> {
-    let mut rx =
-        pipe::Receiver::from_owned_fd(pipe).map_err(|source| LogError::Pipe { stream, source })?;
-    // Files are created on the first byte: most short jobs print nothing on one of their streams, and
-    // creating files they never use costs more than the job itself for a trivial command.
-    let mut writer: Option<SegmentWriter> = None;
-    // Likewise the read buffer: a stream that only ever sees EOF costs a small stack array, and the
-    // full-size buffer is allocated with the first byte.
-    let mut first = [0u8; 512];
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        let target: &mut [u8] = if buf.is_empty() { &mut first } else { &mut buf };
-        let n = match rx.read(target).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(LogError::Pipe { stream, source }),
-        };
-        let w = match &mut writer {
-            Some(w) => w,
-            None => writer.insert(SegmentWriter::open(dir, stream, cap).await?),
-        };
-        w.write(&target[..n]).await?;
-        if buf.is_empty() {
-            buf = vec![0u8; READ_BUF];
+    let mut capture = Capture::new(pipe, dir, stream, cap)?;
+    while !capture.drain(usize::MAX)? {
+        let mut fds = [rustix::event::PollFd::new(
+            &capture.pipe,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(LogError::Pipe {
+                    stream,
+                    source: e.into(),
+                })
+            }
         }
     }
-    Ok(writer.map(|w| w.report()).unwrap_or_default())
+    Ok(capture.report())
 }
 
 /// Appends to the newest segment and rotates when it is full.
@@ -102,45 +186,35 @@ struct SegmentWriter {
 
 impl SegmentWriter {
     /// Creates the directory if needed and opens the newest segment (continuing after existing bytes)
-    /// or creates the first one: all the file system work in one blocking hop.
-    async fn open(dir: &Path, stream: Stream, cap: LogCap) -> Result<Self, LogError> {
-        let owned_dir = dir.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || {
-            let dir = owned_dir.as_path();
-            std::fs::create_dir_all(dir)
-                .map_err(|e| LogError::io("creating log directory", dir, e))?;
-            let existing = segment::list(dir, stream)?;
-            let kept: VecDeque<u64> = existing.iter().map(|s| s.start).collect();
-            match existing.last() {
-                Some(last) => {
-                    let file = std::fs::OpenOptions::new()
-                        .append(true)
-                        .open(&last.path)
-                        .map_err(|e| LogError::io("opening log segment", &last.path, e))?;
-                    let len = file
-                        .metadata()
-                        .map_err(|e| LogError::io("reading log segment size", &last.path, e))?
-                        .len();
-                    Ok((
-                        kept,
-                        file,
-                        last.path.clone(),
-                        len,
-                        last.start.saturating_add(len),
-                    ))
-                }
-                None => {
-                    let path = segment::path(dir, stream, 0);
-                    let file = create_segment_blocking(&path)?;
-                    Ok((VecDeque::from([0]), file, path, 0, 0))
-                }
+    /// or creates the first one.
+    fn open(dir: &Path, stream: Stream, cap: LogCap) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io("creating log directory", dir, e))?;
+        let existing = segment::list(dir, stream)?;
+        let kept: VecDeque<u64> = existing.iter().map(|s| s.start).collect();
+        let (kept, file, file_path, file_len, end) = match existing.last() {
+            Some(last) => {
+                let file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(|e| LogError::io("opening log segment", &last.path, e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| LogError::io("reading log segment size", &last.path, e))?
+                    .len();
+                (
+                    kept,
+                    file,
+                    last.path.clone(),
+                    len,
+                    last.start.saturating_add(len),
+                )
             }
-        })
-        .await
-        .map_err(|e| LogError::io("opening log segment", dir, io::Error::other(e)))?;
-        let (kept, file, file_path, file_len, end) = opened?;
-        let file = File::from_std(file);
-
+            None => {
+                let path = segment::path(dir, stream, 0);
+                let file = create_segment(&path)?;
+                (VecDeque::from([0]), file, path, 0, 0)
+            }
+        };
         let mut writer = SegmentWriter {
             dir: dir.to_path_buf(),
             stream,
@@ -153,25 +227,24 @@ impl SegmentWriter {
             bytes_written: 0,
         };
         // A previous capture may have used a larger cap; honour the current one.
-        writer.prune().await;
+        writer.prune();
         Ok(writer)
     }
 
-    /// Writes `data` and flushes it to the file before returning, so a reader
-    /// following the log sees it without waiting for more output.
-    async fn write(&mut self, mut data: &[u8]) -> Result<(), LogError> {
+    /// Writes `data` to the file (in the page cache at once: a reader following the log sees it
+    /// without waiting for more output).
+    fn write(&mut self, mut data: &[u8]) -> Result<(), LogError> {
         while !data.is_empty() {
             // Rotate lazily (before writing, not after filling) so a stream
             // that ends exactly on a boundary keeps two full segments and
             // leaves no empty trailing file.
             if self.file_len >= self.segment_bytes {
-                self.rotate().await?;
+                self.rotate()?;
             }
             let room = usize::try_from(self.segment_bytes - self.file_len).unwrap_or(usize::MAX);
             let (now, rest) = data.split_at(room.min(data.len()));
             self.file
                 .write_all(now)
-                .await
                 .map_err(|e| LogError::io("writing log segment", &self.file_path, e))?;
             let n = now.len() as u64;
             self.file_len += n;
@@ -179,41 +252,31 @@ impl SegmentWriter {
             self.bytes_written += n;
             data = rest;
         }
-        self.flush().await
+        Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), LogError> {
-        // tokio's File writes in the background; flush waits for that write to
-        // land (and surfaces its error) so data is visible to readers.
-        self.file
-            .flush()
-            .await
-            .map_err(|e| LogError::io("writing log segment", &self.file_path, e))
-    }
-
-    async fn rotate(&mut self) -> Result<(), LogError> {
-        self.flush().await?;
+    fn rotate(&mut self) -> Result<(), LogError> {
         let path = segment::path(&self.dir, self.stream, self.end);
         // The new segment is created before old ones are deleted, so a reader
         // listing the directory at any moment sees a contiguous tail.
-        self.file = create_segment(&path).await?;
+        self.file = create_segment(&path)?;
         self.file_path = path;
         self.file_len = 0;
         self.kept.push_back(self.end);
-        self.prune().await;
+        self.prune();
         Ok(())
     }
 
     /// Deletes all but the newest segments. A failed delete only costs disk
     /// space, so it is logged rather than aborting the job's log capture;
     /// readers derive truncation from what is actually on disk.
-    async fn prune(&mut self) {
+    fn prune(&mut self) {
         while self.kept.len() > KEPT_SEGMENTS {
             let Some(start) = self.kept.pop_front() else {
                 break;
             };
             let path = segment::path(&self.dir, self.stream, start);
-            match tokio::fs::remove_file(&path).await {
+            match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!(
@@ -233,15 +296,7 @@ impl SegmentWriter {
     }
 }
 
-async fn create_segment(path: &Path) -> Result<File, LogError> {
-    let owned = path.to_path_buf();
-    let file = tokio::task::spawn_blocking(move || create_segment_blocking(&owned))
-        .await
-        .map_err(|e| LogError::io("creating log segment", path, io::Error::other(e)))??;
-    Ok(File::from_std(file))
-}
-
-fn create_segment_blocking(path: &Path) -> Result<std::fs::File, LogError> {
+fn create_segment(path: &Path) -> Result<std::fs::File, LogError> {
     use std::os::unix::fs::OpenOptionsExt;
     // create_new: an existing file at this offset would mean a second writer on
     // the same stream, and appending to it would corrupt logical offsets.

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use aura_logs::{capture, read, stat, CaptureReport, LogCap, LogError, Stream};
+use aura_logs::{capture_blocking, read, stat, CaptureReport, LogCap, LogError, Stream};
 use rustix::pipe::{pipe_with, PipeFlags};
 
 fn pipe() -> (OwnedFd, OwnedFd) {
@@ -42,9 +42,8 @@ async fn capture_bytes(
             tx.write_all(part).expect("write to pipe");
         }
     });
-    let report = capture(rx, dir, stream, LogCap::new(cap).expect("cap"))
-        .await
-        .expect("capture");
+    let report =
+        capture_blocking(rx, dir, stream, LogCap::new(cap).expect("cap")).expect("capture");
     writer.join().expect("writer thread");
     report
 }
@@ -169,13 +168,12 @@ async fn real_child_process_output_is_capped() {
             .stdout(Stdio::from(tx));
         cmd.spawn().expect("spawn sh")
     };
-    let report = capture(
+    let report = capture_blocking(
         rx,
         tmp.path(),
         Stream::Stdout,
         LogCap::new(100_000).expect("cap"),
     )
-    .await
     .expect("capture");
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -264,8 +262,10 @@ async fn reads_during_rotation_are_ordered_and_never_fail() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().to_path_buf();
     let total = 400_000u64;
-    // A tiny cap makes the writer rotate thousands of times under the reader.
-    let cap = 64u64;
+    // A small cap makes the writer rotate hundreds of times under the reader. (A 64-byte cap, a
+    // rotation every 32 bytes, outpaces a reader bound to a finite number of retries once the capture
+    // writes at the speed of the syscalls.)
+    let cap = 1024u64;
     let done = Arc::new(AtomicBool::new(false));
 
     let reader = {

@@ -20,9 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) struct Spawned {
     pub pidfd: Option<Arc<OwnedFd>>,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// The tree, already watched by the watcher thread.
+    /// The tree, already watched by the watcher thread (which also captures its output).
     pub stats: Arc<TreeStats>,
     pub started: Instant,
 }
@@ -42,6 +40,7 @@ pub(crate) struct Launcher {
     pub workdirs: Arc<WorkDirs>,
     pub watcher: Watcher,
     pub oom_score_adj: i32,
+    pub log_cap: aura_logs::LogCap,
 }
 
 /// Starts `count` launcher threads sharing one queue: with one, every job start waited for the one
@@ -93,6 +92,7 @@ impl Launcher {
             workdirs,
             watcher,
             oom_score_adj,
+            log_cap,
         } = self;
         let program = resolve_program(
             &req.program,
@@ -163,12 +163,30 @@ impl Launcher {
             req.create_cwd.then(|| req.cwd.clone()),
         ));
         stats.start_sample();
+        let captures = [
+            (stdout, aura_logs::Stream::Stdout),
+            (stderr, aura_logs::Stream::Stderr),
+        ]
+        .into_iter()
+        .filter_map(|(fd, stream)| {
+            match aura_logs::Capture::new(fd, &req.log_dir, stream, *log_cap) {
+                Ok(capture) => Some(capture),
+                Err(e) => {
+                    tracing::warn!(job_id = %req.job_id, error = %e, "cannot capture a job stream");
+                    None
+                }
+            }
+        })
+        .collect();
         // Without a memory cgroup the start figures need a /proc sample: the watcher takes it at once.
-        watcher.register(stats.clone(), pidfd.clone(), !layout.has_cgroup_memory());
+        watcher.register(
+            stats.clone(),
+            pidfd.clone(),
+            !layout.has_cgroup_memory(),
+            captures,
+        );
         Ok(Spawned {
             pidfd,
-            stdout,
-            stderr,
             stats,
             started,
         })

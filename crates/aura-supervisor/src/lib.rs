@@ -278,7 +278,7 @@ pub(crate) struct Inner {
     /// Emptied default working directories for reuse.
     workdirs: Arc<workdirs::WorkDirs>,
     launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
-    watcher: watcher::Watcher,
+    pub(crate) watcher: watcher::Watcher,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -344,6 +344,7 @@ impl Supervisor {
                 workdirs: workdirs.clone(),
                 watcher: watcher.clone(),
                 oom_score_adj: cfg.job_oom_score_adj,
+                log_cap: cfg.log_cap,
             },
             launch_rx,
         )
@@ -415,7 +416,7 @@ impl Supervisor {
             return Err(LaunchError::ShuttingDown);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (log_dir, job_id) = (req.log_dir.clone(), req.job_id);
+        let job_id = req.job_id;
         self.inner
             .launch_tx
             .send(LauncherMsg::Launch(Box::new(req), tx))
@@ -429,24 +430,12 @@ impl Supervisor {
             start_ticks: tree.start_ticks,
             cgroups: tree.dirs(),
         };
-        let cap = self.inner.cfg.log_cap;
-        let logs = [
-            (spawned.stdout, aura_logs::Stream::Stdout),
-            (spawned.stderr, aura_logs::Stream::Stderr),
-        ]
-        .into_iter()
-        .map(|(fd, stream)| {
-            let dir = log_dir.clone();
-            tokio::spawn(async move { aura_logs::capture(fd, &dir, stream, cap).await })
-        })
-        .collect();
         tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");
         Ok(RunningTree::new(
             self.inner.clone(),
             handle,
             spawned.stats,
             spawned.pidfd,
-            logs,
             spawned.started,
         ))
     }

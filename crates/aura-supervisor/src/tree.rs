@@ -8,7 +8,7 @@ use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::procfs::{self, ProcStat};
 use crate::workdirs::WorkDirs;
 use crate::{Inner, LiveUsage};
-use aura_logs::{CaptureReport, LogError};
+use aura_logs::CaptureReport;
 use aura_model::{
     Accounting, Backend, ByteSize, ExitStatus, MemorySource, StopSequence, StopSignal, TreeHandle,
 };
@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 
 /// Everything needed to find, signal and kill one job's processes. Cheap to clone; every method
 /// blocks (cgroupfs, /proc), so call it from a blocking context.
@@ -274,6 +273,15 @@ pub(crate) struct TreeStats {
     ended: tokio::sync::Notify,
     /// The default working directory created for the job: recycled when the tree is gone, if empty.
     pub created_cwd: Option<PathBuf>,
+    /// The job's stdout/stderr captures (on the watcher thread): how many are still open, and the bytes
+    /// the finished ones dropped to stay under the cap.
+    logs: Mutex<LogsState>,
+}
+
+#[derive(Debug, Default)]
+struct LogsState {
+    open: usize,
+    truncated: u64,
 }
 
 /// What concluding a tree needs besides the tree: where its cgroups and working directory go, and where
@@ -304,6 +312,7 @@ impl TreeStats {
     ) -> TreeStats {
         TreeStats {
             created_cwd,
+            logs: Mutex::new(LogsState::default()),
             tree,
             cgroup_memory,
             memory_limit,
@@ -379,9 +388,6 @@ impl TreeStats {
             memory_end: charge.map(|c| self.job_memory(c)),
             cpu_usec,
         });
-        // The owner can go on (and the engine start the next job) while the cgroups and the working
-        // directory are handed back: that takes the next job's launcher longer to need than to do.
-        self.ended.notify_one();
         let reusable = empty && self.leaves_cgroups_reusable();
         self.tree.release_cgroups(
             pool,
@@ -389,9 +395,41 @@ impl TreeStats {
             charge.filter(|_| self.tree.v1.is_some()),
             cpu_counters,
         );
+        // The owner can go on (and the engine start the next job) while the working directory is
+        // handed back; the cgroups are back already, so when `finish` returns they are reused or gone.
+        self.ended.notify_one();
         if let Some(dir) = self.created_cwd.as_deref().filter(|_| empty) {
             ending.workdirs.recycle(dir);
         }
+    }
+
+    /// `n` captures of this tree's output started.
+    pub fn logs_open(&self, n: usize) {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).open += n;
+    }
+
+    /// One capture ended (EOF, error, or abandoned); wakes the owner when it was the last.
+    pub fn log_done(&self, report: CaptureReport) {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.open = logs.open.saturating_sub(1);
+        logs.truncated += report.truncated_bytes;
+        if logs.open == 0 {
+            drop(logs);
+            self.ended.notify_one();
+        }
+    }
+
+    /// The bytes the captures dropped, once every capture has ended.
+    fn logs_finished(&self) -> Option<u64> {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        (logs.open == 0).then_some(logs.truncated)
+    }
+
+    fn logs_truncated(&self) -> u64 {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .truncated
     }
 
     /// The main process's status, once the watcher reaped it.
@@ -727,8 +765,6 @@ impl UsageProbe {
     }
 }
 
-type LogTask = JoinHandle<Result<CaptureReport, LogError>>;
-
 /// A job's live process tree. Dropping it without [`finish`](RunningTree::finish) SIGKILLs the whole
 /// tree; the watcher thread reaps it and cleans up.
 pub struct RunningTree {
@@ -738,7 +774,6 @@ pub struct RunningTree {
     pub(crate) stats: Arc<TreeStats>,
     /// The main process's pidfd (shared with the watcher): signals through it never reach a reused pid.
     pub(crate) pidfd: Option<Arc<OwnedFd>>,
-    pub(crate) logs: Vec<LogTask>,
     pub(crate) started: Instant,
     finished: bool,
 }
@@ -758,7 +793,6 @@ impl RunningTree {
         handle: TreeHandle,
         stats: Arc<TreeStats>,
         pidfd: Option<Arc<OwnedFd>>,
-        logs: Vec<LogTask>,
         started: Instant,
     ) -> RunningTree {
         RunningTree {
@@ -767,7 +801,6 @@ impl RunningTree {
             tree: stats.tree.clone(),
             stats,
             pidfd,
-            logs,
             started,
             finished: false,
         }
@@ -850,28 +883,16 @@ impl RunningTree {
         let finals = self.stats.ended_with(TreeStats::finals).await;
         let reaped = self.stats.exit().unwrap_or_else(Reaped::unknown);
 
-        // Log capture ends at EOF once every holder of the pipes is dead; a process outside the
-        // backend's reach may keep it open, so bound the wait and abort.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        let mut truncated = 0;
-        for mut task in std::mem::take(&mut self.logs) {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(Ok(Ok(report))) => truncated += report.truncated_bytes,
-                Ok(Ok(Err(e))) => {
-                    tracing::warn!(pid = self.tree.pid, error = %e, "log capture failed")
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(pid = self.tree.pid, error = %e, "log capture task failed")
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        pid = self.tree.pid,
-                        "log pipe still held open after the tree was killed; abandoning capture"
-                    );
-                    task.abort();
-                }
+        // Log capture ends at EOF once every holder of the pipes is dead (usually with the exit itself);
+        // a process outside the backend's reach may keep a pipe open, so bound the wait and give up.
+        let logs = self.stats.ended_with(TreeStats::logs_finished);
+        let truncated = match tokio::time::timeout(Duration::from_secs(1), logs).await {
+            Ok(truncated) => truncated,
+            Err(_) => {
+                self.sup.watcher.abandon_logs(&self.stats);
+                self.stats.logs_truncated()
             }
-        }
+        };
         self.finished = true;
 
         let live = self.stats.live();
@@ -939,14 +960,12 @@ impl Drop for RunningTree {
         }
         kill_main(&self.stats, self.pidfd.as_deref());
         // The capture ends at EOF once the tree is dead; a process out of the backend's reach may hold
-        // the pipes open, so the tasks are aborted after a while.
-        let logs = std::mem::take(&mut self.logs);
-        if !logs.is_empty() {
+        // the pipes open, so it is given up after a while.
+        if self.stats.logs_finished().is_none() {
+            let (watcher, stats) = (self.sup.watcher.clone(), self.stats.clone());
             drop(self.sup.runtime.spawn(async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                for task in logs {
-                    task.abort();
-                }
+                watcher.abandon_logs(&stats);
             }));
         }
     }

@@ -6,21 +6,29 @@
 //! worker again: on this VM each hand-off is a context switch, and they were a large share of the
 //! daemon's work per trivial job (see BENCHMARKS.md).
 //!
+//! It also captures every job's stdout and stderr: their pipes sit in the same epoll set, and each
+//! readable pipe is drained into its log files on this thread (`aura_logs::Capture`, at most
+//! `LOG_BUDGET` bytes a turn, so a chatty job cannot hold up the others' exits). At a job's exit its
+//! pipes' EOF arrives with its pidfd, in one wake-up.
+//!
 //! Sampling: every `sample_interval` it reads current memory, process count and CPU of every tree, and
 //! every `watch_interval` the trees with a memory limit (watchdog and OOM checks). Registering a tree
 //! costs no wake-up (the launcher adds its pidfd to the epoll set directly), except where its first
 //! figures need a `/proc` sample (no memory cgroup): then it is sampled at once, alone.
 
 use crate::tree::{self, Ending, TreeStats};
+use aura_logs::Capture;
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The epoll key of the wake-up eventfd; trees get keys from 1 on.
 const WAKE_KEY: u64 = 0;
+/// Bytes drained from one pipe per turn: a stream that keeps its pipe full cannot starve the others.
+const LOG_BUDGET: usize = 256 * 1024;
 /// How often trees without a pidfd (kernels before 5.3) are polled with `wait4`.
 const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(20);
 
@@ -40,11 +48,19 @@ struct Watched {
     pidfd: Option<Arc<OwnedFd>>,
 }
 
+/// One captured stream of a tree.
+struct Logged {
+    capture: Capture,
+    stats: Arc<TreeStats>,
+}
+
 #[derive(Default)]
 struct Inbox {
     stop: bool,
     /// Trees to sample at once (their first figures need a `/proc` sample).
     sample: Vec<u64>,
+    /// Trees whose captures are given up (a process out of the backend's reach holds the pipes open).
+    abandon: Vec<Arc<TreeStats>>,
 }
 
 struct Shared {
@@ -52,6 +68,7 @@ struct Shared {
     wake: OwnedFd,
     // Plain Mutexes: held for a map or vector operation, never across I/O.
     trees: Mutex<HashMap<u64, Watched>>,
+    logs: Mutex<HashMap<u64, Logged>>,
     inbox: Mutex<Inbox>,
     next_key: AtomicU64,
 }
@@ -81,6 +98,7 @@ impl Watcher {
             epoll,
             wake,
             trees: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
             inbox: Mutex::new(Inbox::default()),
             next_key: AtomicU64::new(WAKE_KEY + 1),
         });
@@ -91,9 +109,20 @@ impl Watcher {
         Ok((Watcher { shared }, thread))
     }
 
-    /// Watches a just-started tree: its exit wakes the watcher through `pidfd`. `sample_now`: take its
-    /// first sample at once (costs a wake-up; only where the launcher could not read its start figures).
-    pub fn register(&self, stats: Arc<TreeStats>, pidfd: Option<Arc<OwnedFd>>, sample_now: bool) {
+    /// Watches a just-started tree: its exit wakes the watcher through `pidfd`, and `captures` (its
+    /// stdout and stderr) are drained as they fill. `sample_now`: take its first sample at once (costs a
+    /// wake-up; only where the launcher could not read its start figures).
+    pub fn register(
+        &self,
+        stats: Arc<TreeStats>,
+        pidfd: Option<Arc<OwnedFd>>,
+        sample_now: bool,
+        captures: Vec<Capture>,
+    ) {
+        stats.logs_open(captures.len());
+        for capture in captures {
+            self.watch_log(capture, &stats);
+        }
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         // In the map before its pidfd is in the epoll set: an exit can be reported at once.
         let pidfd_for_epoll = pidfd.clone();
@@ -129,6 +158,55 @@ impl Watcher {
                 .push(key);
             self.wake();
         }
+    }
+
+    fn watch_log(&self, capture: Capture, stats: &Arc<TreeStats>) {
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let raw = capture.pipe().as_raw_fd();
+        // In the map before the pipe is in the epoll set; the map keeps the fd open until the watcher,
+        // which alone removes entries after an event, takes it out.
+        self.shared
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key,
+                Logged {
+                    capture,
+                    stats: stats.clone(),
+                },
+            );
+        // SAFETY: `raw` belongs to the capture just stored, which no one can close before this call
+        // returns (it is removed only after an event, and events follow this registration).
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        if let Err(e) = epoll::add(
+            &self.shared.epoll,
+            fd,
+            epoll::EventData::new_u64(key),
+            epoll::EventFlags::IN,
+        ) {
+            tracing::warn!(error = %e, "cannot watch a log pipe; the stream is not captured");
+            let removed = self
+                .shared
+                .logs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            if let Some(logged) = removed {
+                logged.stats.log_done(logged.capture.report());
+            }
+        }
+    }
+
+    /// Gives up the captures of `stats`' tree that have not reached EOF, closing their pipes.
+    pub fn abandon_logs(&self, stats: &Arc<TreeStats>) {
+        self.shared
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abandon
+            .push(stats.clone());
+        self.wake();
     }
 
     /// Asks the thread to stop; it returns after its current round.
@@ -197,12 +275,20 @@ fn run(shared: &Shared, settings: &Settings) {
                     let mut counter = [0u8; 8];
                     let _ = rustix::io::read(&shared.wake, &mut counter);
                 }
-                key => exited.push(key),
+                // Output first: a job's last bytes and EOF come with its exit.
+                key => {
+                    if !drain_log(shared, key) {
+                        exited.push(key);
+                    }
+                }
             }
         }
         let inbox = std::mem::take(&mut *shared.inbox.lock().unwrap_or_else(|e| e.into_inner()));
         if inbox.stop {
             break;
+        }
+        for stats in inbox.abandon {
+            abandon_logs(shared, &stats);
         }
         for key in exited {
             conclude(shared, settings, key);
@@ -257,6 +343,60 @@ fn run(shared: &Shared, settings: &Settings) {
                 t.watch(&mut snapshot);
             }
         }
+    }
+}
+
+/// Drains the log pipe `key` (if it is one: `false` otherwise); at EOF or on an error its capture ends.
+fn drain_log(shared: &Shared, key: u64) -> bool {
+    // Out of the map while it drains: the lock is never held across I/O.
+    let Some(mut logged) = shared
+        .logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key)
+    else {
+        return false;
+    };
+    match logged.capture.drain(LOG_BUDGET) {
+        Ok(false) => {
+            shared
+                .logs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, logged);
+            return true;
+        }
+        Ok(true) => {}
+        Err(e) => {
+            tracing::warn!(pid = logged.stats.tree.pid, stream = ?logged.capture.stream(), error = %e, "log capture failed")
+        }
+    }
+    end_log(shared, logged);
+    true
+}
+
+fn end_log(shared: &Shared, logged: Logged) {
+    let _ = epoll::delete(&shared.epoll, logged.capture.pipe());
+    logged.stats.log_done(logged.capture.report());
+}
+
+fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
+    let abandoned: Vec<Logged> = {
+        let mut logs = shared.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<u64> = logs
+            .iter()
+            .filter(|(_, l)| Arc::ptr_eq(&l.stats, stats))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| logs.remove(k)).collect()
+    };
+    for logged in abandoned {
+        tracing::warn!(
+            pid = stats.tree.pid,
+            stream = ?logged.capture.stream(),
+            "log pipe still held open after the tree was killed; abandoning capture"
+        );
+        end_log(shared, logged);
     }
 }
 

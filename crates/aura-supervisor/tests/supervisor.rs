@@ -710,6 +710,61 @@ async fn logs_are_captured() {
     }
 }
 
+/// Output keeps flowing into the log while the job writes (the capture drains the pipe as it fills,
+/// more than a pipe's worth), and on the fallback a process that left the group and still holds the
+/// pipes cannot hold `finish` up: the capture is given up after a bounded wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_streams_and_never_hangs_on_an_escaped_writer() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    for backend in BACKENDS {
+        let Some(s) = start("capture", backend) else {
+            continue;
+        };
+        // 1 MiB through a 64 KiB pipe, then the last line once the first part is readable in the log.
+        let req = sh(
+            1,
+            dir.path(),
+            "head -c 1048576 /dev/zero; sleep 0.3; echo done",
+        );
+        let log_dir = req.log_dir.clone();
+        let mut t = s.launch(req).await.unwrap();
+        let streamed = wait_until(Duration::from_secs(5), || {
+            aura_logs::stat(&log_dir, aura_logs::Stream::Stdout)
+                .is_ok_and(|(end, _)| end >= 1 << 20)
+        })
+        .await;
+        assert!(streamed, "{backend}: output is captured while the job runs");
+        t.wait().await;
+        let acc = t.finish().await;
+        assert_eq!(acc.log_truncated_bytes, 0, "{backend}");
+        let (end, _) = aura_logs::stat(&log_dir, aura_logs::Stream::Stdout).unwrap();
+        assert_eq!(end, (1 << 20) + 5, "{backend}");
+        std::fs::remove_dir_all(&log_dir).unwrap();
+
+        // The main process exits at once; its setsid'd child keeps stdout open for 5 s.
+        let req = sh(2, dir.path(), "setsid sleep 5 & echo $!");
+        let log_dir = req.log_dir.clone();
+        let mut t = s.launch(req).await.unwrap();
+        let t0 = Instant::now();
+        t.wait().await;
+        t.finish().await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{backend}: finish waited {:?} for an escaped writer",
+            t0.elapsed()
+        );
+        // On cgroup backends the escapee was in the tree and is gone; on the fallback it may not be.
+        let out = aura_logs::read(&log_dir, aura_logs::Stream::Stdout, 0, 64).unwrap();
+        if let Ok(pid) = String::from_utf8_lossy(&out.data).trim().parse::<i32>() {
+            // SAFETY: plain syscall; the pid was our escapee's a moment ago.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&log_dir);
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn launch_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
