@@ -384,10 +384,6 @@ impl TreeStats {
         let charge = self.read_kernel_current();
         let cpu_counters = self.tree.v2.as_deref().and_then(cgroup::cpu_usec);
         let cpu_usec = cpu_counters.map(|c| self.job_cpu(c));
-        *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
-            memory_end: charge.map(|c| self.job_memory(c)),
-            cpu_usec,
-        });
         let reusable = empty && self.leaves_cgroups_reusable();
         self.tree.release_cgroups(
             pool,
@@ -395,8 +391,12 @@ impl TreeStats {
             charge.filter(|_| self.tree.v1.is_some()),
             cpu_counters,
         );
-        // The owner can go on (and the engine start the next job) while the working directory is
-        // handed back; the cgroups are back already, so when `finish` returns they are reused or gone.
+        // Published once the cgroups are back, so when `finish` returns they are reused or gone; the
+        // owner can go on (and the engine start the next job) while the working directory is handed back.
+        *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
+            memory_end: charge.map(|c| self.job_memory(c)),
+            cpu_usec,
+        });
         self.ended.notify_one();
         if let Some(dir) = self.created_cwd.as_deref().filter(|_| empty) {
             ending.workdirs.recycle(dir);
