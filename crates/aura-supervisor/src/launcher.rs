@@ -86,14 +86,7 @@ impl Launcher {
         daemon_env: &[(OsString, OsString)],
         req: &LaunchRequest,
     ) -> Result<Spawned, LaunchError> {
-        let Launcher {
-            layout,
-            pool,
-            workdirs,
-            watcher,
-            oom_score_adj,
-            log_cap,
-        } = self;
+        let workdirs = &self.workdirs;
         let program = resolve_program(
             &req.program,
             req.env.get("PATH").map(String::as_str),
@@ -114,15 +107,37 @@ impl Launcher {
             path: req.cwd.clone(),
             source,
         })?;
+        let spawned = self.start_tree(daemon_env, req, &program);
+        if spawned.is_err() && req.create_cwd {
+            // No tree will release the directory: it stays (a later attempt uses it), no longer counted.
+            workdirs.release(&req.cwd, false);
+        }
+        spawned
+    }
 
+    /// The rest of a start, once the working directory is there.
+    fn start_tree(
+        &self,
+        daemon_env: &[(OsString, OsString)],
+        req: &LaunchRequest,
+        program: &std::path::Path,
+    ) -> Result<Spawned, LaunchError> {
+        let Launcher {
+            layout,
+            pool,
+            watcher,
+            oom_score_adj,
+            log_cap,
+            ..
+        } = self;
         let (staged, baseline) = StagedCgroups::acquire(layout, pool, req.memory_limit)?;
         let (plan, [stdout, stderr], _stdio_ends) =
-            prepare(req, daemon_env, &program, &staged.procs, *oom_score_adj).map_err(
-                |source| LaunchError::Spawn {
+            prepare(req, daemon_env, program, &staged.procs, *oom_score_adj).map_err(|source| {
+                LaunchError::Spawn {
                     program: req.program.clone(),
                     source,
-                },
-            )?;
+                }
+            })?;
         let started = Instant::now();
         let ticks_before = procfs::boot_ticks();
         let pid = spawn::spawn(&plan).map_err(|source| LaunchError::Spawn {

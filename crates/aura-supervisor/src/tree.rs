@@ -123,7 +123,23 @@ impl TreeRef {
         match (&self.v2, &self.v1) {
             (Some(v2), _) => !cgroup::v2_populated(v2),
             (None, Some(v1)) => cgroup::procs(v1).is_empty(),
-            (None, None) => self.group_members(&procfs::snapshot()).is_empty(),
+            (None, None) => {
+                // Without cgroups: no process left in the group and none of the members seen outside it
+                // still alive is decided without a scan of /proc (the common case once a job is over).
+                // SAFETY: plain syscall; signal 0 only checks for existence.
+                let group_gone = unsafe { libc::killpg(self.pid, 0) } != 0
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+                let known_gone = || {
+                    let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    known.iter().all(|&(pid, ticks)| {
+                        procfs::stat(pid).map_or(true, |s| s.start_ticks != ticks)
+                    })
+                };
+                if group_gone && known_gone() {
+                    return true;
+                }
+                self.group_members(&procfs::snapshot()).is_empty()
+            }
         }
     }
 
@@ -391,16 +407,18 @@ impl TreeStats {
             charge.filter(|_| self.tree.v1.is_some()),
             cpu_counters,
         );
-        // Published once the cgroups are back, so when `finish` returns they are reused or gone; the
-        // owner can go on (and the engine start the next job) while the working directory is handed back.
+        // Before the owner hears of the end: the job's next attempt may start at once and create the
+        // same directory, which must not be taken away under it.
+        if let Some(dir) = self.created_cwd.as_deref() {
+            ending.workdirs.release(dir, empty);
+        }
+        // Published once the cgroups and the directory are handed back, so when `finish` returns they
+        // are reused or gone.
         *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
             memory_end: charge.map(|c| self.job_memory(c)),
             cpu_usec,
         });
         self.ended.notify_one();
-        if let Some(dir) = self.created_cwd.as_deref().filter(|_| empty) {
-            ending.workdirs.recycle(dir);
-        }
     }
 
     /// `n` captures of this tree's output started.

@@ -8,9 +8,11 @@
 //! naming its (now absent, empty) directory.
 //!
 //! Only trees known to be gone recycle (on the process-group backend a process that escaped the group
-//! might still write into it, so nothing is recycled there). Blocking; used from the launcher and watcher
-//! threads.
+//! might still write into it, so nothing is recycled there), and only a directory no other attempt of the
+//! same job is using (an attempt can start before an abandoned earlier one has ended). Blocking; used
+//! from the launcher and watcher threads.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,8 @@ pub(crate) struct WorkDirs {
     capacity: usize,
     next: AtomicU64,
     enabled: bool,
+    /// Directories handed out by `create` and not yet released, with how many attempts use each.
+    in_use: Mutex<HashMap<PathBuf, u32>>,
 }
 
 impl WorkDirs {
@@ -33,12 +37,24 @@ impl WorkDirs {
             capacity,
             next: AtomicU64::new(1),
             enabled,
+            in_use: Mutex::new(HashMap::new()),
         }
     }
 
     /// Makes `dir` exist: a spare renamed into place, else created (with its parents if need be). An
     /// existing directory (a later attempt of the same job) is kept as it is.
     pub fn create(&self, dir: &Path) -> io::Result<()> {
+        self.make(dir)?;
+        *self
+            .in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(dir.to_path_buf())
+            .or_default() += 1;
+        Ok(())
+    }
+
+    fn make(&self, dir: &Path) -> io::Result<()> {
         if let Some(spare) = self.take_spare(dir.parent()) {
             match std::fs::rename(&spare, dir) {
                 Ok(()) => return Ok(()),
@@ -60,8 +76,30 @@ impl WorkDirs {
         }
     }
 
-    /// After its job: keeps `dir` as a spare if it is empty and the pool has room; else leaves it.
-    pub fn recycle(&self, dir: &Path) {
+    /// After its job's tree is gone: `dir` (from `create`) is no longer used by it. With `empty_tree`
+    /// (nothing of the tree can write into it any more) and no other attempt using it, an empty `dir`
+    /// becomes a spare if the pool has room; else it stays.
+    pub fn release(&self, dir: &Path, empty_tree: bool) {
+        let last = {
+            let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+            match in_use.get_mut(dir) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    in_use.remove(dir);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last && empty_tree {
+            self.recycle(dir);
+        }
+    }
+
+    fn recycle(&self, dir: &Path) {
         if !self.enabled || self.lock().len() >= self.capacity {
             return;
         }
@@ -121,7 +159,7 @@ mod tests {
         let first = root.path().join("work/1");
         dirs.create(&first).unwrap();
         assert!(first.is_dir());
-        dirs.recycle(&first);
+        dirs.release(&first, true);
         assert!(!first.exists(), "an empty directory becomes a spare");
         let second = root.path().join("work/2");
         dirs.create(&second).unwrap();
@@ -145,21 +183,30 @@ mod tests {
 
         // A directory with a file in it is the job's output: never recycled.
         std::fs::write(second.join("out.mp4"), b"x").unwrap();
-        dirs.recycle(&second);
+        dirs.release(&second, true);
         assert!(second.join("out.mp4").exists());
 
         // A later attempt keeps what an earlier one left, even with a spare at hand.
         let third = root.path().join("work/3");
         dirs.create(&third).unwrap();
-        dirs.recycle(&third);
+        dirs.release(&third, true);
         dirs.create(&second).unwrap();
         assert!(second.join("out.mp4").exists());
+
+        // Two attempts of one job share its directory: the first one's end leaves it to the second.
+        let shared = root.path().join("work/5");
+        dirs.create(&shared).unwrap();
+        dirs.create(&shared).unwrap();
+        dirs.release(&shared, true);
+        assert!(shared.is_dir(), "still used by the other attempt");
+        dirs.release(&shared, true);
+        assert!(!shared.exists(), "recycled once the last attempt is over");
 
         // Disabled (no reliable tree membership): nothing is recycled.
         let off = WorkDirs::new(4, false);
         let fourth = root.path().join("work/4");
         off.create(&fourth).unwrap();
-        off.recycle(&fourth);
+        off.release(&fourth, true);
         assert!(fourth.is_dir());
         dirs.drain();
     }
