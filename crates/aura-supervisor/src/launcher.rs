@@ -1,7 +1,8 @@
-//! The launcher thread: the only place that forks. A dedicated, long-lived std thread, because
+//! The launcher threads: the only place that forks. Dedicated, long-lived std threads, because
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, and tokio's blocking-pool threads exit
-//! when idle. It creates the job cgroups, starts the job's main process (`spawn`, a vfork-style clone), opens
-//! the pidfd, hands the tree to the watcher thread (which reaps it) and replies on a oneshot.
+//! when idle. A launcher makes the job's working directory and cgroups, starts its main process (`spawn`, a
+//! vfork-style clone), opens the pidfd, hands the tree and its output pipes to the watcher thread (which
+//! reaps it and captures the output) and replies on a oneshot.
 
 use crate::host::Layout;
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
