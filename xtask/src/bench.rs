@@ -31,10 +31,13 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
     };
     match which {
         "throughput" => throughput(root, flag("--jobs", 2000)?, flag("--parallel", 2)?),
+        "supervisor" => supervisor(root, flag("--jobs", 2000)?, flag("--parallel", 2)?),
         "kill" => kill_latency(root, flag("--rounds", 20)?),
         "metrics" => metrics(root, flag("--scrapes", 300)?),
         "soak" => soak(root, flag("--jobs", 10_000)?, flag("--every", 500)?),
-        _ => bail!("unknown benchmark {which:?}: use throughput, kill, metrics or soak"),
+        _ => {
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, kill, metrics or soak")
+        }
     }
 }
 
@@ -284,6 +287,93 @@ fn daemon_work(pid: u32) -> anyhow::Result<(f64, u64)> {
             .sum::<u64>();
     }
     Ok((cpu, switches))
+}
+
+/// CPU seconds (user + system) of this process (`RUSAGE_SELF`) or of its reaped children.
+fn rusage_secs(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage fills the plain-data struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The supervisor alone, in this process (no HTTP, no store, no engine): `parallel` loops of launch →
+/// wait → finish of `/bin/true`, each job in a fresh default working directory as the engine gives it,
+/// beside the raw rate in the same run. Separates what the process-tree layer costs from what the rest
+/// of the daemon adds (`bench throughput`).
+fn supervisor(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
+    use aura_supervisor::{LaunchRequest, Supervisor, SupervisorConfig};
+    let raw_before = raw_spawn_rate(jobs, parallel)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let scratch = target.join(format!("bench-supervisor-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let rt = runtime()?;
+    let measured = rt.block_on(async {
+        let sup = Supervisor::start(SupervisorConfig::new(format!(
+            "bench-{}",
+            std::process::id()
+        )))?;
+        let backend = sup.backend();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cpu_before, children_before) = (
+            rusage_secs(libc::RUSAGE_SELF),
+            rusage_secs(libc::RUSAGE_CHILDREN),
+        );
+        let busy_before = machine_cpu_ticks()?;
+        let started = Instant::now();
+        let mut loops = tokio::task::JoinSet::new();
+        for _ in 0..parallel {
+            let (sup, next, scratch) = (sup.clone(), next.clone(), scratch.clone());
+            loops.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= jobs {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let request = LaunchRequest {
+                        job_id: JobId(i as i64 + 1),
+                        attempt: 1,
+                        program: "/bin/true".into(),
+                        args: Vec::new(),
+                        env: Default::default(),
+                        cwd: scratch.join("work").join(i.to_string()),
+                        create_cwd: true,
+                        log_dir: scratch.join("logs").join(i.to_string()),
+                        memory_limit: None,
+                    };
+                    let mut tree = sup.launch(request).await?;
+                    tree.wait().await;
+                    tree.finish().await;
+                }
+            });
+        }
+        while let Some(done) = loops.join_next().await {
+            done??;
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let (busy, total) = machine_cpu_ticks()?;
+        let busy_share = (busy - busy_before.0) as f64 / (total - busy_before.1).max(1) as f64;
+        let per_job = |secs: f64| secs * 1000.0 / jobs as f64;
+        let own = per_job(rusage_secs(libc::RUSAGE_SELF) - cpu_before);
+        let children = per_job(rusage_secs(libc::RUSAGE_CHILDREN) - children_before);
+        sup.shutdown().await;
+        Ok::<_, anyhow::Error>((backend, jobs as f64 / wall, own, children, busy_share))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (backend, rate, own, children, busy) = measured?;
+    let raw = (raw_before + raw_spawn_rate(jobs, parallel)?) / 2.0;
+    println!("supervisor alone: {jobs} x /bin/true, parallelism {parallel}, backend {backend}");
+    println!("  launch → wait → finish : {rate:8.1} jobs/s");
+    println!("  raw spawn+wait         : {raw:8.1} jobs/s  (mean of before and after)");
+    println!("  ratio                  : {:8.1} %", 100.0 * rate / raw);
+    println!(
+        "  per job: supervisor CPU {own:.3} ms, the job's own CPU {children:.3} ms; machine {:.0} % busy",
+        busy * 100.0
+    );
+    Ok(())
 }
 
 /// (busy, total) CPU ticks of the whole machine from /proc/stat: whether a run was CPU-bound.
