@@ -1733,17 +1733,14 @@ mod metrics {
     async fn live_memory_rises_and_the_peak_matches_the_record() {
         let daemon = Daemon::start(&[("AURA_SUPERVISOR__SAMPLE_INTERVAL", "100ms")]);
         let client = daemon.client();
+        // Half a second of a small tree first, so that the first look sees it before it allocates (a
+        // job shows as running within 20 ms of its start, and stress-ng takes 200 MB in a fraction of
+        // a second).
         let job = spec(
-            "stress-ng",
+            "sh",
             &[
-                "--vm",
-                "1",
-                "--vm-bytes",
-                "200M",
-                "--vm-keep",
-                "--timeout",
-                "3s",
-                "--quiet",
+                "-c",
+                "sleep 0.5; exec stress-ng --vm 1 --vm-bytes 200M --vm-keep --timeout 3s --quiet",
             ],
         );
         let id = submit(&client, &job).await;
