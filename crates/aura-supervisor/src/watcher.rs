@@ -48,6 +48,36 @@ struct Watched {
     pidfd: Option<Arc<OwnedFd>>,
 }
 
+/// The watched trees, with running counts of those that need sampling between full rounds (a memory
+/// limit) and of those without a pidfd (polled), so that no wake-up scans the whole registry to know.
+#[derive(Default)]
+struct Trees {
+    map: HashMap<u64, Watched>,
+    watched: usize,
+    polled: usize,
+}
+
+impl Trees {
+    fn insert(&mut self, key: u64, tree: Watched) {
+        self.watched += usize::from(tree.stats.watched());
+        self.polled += usize::from(tree.pidfd.is_none());
+        if let Some(old) = self.map.insert(key, tree) {
+            self.forget(&old);
+        }
+    }
+
+    fn remove(&mut self, key: u64) -> Option<Watched> {
+        let tree = self.map.remove(&key)?;
+        self.forget(&tree);
+        Some(tree)
+    }
+
+    fn forget(&mut self, tree: &Watched) {
+        self.watched -= usize::from(tree.stats.watched());
+        self.polled -= usize::from(tree.pidfd.is_none());
+    }
+}
+
 /// One captured stream of a tree.
 struct Logged {
     capture: Capture,
@@ -67,7 +97,7 @@ struct Shared {
     epoll: OwnedFd,
     wake: OwnedFd,
     // Plain Mutexes: held for a map or vector operation, never across I/O.
-    trees: Mutex<HashMap<u64, Watched>>,
+    trees: Mutex<Trees>,
     logs: Mutex<HashMap<u64, Logged>>,
     inbox: Mutex<Inbox>,
     next_key: AtomicU64,
@@ -97,7 +127,7 @@ impl Watcher {
         let shared = Arc::new(Shared {
             epoll,
             wake,
-            trees: Mutex::new(HashMap::new()),
+            trees: Mutex::new(Trees::default()),
             logs: Mutex::new(HashMap::new()),
             inbox: Mutex::new(Inbox::default()),
             next_key: AtomicU64::new(WAKE_KEY + 1),
@@ -140,12 +170,11 @@ impl Watcher {
                 epoll::EventFlags::IN,
             ) {
                 tracing::warn!(error = %e, "cannot watch a pidfd; reaping by polling");
-                self.shared
-                    .trees
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key)
-                    .and_modify(|w| w.pidfd = None);
+                let mut trees = self.shared.trees.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(mut tree) = trees.remove(key) {
+                    tree.pidfd = None;
+                    trees.insert(key, tree);
+                }
                 polled = true;
             }
         }
@@ -236,10 +265,7 @@ fn run(shared: &Shared, settings: &Settings) {
     loop {
         let (watching, polling) = {
             let trees = shared.trees.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                trees.values().any(|w| w.stats.watched()),
-                trees.values().any(|w| w.pidfd.is_none()),
-            )
+            (trees.watched > 0, trees.polled > 0)
         };
         let now = Instant::now();
         let mut wake_at = next_full;
@@ -298,6 +324,7 @@ fn run(shared: &Shared, settings: &Settings) {
                 .trees
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .map
                 .iter()
                 .filter(|(_, w)| w.pidfd.is_none())
                 .map(|(k, _)| *k)
@@ -312,6 +339,7 @@ fn run(shared: &Shared, settings: &Settings) {
                 .trees
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .map
                 .get(&key)
                 .map(|w| w.stats.clone());
             if let Some(stats) = stats {
@@ -332,6 +360,7 @@ fn run(shared: &Shared, settings: &Settings) {
             .trees
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .map
             .values()
             .filter(|w| full || w.stats.watched())
             .map(|w| w.stats.clone())
@@ -406,7 +435,7 @@ fn conclude(shared: &Shared, settings: &Settings, key: u64) {
         .trees
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&key)
+        .remove(key)
     else {
         return;
     };
