@@ -606,6 +606,21 @@ impl TreeStats {
         self.done.store(true, Ordering::Relaxed);
     }
 
+    /// A new tree's first sample. Where membership comes from `/proc` (the fallback) only the main
+    /// process is read: a tree this young has hardly forked, a full `/proc` scan per job was a large part
+    /// of the fallback's cost, and the next full round finds the rest.
+    pub fn first_sample(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
+        if self.tree.membership_dir().is_some() {
+            return self.sample(snap);
+        }
+        let pid = self.tree.pid;
+        let main = procfs::stat(pid)
+            .filter(|s| s.start_ticks == self.tree.start_ticks && !s.is_zombie())
+            .map(|s| vec![(pid, s)])
+            .unwrap_or_default();
+        self.sample(&mut Some(main));
+    }
+
     /// One sample. `snap` is a lazily taken `/proc` snapshot shared by all trees of this round.
     pub fn sample(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
         let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());

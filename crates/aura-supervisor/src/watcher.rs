@@ -343,7 +343,7 @@ fn run(shared: &Shared, settings: &Settings) {
                 .get(&key)
                 .map(|w| w.stats.clone());
             if let Some(stats) = stats {
-                stats.sample(&mut snapshot);
+                stats.first_sample(&mut snapshot);
             }
         }
         let now = Instant::now();
