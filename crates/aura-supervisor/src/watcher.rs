@@ -205,8 +205,9 @@ impl Watcher {
                     stats: stats.clone(),
                 },
             );
-        // SAFETY: `raw` belongs to the capture just stored, which no one can close before this call
-        // returns (it is removed only after an event, and events follow this registration).
+        // SAFETY: `raw` belongs to the capture just stored, which nothing closes before this call returns:
+        // the watcher removes it only after one of its events (which follow this registration) or when
+        // its tree's owner gives it up (which needs the tree, handed out after `register` returned).
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
         if let Err(e) = epoll::add(
             &self.shared.epoll,
