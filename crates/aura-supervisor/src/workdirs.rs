@@ -55,10 +55,15 @@ impl WorkDirs {
     }
 
     fn make(&self, dir: &Path) -> io::Result<()> {
+        // An earlier attempt's directory is kept as it is, even empty: renaming a spare onto it would
+        // replace it under any process of that attempt still working in it.
+        if dir.is_dir() {
+            return Ok(());
+        }
         if let Some(spare) = self.take_spare(dir.parent()) {
             match std::fs::rename(&spare, dir) {
                 Ok(()) => return Ok(()),
-                // `dir` exists and is not empty: an earlier attempt's files. The spare stays a spare.
+                // Created meanwhile by someone else: theirs. The spare stays a spare.
                 Err(_) if dir.is_dir() => {
                     self.keep_spare(spare);
                     return Ok(());
