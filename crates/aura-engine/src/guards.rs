@@ -625,6 +625,17 @@ mod tests {
 
     const TOTAL: u64 = 16 << 30;
 
+    /// One step of a table test: no reason expected, or a reason starting with `expected`.
+    fn assert_step(step: usize, got: Option<String>, expected: Option<&str>) {
+        match expected {
+            None => assert_eq!(got, None, "step {step}"),
+            Some(prefix) => assert!(
+                got.as_deref().is_some_and(|r| r.starts_with(prefix)),
+                "step {step}: {got:?}"
+            ),
+        }
+    }
+
     fn reading(available_memory: f64, memory_pressure: f64, outside_cpu: f64) -> Reading {
         Reading {
             available_memory: Some(available_memory),
@@ -659,13 +670,7 @@ mod tests {
         ];
         for (i, ((m, p, cpu), expected)) in steps.into_iter().enumerate() {
             let got = evaluate(&c, &mut t, &reading(m, p, cpu));
-            match expected {
-                None => assert_eq!(got, None, "step {i}"),
-                Some(prefix) => assert!(
-                    got.as_deref().is_some_and(|r| r.starts_with(prefix)),
-                    "step {i}: {got:?}"
-                ),
-            }
+            assert_step(i, got, expected);
         }
     }
 
@@ -744,13 +749,7 @@ mod tests {
         ];
         for (i, ((avail, psi), expected)) in steps.into_iter().enumerate() {
             let got = evaluate_critical(&c, &mut t, &full(avail, psi));
-            match expected {
-                None => assert_eq!(got, None, "step {i}"),
-                Some(prefix) => assert!(
-                    got.as_deref().is_some_and(|r| r.starts_with(prefix)),
-                    "step {i}: {got:?}"
-                ),
-            }
+            assert_step(i, got, expected);
         }
     }
 
