@@ -234,6 +234,11 @@ async fn all_gone_within(pids: &[u32], limit: Duration) -> bool {
 const TREE: &str =
     "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
 
+/// The body of a GET, as text.
+async fn get_text(url: String) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 fn outcome(view: &JobView) -> &Outcome {
     view.job.outcome().expect("finished")
 }
@@ -1682,12 +1687,7 @@ mod metrics {
         }
         client.cancel(id).await.unwrap();
         wait_done(&client, id).await;
-        let after = reqwest::get(format!("{}/api/metrics/prometheus", daemon.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let after = get_text(format!("{}/api/metrics/prometheus", daemon.url)).await;
         assert!(
             !after.contains("job_id="),
             "a finished job keeps no series: {after}"
@@ -1967,12 +1967,7 @@ mod memory {
         assert!(show.contains("memory_limit_exceeded"), "{show}");
         assert!(show.contains("Limit:      200.0 MiB — exceeded"), "{show}");
         assert!(show.contains("Delta="), "{show}");
-        let metrics = reqwest::get(format!("{}/metrics", daemon.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_text(format!("{}/metrics", daemon.url)).await;
         assert!(
             metrics.contains("aura_memory_kills_total{reason=\"limit_exceeded\"} 1"),
             "{metrics}"
