@@ -47,6 +47,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Locks `mutex`, taking the data over from a thread that panicked while holding it: every mutex of this
+/// crate guards plain bookkeeping that stays consistent between statements.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Which backend to use; `Auto` detects the best one the host offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -478,7 +484,7 @@ impl Supervisor {
             .runtime
             .spawn_blocking(move || {
                 inner.watcher.stop();
-                let threads = std::mem::take(&mut *inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+                let threads = std::mem::take(&mut *crate::lock(&inner.threads));
                 for t in threads {
                     let _ = t.join();
                 }

@@ -147,7 +147,7 @@ impl CgroupPool {
         if self.v2_root.is_none() && self.v1_root.is_none() {
             return Ok(None);
         }
-        if let Some(reused) = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(reused) = crate::lock(&self.free).pop() {
             return Ok(Some(reused));
         }
         loop {
@@ -191,7 +191,7 @@ impl CgroupPool {
     pub fn release(&self, cgroups: JobCgroups, reusable: bool, v1_leftover: Option<u64>) {
         let clean = cgroups.v1.is_none() || v1_leftover.is_some_and(|c| c <= self.max_leftover);
         if self.reuse && reusable && clean {
-            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let mut free = crate::lock(&self.free);
             if free.len() < self.capacity {
                 free.push(cgroups);
                 return;
@@ -202,7 +202,7 @@ impl CgroupPool {
 
     /// Removes every pooled cgroup (at shutdown).
     pub fn drain(&self) {
-        let free = std::mem::take(&mut *self.free.lock().unwrap_or_else(|e| e.into_inner()));
+        let free = std::mem::take(&mut *crate::lock(&self.free));
         for cgroups in free {
             cgroups.remove();
         }

@@ -70,7 +70,7 @@ impl TreeRef {
         {
             out.extend(procfs::descendants(snap, self.pid));
         }
-        let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let known = crate::lock(&self.known).clone();
         for (pid, ticks) in known {
             if snap
                 .iter()
@@ -130,7 +130,7 @@ impl TreeRef {
                 let group_gone = unsafe { libc::killpg(self.pid, 0) } != 0
                     && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
                 let known_gone = || {
-                    let known = self.known.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let known = crate::lock(&self.known).clone();
                     known.iter().all(|&(pid, ticks)| {
                         procfs::stat(pid).map_or(true, |s| s.start_ticks != ticks)
                     })
@@ -374,7 +374,7 @@ impl TreeStats {
     /// once, so the owner is woken once with everything. A tree that outlived its main process is killed
     /// and waited for on the blocking pool (bounded by `kill_wait`), never on the watcher thread.
     pub fn conclude(self: &Arc<Self>, reaped: Reaped, ending: &Arc<Ending>) {
-        *self.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(reaped);
+        *crate::lock(&self.exit) = Some(reaped);
         if self.tree.is_empty() {
             self.settle(ending, true);
             return;
@@ -414,7 +414,7 @@ impl TreeStats {
         }
         // Published once the cgroups and the directory are handed back, so when `finish` returns they
         // are reused or gone.
-        *self.finals.lock().unwrap_or_else(|e| e.into_inner()) = Some(Finals {
+        *crate::lock(&self.finals) = Some(Finals {
             memory_end: charge.map(|c| self.job_memory(c)),
             cpu_usec,
         });
@@ -423,12 +423,12 @@ impl TreeStats {
 
     /// `n` captures of this tree's output started.
     pub fn logs_open(&self, n: usize) {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner()).open += n;
+        crate::lock(&self.logs).open += n;
     }
 
     /// One capture ended (EOF, error, or abandoned); wakes the owner when it was the last.
     pub fn log_done(&self, report: CaptureReport) {
-        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut logs = crate::lock(&self.logs);
         logs.open = logs.open.saturating_sub(1);
         logs.truncated += report.truncated_bytes;
         if logs.open == 0 {
@@ -439,24 +439,21 @@ impl TreeStats {
 
     /// The bytes the captures dropped, once every capture has ended.
     fn logs_finished(&self) -> Option<u64> {
-        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = crate::lock(&self.logs);
         (logs.open == 0).then_some(logs.truncated)
     }
 
     fn logs_truncated(&self) -> u64 {
-        self.logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .truncated
+        crate::lock(&self.logs).truncated
     }
 
     /// The main process's status, once the watcher reaped it.
     pub fn exit(&self) -> Option<Reaped> {
-        *self.exit.lock().unwrap_or_else(|e| e.into_inner())
+        *crate::lock(&self.exit)
     }
 
     fn finals(&self) -> Option<Finals> {
-        *self.finals.lock().unwrap_or_else(|e| e.into_inner())
+        *crate::lock(&self.finals)
     }
 
     /// Resolves once `ready` returns something (set by the watcher side). Cancel-safe.
@@ -507,7 +504,7 @@ impl TreeStats {
     pub fn memory_verdict(&self) -> (u64, bool) {
         let oom_kills = self.oom_kills.load(Ordering::Relaxed);
         let flagged = matches!(
-            *self.violation.lock().unwrap_or_else(|e| e.into_inner()),
+            *crate::lock(&self.violation),
             Some(MemoryViolation::LimitExceeded { .. })
         );
         // The kernel killed inside the job's cgroup after the cgroup reached its own limit.
@@ -518,7 +515,7 @@ impl TreeStats {
     }
 
     fn flag(&self, violation: MemoryViolation) {
-        let mut slot = self.violation.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::lock(&self.violation);
         if slot.is_none() {
             *slot = Some(violation);
             self.violation_notify.notify_one();
@@ -528,7 +525,7 @@ impl TreeStats {
     /// Resolves once a sample found a memory violation (at most once per tree).
     pub async fn violation(&self) -> MemoryViolation {
         loop {
-            if let Some(v) = *self.violation.lock().unwrap_or_else(|e| e.into_inner()) {
+            if let Some(v) = *crate::lock(&self.violation) {
                 return v;
             }
             self.violation_notify.notified().await;
@@ -594,7 +591,7 @@ impl TreeStats {
         let Some((dir, current, _)) = self.memory_dir() else {
             return self.sample(snap);
         };
-        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        let _sampling = crate::lock(&self.sampling);
         if !self.done.load(Ordering::Relaxed) {
             self.check_memory(cgroup::read_u64(&dir.join(current)).map(|c| self.job_memory(c)));
         }
@@ -602,7 +599,7 @@ impl TreeStats {
 
     /// Stops sampling for good, waiting out a sample in progress. Blocking (briefly).
     pub fn retire(&self) {
-        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        let _sampling = crate::lock(&self.sampling);
         self.done.store(true, Ordering::Relaxed);
     }
 
@@ -623,7 +620,7 @@ impl TreeStats {
 
     /// One sample. `snap` is a lazily taken `/proc` snapshot shared by all trees of this round.
     pub fn sample(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) {
-        let _sampling = self.sampling.lock().unwrap_or_else(|e| e.into_inner());
+        let _sampling = crate::lock(&self.sampling);
         if self.done.load(Ordering::Relaxed) {
             return;
         }
@@ -636,7 +633,7 @@ impl TreeStats {
             None => {
                 let found = self.tree.group_members(snap.as_deref().unwrap_or(&[]));
                 let pids = found.iter().map(|(p, _)| *p).collect();
-                *self.tree.known.lock().unwrap_or_else(|e| e.into_inner()) = found;
+                *crate::lock(&self.tree.known) = found;
                 pids
             }
         };

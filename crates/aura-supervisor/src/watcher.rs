@@ -156,11 +156,7 @@ impl Watcher {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         // In the map before its pidfd is in the epoll set: an exit can be reported at once.
         let pidfd_for_epoll = pidfd.clone();
-        self.shared
-            .trees
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, Watched { stats, pidfd });
+        crate::lock(&self.shared.trees).insert(key, Watched { stats, pidfd });
         let mut polled = pidfd_for_epoll.is_none();
         if let Some(fd) = &pidfd_for_epoll {
             if let Err(e) = epoll::add(
@@ -170,7 +166,7 @@ impl Watcher {
                 epoll::EventFlags::IN,
             ) {
                 tracing::warn!(error = %e, "cannot watch a pidfd; reaping by polling");
-                let mut trees = self.shared.trees.lock().unwrap_or_else(|e| e.into_inner());
+                let mut trees = crate::lock(&self.shared.trees);
                 if let Some(mut tree) = trees.remove(key) {
                     tree.pidfd = None;
                     trees.insert(key, tree);
@@ -179,12 +175,7 @@ impl Watcher {
             }
         }
         if sample_now || polled {
-            self.shared
-                .inbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sample
-                .push(key);
+            crate::lock(&self.shared.inbox).sample.push(key);
             self.wake();
         }
     }
@@ -194,17 +185,13 @@ impl Watcher {
         let raw = capture.pipe().as_raw_fd();
         // In the map before the pipe is in the epoll set; the map keeps the fd open until the watcher,
         // which alone removes entries after an event, takes it out.
-        self.shared
-            .logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                key,
-                Logged {
-                    capture,
-                    stats: stats.clone(),
-                },
-            );
+        crate::lock(&self.shared.logs).insert(
+            key,
+            Logged {
+                capture,
+                stats: stats.clone(),
+            },
+        );
         // SAFETY: `raw` belongs to the capture just stored, which nothing closes before this call returns:
         // the watcher removes it only after one of its events (which follow this registration) or when
         // its tree's owner gives it up (which needs the tree, handed out after `register` returned).
@@ -216,12 +203,7 @@ impl Watcher {
             epoll::EventFlags::IN,
         ) {
             tracing::warn!(error = %e, "cannot watch a log pipe; the stream is not captured");
-            let removed = self
-                .shared
-                .logs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            let removed = crate::lock(&self.shared.logs).remove(&key);
             if let Some(logged) = removed {
                 logged.stats.log_done(logged.capture.report());
             }
@@ -230,22 +212,13 @@ impl Watcher {
 
     /// Gives up the captures of `stats`' tree that have not reached EOF, closing their pipes.
     pub fn abandon_logs(&self, stats: &Arc<TreeStats>) {
-        self.shared
-            .inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .abandon
-            .push(stats.clone());
+        crate::lock(&self.shared.inbox).abandon.push(stats.clone());
         self.wake();
     }
 
     /// Asks the thread to stop; it returns after its current round.
     pub fn stop(&self) {
-        self.shared
-            .inbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stop = true;
+        crate::lock(&self.shared.inbox).stop = true;
         self.wake();
     }
 
@@ -265,7 +238,7 @@ fn run(shared: &Shared, settings: &Settings) {
     let mut next_watch = Instant::now() + settings.watch_interval;
     loop {
         let (watching, polling) = {
-            let trees = shared.trees.lock().unwrap_or_else(|e| e.into_inner());
+            let trees = crate::lock(&shared.trees);
             (trees.watched > 0, trees.polled > 0)
         };
         let now = Instant::now();
@@ -310,7 +283,7 @@ fn run(shared: &Shared, settings: &Settings) {
                 }
             }
         }
-        let inbox = std::mem::take(&mut *shared.inbox.lock().unwrap_or_else(|e| e.into_inner()));
+        let inbox = std::mem::take(&mut *crate::lock(&shared.inbox));
         if inbox.stop {
             break;
         }
@@ -321,10 +294,7 @@ fn run(shared: &Shared, settings: &Settings) {
             conclude(shared, settings, key);
         }
         if polling {
-            let unwatched: Vec<u64> = shared
-                .trees
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let unwatched: Vec<u64> = crate::lock(&shared.trees)
                 .map
                 .iter()
                 .filter(|(_, w)| w.pidfd.is_none())
@@ -336,10 +306,7 @@ fn run(shared: &Shared, settings: &Settings) {
         }
         let mut snapshot = None;
         for key in inbox.sample {
-            let stats = shared
-                .trees
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let stats = crate::lock(&shared.trees)
                 .map
                 .get(&key)
                 .map(|w| w.stats.clone());
@@ -357,10 +324,7 @@ fn run(shared: &Shared, settings: &Settings) {
             next_full = now + settings.sample_interval;
         }
         next_watch = now + settings.watch_interval;
-        let trees: Vec<Arc<TreeStats>> = shared
-            .trees
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let trees: Vec<Arc<TreeStats>> = crate::lock(&shared.trees)
             .map
             .values()
             .filter(|w| full || w.stats.watched())
@@ -379,21 +343,12 @@ fn run(shared: &Shared, settings: &Settings) {
 /// Drains the log pipe `key` (if it is one: `false` otherwise); at EOF or on an error its capture ends.
 fn drain_log(shared: &Shared, key: u64) -> bool {
     // Out of the map while it drains: the lock is never held across I/O.
-    let Some(mut logged) = shared
-        .logs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&key)
-    else {
+    let Some(mut logged) = crate::lock(&shared.logs).remove(&key) else {
         return false;
     };
     match logged.capture.drain(LOG_BUDGET) {
         Ok(false) => {
-            shared
-                .logs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, logged);
+            crate::lock(&shared.logs).insert(key, logged);
             return true;
         }
         Ok(true) => {}
@@ -412,7 +367,7 @@ fn end_log(shared: &Shared, logged: Logged) {
 
 fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
     let abandoned: Vec<Logged> = {
-        let mut logs = shared.logs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut logs = crate::lock(&shared.logs);
         let keys: Vec<u64> = logs
             .iter()
             .filter(|(_, l)| Arc::ptr_eq(&l.stats, stats))
@@ -432,23 +387,14 @@ fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
 
 /// Reaps the main process of tree `key` if it has exited, and concludes the tree.
 fn conclude(shared: &Shared, settings: &Settings, key: u64) {
-    let Some(watched) = shared
-        .trees
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(key)
-    else {
+    let Some(watched) = crate::lock(&shared.trees).remove(key) else {
         return;
     };
     let reaped = match tree::try_wait4(watched.stats.tree.pid) {
         Ok(Some(reaped)) => reaped,
         Ok(None) => {
             // Still running: a poll round of a tree without a pidfd.
-            shared
-                .trees
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key, watched);
+            crate::lock(&shared.trees).insert(key, watched);
             return;
         }
         Err(e) => {

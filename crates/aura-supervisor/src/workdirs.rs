@@ -45,10 +45,7 @@ impl WorkDirs {
     /// existing directory (a later attempt of the same job) is kept as it is.
     pub fn create(&self, dir: &Path) -> io::Result<()> {
         self.make(dir)?;
-        *self
-            .in_use
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *crate::lock(&self.in_use)
             .entry(dir.to_path_buf())
             .or_default() += 1;
         Ok(())
@@ -86,7 +83,7 @@ impl WorkDirs {
     /// becomes a spare if the pool has room; else it stays.
     pub fn release(&self, dir: &Path, empty_tree: bool) {
         let last = {
-            let mut in_use = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+            let mut in_use = crate::lock(&self.in_use);
             match in_use.get_mut(dir) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
@@ -105,7 +102,7 @@ impl WorkDirs {
     }
 
     fn recycle(&self, dir: &Path) {
-        if !self.enabled || self.lock().len() >= self.capacity {
+        if !self.enabled || crate::lock(&self.spares).len() >= self.capacity {
             return;
         }
         let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
@@ -126,30 +123,26 @@ impl WorkDirs {
 
     /// Removes every spare (at shutdown).
     pub fn drain(&self) {
-        let spares = std::mem::take(&mut *self.lock());
+        let spares = std::mem::take(&mut *crate::lock(&self.spares));
         for spare in spares {
             let _ = std::fs::remove_dir(spare);
         }
     }
 
     fn take_spare(&self, parent: Option<&Path>) -> Option<PathBuf> {
-        let mut spares = self.lock();
+        let mut spares = crate::lock(&self.spares);
         let at = spares.iter().position(|s| s.parent() == parent)?;
         Some(spares.swap_remove(at))
     }
 
     fn keep_spare(&self, spare: PathBuf) {
-        let mut spares = self.lock();
+        let mut spares = crate::lock(&self.spares);
         if spares.len() < self.capacity {
             spares.push(spare);
         } else {
             drop(spares);
             let _ = std::fs::remove_dir(spare);
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.spares.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
