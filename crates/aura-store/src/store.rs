@@ -225,7 +225,11 @@ impl Store {
         events: Vec<NewEvent>,
     ) -> Result<Pending, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.queue_record(job, &events, Done::Reply(reply)).await?;
+        // A caller that stopped waiting (dropped its `Pending`) does not care about the answer.
+        let answer_it = move |result| {
+            let _ = reply.send(result);
+        };
+        self.queue_record(job, &events, Box::new(answer_it)).await?;
         Ok(Pending(answer))
     }
 
@@ -238,8 +242,7 @@ impl Store {
         events: &[NewEvent],
         then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.queue_record(job, events, Done::Then(Box::new(then)))
-            .await
+        self.queue_record(job, events, Box::new(then)).await
     }
 
     async fn queue_record(
@@ -272,7 +275,7 @@ impl Store {
         let event = encode_event(event)?;
         self.send(Command::Write(Box::new(Write::Engine {
             event,
-            done: Done::Then(Box::new(then)),
+            done: Box::new(then),
         })))
         .await
     }

@@ -12,27 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// What to do once a write is committed (or failed).
-pub(crate) enum Done {
-    /// Answer a caller that awaits the `Pending`.
-    Reply(Reply<()>),
-    /// Run this on the writer thread: a caller that does not wait for the commit (most state changes)
-    /// costs no wake-up of an async task, and one that must act on it (announce a final state) acts
-    /// straight from here.
-    Then(Box<dyn FnOnce(Result<(), StoreError>) + Send>),
-}
-
-impl Done {
-    fn send(self, result: Result<(), StoreError>) {
-        match self {
-            // A caller that stopped waiting (dropped its future) does not care about the answer.
-            Done::Reply(reply) => {
-                let _ = reply.send(result);
-            }
-            Done::Then(then) => then(result),
-        }
-    }
-}
+/// What to do once a write is committed (or failed), run on the writer thread: a caller that does not
+/// wait for the commit (most state changes) costs no wake-up of an async task, and one that must act on
+/// it (announce a final state) acts straight from here. A caller that awaits a `Pending` passes a send on
+/// its oneshot.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 pub(crate) enum Command {
     Write(Box<Write>),
@@ -226,9 +210,7 @@ impl Write {
             Write::Insert { reply, .. } => {
                 let _ = reply.send(result);
             }
-            Write::Record { done, .. } | Write::Engine { done, .. } => {
-                done.send(result.map(|_| ()))
-            }
+            Write::Record { done, .. } | Write::Engine { done, .. } => done(result.map(|_| ())),
         }
     }
 }
