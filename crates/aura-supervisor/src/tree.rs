@@ -165,12 +165,9 @@ impl TreeRef {
     }
 
     /// Hands the job cgroups to the pool: reused if `reusable` (every process known gone, no per-job
-    /// settings or sticky counters) and clean, else removed. `v1_charge`: the v1 memory charge, from a
-    /// caller that has just read it and the OOM counter (`finish`); without it (a dropped or abandoned
-    /// tree, whose counters may never have been read) both are read here, and a cgroup whose
-    /// never-resetting OOM counter moved is not handed to another job.
-    /// `cpu_usec`: the v2 `cpu.stat` figures read with it, so that the next job of a reused cgroup
-    /// starts from them without reading again.
+    /// settings or sticky counters) and clean, else removed. `v1_charge` and `cpu_usec` are what the
+    /// caller (`TreeStats::settle`) has just read with the OOM counter: the charge decides whether a v1
+    /// cgroup is clean (unread means not), and both are the next job's baseline, read no second time.
     pub fn release_cgroups(
         &self,
         pool: &CgroupPool,
@@ -181,14 +178,6 @@ impl TreeRef {
         if self.v2.is_none() && self.v1.is_none() {
             return;
         }
-        let mut reusable = reusable;
-        let v1_charge = v1_charge.or_else(|| {
-            let v1 = self.v1.as_deref()?;
-            let oom_kills =
-                cgroup::oom_counters(v1, MemoryApi::V1, None).map_or(1, |c| c.oom_kills);
-            reusable &= oom_kills == 0;
-            cgroup::read_u64(&v1.join("memory.usage_in_bytes"))
-        });
         let mut cgroups = self.cgroups();
         if let (Some(charge), Some((user, system))) = (
             v1_charge.or(self.v1.is_none().then_some(0)),
@@ -494,8 +483,7 @@ impl TreeStats {
 
     /// Whether the job's cgroups may go back to the pool as far as memory is concerned: a limited job's
     /// cgroup keeps its limit, and OOM counters never reset, so neither is handed to another job. The OOM
-    /// count is the last one read: exact after `read_oom` (`finish`); `release_cgroups` re-reads it
-    /// otherwise.
+    /// count is the last one read, which `settle` reads just before asking.
     pub fn leaves_cgroups_reusable(&self) -> bool {
         self.memory_limit.is_none() && self.oom_kills.load(Ordering::Relaxed) == 0
     }
