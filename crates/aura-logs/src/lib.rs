@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 pub use error::LogError;
 pub use reader::{read, stat, LogChunk};
-pub use writer::{capture_blocking, Capture, CaptureReport};
+pub use writer::{Capture, CaptureReport};
 
 /// Which of a job's output streams a log belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -1,6 +1,7 @@
 //! The capture side: drains a job's pipe into rotating segment files, keeping
 //! at most `cap` bytes and never holding output in memory across pipe reads.
-//! Synchronous and event-driven (`Capture::drain` when the pipe is readable).
+//! Synchronous and event-driven (`Capture::drain` when the pipe is readable): the owner's event loop
+//! waits for readability.
 
 use std::collections::VecDeque;
 use std::io;
@@ -138,33 +139,6 @@ impl Capture {
             .map(SegmentWriter::report)
             .unwrap_or_default()
     }
-}
-
-/// Captures `pipe` to EOF on the calling thread (blocking): a [`Capture`] with its own wait for
-/// readability.
-pub fn capture_blocking(
-    pipe: OwnedFd,
-    dir: &Path,
-    stream: Stream,
-    cap: LogCap,
-) -> Result<CaptureReport, LogError> {
-    let mut capture = Capture::new(pipe, dir, stream, cap)?;
-    while !capture.drain(usize::MAX)? {
-        let mut fds = [rustix::event::PollFd::new(
-            &capture.pipe,
-            rustix::event::PollFlags::IN,
-        )];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                return Err(LogError::Pipe {
-                    stream,
-                    source: e.into(),
-                })
-            }
-        }
-    }
-    Ok(capture.report())
 }
 
 /// Appends to the newest segment and rotates when it is full.

@@ -9,11 +9,34 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use aura_logs::{capture_blocking, read, stat, CaptureReport, LogCap, LogError, Stream};
+use aura_logs::{read, stat, Capture, CaptureReport, LogCap, LogError, Stream};
 use rustix::pipe::{pipe_with, PipeFlags};
 
 fn pipe() -> (OwnedFd, OwnedFd) {
     pipe_with(PipeFlags::CLOEXEC).expect("create pipe")
+}
+
+/// Captures `pipe` to EOF on this thread: a `Capture` driven by a poll of its pipe, as the supervisor's
+/// watcher drives it with epoll.
+fn capture_blocking(
+    pipe: OwnedFd,
+    dir: &Path,
+    stream: Stream,
+    cap: LogCap,
+) -> Result<CaptureReport, LogError> {
+    let mut capture = Capture::new(pipe, dir, stream, cap)?;
+    while !capture.drain(usize::MAX)? {
+        let pipe = capture.pipe();
+        let mut fds = [rustix::event::PollFd::new(
+            &pipe,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => panic!("poll: {e}"),
+        }
+    }
+    Ok(capture.report())
 }
 
 /// Deterministic content where each byte encodes its logical position, so any
