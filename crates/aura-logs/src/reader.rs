@@ -16,6 +16,11 @@ use crate::{LogError, Stream};
 /// means something is badly wrong (e.g. a tiny cap under a flood of output).
 const MAX_ATTEMPTS: u32 = 64;
 
+/// Retries after which a read pauses before re-listing: a writer in the middle of a burst of
+/// rotations (a tiny cap, a flood of output) finishes it instead of winning every race.
+const BACKOFF_AFTER: u32 = 8;
+const BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// A contiguous piece of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LogChunk {
@@ -41,36 +46,43 @@ pub struct LogChunk {
 /// Blocking; tolerates concurrent rotation by re-listing when a segment
 /// disappears between listing and opening.
 pub fn read(dir: &Path, stream: Stream, offset: u64, max: usize) -> Result<LogChunk, LogError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let segments = segment::list(dir, stream)?;
-        if let Some(chunk) = read_listed(&segments, stream, offset, max)? {
-            return Ok(chunk);
-        }
-    }
-    Err(contended(dir, stream))
+    relisting(dir, stream, |segments| {
+        read_listed(segments, stream, offset, max)
+    })
 }
 
 /// Total logical size (`end`, one past the last byte) and truncated bytes for
 /// a stream, without reading data. `(0, 0)` when nothing was captured yet.
 pub fn stat(dir: &Path, stream: Stream) -> Result<(u64, u64), LogError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let segments = segment::list(dir, stream)?;
+    relisting(dir, stream, |segments| {
         let Some(first) = segments.first() else {
-            return Ok((0, 0));
+            return Ok(Some((0, 0)));
         };
-        if let Some(end) = end_of(&segments)? {
-            return Ok((end, first.start));
-        }
-    }
-    Err(contended(dir, stream))
+        Ok(end_of(segments)?.map(|end| (end, first.start)))
+    })
 }
 
-fn contended(dir: &Path, stream: Stream) -> LogError {
-    LogError::Contended {
+/// Runs `attempt` on fresh directory listings until it gets an answer (`Some`), pausing briefly once
+/// the writer has won several races in a row.
+fn relisting<T>(
+    dir: &Path,
+    stream: Stream,
+    mut attempt: impl FnMut(&[Segment]) -> Result<Option<T>, LogError>,
+) -> Result<T, LogError> {
+    for tried in 0..MAX_ATTEMPTS {
+        if tried >= BACKOFF_AFTER {
+            std::thread::sleep(BACKOFF);
+        }
+        let segments = segment::list(dir, stream)?;
+        if let Some(answer) = attempt(&segments)? {
+            return Ok(answer);
+        }
+    }
+    Err(LogError::Contended {
         stream,
         dir: dir.to_path_buf(),
         attempts: MAX_ATTEMPTS,
-    }
+    })
 }
 
 /// Logical end of the stream per the listing, or `None` if the newest segment

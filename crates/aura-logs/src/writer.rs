@@ -31,7 +31,7 @@ const KEPT_SEGMENTS: usize = 2;
 /// Outcome of a finished capture.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CaptureReport {
-    /// Bytes read from the pipe and written to disk by this capture.
+    /// Bytes read from the pipe by this capture (those rotated away included).
     pub bytes_written: u64,
     /// Logical bytes no longer on disk (start of the oldest kept segment).
     pub truncated_bytes: u64,
@@ -208,6 +208,26 @@ impl SegmentWriter {
     /// Writes `data` to the file (in the page cache at once: a reader following the log sees it
     /// without waiting for more output).
     fn write(&mut self, mut data: &[u8]) -> Result<(), LogError> {
+        // Bytes that the rotations of this very call would delete are never written: one pipe read can
+        // hold many times a small cap, and writing it out would create and delete a segment per
+        // `segment_bytes`, a burst that readers listing the directory keep losing races to. Segments
+        // still start where they would have (a multiple of `segment_bytes` past the current one), so the
+        // files do not depend on how the pipe reads were split; the ones before the skip are pruned
+        // once the two kept segments exist.
+        let seg = self.segment_bytes;
+        let current_start = self.end - self.file_len;
+        let new_end = self.end.saturating_add(data.len() as u64);
+        if new_end > current_start {
+            let last_start = current_start + (new_end - current_start - 1) / seg * seg;
+            let first_kept = last_start.saturating_sub(seg);
+            if first_kept > self.end {
+                let skipped = first_kept - self.end;
+                self.end = first_kept;
+                self.bytes_written += skipped;
+                data = &data[usize::try_from(skipped).unwrap_or(data.len())..];
+                self.rotate()?;
+            }
+        }
         while !data.is_empty() {
             // Rotate lazily (before writing, not after filling) so a stream
             // that ends exactly on a boundary keeps two full segments and
