@@ -116,6 +116,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Raw fork+exec+wait of /bin/true on `threads` threads: the ceiling for trivial jobs on this machine.
 fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
+    let children_before = rusage_secs(libc::RUSAGE_CHILDREN);
     let start = Instant::now();
     let per_thread = jobs / threads;
     let handles: Vec<_> = (0..threads)
@@ -132,7 +133,13 @@ fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
         h.join()
             .map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
     }
-    Ok((per_thread * threads) as f64 / start.elapsed().as_secs_f64())
+    let rate = (per_thread * threads) as f64 / start.elapsed().as_secs_f64();
+    eprintln!(
+        "raw: {rate:.0} jobs/s, a job's own CPU {:.2} ms",
+        (rusage_secs(libc::RUSAGE_CHILDREN) - children_before) * 1000.0
+            / (per_thread * threads) as f64
+    );
+    Ok(rate)
 }
 
 fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
@@ -343,6 +350,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
                         create_cwd: true,
                         log_dir: scratch.join("logs").join(i.to_string()),
                         memory_limit: None,
+                        ticket: Default::default(),
                     };
                     let mut tree = sup.launch(request).await?;
                     tree.wait().await;

@@ -10,7 +10,7 @@ use aura_model::{
     StopReason, StopSignal, Timestamp,
 };
 use aura_store::Store;
-use aura_supervisor::{Supervisor, UsageProbe};
+use aura_supervisor::{LaunchTicket, Supervisor, UsageProbe};
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -97,7 +97,8 @@ pub(crate) struct Shared {
     pub host_sampler: aura_host::HostSampler,
     /// Jobs waiting in the queue, as last counted by the actor (for the queue cap at submit).
     pub queued_count: AtomicUsize,
-    /// Jobs the actor holds as live (launching, running, stopping), as last counted by the actor.
+    /// Jobs started and not yet finished (running, stopping), as last counted by the actor. A standby
+    /// (admitted, waiting for a running slot) counts as queued.
     pub running_count: AtomicUsize,
     pub store: Store,
     pub supervisor: Supervisor,
@@ -217,6 +218,11 @@ struct Active {
     stop: watch::Sender<Option<StopReason>>,
     /// A stop requested while the tree was still being launched, applied once it has started.
     pending_stop: Option<StopReason>,
+    /// The launch's place in line for a running slot. Until it takes one the job is a *standby*: admitted
+    /// (its reservation held) but not started, and it can be withdrawn.
+    ticket: LaunchTicket,
+    /// Admitted ahead of a free running slot (see `dispatch`).
+    standby: bool,
 }
 
 struct Actor {
@@ -394,6 +400,8 @@ impl Actor {
             Command::Cancel { id, reply } => {
                 let result = self.cancel(id).await;
                 let _ = reply.send(result);
+                // A cancelled standby leaves room for another.
+                self.dispatch().await;
             }
             Command::Started { id, run } => self.started(id, run).await,
             Command::SpawnFailed { id, error } => {
@@ -439,18 +447,24 @@ impl Actor {
             }
             Command::AcquireLease { spec, reply } => {
                 let request = self.shared.config.admission.lease_request(&spec.resources);
-                let result = self
+                let reserve = |admission: &Admission| {
+                    admission
+                        .try_reserve(&request, std::time::Instant::now())
+                        .map_err(EngineError::LeaseUnavailable)
+                };
+                let mut result = self
                     .shared
                     .admission
                     .check_capacity(&request)
                     .map_err(EngineError::ExceedsCapacity)
-                    .and_then(|()| {
-                        self.shared
-                            .admission
-                            .try_reserve(&request, std::time::Instant::now())
-                            .map_err(EngineError::LeaseUnavailable)
-                    })
-                    .map(|reservation| self.leases.insert(spec, reservation));
+                    .and_then(|()| reserve(&self.shared.admission));
+                // A standby has not started: what it reserved goes to the lease before the lease is refused.
+                if matches!(result, Err(EngineError::LeaseUnavailable(_)))
+                    && self.withdraw_standby() > 0
+                {
+                    result = reserve(&self.shared.admission);
+                }
+                let result = result.map(|reservation| self.leases.insert(spec, reservation));
                 if let Ok(lease) = &result {
                     tracing::info!(lease_id = lease.id, holder = ?lease.holder, ttl = ?lease.ttl, "lease acquired");
                 }
@@ -501,6 +515,9 @@ impl Actor {
                 *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
                 if resumed {
                     self.dispatch().await;
+                } else {
+                    // Admitted before the pause but not started: they wait for the resume like the rest.
+                    self.withdraw_standby();
                 }
             }
             Command::PressureVictim {
@@ -542,45 +559,113 @@ impl Actor {
             .request(&job.spec, job.memory_request.as_ref());
         self.queue.insert(queue_key(&job), request);
         self.queued.insert(job.id, job);
+        self.publish_counts();
+    }
+
+    /// Updates the counts handles read without asking the actor.
+    fn publish_counts(&self) {
+        let standby = self
+            .active
+            .values()
+            .filter(|a| matches!(a.job.state, JobState::Queued { .. }))
+            .count();
         self.shared
             .queued_count
-            .store(self.queued.len(), Ordering::Relaxed);
+            .store(self.queued.len() + standby, Ordering::Relaxed);
+        self.shared
+            .running_count
+            .store(self.active.len() - standby, Ordering::Relaxed);
+    }
+
+    /// Takes back a job admitted ahead of a free slot that has not started (see `dispatch`); its
+    /// reservation is released. `None` when it is not such a job (or its launch has already taken a slot).
+    fn withdraw(&mut self, id: JobId) -> Option<Active> {
+        let active = self.active.get(&id)?;
+        if !matches!(active.job.state, JobState::Queued { .. })
+            || !self.shared.supervisor.withdraw(&active.ticket)
+        {
+            return None;
+        }
+        let active = self.active.remove(&id);
+        self.publish_counts();
+        active
+    }
+
+    /// Puts every standby back in the queue: admission paused, or a lease needs what they reserved.
+    fn withdraw_standby(&mut self) -> usize {
+        let ids: Vec<JobId> = self.active.keys().copied().collect();
+        let mut withdrawn = 0;
+        for id in ids {
+            if let Some(active) = self.withdraw(id) {
+                tracing::debug!(job_id = %id, "standby job withdrawn to the queue");
+                self.enqueue(active.job);
+                withdrawn += 1;
+            }
+        }
+        withdrawn
     }
 
     fn dequeue(&mut self, id: JobId) -> Option<(Job, Request)> {
         let job = self.queued.remove(&id)?;
         let request = self.queue.remove(&queue_key(&job))?;
-        self.shared
-            .queued_count
-            .store(self.queued.len(), Ordering::Relaxed);
+        self.publish_counts();
         Some((job, request))
     }
 
     /// Starts what admission allows, in queue order (see `aura_admission::Scheduler::pass` for backfill and
     /// the starvation guard). Event-driven: called whenever a job arrives or ends, and when a per-minute
     /// limit's window frees a start.
+    ///
+    /// Then, with every running slot taken, admits one more, the *standby*: it is handed to the supervisor
+    /// at once and waits there, fully prepared, for a tree to end, starting the moment one does with no
+    /// round trip through this task (the supervisor holds the running count to `max_concurrent`). A
+    /// standby is always the head of the queue (never a backfill), and yields to a job that overtakes it
+    /// while it waits, so jobs still start in priority, then FIFO order.
     async fn dispatch(&mut self) {
         self.rate_wakeup = None;
-        let room = self
-            .shared
-            .config
-            .max_concurrent
-            .saturating_sub(self.active.len());
-        if !self.shutdown_waiters.is_empty() || room == 0 || self.queue.is_empty() {
+        if !self.shutdown_waiters.is_empty() || self.queue.is_empty() {
             return;
         }
         if self.shared.paused_reason().is_some() {
             return;
         }
+        self.yield_standby();
         let now = std::time::Instant::now();
-        let queue = self
-            .queue
-            .iter()
-            .map(|((_, id), request)| Queued { key: id.0, request });
-        let started = Scheduler::pass(&self.shared.admission, queue, now, room);
-        for (key, reservation) in started {
-            if let Some((job, request)) = self.dequeue(JobId(key)) {
-                self.launch(job, request, reservation);
+        let max = self.shared.config.max_concurrent;
+        let room = max.saturating_sub(self.active.len());
+        if room > 0 {
+            let queue = self
+                .queue
+                .iter()
+                .map(|((_, id), request)| Queued { key: id.0, request });
+            for (key, reservation) in Scheduler::pass(&self.shared.admission, queue, now, room) {
+                if let Some((job, request)) = self.dequeue(JobId(key)) {
+                    self.launch(job, request, reservation, false);
+                }
+            }
+        }
+        // One standby at a time, and only once every admitted job has taken its slot: the supervisor serves
+        // waiting launches in ticket order only among those already waiting, so a second unclaimed launch
+        // could overtake the first.
+        let standby_now = self.shared.config.standby
+            && self.active.len() == max
+            && self.active.values().all(|a| a.ticket.claimed());
+        if standby_now {
+            let Some((&(_, head), request)) = self.queue.iter().next() else {
+                return;
+            };
+            let only_head = std::iter::once(Queued {
+                key: head.0,
+                request,
+            });
+            if let Some((_, reservation)) =
+                Scheduler::pass(&self.shared.admission, only_head, now, 1)
+                    .into_iter()
+                    .next()
+            {
+                if let Some((job, request)) = self.dequeue(head) {
+                    self.launch(job, request, reservation, true);
+                }
             }
         }
         if !self.queue.is_empty() {
@@ -590,7 +675,27 @@ impl Actor {
         }
     }
 
-    fn launch(&mut self, job: Job, request: Request, reservation: Reservation) {
+    /// Puts back in the queue every standby that a queued job now goes before (a higher priority, or an
+    /// earlier id requeued for a retry), unless it has already taken its slot.
+    fn yield_standby(&mut self) {
+        let Some(&head) = self.queue.keys().next() else {
+            return;
+        };
+        let behind: Vec<JobId> = self
+            .active
+            .values()
+            .filter(|a| a.standby && queue_key(&a.job) > head)
+            .map(|a| a.job.id)
+            .collect();
+        for id in behind {
+            if let Some(standby) = self.withdraw(id) {
+                tracing::debug!(job_id = %id, "standby job yields to a job queued before it");
+                self.enqueue(standby.job);
+            }
+        }
+    }
+
+    fn launch(&mut self, job: Job, request: Request, reservation: Reservation, standby: bool) {
         let mut spec = job.spec.clone();
         if !reservation.gpus().is_empty() {
             // The job sees only the devices it was granted (CUDA, NVENC through FFmpeg's -hwaccel).
@@ -600,6 +705,7 @@ impl Actor {
         }
         let id = job.id;
         let (stop_tx, stop_rx) = watch::channel(None);
+        let ticket = LaunchTicket::new();
         let cwd = job
             .spec
             .cwd
@@ -614,6 +720,7 @@ impl Actor {
             shared: self.shared.clone(),
             stop: stop_rx,
             actor: self.tx.clone(),
+            ticket: ticket.clone(),
         };
         let handle = self.monitors.spawn(monitor.run());
         self.monitor_jobs.insert(handle.id(), id);
@@ -625,11 +732,11 @@ impl Actor {
                 _reservation: reservation,
                 stop: stop_tx,
                 pending_stop: None,
+                ticket,
+                standby,
             },
         );
-        self.shared
-            .running_count
-            .store(self.active.len(), Ordering::Relaxed);
+        self.publish_counts();
     }
 
     async fn started(&mut self, id: JobId, run: Run) {
@@ -648,6 +755,7 @@ impl Actor {
         }
         tracing::info!(job_id = %id, attempt = active.job.attempt, "job started");
         let pending = active.pending_stop.take();
+        self.publish_counts();
         let event = NewEvent::new("started", detail);
         if self.shared.supervisor.backend() == aura_model::Backend::ProcessGroup {
             // Recovery finds this backend's trees only through the recorded handle: written at once.
@@ -661,6 +769,8 @@ impl Actor {
         if let Some(reason) = pending {
             self.request_stop(id, reason).await;
         }
+        // Its slot is taken: the next standby may be admitted.
+        self.dispatch().await;
     }
 
     /// Stage 2 of memory protection: chooses a victim among the running jobs (ranking in
@@ -767,6 +877,14 @@ impl Actor {
     /// Marks a live job as stopping and tells its monitor. A job still launching is stopped as soon as it has
     /// started; a queued job that is cancelled finishes at once.
     async fn request_stop(&mut self, id: JobId, reason: StopReason) {
+        if let Some(standby) = self.withdraw(id) {
+            // It never started. At shutdown it stays queued in the store for the next start; otherwise it
+            // waits in the queue again (a cancel is `cancel`'s business, which finishes it).
+            if reason != StopReason::Shutdown {
+                self.enqueue(standby.job);
+            }
+            return;
+        }
         let Some(active) = self.active.get_mut(&id) else {
             return;
         };
@@ -794,7 +912,11 @@ impl Actor {
     }
 
     async fn cancel(&mut self, id: JobId) -> CancelReply {
-        if let Some((mut job, _)) = self.dequeue(id) {
+        let never_started = self
+            .dequeue(id)
+            .map(|(job, _)| job)
+            .or_else(|| self.withdraw(id).map(|standby| standby.job));
+        if let Some(mut job) = never_started {
             if job
                 .apply(Event::StopRequested {
                     reason: StopReason::Cancelled,
@@ -830,9 +952,7 @@ impl Actor {
         else {
             return;
         };
-        self.shared
-            .running_count
-            .store(self.active.len(), Ordering::Relaxed);
+        self.publish_counts();
         if let Err(e) = job.apply(event) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;

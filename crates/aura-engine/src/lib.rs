@@ -31,6 +31,11 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Most jobs running at once, on top of admission's resource checks. Default: the number of cores.
     pub max_concurrent: usize,
+    /// Admit one job ahead of a free running slot (its reservation held, shown as queued): it starts the
+    /// moment a running job's tree is gone, with no round trip through the engine. It yields to a job
+    /// that overtakes it in the queue, and goes back to the queue when admission pauses or a lease needs
+    /// what it holds. Default: true.
+    pub standby: bool,
     pub admission: AdmissionConfig,
     pub guards: GuardConfig,
     pub diagnostics: DiagnosticsConfig,
@@ -85,6 +90,8 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default())
             .await?;
     let supervisor = Supervisor::start(config.supervisor.clone())?;
+    // Standby jobs wait in the supervisor: it, not the actor, holds the running count to the limit.
+    supervisor.limit_running(Some(config.max_concurrent));
     tracing::info!(backend = %supervisor.backend(), detail = %supervisor.description(), "process-tree backend");
     // The host sampler first: its first snapshot (taken before `start` returns) is where capacity comes
     // from, so /proc, statvfs and NVML are read in one place.

@@ -4,7 +4,7 @@
 
 use crate::actor::{Command, Shared};
 use aura_model::{JobId, JobSpec, Run, StopReason, StopSignal, Timestamp};
-use aura_supervisor::LaunchRequest;
+use aura_supervisor::{LaunchError, LaunchRequest, LaunchTicket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -18,6 +18,7 @@ pub(crate) struct Monitor {
     pub shared: Arc<Shared>,
     pub stop: watch::Receiver<Option<StopReason>>,
     pub actor: mpsc::Sender<Command>,
+    pub ticket: LaunchTicket,
 }
 
 impl Monitor {
@@ -34,9 +35,12 @@ impl Monitor {
             create_cwd: self.spec.cwd.is_none(),
             log_dir: self.log_dir.clone(),
             memory_limit: self.spec.memory_limit().map(|l| l.bytes()),
+            ticket: self.ticket.clone(),
         };
         let mut tree = match self.shared.supervisor.launch(request).await {
             Ok(tree) => tree,
+            // The actor took the job back before it started (it already knows).
+            Err(LaunchError::Withdrawn) => return,
             Err(e) => {
                 self.report(Command::SpawnFailed {
                     id,
@@ -49,7 +53,7 @@ impl Monitor {
         let probe = tree.probe();
         self.shared.register_probe(id, probe.clone());
         let run = Run {
-            started_at: Timestamp::now(),
+            started_at: Timestamp::from_system_time(tree.started_at()),
             tree: tree.handle().clone(),
             cwd: self.cwd.clone(),
         };

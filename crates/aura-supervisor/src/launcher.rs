@@ -6,6 +6,7 @@
 
 use crate::host::Layout;
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
+use crate::slots::{NoSlot, Slots};
 use crate::spawn::{self, SpawnPlan};
 use crate::tree::{kill_main, TreeRef, TreeStats};
 use crate::watcher::Watcher;
@@ -16,7 +17,7 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) struct Spawned {
@@ -24,6 +25,8 @@ pub(crate) struct Spawned {
     /// The tree, already watched by the watcher thread (which also captures its output).
     pub stats: Arc<TreeStats>,
     pub started: Instant,
+    /// The same moment on the wall clock, for the record.
+    pub started_at: SystemTime,
 }
 
 pub(crate) enum LauncherMsg {
@@ -40,6 +43,7 @@ pub(crate) struct Launcher {
     pub pool: Arc<CgroupPool>,
     pub workdirs: Arc<WorkDirs>,
     pub watcher: Watcher,
+    pub slots: Arc<Slots>,
     pub oom_score_adj: i32,
     pub log_cap: aura_logs::LogCap,
 }
@@ -127,6 +131,7 @@ impl Launcher {
             layout,
             pool,
             watcher,
+            slots,
             oom_score_adj,
             log_cap,
             ..
@@ -139,7 +144,13 @@ impl Launcher {
                     source,
                 }
             })?;
-        let started = Instant::now();
+        // Everything is ready: only now wait for a running slot, so a standby launch starts with nothing
+        // but the clone between a tree's end and its own start.
+        let slot = slots.acquire(&req.ticket).map_err(|no| match no {
+            NoSlot::Withdrawn => LaunchError::Withdrawn,
+            NoSlot::Closed => LaunchError::ShuttingDown,
+        })?;
+        let (started, started_at) = (Instant::now(), SystemTime::now());
         let ticks_before = procfs::boot_ticks();
         let pid = spawn::spawn(&plan).map_err(|source| LaunchError::Spawn {
             program: req.program.clone(),
@@ -177,6 +188,7 @@ impl Launcher {
             req.memory_limit,
             baseline,
             req.create_cwd.then(|| req.cwd.clone()),
+            slot,
         ));
         stats.start_sample();
         let captures = [
@@ -205,6 +217,7 @@ impl Launcher {
             pidfd,
             stats,
             started,
+            started_at,
         })
     }
 }

@@ -31,11 +31,13 @@ mod launcher;
 mod pool;
 mod procfs;
 mod recover;
+mod slots;
 mod spawn;
 mod tree;
 mod watcher;
 mod workdirs;
 
+pub use slots::LaunchTicket;
 pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 
 use aura_model::{Backend, JobId, TreeHandle};
@@ -193,6 +195,9 @@ pub enum LaunchError {
     },
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// Its owner took it back (`Supervisor::withdraw`) before it got a running slot: nothing started.
+    #[error("the launch was withdrawn before it started")]
+    Withdrawn,
 }
 
 /// One job attempt to start.
@@ -212,6 +217,9 @@ pub struct LaunchRequest {
     /// Hard memory limit in bytes: set on the job's memory cgroup before it starts, or enforced by the
     /// watchdog where there is none.
     pub memory_limit: Option<u64>,
+    /// Its place in line for a running slot (see [`Supervisor::limit_running`]); a clone lets the owner
+    /// withdraw the launch while it waits.
+    pub ticket: LaunchTicket,
 }
 
 /// What a crash recovery did.
@@ -285,6 +293,8 @@ pub(crate) struct Inner {
     workdirs: Arc<workdirs::WorkDirs>,
     launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
     pub(crate) watcher: watcher::Watcher,
+    /// The running-tree limit launches wait for.
+    slots: Arc<slots::Slots>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -342,6 +352,7 @@ impl Supervisor {
             source,
         })?;
         let (launch_tx, launch_rx) = tokio::sync::mpsc::channel(64);
+        let slots = Arc::new(slots::Slots::default());
         let launchers = launcher::start(
             cfg.launchers,
             launcher::Launcher {
@@ -349,6 +360,7 @@ impl Supervisor {
                 pool: pool.clone(),
                 workdirs: workdirs.clone(),
                 watcher: watcher.clone(),
+                slots: slots.clone(),
                 oom_score_adj: cfg.job_oom_score_adj,
                 log_cap: cfg.log_cap,
             },
@@ -370,6 +382,7 @@ impl Supervisor {
                 workdirs,
                 launch_tx,
                 watcher,
+                slots,
                 threads: Mutex::new(launchers.into_iter().chain([watcher_thread]).collect()),
                 shut_down: AtomicBool::new(false),
             }),
@@ -408,7 +421,6 @@ impl Supervisor {
         }
     }
 
-    /// Starts one job attempt.
     /// CPU time (user + system, microseconds) used by all of this supervisor's jobs so far, from the
     /// hierarchical `cpu.stat` of the instance's cgroup v2 root; `None` on backends without one. Blocking
     /// (one small cgroupfs read): call from a thread that may block.
@@ -417,6 +429,23 @@ impl Supervisor {
         cgroup::cpu_usec(root).map(|(user, system)| user + system)
     }
 
+    /// At most `max` trees run at once from now on (`None`: no limit, the default): a launch beyond it
+    /// waits on its launcher thread, fully prepared, and starts the moment a tree is gone — in the order
+    /// of the launches' tickets. A tree counts from its clone until it is known empty (its main process
+    /// reaped and no process left in it).
+    pub fn limit_running(&self, max: Option<usize>) {
+        self.inner.slots.set_limit(max);
+    }
+
+    /// Withdraws a launch still waiting for a running slot: it starts nothing and its `launch` returns
+    /// [`LaunchError::Withdrawn`]. `false` once it has taken its slot (starting or started): stop the tree
+    /// instead.
+    pub fn withdraw(&self, ticket: &LaunchTicket) -> bool {
+        self.inner.slots.withdraw(ticket)
+    }
+
+    /// Starts one job attempt: waits for a running slot if the limit is reached (see
+    /// [`limit_running`](Supervisor::limit_running)).
     pub async fn launch(&self, req: LaunchRequest) -> Result<RunningTree, LaunchError> {
         if self.inner.shut_down.load(Ordering::Relaxed) {
             return Err(LaunchError::ShuttingDown);
@@ -443,6 +472,7 @@ impl Supervisor {
             spawned.stats,
             spawned.pidfd,
             spawned.started,
+            spawned.started_at,
         ))
     }
 
@@ -475,6 +505,8 @@ impl Supervisor {
         if self.inner.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Launchers waiting for a slot give up their launches, then read their Stop.
+        self.inner.slots.close();
         for _ in 0..self.inner.cfg.launchers.max(1) {
             let _ = self.inner.launch_tx.send(LauncherMsg::Stop).await;
         }

@@ -6,6 +6,7 @@
 use crate::cgroup::{self, MemoryApi, OomCounters};
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::procfs::{self, ProcStat};
+use crate::slots::SlotPermit;
 use crate::workdirs::WorkDirs;
 use crate::{Inner, LiveUsage};
 use aura_logs::CaptureReport;
@@ -278,6 +279,8 @@ pub(crate) struct TreeStats {
     ended: tokio::sync::Notify,
     /// The default working directory created for the job: recycled when the tree is gone, if empty.
     pub created_cwd: Option<PathBuf>,
+    /// The tree's running slot: given back (a waiting launch starts) once the tree is gone.
+    slot: Mutex<Option<SlotPermit>>,
     /// The job's stdout/stderr captures (on the watcher thread): how many are still open, and the bytes
     /// the finished ones dropped to stay under the cap.
     logs: Mutex<LogsState>,
@@ -314,9 +317,11 @@ impl TreeStats {
         memory_limit: Option<u64>,
         base: Baseline,
         created_cwd: Option<PathBuf>,
+        slot: SlotPermit,
     ) -> TreeStats {
         TreeStats {
             created_cwd,
+            slot: Mutex::new(Some(slot)),
             logs: Mutex::new(LogsState::default()),
             tree,
             cgroup_memory,
@@ -380,6 +385,9 @@ impl TreeStats {
     /// clean), recycles its working directory if it created an empty one, and wakes the owner. Blocking
     /// (cgroupfs, the file system).
     fn settle(&self, ending: &Ending, empty: bool) {
+        // The tree is gone (or given up on after `kill_wait`): a launch waiting for a running slot starts
+        // now, beside the reads below (it prepared its own cgroups and directory while it waited).
+        drop(crate::lock(&self.slot).take());
         let pool = &ending.pool;
         // After this the cgroups may belong to the next job: no sample of this one may still be running.
         self.retire();
@@ -793,6 +801,7 @@ pub struct RunningTree {
     /// The main process's pidfd (shared with the watcher): signals through it never reach a reused pid.
     pub(crate) pidfd: Option<Arc<OwnedFd>>,
     pub(crate) started: Instant,
+    started_at: std::time::SystemTime,
     finished: bool,
 }
 
@@ -812,6 +821,7 @@ impl RunningTree {
         stats: Arc<TreeStats>,
         pidfd: Option<Arc<OwnedFd>>,
         started: Instant,
+        started_at: std::time::SystemTime,
     ) -> RunningTree {
         RunningTree {
             sup,
@@ -820,8 +830,15 @@ impl RunningTree {
             stats,
             pidfd,
             started,
+            started_at,
             finished: false,
         }
+    }
+
+    /// When the main process was started (taken on the launcher thread right before the clone, so that
+    /// start times order the starts even when their owners hear of them late).
+    pub fn started_at(&self) -> std::time::SystemTime {
+        self.started_at
     }
 
     /// Backend, pid (== pgid), start time and cgroup dirs: store it to recover after a crash.

@@ -5,8 +5,8 @@ use aura_model::{
     Backend, ExitStatus, JobId, MemorySource, StopSequence, StopSignal, StopStep, TreeHandle,
 };
 use aura_supervisor::{
-    resolve_program, BackendChoice, LaunchError, LaunchRequest, RunningTree, Supervisor,
-    SupervisorConfig, SupervisorError,
+    resolve_program, BackendChoice, LaunchError, LaunchRequest, LaunchTicket, RunningTree,
+    Supervisor, SupervisorConfig, SupervisorError,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -54,6 +54,7 @@ fn request(job: i64, dir: &Path, program: &str, args: &[&str]) -> LaunchRequest 
         create_cwd: false,
         log_dir: dir.join(format!("logs-{job}")),
         memory_limit: None,
+        ticket: LaunchTicket::new(),
     }
 }
 
@@ -762,6 +763,96 @@ async fn capture_streams_and_never_hangs_on_an_escaped_writer() {
         }
         let _ = std::fs::remove_dir_all(&log_dir);
         s.shutdown().await;
+    }
+}
+
+/// With a running limit, a launch beyond it waits, fully prepared, and starts once a tree is gone (not
+/// merely once its main process exited); a waiting launch can be withdrawn and then starts nothing;
+/// shutdown releases a waiting launch.
+#[tokio::test(flavor = "multi_thread")]
+async fn running_limit_holds_launches_until_a_tree_is_gone() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    for backend in BACKENDS {
+        let Some(s) = start("slots", backend) else {
+            continue;
+        };
+        s.limit_running(Some(1));
+        let mut first = s.launch(sh(1, dir.path(), "sleep 0.3")).await.unwrap();
+        let marker = dir.path().join(format!("second-{backend}"));
+        let waiting = {
+            let (s, req) = (
+                s.clone(),
+                sh(2, dir.path(), &format!("touch {}", marker.display())),
+            );
+            tokio::spawn(async move { s.launch(req).await })
+        };
+        let withdrawn = LaunchTicket::new();
+        let third = {
+            let mut req = request(3, dir.path(), "touch", &["third-must-not-exist"]);
+            req.ticket = withdrawn.clone();
+            let s = s.clone();
+            tokio::spawn(async move { s.launch(req).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !marker.exists() && !waiting.is_finished(),
+            "{backend}: the second launch started while the first tree ran"
+        );
+        assert!(
+            s.withdraw(&withdrawn),
+            "{backend}: a waiting launch can be withdrawn"
+        );
+        assert!(
+            matches!(third.await.unwrap(), Err(LaunchError::Withdrawn)),
+            "{backend}"
+        );
+        first.wait().await;
+        first.finish().await;
+        let mut second = waiting.await.unwrap().unwrap();
+        second.wait().await;
+        second.finish().await;
+        assert!(
+            marker.exists(),
+            "{backend}: the second launch ran once a slot was free"
+        );
+        assert!(
+            !dir.path().join("third-must-not-exist").exists(),
+            "{backend}"
+        );
+
+        // A claimed ticket cannot be withdrawn; a killed tree frees its slot.
+        let running = LaunchTicket::new();
+        let mut req = sh(4, dir.path(), "sleep 5");
+        req.ticket = running.clone();
+        let mut t = s.launch(req).await.unwrap();
+        assert!(!s.withdraw(&running), "{backend}");
+        let held = {
+            let s = s.clone();
+            let req = request(5, dir.path(), "true", &[]);
+            tokio::spawn(async move { s.launch(req).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!held.is_finished(), "{backend}");
+        t.kill().await;
+        t.finish().await;
+        let mut t = held.await.unwrap().unwrap();
+        t.wait().await;
+        t.finish().await;
+
+        // Shutdown releases a launch that is still waiting.
+        s.limit_running(Some(0));
+        let held = {
+            let s = s.clone();
+            let req = request(6, dir.path(), "true", &[]);
+            tokio::spawn(async move { s.launch(req).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.shutdown().await;
+        assert!(
+            matches!(held.await.unwrap(), Err(LaunchError::ShuttingDown)),
+            "{backend}"
+        );
     }
 }
 

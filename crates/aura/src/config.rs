@@ -19,6 +19,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Jobs running at once. Default: the number of cores.
     pub max_concurrent: usize,
+    /// Admit the next job ahead of a free slot, so that it starts the moment a running job's tree is gone
+    /// (shown as queued until then). Default: true.
+    pub standby: bool,
     /// Requeue jobs stopped by a graceful shutdown. Default: true.
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorSection,
@@ -191,6 +194,7 @@ impl Default for Config {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7411))),
             max_concurrent: aura_engine::default_max_concurrent(),
+            standby: true,
             requeue_on_shutdown: true,
             supervisor: SupervisorSection::default(),
             admission: AdmissionSection::default(),

@@ -664,6 +664,50 @@ mod supervision {
         );
     }
 
+    /// The job admitted ahead of a free slot (the standby) counts as queued, is cancelled without ever
+    /// starting, and the next one takes its place; with standby off, nothing is admitted ahead.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_standby_is_queued_until_it_starts_and_cancels_without_starting() {
+        for standby in ["true", "false"] {
+            let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1"), ("AURA_STANDBY", standby)]);
+            let client = daemon.client();
+            let blocker = submit(&client, &spec("sleep", &["30"])).await;
+            wait_running(&client, blocker, 1).await;
+            let marker = daemon.data_dir.join("standby-ran");
+            let first = submit(
+                &client,
+                &spec("touch", &[marker.to_str().expect("utf-8 path")]),
+            )
+            .await;
+            let second = submit(&client, &spec("true", &[])).await;
+            let u = client.utilization().await.unwrap();
+            assert_eq!(
+                (u["running"].clone(), u["queued"].clone()),
+                (1.into(), 2.into()),
+                "standby={standby}: {u}"
+            );
+            let t0 = Instant::now();
+            client.cancel(first).await.unwrap();
+            let view = wait_done(&client, first).await;
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "standby={standby}: the cancel waited for a free slot"
+            );
+            assert!(
+                matches!(outcome(&view), Outcome::Cancelled),
+                "standby={standby}: {:?}",
+                view.job.state
+            );
+            assert!(
+                view.job.state.run().is_none(),
+                "standby={standby}: it never ran"
+            );
+            client.cancel(blocker).await.unwrap();
+            assert!(outcome(&wait_done(&client, second).await).is_success());
+            assert!(!marker.exists(), "standby={standby}: the cancelled job ran");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn output_over_the_log_cap_keeps_the_newest_bytes() {
         let daemon = Daemon::start(&[("AURA_SUPERVISOR__LOG_CAP", "4KiB")]);
