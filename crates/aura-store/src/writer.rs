@@ -1,11 +1,11 @@
 //! The writer thread: owns the only write connection and applies queued writes with group commit —
-//! everything waiting is applied in one transaction, each write inside its own savepoint so that one
-//! failing write never takes the others of its batch down with it.
+//! everything waiting is applied in one transaction; should one write fail, the batch is applied again one
+//! write per transaction, so that a failing write never takes the others of its batch down with it.
 
 use crate::codec::{EventRow, JobRow, StateRow};
 use crate::error::{Context, StoreError};
 use aura_model::JobId;
-use rusqlite::{params, params_from_iter, Connection, ToSql, Transaction, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection, ToSql, TransactionBehavior};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -85,72 +85,56 @@ impl Writer {
         tracing::debug!("job store writer stopped");
     }
 
+    /// Applies a batch optimistically: every write in one transaction, with no savepoint per write (two
+    /// more statements each). A failing write is rare (a missing job, a full disk); the whole batch is then
+    /// rolled back and each write applied in its own transaction, so that one failing write never takes
+    /// the others of its batch down with it.
     fn apply(&mut self, batch: &mut Vec<Write>) {
-        let count = batch.len() as u64;
-        let tx = match self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-        {
-            Ok(tx) => tx,
-            Err(e) => {
-                tracing::error!(error = %e, writes = count, "cannot begin a job store transaction");
-                let source = Arc::new(e);
-                for write in batch.drain(..) {
-                    write.reply(Err(StoreError::Commit {
-                        source: source.clone(),
-                    }));
+        self.counters
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        match self.transaction(batch) {
+            Ok(ids) => {
+                for (write, id) in batch.drain(..).zip(ids) {
+                    write.reply(Ok(id));
                 }
-                return;
             }
-        };
-        let mut tx = tx;
-        // A write alone in its transaction needs no savepoint: the transaction is its isolation, rolled
-        // back whole if the write fails. (Under a steady stream of jobs most batches hold one write, and a
-        // savepoint costs two more statements per write.)
-        let results: Vec<Result<JobId, StoreError>> = if let [only] = batch.as_slice() {
-            let result = only.execute(&tx);
-            if result.is_err() {
-                // Dropping the transaction rolls back whatever part of the write was applied.
-                drop(tx);
-                self.counters.writes.fetch_add(1, Ordering::Relaxed);
+            Err(e) if batch.len() == 1 => {
                 if let Some(write) = batch.pop() {
-                    write.reply(result);
-                }
-                return;
-            }
-            vec![result]
-        } else {
-            batch.iter().map(|write| isolated(&mut tx, write)).collect()
-        };
-        match tx.commit() {
-            Ok(()) => {
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                self.counters.writes.fetch_add(count, Ordering::Relaxed);
-                for (write, result) in batch.drain(..).zip(results) {
-                    write.reply(result);
+                    write.reply(Err(e));
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, writes = count, "cannot commit a job store transaction");
-                let source = Arc::new(e);
-                for (write, result) in batch.drain(..).zip(results) {
-                    // A write that failed on its own keeps its own, more precise error.
-                    write.reply(result.and(Err(StoreError::Commit {
-                        source: source.clone(),
-                    })));
+                tracing::debug!(error = %e, writes = batch.len(), "a batched write failed; applying the batch one write at a time");
+                for write in batch.drain(..) {
+                    let result = self
+                        .transaction(std::slice::from_ref(&write))
+                        // One write, one id.
+                        .map(|ids| ids[0]);
+                    write.reply(result);
                 }
             }
         }
     }
-}
 
-/// Runs one write inside a savepoint: on error only this write is rolled back.
-fn isolated(tx: &mut Transaction<'_>, write: &Write) -> Result<JobId, StoreError> {
-    let sp = tx.savepoint().context("opening a savepoint")?;
-    // Dropping the savepoint without `commit` rolls it back.
-    let id = write.execute(&sp)?;
-    sp.commit().context("releasing a savepoint")?;
-    Ok(id)
+    /// Runs `writes` in one transaction and commits it; on any error the transaction is rolled back whole.
+    fn transaction(&mut self, writes: &[Write]) -> Result<Vec<JobId>, StoreError> {
+        let failed = |e: rusqlite::Error| StoreError::Commit {
+            source: Arc::new(e),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        // An error returns before the commit: dropping `tx` rolls back what was applied.
+        let ids = writes
+            .iter()
+            .map(|write| write.execute(&tx))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(failed)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(ids)
+    }
 }
 
 impl Write {

@@ -496,8 +496,8 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
     assert_eq!(store.get(JobId(777)).await.unwrap(), None);
     assert!(store.events(JobId(777)).await.unwrap().is_empty());
 
-    // A failing write alone in its transaction (no savepoint then) leaves nothing behind either: its
-    // row update is rolled back with it.
+    // A failing write alone in its transaction leaves nothing behind either: its row update is rolled
+    // back with it.
     let before_alone = store.get(jobs[0].id).await.unwrap();
     let mut broken = jobs[0].clone();
     broken.failures = 42;
@@ -577,8 +577,10 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
     }
     let stats = store.stats();
     assert_eq!(stats.writes - before.writes, 150);
+    // A batch with a failing write is applied again one write per transaction: the 50 good writes commit,
+    // the 100 failing ones roll back.
     assert!(
-        stats.commits - before.commits <= 2,
+        stats.commits - before.commits <= 51,
         "{stats:?} vs {before:?}"
     );
     for job in &jobs {
