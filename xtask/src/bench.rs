@@ -165,6 +165,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         let submitters = 8;
         let daemon_before = daemon_work(daemon.child.id())?;
         let cpu_before = machine_cpu_ticks()?;
+        let client_cpu_before = rusage_secs(libc::RUSAGE_SELF);
         let first_submit = aura_model::Timestamp::now();
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -190,6 +191,8 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
             ids.extend(t.await??);
         }
         let submit_secs = started.elapsed().as_secs_f64();
+        let client_cpu_submit = rusage_secs(libc::RUSAGE_SELF) - client_cpu_before;
+        let daemon_mid = daemon_work(daemon.child.id())?;
         // Wait for the highest id, then confirm from the store that every job finished and succeeded.
         let max_id = ids.iter().copied().max().context("no jobs")?;
         loop {
@@ -236,7 +239,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         }
         let wall = last_finish.since(first_submit).as_secs_f64();
         let daemon_after = daemon_work(daemon.child.id())?;
-        eprintln!("submitted {jobs} jobs in {submit_secs:.2}s");
+        eprintln!("submitted {jobs} jobs in {submit_secs:.2}s; the submitting client used {:.3} s of CPU, the daemon {:.3} s meanwhile", client_cpu_submit, daemon_mid.0 - daemon_before.0);
         eprintln!(
             "daemon per job (this run only): CPU {:.3} ms, context switches {:.1}",
             (daemon_after.0 - daemon_before.0) * 1000.0 / jobs as f64,

@@ -9,7 +9,7 @@ use aura_model::{
     Accounting, Event, ExitStatus, Job, JobId, JobState, LeaseSpec, NewEvent, Outcome, Run,
     StopReason, StopSignal, Timestamp,
 };
-use aura_store::Store;
+use aura_store::{Commit, Store};
 use aura_supervisor::{LaunchTicket, Supervisor, UsageProbe};
 use serde_json::json;
 use std::cmp::Reverse;
@@ -1097,7 +1097,14 @@ async fn queue_write(shared: &Shared, job: &Job, events: Vec<NewEvent>, finished
             let _ = finished.send(id);
         }
     };
-    if let Err(e) = shared.store.record_then(job, &events, then).await {
+    // A final state someone waits for (`aura submit --wait`, a waiting API call) is committed at once;
+    // anything else may share a commit with the writes of the next few milliseconds.
+    let commit = if finished && shared.finished.receiver_count() > 0 {
+        Commit::Now
+    } else {
+        Commit::Soon
+    };
+    if let Err(e) = shared.store.record_then(job, &events, commit, then).await {
         tracing::error!(job_id = %id, error = %e, "failed to persist a job state change");
     }
 }

@@ -13,4 +13,4 @@ mod store;
 mod writer;
 
 pub use error::StoreError;
-pub use store::{ListFilter, Pending, Store, StoreOptions, StoreStats};
+pub use store::{Commit, ListFilter, Pending, Store, StoreOptions, StoreStats};

@@ -28,6 +28,19 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Writes that may wait for the writer before callers wait for channel space.
     pub channel_capacity: usize,
+    /// How long a batch of writes queued with [`Commit::Soon`] is held open for more before it is
+    /// committed (a write queued with [`Commit::Now`] ends the wait at once). Under a steady stream of
+    /// short jobs, one commit then carries many jobs' final writes instead of one each.
+    pub group_window: Duration,
+}
+
+/// How soon a queued write must be committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// As soon as the writer is free: someone waits for it.
+    Now,
+    /// Within `StoreOptions::group_window`: nobody waits for it, and a later write may share its commit.
+    Soon,
 }
 
 impl Default for StoreOptions {
@@ -36,6 +49,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(5),
             max_batch: 512,
             channel_capacity: 4096,
+            group_window: Duration::from_millis(10),
         }
     }
 }
@@ -138,11 +152,16 @@ impl Store {
             conn: write_conn,
             rx,
             max_batch: opts.max_batch.max(1),
+            group_window: opts.group_window,
             counters: counters.clone(),
         };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(StoreError::Spawn)?;
         let handle = std::thread::Builder::new()
             .name("aura-store-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || writer.run(rt))
             .map_err(StoreError::Spawn)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -229,26 +248,29 @@ impl Store {
         let answer_it = move |result| {
             let _ = reply.send(result);
         };
-        self.queue_record(job, &events, Box::new(answer_it)).await?;
+        self.queue_record(job, &events, Commit::Now, Box::new(answer_it))
+            .await?;
         Ok(Pending(answer))
     }
 
     /// Like `record`, but resolves as soon as the write is queued; `then` runs on the writer thread once
     /// it is committed (or failed). It must be quick and must not block: it runs between two commits.
-    /// Nothing waits for the commit, so no task is woken for it.
+    /// Nothing waits for the commit, so no task is woken for it; `commit` says how soon it must happen.
     pub async fn record_then(
         &self,
         job: &Job,
         events: &[NewEvent],
+        commit: Commit,
         then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.queue_record(job, events, Box::new(then)).await
+        self.queue_record(job, events, commit, Box::new(then)).await
     }
 
     async fn queue_record(
         &self,
         job: &Job,
         events: &[NewEvent],
+        commit: Commit,
         done: Done,
     ) -> Result<(), StoreError> {
         let row = encode_state(job)?;
@@ -260,13 +282,15 @@ impl Store {
             id: job.id,
             job: row,
             events,
+            commit,
             done,
         })))
         .await
     }
 
     /// Appends an entry to the engine's own event log (decisions that belong to no single job); resolves
-    /// once queued; `then` runs on the writer thread once it is committed (see `record_then`).
+    /// once queued; `then` runs on the writer thread once it is committed (see `record_then`), within the
+    /// group window.
     pub async fn record_engine_event(
         &self,
         event: &NewEvent,

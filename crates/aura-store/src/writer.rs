@@ -4,6 +4,7 @@
 
 use crate::codec::{EventRow, JobRow, StateRow};
 use crate::error::{Context, StoreError};
+use crate::Commit;
 use aura_model::JobId;
 use rusqlite::{params, params_from_iter, Connection, ToSql, TransactionBehavior};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,7 @@ pub(crate) enum Write {
         id: JobId,
         job: StateRow,
         events: Vec<EventRow>,
+        commit: Commit,
         done: Done,
     },
     /// An entry of the engine's own event log.
@@ -50,29 +52,45 @@ pub(crate) struct Writer {
     pub conn: Connection,
     pub rx: mpsc::Receiver<Command>,
     pub max_batch: usize,
+    pub group_window: std::time::Duration,
     pub counters: Arc<Counters>,
 }
 
 impl Writer {
     /// Runs until `Close` arrives or every sender is gone, then returns (dropping the connection, which
-    /// checkpoints the WAL if it is the last one).
-    pub fn run(mut self) {
+    /// checkpoints the WAL if it is the last one). On its own thread, in `rt`, a current-thread runtime
+    /// that serves only the channel and the group window's timer: SQLite blocks nobody else here.
+    pub fn run(mut self, rt: tokio::runtime::Runtime) {
+        rt.block_on(self.serve());
+        tracing::debug!("job store writer stopped");
+    }
+
+    async fn serve(&mut self) {
         let mut closers = Vec::new();
         let mut batch = Vec::with_capacity(self.max_batch);
         // After a Close the channel is closed but still drained: anything a caller managed to queue was
         // acknowledged as queued (`record_queued`), so it must be written.
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Write(write) => batch.push(*write),
-                    Command::Close(reply) => {
-                        self.rx.close();
-                        closers.push(reply);
+        while let Some(first) = self.rx.recv().await {
+            let mut now = self.take(first, &mut batch, &mut closers);
+            while batch.len() < self.max_batch {
+                let Ok(command) = self.rx.try_recv() else {
+                    break;
+                };
+                now |= self.take(command, &mut batch, &mut closers);
+            }
+            if !now && !self.group_window.is_zero() {
+                // Nobody waits for these: hold the transaction open for more, until the window ends or a
+                // write someone waits for arrives.
+                let deadline = tokio::time::Instant::now() + self.group_window;
+                while batch.len() < self.max_batch {
+                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                        Ok(Some(command)) => {
+                            if self.take(command, &mut batch, &mut closers) {
+                                break;
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
                     }
-                }
-                if batch.len() < self.max_batch {
-                    next = self.rx.try_recv().ok();
                 }
             }
             if !batch.is_empty() {
@@ -82,7 +100,32 @@ impl Writer {
         for closer in closers {
             let _ = closer.send(());
         }
-        tracing::debug!("job store writer stopped");
+    }
+
+    /// Adds a command to the batch; `true` when the batch must be committed without waiting (a write
+    /// someone waits for, or a close).
+    fn take(
+        &mut self,
+        command: Command,
+        batch: &mut Vec<Write>,
+        closers: &mut Vec<oneshot::Sender<()>>,
+    ) -> bool {
+        match command {
+            Command::Write(write) => {
+                let now = match &*write {
+                    Write::Insert { .. } => true,
+                    Write::Record { commit, .. } => *commit == Commit::Now,
+                    Write::Engine { .. } => false,
+                };
+                batch.push(*write);
+                now
+            }
+            Command::Close(reply) => {
+                self.rx.close();
+                closers.push(reply);
+                true
+            }
+        }
     }
 
     /// Applies a batch optimistically: every write in one transaction, with no savepoint per write (two

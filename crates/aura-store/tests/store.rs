@@ -4,7 +4,7 @@ use aura_model::{
     Accounting, Backend, ByteSize, Event, ExitStatus, Job, JobId, JobSpec, MemorySource, NewEvent,
     RetryPolicy, Run, StateName, StopReason, StopSignal, Timestamp, TreeHandle,
 };
-use aura_store::{ListFilter, Store, StoreError, StoreOptions};
+use aura_store::{Commit, ListFilter, Store, StoreError, StoreOptions};
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -746,7 +746,7 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     job.pressure_stops = 3;
     let (tx, committed) = tokio::sync::oneshot::channel();
     store
-        .record_then(&job, &[event("started", 9)], move |r| {
+        .record_then(&job, &[event("started", 9)], Commit::Now, move |r| {
             let _ = tx.send(r);
         })
         .await
@@ -759,7 +759,7 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     };
     let (tx, failed) = tokio::sync::oneshot::channel();
     store
-        .record_then(&ghost, &[], move |r| {
+        .record_then(&ghost, &[], Commit::Soon, move |r| {
             let _ = tx.send(r);
         })
         .await
@@ -769,4 +769,70 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
         Err(StoreError::NotFound(JobId(987_654)))
     ));
     store.close().await.unwrap();
+}
+
+/// Writes nobody waits for are held for the group window and share one commit; a write someone waits for
+/// ends the wait at once, and so does closing the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(
+        &db(&dir),
+        StoreOptions {
+            group_window: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let job = store.insert_job(spec(1), at(0), None).await.unwrap();
+    let before = store.stats();
+    let mut committed = Vec::new();
+    for n in 0..20 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store
+            .record_then(&job, &[event("progress", n)], Commit::Soon, move |r| {
+                let _ = tx.send(r);
+            })
+            .await
+            .unwrap();
+        committed.push(rx);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store.stats().commits, before.commits, "held for the window");
+    assert!(committed[0].try_recv().is_err(), "not committed yet");
+
+    let t0 = std::time::Instant::now();
+    store.record(&job, vec![event("now", 99)]).await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "a Now write waited for the window"
+    );
+    for rx in committed {
+        rx.await.unwrap().unwrap();
+    }
+    let stats = store.stats();
+    assert_eq!(stats.writes - before.writes, 21);
+    assert_eq!(
+        stats.commits - before.commits,
+        1,
+        "one commit for the whole batch"
+    );
+    assert_eq!(store.events(job.id).await.unwrap().len(), 22);
+
+    // Closing commits what is held at once.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .record_then(&job, &[event("last", 100)], Commit::Soon, move |r| {
+            let _ = tx.send(r);
+        })
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    store.close().await.unwrap();
+    rx.await.unwrap().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "close waited for the window"
+    );
 }
