@@ -46,7 +46,33 @@ pub(crate) struct Launcher {
     pub slots: Arc<Slots>,
     pub oom_score_adj: i32,
     pub log_cap: aura_logs::LogCap,
+    /// The daemon's environment as `KEY=VALUE` C strings, built once: the daemon does not change its own
+    /// environment, and every job inherits it (overlaid with its own).
+    pub daemon_env: Vec<(OsString, CString)>,
+    /// Every job's stdin, opened once (close-on-exec; the child's `dup2` onto fd 0 clears the flag).
+    pub dev_null: OwnedFd,
 }
+
+impl Launcher {
+    /// Reads the daemon's environment and opens `/dev/null` for the launchers to share.
+    pub fn environment() -> std::io::Result<(Vec<(OsString, CString)>, OwnedFd)> {
+        use std::os::unix::ffi::OsStrExt;
+        let daemon_env = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut entry = Vec::with_capacity(k.len() + v.len() + 1);
+                entry.extend_from_slice(k.as_bytes());
+                entry.push(b'=');
+                entry.extend_from_slice(v.as_bytes());
+                // The OS never hands out a variable with a NUL byte; nothing is lost here.
+                CString::new(entry).ok().map(|entry| (k, entry))
+            })
+            .collect();
+        Ok((daemon_env, std::fs::File::open("/dev/null")?.into()))
+    }
+}
+
+/// The vfork-style child's stack (see `spawn`): one per launcher thread, reused for every start.
+const CHILD_STACK: usize = 64 * 1024;
 
 /// Starts `count` launcher threads sharing one queue: with one, every job start waited for the one
 /// before it (a launch is mostly the child's own setup and `exec`, during which the vfork-style clone
@@ -61,24 +87,25 @@ pub(crate) fn start(
     // wait for the lock; it is never held while a job starts.
     let rx = Arc::new(std::sync::Mutex::new(rx));
     let launcher = Arc::new(launcher);
-    // Read once: the daemon does not change its own environment, and every job inherits it.
-    let daemon_env: Arc<[(OsString, OsString)]> = std::env::vars_os().collect();
     (0..count.max(1))
         .map(|_| {
-            let (launcher, rx, daemon_env) = (launcher.clone(), rx.clone(), daemon_env.clone());
+            let (launcher, rx) = (launcher.clone(), rx.clone());
             std::thread::Builder::new()
                 .name("aura-launcher".into())
-                .spawn(move || loop {
-                    let msg = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
-                    let Some(LauncherMsg::Launch(req, reply)) = msg else {
-                        break;
-                    };
-                    let result = launcher.launch(&daemon_env, &req);
-                    if let Err(Ok(orphan)) = reply.send(result) {
-                        // The caller went away (its launch future was cancelled): nobody owns this tree.
-                        // The watcher reaps it and kills the rest.
-                        tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
-                        kill_main(&orphan.stats, orphan.pidfd.as_deref());
+                .spawn(move || {
+                    let mut stack = vec![0u8; CHILD_STACK];
+                    loop {
+                        let msg = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+                        let Some(LauncherMsg::Launch(req, reply)) = msg else {
+                            break;
+                        };
+                        let result = launcher.launch(&req, &mut stack);
+                        if let Err(Ok(orphan)) = reply.send(result) {
+                            // The caller went away (its launch future was cancelled): nobody owns this
+                            // tree. The watcher reaps it and kills the rest.
+                            tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
+                            kill_main(&orphan.stats, orphan.pidfd.as_deref());
+                        }
                     }
                 })
         })
@@ -86,11 +113,7 @@ pub(crate) fn start(
 }
 
 impl Launcher {
-    fn launch(
-        &self,
-        daemon_env: &[(OsString, OsString)],
-        req: &LaunchRequest,
-    ) -> Result<Spawned, LaunchError> {
+    fn launch(&self, req: &LaunchRequest, stack: &mut [u8]) -> Result<Spawned, LaunchError> {
         let workdirs = &self.workdirs;
         let program = resolve_program(
             &req.program,
@@ -112,7 +135,7 @@ impl Launcher {
             path: req.cwd.clone(),
             source,
         })?;
-        let spawned = self.start_tree(daemon_env, req, &program);
+        let spawned = self.start_tree(req, &program, stack);
         if spawned.is_err() && req.create_cwd {
             // No tree will release the directory: it stays (a later attempt uses it), no longer counted.
             workdirs.release(&req.cwd, false);
@@ -123,9 +146,9 @@ impl Launcher {
     /// The rest of a start, once the working directory is there.
     fn start_tree(
         &self,
-        daemon_env: &[(OsString, OsString)],
         req: &LaunchRequest,
         program: &std::path::Path,
+        stack: &mut [u8],
     ) -> Result<Spawned, LaunchError> {
         let Launcher {
             layout,
@@ -134,16 +157,23 @@ impl Launcher {
             slots,
             oom_score_adj,
             log_cap,
+            daemon_env,
+            dev_null,
             ..
         } = self;
         let (staged, baseline) = StagedCgroups::acquire(layout, pool, req.memory_limit)?;
-        let (plan, [stdout, stderr], _stdio_ends) =
-            prepare(req, daemon_env, program, &staged.procs, *oom_score_adj).map_err(|source| {
-                LaunchError::Spawn {
-                    program: req.program.clone(),
-                    source,
-                }
-            })?;
+        let (plan, [stdout, stderr], _stdio_ends) = prepare(
+            req,
+            daemon_env,
+            dev_null,
+            program,
+            &staged.procs,
+            *oom_score_adj,
+        )
+        .map_err(|source| LaunchError::Spawn {
+            program: req.program.clone(),
+            source,
+        })?;
         // Everything is ready: only now wait for a running slot, so a standby launch starts with nothing
         // but the clone between a tree's end and its own start.
         let slot = slots.acquire(&req.ticket).map_err(|no| match no {
@@ -152,7 +182,7 @@ impl Launcher {
         })?;
         let (started, started_at) = (Instant::now(), SystemTime::now());
         let ticks_before = procfs::boot_ticks();
-        let pid = spawn::spawn(&plan).map_err(|source| LaunchError::Spawn {
+        let pid = spawn::spawn(&plan, stack).map_err(|source| LaunchError::Spawn {
             program: req.program.clone(),
             source,
         })?;
@@ -297,9 +327,8 @@ impl Drop for StagedCgroups {
     }
 }
 
-/// The child's side of the job's stdio, closed in the parent once the child has them.
+/// The child's side of the job's output pipes, closed in the parent once the child has them.
 struct StdioEnds {
-    _stdin: OwnedFd,
     _stdout: OwnedFd,
     _stderr: OwnedFd,
 }
@@ -308,7 +337,8 @@ struct StdioEnds {
 /// the read ends of stdout and stderr, and the child's ends to close after the spawn.
 fn prepare(
     req: &LaunchRequest,
-    daemon_env: &[(OsString, OsString)],
+    daemon_env: &[(OsString, CString)],
+    dev_null: &OwnedFd,
     program: &std::path::Path,
     procs_files: &[std::fs::File],
     oom_score_adj: i32,
@@ -324,31 +354,34 @@ fn prepare(
     for arg in &req.args {
         argv.push(cstring(arg.clone().into_bytes())?);
     }
-    // The daemon's environment, overlaid with the job's.
+    // The job's own variables, then the daemon's that it does not override (pointers into `daemon_env`,
+    // which outlives the plan).
+    let own_env = req
+        .env
+        .iter()
+        .map(|(k, v)| cstring(format!("{k}={v}").into_bytes()))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let inherited = daemon_env
         .iter()
-        .filter(|(k, _)| k.to_str().map_or(true, |k| !req.env.contains_key(k)))
-        .map(|(k, v)| (k.as_bytes(), v.as_bytes()));
-    let own = req.env.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
-    let envp = inherited
-        .chain(own)
-        .map(|(k, v)| {
-            let mut entry = Vec::with_capacity(k.len() + v.len() + 1);
-            entry.extend_from_slice(k);
-            entry.push(b'=');
-            entry.extend_from_slice(v);
-            cstring(entry)
+        .filter(|(k, _)| {
+            req.env.is_empty() || k.to_str().map_or(true, |k| !req.env.contains_key(k))
         })
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let stdin: OwnedFd = std::fs::File::open("/dev/null")?.into();
+        .map(|(_, entry)| entry.as_ptr());
+    let envp = own_env
+        .iter()
+        .map(|entry| entry.as_ptr())
+        .chain(inherited)
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let plan = SpawnPlan {
         path: cstring(program.as_os_str().as_bytes().to_vec())?,
         argv,
+        _own_env: own_env,
         envp,
         cwd: cstring(req.cwd.as_os_str().as_bytes().to_vec())?,
-        stdin: stdin.as_raw_fd(),
+        stdin: dev_null.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         cgroup_procs: procs_files.iter().map(|f| f.as_raw_fd()).collect(),
@@ -360,7 +393,6 @@ fn prepare(
         plan,
         [out_r, err_r],
         StdioEnds {
-            _stdin: stdin,
             _stdout: out_w,
             _stderr: err_w,
         },

@@ -337,6 +337,11 @@ impl Supervisor {
             cfg.cgroup_pool,
             layout.backend != Backend::ProcessGroup,
         ));
+        let (daemon_env, dev_null) =
+            launcher::Launcher::environment().map_err(|source| SupervisorError::Thread {
+                thread: "launcher",
+                source,
+            })?;
         let (watcher, watcher_thread) = watcher::Watcher::start(watcher::Settings {
             sample_interval: cfg.sample_interval,
             watch_interval: cfg.memory_watch_interval,
@@ -363,6 +368,8 @@ impl Supervisor {
                 slots: slots.clone(),
                 oom_score_adj: cfg.job_oom_score_adj,
                 log_cap: cfg.log_cap,
+                daemon_env,
+                dev_null,
             },
             launch_rx,
         )

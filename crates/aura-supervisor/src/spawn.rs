@@ -20,7 +20,11 @@ use std::sync::atomic::{AtomicI32, Ordering};
 pub(crate) struct SpawnPlan {
     pub path: CString,
     pub argv: Vec<CString>,
-    pub envp: Vec<CString>,
+    /// The job's own `KEY=VALUE` entries, kept alive for `envp`, which points into them (and into the daemon's).
+    pub _own_env: Vec<CString>,
+    /// The child's environment, null-terminated: pointers into `own_env` and the launcher's copy of the
+    /// daemon's environment, both alive for as long as the plan.
+    pub envp: Vec<*const libc::c_char>,
     pub cwd: CString,
     pub stdin: RawFd,
     pub stdout: RawFd,
@@ -138,20 +142,12 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
-/// The child's stack: it runs only until `execve`, so a small one is plenty.
-const CHILD_STACK: usize = 64 * 1024;
-
-/// Starts the process and returns its pid. On failure the child has been reaped and the error names the
-/// step that failed.
-pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
+/// Starts the process on `stack` (the child runs only until `execve`, so a small one is plenty, and it is
+/// free again when this returns) and returns its pid. On failure the child has been reaped and the error
+/// names the step that failed.
+pub(crate) fn spawn(plan: &SpawnPlan, stack: &mut [u8]) -> io::Result<libc::pid_t> {
     let argv: Vec<*const libc::c_char> = plan
         .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = plan
-        .envp
         .iter()
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
@@ -160,16 +156,15 @@ pub(crate) fn spawn(plan: &SpawnPlan) -> io::Result<libc::pid_t> {
     let shared = Shared {
         plan,
         argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
+        envp: plan.envp.as_ptr(),
         oom_path: oom_path.as_ptr(),
         errno: AtomicI32::new(0),
         stage: AtomicI32::new(-1),
     };
-    let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: the stack grows down from its (16-byte aligned) top; it outlives the child's use of it,
     // because CLONE_VFORK suspends this thread until the child has exec'd or exited.
     let pid = unsafe {
-        let top = stack.as_mut_ptr().add(CHILD_STACK) as usize & !15;
+        let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);

@@ -711,6 +711,34 @@ async fn logs_are_captured() {
     }
 }
 
+/// A job gets the daemon's environment overlaid with its own: its variables are added, the ones it names
+/// replace the daemon's, the rest is inherited; a variable with a NUL byte is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn environment_is_the_daemons_overlaid_with_the_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s) = start("env", BackendChoice::ProcessGroup) else {
+        return;
+    };
+    let home = std::env::var("HOME").unwrap_or_default();
+    let mut req = sh(1, dir.path(), "echo \"$AURA_TEST_OWN|$PATH|$HOME\"");
+    req.env.insert("AURA_TEST_OWN".into(), "own value".into());
+    req.env.insert("PATH".into(), "/usr/bin:/bin".into());
+    let log_dir = req.log_dir.clone();
+    let mut t = s.launch(req).await.unwrap();
+    t.wait().await;
+    t.finish().await;
+    let out = aura_logs::read(&log_dir, aura_logs::Stream::Stdout, 0, 4096).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.data),
+        format!("own value|/usr/bin:/bin|{home}\n")
+    );
+    let mut req = request(2, dir.path(), "true", &[]);
+    req.env.insert("BAD".into(), "a\0b".into());
+    let err = s.launch(req).await.unwrap_err();
+    assert!(err.to_string().contains("NUL"), "{err}");
+    s.shutdown().await;
+}
+
 /// Output keeps flowing into the log while the job writes (the capture drains the pipe as it fills,
 /// more than a pipe's worth), and on the fallback a process that left the group and still holds the
 /// pipes cannot hold `finish` up: the capture is given up after a bounded wait.
