@@ -109,6 +109,8 @@ pub struct Store {
 
 struct Inner {
     commands: mpsc::Sender<Command>,
+    /// Ends the writer's group window early (see `send`).
+    urgent: Arc<tokio::sync::Notify>,
     readers: Arc<ReadPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
@@ -148,11 +150,13 @@ impl Store {
         // tokio panics on a zero-capacity channel, and a zero batch would never make progress.
         let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let urgent = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
             conn: write_conn,
             rx,
             max_batch: opts.max_batch.max(1),
             group_window: opts.group_window,
+            urgent: urgent.clone(),
             counters: counters.clone(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -166,6 +170,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 commands: tx,
+                urgent,
                 readers: Arc::new(ReadPool::new(path, busy_timeout, read_conn)),
                 writer: Mutex::new(Some(handle)),
                 counters,
@@ -191,11 +196,17 @@ impl Store {
 
     async fn send(&self, command: Command) -> Result<(), StoreError> {
         self.check_open()?;
+        let urgent = command.urgent();
         self.inner
             .commands
             .send(command)
             .await
-            .map_err(|_| StoreError::Closed)
+            .map_err(|_| StoreError::Closed)?;
+        if urgent {
+            // A writer sleeping through its group window does not watch the channel: wake it.
+            self.inner.urgent.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Assigns the next id, stores the job as queued with the memory request admission settled for it
@@ -387,6 +398,7 @@ impl Store {
             .await
             .is_ok()
         {
+            self.inner.urgent.notify_waiters();
             let _ = done.await;
         }
         self.inner.readers.close();

@@ -25,6 +25,21 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
+impl Command {
+    /// Whether someone waits for it: an insert, a write queued with `Commit::Now`, a close. It ends the
+    /// group window; the others may wait in it for company.
+    pub(crate) fn urgent(&self) -> bool {
+        match self {
+            Command::Write(write) => match &**write {
+                Write::Insert { .. } => true,
+                Write::Record { commit, .. } => *commit == Commit::Now,
+                Write::Engine { .. } => false,
+            },
+            Command::Close(_) => true,
+        }
+    }
+}
+
 pub(crate) enum Write {
     Insert {
         job: JobRow,
@@ -53,6 +68,8 @@ pub(crate) struct Writer {
     pub rx: mpsc::Receiver<Command>,
     pub max_batch: usize,
     pub group_window: std::time::Duration,
+    /// Rung by a sender of a write that must not wait for the group window (see `Store::send`).
+    pub urgent: Arc<tokio::sync::Notify>,
     pub counters: Arc<Counters>,
 }
 
@@ -72,25 +89,22 @@ impl Writer {
         // acknowledged as queued (`record_queued`), so it must be written.
         while let Some(first) = self.rx.recv().await {
             let mut now = self.take(first, &mut batch, &mut closers);
-            while batch.len() < self.max_batch {
-                let Ok(command) = self.rx.try_recv() else {
-                    break;
-                };
-                now |= self.take(command, &mut batch, &mut closers);
-            }
+            now |= self.drain(&mut batch, &mut closers);
             if !now && !self.group_window.is_zero() {
-                // Nobody waits for these: hold the transaction open for more, until the window ends or a
-                // write someone waits for arrives.
-                let deadline = tokio::time::Instant::now() + self.group_window;
-                while batch.len() < self.max_batch {
-                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                        Ok(Some(command)) => {
-                            if self.take(command, &mut batch, &mut closers) {
-                                break;
-                            }
-                        }
-                        Ok(None) | Err(_) => break,
+                // Nobody waits for these: sleep through the window (later writes queue up without waking
+                // this thread) unless a write someone waits for, or a close, rings `urgent`. Registered
+                // before the channel is looked at again: a ring after that look is not missed, and what
+                // came before it is found by the look.
+                let urgent = self.urgent.clone();
+                let rung = urgent.notified();
+                tokio::pin!(rung);
+                rung.as_mut().enable();
+                if !self.drain(&mut batch, &mut closers) {
+                    tokio::select! {
+                        () = tokio::time::sleep(self.group_window) => {}
+                        () = &mut rung => {}
                     }
+                    self.drain(&mut batch, &mut closers);
                 }
             }
             if !batch.is_empty() {
@@ -102,30 +116,35 @@ impl Writer {
         }
     }
 
-    /// Adds a command to the batch; `true` when the batch must be committed without waiting (a write
-    /// someone waits for, or a close).
+    /// Takes what is queued, up to a full batch; `true` if any of it is urgent (or the batch is full).
+    fn drain(&mut self, batch: &mut Vec<Write>, closers: &mut Vec<oneshot::Sender<()>>) -> bool {
+        let mut now = false;
+        while batch.len() < self.max_batch {
+            let Ok(command) = self.rx.try_recv() else {
+                return now;
+            };
+            now |= self.take(command, batch, closers);
+        }
+        true
+    }
+
+    /// Adds a command to the batch; `true` when the batch must be committed without waiting (see
+    /// `Command::urgent`).
     fn take(
         &mut self,
         command: Command,
         batch: &mut Vec<Write>,
         closers: &mut Vec<oneshot::Sender<()>>,
     ) -> bool {
+        let urgent = command.urgent();
         match command {
-            Command::Write(write) => {
-                let now = match &*write {
-                    Write::Insert { .. } => true,
-                    Write::Record { commit, .. } => *commit == Commit::Now,
-                    Write::Engine { .. } => false,
-                };
-                batch.push(*write);
-                now
-            }
+            Command::Write(write) => batch.push(*write),
             Command::Close(reply) => {
                 self.rx.close();
                 closers.push(reply);
-                true
             }
         }
+        urgent
     }
 
     /// Applies a batch optimistically: every write in one transaction, with no savepoint per write (two
