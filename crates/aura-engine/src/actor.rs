@@ -10,7 +10,7 @@ use aura_model::{
     StopReason, StopSignal, Timestamp,
 };
 use aura_store::{Commit, Store};
-use aura_supervisor::{LaunchTicket, Supervisor, UsageProbe};
+use aura_supervisor::{LaunchRequest, LaunchTicket, Supervisor, UsageProbe};
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -616,11 +616,12 @@ impl Actor {
     /// the starvation guard). Event-driven: called whenever a job arrives or ends, and when a per-minute
     /// limit's window frees a start.
     ///
-    /// Then, with every running slot taken, admits one more, the *standby*: it is handed to the supervisor
-    /// at once and waits there, fully prepared, for a tree to end, starting the moment one does with no
-    /// round trip through this task (the supervisor holds the running count to `max_concurrent`). A
-    /// standby is always the head of the queue (never a backfill), and yields to a job that overtakes it
-    /// while it waits, so jobs still start in priority, then FIFO order.
+    /// Then, with every running slot taken, admits up to `standby` more, the *standbys*: each is handed to
+    /// the supervisor at once and waits there, fully prepared, for a tree to end, starting the moment one
+    /// does with no round trip through this task (the supervisor holds the running count to
+    /// `max_concurrent` and serves launches in the order they were queued). A standby is always the head
+    /// of the queue (never a backfill), and yields to a job that overtakes it while it waits, so jobs
+    /// still start in priority, then FIFO order.
     async fn dispatch(&mut self) {
         self.rate_wakeup = None;
         if !self.shutdown_waiters.is_empty() || self.queue.is_empty() {
@@ -644,28 +645,30 @@ impl Actor {
                 }
             }
         }
-        // One standby at a time, and only once every admitted job has taken its slot: the supervisor serves
-        // waiting launches in ticket order only among those already waiting, so a second unclaimed launch
-        // could overtake the first.
-        let standby_now = self.shared.config.standby
-            && self.active.len() == max
-            && self.active.values().all(|a| a.ticket.claimed());
-        if standby_now {
+        // Standbys: only while every running slot is admitted, up to `standby` of them still waiting.
+        while self.active.len() >= max
+            && self
+                .active
+                .values()
+                .filter(|a| a.standby && !a.ticket.claimed())
+                .count()
+                < self.shared.config.standby
+        {
             let Some((&(_, head), request)) = self.queue.iter().next() else {
-                return;
+                break;
             };
             let only_head = std::iter::once(Queued {
                 key: head.0,
                 request,
             });
-            if let Some((_, reservation)) =
-                Scheduler::pass(&self.shared.admission, only_head, now, 1)
-                    .into_iter()
-                    .next()
-            {
-                if let Some((job, request)) = self.dequeue(head) {
-                    self.launch(job, request, reservation, true);
-                }
+            let Some((_, reservation)) = Scheduler::pass(&self.shared.admission, only_head, now, 1)
+                .into_iter()
+                .next()
+            else {
+                break;
+            };
+            if let Some((job, request)) = self.dequeue(head) {
+                self.launch(job, request, reservation, true);
             }
         }
         if !self.queue.is_empty() {
@@ -711,18 +714,30 @@ impl Actor {
             .cwd
             .clone()
             .unwrap_or_else(|| self.shared.work_dir(id));
+        // Queued with the supervisor here, in dispatch order, not when the monitor first runs: launches
+        // take their running slots in the order they were queued.
+        let launching = self.shared.supervisor.launch(LaunchRequest {
+            job_id: id,
+            attempt: job.attempt,
+            program: spec.program.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            cwd: cwd.clone(),
+            // The default per-job directory is created by the launcher thread, off the async workers.
+            create_cwd: spec.cwd.is_none(),
+            log_dir: self.shared.log_dir(id, job.attempt),
+            memory_limit: spec.memory_limit().map(|l| l.bytes()),
+            ticket: ticket.clone(),
+        });
         let monitor = Monitor {
             id,
-            attempt: job.attempt,
             spec,
             cwd,
-            log_dir: self.shared.log_dir(id, job.attempt),
             shared: self.shared.clone(),
             stop: stop_rx,
             actor: self.tx.clone(),
-            ticket: ticket.clone(),
         };
-        let handle = self.monitors.spawn(monitor.run());
+        let handle = self.monitors.spawn(monitor.run(Box::pin(launching)));
         self.monitor_jobs.insert(handle.id(), id);
         self.active.insert(
             id,

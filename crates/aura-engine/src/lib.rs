@@ -31,11 +31,11 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Most jobs running at once, on top of admission's resource checks. Default: the number of cores.
     pub max_concurrent: usize,
-    /// Admit one job ahead of a free running slot (its reservation held, shown as queued): it starts the
-    /// moment a running job's tree is gone, with no round trip through the engine. It yields to a job
-    /// that overtakes it in the queue, and goes back to the queue when admission pauses or a lease needs
-    /// what it holds. Default: true.
-    pub standby: bool,
+    /// Jobs admitted ahead of a free running slot (their reservations held, shown as queued): each starts
+    /// the moment a running job's tree is gone, with no round trip through the engine. A standby yields to
+    /// a job that overtakes it in the queue, and goes back to the queue when admission pauses or a lease
+    /// needs what it holds. Default (`aura serve`): 1; 0 admits only into free slots.
+    pub standby: usize,
     pub admission: AdmissionConfig,
     pub guards: GuardConfig,
     pub diagnostics: DiagnosticsConfig,

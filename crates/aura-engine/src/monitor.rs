@@ -4,40 +4,30 @@
 
 use crate::actor::{Command, Shared};
 use aura_model::{JobId, JobSpec, Run, StopReason, StopSignal, Timestamp};
-use aura_supervisor::{LaunchError, LaunchRequest, LaunchTicket};
+use aura_supervisor::{LaunchError, RunningTree};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
+/// A launch the actor has queued with the supervisor (in its dispatch order), for the monitor to await.
+pub(crate) type Launching = Pin<Box<dyn Future<Output = Result<RunningTree, LaunchError>> + Send>>;
+
 pub(crate) struct Monitor {
     pub id: JobId,
-    pub attempt: u32,
     pub spec: JobSpec,
     pub cwd: PathBuf,
-    pub log_dir: PathBuf,
     pub shared: Arc<Shared>,
     pub stop: watch::Receiver<Option<StopReason>>,
     pub actor: mpsc::Sender<Command>,
-    pub ticket: LaunchTicket,
 }
 
 impl Monitor {
-    pub(crate) async fn run(mut self) {
+    /// Awaits the launch the actor queued, then supervises the tree.
+    pub(crate) async fn run(mut self, launching: Launching) {
         let id = self.id;
-        let request = LaunchRequest {
-            job_id: id,
-            attempt: self.attempt,
-            program: self.spec.program.clone(),
-            args: self.spec.args.clone(),
-            env: self.spec.env.clone(),
-            cwd: self.cwd.clone(),
-            // The default per-job directory is created by the launcher thread, off the async workers.
-            create_cwd: self.spec.cwd.is_none(),
-            log_dir: self.log_dir.clone(),
-            memory_limit: self.spec.memory_limit().map(|l| l.bytes()),
-            ticket: self.ticket.clone(),
-        };
-        let mut tree = match self.shared.supervisor.launch(request).await {
+        let mut tree = match launching.await {
             Ok(tree) => tree,
             // The actor took the job back before it started (it already knows).
             Err(LaunchError::Withdrawn) => return,

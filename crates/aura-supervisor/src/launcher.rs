@@ -81,7 +81,7 @@ const CHILD_STACK: usize = 64 * 1024;
 pub(crate) fn start(
     count: usize,
     launcher: Launcher,
-    rx: mpsc::Receiver<LauncherMsg>,
+    rx: mpsc::UnboundedReceiver<LauncherMsg>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     // A std Mutex around the receiver: the thread holding it waits for the next message, the others
     // wait for the lock; it is never held while a job starts.
@@ -100,6 +100,11 @@ pub(crate) fn start(
                             break;
                         };
                         let result = launcher.launch(&req, &mut stack);
+                        if !req.ticket.claimed() {
+                            // It failed (or was withdrawn) before it reached its slot: the launches
+                            // behind it must not wait for it.
+                            launcher.slots.forget(&req.ticket);
+                        }
                         if let Err(Ok(orphan)) = reply.send(result) {
                             // The caller went away (its launch future was cancelled): nobody owns this
                             // tree. The watcher reaps it and kills the rest.

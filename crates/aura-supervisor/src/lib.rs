@@ -291,7 +291,9 @@ pub(crate) struct Inner {
     pub pool: Arc<pool::CgroupPool>,
     /// Emptied default working directories for reuse.
     workdirs: Arc<workdirs::WorkDirs>,
-    launch_tx: tokio::sync::mpsc::Sender<LauncherMsg>,
+    /// Unbounded so that `launch` can queue in the caller's order without waiting; what is queued at once
+    /// is bounded by the caller (the engine admits at most `max_concurrent` plus its standbys).
+    launch_tx: tokio::sync::mpsc::UnboundedSender<LauncherMsg>,
     pub(crate) watcher: watcher::Watcher,
     /// The running-tree limit launches wait for.
     slots: Arc<slots::Slots>,
@@ -356,7 +358,7 @@ impl Supervisor {
             thread: "watcher",
             source,
         })?;
-        let (launch_tx, launch_rx) = tokio::sync::mpsc::channel(64);
+        let (launch_tx, launch_rx) = tokio::sync::mpsc::unbounded_channel();
         let slots = Arc::new(slots::Slots::default());
         let launchers = launcher::start(
             cfg.launchers,
@@ -453,34 +455,50 @@ impl Supervisor {
 
     /// Starts one job attempt: waits for a running slot if the limit is reached (see
     /// [`limit_running`](Supervisor::limit_running)).
-    pub async fn launch(&self, req: LaunchRequest) -> Result<RunningTree, LaunchError> {
-        if self.inner.shut_down.load(Ordering::Relaxed) {
-            return Err(LaunchError::ShuttingDown);
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    ///
+    /// The launch is registered and queued when this is called, not when the future is first polled:
+    /// launches take their slots in the order of these calls.
+    pub fn launch(
+        &self,
+        req: LaunchRequest,
+    ) -> impl std::future::Future<Output = Result<RunningTree, LaunchError>> + Send + 'static {
+        let inner = self.inner.clone();
         let job_id = req.job_id;
-        self.inner
-            .launch_tx
-            .send(LauncherMsg::Launch(Box::new(req), tx))
-            .await
-            .map_err(|_| LaunchError::ShuttingDown)?;
-        let spawned = rx.await.map_err(|_| LaunchError::ShuttingDown)??;
-        let tree = &spawned.stats.tree;
-        let handle = TreeHandle {
-            backend: tree.backend,
-            pid: tree.pid as u32,
-            start_ticks: tree.start_ticks,
-            cgroups: tree.dirs(),
+        let queued = if inner.shut_down.load(Ordering::Relaxed) {
+            Err(LaunchError::ShuttingDown)
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let ticket = req.ticket.clone();
+            inner
+                .slots
+                .register(&ticket, || {
+                    inner.launch_tx.send(LauncherMsg::Launch(Box::new(req), tx))
+                })
+                .map(|()| rx)
+                .map_err(|_| {
+                    inner.slots.forget(&ticket);
+                    LaunchError::ShuttingDown
+                })
         };
-        tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");
-        Ok(RunningTree::new(
-            self.inner.clone(),
-            handle,
-            spawned.stats,
-            spawned.pidfd,
-            spawned.started,
-            spawned.started_at,
-        ))
+        async move {
+            let spawned = queued?.await.map_err(|_| LaunchError::ShuttingDown)??;
+            let tree = &spawned.stats.tree;
+            let handle = TreeHandle {
+                backend: tree.backend,
+                pid: tree.pid as u32,
+                start_ticks: tree.start_ticks,
+                cgroups: tree.dirs(),
+            };
+            tracing::debug!(%job_id, pid = tree.pid, backend = %tree.backend, "job launched");
+            Ok(RunningTree::new(
+                inner,
+                handle,
+                spawned.stats,
+                spawned.pidfd,
+                spawned.started,
+                spawned.started_at,
+            ))
+        }
     }
 
     /// After a daemon crash: kills every process of the given trees and removes the job cgroups.
@@ -515,7 +533,7 @@ impl Supervisor {
         // Launchers waiting for a slot give up their launches, then read their Stop.
         self.inner.slots.close();
         for _ in 0..self.inner.cfg.launchers.max(1) {
-            let _ = self.inner.launch_tx.send(LauncherMsg::Stop).await;
+            let _ = self.inner.launch_tx.send(LauncherMsg::Stop);
         }
         let inner = self.inner.clone();
         let _ = self

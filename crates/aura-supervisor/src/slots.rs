@@ -1,8 +1,13 @@
 //! The running-tree limit and the launches waiting for it: a launch takes a slot on its launcher thread right
 //! before the clone, after everything else is prepared, and its tree gives the slot back the moment it is
 //! known gone (on the watcher thread, before the owner even hears of the end). So an owner that hands
-//! over a launch ahead of a free slot (a *standby*) has it started with no round trip through the owner.
-//! A waiting launch can be withdrawn until it takes its slot ([`LaunchTicket`]).
+//! over launches ahead of a free slot (*standbys*) has them started with no round trip through the owner.
+//!
+//! Slots go strictly in the order launches were registered (`Supervisor::launch` registers and queues a
+//! launch in one step, and launcher threads take them from the queue in that order): a launch whose turn
+//! it is not yet waits even if a slot is free. That cannot deadlock, because every launch registered
+//! before one that holds a launcher thread was taken by a launcher before it. A waiting launch can be
+//! withdrawn until it takes its slot ([`LaunchTicket`]).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -12,23 +17,24 @@ const WAITING: u8 = 0;
 const CLAIMED: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
+/// Not registered yet.
+const NO_SEQ: u64 = u64::MAX;
+
 /// One launch's claim on a slot; its owner keeps a clone to [withdraw](crate::Supervisor::withdraw) it.
-/// Launches are served in the order of their tickets' creation (the order the owner decided on).
 #[derive(Clone, Debug)]
 pub struct LaunchTicket(Arc<TicketState>);
 
 #[derive(Debug)]
 struct TicketState {
-    seq: u64,
+    /// Its place in line, set when the launch is registered.
+    seq: AtomicU64,
     state: AtomicU8,
 }
-
-static NEXT_TICKET: AtomicU64 = AtomicU64::new(0);
 
 impl LaunchTicket {
     pub fn new() -> LaunchTicket {
         LaunchTicket(Arc::new(TicketState {
-            seq: NEXT_TICKET.fetch_add(1, Ordering::Relaxed),
+            seq: AtomicU64::new(NO_SEQ),
             state: AtomicU8::new(WAITING),
         }))
     }
@@ -40,6 +46,10 @@ impl LaunchTicket {
 
     fn withdrawn(&self) -> bool {
         self.0.state.load(Ordering::Acquire) == WITHDRAWN
+    }
+
+    fn seq(&self) -> u64 {
+        self.0.seq.load(Ordering::Acquire)
     }
 
     fn set(&self, to: u8) -> bool {
@@ -75,8 +85,10 @@ struct State {
     limit: Option<usize>,
     running: usize,
     closed: bool,
-    /// Sequence numbers of the tickets waiting, served lowest first.
-    waiting: BTreeSet<u64>,
+    next_seq: u64,
+    /// Registered launches that have neither taken a slot nor been withdrawn or given up; the lowest
+    /// goes next.
+    pending: BTreeSet<u64>,
 }
 
 /// A taken slot; dropping it gives the slot back.
@@ -91,12 +103,22 @@ impl Slots {
         self.changed.notify_all();
     }
 
-    /// Waits (blocking the calling launcher thread) until the ticket is first in line and a slot is free,
-    /// then claims the ticket. Returns at once when the ticket was withdrawn or the slots closed.
-    pub fn acquire(self: &Arc<Self>, ticket: &LaunchTicket) -> Result<SlotPermit, NoSlot> {
-        let seq = ticket.0.seq;
+    /// Gives the ticket its place in line and runs `queue` (which hands the launch to the launcher
+    /// threads) under the same lock, so that the queue's order is the line's order.
+    pub fn register<T>(&self, ticket: &LaunchTicket, queue: impl FnOnce() -> T) -> T {
         let mut state = crate::lock(&self.state);
-        state.waiting.insert(seq);
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        ticket.0.seq.store(seq, Ordering::Release);
+        state.pending.insert(seq);
+        queue()
+    }
+
+    /// Waits (blocking the calling launcher thread) until it is the ticket's turn and a slot is free, then
+    /// claims the ticket. Returns at once when the ticket was withdrawn or the slots closed.
+    pub fn acquire(self: &Arc<Self>, ticket: &LaunchTicket) -> Result<SlotPermit, NoSlot> {
+        let seq = ticket.seq();
+        let mut state = crate::lock(&self.state);
         let result = loop {
             if ticket.withdrawn() {
                 break Err(NoSlot::Withdrawn);
@@ -105,7 +127,8 @@ impl Slots {
                 break Err(NoSlot::Closed);
             }
             let free = state.limit.map_or(true, |limit| state.running < limit);
-            if free && state.waiting.first() == Some(&seq) {
+            let turn = seq == NO_SEQ || state.pending.first().map_or(true, |&first| first == seq);
+            if free && turn {
                 if ticket.set(CLAIMED) {
                     state.running += 1;
                     break Ok(SlotPermit {
@@ -117,9 +140,9 @@ impl Slots {
             }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         };
-        state.waiting.remove(&seq);
+        state.pending.remove(&seq);
         drop(state);
-        // The next in line may be able to go now (or must see that it is no longer behind this one).
+        // The next in line may go now.
         self.changed.notify_all();
         result
     }
@@ -129,10 +152,16 @@ impl Slots {
         if !ticket.set(WITHDRAWN) {
             return ticket.withdrawn();
         }
-        // Under the lock: a launcher between its check and its wait cannot miss this.
-        drop(crate::lock(&self.state));
-        self.changed.notify_all();
+        self.forget(ticket);
         true
+    }
+
+    /// Takes a launch out of line (withdrawn, or failed before it reached its slot), so that the ones
+    /// behind it do not wait for it.
+    pub fn forget(&self, ticket: &LaunchTicket) {
+        // Under the lock: a launcher between its check and its wait cannot miss this.
+        crate::lock(&self.state).pending.remove(&ticket.seq());
+        self.changed.notify_all();
     }
 
     /// Every waiting launch and every later one gets `NoSlot::Closed` (shutdown).
@@ -151,7 +180,7 @@ impl Drop for SlotPermit {
     fn drop(&mut self) {
         let mut state = crate::lock(&self.slots.state);
         state.running = state.running.saturating_sub(1);
-        let wake = !state.waiting.is_empty();
+        let wake = !state.pending.is_empty();
         drop(state);
         if wake {
             self.slots.changed.notify_all();
@@ -172,14 +201,19 @@ mod tests {
         }
     }
 
+    fn registered(slots: &Slots) -> LaunchTicket {
+        let ticket = LaunchTicket::new();
+        slots.register(&ticket, || ());
+        ticket
+    }
+
     #[test]
-    fn a_launch_waits_for_a_slot_and_goes_in_ticket_order() {
+    fn launches_take_slots_in_registration_order() {
         let slots = Arc::new(Slots::default());
         slots.set_limit(Some(1));
-        let first = slots.acquire(&LaunchTicket::new()).expect("free slot");
-        let (early, late) = (LaunchTicket::new(), LaunchTicket::new());
+        let first = slots.acquire(&registered(&slots)).expect("free slot");
+        let (early, late) = (registered(&slots), registered(&slots));
         let order = Arc::new(Mutex::new(Vec::new()));
-        // The later ticket starts waiting first; the earlier one must still go first.
         let spawn = |ticket: LaunchTicket, name: &'static str| {
             let (slots, order) = (slots.clone(), order.clone());
             std::thread::spawn(move || {
@@ -189,10 +223,10 @@ mod tests {
                 drop(permit);
             })
         };
+        // The later one reaches its slot first; the earlier one still goes first.
         let b = spawn(late.clone(), "late");
-        wait_until(|| crate::lock(&slots.state).waiting.len() == 1);
+        std::thread::sleep(Duration::from_millis(20));
         let a = spawn(early.clone(), "early");
-        wait_until(|| crate::lock(&slots.state).waiting.len() == 2);
         assert!(!early.claimed() && !late.claimed());
         drop(first);
         a.join().expect("early");
@@ -202,10 +236,24 @@ mod tests {
     }
 
     #[test]
+    fn a_launch_waits_for_its_turn_even_with_a_free_slot_until_the_one_before_is_forgotten() {
+        let slots = Arc::new(Slots::default());
+        let before = registered(&slots);
+        let after = registered(&slots);
+        let s = slots.clone();
+        let waiter = std::thread::spawn(move || s.acquire(&after).map(drop));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!waiter.is_finished(), "went before its turn");
+        // The one before failed before it reached its slot.
+        slots.forget(&before);
+        assert_eq!(waiter.join().expect("join"), Ok(()));
+    }
+
+    #[test]
     fn a_waiting_launch_can_be_withdrawn_but_not_a_claimed_one() {
         let slots = Arc::new(Slots::default());
         slots.set_limit(Some(1));
-        let claimed = LaunchTicket::new();
+        let claimed = registered(&slots);
         let permit = slots.acquire(&claimed).expect("free slot");
         assert!(claimed.claimed());
         assert!(
@@ -213,23 +261,24 @@ mod tests {
             "a started launch cannot be withdrawn"
         );
 
-        let waiting = LaunchTicket::new();
-        let behind = LaunchTicket::new();
+        let waiting = registered(&slots);
+        let behind = registered(&slots);
         let (s1, w1) = (slots.clone(), waiting.clone());
         let t1 = std::thread::spawn(move || s1.acquire(&w1).map(drop));
         let (s2, b2) = (slots.clone(), behind.clone());
         let t2 = std::thread::spawn(move || s2.acquire(&b2).map(|_| ()));
-        wait_until(|| crate::lock(&slots.state).waiting.len() == 2);
+        std::thread::sleep(Duration::from_millis(20));
         assert!(slots.withdraw(&waiting));
         assert!(
             slots.withdraw(&waiting),
             "withdrawing twice is still withdrawn"
         );
         assert_eq!(t1.join().expect("join"), Err(NoSlot::Withdrawn));
-        // The one behind it now goes first once the slot frees.
+        // The one behind it goes once the slot frees.
         drop(permit);
         assert_eq!(t2.join().expect("join"), Ok(()));
         assert_eq!(slots.running(), 0);
+        wait_until(|| crate::lock(&slots.state).pending.is_empty());
     }
 
     #[test]
@@ -237,12 +286,13 @@ mod tests {
         let slots = Arc::new(Slots::default());
         slots.set_limit(Some(0));
         let s = slots.clone();
-        let waiter = std::thread::spawn(move || s.acquire(&LaunchTicket::new()).map(drop));
-        wait_until(|| crate::lock(&slots.state).waiting.len() == 1);
+        let ticket = registered(&slots);
+        let waiter = std::thread::spawn(move || s.acquire(&ticket).map(drop));
+        std::thread::sleep(Duration::from_millis(20));
         slots.close();
         assert_eq!(waiter.join().expect("join"), Err(NoSlot::Closed));
         assert_eq!(
-            slots.acquire(&LaunchTicket::new()).map(drop),
+            slots.acquire(&registered(&slots)).map(drop),
             Err(NoSlot::Closed)
         );
     }
@@ -251,7 +301,7 @@ mod tests {
     fn without_a_limit_every_launch_goes_at_once() {
         let slots = Arc::new(Slots::default());
         let permits: Vec<_> = (0..100)
-            .map(|_| slots.acquire(&LaunchTicket::new()).expect("slot"))
+            .map(|_| slots.acquire(&registered(&slots)).expect("slot"))
             .collect();
         assert_eq!(slots.running(), 100);
         drop(permits);

@@ -19,9 +19,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Jobs running at once. Default: the number of cores.
     pub max_concurrent: usize,
-    /// Admit the next job ahead of a free slot, so that it starts the moment a running job's tree is gone
-    /// (shown as queued until then). Default: true.
-    pub standby: bool,
+    /// Jobs admitted ahead of a free slot, each started the moment a running job's tree is gone (shown as
+    /// queued until then). Default: 1; 0 admits only into free slots.
+    pub standby_jobs: usize,
     /// Requeue jobs stopped by a graceful shutdown. Default: true.
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorSection,
@@ -194,7 +194,7 @@ impl Default for Config {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7411))),
             max_concurrent: aura_engine::default_max_concurrent(),
-            standby: true,
+            standby_jobs: 1,
             requeue_on_shutdown: true,
             supervisor: SupervisorSection::default(),
             admission: AdmissionSection::default(),

@@ -95,7 +95,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = aura_engine::start(EngineConfig {
         data_dir: data_dir.clone(),
         max_concurrent: config.max_concurrent,
-        standby: config.standby,
+        standby: config.standby_jobs,
         admission: config.admission.to_engine(),
         guards: config.guards.clone(),
         diagnostics: config.diagnostics.clone(),

@@ -668,8 +668,9 @@ mod supervision {
     /// starting, and the next one takes its place; with standby off, nothing is admitted ahead.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_standby_is_queued_until_it_starts_and_cancels_without_starting() {
-        for standby in ["true", "false"] {
-            let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1"), ("AURA_STANDBY", standby)]);
+        for standby in ["2", "0"] {
+            let daemon =
+                Daemon::start(&[("AURA_MAX_CONCURRENT", "1"), ("AURA_STANDBY_JOBS", standby)]);
             let client = daemon.client();
             let blocker = submit(&client, &spec("sleep", &["30"])).await;
             wait_running(&client, blocker, 1).await;
