@@ -119,6 +119,10 @@ pub(crate) fn start(
 
 impl Launcher {
     fn launch(&self, req: &LaunchRequest, stack: &mut [u8]) -> Result<Spawned, LaunchError> {
+        // Taken back while it sat in the queue (a cancelled standby): prepare nothing for it.
+        if req.ticket.withdrawn() {
+            return Err(LaunchError::Withdrawn);
+        }
         let workdirs = &self.workdirs;
         let program = resolve_program(
             &req.program,

@@ -44,7 +44,7 @@ impl LaunchTicket {
         self.0.state.load(Ordering::Acquire) == CLAIMED
     }
 
-    fn withdrawn(&self) -> bool {
+    pub(crate) fn withdrawn(&self) -> bool {
         self.0.state.load(Ordering::Acquire) == WITHDRAWN
     }
 
