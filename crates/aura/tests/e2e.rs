@@ -1195,6 +1195,64 @@ mod admission {
         );
     }
 
+    /// A standby holds its reservation while it waits for a slot; a lease that needs that capacity gets
+    /// it (the standby goes back to the queue) instead of being refused.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lease_takes_what_a_waiting_standby_reserved() {
+        let daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "1"),
+            ("AURA_ADMISSION__MEMORY", "1GiB"),
+        ]);
+        let client = daemon.client();
+        let http = reqwest::Client::new();
+        let mut blocker = spec("sleep", &["30"]);
+        blocker.resources.memory = Some("300MiB".parse().unwrap());
+        let blocker = submit(&client, &blocker).await;
+        wait_running(&client, blocker, 1).await;
+        let marker = daemon.data_dir.join("standby-ran");
+        let mut standby = spec("touch", &[marker.to_str().expect("utf-8 path")]);
+        standby.resources.memory = Some("600MiB".parse().unwrap());
+        let standby = submit(&client, &standby).await;
+        let u = client.utilization().await.unwrap();
+        assert_eq!(
+            u["reserved_memory_bytes"],
+            900u64 << 20,
+            "the standby holds its reservation: {u}"
+        );
+        let resp = http
+            .post(format!("{}/api/leases", daemon.url))
+            .json(&serde_json::json!({"resources": {"memory": "600MiB"}, "ttl": "60s"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            201,
+            "the lease got the standby's memory"
+        );
+        let lease_id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_u64()
+            .unwrap();
+        let u = client.utilization().await.unwrap();
+        assert_eq!(u["queued"], 1, "{u}");
+        assert_eq!(u["reserved_memory_bytes"], 900u64 << 20, "{u}");
+        client.cancel(blocker).await.unwrap();
+        wait_done(&client, blocker).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !marker.exists(),
+            "the withdrawn standby waits for the lease's memory"
+        );
+        let release = http
+            .delete(format!("{}/api/leases/{lease_id}", daemon.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(release.status().as_u16(), 204);
+        assert!(outcome(&wait_done(&client, standby).await).is_success());
+        assert!(marker.exists());
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_rate_limit_holds_starts_back_and_says_until_when() {
         let daemon = Daemon::start(&[
