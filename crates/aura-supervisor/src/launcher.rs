@@ -99,12 +99,10 @@ pub(crate) fn start(
                         let Some(LauncherMsg::Launch(req, reply)) = msg else {
                             break;
                         };
+                        // A launch that fails (or is withdrawn, or panics) before it reaches its slot
+                        // leaves the line: the launches behind it must not wait for it.
+                        let _leave = LeaveLine(&launcher.slots, &req.ticket);
                         let result = launcher.launch(&req, &mut stack);
-                        if !req.ticket.claimed() {
-                            // It failed (or was withdrawn) before it reached its slot: the launches
-                            // behind it must not wait for it.
-                            launcher.slots.forget(&req.ticket);
-                        }
                         if let Err(Ok(orphan)) = reply.send(result) {
                             // The caller went away (its launch future was cancelled): nobody owns this
                             // tree. The watcher reaps it and kills the rest.
@@ -115,6 +113,17 @@ pub(crate) fn start(
                 })
         })
         .collect()
+}
+
+/// Takes an unclaimed launch out of the slots' line when dropped.
+struct LeaveLine<'a>(&'a Slots, &'a crate::LaunchTicket);
+
+impl Drop for LeaveLine<'_> {
+    fn drop(&mut self) {
+        if !self.1.claimed() {
+            self.0.forget(self.1);
+        }
+    }
 }
 
 impl Launcher {
