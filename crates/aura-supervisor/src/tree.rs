@@ -367,10 +367,19 @@ impl TreeStats {
     /// empty (the common case: one read to know), reads the final figures and hands the cgroups back at
     /// once, so the owner is woken once with everything. A tree that outlived its main process is killed
     /// and waited for on the blocking pool (bounded by `kill_wait`), never on the watcher thread.
-    pub fn conclude(self: &Arc<Self>, reaped: Reaped, ending: &Arc<Ending>) {
+    ///
+    /// `settled` runs once the tree is settled (on whichever thread settled it): the watcher bounds the
+    /// wait for the tree's last output from there.
+    pub fn conclude(
+        self: &Arc<Self>,
+        reaped: Reaped,
+        ending: &Arc<Ending>,
+        settled: impl FnOnce(&Arc<TreeStats>) + Send + 'static,
+    ) {
         *crate::lock(&self.exit) = Some(reaped);
         if self.tree.is_empty() {
             self.settle(ending, true);
+            settled(self);
             return;
         }
         self.ended.notify_one();
@@ -378,6 +387,7 @@ impl TreeStats {
         drop(ending.runtime.spawn_blocking(move || {
             let empty = stats.tree.kill_and_wait(end.kill_wait);
             stats.settle(&end, empty);
+            settled(&stats);
         }));
     }
 
@@ -435,13 +445,9 @@ impl TreeStats {
     }
 
     /// The bytes the captures dropped, once every capture has ended.
-    fn logs_finished(&self) -> Option<u64> {
+    pub fn logs_finished(&self) -> Option<u64> {
         let logs = crate::lock(&self.logs);
         (logs.open == 0).then_some(logs.truncated)
-    }
-
-    fn logs_truncated(&self) -> u64 {
-        crate::lock(&self.logs).truncated
     }
 
     /// The main process's status, once the watcher reaped it.
@@ -919,15 +925,9 @@ impl RunningTree {
         let reaped = self.stats.exit().unwrap_or_else(Reaped::unknown);
 
         // Log capture ends at EOF once every holder of the pipes is dead (usually with the exit itself);
-        // a process outside the backend's reach may keep a pipe open, so bound the wait and give up.
-        let logs = self.stats.ended_with(TreeStats::logs_finished);
-        let truncated = match tokio::time::timeout(Duration::from_secs(1), logs).await {
-            Ok(truncated) => truncated,
-            Err(_) => {
-                self.sup.watcher.abandon_logs(&self.stats);
-                self.stats.logs_truncated()
-            }
-        };
+        // where a process out of the backend's reach keeps a pipe open, the watcher gives the capture up
+        // shortly after the tree settled.
+        let truncated = self.stats.ended_with(TreeStats::logs_finished).await;
         self.finished = true;
 
         let live = self.stats.live();
@@ -993,15 +993,7 @@ impl Drop for RunningTree {
         if self.finished {
             return;
         }
+        // The watcher reaps it, kills the rest of the tree and ends its captures.
         kill_main(&self.stats, self.pidfd.as_deref());
-        // The capture ends at EOF once the tree is dead; a process out of the backend's reach may hold
-        // the pipes open, so it is given up after a while.
-        if self.stats.logs_finished().is_none() {
-            let (watcher, stats) = (self.sup.watcher.clone(), self.stats.clone());
-            drop(self.sup.runtime.spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                watcher.abandon_logs(&stats);
-            }));
-        }
     }
 }

@@ -9,7 +9,9 @@
 //! It also captures every job's stdout and stderr: their pipes sit in the same epoll set, and each
 //! readable pipe is drained into its log files on this thread (`aura_logs::Capture`, at most
 //! `LOG_BUDGET` bytes a turn, so a chatty job cannot hold up the others' exits). At a job's exit its
-//! pipes' EOF arrives with its pidfd, in one wake-up.
+//! pipes' EOF arrives with its pidfd, in one wake-up; a capture still open `LOG_LINGER` after its tree
+//! settled (a process out of the backend's reach holds the pipe) is given up, so that nobody waiting
+//! for a tree's captures waits longer than that.
 //!
 //! Sampling: every `sample_interval` it reads current memory, process count and CPU of every tree, and
 //! every `watch_interval` the trees with a memory limit (watchdog and OOM checks). Registering a tree
@@ -19,7 +21,7 @@
 use crate::tree::{self, Ending, TreeStats};
 use aura_logs::Capture;
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,8 @@ use std::time::{Duration, Instant};
 const WAKE_KEY: u64 = 0;
 /// Bytes drained from one pipe per turn: a stream that keeps its pipe full cannot starve the others.
 const LOG_BUDGET: usize = 256 * 1024;
+/// How long a settled tree's captures may stay open before they are given up.
+const LOG_LINGER: Duration = Duration::from_secs(1);
 /// How often trees without a pidfd (kernels before 5.3) are polled with `wait4`.
 const POLL_WITHOUT_PIDFD: Duration = Duration::from_millis(20);
 
@@ -89,8 +93,8 @@ struct Inbox {
     stop: bool,
     /// Trees to sample at once (their first figures need a `/proc` sample).
     sample: Vec<u64>,
-    /// Trees whose captures are given up (a process out of the backend's reach holds the pipes open).
-    abandon: Vec<Arc<TreeStats>>,
+    /// Settled trees whose captures were still open: given up after `LOG_LINGER`.
+    settled: Vec<Arc<TreeStats>>,
 }
 
 struct Shared {
@@ -118,12 +122,7 @@ impl Watcher {
     pub fn start(settings: Settings) -> std::io::Result<(Watcher, std::thread::JoinHandle<()>)> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        epoll::add(
-            &epoll,
-            &wake,
-            epoll::EventData::new_u64(WAKE_KEY),
-            epoll::EventFlags::IN,
-        )?;
+        watch_fd(&epoll, &wake, WAKE_KEY)?;
         let shared = Arc::new(Shared {
             epoll,
             wake,
@@ -159,12 +158,7 @@ impl Watcher {
         crate::lock(&self.shared.trees).insert(key, Watched { stats, pidfd });
         let mut polled = pidfd_for_epoll.is_none();
         if let Some(fd) = &pidfd_for_epoll {
-            if let Err(e) = epoll::add(
-                &self.shared.epoll,
-                fd,
-                epoll::EventData::new_u64(key),
-                epoll::EventFlags::IN,
-            ) {
+            if let Err(e) = watch_fd(&self.shared.epoll, fd, key) {
                 tracing::warn!(error = %e, "cannot watch a pidfd; reaping by polling");
                 let mut trees = crate::lock(&self.shared.trees);
                 if let Some(mut tree) = trees.remove(key) {
@@ -176,7 +170,7 @@ impl Watcher {
         }
         if sample_now || polled {
             crate::lock(&self.shared.inbox).sample.push(key);
-            self.wake();
+            wake(&self.shared);
         }
     }
 
@@ -196,12 +190,7 @@ impl Watcher {
         // the watcher removes it only after one of its events (which follow this registration) or when
         // its tree's owner gives it up (which needs the tree, handed out after `register` returned).
         let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        if let Err(e) = epoll::add(
-            &self.shared.epoll,
-            fd,
-            epoll::EventData::new_u64(key),
-            epoll::EventFlags::IN,
-        ) {
+        if let Err(e) = watch_fd(&self.shared.epoll, fd, key) {
             tracing::warn!(error = %e, "cannot watch a log pipe; the stream is not captured");
             let removed = crate::lock(&self.shared.logs).remove(&key);
             if let Some(logged) = removed {
@@ -210,30 +199,36 @@ impl Watcher {
         }
     }
 
-    /// Gives up the captures of `stats`' tree that have not reached EOF, closing their pipes.
-    pub fn abandon_logs(&self, stats: &Arc<TreeStats>) {
-        crate::lock(&self.shared.inbox).abandon.push(stats.clone());
-        self.wake();
-    }
-
-    /// Asks the thread to stop; it returns after its current round.
+    /// Asks the thread to stop; it ends every capture still open and returns after its current round.
     pub fn stop(&self) {
         crate::lock(&self.shared.inbox).stop = true;
-        self.wake();
+        wake(&self.shared);
     }
+}
 
-    fn wake(&self) {
-        if let Err(e) = rustix::io::write(&self.shared.wake, &1u64.to_ne_bytes()) {
-            // EAGAIN: the counter is saturated, so the thread is woken anyway.
-            if e != rustix::io::Errno::AGAIN {
-                tracing::error!(error = %e, "cannot wake the watcher thread");
-            }
+fn wake(shared: &Shared) {
+    if let Err(e) = rustix::io::write(&shared.wake, &1u64.to_ne_bytes()) {
+        // EAGAIN: the counter is saturated, so the thread is woken anyway.
+        if e != rustix::io::Errno::AGAIN {
+            tracing::error!(error = %e, "cannot wake the watcher thread");
         }
     }
 }
 
-fn run(shared: &Shared, settings: &Settings) {
+/// Adds `fd` to the epoll set, reported readable under `key`.
+fn watch_fd(epoll: &OwnedFd, fd: impl rustix::fd::AsFd, key: u64) -> rustix::io::Result<()> {
+    epoll::add(
+        epoll,
+        fd,
+        epoll::EventData::new_u64(key),
+        epoll::EventFlags::IN,
+    )
+}
+
+fn run(shared: &Arc<Shared>, settings: &Settings) {
     let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
+    // Settled trees whose captures were still open, with when to give them up (oldest first).
+    let mut lingering: VecDeque<(Instant, Arc<TreeStats>)> = VecDeque::new();
     let mut next_full = Instant::now() + settings.sample_interval;
     let mut next_watch = Instant::now() + settings.watch_interval;
     loop {
@@ -248,6 +243,9 @@ fn run(shared: &Shared, settings: &Settings) {
         }
         if polling {
             wake_at = wake_at.min(now + POLL_WITHOUT_PIDFD);
+        }
+        if let Some((deadline, _)) = lingering.front() {
+            wake_at = wake_at.min(*deadline);
         }
         let timeout = wake_at.saturating_duration_since(now);
         let timeout = Timespec {
@@ -283,15 +281,22 @@ fn run(shared: &Shared, settings: &Settings) {
                 }
             }
         }
+        for key in exited {
+            conclude(shared, settings, key);
+        }
         let inbox = std::mem::take(&mut *crate::lock(&shared.inbox));
         if inbox.stop {
             break;
         }
-        for stats in inbox.abandon {
-            abandon_logs(shared, &stats);
-        }
-        for key in exited {
-            conclude(shared, settings, key);
+        let now = Instant::now();
+        lingering.extend(inbox.settled.into_iter().map(|t| (now + LOG_LINGER, t)));
+        while lingering
+            .front()
+            .is_some_and(|(deadline, _)| *deadline <= now)
+        {
+            if let Some((_, stats)) = lingering.pop_front() {
+                abandon_logs(shared, &stats);
+            }
         }
         if polling {
             let unwatched: Vec<u64> = crate::lock(&shared.trees)
@@ -338,6 +343,11 @@ fn run(shared: &Shared, settings: &Settings) {
             }
         }
     }
+    // Nobody waiting for a capture may wait for a thread that is gone.
+    let open: Vec<Logged> = crate::lock(&shared.logs).drain().map(|(_, l)| l).collect();
+    for logged in open {
+        end_log(shared, logged);
+    }
 }
 
 /// Drains the log pipe `key` (if it is one: `false` otherwise); at EOF or on an error its capture ends.
@@ -365,6 +375,7 @@ fn end_log(shared: &Shared, logged: Logged) {
     logged.stats.log_done(logged.capture.report());
 }
 
+/// Gives up the captures of `stats`' tree that have not reached EOF, closing their pipes.
 fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
     let abandoned: Vec<Logged> = {
         let mut logs = crate::lock(&shared.logs);
@@ -386,7 +397,7 @@ fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
 }
 
 /// Reaps the main process of tree `key` if it has exited, and concludes the tree.
-fn conclude(shared: &Shared, settings: &Settings, key: u64) {
+fn conclude(shared: &Arc<Shared>, settings: &Settings, key: u64) {
     let Some(watched) = crate::lock(&shared.trees).remove(key) else {
         return;
     };
@@ -407,5 +418,14 @@ fn conclude(shared: &Shared, settings: &Settings, key: u64) {
     if let Some(fd) = &watched.pidfd {
         let _ = epoll::delete(&shared.epoll, &**fd);
     }
-    watched.stats.conclude(reaped, &settings.ending);
+    let shared = shared.clone();
+    watched
+        .stats
+        .conclude(reaped, &settings.ending, move |stats| {
+            // Most trees' captures reached EOF with the exit; the rest get `LOG_LINGER` from now.
+            if stats.logs_finished().is_none() {
+                crate::lock(&shared.inbox).settled.push(stats.clone());
+                wake(&shared);
+            }
+        });
 }
