@@ -95,7 +95,7 @@ pub(crate) fn start(
                 .spawn(move || {
                     let mut stack = vec![0u8; CHILD_STACK];
                     loop {
-                        let msg = rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv();
+                        let msg = crate::lock(&rx).blocking_recv();
                         let Some(LauncherMsg::Launch(req, reply)) = msg else {
                             break;
                         };

@@ -3,8 +3,8 @@
 //! wait in a bounded pool for the next job and are removed at shutdown).
 //!
 //! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
-//! plain process groups), starting jobs from one dedicated launcher thread (so `PR_SET_PDEATHSIG` ties
-//! them to a thread that lives as long as the supervisor), reaping them on one watcher thread (pidfds in
+//! plain process groups), starting jobs from dedicated launcher threads (so `PR_SET_PDEATHSIG` ties
+//! them to threads that live as long as the supervisor) under a running limit, reaping them on one watcher thread (pidfds in
 //! an epoll set, `wait4`), stop sequences, memory/CPU accounting (kernel high-water marks where the host
 //! has them, sampled by the watcher thread otherwise), wiring stdout/stderr into `aura_logs`, and
 //! killing what a crashed predecessor left.
@@ -12,9 +12,9 @@
 //! It does not own: job state, scheduling, persistence (the engine stores each [`TreeHandle`] and
 //! hands leftovers to [`Supervisor::recover`]), or the log file format (`aura_logs`).
 //!
-//! Threads: one launcher thread and one watcher thread per [`Supervisor`]; the rarer blocking cgroupfs
-//! and `/proc` work (signalling a tree, killing one that outlived its main process) runs in
-//! `spawn_blocking`. Nothing blocking runs on async worker threads, except the few `mkdir`s of
+//! Threads: `SupervisorConfig::launchers` launcher threads and one watcher thread per [`Supervisor`];
+//! the rarer blocking cgroupfs and `/proc` work (signalling a tree, killing one that outlived its main
+//! process) runs in `spawn_blocking`. Nothing blocking runs on async worker threads, except the few `mkdir`s of
 //! [`Supervisor::start`].
 //!
 //! Backend guarantees:
@@ -307,8 +307,8 @@ impl std::fmt::Debug for LauncherMsg {
     }
 }
 
-/// The process-tree supervisor; cheap to clone. Running trees keep it alive: its launcher thread (the
-/// parent of every job, see `PR_SET_PDEATHSIG`) ends when the last clone and tree are gone or at
+/// The process-tree supervisor; cheap to clone. Running trees keep it alive: its launcher threads (the
+/// parents of every job, see `PR_SET_PDEATHSIG`) end when the last clone and tree are gone or at
 /// [`shutdown`](Supervisor::shutdown).
 #[derive(Clone, Debug)]
 pub struct Supervisor {
@@ -440,7 +440,7 @@ impl Supervisor {
 
     /// At most `max` trees run at once from now on (`None`: no limit, the default): a launch beyond it
     /// waits on its launcher thread, fully prepared, and starts the moment a tree is gone — in the order
-    /// of the launches' tickets. A tree counts from its clone until it is known empty (its main process
+    /// `launch` was called. A tree counts from its clone until it is known empty (its main process
     /// reaped and no process left in it).
     pub fn limit_running(&self, max: Option<usize>) {
         self.inner.slots.set_limit(max);

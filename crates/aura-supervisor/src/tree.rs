@@ -802,7 +802,6 @@ impl UsageProbe {
 pub struct RunningTree {
     pub(crate) sup: Arc<Inner>,
     pub(crate) handle: TreeHandle,
-    pub(crate) tree: TreeRef,
     pub(crate) stats: Arc<TreeStats>,
     /// The main process's pidfd (shared with the watcher): signals through it never reach a reused pid.
     pub(crate) pidfd: Option<Arc<OwnedFd>>,
@@ -832,7 +831,6 @@ impl RunningTree {
         RunningTree {
             sup,
             handle,
-            tree: stats.tree.clone(),
             stats,
             pidfd,
             started,
@@ -887,7 +885,7 @@ impl RunningTree {
         &self,
         f: impl FnOnce(TreeRef) -> T + Send + 'static,
     ) -> Option<T> {
-        let tree = self.tree.clone();
+        let tree = self.stats.tree.clone();
         self.sup.runtime.spawn_blocking(move || f(tree)).await.ok()
     }
 
