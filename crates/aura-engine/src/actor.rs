@@ -591,7 +591,8 @@ impl Actor {
         active
     }
 
-    /// Puts every standby back in the queue: admission paused, or a lease needs what they reserved.
+    /// Puts every admitted job that has not taken its running slot (the standbys, and a launch still on its
+    /// way to a free slot) back in the queue: admission paused, or a lease needs what they reserved.
     fn withdraw_standby(&mut self) -> usize {
         let ids: Vec<JobId> = self.active.keys().copied().collect();
         let mut withdrawn = 0;

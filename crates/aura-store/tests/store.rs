@@ -715,6 +715,23 @@ async fn memory_peaks_come_from_successful_jobs_of_the_kind_newest_first() {
     assert!(store.memory_peaks("render", 10).await.unwrap().is_empty());
 }
 
+/// Queues `job`'s write with `record_then`; the receiver gets what its callback was handed.
+async fn record_then(
+    job: &Job,
+    events: &[NewEvent],
+    commit: Commit,
+    store: &Store,
+) -> tokio::sync::oneshot::Receiver<Result<(), StoreError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .record_then(job, events, commit, move |r| {
+            let _ = tx.send(r);
+        })
+        .await
+        .unwrap();
+    rx
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn engine_events_append_and_page_and_pressure_stops_persist() {
     let dir = TempDir::new().unwrap();
@@ -744,26 +761,14 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     // `record_then` runs its callback on the writer thread once committed: the write is visible then,
     // and a failed write hands its own error to the callback.
     job.pressure_stops = 3;
-    let (tx, committed) = tokio::sync::oneshot::channel();
-    store
-        .record_then(&job, &[event("started", 9)], Commit::Now, move |r| {
-            let _ = tx.send(r);
-        })
-        .await
-        .unwrap();
+    let committed = record_then(&job, &[event("started", 9)], Commit::Now, &store).await;
     committed.await.unwrap().unwrap();
     assert_eq!(store.get(job.id).await.unwrap().unwrap().pressure_stops, 3);
     let ghost = Job {
         id: JobId(987_654),
         ..job.clone()
     };
-    let (tx, failed) = tokio::sync::oneshot::channel();
-    store
-        .record_then(&ghost, &[], Commit::Soon, move |r| {
-            let _ = tx.send(r);
-        })
-        .await
-        .unwrap();
+    let failed = record_then(&ghost, &[], Commit::Soon, &store).await;
     assert!(matches!(
         failed.await.unwrap(),
         Err(StoreError::NotFound(JobId(987_654)))
@@ -789,14 +794,7 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
     let before = store.stats();
     let mut committed = Vec::new();
     for n in 0..20 {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        store
-            .record_then(&job, &[event("progress", n)], Commit::Soon, move |r| {
-                let _ = tx.send(r);
-            })
-            .await
-            .unwrap();
-        committed.push(rx);
+        committed.push(record_then(&job, &[event("progress", n)], Commit::Soon, &store).await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(store.stats().commits, before.commits, "held for the window");
@@ -821,13 +819,7 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
     assert_eq!(store.events(job.id).await.unwrap().len(), 22);
 
     // Closing commits what is held at once.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    store
-        .record_then(&job, &[event("last", 100)], Commit::Soon, move |r| {
-            let _ = tx.send(r);
-        })
-        .await
-        .unwrap();
+    let rx = record_then(&job, &[event("last", 100)], Commit::Soon, &store).await;
     let t0 = std::time::Instant::now();
     store.close().await.unwrap();
     rx.await.unwrap().unwrap();

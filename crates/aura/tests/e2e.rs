@@ -152,6 +152,28 @@ async fn wait_done(client: &Client, id: JobId) -> JobView {
     view
 }
 
+/// `POST /api/leases` (the typed client has no lease calls).
+async fn acquire_lease(
+    http: &reqwest::Client,
+    daemon: &Daemon,
+    body: serde_json::Value,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{}/api/leases", daemon.url))
+        .json(&body)
+        .send()
+        .await
+}
+
+/// `DELETE /api/leases/{id}`; the status code.
+async fn release_lease(http: &reqwest::Client, daemon: &Daemon, id: u64) -> u16 {
+    http.delete(format!("{}/api/leases/{id}", daemon.url))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn wait_running(client: &Client, id: JobId, min_processes: u32) -> JobView {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1116,11 +1138,7 @@ mod admission {
         let daemon = Daemon::start(&[("AURA_ADMISSION__MEMORY", "1GiB")]);
         let client = daemon.client();
         let http = reqwest::Client::new();
-        let acquire = |body: serde_json::Value| {
-            http.post(format!("{}/api/leases", daemon.url))
-                .json(&body)
-                .send()
-        };
+        let acquire = |body: serde_json::Value| acquire_lease(&http, &daemon, body);
         let resp = acquire(serde_json::json!({"resources": {"memory": "600MiB"}, "ttl": "1s", "holder": "tts-worker"}))
             .await
             .unwrap();
@@ -1183,12 +1201,7 @@ mod admission {
         let id: u64 = resp.json::<serde_json::Value>().await.unwrap()["id"]
             .as_u64()
             .unwrap();
-        let release = http
-            .delete(format!("{}/api/leases/{id}", daemon.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(release.status().as_u16(), 204);
+        assert_eq!(release_lease(&http, &daemon, id).await, 204);
         assert_eq!(
             client.utilization().await.unwrap()["reserved_memory_bytes"],
             0
@@ -1219,12 +1232,13 @@ mod admission {
             900u64 << 20,
             "the standby holds its reservation: {u}"
         );
-        let resp = http
-            .post(format!("{}/api/leases", daemon.url))
-            .json(&serde_json::json!({"resources": {"memory": "600MiB"}, "ttl": "60s"}))
-            .send()
-            .await
-            .unwrap();
+        let resp = acquire_lease(
+            &http,
+            &daemon,
+            serde_json::json!({"resources": {"memory": "600MiB"}, "ttl": "60s"}),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             resp.status().as_u16(),
             201,
@@ -1243,12 +1257,7 @@ mod admission {
             !marker.exists(),
             "the withdrawn standby waits for the lease's memory"
         );
-        let release = http
-            .delete(format!("{}/api/leases/{lease_id}", daemon.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(release.status().as_u16(), 204);
+        assert_eq!(release_lease(&http, &daemon, lease_id).await, 204);
         assert!(outcome(&wait_done(&client, standby).await).is_success());
         assert!(marker.exists());
     }
