@@ -234,6 +234,9 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Taken now, before the record pages below are read: the figures are the run's, not the report's.
+        let daemon_after = daemon_work(daemon.child.id())?;
+        let machine_after = machine_cpu_ticks()?;
         let _ = client.wait(max_id, Duration::from_secs(60)).await?;
         let min_id = ids.iter().copied().min().context("no jobs")?;
         let mut last_finish = first_submit;
@@ -270,7 +273,6 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
             anyhow::bail!("only {finished} of {jobs} jobs are recorded as finished");
         }
         let wall = last_finish.since(first_submit).as_secs_f64();
-        let daemon_after = daemon_work(daemon.child.id())?;
         eprintln!("submitted {jobs} jobs in {submit_secs:.2}s; the submitting client used {:.3} s of CPU, the daemon {:.3} s meanwhile", client_cpu_submit, daemon_mid.0 - daemon_before.0);
         eprintln!(
             "daemon per job (this run only): CPU {:.3} ms, context switches {:.1}",
@@ -278,7 +280,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
             (daemon_after.1 - daemon_before.1) as f64 / jobs as f64
         );
         let daemon_cpu = thread_cpu(daemon.child.id());
-        let (busy, total) = machine_cpu_ticks()?;
+        let (busy, total) = machine_after;
         let busy_share = (busy - cpu_before.0) as f64 / (total - cpu_before.1).max(1) as f64;
         eprintln!(
             "machine CPU busy during the run: {:.0} %",
