@@ -774,8 +774,9 @@ impl Actor {
         self.publish_counts();
         let event = NewEvent::new("started", detail);
         if self.shared.supervisor.backend() == aura_model::Backend::ProcessGroup {
-            // Recovery finds this backend's trees only through the recorded handle: written at once.
-            self.persist_active(id, vec![event]).await;
+            // Recovery finds this backend's trees only through the recorded handle: committed at once,
+            // not in a group window (a crash inside it would leave the tree unfindable).
+            self.persist_active(id, vec![event], Commit::Now).await;
         } else {
             self.deferred_started.insert(id, vec![event]);
             if self.deferred_flush.is_none() {
@@ -836,8 +837,12 @@ impl Actor {
         });
         self.engine_event(NewEvent::new("pressure_victim", detail.clone()))
             .await;
-        self.persist_active(victim.id, vec![NewEvent::new("pressure_victim", detail)])
-            .await;
+        self.persist_active(
+            victim.id,
+            vec![NewEvent::new("pressure_victim", detail)],
+            Commit::Soon,
+        )
+        .await;
         self.shared
             .memory
             .pressure_victims
@@ -887,7 +892,7 @@ impl Actor {
                 json!({ "kills": kills, "action": "the kernel's OOM killer hit the tree; killing the rest" }),
             ),
         };
-        self.persist_active(id, vec![event]).await;
+        self.persist_active(id, vec![event], Commit::Soon).await;
     }
 
     /// Marks a live job as stopping and tells its monitor. A job still launching is stopped as soon as it has
@@ -922,6 +927,7 @@ impl Actor {
             self.persist_active(
                 id,
                 vec![NewEvent::new("stop_requested", json!({ "reason": reason }))],
+                Commit::Soon,
             )
             .await;
         }
@@ -1059,14 +1065,14 @@ impl Actor {
     /// because the store applies writes in queue order. Failures are logged when the commit resolves.
     async fn persist(&mut self, job: &Job, events: Vec<NewEvent>) {
         let events = self.with_deferred(job.id, events);
-        queue_write(&self.shared, job, events, false).await;
+        queue_write(&self.shared, job, events, Commit::Soon, false).await;
     }
 
     /// `persist` of a live job, in place (no copy of the job to get around the borrow of `self`).
-    async fn persist_active(&mut self, id: JobId, events: Vec<NewEvent>) {
+    async fn persist_active(&mut self, id: JobId, events: Vec<NewEvent>, commit: Commit) {
         let events = self.with_deferred(id, events);
         if let Some(active) = self.active.get(&id) {
-            queue_write(&self.shared, &active.job, events, false).await;
+            queue_write(&self.shared, &active.job, events, commit, false).await;
         }
     }
 
@@ -1074,7 +1080,7 @@ impl Actor {
     /// so that what they read next is the final record.
     async fn persist_final(&mut self, job: &Job, events: Vec<NewEvent>) {
         let events = self.with_deferred(job.id, events);
-        queue_write(&self.shared, job, events, true).await;
+        queue_write(&self.shared, job, events, Commit::Soon, true).await;
     }
 
     /// `events` preceded by the job's held-back `started` event, if any: one write carries both.
@@ -1093,7 +1099,7 @@ impl Actor {
         self.deferred_flush = None;
         let ids: Vec<JobId> = self.deferred_started.keys().copied().collect();
         for id in ids {
-            self.persist_active(id, Vec::new()).await;
+            self.persist_active(id, Vec::new(), Commit::Soon).await;
         }
         self.deferred_started.clear();
     }
@@ -1101,8 +1107,15 @@ impl Actor {
 
 /// Queues one job's write in the store's group commit. The store's writer thread logs a failure and,
 /// for a final state (`finished`), announces the job to waiters once the commit is done — even if it
-/// failed: waiters then re-read and see what the store has. Nothing here waits for the commit.
-async fn queue_write(shared: &Shared, job: &Job, events: Vec<NewEvent>, finished: bool) {
+/// failed: waiters then re-read and see what the store has. Nothing here waits for the commit; a final
+/// state someone waits for is committed `Now` whatever `commit` says.
+async fn queue_write(
+    shared: &Shared,
+    job: &Job,
+    events: Vec<NewEvent>,
+    commit: Commit,
+    finished: bool,
+) {
     let id = job.id;
     let announce = finished.then(|| shared.finished.clone());
     let then = move |result: Result<(), aura_store::StoreError>| {
@@ -1118,7 +1131,7 @@ async fn queue_write(shared: &Shared, job: &Job, events: Vec<NewEvent>, finished
     let commit = if finished && shared.finished.receiver_count() > 0 {
         Commit::Now
     } else {
-        Commit::Soon
+        commit
     };
     if let Err(e) = shared.store.record_then(job, &events, commit, then).await {
         tracing::error!(job_id = %id, error = %e, "failed to persist a job state change");
