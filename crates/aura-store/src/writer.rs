@@ -7,6 +7,7 @@ use crate::error::{Context, StoreError};
 use crate::Commit;
 use aura_model::JobId;
 use rusqlite::{params, params_from_iter, Connection, ToSql, TransactionBehavior};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -188,10 +189,21 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(failed)?;
+        // A job's row written again later in the same transaction is written only then (every state
+        // column is in each write); its events are appended all the same, in order. Under a stream of
+        // short jobs a job's start and end usually share a batch.
+        let mut later: HashSet<JobId> = HashSet::new();
+        let mut superseded = vec![false; writes.len()];
+        for (i, write) in writes.iter().enumerate().rev() {
+            if let Write::Record { id, .. } = write {
+                superseded[i] = !later.insert(*id);
+            }
+        }
         // An error returns before the commit: dropping `tx` rolls back what was applied.
         let ids = writes
             .iter()
-            .map(|write| write.execute(&tx))
+            .zip(superseded)
+            .map(|(write, superseded)| write.execute(&tx, superseded))
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().map_err(failed)?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +212,9 @@ impl Writer {
 }
 
 impl Write {
-    fn execute(&self, conn: &Connection) -> Result<JobId, StoreError> {
+    /// Applies the write; `superseded`: a later write of the same transaction sets the job's row, so only
+    /// this one's events are written.
+    fn execute(&self, conn: &Connection, superseded: bool) -> Result<JobId, StoreError> {
         match self {
             Write::Insert { job, event, .. } => {
                 conn.prepare_cached(
@@ -221,18 +235,22 @@ impl Write {
             Write::Record {
                 id, job, events, ..
             } => {
-                let changed = conn
-                    .prepare_cached(
-                        "UPDATE jobs SET state = ?2, updated_at_ms = ?3, attempt = ?4, failures = ?5, \
-                         outcome = ?6, state_data = ?7, memory_request = ?8, pressure_stops = ?9 WHERE id = ?1",
-                    )
-                    .and_then(|mut stmt| {
-                        let id: &dyn ToSql = &id.0;
-                        stmt.execute(params_from_iter(std::iter::once(id).chain(state_columns(job))))
-                    })
-                    .context("updating a job")?;
-                if changed == 0 {
-                    return Err(StoreError::NotFound(*id));
+                if !superseded {
+                    let changed = conn
+                        .prepare_cached(
+                            "UPDATE jobs SET state = ?2, updated_at_ms = ?3, attempt = ?4, failures = ?5, \
+                             outcome = ?6, state_data = ?7, memory_request = ?8, pressure_stops = ?9 WHERE id = ?1",
+                        )
+                        .and_then(|mut stmt| {
+                            let id: &dyn ToSql = &id.0;
+                            stmt.execute(params_from_iter(
+                                std::iter::once(id).chain(state_columns(job)),
+                            ))
+                        })
+                        .context("updating a job")?;
+                    if changed == 0 {
+                        return Err(StoreError::NotFound(*id));
+                    }
                 }
                 for event in events {
                     insert_event(conn, *id, job.attempt, event)?;

@@ -790,10 +790,12 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
     )
     .await
     .unwrap();
-    let job = store.insert_job(spec(1), at(0), None).await.unwrap();
+    let mut job = store.insert_job(spec(1), at(0), None).await.unwrap();
     let before = store.stats();
     let mut committed = Vec::new();
     for n in 0..20 {
+        // Each write sets the row differently: the batch must leave the last one's.
+        job.pressure_stops = n as u32;
         committed.push(record_then(&job, &[event("progress", n)], Commit::Soon, &store).await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -801,6 +803,7 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
     assert!(committed[0].try_recv().is_err(), "not committed yet");
 
     let t0 = std::time::Instant::now();
+    job.pressure_stops = 77;
     store.record(&job, vec![event("now", 99)]).await.unwrap();
     assert!(
         t0.elapsed() < Duration::from_secs(10),
@@ -816,7 +819,20 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
         1,
         "one commit for the whole batch"
     );
-    assert_eq!(store.events(job.id).await.unwrap().len(), 22);
+    let events = store.events(job.id).await.unwrap();
+    assert_eq!(events.len(), 22);
+    let progress: Vec<i64> = events
+        .iter()
+        .filter(|e| e.kind == "progress")
+        .map(|e| e.at.unix_millis())
+        .collect();
+    let expected: Vec<i64> = (0..20).map(|n| at(n).unix_millis()).collect();
+    assert_eq!(progress, expected, "every event, in order");
+    assert_eq!(
+        store.get(job.id).await.unwrap().unwrap(),
+        job,
+        "the row is the batch's last write"
+    );
 
     // Closing commits what is held at once.
     let rx = record_then(&job, &[event("last", 100)], Commit::Soon, &store).await;
