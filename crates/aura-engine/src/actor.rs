@@ -241,17 +241,7 @@ struct Actor {
     monitors: JoinSet<()>,
     monitor_jobs: HashMap<tokio::task::Id, JobId>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
-    /// `started` writes held back (see `started`): the job's events, written with its next write or
-    /// when `deferred_flush` fires.
-    deferred_started: HashMap<JobId, Vec<NewEvent>>,
-    deferred_flush: Option<Pin<Box<tokio::time::Sleep>>>,
 }
-
-/// How long a `started` write may wait for the same job's next write. Most short jobs end within it, and
-/// their start is then written with their end, in one write instead of two. Only where crash recovery
-/// does not need the recorded tree (cgroup backends kill every job cgroup of the instance); a crash
-/// within this window leaves such a job `queued`, and it runs again.
-const STARTED_WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
 
 const COMMAND_CAPACITY: usize = 1024;
 
@@ -293,8 +283,6 @@ pub(crate) async fn spawn(
         monitors: JoinSet::new(),
         monitor_jobs: HashMap::new(),
         shutdown_waiters: Vec::new(),
-        deferred_started: HashMap::new(),
-        deferred_flush: None,
     };
     actor.recover().await?;
     shared.accepting.store(true, Ordering::SeqCst);
@@ -364,9 +352,6 @@ impl Actor {
                 },
                 Some(joined) = self.monitors.join_next_with_id(), if !self.monitors.is_empty() => {
                     self.monitor_ended(joined).await;
-                }
-                () = async { if let Some(w) = self.deferred_flush.as_mut() { w.await } }, if self.deferred_flush.is_some() => {
-                    self.flush_deferred().await;
                 }
                 () = async { if let Some(w) = self.rate_wakeup.as_mut() { w.await } }, if self.rate_wakeup.is_some() => {
                     self.dispatch().await;
@@ -531,7 +516,6 @@ impl Actor {
             Command::EngineEvent(event) => self.engine_event(event).await,
             Command::Shutdown { reply } => {
                 self.shared.accepting.store(false, Ordering::SeqCst);
-                self.flush_deferred().await;
                 self.shutdown_waiters.push(reply);
                 let ids: Vec<JobId> = self.active.keys().copied().collect();
                 tracing::info!(running = ids.len(), "shutting down: stopping running jobs");
@@ -772,17 +756,16 @@ impl Actor {
         tracing::info!(job_id = %id, attempt = active.job.attempt, "job started");
         let pending = active.pending_stop.take();
         self.publish_counts();
-        let event = NewEvent::new("started", detail);
-        if self.shared.supervisor.backend() == aura_model::Backend::ProcessGroup {
-            // Recovery finds this backend's trees only through the recorded handle: committed at once,
-            // not in a group window (a crash inside it would leave the tree unfindable).
-            self.persist_active(id, vec![event], Commit::Now).await;
+        // A short job's start usually shares its end's commit in the store's group window. Except on the
+        // process-group fallback: recovery finds its trees only through the recorded handle, so it is
+        // committed at once (a crash inside the window would leave the tree unfindable).
+        let commit = if self.shared.supervisor.backend() == aura_model::Backend::ProcessGroup {
+            Commit::Now
         } else {
-            self.deferred_started.insert(id, vec![event]);
-            if self.deferred_flush.is_none() {
-                self.deferred_flush = Some(Box::pin(tokio::time::sleep(STARTED_WRITE_DELAY)));
-            }
-        }
+            Commit::Soon
+        };
+        self.persist_active(id, vec![NewEvent::new("started", detail)], commit)
+            .await;
         if let Some(reason) = pending {
             self.request_stop(id, reason).await;
         }
@@ -1063,14 +1046,12 @@ impl Actor {
 
     /// Queues the write in the store's group commit without waiting for it; ordering per job is preserved
     /// because the store applies writes in queue order. Failures are logged when the commit resolves.
-    async fn persist(&mut self, job: &Job, events: Vec<NewEvent>) {
-        let events = self.with_deferred(job.id, events);
+    async fn persist(&self, job: &Job, events: Vec<NewEvent>) {
         queue_write(&self.shared, job, events, Commit::Soon, false).await;
     }
 
     /// `persist` of a live job, in place (no copy of the job to get around the borrow of `self`).
-    async fn persist_active(&mut self, id: JobId, events: Vec<NewEvent>, commit: Commit) {
-        let events = self.with_deferred(id, events);
+    async fn persist_active(&self, id: JobId, events: Vec<NewEvent>, commit: Commit) {
         if let Some(active) = self.active.get(&id) {
             queue_write(&self.shared, &active.job, events, commit, false).await;
         }
@@ -1078,30 +1059,8 @@ impl Actor {
 
     /// Like `persist` for a job that reached its final state: waiters are told once the commit is done,
     /// so that what they read next is the final record.
-    async fn persist_final(&mut self, job: &Job, events: Vec<NewEvent>) {
-        let events = self.with_deferred(job.id, events);
+    async fn persist_final(&self, job: &Job, events: Vec<NewEvent>) {
         queue_write(&self.shared, job, events, Commit::Soon, true).await;
-    }
-
-    /// `events` preceded by the job's held-back `started` event, if any: one write carries both.
-    fn with_deferred(&mut self, id: JobId, events: Vec<NewEvent>) -> Vec<NewEvent> {
-        match self.deferred_started.remove(&id) {
-            Some(mut first) => {
-                first.extend(events);
-                first
-            }
-            None => events,
-        }
-    }
-
-    /// Writes every held-back `started` write (the job's state as it is now).
-    async fn flush_deferred(&mut self) {
-        self.deferred_flush = None;
-        let ids: Vec<JobId> = self.deferred_started.keys().copied().collect();
-        for id in ids {
-            self.persist_active(id, Vec::new(), Commit::Soon).await;
-        }
-        self.deferred_started.clear();
     }
 }
 
