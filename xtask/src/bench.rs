@@ -18,6 +18,21 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
         argv.extend(args.iter().map(String::as_str));
         return super::run(root, "cargo", &argv);
     }
+    // `cargo run` gives this process its own variables, LD_LIBRARY_PATH among them (seven toolchain and
+    // target directories): every /bin/true the raw loops and the daemon start would search them all for
+    // libc before the system's. Measure jobs as a daemon started from a shell or a unit would run them.
+    // Single-threaded still: no other thread reads the environment.
+    for (key, _) in std::env::vars_os() {
+        let cargo_given = key.to_str().is_some_and(|k| {
+            k == "LD_LIBRARY_PATH"
+                || k == "CARGO"
+                || k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+        });
+        if cargo_given {
+            std::env::remove_var(key);
+        }
+    }
     let which = args.first().map(String::as_str).unwrap_or("");
     let flag = |name: &str, default: usize| -> anyhow::Result<usize> {
         match args.iter().position(|a| a == name) {
@@ -36,7 +51,12 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             flag("--parallel", 2)?,
             flag("--runs", 3)?,
         ),
-        "supervisor" => supervisor(root, flag("--jobs", 2000)?, flag("--parallel", 2)?),
+        "supervisor" => supervisor(
+            root,
+            flag("--jobs", 2000)?,
+            flag("--parallel", 2)?,
+            flag("--standby", 0)?,
+        ),
         "kill" => kill_latency(root, flag("--rounds", 20)?),
         "metrics" => metrics(root, flag("--scrapes", 300)?),
         "soak" => soak(root, flag("--jobs", 10_000)?, flag("--every", 500)?),
@@ -275,9 +295,9 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
         let wall = last_finish.since(first_submit).as_secs_f64();
         eprintln!("submitted {jobs} jobs in {submit_secs:.2}s; the submitting client used {:.3} s of CPU, the daemon {:.3} s meanwhile", client_cpu_submit, daemon_mid.0 - daemon_before.0);
         eprintln!(
-            "daemon per job (this run only): CPU {:.3} ms, context switches {:.1}",
+            "daemon per job (this run only): CPU {:.3} ms, context switches {}",
             (daemon_after.0 - daemon_before.0) * 1000.0 / jobs as f64,
-            (daemon_after.1 - daemon_before.1) as f64 / jobs as f64
+            switches_per_job(&daemon_before.1, &daemon_after.1, jobs)
         );
         let daemon_cpu = thread_cpu(daemon.child.id());
         let (busy, total) = machine_after;
@@ -317,20 +337,41 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
     Ok(100.0 * rate / raw)
 }
 
-/// The daemon's CPU seconds (every thread, exited ones included) and context switches (its live threads:
-/// each switch is a sleep and a wake-up, the main cost of a hand-off between threads on this VM).
-fn daemon_work(pid: u32) -> anyhow::Result<(f64, u64)> {
+/// The daemon's CPU seconds (every thread, exited ones included) and context switches (its live threads,
+/// by thread name: each switch is a sleep and a wake-up, the main cost of a hand-off between threads on
+/// this VM).
+fn daemon_work(pid: u32) -> anyhow::Result<(f64, std::collections::BTreeMap<String, u64>)> {
     let cpu = cpu_secs(&pid_stat(&format!("/proc/{pid}/stat"))?);
-    let mut switches = 0;
+    let mut switches = std::collections::BTreeMap::<String, u64>::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        switches += status
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        *switches.entry(name.trim().to_owned()).or_default() += status
             .lines()
             .filter(|l| l.contains("ctxt_switches:"))
             .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             .sum::<u64>();
     }
     Ok((cpu, switches))
+}
+
+/// Context switches per job between two `daemon_work` readings: the total, then by thread name.
+fn switches_per_job(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    jobs: usize,
+) -> String {
+    let per_job = |n: u64| n as f64 / jobs.max(1) as f64;
+    let mut total = 0;
+    let by_name: Vec<String> = after
+        .iter()
+        .filter_map(|(name, n)| {
+            let delta = n.saturating_sub(before.get(name).copied().unwrap_or(0));
+            total += delta;
+            (delta > 0).then(|| format!("{name} {:.1}", per_job(delta)))
+        })
+        .collect();
+    format!("{:.1} ({})", per_job(total), by_name.join(", "))
 }
 
 /// CPU seconds (user + system) of this process (`RUSAGE_SELF`) or of its reaped children.
@@ -346,7 +387,7 @@ fn rusage_secs(who: libc::c_int) -> f64 {
 /// wait → finish of `/bin/true`, each job in a fresh default working directory as the engine gives it,
 /// beside the raw rate in the same run. Separates what the process-tree layer costs from what the rest
 /// of the daemon adds (`bench throughput`).
-fn supervisor(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
+fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyhow::Result<()> {
     use aura_supervisor::{LaunchRequest, Supervisor, SupervisorConfig};
     let raw_before = raw_spawn_rate(jobs, parallel)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -361,6 +402,9 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
             std::process::id()
         )))?;
         let backend = sup.backend();
+        if standby > 0 {
+            sup.limit_running(Some(parallel));
+        }
         let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (cpu_before, children_before) = (
             rusage_secs(libc::RUSAGE_SELF),
@@ -369,7 +413,9 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
         let busy_before = machine_cpu_ticks()?;
         let started = Instant::now();
         let mut loops = tokio::task::JoinSet::new();
-        for _ in 0..parallel {
+        // With standbys, `standby` more loops than slots: their launches wait for a slot, fully prepared,
+        // as the engine's standby launches do.
+        for _ in 0..parallel + standby {
             let (sup, next, scratch) = (sup.clone(), next.clone(), scratch.clone());
             loops.spawn(async move {
                 loop {
@@ -410,7 +456,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     let (backend, rate, own, children, busy) = measured?;
     let raw = (raw_before + raw_spawn_rate(jobs, parallel)?) / 2.0;
-    println!("supervisor alone: {jobs} x /bin/true, parallelism {parallel}, backend {backend}");
+    println!("supervisor alone: {jobs} x /bin/true, parallelism {parallel}, {standby} standby, backend {backend}");
     println!("  launch → wait → finish : {rate:8.1} jobs/s");
     println!("  raw spawn+wait         : {raw:8.1} jobs/s  (mean of before and after)");
     println!("  ratio                  : {:8.1} %", 100.0 * rate / raw);
