@@ -57,11 +57,12 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             flag("--parallel", 2)?,
             flag("--standby", 0)?,
         ),
+        "handoff" => handoff(flag("--rounds", 20_000)?),
         "kill" => kill_latency(root, flag("--rounds", 20)?),
         "metrics" => metrics(root, flag("--scrapes", 300)?),
         "soak" => soak(root, flag("--jobs", 10_000)?, flag("--every", 500)?),
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, kill, metrics or soak")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics or soak")
         }
     }
 }
@@ -465,6 +466,68 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
         busy * 100.0
     );
     Ok(())
+}
+
+/// What one thread waking another costs on this machine: a byte passed back and forth through two pipes,
+/// `rounds` times, with both threads on one CPU, on two CPUs, and where the scheduler puts them. Every
+/// job crosses a few such hand-offs in the daemon (HTTP worker, store writer, actor, launcher, watcher);
+/// on a VM where waking another vCPU costs an IPI and exits on both sides, they dominate (BENCHMARKS.md).
+fn handoff(rounds: usize) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut placements = vec![("one CPU", Some((0, 0)))];
+    if cpus > 1 {
+        placements.push(("two CPUs", Some((0, 1))));
+    }
+    placements.push(("unpinned", None));
+    println!("handoff: {rounds} round trips between two threads");
+    for (name, pins) in placements {
+        let (trip, cpu) = ping_pong(rounds, pins)?;
+        println!("  {name:9}: {trip:6.1} µs per round trip, {cpu:6.1} µs of CPU");
+    }
+    Ok(())
+}
+
+/// Round trip (wall) and the CPU both threads used per round trip, in microseconds.
+fn ping_pong(rounds: usize, pins: Option<(usize, usize)>) -> anyhow::Result<(f64, f64)> {
+    use rustix::io::{read, write};
+    let pin = |cpu: Option<usize>| {
+        if let Some(cpu) = cpu {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            let _ = rustix::thread::sched_setaffinity(None, &set);
+        }
+    };
+    // (read end, write end)
+    let (to_echo, echo_in) = rustix::pipe::pipe()?;
+    let (from_echo, echo_out) = rustix::pipe::pipe()?;
+    let echo_cpu = pins.map(|(_, b)| b);
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        pin(echo_cpu);
+        let mut byte = [0u8];
+        for _ in 0..rounds {
+            read(&to_echo, &mut byte)?;
+            write(&echo_out, &byte)?;
+        }
+        Ok(())
+    });
+    // The main thread's own mask is put back afterwards: the harness goes on with other benchmarks.
+    let saved = rustix::thread::sched_getaffinity(None)?;
+    pin(pins.map(|(a, _)| a));
+    let cpu_before = rusage_secs(libc::RUSAGE_SELF);
+    let started = Instant::now();
+    let mut byte = [0u8];
+    for _ in 0..rounds {
+        write(&echo_in, &byte)?;
+        read(&from_echo, &mut byte)?;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    let cpu = rusage_secs(libc::RUSAGE_SELF) - cpu_before;
+    if pins.is_some() {
+        rustix::thread::sched_setaffinity(None, &saved)?;
+    }
+    Ok((wall * 1e6 / rounds as f64, cpu * 1e6 / rounds as f64))
 }
 
 /// (busy, total) CPU ticks of the whole machine from /proc/stat: whether a run was CPU-bound.
