@@ -50,6 +50,7 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             flag("--jobs", 2000)?,
             flag("--parallel", 2)?,
             flag("--runs", 3)?,
+            args.iter().any(|a| a == "--queued"),
         ),
         "supervisor" => supervisor(
             root,
@@ -170,7 +171,13 @@ fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
 
 /// `runs` measurements (each with its own daemon and its own raw rates before and after), then the
 /// median ratio: on this shared VM the raw rate alone moves by a quarter between runs.
-fn throughput(root: &Path, jobs: usize, parallel: usize, runs: usize) -> anyhow::Result<()> {
+fn throughput(
+    root: &Path,
+    jobs: usize,
+    parallel: usize,
+    runs: usize,
+    queued: bool,
+) -> anyhow::Result<()> {
     if runs == 0 {
         anyhow::bail!("--runs must be at least 1");
     }
@@ -179,7 +186,7 @@ fn throughput(root: &Path, jobs: usize, parallel: usize, runs: usize) -> anyhow:
         if runs > 1 {
             println!("run {run} of {runs}");
         }
-        ratios.push(throughput_once(root, jobs, parallel)?);
+        ratios.push(throughput_once(root, jobs, parallel, queued)?);
     }
     if runs > 1 {
         let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.1} %")).collect();
@@ -194,8 +201,10 @@ fn throughput(root: &Path, jobs: usize, parallel: usize, runs: usize) -> anyhow:
 }
 
 /// One run: the raw rate, a fresh daemon through the whole measurement, the raw rate again. Returns the
-/// ratio in percent.
-fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<f64> {
+/// ratio in percent. `queued` (a diagnostic, not the figure): every job is submitted while
+/// `parallel` blocker jobs hold the slots, and the measurement starts when the blockers are cancelled —
+/// the run phase alone, without the HTTP submissions competing for the CPU.
+fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> anyhow::Result<f64> {
     let raw_before = raw_spawn_rate(jobs, parallel)?;
     let daemon = Daemon::start(root, parallel)?;
     let rt = runtime()?;
@@ -216,10 +225,20 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
         latencies.sort_by(f64::total_cmp);
 
         let submitters = 8;
-        let daemon_before = daemon_work(daemon.child.id())?;
-        let cpu_before = machine_cpu_ticks()?;
+        let mut blockers = Vec::new();
+        if queued {
+            for _ in 0..parallel {
+                let spec = JobSpec::new("sleep", vec!["600".to_owned()]);
+                blockers.push(client.submit(&spec).await?.job.id);
+            }
+            while client.status().await?["running"] != parallel {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let mut daemon_before = daemon_work(daemon.child.id())?;
+        let mut cpu_before = machine_cpu_ticks()?;
         let client_cpu_before = rusage_secs(libc::RUSAGE_SELF);
-        let first_submit = aura_model::Timestamp::now();
+        let mut first_submit = aura_model::Timestamp::now();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for s in 0..submitters {
@@ -246,6 +265,15 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
         let submit_secs = started.elapsed().as_secs_f64();
         let client_cpu_submit = rusage_secs(libc::RUSAGE_SELF) - client_cpu_before;
         let daemon_mid = daemon_work(daemon.child.id())?;
+        if queued {
+            // The run phase alone starts now.
+            daemon_before = daemon_mid.clone();
+            cpu_before = machine_cpu_ticks()?;
+            first_submit = aura_model::Timestamp::now();
+            for id in &blockers {
+                client.cancel(*id).await?;
+            }
+        }
         // Wait for the highest id, then confirm from the store that every job finished and succeeded.
         let max_id = ids.iter().copied().max().context("no jobs")?;
         loop {
@@ -321,7 +349,12 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize) -> anyhow::Result<
     // The machine is shared and noisy: measure the raw rate before and after, report the mean.
     let raw = (raw_before + raw_spawn_rate(jobs, parallel)?) / 2.0;
     println!("throughput: {jobs} x /bin/true, parallelism {parallel}");
-    println!("  aura end to end : {rate:8.1} jobs/s  ({wall:.2}s, submit of first → last outcome persisted)");
+    let span = if queued {
+        "all queued first: blockers cancelled → last outcome persisted"
+    } else {
+        "submit of first → last outcome persisted"
+    };
+    println!("  aura end to end : {rate:8.1} jobs/s  ({wall:.2}s, {span})");
     println!("  raw spawn+wait  : {raw:8.1} jobs/s  ({parallel} threads, same run: mean of before and after)");
     println!(
         "  ratio           : {:8.1} %   (target ≥ 60 %)",
@@ -412,6 +445,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
             rusage_secs(libc::RUSAGE_CHILDREN),
         );
         let busy_before = machine_cpu_ticks()?;
+        let work_before = daemon_work(std::process::id())?;
         let started = Instant::now();
         let mut loops = tokio::task::JoinSet::new();
         // With standbys, `standby` more loops than slots: their launches wait for a slot, fully prepared,
@@ -446,6 +480,11 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
             done??;
         }
         let wall = started.elapsed().as_secs_f64();
+        let work_after = daemon_work(std::process::id())?;
+        eprintln!(
+            "context switches per job (this process's threads): {}",
+            switches_per_job(&work_before.1, &work_after.1, jobs)
+        );
         let (busy, total) = machine_cpu_ticks()?;
         let busy_share = (busy - busy_before.0) as f64 / (total - busy_before.1).max(1) as f64;
         let per_job = |secs: f64| secs * 1000.0 / jobs as f64;

@@ -10,7 +10,7 @@ use std::process::Command;
 const USAGE: &str = "usage:
   cargo xtask test                 install the system packages the tests need, then fmt, clippy and the whole suite
   cargo xtask deps                 only install the system packages
-  cargo xtask bench throughput [--jobs N] [--parallel N] [--runs N]
+  cargo xtask bench throughput [--jobs N] [--parallel N] [--runs N] [--queued]
   cargo xtask bench supervisor [--jobs N] [--parallel N] [--standby N]
   cargo xtask bench handoff [--rounds N]       (thread wake-up round trip, same CPU vs two CPUs)
   cargo xtask bench kill [--rounds N]
