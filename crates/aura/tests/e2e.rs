@@ -2132,6 +2132,113 @@ mod memory {
         kib_field("/proc/meminfo", "MemAvailable:").expect("MemAvailable") / 1024
     }
 
+    /// A hog outside Aura (the test's own child), killed when dropped, so a failing test leaves nothing.
+    struct OutsideHog(std::process::Child);
+
+    impl OutsideHog {
+        fn start(bytes: &str) -> OutsideHog {
+            OutsideHog(
+                std::process::Command::new("stress-ng")
+                    .args([
+                        "--vm",
+                        "1",
+                        "--vm-bytes",
+                        bytes,
+                        "--vm-keep",
+                        "--timeout",
+                        "60s",
+                    ])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("stress-ng"),
+            )
+        }
+    }
+
+    impl Drop for OutsideHog {
+        fn drop(&mut self) {
+            // stress-ng's workers are its children; SIGINT makes it stop them before it exits.
+            let pid = rustix::process::Pid::from_child(&self.0);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn wait_paused(client: &Client, paused: bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let u = client.utilization().await.unwrap();
+            if u["admission_paused"] == paused {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "admission_paused never became {paused}: {u}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A standby (admitted beyond the running limit, its start prepared) must not slip past a pause: when
+    /// the memory guard pauses admission it goes back to the queue, so the slot its blocker frees stays
+    /// empty until admission resumes. Memory pressure from a hog outside Aura, thresholds set relative
+    /// to the memory available now.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_paused_admission_takes_its_standby_back() {
+        let avail = available_mib();
+        if avail < 4 << 10 {
+            eprintln!("skipping: needs 4 GiB available, has {avail} MiB");
+            return;
+        }
+        let below = |mib: u64| format!("{}MiB", avail - mib);
+        let (pause, resume) = (below(800), below(500));
+        let daemon = Daemon::start(&[
+            ("AURA_MAX_CONCURRENT", "1"),
+            ("AURA_STANDBY_JOBS", "1"),
+            ("AURA_GUARDS__INTERVAL", "100ms"),
+            ("AURA_GUARDS__MIN_AVAILABLE_MEMORY", &pause),
+            ("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", &resume),
+            ("AURA_ADMISSION__DEFAULT_MEMORY_REQUEST", "16MiB"),
+        ]);
+        let client = daemon.client();
+        let blocker = submit(&client, &spec("sleep", &["30"])).await;
+        wait_running(&client, blocker, 1).await;
+        let marker = daemon.data_dir.join("standby-ran");
+        let standby = submit(
+            &client,
+            &spec("touch", &[marker.to_str().expect("utf-8 path")]),
+        )
+        .await;
+
+        let hog = OutsideHog::start("1500M");
+        wait_paused(&client, true).await;
+        // The slot frees while admission is paused: the standby must not take it.
+        client.cancel(blocker).await.unwrap();
+        wait_done(&client, blocker).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let view = client.get(standby).await.unwrap();
+        assert_eq!(
+            view.job.state.name(),
+            aura_model::StateName::Queued,
+            "{:?}",
+            view.job.state
+        );
+        assert!(!marker.exists(), "the standby started during the pause");
+        let waiting = view.waiting.unwrap_or_default();
+        assert!(waiting.starts_with("admission paused"), "{waiting}");
+
+        drop(hog);
+        wait_paused(&client, false).await;
+        let view = wait_done(&client, standby).await;
+        assert!(outcome(&view).is_success(), "{:?}", view.job.state);
+        assert!(marker.exists(), "it ran once admission resumed");
+        assert_eq!(
+            view.job.attempt, 1,
+            "taken back before it started, not retried"
+        );
+    }
+
     /// Host pressure simulated with thresholds set relative to the memory available now: three 1.2 GiB hogs
     /// cross the critical threshold, and two still do, one alone only the pause threshold. Admission pauses,
     /// the lowest-priority hog is the one victim — memory stays critical afterwards, but no second victim is
