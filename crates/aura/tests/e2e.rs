@@ -2132,6 +2132,24 @@ mod memory {
         kib_field("/proc/meminfo", "MemAvailable:").expect("MemAvailable") / 1024
     }
 
+    /// The tests that move the host's available memory by gigabytes run one at a time: each sets its
+    /// thresholds relative to the memory available when it starts.
+    static HOST_PRESSURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Takes the host-pressure turn and returns a threshold maker (`mib` below the memory available now),
+    /// or `None` (the test is skipped) when less than `needs_mib` is available.
+    async fn host_pressure_turn(
+        needs_mib: u64,
+    ) -> Option<(tokio::sync::MutexGuard<'static, ()>, impl Fn(u64) -> String)> {
+        let turn = HOST_PRESSURE.lock().await;
+        let avail = available_mib();
+        if avail < needs_mib {
+            eprintln!("skipping: needs {needs_mib} MiB available, has {avail} MiB");
+            return None;
+        }
+        Some((turn, move |mib: u64| format!("{}MiB", avail - mib)))
+    }
+
     /// A hog outside Aura (the test's own child), killed when dropped, so a failing test leaves nothing.
     struct OutsideHog(std::process::Child);
 
@@ -2166,7 +2184,8 @@ mod memory {
     }
 
     async fn wait_paused(client: &Client, paused: bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: other tests of this binary allocate too, and the guard needs its resume threshold.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let u = client.utilization().await.unwrap();
             if u["admission_paused"] == paused {
@@ -2186,12 +2205,9 @@ mod memory {
     /// to the memory available now.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_paused_admission_takes_its_standby_back() {
-        let avail = available_mib();
-        if avail < 4 << 10 {
-            eprintln!("skipping: needs 4 GiB available, has {avail} MiB");
+        let Some((_turn, below)) = host_pressure_turn(5 << 10).await else {
             return;
-        }
-        let below = |mib: u64| format!("{}MiB", avail - mib);
+        };
         let (pause, resume) = (below(800), below(500));
         let daemon = Daemon::start(&[
             ("AURA_MAX_CONCURRENT", "1"),
@@ -2211,7 +2227,7 @@ mod memory {
         )
         .await;
 
-        let hog = OutsideHog::start("1500M");
+        let hog = OutsideHog::start("2000M");
         wait_paused(&client, true).await;
         // The slot frees while admission is paused: the standby must not take it.
         client.cancel(blocker).await.unwrap();
@@ -2246,12 +2262,9 @@ mod memory {
     /// completes. The daemon is never killed.
     #[tokio::test(flavor = "multi_thread")]
     async fn host_pressure_stops_one_victim_and_requeues_it_bigger() {
-        let avail = available_mib();
-        if avail < 6 << 10 {
-            eprintln!("skipping: needs 6 GiB available, has {avail} MiB");
+        let Some((_turn, below)) = host_pressure_turn(6 << 10).await else {
             return;
-        }
-        let below = |mib: u64| format!("{}MiB", avail - mib);
+        };
         let (pause, resume) = (below(800), below(600));
         let (critical, clear) = (below(2000), below(1500));
         let daemon = Daemon::start(&[
