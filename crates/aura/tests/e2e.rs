@@ -174,6 +174,20 @@ async fn release_lease(http: &reqwest::Client, daemon: &Daemon, id: u64) -> u16 
         .as_u16()
 }
 
+/// A running `sleep 30` that holds a slot, then a job that creates a marker file if it ever runs: (the
+/// blocker, the marker job, the marker's path).
+async fn blocker_then_marker(daemon: &Daemon, client: &Client) -> (JobId, JobId, PathBuf) {
+    let blocker = submit(client, &spec("sleep", &["30"])).await;
+    wait_running(client, blocker, 1).await;
+    let marker = daemon.data_dir.join("standby-ran");
+    let job = submit(
+        client,
+        &spec("touch", &[marker.to_str().expect("utf-8 path")]),
+    )
+    .await;
+    (blocker, job, marker)
+}
+
 async fn wait_running(client: &Client, id: JobId, min_processes: u32) -> JobView {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -694,14 +708,7 @@ mod supervision {
             let daemon =
                 Daemon::start(&[("AURA_MAX_CONCURRENT", "1"), ("AURA_STANDBY_JOBS", standby)]);
             let client = daemon.client();
-            let blocker = submit(&client, &spec("sleep", &["30"])).await;
-            wait_running(&client, blocker, 1).await;
-            let marker = daemon.data_dir.join("standby-ran");
-            let first = submit(
-                &client,
-                &spec("touch", &[marker.to_str().expect("utf-8 path")]),
-            )
-            .await;
+            let (blocker, first, marker) = blocker_then_marker(&daemon, &client).await;
             let second = submit(&client, &spec("true", &[])).await;
             let u = client.utilization().await.unwrap();
             assert_eq!(
@@ -2218,14 +2225,7 @@ mod memory {
             ("AURA_ADMISSION__DEFAULT_MEMORY_REQUEST", "16MiB"),
         ]);
         let client = daemon.client();
-        let blocker = submit(&client, &spec("sleep", &["30"])).await;
-        wait_running(&client, blocker, 1).await;
-        let marker = daemon.data_dir.join("standby-ran");
-        let standby = submit(
-            &client,
-            &spec("touch", &[marker.to_str().expect("utf-8 path")]),
-        )
-        .await;
+        let (blocker, standby, marker) = blocker_then_marker(&daemon, &client).await;
 
         let hog = OutsideHog::start("2000M");
         wait_paused(&client, true).await;
