@@ -2162,17 +2162,11 @@ mod memory {
 
     impl OutsideHog {
         fn start(bytes: &str) -> OutsideHog {
+            // The same command a hog job runs, started by the test itself.
+            let job = hog(bytes, 60);
             OutsideHog(
-                std::process::Command::new("stress-ng")
-                    .args([
-                        "--vm",
-                        "1",
-                        "--vm-bytes",
-                        bytes,
-                        "--vm-keep",
-                        "--timeout",
-                        "60s",
-                    ])
+                std::process::Command::new(&job.program)
+                    .args(&job.args)
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
