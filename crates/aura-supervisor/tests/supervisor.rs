@@ -26,7 +26,61 @@ fn instance(test: &str, backend: BackendChoice) -> String {
     format!("t{}-{test}-{backend}", std::process::id())
 }
 
+/// Removes, once per run, what earlier runs of this suite left when they were killed or failed midway:
+/// instance cgroups named for a test process that is gone — their job cgroups first, killing whatever
+/// still runs in them. Instances of a live process (this run, or a parallel one) are left alone.
+fn sweep_stale_instances() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for root in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/memory",
+        ] {
+            let Ok(entries) = std::fs::read_dir(root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix("aura-t")
+                    .and_then(|rest| rest.split('-').next())
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                    remove_cgroup_tree(&entry.path());
+                }
+            }
+        }
+    });
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    // v2 kills the whole cgroup at once; v1 has no cgroup.kill, so its members are signalled one by one.
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+    {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn start(test: &str, backend: BackendChoice) -> Option<Supervisor> {
+    sweep_stale_instances();
     let mut cfg = SupervisorConfig::new(instance(test, backend));
     cfg.backend = backend;
     cfg.sample_interval = Duration::from_millis(50);
