@@ -265,6 +265,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
         let submit_secs = started.elapsed().as_secs_f64();
         let client_cpu_submit = rusage_secs(libc::RUSAGE_SELF) - client_cpu_before;
         let daemon_mid = daemon_work(daemon.child.id())?;
+        let daemon_cpu_submit = daemon_mid.0 - daemon_before.0;
         if queued {
             // The run phase alone starts now.
             daemon_before = daemon_mid.clone();
@@ -322,7 +323,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
             anyhow::bail!("only {finished} of {jobs} jobs are recorded as finished");
         }
         let wall = last_finish.since(first_submit).as_secs_f64();
-        eprintln!("submitted {jobs} jobs in {submit_secs:.2}s; the submitting client used {:.3} s of CPU, the daemon {:.3} s meanwhile", client_cpu_submit, daemon_mid.0 - daemon_before.0);
+        eprintln!("submitted {jobs} jobs in {submit_secs:.2}s; the submitting client used {:.3} s of CPU, the daemon {:.3} s meanwhile", client_cpu_submit, daemon_cpu_submit);
         eprintln!(
             "daemon per job (this run only): CPU {:.3} ms, context switches {}",
             (daemon_after.0 - daemon_before.0) * 1000.0 / jobs as f64,
