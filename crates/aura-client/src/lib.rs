@@ -1,28 +1,11 @@
 //! A typed client for Aura's HTTP API. The CLI talks to the daemon through this and nothing else.
 
-use aura_model::{Job, JobEventRecord, JobId, JobSpec, LiveUsage};
+use aura_model::{JobEventRecord, JobId, JobSpec};
+pub use aura_model::{JobPage, JobView};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::time::Duration;
-
-/// A job as the API returns it: the record plus live usage while it runs.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobView {
-    #[serde(flatten)]
-    pub job: Job,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live: Option<LiveUsage>,
-    /// Why a queued job has not started yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct JobPage {
-    pub jobs: Vec<JobView>,
-    pub next_after: Option<JobId>,
-}
 
 /// An RFC 9457 problem as the server sent it.
 #[derive(Clone, Debug, Deserialize)]

@@ -4,30 +4,16 @@ use crate::actor::{CancelReply, Command, Shared};
 use crate::EngineError;
 use aura_logs::{LogChunk, Stream};
 use aura_model::{
-    Backend, Job, JobEventRecord, JobId, JobSpec, MemoryRequest, RequestSource, StateName,
+    Backend, Job, JobEventRecord, JobId, JobSpec, JobView, MemoryRequest, RequestSource, StateName,
     Timestamp,
 };
 use aura_store::ListFilter;
-use aura_supervisor::LiveUsage;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-
-/// A job record plus, while it runs, its live resource use.
-#[derive(Clone, Debug, Serialize)]
-pub struct JobView {
-    #[serde(flatten)]
-    pub job: Job,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub live: Option<LiveUsage>,
-    /// Why a queued job has not started yet, e.g. "waiting for memory: needs 2.0 GiB, 1.2 GiB free after
-    /// reservations".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub waiting: Option<String>,
-}
 
 /// What admission has and what is reserved: `GET /api/metrics/utilization`, `aura status`.
 #[derive(Clone, Debug, Serialize)]

@@ -19,7 +19,7 @@ pub use admission::AdmissionConfig;
 pub use diagnostics::{Cleanup, Diagnostics, DiagnosticsConfig, Warning};
 pub use error::EngineError;
 pub use guards::{GuardConfig, MemoryThreshold};
-pub use handle::{EngineHandle, EngineStatus, Health, JobView, LimitUse, Readiness, Utilization};
+pub use handle::{EngineHandle, EngineStatus, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
 
 use aura_supervisor::{Supervisor, SupervisorConfig};

@@ -7,8 +7,10 @@ pub mod job;
 pub mod size;
 pub mod state;
 pub mod time;
+pub mod view;
 
 pub use job::*;
 pub use size::ByteSize;
 pub use state::*;
 pub use time::Timestamp;
+pub use view::{JobPage, JobView};

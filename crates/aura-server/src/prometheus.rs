@@ -7,8 +7,9 @@
 //! formatting — and OpenMetrics' naming of counter families (without `_total`) fails `promtool check
 //! metrics`, which checks the classic format.
 
-use aura_engine::{EngineStatus, JobView, Utilization};
+use aura_engine::{EngineStatus, Utilization};
 use aura_host::{HostSnapshot, ProcessSnapshot};
+use aura_model::JobView;
 use std::fmt::Write;
 use std::sync::Arc;
 

@@ -1,9 +1,9 @@
 //! Routes of the HTTP API and their request parsing. Handlers are thin: parse, call the engine, render.
 
 use crate::error::{ApiError, ErrorCode};
-use aura_engine::{EngineHandle, EngineStatus, JobView};
+use aura_engine::{EngineHandle, EngineStatus};
 use aura_logs::Stream;
-use aura_model::{JobEventRecord, JobId, JobSpec, StateName};
+use aura_model::{JobEventRecord, JobId, JobPage, JobSpec, JobView, StateName};
 use aura_store::ListFilter;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -289,14 +289,6 @@ struct ListQuery {
     order: Option<String>,
 }
 
-#[derive(Serialize)]
-struct JobList {
-    jobs: Vec<JobView>,
-    /// Pass as `after` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_after: Option<JobId>,
-}
-
 const MAX_PAGE: u32 = 1000;
 
 /// A listing's `limit` parameter: 100 when absent, 1 to `MAX_PAGE` when given.
@@ -312,7 +304,7 @@ fn page_limit(limit: Option<u32>) -> ApiResult<u32> {
 async fn list(
     State(app): State<AppState>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult<Json<JobList>> {
+) -> ApiResult<Json<JobPage>> {
     let q = query(q)?;
     let states = match q.state.as_deref() {
         None | Some("") => Vec::new(),
@@ -341,7 +333,7 @@ async fn list(
     let next_after = (jobs.len() == limit as usize)
         .then(|| jobs.last().map(|j| j.job.id))
         .flatten();
-    Ok(Json(JobList { jobs, next_after }))
+    Ok(Json(JobPage { jobs, next_after }))
 }
 
 async fn show(

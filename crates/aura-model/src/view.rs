@@ -1,0 +1,27 @@
+//! What the API shows of jobs: a record with its live resource use and why it waits, and a page of them.
+//! One definition for the server that writes them and the client that reads them, so the two cannot drift.
+
+use crate::{Job, JobId, LiveUsage};
+use serde::{Deserialize, Serialize};
+
+/// A job record plus, while it runs, its live resource use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveUsage>,
+    /// Why a queued job has not started yet, e.g. "waiting for memory: needs 2.0 GiB, 1.2 GiB free after
+    /// reservations".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+/// One page of a job listing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<JobId>,
+}
