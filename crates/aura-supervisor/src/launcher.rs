@@ -381,9 +381,7 @@ fn prepare(
         .collect::<std::io::Result<Vec<_>>>()?;
     let inherited = daemon_env
         .iter()
-        .filter(|(k, _)| {
-            req.env.is_empty() || k.to_str().map_or(true, |k| !req.env.contains_key(k))
-        })
+        .filter(|(k, _)| k.to_str().map_or(true, |k| !req.env.contains_key(k)))
         .map(|(_, entry)| entry.as_ptr());
     let envp = own_env
         .iter()

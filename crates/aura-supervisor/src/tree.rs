@@ -396,8 +396,10 @@ impl TreeStats {
     /// (cgroupfs, the file system).
     fn settle(&self, ending: &Ending, empty: bool) {
         // The tree is gone (or given up on after `kill_wait`): a launch waiting for a running slot starts
-        // now, beside the reads below (it prepared its own cgroups and directory while it waited).
-        drop(crate::lock(&self.slot).take());
+        // now, beside the reads below (it prepared its own cgroups and directory while it waited). Taken
+        // out first: the permit's drop wakes launchers, which must not happen under this tree's lock.
+        let slot = crate::lock(&self.slot).take();
+        drop(slot);
         let pool = &ending.pool;
         // After this the cgroups may belong to the next job: no sample of this one may still be running.
         self.retire();
