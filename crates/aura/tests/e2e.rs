@@ -174,17 +174,24 @@ async fn release_lease(http: &reqwest::Client, daemon: &Daemon, id: u64) -> u16 
         .as_u16()
 }
 
-/// A running `sleep 30` that holds a slot, then a job that creates a marker file if it ever runs: (the
-/// blocker, the marker job, the marker's path).
-async fn blocker_then_marker(daemon: &Daemon, client: &Client) -> (JobId, JobId, PathBuf) {
-    let blocker = submit(client, &spec("sleep", &["30"])).await;
-    wait_running(client, blocker, 1).await;
+/// A running `sleep 30` that holds a slot, then a job that creates a marker file if it ever runs, each
+/// reserving the memory given for it (else the default): (the blocker, the marker job, the marker's path).
+async fn blocker_then_marker(
+    daemon: &Daemon,
+    client: &Client,
+    memory: [Option<&str>; 2],
+) -> (JobId, JobId, PathBuf) {
     let marker = daemon.data_dir.join("standby-ran");
-    let job = submit(
-        client,
-        &spec("touch", &[marker.to_str().expect("utf-8 path")]),
-    )
-    .await;
+    let [mut blocker, mut job] = [
+        spec("sleep", &["30"]),
+        spec("touch", &[marker.to_str().expect("utf-8 path")]),
+    ];
+    for (job, memory) in [&mut blocker, &mut job].into_iter().zip(memory) {
+        job.resources.memory = memory.map(|m| m.parse().expect("memory size"));
+    }
+    let blocker = submit(client, &blocker).await;
+    wait_running(client, blocker, 1).await;
+    let job = submit(client, &job).await;
     (blocker, job, marker)
 }
 
@@ -708,7 +715,7 @@ mod supervision {
             let daemon =
                 Daemon::start(&[("AURA_MAX_CONCURRENT", "1"), ("AURA_STANDBY_JOBS", standby)]);
             let client = daemon.client();
-            let (blocker, first, marker) = blocker_then_marker(&daemon, &client).await;
+            let (blocker, first, marker) = blocker_then_marker(&daemon, &client, [None; 2]).await;
             let second = submit(&client, &spec("true", &[])).await;
             let u = client.utilization().await.unwrap();
             assert_eq!(
@@ -1225,14 +1232,8 @@ mod admission {
         ]);
         let client = daemon.client();
         let http = reqwest::Client::new();
-        let mut blocker = spec("sleep", &["30"]);
-        blocker.resources.memory = Some("300MiB".parse().unwrap());
-        let blocker = submit(&client, &blocker).await;
-        wait_running(&client, blocker, 1).await;
-        let marker = daemon.data_dir.join("standby-ran");
-        let mut standby = spec("touch", &[marker.to_str().expect("utf-8 path")]);
-        standby.resources.memory = Some("600MiB".parse().unwrap());
-        let standby = submit(&client, &standby).await;
+        let (blocker, standby, marker) =
+            blocker_then_marker(&daemon, &client, [Some("300MiB"), Some("600MiB")]).await;
         let u = client.utilization().await.unwrap();
         assert_eq!(
             u["reserved_memory_bytes"],
@@ -2219,7 +2220,7 @@ mod memory {
             ("AURA_ADMISSION__DEFAULT_MEMORY_REQUEST", "16MiB"),
         ]);
         let client = daemon.client();
-        let (blocker, standby, marker) = blocker_then_marker(&daemon, &client).await;
+        let (blocker, standby, marker) = blocker_then_marker(&daemon, &client, [None; 2]).await;
 
         let hog = OutsideHog::start("2000M");
         wait_paused(&client, true).await;
