@@ -144,6 +144,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Raw fork+exec+wait of /bin/true on `threads` threads: the ceiling for trivial jobs on this machine.
 fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
     let children_before = rusage_secs(libc::RUSAGE_CHILDREN);
+    let ipis_before = ipis()?;
     let start = Instant::now();
     let per_thread = jobs / threads;
     let handles: Vec<_> = (0..threads)
@@ -162,9 +163,10 @@ fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
     }
     let rate = (per_thread * threads) as f64 / start.elapsed().as_secs_f64();
     eprintln!(
-        "raw: {rate:.0} jobs/s, a job's own CPU {:.2} ms",
+        "raw: {rate:.0} jobs/s, a job's own CPU {:.2} ms, {}",
         (rusage_secs(libc::RUSAGE_CHILDREN) - children_before) * 1000.0
-            / (per_thread * threads) as f64
+            / (per_thread * threads) as f64,
+        ipis_per_job(&ipis_before, &ipis()?, per_thread * threads)
     );
     Ok(rate)
 }
@@ -237,6 +239,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
         }
         let mut daemon_before = daemon_work(daemon.child.id())?;
         let mut cpu_before = machine_cpu_ticks()?;
+        let mut ipis_before = ipis()?;
         let client_cpu_before = rusage_secs(libc::RUSAGE_SELF);
         let mut first_submit = aura_model::Timestamp::now();
         let started = Instant::now();
@@ -270,6 +273,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
             // The run phase alone starts now.
             daemon_before = daemon_mid.clone();
             cpu_before = machine_cpu_ticks()?;
+            ipis_before = ipis()?;
             first_submit = aura_model::Timestamp::now();
             for id in &blockers {
                 client.cancel(*id).await?;
@@ -287,6 +291,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
         // Taken now, before the record pages below are read: the figures are the run's, not the report's.
         let daemon_after = daemon_work(daemon.child.id())?;
         let machine_after = machine_cpu_ticks()?;
+        let ipis_after = ipis()?;
         let _ = client.wait(max_id, Duration::from_secs(60)).await?;
         let min_id = ids.iter().copied().min().context("no jobs")?;
         let mut last_finish = first_submit;
@@ -333,8 +338,9 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
         let (busy, total) = machine_after;
         let busy_share = (busy - cpu_before.0) as f64 / (total - cpu_before.1).max(1) as f64;
         eprintln!(
-            "machine CPU busy during the run: {:.0} %",
-            busy_share * 100.0
+            "machine CPU busy during the run: {:.0} %; {}",
+            busy_share * 100.0,
+            ipis_per_job(&ipis_before, &ipis_after, jobs)
         );
         // Each of the `parallel` slots runs jobs back to back: its cycle is the job's own life (spawn to
         // reap) plus the daemon's latency between one job's exit and the next one's start.
@@ -431,6 +437,8 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
     let scratch = target.join(format!("bench-supervisor-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let rt = runtime()?;
+    // As `aura serve` runs it (`supervisor.daemon_nice`), this phase only: the raw loop runs at 0.
+    aura_supervisor::renice_daemon(-10).context("cannot raise the priority as the daemon does")?;
     let measured = rt.block_on(async {
         let sup = Supervisor::start(SupervisorConfig::new(format!(
             "bench-{}",
@@ -446,6 +454,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
             rusage_secs(libc::RUSAGE_CHILDREN),
         );
         let busy_before = machine_cpu_ticks()?;
+        let ipis_before = ipis()?;
         let work_before = daemon_work(std::process::id())?;
         let started = Instant::now();
         let mut loops = tokio::task::JoinSet::new();
@@ -487,6 +496,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
             switches_per_job(&work_before.1, &work_after.1, jobs)
         );
         let (busy, total) = machine_cpu_ticks()?;
+        eprintln!("{}", ipis_per_job(&ipis_before, &ipis()?, jobs));
         let busy_share = (busy - busy_before.0) as f64 / (total - busy_before.1).max(1) as f64;
         let per_job = |secs: f64| secs * 1000.0 / jobs as f64;
         let own = per_job(rusage_secs(libc::RUSAGE_SELF) - cpu_before);
@@ -494,6 +504,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
         sup.shutdown().await;
         Ok::<_, anyhow::Error>((backend, jobs as f64 / wall, own, children, busy_share))
     });
+    aura_supervisor::renice_daemon(0)?;
     let _ = std::fs::remove_dir_all(&scratch);
     let (backend, rate, own, children, busy) = measured?;
     let raw = (raw_before + raw_spawn_rate(jobs, parallel)?) / 2.0;
@@ -568,6 +579,39 @@ fn ping_pong(rounds: usize, pins: Option<(usize, usize)>) -> anyhow::Result<(f64
         rustix::thread::sched_setaffinity(None, &saved)?;
     }
     Ok((wall * 1e6 / rounds as f64, cpu * 1e6 / rounds as f64))
+}
+
+/// The machine's inter-processor interrupts so far, summed over CPUs, by kind: rescheduling (a wake-up
+/// of a thread on another CPU), function call and TLB shootdown. On this nested VM each one costs both
+/// sides a VM exit, so they are counted per job beside the CPU figures.
+fn ipis() -> anyhow::Result<[(&'static str, u64); 3]> {
+    let text = std::fs::read_to_string("/proc/interrupts")?;
+    let mut counts = [("RES", 0), ("CAL", 0), ("TLB", 0)];
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.next() else { continue };
+        if let Some(slot) = counts
+            .iter_mut()
+            .find(|(k, _)| name.strip_suffix(':') == Some(*k))
+        {
+            slot.1 = fields.map_while(|f| f.parse::<u64>().ok()).sum();
+        }
+    }
+    Ok(counts)
+}
+
+fn ipis_per_job(before: &[(&str, u64); 3], after: &[(&str, u64); 3], jobs: usize) -> String {
+    let parts: Vec<String> = before
+        .iter()
+        .zip(after)
+        .map(|((k, b), (_, a))| {
+            format!(
+                "{k} {:.2}",
+                a.saturating_sub(*b) as f64 / jobs.max(1) as f64
+            )
+        })
+        .collect();
+    format!("IPIs per job: {}", parts.join(", "))
 }
 
 /// (busy, total) CPU ticks of the whole machine from /proc/stat: whether a run was CPU-bound.

@@ -14,11 +14,13 @@ use crate::workdirs::WorkDirs;
 use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::{CString, OsString};
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub(crate) struct Spawned {
     pub pidfd: Option<Arc<OwnedFd>>,
@@ -27,6 +29,8 @@ pub(crate) struct Spawned {
     pub started: Instant,
     /// The same moment on the wall clock, for the record.
     pub started_at: SystemTime,
+    /// Taken by the launcher thread before the reply: the tree it then waits for.
+    reap: Option<Reap>,
 }
 
 pub(crate) enum LauncherMsg {
@@ -34,7 +38,16 @@ pub(crate) enum LauncherMsg {
         Box<LaunchRequest>,
         oneshot::Sender<Result<Spawned, LaunchError>>,
     ),
+    /// A parked launch may be able to go (a slot was freed, or the line changed, on a thread that does
+    /// not start jobs).
+    Ready,
     Stop,
+}
+
+/// A tree whose main process the thread that started it waits for and reaps.
+pub(crate) struct Reap {
+    key: u64,
+    pidfd: Arc<OwnedFd>,
 }
 
 /// What every launcher thread shares.
@@ -45,6 +58,8 @@ pub(crate) struct Launcher {
     pub watcher: Watcher,
     pub slots: Arc<Slots>,
     pub oom_score_adj: i32,
+    /// Every job's nice value (`SupervisorConfig::job_nice`).
+    pub nice: i32,
     pub log_cap: aura_logs::LogCap,
     /// The daemon's environment as `KEY=VALUE` C strings, built once: the daemon does not change its own
     /// environment, and every job inherits it (overlaid with its own).
@@ -71,63 +86,226 @@ impl Launcher {
     }
 }
 
+/// How long a launcher thread beyond the minimum stays idle before it ends.
+const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The vfork-style child's stack (see `spawn`): one per launcher thread, reused for every start.
 const CHILD_STACK: usize = 64 * 1024;
 
-/// Starts `count` launcher threads sharing one queue: with one, every job start waited for the one
-/// before it (a launch is mostly the child's own setup and `exec`, during which the vfork-style clone
-/// holds its launcher), and the launcher, not the machine, capped how many trivial jobs a second could
-/// start.
-pub(crate) fn start(
-    count: usize,
-    launcher: Launcher,
-    rx: mpsc::UnboundedReceiver<LauncherMsg>,
-) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    // A std Mutex around the receiver: the thread holding it waits for the next message, the others
-    // wait for the lock; it is never held while a job starts.
-    let rx = Arc::new(std::sync::Mutex::new(rx));
-    let launcher = Arc::new(launcher);
-    (0..count.max(1))
-        .map(|_| {
-            let (launcher, rx) = (launcher.clone(), rx.clone());
-            std::thread::Builder::new()
-                .name("aura-launcher".into())
-                .spawn(move || {
-                    let mut stack = vec![0u8; CHILD_STACK];
-                    loop {
-                        let msg = crate::lock(&rx).blocking_recv();
-                        let Some(LauncherMsg::Launch(req, reply)) = msg else {
-                            break;
-                        };
-                        // A launch that fails (or is withdrawn, or panics) before it reaches its slot
-                        // leaves the line: the launches behind it must not wait for it.
-                        let _leave = LeaveLine(&launcher.slots, &req.ticket);
-                        let result = launcher.launch(&req, &mut stack);
-                        if let Err(Ok(orphan)) = reply.send(result) {
-                            // The caller went away (its launch future was cancelled): nobody owns this
-                            // tree. The watcher reaps it and kills the rest.
-                            tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
-                            kill_main(&orphan.stats, orphan.pidfd.as_deref());
-                        }
-                    }
-                })
-        })
-        .collect()
+/// The launcher threads: at least `minimum` of them free to prepare launches at any time, plus one per
+/// tree they wait for.
+pub(crate) struct Launchers {
+    launcher: Arc<Launcher>,
+    /// A std Mutex around the receiver: the thread holding it waits for the next message, the others
+    /// wait for the lock; it is never held while a job starts.
+    rx: std::sync::Mutex<mpsc::Receiver<LauncherMsg>>,
+    minimum: usize,
+    /// Threads not waiting for a tree.
+    free: std::sync::atomic::AtomicUsize,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// Takes an unclaimed launch out of the slots' line when dropped.
-struct LeaveLine<'a>(&'a Slots, &'a crate::LaunchTicket);
+impl std::fmt::Debug for Launchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launchers")
+            .field("free", &self.free.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
 
-impl Drop for LeaveLine<'_> {
-    fn drop(&mut self) {
-        if !self.1.claimed() {
-            self.0.forget(self.1);
+impl Launchers {
+    /// Starts `minimum` launcher threads sharing one queue. With one, every job start waited for the one
+    /// before it (a start is mostly the child's own setup and `exec`, during which the vfork-style clone
+    /// holds its thread).
+    pub fn start(
+        minimum: usize,
+        launcher: Launcher,
+        rx: mpsc::Receiver<LauncherMsg>,
+    ) -> std::io::Result<Arc<Launchers>> {
+        let launchers = Arc::new(Launchers {
+            launcher: Arc::new(launcher),
+            rx: std::sync::Mutex::new(rx),
+            minimum: minimum.max(1),
+            free: std::sync::atomic::AtomicUsize::new(0),
+            threads: std::sync::Mutex::new(Vec::new()),
+        });
+        for _ in 0..launchers.minimum {
+            launchers.add_thread()?;
+        }
+        Ok(launchers)
+    }
+
+    fn add_thread(self: &Arc<Self>) -> std::io::Result<()> {
+        let this = self.clone();
+        self.free.fetch_add(1, Ordering::SeqCst);
+        let thread = std::thread::Builder::new()
+            .name("aura-launcher".into())
+            .spawn(move || this.run())
+            .inspect_err(|_| {
+                self.free.fetch_sub(1, Ordering::SeqCst);
+            })?;
+        let mut threads = crate::lock(&self.threads);
+        threads.retain(|t| !t.is_finished());
+        threads.push(thread);
+        Ok(())
+    }
+
+    /// Every launcher thread's handle, for the supervisor's shutdown to join (taken out: threads that
+    /// start later are taken by a later call).
+    pub fn take_threads(&self) -> Vec<std::thread::JoinHandle<()>> {
+        std::mem::take(&mut *crate::lock(&self.threads))
+    }
+
+    /// How many threads are alive now (for the shutdown's Stop messages).
+    pub fn alive(&self) -> usize {
+        crate::lock(&self.threads)
+            .iter()
+            .filter(|t| !t.is_finished())
+            .count()
+    }
+
+    fn run(self: Arc<Self>) {
+        crate::slots::starts_jobs_here();
+        let mut stack = vec![0u8; CHILD_STACK];
+        loop {
+            let msg = crate::lock(&self.rx).recv_timeout(IDLE_EXIT);
+            match msg {
+                Ok(LauncherMsg::Launch(req, reply)) => {
+                    let reap = self.launcher.launch(req, reply, &mut stack);
+                    self.run_started(reap, &mut stack);
+                }
+                Ok(LauncherMsg::Ready) => {}
+                Ok(LauncherMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Beyond the minimum, a thread idle this long ends (it has no child left).
+                    let free = &self.free;
+                    let surplus = free
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            (n > self.minimum).then(|| n - 1)
+                        })
+                        .is_ok();
+                    if surplus {
+                        return;
+                    }
+                }
+            }
+            // Whatever this thread's own work made ready (or what it was asked to look at).
+            while let Some((start, slot)) = self.launcher.slots.take_next() {
+                let reap = start(slot, &mut stack);
+                self.run_started(reap, &mut stack);
+            }
+        }
+    }
+
+    /// Waits for the tree this thread started and reaps it — the job's exit wakes this thread directly,
+    /// on the CPU it exited on, as a plain spawn-and-wait loop is woken —, then starts the launch
+    /// parked behind it, and so on, the way a plain spawn-and-wait loop runs its jobs.
+    fn run_started(self: &Arc<Self>, mut reap: Option<Reap>, stack: &mut [u8]) {
+        while let Some(Reap { key, pidfd }) = reap.take() {
+            // Someone must prepare the next launches meanwhile.
+            if self.free.fetch_sub(1, Ordering::SeqCst) <= self.minimum {
+                if let Err(e) = self.add_thread() {
+                    tracing::error!(error = %e, "cannot start a launcher thread");
+                }
+            }
+            if self.launcher.slots.ready() {
+                self.launcher.slots.ask_ready();
+            }
+            wait_exit(&pidfd);
+            self.free.fetch_add(1, Ordering::SeqCst);
+            self.launcher.watcher.exited(key);
+            while let Some((start, slot)) = self.launcher.slots.take_next() {
+                reap = start(slot, stack);
+                if reap.is_some() {
+                    break;
+                }
+            }
         }
     }
 }
 
+/// Blocks until the process behind `pidfd` has exited (without reaping it).
+fn wait_exit(pidfd: &OwnedFd) {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    loop {
+        match waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => return,
+            Err(e) => {
+                // ECHILD: reaped elsewhere; the watcher's conclusion reports the status as unknown.
+                tracing::error!(error = %e, "waiting for a job's main process failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Everything a launch prepared before it waits for its slot. `SpawnPlan` holds pointers into its own
+/// strings and into the launcher's copy of the daemon's environment, which every launcher thread keeps
+/// alive; they are read only by the child of whichever thread starts it.
+struct Prepared {
+    staged: StagedCgroups,
+    baseline: Baseline,
+    plan: SpawnPlan,
+    /// Read ends of the job's stdout and stderr.
+    pipes: [OwnedFd; 2],
+    /// Our copies of the child's pipe write ends, closed once the child has its own.
+    stdio_ends: StdioEnds,
+}
+
 impl Launcher {
-    fn launch(&self, req: &LaunchRequest, stack: &mut [u8]) -> Result<Spawned, LaunchError> {
+    /// Prepares the launch and offers it to the slots: it starts on this thread if a slot is free and it
+    /// is its turn (the tree to wait for is returned), else it is parked and starts on the launcher
+    /// thread that frees its slot or makes it its turn.
+    fn launch(
+        self: &Arc<Self>,
+        req: Box<LaunchRequest>,
+        reply: oneshot::Sender<Result<Spawned, LaunchError>>,
+        stack: &mut [u8],
+    ) -> Option<Reap> {
+        let prepared = match self.prepare(&req) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // The launches behind it must not wait for it.
+                self.slots.forget(&req.ticket);
+                let _ = reply.send(Err(e));
+                return None;
+            }
+        };
+        let launcher = self.clone();
+        let ticket = req.ticket.clone();
+        let start: crate::slots::Parked = Box::new(move |slot, stack| {
+            let slot = slot.map_err(|no| match no {
+                NoSlot::Withdrawn => LaunchError::Withdrawn,
+                NoSlot::Closed => LaunchError::ShuttingDown,
+            });
+            let mut result = slot.and_then(|slot| launcher.start_tree(&req, prepared, slot, stack));
+            if result.is_err() && req.create_cwd {
+                // No tree will release the directory: it stays (a later attempt uses it), no longer counted.
+                launcher.workdirs.release(&req.cwd, false);
+            }
+            let reap = result.as_mut().ok().and_then(|s| s.reap.take());
+            match reply.send(result) {
+                Ok(()) => reap,
+                Err(Ok(orphan)) => {
+                    // The caller went away (its launch future was cancelled): nobody owns this tree.
+                    // Its launcher thread (or the watcher) reaps it; the rest is killed.
+                    tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
+                    kill_main(&orphan.stats, orphan.pidfd.as_deref());
+                    reap
+                }
+                Err(Err(_)) => None,
+            }
+        });
+        let (start, slot) = self.slots.offer(&ticket, start)?;
+        start(slot, stack)
+    }
+
+    /// The working directory, the cgroups, the pipes and the plan: everything but the clone.
+    fn prepare(&self, req: &LaunchRequest) -> Result<Prepared, LaunchError> {
         // Taken back while it sat in the queue (a cancelled standby): prepare nothing for it.
         if req.ticket.withdrawn() {
             return Err(LaunchError::Withdrawn);
@@ -153,51 +331,59 @@ impl Launcher {
             path: req.cwd.clone(),
             source,
         })?;
-        let spawned = self.start_tree(req, &program, stack);
-        if spawned.is_err() && req.create_cwd {
-            // No tree will release the directory: it stays (a later attempt uses it), no longer counted.
+        let prepared = self.prepare_tree(req, program);
+        if prepared.is_err() && req.create_cwd {
             workdirs.release(&req.cwd, false);
         }
-        spawned
+        prepared
     }
 
-    /// The rest of a start, once the working directory is there.
-    fn start_tree(
-        &self,
-        req: &LaunchRequest,
-        program: &std::path::Path,
-        stack: &mut [u8],
-    ) -> Result<Spawned, LaunchError> {
-        let Launcher {
-            layout,
-            pool,
-            watcher,
-            slots,
-            oom_score_adj,
-            log_cap,
-            daemon_env,
-            dev_null,
-            ..
-        } = self;
-        let (staged, baseline) = StagedCgroups::acquire(layout, pool, req.memory_limit)?;
-        let (plan, [stdout, stderr], _stdio_ends) = prepare(
+    fn prepare_tree(&self, req: &LaunchRequest, program: PathBuf) -> Result<Prepared, LaunchError> {
+        let (staged, baseline) =
+            StagedCgroups::acquire(&self.layout, &self.pool, req.memory_limit)?;
+        let (plan, pipes, stdio_ends) = prepare(
             req,
-            daemon_env,
-            dev_null,
-            program,
+            &self.daemon_env,
+            &self.dev_null,
+            &program,
             &staged.procs,
-            *oom_score_adj,
+            self.oom_score_adj,
+            self.nice,
         )
         .map_err(|source| LaunchError::Spawn {
             program: req.program.clone(),
             source,
         })?;
-        // Everything is ready: only now wait for a running slot, so a standby launch starts with nothing
-        // but the clone between a tree's end and its own start.
-        let slot = slots.acquire(&req.ticket).map_err(|no| match no {
-            NoSlot::Withdrawn => LaunchError::Withdrawn,
-            NoSlot::Closed => LaunchError::ShuttingDown,
-        })?;
+        Ok(Prepared {
+            staged,
+            baseline,
+            plan,
+            pipes,
+            stdio_ends,
+        })
+    }
+
+    /// The start itself, with the slot taken: the clone, the pidfd, the watcher's registration.
+    fn start_tree(
+        &self,
+        req: &LaunchRequest,
+        prepared: Prepared,
+        slot: crate::slots::SlotPermit,
+        stack: &mut [u8],
+    ) -> Result<Spawned, LaunchError> {
+        let Launcher {
+            layout,
+            watcher,
+            log_cap,
+            ..
+        } = self;
+        let Prepared {
+            staged,
+            baseline,
+            plan,
+            pipes: [stdout, stderr],
+            stdio_ends,
+        } = prepared;
         let (started, started_at) = (Instant::now(), SystemTime::now());
         let ticks_before = procfs::boot_ticks();
         let pid = spawn::spawn(&plan, stack).map_err(|source| LaunchError::Spawn {
@@ -205,8 +391,8 @@ impl Launcher {
             source,
         })?;
         let ticks_after = procfs::boot_ticks();
-        // `_stdio_ends` (our copies of the child's stdin and pipe write ends) close at the end of this
-        // function, so the capture sees EOF once the job's own copies are closed.
+        // Our copies of the child's pipe write ends: the capture sees EOF once the job's own are closed.
+        drop(stdio_ends);
         let (v2, v1) = staged.started();
         // The child is not reaped yet (only we reap it), so its pid and /proc entry are pinned.
         let pidfd = rustix::process::Pid::from_raw(pid)
@@ -254,18 +440,23 @@ impl Launcher {
             }
         })
         .collect();
-        // Without a memory cgroup the start figures need a /proc sample: the watcher takes it at once.
-        watcher.register(
+        // This thread waits for the main process and reaps it (see `Launchers::run_started`); without a
+        // pidfd the watcher polls it. Without a memory cgroup the start figures need a /proc sample: the
+        // watcher takes it at once.
+        let key = watcher.register(
             stats.clone(),
             pidfd.clone(),
             !layout.has_cgroup_memory(),
             captures,
+            pidfd.is_some(),
         );
+        let reap = pidfd.clone().map(|pidfd| Reap { key, pidfd });
         Ok(Spawned {
             pidfd,
             stats,
             started,
             started_at,
+            reap,
         })
     }
 }
@@ -360,6 +551,7 @@ fn prepare(
     program: &std::path::Path,
     procs_files: &[std::fs::File],
     oom_score_adj: i32,
+    nice: i32,
 ) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
     use std::os::unix::ffi::OsStrExt;
     let cstring = |bytes: Vec<u8>| {
@@ -402,6 +594,7 @@ fn prepare(
         stderr: err_w.as_raw_fd(),
         cgroup_procs: procs_files.iter().map(|f| f.as_raw_fd()).collect(),
         oom_score_adj: oom_score_adj.to_string().into_bytes(),
+        nice,
         // SAFETY: plain syscall.
         parent_pid: unsafe { libc::getpid() },
     };

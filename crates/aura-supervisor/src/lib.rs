@@ -121,13 +121,18 @@ pub struct SupervisorConfig {
     pub memory_watch_interval: Duration,
     /// How many emptied job cgroups are kept for reuse (see the `pool` module); more are removed.
     pub cgroup_pool: usize,
-    /// Launcher threads: how many jobs can be starting at the same moment.
+    /// Launcher threads free to prepare and start jobs at any moment; one more runs per tree whose
+    /// main process it waits for (see the `launcher` module).
     pub launchers: usize,
+    /// The nice value every job starts with, whatever the daemon's own (see [`renice_daemon`]).
+    /// Default: 0, what a job started from a shell gets.
+    pub job_nice: i32,
 }
 
 impl SupervisorConfig {
     /// Defaults: auto backend, 250 ms sampling (50 ms for trees with a memory limit), 16 MiB log cap per
-    /// stream, oom_score_adj 500, 2 s kill wait, 32 pooled job cgroups, 2 launcher threads.
+    /// stream, oom_score_adj 500, 2 s kill wait, 32 pooled job cgroups, 2 free launcher threads, jobs at
+    /// nice 0.
     pub fn new(instance: impl Into<String>) -> Self {
         SupervisorConfig {
             backend: BackendChoice::Auto,
@@ -139,8 +144,40 @@ impl SupervisorConfig {
             memory_watch_interval: Duration::from_millis(50),
             cgroup_pool: 32,
             launchers: 2,
+            job_nice: 0,
         }
     }
+}
+
+/// Gives every thread of this process the nice value `nice` (threads started later inherit it from
+/// their creator). Linux keeps the nice value per thread, so a process that already runs threads (an
+/// async runtime) must set each one.
+///
+/// Why a daemon wants this: its work per job is a few short wake-ups (reap, account, start the next),
+/// and a thread woken onto a CPU that runs a job waited for the job's whole time slice, leaving the
+/// other CPU idle meanwhile (BENCHMARKS.md, "The daemon's priority"). With a higher weight than the
+/// jobs, the scheduler runs it at once; its share of the CPU stays what it uses. Raising the priority
+/// needs `CAP_SYS_NICE` (or `RLIMIT_NICE`): the error says when it is refused, and the threads set
+/// before it keep the new value.
+pub fn renice_daemon(nice: i32) -> std::io::Result<()> {
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let Some(tid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: plain syscall on a thread of this process.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // A thread that ended meanwhile.
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Start-up errors.
@@ -293,10 +330,12 @@ pub(crate) struct Inner {
     workdirs: Arc<workdirs::WorkDirs>,
     /// Unbounded so that `launch` can queue in the caller's order without waiting; what is queued at once
     /// is bounded by the caller (the engine admits at most `max_concurrent` plus its standbys).
-    launch_tx: tokio::sync::mpsc::UnboundedSender<LauncherMsg>,
+    launch_tx: std::sync::mpsc::Sender<LauncherMsg>,
     pub(crate) watcher: watcher::Watcher,
     /// The running-tree limit launches wait for.
     slots: Arc<slots::Slots>,
+    launchers: Arc<launcher::Launchers>,
+    /// The watcher thread.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
 }
@@ -358,9 +397,13 @@ impl Supervisor {
             thread: "watcher",
             source,
         })?;
-        let (launch_tx, launch_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (launch_tx, launch_rx) = std::sync::mpsc::channel();
         let slots = Arc::new(slots::Slots::default());
-        let launchers = launcher::start(
+        let ready_tx = std::sync::Mutex::new(launch_tx.clone());
+        slots.on_ready(move || {
+            let _ = crate::lock(&ready_tx).send(LauncherMsg::Ready);
+        });
+        let launchers = launcher::Launchers::start(
             cfg.launchers,
             launcher::Launcher {
                 layout: layout.clone(),
@@ -369,6 +412,7 @@ impl Supervisor {
                 watcher: watcher.clone(),
                 slots: slots.clone(),
                 oom_score_adj: cfg.job_oom_score_adj,
+                nice: cfg.job_nice,
                 log_cap: cfg.log_cap,
                 daemon_env,
                 dev_null,
@@ -392,7 +436,8 @@ impl Supervisor {
                 launch_tx,
                 watcher,
                 slots,
-                threads: Mutex::new(launchers.into_iter().chain([watcher_thread]).collect()),
+                launchers,
+                threads: Mutex::new(vec![watcher_thread]),
                 shut_down: AtomicBool::new(false),
             }),
         };
@@ -530,9 +575,11 @@ impl Supervisor {
         if self.inner.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Launchers waiting for a slot give up their launches, then read their Stop.
+        // Parked launches are given up, then the launcher threads read their Stop; a launcher thread
+        // still waiting for a tree (its owner did not finish it) has it killed, as its exit would.
         self.inner.slots.close();
-        for _ in 0..self.inner.cfg.launchers.max(1) {
+        self.inner.watcher.kill_reaped_by_caller();
+        for _ in 0..self.inner.launchers.alive() {
             let _ = self.inner.launch_tx.send(LauncherMsg::Stop);
         }
         let inner = self.inner.clone();
@@ -540,6 +587,15 @@ impl Supervisor {
             .inner
             .runtime
             .spawn_blocking(move || {
+                loop {
+                    let launchers = inner.launchers.take_threads();
+                    if launchers.is_empty() {
+                        break;
+                    }
+                    for t in launchers {
+                        let _ = t.join();
+                    }
+                }
                 inner.watcher.stop();
                 let threads = std::mem::take(&mut *crate::lock(&inner.threads));
                 for t in threads {

@@ -9,9 +9,9 @@
 //! before one that holds a launcher thread was taken by a launcher before it. A waiting launch can be
 //! withdrawn until it takes its slot ([`LaunchTicket`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 
 const WAITING: u8 = 0;
 const CLAIMED: u8 = 1;
@@ -73,13 +73,37 @@ pub(crate) enum NoSlot {
     Closed,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Slots {
-    state: Mutex<State>,
-    changed: Condvar,
+/// A prepared launch parked until its slot is free: run with the slot (or why there is none) and the
+/// running thread's child stack, on a thread that may start jobs. Returns the tree that thread must then
+/// wait for and reap, if any.
+pub(crate) type Parked =
+    Box<dyn FnOnce(Result<SlotPermit, NoSlot>, &mut [u8]) -> Option<crate::launcher::Reap> + Send>;
+
+thread_local! {
+    /// Whether this thread starts parked launches itself after every change it makes (the launcher
+    /// threads): other threads that free a slot or change the line ask one to look (`Slots::on_ready`).
+    static STARTS_JOBS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-#[derive(Debug, Default)]
+/// Marks the calling thread as one that runs `Slots::take_next` after every change it makes.
+pub(crate) fn starts_jobs_here() {
+    STARTS_JOBS.with(|s| s.set(true));
+}
+
+#[derive(Default)]
+pub(crate) struct Slots {
+    state: Mutex<State>,
+    /// Asks a launcher thread to run what became ready (set once, by the supervisor).
+    ready: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slots")
+    }
+}
+
+#[derive(Default)]
 struct State {
     /// `None`: no limit.
     limit: Option<usize>,
@@ -89,6 +113,32 @@ struct State {
     /// Registered launches that have neither taken a slot nor been withdrawn or given up; the lowest
     /// goes next.
     pending: BTreeSet<u64>,
+    /// Prepared launches waiting for their turn and a free slot, by place in line (a withdrawn one
+    /// stays here, out of `pending`, until a launcher thread discards it).
+    parked: BTreeMap<u64, (LaunchTicket, Parked)>,
+}
+
+impl State {
+    fn free(&self) -> bool {
+        self.limit.map_or(true, |limit| self.running < limit)
+    }
+
+    fn turn(&self, seq: u64) -> bool {
+        seq == NO_SEQ || self.pending.first().map_or(true, |&first| first == seq)
+    }
+
+    /// Claims the ticket's slot; `Withdrawn` when it was withdrawn meanwhile.
+    fn claim(&mut self, slots: &Arc<Slots>, ticket: &LaunchTicket) -> Result<SlotPermit, NoSlot> {
+        self.pending.remove(&ticket.seq());
+        if ticket.set(CLAIMED) {
+            self.running += 1;
+            Ok(SlotPermit {
+                slots: slots.clone(),
+            })
+        } else {
+            Err(NoSlot::Withdrawn)
+        }
+    }
 }
 
 /// A taken slot; dropping it gives the slot back.
@@ -98,9 +148,18 @@ pub(crate) struct SlotPermit {
 }
 
 impl Slots {
+    /// How a thread that cannot start jobs asks a launcher thread to run what became ready.
+    pub fn on_ready(&self, ready: impl Fn() + Send + Sync + 'static) {
+        let _ = self.ready.set(Box::new(ready));
+    }
+
     pub fn set_limit(&self, limit: Option<usize>) {
-        crate::lock(&self.state).limit = limit;
-        self.changed.notify_all();
+        let parked = {
+            let mut state = crate::lock(&self.state);
+            state.limit = limit;
+            !state.parked.is_empty()
+        };
+        self.changed(parked);
     }
 
     /// Gives the ticket its place in line and runs `queue` (which hands the launch to the launcher
@@ -114,37 +173,75 @@ impl Slots {
         queue()
     }
 
-    /// Waits (blocking the calling launcher thread) until it is the ticket's turn and a slot is free, then
-    /// claims the ticket. Returns at once when the ticket was withdrawn or the slots closed.
-    pub fn acquire(self: &Arc<Self>, ticket: &LaunchTicket) -> Result<SlotPermit, NoSlot> {
-        let seq = ticket.seq();
+    /// A prepared launch asks for its slot: `Some` with the slot (or why there is none) when it is the
+    /// ticket's turn and a slot is free (or it was withdrawn, or the slots closed) — the caller starts
+    /// it now —, else `None`: it is parked, and the thread that frees its slot or makes it its turn
+    /// starts it (`take_next`).
+    pub fn offer(
+        self: &Arc<Self>,
+        ticket: &LaunchTicket,
+        start: Parked,
+    ) -> Option<(Parked, Result<SlotPermit, NoSlot>)> {
         let mut state = crate::lock(&self.state);
-        let result = loop {
-            if ticket.withdrawn() {
-                break Err(NoSlot::Withdrawn);
-            }
-            if state.closed {
-                break Err(NoSlot::Closed);
-            }
-            let free = state.limit.map_or(true, |limit| state.running < limit);
-            let turn = seq == NO_SEQ || state.pending.first().map_or(true, |&first| first == seq);
-            if free && turn {
-                if ticket.set(CLAIMED) {
-                    state.running += 1;
-                    break Ok(SlotPermit {
-                        slots: self.clone(),
-                    });
-                }
-                // Withdrawn between the check and the claim.
-                break Err(NoSlot::Withdrawn);
-            }
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
-        };
-        state.pending.remove(&seq);
-        drop(state);
-        // The next in line may go now.
-        self.changed.notify_all();
-        result
+        if ticket.withdrawn() {
+            state.pending.remove(&ticket.seq());
+            return Some((start, Err(NoSlot::Withdrawn)));
+        }
+        if state.closed {
+            state.pending.remove(&ticket.seq());
+            return Some((start, Err(NoSlot::Closed)));
+        }
+        let seq = ticket.seq();
+        if state.free() && state.turn(seq) {
+            let slot = state.claim(self, ticket);
+            return Some((start, slot));
+        }
+        state.parked.insert(seq, (ticket.clone(), start));
+        None
+    }
+
+    /// The next parked launch to run: one withdrawn (run with `Withdrawn`, to discard it), every one once
+    /// closed, else the head of the line when a slot is free. Called by launcher threads after every
+    /// change, and when asked (`on_ready`).
+    pub fn take_next(self: &Arc<Self>) -> Option<(Parked, Result<SlotPermit, NoSlot>)> {
+        let mut state = crate::lock(&self.state);
+        let gone = state
+            .parked
+            .iter()
+            .find(|(seq, _)| state.closed || !state.pending.contains(seq))
+            .map(|(seq, _)| *seq);
+        if let Some(seq) = gone {
+            let closed = state.closed;
+            let (ticket, start) = state.parked.remove(&seq)?;
+            state.pending.remove(&seq);
+            let why = if closed && !ticket.withdrawn() {
+                NoSlot::Closed
+            } else {
+                NoSlot::Withdrawn
+            };
+            return Some((start, Err(why)));
+        }
+        let head = *state.pending.first()?;
+        if !state.free() || !state.parked.contains_key(&head) {
+            return None;
+        }
+        let (ticket, start) = state.parked.remove(&head)?;
+        let slot = state.claim(self, &ticket);
+        Some((start, slot))
+    }
+
+    /// Whether `take_next` has something to run now.
+    pub fn ready(&self) -> bool {
+        let state = crate::lock(&self.state);
+        let head_ready = state
+            .pending
+            .first()
+            .is_some_and(|head| state.free() && state.parked.contains_key(head));
+        head_ready
+            || state
+                .parked
+                .keys()
+                .any(|seq| state.closed || !state.pending.contains(seq))
     }
 
     /// Withdraws a launch that has not taken its slot; `false` once it has (it is starting or started).
@@ -159,15 +256,39 @@ impl Slots {
     /// Takes a launch out of line (withdrawn, or failed before it reached its slot), so that the ones
     /// behind it do not wait for it.
     pub fn forget(&self, ticket: &LaunchTicket) {
-        // Under the lock: a launcher between its check and its wait cannot miss this.
-        crate::lock(&self.state).pending.remove(&ticket.seq());
-        self.changed.notify_all();
+        let parked = {
+            let mut state = crate::lock(&self.state);
+            state.pending.remove(&ticket.seq());
+            !state.parked.is_empty()
+        };
+        self.changed(parked);
     }
 
-    /// Every waiting launch and every later one gets `NoSlot::Closed` (shutdown).
+    /// Every parked launch and every later one gets `NoSlot::Closed` (shutdown).
     pub fn close(&self) {
-        crate::lock(&self.state).closed = true;
-        self.changed.notify_all();
+        let parked = {
+            let mut state = crate::lock(&self.state);
+            state.closed = true;
+            !state.parked.is_empty()
+        };
+        self.changed(parked);
+    }
+
+    /// Asks a launcher thread to run what is ready (from a thread about to wait for its tree).
+    pub fn ask_ready(&self) {
+        if let Some(ready) = self.ready.get() {
+            ready();
+        }
+    }
+
+    /// After a change that may let a parked launch go: a launcher thread looks by itself afterwards;
+    /// any other thread asks one to.
+    fn changed(&self, parked: bool) {
+        if parked && !STARTS_JOBS.with(std::cell::Cell::get) {
+            if let Some(ready) = self.ready.get() {
+                ready();
+            }
+        }
     }
 
     #[cfg(test)]
@@ -178,27 +299,33 @@ impl Slots {
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
-        let mut state = crate::lock(&self.slots.state);
-        state.running = state.running.saturating_sub(1);
-        let wake = !state.pending.is_empty();
-        drop(state);
-        if wake {
-            self.slots.changed.notify_all();
-        }
+        let parked = {
+            let mut state = crate::lock(&self.slots.state);
+            state.running = state.running.saturating_sub(1);
+            !state.parked.is_empty()
+        };
+        self.slots.changed(parked);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
 
-    fn wait_until(what: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !what() {
-            assert!(std::time::Instant::now() < deadline, "timed out");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    type Started = mpsc::Receiver<Result<SlotPermit, NoSlot>>;
+
+    /// Slots whose "ask a launcher to look" hook counts its calls.
+    fn slots(limit: Option<usize>) -> (Arc<Slots>, Arc<AtomicUsize>) {
+        let slots = Arc::new(Slots::default());
+        slots.set_limit(limit);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        slots.on_ready(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        (slots, asked)
     }
 
     fn registered(slots: &Slots) -> LaunchTicket {
@@ -207,54 +334,92 @@ mod tests {
         ticket
     }
 
+    /// A parked start that hands its slot (or why there is none) to the test.
+    fn start() -> (Parked, Started) {
+        let (tx, rx) = mpsc::channel();
+        let start: Parked = Box::new(move |slot, _stack| {
+            let _ = tx.send(slot);
+            None
+        });
+        (start, rx)
+    }
+
+    /// Offers a launch: `Some` with what it got when it went at once, `None` when parked (its receiver
+    /// then tells what it gets later).
+    fn offer(
+        slots: &Arc<Slots>,
+        ticket: &LaunchTicket,
+    ) -> (Option<Result<SlotPermit, NoSlot>>, Started) {
+        let (parked, rx) = start();
+        let now = slots.offer(ticket, parked).map(|(start, slot)| {
+            start(slot, &mut []);
+            rx.try_recv().expect("ran")
+        });
+        (now, rx)
+    }
+
+    /// Runs what is ready, as a launcher thread does after a change.
+    fn run_ready(slots: &Arc<Slots>) -> usize {
+        let mut ran = 0;
+        while let Some((start, slot)) = slots.take_next() {
+            start(slot, &mut []);
+            ran += 1;
+        }
+        ran
+    }
+
     #[test]
     fn launches_take_slots_in_registration_order() {
-        let slots = Arc::new(Slots::default());
-        slots.set_limit(Some(1));
-        let first = slots.acquire(&registered(&slots)).expect("free slot");
+        let (slots, asked) = slots(Some(1));
+        let first = offer(&slots, &registered(&slots))
+            .0
+            .expect("went")
+            .expect("free slot");
         let (early, late) = (registered(&slots), registered(&slots));
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let spawn = |ticket: LaunchTicket, name: &'static str| {
-            let (slots, order) = (slots.clone(), order.clone());
-            std::thread::spawn(move || {
-                let permit = slots.acquire(&ticket).expect("slot");
-                crate::lock(&order).push(name);
-                std::thread::sleep(Duration::from_millis(20));
-                drop(permit);
-            })
-        };
-        // The later one reaches its slot first; the earlier one still goes first.
-        let b = spawn(late.clone(), "late");
-        std::thread::sleep(Duration::from_millis(20));
-        let a = spawn(early.clone(), "early");
+        // The later one is prepared first; both wait for the slot.
+        let (now, late_rx) = offer(&slots, &late);
+        assert!(now.is_none(), "parked");
+        let (now, early_rx) = offer(&slots, &early);
+        assert!(now.is_none(), "parked");
+        assert_eq!(run_ready(&slots), 0, "no slot free");
         assert!(!early.claimed() && !late.claimed());
+        // Freed on a thread that does not start jobs: a launcher is asked to look.
         drop(first);
-        a.join().expect("early");
-        b.join().expect("late");
-        assert_eq!(*crate::lock(&order), ["early", "late"]);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert_eq!(run_ready(&slots), 1, "one slot, one start");
+        let early_permit = early_rx
+            .try_recv()
+            .expect("early went first")
+            .expect("slot");
+        assert!(late_rx.try_recv().is_err(), "late still waits");
+        drop(early_permit);
+        assert_eq!(run_ready(&slots), 1);
+        assert!(late_rx.try_recv().expect("late went").is_ok());
         assert_eq!(slots.running(), 0);
     }
 
     #[test]
     fn a_launch_waits_for_its_turn_even_with_a_free_slot_until_the_one_before_is_forgotten() {
-        let slots = Arc::new(Slots::default());
+        let (slots, asked) = slots(None);
         let before = registered(&slots);
         let after = registered(&slots);
-        let s = slots.clone();
-        let waiter = std::thread::spawn(move || s.acquire(&after).map(drop));
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(!waiter.is_finished(), "went before its turn");
+        let (now, rx) = offer(&slots, &after);
+        assert!(now.is_none(), "went before its turn");
+        assert!(!slots.ready());
+        assert_eq!(run_ready(&slots), 0);
         // The one before failed before it reached its slot.
         slots.forget(&before);
-        assert_eq!(waiter.join().expect("join"), Ok(()));
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert!(slots.ready());
+        assert_eq!(run_ready(&slots), 1);
+        assert!(rx.try_recv().expect("went").is_ok());
     }
 
     #[test]
-    fn a_waiting_launch_can_be_withdrawn_but_not_a_claimed_one() {
-        let slots = Arc::new(Slots::default());
-        slots.set_limit(Some(1));
+    fn a_parked_launch_can_be_withdrawn_but_not_a_claimed_one() {
+        let (slots, _) = slots(Some(1));
         let claimed = registered(&slots);
-        let permit = slots.acquire(&claimed).expect("free slot");
+        let permit = offer(&slots, &claimed).0.expect("went").expect("free slot");
         assert!(claimed.claimed());
         assert!(
             !slots.withdraw(&claimed),
@@ -263,48 +428,80 @@ mod tests {
 
         let waiting = registered(&slots);
         let behind = registered(&slots);
-        let (s1, w1) = (slots.clone(), waiting.clone());
-        let t1 = std::thread::spawn(move || s1.acquire(&w1).map(drop));
-        let (s2, b2) = (slots.clone(), behind.clone());
-        let t2 = std::thread::spawn(move || s2.acquire(&b2).map(|_| ()));
-        std::thread::sleep(Duration::from_millis(20));
+        let (_, waiting_rx) = offer(&slots, &waiting);
+        let (_, behind_rx) = offer(&slots, &behind);
         assert!(slots.withdraw(&waiting));
         assert!(
             slots.withdraw(&waiting),
             "withdrawing twice is still withdrawn"
         );
-        assert_eq!(t1.join().expect("join"), Err(NoSlot::Withdrawn));
+        // Discarded by the next launcher thread that looks, slot or not.
+        assert_eq!(run_ready(&slots), 1);
+        assert!(matches!(waiting_rx.try_recv(), Ok(Err(NoSlot::Withdrawn))));
         // The one behind it goes once the slot frees.
+        assert!(behind_rx.try_recv().is_err());
         drop(permit);
-        assert_eq!(t2.join().expect("join"), Ok(()));
+        assert_eq!(run_ready(&slots), 1);
+        assert!(behind_rx.try_recv().expect("went").is_ok());
         assert_eq!(slots.running(), 0);
-        wait_until(|| crate::lock(&slots.state).pending.is_empty());
+        assert!(crate::lock(&slots.state).pending.is_empty());
+        // Withdrawn before it was even prepared: offered, it gets `Withdrawn` at once.
+        let early = registered(&slots);
+        assert!(slots.withdraw(&early));
+        assert!(matches!(
+            offer(&slots, &early).0,
+            Some(Err(NoSlot::Withdrawn))
+        ));
     }
 
     #[test]
-    fn closing_releases_every_waiter_and_refuses_later_launches() {
-        let slots = Arc::new(Slots::default());
-        slots.set_limit(Some(0));
-        let s = slots.clone();
-        let ticket = registered(&slots);
-        let waiter = std::thread::spawn(move || s.acquire(&ticket).map(drop));
-        std::thread::sleep(Duration::from_millis(20));
+    fn closing_gives_up_every_parked_launch_and_refuses_later_ones() {
+        let (slots, asked) = slots(Some(0));
+        let (now, rx) = offer(&slots, &registered(&slots));
+        assert!(now.is_none());
         slots.close();
-        assert_eq!(waiter.join().expect("join"), Err(NoSlot::Closed));
-        assert_eq!(
-            slots.acquire(&registered(&slots)).map(drop),
-            Err(NoSlot::Closed)
-        );
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert_eq!(run_ready(&slots), 1);
+        assert!(matches!(rx.try_recv(), Ok(Err(NoSlot::Closed))));
+        assert!(matches!(
+            offer(&slots, &registered(&slots)).0,
+            Some(Err(NoSlot::Closed))
+        ));
     }
 
     #[test]
     fn without_a_limit_every_launch_goes_at_once() {
-        let slots = Arc::new(Slots::default());
+        let (slots, _) = slots(None);
         let permits: Vec<_> = (0..100)
-            .map(|_| slots.acquire(&registered(&slots)).expect("slot"))
+            .map(|_| {
+                offer(&slots, &registered(&slots))
+                    .0
+                    .expect("went")
+                    .expect("slot")
+            })
             .collect();
         assert_eq!(slots.running(), 100);
         drop(permits);
         assert_eq!(slots.running(), 0);
+    }
+
+    #[test]
+    fn a_thread_that_starts_jobs_is_not_asked_to_look() {
+        let (slots, asked) = slots(Some(1));
+        let permit = offer(&slots, &registered(&slots))
+            .0
+            .expect("went")
+            .expect("slot");
+        let (now, _rx) = offer(&slots, &registered(&slots));
+        assert!(now.is_none());
+        let s = slots.clone();
+        std::thread::spawn(move || {
+            starts_jobs_here();
+            drop(permit);
+            assert_eq!(run_ready(&s), 1);
+        })
+        .join()
+        .expect("join");
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
     }
 }

@@ -32,9 +32,16 @@ pub(crate) struct SpawnPlan {
     /// Open `cgroup.procs` files of the job's cgroups: writing "0" moves the writer in.
     pub cgroup_procs: Vec<RawFd>,
     pub oom_score_adj: Vec<u8>,
+    /// The job's nice value.
+    pub nice: i32,
     /// The pid of the daemon; the child exits if its parent is already gone after PR_SET_PDEATHSIG.
     pub parent_pid: libc::pid_t,
 }
+
+// SAFETY: the raw pointers in `envp` point into `_own_env` (owned by the plan) and into the launcher's copy
+// of the daemon's environment, which outlives every plan; nothing writes through them, and only the child
+// of whichever thread starts the plan reads them.
+unsafe impl Send for SpawnPlan {}
 
 /// Which setup step failed in the child, for the error message.
 const STAGES: [&str; 8] = [
@@ -118,6 +125,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             );
             libc::close(fd);
         }
+        // The job's own priority, not the daemon's (which may run above its jobs). Raising the value
+        // is always allowed; below the daemon's it needs the privilege, and without it the job keeps
+        // the daemon's.
+        libc::setpriority(libc::PRIO_PROCESS, 0, plan.nice);
         for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
             if libc::dup2(from, to) < 0 {
                 fail(4);

@@ -50,6 +50,8 @@ struct Watched {
     stats: Arc<TreeStats>,
     /// Shared with the `RunningTree`, which signals through it; `None` where pidfd_open failed.
     pidfd: Option<Arc<OwnedFd>>,
+    /// Its launcher thread waits for the main process and reaps it (`Watcher::exited`).
+    reaped_by_caller: bool,
 }
 
 /// The watched trees, with running counts of those that need sampling between full rounds (a memory
@@ -105,6 +107,7 @@ struct Shared {
     logs: Mutex<HashMap<u64, Logged>>,
     inbox: Mutex<Inbox>,
     next_key: AtomicU64,
+    ending: Arc<Ending>,
 }
 
 #[derive(Clone)]
@@ -130,6 +133,7 @@ impl Watcher {
             logs: Mutex::new(HashMap::new()),
             inbox: Mutex::new(Inbox::default()),
             next_key: AtomicU64::new(WAKE_KEY + 1),
+            ending: settings.ending.clone(),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -147,7 +151,8 @@ impl Watcher {
         pidfd: Option<Arc<OwnedFd>>,
         sample_now: bool,
         captures: Vec<Capture>,
-    ) {
+        reaped_by_caller: bool,
+    ) -> u64 {
         stats.logs_open(captures.len());
         for capture in captures {
             self.watch_log(capture, &stats);
@@ -155,9 +160,16 @@ impl Watcher {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         // In the map before its pidfd is in the epoll set: an exit can be reported at once.
         let pidfd_for_epoll = pidfd.clone();
-        crate::lock(&self.shared.trees).insert(key, Watched { stats, pidfd });
+        crate::lock(&self.shared.trees).insert(
+            key,
+            Watched {
+                stats,
+                pidfd,
+                reaped_by_caller,
+            },
+        );
         let mut polled = pidfd_for_epoll.is_none();
-        if let Some(fd) = &pidfd_for_epoll {
+        if let Some(fd) = pidfd_for_epoll.as_ref().filter(|_| !reaped_by_caller) {
             if let Err(e) = watch_fd(&self.shared.epoll, fd, key) {
                 tracing::warn!(error = %e, "cannot watch a pidfd; reaping by polling");
                 let mut trees = crate::lock(&self.shared.trees);
@@ -172,6 +184,13 @@ impl Watcher {
             crate::lock(&self.shared.inbox).sample.push(key);
             wake(&self.shared);
         }
+        key
+    }
+
+    /// The main process of tree `key` (registered `reaped_by_caller`) has exited: reap and conclude it
+    /// on the calling thread.
+    pub fn exited(&self, key: u64) {
+        conclude(&self.shared, &self.shared.ending, key);
     }
 
     fn watch_log(&self, capture: Capture, stats: &Arc<TreeStats>) {
@@ -196,6 +215,20 @@ impl Watcher {
             if let Some(logged) = removed {
                 logged.stats.log_done(logged.capture.report());
             }
+        }
+    }
+
+    /// SIGKILLs the main process of every tree a launcher thread waits for (shutdown: that thread must
+    /// be able to end).
+    pub fn kill_reaped_by_caller(&self) {
+        let trees: Vec<(Arc<TreeStats>, Option<Arc<OwnedFd>>)> = crate::lock(&self.shared.trees)
+            .map
+            .values()
+            .filter(|w| w.reaped_by_caller)
+            .map(|w| (w.stats.clone(), w.pidfd.clone()))
+            .collect();
+        for (stats, pidfd) in trees {
+            tree::kill_main(&stats, pidfd.as_deref());
         }
     }
 
@@ -282,7 +315,7 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
             }
         }
         for key in exited {
-            conclude(shared, settings, key);
+            conclude(shared, &settings.ending, key);
         }
         let inbox = std::mem::take(&mut *crate::lock(&shared.inbox));
         if inbox.stop {
@@ -306,7 +339,7 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
                 .map(|(k, _)| *k)
                 .collect();
             for key in unwatched {
-                conclude(shared, settings, key);
+                conclude(shared, &settings.ending, key);
             }
         }
         let mut snapshot = None;
@@ -397,7 +430,7 @@ fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
 }
 
 /// Reaps the main process of tree `key` if it has exited, and concludes the tree.
-fn conclude(shared: &Arc<Shared>, settings: &Settings, key: u64) {
+fn conclude(shared: &Arc<Shared>, ending: &Arc<Ending>, key: u64) {
     let Some(watched) = crate::lock(&shared.trees).remove(key) else {
         return;
     };
@@ -419,13 +452,11 @@ fn conclude(shared: &Arc<Shared>, settings: &Settings, key: u64) {
         let _ = epoll::delete(&shared.epoll, &**fd);
     }
     let shared = shared.clone();
-    watched
-        .stats
-        .conclude(reaped, &settings.ending, move |stats| {
-            // Most trees' captures reached EOF with the exit; the rest get `LOG_LINGER` from now.
-            if stats.logs_finished().is_none() {
-                crate::lock(&shared.inbox).settled.push(stats.clone());
-                wake(&shared);
-            }
-        });
+    watched.stats.conclude(reaped, ending, move |stats| {
+        // Most trees' captures reached EOF with the exit; the rest get `LOG_LINGER` from now.
+        if stats.logs_finished().is_none() {
+            crate::lock(&shared.inbox).settled.push(stats.clone());
+            wake(&shared);
+        }
+    });
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
+/// See `SupervisorSection::daemon_nice`.
+const DEFAULT_DAEMON_NICE: i32 = -10;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -170,6 +172,12 @@ pub struct SupervisorSection {
     pub log_cap: ByteSize,
     /// `oom_score_adj` of job processes, so the kernel kills a job before the daemon. Default: 500.
     pub job_oom_score_adj: i32,
+    /// Nice value of the daemon's own threads, so that its short wake-ups (reap, account, start the next
+    /// job) run before a busy job's time slice ends. Needs `CAP_SYS_NICE`; without it the daemon warns
+    /// and keeps its own. Default: -10.
+    pub daemon_nice: i32,
+    /// Nice value every job starts with. Default: 0 (what a job started from a shell gets).
+    pub job_nice: i32,
     /// How long to wait for a killed tree to disappear. Default: 2s.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub kill_wait: Duration,
@@ -215,6 +223,8 @@ impl Default for SupervisorSection {
             sample_interval: s.sample_interval,
             log_cap: ByteSize(s.log_cap.bytes()),
             job_oom_score_adj: s.job_oom_score_adj,
+            daemon_nice: DEFAULT_DAEMON_NICE,
+            job_nice: s.job_nice,
             kill_wait: s.kill_wait,
             memory_watch_interval: s.memory_watch_interval,
         }
@@ -254,6 +264,12 @@ impl Config {
         let sup = &config.supervisor;
         if sup.sample_interval.is_zero() || sup.memory_watch_interval.is_zero() {
             anyhow::bail!("invalid configuration: supervisor.sample_interval and memory_watch_interval must be > 0");
+        }
+        let nice = -20..=19;
+        if !nice.contains(&sup.daemon_nice) || !nice.contains(&sup.job_nice) {
+            anyhow::bail!(
+                "invalid configuration: supervisor.daemon_nice and job_nice must be in -20..=19"
+            );
         }
         if config
             .admission
@@ -323,6 +339,21 @@ mod tests {
             jail.create_file("zero.toml", "max_concurrent = 0\n")?;
             assert!(Config::load(Some(Path::new("zero.toml"))).is_err());
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            jail.create_file("nice.toml", "[supervisor]\njob_nice = 20\n")?;
+            let err = Config::load(Some(Path::new("nice.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("job_nice"), "{err}");
+            jail.set_env("AURA_SUPERVISOR__DAEMON_NICE", "-21");
+            assert!(Config::load(None).is_err());
+            jail.set_env("AURA_SUPERVISOR__DAEMON_NICE", "-5");
+            assert_eq!(
+                Config::load(None)
+                    .map_err(|e| e.to_string())?
+                    .supervisor
+                    .daemon_nice,
+                -5
+            );
             jail.set_env("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", "0.1");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("resume threshold"), "{err}");

@@ -62,6 +62,13 @@ fn protect_from_oom_killer() {
     }
 }
 
+/// The daemon's threads run above its jobs (`supervisor.daemon_nice`; the jobs reset to `job_nice`).
+fn raise_priority(nice: i32) {
+    if let Err(e) = aura_supervisor::renice_daemon(nice) {
+        tracing::warn!(nice, error = %e, "cannot raise the daemon's priority; its wake-ups may wait behind busy jobs");
+    }
+}
+
 /// Creates and locks the data dir and reads its instance id (blocking file work, kept off the async workers).
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLock, String)> {
     std::fs::create_dir_all(dir)
@@ -76,7 +83,11 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLo
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (data_dir, _lock, instance) = tokio::task::spawn_blocking({
         let dir = config.data_dir.clone();
-        move || prepare_data_dir(&dir)
+        let nice = config.supervisor.daemon_nice;
+        move || {
+            raise_priority(nice);
+            prepare_data_dir(&dir)
+        }
     })
     .await??;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -90,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     supervisor.log_cap = aura_logs::LogCap::new(config.supervisor.log_cap.bytes())
         .context("invalid supervisor.log_cap")?;
     supervisor.job_oom_score_adj = config.supervisor.job_oom_score_adj;
+    supervisor.job_nice = config.supervisor.job_nice;
     supervisor.kill_wait = config.supervisor.kill_wait;
     supervisor.memory_watch_interval = config.supervisor.memory_watch_interval;
     let engine = aura_engine::start(EngineConfig {

@@ -1748,6 +1748,31 @@ mod metrics {
             "daemon oom_score_adj {}",
             adj(daemon.pid())
         );
+        // The daemon's threads run above its jobs (`supervisor.daemon_nice`, -10, where it has
+        // CAP_SYS_NICE, as the test's own root does here); the job starts at `job_nice`, 0.
+        let nice = |stat_path: String| -> i32 {
+            let stat = std::fs::read_to_string(stat_path).unwrap();
+            let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+            after_comm.split(' ').nth(16).unwrap().parse().unwrap()
+        };
+        assert_eq!(nice(format!("/proc/{job_pid}/stat")), 0);
+        const CAP_SYS_NICE: u32 = 23;
+        let may_raise = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0);
+        let expected = if may_raise { -10 } else { 0 };
+        for task in std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).unwrap() {
+            let task = task.unwrap().path();
+            assert_eq!(
+                nice(format!("{}/stat", task.display())),
+                expected,
+                "daemon thread {}",
+                task.display()
+            );
+        }
         client.cancel(id).await.unwrap();
     }
 
