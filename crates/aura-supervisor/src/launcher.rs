@@ -17,7 +17,6 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::sync::oneshot;
@@ -41,7 +40,86 @@ pub(crate) enum LauncherMsg {
     /// A parked launch may be able to go (a slot was freed, or the line changed, on a thread that does
     /// not start jobs).
     Ready,
+    /// The queue is closed and empty: the thread ends.
     Stop,
+}
+
+/// The launcher threads' queue. Each message wakes one waiting thread; a receiver behind a mutex (the
+/// first version) woke a second one per message, the next in line for the lock.
+#[derive(Default)]
+pub(crate) struct Queue {
+    state: std::sync::Mutex<QueueState>,
+    arrived: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    launches: std::collections::VecDeque<LauncherMsg>,
+    /// A `Ready` is pending (one is enough, however many changes asked for it).
+    ready: bool,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("launcher::Queue")
+    }
+}
+
+impl Queue {
+    /// Queues a launch; gives it back once the queue is closed.
+    pub fn launch(&self, msg: LauncherMsg) -> Result<(), LauncherMsg> {
+        let mut state = crate::lock(&self.state);
+        if state.closed {
+            return Err(msg);
+        }
+        state.launches.push_back(msg);
+        drop(state);
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    /// Asks one thread to run what is ready in the slots.
+    pub fn ready(&self) {
+        let mut state = crate::lock(&self.state);
+        if state.ready {
+            return;
+        }
+        state.ready = true;
+        drop(state);
+        self.arrived.notify_one();
+    }
+
+    /// Refuses later launches; the threads end once what is queued is done.
+    pub fn close(&self) {
+        crate::lock(&self.state).closed = true;
+        self.arrived.notify_all();
+    }
+
+    /// The next message, or `None` after `timeout` without one.
+    fn next(&self, timeout: std::time::Duration) -> Option<LauncherMsg> {
+        let mut state = crate::lock(&self.state);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(msg) = state.launches.pop_front() {
+                return Some(msg);
+            }
+            if std::mem::take(&mut state.ready) {
+                return Some(LauncherMsg::Ready);
+            }
+            if state.closed {
+                return Some(LauncherMsg::Stop);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .arrived
+                .wait_timeout(state, left)
+                .map_or_else(|e| e.into_inner().0, |(state, _)| state);
+        }
+    }
 }
 
 /// A tree whose main process the thread that started it waits for and reaps.
@@ -96,9 +174,7 @@ const CHILD_STACK: usize = 64 * 1024;
 /// tree they wait for.
 pub(crate) struct Launchers {
     launcher: Arc<Launcher>,
-    /// A std Mutex around the receiver: the thread holding it waits for the next message, the others
-    /// wait for the lock; it is never held while a job starts.
-    rx: std::sync::Mutex<mpsc::Receiver<LauncherMsg>>,
+    queue: Arc<Queue>,
     minimum: usize,
     /// Threads not waiting for a tree.
     free: std::sync::atomic::AtomicUsize,
@@ -120,11 +196,11 @@ impl Launchers {
     pub fn start(
         minimum: usize,
         launcher: Launcher,
-        rx: mpsc::Receiver<LauncherMsg>,
+        queue: Arc<Queue>,
     ) -> std::io::Result<Arc<Launchers>> {
         let launchers = Arc::new(Launchers {
             launcher: Arc::new(launcher),
-            rx: std::sync::Mutex::new(rx),
+            queue,
             minimum: minimum.max(1),
             free: std::sync::atomic::AtomicUsize::new(0),
             threads: std::sync::Mutex::new(Vec::new()),
@@ -156,27 +232,18 @@ impl Launchers {
         std::mem::take(&mut *crate::lock(&self.threads))
     }
 
-    /// How many threads are alive now (for the shutdown's Stop messages).
-    pub fn alive(&self) -> usize {
-        crate::lock(&self.threads)
-            .iter()
-            .filter(|t| !t.is_finished())
-            .count()
-    }
-
     fn run(self: Arc<Self>) {
         crate::slots::starts_jobs_here();
         let mut stack = vec![0u8; CHILD_STACK];
         loop {
-            let msg = crate::lock(&self.rx).recv_timeout(IDLE_EXIT);
-            match msg {
-                Ok(LauncherMsg::Launch(req, reply)) => {
+            match self.queue.next(IDLE_EXIT) {
+                Some(LauncherMsg::Launch(req, reply)) => {
                     let reap = self.launcher.launch(req, reply, &mut stack);
                     self.run_started(reap, &mut stack);
                 }
-                Ok(LauncherMsg::Ready) => {}
-                Ok(LauncherMsg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+                Some(LauncherMsg::Ready) => {}
+                Some(LauncherMsg::Stop) => break,
+                None => {
                     // Beyond the minimum, a thread idle this long ends (it has no child left).
                     let free = &self.free;
                     let surplus = free
@@ -209,7 +276,7 @@ impl Launchers {
                 }
             }
             if self.launcher.slots.ready() {
-                self.launcher.slots.ask_ready();
+                self.queue.ready();
             }
             wait_exit(&pidfd);
             self.free.fetch_add(1, Ordering::SeqCst);

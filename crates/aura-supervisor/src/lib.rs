@@ -330,7 +330,7 @@ pub(crate) struct Inner {
     workdirs: Arc<workdirs::WorkDirs>,
     /// Unbounded so that `launch` can queue in the caller's order without waiting; what is queued at once
     /// is bounded by the caller (the engine admits at most `max_concurrent` plus its standbys).
-    launch_tx: std::sync::mpsc::Sender<LauncherMsg>,
+    launch_queue: Arc<launcher::Queue>,
     pub(crate) watcher: watcher::Watcher,
     /// The running-tree limit launches wait for.
     slots: Arc<slots::Slots>,
@@ -397,12 +397,10 @@ impl Supervisor {
             thread: "watcher",
             source,
         })?;
-        let (launch_tx, launch_rx) = std::sync::mpsc::channel();
+        let launch_queue = Arc::new(launcher::Queue::default());
         let slots = Arc::new(slots::Slots::default());
-        let ready_tx = std::sync::Mutex::new(launch_tx.clone());
-        slots.on_ready(move || {
-            let _ = crate::lock(&ready_tx).send(LauncherMsg::Ready);
-        });
+        let queue = launch_queue.clone();
+        slots.on_ready(move || queue.ready());
         let launchers = launcher::Launchers::start(
             cfg.launchers,
             launcher::Launcher {
@@ -417,7 +415,7 @@ impl Supervisor {
                 daemon_env,
                 dev_null,
             },
-            launch_rx,
+            launch_queue.clone(),
         )
         .map_err(|source| {
             watcher.stop();
@@ -433,7 +431,7 @@ impl Supervisor {
                 runtime,
                 pool,
                 workdirs,
-                launch_tx,
+                launch_queue,
                 watcher,
                 slots,
                 launchers,
@@ -517,7 +515,9 @@ impl Supervisor {
             inner
                 .slots
                 .register(&ticket, || {
-                    inner.launch_tx.send(LauncherMsg::Launch(Box::new(req), tx))
+                    inner
+                        .launch_queue
+                        .launch(LauncherMsg::Launch(Box::new(req), tx))
                 })
                 .map(|()| rx)
                 .map_err(|_| {
@@ -579,9 +579,7 @@ impl Supervisor {
         // still waiting for a tree (its owner did not finish it) has it killed, as its exit would.
         self.inner.slots.close();
         self.inner.watcher.kill_reaped_by_caller();
-        for _ in 0..self.inner.launchers.alive() {
-            let _ = self.inner.launch_tx.send(LauncherMsg::Stop);
-        }
+        self.inner.launch_queue.close();
         let inner = self.inner.clone();
         let _ = self
             .inner

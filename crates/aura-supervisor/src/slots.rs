@@ -274,13 +274,6 @@ impl Slots {
         self.changed(parked);
     }
 
-    /// Asks a launcher thread to run what is ready (from a thread about to wait for its tree).
-    pub fn ask_ready(&self) {
-        if let Some(ready) = self.ready.get() {
-            ready();
-        }
-    }
-
     /// After a change that may let a parked launch go: a launcher thread looks by itself afterwards;
     /// any other thread asks one to.
     fn changed(&self, parked: bool) {
