@@ -161,21 +161,31 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-pub async fn run(args: Args) -> anyhow::Result<u8> {
-    if let Command::Serve {
+/// `aura serve`'s configuration (file, environment, then flags), or `None` for a client command. Loaded
+/// before the async runtime exists: the runtime's size is part of it.
+pub fn serve_config(args: &Args) -> anyhow::Result<Option<Config>> {
+    let Command::Serve {
         data_dir,
         listen,
         config,
-    } = args.command
-    {
-        init_logging();
-        let mut cfg = Config::load(config.as_deref())?;
-        if let Some(dir) = data_dir {
-            cfg.data_dir = dir;
-        }
-        if let Some(listen) = listen {
-            cfg.listen = listen;
-        }
+    } = &args.command
+    else {
+        return Ok(None);
+    };
+    init_logging();
+    let mut cfg = Config::load(config.as_deref())?;
+    if let Some(dir) = data_dir {
+        cfg.data_dir = dir.clone();
+    }
+    if let Some(listen) = listen {
+        cfg.listen = *listen;
+    }
+    Ok(Some(cfg))
+}
+
+/// Runs a client command, or `aura serve` with its configuration from `serve_config`.
+pub async fn run(args: Args, serve: Option<Config>) -> anyhow::Result<u8> {
+    if let Some(cfg) = serve {
         crate::serve::run(cfg).await?;
         return Ok(0);
     }

@@ -26,6 +26,11 @@ pub struct Config {
     pub standby_jobs: usize,
     /// Requeue jobs stopped by a graceful shutdown. Default: true.
     pub requeue_on_shutdown: bool,
+    /// Threads of the async runtime, which runs the HTTP API and the engine; everything that blocks
+    /// (SQLite, `/proc`, process starts and reaping, log capture) has threads of its own. Default: 1 —
+    /// the async work per job is a few short steps, and a second worker cost more in wake-ups than it
+    /// gave (BENCHMARKS.md, "The daemon's priority and one async worker").
+    pub async_workers: usize,
     pub supervisor: SupervisorSection,
     pub admission: AdmissionSection,
     /// Live admission guards (defaults in brackets): admission pauses while available memory is under
@@ -204,6 +209,7 @@ impl Default for Config {
             max_concurrent: aura_engine::default_max_concurrent(),
             standby_jobs: 1,
             requeue_on_shutdown: true,
+            async_workers: 1,
             supervisor: SupervisorSection::default(),
             admission: AdmissionSection::default(),
             guards: aura_engine::GuardConfig::default(),
@@ -260,6 +266,9 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if config.max_concurrent == 0 {
             anyhow::bail!("invalid configuration: max_concurrent must be at least 1");
+        }
+        if !(1..=256).contains(&config.async_workers) {
+            anyhow::bail!("invalid configuration: async_workers must be in 1..=256");
         }
         let sup = &config.supervisor;
         if sup.sample_interval.is_zero() || sup.memory_watch_interval.is_zero() {

@@ -22,7 +22,18 @@ fn bound_malloc_arenas() {
 fn main() -> std::process::ExitCode {
     bound_malloc_arenas();
     let args = cli::Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let serve = match cli::serve_config(&args) {
+        Ok(serve) => serve,
+        Err(e) => {
+            eprintln!("aura: {e:#}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(cfg) = &serve {
+        builder.worker_threads(cfg.async_workers);
+    }
+    let runtime = match builder
         // Idle blocking threads go away soon, so the daemon's thread count returns to its baseline.
         .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
@@ -34,7 +45,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    match runtime.block_on(cli::run(args, serve)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("aura: {e:#}");
