@@ -1,8 +1,10 @@
-//! The launcher threads: the only place that forks. Dedicated, long-lived std threads, because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, and tokio's blocking-pool threads exit
-//! when idle. A launcher makes the job's working directory and cgroups, starts its main process (`spawn`, a
-//! vfork-style clone), opens the pidfd, hands the tree and its output pipes to the watcher thread (which
-//! reaps it and captures the output) and replies on a oneshot.
+//! The launcher threads: the only place that forks, and where a job's main process is waited for. Dedicated
+//! std threads, because `PR_SET_PDEATHSIG` fires when the *thread* that forked exits: a launcher thread
+//! ends only with no child left. A launcher makes the job's working directory and cgroups, its pipes and
+//! plan, and offers the start to the slots (`slots.rs`); the thread that starts it (`spawn`, a vfork-style
+//! clone) opens the pidfd, hands the output pipes to the watcher thread, replies on a oneshot, then waits
+//! for the main process, reaps it, concludes the tree and starts the launch parked behind it — the shape
+//! of a plain spawn-and-wait loop, whose exit wake-up lands on the thread that waits, on the job's CPU.
 
 use crate::host::Layout;
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
@@ -515,7 +517,6 @@ impl Launcher {
             pidfd.clone(),
             !layout.has_cgroup_memory(),
             captures,
-            pidfd.is_some(),
         );
         let reap = pidfd.clone().map(|pidfd| Reap { key, pidfd });
         Ok(Spawned {

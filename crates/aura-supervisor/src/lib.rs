@@ -4,15 +4,16 @@
 //!
 //! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
 //! plain process groups), starting jobs from dedicated launcher threads (so `PR_SET_PDEATHSIG` ties
-//! them to threads that live as long as the supervisor) under a running limit, reaping them on one watcher thread (pidfds in
-//! an epoll set, `wait4`), stop sequences, memory/CPU accounting (kernel high-water marks where the host
+//! them to threads that outlive their children) under a running limit, each launcher thread reaping
+//! what it started (`waitid` on the pidfd, then `wait4`) and starting the launch parked behind it, stop sequences, memory/CPU accounting (kernel high-water marks where the host
 //! has them, sampled by the watcher thread otherwise), wiring stdout/stderr into `aura_logs`, and
 //! killing what a crashed predecessor left.
 //!
 //! It does not own: job state, scheduling, persistence (the engine stores each [`TreeHandle`] and
 //! hands leftovers to [`Supervisor::recover`]), or the log file format (`aura_logs`).
 //!
-//! Threads: `SupervisorConfig::launchers` launcher threads and one watcher thread per [`Supervisor`];
+//! Threads: one launcher thread per running tree plus `SupervisorConfig::launchers` free ones, and one
+//! watcher thread (sampling, log capture) per [`Supervisor`];
 //! the rarer blocking cgroupfs and `/proc` work (signalling a tree, killing one that outlived its main
 //! process) runs in `spawn_blocking`. Nothing blocking runs on async worker threads, except the few `mkdir`s of
 //! [`Supervisor::start`].
@@ -578,19 +579,25 @@ impl Supervisor {
         // Parked launches are given up, then the launcher threads read their Stop; a launcher thread
         // still waiting for a tree (its owner did not finish it) has it killed, as its exit would.
         self.inner.slots.close();
-        self.inner.watcher.kill_reaped_by_caller();
+        self.inner.watcher.kill_waited_for();
         self.inner.launch_queue.close();
         let inner = self.inner.clone();
         let _ = self
             .inner
             .runtime
             .spawn_blocking(move || {
+                // A launch that took its slot just before the close may start a tree after the sweep
+                // above: sweep again while a launcher thread is still waiting for one.
                 loop {
                     let launchers = inner.launchers.take_threads();
                     if launchers.is_empty() {
                         break;
                     }
                     for t in launchers {
+                        while !t.is_finished() {
+                            inner.watcher.kill_waited_for();
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                         let _ = t.join();
                     }
                 }

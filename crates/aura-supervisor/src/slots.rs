@@ -1,13 +1,14 @@
-//! The running-tree limit and the launches waiting for it: a launch takes a slot on its launcher thread right
-//! before the clone, after everything else is prepared, and its tree gives the slot back the moment it is
-//! known gone (on the watcher thread, before the owner even hears of the end). So an owner that hands
-//! over launches ahead of a free slot (*standbys*) has them started with no round trip through the owner.
+//! The running-tree limit and the launches waiting for it: a launch takes a slot right before the clone,
+//! after everything else is prepared, and its tree gives the slot back the moment it is known gone (on the
+//! thread that reaped it, before the owner even hears of the end). A prepared launch that finds no slot
+//! (or whose turn has not come) is *parked* here, and the launcher thread that frees a slot — having just
+//! reaped its own tree — starts it itself. So an owner that hands over launches ahead of a free slot
+//! (*standbys*) has them started with no round trip through the owner and no other thread woken.
 //!
 //! Slots go strictly in the order launches were registered (`Supervisor::launch` registers and queues a
-//! launch in one step, and launcher threads take them from the queue in that order): a launch whose turn
-//! it is not yet waits even if a slot is free. That cannot deadlock, because every launch registered
-//! before one that holds a launcher thread was taken by a launcher before it. A waiting launch can be
-//! withdrawn until it takes its slot ([`LaunchTicket`]).
+//! launch in one step): a launch whose turn it is not yet is parked even if a slot is free, and goes when
+//! the ones before it have started, failed or been withdrawn. A launch can be withdrawn until it takes
+//! its slot ([`LaunchTicket`]); a parked one is then discarded by the next launcher thread that looks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

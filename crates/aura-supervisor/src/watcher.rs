@@ -1,22 +1,18 @@
-//! The watcher thread: it reaps every job's main process the moment it exits and samples the running
-//! trees in between. Each main process's pidfd sits in the watcher's epoll set, so an exit wakes this one
-//! thread, which reaps it (`wait4`), concludes the tree in the same wake-up — is it empty? the kernel's
-//! final counters, the cgroups back to the pool (`TreeStats::conclude`) — and wakes the tree's owner once.
-//! Before, an exit woke an async worker, which handed the final reads to the blocking pool, which woke the
-//! worker again: on this VM each hand-off is a context switch, and they were a large share of the
-//! daemon's work per trivial job (see BENCHMARKS.md).
+//! The watcher thread: it samples the running trees and captures every job's stdout and stderr. A job's
+//! main process is waited for and reaped by the launcher thread that started it (`Watcher::exited` then
+//! concludes the tree on that thread); the watcher reaps only trees without a pidfd (kernels before 5.3),
+//! by polling.
 //!
-//! It also captures every job's stdout and stderr: their pipes sit in the same epoll set, and each
-//! readable pipe is drained into its log files on this thread (`aura_logs::Capture`, at most
-//! `LOG_BUDGET` bytes a turn, so a chatty job cannot hold up the others' exits). At a job's exit its
-//! pipes' EOF arrives with its pidfd, in one wake-up; a capture still open `LOG_LINGER` after its tree
-//! settled (a process out of the backend's reach holds the pipe) is given up, so that nobody waiting
-//! for a tree's captures waits longer than that.
+//! Capture: each job's pipes sit in the watcher's epoll set, and each readable pipe is drained into its
+//! log files on this thread (`aura_logs::Capture`, at most `LOG_BUDGET` bytes a turn, so a chatty job
+//! cannot hold up the others). A capture still open `LOG_LINGER` after its tree settled (a process out of
+//! the backend's reach holds the pipe) is given up, so that nobody waiting for a tree's captures waits
+//! longer than that.
 //!
 //! Sampling: every `sample_interval` it reads current memory, process count and CPU of every tree, and
 //! every `watch_interval` the trees with a memory limit (watchdog and OOM checks). Registering a tree
-//! costs no wake-up (the launcher adds its pidfd to the epoll set directly), except where its first
-//! figures need a `/proc` sample (no memory cgroup): then it is sampled at once, alone.
+//! costs no wake-up, except where its first figures need a `/proc` sample (no memory cgroup): then it is
+//! sampled at once, alone.
 
 use crate::tree::{self, Ending, TreeStats};
 use aura_logs::Capture;
@@ -48,10 +44,9 @@ pub(crate) struct Settings {
 
 struct Watched {
     stats: Arc<TreeStats>,
-    /// Shared with the `RunningTree`, which signals through it; `None` where pidfd_open failed.
+    /// Shared with the `RunningTree`, which signals through it; `None` where pidfd_open failed (the tree
+    /// is then polled here). With one, the launcher thread that started the tree reaps it.
     pidfd: Option<Arc<OwnedFd>>,
-    /// Its launcher thread waits for the main process and reaps it (`Watcher::exited`).
-    reaped_by_caller: bool,
 }
 
 /// The watched trees, with running counts of those that need sampling between full rounds (a memory
@@ -142,8 +137,9 @@ impl Watcher {
         Ok((Watcher { shared }, thread))
     }
 
-    /// Watches a just-started tree: its exit wakes the watcher through `pidfd`, and `captures` (its
-    /// stdout and stderr) are drained as they fill. `sample_now`: take its first sample at once (costs a
+    /// Watches a just-started tree: `captures` (its stdout and stderr) are drained as they fill, and it is
+    /// sampled. With a `pidfd` the caller waits for its main process and calls `exited` with the returned
+    /// key; without one the watcher polls it. `sample_now`: take its first sample at once (costs a
     /// wake-up; only where the launcher could not read its start figures).
     pub fn register(
         &self,
@@ -151,35 +147,14 @@ impl Watcher {
         pidfd: Option<Arc<OwnedFd>>,
         sample_now: bool,
         captures: Vec<Capture>,
-        reaped_by_caller: bool,
     ) -> u64 {
         stats.logs_open(captures.len());
         for capture in captures {
             self.watch_log(capture, &stats);
         }
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
-        // In the map before its pidfd is in the epoll set: an exit can be reported at once.
-        let pidfd_for_epoll = pidfd.clone();
-        crate::lock(&self.shared.trees).insert(
-            key,
-            Watched {
-                stats,
-                pidfd,
-                reaped_by_caller,
-            },
-        );
-        let mut polled = pidfd_for_epoll.is_none();
-        if let Some(fd) = pidfd_for_epoll.as_ref().filter(|_| !reaped_by_caller) {
-            if let Err(e) = watch_fd(&self.shared.epoll, fd, key) {
-                tracing::warn!(error = %e, "cannot watch a pidfd; reaping by polling");
-                let mut trees = crate::lock(&self.shared.trees);
-                if let Some(mut tree) = trees.remove(key) {
-                    tree.pidfd = None;
-                    trees.insert(key, tree);
-                }
-                polled = true;
-            }
-        }
+        let polled = pidfd.is_none();
+        crate::lock(&self.shared.trees).insert(key, Watched { stats, pidfd });
         if sample_now || polled {
             crate::lock(&self.shared.inbox).sample.push(key);
             wake(&self.shared);
@@ -187,8 +162,7 @@ impl Watcher {
         key
     }
 
-    /// The main process of tree `key` (registered `reaped_by_caller`) has exited: reap and conclude it
-    /// on the calling thread.
+    /// The main process of tree `key` has exited: reap and conclude it on the calling thread.
     pub fn exited(&self, key: u64) {
         conclude(&self.shared, &self.shared.ending, key);
     }
@@ -220,15 +194,14 @@ impl Watcher {
 
     /// SIGKILLs the main process of every tree a launcher thread waits for (shutdown: that thread must
     /// be able to end).
-    pub fn kill_reaped_by_caller(&self) {
-        let trees: Vec<(Arc<TreeStats>, Option<Arc<OwnedFd>>)> = crate::lock(&self.shared.trees)
+    pub fn kill_waited_for(&self) {
+        let trees: Vec<(Arc<TreeStats>, Arc<OwnedFd>)> = crate::lock(&self.shared.trees)
             .map
             .values()
-            .filter(|w| w.reaped_by_caller)
-            .map(|w| (w.stats.clone(), w.pidfd.clone()))
+            .filter_map(|w| Some((w.stats.clone(), w.pidfd.clone()?)))
             .collect();
         for (stats, pidfd) in trees {
-            tree::kill_main(&stats, pidfd.as_deref());
+            tree::kill_main(&stats, Some(&pidfd));
         }
     }
 
@@ -299,23 +272,14 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
                 continue;
             }
         }
-        let mut exited = Vec::new();
         for event in &events {
             match event.data.u64() {
                 WAKE_KEY => {
                     let mut counter = [0u8; 8];
                     let _ = rustix::io::read(&shared.wake, &mut counter);
                 }
-                // Output first: a job's last bytes and EOF come with its exit.
-                key => {
-                    if !drain_log(shared, key) {
-                        exited.push(key);
-                    }
-                }
+                key => drain_log(shared, key),
             }
-        }
-        for key in exited {
-            conclude(shared, &settings.ending, key);
         }
         let inbox = std::mem::take(&mut *crate::lock(&shared.inbox));
         if inbox.stop {
@@ -383,16 +347,16 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
     }
 }
 
-/// Drains the log pipe `key` (if it is one: `false` otherwise); at EOF or on an error its capture ends.
-fn drain_log(shared: &Shared, key: u64) -> bool {
+/// Drains the log pipe `key`; at EOF or on an error its capture ends.
+fn drain_log(shared: &Shared, key: u64) {
     // Out of the map while it drains: the lock is never held across I/O.
     let Some(mut logged) = crate::lock(&shared.logs).remove(&key) else {
-        return false;
+        return;
     };
     match logged.capture.drain(LOG_BUDGET) {
         Ok(false) => {
             crate::lock(&shared.logs).insert(key, logged);
-            return true;
+            return;
         }
         Ok(true) => {}
         Err(e) => {
@@ -400,7 +364,6 @@ fn drain_log(shared: &Shared, key: u64) -> bool {
         }
     }
     end_log(shared, logged);
-    true
 }
 
 fn end_log(shared: &Shared, logged: Logged) {
@@ -448,9 +411,6 @@ fn conclude(shared: &Arc<Shared>, ending: &Arc<Ending>, key: u64) {
             tree::Reaped::unknown()
         }
     };
-    if let Some(fd) = &watched.pidfd {
-        let _ = epoll::delete(&shared.epoll, &**fd);
-    }
     let shared = shared.clone();
     watched.stats.conclude(reaped, ending, move |stats| {
         // Most trees' captures reached EOF with the exit; the rest get `LOG_LINGER` from now.
