@@ -576,27 +576,52 @@ impl Accounting {
 
 /// Serde adapter for durations as humantime strings (`"90s"`, `"1h 30m"`); also accepts seconds as a number.
 pub mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
 
+    /// Seconds as a number, or a string such as `"90s"` or `"1h 30m"`. A visitor rather than an untagged
+    /// enum: that one built (and dropped) an error for every string it first tried as a number, and
+    /// answered a wrong type with "did not match any variant".
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(f64),
-            Text(String),
+        d.deserialize_any(DurationVisitor)
+    }
+
+    struct DurationVisitor;
+
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(
+                "a duration: seconds as a number, or a string such as \"90s\" or \"1h 30m\"",
+            )
         }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) if (0.0..1e12).contains(&s) => Ok(Duration::from_secs_f64(s)),
-            Raw::Secs(s) => Err(serde::de::Error::custom(format!(
-                "invalid duration {s}: must be non-negative and finite"
-            ))),
-            Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+
+        fn visit_f64<E: serde::de::Error>(self, s: f64) -> Result<Duration, E> {
+            if (0.0..1e12).contains(&s) {
+                Ok(Duration::from_secs_f64(s))
+            } else {
+                Err(E::custom(format!(
+                    "invalid duration {s}: must be non-negative and finite"
+                )))
+            }
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, s: u64) -> Result<Duration, E> {
+            self.visit_f64(s as f64)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, s: i64) -> Result<Duration, E> {
+            self.visit_f64(s as f64)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Duration, E> {
+            humantime::parse_duration(t.trim())
+                .map_err(|e| E::custom(format!("invalid duration {t:?}: {e}")))
         }
     }
 }
@@ -740,6 +765,22 @@ mod tests {
         assert_eq!(ok.timeout, Duration::from_secs(90));
         assert_eq!(ok.resources.memory, Some(ByteSize(2 << 30)));
         assert_eq!(ok.stop, StopSequence::default());
+        // A wrong type says what was expected, not "did not match any variant".
+        let wrong = |json: &str| {
+            serde_json::from_str::<JobSpec>(json)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = wrong(r#"{"program":"true","timeout":true}"#);
+        assert!(e.contains("expected a duration"), "{e}");
+        let e = wrong(r#"{"program":"true","timeout":"soon"}"#);
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+        let e = wrong(r#"{"program":"true","resources":{"memory":-5}}"#);
+        assert!(e.contains("must not be negative"), "{e}");
+        let e = wrong(r#"{"program":"true","resources":{"memory":1.5}}"#);
+        assert!(e.contains("expected a size"), "{e}");
+        let secs: JobSpec = serde_json::from_str(r#"{"program":"true","timeout":2.5}"#).unwrap();
+        assert_eq!(secs.timeout, Duration::from_millis(2500));
     }
 
     #[test]

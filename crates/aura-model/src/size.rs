@@ -83,19 +83,37 @@ impl Serialize for ByteSize {
     }
 }
 
-/// Accepts an integer of bytes or a string with a unit.
+/// Accepts an integer of bytes or a string with a unit (a visitor: an untagged enum answered a wrong type
+/// with "did not match any variant").
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
+        struct SizeVisitor;
+
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a size: a whole number of bytes, or a string such as \"512M\" or \"2GiB\"",
+                )
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, b: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(b))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, b: i64) -> Result<ByteSize, E> {
+                u64::try_from(b)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("invalid size {b}: must not be negative")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<ByteSize, E> {
+                t.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(b) => Ok(ByteSize(b)),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
+
+        d.deserialize_any(SizeVisitor)
     }
 }
 
