@@ -341,6 +341,16 @@ pub(crate) struct Inner {
     shut_down: AtomicBool,
 }
 
+/// A supervisor dropped without `shutdown` (a caller's error path) still lets its launcher threads end
+/// once they have nothing left to wait for, and the watcher with them.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.slots.close();
+        self.launch_queue.close();
+        self.watcher.stop();
+    }
+}
+
 impl std::fmt::Debug for LauncherMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LauncherMsg")
