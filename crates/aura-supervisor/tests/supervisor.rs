@@ -765,6 +765,33 @@ async fn logs_are_captured() {
     }
 }
 
+/// Every job starts at `job_nice`, whatever the nice value of the thread that starts it: the daemon runs
+/// its own threads above its jobs (`renice_daemon`, where this process may).
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_start_at_their_own_nice_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let raised = aura_supervisor::renice_daemon(-5).is_ok();
+    let mut cfg = SupervisorConfig::new(instance("nice", BackendChoice::ProcessGroup));
+    cfg.backend = BackendChoice::ProcessGroup;
+    cfg.job_nice = 7;
+    let s = Supervisor::start(cfg).unwrap();
+    let req = request(1, dir.path(), "nice", &[]);
+    let log_dir = req.log_dir.clone();
+    let mut t = s.launch(req).await.unwrap();
+    t.wait().await;
+    t.finish().await;
+    s.shutdown().await;
+    if raised {
+        aura_supervisor::renice_daemon(0).unwrap();
+    }
+    let out = aura_logs::read(&log_dir, aura_logs::Stream::Stdout, 0, 4096).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.data),
+        "7\n",
+        "raised: {raised}"
+    );
+}
+
 /// A job gets the daemon's environment overlaid with its own: its variables are added, the ones it names
 /// replace the daemon's, the rest is inherited; a variable with a NUL byte is refused.
 #[tokio::test(flavor = "multi_thread")]
