@@ -5,9 +5,10 @@
 //! It owns: choosing a backend at start-up (pure cgroup v2, hybrid v2+v1-memory, cgroup v1 memory, or
 //! plain process groups), starting jobs from dedicated launcher threads (so `PR_SET_PDEATHSIG` ties
 //! them to threads that outlive their children) under a running limit, each launcher thread reaping
-//! what it started (`waitid` on the pidfd, then `wait4`) and starting the launch parked behind it, stop sequences, memory/CPU accounting (kernel high-water marks where the host
-//! has them, sampled by the watcher thread otherwise), wiring stdout/stderr into `aura_logs`, and
-//! killing what a crashed predecessor left.
+//! what it started (`waitid` on the pidfd, then `wait4`) and starting the launch parked behind it,
+//! stop sequences, memory/CPU accounting (kernel high-water marks where the host has them, sampled by
+//! the watcher thread otherwise), wiring stdout/stderr into `aura_logs`, and killing what a crashed
+//! predecessor left.
 //!
 //! It does not own: job state, scheduling, persistence (the engine stores each [`TreeHandle`] and
 //! hands leftovers to [`Supervisor::recover`]), or the log file format (`aura_logs`).
@@ -156,7 +157,7 @@ impl SupervisorConfig {
 ///
 /// Why a daemon wants this: its work per job is a few short wake-ups (reap, account, start the next),
 /// and a thread woken onto a CPU that runs a job waited for the job's whole time slice, leaving the
-/// other CPU idle meanwhile (BENCHMARKS.md, "The daemon's priority"). With a higher weight than the
+/// other CPU idle meanwhile (BENCHMARKS.md, "The daemon above its jobs"). With a higher weight than the
 /// jobs, the scheduler runs it at once; its share of the CPU stays what it uses. Raising the priority
 /// needs `CAP_SYS_NICE` (or `RLIMIT_NICE`): the error says when it is refused, and the threads set
 /// before it keep the new value.

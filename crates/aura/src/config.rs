@@ -29,7 +29,7 @@ pub struct Config {
     /// Threads of the async runtime, which runs the HTTP API and the engine; everything that blocks
     /// (SQLite, `/proc`, process starts and reaping, log capture) has threads of its own. Default: 1 —
     /// the async work per job is a few short steps, and a second worker cost more in wake-ups than it
-    /// gave (BENCHMARKS.md, "The daemon's priority and one async worker").
+    /// gave (BENCHMARKS.md, "The daemon above its jobs").
     pub async_workers: usize,
     pub supervisor: SupervisorSection,
     pub admission: AdmissionSection,
