@@ -11,6 +11,7 @@ use serde::Serialize;
 pub struct DiagnosticsConfig {
     pub max_open_fds: u64,
     pub max_rss: aura_model::ByteSize,
+    /// Threads beyond the running jobs' launcher threads (one waits for each job by design).
     pub max_threads: u64,
     /// Children beyond the running jobs' main processes (which are the daemon's children by design).
     pub max_extra_children: u64,
@@ -59,6 +60,7 @@ pub(crate) fn warnings(
     running_jobs: usize,
 ) -> Vec<Warning> {
     let extra_children = p.children.saturating_sub(running_jobs as u64);
+    let threads = p.threads.saturating_sub(running_jobs as u64);
     let checks = [
         (
             "open_fds",
@@ -72,7 +74,12 @@ pub(crate) fn warnings(
             config.max_rss.bytes(),
             "resident memory (bytes)",
         ),
-        ("threads", p.threads, config.max_threads, "threads"),
+        (
+            "threads",
+            threads,
+            config.max_threads,
+            "threads beyond one per running job",
+        ),
         (
             "extra_children",
             extra_children,
@@ -142,6 +149,13 @@ mod tests {
             "{}",
             w[0].message
         );
+        // Each running job has a launcher thread waiting for it: not counted against the threshold.
+        let threads = DiagnosticsConfig {
+            max_threads: p.threads - 1,
+            ..DiagnosticsConfig::default()
+        };
+        assert_eq!(warnings(&threads, &p, 0).len(), 1);
+        assert!(warnings(&threads, &p, 1).is_empty());
     }
 
     #[test]
