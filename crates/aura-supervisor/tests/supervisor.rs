@@ -965,6 +965,46 @@ async fn running_limit_holds_launches_until_a_tree_is_gone() {
     }
 }
 
+/// A launcher thread waits for each tree it started, so the pool grows with the running trees: with more
+/// long jobs running than there were launcher threads at start, a new launch still starts at once (with a
+/// fixed pool it would wait for a tree to end, 30 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn launcher_threads_grow_with_running_trees() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s) = start("pool", BackendChoice::ProcessGroup) else {
+        return;
+    };
+    // Six trees, each waited for by the launcher thread that started it (two exist at start), then a
+    // quick job; with a fixed pool the third launch would already wait for a tree to end.
+    let launches = async {
+        let mut long = Vec::new();
+        for job in 0..6 {
+            long.push(
+                s.launch(request(job, dir.path(), "sleep", &["30"]))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut quick = s
+            .launch(request(10, dir.path(), "true", &[]))
+            .await
+            .unwrap();
+        let status = quick.wait().await;
+        quick.finish().await;
+        (long, status)
+    };
+    let (long, status) = tokio::time::timeout(Duration::from_secs(5), launches)
+        .await
+        .expect("launches behind running trees start at once");
+    assert_eq!(status, ExitStatus::Code(0));
+    for mut t in long {
+        t.kill().await;
+        t.finish().await;
+    }
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn launch_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
