@@ -9,6 +9,7 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiagnosticsConfig {
+    /// Open fds beyond what running jobs hold by design (`FDS_PER_RUNNING_JOB` each).
     pub max_open_fds: u64,
     pub max_rss: aura_model::ByteSize,
     /// Threads beyond the running jobs' launcher threads (one waits for each job by design).
@@ -54,6 +55,10 @@ pub struct Cleanup {
     pub actions: Vec<String>,
 }
 
+/// What the daemon holds open for each running job: its pidfd, its stdout and stderr pipes, and their log
+/// files (opened with a stream's first byte).
+const FDS_PER_RUNNING_JOB: u64 = 5;
+
 pub(crate) fn warnings(
     config: &DiagnosticsConfig,
     p: &ProcessSnapshot,
@@ -61,12 +66,15 @@ pub(crate) fn warnings(
 ) -> Vec<Warning> {
     let extra_children = p.children.saturating_sub(running_jobs as u64);
     let threads = p.threads.saturating_sub(running_jobs as u64);
+    let open_fds = p
+        .open_fds
+        .saturating_sub(FDS_PER_RUNNING_JOB * running_jobs as u64);
     let checks = [
         (
             "open_fds",
-            p.open_fds,
+            open_fds,
             config.max_open_fds,
-            "open file descriptors",
+            "open file descriptors beyond 5 per running job",
         ),
         (
             "rss_bytes",
@@ -145,7 +153,8 @@ mod tests {
         let metrics: Vec<&str> = w.iter().map(|w| w.metric).collect();
         assert_eq!(metrics, ["open_fds", "rss_bytes", "threads"]);
         assert!(
-            w[0].message.starts_with("open file descriptors: "),
+            w[0].message
+                .starts_with("open file descriptors beyond 5 per running job: "),
             "{}",
             w[0].message
         );
@@ -156,6 +165,13 @@ mod tests {
         };
         assert_eq!(warnings(&threads, &p, 0).len(), 1);
         assert!(warnings(&threads, &p, 1).is_empty());
+        // Likewise the fds each running job holds.
+        let fds = DiagnosticsConfig {
+            max_open_fds: p.open_fds - 1,
+            ..DiagnosticsConfig::default()
+        };
+        assert_eq!(warnings(&fds, &p, 0).len(), 1);
+        assert!(warnings(&fds, &p, 1).is_empty());
     }
 
     #[test]
