@@ -1,7 +1,7 @@
 //! One job's process tree: how to find its members, signal and kill them (`TreeRef`, blocking), its
-//! sampled statistics and its ending (`TreeStats`, shared with the watcher thread, which samples it and
-//! concludes it when the main process exits), and the public RAII `RunningTree` that waits, stops and
-//! finishes it.
+//! sampled statistics and its ending (`TreeStats`, shared with the watcher thread, which samples it, and
+//! concluded by the thread that reaps the main process — its launcher thread, or the watcher for a tree
+//! without a pidfd), and the public RAII `RunningTree` that waits, stops and finishes it.
 
 use crate::cgroup::{self, MemoryApi, OomCounters};
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
@@ -270,9 +270,9 @@ pub(crate) struct TreeStats {
     cpu_system_usec: AtomicU64,
     processes: AtomicU32,
     peak_processes: AtomicU32,
-    /// The main process's status, set by the watcher thread when it reaped it.
+    /// The main process's status, set by the thread that reaped it.
     exit: Mutex<Option<Reaped>>,
-    /// The tree's final figures, set by the watcher (or, for a tree that outlived its main process, by
+    /// The tree's final figures, set by the reaping thread (or, for a tree that outlived its main process, by
     /// the blocking task that killed the rest) once the tree is empty and its cgroups are handed back.
     finals: Mutex<Option<Finals>>,
     /// Woken when `exit` or `finals` is set.
@@ -363,10 +363,11 @@ impl TreeStats {
         self.peak_processes.store(1, Ordering::Relaxed);
     }
 
-    /// Called by the watcher once it reaped the main process: publishes the status and, for a tree left
-    /// empty (the common case: one read to know), reads the final figures and hands the cgroups back at
-    /// once, so the owner is woken once with everything. A tree that outlived its main process is killed
-    /// and waited for on the blocking pool (bounded by `kill_wait`), never on the watcher thread.
+    /// Called by the thread that reaped the main process (its launcher thread, or the watcher): publishes
+    /// the status and, for a tree left empty (the common case: one read to know), reads the final figures
+    /// and hands the cgroups back at once, so the owner is woken once with everything. A tree that outlived
+    /// its main process is killed and waited for on the blocking pool (bounded by `kill_wait`), never on
+    /// the reaping thread.
     ///
     /// `settled` runs once the tree is settled (on whichever thread settled it): the watcher bounds the
     /// wait for the tree's last output from there.
@@ -452,7 +453,7 @@ impl TreeStats {
         (logs.open == 0).then_some(logs.truncated)
     }
 
-    /// The main process's status, once the watcher reaped it.
+    /// The main process's status, once it is reaped.
     pub fn exit(&self) -> Option<Reaped> {
         *crate::lock(&self.exit)
     }
@@ -461,7 +462,7 @@ impl TreeStats {
         *crate::lock(&self.finals)
     }
 
-    /// Resolves once `ready` returns something (set by the watcher side). Cancel-safe.
+    /// Resolves once `ready` returns something (set by the reaping side). Cancel-safe.
     async fn ended_with<T>(&self, ready: impl Fn(&Self) -> Option<T>) -> T {
         loop {
             // Registered before the check: a notification in between is not lost.
@@ -800,12 +801,13 @@ impl UsageProbe {
 }
 
 /// A job's live process tree. Dropping it without [`finish`](RunningTree::finish) SIGKILLs the whole
-/// tree; the watcher thread reaps it and cleans up.
+/// tree; the launcher thread waiting for it reaps it and cleans up.
 pub struct RunningTree {
     pub(crate) sup: Arc<Inner>,
     pub(crate) handle: TreeHandle,
     pub(crate) stats: Arc<TreeStats>,
-    /// The main process's pidfd (shared with the watcher): signals through it never reach a reused pid.
+    /// The main process's pidfd (shared with the launcher thread that waits on it): signals through it never
+    /// reach a reused pid.
     pub(crate) pidfd: Option<Arc<OwnedFd>>,
     pub(crate) started: Instant,
     started_at: std::time::SystemTime,
@@ -877,7 +879,7 @@ impl RunningTree {
         self.stats.exit().map(|r| r.status)
     }
 
-    /// Resolves when the main process has exited (the watcher thread reaps it). Cancel-safe; afterwards
+    /// Resolves when the main process has exited (its launcher thread reaps it). Cancel-safe; afterwards
     /// it returns the same status immediately.
     pub async fn wait(&mut self) -> ExitStatus {
         self.stats.ended_with(|s| s.exit().map(|r| r.status)).await
@@ -913,7 +915,7 @@ impl RunningTree {
         (self.wait().await, sent)
     }
 
-    /// After the main process exited: waits until the watcher has concluded the tree (whatever remained
+    /// After the main process exited: waits until the tree is concluded (whatever remained
     /// of it killed — nothing outlives the job's main process —, the final counters read, the job
     /// cgroups handed back to the pool), waits (at most ~1 s) for log capture to reach EOF and returns
     /// the accounting. If the main process is still running, the tree is SIGKILLed first.
@@ -967,8 +969,8 @@ impl TreeStats {
     }
 }
 
-/// SIGKILLs the main process through its pidfd (immune to pid reuse). The watcher then reaps it and
-/// kills whatever is left of the tree.
+/// SIGKILLs the main process through its pidfd (immune to pid reuse). The thread waiting for it then
+/// reaps it and kills whatever is left of the tree.
 pub(crate) fn kill_main(stats: &TreeStats, pidfd: Option<&OwnedFd>) {
     if let Some(fd) = pidfd {
         // SAFETY: plain syscall on an fd we own.
@@ -993,7 +995,7 @@ impl Drop for RunningTree {
         if self.finished {
             return;
         }
-        // The watcher reaps it, kills the rest of the tree and ends its captures.
+        // Its launcher thread reaps it and kills the rest of the tree; the watcher ends its captures.
         kill_main(&self.stats, self.pidfd.as_deref());
     }
 }
