@@ -353,6 +353,10 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("job_nice"), "{err}");
+            jail.set_env("AURA_ASYNC_WORKERS", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("async_workers"), "{err}");
+            jail.set_env("AURA_ASYNC_WORKERS", "2");
             jail.set_env("AURA_SUPERVISOR__DAEMON_NICE", "-21");
             assert!(Config::load(None).is_err());
             jail.set_env("AURA_SUPERVISOR__DAEMON_NICE", "-5");
