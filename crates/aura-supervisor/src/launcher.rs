@@ -128,6 +128,11 @@ impl Queue {
 pub(crate) struct Reap {
     key: u64,
     pidfd: Arc<OwnedFd>,
+    stats: Arc<TreeStats>,
+    /// The daemon's copies of the job's pipe write ends, kept until its main process exits: the exit
+    /// then wakes no capture (no EOF yet), and this thread ends the captures itself
+    /// (`Watcher::end_captures`).
+    write_ends: StdioEnds,
 }
 
 /// What every launcher thread shares.
@@ -270,7 +275,13 @@ impl Launchers {
     /// on the CPU it exited on, as a plain spawn-and-wait loop is woken —, then starts the launch
     /// parked behind it, and so on, the way a plain spawn-and-wait loop runs its jobs.
     fn run_started(self: &Arc<Self>, mut reap: Option<Reap>, stack: &mut [u8]) {
-        while let Some(Reap { key, pidfd }) = reap.take() {
+        while let Some(Reap {
+            key,
+            pidfd,
+            stats,
+            write_ends,
+        }) = reap.take()
+        {
             // Someone must prepare the next launches meanwhile.
             if self.free.fetch_sub(1, Ordering::SeqCst) <= self.minimum {
                 if let Err(e) = self.add_thread() {
@@ -282,6 +293,7 @@ impl Launchers {
             }
             wait_exit(&pidfd);
             self.free.fetch_add(1, Ordering::SeqCst);
+            self.launcher.watcher.end_captures(&stats, write_ends);
             self.launcher.watcher.exited(key);
             while let Some((start, slot)) = self.launcher.slots.take_next() {
                 reap = start(slot, stack);
@@ -321,7 +333,7 @@ struct Prepared {
     plan: SpawnPlan,
     /// Read ends of the job's stdout and stderr.
     pipes: [OwnedFd; 2],
-    /// Our copies of the child's pipe write ends, closed once the child has its own.
+    /// Our copies of the child's pipe write ends (kept until its main process exits, see `Reap`).
     stdio_ends: StdioEnds,
 }
 
@@ -460,8 +472,6 @@ impl Launcher {
             source,
         })?;
         let ticks_after = procfs::boot_ticks();
-        // Our copies of the child's pipe write ends: the capture sees EOF once the job's own are closed.
-        drop(stdio_ends);
         let (v2, v1) = staged.started();
         // The child is not reaped yet (only we reap it), so its pid and /proc entry are pinned.
         let pidfd = rustix::process::Pid::from_raw(pid)
@@ -518,7 +528,21 @@ impl Launcher {
             !layout.has_cgroup_memory(),
             captures,
         );
-        let reap = pidfd.clone().map(|pidfd| Reap { key, pidfd });
+        // With a pidfd this thread waits for the main process and keeps our copies of its pipes' write
+        // ends until then (see `Reap`); without one, they close now and the captures see EOF once the
+        // job's own copies are closed.
+        let reap = match pidfd.clone() {
+            Some(pidfd) => Some(Reap {
+                key,
+                pidfd,
+                stats: stats.clone(),
+                write_ends: stdio_ends,
+            }),
+            None => {
+                drop(stdio_ends);
+                None
+            }
+        };
         Ok(Spawned {
             pidfd,
             stats,
@@ -604,8 +628,9 @@ impl Drop for StagedCgroups {
     }
 }
 
-/// The child's side of the job's output pipes, closed in the parent once the child has them.
-struct StdioEnds {
+/// The child's side of the job's output pipes: the parent's copies, closed once the job's main process has
+/// exited (or at once where nobody waits for it).
+pub(crate) struct StdioEnds {
     _stdout: OwnedFd,
     _stderr: OwnedFd,
 }

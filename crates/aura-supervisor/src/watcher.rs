@@ -162,6 +162,53 @@ impl Watcher {
         key
     }
 
+    /// The main process of `stats`' tree has exited (not reaped yet): closes the daemon's copies of its
+    /// pipes' write ends (`write_ends`) and, where nothing else holds a pipe any more, drains and ends the
+    /// capture on the calling thread — so that a job's exit wakes no thread but the one that reaps it.
+    /// A capture another process still writes to (or one this thread is draining right now) stays with
+    /// the watcher. Call before `exited`, so that the tree settles with its captures done.
+    pub fn end_captures(&self, stats: &Arc<TreeStats>, write_ends: impl Sized) {
+        let taken: Vec<(u64, Logged)> = {
+            let mut logs = crate::lock(&self.shared.logs);
+            let keys: Vec<u64> = logs
+                .iter()
+                .filter(|(_, l)| Arc::ptr_eq(&l.stats, stats))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| Some((k, logs.remove(&k)?)))
+                .collect()
+        };
+        for (_, logged) in &taken {
+            let _ = epoll::delete(&self.shared.epoll, logged.capture.pipe());
+        }
+        drop(write_ends);
+        for (key, mut logged) in taken {
+            match logged.capture.drain(LOG_BUDGET) {
+                Ok(true) => end_log(&self.shared, logged),
+                // More than a turn's budget, or a writer left (a process that escaped the tree's
+                // reach): the watcher goes on with it.
+                Ok(false) => {
+                    let raw = logged.capture.pipe().as_raw_fd();
+                    crate::lock(&self.shared.logs).insert(key, logged);
+                    // SAFETY: as in `watch_log`: the capture just stored keeps `raw` open until the
+                    // watcher removes it after one of its events.
+                    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                    if let Err(e) = watch_fd(&self.shared.epoll, fd, key) {
+                        tracing::warn!(error = %e, "cannot watch a log pipe; the stream's capture ends");
+                        if let Some(logged) = crate::lock(&self.shared.logs).remove(&key) {
+                            end_log(&self.shared, logged);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pid = logged.stats.tree.pid, stream = ?logged.capture.stream(), error = %e, "log capture failed");
+                    end_log(&self.shared, logged);
+                }
+            }
+        }
+    }
+
     /// The main process of tree `key` has exited: reap and conclude it on the calling thread.
     pub fn exited(&self, key: u64) {
         conclude(&self.shared, &self.shared.ending, key);
