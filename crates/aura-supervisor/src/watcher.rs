@@ -5,9 +5,10 @@
 //!
 //! Capture: each job's pipes sit in the watcher's epoll set, and each readable pipe is drained into its
 //! log files on this thread (`aura_logs::Capture`, at most `LOG_BUDGET` bytes a turn, so a chatty job
-//! cannot hold up the others). A capture still open `LOG_LINGER` after its tree settled (a process out of
-//! the backend's reach holds the pipe) is given up, so that nobody waiting for a tree's captures waits
-//! longer than that.
+//! cannot hold up the others). At the main process's exit the reaping launcher thread ends the captures
+//! itself (`end_captures`; the daemon held the pipes' write ends until then, so the exit woke nobody
+//! here). A capture still open `LOG_LINGER` after its tree settled (a process out of the backend's reach
+//! holds the pipe) is given up, so that nobody waiting for a tree's captures waits longer than that.
 //!
 //! Sampling: every `sample_interval` it reads current memory, process count and CPU of every tree, and
 //! every `watch_interval` the trees with a memory limit (watchdog and OOM checks). Registering a tree
