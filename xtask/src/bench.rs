@@ -233,7 +233,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
                 let spec = JobSpec::new("sleep", vec!["600".to_owned()]);
                 blockers.push(client.submit(&spec).await?.job.id);
             }
-            while client.status().await?["running"] != parallel {
+            while client.status().await?.running != parallel {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -283,7 +283,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
         let max_id = ids.iter().copied().max().context("no jobs")?;
         loop {
             let status = client.status().await?;
-            if status["running"] == 0 && status["queued"] == 0 {
+            if status.running == 0 && status.queued == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -861,7 +861,7 @@ fn soak(root: &Path, jobs: usize, every: usize) -> anyhow::Result<()> {
             }
             loop {
                 let status = client.status().await?;
-                if status["running"] == 0 && status["queued"] == 0 {
+                if status.running == 0 && status.queued == 0 {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

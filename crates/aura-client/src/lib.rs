@@ -84,7 +84,7 @@ impl Client {
         self.send(self.http.get(self.url("/healthz"))).await
     }
 
-    pub async fn status(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn status(&self) -> Result<aura_model::EngineStatus, ClientError> {
         self.send(self.http.get(self.url("/api/status"))).await
     }
 

@@ -4,8 +4,8 @@ use crate::actor::{CancelReply, Command, Shared};
 use crate::EngineError;
 use aura_logs::{LogChunk, Stream};
 use aura_model::{
-    Backend, Job, JobEventRecord, JobId, JobSpec, JobView, MemoryRequest, RequestSource, StateName,
-    Timestamp,
+    Backend, EngineStatus, Job, JobEventRecord, JobId, JobSpec, JobView, MemoryRequest,
+    RequestSource, StateName, Timestamp,
 };
 use aura_store::ListFilter;
 use serde::Serialize;
@@ -69,16 +69,6 @@ pub enum Health {
 pub struct Readiness {
     pub status: Health,
     pub reasons: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct EngineStatus {
-    pub backend: Backend,
-    pub backend_detail: String,
-    pub accepting: bool,
-    pub max_concurrent: usize,
-    pub running: usize,
-    pub queued: usize,
 }
 
 #[derive(Clone)]

@@ -16,10 +16,11 @@ mod monitor;
 mod pressure;
 
 pub use admission::AdmissionConfig;
+pub use aura_model::EngineStatus;
 pub use diagnostics::{Cleanup, Diagnostics, DiagnosticsConfig, Warning};
 pub use error::EngineError;
 pub use guards::{GuardConfig, MemoryThreshold};
-pub use handle::{EngineHandle, EngineStatus, Health, LimitUse, Readiness, Utilization};
+pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
 
 use aura_supervisor::{Supervisor, SupervisorConfig};

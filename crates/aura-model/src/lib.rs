@@ -13,4 +13,4 @@ pub use job::*;
 pub use size::ByteSize;
 pub use state::*;
 pub use time::Timestamp;
-pub use view::{JobPage, JobView};
+pub use view::{EngineStatus, JobPage, JobView};

@@ -1,7 +1,8 @@
-//! What the API shows of jobs: a record with its live resource use and why it waits, and a page of them.
-//! One definition for the server that writes them and the client that reads them, so the two cannot drift.
+//! What the API shows of jobs — a record with its live resource use and why it waits, a page of them —
+//! and of the engine (`EngineStatus`). One definition for the server that writes them and the client that
+//! reads them, so the two cannot drift.
 
-use crate::{Job, JobId, LiveUsage};
+use crate::{Backend, Job, JobId, LiveUsage};
 use serde::{Deserialize, Serialize};
 
 /// A job record plus, while it runs, its live resource use.
@@ -24,4 +25,17 @@ pub struct JobPage {
     /// Pass as `after` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<JobId>,
+}
+
+/// `GET /api/status`: the engine's backend and its running and queued counts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub backend: Backend,
+    /// The backend's start-up line (cgroup paths, capabilities).
+    pub backend_detail: String,
+    /// Whether submissions are accepted (false while shutting down).
+    pub accepting: bool,
+    pub max_concurrent: usize,
+    pub running: usize,
+    pub queued: usize,
 }

@@ -289,15 +289,15 @@ pub async fn run(args: Args, serve: Option<Config>) -> anyhow::Result<u8> {
     }
 }
 
-fn print_status(status: &serde_json::Value, u: &serde_json::Value) {
+fn print_status(status: &aura_model::EngineStatus, u: &serde_json::Value) {
     let text = |v: &serde_json::Value| v.to_string().trim_matches('"').to_owned();
     let bytes = |v: &serde_json::Value| {
         v.as_u64()
             .map_or("?".to_owned(), |b| ByteSize(b).to_string())
     };
     // The detail starts with the backend's name.
-    println!("backend:        {}", text(&status["backend_detail"]));
-    println!("accepting:      {}", text(&status["accepting"]));
+    println!("backend:        {}", status.backend_detail);
+    println!("accepting:      {}", status.accepting);
     println!(
         "running:        {} of max_concurrent {}",
         text(&u["running"]),
