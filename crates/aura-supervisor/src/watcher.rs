@@ -15,6 +15,7 @@
 //! costs no wake-up, except where its first figures need a `/proc` sample (no memory cgroup): then it is
 //! sampled at once, alone.
 
+use crate::launcher::StdioEnds;
 use crate::tree::{self, Ending, TreeStats};
 use aura_logs::Capture;
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
@@ -168,45 +169,16 @@ impl Watcher {
     /// capture on the calling thread — so that a job's exit wakes no thread but the one that reaps it.
     /// A capture another process still writes to (or one this thread is draining right now) stays with
     /// the watcher. Call before `exited`, so that the tree settles with its captures done.
-    pub fn end_captures(&self, stats: &Arc<TreeStats>, write_ends: impl Sized) {
-        let taken: Vec<(u64, Logged)> = {
-            let mut logs = crate::lock(&self.shared.logs);
-            let keys: Vec<u64> = logs
-                .iter()
-                .filter(|(_, l)| Arc::ptr_eq(&l.stats, stats))
-                .map(|(k, _)| *k)
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| Some((k, logs.remove(&k)?)))
-                .collect()
-        };
+    pub fn end_captures(&self, stats: &Arc<TreeStats>, write_ends: StdioEnds) {
+        let taken = take_logs(&self.shared, stats);
         for (_, logged) in &taken {
             let _ = epoll::delete(&self.shared.epoll, logged.capture.pipe());
         }
         drop(write_ends);
-        for (key, mut logged) in taken {
-            match logged.capture.drain(LOG_BUDGET) {
-                Ok(true) => end_log(&self.shared, logged),
-                // More than a turn's budget, or a writer left (a process that escaped the tree's
-                // reach): the watcher goes on with it.
-                Ok(false) => {
-                    let raw = logged.capture.pipe().as_raw_fd();
-                    crate::lock(&self.shared.logs).insert(key, logged);
-                    // SAFETY: as in `watch_log`: the capture just stored keeps `raw` open until the
-                    // watcher removes it after one of its events.
-                    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-                    if let Err(e) = watch_fd(&self.shared.epoll, fd, key) {
-                        tracing::warn!(error = %e, "cannot watch a log pipe; the stream's capture ends");
-                        if let Some(logged) = crate::lock(&self.shared.logs).remove(&key) {
-                            end_log(&self.shared, logged);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(pid = logged.stats.tree.pid, stream = ?logged.capture.stream(), error = %e, "log capture failed");
-                    end_log(&self.shared, logged);
-                }
-            }
+        for (key, logged) in taken {
+            // More than a turn's budget, or a writer left (a process that escaped the tree's reach): the
+            // watcher goes on with it.
+            drain_or_keep(&self.shared, key, logged, false);
         }
     }
 
@@ -217,27 +189,8 @@ impl Watcher {
 
     fn watch_log(&self, capture: Capture, stats: &Arc<TreeStats>) {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
-        let raw = capture.pipe().as_raw_fd();
-        // In the map before the pipe is in the epoll set; the map keeps the fd open until the watcher,
-        // which alone removes entries after an event, takes it out.
-        crate::lock(&self.shared.logs).insert(
-            key,
-            Logged {
-                capture,
-                stats: stats.clone(),
-            },
-        );
-        // SAFETY: `raw` belongs to the capture just stored, which nothing closes before this call returns:
-        // the watcher removes it only after one of its events (which follow this registration) or when
-        // its tree's owner gives it up (which needs the tree, handed out after `register` returned).
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        if let Err(e) = watch_fd(&self.shared.epoll, fd, key) {
-            tracing::warn!(error = %e, "cannot watch a log pipe; the stream is not captured");
-            let removed = crate::lock(&self.shared.logs).remove(&key);
-            if let Some(logged) = removed {
-                logged.stats.log_done(logged.capture.report());
-            }
-        }
+        let stats = stats.clone();
+        watch_logged(&self.shared, key, Logged { capture, stats });
     }
 
     /// SIGKILLs the main process of every tree a launcher thread waits for (shutdown: that thread must
@@ -395,42 +348,80 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
     }
 }
 
+/// Puts a capture in the map under `key` and its pipe in the epoll set; a pipe that cannot be watched ends
+/// its capture.
+fn watch_logged(shared: &Shared, key: u64, logged: Logged) {
+    let raw = logged.capture.pipe().as_raw_fd();
+    // In the map before the pipe is in the epoll set; the map keeps the fd open until the watcher, which
+    // alone removes entries after an event, takes it out.
+    crate::lock(&shared.logs).insert(key, logged);
+    // SAFETY: `raw` belongs to the capture just stored, which nothing closes before this call returns: the
+    // watcher removes it only after one of its events (which follow this registration), or when its tree
+    // has settled (after its launcher thread, the only other caller, is done with it).
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    if let Err(e) = watch_fd(&shared.epoll, fd, key) {
+        tracing::warn!(error = %e, "cannot watch a log pipe; the stream's capture ends");
+        if let Some(logged) = crate::lock(&shared.logs).remove(&key) {
+            log_done(logged);
+        }
+    }
+}
+
 /// Drains the log pipe `key`; at EOF or on an error its capture ends.
 fn drain_log(shared: &Shared, key: u64) {
     // Out of the map while it drains: the lock is never held across I/O.
-    let Some(mut logged) = crate::lock(&shared.logs).remove(&key) else {
+    let Some(logged) = crate::lock(&shared.logs).remove(&key) else {
         return;
     };
+    drain_or_keep(shared, key, logged, true);
+}
+
+/// Drains a capture taken out of the map: at EOF or on an error it ends, else it goes back under `key`
+/// (`in_epoll`: its pipe is still in the epoll set; else it is added again).
+fn drain_or_keep(shared: &Shared, key: u64, mut logged: Logged, in_epoll: bool) {
     match logged.capture.drain(LOG_BUDGET) {
-        Ok(false) => {
+        Ok(false) if in_epoll => {
             crate::lock(&shared.logs).insert(key, logged);
             return;
         }
+        Ok(false) => return watch_logged(shared, key, logged),
         Ok(true) => {}
         Err(e) => {
             tracing::warn!(pid = logged.stats.tree.pid, stream = ?logged.capture.stream(), error = %e, "log capture failed")
         }
     }
-    end_log(shared, logged);
+    if in_epoll {
+        end_log(shared, logged);
+    } else {
+        log_done(logged);
+    }
 }
 
 fn end_log(shared: &Shared, logged: Logged) {
     let _ = epoll::delete(&shared.epoll, logged.capture.pipe());
+    log_done(logged);
+}
+
+fn log_done(logged: Logged) {
     logged.stats.log_done(logged.capture.report());
+}
+
+/// Takes every capture of `stats`' tree out of the map.
+fn take_logs(shared: &Shared, stats: &Arc<TreeStats>) -> Vec<(u64, Logged)> {
+    let mut logs = crate::lock(&shared.logs);
+    let keys: Vec<u64> = logs
+        .iter()
+        .filter(|(_, l)| Arc::ptr_eq(&l.stats, stats))
+        .map(|(k, _)| *k)
+        .collect();
+    keys.into_iter()
+        .filter_map(|k| Some((k, logs.remove(&k)?)))
+        .collect()
 }
 
 /// Gives up the captures of `stats`' tree that have not reached EOF, closing their pipes.
 fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
-    let abandoned: Vec<Logged> = {
-        let mut logs = crate::lock(&shared.logs);
-        let keys: Vec<u64> = logs
-            .iter()
-            .filter(|(_, l)| Arc::ptr_eq(&l.stats, stats))
-            .map(|(k, _)| *k)
-            .collect();
-        keys.iter().filter_map(|k| logs.remove(k)).collect()
-    };
-    for logged in abandoned {
+    for (_, logged) in take_logs(shared, stats) {
         tracing::warn!(
             pid = stats.tree.pid,
             stream = ?logged.capture.stream(),
