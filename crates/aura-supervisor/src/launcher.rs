@@ -30,8 +30,6 @@ pub(crate) struct Spawned {
     pub started: Instant,
     /// The same moment on the wall clock, for the record.
     pub started_at: SystemTime,
-    /// Taken by the launcher thread before the reply: the tree it then waits for.
-    reap: Option<Reap>,
 }
 
 pub(crate) enum LauncherMsg {
@@ -316,7 +314,7 @@ fn wait_exit(pidfd: &OwnedFd) {
             Err(rustix::io::Errno::INTR) => continue,
             Ok(_) => return,
             Err(e) => {
-                // ECHILD: reaped elsewhere; the watcher's conclusion reports the status as unknown.
+                // ECHILD: reaped elsewhere; the conclusion (`Watcher::exited`) reports the status unknown.
                 tracing::error!(error = %e, "waiting for a job's main process failed");
                 return;
             }
@@ -363,23 +361,25 @@ impl Launcher {
                 NoSlot::Withdrawn => LaunchError::Withdrawn,
                 NoSlot::Closed => LaunchError::ShuttingDown,
             });
-            let mut result = slot.and_then(|slot| launcher.start_tree(&req, prepared, slot, stack));
-            if result.is_err() && req.create_cwd {
-                // No tree will release the directory: it stays (a later attempt uses it), no longer counted.
-                launcher.workdirs.release(&req.cwd, false);
+            let (result, reap) =
+                match slot.and_then(|slot| launcher.start_tree(&req, prepared, slot, stack)) {
+                    Ok((spawned, reap)) => (Ok(spawned), reap),
+                    Err(e) => {
+                        if req.create_cwd {
+                            // No tree will release the directory: it stays (a later attempt uses it), no
+                            // longer counted.
+                            launcher.workdirs.release(&req.cwd, false);
+                        }
+                        (Err(e), None)
+                    }
+                };
+            if let Err(Ok(orphan)) = reply.send(result) {
+                // The caller went away (its launch future was cancelled): nobody owns this tree. Its
+                // launcher thread (or the watcher) reaps it; the rest is killed.
+                tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
+                kill_main(&orphan.stats, orphan.pidfd.as_deref());
             }
-            let reap = result.as_mut().ok().and_then(|s| s.reap.take());
-            match reply.send(result) {
-                Ok(()) => reap,
-                Err(Ok(orphan)) => {
-                    // The caller went away (its launch future was cancelled): nobody owns this tree.
-                    // Its launcher thread (or the watcher) reaps it; the rest is killed.
-                    tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
-                    kill_main(&orphan.stats, orphan.pidfd.as_deref());
-                    reap
-                }
-                Err(Err(_)) => None,
-            }
+            reap
         });
         let (start, slot) = self.slots.offer(&ticket, start)?;
         start(slot, stack)
@@ -444,14 +444,15 @@ impl Launcher {
         })
     }
 
-    /// The start itself, with the slot taken: the clone, the pidfd, the watcher's registration.
+    /// The start itself, with the slot taken: the clone, the pidfd, the watcher's registration. Returns
+    /// the owner's answer and the tree this thread then waits for (where it has a pidfd).
     fn start_tree(
         &self,
         req: &LaunchRequest,
         prepared: Prepared,
         slot: crate::slots::SlotPermit,
         stack: &mut [u8],
-    ) -> Result<Spawned, LaunchError> {
+    ) -> Result<(Spawned, Option<Reap>), LaunchError> {
         let Launcher {
             layout,
             watcher,
@@ -543,13 +544,13 @@ impl Launcher {
                 None
             }
         };
-        Ok(Spawned {
+        let spawned = Spawned {
             pidfd,
             stats,
             started,
             started_at,
-            reap,
-        })
+        };
+        Ok((spawned, reap))
     }
 }
 
