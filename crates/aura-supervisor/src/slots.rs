@@ -128,6 +128,21 @@ impl State {
         seq == NO_SEQ || self.pending.first().map_or(true, |&first| first == seq)
     }
 
+    /// The parked launch to run next, if any: one withdrawn (or, once closed, any: run to be discarded),
+    /// else the head of the line when a slot is free.
+    fn next(&self) -> Option<u64> {
+        let gone = self
+            .parked
+            .keys()
+            .find(|seq| self.closed || !self.pending.contains(seq));
+        let head = || {
+            self.pending
+                .first()
+                .filter(|head| self.free() && self.parked.contains_key(head))
+        };
+        gone.or_else(head).copied()
+    }
+
     /// Claims the ticket's slot; `Withdrawn` when it was withdrawn meanwhile.
     fn claim(&mut self, slots: &Arc<Slots>, ticket: &LaunchTicket) -> Result<SlotPermit, NoSlot> {
         self.pending.remove(&ticket.seq());
@@ -155,12 +170,7 @@ impl Slots {
     }
 
     pub fn set_limit(&self, limit: Option<usize>) {
-        let parked = {
-            let mut state = crate::lock(&self.state);
-            state.limit = limit;
-            !state.parked.is_empty()
-        };
-        self.changed(parked);
+        self.change(|state| state.limit = limit);
     }
 
     /// Gives the ticket its place in line and runs `queue` (which hands the launch to the launcher
@@ -206,43 +216,22 @@ impl Slots {
     /// change, and when asked (`on_ready`).
     pub fn take_next(self: &Arc<Self>) -> Option<(Parked, Result<SlotPermit, NoSlot>)> {
         let mut state = crate::lock(&self.state);
-        let gone = state
-            .parked
-            .iter()
-            .find(|(seq, _)| state.closed || !state.pending.contains(seq))
-            .map(|(seq, _)| *seq);
-        if let Some(seq) = gone {
-            let closed = state.closed;
-            let (ticket, start) = state.parked.remove(&seq)?;
+        let seq = state.next()?;
+        let (ticket, start) = state.parked.remove(&seq)?;
+        let slot = if state.closed && !ticket.withdrawn() {
             state.pending.remove(&seq);
-            let why = if closed && !ticket.withdrawn() {
-                NoSlot::Closed
-            } else {
-                NoSlot::Withdrawn
-            };
-            return Some((start, Err(why)));
-        }
-        let head = *state.pending.first()?;
-        if !state.free() || !state.parked.contains_key(&head) {
-            return None;
-        }
-        let (ticket, start) = state.parked.remove(&head)?;
-        let slot = state.claim(self, &ticket);
+            Err(NoSlot::Closed)
+        } else if !state.pending.contains(&seq) {
+            Err(NoSlot::Withdrawn)
+        } else {
+            state.claim(self, &ticket)
+        };
         Some((start, slot))
     }
 
     /// Whether `take_next` has something to run now.
     pub fn ready(&self) -> bool {
-        let state = crate::lock(&self.state);
-        let head_ready = state
-            .pending
-            .first()
-            .is_some_and(|head| state.free() && state.parked.contains_key(head));
-        head_ready
-            || state
-                .parked
-                .keys()
-                .any(|seq| state.closed || !state.pending.contains(seq))
+        crate::lock(&self.state).next().is_some()
     }
 
     /// Withdraws a launch that has not taken its slot; `false` once it has (it is starting or started).
@@ -257,27 +246,24 @@ impl Slots {
     /// Takes a launch out of line (withdrawn, or failed before it reached its slot), so that the ones
     /// behind it do not wait for it.
     pub fn forget(&self, ticket: &LaunchTicket) {
-        let parked = {
-            let mut state = crate::lock(&self.state);
+        self.change(|state| {
             state.pending.remove(&ticket.seq());
-            !state.parked.is_empty()
-        };
-        self.changed(parked);
+        });
     }
 
     /// Every parked launch and every later one gets `NoSlot::Closed` (shutdown).
     pub fn close(&self) {
-        let parked = {
-            let mut state = crate::lock(&self.state);
-            state.closed = true;
-            !state.parked.is_empty()
-        };
-        self.changed(parked);
+        self.change(|state| state.closed = true);
     }
 
-    /// After a change that may let a parked launch go: a launcher thread looks by itself afterwards;
-    /// any other thread asks one to.
-    fn changed(&self, parked: bool) {
+    /// A change that may let a parked launch go: a launcher thread looks by itself afterwards; any other
+    /// thread asks one to (outside the lock).
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        let parked = {
+            let mut state = crate::lock(&self.state);
+            f(&mut state);
+            !state.parked.is_empty()
+        };
         if parked && !STARTS_JOBS.with(std::cell::Cell::get) {
             if let Some(ready) = self.ready.get() {
                 ready();
@@ -293,12 +279,8 @@ impl Slots {
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
-        let parked = {
-            let mut state = crate::lock(&self.slots.state);
-            state.running = state.running.saturating_sub(1);
-            !state.parked.is_empty()
-        };
-        self.slots.changed(parked);
+        self.slots
+            .change(|state| state.running = state.running.saturating_sub(1));
     }
 }
 
@@ -352,6 +334,14 @@ mod tests {
         (now, rx)
     }
 
+    /// Offers a launch that must go at once; its slot.
+    fn offer_now(slots: &Arc<Slots>, ticket: &LaunchTicket) -> SlotPermit {
+        offer(slots, ticket)
+            .0
+            .expect("went at once")
+            .expect("with a slot")
+    }
+
     /// Runs what is ready, as a launcher thread does after a change.
     fn run_ready(slots: &Arc<Slots>) -> usize {
         let mut ran = 0;
@@ -365,10 +355,7 @@ mod tests {
     #[test]
     fn launches_take_slots_in_registration_order() {
         let (slots, asked) = slots(Some(1));
-        let first = offer(&slots, &registered(&slots))
-            .0
-            .expect("went")
-            .expect("free slot");
+        let first = offer_now(&slots, &registered(&slots));
         let (early, late) = (registered(&slots), registered(&slots));
         // The later one is prepared first; both wait for the slot.
         let (now, late_rx) = offer(&slots, &late);
@@ -413,7 +400,7 @@ mod tests {
     fn a_parked_launch_can_be_withdrawn_but_not_a_claimed_one() {
         let (slots, _) = slots(Some(1));
         let claimed = registered(&slots);
-        let permit = offer(&slots, &claimed).0.expect("went").expect("free slot");
+        let permit = offer_now(&slots, &claimed);
         assert!(claimed.claimed());
         assert!(
             !slots.withdraw(&claimed),
@@ -467,12 +454,7 @@ mod tests {
     fn without_a_limit_every_launch_goes_at_once() {
         let (slots, _) = slots(None);
         let permits: Vec<_> = (0..100)
-            .map(|_| {
-                offer(&slots, &registered(&slots))
-                    .0
-                    .expect("went")
-                    .expect("slot")
-            })
+            .map(|_| offer_now(&slots, &registered(&slots)))
             .collect();
         assert_eq!(slots.running(), 100);
         drop(permits);
@@ -482,10 +464,7 @@ mod tests {
     #[test]
     fn a_thread_that_starts_jobs_is_not_asked_to_look() {
         let (slots, asked) = slots(Some(1));
-        let permit = offer(&slots, &registered(&slots))
-            .0
-            .expect("went")
-            .expect("slot");
+        let permit = offer_now(&slots, &registered(&slots));
         let (now, _rx) = offer(&slots, &registered(&slots));
         assert!(now.is_none());
         let s = slots.clone();
