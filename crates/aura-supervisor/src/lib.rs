@@ -14,10 +14,9 @@
 //! hands leftovers to [`Supervisor::recover`]), or the log file format (`aura_logs`).
 //!
 //! Threads: one launcher thread per running tree plus `SupervisorConfig::launchers` free ones, and one
-//! watcher thread (sampling, log capture) per [`Supervisor`];
-//! the rarer blocking cgroupfs and `/proc` work (signalling a tree, killing one that outlived its main
-//! process) runs in `spawn_blocking`. Nothing blocking runs on async worker threads, except the few `mkdir`s of
-//! [`Supervisor::start`].
+//! watcher thread (sampling, log capture) per [`Supervisor`]; the rarer blocking cgroupfs and `/proc` work
+//! (signalling a tree, killing one that outlived its main process) runs in `spawn_blocking`. Nothing
+//! blocking runs on async worker threads, except the few `mkdir`s of [`Supervisor::start`].
 //!
 //! Backend guarantees:
 //! - cgroup backends: a job cannot leave its cgroup (it is placed there before `exec`), so every
@@ -494,8 +493,8 @@ impl Supervisor {
     }
 
     /// At most `max` trees run at once from now on (`None`: no limit, the default): a launch beyond it
-    /// waits on its launcher thread, fully prepared, and starts the moment a tree is gone — in the order
-    /// `launch` was called. A tree counts from its clone until it is known empty (its main process
+    /// waits, fully prepared (parked), and starts on the thread that reaps a tree the moment one is gone —
+    /// in the order `launch` was called. A tree counts from its clone until it is known empty (its main process
     /// reaped and no process left in it).
     pub fn limit_running(&self, max: Option<usize>) {
         self.inner.slots.set_limit(max);
@@ -587,18 +586,16 @@ impl Supervisor {
         if self.inner.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Parked launches are given up, then the launcher threads read their Stop; a launcher thread
-        // still waiting for a tree (its owner did not finish it) has it killed, as its exit would.
+        // Parked launches are given up, then the launcher threads read their Stop.
         self.inner.slots.close();
-        self.inner.watcher.kill_waited_for();
         self.inner.launch_queue.close();
         let inner = self.inner.clone();
         let _ = self
             .inner
             .runtime
             .spawn_blocking(move || {
-                // A launch that took its slot just before the close may start a tree after the sweep
-                // above: sweep again while a launcher thread is still waiting for one.
+                // A launcher thread still waiting for a tree (its owner did not finish it, or it took its
+                // slot just before the close) has it killed, as its exit would.
                 loop {
                     let launchers = inner.launchers.take_threads();
                     if launchers.is_empty() {
