@@ -350,6 +350,8 @@ pub struct PidStat {
     /// Clock ticks.
     pub utime: u64,
     pub stime: u64,
+    /// The nice value (−20 to 19), per thread on Linux: this is the main thread's.
+    pub nice: i32,
     pub num_threads: u64,
     /// Clock ticks after boot.
     pub starttime: u64,
@@ -368,6 +370,7 @@ pub fn parse_pid_stat(text: &str) -> Result<PidStat, ParseError> {
         ppid: num(field(4), "ppid")?,
         utime: num(field(14), "utime")?,
         stime: num(field(15), "stime")?,
+        nice: num(field(19), "nice")?,
         num_threads: num(field(20), "num_threads")?,
         starttime: num(field(22), "starttime")?,
         vsize_bytes: num(field(23), "vsize")?,
@@ -546,7 +549,7 @@ Hugepagesize:       2048 kB
     #[test]
     fn pid_stat() {
         // A comm with spaces and a `)` inside, as a hostile process could name itself.
-        let text = "12345 (my ) prog) S 1 12345 12345 0 -1 4194560 2000 0 0 0 150 30 0 0 20 0 7 0 \
+        let text = "12345 (my ) prog) S 1 12345 12345 0 -1 4194560 2000 0 0 0 150 30 0 0 15 -5 7 0 \
                     98765 123456789 2500 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
         let s = parse_pid_stat(text).unwrap();
         assert_eq!(
@@ -555,6 +558,7 @@ Hugepagesize:       2048 kB
                 ppid: 1,
                 utime: 150,
                 stime: 30,
+                nice: -5,
                 num_threads: 7,
                 starttime: 98765,
                 vsize_bytes: 123456789,

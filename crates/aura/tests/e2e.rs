@@ -1752,8 +1752,7 @@ mod metrics {
         // CAP_SYS_NICE, as the test's own root does here); the job starts at `job_nice`, 0.
         let nice = |stat_path: String| -> i32 {
             let stat = std::fs::read_to_string(stat_path).unwrap();
-            let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-            after_comm.split(' ').nth(16).unwrap().parse().unwrap()
+            aura_host::procfs::parse_pid_stat(&stat).unwrap().nice
         };
         assert_eq!(nice(format!("/proc/{job_pid}/stat")), 0);
         const CAP_SYS_NICE: u32 = 23;
