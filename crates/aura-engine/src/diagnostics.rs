@@ -55,9 +55,9 @@ pub struct Cleanup {
     pub actions: Vec<String>,
 }
 
-/// What the daemon holds open for each running job: its pidfd, its stdout and stderr pipes, and their log
-/// files (opened with a stream's first byte).
-const FDS_PER_RUNNING_JOB: u64 = 5;
+/// What the daemon holds open for each running job: its pidfd, both ends of its stdout and stderr pipes
+/// (the write ends until the main process exits), and their log files (opened with a stream's first byte).
+const FDS_PER_RUNNING_JOB: u64 = 7;
 
 pub(crate) fn warnings(
     config: &DiagnosticsConfig,
@@ -69,13 +69,9 @@ pub(crate) fn warnings(
     let open_fds = p
         .open_fds
         .saturating_sub(FDS_PER_RUNNING_JOB * running_jobs as u64);
+    let fds_what = format!("open file descriptors beyond {FDS_PER_RUNNING_JOB} per running job");
     let checks = [
-        (
-            "open_fds",
-            open_fds,
-            config.max_open_fds,
-            "open file descriptors beyond 5 per running job",
-        ),
+        ("open_fds", open_fds, config.max_open_fds, fds_what.as_str()),
         (
             "rss_bytes",
             p.rss_bytes,
@@ -154,7 +150,7 @@ mod tests {
         assert_eq!(metrics, ["open_fds", "rss_bytes", "threads"]);
         assert!(
             w[0].message
-                .starts_with("open file descriptors beyond 5 per running job: "),
+                .starts_with("open file descriptors beyond 7 per running job: "),
             "{}",
             w[0].message
         );
