@@ -59,17 +59,22 @@ pub struct Cleanup {
 /// (the write ends until the main process exits), and their log files (opened with a stream's first byte).
 const FDS_PER_RUNNING_JOB: u64 = 7;
 
+/// `kept_fds`: fds the supervisor keeps open on purpose besides those per running job (job cgroups'
+/// control files, `aura_supervisor::kept_cgroup_files`), bounded by its cgroup pool.
 pub(crate) fn warnings(
     config: &DiagnosticsConfig,
     p: &ProcessSnapshot,
     running_jobs: usize,
+    kept_fds: u64,
 ) -> Vec<Warning> {
     let extra_children = p.children.saturating_sub(running_jobs as u64);
     let threads = p.threads.saturating_sub(running_jobs as u64);
     let open_fds = p
         .open_fds
-        .saturating_sub(FDS_PER_RUNNING_JOB * running_jobs as u64);
-    let fds_what = format!("open file descriptors beyond {FDS_PER_RUNNING_JOB} per running job");
+        .saturating_sub(FDS_PER_RUNNING_JOB * running_jobs as u64 + kept_fds);
+    let fds_what = format!(
+        "open file descriptors beyond {FDS_PER_RUNNING_JOB} per running job and the job cgroups' kept control files"
+    );
     let checks = [
         ("open_fds", open_fds, config.max_open_fds, fds_what.as_str()),
         (
@@ -137,7 +142,7 @@ mod tests {
     #[test]
     fn warnings_name_the_metric_and_both_numbers() {
         let p = aura_host::process_snapshot().expect("own process");
-        let none = warnings(&DiagnosticsConfig::default(), &p, 0);
+        let none = warnings(&DiagnosticsConfig::default(), &p, 0, 0);
         assert!(none.is_empty(), "{none:?}");
         let strict = DiagnosticsConfig {
             max_open_fds: 1,
@@ -145,12 +150,12 @@ mod tests {
             max_threads: 0,
             max_extra_children: 10,
         };
-        let w = warnings(&strict, &p, 0);
+        let w = warnings(&strict, &p, 0, 0);
         let metrics: Vec<&str> = w.iter().map(|w| w.metric).collect();
         assert_eq!(metrics, ["open_fds", "rss_bytes", "threads"]);
         assert!(
             w[0].message
-                .starts_with("open file descriptors beyond 7 per running job: "),
+                .starts_with("open file descriptors beyond 7 per running job and the job cgroups' kept control files: "),
             "{}",
             w[0].message
         );
@@ -159,15 +164,17 @@ mod tests {
             max_threads: p.threads - 1,
             ..DiagnosticsConfig::default()
         };
-        assert_eq!(warnings(&threads, &p, 0).len(), 1);
-        assert!(warnings(&threads, &p, 1).is_empty());
+        assert_eq!(warnings(&threads, &p, 0, 0).len(), 1);
+        assert!(warnings(&threads, &p, 1, 0).is_empty());
         // Likewise the fds each running job holds.
         let fds = DiagnosticsConfig {
             max_open_fds: p.open_fds - 1,
             ..DiagnosticsConfig::default()
         };
-        assert_eq!(warnings(&fds, &p, 0).len(), 1);
-        assert!(warnings(&fds, &p, 1).is_empty());
+        assert_eq!(warnings(&fds, &p, 0, 0).len(), 1);
+        assert!(warnings(&fds, &p, 1, 0).is_empty());
+        // And the job cgroups' control files the supervisor keeps open.
+        assert!(warnings(&fds, &p, 0, 1).is_empty());
     }
 
     #[test]

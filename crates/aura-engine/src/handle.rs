@@ -239,8 +239,12 @@ impl EngineHandle {
     pub async fn diagnostics(&self) -> Result<crate::Diagnostics, EngineError> {
         let process = self.process().await?;
         let (running_jobs, _) = self.shared.counts();
-        let warnings =
-            crate::diagnostics::warnings(&self.shared.config.diagnostics, &process, running_jobs);
+        let warnings = crate::diagnostics::warnings(
+            &self.shared.config.diagnostics,
+            &process,
+            running_jobs,
+            aura_supervisor::kept_cgroup_files(),
+        );
         Ok(crate::Diagnostics {
             process,
             running_jobs,

@@ -6,6 +6,7 @@
 //! for the main process, reaps it, concludes the tree and starts the launch parked behind it — the shape
 //! of a plain spawn-and-wait loop, whose exit wake-up lands on the thread that waits, on the job's CPU.
 
+use crate::cgroup::{self, CgroupDir, ControlFile};
 use crate::host::Layout;
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::slots::{NoSlot, Slots};
@@ -13,10 +14,9 @@ use crate::spawn::{self, SpawnPlan};
 use crate::tree::{kill_main, TreeRef, TreeStats};
 use crate::watcher::Watcher;
 use crate::workdirs::WorkDirs;
-use crate::{cgroup, procfs, resolve_program, LaunchError, LaunchRequest};
+use crate::{procfs, resolve_program, LaunchError, LaunchRequest};
 use std::ffi::{CString, OsString};
-use std::fs::OpenOptions;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -175,6 +175,55 @@ const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The vfork-style child's stack (see `spawn`): one per launcher thread, reused for every start.
 const CHILD_STACK: usize = 64 * 1024;
 
+/// What a launcher thread carries from one start to the next: the child's stack, and the owners' answers
+/// it holds back until it has nothing left to do but wait.
+pub(crate) struct Workbench {
+    stack: Vec<u8>,
+    replies: Vec<Reply>,
+}
+
+impl Workbench {
+    pub fn new() -> Workbench {
+        Workbench {
+            stack: vec![0u8; CHILD_STACK],
+            replies: Vec::new(),
+        }
+    }
+
+    /// Sends the answers held back. Their owners share one async worker: answers sent together (with
+    /// the end of the tree before them, see `Launchers::run_started`) wake it once, where one each
+    /// woke it two or three times per job — a cross-CPU wake-up costs more than the answer itself.
+    fn send_replies(&mut self) {
+        for reply in self.replies.drain(..) {
+            reply.send();
+        }
+    }
+}
+
+impl Drop for Workbench {
+    fn drop(&mut self) {
+        self.send_replies();
+    }
+}
+
+/// The owner's answer to a launch, held back on its launcher thread (`Workbench`).
+struct Reply {
+    job_id: aura_model::JobId,
+    to: oneshot::Sender<Result<Spawned, LaunchError>>,
+    result: Result<Spawned, LaunchError>,
+}
+
+impl Reply {
+    fn send(self) {
+        if let Err(Ok(orphan)) = self.to.send(self.result) {
+            // The caller went away (its launch future was cancelled): nobody owns this tree. Its
+            // launcher thread (or the watcher) reaps it; the rest is killed.
+            tracing::warn!(job_id = %self.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
+            kill_main(&orphan.stats, orphan.pidfd.as_deref());
+        }
+    }
+}
+
 /// The launcher threads: at least `minimum` of them free to prepare launches at any time, plus one per
 /// tree they wait for.
 pub(crate) struct Launchers {
@@ -239,12 +288,12 @@ impl Launchers {
 
     fn run(self: Arc<Self>) {
         crate::slots::starts_jobs_here();
-        let mut stack = vec![0u8; CHILD_STACK];
+        let mut bench = Workbench::new();
         loop {
             match self.queue.next(IDLE_EXIT) {
                 Some(LauncherMsg::Launch(req, reply)) => {
-                    let reap = self.launcher.launch(req, reply, &mut stack);
-                    self.run_started(reap, &mut stack);
+                    let reap = self.launcher.launch(req, reply, &mut bench);
+                    self.run_started(reap, &mut bench);
                 }
                 Some(LauncherMsg::Ready) => {}
                 Some(LauncherMsg::Stop) => break,
@@ -263,16 +312,18 @@ impl Launchers {
             }
             // Whatever this thread's own work made ready (or what it was asked to look at).
             while let Some((start, slot)) = self.launcher.slots.take_next() {
-                let reap = start(slot, &mut stack);
-                self.run_started(reap, &mut stack);
+                let reap = start(slot, &mut bench);
+                self.run_started(reap, &mut bench);
             }
         }
     }
 
     /// Waits for the tree this thread started and reaps it — the job's exit wakes this thread directly,
     /// on the CPU it exited on, as a plain spawn-and-wait loop is woken —, then starts the launch
-    /// parked behind it, and so on, the way a plain spawn-and-wait loop runs its jobs.
-    fn run_started(self: &Arc<Self>, mut reap: Option<Reap>, stack: &mut [u8]) {
+    /// parked behind it, and so on, the way a plain spawn-and-wait loop runs its jobs. The next launch
+    /// starts as soon as the ended tree is known to be empty; its final figures are read while the new
+    /// job runs, and then its owner and the new job's owner hear of both together.
+    fn run_started(self: &Arc<Self>, mut reap: Option<Reap>, bench: &mut Workbench) {
         while let Some(Reap {
             key,
             pidfd,
@@ -289,17 +340,20 @@ impl Launchers {
             if self.launcher.slots.ready() {
                 self.queue.ready();
             }
+            bench.send_replies();
             wait_exit(&pidfd);
             self.free.fetch_add(1, Ordering::SeqCst);
             self.launcher.watcher.end_captures(&stats, write_ends);
-            self.launcher.watcher.exited(key);
+            let settling = self.launcher.watcher.exited(key);
             while let Some((start, slot)) = self.launcher.slots.take_next() {
-                reap = start(slot, stack);
+                reap = start(slot, bench);
                 if reap.is_some() {
                     break;
                 }
             }
+            drop(settling);
         }
+        bench.send_replies();
     }
 }
 
@@ -343,7 +397,7 @@ impl Launcher {
         self: &Arc<Self>,
         req: Box<LaunchRequest>,
         reply: oneshot::Sender<Result<Spawned, LaunchError>>,
-        stack: &mut [u8],
+        bench: &mut Workbench,
     ) -> Option<Reap> {
         let prepared = match self.prepare(&req) {
             Ok(prepared) => prepared,
@@ -356,33 +410,33 @@ impl Launcher {
         };
         let launcher = self.clone();
         let ticket = req.ticket.clone();
-        let start: crate::slots::Parked = Box::new(move |slot, stack| {
+        let start: crate::slots::Parked = Box::new(move |slot, bench| {
             let slot = slot.map_err(|no| match no {
                 NoSlot::Withdrawn => LaunchError::Withdrawn,
                 NoSlot::Closed => LaunchError::ShuttingDown,
             });
-            let (result, reap) =
-                match slot.and_then(|slot| launcher.start_tree(&req, prepared, slot, stack)) {
-                    Ok((spawned, reap)) => (Ok(spawned), reap),
-                    Err(e) => {
-                        if req.create_cwd {
-                            // No tree will release the directory: it stays (a later attempt uses it), no
-                            // longer counted.
-                            launcher.workdirs.release(&req.cwd, false);
-                        }
-                        (Err(e), None)
+            let (result, reap) = match slot
+                .and_then(|slot| launcher.start_tree(&req, prepared, slot, &mut bench.stack))
+            {
+                Ok((spawned, reap)) => (Ok(spawned), reap),
+                Err(e) => {
+                    if req.create_cwd {
+                        // No tree will release the directory: it stays (a later attempt uses it), no
+                        // longer counted.
+                        launcher.workdirs.release(&req.cwd, false);
                     }
-                };
-            if let Err(Ok(orphan)) = reply.send(result) {
-                // The caller went away (its launch future was cancelled): nobody owns this tree. Its
-                // launcher thread (or the watcher) reaps it; the rest is killed.
-                tracing::warn!(job_id = %req.job_id, pid = orphan.stats.tree.pid, "launch abandoned by caller; killing the tree");
-                kill_main(&orphan.stats, orphan.pidfd.as_deref());
-            }
+                    (Err(e), None)
+                }
+            };
+            bench.replies.push(Reply {
+                job_id: req.job_id,
+                to: reply,
+                result,
+            });
             reap
         });
         let (start, slot) = self.slots.offer(&ticket, start)?;
-        start(slot, stack)
+        start(slot, bench)
     }
 
     /// The working directory, the cgroups, the pipes and the plan: everything but the clone.
@@ -558,10 +612,9 @@ impl Launcher {
 /// with the job's settings applied and every `cgroup.procs` open. Dropped before the job started (any
 /// error on the way), it removes them rather than judge what a failed child left in them.
 struct StagedCgroups {
-    /// Opened before forking (O_CLOEXEC, std's default): the child joins its cgroups by writing "0"
-    /// before exec, so no fork of the job can ever happen outside them. Declared first: closed before
-    /// the directories go.
-    procs: Vec<std::fs::File>,
+    /// The kept-open `cgroup.procs` of each (O_CLOEXEC, std's default): the child joins its cgroups by
+    /// writing "0" before exec, so no fork of the job can ever happen outside them.
+    procs: Vec<RawFd>,
     cgroups: Option<JobCgroups>,
 }
 
@@ -578,40 +631,47 @@ impl StagedCgroups {
             procs: Vec::new(),
             cgroups,
         };
-        let Some(c) = &staged.cgroups else {
-            return Ok((staged, Baseline::default()));
-        };
-        let failed = |path: &std::path::Path| {
-            let path = path.to_path_buf();
+        let failed = |dir: &CgroupDir| {
+            let path = dir.path().to_path_buf();
             move |source| LaunchError::Cgroup { path, source }
         };
-        let first = c.dirs().next().cloned().unwrap_or_default();
-        let baseline = c.prepare().map_err(failed(&first))?;
-        for dir in c.dirs() {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(dir.join("cgroup.procs"))
-                .map_err(failed(dir))?;
-            staged.procs.push(file);
-        }
-        // The limit is in place before the job exists: it cannot allocate a byte beyond it. Cgroups of
-        // limited jobs never go back to the pool, so an acquired one never carries an earlier job's limit.
-        if let Some(limit) = memory_limit {
-            let memory_cgroup = match (&c.v1, &c.v2) {
-                (Some(v1), _) => Some((v1, cgroup::MemoryApi::V1)),
-                (None, Some(v2)) if layout.has_cgroup_memory() => Some((v2, cgroup::MemoryApi::V2)),
-                // No memory cgroup: the watcher's watchdog enforces it.
-                _ => None,
-            };
-            if let Some((dir, api)) = memory_cgroup {
-                cgroup::set_memory_limit(dir, api, limit).map_err(failed(dir))?;
+        let setup = |c: &JobCgroups| -> Result<(Vec<RawFd>, Baseline), LaunchError> {
+            let mut procs = Vec::with_capacity(2);
+            let mut baseline = Baseline::default();
+            for (i, dir) in c.dirs().enumerate() {
+                if i == 0 {
+                    baseline = c.prepare().map_err(failed(dir))?;
+                }
+                procs.push(dir.raw_fd(ControlFile::Procs).map_err(failed(dir))?);
             }
-        }
+            // The limit is in place before the job exists: it cannot allocate a byte beyond it. Cgroups
+            // of limited jobs never go back to the pool, so an acquired one never carries an earlier
+            // job's limit.
+            if let Some(limit) = memory_limit {
+                let memory_cgroup = match (&c.v1, &c.v2) {
+                    (Some(v1), _) => Some((v1, cgroup::MemoryApi::V1)),
+                    (None, Some(v2)) if layout.has_cgroup_memory() => {
+                        Some((v2, cgroup::MemoryApi::V2))
+                    }
+                    // No memory cgroup: the watcher's watchdog enforces it.
+                    _ => None,
+                };
+                if let Some((dir, api)) = memory_cgroup {
+                    cgroup::set_memory_limit(dir.path(), api, limit).map_err(failed(dir))?;
+                }
+            }
+            Ok((procs, baseline))
+        };
+        // On an error `staged` is dropped, which removes the cgroups.
+        let Some((procs, baseline)) = staged.cgroups.as_ref().map(setup).transpose()? else {
+            return Ok((staged, Baseline::default()));
+        };
+        staged.procs = procs;
         Ok((staged, baseline))
     }
 
-    /// The job is inside: close the `cgroup.procs` files and hand over the directories (v2, v1).
-    fn started(mut self) -> (Option<PathBuf>, Option<PathBuf>) {
+    /// The job is inside: hand over the directories (v2, v1).
+    fn started(mut self) -> (Option<Arc<CgroupDir>>, Option<Arc<CgroupDir>>) {
         self.procs.clear();
         match self.cgroups.take() {
             Some(c) => (c.v2.clone(), c.v1.clone()),
@@ -622,7 +682,6 @@ impl StagedCgroups {
 
 impl Drop for StagedCgroups {
     fn drop(&mut self) {
-        self.procs.clear();
         if let Some(c) = self.cgroups.take() {
             c.remove();
         }
@@ -643,7 +702,7 @@ fn prepare(
     daemon_env: &[(OsString, CString)],
     dev_null: &OwnedFd,
     program: &std::path::Path,
-    procs_files: &[std::fs::File],
+    procs_files: &[RawFd],
     oom_score_adj: i32,
     nice: i32,
 ) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
@@ -686,7 +745,7 @@ fn prepare(
         stdin: dev_null.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
-        cgroup_procs: procs_files.iter().map(|f| f.as_raw_fd()).collect(),
+        cgroup_procs: procs_files.to_vec(),
         oom_score_adj: oom_score_adj.to_string().into_bytes(),
         nice,
         // SAFETY: plain syscall.

@@ -38,6 +38,7 @@ mod tree;
 mod watcher;
 mod workdirs;
 
+pub use cgroup::kept_files as kept_cgroup_files;
 pub use slots::LaunchTicket;
 pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 

@@ -22,17 +22,20 @@
 //! never taken back, so an acquired cgroup is always as good as a fresh one; per-job settings are written
 //! after acquire, in the launcher.
 //!
+//! A pooled cgroup keeps the control files read per job open (`CgroupDir`): up to 7 fds per pooled set
+//! on the hybrid backend.
+//!
 //! Pooled cgroups are named `job-<n>`, so crash recovery (every `job-*` cgroup under the instance roots)
 //! finds and kills them like any other job cgroup. Blocking; used from the launcher thread and the
 //! blocking pool.
 
-use crate::cgroup;
+use crate::cgroup::{self, CgroupDir, ControlFile};
 use crate::host::Layout;
 use aura_model::Backend;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Pages the kernel charges to a memcg at once and keeps per CPU (`MEMCG_CHARGE_BATCH`).
@@ -50,8 +53,8 @@ pub(crate) struct Baseline {
 /// One job's cgroup directories (v2 and/or v1 memory, per backend).
 #[derive(Debug)]
 pub(crate) struct JobCgroups {
-    pub v2: Option<PathBuf>,
-    pub v1: Option<PathBuf>,
+    pub v2: Option<Arc<CgroupDir>>,
+    pub v1: Option<Arc<CgroupDir>>,
     /// Where the cumulative counters stood when the previous job ended, read then: an empty cgroup's
     /// CPU counters stand still, so the next job's baseline needs no new reads. (Its v1 charge can only
     /// shrink meanwhile, by reclaim of at most the pool's leftover allowance.)
@@ -59,7 +62,7 @@ pub(crate) struct JobCgroups {
 }
 
 impl JobCgroups {
-    pub fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+    pub fn dirs(&self) -> impl Iterator<Item = &Arc<CgroupDir>> {
         self.v2.iter().chain(self.v1.iter())
     }
 
@@ -68,29 +71,33 @@ impl JobCgroups {
     pub fn prepare(&self) -> io::Result<Baseline> {
         let mut base = Baseline::default();
         if let Some(v1) = &self.v1 {
-            std::fs::write(v1.join("memory.max_usage_in_bytes"), "0")?;
+            v1.write(ControlFile::V1MaxUsage, "0")?;
             if let Some(known) = self.counters {
                 return Ok(known);
             }
-            base.memory = cgroup::read_u64(&v1.join("memory.usage_in_bytes")).unwrap_or(0);
+            base.memory = v1.read_u64(ControlFile::V1Usage).unwrap_or(0);
         } else if let Some(known) = self.counters {
             return Ok(known);
         }
-        if let Some((user, system)) = self.v2.as_deref().and_then(cgroup::cpu_usec) {
+        if let Some((user, system)) = self.v2.as_deref().and_then(cgroup::job_cpu_usec) {
             base.cpu_user_usec = user;
             base.cpu_system_usec = system;
         }
         Ok(base)
     }
 
-    /// Removes the directories; returns how many were removed.
-    pub fn remove(&self) -> u32 {
+    /// Closes the kept control files (where nothing else holds the directory) and removes the
+    /// directories; returns how many were removed.
+    pub fn remove(self) -> u32 {
         let mut n = 0;
-        for dir in self.dirs() {
-            match cgroup::rmdir(dir, Duration::from_millis(500)) {
+        for mut dir in self.v2.into_iter().chain(self.v1) {
+            if let Some(dir) = Arc::get_mut(&mut dir) {
+                dir.close_files();
+            }
+            match cgroup::rmdir(dir.path(), Duration::from_millis(500)) {
                 Ok(()) => n += 1,
                 Err(e) => {
-                    tracing::warn!(cgroup = %dir.display(), error = %e, "could not remove job cgroup")
+                    tracing::warn!(cgroup = %dir.path().display(), error = %e, "could not remove job cgroup")
                 }
             }
         }
@@ -153,15 +160,22 @@ impl CgroupPool {
         loop {
             let name = format!("job-{}", self.next.fetch_add(1, Ordering::Relaxed));
             let cgroups = JobCgroups {
-                v2: self.v2_root.as_ref().map(|r| r.join(&name)),
-                v1: self.v1_root.as_ref().map(|r| r.join(&name)),
+                v2: self
+                    .v2_root
+                    .as_ref()
+                    .map(|r| Arc::new(CgroupDir::new(r.join(&name)))),
+                v1: self
+                    .v1_root
+                    .as_ref()
+                    .map(|r| Arc::new(CgroupDir::new(r.join(&name)))),
                 counters: None,
             };
             let mut created = Vec::new();
             let mut taken = false;
             for dir in cgroups.dirs() {
+                let dir = dir.path();
                 match std::fs::create_dir(dir) {
-                    Ok(()) => created.push(dir.clone()),
+                    Ok(()) => created.push(dir.to_path_buf()),
                     // A name some other holder still uses (a leftover recovery did not remove): never
                     // share it, take the next one.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -172,7 +186,7 @@ impl CgroupPool {
                         for d in &created {
                             let _ = cgroup::rmdir(d, Duration::from_millis(100));
                         }
-                        return Err((dir.clone(), e));
+                        return Err((dir.to_path_buf(), e));
                     }
                 }
             }

@@ -3,10 +3,11 @@
 //! killed and removed, listed or not. Process-group trees are found from their recorded handles and
 //! checked against the recorded start time, so a reused pid is never killed. Blocking.
 
+use crate::cgroup::{self, CgroupDir};
 use crate::host::Layout;
 use crate::procfs;
 use crate::tree::TreeRef;
-use crate::{cgroup, RecoveryReport};
+use crate::RecoveryReport;
 use aura_model::{Backend, TreeHandle};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -45,8 +46,8 @@ pub(crate) fn recover(
             },
             pid: 0,
             start_ticks: 0,
-            v2: is_v2.then(|| dir.clone()),
-            v1: (!is_v2).then(|| dir.clone()),
+            v2: is_v2.then(|| Arc::new(CgroupDir::new(dir.clone()))),
+            v1: (!is_v2).then(|| Arc::new(CgroupDir::new(dir.clone()))),
             known: Arc::default(),
         };
         tree.kill_and_wait(bound);

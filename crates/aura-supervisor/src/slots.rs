@@ -75,10 +75,15 @@ pub(crate) enum NoSlot {
 }
 
 /// A prepared launch parked until its slot is free: run with the slot (or why there is none) and the
-/// running thread's child stack, on a thread that may start jobs. Returns the tree that thread must then
+/// running thread's workbench, on a thread that may start jobs. Returns the tree that thread must then
 /// wait for and reap, if any.
-pub(crate) type Parked =
-    Box<dyn FnOnce(Result<SlotPermit, NoSlot>, &mut [u8]) -> Option<crate::launcher::Reap> + Send>;
+pub(crate) type Parked = Box<
+    dyn FnOnce(
+            Result<SlotPermit, NoSlot>,
+            &mut crate::launcher::Workbench,
+        ) -> Option<crate::launcher::Reap>
+        + Send,
+>;
 
 thread_local! {
     /// Whether this thread starts parked launches itself after every change it makes (the launcher
@@ -328,7 +333,7 @@ mod tests {
     ) -> (Option<Result<SlotPermit, NoSlot>>, Started) {
         let (parked, rx) = start();
         let now = slots.offer(ticket, parked).map(|(start, slot)| {
-            start(slot, &mut []);
+            start(slot, &mut crate::launcher::Workbench::new());
             rx.try_recv().expect("ran")
         });
         (now, rx)
@@ -346,7 +351,7 @@ mod tests {
     fn run_ready(slots: &Arc<Slots>) -> usize {
         let mut ran = 0;
         while let Some((start, slot)) = slots.take_next() {
-            start(slot, &mut []);
+            start(slot, &mut crate::launcher::Workbench::new());
             ran += 1;
         }
         ran

@@ -3,7 +3,7 @@
 //! concluded by the thread that reaps the main process — its launcher thread, or the watcher for a tree
 //! without a pidfd), and the public RAII `RunningTree` that waits, stops and finishes it.
 
-use crate::cgroup::{self, MemoryApi, OomCounters};
+use crate::cgroup::{self, CgroupDir, ControlFile, MemoryApi, OomCounters};
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::procfs::{self, ProcStat};
 use crate::slots::SlotPermit;
@@ -27,8 +27,8 @@ pub(crate) struct TreeRef {
     /// The main process, also the process group id.
     pub pid: i32,
     pub start_ticks: u64,
-    pub v2: Option<PathBuf>,
-    pub v1: Option<PathBuf>,
+    pub v2: Option<Arc<CgroupDir>>,
+    pub v1: Option<Arc<CgroupDir>>,
     /// Process-group backend only: members and descendants seen so far with their start times, so that
     /// a process that left the group (setsid) while its parent was still alive is still reached.
     pub known: Arc<Mutex<Vec<(i32, u64)>>>,
@@ -37,24 +37,31 @@ pub(crate) struct TreeRef {
 impl TreeRef {
     /// The cgroup holding the job's memory controller (v1 where the host has it, else v2), when the
     /// backend has one (`cgroup_memory`).
-    pub fn memory_cgroup(&self, cgroup_memory: bool) -> Option<(&Path, MemoryApi)> {
+    pub fn memory_cgroup(&self, cgroup_memory: bool) -> Option<(&CgroupDir, MemoryApi)> {
         if !cgroup_memory {
             return None;
         }
         match (&self.v1, &self.v2) {
-            (Some(v1), _) => Some((v1.as_path(), MemoryApi::V1)),
-            (None, Some(v2)) => Some((v2.as_path(), MemoryApi::V2)),
+            (Some(v1), _) => Some((v1, MemoryApi::V1)),
+            (None, Some(v2)) => Some((v2, MemoryApi::V2)),
             _ => None,
         }
     }
 
     /// The cgroup whose `cgroup.procs` defines membership (v2 when there is one).
     fn membership_dir(&self) -> Option<&Path> {
-        self.v2.as_deref().or(self.v1.as_deref())
+        self.v2
+            .as_deref()
+            .or(self.v1.as_deref())
+            .map(CgroupDir::path)
     }
 
     pub fn dirs(&self) -> Vec<PathBuf> {
-        self.v2.iter().chain(self.v1.iter()).cloned().collect()
+        self.v2
+            .iter()
+            .chain(self.v1.iter())
+            .map(|d| d.path().to_path_buf())
+            .collect()
     }
 
     /// Process-group backend: live processes of the group, descendants of the main process (while it is
@@ -106,6 +113,7 @@ impl TreeRef {
     pub fn kill(&self) {
         match (&self.v2, &self.v1) {
             (Some(v2), _) => {
+                let v2 = v2.path();
                 if let Err(e) = cgroup::v2_kill(v2) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(cgroup = %v2.display(), error = %e, "cgroup.kill failed; signalling members");
@@ -114,7 +122,7 @@ impl TreeRef {
                 }
             }
             (None, Some(v1)) => {
-                cgroup::signal_members(v1, libc::SIGKILL);
+                cgroup::signal_members(v1.path(), libc::SIGKILL);
             }
             (None, None) => self.signal(libc::SIGKILL),
         }
@@ -123,7 +131,7 @@ impl TreeRef {
     pub fn is_empty(&self) -> bool {
         match (&self.v2, &self.v1) {
             (Some(v2), _) => !cgroup::v2_populated(v2),
-            (None, Some(v1)) => cgroup::procs(v1).is_empty(),
+            (None, Some(v1)) => cgroup::procs(v1.path()).is_empty(),
             (None, None) => {
                 // Without cgroups: no process left in the group and none of the members seen outside it
                 // still alive is decided without a scan of /proc (the common case once a job is over).
@@ -194,8 +202,13 @@ impl TreeRef {
     }
 
     /// Removes the job cgroups; returns how many were removed.
-    pub fn remove_dirs(&self) -> u32 {
-        self.cgroups().remove()
+    pub fn remove_dirs(self) -> u32 {
+        JobCgroups {
+            v2: self.v2,
+            v1: self.v1,
+            counters: None,
+        }
+        .remove()
     }
 
     /// The job's cgroup directories as the pool handles them.
@@ -301,6 +314,19 @@ pub(crate) struct Ending {
     pub kill_wait: Duration,
 }
 
+/// The rest of the conclusion of a tree found empty, its slot already given back: reading its final
+/// figures, handing its cgroups and working directory back, waking its owner. Runs when dropped.
+pub(crate) struct Settling<F: FnOnce(&Arc<TreeStats>)>(Option<(Arc<TreeStats>, Arc<Ending>, F)>);
+
+impl<F: FnOnce(&Arc<TreeStats>)> Drop for Settling<F> {
+    fn drop(&mut self) {
+        if let Some((stats, ending, settled)) = self.0.take() {
+            stats.settle(&ending, true);
+            settled(&stats);
+        }
+    }
+}
+
 /// What is read from a tree's cgroups once it is empty, before they go to the next job.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Finals {
@@ -353,7 +379,7 @@ impl TreeStats {
         let Some((dir, current, _)) = self.memory_dir() else {
             return;
         };
-        if let Some(charge) = cgroup::read_u64(&dir.join(current)) {
+        if let Some(charge) = dir.read_u64(current) {
             let cur = self.job_memory(charge);
             self.mem_start.store(cur, Ordering::Relaxed);
             self.mem_current.store(cur, Ordering::Relaxed);
@@ -364,24 +390,27 @@ impl TreeStats {
     }
 
     /// Called by the thread that reaped the main process (its launcher thread, or the watcher): publishes
-    /// the status and, for a tree left empty (the common case: one read to know), reads the final figures
-    /// and hands the cgroups back at once, so the owner is woken once with everything. A tree that outlived
-    /// its main process is killed and waited for on the blocking pool (bounded by `kill_wait`), never on
-    /// the reaping thread.
+    /// the status. For a tree left empty (the common case: one read to know) its slot is free at once,
+    /// and the rest — reading the final figures, handing the cgroups back, waking the owner once with
+    /// everything — is returned for the caller to run ([`Settling`]; its drop runs it), so that the
+    /// launch waiting for the slot can start first. A tree that outlived its main process is killed and
+    /// waited for on the blocking pool (bounded by `kill_wait`), never on the reaping thread.
     ///
     /// `settled` runs once the tree is settled (on whichever thread settled it): the watcher bounds the
     /// wait for the tree's last output from there.
-    pub fn conclude(
+    pub fn conclude<F: FnOnce(&Arc<TreeStats>) + Send + 'static>(
         self: &Arc<Self>,
         reaped: Reaped,
         ending: &Arc<Ending>,
-        settled: impl FnOnce(&Arc<TreeStats>) + Send + 'static,
-    ) {
+        settled: F,
+    ) -> Option<Settling<F>> {
         *crate::lock(&self.exit) = Some(reaped);
         if self.tree.is_empty() {
-            self.settle(ending, true);
-            settled(self);
-            return;
+            // Taken out first: the permit's drop wakes launchers, which must not happen under this
+            // tree's lock.
+            let slot = crate::lock(&self.slot).take();
+            drop(slot);
+            return Some(Settling(Some((self.clone(), ending.clone(), settled))));
         }
         self.ended.notify_one();
         let (stats, end) = (self.clone(), ending.clone());
@@ -390,6 +419,7 @@ impl TreeStats {
             stats.settle(&end, empty);
             settled(&stats);
         }));
+        None
     }
 
     /// Reads the final figures of an ended tree, hands its cgroups back (reused only if `empty` and
@@ -399,6 +429,7 @@ impl TreeStats {
         // The tree is gone (or given up on after `kill_wait`): a launch waiting for a running slot starts
         // now, beside the reads below (it prepared its own cgroups and directory while it waited). Taken
         // out first: the permit's drop wakes launchers, which must not happen under this tree's lock.
+        // (Already given back where the tree was empty at its conclusion.)
         let slot = crate::lock(&self.slot).take();
         drop(slot);
         let pool = &ending.pool;
@@ -408,7 +439,7 @@ impl TreeStats {
         // Kept in the atomics: `live()` reports it.
         self.read_kernel_peak();
         let charge = self.read_kernel_current();
-        let cpu_counters = self.tree.v2.as_deref().and_then(cgroup::cpu_usec);
+        let cpu_counters = self.tree.v2.as_deref().and_then(cgroup::job_cpu_usec);
         let cpu_usec = cpu_counters.map(|c| self.job_cpu(c));
         let reusable = empty && self.leaves_cgroups_reusable();
         self.tree.release_cgroups(
@@ -436,12 +467,13 @@ impl TreeStats {
         crate::lock(&self.logs).open += n;
     }
 
-    /// One capture ended (EOF, error, or abandoned); wakes the owner when it was the last.
-    pub fn log_done(&self, report: CaptureReport) {
+    /// One capture ended (EOF, error, or abandoned); wakes the owner when it was the last, unless
+    /// `wake_owner` is false: the caller concludes the tree next, which wakes the owner anyway.
+    pub fn log_done(&self, report: CaptureReport, wake_owner: bool) {
         let mut logs = crate::lock(&self.logs);
         logs.open = logs.open.saturating_sub(1);
         logs.truncated += report.truncated_bytes;
-        if logs.open == 0 {
+        if logs.open == 0 && wake_owner {
             drop(logs);
             self.ended.notify_one();
         }
@@ -474,12 +506,11 @@ impl TreeStats {
         }
     }
 
-    fn memory_dir(&self) -> Option<(&Path, &'static str, &'static str)> {
+    /// The memory cgroup with its current-charge and high-water-mark files.
+    fn memory_dir(&self) -> Option<(&CgroupDir, ControlFile, ControlFile)> {
         match self.tree.memory_cgroup(self.cgroup_memory)? {
-            (dir, MemoryApi::V1) => {
-                Some((dir, "memory.usage_in_bytes", "memory.max_usage_in_bytes"))
-            }
-            (dir, MemoryApi::V2) => Some((dir, "memory.current", "memory.peak")),
+            (dir, MemoryApi::V1) => Some((dir, ControlFile::V1Usage, ControlFile::V1MaxUsage)),
+            (dir, MemoryApi::V2) => Some((dir, ControlFile::V2Current, ControlFile::V2Peak)),
         }
     }
 
@@ -574,7 +605,7 @@ impl TreeStats {
     /// end figure of jobs too short to have been sampled, and to decide whether the cgroup is reused.
     pub fn read_kernel_current(&self) -> Option<u64> {
         let (dir, current, _) = self.memory_dir()?;
-        cgroup::read_u64(&dir.join(current))
+        dir.read_u64(current)
     }
 
     /// This job's part of a charge read from the cgroup.
@@ -585,7 +616,7 @@ impl TreeStats {
     /// The kernel high-water mark (since this job's start), read now.
     pub fn read_kernel_peak(&self) -> Option<u64> {
         let (dir, _, peak) = self.memory_dir()?;
-        let v = self.job_memory(cgroup::read_u64(&dir.join(peak))?);
+        let v = self.job_memory(dir.read_u64(peak)?);
         self.mem_peak_kernel.store(v, Ordering::Relaxed);
         Some(v)
     }
@@ -598,7 +629,7 @@ impl TreeStats {
         };
         let _sampling = crate::lock(&self.sampling);
         if !self.done.load(Ordering::Relaxed) {
-            self.check_memory(cgroup::read_u64(&dir.join(current)).map(|c| self.job_memory(c)));
+            self.check_memory(dir.read_u64(current).map(|c| self.job_memory(c)));
         }
     }
 
@@ -652,7 +683,7 @@ impl TreeStats {
         let current = match self.memory_dir() {
             Some((dir, current, _)) => {
                 self.read_kernel_peak();
-                cgroup::read_u64(&dir.join(current)).map(|c| self.job_memory(c))
+                dir.read_u64(current).map(|c| self.job_memory(c))
             }
             None => Some(
                 members
@@ -673,7 +704,7 @@ impl TreeStats {
             }
         }
         let cpu = match &self.tree.v2 {
-            Some(v2) => cgroup::cpu_usec(v2).map(|c| self.job_cpu(c)),
+            Some(v2) => cgroup::job_cpu_usec(v2).map(|c| self.job_cpu(c)),
             None => {
                 // Live processes only: the final figure comes from wait4's rusage.
                 let tick_usec = 1_000_000 / procfs::ticks_per_second();
@@ -748,6 +779,16 @@ impl Reaped {
             at: Instant::now(),
         }
     }
+}
+
+/// The daemon's own RSS high-water mark (`getrusage(RUSAGE_SELF)`).
+fn daemon_max_rss_bytes() -> u64 {
+    // SAFETY: rusage is plain old data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return u64::MAX;
+    }
+    ru.ru_maxrss.max(0) as u64 * 1024
 }
 
 fn tv_secs(tv: libc::timeval) -> f64 {
@@ -937,8 +978,13 @@ impl RunningTree {
             (live.memory_peak, MemorySource::CgroupPeak)
         } else {
             // wait4's ru_maxrss covers the main process and the children it reaped: a floor under the
-            // sampled sum that catches spikes between samples.
-            let peak = live.memory_peak.unwrap_or(0).max(reaped.max_rss_bytes);
+            // sampled sum that catches spikes between samples — where it is the job's own. The child
+            // ran in the daemon's memory until its exec (a vfork-style start), and exec folds the
+            // high-water mark of the memory it leaves into the child's: a figure at or below the
+            // daemon's own high-water mark may be the daemon's, and is no floor.
+            let own = reaped.max_rss_bytes;
+            let floor = if own > daemon_max_rss_bytes() { own } else { 0 };
+            let peak = live.memory_peak.unwrap_or(0).max(floor);
             ((peak > 0).then_some(peak), MemorySource::SampledRss)
         };
         let (cpu_user_secs, cpu_system_secs) = match finals.cpu_usec {

@@ -16,7 +16,7 @@
 //! sampled at once, alone.
 
 use crate::launcher::StdioEnds;
-use crate::tree::{self, Ending, TreeStats};
+use crate::tree::{self, Ending, Settling, TreeStats};
 use aura_logs::Capture;
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
 use std::collections::{HashMap, VecDeque};
@@ -182,9 +182,12 @@ impl Watcher {
         }
     }
 
-    /// The main process of tree `key` has exited: reap and conclude it on the calling thread.
-    pub fn exited(&self, key: u64) {
-        conclude(&self.shared, &self.shared.ending, key);
+    /// The main process of tree `key` has exited: reaps it and concludes it on the calling thread. The
+    /// rest of the conclusion of a tree found empty is returned, its slot already free: drop it after
+    /// starting what that slot allows (see `TreeStats::conclude`).
+    #[must_use = "the tree's owner hears of its end when this is dropped"]
+    pub fn exited(&self, key: u64) -> Option<Settling<impl FnOnce(&Arc<TreeStats>)>> {
+        conclude(&self.shared, &self.shared.ending, key)
     }
 
     fn watch_log(&self, capture: Capture, stats: &Arc<TreeStats>) {
@@ -304,7 +307,8 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
                 .map(|(k, _)| *k)
                 .collect();
             for key in unwatched {
-                conclude(shared, &settings.ending, key);
+                // Nothing waits for this slot on the watcher thread: the rest of the conclusion runs now.
+                drop(conclude(shared, &settings.ending, key));
             }
         }
         let mut snapshot = None;
@@ -393,7 +397,9 @@ fn drain_or_keep(shared: &Shared, key: u64, mut logged: Logged, in_epoll: bool) 
     if in_epoll {
         end_log(shared, logged);
     } else {
-        log_done(logged);
+        // Only `end_captures` drains a capture outside the epoll set, and its tree is concluded next,
+        // which wakes the owner: a wake-up here would be a second one for the same end.
+        logged.stats.log_done(logged.capture.report(), false);
     }
 }
 
@@ -403,7 +409,7 @@ fn end_log(shared: &Shared, logged: Logged) {
 }
 
 fn log_done(logged: Logged) {
-    logged.stats.log_done(logged.capture.report());
+    logged.stats.log_done(logged.capture.report(), true);
 }
 
 /// Takes every capture of `stats`' tree out of the map.
@@ -431,17 +437,20 @@ fn abandon_logs(shared: &Shared, stats: &Arc<TreeStats>) {
     }
 }
 
-/// Reaps the main process of tree `key` if it has exited, and concludes the tree.
-fn conclude(shared: &Arc<Shared>, ending: &Arc<Ending>, key: u64) {
-    let Some(watched) = crate::lock(&shared.trees).remove(key) else {
-        return;
-    };
+/// Reaps the main process of tree `key` if it has exited, and concludes the tree; returns the rest of
+/// the conclusion of a tree found empty (see `TreeStats::conclude`).
+fn conclude(
+    shared: &Arc<Shared>,
+    ending: &Arc<Ending>,
+    key: u64,
+) -> Option<Settling<impl FnOnce(&Arc<TreeStats>)>> {
+    let watched = crate::lock(&shared.trees).remove(key)?;
     let reaped = match tree::try_wait4(watched.stats.tree.pid) {
         Ok(Some(reaped)) => reaped,
         Ok(None) => {
             // Still running: a poll round of a tree without a pidfd.
             crate::lock(&shared.trees).insert(key, watched);
-            return;
+            return None;
         }
         Err(e) => {
             // ECHILD: someone else reaped our child (e.g. SIGCHLD set to SIG_IGN by the embedding
@@ -457,5 +466,5 @@ fn conclude(shared: &Arc<Shared>, ending: &Arc<Ending>, key: u64) {
             crate::lock(&shared.inbox).settled.push(stats.clone());
             wake(&shared);
         }
-    });
+    })
 }

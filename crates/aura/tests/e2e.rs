@@ -796,10 +796,20 @@ mod supervision {
 mod lifecycle {
     use super::*;
 
-    fn daemon_fds(pid: u32) -> usize {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+    /// The daemon's open fds that are not job cgroup control files, and those that are (pooled job
+    /// cgroups keep theirs open: at most 7 per pooled set, 32 sets by default).
+    fn daemon_fds(pid: u32) -> (usize, usize) {
+        let (mut other, mut cgroup) = (0, 0);
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            match std::fs::read_link(entry.path()) {
+                Ok(target) if target.starts_with("/sys/fs/cgroup") => cgroup += 1,
+                _ => other += 1,
+            }
+        }
+        (other, cgroup)
     }
 
     fn daemon_threads(pid: u32) -> usize {
@@ -871,12 +881,17 @@ mod lifecycle {
         }
         // The client's keep-alive connections are gone with it; let the daemon see them close.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (fds0, threads0, rss0) = (daemon_fds(pid), daemon_threads(pid), daemon_rss_kib(pid));
+        let ((fds0, _), threads0, rss0) =
+            (daemon_fds(pid), daemon_threads(pid), daemon_rss_kib(pid));
         run_sequentially(&daemon.client(), 2000).await;
         // Idle blocking-pool threads exit after a few seconds; give them time, then demand the baseline.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (fds, threads) = (daemon_fds(pid), daemon_threads(pid));
+            let ((fds, cgroup_files), threads) = (daemon_fds(pid), daemon_threads(pid));
+            assert!(
+                cgroup_files <= 7 * 32,
+                "{cgroup_files} job cgroup control files open: more than the cgroup pool keeps"
+            );
             if fds <= fds0 && threads <= threads0 {
                 break;
             }
