@@ -354,6 +354,36 @@ async fn memory_peak_is_recorded() {
     }
 }
 
+/// A trivial job started by a daemon that holds a lot of memory reports its own peak, not the daemon's:
+/// a vfork-style child runs in the daemon's memory until its exec, and exec folds that memory's
+/// high-water mark into the child's `ru_maxrss`, which the sampled backends use as a floor.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_peak_is_not_the_daemons() {
+    let _g = GATE.write().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 256 MiB resident in this process (the "daemon") while the job starts.
+    let mut held = vec![0u8; 256 << 20];
+    for page in held.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    for backend in [BackendChoice::ProcessGroup, BackendChoice::CgroupV2] {
+        let Some(s) = start("ownpeak", backend) else {
+            continue;
+        };
+        let mut t = s.launch(request(1, dir.path(), "true", &[])).await.unwrap();
+        assert_eq!(t.wait().await, ExitStatus::Code(0));
+        let acc = t.finish().await;
+        let peak_mib = acc.memory_peak.map_or(0.0, |p| p.mib());
+        assert!(
+            peak_mib < 64.0,
+            "{backend}: /bin/true's peak is {peak_mib} MiB: {}",
+            acc.memory_line()
+        );
+        s.shutdown().await;
+    }
+    std::hint::black_box(&held);
+}
+
 /// A job with a 200 MiB limit allocating 1 GiB is killed and flagged on every backend (by the kernel
 /// through its memory cgroup, or by the watchdog), and a job beside it is untouched.
 #[tokio::test(flavor = "multi_thread")]
