@@ -52,16 +52,23 @@ impl WorkDirs {
     }
 
     fn make(&self, dir: &Path) -> io::Result<()> {
-        // An earlier attempt's directory is kept as it is, even empty: renaming a spare onto it would
-        // replace it under any process of that attempt still working in it.
-        if dir.is_dir() {
-            return Ok(());
-        }
         if let Some(spare) = self.take_spare(dir.parent()) {
-            match std::fs::rename(&spare, dir) {
+            // Never onto an existing directory: an earlier attempt's is kept as it is, even empty —
+            // replacing it would pull it away from under any process of that attempt still in it.
+            // (`RENAME_NOREPLACE` asks in the same call; where the file system lacks it, a stat.)
+            use rustix::fs::{renameat_with, RenameFlags, CWD};
+            let renamed = match renameat_with(CWD, &spare, CWD, dir, RenameFlags::NOREPLACE) {
+                Err(rustix::io::Errno::INVAL) if dir.is_dir() => Err(rustix::io::Errno::EXIST),
+                Err(rustix::io::Errno::INVAL) => std::fs::rename(&spare, dir).map_err(|e| {
+                    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)
+                }),
+                other => other,
+            };
+            match renamed {
                 Ok(()) => return Ok(()),
-                // Created meanwhile by someone else: theirs. The spare stays a spare.
-                Err(_) if dir.is_dir() => {
+                // There already (an earlier attempt's, or made meanwhile by someone else): theirs.
+                // The spare stays a spare.
+                Err(rustix::io::Errno::EXIST) => {
                     self.keep_spare(spare);
                     return Ok(());
                 }
@@ -105,7 +112,7 @@ impl WorkDirs {
         if !self.enabled || crate::lock(&self.spares).len() >= self.capacity {
             return;
         }
-        let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+        let empty = is_empty_dir(dir);
         let Some(parent) = dir.parent().filter(|_| empty) else {
             return;
         };
@@ -144,6 +151,24 @@ impl WorkDirs {
             let _ = std::fs::remove_dir(spare);
         }
     }
+}
+
+/// Whether `dir` is a directory with nothing in it (open, read to the end, close: no more).
+fn is_empty_dir(dir: &Path) -> bool {
+    use rustix::fs::{open, Dir, Mode, OFlags};
+    let Ok(fd) = open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) else {
+        return false;
+    };
+    let Ok(mut entries) = Dir::new(fd) else {
+        return false;
+    };
+    while let Some(entry) = entries.read() {
+        match entry {
+            Ok(e) if matches!(e.file_name().to_bytes(), b"." | b"..") => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
