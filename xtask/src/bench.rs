@@ -134,6 +134,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The submitting client of `bench throughput`: one thread. The client's CPU is the machine's too (it
+/// runs beside the jobs), and a second worker thread added wake-ups between the two without submitting
+/// any faster than the daemon takes the jobs.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -209,7 +218,7 @@ fn throughput(
 fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> anyhow::Result<f64> {
     let raw_before = raw_spawn_rate(jobs, parallel)?;
     let daemon = Daemon::start(root, parallel)?;
-    let rt = runtime()?;
+    let rt = client_runtime()?;
     let client = Client::new(&daemon.url)?;
     let (latencies, rate, wall, daemon_cpu) = rt.block_on(async {
         // Warm-up, then submit→start latency with an empty queue, one job at a time.
