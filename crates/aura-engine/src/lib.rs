@@ -35,7 +35,7 @@ pub struct EngineConfig {
     /// Jobs admitted ahead of a free running slot (their reservations held, shown as queued): each starts
     /// the moment a running job's tree is gone, with no round trip through the engine. A standby yields to
     /// a job that overtakes it in the queue, and goes back to the queue when admission pauses or a lease
-    /// needs what it holds. Default (`aura serve`): 1; 0 admits only into free slots.
+    /// needs what it holds. Default (`aura serve`): 2; 0 admits only into free slots.
     pub standby: usize,
     pub admission: AdmissionConfig,
     pub guards: GuardConfig,

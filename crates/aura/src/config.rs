@@ -22,7 +22,9 @@ pub struct Config {
     /// Jobs running at once. Default: the number of cores.
     pub max_concurrent: usize,
     /// Jobs admitted ahead of a free slot, each started the moment a running job's tree is gone (shown as
-    /// queued until then). Default: 1; 0 admits only into free slots.
+    /// queued until then). Default: 2 (with one, the next launch was still being prepared at a third of
+    /// the trees' ends in a stream of short jobs, and the slot waited for it); 0 admits only into free
+    /// slots.
     pub standby_jobs: usize,
     /// Requeue jobs stopped by a graceful shutdown. Default: true.
     pub requeue_on_shutdown: bool,
@@ -207,7 +209,7 @@ impl Default for Config {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7411))),
             max_concurrent: aura_engine::default_max_concurrent(),
-            standby_jobs: 1,
+            standby_jobs: 2,
             requeue_on_shutdown: true,
             async_workers: 1,
             supervisor: SupervisorSection::default(),
