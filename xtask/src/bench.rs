@@ -814,7 +814,9 @@ fn metrics(root: &Path, scrapes: usize) -> anyhow::Result<()> {
 }
 
 /// The daemon's (RSS KiB, open fds, threads), read from /proc.
-fn daemon_resources(pid: u32) -> anyhow::Result<(u64, usize, usize)> {
+/// The daemon's RSS (KiB), its fds other than job cgroup control files, its threads, and the job cgroup
+/// control files it keeps open (pooled cgroups keep theirs: bounded by the pool, not by the jobs run).
+fn daemon_resources(pid: u32) -> anyhow::Result<(u64, usize, usize, usize)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
         status
@@ -823,8 +825,19 @@ fn daemon_resources(pid: u32) -> anyhow::Result<(u64, usize, usize)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("no {name} in /proc/{pid}/status"))
     };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok((field("VmRSS:")?, fds, field("Threads:")? as usize))
+    let (mut fds, mut cgroup_files) = (0, 0);
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        match std::fs::read_link(entry.path()) {
+            Ok(target) if target.starts_with("/sys/fs/cgroup") => cgroup_files += 1,
+            _ => fds += 1,
+        }
+    }
+    Ok((
+        field("VmRSS:")?,
+        fds,
+        field("Threads:")? as usize,
+        cgroup_files,
+    ))
 }
 
 /// Many trivial jobs through one daemon: its RSS, fds and threads after every `every` jobs (the curve),
@@ -839,7 +852,7 @@ fn soak(root: &Path, jobs: usize, every: usize) -> anyhow::Result<()> {
     let client = Client::new(&daemon.url)?;
     let start = daemon_resources(pid)?;
     let warm_up = (jobs / 10).max(every);
-    let mut curve: Vec<(usize, (u64, usize, usize))> = vec![(0, start)];
+    let mut curve: Vec<(usize, (u64, usize, usize, usize))> = vec![(0, start)];
     let started = Instant::now();
     rt.block_on(async {
         let mut done = 0;
@@ -903,13 +916,13 @@ fn soak(root: &Path, jobs: usize, every: usize) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         jobs as f64 / elapsed.as_secs_f64()
     );
-    println!("  jobs   RSS (KiB)   fds  threads");
-    for (n, (rss, fds, threads)) in &curve {
-        println!("  {n:>6} {rss:>10} {fds:>5} {threads:>8}");
+    println!("  jobs   RSS (KiB)   fds  threads  kept cgroup files");
+    for (n, (rss, fds, threads, kept)) in &curve {
+        println!("  {n:>6} {rss:>10} {fds:>5} {threads:>8} {kept:>6}");
     }
     println!(
-        "  idle   {:>10} {:>5} {:>8}   (after 12 s without requests)",
-        idle.0, idle.1, idle.2
+        "  idle   {:>10} {:>5} {:>8} {:>6}   (after 12 s without requests)",
+        idle.0, idle.1, idle.2, idle.3
     );
     println!(
         "  RSS growth after warm-up ({warm_up} jobs): {:+} KiB at the end, {:+} KiB at most (target ≤ 2048 KiB)",

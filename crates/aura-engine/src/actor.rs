@@ -414,13 +414,14 @@ impl Actor {
                 signals_sent,
                 accounting,
             } => {
+                let memory = accounting.memory_line();
+                tracing::info!(job_id = %id, ?exit, %memory, "job tree gone");
                 let detail = json!({
                     "exit": exit,
                     "signals_sent": signals_sent,
                     "accounting": accounting,
-                    "memory": accounting.memory_line(),
+                    "memory": memory,
                 });
-                tracing::info!(job_id = %id, ?exit, memory = %accounting.memory_line(), "job tree gone");
                 let event = Event::Exited {
                     exit,
                     signals_sent,

@@ -156,7 +156,11 @@ impl WorkDirs {
 /// Whether `dir` is a directory with nothing in it (open, read to the end, close: no more).
 fn is_empty_dir(dir: &Path) -> bool {
     use rustix::fs::{open, Dir, Mode, OFlags};
-    let Ok(fd) = open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) else {
+    let Ok(fd) = open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return false;
     };
     let Ok(mut entries) = Dir::new(fd) else {
