@@ -33,6 +33,9 @@ pub(crate) enum ControlFile {
     V2MemoryEvents,
 }
 
+// Every variant has a slot in `CgroupDir::files` (the last one is the highest).
+const _: () = assert!(ControlFile::V2MemoryEvents as usize + 1 == ControlFile::ALL);
+
 impl ControlFile {
     const ALL: usize = 9;
 
@@ -102,7 +105,8 @@ impl CgroupDir {
         Ok(self.file(control)?.as_raw_fd())
     }
 
-    /// The whole (small) file, read anew.
+    /// The whole file, read anew. Every control file read here is a few lines, well under the one page
+    /// read; a longer one would be cut short, and its parse (`read_u64`, `keyed`) would find nothing.
     pub fn read(&self, control: ControlFile) -> io::Result<String> {
         let file = self.file(control)?;
         let mut buf = [0u8; 4096];
