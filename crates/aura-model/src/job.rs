@@ -553,24 +553,46 @@ pub struct Accounting {
 impl Accounting {
     /// `Start=…MB, Peak=…MB, End=…MB, Delta=…MB (cgroup peak)`, the memory report of the user's documents.
     pub fn memory_line(&self) -> String {
-        let mb = |b: Option<ByteSize>| b.map_or("?".to_owned(), |b| format!("{:.1}", b.mib()));
-        let delta = match (self.memory_start, self.memory_end) {
-            (Some(s), Some(e)) => format!("{:+.1}", e.mib() - s.mib()),
-            _ => "?".to_owned(),
-        };
-        let source = match self.memory_source {
+        use std::fmt::Write;
+        // Tenths of a MiB in integers, rounded as `{:.1}` rounds (half to even): the line is formatted
+        // for every finished job, and float formatting with a precision was its main cost.
+        fn tenths(out: &mut String, bytes: u64) {
+            let scaled = u128::from(bytes) * 10;
+            let unit = u128::from(ByteSize::MIB);
+            let (mut q, r) = (scaled / unit, scaled % unit);
+            if r * 2 > unit || (r * 2 == unit && q % 2 == 1) {
+                q += 1;
+            }
+            let _ = write!(out, "{}.{}", q / 10, q % 10);
+        }
+        let mut line = String::with_capacity(96);
+        for (label, value) in [
+            ("Start=", self.memory_start),
+            (", Peak=", self.memory_peak),
+            (", End=", self.memory_end),
+        ] {
+            line.push_str(label);
+            match value {
+                Some(b) => tenths(&mut line, b.0),
+                None => line.push('?'),
+            }
+            line.push_str("MB");
+        }
+        line.push_str(", Delta=");
+        match (self.memory_start, self.memory_end) {
+            (Some(s), Some(e)) => {
+                line.push(if e.0 < s.0 { '-' } else { '+' });
+                tenths(&mut line, e.0.abs_diff(s.0));
+            }
+            _ => line.push('?'),
+        }
+        line.push_str("MB");
+        line.push_str(match self.memory_source {
             Some(MemorySource::CgroupPeak) => " (kernel high-water mark)",
             Some(MemorySource::SampledRss) => " (sampled RSS)",
             None => "",
-        };
-        format!(
-            "Start={}MB, Peak={}MB, End={}MB, Delta={}MB{}",
-            mb(self.memory_start),
-            mb(self.memory_peak),
-            mb(self.memory_end),
-            delta,
-            source
-        )
+        });
+        line
     }
 }
 
@@ -805,6 +827,35 @@ mod tests {
             a.memory_line(),
             "Start=10.0MB, Peak=310.0MB, End=12.0MB, Delta=+2.0MB (kernel high-water mark)"
         );
+        // Rounded as `{:.1}` rounds a MiB figure, ties included; a shrinking job's delta is negative.
+        for bytes in [
+            0,
+            1,
+            52_428,
+            52_429,
+            104_857,
+            262_144,
+            786_432,
+            1 << 20,
+            123_456_789,
+            u64::MAX >> 12,
+        ] {
+            let b = Accounting {
+                memory_start: Some(ByteSize(bytes)),
+                memory_peak: None,
+                memory_end: Some(ByteSize(0)),
+                ..Default::default()
+            };
+            let mib = ByteSize(bytes).mib();
+            assert_eq!(
+                b.memory_line(),
+                format!(
+                    "Start={mib:.1}MB, Peak=?MB, End=0.0MB, Delta={:+.1}MB",
+                    0.0 - mib
+                ),
+                "{bytes} bytes"
+            );
+        }
     }
 }
 
