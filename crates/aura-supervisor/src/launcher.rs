@@ -474,14 +474,14 @@ impl Launcher {
     }
 
     fn prepare_tree(&self, req: &LaunchRequest, program: PathBuf) -> Result<Prepared, LaunchError> {
-        let (staged, baseline) =
+        let (staged, baseline, cgroup_procs) =
             StagedCgroups::acquire(&self.layout, &self.pool, req.memory_limit)?;
         let (plan, pipes, stdio_ends) = prepare(
             req,
             &self.daemon_env,
             &self.dev_null,
             &program,
-            &staged.procs,
+            cgroup_procs,
             self.oom_score_adj,
             self.nice,
         )
@@ -609,41 +609,47 @@ impl Launcher {
 }
 
 /// A job's cgroups while its start is being prepared: empty, reused where the backend allows (see `pool`),
-/// with the job's settings applied and every `cgroup.procs` open. Dropped before the job started (any
-/// error on the way), it removes them rather than judge what a failed child left in them.
-struct StagedCgroups {
-    /// The kept-open `cgroup.procs` of each (O_CLOEXEC, std's default): the child joins its cgroups by
-    /// writing "0" before exec, so no fork of the job can ever happen outside them.
-    procs: Vec<RawFd>,
-    cgroups: Option<JobCgroups>,
-}
+/// with the job's settings applied. Dropped before the job started (any error on the way), it removes
+/// them rather than judge what a failed child left in them.
+struct StagedCgroups(Option<JobCgroups>);
 
 impl StagedCgroups {
+    /// The cgroups, the job's baseline in them, and their kept-open `cgroup.procs` (O_CLOEXEC, std's
+    /// default): the child joins its cgroups by writing "0" to each before exec, so no fork of the job
+    /// can ever happen outside them.
     fn acquire(
         layout: &Layout,
         pool: &CgroupPool,
         memory_limit: Option<u64>,
-    ) -> Result<(StagedCgroups, Baseline), LaunchError> {
-        let cgroups = pool
-            .acquire()
-            .map_err(|(path, source)| LaunchError::Cgroup { path, source })?;
-        let mut staged = StagedCgroups {
-            procs: Vec::new(),
-            cgroups,
+    ) -> Result<(StagedCgroups, Baseline, Vec<RawFd>), LaunchError> {
+        let staged = StagedCgroups(
+            pool.acquire()
+                .map_err(|(path, source)| LaunchError::Cgroup { path, source })?,
+        );
+        let Some(c) = &staged.0 else {
+            return Ok((staged, Baseline::default(), Vec::new()));
         };
+        // On an error `staged` is dropped, which removes the cgroups.
+        let (baseline, procs) = Self::set_up(layout, c, memory_limit)?;
+        Ok((staged, baseline, procs))
+    }
+
+    fn set_up(
+        layout: &Layout,
+        c: &JobCgroups,
+        memory_limit: Option<u64>,
+    ) -> Result<(Baseline, Vec<RawFd>), LaunchError> {
         let failed = |dir: &CgroupDir| {
             let path = dir.path().to_path_buf();
             move |source| LaunchError::Cgroup { path, source }
         };
-        let setup = |c: &JobCgroups| -> Result<(Vec<RawFd>, Baseline), LaunchError> {
-            let mut procs = Vec::with_capacity(2);
-            let mut baseline = Baseline::default();
-            for (i, dir) in c.dirs().enumerate() {
-                if i == 0 {
-                    baseline = c.prepare().map_err(failed(dir))?;
-                }
-                procs.push(dir.raw_fd(ControlFile::Procs).map_err(failed(dir))?);
-            }
+        // Only the v1 memory cgroup is written to make it ready (see `JobCgroups::prepare`).
+        if let Some(dir) = c.v1.as_ref().or(c.v2.as_ref()) {
+            let baseline = c.prepare().map_err(failed(dir))?;
+            let procs = c
+                .dirs()
+                .map(|dir| dir.raw_fd(ControlFile::Procs).map_err(failed(dir)))
+                .collect::<Result<Vec<_>, _>>()?;
             // The limit is in place before the job exists: it cannot allocate a byte beyond it. Cgroups
             // of limited jobs never go back to the pool, so an acquired one never carries an earlier
             // job's limit.
@@ -660,20 +666,14 @@ impl StagedCgroups {
                     cgroup::set_memory_limit(dir.path(), api, limit).map_err(failed(dir))?;
                 }
             }
-            Ok((procs, baseline))
-        };
-        // On an error `staged` is dropped, which removes the cgroups.
-        let Some((procs, baseline)) = staged.cgroups.as_ref().map(setup).transpose()? else {
-            return Ok((staged, Baseline::default()));
-        };
-        staged.procs = procs;
-        Ok((staged, baseline))
+            return Ok((baseline, procs));
+        }
+        Ok((Baseline::default(), Vec::new()))
     }
 
     /// The job is inside: hand over the directories (v2, v1).
     fn started(mut self) -> (Option<Arc<CgroupDir>>, Option<Arc<CgroupDir>>) {
-        self.procs.clear();
-        match self.cgroups.take() {
+        match self.0.take() {
             Some(c) => (c.v2.clone(), c.v1.clone()),
             None => (None, None),
         }
@@ -682,7 +682,7 @@ impl StagedCgroups {
 
 impl Drop for StagedCgroups {
     fn drop(&mut self) {
-        if let Some(c) = self.cgroups.take() {
+        if let Some(c) = self.0.take() {
             c.remove();
         }
     }
@@ -702,7 +702,7 @@ fn prepare(
     daemon_env: &[(OsString, CString)],
     dev_null: &OwnedFd,
     program: &std::path::Path,
-    procs_files: &[RawFd],
+    cgroup_procs: Vec<RawFd>,
     oom_score_adj: i32,
     nice: i32,
 ) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
@@ -745,7 +745,7 @@ fn prepare(
         stdin: dev_null.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
-        cgroup_procs: procs_files.to_vec(),
+        cgroup_procs,
         oom_score_adj: oom_score_adj.to_string().into_bytes(),
         nice,
         // SAFETY: plain syscall.
