@@ -406,10 +406,7 @@ impl TreeStats {
     ) -> Option<Settling<F>> {
         *crate::lock(&self.exit) = Some(reaped);
         if self.tree.is_empty() {
-            // Taken out first: the permit's drop wakes launchers, which must not happen under this
-            // tree's lock.
-            let slot = crate::lock(&self.slot).take();
-            drop(slot);
+            self.give_back_slot();
             return Some(Settling(Some((self.clone(), ending.clone(), settled))));
         }
         self.ended.notify_one();
@@ -427,11 +424,9 @@ impl TreeStats {
     /// (cgroupfs, the file system).
     fn settle(&self, ending: &Ending, empty: bool) {
         // The tree is gone (or given up on after `kill_wait`): a launch waiting for a running slot starts
-        // now, beside the reads below (it prepared its own cgroups and directory while it waited). Taken
-        // out first: the permit's drop wakes launchers, which must not happen under this tree's lock.
+        // now, beside the reads below (it prepared its own cgroups and directory while it waited).
         // (Already given back where the tree was empty at its conclusion.)
-        let slot = crate::lock(&self.slot).take();
-        drop(slot);
+        self.give_back_slot();
         let pool = &ending.pool;
         // After this the cgroups may belong to the next job: no sample of this one may still be running.
         self.retire();
@@ -460,6 +455,14 @@ impl TreeStats {
             cpu_usec,
         });
         self.ended.notify_one();
+    }
+
+    /// Gives the tree's running slot back (once; later calls do nothing).
+    fn give_back_slot(&self) {
+        // Taken out first: the permit's drop wakes launchers, which must not happen under this tree's
+        // lock.
+        let slot = crate::lock(&self.slot).take();
+        drop(slot);
     }
 
     /// `n` captures of this tree's output started.
