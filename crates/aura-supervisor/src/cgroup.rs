@@ -105,23 +105,27 @@ impl CgroupDir {
         Ok(self.file(control)?.as_raw_fd())
     }
 
-    /// The whole file, read anew. Every control file read here is a few lines, well under the one page
-    /// read; a longer one would be cut short, and its parse (`read_u64`, `keyed`) would find nothing.
-    pub fn read(&self, control: ControlFile) -> io::Result<String> {
-        let file = self.file(control)?;
+    /// The whole file, read anew, handed to `parse` without a copy. Every control file read here is a few
+    /// lines, well under the one page read; a longer one would be cut short, and its parse would find
+    /// nothing.
+    fn read_with<T>(
+        &self,
+        control: ControlFile,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Option<T> {
+        let file = self.file(control).ok()?;
         let mut buf = [0u8; 4096];
-        let n = file.read_at(&mut buf, 0)?;
-        String::from_utf8(buf[..n].to_vec())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        let n = file.read_at(&mut buf, 0).ok()?;
+        parse(std::str::from_utf8(&buf[..n]).ok()?)
     }
 
     pub fn read_u64(&self, control: ControlFile) -> Option<u64> {
-        self.read(control).ok()?.trim().parse().ok()
+        self.read_with(control, |text| text.trim().parse().ok())
     }
 
     /// `key value` fields of a flat-keyed control file, from one read (see [`keyed`]).
     pub fn keyed<const N: usize>(&self, control: ControlFile, keys: [&str; N]) -> Option<[u64; N]> {
-        parse_keyed(&self.read(control).ok()?, keys)
+        self.read_with(control, |text| parse_keyed(text, keys))
     }
 
     pub fn write(&self, control: ControlFile, value: &str) -> io::Result<()> {
@@ -369,7 +373,7 @@ mod tests {
     #[test]
     fn a_missing_control_file_is_an_error_and_not_kept() {
         let dir = CgroupDir::new(std::env::temp_dir().join("aura-no-such-cgroup"));
-        assert!(dir.read(ControlFile::CpuStat).is_err());
+        assert!(dir.keyed(ControlFile::CpuStat, ["usage_usec"]).is_none());
         assert!(dir.read_u64(ControlFile::V1Usage).is_none());
         assert!(dir.files.iter().all(|f| f.get().is_none()));
     }
