@@ -73,21 +73,30 @@ struct Daemon {
     child: Child,
     url: String,
     data_dir: PathBuf,
+    token: Option<String>,
 }
 
 impl Daemon {
+    /// Starts the release build of this tree, or the binary named by `AURA_BENCH_BIN` (another build, for
+    /// an ABBA comparison through this same harness).
     fn start(root: &Path, max_concurrent: usize) -> anyhow::Result<Daemon> {
-        super::run(
-            root,
-            "cargo",
-            &["build", "--release", "--quiet", "-p", "aura"],
-        )?;
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
+        let binary = match std::env::var_os("AURA_BENCH_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => {
+                super::run(
+                    root,
+                    "cargo",
+                    &["build", "--release", "--quiet", "-p", "aura"],
+                )?;
+                target.join("release/aura")
+            }
+        };
         let data_dir = target.join(format!("bench-data-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
-        let mut child = Command::new(target.join("release/aura"))
+        let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data_dir)
             .env("AURA_MAX_CONCURRENT", max_concurrent.to_string())
@@ -108,10 +117,23 @@ impl Daemon {
         let url = url.context("aura serve did not report its address")?;
         // Keep draining: a daemon writing to a closed pipe would die of SIGPIPE.
         std::thread::spawn(move || lines.for_each(drop));
+        // The daemon's local admin token (a build from before authentication has none).
+        let token = std::fs::read_to_string(data_dir.join("api-token"))
+            .ok()
+            .map(|t| t.trim().to_owned());
         Ok(Daemon {
             child,
             url,
             data_dir,
+            token,
+        })
+    }
+
+    /// A client of this daemon, with its token.
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(match &self.token {
+            Some(token) => Client::authorized(&self.url, token)?,
+            None => Client::new(&self.url)?,
         })
     }
 }
@@ -219,7 +241,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
     let raw_before = raw_spawn_rate(jobs, parallel)?;
     let daemon = Daemon::start(root, parallel)?;
     let rt = client_runtime()?;
-    let client = Client::new(&daemon.url)?;
+    let client = daemon.client()?;
     let (latencies, rate, wall, daemon_cpu) = rt.block_on(async {
         // Warm-up, then submit→start latency with an empty queue, one job at a time.
         let mut latencies = Vec::new();
@@ -486,6 +508,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
                         program: "/bin/true".into(),
                         args: Vec::new(),
                         env: Default::default(),
+                        secrets: Vec::new(),
                         cwd: scratch.join("work").join(i.to_string()),
                         create_cwd: true,
                         log_dir: scratch.join("logs").join(i.to_string()),
@@ -654,7 +677,7 @@ fn alive(pid: u32) -> bool {
 fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
     let daemon = Daemon::start(root, 2)?;
     let rt = runtime()?;
-    let client = Client::new(&daemon.url)?;
+    let client = daemon.client()?;
     let script = "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
     let mut latencies = Vec::new();
     let mut backend = String::new();
@@ -738,10 +761,23 @@ async fn scrape(client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
         .len())
 }
 
-/// Scrapes per second over one keep-alive connection (the first scrape opens it and is not timed).
-async fn scrape_rate(url: &str, scrapes: usize) -> anyhow::Result<(f64, usize)> {
+/// Scrapes per second over one keep-alive connection (the first scrape opens it and is not timed), with
+/// `token` as a bearer token if given.
+async fn scrape_rate(
+    url: &str,
+    token: Option<&str>,
+    scrapes: usize,
+) -> anyhow::Result<(f64, usize)> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
+        .default_headers(headers)
         .build()?;
     let mut bytes = scrape(&client, url).await?;
     let start = Instant::now();
@@ -783,8 +819,13 @@ fn metrics(root: &Path, scrapes: usize) -> anyhow::Result<()> {
         }
         // Let the host sampler fill its CPU windows before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let aura = scrape_rate(&format!("{}/metrics", daemon.url), scrapes).await?;
-        let node = scrape_rate(&node_url, (scrapes / 10).max(10)).await?;
+        let aura = scrape_rate(
+            &format!("{}/metrics", daemon.url),
+            daemon.token.as_deref(),
+            scrapes,
+        )
+        .await?;
+        let node = scrape_rate(&node_url, None, (scrapes / 10).max(10)).await?;
         Ok::<_, anyhow::Error>((aura, node))
     });
     let _ = exporter.kill();
@@ -849,7 +890,7 @@ fn soak(root: &Path, jobs: usize, every: usize) -> anyhow::Result<()> {
     let daemon = Daemon::start(root, 2)?;
     let pid = daemon.child.id();
     let rt = runtime()?;
-    let client = Client::new(&daemon.url)?;
+    let client = daemon.client()?;
     let start = daemon_resources(pid)?;
     let warm_up = (jobs / 10).max(every);
     let mut curve: Vec<(usize, (u64, usize, usize, usize))> = vec![(0, start)];

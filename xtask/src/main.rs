@@ -1,4 +1,5 @@
-//! Project automation: `cargo xtask test` (install what the tests need, then lint and test everything) and
+//! Project automation: `cargo xtask test` (install what the tests need, then lint and test everything, then
+//! a short fuzz where nightly exists), `cargo xtask fuzz …` (cargo-fuzz over fuzz/, nightly) and
 //! `cargo xtask bench …` (the benchmark harness; figures go to BENCHMARKS.md).
 
 mod bench;
@@ -8,8 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const USAGE: &str = "usage:
-  cargo xtask test                 install the system packages the tests need, then fmt, clippy and the whole suite
-  cargo xtask deps                 only install the system packages
+  cargo xtask test                 install the system packages the tests need, then fmt, clippy and the whole suite,
+                                   then 10 s of fuzzing per target where a nightly toolchain exists
+  cargo xtask fuzz [--seconds N] [--grow-corpus] [TARGET...]
+                                   cargo-fuzz on nightly (installed if missing), N s per target (default 60), every
+                                   target of fuzz/Cargo.toml unless named; new corpus entries go to a temporary
+                                   folder unless --grow-corpus writes them into fuzz/corpus/TARGET
+  cargo xtask deps                 only install the system packages (and, as root, the system user `aura`)
   cargo xtask bench throughput [--jobs N] [--parallel N] [--runs N] [--queued]
   cargo xtask bench supervisor [--jobs N] [--parallel N] [--standby N]
   cargo xtask bench handoff [--rounds N]       (thread wake-up round trip, same CPU vs two CPUs)
@@ -34,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => {
             install_packages()?;
+            ensure_job_user()?;
             run(&root, "cargo", &["fmt", "--all", "--", "--check"])?;
             run(
                 &root,
@@ -51,9 +58,18 @@ fn main() -> anyhow::Result<()> {
                 &root,
                 "cargo",
                 &["test", "--workspace", "--", "--color=never"],
+            )?;
+            fuzz(
+                &root,
+                &["--seconds".into(), "10".into()],
+                Fuzzing::AfterTests,
             )
         }
-        Some("deps") => install_packages(),
+        Some("deps") => {
+            install_packages()?;
+            ensure_job_user()
+        }
+        Some("fuzz") => fuzz(&root, &args[1..], Fuzzing::Asked),
         Some("bench") => bench::main(&root, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
@@ -100,6 +116,213 @@ fn install_packages() -> anyhow::Result<()> {
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
     install.extend(&missing);
     apt(&install)
+}
+
+/// The system account a root daemon runs jobs as (`jobs.user`'s default, README "What a job may do"):
+/// created where the tests run as root, so that they exercise the default rather than its `nobody`
+/// fallback. Nothing to do for a non-root run (jobs then run as the daemon's own user).
+fn ensure_job_user() -> anyhow::Result<()> {
+    const USER: &str = "aura";
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let exists = Command::new("id")
+        .arg(USER)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if exists {
+        return Ok(());
+    }
+    eprintln!("xtask: creating the system user {USER} that jobs of a root daemon run as");
+    run(
+        Path::new("/"),
+        "useradd",
+        &[
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            USER,
+        ],
+    )
+}
+
+/// Who asked for fuzzing: `cargo xtask test` skips it with a note where it cannot run (no nightly, no
+/// cargo-fuzz and no way to install it; the stable suite still replays the corpus), `cargo xtask fuzz` fails.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fuzzing {
+    AfterTests,
+    Asked,
+}
+
+/// `cargo xtask fuzz [--seconds N] [--grow-corpus] [TARGET...]`: each target under cargo-fuzz for N
+/// seconds, from the workspace root (cargo-fuzz finds fuzz/).
+fn fuzz(root: &Path, args: &[String], how: Fuzzing) -> anyhow::Result<()> {
+    let mut seconds: u64 = 60;
+    let mut grow = false;
+    let mut targets = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                let n = args.next().context("--seconds needs a number")?;
+                seconds = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0) // libFuzzer reads 0 as "no limit"
+                    .with_context(|| format!("--seconds {n}: expected a whole number above 0"))?;
+            }
+            "--grow-corpus" => grow = true,
+            flag if flag.starts_with('-') => bail!("unknown option {flag}\n{USAGE}"),
+            target => targets.push(target.to_owned()),
+        }
+    }
+    let known = fuzz_targets(root)?;
+    if targets.is_empty() {
+        targets = known;
+    } else if let Some(unknown) = targets.iter().find(|t| !known.contains(t)) {
+        bail!(
+            "unknown fuzz target {unknown} (fuzz/Cargo.toml has {})",
+            known.join(", ")
+        );
+    }
+    let skip = |why: String| -> anyhow::Result<()> {
+        match how {
+            Fuzzing::Asked => bail!("cannot fuzz: {why}"),
+            Fuzzing::AfterTests => {
+                eprintln!(
+                    "xtask: fuzzing skipped: {why} (the stable suite replayed the committed corpus)"
+                );
+                Ok(())
+            }
+        }
+    };
+    if !has_nightly() {
+        return skip(
+            "no nightly toolchain in `rustup toolchain list`; cargo-fuzz needs one \
+             (`rustup toolchain install nightly`)"
+                .into(),
+        );
+    }
+    if !succeeds(root, "cargo", &["fuzz", "--version"]) {
+        if let Err(e) = run(root, "cargo", &["install", "cargo-fuzz", "--locked"]) {
+            return skip(format!("cargo-fuzz is missing and did not install: {e:#}"));
+        }
+    }
+    for target in &targets {
+        fuzz_target(root, target, seconds, grow)?;
+    }
+    Ok(())
+}
+
+/// One target for `seconds`. libFuzzer writes new inputs into the first corpus folder only and reads the
+/// others: a scratch folder comes first unless `grow`, so the committed corpus stays as it is.
+fn fuzz_target(root: &Path, target: &str, seconds: u64, grow: bool) -> anyhow::Result<()> {
+    let corpus = root.join("fuzz/corpus").join(target);
+    let regressions = root.join("fuzz/regressions").join(target);
+    // A new target may have no seeds yet (aura-fuzz's corpus test fails until it has some).
+    std::fs::create_dir_all(&corpus)?;
+    let scratch = ScratchDir::new(&format!("aura-fuzz-{target}"))?;
+    let mut folders = Vec::new();
+    if !grow {
+        folders.push(scratch.0.clone());
+    }
+    folders.push(corpus);
+    if regressions.is_dir() {
+        folders.push(regressions);
+    }
+    let max_time = format!("-max_total_time={seconds}");
+    let mut argv = vec!["+nightly", "fuzz", "run", target];
+    for folder in &folders {
+        argv.push(
+            folder
+                .to_str()
+                .with_context(|| format!("{} is not UTF-8", folder.display()))?,
+        );
+    }
+    argv.extend(["--", &max_time]);
+    run(root, "cargo", &argv).with_context(|| {
+        format!(
+            "fuzz target {target} failed; the crashing input is under fuzz/artifacts/{target}/: \
+             minimize it (`cargo +nightly fuzz tmin {target} <input>`) and commit it under \
+             fuzz/regressions/{target}/ so that the stable suite replays it"
+        )
+    })?;
+    if !grow {
+        let new = std::fs::read_dir(&scratch.0)?.count();
+        eprintln!(
+            "xtask: fuzz {target}: {new} new corpus entries left out of fuzz/corpus/{target} \
+             (--grow-corpus keeps them)"
+        );
+    }
+    Ok(())
+}
+
+/// The `[[bin]]` names of fuzz/Cargo.toml, in order: the cargo-fuzz targets.
+fn fuzz_targets(root: &Path) -> anyhow::Result<Vec<String>> {
+    let path = root.join("fuzz/Cargo.toml");
+    let manifest = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let targets: Vec<String> = manifest
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|table| {
+            table.lines().find_map(|line| {
+                let value = line.trim().strip_prefix("name")?.trim().strip_prefix('=')?;
+                Some(value.trim().trim_matches('"').to_owned())
+            })
+        })
+        .collect();
+    if targets.is_empty() {
+        bail!("{} lists no [[bin]] targets", path.display());
+    }
+    Ok(targets)
+}
+
+fn has_nightly() -> bool {
+    Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .map(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .any(|line| line.starts_with("nightly"))
+        })
+        .unwrap_or(false)
+}
+
+fn succeeds(dir: &Path, program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// A folder under the system temporary directory, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(prefix: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn run(dir: &Path, program: &str, args: &[&str]) -> anyhow::Result<()> {

@@ -68,8 +68,17 @@ pub(crate) struct Ledger {
     limits: HashMap<String, Limit>,
     /// Starvation guard: resources released while a job was blocked at the head of the queue are held
     /// for it (by its key), so that backfilled small jobs cannot keep it waiting forever.
-    pub claim: Option<(i64, Scalar)>,
+    pub claim: Option<Claim>,
     pub active: usize,
+}
+
+/// What is held for the head of the queue: the host-wide quantities released since it became head, and
+/// the GPU devices (positions) that had room freed on them meanwhile.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Claim {
+    pub key: i64,
+    pub scalar: Scalar,
+    pub devices: Vec<u32>,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -79,11 +88,13 @@ impl Ledger {
         self.total.saturating_sub(&self.used)
     }
 
-    /// Whether `request` fits in `free` (host-wide quantities), the GPUs and the named limits now.
+    /// Whether `request` fits in `free` (host-wide quantities), the GPUs but `held` (devices claimed for
+    /// the head of the queue) and the named limits now.
     pub fn check(
         &mut self,
         request: &Request,
         free: &Scalar,
+        held: &[u32],
         now: Instant,
     ) -> Result<Vec<u32>, Shortfall> {
         if let Some((resource, needed, available)) = request.scalar().fits_in(free) {
@@ -125,16 +136,20 @@ impl Ledger {
                 }
             }
         }
-        self.pick_gpus(request)
+        self.pick_gpus(request, held)
     }
 
-    /// First fit over the devices: the `request.gpus` devices with room for its VRAM and encoder sessions.
-    fn pick_gpus(&self, request: &Request) -> Result<Vec<u32>, Shortfall> {
+    /// First fit over the devices but `held`: the `request.gpus` devices with room for its VRAM and
+    /// encoder sessions.
+    fn pick_gpus(&self, request: &Request, held: &[u32]) -> Result<Vec<u32>, Shortfall> {
         if request.gpus == 0 {
             return Ok(Vec::new());
         }
         let mut picked = Vec::with_capacity(request.gpus as usize);
         for (i, (device, used)) in self.capacity.gpus.iter().zip(&self.gpus).enumerate() {
+            if held.contains(&(i as u32)) {
+                continue;
+            }
             let vram_ok = device.vram_bytes.saturating_sub(used.vram) >= request.vram_bytes_per_gpu;
             let sessions_ok = device.encoder_sessions.saturating_sub(used.sessions)
                 >= request.encoder_sessions_per_gpu;
@@ -197,9 +212,14 @@ impl Ledger {
             }
         }
         self.active = self.active.saturating_sub(1);
-        if let Some((_, claim)) = &mut self.claim {
-            claim.add(&grant.scalar);
-            *claim = claim.min(&self.total);
+        if let Some(claim) = &mut self.claim {
+            claim.scalar.add(&grant.scalar);
+            claim.scalar = claim.scalar.min(&self.total);
+            for &g in &grant.positions {
+                if !claim.devices.contains(&g) {
+                    claim.devices.push(g);
+                }
+            }
         }
     }
 }
@@ -352,7 +372,7 @@ impl Admission {
     pub fn try_reserve(&self, request: &Request, now: Instant) -> Result<Reservation, Shortfall> {
         let mut ledger = lock(&self.ledger);
         let free = ledger.free();
-        let gpus = ledger.check(request, &free, now)?;
+        let gpus = ledger.check(request, &free, &[], now)?;
         let grant = ledger.grant(request, gpus, now);
         Ok(Reservation {
             ledger: self.ledger.clone(),

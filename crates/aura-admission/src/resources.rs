@@ -119,10 +119,12 @@ impl Scalar {
         }
     }
 
+    /// Saturating: a claim sums what is released while a job waits, and a capacity near `u64::MAX` (an
+    /// unknown disk size) must not wrap it around.
     pub fn add(&mut self, other: &Scalar) {
-        self.memory += other.memory;
-        self.cpu += other.cpu;
-        self.disk += other.disk;
+        self.memory = self.memory.saturating_add(other.memory);
+        self.cpu = self.cpu.saturating_add(other.cpu);
+        self.disk = self.disk.saturating_add(other.disk);
     }
 
     pub fn sub(&mut self, other: &Scalar) {

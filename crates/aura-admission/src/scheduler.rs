@@ -5,9 +5,11 @@
 //! start. Starvation guard: from the moment a job is head, every resource released goes into its *claim*,
 //! and backfilled jobs may only use what is free beyond the claim. Memory freed by finishing work therefore
 //! accumulates for the head until it fits, however many small jobs keep arriving; small jobs keep using what
-//! was already free. Jobs blocked by a named limit or a rate never become head: they hold nothing back.
+//! was already free. GPU devices likewise: a device that had room freed on it since the head became head is
+//! held for a head that needs GPUs (as many devices as it needs), and backfilled jobs use the others. Jobs
+//! blocked by a named limit or a rate never become head: they hold nothing back.
 
-use crate::ledger::{lock, Admission, Reservation, Shortfall};
+use crate::ledger::{lock, Admission, Claim, Reservation, Shortfall};
 use crate::resources::{Request, Scalar};
 use std::time::Instant;
 
@@ -33,6 +35,7 @@ impl Scheduler {
         let mut free = ledger.free();
         let mut head: Option<i64> = None;
         let mut earmark = Scalar::default();
+        let mut held: Vec<u32> = Vec::new();
         let mut grants = Vec::new();
         for q in queue {
             if grants.len() >= max_starts {
@@ -43,10 +46,10 @@ impl Scheduler {
             } else {
                 free
             };
-            match ledger.check(q.request, &available, now) {
+            match ledger.check(q.request, &available, &held, now) {
                 Ok(gpus) => {
                     free.sub(&q.request.scalar());
-                    if ledger.claim.as_ref().is_some_and(|(k, _)| *k == q.key) {
+                    if ledger.claim.as_ref().is_some_and(|c| c.key == q.key) {
                         ledger.claim = None;
                     }
                     let grant = ledger.grant(q.request, gpus, now);
@@ -54,12 +57,23 @@ impl Scheduler {
                 }
                 Err(Shortfall::Resource { .. }) if head.is_none() => {
                     head = Some(q.key);
-                    earmark = match &ledger.claim {
-                        Some((k, claim)) if *k == q.key => claim.min(&q.request.scalar()),
+                    (earmark, held) = match &ledger.claim {
+                        Some(claim) if claim.key == q.key => (
+                            claim.scalar.min(&q.request.scalar()),
+                            claim
+                                .devices
+                                .iter()
+                                .copied()
+                                .take(q.request.gpus as usize)
+                                .collect(),
+                        ),
                         // A new head starts with nothing claimed; the old head's claim is void.
                         _ => {
-                            ledger.claim = Some((q.key, Scalar::default()));
-                            Scalar::default()
+                            ledger.claim = Some(Claim {
+                                key: q.key,
+                                ..Claim::default()
+                            });
+                            (Scalar::default(), Vec::new())
                         }
                     };
                 }
@@ -81,7 +95,7 @@ impl Scheduler {
     pub fn explain(admission: &Admission, request: &Request, now: Instant) -> Option<Shortfall> {
         let mut ledger = lock(&admission.ledger);
         let free = ledger.free();
-        ledger.check(request, &free, now).err()
+        ledger.check(request, &free, &[], now).err()
     }
 }
 

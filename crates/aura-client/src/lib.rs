@@ -3,6 +3,8 @@
 use aura_model::{JobEventRecord, JobId, JobSpec};
 pub use aura_model::{JobPage, JobView};
 use reqwest::StatusCode;
+/// URLs as the client parses them (for callers that need a server URL's host and port).
+pub use reqwest::Url;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::time::Duration;
@@ -32,6 +34,8 @@ pub enum ClientError {
     Http { url: String, source: reqwest::Error },
     #[error("invalid server URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("the API token is not usable in an HTTP header (it holds control characters)")]
+    BadToken,
 }
 
 /// One chunk of captured output.
@@ -58,7 +62,17 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client that sends no token (enough for `/healthz` and `/readyz`); see [`Client::authorized`].
     pub fn new(base: &str) -> Result<Client, ClientError> {
+        Client::build(base, None)
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer …` with every request.
+    pub fn authorized(base: &str, token: &str) -> Result<Client, ClientError> {
+        Client::build(base, Some(token))
+    }
+
+    fn build(base: &str, token: Option<&str>) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::BadUrl {
@@ -66,8 +80,17 @@ impl Client {
                 reason: "must start with http:// or https://".into(),
             });
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::BadToken)?;
+            // Kept out of reqwest's and hyper's debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .map_err(|source| ClientError::Http {
                 url: base.clone(),

@@ -97,6 +97,10 @@ pub(crate) struct Shared {
     pub host_sampler: aura_host::HostSampler,
     /// Jobs waiting in the queue, as last counted by the actor (for the queue cap at submit).
     pub queued_count: AtomicUsize,
+    /// Jobs waiting per submitter (token name) — queued, or admitted as a standby and not started —
+    /// kept by the actor as jobs come and go (for the per-token cap at submit).
+    // A std Mutex: held for one map update or lookup, never across an await.
+    queued_by: Mutex<HashMap<String, usize>>,
     /// Jobs started and not yet finished (running, stopping), as last counted by the actor. A standby
     /// (admitted, waiting for a running slot) counts as queued.
     pub running_count: AtomicUsize,
@@ -163,6 +167,29 @@ impl Shared {
     }
 
     /// (running, queued) as the actor last counted them: no round trip through it.
+    /// How many of `submitter`'s jobs wait in the queue.
+    pub(crate) fn queued_by(&self, submitter: &str) -> usize {
+        self.queued_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(submitter)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counts a job of `submitter` into (`entered`) or out of the waiting ones.
+    fn count_queued_by(&self, submitter: &str, entered: bool) {
+        let mut counts = self.queued_by.lock().unwrap_or_else(|e| e.into_inner());
+        if entered {
+            *counts.entry(submitter.to_owned()).or_default() += 1;
+        } else if let Some(n) = counts.get_mut(submitter) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(submitter);
+            }
+        }
+    }
+
     pub(crate) fn counts(&self) -> (usize, usize) {
         (
             self.running_count.load(Ordering::Relaxed),
@@ -259,6 +286,7 @@ pub(crate) async fn spawn(
         admission,
         host_sampler: host,
         queued_count: AtomicUsize::new(0),
+        queued_by: Mutex::default(),
         running_count: AtomicUsize::new(0),
         store,
         supervisor,
@@ -536,6 +564,13 @@ impl Actor {
         self.dispatch().await;
     }
 
+    /// Counts `job` into or out of its submitter's waiting jobs.
+    fn count_waiting(&self, job: &Job, entered: bool) {
+        if let Some(name) = &job.submitted_by {
+            self.shared.count_queued_by(name, entered);
+        }
+    }
+
     fn enqueue(&mut self, job: Job) {
         let request = self
             .shared
@@ -543,6 +578,7 @@ impl Actor {
             .admission
             .request(&job.spec, job.memory_request.as_ref());
         self.queue.insert(queue_key(&job), request);
+        self.count_waiting(&job, true);
         self.queued.insert(job.id, job);
         self.publish_counts();
     }
@@ -572,6 +608,9 @@ impl Actor {
             return None;
         }
         let active = self.active.remove(&id);
+        if let Some(a) = active.as_ref().filter(|a| a.standby) {
+            self.count_waiting(&a.job, false);
+        }
         self.publish_counts();
         active
     }
@@ -593,6 +632,7 @@ impl Actor {
 
     fn dequeue(&mut self, id: JobId) -> Option<(Job, Request)> {
         let job = self.queued.remove(&id)?;
+        self.count_waiting(&job, false);
         let request = self.queue.remove(&queue_key(&job))?;
         self.publish_counts();
         Some((job, request))
@@ -708,6 +748,18 @@ impl Actor {
             program: spec.program.clone(),
             args: spec.args.clone(),
             env: spec.env.clone(),
+            // Resolved only here, into the launch: submit checked that each exists.
+            secrets: spec
+                .secrets
+                .iter()
+                .filter_map(|(var, name)| {
+                    let secret = self.shared.config.secrets.get(name);
+                    if secret.is_none() {
+                        tracing::warn!(job_id = %id, var, secret = name, "secret no longer known; the variable is left unset");
+                    }
+                    secret.map(|s| (var.clone(), s.clone()))
+                })
+                .collect(),
             cwd: cwd.clone(),
             // The default per-job directory is created by the launcher thread, off the async workers.
             create_cwd: spec.cwd.is_none(),
@@ -725,6 +777,10 @@ impl Actor {
         };
         let handle = self.monitors.spawn(monitor.run(Box::pin(launching)));
         self.monitor_jobs.insert(handle.id(), id);
+        if standby {
+            // Still waiting, for its submitter's cap, until it starts.
+            self.count_waiting(&job, true);
+        }
         self.active.insert(
             id,
             Active {
@@ -753,6 +809,11 @@ impl Actor {
         if let Err(e) = active.job.apply(Event::Started { run }) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;
+        }
+        if active.standby {
+            if let Some(name) = &active.job.submitted_by {
+                self.shared.count_queued_by(name, false);
+            }
         }
         tracing::info!(job_id = %id, attempt = active.job.attempt, "job started");
         let pending = active.pending_stop.take();
@@ -953,11 +1014,18 @@ impl Actor {
     /// Applies the event that ends an attempt, requeues per policy, persists, and starts the next job.
     async fn finish(&mut self, id: JobId, event: Event, mut events: Vec<NewEvent>) {
         let Some(Active {
-            mut job, request, ..
+            mut job,
+            request,
+            standby,
+            ..
         }) = self.active.remove(&id)
         else {
             return;
         };
+        if standby && matches!(job.state, JobState::Queued { .. }) {
+            // A standby that ends without starting (its launch failed) stops waiting.
+            self.count_waiting(&job, false);
+        }
         self.publish_counts();
         if let Err(e) = job.apply(event) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");

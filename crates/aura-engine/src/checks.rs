@@ -1,5 +1,6 @@
-//! The submit-time checks that touch the file system — the working directory exists, the program
-//! resolves to an executable — and a short memory of the ones that passed, so that a burst of submits
+//! The submit-time checks that touch the file system — the working directory exists and lies inside the
+//! allowed roots, the program resolves to an executable the allowlist permits (the supervisor's
+//! `JobSandbox` rules, asked again at launch) — and a short memory of the ones that passed, so that a burst of submits
 //! of the same command costs one blocking hop instead of one per job (each hop is two thread hand-offs,
 //! a large share of a trivial job's cost; see BENCHMARKS.md).
 //!
@@ -8,9 +9,10 @@
 
 use crate::EngineError;
 use aura_model::JobSpec;
+use aura_supervisor::{JobSandbox, LaunchError};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a passed check is trusted.
@@ -29,7 +31,11 @@ pub(crate) struct RecentChecks {
 
 impl RecentChecks {
     /// Checks `spec`'s working directory and program, unless the same check passed within `TTL`.
-    pub async fn check(&self, spec: &JobSpec) -> Result<(), EngineError> {
+    pub async fn check(
+        &self,
+        spec: &JobSpec,
+        sandbox: &Arc<JobSandbox>,
+    ) -> Result<(), EngineError> {
         let key: Key = (
             spec.program.clone(),
             spec.env.get("PATH").cloned(),
@@ -40,7 +46,8 @@ impl RecentChecks {
             return Ok(());
         }
         let (program, path_var, cwd) = key.clone();
-        tokio::task::spawn_blocking(move || check_now(program, path_var, cwd))
+        let sandbox = sandbox.clone();
+        tokio::task::spawn_blocking(move || check_now(&sandbox, program, path_var, cwd))
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))??;
         let mut passed = self.lock();
@@ -61,35 +68,76 @@ impl RecentChecks {
 
 /// The checks themselves (blocking).
 fn check_now(
+    sandbox: &JobSandbox,
     program: String,
     path_var: Option<String>,
     cwd: Option<PathBuf>,
 ) -> Result<(), EngineError> {
-    if let Some(cwd) = &cwd {
-        let reason = match std::fs::metadata(cwd) {
-            Ok(m) if m.is_dir() => None,
-            Ok(_) => Some("not a directory".to_owned()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(reason) = reason {
-            return Err(EngineError::WorkingDirectory {
-                path: cwd.clone(),
-                reason,
-            });
-        }
-    }
-    aura_supervisor::resolve_program(&program, path_var.as_deref(), cwd.as_deref())
+    let cwd = cwd
+        .map(|cwd| sandbox.check_cwd(&cwd))
+        .transpose()
+        .map_err(refusal(&program))?;
+    let env = path_var
+        .map(|p| std::collections::BTreeMap::from([("PATH".to_owned(), p)]))
+        .unwrap_or_default();
+    sandbox
+        .check_program(&program, &env, cwd.as_deref())
         .map(drop)
-        .map_err(|e| EngineError::Program {
-            program,
-            reason: e.to_string(),
-        })
+        .map_err(refusal(&program))
+}
+
+/// The engine's error for a launch check's refusal.
+fn refusal(program: &str) -> impl Fn(LaunchError) -> EngineError + '_ {
+    move |e| match e {
+        LaunchError::ProgramNotAllowed { program, resolved } => {
+            EngineError::ProgramNotAllowed { program, resolved }
+        }
+        LaunchError::CwdNotAllowed { path, reason } => {
+            EngineError::WorkingDirectoryNotAllowed { path, reason }
+        }
+        LaunchError::Cwd { path, source } => EngineError::WorkingDirectory {
+            path,
+            reason: source.to_string(),
+        },
+        other => EngineError::Program {
+            program: program.to_owned(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn the_sandbox_refuses_with_its_own_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(JobSandbox {
+            programs: Some(
+                aura_supervisor::ProgramAllowlist::new(&["true".into()], "/usr/bin:/bin").unwrap(),
+            ),
+            cwd_roots: Some(vec![dir.path().canonicalize().unwrap()]),
+            ..JobSandbox::default()
+        });
+        let checks = RecentChecks::default();
+        let mut spec = JobSpec::new("true", Vec::<String>::new());
+        checks.check(&spec, &sandbox).await.unwrap();
+        spec.program = "sh".into();
+        assert!(matches!(
+            checks.check(&spec, &sandbox).await,
+            Err(EngineError::ProgramNotAllowed { .. })
+        ));
+        spec.program = "true".into();
+        spec.cwd = Some("/tmp".into());
+        assert!(matches!(
+            checks.check(&spec, &sandbox).await,
+            Err(EngineError::WorkingDirectoryNotAllowed { .. })
+        ));
+        spec.cwd = Some(dir.path().to_path_buf());
+        checks.check(&spec, &sandbox).await.unwrap();
+    }
 
     #[tokio::test]
     async fn passes_are_remembered_failures_are_not() {
@@ -99,16 +147,17 @@ mod tests {
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         let spec = JobSpec::new(tool.to_str().unwrap(), Vec::<String>::new());
         let checks = RecentChecks::default();
-        checks.check(&spec).await.unwrap();
+        let sandbox = Arc::new(JobSandbox::default());
+        checks.check(&spec, &sandbox).await.unwrap();
         // Within the TTL a passed check is not repeated: the program's removal goes unnoticed here
         // (the launcher notices it at start).
         std::fs::remove_file(&tool).unwrap();
-        checks.check(&spec).await.unwrap();
+        checks.check(&spec, &sandbox).await.unwrap();
         // A failure is never remembered: it is refused every time, with the reason.
         let missing = JobSpec::new("/nonexistent/aura-tool", Vec::<String>::new());
         for _ in 0..2 {
             assert!(matches!(
-                checks.check(&missing).await,
+                checks.check(&missing, &sandbox).await,
                 Err(EngineError::Program { .. })
             ));
         }
@@ -116,7 +165,7 @@ mod tests {
         let mut elsewhere = spec.clone();
         elsewhere.cwd = Some(dir.path().join("missing"));
         assert!(matches!(
-            checks.check(&elsewhere).await,
+            checks.check(&elsewhere, &sandbox).await,
             Err(EngineError::WorkingDirectory { .. })
         ));
     }

@@ -11,6 +11,18 @@ pub enum EngineError {
     Program { program: String, reason: String },
     #[error("working directory {path:?} is not usable: {reason}")]
     WorkingDirectory { path: PathBuf, reason: String },
+    #[error("program {program:?} ({resolved}) is not one jobs may run here (jobs.programs)")]
+    ProgramNotAllowed { program: String, resolved: PathBuf },
+    #[error("working directory {path:?} is not allowed: {reason}")]
+    WorkingDirectoryNotAllowed { path: PathBuf, reason: String },
+    #[error("unknown secret {name:?} for {var}: the daemon has no secret of that name (see jobs.secrets_file)")]
+    UnknownSecret { var: String, name: String },
+    #[error("{submitter} has {queued} jobs waiting, at most {cap}; retry later")]
+    SubmitterQueueFull {
+        submitter: String,
+        queued: usize,
+        cap: usize,
+    },
     #[error("the job can never run here: {0}")]
     ExceedsCapacity(aura_admission::Shortfall),
     #[error("the queue is full ({queued} jobs waiting, at most {cap}); retry later")]

@@ -77,6 +77,8 @@ pub struct EngineHandle {
     shared: Arc<Shared>,
     actor: Arc<Mutex<Option<JoinHandle<()>>>>,
     checks: Arc<crate::checks::RecentChecks>,
+    /// The supervisor's rules for programs and working directories, asked at submit too.
+    sandbox: Arc<aura_supervisor::JobSandbox>,
     guards: Arc<Mutex<Option<crate::guards::GuardThread>>>,
 }
 
@@ -89,6 +91,7 @@ impl EngineHandle {
     ) -> Self {
         EngineHandle {
             tx,
+            sandbox: Arc::new(shared.config.supervisor.sandbox.clone()),
             shared,
             actor: Arc::new(Mutex::new(Some(actor))),
             checks: Arc::default(),
@@ -100,14 +103,29 @@ impl EngineHandle {
         self.shared.supervisor.backend()
     }
 
-    /// Validates, persists and queues a job. Refuses, changing nothing, a spec that is invalid, names a
-    /// program that does not exist or is not executable, or a working directory that is not a directory.
-    pub async fn submit(&self, spec: JobSpec) -> Result<Job, EngineError> {
+    /// Validates, persists and queues a job on behalf of `submitter` (recorded with it; `None` for an
+    /// engine used without authentication). Refuses, changing nothing, a spec that is invalid, names a
+    /// program that does not exist, is not executable or is not allowed, a working directory that is not
+    /// a directory or lies outside the allowed roots, or a secret the daemon does not have; and a submit
+    /// over the global or the submitter's queue cap.
+    pub async fn submit(
+        &self,
+        spec: JobSpec,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<Job, EngineError> {
         spec.validate()?;
+        for (var, name) in &spec.secrets {
+            if self.shared.config.secrets.get(name).is_none() {
+                return Err(EngineError::UnknownSecret {
+                    var: var.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
         // The cheap refusals first: a daemon shutting down or a full queue costs no file system work.
-        self.check_accepting()?;
+        self.check_accepting(submitter)?;
         // The working directory and the program (one blocking hop, unless the same check just passed).
-        self.checks.check(&spec).await?;
+        self.checks.check(&spec, &self.sandbox).await?;
         let memory_request = self.memory_request(&spec).await?;
         self.shared
             .admission
@@ -120,11 +138,16 @@ impl EngineHandle {
             )
             .map_err(EngineError::ExceedsCapacity)?;
         // Again: shutdown may have begun, or the queue filled, while this submit did its checks.
-        self.check_accepting()?;
+        self.check_accepting(submitter)?;
         let job = self
             .shared
             .store
-            .insert_job(spec, Timestamp::now(), Some(memory_request))
+            .insert_job(
+                spec,
+                Timestamp::now(),
+                Some(memory_request),
+                submitter.map(|s| s.name.clone()),
+            )
             .await?;
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
         self.tx
@@ -134,8 +157,8 @@ impl EngineHandle {
         Ok(job)
     }
 
-    /// Refuses a submit while the daemon shuts down or the queue is full.
-    fn check_accepting(&self) -> Result<(), EngineError> {
+    /// Refuses a submit while the daemon shuts down, the queue is full, or the submitter's share of it is.
+    fn check_accepting(&self, submitter: Option<&crate::Submitter>) -> Result<(), EngineError> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
         }
@@ -145,6 +168,20 @@ impl EngineHandle {
         );
         if queued >= cap {
             return Err(EngineError::QueueFull { queued, cap });
+        }
+        if let Some(crate::Submitter {
+            name,
+            max_queued: Some(cap),
+        }) = submitter
+        {
+            let queued = self.shared.queued_by(name);
+            if queued >= *cap {
+                return Err(EngineError::SubmitterQueueFull {
+                    submitter: name.clone(),
+                    queued,
+                    cap: *cap,
+                });
+            }
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ mod handle;
 mod lease;
 mod monitor;
 mod pressure;
+mod secrets;
 
 pub use admission::AdmissionConfig;
 pub use aura_model::EngineStatus;
@@ -22,6 +23,7 @@ pub use error::EngineError;
 pub use guards::{GuardConfig, MemoryThreshold};
 pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
+pub use secrets::{SecretError, Secrets};
 
 use aura_supervisor::{Supervisor, SupervisorConfig};
 use std::path::PathBuf;
@@ -46,6 +48,18 @@ pub struct EngineConfig {
     /// Requeue the jobs a graceful shutdown stopped, so that the next start runs them again.
     pub requeue_on_shutdown: bool,
     pub supervisor: SupervisorConfig,
+    /// The named secrets job specs may reference; resolved into a job's environment at launch.
+    pub secrets: Secrets,
+}
+
+/// Who submits a job, as the API authenticated it: recorded with the job, and held to its own cap of
+/// waiting jobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitter {
+    /// The API token's name (never the token).
+    pub name: String,
+    /// Most jobs of this submitter waiting in the queue at once; `None`: only the global cap.
+    pub max_queued: Option<usize>,
 }
 
 impl EngineConfig {
@@ -79,13 +93,23 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             "max_concurrent must be at least 1".into(),
         ));
     }
-    for dir in [config.work_root(), config.log_root()] {
-        tokio::fs::create_dir_all(&dir)
+    // Jobs running as another account must pass through the work root to their own directories, but
+    // may not list it; logs are the daemon's alone (a job must not read another job's output).
+    let work_mode = if config.supervisor.sandbox.identity.is_some() {
+        0o711
+    } else {
+        0o700
+    };
+    for (dir, mode) in [(config.work_root(), work_mode), (config.log_root(), 0o700)] {
+        let io = |source| EngineError::Io {
+            path: dir.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
             .await
-            .map_err(|source| EngineError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            .map_err(io)?;
     }
     let store =
         aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default())

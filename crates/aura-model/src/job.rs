@@ -24,6 +24,8 @@ pub mod limits {
     pub const MAX_ARG_BYTES: usize = 128 * 1024;
     pub const MAX_TOTAL_ARG_BYTES: usize = 1024 * 1024;
     pub const MAX_ENV: usize = 1024;
+    /// Named secrets one job may reference.
+    pub const MAX_SECRETS: usize = 64;
     pub const MAX_LABELS: usize = 64;
     pub const MAX_LABEL_BYTES: usize = 256;
     pub const MAX_STOP_STEPS: usize = 8;
@@ -125,8 +127,11 @@ impl Default for StopSequence {
 
 impl StopSequence {
     /// The longest the sequence can take before the final SIGKILL.
+    /// Saturating: a sequence that was parsed but not yet validated may hold absurd graces.
     pub fn total_grace(&self) -> Duration {
-        self.0.iter().map(|s| s.grace).sum()
+        self.0
+            .iter()
+            .fold(Duration::ZERO, |sum, s| sum.saturating_add(s.grace))
     }
 }
 
@@ -277,9 +282,15 @@ pub struct JobSpec {
     pub program: String,
     #[serde(default)]
     pub args: Vec<String>,
-    /// Added to (and overriding) the daemon's environment.
+    /// Added to (and overriding) the jobs' base environment (see the README: the daemon's own environment
+    /// is never passed on wholesale).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are named secrets, resolved by the daemon at launch:
+    /// `{"OPENAI_API_KEY": "openai"}`. Only the names are stored; the values never leave the daemon but
+    /// for the job's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Working directory; `None` means a fresh per-job directory under the data dir.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
@@ -314,6 +325,7 @@ impl JobSpec {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
             env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             cwd: None,
             timeout: DEFAULT_TIMEOUT,
             stop: StopSequence::default(),
@@ -371,9 +383,33 @@ impl JobSpec {
             check_text(&format!("environment variable {k}"), k, MAX_ARG_BYTES)?;
             check_text(&format!("environment variable {k}"), v, MAX_ARG_BYTES)?;
         }
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(SpecError::TooMany {
+                what: "secrets",
+                max: MAX_SECRETS,
+            });
+        }
+        for (var, name) in &self.secrets {
+            if var.is_empty() || var.contains('=') {
+                return Err(SpecError::InvalidEnvName(var.clone()));
+            }
+            check_text(&format!("environment variable {var}"), var, MAX_ARG_BYTES)?;
+            if self.env.contains_key(var) {
+                return Err(SpecError::SecretShadowsEnv(var.clone()));
+            }
+            if !valid_name(name, &[]) {
+                return Err(SpecError::InvalidSecretName(name.clone()));
+            }
+        }
         if let Some(cwd) = &self.cwd {
             if !cwd.is_absolute() {
                 return Err(SpecError::RelativeCwd(cwd.clone()));
+            }
+            if cwd
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(SpecError::ParentDirInCwd(cwd.clone()));
             }
         }
         if self.timeout.is_zero() {
@@ -471,6 +507,12 @@ pub enum SpecError {
     InvalidEnvName(String),
     #[error("working directory {0:?} must be an absolute path")]
     RelativeCwd(PathBuf),
+    #[error("working directory {0:?} must not contain `..`")]
+    ParentDirInCwd(PathBuf),
+    #[error("environment variable {0:?} is set both in env and in secrets")]
+    SecretShadowsEnv(String),
+    #[error("invalid secret name {0:?} (letters, digits, _ - . only)")]
+    InvalidSecretName(String),
     #[error("{what} out of range: {detail}")]
     OutOfRange { what: &'static str, detail: String },
     #[error("unknown signal {0:?} (use INT, TERM, HUP, QUIT, USR1, USR2 or KILL)")]
@@ -481,6 +523,15 @@ pub enum SpecError {
     InvalidLabel(String),
     #[error("invalid provider name {0:?} (letters, digits, _ - . only)")]
     InvalidProvider(String),
+}
+
+impl SpecError {
+    /// Whether the spec broke one of the size limits (`limits`): too many or too long arguments,
+    /// environment entries, labels… — told apart from a malformed spec so that clients can see that
+    /// the request was refused for its size.
+    pub fn is_size_limit(&self) -> bool {
+        matches!(self, SpecError::TooLong { .. } | SpecError::TooMany { .. })
+    }
 }
 
 /// Which process-tree backend ran a job.

@@ -4,12 +4,14 @@
 //! it depends on none of them.
 
 pub mod job;
+pub mod secret;
 pub mod size;
 pub mod state;
 pub mod time;
 pub mod view;
 
 pub use job::*;
+pub use secret::Secret;
 pub use size::ByteSize;
 pub use state::*;
 pub use time::Timestamp;

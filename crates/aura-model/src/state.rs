@@ -295,6 +295,10 @@ pub struct Job {
     /// before admission existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_request: Option<crate::MemoryRequest>,
+    /// The name of the API token that submitted it (absent for jobs submitted before authentication
+    /// existed). A `submit` token may cancel only its own jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
     /// Flattened, so a record reads `{"id": 7, "state": "finished", "outcome": {...}, "accounting": {...}}`.
     #[serde(flatten)]
     pub state: JobState,
@@ -310,6 +314,7 @@ impl Job {
             failures: 0,
             pressure_stops: 0,
             memory_request: None,
+            submitted_by: None,
             state: JobState::Queued {
                 since: submitted_at,
             },

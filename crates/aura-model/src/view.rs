@@ -18,6 +18,20 @@ pub struct JobView {
     pub waiting: Option<String>,
 }
 
+/// What replaces a value the reader may not see.
+pub const REDACTED: &str = "[redacted]";
+
+impl JobView {
+    /// The view for a reader who may not see environment values: every value the spec's `env` holds is
+    /// replaced by [`REDACTED`] (names stay, so the reader still sees what was set). Secrets need no
+    /// redaction: a spec only names them.
+    pub fn redact(&mut self) {
+        for value in self.job.spec.env.values_mut() {
+            *value = REDACTED.to_owned();
+        }
+    }
+}
+
 /// One page of a job listing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobPage {

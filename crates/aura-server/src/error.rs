@@ -12,12 +12,37 @@ use serde::Serialize;
 pub enum ErrorCode {
     BadRequest,
     InvalidSpec,
+    /// The spec is over one of the size limits (arguments, environment, labels, secrets).
+    LimitExceeded,
     ProgramNotFound,
+    /// The program resolves to a file outside `jobs.programs`.
+    ProgramNotAllowed,
     InvalidWorkingDirectory,
+    /// The working directory lies outside `jobs.cwd_roots`.
+    WorkingDirectoryNotAllowed,
+    /// The spec references a secret the daemon does not have.
+    UnknownSecret,
     ExceedsCapacity,
     QueueFull,
+    /// The token's own cap of waiting jobs (`max_queued`) is reached.
+    TokenQueueFull,
     LeaseUnavailable,
     PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
+    UnsupportedMediaType,
+    /// No token, a malformed `Authorization` header, or a token that is not valid.
+    Unauthorized,
+    /// A valid token whose scope does not allow the request.
+    InsufficientScope,
+    /// The `Host` header names none of `api.allowed_hosts` (DNS rebinding).
+    HostNotAllowed,
+    /// The `Origin` header names another site than the daemon's own and `api.allowed_origins`.
+    OriginNotAllowed,
+    /// The request body did not arrive within `api.request_timeout`.
+    RequestTimeout,
+    /// Every connection slot (`api.max_connections`) is busy with a request.
+    TooManyConnections,
     NotFound,
     AlreadyFinished,
     ShuttingDown,
@@ -30,12 +55,25 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::InvalidSpec
+            | ErrorCode::LimitExceeded
             | ErrorCode::ProgramNotFound
             | ErrorCode::InvalidWorkingDirectory
+            | ErrorCode::UnknownSecret
             | ErrorCode::ExceedsCapacity => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::ProgramNotAllowed
+            | ErrorCode::WorkingDirectoryNotAllowed
+            | ErrorCode::InsufficientScope
+            | ErrorCode::HostNotAllowed
+            | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
+            ErrorCode::QueueFull | ErrorCode::TokenQueueFull => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::LeaseUnavailable => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::AlreadyFinished => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -47,12 +85,26 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => "Bad request",
             ErrorCode::InvalidSpec => "Invalid job",
+            ErrorCode::LimitExceeded => "Job over a size limit",
             ErrorCode::ProgramNotFound => "Program cannot be run",
+            ErrorCode::ProgramNotAllowed => "Program not allowed",
             ErrorCode::InvalidWorkingDirectory => "Invalid working directory",
+            ErrorCode::WorkingDirectoryNotAllowed => "Working directory not allowed",
+            ErrorCode::UnknownSecret => "Unknown secret",
             ErrorCode::ExceedsCapacity => "Request exceeds this machine's capacity",
             ErrorCode::QueueFull => "Queue full",
+            ErrorCode::TokenQueueFull => "Queue full for this token",
             ErrorCode::LeaseUnavailable => "Resources not available now",
             ErrorCode::PayloadTooLarge => "Request body too large",
+            ErrorCode::UriTooLong => "Request target too long",
+            ErrorCode::HeadersTooLarge => "Request headers too large",
+            ErrorCode::UnsupportedMediaType => "Unsupported media type",
+            ErrorCode::Unauthorized => "Authentication required",
+            ErrorCode::InsufficientScope => "Not allowed for this token",
+            ErrorCode::HostNotAllowed => "Host not allowed",
+            ErrorCode::OriginNotAllowed => "Origin not allowed",
+            ErrorCode::RequestTimeout => "Request timed out",
+            ErrorCode::TooManyConnections => "Too many connections",
             ErrorCode::NotFound => "Not found",
             ErrorCode::AlreadyFinished => "Job already finished",
             ErrorCode::ShuttingDown => "Shutting down",
@@ -69,6 +121,8 @@ impl ErrorCode {
 }
 
 const QUEUE_FULL_RETRY_AFTER_SECS: u32 = 5;
+/// Connections free up as requests end: a second is a fair first back-off.
+const CONNECTIONS_RETRY_AFTER_SECS: u32 = 1;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -92,11 +146,16 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let code = match &e {
+            EngineError::InvalidSpec(e) if e.is_size_limit() => ErrorCode::LimitExceeded,
             EngineError::InvalidSpec(_) => ErrorCode::InvalidSpec,
             EngineError::Program { .. } => ErrorCode::ProgramNotFound,
+            EngineError::ProgramNotAllowed { .. } => ErrorCode::ProgramNotAllowed,
             EngineError::WorkingDirectory { .. } => ErrorCode::InvalidWorkingDirectory,
+            EngineError::WorkingDirectoryNotAllowed { .. } => ErrorCode::WorkingDirectoryNotAllowed,
+            EngineError::UnknownSecret { .. } => ErrorCode::UnknownSecret,
             EngineError::ExceedsCapacity(_) => ErrorCode::ExceedsCapacity,
             EngineError::QueueFull { .. } => ErrorCode::QueueFull,
+            EngineError::SubmitterQueueFull { .. } => ErrorCode::TokenQueueFull,
             EngineError::LeaseUnavailable(_) => ErrorCode::LeaseUnavailable,
             EngineError::LeaseNotFound(_) => ErrorCode::NotFound,
             EngineError::NotFound(_) => ErrorCode::NotFound,
@@ -126,28 +185,47 @@ struct Problem<'a> {
     code: ErrorCode,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document alone, for a response written outside axum (a connection refused at the
+    /// cap).
+    pub(crate) fn problem_json(&self) -> Vec<u8> {
         let status = self.code.status();
-        let problem = Problem {
+        serde_json::to_vec(&Problem {
             kind: format!("/problems/{}", self.code.slug()),
             title: self.code.title(),
             status: status.as_u16(),
             detail: &self.detail,
             code: self.code,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        let body = self.problem_json();
         let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
             .into_response();
-        if self.code == ErrorCode::QueueFull {
+        let retry_after = match self.code {
             // The queue drains as jobs finish; a few seconds is a fair first guess for a client's back-off.
+            ErrorCode::QueueFull | ErrorCode::TokenQueueFull => Some(QUEUE_FULL_RETRY_AFTER_SECS),
+            ErrorCode::TooManyConnections => Some(CONNECTIONS_RETRY_AFTER_SECS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        if self.code == ErrorCode::Unauthorized {
             response.headers_mut().insert(
-                header::RETRY_AFTER,
-                axum::http::HeaderValue::from(QUEUE_FULL_RETRY_AFTER_SECS),
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"aura\""),
             );
         }
         response

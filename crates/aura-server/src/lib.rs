@@ -1,23 +1,22 @@
-//! The HTTP API: routes, request parsing and the one error-to-status table. The only crate that knows
+//! The HTTP API: routes, request parsing, the one error-to-status table, authentication and the checks
+//! every request passes (`security`), and the connection handling (`listener`). The only crate that knows
 //! status codes; everything it does goes through an `EngineHandle`.
 
+pub mod auth;
 mod error;
+mod listener;
 mod prometheus;
+pub mod query;
 mod routes;
+mod security;
 
 pub use error::{ApiError, ErrorCode};
-pub use routes::{router, ApiConfig};
+pub use listener::{serve, ListenerConfig};
+pub use routes::{parse_json, router, ApiConfig};
+pub use security::{check_request, SecurityConfig};
 
-use std::future::Future;
-use tokio::net::TcpListener;
-
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+/// Locks `mutex`, taking the data over from a thread that panicked while holding it: every mutex of this
+/// crate guards plain bookkeeping that stays consistent between statements.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,34 +1,51 @@
 //! Routes of the HTTP API and their request parsing. Handlers are thin: parse, call the engine, render.
 
+use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, ErrorCode};
+use crate::query;
+use crate::security::{self, SecurityConfig};
 use aura_engine::{EngineHandle, EngineStatus};
-use aura_logs::Stream;
 use aura_model::{JobEventRecord, JobId, JobPage, JobSpec, JobView, StateName};
 use aura_store::ListFilter;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Limits of the API, with the defaults of `aura serve`.
+/// Limits and checks of the API, with the defaults of `aura serve`.
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest a `wait` request may hold the connection.
     pub max_wait: Duration,
+    /// Longest a request body may take to arrive (a client trickling it holds a connection).
+    pub request_timeout: Duration,
+    /// Tokens, `Host` and `Origin` allowlists, size limits (see `security`).
+    pub security: Arc<SecurityConfig>,
 }
 
-impl Default for ApiConfig {
-    fn default() -> Self {
+impl ApiConfig {
+    /// The defaults, for a daemon on loopback `port` that accepts `tokens`.
+    pub fn new(port: u16, tokens: crate::auth::Tokens) -> ApiConfig {
         ApiConfig {
             max_body_bytes: 2 * 1024 * 1024,
             max_wait: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+            security: Arc::new(SecurityConfig {
+                tokens: Arc::new(tokens),
+                allowed_hosts: SecurityConfig::loopback_hosts(port),
+                allowed_origins: Vec::new(),
+                public_metrics: false,
+                max_uri_bytes: 8 * 1024,
+                max_header_bytes: 16 * 1024,
+            }),
         }
     }
 }
@@ -39,10 +56,11 @@ struct AppState {
     config: ApiConfig,
 }
 
-/// Builds the API router; tests call it without a socket.
+/// Builds the API router with every check of `security` in front of it; tests call it without a socket.
 pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
-    let body_limit = config.max_body_bytes;
-    Router::new()
+    let security = config.security.clone();
+    let cors = cors(&security.allowed_origins);
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
         .route("/api/metrics/utilization", get(utilization))
@@ -63,9 +81,45 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/events", get(engine_events))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/wait", get(wait))
+        .route_layer(axum::middleware::from_fn_with_state(
+            security.clone(),
+            security::authorize,
+        ))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(AppState { engine, config })
+        .with_state(AppState { engine, config });
+    // Outermost last: the guard's checks run first, then CORS (a preflight from a configured origin is
+    // answered there, before authentication: browsers send no credentials with it).
+    let routes = match cors {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes.layer(axum::middleware::from_fn_with_state(
+        security,
+        security::guard,
+    ))
+}
+
+/// CORS for the configured origins only; none configured, none answered (a browser then refuses every
+/// cross-site call that needs a preflight, which every write does).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::Method;
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    (!origins.is_empty()).then(|| {
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::LOCATION,
+                header::HeaderName::from_static("aura-log-offset"),
+                header::HeaderName::from_static("aura-log-next-offset"),
+                header::HeaderName::from_static("aura-log-truncated"),
+            ])
+            .max_age(Duration::from_secs(600))
+    })
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -81,11 +135,6 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<JobId> {
                 "invalid job id {raw:?}: expected a positive integer"
             ))
         })
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
 #[derive(Serialize)]
@@ -111,33 +160,72 @@ fn lease_id(path: Result<Path<String>, PathRejection>) -> ApiResult<u64> {
         .map_err(|_| ApiError::bad_request(format!("invalid lease id {raw:?}")))
 }
 
-/// Parses a JSON body into `T`: malformed JSON is 400, well-formed but invalid content (an unknown field, a
-/// negative duration) is 422.
-fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    max_body_bytes: usize,
-) -> ApiResult<T> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("the request body is larger than {max_body_bytes} bytes"),
-            )
-        } else {
-            ApiError::bad_request(e.body_text())
+/// Reads a request body whole: at most `max_body_bytes`, within `request_timeout` from the first byte
+/// asked for to the last (a client trickling its body cannot hold a connection for longer).
+async fn read_body(body: Body, config: &ApiConfig) -> ApiResult<Bytes> {
+    let max = config.max_body_bytes;
+    match tokio::time::timeout(config.request_timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(config.request_timeout)
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is larger than {max} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            })
         }
-    })?;
-    serde_json::from_slice(&body).map_err(|e| match e.classify() {
+    }
+}
+
+/// Parses a JSON body into `T`: malformed JSON (or UTF-8) is 400, well-formed but invalid content (an
+/// unknown field, a negative duration) is 422.
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body, config: &ApiConfig) -> ApiResult<T> {
+    let body = read_body(body, config).await?;
+    parse_json(&body)
+}
+
+/// The JSON half of `json_body`, pure (also what the fuzz targets call).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidSpec, e.to_string()),
         _ => ApiError::bad_request(format!("invalid JSON: {e}")),
     })
 }
 
-async fn acquire_lease(
-    State(app): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let spec: aura_model::LeaseSpec = json_body(body, app.config.max_body_bytes)?;
+/// The principal `security::authorize` put on an authenticated request.
+fn caller(principal: Option<Extension<Principal>>) -> ApiResult<Principal> {
+    principal.map(|Extension(p)| p).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Internal,
+            "request reached a handler unauthenticated",
+        )
+    })
+}
+
+/// A job view as `principal` may see it: environment values only to admin.
+fn shown(mut view: JobView, principal: &Principal) -> JobView {
+    if !principal.allows(Scope::Admin) {
+        view.redact();
+    }
+    view
+}
+
+async fn acquire_lease(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
+    let spec: aura_model::LeaseSpec = json_body(body, &app.config).await?;
     let lease = app.engine.acquire_lease(spec).await?;
     Ok((StatusCode::CREATED, Json(lease)).into_response())
 }
@@ -161,40 +249,17 @@ async fn list_leases(State(app): State<AppState>) -> ApiResult<Json<Vec<aura_eng
     Ok(Json(app.engine.leases().await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EngineEventsQuery {
-    /// Sequence number to continue after (0: from the start).
-    after: Option<i64>,
-    limit: Option<u32>,
-}
-
 /// The engine's event log: decisions about the host rather than one job.
 async fn engine_events(
     State(app): State<AppState>,
-    q: Result<Query<EngineEventsQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<aura_model::EngineEventRecord>>> {
-    let q = query(q)?;
-    let limit = page_limit(q.limit)?;
-    Ok(Json(
-        app.engine
-            .engine_events(q.after.unwrap_or(0), limit)
-            .await?,
-    ))
+    let (after, limit) = query::events_page(q.as_deref())?;
+    Ok(Json(app.engine.engine_events(after, limit).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SystemQuery {
-    /// `true` for the recent snapshots (oldest first) instead of the latest.
-    history: Option<bool>,
-}
-
-async fn system(
-    State(app): State<AppState>,
-    q: Result<Query<SystemQuery>, QueryRejection>,
-) -> ApiResult<Response> {
-    if query(q)?.history.unwrap_or(false) {
+async fn system(State(app): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+    if query::system_history(q.as_deref())? {
         let history = app.engine.host_history();
         let snapshots: Vec<&aura_host::HostSnapshot> = history.iter().map(|s| &**s).collect();
         return Ok(Json(snapshots).into_response());
@@ -224,7 +289,7 @@ async fn metrics(State(app): State<AppState>) -> ApiResult<Response> {
         .list(ListFilter {
             states: vec![StateName::Running, StateName::Stopping],
             after: None,
-            limit: MAX_PAGE,
+            limit: query::MAX_PAGE,
             newest_first: true,
         })
         .await?;
@@ -258,102 +323,82 @@ async fn utilization(State(app): State<AppState>) -> ApiResult<Json<aura_engine:
 
 async fn submit(
     State(app): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
+    principal: Option<Extension<Principal>>,
+    body: Body,
 ) -> ApiResult<Response> {
-    let spec: JobSpec = json_body(body, app.config.max_body_bytes)?;
-    let job = app.engine.submit(spec).await?;
+    let principal = caller(principal)?;
+    let spec: JobSpec = json_body(body, &app.config).await?;
+    let submitter = aura_engine::Submitter {
+        name: principal.name.clone(),
+        max_queued: principal.max_queued,
+    };
+    let job = app.engine.submit(spec, Some(&submitter)).await?;
     let location = HeaderValue::from_str(&format!("/api/jobs/{}", job.id)).ok();
-    let mut response = (
-        StatusCode::CREATED,
-        Json(JobView {
-            job,
-            live: None,
-            waiting: None,
-        }),
-    )
-        .into_response();
+    let view = JobView {
+        job,
+        live: None,
+        waiting: None,
+    };
+    let mut response = (StatusCode::CREATED, Json(shown(view, &principal))).into_response();
     if let Some(location) = location {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    /// Comma-separated state names.
-    state: Option<String>,
-    limit: Option<u32>,
-    after: Option<i64>,
-    /// `desc` (newest first, default) or `asc`.
-    order: Option<String>,
-}
-
-const MAX_PAGE: u32 = 1000;
-
-/// A listing's `limit` parameter: 100 when absent, 1 to `MAX_PAGE` when given.
-fn page_limit(limit: Option<u32>) -> ApiResult<u32> {
-    match limit.unwrap_or(100) {
-        l @ 1..=MAX_PAGE => Ok(l),
-        _ => Err(ApiError::bad_request(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        ))),
-    }
-}
-
 async fn list(
     State(app): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    principal: Option<Extension<Principal>>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobPage>> {
-    let q = query(q)?;
-    let states = match q.state.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(text) => text
-            .split(',')
-            .map(|s| s.trim().parse::<StateName>().map_err(ApiError::bad_request))
-            .collect::<Result<_, _>>()?,
-    };
-    let newest_first = match q.order.as_deref() {
-        None | Some("desc") => true,
-        Some("asc") => false,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid order {other:?}: use asc or desc"
-            )))
-        }
-    };
-    let limit = page_limit(q.limit)?;
-    let filter = ListFilter {
-        states,
-        after: q.after.map(JobId),
-        limit,
-        newest_first,
-    };
+    let principal = caller(principal)?;
+    let filter = query::list_filter(q.as_deref())?;
+    let limit = filter.limit;
     let jobs = app.engine.list(filter).await?;
     let next_after = (jobs.len() == limit as usize)
         .then(|| jobs.last().map(|j| j.job.id))
         .flatten();
+    let jobs = jobs.into_iter().map(|v| shown(v, &principal)).collect();
     Ok(Json(JobPage { jobs, next_after }))
 }
 
 async fn show(
     State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
-    Ok(Json(app.engine.get(job_id(id)?).await?))
+    let principal = caller(principal)?;
+    Ok(Json(shown(app.engine.get(job_id(id)?).await?, &principal)))
 }
 
 async fn cancel(
     State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
+    let principal = caller(principal)?;
+    let id = job_id(id)?;
+    if !principal.allows(Scope::Admin) {
+        // A submit token cancels its own jobs only (who submitted a job never changes).
+        let owner = app.engine.get(id).await?.job.submitted_by;
+        if owner.as_deref() != Some(principal.name.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::InsufficientScope,
+                format!(
+                    "job {id} was submitted by {}; cancelling another's job needs an admin token",
+                    owner.as_deref().unwrap_or("an unknown client")
+                ),
+            ));
+        }
+    }
     // The engine's answer, not a store read: the stop it just recorded may not be committed yet.
-    let job = app.engine.cancel(job_id(id)?).await?;
-    Ok(Json(JobView {
+    let job = app.engine.cancel(id).await?;
+    let view = JobView {
         job,
         live: None,
         waiting: None,
-    }))
+    };
+    Ok(Json(shown(view, &principal)))
 }
 
 async fn events(
@@ -363,36 +408,18 @@ async fn events(
     Ok(Json(app.engine.events(job_id(id)?).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogQuery {
-    stream: Option<String>,
-    offset: Option<u64>,
-    max: Option<usize>,
-    attempt: Option<u32>,
-}
-
-const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
-
 /// Raw bytes of one stream from a logical offset; the offsets travel in headers so that the body is exactly
 /// what the job wrote.
 async fn logs(
     State(app): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-    q: Result<Query<LogQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let id = job_id(id)?;
-    let q = query(q)?;
-    let stream = match q.stream.as_deref() {
-        None => Stream::Stdout,
-        Some(s) => s.parse::<Stream>().map_err(|_| {
-            ApiError::bad_request(format!("invalid stream {s:?}: use stdout or stderr"))
-        })?,
-    };
-    let max = q.max.unwrap_or(1024 * 1024).clamp(1, MAX_LOG_CHUNK);
+    let q = query::log_request(q.as_deref())?;
     let chunk = app
         .engine
-        .logs(id, stream, q.attempt, q.offset.unwrap_or(0), max)
+        .logs(id, q.stream, q.attempt, q.offset, q.max)
         .await?;
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -408,27 +435,15 @@ async fn logs(
     Ok((headers, chunk.data).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WaitQuery {
-    /// How long to hold the request, e.g. `30s`.
-    timeout: Option<String>,
-}
-
 async fn wait(
     State(app): State<AppState>,
+    principal: Option<Extension<Principal>>,
     id: Result<Path<String>, PathRejection>,
-    q: Result<Query<WaitQuery>, QueryRejection>,
+    RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobView>> {
+    let principal = caller(principal)?;
     let id = job_id(id)?;
-    let timeout = match query(q)?.timeout {
-        None => Duration::from_secs(30),
-        Some(t) => humantime::parse_duration(&t)
-            .map_err(|e| ApiError::bad_request(format!("invalid timeout {t:?}: {e}")))?,
-    };
-    Ok(Json(
-        app.engine
-            .wait(id, timeout.min(app.config.max_wait))
-            .await?,
-    ))
+    let timeout = query::wait_timeout(q.as_deref(), app.config.max_wait)?;
+    let view = app.engine.wait(id, timeout).await?;
+    Ok(Json(shown(view, &principal)))
 }

@@ -10,7 +10,7 @@ use rusqlite::Row;
 
 /// The column list every job query selects, in the order `decode_job` reads it.
 pub(crate) const JOB_COLUMNS: &str =
-    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops";
+    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops, submitted_by";
 
 /// What changes over a job's life, ready to bind: every `record` writes exactly this.
 #[derive(Debug)]
@@ -33,6 +33,7 @@ pub(crate) struct JobRow {
     pub submitted_at_ms: i64,
     pub kind: Option<String>,
     pub spec: String,
+    pub submitted_by: Option<String>,
     pub state: StateRow,
 }
 
@@ -74,6 +75,7 @@ pub(crate) fn encode_new(job: &Job) -> Result<JobRow, StoreError> {
         submitted_at_ms: job.submitted_at.unix_millis(),
         kind: job.spec.kind().map(str::to_owned),
         spec: to_json("job spec", &job.spec)?,
+        submitted_by: job.submitted_by.clone(),
         state: encode_state(job)?,
     })
 }
@@ -109,6 +111,7 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         .map(|text| serde_json::from_str::<MemoryRequest>(&text))
         .transpose()
         .map_err(|e| corrupt(format!("memory request: {e}")))?;
+    let submitted_by: Option<String> = row.get(9)?;
     if state.name().as_str() != state_name {
         return Err(corrupt(format!(
             "state column says {state_name:?} but the state data is {:?}",
@@ -123,6 +126,7 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         failures,
         pressure_stops,
         memory_request,
+        submitted_by,
         state,
     })
 }

@@ -56,6 +56,10 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT    NOT NULL
     ) STRICT;
     "#,
+    // 4: authentication. The name of the API token that submitted a job (never the token itself).
+    r#"
+    ALTER TABLE jobs ADD COLUMN submitted_by TEXT;
+    "#,
 ];
 
 /// Page cache per connection, KiB.

@@ -217,9 +217,11 @@ impl Store {
         spec: JobSpec,
         submitted_at: Timestamp,
         memory_request: Option<MemoryRequest>,
+        submitted_by: Option<String>,
     ) -> Result<Job, StoreError> {
         let mut job = Job {
             memory_request,
+            submitted_by,
             ..Job::new(JobId(0), spec, submitted_at)
         };
         let row = encode_new(&job)?;

@@ -218,13 +218,18 @@ impl Write {
         match self {
             Write::Insert { job, event, .. } => {
                 conn.prepare_cached(
-                    "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, state, updated_at_ms, attempt, \
-                     failures, outcome, state_data, memory_request, pressure_stops) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, submitted_by, state, updated_at_ms, \
+                     attempt, failures, outcome, state_data, memory_request, pressure_stops) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )
                 .and_then(|mut stmt| {
-                    let fixed: [&dyn ToSql; 4] =
-                        [&job.priority, &job.submitted_at_ms, &job.kind, &job.spec];
+                    let fixed: [&dyn ToSql; 5] = [
+                        &job.priority,
+                        &job.submitted_at_ms,
+                        &job.kind,
+                        &job.spec,
+                        &job.submitted_by,
+                    ];
                     stmt.execute(params_from_iter(fixed.into_iter().chain(state_columns(&job.state))))
                 })
                 .context("inserting a job")?;

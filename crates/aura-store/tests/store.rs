@@ -96,7 +96,10 @@ async fn insert_then_get_round_trips() {
     let store = open(&db(&dir)).await;
     let mut last = JobId(0);
     for n in 0..5 {
-        let job = store.insert_job(spec(n), at(n as i64), None).await.unwrap();
+        let job = store
+            .insert_job(spec(n), at(n as i64), None, None)
+            .await
+            .unwrap();
         assert!(
             job.id > last,
             "ids must increase: {:?} after {:?}",
@@ -123,7 +126,7 @@ async fn insert_then_get_round_trips() {
 async fn recorded_transitions_read_back_equal() {
     let dir = TempDir::new().unwrap();
     let store = open(&db(&dir)).await;
-    let mut job = store.insert_job(spec(1), at(0), None).await.unwrap();
+    let mut job = store.insert_job(spec(1), at(0), None, None).await.unwrap();
 
     job.apply(Event::Started { run: run_info(10) }).unwrap();
     store
@@ -210,7 +213,10 @@ async fn recorded_transitions_read_back_equal() {
 async fn populate(store: &Store, n: usize) -> Vec<Job> {
     let mut jobs = Vec::new();
     for i in 0..n {
-        let mut job = store.insert_job(spec(i), at(i as i64), None).await.unwrap();
+        let mut job = store
+            .insert_job(spec(i), at(i as i64), None, None)
+            .await
+            .unwrap();
         let step = job.id.0 % 4;
         if step >= 1 {
             job.apply(Event::Started { run: run_info(1) }).unwrap();
@@ -350,7 +356,7 @@ async fn list_limit_is_capped_at_1000() {
     let handles: Vec<_> = (0..1005)
         .map(|n| {
             let store = store.clone();
-            tokio::spawn(async move { store.insert_job(spec(n), at(0), None).await })
+            tokio::spawn(async move { store.insert_job(spec(n), at(0), None, None).await })
         })
         .collect();
     for handle in handles {
@@ -373,7 +379,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     let dir = TempDir::new().unwrap();
     let path = db(&dir);
     let store = open(&path).await;
-    let mut job = store.insert_job(spec(3), at(0), None).await.unwrap();
+    let mut job = store.insert_job(spec(3), at(0), None, None).await.unwrap();
     job.apply(Event::Started { run: run_info(5) }).unwrap();
     store.record(&job, vec![event("started", 5)]).await.unwrap();
     let events = store.events(job.id).await.unwrap();
@@ -381,7 +387,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     store.close().await.unwrap();
     assert!(matches!(store.get(job.id).await, Err(StoreError::Closed)));
     assert!(matches!(
-        store.insert_job(spec(0), at(0), None).await,
+        store.insert_job(spec(0), at(0), None, None).await,
         Err(StoreError::Closed)
     ));
     assert!(matches!(
@@ -403,7 +409,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     assert_eq!(version, 3);
     let next = open(&path)
         .await
-        .insert_job(spec(0), at(0), None)
+        .insert_job(spec(0), at(0), None, None)
         .await
         .unwrap();
     assert!(next.id > job.id, "ids keep increasing after a reopen");
@@ -414,7 +420,7 @@ async fn dropping_every_handle_still_flushes_queued_writes() {
     let dir = TempDir::new().unwrap();
     let path = db(&dir);
     let store = open(&path).await;
-    let mut job = store.insert_job(spec(0), at(0), None).await.unwrap();
+    let mut job = store.insert_job(spec(0), at(0), None, None).await.unwrap();
     job.apply(Event::Started { run: run_info(1) }).unwrap();
     let pending = store
         .record_queued(&job, vec![event("started", 1)])
@@ -441,7 +447,7 @@ async fn concurrent_inserts_are_group_committed() {
                 for i in 0..40 {
                     ids.push(
                         store
-                            .insert_job(spec(t * 40 + i), at(i as i64), None)
+                            .insert_job(spec(t * 40 + i), at(i as i64), None, None)
                             .await
                             .unwrap()
                             .id,
@@ -484,7 +490,7 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
     .unwrap();
     let mut jobs = Vec::new();
     for n in 0..50 {
-        jobs.push(store.insert_job(spec(n), at(0), None).await.unwrap());
+        jobs.push(store.insert_job(spec(n), at(0), None, None).await.unwrap());
     }
 
     let mut ghost = jobs[0].clone();
@@ -639,7 +645,7 @@ async fn undecodable_rows_are_reported_as_corrupt() {
     let dir = TempDir::new().unwrap();
     let path = db(&dir);
     let store = open(&path).await;
-    let job = store.insert_job(spec(0), at(0), None).await.unwrap();
+    let job = store.insert_job(spec(0), at(0), None, None).await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
         "UPDATE jobs SET spec = '{\"program\": 3}' WHERE id = ?1",
@@ -694,7 +700,7 @@ async fn memory_peaks_come_from_successful_jobs_of_the_kind_newest_first() {
             source: aura_model::RequestSource::Default,
         };
         let mut job = store
-            .insert_job(s, at(0), Some(request.clone()))
+            .insert_job(s, at(0), Some(request.clone()), None)
             .await
             .unwrap();
         assert_eq!(job.memory_request.as_ref(), Some(&request));
@@ -753,7 +759,7 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     let rest = store.engine_events(all[1].seq, 2).await.unwrap();
     assert_eq!(rest, all[2..4].to_vec(), "pages after a sequence number");
 
-    let mut job = store.insert_job(spec(1), at(0), None).await.unwrap();
+    let mut job = store.insert_job(spec(1), at(0), None, None).await.unwrap();
     job.pressure_stops = 2;
     store.record(&job, vec![]).await.unwrap();
     assert_eq!(store.get(job.id).await.unwrap().unwrap().pressure_stops, 2);
@@ -790,7 +796,7 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
     )
     .await
     .unwrap();
-    let mut job = store.insert_job(spec(1), at(0), None).await.unwrap();
+    let mut job = store.insert_job(spec(1), at(0), None, None).await.unwrap();
     let before = store.stats();
     let mut committed = Vec::new();
     for n in 0..20 {

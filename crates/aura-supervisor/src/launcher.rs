@@ -9,13 +9,14 @@
 use crate::cgroup::{self, CgroupDir, ControlFile};
 use crate::host::Layout;
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
+use crate::sandbox::JobSandbox;
 use crate::slots::{NoSlot, Slots};
 use crate::spawn::{self, SpawnPlan};
 use crate::tree::{kill_main, TreeRef, TreeStats};
 use crate::watcher::Watcher;
 use crate::workdirs::WorkDirs;
-use crate::{procfs, resolve_program, LaunchError, LaunchRequest};
-use std::ffi::{CString, OsString};
+use crate::{procfs, LaunchError, LaunchRequest};
+use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -144,28 +145,29 @@ pub(crate) struct Launcher {
     /// Every job's nice value (`SupervisorConfig::job_nice`).
     pub nice: i32,
     pub log_cap: aura_logs::LogCap,
-    /// The daemon's environment as `KEY=VALUE` C strings, built once: the daemon does not change its own
-    /// environment, and every job inherits it (overlaid with its own).
-    pub daemon_env: Vec<(OsString, CString)>,
+    /// Who jobs run as, their limits, base environment, allowed programs and directories.
+    pub sandbox: Arc<JobSandbox>,
+    /// The base environment as `KEY=VALUE` C strings, built once; every job gets it, overlaid with its own.
+    pub base_env: Vec<(String, CString)>,
     /// Every job's stdin, opened once (close-on-exec; the child's `dup2` onto fd 0 clears the flag).
     pub dev_null: OwnedFd,
 }
 
 impl Launcher {
-    /// Reads the daemon's environment and opens `/dev/null` for the launchers to share.
-    pub fn environment() -> std::io::Result<(Vec<(OsString, CString)>, OwnedFd)> {
-        use std::os::unix::ffi::OsStrExt;
-        let daemon_env = std::env::vars_os()
+    /// Builds the base environment's C strings and opens `/dev/null` for the launchers to share.
+    pub fn environment(sandbox: &JobSandbox) -> std::io::Result<(Vec<(String, CString)>, OwnedFd)> {
+        let base_env = sandbox
+            .base_env
+            .iter()
             .filter_map(|(k, v)| {
-                let mut entry = Vec::with_capacity(k.len() + v.len() + 1);
-                entry.extend_from_slice(k.as_bytes());
-                entry.push(b'=');
-                entry.extend_from_slice(v.as_bytes());
-                // The OS never hands out a variable with a NUL byte; nothing is lost here.
-                CString::new(entry).ok().map(|entry| (k, entry))
+                // Values from the daemon's environment or a TOML file: a NUL byte is refused by neither,
+                // and such an entry could not be passed on.
+                CString::new(format!("{k}={v}"))
+                    .ok()
+                    .map(|entry| (k.clone(), entry))
             })
             .collect();
-        Ok((daemon_env, std::fs::File::open("/dev/null")?.into()))
+        Ok((base_env, std::fs::File::open("/dev/null")?.into()))
     }
 }
 
@@ -446,49 +448,48 @@ impl Launcher {
             return Err(LaunchError::Withdrawn);
         }
         let workdirs = &self.workdirs;
-        let program = resolve_program(
-            &req.program,
-            req.env.get("PATH").map(String::as_str),
-            Some(&req.cwd),
-        )?;
-        let cwd_ready = if req.create_cwd {
+        // A directory the job chose is checked again here: a symlink on its path may have changed since
+        // submit. The job starts in the canonical path that was checked.
+        let cwd = if req.create_cwd {
+            req.cwd.clone()
+        } else {
+            self.sandbox.check_cwd(&req.cwd)?
+        };
+        let program = self
+            .sandbox
+            .check_program(&req.program, &req.env, Some(&cwd))?;
+        if req.create_cwd {
             // A spare renamed into place, else one mkdir in the common case (the parent exists); an attempt
             // after a retry reuses the directory.
-            workdirs.create(&req.cwd)
-        } else {
-            match std::fs::metadata(&req.cwd) {
-                Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => Err(std::io::Error::from_raw_os_error(libc::ENOTDIR)),
-                Err(e) => Err(e),
-            }
-        };
-        cwd_ready.map_err(|source| LaunchError::Cwd {
-            path: req.cwd.clone(),
-            source,
-        })?;
-        let prepared = self.prepare_tree(req, program);
+            workdirs
+                .create(&req.cwd)
+                .map_err(|source| LaunchError::Cwd {
+                    path: req.cwd.clone(),
+                    source,
+                })?;
+        }
+        let prepared = self.prepare_tree(req, program, &cwd);
         if prepared.is_err() && req.create_cwd {
             workdirs.release(&req.cwd, false);
         }
         prepared
     }
 
-    fn prepare_tree(&self, req: &LaunchRequest, program: PathBuf) -> Result<Prepared, LaunchError> {
+    fn prepare_tree(
+        &self,
+        req: &LaunchRequest,
+        program: PathBuf,
+        cwd: &std::path::Path,
+    ) -> Result<Prepared, LaunchError> {
         let (staged, baseline, cgroup_procs) =
             StagedCgroups::acquire(&self.layout, &self.pool, req.memory_limit)?;
-        let (plan, pipes, stdio_ends) = prepare(
-            req,
-            &self.daemon_env,
-            &self.dev_null,
-            &program,
-            cgroup_procs,
-            self.oom_score_adj,
-            self.nice,
-        )
-        .map_err(|source| LaunchError::Spawn {
-            program: req.program.clone(),
-            source,
-        })?;
+        let (plan, pipes, stdio_ends) =
+            prepare(req, self, &program, cwd, cgroup_procs).map_err(|source| {
+                LaunchError::Spawn {
+                    program: req.program.clone(),
+                    source,
+                }
+            })?;
         Ok(Prepared {
             staged,
             baseline,
@@ -695,16 +696,14 @@ pub(crate) struct StdioEnds {
     _stderr: OwnedFd,
 }
 
-/// Builds the spawn plan (argv, environment, stdio pipes) before anything is started. Returns the plan,
-/// the read ends of stdout and stderr, and the child's ends to close after the spawn.
+/// Builds the spawn plan (argv, environment, identity, limits, stdio pipes) before anything is started.
+/// Returns the plan, the read ends of stdout and stderr, and the child's ends to close after the spawn.
 fn prepare(
     req: &LaunchRequest,
-    daemon_env: &[(OsString, CString)],
-    dev_null: &OwnedFd,
+    launcher: &Launcher,
     program: &std::path::Path,
+    cwd: &std::path::Path,
     cgroup_procs: Vec<RawFd>,
-    oom_score_adj: i32,
-    nice: i32,
 ) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
     use std::os::unix::ffi::OsStrExt;
     let cstring = |bytes: Vec<u8>| {
@@ -717,16 +716,29 @@ fn prepare(
     for arg in &req.args {
         argv.push(cstring(arg.clone().into_bytes())?);
     }
-    // The job's own variables, then the daemon's that it does not override (pointers into `daemon_env`,
-    // which outlives the plan).
-    let own_env = req
-        .env
+    // The job's own variables — its identity, its spec's, its secrets (last: they win) — then the base
+    // environment's that none of those names (pointers into `base_env`, which outlives the plan).
+    let identity = [
+        ("AURA_JOB_ID", req.job_id.to_string()),
+        ("AURA_JOB_ATTEMPT", req.attempt.to_string()),
+    ];
+    let mut own = std::collections::BTreeMap::new();
+    for (k, v) in identity.iter().map(|(k, v)| (*k, v.as_str())).chain(
+        req.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(req.secrets.iter().map(|(k, v)| (k.as_str(), v.expose()))),
+    ) {
+        own.insert(k, v);
+    }
+    let own_env = own
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}").into_bytes()))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let inherited = daemon_env
+    let inherited = launcher
+        .base_env
         .iter()
-        .filter(|(k, _)| k.to_str().map_or(true, |k| !req.env.contains_key(k)))
+        .filter(|(k, _)| !own.contains_key(k.as_str()))
         .map(|(_, entry)| entry.as_ptr());
     let envp = own_env
         .iter()
@@ -734,6 +746,7 @@ fn prepare(
         .chain(inherited)
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    let sandbox = &launcher.sandbox;
     let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let plan = SpawnPlan {
@@ -741,13 +754,25 @@ fn prepare(
         argv,
         _own_env: own_env,
         envp,
-        cwd: cstring(req.cwd.as_os_str().as_bytes().to_vec())?,
-        stdin: dev_null.as_raw_fd(),
+        cwd: cstring(cwd.as_os_str().as_bytes().to_vec())?,
+        // Aura's own directory is entered before the job drops its privileges: it is the job's, but the
+        // data dir's parents may be closed to the job's account. A directory the job chose is entered
+        // with the job's own rights, like any path it opens.
+        chdir_privileged: req.create_cwd,
+        credentials: sandbox.identity.as_ref().map(|id| spawn::Credentials {
+            uid: id.uid,
+            gid: id.gid,
+            groups: id.groups.iter().map(|&g| g as libc::gid_t).collect(),
+        }),
+        no_new_privs: sandbox.no_new_privs,
+        rlimits: spawn::rlimits(sandbox),
+        umask: sandbox.umask as libc::mode_t,
+        stdin: launcher.dev_null.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         cgroup_procs,
-        oom_score_adj: oom_score_adj.to_string().into_bytes(),
-        nice,
+        oom_score_adj: launcher.oom_score_adj.to_string().into_bytes(),
+        nice: launcher.nice,
         // SAFETY: plain syscall.
         parent_pid: unsafe { libc::getpid() },
     };

@@ -32,6 +32,7 @@ mod launcher;
 mod pool;
 mod procfs;
 mod recover;
+mod sandbox;
 mod slots;
 mod spawn;
 mod tree;
@@ -39,6 +40,9 @@ mod watcher;
 mod workdirs;
 
 pub use cgroup::kept_files as kept_cgroup_files;
+pub use sandbox::{
+    JobIdentity, JobSandbox, ProgramAllowlist, SandboxError, DEFAULT_PASS_ENV, DEFAULT_PATH,
+};
 pub use slots::LaunchTicket;
 pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 
@@ -129,6 +133,8 @@ pub struct SupervisorConfig {
     /// The nice value every job starts with, whatever the daemon's own (see [`renice_daemon`]).
     /// Default: 0, what a job started from a shell gets.
     pub job_nice: i32,
+    /// Who jobs run as, their limits and environment, the programs and directories they may use.
+    pub sandbox: JobSandbox,
 }
 
 impl SupervisorConfig {
@@ -147,6 +153,7 @@ impl SupervisorConfig {
             cgroup_pool: 32,
             launchers: 2,
             job_nice: 0,
+            sandbox: JobSandbox::default(),
         }
     }
 }
@@ -217,6 +224,10 @@ pub enum LaunchError {
     ProgramNotFound { program: String },
     #[error("{path} is not an executable file")]
     NotExecutable { path: PathBuf },
+    #[error("program {program:?} ({resolved}) is not in jobs.programs, the programs jobs may run")]
+    ProgramNotAllowed { program: String, resolved: PathBuf },
+    #[error("working directory {path} is not allowed: {reason}")]
+    CwdNotAllowed { path: PathBuf, reason: String },
     #[error("working directory {path}: {source}")]
     Cwd {
         path: PathBuf,
@@ -246,10 +257,15 @@ pub struct LaunchRequest {
     pub attempt: u32,
     pub program: String,
     pub args: Vec<String>,
-    /// Overlaid on the daemon's environment.
+    /// Overlaid on the jobs' base environment (`JobSandbox::base_env`).
     pub env: BTreeMap<String, String>,
+    /// Environment variables with secret values, overlaid last; their `Debug` shows no value.
+    pub secrets: Vec<(String, aura_model::Secret)>,
     pub cwd: PathBuf,
-    /// Create `cwd` (and its parents) if missing: the engine's default per-job directory.
+    /// Create `cwd` (and its parents) if missing: the engine's default per-job directory, which the
+    /// job enters before it drops its privileges (so it works there even where the data dir's parents
+    /// are closed to the job's account). Otherwise `cwd` is one the job chose: checked against
+    /// `JobSandbox::cwd_roots`, and entered with the job's own privileges.
     pub create_cwd: bool,
     /// `aura_logs` segments for stdout/stderr go here.
     pub log_dir: PathBuf,
@@ -389,11 +405,14 @@ impl Supervisor {
         let workdirs = Arc::new(workdirs::WorkDirs::new(
             cfg.cgroup_pool,
             layout.backend != Backend::ProcessGroup,
+            cfg.sandbox.identity.as_ref().map(|id| (id.uid, id.gid)),
         ));
-        let (daemon_env, dev_null) =
-            launcher::Launcher::environment().map_err(|source| SupervisorError::Thread {
-                thread: "launcher",
-                source,
+        let (base_env, dev_null) =
+            launcher::Launcher::environment(&cfg.sandbox).map_err(|source| {
+                SupervisorError::Thread {
+                    thread: "launcher",
+                    source,
+                }
             })?;
         let (watcher, watcher_thread) = watcher::Watcher::start(watcher::Settings {
             sample_interval: cfg.sample_interval,
@@ -424,7 +443,8 @@ impl Supervisor {
                 oom_score_adj: cfg.job_oom_score_adj,
                 nice: cfg.job_nice,
                 log_cap: cfg.log_cap,
-                daemon_env,
+                sandbox: Arc::new(cfg.sandbox.clone()),
+                base_env,
                 dev_null,
             },
             launch_queue.clone(),

@@ -1,6 +1,12 @@
 //! Starting a job's main process the way `posix_spawn` does — `clone(CLONE_VM | CLONE_VFORK)` on a small
 //! private stack — but with the job setup `posix_spawn` cannot express: joining cgroups, its own process
-//! group, `PR_SET_PDEATHSIG`, `oom_score_adj`, close-on-exec of every inherited fd.
+//! group, `PR_SET_PDEATHSIG`, `oom_score_adj`, close-on-exec of every inherited fd, resource limits, and
+//! dropping to the jobs' account with no way back (`PR_SET_NO_NEW_PRIVS`).
+//!
+//! The credential changes are raw syscalls on purpose: glibc's `setuid` and friends change every thread
+//! of the *process* (they signal each thread to do the same), and this child shares the daemon's memory
+//! and glibc's thread list — the wrappers would try to make the daemon's threads drop their privileges.
+//! The raw syscalls change only the calling task, which is all the child is.
 //!
 //! Why not `fork`: forking the daemon copies its page tables and write-protects every page, so each of
 //! its threads then pays a copy-on-write fault and a TLB-shootdown IPI per page it touches while the child
@@ -26,6 +32,13 @@ pub(crate) struct SpawnPlan {
     /// daemon's environment, both alive for as long as the plan.
     pub envp: Vec<*const libc::c_char>,
     pub cwd: CString,
+    /// Enter `cwd` before dropping privileges (the job's own directory under the data dir), else after.
+    pub chdir_privileged: bool,
+    /// The account to switch to; `None` keeps the daemon's.
+    pub credentials: Option<Credentials>,
+    pub no_new_privs: bool,
+    pub rlimits: Vec<(RlimitResource, libc::rlimit)>,
+    pub umask: libc::mode_t,
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
@@ -38,13 +51,46 @@ pub(crate) struct SpawnPlan {
     pub parent_pid: libc::pid_t,
 }
 
+/// The job's account, resolved before the spawn (the child cannot read the user database).
+pub(crate) struct Credentials {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// A resource as `setrlimit` takes it (its type differs between libc targets).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) type RlimitResource = libc::c_int;
+
+/// The limits every job starts with: no core dumps unless allowed, and the configured open-file and
+/// process caps.
+pub(crate) fn rlimits(sandbox: &crate::sandbox::JobSandbox) -> Vec<(RlimitResource, libc::rlimit)> {
+    let limit = |n: u64| libc::rlimit {
+        rlim_cur: n as libc::rlim_t,
+        rlim_max: n as libc::rlim_t,
+    };
+    let mut limits = Vec::new();
+    if !sandbox.core_dumps {
+        limits.push((libc::RLIMIT_CORE, limit(0)));
+    }
+    if let Some(n) = sandbox.max_open_files {
+        limits.push((libc::RLIMIT_NOFILE, limit(n)));
+    }
+    if let Some(n) = sandbox.max_processes {
+        limits.push((libc::RLIMIT_NPROC, limit(n)));
+    }
+    limits
+}
+
 // SAFETY: the raw pointers in `envp` point into `_own_env` (owned by the plan) and into the launcher's copy
 // of the daemon's environment, which outlives every plan; nothing writes through them, and only the child
 // of whichever thread starts the plan reads them.
 unsafe impl Send for SpawnPlan {}
 
 /// Which setup step failed in the child, for the error message.
-const STAGES: [&str; 8] = [
+const STAGES: [&str; 14] = [
     "setpgid",
     "PR_SET_PDEATHSIG",
     "joining the job cgroup",
@@ -53,6 +99,12 @@ const STAGES: [&str; 8] = [
     "chdir",
     "execve",
     "parent gone",
+    "setrlimit",
+    "setgroups",
+    "setresgid",
+    "setresuid",
+    "PR_SET_NO_NEW_PRIVS",
+    "PR_SET_PDEATHSIG after the switch of account",
 ];
 
 struct Shared<'a> {
@@ -142,7 +194,47 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
         );
-        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+        for (resource, limit) in &plan.rlimits {
+            if libc::setrlimit(*resource, limit) != 0 {
+                fail(8);
+            }
+        }
+        libc::umask(plan.umask);
+        if plan.chdir_privileged && libc::chdir(plan.cwd.as_ptr()) != 0 {
+            fail(5);
+        }
+        if let Some(c) = &plan.credentials {
+            // Groups first, while the child may still change them; the uid last, after which it can
+            // change nothing back.
+            if libc::syscall(libc::SYS_setgroups, c.groups.len(), c.groups.as_ptr()) != 0 {
+                fail(9);
+            }
+            if libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) != 0 {
+                fail(10);
+            }
+            if libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) != 0 {
+                fail(11);
+            }
+            // The kernel clears the parent-death signal when the credentials change: set it again,
+            // and check once more that the daemon has not died meanwhile.
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                fail(13);
+            }
+            if libc::getppid() != plan.parent_pid {
+                fail(7);
+            }
+        }
+        if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(12);
+        }
+        if !plan.chdir_privileged && libc::chdir(plan.cwd.as_ptr()) != 0 {
             fail(5);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();

@@ -28,23 +28,38 @@ pub(crate) struct WorkDirs {
     enabled: bool,
     /// Directories handed out by `create` and not yet released, with how many attempts use each.
     in_use: Mutex<HashMap<PathBuf, u32>>,
+    /// The account jobs run as (uid, gid), when not the daemon's: every directory handed out is theirs.
+    owner: Option<(u32, u32)>,
 }
 
 impl WorkDirs {
-    pub fn new(capacity: usize, enabled: bool) -> WorkDirs {
+    pub fn new(capacity: usize, enabled: bool, owner: Option<(u32, u32)>) -> WorkDirs {
         WorkDirs {
             spares: Mutex::new(Vec::new()),
             capacity,
             next: AtomicU64::new(1),
             enabled,
             in_use: Mutex::new(HashMap::new()),
+            owner,
         }
     }
 
-    /// Makes `dir` exist: a spare renamed into place, else created (with its parents if need be). An
+    /// Makes `dir` exist: a spare renamed into place, else created (with its parents if need be), owned
+    /// by the jobs' account (mode 0700 under the daemon's umask: other accounts see nothing of it). An
     /// existing directory (a later attempt of the same job) is kept as it is.
     pub fn create(&self, dir: &Path) -> io::Result<()> {
         self.make(dir)?;
+        if let Some((uid, gid)) = self.owner {
+            // Also for a spare or an earlier attempt's directory: the configured account may have changed
+            // since it was made. Never through a symlink: only a directory of the data dir is handed over.
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                dir,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
         *crate::lock(&self.in_use)
             .entry(dir.to_path_buf())
             .or_default() += 1;
@@ -182,7 +197,7 @@ mod tests {
     #[test]
     fn an_empty_directory_is_recycled_and_a_used_one_is_kept() {
         let root = tempfile::tempdir().unwrap();
-        let dirs = WorkDirs::new(4, true);
+        let dirs = WorkDirs::new(4, true, None);
         let first = root.path().join("work/1");
         dirs.create(&first).unwrap();
         assert!(first.is_dir());
@@ -230,7 +245,7 @@ mod tests {
         assert!(!shared.exists(), "recycled once the last attempt is over");
 
         // Disabled (no reliable tree membership): nothing is recycled.
-        let off = WorkDirs::new(4, false);
+        let off = WorkDirs::new(4, false, None);
         let fourth = root.path().join("work/4");
         off.create(&fourth).unwrap();
         off.release(&fourth, true);

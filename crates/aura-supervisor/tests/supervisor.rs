@@ -5,10 +5,11 @@ use aura_model::{
     Backend, ExitStatus, JobId, MemorySource, StopSequence, StopSignal, StopStep, TreeHandle,
 };
 use aura_supervisor::{
-    resolve_program, BackendChoice, LaunchError, LaunchRequest, LaunchTicket, RunningTree,
-    Supervisor, SupervisorConfig, SupervisorError,
+    resolve_program, BackendChoice, JobIdentity, JobSandbox, LaunchError, LaunchRequest,
+    LaunchTicket, RunningTree, Supervisor, SupervisorConfig, SupervisorError,
 };
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -80,10 +81,20 @@ fn remove_cgroup_tree(dir: &Path) {
 }
 
 fn start(test: &str, backend: BackendChoice) -> Option<Supervisor> {
+    start_with(test, backend, |_| {})
+}
+
+/// `start` with settings of the test's own.
+fn start_with(
+    test: &str,
+    backend: BackendChoice,
+    configure: impl FnOnce(&mut SupervisorConfig),
+) -> Option<Supervisor> {
     sweep_stale_instances();
     let mut cfg = SupervisorConfig::new(instance(test, backend));
     cfg.backend = backend;
     cfg.sample_interval = Duration::from_millis(50);
+    configure(&mut cfg);
     match Supervisor::start(cfg) {
         Ok(s) => {
             assert_eq!(s.backend().to_string(), backend.to_string());
@@ -104,6 +115,7 @@ fn request(job: i64, dir: &Path, program: &str, args: &[&str]) -> LaunchRequest 
         program: program.into(),
         args: args.iter().map(|a| a.to_string()).collect(),
         env: BTreeMap::new(),
+        secrets: Vec::new(),
         cwd: dir.to_path_buf(),
         create_cwd: false,
         log_dir: dir.join(format!("logs-{job}")),
@@ -843,18 +855,35 @@ async fn jobs_start_at_their_own_nice_value() {
     );
 }
 
-/// A job gets the daemon's environment overlaid with its own: its variables are added, the ones it names
-/// replace the daemon's, the rest is inherited; a variable with a NUL byte is refused.
+/// A job gets the base environment overlaid with its own: its identity (`AURA_JOB_ID`), its variables
+/// (the ones it names replace the base's), then its secrets; nothing else of the daemon's environment; a
+/// variable with a NUL byte is refused.
 #[tokio::test(flavor = "multi_thread")]
-async fn environment_is_the_daemons_overlaid_with_the_jobs() {
+async fn environment_is_the_base_overlaid_with_the_jobs_own() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(s) = start("env", BackendChoice::ProcessGroup) else {
+    let daemon_env = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/home/daemon"),
+        ("LANG", "C.UTF-8"),
+        ("AURA_TEST_DAEMON_SECRET", "daemon only"),
+    ]
+    .map(|(k, v)| (k.into(), v.into()));
+    let Some(s) = start_with("env", BackendChoice::ProcessGroup, |cfg| {
+        cfg.sandbox.base_env =
+            JobSandbox::base_env_from(daemon_env, aura_supervisor::DEFAULT_PASS_ENV, None);
+    }) else {
         return;
     };
-    let home = std::env::var("HOME").unwrap_or_default();
-    let mut req = sh(1, dir.path(), "echo \"$AURA_TEST_OWN|$PATH|$HOME\"");
+    let mut req = sh(
+        7,
+        dir.path(),
+        "echo \"$AURA_TEST_OWN|$PATH|$HOME|$LANG|$AURA_JOB_ID|$AURA_TEST_KEY|${AURA_TEST_DAEMON_SECRET-unset}\"",
+    );
     req.env.insert("AURA_TEST_OWN".into(), "own value".into());
     req.env.insert("PATH".into(), "/usr/bin:/bin".into());
+    req.secrets
+        .push(("AURA_TEST_KEY".into(), aura_model::Secret::new("sk-123")));
+    assert!(!format!("{req:?}").contains("sk-123"), "a secret in Debug");
     let log_dir = req.log_dir.clone();
     let mut t = s.launch(req).await.unwrap();
     t.wait().await;
@@ -862,12 +891,120 @@ async fn environment_is_the_daemons_overlaid_with_the_jobs() {
     let out = aura_logs::read(&log_dir, aura_logs::Stream::Stdout, 0, 4096).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.data),
-        format!("own value|/usr/bin:/bin|{home}\n")
+        "own value|/usr/bin:/bin|/home/daemon|C.UTF-8|7|sk-123|unset\n"
     );
     let mut req = request(2, dir.path(), "true", &[]);
     req.env.insert("BAD".into(), "a\0b".into());
     let err = s.launch(req).await.unwrap_err();
     assert!(err.to_string().contains("NUL"), "{err}");
+    s.shutdown().await;
+}
+
+/// The default sandbox passes none of the daemon's own variables but the few it names.
+#[test]
+fn the_default_sandbox_does_not_pass_the_daemons_environment() {
+    let base = JobSandbox::default().base_env;
+    // Cargo runs tests with its own variables set: none of them may reach a job.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO") || k.starts_with("RUST") {
+            assert!(!base.contains_key(&k), "{k} passed to jobs: {base:?}");
+        }
+    }
+    assert!(base.contains_key("PATH"));
+}
+
+/// Under a root daemon a job runs as the configured account, with its groups, no way to regain
+/// privileges, no core dumps, its limits — and it cannot move itself out of its cgroup. Its own
+/// directory is entered before the switch (so a closed parent does not stop it) and handed to it; a
+/// directory it chose is entered with its own rights.
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_of_a_root_daemon_run_as_the_configured_account() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let _g = GATE.read().await;
+    let nobody = JobIdentity::lookup("nobody").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Closed to others, as /root is: only a directory entered before the switch is reachable.
+    let closed = dir.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for backend in BACKENDS {
+        let Some(s) = start_with("identity", backend, |cfg| {
+            cfg.sandbox.identity = Some(nobody.clone());
+            cfg.sandbox.max_open_files = Some(77);
+        }) else {
+            continue;
+        };
+        let work = closed.join(format!("work-{backend}"));
+        let mut req = sh(
+            1,
+            &work,
+            "id -u; id -g; ulimit -c; ulimit -n; grep NoNewPrivs /proc/self/status | tr -d '\\t'; \
+             touch made-here && echo wrote; \
+             for f in /sys/fs/cgroup/cgroup.procs /sys/fs/cgroup/unified/cgroup.procs /sys/fs/cgroup/memory/cgroup.procs; do \
+               [ -e $f ] && { echo $$ > $f 2>/dev/null && echo escaped $f; }; done; echo done",
+        );
+        req.create_cwd = true;
+        req.log_dir = dir.path().join(format!("logs-{backend}"));
+        let log_dir = req.log_dir.clone();
+        let mut t = s.launch(req).await.unwrap();
+        t.wait().await;
+        t.finish().await;
+        let out = aura_logs::read(&log_dir, aura_logs::Stream::Stdout, 0, 4096).unwrap();
+        let text = String::from_utf8_lossy(&out.data).into_owned();
+        assert_eq!(
+            text,
+            format!(
+                "{}\n{}\n0\n77\nNoNewPrivs:1\nwrote\ndone\n",
+                nobody.uid, nobody.gid
+            ),
+            "{backend}"
+        );
+        let meta = std::fs::metadata(work.join("made-here")).unwrap();
+        assert_eq!(meta.uid(), nobody.uid, "{backend}");
+        assert_eq!(std::fs::metadata(&work).unwrap().uid(), nobody.uid);
+        // A directory the job names itself is entered with the job's rights: a closed one is refused.
+        let other = closed.join(format!("chosen-{backend}"));
+        std::fs::create_dir(&other).unwrap();
+        let err = s.launch(request(2, &other, "true", &[])).await.unwrap_err();
+        assert!(err.to_string().contains("chdir"), "{backend}: {err}");
+        s.shutdown().await;
+    }
+}
+
+/// With an allowlist, the launcher refuses a program outside it, even when the engine's submit check
+/// was passed before a symlink changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_launcher_checks_the_program_allowlist_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("tool");
+    std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+    let allowlist = aura_supervisor::ProgramAllowlist::new(
+        &[link.display().to_string()],
+        aura_supervisor::DEFAULT_PATH,
+    )
+    .unwrap();
+    let Some(s) = start_with("allowlist", BackendChoice::ProcessGroup, |cfg| {
+        cfg.sandbox.programs = Some(allowlist);
+    }) else {
+        return;
+    };
+    let tool = link.to_str().unwrap();
+    let mut ok = s.launch(request(1, dir.path(), tool, &[])).await.unwrap();
+    ok.wait().await;
+    ok.finish().await;
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("/bin/sh", &link).unwrap();
+    let err = s
+        .launch(request(2, dir.path(), tool, &[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LaunchError::ProgramNotAllowed { .. }),
+        "{err}"
+    );
     s.shutdown().await;
 }
 

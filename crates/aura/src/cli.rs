@@ -1,8 +1,8 @@
 //! Command-line interface: argument parsing and the client commands, which talk to the daemon only through
 //! the HTTP API.
 
-use crate::config::Config;
 use anyhow::{bail, Context};
+use aura::config::Config;
 use aura_client::{Client, JobView, ListQuery};
 use aura_model::{
     ByteSize, ExitStatus, JobId, JobSpec, JobState, Outcome, RetryPolicy, StopSequence, Timestamp,
@@ -28,6 +28,10 @@ pub struct Args {
         default_value = "http://127.0.0.1:7411"
     )]
     server: String,
+    /// API token for client commands. Default: the token of the local daemon at --server, which `aura
+    /// serve` records for this user (see `aura token`).
+    #[arg(long, global = true, env = "AURA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +96,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the API token client commands use for --server (for scripts and curl), or make a new one.
+    Token {
+        #[command(subcommand)]
+        action: Option<TokenAction>,
+    },
     /// The engine's own decisions, oldest first: admission paused/resumed, memory critical, pressure victims.
     Events {
         /// Only events after this sequence number.
@@ -99,6 +108,22 @@ enum Command {
         after: i64,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Make a new random token and print it with the lines that add it to a daemon's config file (which
+    /// stores only its hash). The daemon reads its config at start-up.
+    Create {
+        /// Its name: what the daemon's log and the job records show.
+        name: String,
+        /// read (jobs, logs, metrics), submit (also submit and cancel its own jobs), admin (everything).
+        #[arg(long, default_value = "submit")]
+        scope: aura_server::auth::Scope,
+        /// Most jobs of this token waiting at once.
+        #[arg(long)]
+        max_queued: Option<usize>,
     },
 }
 
@@ -132,10 +157,15 @@ struct SubmitArgs {
     /// Label k=v (repeatable); `kind` names the class of work.
     #[arg(long = "label", value_parser = parse_key_value)]
     labels: Vec<(String, String)>,
-    /// Environment variable K=V for the job (repeatable), on top of the daemon's environment.
+    /// Environment variable K=V for the job (repeatable), on top of the jobs' base environment.
     #[arg(long = "env", value_parser = parse_key_value)]
     env: Vec<(String, String)>,
-    /// Working directory. Default: a fresh directory for the job under the daemon's data dir.
+    /// Environment variable whose value is the daemon's secret NAME, VAR=NAME (repeatable): the value
+    /// never appears in the job's record.
+    #[arg(long = "secret", value_parser = parse_key_value)]
+    secrets: Vec<(String, String)>,
+    /// Working directory (inside the daemon's jobs.cwd_roots). Default: a fresh directory for the job under
+    /// the daemon's data dir.
     #[arg(long)]
     cwd: Option<PathBuf>,
     /// Stop sequence, e.g. INT:5s,TERM:3s (SIGKILL follows). Default: INT:5s,TERM:3s.
@@ -189,9 +219,33 @@ pub async fn run(args: Args, serve: Option<Config>) -> anyhow::Result<u8> {
         crate::serve::run(cfg).await?;
         return Ok(0);
     }
-    let client = Client::new(&args.server)?;
+    if let Command::Token { action } = &args.command {
+        return token_command(&args, action.as_ref());
+    }
+    let token = client_token(&args);
+    let client = match &token {
+        Some(token) => Client::authorized(&args.server, token)?,
+        None => Client::new(&args.server)?,
+    };
+    let server = args.server.clone();
+    client_command(args, &client).await.map_err(|e| {
+        let unauthorized = e.downcast_ref::<aura_client::ClientError>().is_some_and(
+            |c| matches!(c, aura_client::ClientError::Api(p) if p.code == "unauthorized"),
+        );
+        if unauthorized && token.is_none() {
+            e.context(format!(
+                "no API token for {server}: this user has no runtime file of a local daemon there                  (is `aura serve` running as this user?); pass --token or set AURA_TOKEN"
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
+    let client = client.clone();
     match args.command {
-        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
         Command::Submit(submit) => submit_job(&client, submit).await,
         Command::Jobs { state, limit, json } => {
             let states = state
@@ -287,6 +341,57 @@ pub async fn run(args: Args, serve: Option<Config>) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// The token client commands send: `--token`/`AURA_TOKEN`, else the local daemon's for `--server`.
+fn client_token(args: &Args) -> Option<String> {
+    args.token
+        .clone()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| aura::runtime::find_token(&args.server))
+}
+
+fn token_command(args: &Args, action: Option<&TokenAction>) -> anyhow::Result<u8> {
+    match action {
+        None => {
+            let token = client_token(args).with_context(|| {
+                format!(
+                    "no API token for {}: is `aura serve` running there as this user? Else pass                      --token or set AURA_TOKEN",
+                    args.server
+                )
+            })?;
+            println!("{token}");
+        }
+        Some(TokenAction::Create {
+            name,
+            scope,
+            max_queued,
+        }) => {
+            let token = aura_server::auth::generate_token()?;
+            let hash: String = aura_server::auth::TokenHash::of(&token).into();
+            let config = aura_server::auth::TokenConfig {
+                name: name.clone(),
+                hash: aura_server::auth::TokenHash::of(&token),
+                scopes: vec![*scope],
+                max_queued: *max_queued,
+            };
+            // The same checks the daemon makes at start-up, before anyone copies the lines.
+            aura_server::auth::Tokens::new(std::slice::from_ref(&config))?;
+            println!("{token}");
+            eprintln!(
+                "Keep the token above secret; give it to the client (--token or AURA_TOKEN)."
+            );
+            eprintln!("Add these lines to the daemon's config file (it stores only the hash):\n");
+            eprintln!("[[api.tokens]]");
+            eprintln!("name = {:?}", name);
+            eprintln!("hash = {hash:?}");
+            eprintln!("scopes = [{:?}]", scope.as_str());
+            if let Some(max) = max_queued {
+                eprintln!("max_queued = {max}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn print_status(status: &aura_model::EngineStatus, u: &serde_json::Value) {
@@ -407,6 +512,7 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
     spec.priority = args.priority;
     spec.labels = args.labels.into_iter().collect();
     spec.env = args.env.into_iter().collect();
+    spec.secrets = args.secrets.into_iter().collect();
     if let Some(cwd) = args.cwd {
         spec.cwd = Some(
             std::path::absolute(&cwd)

@@ -52,6 +52,7 @@ pub struct Config {
     /// `max_open_fds` [1000], `max_rss` [2GiB], `max_threads` [200], `max_extra_children` [10].
     pub diagnostics: aura_engine::DiagnosticsConfig,
     pub api: ApiSection,
+    pub jobs: JobsSection,
 }
 
 /// The host sampler behind `/api/metrics/system`.
@@ -194,11 +195,100 @@ pub struct SupervisorSection {
     pub memory_watch_interval: Duration,
 }
 
+/// The HTTP API: who may call it, from where, and its limits.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
     /// Largest accepted request body. Default: 2 MiB.
     pub max_body: ByteSize,
+    /// API tokens (`[[api.tokens]]`: `name`, `hash` — from `aura token create` — `scopes` of read, submit,
+    /// admin, optional `max_queued`). Required to listen on a non-loopback address.
+    pub tokens: Vec<aura_server::auth::TokenConfig>,
+    /// Create an admin token for the local CLI at first start (`<data dir>/api-token`, mode 0600) and
+    /// accept it. Default: true.
+    pub local_token: bool,
+    /// `Host` header values accepted besides `localhost`, `127.0.0.1` and `[::1]` with the listen port:
+    /// `name:port`, or `name` for any port. Default: none (plus the listen address when it is a
+    /// specific one).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://studio.example`) besides the daemon's own that may call the API;
+    /// CORS is answered for these only. Default: none.
+    pub allowed_origins: Vec<String>,
+    /// Serve `/metrics` without a token. Default: false.
+    pub public_metrics: bool,
+    /// Connections open at once; at the cap the oldest idle one is closed, and only when every one is
+    /// busy is a new one refused (503). Lowered to fit the daemon's open-file limit. Default: 2048.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (also closes idle kept-alive
+    /// connections). Default: 10s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive. Default: 30s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// Largest request headers, all together. Default: 16 KiB.
+    pub max_header_bytes: ByteSize,
+    /// Longest request target (path and query). Default: 8 KiB.
+    pub max_uri_bytes: ByteSize,
+}
+
+/// What jobs may do: the account they run as, their limits and environment, the programs and
+/// directories they may use, the secrets they may name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// The account jobs run as when the daemon runs as root. Default: the system user `aura` if it
+    /// exists, else `nobody`. `root` only when named here (with a warning at start-up). A daemon that
+    /// is not root runs jobs as itself and refuses any other name.
+    pub user: Option<String>,
+    /// Programs jobs may run: names (searched in the jobs' `PATH` at start-up) or absolute paths of
+    /// files or directories (every executable directly inside); symlinks resolved. Default: empty, any
+    /// program.
+    pub programs: Vec<String>,
+    /// Directories (and their subdirectories) a job may name as its working directory. Default: empty,
+    /// jobs run in their own directory under the data dir only.
+    pub cwd_roots: Vec<PathBuf>,
+    /// The daemon's environment variables jobs get (names, or prefixes ending in `*`). Default: PATH,
+    /// LANG, LANGUAGE, LC_*, TZ, TMPDIR. Jobs also get HOME, USER, LOGNAME of their account, and
+    /// AURA_JOB_ID, AURA_JOB_ATTEMPT.
+    pub pass_env: Vec<String>,
+    /// Fixed variables every job gets. Default: none.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// TOML file of named secrets (`openai = "sk-…"`), mode 0600; the daemon's `AURA_SECRET_<NAME>`
+    /// variables add to it. Default: `<data dir>/secrets.toml` if it exists.
+    pub secrets_file: Option<PathBuf>,
+    /// `PR_SET_NO_NEW_PRIVS` for every job (setuid programs gain nothing). Default: true.
+    pub no_new_privs: bool,
+    /// Allow core dumps. Default: false (`RLIMIT_CORE` 0).
+    pub core_dumps: bool,
+    /// `RLIMIT_NOFILE` of every job. Default: inherited.
+    pub max_open_files: Option<u64>,
+    /// `RLIMIT_NPROC` of every job (the kernel counts it per user, across all jobs). Default: inherited.
+    pub max_processes: Option<u64>,
+    /// The umask jobs start with (the daemon's own is 077). Default: 0o022.
+    pub umask: u32,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        let sandbox = aura_supervisor::JobSandbox::default();
+        JobsSection {
+            user: None,
+            programs: Vec::new(),
+            cwd_roots: Vec::new(),
+            pass_env: aura_supervisor::DEFAULT_PASS_ENV
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            env: Default::default(),
+            secrets_file: None,
+            no_new_privs: sandbox.no_new_privs,
+            core_dumps: sandbox.core_dumps,
+            max_open_files: None,
+            max_processes: None,
+            umask: sandbox.umask,
+        }
+    }
 }
 
 impl Default for Config {
@@ -218,6 +308,7 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             diagnostics: aura_engine::DiagnosticsConfig::default(),
             api: ApiSection::default(),
+            jobs: JobsSection::default(),
         }
     }
 }
@@ -241,8 +332,20 @@ impl Default for SupervisorSection {
 
 impl Default for ApiSection {
     fn default() -> Self {
+        let api = aura_server::ApiConfig::new(0, Default::default());
+        let listener = aura_server::ListenerConfig::default();
         ApiSection {
-            max_body: ByteSize(aura_server::ApiConfig::default().max_body_bytes as u64),
+            max_body: ByteSize(api.max_body_bytes as u64),
+            tokens: Vec::new(),
+            local_token: true,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            public_metrics: api.security.public_metrics,
+            max_connections: listener.max_connections,
+            header_timeout: listener.header_timeout,
+            request_timeout: api.request_timeout,
+            max_header_bytes: ByteSize(api.security.max_header_bytes as u64),
+            max_uri_bytes: ByteSize(api.security.max_uri_bytes as u64),
         }
     }
 }
@@ -258,12 +361,33 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        // Variables the CLI itself uses are not configuration keys.
+        // Variables the CLI itself uses, and secrets (`AURA_SECRET_<NAME>`, read by the engine), are not
+        // configuration keys.
         let env = Env::prefixed("AURA_")
-            .ignore(&["SERVER", "CONFIG", "LOG"])
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                !(matches!(
+                    key.as_str(),
+                    "server" | "config" | "log" | "token" | "runtime_dir"
+                ) || key.starts_with("secret_"))
+            })
             .split("__");
+        Config::extract(figment.merge(env))
+    }
+
+    /// Defaults, then the TOML `text` (nothing from the environment): what a config file alone gives.
+    /// The fuzz target parses with this.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        use figment::providers::{Format, Serialized, Toml};
+        Config::extract(
+            figment::Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(text)),
+        )
+    }
+
+    /// The typed configuration from its sources, checked.
+    fn extract(figment: figment::Figment) -> anyhow::Result<Config> {
         let config: Config = figment
-            .merge(env)
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if config.max_concurrent == 0 {
@@ -312,7 +436,67 @@ impl Config {
                 "invalid configuration: admission.default_memory_request must be greater than zero"
             );
         }
+        config.validate_api()?;
+        config.validate_jobs()?;
         Ok(config)
+    }
+}
+
+impl Config {
+    fn validate_api(&self) -> anyhow::Result<()> {
+        let api = &self.api;
+        aura_server::auth::Tokens::new(&api.tokens)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if api.max_connections == 0 {
+            anyhow::bail!("invalid configuration: api.max_connections must be at least 1");
+        }
+        if api.header_timeout.is_zero() || api.request_timeout.is_zero() {
+            anyhow::bail!(
+                "invalid configuration: api.header_timeout and api.request_timeout must be > 0"
+            );
+        }
+        if api.max_header_bytes.bytes() < 1024 || api.max_uri_bytes.bytes() < 256 {
+            anyhow::bail!("invalid configuration: api.max_header_bytes must be at least 1 KiB and api.max_uri_bytes at least 256 bytes");
+        }
+        for host in &api.allowed_hosts {
+            let ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c));
+            if !ok {
+                anyhow::bail!("invalid configuration: api.allowed_hosts entry {host:?} is not a host name, `name:port` or `[v6]:port`");
+            }
+        }
+        for origin in &api.allowed_origins {
+            let rest = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            if !rest.is_some_and(|r| !r.is_empty() && !r.contains('/')) {
+                anyhow::bail!("invalid configuration: api.allowed_origins entry {origin:?} must be scheme://host[:port], without a path");
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_jobs(&self) -> anyhow::Result<()> {
+        let jobs = &self.jobs;
+        if jobs.umask > 0o777 {
+            anyhow::bail!("invalid configuration: jobs.umask must be at most 0o777");
+        }
+        if jobs.max_open_files == Some(0) || jobs.max_processes == Some(0) {
+            anyhow::bail!("invalid configuration: jobs.max_open_files and jobs.max_processes must be at least 1");
+        }
+        if let Some(user) = &jobs.user {
+            if user.is_empty() {
+                anyhow::bail!("invalid configuration: jobs.user is empty");
+            }
+        }
+        for key in jobs.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                anyhow::bail!("invalid configuration: jobs.env name {key:?}");
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,6 @@
 //! `aura`: the daemon (`aura serve`) and the CLI that talks to it over the HTTP API.
 
 mod cli;
-mod config;
 mod serve;
 mod top;
 

@@ -1,11 +1,14 @@
-//! `aura serve`: locks the data dir, starts the engine and the HTTP API, and runs the shutdown protocol on
-//! SIGTERM/SIGINT.
+//! `aura serve`: locks the data dir, builds what jobs may do (the sandbox) and who may call the API (the
+//! tokens), starts the engine and the HTTP API, and runs the shutdown protocol on SIGTERM/SIGINT.
 
-use crate::config::Config;
 use anyhow::Context;
+use aura::config::Config;
+use aura::runtime::{self, RuntimeFile, RuntimeInfo};
 use aura_engine::EngineConfig;
-use aura_supervisor::SupervisorConfig;
+use aura_server::auth::{Principal, Scope, TokenHash, Tokens};
+use aura_supervisor::{JobIdentity, JobSandbox, SupervisorConfig};
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Holds an exclusive `flock` on the data dir for the daemon's lifetime: a second daemon on the same data
@@ -69,6 +72,150 @@ fn raise_priority(nice: i32) {
     }
 }
 
+/// The account jobs run as. A root daemon switches to `jobs.user` (default: `aura` if it exists, else
+/// `nobody`); any other daemon runs jobs as itself and refuses another name.
+fn job_identity(configured: Option<&str>) -> anyhow::Result<Option<JobIdentity>> {
+    let is_root = rustix::process::geteuid().is_root();
+    if !is_root {
+        if let Some(name) = configured {
+            let me = JobIdentity::current_name();
+            if me.as_deref() != Some(name) {
+                anyhow::bail!(
+                    "jobs.user = {name:?}: only a daemon running as root can run jobs as another                      account (this one runs as {}); remove the setting or start it as root",
+                    me.unwrap_or_else(|| format!("uid {}", rustix::process::geteuid().as_raw()))
+                );
+            }
+        }
+        return Ok(None);
+    }
+    let name = match configured {
+        Some(name) => name.to_owned(),
+        None if JobIdentity::lookup(DEDICATED_USER).is_ok() => DEDICATED_USER.to_owned(),
+        None => FALLBACK_USER.to_owned(),
+    };
+    let identity = JobIdentity::lookup(&name)?;
+    if identity.is_root() {
+        tracing::warn!("jobs.user is root: every job runs with full privileges over this machine");
+        return Ok(None);
+    }
+    Ok(Some(identity))
+}
+
+/// The account a root daemon runs jobs as when `jobs.user` is not set, if it exists
+/// (`useradd --system aura`; `cargo xtask test` creates it).
+const DEDICATED_USER: &str = "aura";
+/// Else this one, which every Linux system has.
+const FALLBACK_USER: &str = "nobody";
+
+/// What jobs may do, from `jobs.*`.
+fn sandbox(config: &Config) -> anyhow::Result<JobSandbox> {
+    let jobs = &config.jobs;
+    let identity = job_identity(jobs.user.as_deref())?;
+    let mut base_env =
+        JobSandbox::base_env_from(std::env::vars_os(), &jobs.pass_env, identity.as_ref());
+    base_env.extend(jobs.env.clone());
+    let path = base_env
+        .get("PATH")
+        .cloned()
+        .unwrap_or_else(|| aura_supervisor::DEFAULT_PATH.to_owned());
+    let programs = (!jobs.programs.is_empty())
+        .then(|| aura_supervisor::ProgramAllowlist::new(&jobs.programs, &path))
+        .transpose()?;
+    Ok(JobSandbox {
+        identity,
+        no_new_privs: jobs.no_new_privs,
+        core_dumps: jobs.core_dumps,
+        max_open_files: jobs.max_open_files,
+        max_processes: jobs.max_processes,
+        umask: jobs.umask,
+        base_env,
+        programs,
+        cwd_roots: Some(JobSandbox::canonical_roots(&jobs.cwd_roots)?),
+    })
+}
+
+/// Jobs running as another account must reach their directories under the data dir by absolute path:
+/// the data dir gets search permission for others (never read: they cannot list it). A parent that is
+/// closed (as `/root` is) still leaves relative paths working — a job starts inside its directory — and
+/// is worth a warning.
+fn open_data_dir_to_jobs(data_dir: &Path) -> anyhow::Result<()> {
+    let mode = std::fs::metadata(data_dir)?.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(
+            data_dir,
+            std::fs::Permissions::from_mode((mode & 0o7777) | 0o001),
+        )
+        .with_context(|| format!("cannot give jobs passage through {}", data_dir.display()))?;
+    }
+    if let Some(closed) = data_dir
+        .ancestors()
+        .skip(1)
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+    {
+        tracing::warn!(
+            closed = %closed.display(),
+            "jobs run as another account and cannot pass through this parent of the data dir: they work in their directories by relative paths only; a data dir such as /var/lib/aura avoids this"
+        );
+    }
+    Ok(())
+}
+
+/// The tokens the API accepts: the configured ones and, with `api.local_token`, the data dir's own.
+fn api_tokens(
+    config: &Config,
+    data_dir: &Path,
+) -> anyhow::Result<(Tokens, Option<(String, std::path::PathBuf)>)> {
+    let mut tokens = Tokens::new(&config.api.tokens)?;
+    let local = if config.api.local_token {
+        let (token, path) = runtime::local_token(data_dir)?;
+        tokens.add(
+            TokenHash::of(&token),
+            Principal {
+                name: LOCAL_TOKEN_NAME.into(),
+                scope: Scope::Admin,
+                max_queued: None,
+            },
+        )?;
+        Some((token, path))
+    } else {
+        None
+    };
+    Ok((tokens, local))
+}
+
+/// The name jobs submitted with the data dir's own token are recorded under.
+const LOCAL_TOKEN_NAME: &str = "local-admin";
+
+/// Refuses to serve a non-loopback address without configured tokens: the API runs commands.
+fn check_listen(config: &Config) -> anyhow::Result<()> {
+    if !config.listen.ip().is_loopback() && config.api.tokens.is_empty() {
+        anyhow::bail!(
+            "refusing to listen on {} without API tokens: anyone who can reach that address could run              commands on this machine. Configure [[api.tokens]] (`aura token create NAME --scope submit`              prints one with its config lines), and put a TLS-terminating reverse proxy (nginx, Caddy) in              front — Aura itself speaks plain HTTP. Or listen on 127.0.0.1.",
+            config.listen
+        );
+    }
+    Ok(())
+}
+
+/// How many connections fit the daemon's open-file limit, leaving room for its jobs' pipes and logs,
+/// the database and the pooled cgroups' control files.
+fn connection_cap(configured: usize, max_concurrent: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let reserve = 512 + 16 * max_concurrent as u64;
+    let fits = usize::try_from(soft.saturating_sub(reserve).max(64)).unwrap_or(usize::MAX);
+    if fits < configured {
+        tracing::warn!(
+            configured,
+            fits,
+            open_file_limit = soft,
+            "api.max_connections lowered to fit the open-file limit (raise it with LimitNOFILE= or ulimit -n)"
+        );
+    }
+    configured.min(fits)
+}
+
 /// Creates and locks the data dir and reads its instance id (blocking file work, kept off the async workers).
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLock, String)> {
     std::fs::create_dir_all(dir)
@@ -81,19 +228,41 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLo
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let (data_dir, _lock, instance) = tokio::task::spawn_blocking({
-        let dir = config.data_dir.clone();
-        let nice = config.supervisor.daemon_nice;
-        move || {
-            raise_priority(nice);
-            prepare_data_dir(&dir)
+    check_listen(&config)?;
+    // Everything the daemon creates (database, logs, tokens, runtime files) is its own; jobs get their
+    // own umask (`jobs.umask`) and their directories are handed to them.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let (data_dir, _lock, instance, sandbox, tokens, local_token) = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || -> anyhow::Result<_> {
+            raise_priority(config.supervisor.daemon_nice);
+            let (data_dir, lock, instance) = prepare_data_dir(&config.data_dir)?;
+            let sandbox = sandbox(&config)?;
+            if sandbox.identity.is_some() {
+                open_data_dir_to_jobs(&data_dir)?;
+            }
+            let (tokens, local_token) = api_tokens(&config, &data_dir)?;
+            Ok((data_dir, lock, instance, sandbox, tokens, local_token))
         }
     })
     .await??;
+    let secrets = {
+        let file = config.jobs.secrets_file.clone();
+        let default = data_dir.join("secrets.toml");
+        tokio::task::spawn_blocking(move || {
+            aura_engine::Secrets::load(
+                Some(file.as_deref().unwrap_or(&default)),
+                file.is_some(),
+                std::env::vars(),
+            )
+        })
+        .await??
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let identity = sandbox.identity.clone();
 
     let mut supervisor = SupervisorConfig::new(instance);
     supervisor.backend = config.supervisor.backend;
@@ -104,6 +273,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     supervisor.job_nice = config.supervisor.job_nice;
     supervisor.kill_wait = config.supervisor.kill_wait;
     supervisor.memory_watch_interval = config.supervisor.memory_watch_interval;
+    supervisor.sandbox = sandbox;
+    let secret_count = secrets.len();
     let engine = aura_engine::start(EngineConfig {
         data_dir: data_dir.clone(),
         max_concurrent: config.max_concurrent,
@@ -115,6 +286,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         host_history: config.metrics.history,
         requeue_on_shutdown: config.requeue_on_shutdown,
         supervisor,
+        secrets,
     })
     .await
     .context("cannot start the engine")?;
@@ -133,19 +305,58 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "aura serve: backend {} ({})",
         status.backend, status.backend_detail
     );
+    match &identity {
+        Some(id) => println!("aura serve: jobs run as {} (uid {})", id.name, id.uid),
+        None => println!(
+            "aura serve: jobs run as this daemon's account (uid {})",
+            rustix::process::geteuid().as_raw()
+        ),
+    }
+    if secret_count > 0 {
+        println!("aura serve: {secret_count} named secrets for jobs");
+    }
+    let runtime_file = match &local_token {
+        Some((token, path)) => {
+            println!(
+                "aura serve: API token in {} (the CLI finds it; `aura token` prints it)",
+                path.display()
+            );
+            let info = RuntimeInfo {
+                url: format!("http://{address}"),
+                pid: std::process::id(),
+                data_dir: data_dir.clone(),
+                token: token.clone(),
+            };
+            match RuntimeFile::write(address.port(), &info) {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write the runtime file; the CLI needs --token or AURA_TOKEN");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(file) = &runtime_file {
+        tracing::debug!(path = %file.path().display(), "runtime file written");
+    }
     println!("aura serve: listening on http://{address}");
 
-    let router = aura_server::router(
-        engine.clone(),
-        aura_server::ApiConfig {
-            max_body_bytes: config.api.max_body.bytes() as usize,
-            ..Default::default()
-        },
-    );
+    let router = aura_server::router(engine.clone(), api_config(&config, address, tokens));
+    let listener_config = aura_server::ListenerConfig {
+        max_connections: connection_cap(config.api.max_connections, config.max_concurrent),
+        header_timeout: config.api.header_timeout,
+        ..Default::default()
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(aura_server::serve(listener, router, async move {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(aura_server::serve(
+        listener,
+        router,
+        listener_config,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let signal = wait_for_signal().await?;
     tracing::info!(signal, "shutting down: no new jobs, stopping running ones");
@@ -159,8 +370,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP server did not finish in-flight requests within 2s"),
     }
+    drop(runtime_file);
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The API's checks and limits from `api.*`, for a daemon listening on `address`.
+fn api_config(
+    config: &Config,
+    address: std::net::SocketAddr,
+    tokens: Tokens,
+) -> aura_server::ApiConfig {
+    let api = &config.api;
+    let mut hosts = aura_server::SecurityConfig::loopback_hosts(address.port());
+    if !address.ip().is_unspecified() && !address.ip().is_loopback() {
+        // A client that dials the address itself sends it as the Host (an IP cannot be rebound).
+        hosts.push(match address.ip() {
+            std::net::IpAddr::V4(ip) => format!("{ip}:{}", address.port()),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", address.port()),
+        });
+    }
+    hosts.extend(api.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()));
+    let mut out = aura_server::ApiConfig::new(address.port(), tokens);
+    out.max_body_bytes = usize::try_from(api.max_body.bytes()).unwrap_or(usize::MAX);
+    out.request_timeout = api.request_timeout;
+    let security = std::sync::Arc::make_mut(&mut out.security);
+    security.allowed_hosts = hosts;
+    security.allowed_origins = api
+        .allowed_origins
+        .iter()
+        .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+        .collect();
+    security.public_metrics = api.public_metrics;
+    security.max_header_bytes = usize::try_from(api.max_header_bytes.bytes()).unwrap_or(usize::MAX);
+    security.max_uri_bytes = usize::try_from(api.max_uri_bytes.bytes()).unwrap_or(usize::MAX);
+    out
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

@@ -14,13 +14,22 @@ const AURA: &str = env!("CARGO_BIN_EXE_aura");
 struct Daemon {
     child: Option<Child>,
     url: String,
+    /// The daemon's local admin token (from its data dir), which `client()` and `authed` send.
+    token: String,
     data_dir: PathBuf,
     env: Vec<(String, String)>,
+    /// Where the daemon's stderr (its log) goes; inherited when `None`.
+    log: Option<PathBuf>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
     fn start(env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_logged(env, false)
+    }
+
+    /// `start`, with the daemon's log written to `self.log_path()` (for tests that read it).
+    fn start_logged(env: &[(&str, &str)], logged: bool) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         // Tests share two cores with each other and with cargo: CPU used by another test's daemon is "outside
@@ -38,6 +47,8 @@ impl Daemon {
         let mut daemon = Daemon {
             child: None,
             url: String::new(),
+            token: String::new(),
+            log: logged.then(|| tmp.path().join("daemon.log")),
             data_dir,
             env,
             _tmp: Some(tmp),
@@ -46,14 +57,30 @@ impl Daemon {
         daemon
     }
 
+    fn log_path(&self) -> &Path {
+        self.log
+            .as_deref()
+            .expect("a daemon started with start_logged")
+    }
+
     /// Starts (or restarts) `aura serve` on this daemon's data dir and waits until it listens.
     fn spawn(&mut self) {
         let mut cmd = Command::new(AURA);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir);
+        // Runtime files (how the CLI finds the token) go to the test's own directory.
         cmd.env("AURA_LOG", "warn")
+            .env("AURA_RUNTIME_DIR", self.runtime_dir())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("daemon log file");
+            cmd.stderr(file);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -71,8 +98,26 @@ impl Daemon {
         };
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        self.token = std::fs::read_to_string(self.data_dir.join("api-token"))
+            .expect("the daemon's token file")
+            .trim()
+            .to_owned();
+        lock(&TOKENS).insert(url.clone(), self.token.clone());
         self.url = url;
         self.child = Some(child);
+    }
+
+    /// A directory jobs may write in (they run as their own account when the tests run as root).
+    fn scratch(&self) -> PathBuf {
+        let dir = self.data_dir.with_file_name("scratch");
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .expect("chmod scratch dir");
+        dir
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        self.data_dir.with_file_name("runtime")
     }
 
     fn pid(&self) -> u32 {
@@ -80,13 +125,16 @@ impl Daemon {
     }
 
     fn client(&self) -> Client {
-        Client::new(&self.url).expect("client")
+        Client::authorized(&self.url, &self.token).expect("client")
     }
 
+    /// The CLI as a user runs it: it finds the token through the daemon's runtime file.
     fn cli(&self, args: &[&str]) -> Output {
         Command::new(AURA)
             .args(args)
             .env("AURA_SERVER", &self.url)
+            .env("AURA_RUNTIME_DIR", self.runtime_dir())
+            .env_remove("AURA_TOKEN")
             .output()
             .expect("run aura")
     }
@@ -124,6 +172,36 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Every test daemon's token by its URL, for the raw HTTP helpers.
+static TOKENS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A raw HTTP client that sends the token of the daemon at `url` (a base URL or one under it).
+fn authed(url: &str) -> reqwest::Client {
+    let token = lock(&TOKENS)
+        .iter()
+        .find(|(base, _)| url.starts_with(base.as_str()))
+        .map(|(_, t)| t.clone())
+        .expect("a test daemon at this URL");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
+async fn http_get(url: String) -> reqwest::Result<reqwest::Response> {
+    authed(&url).get(url).send().await
 }
 
 fn stdout(out: &Output) -> String {
@@ -181,7 +259,7 @@ async fn blocker_then_marker(
     client: &Client,
     memory: [Option<&str>; 2],
 ) -> (JobId, JobId, PathBuf) {
-    let marker = daemon.data_dir.join("standby-ran");
+    let marker = daemon.scratch().join("standby-ran");
     let [mut blocker, mut job] = [
         spec("sleep", &["30"]),
         spec("touch", &[marker.to_str().expect("utf-8 path")]),
@@ -279,12 +357,14 @@ const TREE: &str =
 
 /// The body of a GET, as text.
 async fn get_text(url: String) -> String {
-    reqwest::get(url).await.unwrap().text().await.unwrap()
+    http_get(url).await.unwrap().text().await.unwrap()
 }
 
 fn outcome(view: &JobView) -> &Outcome {
     view.job.outcome().expect("finished")
 }
+
+mod security;
 
 mod cli {
     use super::*;
@@ -368,11 +448,7 @@ mod cli {
             "{err}"
         );
         // The first one is untouched.
-        let health = Command::new(AURA)
-            .args(["status"])
-            .env("AURA_SERVER", &daemon.url)
-            .output()
-            .unwrap();
+        let health = daemon.cli(&["status"]);
         assert!(health.status.success(), "{health:?}");
     }
 
@@ -420,7 +496,7 @@ mod api {
     use super::*;
 
     async fn post_raw(url: &str, body: Vec<u8>) -> (u16, serde_json::Value, String) {
-        let resp = reqwest::Client::new()
+        let resp = authed(url)
             .post(format!("{url}/api/jobs"))
             .header("content-type", "application/json")
             .body(body)
@@ -498,10 +574,10 @@ mod api {
                 "absolute",
             ),
             (
-                "missing cwd",
+                "cwd outside the allowed roots",
                 br#"{"program":"true","cwd":"/no/such/dir"}"#.to_vec(),
-                422,
-                "/no/such/dir",
+                403,
+                "jobs.cwd_roots",
             ),
         ];
         for (name, body, status, needle) in cases {
@@ -525,15 +601,15 @@ mod api {
         let client = daemon.client();
         let err = client.get(JobId(999)).await.unwrap_err().to_string();
         assert!(err.contains("job 999 not found"), "{err}");
-        let resp = reqwest::get(format!("{}/api/jobs/abc", daemon.url))
+        let resp = http_get(format!("{}/api/jobs/abc", daemon.url))
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 400);
-        let resp = reqwest::get(format!("{}/api/jobs?state=bogus", daemon.url))
+        let resp = http_get(format!("{}/api/jobs?state=bogus", daemon.url))
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 400);
-        let health: serde_json::Value = reqwest::get(format!("{}/healthz", daemon.url))
+        let health: serde_json::Value = http_get(format!("{}/healthz", daemon.url))
             .await
             .unwrap()
             .json()
@@ -1166,7 +1242,7 @@ mod admission {
     async fn an_abandoned_lease_is_reclaimed_and_its_capacity_comes_back() {
         let daemon = Daemon::start(&[("AURA_ADMISSION__MEMORY", "1GiB")]);
         let client = daemon.client();
-        let http = reqwest::Client::new();
+        let http = authed(&daemon.url);
         let acquire = |body: serde_json::Value| acquire_lease(&http, &daemon, body);
         let resp = acquire(serde_json::json!({"resources": {"memory": "600MiB"}, "ttl": "1s", "holder": "tts-worker"}))
             .await
@@ -1246,7 +1322,7 @@ mod admission {
             ("AURA_ADMISSION__MEMORY", "1GiB"),
         ]);
         let client = daemon.client();
-        let http = reqwest::Client::new();
+        let http = authed(&daemon.url);
         let (blocker, standby, marker) =
             blocker_then_marker(&daemon, &client, [Some("300MiB"), Some("600MiB")]).await;
         let u = client.utilization().await.unwrap();
@@ -1676,7 +1752,7 @@ mod admission {
         wait_running(&client, blocker, 1).await;
         client.submit(&spec("true", &[])).await.unwrap();
         client.submit(&spec("true", &[])).await.unwrap();
-        let resp = reqwest::Client::new()
+        let resp = authed(&daemon.url)
             .post(format!("{}/api/jobs", daemon.url))
             .json(&spec("true", &[]))
             .send()
@@ -1702,7 +1778,7 @@ mod metrics {
     use super::*;
 
     async fn get_json(url: String) -> (u16, serde_json::Value) {
-        let resp = reqwest::get(url).await.unwrap();
+        let resp = http_get(url).await.unwrap();
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
@@ -1797,9 +1873,7 @@ mod metrics {
         let id = submit(&client, &spec("sleep", &["5"])).await;
         wait_running(&client, id, 1).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let resp = reqwest::get(format!("{}/metrics", daemon.url))
-            .await
-            .unwrap();
+        let resp = http_get(format!("{}/metrics", daemon.url)).await.unwrap();
         let content_type = resp
             .headers()
             .get("content-type")
@@ -1873,7 +1947,7 @@ mod metrics {
                 .starts_with("warning: open file descriptors"),
             "{ready}"
         );
-        let resp = reqwest::Client::new()
+        let resp = authed(&daemon.url)
             .post(format!("{}/api/diagnostics/resources/cleanup", daemon.url))
             .send()
             .await
@@ -1993,6 +2067,12 @@ mod ffmpeg {
         let daemon = Daemon::start(&[]);
         let client = daemon.client();
         let out_dir = tempfile::tempdir().unwrap();
+        // Jobs run as their own account: the output directory is theirs to write.
+        std::fs::set_permissions(
+            out_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
         let encode = |name: &str, extra: &[&str]| {
             let mut args: Vec<String> = vec!["-nostdin".into(), "-y".into()];
             args.extend(extra.iter().map(|s| s.to_string()));

@@ -1,0 +1,27 @@
+//! Fuzz entry points for every parser that sees user input: one pure `fn(&[u8])` per target that parses
+//! the bytes exactly as the product does and asserts the properties that hold (round trips, agreement
+//! between the paths a value can take), listed in [`TARGETS`].
+//!
+//! Nightly drives them through cargo-fuzz (`fuzz/fuzz_targets/<name>.rs`, `cargo xtask fuzz`); stable
+//! replays the committed corpus `fuzz/corpus/<name>/` and `fuzz/regressions/<name>/` through the same
+//! functions (`tests/corpus.rs`). Adding a target: a module with `pub fn <name>(data: &[u8])`, a line in
+//! `TARGETS`, `fuzz/fuzz_targets/<name>.rs` plus its `[[bin]]` in `fuzz/Cargo.toml`, and seeds in
+//! `fuzz/corpus/<name>/`.
+
+mod duration;
+mod job_spec;
+mod size;
+
+pub use duration::duration;
+pub use job_spec::job_spec;
+pub use size::size;
+
+/// A fuzz target: parses the bytes and panics when a property breaks.
+pub type Target = fn(&[u8]);
+
+/// Every target by name; the name is also its cargo-fuzz binary and its corpus folder.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("job_spec", job_spec),
+    ("size", size),
+    ("duration", duration),
+];

@@ -1,0 +1,192 @@
+//! The query strings of every route, parsed from the raw text into what the handlers need: pure
+//! functions (no engine, no I/O), so that the fuzz targets run exactly what the server runs.
+
+use crate::error::ApiError;
+use aura_logs::Stream;
+use aura_model::{JobId, StateName};
+use aura_store::ListFilter;
+use serde::Deserialize;
+use std::time::Duration;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Decodes `raw` (`None`: no query) into `T`; unknown and malformed parameters are a 400.
+fn decode<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> ApiResult<T> {
+    serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+}
+
+/// The most a listing returns at once.
+pub const MAX_PAGE: u32 = 1000;
+
+/// A listing's `limit` parameter: 100 when absent, 1 to `MAX_PAGE` when given.
+fn page_limit(limit: Option<u32>) -> ApiResult<u32> {
+    match limit.unwrap_or(100) {
+        l @ 1..=MAX_PAGE => Ok(l),
+        _ => Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Comma-separated state names.
+    state: Option<String>,
+    limit: Option<u32>,
+    after: Option<i64>,
+    /// `desc` (newest first, default) or `asc`.
+    order: Option<String>,
+}
+
+/// `GET /api/jobs?state=queued,running&limit=100&after=ID&order=desc`.
+pub fn list_filter(raw: Option<&str>) -> ApiResult<ListFilter> {
+    let q: ListQuery = decode(raw)?;
+    let states = match q.state.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(text) => text
+            .split(',')
+            .map(|s| s.trim().parse::<StateName>().map_err(ApiError::bad_request))
+            .collect::<Result<_, _>>()?,
+    };
+    let newest_first = match q.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid order {other:?}: use asc or desc"
+            )))
+        }
+    };
+    Ok(ListFilter {
+        states,
+        after: q.after.map(JobId),
+        limit: page_limit(q.limit)?,
+        newest_first,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineEventsQuery {
+    /// Sequence number to continue after (0: from the start).
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/events?after=SEQ&limit=100`: (after, limit).
+pub fn events_page(raw: Option<&str>) -> ApiResult<(i64, u32)> {
+    let q: EngineEventsQuery = decode(raw)?;
+    Ok((q.after.unwrap_or(0), page_limit(q.limit)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SystemQuery {
+    /// `true` for the recent snapshots (oldest first) instead of the latest.
+    history: Option<bool>,
+}
+
+/// `GET /api/metrics/system?history=true`: whether the history is asked for.
+pub fn system_history(raw: Option<&str>) -> ApiResult<bool> {
+    Ok(decode::<SystemQuery>(raw)?.history.unwrap_or(false))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    stream: Option<String>,
+    offset: Option<u64>,
+    max: Option<usize>,
+    attempt: Option<u32>,
+}
+
+/// The most bytes one log request returns.
+pub const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
+
+/// What a log request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRequest {
+    pub stream: Stream,
+    pub offset: u64,
+    /// 1 to `MAX_LOG_CHUNK` bytes.
+    pub max: usize,
+    pub attempt: Option<u32>,
+}
+
+/// `GET /api/jobs/{id}/logs?stream=stdout&offset=0&max=N&attempt=N`.
+pub fn log_request(raw: Option<&str>) -> ApiResult<LogRequest> {
+    let q: LogQuery = decode(raw)?;
+    let stream = match q.stream.as_deref() {
+        None => Stream::Stdout,
+        Some(s) => s.parse::<Stream>().map_err(|_| {
+            ApiError::bad_request(format!("invalid stream {s:?}: use stdout or stderr"))
+        })?,
+    };
+    Ok(LogRequest {
+        stream,
+        offset: q.offset.unwrap_or(0),
+        max: q.max.unwrap_or(1024 * 1024).clamp(1, MAX_LOG_CHUNK),
+        attempt: q.attempt,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    /// How long to hold the request, e.g. `30s`.
+    timeout: Option<String>,
+}
+
+/// `GET /api/jobs/{id}/wait?timeout=30s`: how long to hold the request, at most `max`.
+pub fn wait_timeout(raw: Option<&str>, max: Duration) -> ApiResult<Duration> {
+    let timeout = match decode::<WaitQuery>(raw)?.timeout {
+        None => Duration::from_secs(30),
+        Some(t) => humantime::parse_duration(&t)
+            .map_err(|e| ApiError::bad_request(format!("invalid timeout {t:?}: {e}")))?,
+    };
+    Ok(timeout.min(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_or_say_what_is_wrong() {
+        let f = list_filter(Some("state=queued,running&limit=5&after=9&order=asc")).unwrap();
+        assert_eq!(f.states, vec![StateName::Queued, StateName::Running]);
+        assert_eq!(
+            (f.limit, f.after, f.newest_first),
+            (5, Some(JobId(9)), false)
+        );
+        assert_eq!(list_filter(None).unwrap().limit, 100);
+        for bad in [
+            "state=bogus",
+            "limit=0",
+            "limit=1001",
+            "order=up",
+            "limit=x",
+            "extra=1",
+        ] {
+            assert!(list_filter(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(events_page(Some("after=3")).unwrap(), (3, 100));
+        assert!(system_history(Some("history=true")).unwrap());
+        assert!(system_history(Some("history=maybe")).is_err());
+        let l = log_request(Some("stream=stderr&offset=7&max=999999999")).unwrap();
+        assert_eq!(
+            (l.stream, l.offset, l.max),
+            (Stream::Stderr, 7, MAX_LOG_CHUNK)
+        );
+        assert!(log_request(Some("stream=stdin")).is_err());
+        let max = Duration::from_secs(300);
+        assert_eq!(
+            wait_timeout(Some("timeout=2s"), max).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(wait_timeout(Some("timeout=1h"), max).unwrap(), max);
+        assert!(wait_timeout(Some("timeout=soon"), max).is_err());
+    }
+}
