@@ -62,28 +62,32 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "kill" => kill_latency(root, flag("--rounds", 20)?),
         "metrics" => metrics(root, flag("--scrapes", 300)?),
         "soak" => soak(root, flag("--jobs", 10_000)?, flag("--every", 500)?),
+        "api" => crate::api_bench::api(root, flag("--seconds", 10)?, flag("--runs", 3)?),
+        "flood" => {
+            crate::api_bench::flood(root, flag("--connections", 5000)?, flag("--seconds", 10)?)
+        }
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics or soak")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api or flood")
         }
     }
 }
 
 /// A release daemon on a scratch data dir; killed (and its data dir removed) on drop.
-struct Daemon {
-    child: Child,
-    url: String,
+pub(crate) struct Daemon {
+    pub child: Child,
+    pub url: String,
     data_dir: PathBuf,
-    token: Option<String>,
+    pub token: Option<String>,
 }
 
 impl Daemon {
-    /// Starts the release build of this tree, or the binary named by `AURA_BENCH_BIN` (another build, for
+    /// Starts the release build of this tree, or the binary named by `BENCH_AURA_BIN` (another build, for
     /// an ABBA comparison through this same harness).
-    fn start(root: &Path, max_concurrent: usize) -> anyhow::Result<Daemon> {
+    pub fn start(root: &Path, max_concurrent: usize) -> anyhow::Result<Daemon> {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
-        let binary = match std::env::var_os("AURA_BENCH_BIN") {
+        let binary = match std::env::var_os("BENCH_AURA_BIN") {
             Some(bin) => PathBuf::from(bin),
             None => {
                 super::run(
@@ -130,7 +134,7 @@ impl Daemon {
     }
 
     /// A client of this daemon, with its token.
-    fn client(&self) -> anyhow::Result<Client> {
+    pub fn client(&self) -> anyhow::Result<Client> {
         Ok(match &self.token {
             Some(token) => Client::authorized(&self.url, token)?,
             None => Client::new(&self.url)?,
@@ -159,13 +163,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The submitting client of `bench throughput`: one thread. The client's CPU is the machine's too (it
 /// runs beside the jobs), and a second worker thread added wake-ups between the two without submitting
 /// any faster than the daemon takes the jobs.
-fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -2,6 +2,7 @@
 //! a short fuzz where nightly exists), `cargo xtask fuzz …` (cargo-fuzz over fuzz/, nightly) and
 //! `cargo xtask bench …` (the benchmark harness; figures go to BENCHMARKS.md).
 
+mod api_bench;
 mod bench;
 
 use anyhow::{bail, Context};
@@ -21,7 +22,9 @@ const USAGE: &str = "usage:
   cargo xtask bench handoff [--rounds N]       (thread wake-up round trip, same CPU vs two CPUs)
   cargo xtask bench kill [--rounds N]
   cargo xtask bench metrics [--scrapes N]      (needs prometheus-node-exporter)
-  cargo xtask bench soak [--jobs N] [--every N]";
+  cargo xtask bench soak [--jobs N] [--every N]
+  cargo xtask bench api [--seconds N] [--runs N]          (wrk: an authenticated read; needs wrk)
+  cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
 /// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`).

@@ -181,7 +181,13 @@ impl Shared {
     fn count_queued_by(&self, submitter: &str, entered: bool) {
         let mut counts = self.queued_by.lock().unwrap_or_else(|e| e.into_inner());
         if entered {
-            *counts.entry(submitter.to_owned()).or_default() += 1;
+            // The name is allocated once per submitter with waiting jobs, not once per job.
+            match counts.get_mut(submitter) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(submitter.to_owned(), 1);
+                }
+            }
         } else if let Some(n) = counts.get_mut(submitter) {
             *n = n.saturating_sub(1);
             if *n == 0 {

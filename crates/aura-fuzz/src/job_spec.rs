@@ -65,7 +65,7 @@ fn check_accepted_bounds(spec: &JobSpec) {
     );
     if let Some(cpu) = spec.resources.cpu {
         assert!(
-            cpu.is_finite() && cpu > 0.0 && cpu <= limits::MAX_CPU,
+            cpu.is_finite() && (0.001..=limits::MAX_CPU).contains(&cpu),
             "accepted cpu {cpu}"
         );
     }

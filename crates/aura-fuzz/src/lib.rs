@@ -8,12 +8,20 @@
 //! `TARGETS`, `fuzz/fuzz_targets/<name>.rs` plus its `[[bin]]` in `fuzz/Cargo.toml`, and seeds in
 //! `fuzz/corpus/<name>/`.
 
+mod config;
 mod duration;
+mod headers;
 mod job_spec;
+mod lease_spec;
+mod query;
 mod size;
 
+pub use config::config;
 pub use duration::duration;
+pub use headers::headers;
 pub use job_spec::job_spec;
+pub use lease_spec::lease_spec;
+pub use query::query;
 pub use size::size;
 
 /// A fuzz target: parses the bytes and panics when a property breaks.
@@ -24,4 +32,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("job_spec", job_spec),
     ("size", size),
     ("duration", duration),
+    ("config", config),
+    ("query", query),
+    ("headers", headers),
+    ("lease_spec", lease_spec),
 ];

@@ -227,10 +227,11 @@ impl ResourceRequest {
             }
         }
         if let Some(cpu) = self.cpu {
-            if !(cpu.is_finite() && cpu > 0.0 && cpu <= MAX_CPU) {
+            // Admission counts thousandths of a core: a smaller request would reserve nothing.
+            if !(cpu.is_finite() && (0.001..=MAX_CPU).contains(&cpu)) {
                 return Err(SpecError::OutOfRange {
                     what: "cpu",
-                    detail: format!("must be in (0, {MAX_CPU}]"),
+                    detail: format!("must be in [0.001, {MAX_CPU}]"),
                 });
             }
         }
@@ -744,11 +745,11 @@ mod tests {
         );
         check(
             |s| s.resources.cpu = Some(-1.0),
-            Err("cpu out of range: must be in (0, 4096]"),
+            Err("cpu out of range: must be in [0.001, 4096]"),
         );
         check(
             |s| s.resources.cpu = Some(f64::NAN),
-            Err("cpu out of range: must be in (0, 4096]"),
+            Err("cpu out of range: must be in [0.001, 4096]"),
         );
         check(
             |s| s.resources.memory = Some(ByteSize(0)),

@@ -161,7 +161,8 @@ pub enum TokenError {
 /// The tokens a daemon accepts.
 #[derive(Clone, Debug, Default)]
 pub struct Tokens {
-    entries: Vec<(TokenHash, Principal)>,
+    // Shared principals: a request carries its caller by reference count, not by a copy of the name.
+    entries: Vec<(TokenHash, std::sync::Arc<Principal>)>,
 }
 
 impl Tokens {
@@ -203,7 +204,7 @@ impl Tokens {
         if let Some((_, other)) = self.entries.iter().find(|(h, _)| *h == hash) {
             return Err(TokenError::DuplicateHash(other.name.clone(), name.clone()));
         }
-        self.entries.push((hash, principal));
+        self.entries.push((hash, std::sync::Arc::new(principal)));
         Ok(())
     }
 
@@ -217,7 +218,7 @@ impl Tokens {
 
     /// The principal whose token this is. Every stored hash is compared, in constant time, whatever
     /// matched: neither the time taken nor the order of the list tells an attacker anything.
-    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+    pub fn authenticate(&self, token: &str) -> Option<&std::sync::Arc<Principal>> {
         let presented = TokenHash::of(token);
         let mut found = None;
         for (hash, principal) in &self.entries {

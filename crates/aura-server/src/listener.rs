@@ -79,7 +79,7 @@ pub async fn serve(
     let mut tasks = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, _peer) = tokio::select! {
             () = &mut shutdown => break,
             // Reap ended connection tasks as they end: a JoinSet keeps their results until then.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -106,11 +106,7 @@ pub async fn serve(
                 let router = router.clone();
                 let guard = BusyGuard::new(busy.clone());
                 async move {
-                    let mut request = request.map(Body::new);
-                    request
-                        .extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    let response = router.oneshot(request).await?;
+                    let response = router.oneshot(request.map(Body::new)).await?;
                     // Busy until the body is sent: a stream (a log follow) is a request in progress.
                     Ok::<_, std::convert::Infallible>(response.map(|body| {
                         Body::new(GuardedBody {

@@ -207,7 +207,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 }
 
 /// The principal `security::authorize` put on an authenticated request.
-fn caller(principal: Option<Extension<Principal>>) -> ApiResult<Principal> {
+fn caller(principal: Option<Extension<Arc<Principal>>>) -> ApiResult<Arc<Principal>> {
     principal.map(|Extension(p)| p).ok_or_else(|| {
         ApiError::new(
             ErrorCode::Internal,
@@ -323,7 +323,7 @@ async fn utilization(State(app): State<AppState>) -> ApiResult<Json<aura_engine:
 
 async fn submit(
     State(app): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     body: Body,
 ) -> ApiResult<Response> {
     let principal = caller(principal)?;
@@ -348,7 +348,7 @@ async fn submit(
 
 async fn list(
     State(app): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobPage>> {
     let principal = caller(principal)?;
@@ -364,7 +364,7 @@ async fn list(
 
 async fn show(
     State(app): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let principal = caller(principal)?;
@@ -373,7 +373,7 @@ async fn show(
 
 async fn cancel(
     State(app): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let principal = caller(principal)?;
@@ -437,7 +437,7 @@ async fn logs(
 
 async fn wait(
     State(app): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobView>> {

@@ -5,7 +5,7 @@
 //! routing: authentication by bearer token and the scope each route needs (default: admin, so a route
 //! nobody classified is closed, not open).
 
-use crate::auth::{bearer, Scope, Tokens};
+use crate::auth::{bearer, Principal, Scope, Tokens};
 use crate::error::{ApiError, ErrorCode};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method};
@@ -95,9 +95,9 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-/// The name of the token that made a request, put on the response for the access log.
+/// Who made a request, put on the response for the access log.
 #[derive(Clone, Debug)]
-struct TokenName(String);
+struct Caller(Arc<Principal>);
 
 /// The checks before routing, and the access log of every request.
 pub(crate) async fn guard(
@@ -105,17 +105,21 @@ pub(crate) async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
+    // Most daemons run with the access log off (`warn`): then a request costs it nothing.
+    let logged = tracing::enabled!(target: "aura::access", tracing::Level::INFO);
     let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let seen = logged.then(|| (request.method().clone(), request.uri().path().to_owned()));
     let response = match check_request(&config, &request) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     };
+    let Some((method, path)) = seen else {
+        return response;
+    };
     let token = response
         .extensions()
-        .get::<TokenName>()
-        .map_or("-", |t| t.0.as_str());
+        .get::<Caller>()
+        .map_or("-", |c| c.0.name.as_str());
     // The path only: a query string is the client's business (and no secret travels in it).
     tracing::info!(
         target: "aura::access",
@@ -261,7 +265,7 @@ pub(crate) async fn authorize(
         Ok(p) => p,
         Err(detail) => return ApiError::new(ErrorCode::Unauthorized, detail).into_response(),
     };
-    let name = TokenName(principal.name.clone());
+    let caller = Caller(principal.clone());
     let mut response = if principal.allows(needed) {
         request.extensions_mut().insert(principal);
         next.run(request).await
@@ -275,7 +279,7 @@ pub(crate) async fn authorize(
         )
         .into_response()
     };
-    response.extensions_mut().insert(name);
+    response.extensions_mut().insert(caller);
     response
 }
 

@@ -122,6 +122,32 @@ async fn insert_then_get_round_trips() {
     store.close().await.unwrap();
 }
 
+/// Who submitted a job (a token's name) is stored with it and survives every later write.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_submitter_is_recorded() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let mut job = store
+        .insert_job(spec(1), at(0), None, Some("render-farm".into()))
+        .await
+        .unwrap();
+    assert_eq!(job.submitted_by.as_deref(), Some("render-farm"));
+    job.apply(Event::Started { run: run_info(10) }).unwrap();
+    store
+        .record(&job, vec![event("started", 10)])
+        .await
+        .unwrap();
+    let read = store.get(job.id).await.unwrap().unwrap();
+    assert_eq!(read.submitted_by.as_deref(), Some("render-farm"));
+    assert_eq!(read, job);
+    let anonymous = store.insert_job(spec(2), at(0), None, None).await.unwrap();
+    assert_eq!(
+        store.get(anonymous.id).await.unwrap().unwrap().submitted_by,
+        None
+    );
+    store.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn recorded_transitions_read_back_equal() {
     let dir = TempDir::new().unwrap();
@@ -406,7 +432,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let next = open(&path)
         .await
         .insert_job(spec(0), at(0), None, None)
@@ -679,7 +705,7 @@ async fn a_newer_schema_is_refused() {
         Store::open(&path, StoreOptions::default()).await,
         Err(StoreError::TooNew {
             found: 99,
-            supported: 3
+            supported: 4
         })
     ));
 }

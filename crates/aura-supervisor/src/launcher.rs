@@ -149,6 +149,10 @@ pub(crate) struct Launcher {
     pub sandbox: Arc<JobSandbox>,
     /// The base environment as `KEY=VALUE` C strings, built once; every job gets it, overlaid with its own.
     pub base_env: Vec<(String, CString)>,
+    /// The limits every job starts with, less those it would inherit anyway (`spawn::rlimits`).
+    pub rlimits: Vec<(spawn::RlimitResource, libc::rlimit)>,
+    /// Set if `PR_SET_NO_NEW_PRIVS` could not be set on a launcher thread: children then set it themselves.
+    pub threads_without_nnp: std::sync::atomic::AtomicBool,
     /// Every job's stdin, opened once (close-on-exec; the child's `dup2` onto fd 0 clears the flag).
     pub dev_null: OwnedFd,
 }
@@ -290,6 +294,17 @@ impl Launchers {
 
     fn run(self: Arc<Self>) {
         crate::slots::starts_jobs_here();
+        if self.launcher.sandbox.no_new_privs {
+            // Set once on the thread every job is cloned from: children inherit it, so no job start pays
+            // for the call. The thread itself never executes anything.
+            // SAFETY: a plain prctl on this thread.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                tracing::error!(error = %std::io::Error::last_os_error(), "PR_SET_NO_NEW_PRIVS failed; jobs set it themselves");
+                self.launcher
+                    .threads_without_nnp
+                    .store(true, Ordering::SeqCst);
+            }
+        }
         let mut bench = Workbench::new();
         loop {
             match self.queue.next(IDLE_EXIT) {
@@ -764,8 +779,10 @@ fn prepare(
             gid: id.gid,
             groups: id.groups.iter().map(|&g| g as libc::gid_t).collect(),
         }),
-        no_new_privs: sandbox.no_new_privs,
-        rlimits: spawn::rlimits(sandbox),
+        // The launcher threads have it, and every job inherits it from the one that clones it; only if
+        // setting it on a thread failed does the child set it itself.
+        no_new_privs: sandbox.no_new_privs && launcher.threads_without_nnp.load(Ordering::SeqCst),
+        rlimits: launcher.rlimits.clone(),
         umask: sandbox.umask as libc::mode_t,
         stdin: launcher.dev_null.as_raw_fd(),
         stdout: out_w.as_raw_fd(),

@@ -444,6 +444,8 @@ impl Supervisor {
                 nice: cfg.job_nice,
                 log_cap: cfg.log_cap,
                 sandbox: Arc::new(cfg.sandbox.clone()),
+                rlimits: spawn::rlimits(&cfg.sandbox),
+                threads_without_nnp: Default::default(),
                 base_env,
                 dev_null,
             },

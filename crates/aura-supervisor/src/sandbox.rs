@@ -181,13 +181,15 @@ impl Default for JobSandbox {
 /// `*` pass every variable with that prefix.
 pub const DEFAULT_PASS_ENV: &[&str] = &["PATH", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR"];
 
-/// The `PATH` of a job whose base environment has none.
-pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// The `PATH` of a job whose base environment has none, and of every job run as another account.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl JobSandbox {
     /// A job's base environment: the daemon's variables named by `pass` (names, or prefixes ending in
     /// `*`; never anything else of the daemon's — its secrets stay its own), `PATH` if it has none, and
     /// `HOME`, `USER`, `LOGNAME` of the account jobs run as (`identity`, else the daemon's own values).
+    /// Jobs of another account never get the daemon's `PATH` (root's may name directories only root can
+    /// enter, as `sudo`'s `secure_path` knows): they get [`DEFAULT_PATH`].
     pub fn base_env_from(
         daemon_env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
         pass: &[impl AsRef<str>],
@@ -205,7 +207,7 @@ impl JobSandbox {
             let (Ok(k), Ok(v)) = (k.into_string(), v.into_string()) else {
                 continue;
             };
-            if passes(&k) {
+            if passes(&k) && !(identity.is_some() && k == "PATH") {
                 env.insert(k.clone(), v.clone());
             }
             if ["HOME", "USER", "LOGNAME"].contains(&k.as_str()) {
@@ -373,6 +375,12 @@ mod tests {
         let env = JobSandbox::base_env_from(daemon.clone(), DEFAULT_PASS_ENV, Some(&id));
         assert_eq!(
             env.get("PATH").map(String::as_str),
+            Some(DEFAULT_PATH),
+            "never root's PATH"
+        );
+        let own = JobSandbox::base_env_from(daemon.clone(), DEFAULT_PASS_ENV, None);
+        assert_eq!(
+            own.get("PATH").map(String::as_str),
             Some("/opt/bin:/usr/bin")
         );
         assert_eq!(env.get("LC_TIME").map(String::as_str), Some("C"));

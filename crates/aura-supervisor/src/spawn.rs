@@ -65,7 +65,8 @@ pub(crate) type RlimitResource = libc::__rlimit_resource_t;
 pub(crate) type RlimitResource = libc::c_int;
 
 /// The limits every job starts with: no core dumps unless allowed, and the configured open-file and
-/// process caps.
+/// process caps — less those the daemon already has (a job inherits them; asked once, at start-up, as
+/// the daemon's own limits do not change).
 pub(crate) fn rlimits(sandbox: &crate::sandbox::JobSandbox) -> Vec<(RlimitResource, libc::rlimit)> {
     let limit = |n: u64| libc::rlimit {
         rlim_cur: n as libc::rlim_t,
@@ -81,6 +82,15 @@ pub(crate) fn rlimits(sandbox: &crate::sandbox::JobSandbox) -> Vec<(RlimitResour
     if let Some(n) = sandbox.max_processes {
         limits.push((libc::RLIMIT_NPROC, limit(n)));
     }
+    limits.retain(|(resource, wanted)| {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given.
+        let known = unsafe { libc::getrlimit(*resource, &mut current) } == 0;
+        !(known && current.rlim_cur == wanted.rlim_cur && current.rlim_max == wanted.rlim_max)
+    });
     limits
 }
 

@@ -234,7 +234,8 @@ pub async fn run(args: Args, serve: Option<Config>) -> anyhow::Result<u8> {
         );
         if unauthorized && token.is_none() {
             e.context(format!(
-                "no API token for {server}: this user has no runtime file of a local daemon there                  (is `aura serve` running as this user?); pass --token or set AURA_TOKEN"
+                "no API token for {server}: this user has no runtime file of a local daemon there \
+                (is `aura serve` running as this user?); pass --token or set AURA_TOKEN"
             ))
         } else {
             e

@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
+/// The name jobs submitted with the data dir's own token are recorded under (reserved).
+pub const LOCAL_TOKEN_NAME: &str = "local-admin";
+/// The longest interval, timeout or window a setting may name: more is a typo (and would overflow the
+/// clock arithmetic of the threads that wait for it).
+const MAX_SETTING_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// See `SupervisorSection::daemon_nice`.
 const DEFAULT_DAEMON_NICE: i32 = -10;
 
@@ -438,6 +443,7 @@ impl Config {
         }
         config.validate_api()?;
         config.validate_jobs()?;
+        config.validate_durations()?;
         Ok(config)
     }
 }
@@ -447,6 +453,9 @@ impl Config {
         let api = &self.api;
         aura_server::auth::Tokens::new(&api.tokens)
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if api.tokens.iter().any(|t| t.name == LOCAL_TOKEN_NAME) {
+            anyhow::bail!("invalid configuration: the token name {LOCAL_TOKEN_NAME:?} is the data dir's own token's; choose another");
+        }
         if api.max_connections == 0 {
             anyhow::bail!("invalid configuration: api.max_connections must be at least 1");
         }
@@ -476,6 +485,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_durations(&self) -> anyhow::Result<()> {
+        let g = &self.guards;
+        let named = [
+            (
+                "supervisor.sample_interval",
+                self.supervisor.sample_interval,
+            ),
+            ("supervisor.kill_wait", self.supervisor.kill_wait),
+            (
+                "supervisor.memory_watch_interval",
+                self.supervisor.memory_watch_interval,
+            ),
+            ("metrics.interval", self.metrics.interval),
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.request_timeout", self.api.request_timeout),
+            ("guards.interval", g.interval),
+            ("guards.cpu_window", g.cpu_window),
+            ("guards.critical_sustain", g.critical_sustain),
+            ("guards.victim_cooldown", g.victim_cooldown),
+        ];
+        match named.iter().find(|(_, d)| *d > MAX_SETTING_DURATION) {
+            Some((name, _)) => anyhow::bail!("invalid configuration: {name} must be at most 24h"),
+            None => Ok(()),
+        }
     }
 
     fn validate_jobs(&self) -> anyhow::Result<()> {
@@ -556,6 +591,53 @@ mod tests {
             jail.set_env("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", "0.1");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("resume threshold"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn api_and_jobs_settings_are_checked() {
+        let refused = |text: &str, needle: &str| {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        };
+        refused(
+            "[metrics]\ninterval = \"500000000000years\"\n",
+            "metrics.interval",
+        );
+        refused("[api]\nheader_timeout = \"48h\"\n", "api.header_timeout");
+        refused("[api]\nmax_connections = 0\n", "max_connections");
+        refused(
+            "[api]\nallowed_origins = [\"https://a.example/path\"]\n",
+            "allowed_origins",
+        );
+        refused("[api]\nallowed_hosts = [\"a b\"]\n", "allowed_hosts");
+        refused("[jobs]\numask = 0o1777\n", "umask");
+        refused("[jobs]\nmax_processes = 0\n", "max_processes");
+        refused("[jobs]\nuser = \"\"\n", "jobs.user");
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        refused(
+            &format!(
+                "[[api.tokens]]\nname = \"local-admin\"\nhash = \"{hash}\"\nscopes = [\"read\"]\n"
+            ),
+            "local-admin",
+        );
+        refused(
+            &format!("[[api.tokens]]\nname = \"x\"\nhash = \"{hash}\"\nscopes = [\"root\"]\n"),
+            "scope",
+        );
+        let ok = Config::from_toml(&format!(
+            "[api]\nallowed_origins = [\"https://studio.example\"]\n[[api.tokens]]\nname = \"ci\"\nhash = \"{hash}\"\nscopes = [\"submit\"]\nmax_queued = 5\n[jobs]\nprograms = [\"ffmpeg\"]\numask = 0o027\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.api.tokens[0].max_queued, Some(5));
+        assert_eq!(ok.jobs.umask, 0o027);
+        // The CLI's own variables and secrets are not configuration keys.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("AURA_TOKEN", "aura_x");
+            jail.set_env("AURA_SECRET_OPENAI", "sk-x");
+            jail.set_env("AURA_RUNTIME_DIR", "/tmp/x");
+            Config::load(None).map_err(|e| e.to_string())?;
             Ok(())
         });
     }

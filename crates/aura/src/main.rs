@@ -18,6 +18,16 @@ fn bound_malloc_arenas() {
     }
 }
 
+/// A client command piped into `head` ends quietly when the reader goes, as other command-line tools do,
+/// instead of panicking on its next write. (Rust ignores SIGPIPE; the daemon keeps it so, since a client
+/// that disconnects must not kill it.)
+fn restore_sigpipe() {
+    // SAFETY: sets a signal disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     bound_malloc_arenas();
     let args = cli::Args::parse();
@@ -28,6 +38,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    if serve.is_none() {
+        restore_sigpipe();
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(cfg) = &serve {
         builder.worker_threads(cfg.async_workers);

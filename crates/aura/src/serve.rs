@@ -2,7 +2,7 @@
 //! tokens), starts the engine and the HTTP API, and runs the shutdown protocol on SIGTERM/SIGINT.
 
 use anyhow::Context;
-use aura::config::Config;
+use aura::config::{Config, LOCAL_TOKEN_NAME};
 use aura::runtime::{self, RuntimeFile, RuntimeInfo};
 use aura_engine::EngineConfig;
 use aura_server::auth::{Principal, Scope, TokenHash, Tokens};
@@ -81,7 +81,8 @@ fn job_identity(configured: Option<&str>) -> anyhow::Result<Option<JobIdentity>>
             let me = JobIdentity::current_name();
             if me.as_deref() != Some(name) {
                 anyhow::bail!(
-                    "jobs.user = {name:?}: only a daemon running as root can run jobs as another                      account (this one runs as {}); remove the setting or start it as root",
+                    "jobs.user = {name:?}: only a daemon running as root can run jobs as another \
+                    account (this one runs as {}); remove the setting or start it as root",
                     me.unwrap_or_else(|| format!("uid {}", rustix::process::geteuid().as_raw()))
                 );
             }
@@ -183,14 +184,14 @@ fn api_tokens(
     Ok((tokens, local))
 }
 
-/// The name jobs submitted with the data dir's own token are recorded under.
-const LOCAL_TOKEN_NAME: &str = "local-admin";
-
 /// Refuses to serve a non-loopback address without configured tokens: the API runs commands.
 fn check_listen(config: &Config) -> anyhow::Result<()> {
     if !config.listen.ip().is_loopback() && config.api.tokens.is_empty() {
         anyhow::bail!(
-            "refusing to listen on {} without API tokens: anyone who can reach that address could run              commands on this machine. Configure [[api.tokens]] (`aura token create NAME --scope submit`              prints one with its config lines), and put a TLS-terminating reverse proxy (nginx, Caddy) in              front — Aura itself speaks plain HTTP. Or listen on 127.0.0.1.",
+            "refusing to listen on {} without API tokens: anyone who can reach that address could run \
+            commands on this machine. Configure [[api.tokens]] (`aura token create NAME --scope submit` \
+            prints one with its config lines), and put a TLS-terminating reverse proxy (nginx, Caddy) in \
+            front — Aura itself speaks plain HTTP. Or listen on 127.0.0.1.",
             config.listen
         );
     }
