@@ -4,7 +4,7 @@
 
 use aura_server::auth::{bearer, Principal, Scope, TokenConfig, TokenHash, Tokens};
 use aura_server::{check_request, ErrorCode, SecurityConfig};
-use axum::http::{header, HeaderName, HeaderValue, Method, Request, Uri};
+use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use std::sync::{Arc, OnceLock};
 
 /// The port of `aura serve`'s default listen address.

@@ -41,7 +41,7 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             max_connections: 2048,
-            header_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
             max_buffer_bytes: 64 * 1024,
             shutdown_grace: Duration::from_secs(2),
         }

@@ -143,6 +143,20 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // SAFETY: terminates only this child.
         unsafe { libc::_exit(127) }
     };
+    // Dies with the daemon: SIGKILL when the parent (the launcher thread) ends — and if it already has,
+    // now. `stage` names the step in the error.
+    let die_with_parent = |stage: i32| {
+        // SAFETY: plain syscalls on this child.
+        unsafe {
+            let sig = libc::SIGKILL as libc::c_ulong;
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0 {
+                fail(stage);
+            }
+            if libc::getppid() != plan.parent_pid {
+                fail(7);
+            }
+        }
+    };
     // SAFETY: raw syscalls on memory prepared by the parent; see the module docs.
     unsafe {
         // The parent blocked every signal around clone; give the job default dispositions (handlers of the
@@ -159,19 +173,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(0);
         }
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        ) != 0
-        {
-            fail(1);
-        }
-        if libc::getppid() != plan.parent_pid {
-            fail(7);
-        }
+        die_with_parent(1);
         // Inside the job's cgroups before exec: nothing the job ever forks can start outside them.
         for &fd in &plan.cgroup_procs {
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -225,21 +227,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             if libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) != 0 {
                 fail(11);
             }
-            // The kernel clears the parent-death signal when the credentials change: set it again,
-            // and check once more that the daemon has not died meanwhile.
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                fail(13);
-            }
-            if libc::getppid() != plan.parent_pid {
-                fail(7);
-            }
+            // The kernel clears the parent-death signal when the credentials change: set it again.
+            die_with_parent(13);
         }
         if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(12);

@@ -225,7 +225,8 @@ pub struct ApiSection {
     /// busy is a new one refused (503). Lowered to fit the daemon's open-file limit. Default: 2048.
     pub max_connections: usize,
     /// How long a client may take to send a request's headers (also closes idle kept-alive
-    /// connections). Default: 10s.
+    /// connections). Default: 30s (a flood of idle connections meets the cap first, which closes the
+    /// oldest idle ones).
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub header_timeout: Duration,
     /// How long a request body may take to arrive. Default: 30s.
