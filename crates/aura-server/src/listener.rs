@@ -118,9 +118,14 @@ pub async fn serve(
             }
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);
-        let registry = registry.clone();
+        let registered = Registered {
+            id,
+            registry: registry.clone(),
+        };
         let mut close_rx = close;
         tasks.spawn(async move {
+            // Leaves the registry however the task ends, a panic in a handler included.
+            let _registered = registered;
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => Some(ended),
@@ -130,7 +135,6 @@ pub async fn serve(
                 connection.as_mut().graceful_shutdown();
                 let _ = connection.await;
             }
-            crate::lock(&registry).conns.remove(&id);
         });
     }
     // Stop accepting; let what is in progress finish, then drop the rest.
@@ -150,6 +154,18 @@ pub async fn serve(
         tasks.shutdown().await;
     }
     Ok(())
+}
+
+/// A connection's place in the registry, given up when its task ends.
+struct Registered {
+    id: u64,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        crate::lock(&self.registry).conns.remove(&self.id);
+    }
 }
 
 /// Registers a new connection, closing the oldest idle one if the cap is reached. `None`: every

@@ -217,12 +217,30 @@ fn connection_cap(configured: usize, max_concurrent: usize) -> usize {
     configured.min(fits)
 }
 
+/// The database holds every job's spec: readable by the daemon alone, also where an older version (or
+/// another umask) made it readable by others, now that jobs of another account may pass through the data
+/// dir.
+fn make_database_private(data_dir: &Path) -> anyhow::Result<()> {
+    for name in ["aura.db", "aura.db-wal", "aura.db-shm", "instance-id"] {
+        let path = data_dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot make {} private", path.display()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Creates and locks the data dir and reads its instance id (blocking file work, kept off the async workers).
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLock, String)> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let data_dir = dir.canonicalize().context("cannot resolve the data dir")?;
     let lock = DataDirLock::acquire(&data_dir)?;
+    make_database_private(&data_dir)?;
     protect_from_oom_killer();
     let instance = instance_id(&data_dir)?;
     Ok((data_dir, lock, instance))
@@ -251,10 +269,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let file = config.jobs.secrets_file.clone();
         let default = data_dir.join("secrets.toml");
         tokio::task::spawn_blocking(move || {
+            // `vars_os`: a variable that is not UTF-8 (none of Aura's) must not stop the daemon.
+            let env = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
             aura_engine::Secrets::load(
                 Some(file.as_deref().unwrap_or(&default)),
                 file.is_some(),
-                std::env::vars(),
+                env,
             )
         })
         .await??

@@ -8,6 +8,7 @@ use super::*;
 use aura_server::auth::{generate_token, TokenHash};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -730,10 +731,14 @@ async fn jobs_of_a_root_daemon_are_unprivileged_and_contained() {
         .iter()
         .map(|c| c.join("cgroup.procs").display().to_string())
         .collect();
+    let data = daemon.data_dir.display();
     let script = format!(
         "id -u; for f in {procs}; do echo $$ > $f && echo JOINED $f; done; cat {log} && echo READ; \
          echo $$ > /sys/fs/cgroup/unified/cgroup.procs 2>/dev/null && echo LEFT; \
-         echo $$ > /sys/fs/cgroup/cgroup.procs 2>/dev/null && echo LEFT; true",
+         echo $$ > /sys/fs/cgroup/cgroup.procs 2>/dev/null && echo LEFT; \
+         cat {data}/aura.db > /dev/null && echo DATABASE; cat {data}/api-token && echo TOKEN; \
+         ls {data} > /dev/null && echo LISTED; ls {data}/work > /dev/null && echo LISTED; \
+         ls {data}/work/{victim} > /dev/null && echo OTHERS; true",
         procs = procs.join(" "),
         log = log.display()
     );
@@ -746,10 +751,13 @@ async fn jobs_of_a_root_daemon_are_unprivileged_and_contained() {
         Some(expected.uid.to_string().as_str()),
         "{out}"
     );
-    assert!(
-        !out.contains("JOINED") && !out.contains("READ") && !out.contains("LEFT"),
-        "{out}"
-    );
+    for refused in ["JOINED", "READ", "LEFT", "DATABASE", "TOKEN", "LISTED"] {
+        assert!(!out.contains(refused), "{refused}: {out}");
+    }
+    // A job's directory is its account's (the attacker's, empty, is already recycled; the victim's
+    // is in use).
+    let own = daemon.data_dir.join(format!("work/{victim}"));
+    assert_eq!(std::fs::metadata(&own).unwrap().uid(), expected.uid);
     assert!(!out.contains("victim-output"), "{out}");
     // The tree, with a setsid'd member, is killed whole.
     let tree = submit(
