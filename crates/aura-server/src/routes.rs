@@ -50,7 +50,8 @@ impl ApiConfig {
     }
 }
 
-#[derive(Clone)]
+/// What every handler shares, behind one `Arc`: axum clones the state for each request that extracts it,
+/// and an `EngineHandle` alone is several reference counts.
 struct AppState {
     engine: EngineHandle,
     config: ApiConfig,
@@ -81,22 +82,16 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/events", get(engine_events))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/wait", get(wait))
-        .route_layer(axum::middleware::from_fn_with_state(
-            security.clone(),
-            security::authorize,
-        ))
+        .route_layer(security::AuthorizeLayer(security.clone()))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .with_state(AppState { engine, config });
+        .with_state(Arc::new(AppState { engine, config }));
     // Outermost last: the guard's checks run first, then CORS (a preflight from a configured origin is
     // answered there, before authentication: browsers send no credentials with it).
     let routes = match cors {
         Some(cors) => routes.layer(cors),
         None => routes,
     };
-    routes.layer(axum::middleware::from_fn_with_state(
-        security,
-        security::guard,
-    ))
+    routes.layer(security::GuardLayer(security))
 }
 
 /// CORS for the configured origins only; none configured, none answered (a browser then refuses every
@@ -143,14 +138,14 @@ struct Health {
     backend: aura_model::Backend,
 }
 
-async fn healthz(State(app): State<AppState>) -> Json<Health> {
+async fn healthz(State(app): State<Arc<AppState>>) -> Json<Health> {
     Json(Health {
         status: "ok",
         backend: app.engine.backend(),
     })
 }
 
-async fn status(State(app): State<AppState>) -> ApiResult<Json<EngineStatus>> {
+async fn status(State(app): State<Arc<AppState>>) -> ApiResult<Json<EngineStatus>> {
     Ok(Json(app.engine.status().await?))
 }
 
@@ -224,41 +219,43 @@ fn shown(mut view: JobView, principal: &Principal) -> JobView {
     view
 }
 
-async fn acquire_lease(State(app): State<AppState>, body: Body) -> ApiResult<Response> {
+async fn acquire_lease(State(app): State<Arc<AppState>>, body: Body) -> ApiResult<Response> {
     let spec: aura_model::LeaseSpec = json_body(body, &app.config).await?;
     let lease = app.engine.acquire_lease(spec).await?;
     Ok((StatusCode::CREATED, Json(lease)).into_response())
 }
 
 async fn renew_lease(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<aura_engine::LeaseInfo>> {
     Ok(Json(app.engine.renew_lease(lease_id(id)?).await?))
 }
 
 async fn release_lease(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     app.engine.release_lease(lease_id(id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_leases(State(app): State<AppState>) -> ApiResult<Json<Vec<aura_engine::LeaseInfo>>> {
+async fn list_leases(
+    State(app): State<Arc<AppState>>,
+) -> ApiResult<Json<Vec<aura_engine::LeaseInfo>>> {
     Ok(Json(app.engine.leases().await?))
 }
 
 /// The engine's event log: decisions about the host rather than one job.
 async fn engine_events(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<Vec<aura_model::EngineEventRecord>>> {
     let (after, limit) = query::events_page(q.as_deref())?;
     Ok(Json(app.engine.engine_events(after, limit).await?))
 }
 
-async fn system(State(app): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn system(State(app): State<Arc<AppState>>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     if query::system_history(q.as_deref())? {
         let history = app.engine.host_history();
         let snapshots: Vec<&aura_host::HostSnapshot> = history.iter().map(|s| &**s).collect();
@@ -271,19 +268,21 @@ async fn system(State(app): State<AppState>, RawQuery(q): RawQuery) -> ApiResult
     Ok(Json(&*latest).into_response())
 }
 
-async fn process(State(app): State<AppState>) -> ApiResult<Json<aura_host::ProcessSnapshot>> {
+async fn process(State(app): State<Arc<AppState>>) -> ApiResult<Json<aura_host::ProcessSnapshot>> {
     Ok(Json(app.engine.process().await?))
 }
 
-async fn diagnostics(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Diagnostics>> {
+async fn diagnostics(
+    State(app): State<Arc<AppState>>,
+) -> ApiResult<Json<aura_engine::Diagnostics>> {
     Ok(Json(app.engine.diagnostics().await?))
 }
 
-async fn cleanup(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Cleanup>> {
+async fn cleanup(State(app): State<Arc<AppState>>) -> ApiResult<Json<aura_engine::Cleanup>> {
     Ok(Json(app.engine.cleanup().await?))
 }
 
-async fn metrics(State(app): State<AppState>) -> ApiResult<Response> {
+async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<Response> {
     let running = app
         .engine
         .list(ListFilter {
@@ -308,7 +307,7 @@ async fn metrics(State(app): State<AppState>) -> ApiResult<Response> {
 }
 
 /// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.
-async fn readyz(State(app): State<AppState>) -> Response {
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let readiness = app.engine.readiness().await;
     let status = match readiness.status {
         aura_engine::Health::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
@@ -317,12 +316,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
-async fn utilization(State(app): State<AppState>) -> ApiResult<Json<aura_engine::Utilization>> {
+async fn utilization(
+    State(app): State<Arc<AppState>>,
+) -> ApiResult<Json<aura_engine::Utilization>> {
     Ok(Json(app.engine.utilization().await?))
 }
 
 async fn submit(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
     body: Body,
 ) -> ApiResult<Response> {
@@ -347,7 +348,7 @@ async fn submit(
 }
 
 async fn list(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<JobPage>> {
@@ -363,7 +364,7 @@ async fn list(
 }
 
 async fn show(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
@@ -372,7 +373,7 @@ async fn show(
 }
 
 async fn cancel(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
@@ -402,7 +403,7 @@ async fn cancel(
 }
 
 async fn events(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Vec<JobEventRecord>>> {
     Ok(Json(app.engine.events(job_id(id)?).await?))
@@ -411,7 +412,7 @@ async fn events(
 /// Raw bytes of one stream from a logical offset; the offsets travel in headers so that the body is exactly
 /// what the job wrote.
 async fn logs(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
@@ -436,7 +437,7 @@ async fn logs(
 }
 
 async fn wait(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,

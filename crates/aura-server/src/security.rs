@@ -7,12 +7,16 @@
 
 use crate::auth::{bearer, Principal, Scope, Tokens};
 use crate::error::{ApiError, ErrorCode};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
+use tower::{Layer, Service};
 
 /// What the checks enforce; see the README's table of `api.*` settings.
 #[derive(Clone, Debug)]
@@ -43,20 +47,29 @@ impl SecurityConfig {
     }
 
     fn host_allowed(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        let name = host_name(&host);
-        self.allowed_hosts
-            .iter()
-            .any(|a| *a == host || (!a.contains(':') || a.ends_with(']')) && a == name)
+        // Compared without allocating: this runs for every request. The list is lower case.
+        let name = host_name(host);
+        self.allowed_hosts.iter().any(|a| {
+            a.eq_ignore_ascii_case(host)
+                || ((!a.contains(':') || a.ends_with(']')) && a.eq_ignore_ascii_case(name))
+        })
     }
 
     fn origin_allowed(&self, origin: &str, host: &str) -> bool {
-        let origin = origin.to_ascii_lowercase();
         // The daemon's own pages (the dashboard) send their own origin; it is the Host they called.
-        let own = ["http://", "https://"]
+        let own = ["http://", "https://"].iter().any(|scheme| {
+            origin.len() == scheme.len() + host.len()
+                && origin
+                    .get(..scheme.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+                && origin
+                    .get(scheme.len()..)
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
+        });
+        own || self
+            .allowed_origins
             .iter()
-            .any(|scheme| origin.strip_prefix(scheme) == Some(&host.to_ascii_lowercase()));
-        own || self.allowed_origins.contains(&origin)
+            .any(|o| o.eq_ignore_ascii_case(origin))
     }
 
     /// The scope a route needs; `None` for the public ones. A route not listed needs admin.
@@ -99,38 +112,139 @@ fn host_name(host: &str) -> &str {
 #[derive(Clone, Debug)]
 struct Caller(Arc<Principal>);
 
-/// The checks before routing, and the access log of every request.
-pub(crate) async fn guard(
-    State(config): State<Arc<SecurityConfig>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    // Most daemons run with the access log off (`warn`): then a request costs it nothing.
-    let logged = tracing::enabled!(target: "aura::access", tracing::Level::INFO);
-    let started = Instant::now();
-    let seen = logged.then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let response = match check_request(&config, &request) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    };
-    let Some((method, path)) = seen else {
-        return response;
-    };
-    let token = response
-        .extensions()
-        .get::<Caller>()
-        .map_or("-", |c| c.0.name.as_str());
-    // The path only: a query string is the client's business (and no secret travels in it).
-    tracing::info!(
-        target: "aura::access",
-        %method,
-        path = %truncated(&path, 200),
-        status = response.status().as_u16(),
-        token,
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
-    response
+/// The layer of the checks before routing and of the access log (`Router::layer`). A plain tower
+/// service, not `middleware::from_fn`: it runs for every request, and this way it costs no allocation
+/// or service clone of its own.
+#[derive(Clone)]
+pub(crate) struct GuardLayer(pub Arc<SecurityConfig>);
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            config: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Guard<S> {
+    config: Arc<SecurityConfig>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Then<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // Most daemons run with the access log off (`warn`): then a request costs it nothing.
+        let after =
+            tracing::enabled!(target: "aura::access", tracing::Level::INFO).then(|| After::Log {
+                method: request.method().clone(),
+                path: request.uri().path().to_owned(),
+                started: Instant::now(),
+            });
+        match check_request(&self.config, &request) {
+            Ok(()) => Then::Inner {
+                future: self.inner.call(request),
+                after,
+            },
+            Err(e) => Then::Ready {
+                response: Some(e.into_response()),
+                after,
+            },
+        }
+    }
+}
+
+/// What to do with a response once it is there.
+enum After {
+    /// The access log line: the path only (a query string is the client's business, and no secret
+    /// travels in it) and the token's name.
+    Log {
+        method: axum::http::Method,
+        path: String,
+        started: Instant,
+    },
+    /// Name the caller on the response, for the access log.
+    Caller(Arc<Principal>),
+}
+
+impl After {
+    fn apply(self, response: &mut Response) {
+        match self {
+            After::Caller(principal) => {
+                response.extensions_mut().insert(Caller(principal));
+            }
+            After::Log {
+                method,
+                path,
+                started,
+            } => {
+                let token = response
+                    .extensions()
+                    .get::<Caller>()
+                    .map_or("-", |c| c.0.name.as_str());
+                tracing::info!(
+                    target: "aura::access",
+                    %method,
+                    path = %truncated(&path, 200),
+                    status = response.status().as_u16(),
+                    token,
+                    micros = started.elapsed().as_micros() as u64,
+                    "request"
+                );
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of the inner service, or one decided here; then `After`.
+    #[project = ThenProjection]
+    pub(crate) enum Then<F> {
+        Inner { #[pin] future: F, after: Option<After> },
+        Ready { response: Option<Response>, after: Option<After> },
+    }
+}
+
+impl<F> Future for Then<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (mut response, after) = match self.project() {
+            ThenProjection::Inner { future, after } => match future.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(response)) => (response, after.take()),
+                Poll::Ready(Err(never)) => match never {},
+            },
+            ThenProjection::Ready { response, after } => match response.take() {
+                Some(response) => (response, after.take()),
+                // Polled again after it completed: a caller's bug, answered as an internal error.
+                None => (
+                    ApiError::new(ErrorCode::Internal, "response polled twice").into_response(),
+                    None,
+                ),
+            },
+        };
+        if let Some(after) = after {
+            after.apply(&mut response);
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 fn truncated(text: &str, max: usize) -> &str {
@@ -237,50 +351,93 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// After routing: the bearer token, and the scope the route needs.
-pub(crate) async fn authorize(
-    State(config): State<Arc<SecurityConfig>>,
-    route: Option<MatchedPath>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let route = route.as_ref().map_or("", |r| r.as_str());
-    let Some(needed) = config.needed(request.method(), route) else {
-        return next.run(request).await;
-    };
-    let principal = match request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|h| bearer(h.as_bytes()))
-    {
-        None => Err("this request needs an API token: Authorization: Bearer <token> (`aura token` prints the local one)"),
-        Some(None) => Err("the Authorization header must be `Bearer <token>`"),
-        Some(Some(token)) => config
-            .tokens
-            .authenticate(token)
-            .cloned()
-            .ok_or("the API token is not valid here"),
-    };
-    let principal = match principal {
-        Ok(p) => p,
-        Err(detail) => return ApiError::new(ErrorCode::Unauthorized, detail).into_response(),
-    };
-    let caller = Caller(principal.clone());
-    let mut response = if principal.allows(needed) {
+/// The layer of authentication after routing (`Router::route_layer`): the bearer token, and the scope the
+/// matched route needs.
+#[derive(Clone)]
+pub(crate) struct AuthorizeLayer(pub Arc<SecurityConfig>);
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            config: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Authorize<S> {
+    config: Arc<SecurityConfig>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Authorize<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Then<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("", |r| r.as_str());
+        let Some(needed) = self.config.needed(request.method(), route) else {
+            return Then::Inner {
+                future: self.inner.call(request),
+                after: None,
+            };
+        };
+        let principal = match request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|h| bearer(h.as_bytes()))
+        {
+            None => Err("this request needs an API token: Authorization: Bearer <token> (`aura token` prints the local one)"),
+            Some(None) => Err("the Authorization header must be `Bearer <token>`"),
+            Some(Some(token)) => self
+                .config
+                .tokens
+                .authenticate(token)
+                .cloned()
+                .ok_or("the API token is not valid here"),
+        };
+        let principal = match principal {
+            Ok(p) => p,
+            Err(detail) => {
+                return Then::Ready {
+                    response: Some(ApiError::new(ErrorCode::Unauthorized, detail).into_response()),
+                    after: None,
+                }
+            }
+        };
+        let after = Some(After::Caller(principal.clone()));
+        if !principal.allows(needed) {
+            let refusal = ApiError::new(
+                ErrorCode::InsufficientScope,
+                format!(
+                    "token {:?} has scope {}; this request needs {needed}",
+                    principal.name, principal.scope
+                ),
+            );
+            return Then::Ready {
+                response: Some(refusal.into_response()),
+                after,
+            };
+        }
         request.extensions_mut().insert(principal);
-        next.run(request).await
-    } else {
-        ApiError::new(
-            ErrorCode::InsufficientScope,
-            format!(
-                "token {:?} has scope {}; this request needs {needed}",
-                principal.name, principal.scope
-            ),
-        )
-        .into_response()
-    };
-    response.extensions_mut().insert(caller);
-    response
+        Then::Inner {
+            future: self.inner.call(request),
+            after,
+        }
+    }
 }
 
 #[cfg(test)]
