@@ -9,14 +9,23 @@
 //!
 //! Only trees known to be gone recycle (on the process-group backend a process that escaped the group
 //! might still write into it, so nothing is recycled there), and only a directory no other attempt of the
-//! same job is using (an attempt can start before an abandoned earlier one has ended). Blocking; used
-//! from the launcher and watcher threads.
+//! same job is using (an attempt can start before an abandoned earlier one has ended). A spare keeps what
+//! its last job did to the directory itself (its mode, an ACL): jobs of one account are not isolated from
+//! each other anyway (README, "What a job may do"). Blocking; used from the launcher and watcher threads.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+/// How `WorkDirs::make` came by a directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Made {
+    New,
+    FromSpare,
+    Existing,
+}
 
 #[derive(Debug)]
 pub(crate) struct WorkDirs {
@@ -48,10 +57,11 @@ impl WorkDirs {
     /// by the jobs' account (mode 0700 under the daemon's umask: other accounts see nothing of it). An
     /// existing directory (a later attempt of the same job) is kept as it is.
     pub fn create(&self, dir: &Path) -> io::Result<()> {
-        self.make(dir)?;
-        if let Some((uid, gid)) = self.owner {
-            // Also for a spare or an earlier attempt's directory: the configured account may have changed
-            // since it was made. Never through a symlink: only a directory of the data dir is handed over.
+        let made = self.make(dir)?;
+        if let (Some((uid, gid)), false) = (self.owner, made == Made::FromSpare) {
+            // A spare is a directory of this daemon's, already handed over: spares live in memory, so the
+            // account cannot have changed since. An earlier attempt's directory may be an earlier daemon's.
+            // Never through a symlink: only a directory of the data dir is handed over.
             rustix::fs::chownat(
                 rustix::fs::CWD,
                 dir,
@@ -66,7 +76,7 @@ impl WorkDirs {
         Ok(())
     }
 
-    fn make(&self, dir: &Path) -> io::Result<()> {
+    fn make(&self, dir: &Path) -> io::Result<Made> {
         if let Some(spare) = self.take_spare(dir.parent()) {
             // Never onto an existing directory: an earlier attempt's is kept as it is, even empty —
             // replacing it would pull it away from under any process of that attempt still in it.
@@ -80,12 +90,12 @@ impl WorkDirs {
                 other => other,
             };
             match renamed {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Made::FromSpare),
                 // There already (an earlier attempt's, or made meanwhile by someone else): theirs.
                 // The spare stays a spare.
                 Err(rustix::io::Errno::EXIST) => {
                     self.keep_spare(spare);
-                    return Ok(());
+                    return Ok(Made::Existing);
                 }
                 Err(e) => {
                     tracing::debug!(spare = %spare.display(), error = %e, "cannot use a spare working directory");
@@ -94,9 +104,11 @@ impl WorkDirs {
             }
         }
         match std::fs::create_dir(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map(|()| Made::New)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Made::Existing),
+            other => other.map(|()| Made::New),
         }
     }
 
