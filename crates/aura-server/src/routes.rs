@@ -82,7 +82,10 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/events", get(engine_events))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/wait", get(wait))
-        .route_layer(security::AuthorizeLayer(security.clone()))
+        .route_layer(security::SecurityLayer {
+            config: security.clone(),
+            stage: security::Stage::Authorize,
+        })
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .with_state(Arc::new(AppState { engine, config }));
     // Outermost last: the guard's checks run first, then CORS (a preflight from a configured origin is
@@ -91,7 +94,10 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         Some(cors) => routes.layer(cors),
         None => routes,
     };
-    routes.layer(security::GuardLayer(security))
+    routes.layer(security::SecurityLayer {
+        config: security,
+        stage: security::Stage::Guard,
+    })
 }
 
 /// CORS for the configured origins only; none configured, none answered (a browser then refuses every
@@ -201,7 +207,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     })
 }
 
-/// The principal `security::authorize` put on an authenticated request.
+/// The principal `security::Stage::Authorize` put on an authenticated request.
 fn caller(principal: Option<Extension<Arc<Principal>>>) -> ApiResult<Arc<Principal>> {
     principal.map(|Extension(p)| p).ok_or_else(|| {
         ApiError::new(

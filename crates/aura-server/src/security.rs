@@ -112,29 +112,42 @@ fn host_name(host: &str) -> &str {
 #[derive(Clone, Debug)]
 struct Caller(Arc<Principal>);
 
-/// The layer of the checks before routing and of the access log (`Router::layer`). A plain tower
-/// service, not `middleware::from_fn`: it runs for every request, and this way it costs no allocation
-/// or service clone of its own.
-#[derive(Clone)]
-pub(crate) struct GuardLayer(pub Arc<SecurityConfig>);
+/// Where a `SecurityLayer` stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Outside routing (`Router::layer`): the checks of `check_request` and the access log.
+    Guard,
+    /// After routing (`Router::route_layer`): the bearer token, and the scope the matched route needs.
+    Authorize,
+}
 
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            config: self.0.clone(),
+/// The checks as a tower layer. A plain service, not `middleware::from_fn`: it runs for every request,
+/// and this way it costs no allocation or service clone of its own.
+#[derive(Clone)]
+pub(crate) struct SecurityLayer {
+    pub config: Arc<SecurityConfig>,
+    pub stage: Stage,
+}
+
+impl<S> Layer<S> for SecurityLayer {
+    type Service = Checked<S>;
+    fn layer(&self, inner: S) -> Checked<S> {
+        Checked {
+            config: self.config.clone(),
+            stage: self.stage,
             inner,
         }
     }
 }
 
 #[derive(Clone)]
-pub(crate) struct Guard<S> {
+pub(crate) struct Checked<S> {
     config: Arc<SecurityConfig>,
+    stage: Stage,
     inner: S,
 }
 
-impl<S> Service<Request> for Guard<S>
+impl<S> Service<Request> for Checked<S>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
@@ -147,6 +160,18 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        match self.stage {
+            Stage::Guard => self.guard(request),
+            Stage::Authorize => self.authorize(request),
+        }
+    }
+}
+
+impl<S> Checked<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    fn guard(&mut self, request: Request) -> Then<S::Future> {
         // Most daemons run with the access log off (`warn`): then a request costs it nothing.
         let after =
             tracing::enabled!(target: "aura::access", tracing::Level::INFO).then(|| After::Log {
@@ -351,40 +376,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The layer of authentication after routing (`Router::route_layer`): the bearer token, and the scope the
-/// matched route needs.
-#[derive(Clone)]
-pub(crate) struct AuthorizeLayer(pub Arc<SecurityConfig>);
-
-impl<S> Layer<S> for AuthorizeLayer {
-    type Service = Authorize<S>;
-    fn layer(&self, inner: S) -> Authorize<S> {
-        Authorize {
-            config: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct Authorize<S> {
-    config: Arc<SecurityConfig>,
-    inner: S,
-}
-
-impl<S> Service<Request> for Authorize<S>
+impl<S> Checked<S>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Then<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn authorize(&mut self, mut request: Request) -> Then<S::Future> {
         let route = request
             .extensions()
             .get::<MatchedPath>()
