@@ -34,6 +34,8 @@ pub(crate) enum Command {
     SpawnFailed {
         id: JobId,
         error: String,
+        /// The data volume refused what the start needed.
+        storage: bool,
     },
     TimedOut {
         id: JobId,
@@ -101,6 +103,8 @@ pub(crate) struct Shared {
     /// kept by the actor as jobs come and go (for the per-token cap at submit).
     // A std Mutex: held for one map update or lookup, never across an await.
     queued_by: Mutex<HashMap<String, usize>>,
+    /// Places in the queue held by submits the actor has not counted yet (see `handle::Places`).
+    pub places: Mutex<crate::handle::Places>,
     /// Jobs started and not yet finished (running, stopping), as last counted by the actor. A standby
     /// (admitted, waiting for a running slot) counts as queued.
     pub running_count: AtomicUsize,
@@ -119,6 +123,9 @@ pub(crate) struct Shared {
     pub guard_reading: Mutex<Option<crate::guards::Reading>>,
     /// Memory protection since start-up: stage 2 armed now, and trees killed or stopped for memory.
     pub memory: MemoryCounters,
+    /// Set once to cut every stop sequence short and kill every tree (the shutdown deadline, a second
+    /// signal); monitors watch it.
+    pub kill_trees: watch::Sender<bool>,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -293,6 +300,7 @@ pub(crate) async fn spawn(
         host_sampler: host,
         queued_count: AtomicUsize::new(0),
         queued_by: Mutex::default(),
+        places: Mutex::default(),
         running_count: AtomicUsize::new(0),
         store,
         supervisor,
@@ -303,6 +311,7 @@ pub(crate) async fn spawn(
         paused: Mutex::new(None),
         guard_reading: Mutex::new(None),
         memory: MemoryCounters::default(),
+        kill_trees: watch::Sender::new(false),
     });
     let mut actor = Actor {
         shared: shared.clone(),
@@ -336,8 +345,10 @@ impl Actor {
     /// jobs interrupted (requeuing them per their retry policy) and rebuilds the queue.
     async fn recover(&mut self) -> Result<(), EngineError> {
         let unfinished = self.shared.store.unfinished().await?;
+        let foreign = self.shared.config.foreign_trees;
         let handles: Vec<_> = unfinished
             .iter()
+            .filter(|_| !foreign)
             .filter_map(|j| j.state.run().map(|r| r.tree.clone()))
             .collect();
         let report = self.shared.supervisor.recover(handles).await;
@@ -349,18 +360,44 @@ impl Actor {
             );
         }
         let now = Timestamp::now();
+        let quarantine_after = self.shared.config.quarantine_after;
         for mut job in unfinished {
             if !matches!(job.state, JobState::Queued { .. }) {
-                job.apply(Event::Interrupted {
-                    reason: "daemon died while the job ran".into(),
-                    at: now,
-                })
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
-                let mut events = vec![NewEvent::new(
-                    "interrupted",
-                    json!({ "reason": "daemon died while the job ran", "recovery": report }),
-                )];
+                let deaths = job.interruptions.saturating_add(1);
+                let quarantine = !foreign && quarantine_after > 0 && deaths >= quarantine_after;
+                let reason = if foreign {
+                    "running under the daemon this data dir was copied from; its processes were left to it"
+                } else {
+                    "daemon died while the job ran"
+                };
+                let mut events = if quarantine {
+                    let reason = format!(
+                        "running at {deaths} unclean daemon deaths in a row (quarantine_after = \
+                         {quarantine_after}): suspected of bringing the daemon down, not run again"
+                    );
+                    tracing::error!(job_id = %job.id, deaths, "job quarantined: it was running at every one of the last unclean daemon deaths");
+                    job.apply(Event::Quarantined {
+                        reason: reason.clone(),
+                        at: now,
+                    })
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                    vec![NewEvent::new(
+                        "quarantined",
+                        json!({ "reason": reason, "interruptions": deaths, "recovery": report }),
+                    )]
+                } else {
+                    job.apply(Event::Interrupted {
+                        reason: reason.into(),
+                        at: now,
+                    })
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                    vec![NewEvent::new(
+                        "interrupted",
+                        json!({ "reason": reason, "interruptions": deaths, "recovery": report }),
+                    )]
+                };
                 if job.may_retry() {
+                    NewEvent::stamp(&mut events, job.attempt);
                     job.apply(Event::Requeue { at: now })
                         .map_err(|e| EngineError::Internal(e.to_string()))?;
                     events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
@@ -411,8 +448,16 @@ impl Actor {
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Enqueue(job) => {
-                if self.shared.accepting.load(Ordering::SeqCst) {
-                    self.enqueue(*job);
+                // The submit's place becomes the queued job in one step: the caps count it once.
+                let (shared, submitter) = (self.shared.clone(), job.submitted_by.clone());
+                let queued = shared.enter_reserved(submitter.as_deref(), || {
+                    let accepting = self.shared.accepting.load(Ordering::SeqCst);
+                    if accepting {
+                        self.enqueue(*job);
+                    }
+                    accepting
+                });
+                if queued {
                     self.dispatch().await;
                 }
             }
@@ -423,16 +468,20 @@ impl Actor {
                 self.dispatch().await;
             }
             Command::Started { id, run } => self.started(id, run).await,
-            Command::SpawnFailed { id, error } => {
-                tracing::warn!(job_id = %id, %error, "job failed to start");
+            Command::SpawnFailed { id, error, storage } => {
+                tracing::warn!(job_id = %id, %error, storage, "job failed to start");
                 let event = Event::SpawnFailed {
                     error: error.clone(),
+                    storage,
                     at: Timestamp::now(),
                 };
                 self.finish(
                     id,
                     event,
-                    vec![NewEvent::new("spawn_failed", json!({ "error": error }))],
+                    vec![NewEvent::new(
+                        "spawn_failed",
+                        json!({ "error": error, "storage_exhausted": storage }),
+                    )],
                 )
                 .await;
             }
@@ -1061,6 +1110,8 @@ impl Actor {
             job.memory_request = Some(grown);
         }
         if requeue {
+            // What ended this attempt belongs to it, though it is written with the next one's row.
+            NewEvent::stamp(&mut events, job.attempt);
             // may_retry was checked, so the transition cannot fail.
             if job
                 .apply(Event::Requeue {
@@ -1103,6 +1154,7 @@ impl Actor {
             let event = match self.active.get(&id).map(|a| a.job.state.name()) {
                 Some(aura_model::StateName::Queued) => Event::SpawnFailed {
                     error: reason.clone(),
+                    storage: false,
                     at,
                 },
                 _ => Event::Interrupted {

@@ -108,6 +108,25 @@ pub(crate) fn warnings(
         .collect()
 }
 
+/// The periodic half of `cleanup`: once the allocator holds more than `min_free` bytes it does not use
+/// (after a burst — a connection flood, a large listing — glibc keeps freed pages in the middle of its
+/// heaps), gives them back to the OS. Returns the free bytes it found, if it trimmed. Blocking; a few
+/// milliseconds at most on a daemon's heap.
+pub(crate) fn trim_free_memory(min_free: u64) -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters (glibc >= 2.33).
+        let free = unsafe { libc::mallinfo2() }.fordblks as u64;
+        if free > min_free {
+            // SAFETY: as in `cleanup`.
+            unsafe { libc::malloc_trim(0) };
+            return Some(free);
+        }
+    }
+    let _ = min_free;
+    None
+}
+
 /// Gives memory the allocator holds but does not use back to the OS. Blocking.
 pub(crate) fn cleanup() -> Result<Cleanup, aura_host::HostError> {
     let before = aura_host::process_snapshot()?;

@@ -128,6 +128,11 @@ pub struct GuardConfig {
     pub resume_outside_cpu: f64,
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub cpu_window: Duration,
+    /// Pause while the data dir's volume has less than this free (a share of the volume or a size):
+    /// jobs would start only to find no room for their logs and work files, and the database for their
+    /// records; resume above `resume_free_disk`.
+    pub min_free_disk: MemoryThreshold,
+    pub resume_free_disk: MemoryThreshold,
     /// Stage 2 (critical) below this much available memory; cleared above `critical_resume_available_memory`.
     pub critical_available_memory: MemoryThreshold,
     pub critical_resume_available_memory: MemoryThreshold,
@@ -167,6 +172,9 @@ impl GuardConfig {
             && self
                 .min_available_memory
                 .at_least(self.critical_available_memory)
+            && self.min_free_disk.valid()
+            && self.resume_free_disk.valid()
+            && self.resume_free_disk.at_least(self.min_free_disk)
             && percent(self.max_memory_pressure)
             && percent(self.resume_memory_pressure)
             && self.resume_memory_pressure <= self.max_memory_pressure
@@ -240,6 +248,8 @@ impl Default for GuardConfig {
             max_outside_cpu: 0.85,
             resume_outside_cpu: 0.75,
             cpu_window: Duration::from_secs(10),
+            min_free_disk: MemoryThreshold::Share(0.02),
+            resume_free_disk: MemoryThreshold::Share(0.04),
             critical_available_memory: MemoryThreshold::Share(0.05),
             critical_resume_available_memory: MemoryThreshold::Share(0.10),
             critical_memory_pressure: 30.0,
@@ -261,6 +271,9 @@ pub struct Reading {
     /// PSI memory `full avg10`, percent.
     pub memory_pressure_full: Option<f64>,
     pub outside_cpu: Option<f64>,
+    /// The data dir's volume: bytes available to the daemon, and its size.
+    pub free_disk_bytes: Option<u64>,
+    pub total_disk_bytes: Option<u64>,
 }
 
 /// Which guards are tripped; the hysteresis memory.
@@ -268,6 +281,7 @@ pub struct Reading {
 pub struct Tripped {
     memory: bool,
     pressure: bool,
+    disk: bool,
     cpu: bool,
     critical_memory: bool,
     critical_pressure: bool,
@@ -279,6 +293,7 @@ impl Tripped {
         [
             (self.memory, "memory"),
             (self.pressure, "pressure"),
+            (self.disk, "disk"),
             (self.cpu, "cpu"),
         ]
         .into_iter()
@@ -368,8 +383,27 @@ pub fn evaluate(config: &GuardConfig, tripped: &mut Tripped, reading: &Reading) 
         |v| v > config.max_outside_cpu,
         |v| v < config.resume_outside_cpu,
     );
+    if let (Some(free), Some(total)) = (reading.free_disk_bytes, reading.total_disk_bytes) {
+        hysteresis(
+            &mut tripped.disk,
+            Some(free as f64),
+            |v| v < config.min_free_disk.bytes(total) as f64,
+            |v| v > config.resume_free_disk.bytes(total) as f64,
+        );
+    }
+    let disk = || {
+        tripped.disk.then(|| {
+            format!(
+                "data volume free space {} of {} (pauses below {}, resumes above {})",
+                ByteSize(reading.free_disk_bytes.unwrap_or_default()),
+                ByteSize(reading.total_disk_bytes.unwrap_or_default()),
+                config.min_free_disk,
+                config.resume_free_disk
+            )
+        })
+    };
     let pct = |x: f64| x * 100.0;
-    memory.or_else(|| {
+    memory.or_else(disk).or_else(|| {
         tripped.cpu.then(|| {
             format!(
                 "CPU use outside Aura's jobs {:.0} % over the window (pauses above {:.0} %, resumes below {:.0} %)",
@@ -487,6 +521,10 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
         let memory = host.as_ref().map(|h| h.memory).filter(|m| m.total > 0);
         // aura-host gives PSI as a ratio; the thresholds are in percent, as `/proc/pressure` writes them.
         let psi = host.as_ref().and_then(|h| h.pressure).map(|p| p.memory);
+        let volume = host
+            .as_ref()
+            .and_then(|h| h.data_volume.as_ref())
+            .filter(|v| v.total > 0);
         let reading = Reading {
             available_memory: memory.map(|m| m.available as f64 / m.total as f64),
             available_memory_bytes: memory.map(|m| m.available),
@@ -494,6 +532,8 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             memory_pressure: psi.map(|p| p.some.avg10 * 100.0),
             memory_pressure_full: psi.and_then(|p| p.full).map(|f| f.avg10 * 100.0),
             outside_cpu: host.as_ref().and_then(|h| cpu.sample(shared, h)),
+            free_disk_bytes: volume.map(|v| v.available),
+            total_disk_bytes: volume.map(|v| v.total),
         };
         *shared
             .guard_reading
@@ -644,7 +684,36 @@ mod tests {
             memory_pressure: Some(memory_pressure),
             memory_pressure_full: Some(0.0),
             outside_cpu: Some(outside_cpu),
+            free_disk_bytes: Some(TOTAL / 2),
+            total_disk_bytes: Some(TOTAL),
         }
+    }
+
+    #[test]
+    fn a_low_data_volume_pauses_with_hysteresis() {
+        let c = GuardConfig::default();
+        let mut t = Tripped::default();
+        let disk = |free_share: f64| Reading {
+            free_disk_bytes: Some((TOTAL as f64 * free_share) as u64),
+            ..reading(0.5, 0.0, 0.1)
+        };
+        // 2 % pauses, 4 % resumes.
+        let steps = [
+            (0.10, None),
+            (0.019, Some("data volume free space")),
+            (0.03, Some("data volume free space")),
+            (0.041, None),
+            (0.03, None),
+        ];
+        for (i, (free, expected)) in steps.into_iter().enumerate() {
+            assert_step(i, evaluate(&c, &mut t, &disk(free)), expected);
+        }
+        assert!(GuardConfig {
+            resume_free_disk: MemoryThreshold::Share(0.01),
+            ..GuardConfig::default()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

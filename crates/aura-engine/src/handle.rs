@@ -9,6 +9,7 @@ use aura_model::{
 };
 use aura_store::ListFilter;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,6 +72,9 @@ pub struct Readiness {
     pub reasons: Vec<String>,
 }
 
+/// Quarantined jobs `status` lists, newest first.
+const QUARANTINED_SHOWN: u32 = 20;
+
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
@@ -115,12 +119,14 @@ impl EngineHandle {
     ) -> Result<Job, EngineError> {
         spec.validate()?;
         for (var, name) in &spec.secrets {
-            if self.shared.config.secrets.get(name).is_none() {
+            let Some(secret) = self.shared.config.secrets.get(name) else {
                 return Err(EngineError::UnknownSecret {
                     var: var.clone(),
                     name: name.clone(),
                 });
-            }
+            };
+            // `VAR=value` is one environment string at exec: refused here rather than by the kernel.
+            aura_model::check_env_entry(var, secret.expose().len())?;
         }
         // The cheap refusals first: a daemon shutting down or a full queue costs no file system work.
         self.check_accepting(submitter)?;
@@ -137,8 +143,9 @@ impl EngineHandle {
                     .request(&spec, Some(&memory_request)),
             )
             .map_err(EngineError::ExceedsCapacity)?;
-        // Again: shutdown may have begun, or the queue filled, while this submit did its checks.
-        self.check_accepting(submitter)?;
+        // Again, taking the job's place in the queue: shutdown may have begun, or the queue filled, while
+        // this submit did its checks. Dropped on any error below, the place is given back.
+        let place = self.shared.reserve_place(submitter)?;
         let job = self
             .shared
             .store
@@ -154,36 +161,16 @@ impl EngineHandle {
             .send(Command::Enqueue(Box::new(job.clone())))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
+        // The actor turns the place into the queued job (`Shared::enter_reserved`).
+        place.handed_over();
         Ok(job)
     }
 
-    /// Refuses a submit while the daemon shuts down, the queue is full, or the submitter's share of it is.
+    /// Refuses a submit while the daemon shuts down, the queue is full, or the submitter's share of it is
+    /// (a first, cheap look: `Shared::reserve_place` decides).
     fn check_accepting(&self, submitter: Option<&crate::Submitter>) -> Result<(), EngineError> {
-        if !self.shared.accepting.load(Ordering::SeqCst) {
-            return Err(EngineError::ShuttingDown);
-        }
-        let (queued, cap) = (
-            self.shared.queued_count.load(Ordering::Relaxed),
-            self.shared.config.admission.queue_cap,
-        );
-        if queued >= cap {
-            return Err(EngineError::QueueFull { queued, cap });
-        }
-        if let Some(crate::Submitter {
-            name,
-            max_queued: Some(cap),
-        }) = submitter
-        {
-            let queued = self.shared.queued_by(name);
-            if queued >= *cap {
-                return Err(EngineError::SubmitterQueueFull {
-                    submitter: name.clone(),
-                    queued,
-                    cap: *cap,
-                });
-            }
-        }
-        Ok(())
+        let places = self.shared.places();
+        self.shared.check_caps(&places, submitter)
     }
 
     /// The memory a new job reserves: what it states; else learned from the recorded peaks of its kind's
@@ -297,6 +284,16 @@ impl EngineHandle {
             .map_err(|e| EngineError::Internal(format!("cleanup: {e}")))
     }
 
+    /// Returns the allocator's free memory to the OS when it holds more than `min_free` bytes (see
+    /// `diagnostics::trim_free_memory`); `aura serve` calls it periodically, so that a burst's memory does
+    /// not stay with the daemon. The bytes found free, if it trimmed.
+    pub async fn trim_free_memory(&self, min_free: u64) -> Option<u64> {
+        tokio::task::spawn_blocking(move || crate::diagnostics::trim_free_memory(min_free))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Whether the daemon can do its work now, and what degrades it.
     pub async fn readiness(&self) -> Readiness {
         let mut unhealthy = Vec::new();
@@ -306,6 +303,14 @@ impl EngineHandle {
         }
         if let Err(e) = self.shared.store.ping().await {
             unhealthy.push(format!("store unreachable: {e}"));
+        }
+        let store = self.shared.store.stats();
+        if store.degraded {
+            unhealthy.push(format!(
+                "the job database cannot commit (its volume is full or failing): submissions refused, \
+                 {} state changes kept in memory until it can",
+                store.kept_writes
+            ));
         }
         if let Some(reason) = self.shared.paused_reason() {
             degraded.push(format!("admission paused: {reason}"));
@@ -437,6 +442,7 @@ impl EngineHandle {
 
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
         let (running, queued) = self.shared.counts();
+        let store = self.shared.store.stats();
         Ok(EngineStatus {
             backend: self.shared.supervisor.backend(),
             backend_detail: self.shared.supervisor.description(),
@@ -444,17 +450,41 @@ impl EngineHandle {
             max_concurrent: self.shared.config.max_concurrent,
             running,
             queued,
+            paused: self.shared.paused_reason(),
+            store_degraded: store.degraded,
+            kept_writes: store.kept_writes,
+            quarantined: self.shared.store.quarantined(QUARANTINED_SHOWN).await?,
         })
     }
 
-    /// The shutdown protocol: stop admitting, stop every running tree with its stop sequence, record the
-    /// outcomes (requeuing per config), then close the store and the supervisor. Idempotent.
+    /// Cuts every stop sequence short and kills every running tree (a second signal, the shutdown
+    /// deadline). Jobs end as their stop reason says (a shutdown: interrupted).
+    pub fn kill_all(&self) {
+        self.shared.kill_trees.send_replace(true);
+    }
+
+    /// Whether a shutdown has begun (submissions refused, jobs being stopped).
+    pub fn is_shutting_down(&self) -> bool {
+        !self.shared.accepting.load(Ordering::SeqCst)
+    }
+
+    /// The shutdown protocol: stop admitting, stop every running tree with its stop sequence (all of
+    /// them killed once `shutdown_grace` has passed), record the outcomes (requeuing per config), then
+    /// close the store and the supervisor. Idempotent.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         let actor = self.actor.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(actor) = actor else { return Ok(()) };
-        let (reply, rx) = oneshot::channel();
+        let (reply, mut rx) = oneshot::channel();
         if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
-            let _ = rx.await;
+            let grace = self.shared.config.shutdown_grace;
+            tokio::select! {
+                _ = &mut rx => {}
+                () = tokio::time::sleep(grace) => {
+                    tracing::warn!(?grace, "shutdown grace over: killing every job tree");
+                    self.kill_all();
+                    let _ = rx.await;
+                }
+            }
         }
         actor
             .await
@@ -558,5 +588,124 @@ impl EngineHandle {
             oom_kills: self.shared.memory.oom_killed.load(Ordering::Relaxed),
             pressure_victims: self.shared.memory.pressure_victims.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// Places in the queue held by submits between their cap check and the actor's count of their job (the
+/// insert and the trip through the command channel lie between). Without them, concurrent submits that
+/// all passed the check before the actor counted any of them overshot the caps.
+#[derive(Debug, Default)]
+pub(crate) struct Places {
+    total: usize,
+    /// Per submitter (token name), entries removed at zero.
+    by: HashMap<String, usize>,
+}
+
+impl Places {
+    fn give_back(&mut self, submitter: Option<&str>) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(name) = submitter {
+            if let Some(n) = self.by.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    self.by.remove(name);
+                }
+            }
+        }
+    }
+}
+
+/// A place a submit holds; given back when dropped unless handed over to the actor with its job.
+#[must_use]
+pub(crate) struct Place<'a> {
+    shared: &'a Shared,
+    submitter: Option<&'a str>,
+}
+
+impl Place<'_> {
+    pub(crate) fn handed_over(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.shared.places().give_back(self.submitter);
+    }
+}
+
+// Lock order: `places`, then the actor's per-submitter counts (`Shared::queued_by`).
+impl Shared {
+    fn places(&self) -> std::sync::MutexGuard<'_, Places> {
+        // Plain counters, consistent between statements: a panicking holder left nothing half done.
+        self.places.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The caps against what waits (as the actor counted it) plus the places submits hold.
+    fn check_caps(
+        &self,
+        places: &Places,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<(), EngineError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let cap = self.config.admission.queue_cap;
+        let queued = self.queued_count.load(Ordering::Relaxed) + places.total;
+        if queued >= cap {
+            return Err(EngineError::QueueFull { queued, cap });
+        }
+        if let Some(crate::Submitter {
+            name,
+            max_queued: Some(cap),
+        }) = submitter
+        {
+            let queued = self.queued_by(name) + places.by.get(name).copied().unwrap_or(0);
+            if queued >= *cap {
+                return Err(EngineError::SubmitterQueueFull {
+                    submitter: name.clone(),
+                    queued,
+                    cap: *cap,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the caps and takes a place under them, in one step.
+    pub(crate) fn reserve_place<'a>(
+        &'a self,
+        submitter: Option<&'a crate::Submitter>,
+    ) -> Result<Place<'a>, EngineError> {
+        let mut places = self.places();
+        self.check_caps(&places, submitter)?;
+        places.total += 1;
+        if let Some(s) = submitter {
+            // Counted whatever the cap: the actor gives back by the job's submitter name alone.
+            match places.by.get_mut(&s.name) {
+                Some(n) => *n += 1,
+                None => {
+                    places.by.insert(s.name.clone(), 1);
+                }
+            }
+        }
+        Ok(Place {
+            shared: self,
+            submitter: submitter.map(|s| s.name.as_str()),
+        })
+    }
+
+    /// For the actor: `enqueue` counts a submitted job into the queue, and its place is given back in the
+    /// same step (under the lock the caps are checked under), so no check counts the job twice or not
+    /// at all. The place is given back whether or not `enqueue` queued it.
+    pub(crate) fn enter_reserved<R>(
+        &self,
+        submitter: Option<&str>,
+        enqueue: impl FnOnce() -> R,
+    ) -> R {
+        let mut places = self.places();
+        let result = enqueue();
+        places.give_back(submitter);
+        result
     }
 }

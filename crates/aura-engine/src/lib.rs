@@ -50,6 +50,18 @@ pub struct EngineConfig {
     pub supervisor: SupervisorConfig,
     /// The named secrets job specs may reference; resolved into a job's environment at launch.
     pub secrets: Secrets,
+    /// The most a graceful shutdown takes, whatever the jobs' stop sequences say: then every tree is
+    /// killed. Default (`aura serve`): 30 s.
+    pub shutdown_grace: std::time::Duration,
+    /// A job running at this many unclean daemon deaths in a row ends `quarantined` at the next start
+    /// instead of being requeued; 0: never. Default (`aura serve`): 2.
+    pub quarantine_after: u32,
+    /// Space set aside next to the database and released when its volume is full, so that state changes
+    /// under way still commit. Default (`aura serve`): 2 MiB.
+    pub store_reserve: u64,
+    /// The data dir is a copy of another daemon's (its instance id was minted anew): the trees its
+    /// records name belong to that daemon, and recovery must not touch them.
+    pub foreign_trees: bool,
 }
 
 /// Who submits a job, as the API authenticated it: recorded with the job, and held to its own cap of
@@ -111,9 +123,14 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             .await
             .map_err(io)?;
     }
-    let store =
-        aura_store::Store::open(&config.database_path(), aura_store::StoreOptions::default())
-            .await?;
+    let store = aura_store::Store::open(
+        &config.database_path(),
+        aura_store::StoreOptions {
+            reserve_bytes: config.store_reserve,
+            ..aura_store::StoreOptions::default()
+        },
+    )
+    .await?;
     let supervisor = Supervisor::start(config.supervisor.clone())?;
     // Standby jobs wait in the supervisor: it, not the actor, holds the running count to the limit.
     supervisor.limit_running(Some(config.max_concurrent));

@@ -34,6 +34,7 @@ impl Monitor {
             Err(e) => {
                 self.report(Command::SpawnFailed {
                     id,
+                    storage: e.is_storage(),
                     error: e.to_string(),
                 })
                 .await;
@@ -50,9 +51,17 @@ impl Monitor {
         self.report(Command::Started { id, run }).await;
 
         let stop_sequence = self.spec.stop.clone();
+        // Whatever stops the tree, its grace ends when the engine kills every tree (shutdown deadline).
+        let kill = self.shared.kill_trees.subscribe();
+        let cut = || {
+            let mut kill = kill.clone();
+            async move {
+                let _ = kill.wait_for(|k| *k).await;
+            }
+        };
         let already_stopped = self.stop.borrow_and_update().is_some();
         let (exit, signals_sent) = if already_stopped {
-            tree.stop(&stop_sequence).await
+            tree.stop_or_kill(&stop_sequence, cut()).await
         } else {
             let timeout = tokio::time::sleep(self.spec.timeout);
             tokio::select! {
@@ -60,10 +69,10 @@ impl Monitor {
                 () = timeout => {
                     tracing::info!(job_id = %id, timeout = ?self.spec.timeout, "job timed out, stopping its tree");
                     self.report(Command::TimedOut { id }).await;
-                    tree.stop(&stop_sequence).await
+                    tree.stop_or_kill(&stop_sequence, cut()).await
                 }
                 // An error here means the actor is gone; stopping is the only safe thing to do then.
-                _ = self.stop.changed() => tree.stop(&stop_sequence).await,
+                _ = self.stop.changed() => tree.stop_or_kill(&stop_sequence, cut()).await,
                 violation = probe.memory_violation() => {
                     tracing::warn!(job_id = %id, ?violation, "memory violation, killing the tree");
                     self.report(Command::MemoryViolation { id, violation }).await;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
 use crate::segment;
 use crate::{LogCap, LogError, Stream};
@@ -28,6 +29,14 @@ const SEGMENT_MODE: u32 = 0o640;
 /// written, which is what guarantees at least `cap / 2` bytes survive.
 const KEPT_SEGMENTS: usize = 2;
 
+/// After a failed write (a full or failing volume) output is dropped, still read from the pipe so that the
+/// job neither blocks nor dies of SIGPIPE for it, and writing is tried again this long after.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// With a floor under the volume's free space (`Capture::with_min_free`), it is looked at again after
+/// this many bytes written.
+const FLOOR_CHECK_BYTES: u64 = 1 << 20;
+
 /// Outcome of a finished capture.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CaptureReport {
@@ -35,6 +44,8 @@ pub struct CaptureReport {
     pub bytes_written: u64,
     /// Logical bytes no longer on disk (start of the oldest kept segment).
     pub truncated_bytes: u64,
+    /// Bytes read from the pipe but never written because the log volume refused them (full, failing).
+    pub dropped_bytes: u64,
 }
 
 /// One stream's capture, driven by its owner's event loop (the supervisor's watcher thread): call
@@ -57,6 +68,15 @@ pub struct Capture {
     /// stack array.
     buf: Vec<u8>,
     eof: bool,
+    /// Set while writes fail: when the last one failed, and why.
+    failing: Option<(Instant, String)>,
+    dropped: u64,
+    /// Dropped bytes not yet noted in the log itself (a marker line goes in before the next output).
+    unnoted: u64,
+    /// Free bytes the volume keeps for others (the job database); 0: none.
+    min_free: u64,
+    /// Bytes written since the floor was last looked at.
+    since_check: u64,
 }
 
 impl Capture {
@@ -79,7 +99,51 @@ impl Capture {
             writer: None,
             buf: Vec::new(),
             eof: false,
+            failing: None,
+            dropped: 0,
+            unnoted: 0,
+            min_free: 0,
+            since_check: u64::MAX,
         })
+    }
+
+    /// Never writes into the last `bytes` of the log volume: below that, output is dropped as on a full
+    /// volume (the space left belongs to the job database). Checked with `statvfs` every
+    /// `FLOOR_CHECK_BYTES` written and on every retry.
+    pub fn with_min_free(mut self, bytes: u64) -> Capture {
+        self.min_free = bytes;
+        self
+    }
+
+    /// Whether the volume is above the floor (checked every `FLOOR_CHECK_BYTES`).
+    fn above_floor(&mut self, n: usize) -> Result<(), LogError> {
+        if self.min_free == 0 {
+            return Ok(());
+        }
+        self.since_check = self.since_check.saturating_add(n as u64);
+        if self.since_check < FLOOR_CHECK_BYTES {
+            return Ok(());
+        }
+        let Some(dir) = self.dir.ancestors().find(|d| d.exists()) else {
+            return Ok(());
+        };
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+            Err(_) => return Ok(()),
+        };
+        if free < self.min_free {
+            // Not reset: the next write looks again.
+            return Err(LogError::io(
+                "keeping the log volume's last free space",
+                dir,
+                io::Error::other(format!(
+                    "{free} bytes free, below the floor of {}",
+                    self.min_free
+                )),
+            ));
+        }
+        self.since_check = 0;
+        Ok(())
     }
 
     /// The pipe, for the owner's poll set.
@@ -118,26 +182,78 @@ impl Capture {
                     })
                 }
             };
-            let w = match &mut self.writer {
-                Some(w) => w,
-                None => self
-                    .writer
-                    .insert(SegmentWriter::open(&self.dir, self.stream, self.cap)?),
-            };
-            w.write(&target[..n])?;
-            taken += n;
             if self.buf.is_empty() {
                 self.buf = vec![0u8; READ_BUF];
+                self.buf[..n].copy_from_slice(&first[..n]);
             }
+            self.append(n);
+            taken += n;
         }
         Ok(self.eof)
     }
 
+    /// Writes the first `n` bytes of the buffer, or drops them while the volume refuses writes: a log is
+    /// worth less than the job that writes it. The first write after a drop is preceded by a line saying
+    /// what was lost.
+    fn append(&mut self, n: usize) {
+        if let Some((since, _)) = &self.failing {
+            if since.elapsed() < RETRY_AFTER {
+                self.dropped += n as u64;
+                self.unnoted += n as u64;
+                return;
+            }
+        }
+        if self.failing.is_some() {
+            self.since_check = u64::MAX;
+        }
+        let floor = self.above_floor(n);
+        let (dir, stream, cap) = (&self.dir, self.stream, self.cap);
+        let attempt = || -> Result<(), LogError> {
+            floor?;
+            let w = match &mut self.writer {
+                Some(w) => w,
+                None => self.writer.insert(SegmentWriter::open(dir, stream, cap)?),
+            };
+            if self.unnoted > 0 {
+                let why = self.failing.as_ref().map_or("", |(_, e)| e.as_str());
+                let note = format!(
+                    "\n[aura: {} bytes of output dropped: {why}]\n",
+                    self.unnoted
+                );
+                w.write(note.as_bytes())?;
+                self.unnoted = 0;
+            }
+            w.write(&self.buf[..n])
+        };
+        match attempt() {
+            Ok(()) => {
+                if self.failing.take().is_some() {
+                    tracing::info!(dir = %self.dir.display(), stream = %self.stream, dropped = self.dropped, "log capture writes again");
+                }
+            }
+            Err(e) => {
+                if self.failing.is_none() {
+                    tracing::warn!(dir = %self.dir.display(), stream = %self.stream, error = %e, "log capture cannot write; dropping output (the job keeps running)");
+                }
+                let why = match &e {
+                    LogError::Io { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                self.failing = Some((Instant::now(), why));
+                self.dropped += n as u64;
+                self.unnoted += n as u64;
+            }
+        }
+    }
+
     pub fn report(&self) -> CaptureReport {
-        self.writer
+        let mut report = self
+            .writer
             .as_ref()
             .map(SegmentWriter::report)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        report.dropped_bytes = self.dropped;
+        report
     }
 }
 
@@ -237,9 +353,10 @@ impl SegmentWriter {
             }
             let room = usize::try_from(self.segment_bytes - self.file_len).unwrap_or(usize::MAX);
             let (now, rest) = data.split_at(room.min(data.len()));
-            self.file
-                .write_all(now)
-                .map_err(|e| LogError::io("writing log segment", &self.file_path, e))?;
+            if let Err(e) = self.file.write_all(now) {
+                self.resync();
+                return Err(LogError::io("writing log segment", &self.file_path, e));
+            }
             let n = now.len() as u64;
             self.file_len += n;
             self.end += n;
@@ -247,6 +364,16 @@ impl SegmentWriter {
             data = rest;
         }
         Ok(())
+    }
+
+    /// After a failed write: part of it may be in the file; offsets follow what is really there.
+    fn resync(&mut self) {
+        if let Ok(meta) = self.file.metadata() {
+            let start = self.end - self.file_len;
+            self.bytes_written = (self.bytes_written + meta.len()).saturating_sub(self.file_len);
+            self.file_len = meta.len();
+            self.end = start + meta.len();
+        }
     }
 
     fn rotate(&mut self) -> Result<(), LogError> {
@@ -286,6 +413,7 @@ impl SegmentWriter {
         CaptureReport {
             bytes_written: self.bytes_written,
             truncated_bytes: self.kept.front().copied().unwrap_or(0),
+            dropped_bytes: 0,
         }
     }
 }

@@ -97,7 +97,8 @@ async fn small_output_is_kept_entirely() {
         report,
         CaptureReport {
             bytes_written: data.len() as u64,
-            truncated_bytes: 0
+            truncated_bytes: 0,
+            dropped_bytes: 0,
         }
     );
 
@@ -364,4 +365,86 @@ async fn minimum_cap_still_rotates() {
     let chunk = read(tmp.path(), Stream::Stdout, 0, 100).expect("read");
     assert_eq!(chunk.data, pattern_bytes(8..10));
     assert_eq!(report.truncated_bytes, 8);
+}
+
+/// A volume that fills up mid-capture: output is read and dropped (never an error, never a closed pipe
+/// that would kill the writer with SIGPIPE), counted, and noted in the log once writing works again.
+#[test]
+fn a_full_volume_drops_output_and_keeps_draining() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mnt = root.path().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let dir = mnt.join("logs");
+    let (read_end, write_end) = pipe();
+    let total: u64 = 2 * 1024 * 1024;
+    let writer = std::thread::spawn(move || {
+        let mut file = File::from(write_end);
+        // Every byte must go into the pipe: a write error here (EPIPE) would mean the capture gave up.
+        file.write_all(&pattern_bytes(0..total))
+            .expect("the capture keeps reading");
+    });
+    let report = capture_blocking(
+        read_end,
+        &dir,
+        Stream::Stdout,
+        LogCap::new(64 << 20).unwrap(),
+    )
+    .expect("a full volume is not a capture error");
+    writer.join().expect("writer thread");
+    assert!(report.dropped_bytes > 0, "{report:?}");
+    let on_disk = read_all(&dir, Stream::Stdout).len() as u64;
+    assert!(on_disk <= 256 * 1024, "{on_disk}");
+    assert_eq!(on_disk + report.dropped_bytes, total, "{report:?}");
+    let kept = read_all(&dir, Stream::Stdout);
+    assert_eq!(
+        kept[..],
+        pattern_bytes(0..on_disk)[..],
+        "what was written is a prefix"
+    );
+
+    // Space returns (the file is removed): after the retry delay the next output is written, preceded by
+    // a line saying how much was lost.
+    std::fs::remove_dir_all(&dir).expect("free the volume");
+    let (read_end, write_end) = pipe();
+    let mut capture = Capture::new(
+        read_end,
+        &dir,
+        Stream::Stderr,
+        LogCap::new(1 << 20).unwrap(),
+    )
+    .expect("capture");
+    let mut file = File::from(write_end);
+    let filler = mnt.join("filler");
+    let fill = std::fs::write(&filler, vec![0u8; 400 * 1024]);
+    assert!(fill.is_err(), "the filler fills the volume");
+    file.write_all(b"lost\n").expect("write");
+    capture.drain(usize::MAX).expect("drain");
+    assert_eq!(capture.report().dropped_bytes, 5);
+    std::fs::remove_file(&filler).expect("free the volume");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    file.write_all(b"kept\n").expect("write");
+    drop(file);
+    while !capture.drain(usize::MAX).expect("drain") {}
+    let text = String::from_utf8(read_all(&dir, Stream::Stderr)).expect("utf-8");
+    assert!(
+        text.contains("[aura: 5 bytes of output dropped: No space left on device"),
+        "{text}"
+    );
+    assert!(text.ends_with("kept\n"), "{text}");
 }

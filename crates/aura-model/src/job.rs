@@ -21,7 +21,9 @@ impl std::fmt::Display for JobId {
 /// Limits the spec validation enforces; chosen generously so that real FFmpeg command lines always fit.
 pub mod limits {
     pub const MAX_ARGS: usize = 4096;
-    pub const MAX_ARG_BYTES: usize = 128 * 1024;
+    /// One argv or environment string (`KEY=VALUE`): Linux's `MAX_ARG_STRLEN` (32 pages) counts the
+    /// terminating NUL, so a string of 128 KiB fails `execve` with E2BIG.
+    pub const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
     pub const MAX_TOTAL_ARG_BYTES: usize = 1024 * 1024;
     pub const MAX_ENV: usize = 1024;
     /// Named secrets one job may reference.
@@ -383,6 +385,7 @@ impl JobSpec {
             }
             check_text(&format!("environment variable {k}"), k, MAX_ARG_BYTES)?;
             check_text(&format!("environment variable {k}"), v, MAX_ARG_BYTES)?;
+            check_env_entry(k, v.len())?;
         }
         if self.secrets.len() > MAX_SECRETS {
             return Err(SpecError::TooMany {
@@ -478,6 +481,22 @@ impl JobSpec {
         }
         Ok(())
     }
+}
+
+/// The job's environment holds `NAME=VALUE` as one string, under the same per-string limit as an
+/// argument. Public: a secret's value is known only where it is resolved.
+pub fn check_env_entry(name: &str, value_len: usize) -> Result<(), SpecError> {
+    let max = limits::MAX_ARG_BYTES;
+    if name.len() + 1 + value_len > max {
+        // The name alone may be most of the entry: the message shows its start.
+        let shown: String = name.chars().take(64).collect();
+        let more = if shown.len() < name.len() { "…" } else { "" };
+        return Err(SpecError::TooLong {
+            what: format!("environment entry {shown}{more}=…"),
+            max,
+        });
+    }
+    Ok(())
 }
 
 fn check_text(what: &str, text: &str, max: usize) -> Result<(), SpecError> {
@@ -590,6 +609,10 @@ pub struct Accounting {
     /// Bytes of captured output dropped because of the log size cap (oldest first).
     #[serde(default)]
     pub log_truncated_bytes: u64,
+    /// Bytes of captured output dropped because the log volume refused them (full or failing); the log
+    /// notes each gap where writing resumed.
+    #[serde(default, skip_serializing_if = "crate::is_zero")]
+    pub log_dropped_bytes: u64,
     /// The hard memory limit the attempt ran under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<ByteSize>,
@@ -725,7 +748,7 @@ mod tests {
         );
         check(
             |s| s.args.push("x".repeat(limits::MAX_ARG_BYTES + 1)),
-            Err("argument 2 is longer than 131072 bytes"),
+            Err("argument 2 is longer than 131071 bytes"),
         );
         check(
             |s| s.timeout = Duration::ZERO,
@@ -747,10 +770,12 @@ mod tests {
             |s| s.resources.cpu = Some(-1.0),
             Err("cpu out of range: must be in [0.001, 4096]"),
         );
-        check(
-            |s| s.resources.cpu = Some(f64::NAN),
-            Err("cpu out of range: must be in [0.001, 4096]"),
-        );
+        for cpu in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5, 0.0] {
+            check(
+                |s| s.resources.cpu = Some(cpu),
+                Err("cpu out of range: must be in [0.001, 4096]"),
+            );
+        }
         check(
             |s| s.resources.memory = Some(ByteSize(0)),
             Err("memory out of range: must be greater than zero"),
@@ -778,6 +803,52 @@ mod tests {
             },
             Ok(()),
         );
+    }
+
+    /// Linux refuses (E2BIG) an argv or environment string of 32 pages, its NUL included: 131,071
+    /// bytes is the most, for the program, each argument and each `KEY=VALUE` entry.
+    #[test]
+    fn strings_stop_at_the_kernels_limit_per_string() {
+        const MOST: usize = 131_071;
+        assert_eq!(limits::MAX_ARG_BYTES, MOST);
+        let refused = |what: &str| Err(format!("{what} is longer than {MOST} bytes"));
+        let got = |edit: &dyn Fn(&mut JobSpec)| {
+            let mut s = spec();
+            edit(&mut s);
+            s.validate().map_err(|e| e.to_string())
+        };
+        assert_eq!(got(&|s| s.args = vec!["x".repeat(MOST)]), Ok(()));
+        assert_eq!(
+            got(&|s| s.args = vec!["x".repeat(MOST + 1)]),
+            refused("argument 1")
+        );
+        assert_eq!(got(&|s| s.program = "p".repeat(MOST)), Ok(()));
+        assert_eq!(
+            got(&|s| s.program = "p".repeat(MOST + 1)),
+            refused("program")
+        );
+        // `K=` and the value: the entry is one string.
+        assert_eq!(
+            got(&|s| _ = s.env.insert("K".into(), "v".repeat(MOST - 2))),
+            Ok(())
+        );
+        assert_eq!(
+            got(&|s| _ = s.env.insert("K".into(), "v".repeat(MOST - 1))),
+            refused("environment entry K=…")
+        );
+        // Name and value each under the limit, together over it.
+        let e = got(&|s| _ = s.env.insert("N".repeat(70_000), "v".repeat(70_000))).unwrap_err();
+        assert!(
+            e.starts_with(&format!("environment entry {}…=…", "N".repeat(64))),
+            "{e}"
+        );
+        let e = SpecError::TooLong {
+            what: String::new(),
+            max: 0,
+        };
+        assert!(e.is_size_limit(), "answered 422 limit_exceeded");
+        assert_eq!(check_env_entry("SECRET", MOST - 7), Ok(()));
+        assert!(check_env_entry("SECRET", MOST - 6).is_err());
     }
 
     #[test]

@@ -16,3 +16,12 @@ pub use size::ByteSize;
 pub use state::*;
 pub use time::Timestamp;
 pub use view::{EngineStatus, JobPage, JobView};
+
+/// For `skip_serializing_if`: a counter that is zero says nothing worth a field.
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+pub(crate) fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}

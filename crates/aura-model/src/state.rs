@@ -63,6 +63,10 @@ pub enum Outcome {
     FailedToStart {
         error: String,
     },
+    /// Could not start: the data volume had no room for what the start needed (work dir, logs).
+    StorageExhausted {
+        error: String,
+    },
     /// The daemon died or shut down while the job ran.
     Interrupted {
         reason: String,
@@ -80,6 +84,12 @@ pub enum Outcome {
     /// The kernel's OOM killer (host out of memory, not the job's limit) killed processes of the job.
     OomKilled {
         kills: u64,
+    },
+    /// Running when the daemon died uncleanly `interruptions` times in a row: suspected of killing it,
+    /// so never requeued again.
+    Quarantined {
+        reason: String,
+        interruptions: u32,
     },
 }
 
@@ -108,10 +118,12 @@ impl Outcome {
             Outcome::TimedOut => "timed_out",
             Outcome::Cancelled => "cancelled",
             Outcome::FailedToStart { .. } => "failed_to_start",
+            Outcome::StorageExhausted { .. } => "storage_exhausted",
             Outcome::Interrupted { .. } => "interrupted",
             Outcome::MemoryLimitExceeded { .. } => "memory_limit_exceeded",
             Outcome::MemoryPressure { .. } => "memory_pressure",
             Outcome::OomKilled { .. } => "oom_killed",
+            Outcome::Quarantined { .. } => "quarantined",
         }
     }
 
@@ -124,7 +136,11 @@ impl Outcome {
             Outcome::TimedOut => 124,
             Outcome::Cancelled => 130,
             Outcome::FailedToStart { .. } => 127,
+            // EX_CANTCREAT.
+            Outcome::StorageExhausted { .. } => 73,
             Outcome::Interrupted { .. } => 75,
+            // EX_SOFTWARE: the job is suspected of bringing the daemon down.
+            Outcome::Quarantined { .. } => 70,
             Outcome::MemoryLimitExceeded { .. }
             | Outcome::MemoryPressure { .. }
             | Outcome::OomKilled { .. } => 137,
@@ -233,6 +249,8 @@ pub enum Event {
     },
     SpawnFailed {
         error: String,
+        /// The data volume refused what the start needed (no space, over quota).
+        storage: bool,
         at: Timestamp,
     },
     StopRequested {
@@ -250,6 +268,12 @@ pub enum Event {
         reason: String,
         at: Timestamp,
     },
+    /// Like `Interrupted`, but the job was running at too many unclean daemon deaths in a row: it ends
+    /// for good.
+    Quarantined {
+        reason: String,
+        at: Timestamp,
+    },
     /// Put a finished attempt back in the queue; allowed only when the retry policy says so.
     Requeue {
         at: Timestamp,
@@ -264,6 +288,7 @@ impl Event {
             Event::StopRequested { .. } => "stop_requested",
             Event::Exited { .. } => "exited",
             Event::Interrupted { .. } => "interrupted",
+            Event::Quarantined { .. } => "quarantined",
             Event::Requeue { .. } => "requeued",
         }
     }
@@ -291,6 +316,10 @@ pub struct Job {
     /// Attempts stopped by the memory pressure responder (bounded by `retry.max_pressure_requeues`).
     #[serde(default)]
     pub pressure_stops: u32,
+    /// Unclean daemon deaths (crash, kill) in a row while an attempt of this job ran; reset when an
+    /// attempt ends under a live daemon. Recovery quarantines the job at a threshold.
+    #[serde(default, skip_serializing_if = "crate::is_zero_u32")]
+    pub interruptions: u32,
     /// The memory admission reserves for it, and where the figure came from (absent on records written
     /// before admission existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,6 +342,7 @@ impl Job {
             attempt: 1,
             failures: 0,
             pressure_stops: 0,
+            interruptions: 0,
             memory_request: None,
             submitted_by: None,
             state: JobState::Queued {
@@ -331,7 +361,10 @@ impl Job {
     /// Whether the retry policy allows another attempt after the current (finished) one.
     pub fn may_retry(&self) -> bool {
         match self.outcome() {
-            None | Some(Outcome::Succeeded) | Some(Outcome::Cancelled) => false,
+            None
+            | Some(Outcome::Succeeded)
+            | Some(Outcome::Cancelled)
+            | Some(Outcome::Quarantined { .. }) => false,
             Some(Outcome::Interrupted { .. }) => self.spec.retry.requeue_interrupted,
             Some(Outcome::MemoryPressure { .. }) => {
                 self.pressure_stops <= self.spec.retry.max_pressure_requeues
@@ -353,10 +386,13 @@ impl Job {
             (JobState::Queued { .. }, Event::Started { run }) => {
                 JobState::Running { run: run.clone() }
             }
-            (JobState::Queued { .. }, Event::SpawnFailed { error, at }) => {
+            (JobState::Queued { .. }, Event::SpawnFailed { error, storage, at }) => {
+                let error = error.clone();
                 JobState::Finished(Box::new(Finished {
-                    outcome: Outcome::FailedToStart {
-                        error: error.clone(),
+                    outcome: if *storage {
+                        Outcome::StorageExhausted { error }
+                    } else {
+                        Outcome::FailedToStart { error }
                     },
                     finished_at: *at,
                     run: None,
@@ -438,17 +474,26 @@ impl Job {
             }
             (
                 JobState::Running { run } | JobState::Stopping { run, .. },
-                Event::Interrupted { reason, at },
-            ) => JobState::Finished(Box::new(Finished {
-                outcome: Outcome::Interrupted {
-                    reason: reason.clone(),
-                },
-                finished_at: *at,
-                run: Some(run.clone()),
-                exit: None,
-                signals_sent: vec![],
-                accounting: Accounting::default(),
-            })),
+                Event::Interrupted { reason, at } | Event::Quarantined { reason, at },
+            ) => {
+                let reason = reason.clone();
+                let outcome = if matches!(event, Event::Quarantined { .. }) {
+                    Outcome::Quarantined {
+                        reason,
+                        interruptions: self.interruptions.saturating_add(1),
+                    }
+                } else {
+                    Outcome::Interrupted { reason }
+                };
+                JobState::Finished(Box::new(Finished {
+                    outcome,
+                    finished_at: *at,
+                    run: Some(run.clone()),
+                    exit: None,
+                    signals_sent: vec![],
+                    accounting: Accounting::default(),
+                }))
+            }
             (JobState::Finished(_), Event::Requeue { at }) => {
                 if !self.may_retry() {
                     return Err(illegal(
@@ -461,6 +506,13 @@ impl Job {
             }
             _ => return Err(illegal(self, "")),
         };
+        match &event {
+            Event::Interrupted { .. } | Event::Quarantined { .. } => {
+                self.interruptions = self.interruptions.saturating_add(1);
+            }
+            Event::Exited { .. } => self.interruptions = 0,
+            _ => {}
+        }
         if let JobState::Finished(f) = &next {
             if f.outcome.counts_as_failure() {
                 self.failures += 1;
@@ -579,9 +631,20 @@ mod tests {
                 no_retry,
                 Event::SpawnFailed {
                     error: "ENOENT".into(),
+                    storage: false,
                     at: T,
                 },
                 Ok("failed_to_start"),
+            ),
+            (
+                Queued,
+                no_retry,
+                Event::SpawnFailed {
+                    error: "ENOSPC".into(),
+                    storage: true,
+                    at: T,
+                },
+                Ok("storage_exhausted"),
             ),
             (
                 Queued,
@@ -816,6 +879,60 @@ mod tests {
     }
 
     #[test]
+    fn unclean_deaths_in_a_row_count_until_an_attempt_ends_and_quarantine_is_final() {
+        let mut job = job_in(
+            StateName::Running,
+            RetryPolicy {
+                max_retries: 3,
+                requeue_interrupted: true,
+                ..RetryPolicy::default()
+            },
+        );
+        let died = || Event::Interrupted {
+            reason: "daemon died".into(),
+            at: T,
+        };
+        job.apply(died()).unwrap();
+        job.apply(Event::Requeue { at: T }).unwrap();
+        job.apply(Event::Started { run: run() }).unwrap();
+        assert_eq!(job.interruptions, 1);
+        // An attempt that ends under a live daemon clears the count.
+        job.apply(exited(1)).unwrap();
+        assert_eq!(job.interruptions, 0);
+        job.apply(Event::Requeue { at: T }).unwrap();
+        job.apply(Event::Started { run: run() }).unwrap();
+        job.apply(died()).unwrap();
+        job.apply(Event::Requeue { at: T }).unwrap();
+        job.apply(Event::Started { run: run() }).unwrap();
+        job.apply(Event::Quarantined {
+            reason: "running at 2 unclean daemon deaths in a row".into(),
+            at: T,
+        })
+        .unwrap();
+        assert_eq!(
+            job.outcome(),
+            Some(&Outcome::Quarantined {
+                reason: "running at 2 unclean daemon deaths in a row".into(),
+                interruptions: 2
+            })
+        );
+        assert_eq!(job.interruptions, 2);
+        assert!(
+            !job.may_retry(),
+            "quarantine is final whatever the retry policy"
+        );
+        assert!(job.apply(Event::Requeue { at: T }).is_err());
+        // Only a live attempt can be quarantined.
+        let mut queued = job_in(StateName::Queued, RetryPolicy::default());
+        assert!(queued
+            .apply(Event::Quarantined {
+                reason: "x".into(),
+                at: T
+            })
+            .is_err());
+    }
+
+    #[test]
     fn job_json_round_trips() {
         let job = job_in(StateName::Finished, RetryPolicy::default());
         let json = serde_json::to_string(&job).unwrap();
@@ -855,6 +972,9 @@ pub struct NewEvent {
     pub at: Timestamp,
     pub kind: String,
     pub detail: serde_json::Value,
+    /// The attempt it belongs to, where that is not the job's attempt when it is recorded (what ended
+    /// an attempt, written with the requeue that began the next).
+    pub attempt: Option<u32>,
 }
 
 impl NewEvent {
@@ -863,6 +983,14 @@ impl NewEvent {
             at: Timestamp::now(),
             kind: kind.into(),
             detail,
+            attempt: None,
+        }
+    }
+
+    /// Stamps events not yet stamped with `attempt`: call before a requeue moves the job to the next.
+    pub fn stamp(events: &mut [NewEvent], attempt: u32) {
+        for event in events {
+            event.attempt.get_or_insert(attempt);
         }
     }
 }

@@ -52,4 +52,16 @@ pub struct EngineStatus {
     pub max_concurrent: usize,
     pub running: usize,
     pub queued: usize,
+    /// Why admission is paused (a live guard: memory, pressure, CPU, disk), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// The job database cannot commit (its volume is full or failing): submissions are refused.
+    #[serde(default)]
+    pub store_degraded: bool,
+    /// State changes kept in memory meanwhile.
+    #[serde(default)]
+    pub kept_writes: u64,
+    /// The newest jobs quarantined by crash-loop protection, newest first.
+    #[serde(default)]
+    pub quarantined: Vec<crate::JobId>,
 }

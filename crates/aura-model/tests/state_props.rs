@@ -76,7 +76,8 @@ fn accounting() -> impl Strategy<Value = Accounting> {
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         3 => run().prop_map(|run| Event::Started { run }),
-        1 => ("[a-z]{1,8}", timestamp()).prop_map(|(error, at)| Event::SpawnFailed { error, at }),
+        1 => ("[a-z]{1,8}", any::<bool>(), timestamp())
+            .prop_map(|(error, storage, at)| Event::SpawnFailed { error, storage, at }),
         2 => (stop_reason(), timestamp()).prop_map(|(reason, at)| Event::StopRequested { reason, at }),
         3 => (
             exit_status(),
@@ -91,6 +92,7 @@ fn event() -> impl Strategy<Value = Event> {
                 at,
             }),
         1 => ("[a-z ]{1,12}", timestamp()).prop_map(|(reason, at)| Event::Interrupted { reason, at }),
+        1 => ("[a-z ]{1,12}", timestamp()).prop_map(|(reason, at)| Event::Quarantined { reason, at }),
         3 => timestamp().prop_map(|at| Event::Requeue { at }),
     ]
 }
@@ -107,7 +109,7 @@ fn legal(job: &Job, event: &Event) -> bool {
         | (JobState::Stopping { .. }, Event::StopRequested { .. }) => true,
         (
             JobState::Running { .. } | JobState::Stopping { .. },
-            Event::Exited { .. } | Event::Interrupted { .. },
+            Event::Exited { .. } | Event::Interrupted { .. } | Event::Quarantined { .. },
         ) => true,
         (JobState::Finished(_), Event::Requeue { .. }) => expected_may_retry(job),
         _ => false,
@@ -121,7 +123,7 @@ fn legal(job: &Job, event: &Event) -> bool {
 fn expected_may_retry(job: &Job) -> bool {
     let retry = job.spec.retry;
     match job.outcome() {
-        None | Some(Outcome::Succeeded | Outcome::Cancelled) => false,
+        None | Some(Outcome::Succeeded | Outcome::Cancelled | Outcome::Quarantined { .. }) => false,
         Some(Outcome::Interrupted { .. }) => retry.requeue_interrupted,
         Some(Outcome::MemoryPressure { .. }) => {
             job.pressure_stops - 1 < retry.max_pressure_requeues
@@ -255,7 +257,9 @@ fn check_step(
             prop_assert!(
                 matches!(
                     f.outcome,
-                    Outcome::FailedToStart { .. } | Outcome::Cancelled
+                    Outcome::FailedToStart { .. }
+                        | Outcome::StorageExhausted { .. }
+                        | Outcome::Cancelled
                 ),
                 "no run for {:?}",
                 f.outcome
@@ -272,6 +276,7 @@ fn at(event: &Event) -> Timestamp {
         | Event::StopRequested { at, .. }
         | Event::Exited { at, .. }
         | Event::Interrupted { at, .. }
+        | Event::Quarantined { at, .. }
         | Event::Requeue { at } => *at,
     }
 }
@@ -282,12 +287,15 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
         (JobState::Queued { .. }, Event::Started { run }) => {
             prop_assert_eq!(&job.state, &JobState::Running { run: run.clone() });
         }
-        (JobState::Queued { .. }, Event::SpawnFailed { error, at }) => {
+        (JobState::Queued { .. }, Event::SpawnFailed { error, storage, at }) => {
             let f = finished(job)?;
+            let error = error.clone();
             prop_assert_eq!(
                 &f.outcome,
-                &Outcome::FailedToStart {
-                    error: error.clone()
+                &if *storage {
+                    Outcome::StorageExhausted { error }
+                } else {
+                    Outcome::FailedToStart { error }
                 }
             );
             prop_assert_eq!(f.finished_at, *at);
@@ -350,6 +358,22 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
             );
             prop_assert_eq!(f.run.as_ref(), Some(run));
             prop_assert_eq!(f.finished_at, *at);
+            prop_assert_eq!(job.interruptions, before.interruptions + 1);
+        }
+        (
+            JobState::Running { run } | JobState::Stopping { run, .. },
+            Event::Quarantined { reason, .. },
+        ) => {
+            let f = finished(job)?;
+            prop_assert_eq!(
+                &f.outcome,
+                &Outcome::Quarantined {
+                    reason: reason.clone(),
+                    interruptions: before.interruptions + 1,
+                }
+            );
+            prop_assert_eq!(f.run.as_ref(), Some(run));
+            prop_assert!(!job.may_retry(), "quarantine is final");
         }
         (JobState::Finished(_), Event::Requeue { .. }) => {}
         (state, event) => {

@@ -44,8 +44,12 @@ pub enum ErrorCode {
     /// Every connection slot (`api.max_connections`) is busy with a request.
     TooManyConnections,
     NotFound,
+    /// The route exists, not with this method; the `Allow` header lists the ones it has.
+    MethodNotAllowed,
     AlreadyFinished,
     ShuttingDown,
+    /// The job database cannot commit: its volume is full or failing. Retry once space returns.
+    StorageExhausted,
     Internal,
 }
 
@@ -75,8 +79,10 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::AlreadyFinished => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StorageExhausted => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,8 +112,10 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "Request timed out",
             ErrorCode::TooManyConnections => "Too many connections",
             ErrorCode::NotFound => "Not found",
+            ErrorCode::MethodNotAllowed => "Method not allowed",
             ErrorCode::AlreadyFinished => "Job already finished",
             ErrorCode::ShuttingDown => "Shutting down",
+            ErrorCode::StorageExhausted => "Data volume full",
             ErrorCode::Internal => "Internal error",
         }
     }
@@ -123,6 +131,8 @@ impl ErrorCode {
 const QUEUE_FULL_RETRY_AFTER_SECS: u32 = 5;
 /// Connections free up as requests end: a second is a fair first back-off.
 const CONNECTIONS_RETRY_AFTER_SECS: u32 = 1;
+/// Space returns when someone frees it: a client should not hammer a full volume.
+const STORAGE_RETRY_AFTER_SECS: u32 = 10;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -161,6 +171,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => ErrorCode::NotFound,
             EngineError::AlreadyFinished { .. } => ErrorCode::AlreadyFinished,
             EngineError::ShuttingDown => ErrorCode::ShuttingDown,
+            EngineError::Store(e) if e.is_storage() => ErrorCode::StorageExhausted,
             EngineError::Config(_)
             | EngineError::Store(_)
             | EngineError::Supervisor(_)
@@ -215,6 +226,7 @@ impl IntoResponse for ApiError {
             // The queue drains as jobs finish; a few seconds is a fair first guess for a client's back-off.
             ErrorCode::QueueFull | ErrorCode::TokenQueueFull => Some(QUEUE_FULL_RETRY_AFTER_SECS),
             ErrorCode::TooManyConnections => Some(CONNECTIONS_RETRY_AFTER_SECS),
+            ErrorCode::StorageExhausted => Some(STORAGE_RETRY_AFTER_SECS),
             _ => None,
         };
         if let Some(secs) = retry_after {

@@ -86,6 +86,8 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
             config: security.clone(),
             stage: security::Stage::Authorize,
         })
+        // After every route: it is set on the routes there are. Routing adds the `Allow` header.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .with_state(Arc::new(AppState { engine, config }));
     // Outermost last: the guard's checks run first, then CORS (a preflight from a configured origin is
@@ -125,6 +127,16 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{method} is not allowed on {}; the Allow header lists what is",
+            uri.path()
+        ),
+    )
+}
+
 fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<JobId> {
     let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     raw.parse::<i64>()
@@ -144,11 +156,18 @@ struct Health {
     backend: aura_model::Backend,
 }
 
-async fn healthz(State(app): State<Arc<AppState>>) -> Json<Health> {
-    Json(Health {
-        status: "ok",
+/// Alive: `ok`, or `shutting_down` (503) once a shutdown has begun, so that a balancer stops sending work.
+async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    let (code, status) = if app.engine.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    let health = Health {
+        status,
         backend: app.engine.backend(),
-    })
+    };
+    (code, Json(health)).into_response()
 }
 
 async fn status(State(app): State<Arc<AppState>>) -> ApiResult<Json<EngineStatus>> {
@@ -315,6 +334,10 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<Response> {
 /// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let readiness = app.engine.readiness().await;
+    if app.engine.is_shutting_down() {
+        let body = serde_json::json!({ "status": "shutting_down", "reasons": readiness.reasons });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let status = match readiness.status {
         aura_engine::Health::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
         aura_engine::Health::Healthy | aura_engine::Health::Degraded => StatusCode::OK,

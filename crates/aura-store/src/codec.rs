@@ -10,7 +10,7 @@ use rusqlite::Row;
 
 /// The column list every job query selects, in the order `decode_job` reads it.
 pub(crate) const JOB_COLUMNS: &str =
-    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops, submitted_by";
+    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops, submitted_by, interruptions";
 
 /// What changes over a job's life, ready to bind: every `record` writes exactly this.
 #[derive(Debug)]
@@ -23,6 +23,7 @@ pub(crate) struct StateRow {
     pub state_data: String,
     pub memory_request: Option<String>,
     pub pressure_stops: i64,
+    pub interruptions: i64,
 }
 
 /// A new job's row: what never changes after submit (so it is encoded and written once), and its first
@@ -37,12 +38,14 @@ pub(crate) struct JobRow {
     pub state: StateRow,
 }
 
-/// An event row, ready to bind; the job id and attempt come from the command it travels with.
+/// An event row, ready to bind; the job id comes from the command it travels with, and so does the
+/// attempt unless the event names its own (one that happened before a requeue in the same write).
 #[derive(Debug)]
 pub(crate) struct EventRow {
     pub at_ms: i64,
     pub kind: String,
     pub detail: String,
+    pub attempt: Option<i64>,
 }
 
 fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
@@ -65,6 +68,7 @@ pub(crate) fn encode_state(job: &Job) -> Result<StateRow, StoreError> {
             .map(|m| to_json("memory request", m))
             .transpose()?,
         pressure_stops: i64::from(job.pressure_stops),
+        interruptions: i64::from(job.interruptions),
     })
 }
 
@@ -85,6 +89,7 @@ pub(crate) fn encode_event(event: &NewEvent) -> Result<EventRow, StoreError> {
         at_ms: event.at.unix_millis(),
         kind: event.kind.clone(),
         detail: to_json("event detail", &event.detail)?,
+        attempt: event.attempt.map(i64::from),
     })
 }
 
@@ -112,6 +117,9 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         .transpose()
         .map_err(|e| corrupt(format!("memory request: {e}")))?;
     let submitted_by: Option<String> = row.get(9)?;
+    let interruptions: u32 = row
+        .get(10)
+        .map_err(|e| corrupt(format!("interruptions: {e}")))?;
     if state.name().as_str() != state_name {
         return Err(corrupt(format!(
             "state column says {state_name:?} but the state data is {:?}",
@@ -125,6 +133,7 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         attempt,
         failures,
         pressure_stops,
+        interruptions,
         memory_request,
         submitted_by,
         state,

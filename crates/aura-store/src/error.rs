@@ -35,6 +35,14 @@ pub enum StoreError {
         #[source]
         source: Arc<rusqlite::Error>,
     },
+    /// The volume under the database refused the write (full, over quota, failing): the write did not
+    /// happen. Writes nobody waits for are kept and committed once the volume takes them again; an
+    /// insert is refused.
+    #[error("the job database cannot commit: {source} (its volume is full or failing)")]
+    Storage {
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
     #[error("cannot encode {what} as JSON: {source}")]
     Encode {
         what: &'static str,
@@ -54,6 +62,54 @@ pub enum StoreError {
     /// A bug: a store thread panicked.
     #[error("internal job store failure: {0}")]
     Internal(String),
+}
+
+impl StoreError {
+    /// Whether the data volume, not the write, is at fault: it may succeed later.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, StoreError::Storage { .. })
+    }
+
+    /// A storage fault as such (`Storage`), else the error unchanged.
+    pub(crate) fn classify(self) -> StoreError {
+        let source = match &self {
+            StoreError::Db { source, .. } | StoreError::Sqlite(source) => source,
+            StoreError::Commit { source } => &**source,
+            _ => return self,
+        };
+        let storage = matches!(
+            source.sqlite_error_code(),
+            Some(
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::ReadOnly
+            )
+        );
+        if !storage {
+            return self;
+        }
+        match self {
+            StoreError::Db { source, .. } | StoreError::Sqlite(source) => StoreError::Storage {
+                source: Arc::new(source),
+            },
+            StoreError::Commit { source } => StoreError::Storage { source },
+            other => other,
+        }
+    }
+
+    /// Another `Storage` error with the same cause, for every write a failed commit held.
+    pub(crate) fn share(&self) -> Option<StoreError> {
+        match self {
+            StoreError::Storage { source } => Some(StoreError::Storage {
+                source: source.clone(),
+            }),
+            StoreError::Commit { source } => Some(StoreError::Commit {
+                source: source.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Attaches what the store was doing to a bare SQLite error.

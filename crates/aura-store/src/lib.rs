@@ -8,6 +8,7 @@
 mod codec;
 mod error;
 mod reader;
+mod reserve;
 mod schema;
 mod store;
 mod writer;

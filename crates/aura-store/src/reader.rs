@@ -212,3 +212,18 @@ pub(crate) fn memory_peaks(
     }
     Ok(peaks)
 }
+
+/// The newest quarantined jobs, newest first (served by the partial index jobs_quarantined).
+pub(crate) fn quarantined(conn: &Connection, limit: u32) -> Result<Vec<JobId>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id FROM jobs WHERE outcome = 'quarantined' ORDER BY id DESC LIMIT ?1",
+        )
+        .context("reading quarantined jobs")?;
+    let ids = stmt
+        .query_map([limit], |row| row.get(0).map(JobId))
+        .context("reading quarantined jobs")?
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading quarantined jobs")?;
+    Ok(ids)
+}

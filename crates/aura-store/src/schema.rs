@@ -60,6 +60,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN submitted_by TEXT;
     "#,
+    // 5: faults. Unclean daemon deaths in a row under a job (crash-loop protection), and the quarantined
+    // jobs `aura status` lists.
+    r#"
+    ALTER TABLE jobs ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_quarantined ON jobs (id) WHERE outcome = 'quarantined';
+    "#,
 ];
 
 /// Page cache per connection, KiB.

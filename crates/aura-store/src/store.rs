@@ -4,6 +4,7 @@
 use crate::codec::{encode_event, encode_new, encode_state};
 use crate::error::{Context as _, StoreError};
 use crate::reader::{self, ReadPool};
+use crate::reserve::Reserve;
 use crate::schema::{migrate, open_connection};
 use crate::writer::{Command, Counters, Done, Write, Writer};
 use aura_model::{
@@ -32,6 +33,9 @@ pub struct StoreOptions {
     /// committed (a write queued with [`Commit::Now`] ends the wait at once). Under a steady stream of
     /// short jobs, one commit then carries many jobs' final writes instead of one each.
     pub group_window: Duration,
+    /// Space set aside next to the database (`<db>-reserve`) and given up when its volume is full, so that
+    /// state changes under way still commit; 0: none.
+    pub reserve_bytes: u64,
 }
 
 /// How soon a queued write must be committed.
@@ -50,6 +54,7 @@ impl Default for StoreOptions {
             max_batch: 512,
             channel_capacity: 4096,
             group_window: Duration::from_millis(10),
+            reserve_bytes: 0,
         }
     }
 }
@@ -84,6 +89,10 @@ pub struct StoreStats {
     pub commits: u64,
     /// Writes (inserts and records) those transactions held, failed ones included.
     pub writes: u64,
+    /// Whether the database's volume refuses writes now (full, failing): submissions are refused.
+    pub degraded: bool,
+    /// State changes kept in memory until the volume takes writes again.
+    pub kept_writes: u64,
 }
 
 /// A queued write; resolves once it is committed (or failed). Dropping it does not cancel the write.
@@ -140,11 +149,15 @@ impl Store {
     pub async fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         let path = path.to_owned();
         let busy_timeout = opts.busy_timeout;
-        let (write_conn, read_conn, path) = blocking(move || {
+        let reserve_bytes = opts.reserve_bytes;
+        let (write_conn, read_conn, path, reserve) = blocking(move || {
             let mut write_conn = open_connection(&path, busy_timeout, false)?;
             migrate(&mut write_conn)?;
             let read_conn = open_connection(&path, busy_timeout, true)?;
-            Ok((write_conn, read_conn, path))
+            let mut reserve_path = path.clone().into_os_string();
+            reserve_path.push("-reserve");
+            let reserve = Reserve::new(reserve_path.into(), reserve_bytes);
+            Ok((write_conn, read_conn, path, reserve))
         })
         .await?;
         // tokio panics on a zero-capacity channel, and a zero batch would never make progress.
@@ -158,6 +171,8 @@ impl Store {
             group_window: opts.group_window,
             urgent: urgent.clone(),
             counters: counters.clone(),
+            reserve,
+            kept: Vec::new(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -183,6 +198,8 @@ impl Store {
         StoreStats {
             commits: self.inner.counters.commits.load(Ordering::Relaxed),
             writes: self.inner.counters.writes.load(Ordering::Relaxed),
+            degraded: self.inner.counters.degraded.load(Ordering::Relaxed),
+            kept_writes: self.inner.counters.kept.load(Ordering::Relaxed),
         }
     }
 
@@ -231,6 +248,7 @@ impl Store {
             at: submitted_at,
             kind: "submitted".into(),
             detail,
+            attempt: None,
         })?;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Write(Box::new(Write::Insert {
@@ -380,6 +398,12 @@ impl Store {
                 .context("pinging the job database")
         })
         .await
+    }
+
+    /// The newest `limit` quarantined jobs (crash-loop protection), newest first.
+    pub async fn quarantined(&self, limit: u32) -> Result<Vec<JobId>, StoreError> {
+        self.read(move |conn| reader::quarantined(conn, limit))
+            .await
     }
 
     /// Every state with its number of jobs, zeros included.

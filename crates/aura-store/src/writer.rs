@@ -1,14 +1,17 @@
 //! The writer thread: owns the only write connection and applies queued writes with group commit —
 //! everything waiting is applied in one transaction; should one write fail, the batch is applied again one
 //! write per transaction, so that a failing write never takes the others of its batch down with it.
+//! A volume that refuses writes (full, failing) is a state of its own: the reserve is given up, and
+//! what still cannot be committed is kept, in order, and committed once the volume takes it.
 
 use crate::codec::{EventRow, JobRow, StateRow};
 use crate::error::{Context, StoreError};
+use crate::reserve::Reserve;
 use crate::Commit;
 use aura_model::JobId;
 use rusqlite::{params, params_from_iter, Connection, ToSql, TransactionBehavior};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,7 +65,18 @@ pub(crate) enum Write {
 pub(crate) struct Counters {
     pub commits: AtomicU64,
     pub writes: AtomicU64,
+    /// Writes kept because the volume refused them, not yet committed.
+    pub kept: AtomicU64,
+    /// Set while the volume refuses writes.
+    pub degraded: AtomicBool,
 }
+
+/// How often kept writes are tried again while the volume refuses them.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Kept writes beyond this (a volume refusing writes for very long while jobs keep ending) are answered
+/// with the error instead: memory stays bounded.
+const MAX_KEPT: usize = 65_536;
 
 pub(crate) struct Writer {
     pub conn: Connection,
@@ -72,6 +86,9 @@ pub(crate) struct Writer {
     /// Rung by a sender of a write that must not wait for the group window (see `Store::send`).
     pub urgent: Arc<tokio::sync::Notify>,
     pub counters: Arc<Counters>,
+    pub reserve: Reserve,
+    /// Writes a storage fault kept from being committed, in queue order.
+    pub kept: Vec<Write>,
 }
 
 impl Writer {
@@ -88,7 +105,21 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.max_batch);
         // After a Close the channel is closed but still drained: anything a caller managed to queue was
         // acknowledged as queued (`record_queued`), so it must be written.
-        while let Some(first) = self.rx.recv().await {
+        loop {
+            let first = if self.kept.is_empty() {
+                self.rx.recv().await
+            } else {
+                match tokio::time::timeout(RETRY_EVERY, self.rx.recv()).await {
+                    Ok(first) => first,
+                    Err(_) => {
+                        self.apply(&mut batch);
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else {
+                break;
+            };
             let mut now = self.take(first, &mut batch, &mut closers);
             now |= self.drain(&mut batch, &mut closers);
             if !now && !self.group_window.is_zero() {
@@ -110,6 +141,15 @@ impl Writer {
             }
             if !batch.is_empty() {
                 self.apply(&mut batch);
+            }
+        }
+        if !self.kept.is_empty() {
+            self.apply(&mut batch);
+            if !self.kept.is_empty() {
+                tracing::error!(writes = self.kept.len(), "job store closed while its volume refuses writes: the newest state changes are lost (recovery at the next start treats those jobs as interrupted)");
+                for write in self.kept.drain(..) {
+                    write.reply(Err(StoreError::Closed));
+                }
             }
         }
         for closer in closers {
@@ -148,42 +188,99 @@ impl Writer {
         urgent
     }
 
-    /// Applies a batch optimistically: every write in one transaction, with no savepoint per write (two
-    /// more statements each). A failing write is rare (a missing job, a full disk); the whole batch is then
-    /// rolled back and each write applied in its own transaction, so that one failing write never takes
-    /// the others of its batch down with it.
+    /// Applies the kept writes and then the batch. While the volume refuses writes, inserts are refused
+    /// (their callers are waiting and get the error) and everything else is kept for the next try.
     fn apply(&mut self, batch: &mut Vec<Write>) {
         self.counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        match self.transaction(batch) {
-            Ok(ids) => {
-                for (write, id) in batch.drain(..).zip(ids) {
-                    write.reply(Ok(id));
+        let mut writes = std::mem::take(&mut self.kept);
+        writes.append(batch);
+        let was_degraded = self.counters.degraded.load(Ordering::Relaxed);
+        match self.commit(writes) {
+            Ok(()) => {
+                if was_degraded {
+                    tracing::info!("the job database commits again");
+                    self.counters.degraded.store(false, Ordering::Relaxed);
                 }
+                self.reserve.restore();
             }
-            Err(e) if batch.len() == 1 => {
-                if let Some(write) = batch.pop() {
-                    write.reply(Err(e));
+            Err((error, left)) => {
+                if !was_degraded {
+                    tracing::error!(%error, "the job database cannot commit: submissions are refused and state changes kept until its volume takes writes again");
+                    self.counters.degraded.store(true, Ordering::Relaxed);
                 }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, writes = batch.len(), "a batched write failed; applying the batch one write at a time");
-                for write in batch.drain(..) {
-                    let result = self
-                        .transaction(std::slice::from_ref(&write))
-                        // One write, one id.
-                        .map(|ids| ids[0]);
-                    write.reply(result);
+                for write in left {
+                    if matches!(write, Write::Insert { .. }) || self.kept.len() >= MAX_KEPT {
+                        write.reply(Err(error.share().unwrap_or(StoreError::Closed)));
+                    } else {
+                        self.kept.push(write);
+                    }
                 }
             }
         }
+        self.counters
+            .kept
+            .store(self.kept.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Commits `writes` optimistically: every write in one transaction, with no savepoint per write (two
+    /// more statements each). A failing write is rare (a missing job); the whole batch is then rolled back
+    /// and each write applied in its own transaction, so that one failing write never takes the others
+    /// down with it. A storage fault releases the reserve and tries again; if it persists, the writes not
+    /// committed are handed back with it.
+    fn commit(&mut self, writes: Vec<Write>) -> Result<(), (StoreError, Vec<Write>)> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut result = self.transaction(&writes);
+        // The reserve pays for state changes under way, never for new submissions.
+        let under_way = writes.iter().any(|w| !matches!(w, Write::Insert { .. }));
+        if matches!(&result, Err(e) if e.is_storage()) && under_way && self.reserve.release() {
+            result = self.transaction(&writes);
+        }
+        let error = match result {
+            Ok(ids) => {
+                for (write, id) in writes.into_iter().zip(ids) {
+                    write.reply(Ok(id));
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_storage() => return Err((e, writes)),
+            Err(e) => e,
+        };
+        if writes.len() == 1 {
+            if let Some(write) = writes.into_iter().next() {
+                write.reply(Err(error));
+            }
+            return Ok(());
+        }
+        tracing::debug!(%error, writes = writes.len(), "a batched write failed; applying the batch one write at a time");
+        let mut writes = writes.into_iter();
+        while let Some(write) = writes.next() {
+            match self
+                .transaction(std::slice::from_ref(&write))
+                // One write, one id.
+                .map(|ids| ids[0])
+            {
+                Err(e) if e.is_storage() => {
+                    let mut left = vec![write];
+                    left.extend(writes);
+                    return Err((e, left));
+                }
+                result => write.reply(result),
+            }
+        }
+        Ok(())
     }
 
     /// Runs `writes` in one transaction and commits it; on any error the transaction is rolled back whole.
     fn transaction(&mut self, writes: &[Write]) -> Result<Vec<JobId>, StoreError> {
-        let failed = |e: rusqlite::Error| StoreError::Commit {
-            source: Arc::new(e),
+        let failed = |e: rusqlite::Error| {
+            StoreError::Commit {
+                source: Arc::new(e),
+            }
+            .classify()
         };
         let tx = self
             .conn
@@ -204,7 +301,8 @@ impl Writer {
             .iter()
             .zip(superseded)
             .map(|(write, superseded)| write.execute(&tx, superseded))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::classify)?;
         tx.commit().map_err(failed)?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         Ok(ids)
@@ -219,8 +317,8 @@ impl Write {
             Write::Insert { job, event, .. } => {
                 conn.prepare_cached(
                     "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, submitted_by, state, updated_at_ms, \
-                     attempt, failures, outcome, state_data, memory_request, pressure_stops) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                     attempt, failures, outcome, state_data, memory_request, pressure_stops, interruptions) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )
                 .and_then(|mut stmt| {
                     let fixed: [&dyn ToSql; 5] = [
@@ -244,7 +342,8 @@ impl Write {
                     let changed = conn
                         .prepare_cached(
                             "UPDATE jobs SET state = ?2, updated_at_ms = ?3, attempt = ?4, failures = ?5, \
-                             outcome = ?6, state_data = ?7, memory_request = ?8, pressure_stops = ?9 WHERE id = ?1",
+                             outcome = ?6, state_data = ?7, memory_request = ?8, pressure_stops = ?9, \
+                             interruptions = ?10 WHERE id = ?1",
                         )
                         .and_then(|mut stmt| {
                             let id: &dyn ToSql = &id.0;
@@ -297,7 +396,7 @@ fn insert_event(
         stmt.execute(params![
             job.0,
             event.at_ms,
-            attempt,
+            event.attempt.unwrap_or(attempt),
             event.kind,
             event.detail
         ])
@@ -308,7 +407,7 @@ fn insert_event(
 
 /// The changing columns in the order of both the INSERT (after the fixed ones) and the UPDATE, so the two
 /// cannot drift apart.
-fn state_columns(row: &StateRow) -> [&dyn ToSql; 8] {
+fn state_columns(row: &StateRow) -> [&dyn ToSql; 9] {
     [
         &row.state,
         &row.updated_at_ms,
@@ -318,5 +417,6 @@ fn state_columns(row: &StateRow) -> [&dyn ToSql; 8] {
         &row.state_data,
         &row.memory_request,
         &row.pressure_stops,
+        &row.interruptions,
     ]
 }

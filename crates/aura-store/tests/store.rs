@@ -64,6 +64,7 @@ fn exited(code: i32, ms: i64) -> Event {
             wall_secs: Some(12.345_678_901_234_5),
             peak_processes: Some(3),
             log_truncated_bytes: 17,
+            log_dropped_bytes: 3,
             memory_limit: Some(ByteSize(400 << 20)),
             oom_kills: 0,
             memory_limit_exceeded: false,
@@ -77,6 +78,7 @@ fn event(kind: &str, ms: i64) -> NewEvent {
         at: at(ms),
         kind: kind.into(),
         detail: json!({ "n": ms, "why": kind }),
+        attempt: None,
     }
 }
 
@@ -537,6 +539,7 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
         at: at(0),
         kind: String::new(),
         detail: json!(null),
+        attempt: None,
     };
     assert!(matches!(
         store.record(&broken, vec![event("ok", 0), bad_event]).await,
@@ -583,6 +586,7 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
             at: at(0),
             kind: String::new(),
             detail: json!(null),
+            attempt: None,
         };
         pending.push((
             None,
@@ -875,4 +879,123 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
         t0.elapsed() < Duration::from_secs(10),
         "close waited for the window"
     );
+}
+
+/// A tmpfs of `size` mounted for the test (root only), unmounted on drop.
+struct SmallVolume {
+    _root: TempDir,
+    path: PathBuf,
+}
+
+impl SmallVolume {
+    fn mount(size: &str) -> Option<SmallVolume> {
+        let root = TempDir::new().expect("tempdir");
+        let path = root.path().join("vol");
+        std::fs::create_dir(&path).expect("mkdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallVolume { _root: root, path })
+    }
+
+    /// Fills the volume to the last byte with `name`.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path.join(name)).expect("filler");
+        let chunk = vec![1u8; 64 * 1024];
+        let mut n = chunk.len();
+        while n > 0 {
+            match file.write(&chunk[..n]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => n /= 2,
+            }
+        }
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A full volume: the reserve lets the state changes under way commit; once it is spent, inserts are
+/// refused as a storage fault (nothing stored) while state changes are kept, in order, and committed when
+/// space returns — the record ends as what happened, never a stale state.
+#[tokio::test]
+async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_returns() {
+    let Some(volume) = SmallVolume::mount("2m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let options = StoreOptions {
+        reserve_bytes: 256 * 1024,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&volume.path.join("aura.db"), options)
+        .await
+        .expect("open");
+    assert!(volume.path.join("aura.db-reserve").exists());
+    let mut job = store
+        .insert_job(spec(1), at(0), None, None)
+        .await
+        .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    store.record(&job, vec![]).await.expect("record");
+
+    volume.fill("filler");
+    // The job ends while the volume is full: the reserve pays for its final state.
+    job.apply(exited(1, 2)).expect("exit");
+    store
+        .record(&job, vec![NewEvent::new("exited", json!({}))])
+        .await
+        .expect("committed from the reserve");
+    assert!(!volume.path.join("aura.db-reserve").exists());
+    // Fill what the reserve gave back, minus what SQLite already took.
+    volume.fill("filler2");
+    let stored = store.get(job.id).await.expect("get").expect("job");
+    assert_eq!(stored.state.name(), StateName::Finished);
+
+    // Now nothing commits: an insert is refused as a storage fault...
+    let refused = store.insert_job(spec(2), at(3), None, None).await;
+    assert!(matches!(&refused, Err(e) if e.is_storage()), "{refused:?}");
+    // ... and a state change is kept, not lost.
+    let mut second = job.clone();
+    second.apply(Event::Requeue { at: at(4) }).expect("requeue");
+    let pending = store
+        .record_queued(&second, vec![NewEvent::new("requeued", json!({}))])
+        .await
+        .expect("queued");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(store.stats().degraded, "{:?}", store.stats());
+    assert_eq!(store.stats().kept_writes, 1);
+
+    std::fs::remove_file(volume.path.join("filler")).expect("free space");
+    tokio::time::timeout(Duration::from_secs(5), pending)
+        .await
+        .expect("committed within the retry interval")
+        .expect("committed once space returned");
+    assert!(!store.stats().degraded);
+    let stored = store.get(job.id).await.expect("get").expect("job");
+    assert_eq!(stored.state.name(), StateName::Queued);
+    assert_eq!(stored.attempt, 2);
+    let ids: Vec<JobId> = store
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(ids, vec![job.id], "the refused insert stored nothing");
+    store
+        .insert_job(spec(3), at(5), None, None)
+        .await
+        .expect("insert once space returned");
+    store.close().await.expect("close");
 }

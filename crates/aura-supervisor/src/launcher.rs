@@ -145,6 +145,7 @@ pub(crate) struct Launcher {
     /// Every job's nice value (`SupervisorConfig::job_nice`).
     pub nice: i32,
     pub log_cap: aura_logs::LogCap,
+    pub log_min_free: u64,
     /// Who jobs run as, their limits, base environment, allowed programs and directories.
     pub sandbox: Arc<JobSandbox>,
     /// The base environment as `KEY=VALUE` C strings, built once; every job gets it, overlaid with its own.
@@ -404,6 +405,8 @@ struct Prepared {
     pipes: [OwnedFd; 2],
     /// Our copies of the child's pipe write ends (kept until its main process exits, see `Reap`).
     stdio_ends: StdioEnds,
+    /// This launch made the job's directory (`LaunchRequest::create_cwd`): if nothing starts, it goes.
+    made_cwd: bool,
 }
 
 impl Launcher {
@@ -432,15 +435,15 @@ impl Launcher {
                 NoSlot::Withdrawn => LaunchError::Withdrawn,
                 NoSlot::Closed => LaunchError::ShuttingDown,
             });
+            let made_cwd = prepared.made_cwd;
             let (result, reap) = match slot
                 .and_then(|slot| launcher.start_tree(&req, prepared, slot, &mut bench.stack))
             {
                 Ok((spawned, reap)) => (Ok(spawned), reap),
                 Err(e) => {
                     if req.create_cwd {
-                        // No tree will release the directory: it stays (a later attempt uses it), no
-                        // longer counted.
-                        launcher.workdirs.release(&req.cwd, false);
+                        // No tree will release the directory, and nothing ran in it.
+                        launcher.workdirs.abandon(&req.cwd, made_cwd);
                     }
                     (Err(e), None)
                 }
@@ -473,19 +476,18 @@ impl Launcher {
         let program = self
             .sandbox
             .check_program(&req.program, &req.env, Some(&cwd))?;
-        if req.create_cwd {
-            // A spare renamed into place, else one mkdir in the common case (the parent exists); an attempt
-            // after a retry reuses the directory.
-            workdirs
+        // A spare renamed into place, else one mkdir in the common case (the parent exists); an attempt
+        // after a retry reuses the directory.
+        let made_cwd = req.create_cwd
+            && workdirs
                 .create(&req.cwd)
                 .map_err(|source| LaunchError::Cwd {
                     path: req.cwd.clone(),
                     source,
                 })?;
-        }
-        let prepared = self.prepare_tree(req, program, &cwd);
+        let prepared = self.prepare_tree(req, program, &cwd, made_cwd);
         if prepared.is_err() && req.create_cwd {
-            workdirs.release(&req.cwd, false);
+            workdirs.abandon(&req.cwd, made_cwd);
         }
         prepared
     }
@@ -495,6 +497,7 @@ impl Launcher {
         req: &LaunchRequest,
         program: PathBuf,
         cwd: &std::path::Path,
+        made_cwd: bool,
     ) -> Result<Prepared, LaunchError> {
         let (staged, baseline, cgroup_procs) =
             StagedCgroups::acquire(&self.layout, &self.pool, req.memory_limit)?;
@@ -511,6 +514,7 @@ impl Launcher {
             plan,
             pipes,
             stdio_ends,
+            made_cwd,
         })
     }
 
@@ -527,6 +531,7 @@ impl Launcher {
             layout,
             watcher,
             log_cap,
+            log_min_free,
             ..
         } = self;
         let Prepared {
@@ -535,6 +540,7 @@ impl Launcher {
             plan,
             pipes: [stdout, stderr],
             stdio_ends,
+            made_cwd: _,
         } = prepared;
         let (started, started_at) = (Instant::now(), SystemTime::now());
         let ticks_before = procfs::boot_ticks();
@@ -582,7 +588,7 @@ impl Launcher {
         .into_iter()
         .filter_map(|(fd, stream)| {
             match aura_logs::Capture::new(fd, &req.log_dir, stream, *log_cap) {
-                Ok(capture) => Some(capture),
+                Ok(capture) => Some(capture.with_min_free(*log_min_free)),
                 Err(e) => {
                     tracing::warn!(job_id = %req.job_id, error = %e, "cannot capture a job stream");
                     None

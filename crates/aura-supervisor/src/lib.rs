@@ -117,6 +117,9 @@ pub struct SupervisorConfig {
     pub sample_interval: Duration,
     /// Log cap per stream.
     pub log_cap: aura_logs::LogCap,
+    /// Log capture never writes into the last this many bytes of the log volume (it drops output
+    /// instead): what is left belongs to the job database's state changes. 0: no floor.
+    pub log_min_free: u64,
     /// Written to each job's `oom_score_adj`, so the kernel's OOM killer picks a job before the daemon.
     pub job_oom_score_adj: i32,
     /// How long `finish()`/`stop()` wait for a killed tree to be empty.
@@ -147,6 +150,7 @@ impl SupervisorConfig {
             instance: instance.into(),
             sample_interval: Duration::from_millis(250),
             log_cap: aura_logs::LogCap::new(16 << 20).expect("valid cap"),
+            log_min_free: 0,
             job_oom_score_adj: 500,
             kill_wait: Duration::from_secs(2),
             memory_watch_interval: Duration::from_millis(50),
@@ -248,6 +252,24 @@ pub enum LaunchError {
     /// Its owner took it back (`Supervisor::withdraw`) before it got a running slot: nothing started.
     #[error("the launch was withdrawn before it started")]
     Withdrawn,
+}
+
+impl LaunchError {
+    /// Whether the data volume refused what the start needed (no space, over quota): the job ends
+    /// `storage_exhausted`, not `failed_to_start`.
+    pub fn is_storage(&self) -> bool {
+        let source = match self {
+            LaunchError::Cwd { source, .. }
+            | LaunchError::Spawn { source, .. }
+            | LaunchError::Cgroup { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source.raw_os_error(),
+            Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error()
+                || code == rustix::io::Errno::DQUOT.raw_os_error()
+        )
+    }
 }
 
 /// One job attempt to start.
@@ -443,6 +465,7 @@ impl Supervisor {
                 oom_score_adj: cfg.job_oom_score_adj,
                 nice: cfg.job_nice,
                 log_cap: cfg.log_cap,
+                log_min_free: cfg.log_min_free,
                 sandbox: Arc::new(cfg.sandbox.clone()),
                 rlimits: spawn::rlimits(&cfg.sandbox),
                 threads_without_nnp: Default::default(),

@@ -27,8 +27,21 @@ pub(crate) fn recover(
     for root in layout.v2_root.iter().chain(layout.v1_root.iter()) {
         dirs.extend(cgroup::job_dirs(root));
     }
+    // A recorded dir outside our roots is another instance's (a copied data dir's records): never ours
+    // to kill.
+    let ours = |d: &PathBuf| {
+        layout
+            .v2_root
+            .iter()
+            .chain(layout.v1_root.iter())
+            .any(|root| d.starts_with(root))
+    };
     for h in leftovers {
         for d in &h.cgroups {
+            if !ours(d) {
+                tracing::warn!(cgroup = %d.display(), "a recorded job cgroup lies outside this instance's roots; left alone");
+                continue;
+            }
             if d.join("cgroup.procs").exists() && !dirs.contains(d) {
                 dirs.push(d.clone());
             }

@@ -303,6 +303,7 @@ pub(crate) struct TreeStats {
 struct LogsState {
     open: usize,
     truncated: u64,
+    dropped: u64,
 }
 
 /// What concluding a tree needs besides the tree: where its cgroups and working directory go, and where
@@ -476,16 +477,18 @@ impl TreeStats {
         let mut logs = crate::lock(&self.logs);
         logs.open = logs.open.saturating_sub(1);
         logs.truncated += report.truncated_bytes;
+        logs.dropped += report.dropped_bytes;
         if logs.open == 0 && wake_owner {
             drop(logs);
             self.ended.notify_one();
         }
     }
 
-    /// The bytes the captures dropped, once every capture has ended.
-    pub fn logs_finished(&self) -> Option<u64> {
+    /// The bytes the captures dropped (to the cap, and to a volume that refused them), once every
+    /// capture has ended.
+    pub fn logs_finished(&self) -> Option<(u64, u64)> {
         let logs = crate::lock(&self.logs);
-        (logs.open == 0).then_some(logs.truncated)
+        (logs.open == 0).then_some((logs.truncated, logs.dropped))
     }
 
     /// The main process's status, once it is reaped.
@@ -942,16 +945,32 @@ impl RunningTree {
     /// the exit status and the signals actually sent (SIGKILL included if it was needed). If the main
     /// process had already exited, nothing is sent. Call [`finish`](RunningTree::finish) afterwards.
     pub async fn stop(&mut self, seq: &StopSequence) -> (ExitStatus, Vec<StopSignal>) {
+        self.stop_or_kill(seq, std::future::pending()).await
+    }
+
+    /// `stop`, cut short by `cut`: when it resolves, whatever grace is left is skipped and the tree is
+    /// killed (a daemon's shutdown deadline, a second signal).
+    pub async fn stop_or_kill(
+        &mut self,
+        seq: &StopSequence,
+        cut: impl std::future::Future<Output = ()>,
+    ) -> (ExitStatus, Vec<StopSignal>) {
         let mut sent = Vec::new();
         if let Some(s) = self.exit_status() {
             return (s, sent);
         }
+        tokio::pin!(cut);
         for step in &seq.0 {
             let sig = step.signal.number();
             self.blocking(move |t| t.signal(sig)).await;
             sent.push(step.signal);
-            if let Ok(s) = tokio::time::timeout(step.grace, self.wait()).await {
-                return (s, sent);
+            tokio::select! {
+                waited = tokio::time::timeout(step.grace, self.wait()) => {
+                    if let Ok(s) = waited {
+                        return (s, sent);
+                    }
+                }
+                () = &mut cut => break,
             }
         }
         self.blocking(|t| t.kill()).await;
@@ -973,7 +992,7 @@ impl RunningTree {
         // Log capture ends at EOF once every holder of the pipes is dead (usually with the exit itself);
         // where a process out of the backend's reach keeps a pipe open, the watcher gives the capture up
         // shortly after the tree settled.
-        let truncated = self.stats.ended_with(TreeStats::logs_finished).await;
+        let (truncated, dropped) = self.stats.ended_with(TreeStats::logs_finished).await;
         self.finished = true;
 
         let live = self.stats.live();
@@ -1008,6 +1027,7 @@ impl RunningTree {
             wall_secs: Some(reaped.at.duration_since(self.started).as_secs_f64()),
             peak_processes: Some(live.peak_processes.max(1)),
             log_truncated_bytes: truncated,
+            log_dropped_bytes: dropped,
         }
     }
 }

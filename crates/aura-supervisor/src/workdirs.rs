@@ -55,8 +55,9 @@ impl WorkDirs {
 
     /// Makes `dir` exist: a spare renamed into place, else created (with its parents if need be), owned
     /// by the jobs' account (mode 0700 under the daemon's umask: other accounts see nothing of it). An
-    /// existing directory (a later attempt of the same job) is kept as it is.
-    pub fn create(&self, dir: &Path) -> io::Result<()> {
+    /// existing directory (a later attempt of the same job) is kept as it is. Returns whether this call
+    /// made it (see `abandon`).
+    pub fn create(&self, dir: &Path) -> io::Result<bool> {
         let made = self.make(dir)?;
         if let (Some((uid, gid)), false) = (self.owner, made == Made::FromSpare) {
             // A spare is a directory of this daemon's, already handed over: spares live in memory, so the
@@ -73,7 +74,7 @@ impl WorkDirs {
         *crate::lock(&self.in_use)
             .entry(dir.to_path_buf())
             .or_default() += 1;
-        Ok(())
+        Ok(made != Made::Existing)
     }
 
     fn make(&self, dir: &Path) -> io::Result<Made> {
@@ -116,41 +117,67 @@ impl WorkDirs {
     /// (nothing of the tree can write into it any more) and no other attempt using it, an empty `dir`
     /// becomes a spare if the pool has room; else it stays.
     pub fn release(&self, dir: &Path, empty_tree: bool) {
-        let last = {
-            let mut in_use = crate::lock(&self.in_use);
-            match in_use.get_mut(dir) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    in_use.remove(dir);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last && empty_tree {
+        if self.forget(dir) && empty_tree {
             self.recycle(dir);
         }
     }
 
-    fn recycle(&self, dir: &Path) {
-        if !self.enabled || crate::lock(&self.spares).len() >= self.capacity {
+    /// A launch that started nothing gives back `dir` (from `create`, which said whether it `made` it):
+    /// a directory it made, still empty and used by no other attempt, goes — to the spares, else
+    /// removed — so a job that never started leaves nothing behind. One that was there before is kept.
+    pub fn abandon(&self, dir: &Path, made: bool) {
+        let last = self.forget(dir);
+        if !(made && last) {
             return;
+        }
+        if self.recycle(dir) {
+            return;
+        }
+        // Fails, leaving it, unless the directory is empty.
+        if let Err(e) = std::fs::remove_dir(dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot remove an unused working directory");
+            }
+        }
+    }
+
+    /// Counts one user of `dir` out; whether it was the last.
+    fn forget(&self, dir: &Path) -> bool {
+        let mut in_use = crate::lock(&self.in_use);
+        match in_use.get_mut(dir) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                in_use.remove(dir);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `dir` became a spare.
+    fn recycle(&self, dir: &Path) -> bool {
+        if !self.enabled || crate::lock(&self.spares).len() >= self.capacity {
+            return false;
         }
         let empty = is_empty_dir(dir);
         let Some(parent) = dir.parent().filter(|_| empty) else {
-            return;
+            return false;
         };
         let spare = parent.join(format!(
             ".aura-spare-{}",
             self.next.fetch_add(1, Ordering::Relaxed)
         ));
         match std::fs::rename(dir, &spare) {
-            Ok(()) => self.keep_spare(spare),
+            Ok(()) => {
+                self.keep_spare(spare);
+                true
+            }
             Err(e) => {
-                tracing::debug!(dir = %dir.display(), error = %e, "cannot recycle a working directory")
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot recycle a working directory");
+                false
             }
         }
     }

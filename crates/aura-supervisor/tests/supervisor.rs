@@ -1278,3 +1278,102 @@ async fn start_errors_and_auto_detection() {
     }
     s.shutdown().await;
 }
+
+/// A launch that starts nothing leaves no working directory behind: the one it made for the job goes
+/// (to the spares or removed), one that was there before stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_launch_leaves_no_work_dir() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Executable, so it passes the launcher's checks, but no format the kernel runs: execve fails
+    // (ENOEXEC) in the child, after the directory was made.
+    let bogus = dir.path().join("not-a-program");
+    std::fs::write(&bogus, b"\x7fELF but not really").unwrap();
+    std::fs::set_permissions(&bogus, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bogus = bogus.to_str().unwrap();
+    for backend in BACKENDS {
+        let Some(s) = start("failedcwd", backend) else {
+            continue;
+        };
+        let work = dir.path().join(format!("work-{backend}"));
+        let mut req = request(1, &work.join("1"), bogus, &[]);
+        req.create_cwd = true;
+        let err = s.launch(req).await.unwrap_err();
+        assert!(
+            matches!(&err, LaunchError::Spawn { .. })
+                && err
+                    .to_string()
+                    .contains(&format!("(os error {})", libc::ENOEXEC)),
+            "{backend}: {err}"
+        );
+        assert!(!work.join("1").exists(), "{backend}: work dir left behind");
+        // A directory an earlier attempt left (with or without content) is the job's: kept.
+        std::fs::create_dir_all(work.join("2")).unwrap();
+        let mut req = request(2, &work.join("2"), bogus, &[]);
+        req.create_cwd = true;
+        s.launch(req).await.unwrap_err();
+        assert!(
+            work.join("2").is_dir(),
+            "{backend}: an existing dir removed"
+        );
+        // The next job gets a fresh, empty directory as ever.
+        let mut req = request(3, &work.join("3"), "true", &[]);
+        req.create_cwd = true;
+        let mut t = s.launch(req).await.unwrap();
+        t.wait().await;
+        t.finish().await;
+        s.shutdown().await;
+    }
+}
+
+/// Linux's limit per argv or environment string, its NUL included, is 32 pages: the job spec's limit
+/// (`limits::MAX_ARG_BYTES`) is the longest string that really execs, and one byte more does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_longest_valid_argument_and_environment_entry_exec() {
+    let most = aura_model::limits::MAX_ARG_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(s) = start("argmax", BackendChoice::ProcessGroup) else {
+        return;
+    };
+    let arg = "a".repeat(most);
+    let mut req = request(
+        1,
+        dir.path(),
+        "sh",
+        &["-c", "printf '%s %s' \"${#1}\" \"${#BIG}\"", "sh", &arg],
+    );
+    // `BIG=` and the value: one string of `most` bytes.
+    req.env.insert("BIG".into(), "v".repeat(most - 4));
+    let log_dir = req.log_dir.clone();
+    let mut t = s.launch(req).await.unwrap();
+    assert_eq!(t.wait().await, ExitStatus::Code(0));
+    t.finish().await;
+    let out = aura_logs::read(&log_dir, aura_logs::Stream::Stdout, 0, 4096).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.data),
+        format!("{most} {}", most - 4)
+    );
+    let too_long = "a".repeat(most + 1);
+    let err = s
+        .launch(request(2, dir.path(), "true", &[&too_long]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::Spawn { .. })
+            && err
+                .to_string()
+                .contains(&format!("(os error {})", libc::E2BIG)),
+        "{err}"
+    );
+    let mut req = request(3, dir.path(), "true", &[]);
+    req.env.insert("BIG".into(), "v".repeat(most - 3));
+    let err = s.launch(req).await.unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::Spawn { .. })
+            && err
+                .to_string()
+                .contains(&format!("(os error {})", libc::E2BIG)),
+        "{err}"
+    );
+    s.shutdown().await;
+}

@@ -140,7 +140,7 @@ struct SubmitArgs {
     #[arg(long)]
     memory_max: Option<ByteSize>,
     /// CPU request in cores (fractions allowed).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_cpu, allow_negative_numbers = true)]
     cpu: Option<f64>,
     /// GPUs requested.
     #[arg(long)]
@@ -183,6 +183,16 @@ struct SubmitArgs {
     /// The program and its arguments (no shell: name one, e.g. `sh -c '…'`, if you need it).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_parser = clap::value_parser!(OsString))]
     command: Vec<OsString>,
+}
+
+/// Cores as a positive, finite number. JSON has no NaN or infinity: serialised, they became `null`, and the
+/// request vanished without a word.
+fn parse_cpu(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(cores) if cores.is_finite() && cores > 0.0 => Ok(cores),
+        Ok(_) => Err(format!("{s:?} is not a positive, finite number of cores")),
+        Err(e) => Err(format!("{s:?} is not a number of cores: {e}")),
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -410,6 +420,22 @@ fn print_status(status: &aura_model::EngineStatus, u: &serde_json::Value) {
         text(&u["max_concurrent"])
     );
     println!("queued:         {}", text(&u["queued"]));
+    if let Some(reason) = &status.paused {
+        println!("admission:      paused: {reason}");
+    }
+    if status.store_degraded {
+        println!(
+            "database:       cannot commit (its volume is full or failing): submissions refused, {} state changes kept in memory",
+            status.kept_writes
+        );
+    }
+    if !status.quarantined.is_empty() {
+        let ids: Vec<String> = status.quarantined.iter().map(|id| id.to_string()).collect();
+        println!(
+            "quarantined:    jobs {} (running at repeated unclean daemon deaths; `aura show ID`)",
+            ids.join(", ")
+        );
+    }
     println!(
         "memory:         {} reserved of {} ({} available; {} jobs at the default request)",
         bytes(&u["reserved_memory_bytes"]),
@@ -776,6 +802,12 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
                         a.log_truncated_bytes
                     );
                 }
+                if a.log_dropped_bytes > 0 {
+                    println!(
+                        "  Logs:       {} bytes dropped: the log volume refused them (see the gap notes in the log)",
+                        a.log_dropped_bytes
+                    );
+                }
             }
         }
         _ => {
@@ -864,5 +896,32 @@ fn compact(detail: &serde_json::Value) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit_cpu(value: &str) -> Result<Option<f64>, String> {
+        let args = Args::try_parse_from(["aura", "submit", "--cpu", value, "--", "true"])
+            .map_err(|e| e.to_string())?;
+        match args.command {
+            Command::Submit(submit) => Ok(submit.cpu),
+            other => Err(format!("parsed as {other:?}")),
+        }
+    }
+
+    #[test]
+    fn cpu_must_be_a_positive_finite_number() {
+        assert_eq!(submit_cpu("1.5"), Ok(Some(1.5)));
+        assert_eq!(submit_cpu("0.25"), Ok(Some(0.25)));
+        for bad in [
+            "NaN", "nan", "inf", "-inf", "infinity", "-1", "-0.5", "0", "lots",
+        ] {
+            let err = submit_cpu(bad).expect_err(bad);
+            assert!(err.contains("--cpu"), "{bad}: {err}");
+            assert!(err.contains("cores"), "{bad}: {err}");
+        }
     }
 }

@@ -33,6 +33,17 @@ pub struct Config {
     pub standby_jobs: usize,
     /// Requeue jobs stopped by a graceful shutdown. Default: true.
     pub requeue_on_shutdown: bool,
+    /// The most a graceful shutdown (SIGTERM, SIGINT) takes, whatever the jobs' stop sequences say: then
+    /// every job tree is killed. A second signal kills them at once. Default: 30s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+    /// Crash-loop protection: a job that was running at this many unclean daemon deaths in a row (crash,
+    /// SIGKILL, power loss) ends `quarantined` at the next start instead of being requeued; 0 turns it
+    /// off. Default: 2.
+    pub quarantine_after: u32,
+    /// Space set aside next to the database (`aura.db-reserve`) and released when the data volume is
+    /// full, so that the state changes of jobs already running still commit. Default: 2MiB.
+    pub database_reserve: ByteSize,
     /// Threads of the async runtime, which runs the HTTP API and the engine; everything that blocks
     /// (SQLite, `/proc`, process starts and reaping, log capture) has threads of its own. Default: 1 —
     /// the async work per job is a few short steps, and a second worker cost more in wake-ups than it
@@ -307,6 +318,9 @@ impl Default for Config {
             max_concurrent: aura_engine::default_max_concurrent(),
             standby_jobs: 2,
             requeue_on_shutdown: true,
+            shutdown_grace: Duration::from_secs(30),
+            quarantine_after: 2,
+            database_reserve: ByteSize(2 << 20),
             async_workers: 1,
             supervisor: SupervisorSection::default(),
             admission: AdmissionSection::default(),
@@ -501,6 +515,7 @@ impl Config {
                 self.supervisor.memory_watch_interval,
             ),
             ("metrics.interval", self.metrics.interval),
+            ("shutdown_grace", self.shutdown_grace),
             ("api.header_timeout", self.api.header_timeout),
             ("api.request_timeout", self.api.request_timeout),
             ("guards.interval", g.interval),

@@ -37,22 +37,72 @@ impl DataDirLock {
     }
 }
 
-/// A stable id for this data dir, naming its cgroup subtree so that daemons of other data dirs are never touched.
-fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+/// This data dir's instance: the id naming its cgroup subtree, so that daemons of other data dirs are
+/// never touched, and whether the dir turned out to be a copy of another's.
+struct Instance {
+    id: String,
+    /// The `instance-id` file was bound to another directory: this one is a copy (`cp -a`, a restored
+    /// backup) or was moved. The id was minted anew, and the job trees its records name are another
+    /// daemon's.
+    copied: bool,
+}
+
+/// The identity of the directory itself: a copy is a new inode, even with every file the same.
+fn dir_identity(dir: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+    Ok(format!("{}:{}", meta.dev(), meta.ino()))
+}
+
+/// Reads the instance id, bound to the data dir's device and inode (`<id> <dev>:<ino>`); mints a new one
+/// for a new data dir, and for a copy.
+fn instance(data_dir: &Path) -> anyhow::Result<Instance> {
     let path = data_dir.join("instance-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    let here = dir_identity(data_dir)?;
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut words = recorded.split_whitespace();
+    let (id, bound) = (words.next(), words.next());
+    let write = |id: &str| {
+        std::fs::write(&path, format!("{id} {here}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    match (id, bound) {
+        (Some(id), Some(bound)) if bound == here => Ok(Instance {
+            id: id.to_owned(),
+            copied: false,
+        }),
+        // Written before ids were bound to their directory: bind it now.
+        (Some(id), None) => {
+            write(id)?;
+            Ok(Instance {
+                id: id.to_owned(),
+                copied: false,
+            })
+        }
+        (id, _) => {
+            let copied = id.is_some();
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let new = format!("{:x}", (nanos as u64) ^ ((std::process::id() as u64) << 40));
+            if copied {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    old = id.unwrap_or_default(),
+                    new = %new,
+                    "this data dir is a copy of another (or was moved): it gets an instance id of its own, and the \
+                     processes and cgroups its records name are left to the daemon that owns them"
+                );
+            }
+            write(&new)?;
+            Ok(Instance { id: new, copied })
+        }
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let id = format!("{:x}", (nanos as u64) ^ ((std::process::id() as u64) << 40));
-    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(id)
 }
 
 /// The kernel's OOM killer should pick a job (they run at `supervisor.job_oom_score_adj`, 500 by default)
@@ -235,14 +285,14 @@ fn make_database_private(data_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Creates and locks the data dir and reads its instance id (blocking file work, kept off the async workers).
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLock, String)> {
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<(std::path::PathBuf, DataDirLock, Instance)> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let data_dir = dir.canonicalize().context("cannot resolve the data dir")?;
     let lock = DataDirLock::acquire(&data_dir)?;
     make_database_private(&data_dir)?;
     protect_from_oom_killer();
-    let instance = instance_id(&data_dir)?;
+    let instance = instance(&data_dir)?;
     Ok((data_dir, lock, instance))
 }
 
@@ -286,11 +336,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let identity = sandbox.identity.clone();
 
-    let mut supervisor = SupervisorConfig::new(instance);
+    let mut supervisor = SupervisorConfig::new(instance.id);
     supervisor.backend = config.supervisor.backend;
     supervisor.sample_interval = config.supervisor.sample_interval;
     supervisor.log_cap = aura_logs::LogCap::new(config.supervisor.log_cap.bytes())
         .context("invalid supervisor.log_cap")?;
+    // Logs stop short of the database's reserve and as much again: a log flood filling the volume
+    // must leave the released reserve to the records of the jobs under way.
+    supervisor.log_min_free = config.database_reserve.bytes().saturating_mul(2);
     supervisor.job_oom_score_adj = config.supervisor.job_oom_score_adj;
     supervisor.job_nice = config.supervisor.job_nice;
     supervisor.kill_wait = config.supervisor.kill_wait;
@@ -307,6 +360,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         host_interval: config.metrics.interval,
         host_history: config.metrics.history,
         requeue_on_shutdown: config.requeue_on_shutdown,
+        shutdown_grace: config.shutdown_grace,
+        quarantine_after: config.quarantine_after,
+        store_reserve: config.database_reserve.bytes(),
+        foreign_trees: instance.copied,
         supervisor,
         secrets,
     })
@@ -380,11 +437,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
     ));
 
-    let signal = wait_for_signal().await?;
-    tracing::info!(signal, "shutting down: no new jobs, stopping running ones");
-    // The engine first: it refuses new submissions at once and stops every tree; the API keeps answering
-    // reads meanwhile, then stops.
-    engine.shutdown().await.context("engine shutdown failed")?;
+    let trimmer = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let mut every = tokio::time::interval(TRIM_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Some(free) = engine.trim_free_memory(TRIM_ABOVE).await {
+                    tracing::debug!(free_bytes = free, "returned free heap memory to the OS");
+                }
+            }
+        }
+    });
+    let mut signals = Signals::install()?;
+    let signal = signals.next().await;
+    tracing::info!(signal, grace = ?config.shutdown_grace, "shutting down: no new jobs, stopping running ones (a second SIGTERM or SIGINT kills them at once)");
+    // The engine first: it refuses new submissions at once and stops every tree (killing what is left
+    // after `shutdown_grace`); the API keeps answering reads meanwhile, then stops.
+    let shutdown = engine.shutdown();
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        result = &mut shutdown => result,
+        signal = signals.next() => {
+            tracing::warn!(signal, "second signal: killing every job tree now");
+            engine.kill_all();
+            shutdown.await
+        }
+    };
+    trimmer.abort();
+    result.context("engine shutdown failed")?;
     let _ = stop_tx.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(2), server).await {
         Ok(Ok(Ok(()))) => {}
@@ -396,6 +478,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// How often the daemon looks at its allocator's free memory, and how much it keeps before giving it
+/// back: a connection flood leaves tens of MB free inside glibc's heaps (BENCHMARKS.md, "Faults").
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const TRIM_ABOVE: u64 = 4 << 20;
 
 /// The API's checks and limits from `api.*`, for a daemon listening on `address`.
 fn api_config(
@@ -429,12 +516,25 @@ fn api_config(
     out
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, installed once: the first begins the graceful shutdown, the second cuts it short.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

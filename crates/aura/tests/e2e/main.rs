@@ -30,8 +30,12 @@ impl Daemon {
 
     /// `start`, with the daemon's log written to `self.log_path()` (for tests that read it).
     fn start_logged(env: &[(&str, &str)], logged: bool) -> Daemon {
+        Daemon::start_with(env, logged, None)
+    }
+
+    fn start_with(env: &[(&str, &str)], logged: bool, data_dir: Option<PathBuf>) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = tmp.path().join("data");
+        let data_dir = data_dir.unwrap_or_else(|| tmp.path().join("data"));
         // Tests share two cores with each other and with cargo: CPU used by another test's daemon is "outside
         // Aura" for this one, so the outside-CPU guard would pause admission at random. The memory guards stay
         // on; the CPU guard has its own tests.
@@ -55,6 +59,19 @@ impl Daemon {
         };
         daemon.spawn();
         daemon
+    }
+
+    /// `start` on a data dir of the test's choosing (a small volume), its log in `self.log_path()`.
+    fn start_at(data_dir: PathBuf, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(env, true, Some(data_dir))
+    }
+
+    /// SIGKILLs the daemon (an unclean death: no shutdown protocol) and reaps it.
+    fn stop_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn log_path(&self) -> &Path {
@@ -364,6 +381,7 @@ fn outcome(view: &JobView) -> &Outcome {
     view.job.outcome().expect("finished")
 }
 
+mod faults;
 mod security;
 
 mod cli {

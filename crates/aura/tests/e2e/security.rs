@@ -78,7 +78,9 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// Polls `/healthz` on a fresh connection every 20 ms until stopped; returns the slowest answer and
 /// whether every poll succeeded.
-fn health_poller(url: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<(Duration, u32)>) {
+pub(super) fn health_poller(
+    url: String,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<(Duration, u32)>) {
     let stop = Arc::new(AtomicBool::new(false));
     let handle = std::thread::spawn({
         let stop = stop.clone();
@@ -114,7 +116,7 @@ fn health_poller(url: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<(Dura
 /// How many sockets this test process can open for a flood: `wanted`, after raising the soft open-file
 /// limit to the hard one, or as many as that allows (a machine with a low hard limit runs a smaller
 /// flood, and says so).
-fn flood_size(wanted: usize) -> usize {
+pub(super) fn flood_size(wanted: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut limit = getrlimit(Resource::Nofile);
     limit.current = limit.maximum;
@@ -347,6 +349,33 @@ async fn hostile_requests_are_refused_and_change_nothing() {
             }),
             422,
             "limit_exceeded",
+        ),
+        (
+            // 131,071 bytes and the NUL: one more fails exec with E2BIG.
+            "argument over the kernel's per-string limit",
+            json_post(&admin, {
+                let mut j = job(next());
+                j["args"] = vec!["x".repeat(128 << 10)].into();
+                j
+            }),
+            422,
+            "limit_exceeded",
+        ),
+        (
+            "environment entry over the kernel's per-string limit",
+            json_post(&admin, {
+                let mut j = job(next());
+                j["env"] = serde_json::json!({"BIG": "v".repeat((128 << 10) - 4)});
+                j
+            }),
+            422,
+            "limit_exceeded",
+        ),
+        (
+            "a method the route does not have",
+            admin.put(&jobs_url).json(&job(next())),
+            405,
+            "method_not_allowed",
         ),
         (
             "too many environment entries",
