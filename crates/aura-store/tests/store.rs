@@ -434,7 +434,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let next = open(&path)
         .await
         .insert_job(spec(0), at(0), None, None)
@@ -709,7 +709,7 @@ async fn a_newer_schema_is_refused() {
         Store::open(&path, StoreOptions::default()).await,
         Err(StoreError::TooNew {
             found: 99,
-            supported: 4
+            supported: 5
         })
     ));
 }
