@@ -55,7 +55,9 @@ pub struct Config {
     /// `min_available_memory` [0.20] (resumes over `resume_available_memory` [0.25]), while PSI memory
     /// `some avg10` is over `max_memory_pressure` [40 %] (resumes under `resume_memory_pressure` [20 %]), or
     /// while CPU use outside Aura's jobs averaged over `cpu_window` [10s] is over `max_outside_cpu` [0.85]
-    /// (resumes under `resume_outside_cpu` [0.75]). Judged every `interval` [1s]; `enabled` [true].
+    /// (resumes under `resume_outside_cpu` [0.75]), or while the data dir's volume has less than
+    /// `min_free_disk` [0.02] free (resumes over `resume_free_disk` [0.04]; a share or a size). Judged
+    /// every `interval` [1s]; `enabled` [true].
     /// Memory thresholds are shares of physical memory (`0.2`, `"20%"`) or sizes (`"2GiB"`).
     /// Stage 2, the memory pressure responder: memory is critical below `critical_available_memory` [0.05]
     /// (clears above `critical_resume_available_memory` [0.10]) or above PSI memory `full avg10`
