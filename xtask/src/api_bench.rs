@@ -154,3 +154,57 @@ fn health(addr: &str) -> std::io::Result<bool> {
     s.read_to_string(&mut text)?;
     Ok(text.starts_with("HTTP/1.1 200"))
 }
+
+/// The daemon's resident memory (MB) and open fds, from /proc.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (rss_kib / 1024, fds)
+}
+
+/// RSS and fds of a fresh daemon before, during and 1/10/60 s after a flood of idle connections: whether
+/// what a flood takes is given back without a manual cleanup.
+pub fn flood_memory(root: &Path, sizes: &[usize]) -> anyhow::Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+    let fits = getrlimit(Resource::Nofile).current.map_or(usize::MAX, |n| {
+        usize::try_from(n.saturating_sub(200)).unwrap_or(usize::MAX)
+    });
+    println!(
+        "flood memory: RSS MB / open fds of the daemon (idle connections, closed by the client)"
+    );
+    for &wanted in sizes {
+        let connections = wanted.min(fits);
+        let daemon = Daemon::start(root, 2)?;
+        let pid = daemon.child.id();
+        let addr = daemon.url.trim_start_matches("http://").to_owned();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut figures = vec![("before", rss_and_fds(pid))];
+        let mut open = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            open.push(TcpStream::connect(&addr)?);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        figures.push(("during", rss_and_fds(pid)));
+        drop(open);
+        let closed = Instant::now();
+        for (label, after) in [("+1 s", 1), ("+10 s", 10), ("+60 s", 60)] {
+            let at = closed + Duration::from_secs(after);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            figures.push((label, rss_and_fds(pid)));
+        }
+        let row: Vec<String> = figures
+            .iter()
+            .map(|(label, (rss, fds))| format!("{label} {rss} MB / {fds}"))
+            .collect();
+        println!("  {connections:>6} connections: {}", row.join(", "));
+    }
+    Ok(())
+}

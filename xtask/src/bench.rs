@@ -66,8 +66,12 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "flood" => {
             crate::api_bench::flood(root, flag("--connections", 5000)?, flag("--seconds", 10)?)
         }
+        "flood-memory" => crate::api_bench::flood_memory(
+            root,
+            &[flag("--small", 2000)?, flag("--large", 20_000)?],
+        ),
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api or flood")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood or flood-memory")
         }
     }
 }

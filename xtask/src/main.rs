@@ -24,6 +24,7 @@ const USAGE: &str = "usage:
   cargo xtask bench metrics [--scrapes N]      (needs prometheus-node-exporter)
   cargo xtask bench soak [--jobs N] [--every N]
   cargo xtask bench api [--seconds N] [--runs N]          (wrk: an authenticated read; needs wrk)
+  cargo xtask bench flood-memory [--small N] [--large N]  (daemon RSS and fds around idle-connection floods)
   cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),

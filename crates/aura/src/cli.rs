@@ -653,6 +653,10 @@ fn describe_state(view: &JobView) -> String {
             (Outcome::Killed { signal }, _) => format!("killed (signal {signal})"),
             (Outcome::FailedToStart { error }, _) => format!("failed to start: {error}"),
             (Outcome::Interrupted { reason }, _) => format!("interrupted: {reason}"),
+            (Outcome::Quarantined { reason, .. }, _) => format!("quarantined: {reason}"),
+            (Outcome::StorageExhausted { error }, _) => {
+                format!("storage exhausted (no room to start): {error}")
+            }
             (o, Some(ExitStatus::Code(c))) if !o.is_success() => format!("{} (exit {c})", o.name()),
             (o, Some(ExitStatus::Signal(s))) if !o.is_success() => {
                 format!("{} (signal {s})", o.name())
