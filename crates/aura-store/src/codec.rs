@@ -13,7 +13,7 @@ pub(crate) const JOB_COLUMNS: &str =
     "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops, submitted_by, interruptions";
 
 /// What changes over a job's life, ready to bind: every `record` writes exactly this.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct StateRow {
     pub state: &'static str,
     pub updated_at_ms: i64,
@@ -91,6 +91,27 @@ pub(crate) fn encode_event(event: &NewEvent) -> Result<EventRow, StoreError> {
         detail: to_json("event detail", &event.detail)?,
         attempt: event.attempt.map(i64::from),
     })
+}
+
+/// Puts a state change that is not committed yet (kept while the volume refuses writes) over the job as
+/// read, so that readers see what happened rather than the last state the volume took.
+pub(crate) fn overlay(job: &mut Job, row: &StateRow) -> Result<(), StoreError> {
+    let id = job.id;
+    let corrupt = |detail: String| StoreError::Corrupt { id, detail };
+    job.state =
+        serde_json::from_str(&row.state_data).map_err(|e| corrupt(format!("kept state: {e}")))?;
+    job.memory_request = row
+        .memory_request
+        .as_deref()
+        .map(serde_json::from_str::<MemoryRequest>)
+        .transpose()
+        .map_err(|e| corrupt(format!("kept memory request: {e}")))?;
+    let count = |v: i64| u32::try_from(v).map_err(|e| corrupt(format!("kept counter: {e}")));
+    job.attempt = count(row.attempt)?;
+    job.failures = count(row.failures)?;
+    job.pressure_stops = count(row.pressure_stops)?;
+    job.interruptions = count(row.interruptions)?;
+    Ok(())
 }
 
 /// Reads a row selected with `JOB_COLUMNS`. JSON that no longer parses, or a state column that disagrees

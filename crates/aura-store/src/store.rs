@@ -6,7 +6,7 @@ use crate::error::{Context as _, StoreError};
 use crate::reader::{self, ReadPool};
 use crate::reserve::Reserve;
 use crate::schema::{migrate, open_connection};
-use crate::writer::{Command, Counters, Done, Write, Writer};
+use crate::writer::{Command, Counters, Done, Overlay, Write, Writer};
 use aura_model::{
     EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, MemoryRequest, NewEvent, StateName,
     Timestamp,
@@ -123,6 +123,8 @@ struct Inner {
     readers: Arc<ReadPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
+    /// State changes kept while the volume refuses writes, shown to readers over what is stored.
+    overlay: Overlay,
     closed: AtomicBool,
 }
 
@@ -163,6 +165,7 @@ impl Store {
         // tokio panics on a zero-capacity channel, and a zero batch would never make progress.
         let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let overlay = Overlay::default();
         let urgent = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
             conn: write_conn,
@@ -173,6 +176,7 @@ impl Store {
             counters: counters.clone(),
             reserve,
             kept: Vec::new(),
+            overlay: overlay.clone(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -189,6 +193,7 @@ impl Store {
                 readers: Arc::new(ReadPool::new(path, busy_timeout, read_conn)),
                 writer: Mutex::new(Some(handle)),
                 counters,
+                overlay,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -355,26 +360,49 @@ impl Store {
     }
 
     pub async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        self.read(move |conn| reader::get(conn, id)).await
+        let job = self.read(move |conn| reader::get(conn, id)).await?;
+        Ok(self.overlaid(job.into_iter().collect())?.pop())
     }
 
-    /// One page of jobs; see `ListFilter`.
+    /// One page of jobs; see `ListFilter`. While writes are kept, a job is filtered by its kept state
+    /// among the rows its stored state selected.
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
-        self.read(move |conn| {
-            reader::list(
-                conn,
-                &filter.states,
-                filter.after,
-                filter.limit,
-                filter.newest_first,
-            )
-        })
-        .await
+        let states = filter.states.clone();
+        let jobs = self
+            .read(move |conn| {
+                reader::list(
+                    conn,
+                    &filter.states,
+                    filter.after,
+                    filter.limit,
+                    filter.newest_first,
+                )
+            })
+            .await?;
+        let mut jobs = self.overlaid(jobs)?;
+        if !states.is_empty() {
+            jobs.retain(|j| states.contains(&j.state.name()));
+        }
+        Ok(jobs)
     }
 
-    /// Jobs queued, running or stopping, oldest first: what a starting daemon must recover or requeue.
+    /// Jobs queued, running or stopping, oldest first: what a starting daemon must recover or requeue
+    /// (read at start-up, before any write could be kept).
     pub async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
         self.read(reader::unfinished).await
+    }
+
+    /// `jobs` as read, with the state changes kept while the volume refuses writes put over them.
+    fn overlaid(&self, mut jobs: Vec<Job>) -> Result<Vec<Job>, StoreError> {
+        let overlay = self.inner.overlay.lock().unwrap_or_else(|p| p.into_inner());
+        if !overlay.is_empty() {
+            for job in &mut jobs {
+                if let Some(row) = overlay.get(&job.id) {
+                    crate::codec::overlay(job, row)?;
+                }
+            }
+        }
+        Ok(jobs)
     }
 
     /// The job's event log in order; empty for an unknown id.

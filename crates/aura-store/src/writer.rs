@@ -71,6 +71,9 @@ pub(crate) struct Counters {
     pub degraded: AtomicBool,
 }
 
+/// The newest kept (not yet committed) state of each job with kept writes, for readers (`codec::overlay`).
+pub(crate) type Overlay = Arc<std::sync::Mutex<std::collections::HashMap<JobId, StateRow>>>;
+
 /// How often kept writes are tried again while the volume refuses them.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -89,6 +92,7 @@ pub(crate) struct Writer {
     pub reserve: Reserve,
     /// Writes a storage fault kept from being committed, in queue order.
     pub kept: Vec<Write>,
+    pub overlay: Overlay,
 }
 
 impl Writer {
@@ -194,6 +198,7 @@ impl Writer {
         self.counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let had_kept = !self.kept.is_empty();
         let mut writes = std::mem::take(&mut self.kept);
         writes.append(batch);
         let was_degraded = self.counters.degraded.load(Ordering::Relaxed);
@@ -222,6 +227,15 @@ impl Writer {
         self.counters
             .kept
             .store(self.kept.len() as u64, Ordering::Relaxed);
+        if had_kept || !self.kept.is_empty() {
+            let mut overlay = self.overlay.lock().unwrap_or_else(|p| p.into_inner());
+            overlay.clear();
+            for write in &self.kept {
+                if let Write::Record { id, job, .. } = write {
+                    overlay.insert(*id, job.clone());
+                }
+            }
+        }
     }
 
     /// Commits `writes` optimistically: every write in one transaction, with no savepoint per write (two

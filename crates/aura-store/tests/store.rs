@@ -975,6 +975,17 @@ async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_retur
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(store.stats().degraded, "{:?}", store.stats());
     assert_eq!(store.stats().kept_writes, 1);
+    // Readers see what happened, not the last state the volume took.
+    let read = store.get(job.id).await.expect("get").expect("job");
+    assert_eq!((read.state.name(), read.attempt), (StateName::Queued, 2));
+    let queued = store
+        .list(ListFilter {
+            states: vec![StateName::Finished],
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list");
+    assert!(queued.is_empty(), "no longer finished: {queued:?}");
 
     std::fs::remove_file(volume.path.join("filler")).expect("free space");
     tokio::time::timeout(Duration::from_secs(5), pending)
