@@ -191,8 +191,8 @@ impl GuardConfig {
         if ok {
             Ok(())
         } else {
-            Err("guards need memory thresholds as shares in [0, 1] or sizes, pressures in [0, 100], each resume \
-                 threshold on the safe side of its trip threshold, critical memory thresholds no higher than \
+            Err("guards need memory and free-disk thresholds as shares in [0, 1] or sizes, pressures in [0, 100], \
+                 each resume threshold on the safe side of its trip threshold, critical memory thresholds no higher than \
                  the pause thresholds, cpu_window >= interval > 0 and requeue_growth >= 1"
                 .into())
         }

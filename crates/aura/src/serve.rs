@@ -66,8 +66,12 @@ fn instance(data_dir: &Path) -> anyhow::Result<Instance> {
     };
     let mut words = recorded.split_whitespace();
     let (id, bound) = (words.next(), words.next());
+    // Written aside and renamed into place: a crash mid-write must not leave half an id, which would
+    // read as a copy and orphan this instance's cgroups.
     let write = |id: &str| {
-        std::fs::write(&path, format!("{id} {here}\n"))
+        let staged = data_dir.join("instance-id.new");
+        std::fs::write(&staged, format!("{id} {here}\n"))
+            .and_then(|()| std::fs::rename(&staged, &path))
             .with_context(|| format!("cannot write {}", path.display()))
     };
     match (id, bound) {
