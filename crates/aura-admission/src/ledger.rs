@@ -17,6 +17,38 @@ pub struct LimitConfig {
     pub per_minute: Option<u32>,
 }
 
+/// What running jobs really use, fed by the engine's sampler: memory is charged as max(reservation,
+/// usage) per job, and a request must also fit what the host actually has free.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LiveMemory {
+    /// Σ max(0, usage − reservation) over running jobs: what they use beyond what they reserved.
+    pub overrun_bytes: u64,
+    /// Σ min(usage, reservation) over running jobs: the part of the reservations already in use (and
+    /// so already missing from `available_bytes`).
+    pub within_bytes: u64,
+    /// The host's available memory minus the headroom kept for the rest of the machine; `None` where
+    /// it is not known (then only reservations count).
+    pub available_bytes: Option<u64>,
+}
+
+impl LiveMemory {
+    /// The memory a new reservation may take now: the capacity left after charging every running job
+    /// max(reservation, usage), and no more than the host actually has free once every reservation not
+    /// yet in use is set aside. `total`/`reserved`: the ledger's memory capacity and reservations.
+    pub fn free(&self, total: u64, reserved: u64) -> u64 {
+        let charged = total
+            .saturating_sub(reserved)
+            .saturating_sub(self.overrun_bytes);
+        match self.available_bytes {
+            Some(available) => {
+                let promised = reserved.saturating_sub(self.within_bytes);
+                charged.min(available.saturating_sub(promised))
+            }
+            None => charged,
+        }
+    }
+}
+
 /// Why a request cannot be granted now (or ever, for `check_capacity`). Displayed to users verbatim.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -26,6 +58,14 @@ pub enum Shortfall {
         resource: Resource,
         needed: u64,
         available: u64,
+    },
+    /// Memory, where running jobs' real use decides: both figures, so a user sees which one holds it.
+    #[error("waiting for memory: needs {}, {} free after reservations and {} actually free; running jobs use {} over their reservations", Resource::Memory.format(*needed), Resource::Memory.format(*unreserved), Resource::Memory.format(*actually_free), Resource::Memory.format(*overrun))]
+    Memory {
+        needed: u64,
+        unreserved: u64,
+        actually_free: u64,
+        overrun: u64,
     },
     #[error("waiting for {name}: all {limit} slots in use")]
     // Shared names: a pass over a long queue blocked on one limit builds a shortfall per job.
@@ -70,6 +110,8 @@ pub(crate) struct Ledger {
     /// for it (by its key), so that backfilled small jobs cannot keep it waiting forever.
     pub claim: Option<Claim>,
     pub active: usize,
+    /// Running jobs' real memory use (see `LiveMemory`); all zero until the engine reports it.
+    pub live: LiveMemory,
 }
 
 /// What is held for the head of the queue: the host-wide quantities released since it became head, and
@@ -85,7 +127,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 impl Ledger {
     pub fn free(&self) -> Scalar {
-        self.total.saturating_sub(&self.used)
+        let mut free = self.total.saturating_sub(&self.used);
+        free.memory = self.live.free(self.total.memory, self.used.memory);
+        free
     }
 
     /// Whether `request` fits in `free` (host-wide quantities), the GPUs but `held` (devices claimed for
@@ -98,6 +142,23 @@ impl Ledger {
         now: Instant,
     ) -> Result<Vec<u32>, Shortfall> {
         if let Some((resource, needed, available)) = request.scalar().fits_in(free) {
+            let live = self.live;
+            if resource == Resource::Memory && live != LiveMemory::default() {
+                let unreserved = self
+                    .total
+                    .memory
+                    .saturating_sub(self.used.memory)
+                    .saturating_sub(live.overrun_bytes);
+                let promised = self.used.memory.saturating_sub(live.within_bytes);
+                return Err(Shortfall::Memory {
+                    needed,
+                    unreserved,
+                    actually_free: live
+                        .available_bytes
+                        .map_or(unreserved, |a| a.saturating_sub(promised)),
+                    overrun: live.overrun_bytes,
+                });
+            }
             return Err(Shortfall::Resource {
                 resource,
                 needed,
@@ -322,6 +383,7 @@ impl Admission {
                 limits,
                 claim: None,
                 active: 0,
+                live: LiveMemory::default(),
             })),
         }
     }
@@ -401,6 +463,19 @@ impl Admission {
             .filter_map(|l| l.starts.front())
             .map(|oldest| MINUTE.saturating_sub(now.duration_since(*oldest)))
             .min()
+    }
+
+    /// Running jobs' real memory use, from the engine's sampler; it changes what `free` memory is for
+    /// every later pass. Returns whether memory for new reservations grew (a queued job may fit now).
+    pub fn set_live_memory(&self, live: LiveMemory) -> bool {
+        let mut ledger = lock(&self.ledger);
+        let before = ledger.free().memory;
+        ledger.live = live;
+        ledger.free().memory > before
+    }
+
+    pub fn live_memory(&self) -> LiveMemory {
+        lock(&self.ledger).live
     }
 
     /// The memory jobs may reserve in all (without copying the whole `usage`).

@@ -8,6 +8,6 @@ mod scheduler;
 
 pub mod estimate;
 
-pub use ledger::{Admission, LimitConfig, Reservation, Shortfall, Usage};
+pub use ledger::{Admission, LimitConfig, LiveMemory, Reservation, Shortfall, Usage};
 pub use resources::{Capacity, GpuDevice, Request, Resource};
 pub use scheduler::{Queued, Scheduler};

@@ -141,6 +141,79 @@ mod tests {
         started.iter().map(|(k, _)| *k).collect()
     }
 
+    /// The charging rule, table-tested: a running job counts as max(reservation, usage), and a request
+    /// must also fit the host's actually free memory once unused reservations are set aside.
+    #[test]
+    fn memory_is_charged_as_the_larger_of_reservation_and_use() {
+        use crate::LiveMemory;
+        let live = |overrun: u64, within: u64, available: Option<u64>| LiveMemory {
+            overrun_bytes: overrun * GIB,
+            within_bytes: within * GIB,
+            available_bytes: available.map(|a| a * GIB),
+        };
+        // (total, reserved, live) → free for a new reservation, GiB
+        let table = [
+            // Nothing reported: reservations alone.
+            (23, 6, LiveMemory::default(), 17),
+            // Three 2 GiB jobs using 1 GiB each: their unused 3 GiB stay promised.
+            (23, 6, live(0, 3, Some(20)), 17),
+            // The run: three 2 GiB jobs at 7.65 GiB each.
+            (23, 6, live(17, 6, Some(0)), 0),
+            // Two of them left: 23 − 4 − 11.3 (rounded to 11) by reservation, 7 actually free.
+            (23, 4, live(11, 4, Some(7)), 7),
+            // Something outside Aura took memory: the host has less free than reservations say.
+            (23, 2, live(0, 0, Some(10)), 8),
+            // Usage far over everything never underflows.
+            (8, 6, live(40, 6, Some(0)), 0),
+        ];
+        for (i, (total, reserved, live, free)) in table.into_iter().enumerate() {
+            assert_eq!(
+                live.free(total * GIB, reserved * GIB),
+                free * GIB,
+                "row {i}: {live:?}"
+            );
+        }
+    }
+
+    /// A job running far over its request holds back a queued job that fits the reservations but not the
+    /// memory actually free, and the shortfall names both figures.
+    #[test]
+    fn real_use_holds_back_what_reservations_would_admit() {
+        let a = admission(23 * GIB);
+        let running = pass(&a, &[(1, Request::memory(2 * GIB))]);
+        assert_eq!(keys(&running), vec![1]);
+        // Job 1 uses 13 GiB: 11 over its 2 GiB reservation; the host has 9 GiB available for jobs.
+        let grew = a.set_live_memory(crate::LiveMemory {
+            overrun_bytes: 11 * GIB,
+            within_bytes: 2 * GIB,
+            available_bytes: Some(9 * GIB),
+        });
+        assert!(!grew);
+        let queued = (2, Request::memory(10 * GIB));
+        assert!(pass(&a, std::slice::from_ref(&queued)).is_empty());
+        let why = Scheduler::explain(&a, &queued.1, Instant::now()).expect("waiting");
+        assert_eq!(
+            why,
+            Shortfall::Memory {
+                needed: 10 * GIB,
+                unreserved: 10 * GIB,
+                actually_free: 9 * GIB,
+                overrun: 11 * GIB,
+            }
+        );
+        let text = why.to_string();
+        assert!(text.contains("9.0 GiB actually free"), "{text}");
+        assert!(text.contains("11.0 GiB over their reservations"), "{text}");
+        // Job 1 shrinks back: the queued job fits both figures and starts.
+        assert!(a.set_live_memory(crate::LiveMemory {
+            overrun_bytes: 0,
+            within_bytes: GIB,
+            available_bytes: Some(20 * GIB),
+        }));
+        assert_eq!(keys(&pass(&a, &[queued])), vec![2]);
+        drop(running);
+    }
+
     #[test]
     fn at_most_what_fits_runs() {
         let a = admission(GIB);

@@ -80,6 +80,9 @@ pub(crate) enum Command {
     },
     /// An entry for the engine's event log.
     EngineEvent(NewEvent),
+    /// Memory for new reservations grew (running jobs use less, the host has more free): queued jobs
+    /// may fit now.
+    MemoryFreed,
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -114,7 +117,10 @@ pub(crate) struct Shared {
     /// Ids of jobs that reached a final state; waiters filter for theirs. Lagging receivers re-read the store.
     pub finished: broadcast::Sender<JobId>,
     // A std Mutex: held for a map insert/lookup only, never across an await.
-    probes: Mutex<HashMap<JobId, UsageProbe>>,
+    probes: Mutex<HashMap<JobId, Probed>>,
+    /// Per kind, the most memory a running job of it was seen using over its reservation (see
+    /// `live_memory`); submit raises the kind's requests to it at once.
+    overruns: Mutex<HashMap<String, u64>>,
     /// CPU time of the jobs whose probes are gone, so that `probes_cpu_usec` keeps counting them.
     ended_jobs_cpu_usec: AtomicU64,
     /// Why admission is paused by a live guard, if it is (set by the actor, read by handles).
@@ -137,12 +143,70 @@ pub(crate) struct MemoryCounters {
     pub pressure_victims: AtomicU64,
 }
 
+/// A running job's live figures and the memory it reserved, side by side for `Shared::live_memory`.
+struct Probed {
+    probe: UsageProbe,
+    reserved_memory: u64,
+    kind: Option<String>,
+}
+
 impl Shared {
-    pub(crate) fn register_probe(&self, id: JobId, probe: UsageProbe) {
+    pub(crate) fn register_probe(
+        &self,
+        id: JobId,
+        probe: UsageProbe,
+        reserved_memory: u64,
+        kind: Option<String>,
+    ) {
         self.probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, probe);
+            .insert(
+                id,
+                Probed {
+                    probe,
+                    reserved_memory,
+                    kind,
+                },
+            );
+    }
+
+    /// The most memory a running job of `kind` was seen using over its reservation since start-up.
+    pub(crate) fn overrun_of(&self, kind: &str) -> Option<u64> {
+        self.overruns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(kind)
+            .copied()
+    }
+
+    /// Running jobs' real memory use against their reservations (`aura_admission::LiveMemory`): each
+    /// job's memory in use (its charge less reclaimable page cache, as last sampled), and `available`,
+    /// the host's available memory less the headroom.
+    pub(crate) fn live_memory(&self, available: Option<u64>) -> aura_admission::LiveMemory {
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut overrun, mut within) = (0u64, 0u64);
+        for p in probes.values() {
+            let live = p.probe.live();
+            let used = live.memory_in_use.or(live.memory_current).unwrap_or(0);
+            overrun = overrun.saturating_add(used.saturating_sub(p.reserved_memory));
+            within = within.saturating_add(used.min(p.reserved_memory));
+            // Over its reservation: the next job of its kind should not ask for less.
+            if let (Some(kind), true) = (&p.kind, used > p.reserved_memory) {
+                let mut overruns = self.overruns.lock().unwrap_or_else(|p| p.into_inner());
+                match overruns.get_mut(kind) {
+                    Some(seen) => *seen = (*seen).max(used),
+                    None => {
+                        overruns.insert(kind.clone(), used);
+                    }
+                }
+            }
+        }
+        aura_admission::LiveMemory {
+            overrun_bytes: overrun,
+            within_bytes: within,
+            available_bytes: available,
+        }
     }
 
     /// Forgets a finished job's probe, keeping its CPU time in the running total: its final accounting
@@ -155,7 +219,7 @@ impl Shared {
             .remove(&id);
         let secs = match (final_accounting, removed) {
             (Some(a), _) => a.cpu_user_secs.unwrap_or(0.0) + a.cpu_system_secs.unwrap_or(0.0),
-            (None, Some(p)) => cpu_secs(&p.live()),
+            (None, Some(p)) => cpu_secs(&p.probe.live()),
             (None, None) => 0.0,
         };
         self.ended_jobs_cpu_usec
@@ -168,7 +232,7 @@ impl Shared {
         let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         let running: u64 = probes
             .values()
-            .map(|p| (cpu_secs(&p.live()) * 1e6) as u64)
+            .map(|p| (cpu_secs(&p.probe.live()) * 1e6) as u64)
             .sum();
         running + self.ended_jobs_cpu_usec.load(Ordering::Relaxed)
     }
@@ -222,7 +286,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .cloned()
+            .map(|p| p.probe.clone())
     }
 
     /// The default working directory of a job, shared by its attempts.
@@ -307,6 +371,7 @@ pub(crate) async fn spawn(
         accepting: AtomicBool::new(false),
         finished,
         probes: Mutex::new(HashMap::new()),
+        overruns: Mutex::default(),
         ended_jobs_cpu_usec: AtomicU64::new(0),
         paused: Mutex::new(None),
         guard_reading: Mutex::new(None),
@@ -598,6 +663,7 @@ impl Actor {
                 let _ = reply.send(victim);
             }
             Command::EngineEvent(event) => self.engine_event(event).await,
+            Command::MemoryFreed => self.dispatch().await,
             Command::Shutdown { reply } => {
                 self.shared.accepting.store(false, Ordering::SeqCst);
                 self.shutdown_waiters.push(reply);
@@ -828,6 +894,8 @@ impl Actor {
             cwd,
             shared: self.shared.clone(),
             stop: stop_rx,
+            reserved_memory: request.memory_bytes,
+            kind: job.spec.kind().map(str::to_owned),
             actor: self.tx.clone(),
         };
         let handle = self.monitors.spawn(monitor.run(Box::pin(launching)));

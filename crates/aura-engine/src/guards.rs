@@ -539,6 +539,15 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             .guard_reading
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(reading);
+        // Admission charges running jobs what they really use, and fits new ones into what the host
+        // really has free.
+        let headroom = shared.config.admission.memory_headroom_bytes;
+        let live = shared.live_memory(memory.map(|m| m.available.saturating_sub(headroom)));
+        if shared.admission.set_live_memory(live)
+            && actor.blocking_send(Command::MemoryFreed).is_err()
+        {
+            return;
+        }
         let verdict = evaluate(config, &mut tripped, &reading);
         if tripped.pausing() != reported {
             reported = tripped.pausing();

@@ -200,7 +200,27 @@ impl EngineHandle {
             .store
             .memory_peaks(kind, admission.learn_window)
             .await?;
-        Ok(admission.estimator.estimate(kind, &peaks))
+        let learned = admission.estimator.estimate(kind, &peaks);
+        // A running job of this kind over its request teaches at once, without waiting for finished runs.
+        Ok(match self.shared.overrun_of(kind) {
+            Some(observed) => {
+                let raised = (observed as f64 * (1.0 + admission.estimator.margin.max(0.0))) as u64;
+                // Never beyond what the machine offers: the job must still be admissible.
+                let raised = raised.min(self.shared.admission.memory_capacity());
+                if raised > learned.bytes.bytes() {
+                    MemoryRequest {
+                        bytes: aura_model::ByteSize(raised),
+                        source: RequestSource::Overrun {
+                            kind: kind.to_owned(),
+                            observed_bytes: observed,
+                        },
+                    }
+                } else {
+                    learned
+                }
+            }
+            None => learned,
+        })
     }
 
     /// Reserves resources for work outside Aura's processes, for `spec.ttl`; refused at once (not queued)

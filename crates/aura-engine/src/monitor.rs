@@ -20,6 +20,10 @@ pub(crate) struct Monitor {
     pub cwd: PathBuf,
     pub shared: Arc<Shared>,
     pub stop: watch::Receiver<Option<StopReason>>,
+    /// What admission reserved for it: its real use is charged against this.
+    pub reserved_memory: u64,
+    /// Its `kind` label, under which an overrun teaches admission.
+    pub kind: Option<String>,
     pub actor: mpsc::Sender<Command>,
 }
 
@@ -42,7 +46,8 @@ impl Monitor {
             }
         };
         let probe = tree.probe();
-        self.shared.register_probe(id, probe.clone());
+        self.shared
+            .register_probe(id, probe.clone(), self.reserved_memory, self.kind.take());
         let run = Run {
             started_at: Timestamp::from_system_time(tree.started_at()),
             tree: tree.handle().clone(),

@@ -986,6 +986,10 @@ mod tests {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveUsage {
     pub memory_current: Option<u64>,
+    /// `memory_current` less the page cache the kernel can reclaim: what the job really uses, and what
+    /// admission charges it (the RSS sum on the fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_in_use: Option<u64>,
     pub memory_peak: Option<u64>,
     pub memory_source: Option<MemorySource>,
     pub cpu_user_secs: Option<f64>,
@@ -1021,6 +1025,9 @@ pub enum RequestSource {
         previous_bytes: u64,
         peak_bytes: u64,
     },
+    /// A job of its `kind` was seen using more than it reserved while it ran: the most seen (since the
+    /// daemon started) plus the learning margin, where that is above what the finished runs say.
+    Overrun { kind: String, observed_bytes: u64 },
 }
 
 /// A request for a lease: resources held by work outside Aura's processes (a provider call, an in-process

@@ -31,13 +31,15 @@ pub(crate) enum ControlFile {
     V2Peak,
     /// v2 `memory.events`.
     V2MemoryEvents,
+    /// `memory.stat` (both versions; the keys differ).
+    MemoryStat,
 }
 
 // Every variant has a slot in `CgroupDir::files` (the last one is the highest).
-const _: () = assert!(ControlFile::V2MemoryEvents as usize + 1 == ControlFile::ALL);
+const _: () = assert!(ControlFile::MemoryStat as usize + 1 == ControlFile::ALL);
 
 impl ControlFile {
-    const ALL: usize = 9;
+    const ALL: usize = 10;
 
     fn name(self) -> &'static str {
         match self {
@@ -50,6 +52,7 @@ impl ControlFile {
             ControlFile::V2Current => "memory.current",
             ControlFile::V2Peak => "memory.peak",
             ControlFile::V2MemoryEvents => "memory.events",
+            ControlFile::MemoryStat => "memory.stat",
         }
     }
 }
@@ -194,6 +197,18 @@ fn parse_keyed<const N: usize>(text: &str, keys: [&str; N]) -> Option<[u64; N]> 
         *value = f?;
     }
     Some(values)
+}
+
+/// Page cache the kernel can reclaim from a job's memory cgroup: file pages that are not shmem (tmpfs
+/// and shared memory stay until freed), from `memory.stat`. What a job's charge holds beyond this is
+/// memory it really uses.
+pub(crate) fn reclaimable_cache(dir: &CgroupDir, api: MemoryApi) -> Option<u64> {
+    let keys = match api {
+        MemoryApi::V2 => ["file", "shmem"],
+        MemoryApi::V1 => ["total_cache", "total_shmem"],
+    };
+    let [file, shmem] = dir.keyed(ControlFile::MemoryStat, keys)?;
+    Some(file.saturating_sub(shmem))
 }
 
 /// `cpu.stat` user/system time in microseconds (v2; present without the cpu controller).

@@ -277,6 +277,8 @@ pub(crate) struct TreeStats {
     sampling: Mutex<()>,
     mem_start: AtomicU64,
     mem_current: AtomicU64,
+    /// `mem_current` less the page cache the kernel can reclaim (cgroup backends; the RSS sum elsewhere).
+    mem_in_use: AtomicU64,
     mem_peak_sampled: AtomicU64,
     mem_peak_kernel: AtomicU64,
     cpu_user_usec: AtomicU64,
@@ -362,6 +364,7 @@ impl TreeStats {
             sampling: Mutex::new(()),
             mem_start: AtomicU64::new(NONE),
             mem_current: AtomicU64::new(NONE),
+            mem_in_use: AtomicU64::new(NONE),
             mem_peak_sampled: AtomicU64::new(NONE),
             mem_peak_kernel: AtomicU64::new(NONE),
             cpu_user_usec: AtomicU64::new(NONE),
@@ -686,19 +689,31 @@ impl TreeStats {
             // Keep the last memory figures from before the tree went away.
             return;
         }
-        let current = match self.memory_dir() {
+        let (current, in_use) = match self.memory_dir() {
             Some((dir, current, _)) => {
                 self.read_kernel_peak();
-                dir.read_u64(current).map(|c| self.job_memory(c))
+                let current = dir.read_u64(current).map(|c| self.job_memory(c));
+                let cache = self
+                    .tree
+                    .memory_cgroup(self.cgroup_memory)
+                    .and_then(|(dir, api)| cgroup::reclaimable_cache(dir, api));
+                (
+                    current,
+                    current.map(|c| c.saturating_sub(cache.unwrap_or(0))),
+                )
             }
-            None => Some(
-                members
+            None => {
+                let rss = members
                     .iter()
                     .filter_map(|&p| procfs::resident_bytes(p))
-                    .sum(),
-            ),
+                    .sum();
+                (Some(rss), Some(rss))
+            }
         };
         self.check_memory(current);
+        if let Some(in_use) = in_use {
+            self.mem_in_use.store(in_use, Ordering::Relaxed);
+        }
         if let Some(cur) = current {
             self.mem_current.store(cur, Ordering::Relaxed);
             let _ =
@@ -753,6 +768,7 @@ impl TreeStats {
         };
         LiveUsage {
             memory_current: opt(self.mem_current.load(Ordering::Relaxed)),
+            memory_in_use: opt(self.mem_in_use.load(Ordering::Relaxed)),
             memory_peak,
             memory_source,
             cpu_user_secs: opt(self.cpu_user_usec.load(Ordering::Relaxed)).map(|u| u as f64 / 1e6),

@@ -864,6 +864,13 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
                 "learned from {samples} runs of kind {kind}: p95 {}",
                 ByteSize(*percentile_bytes)
             ),
+            aura_model::RequestSource::Overrun {
+                kind,
+                observed_bytes,
+            } => format!(
+                "a running job of kind {kind} was seen using {}, over its request",
+                ByteSize(*observed_bytes)
+            ),
         };
         println!("  Reserves:   {} of memory ({source})", m.bytes);
     }

@@ -382,6 +382,7 @@ fn outcome(view: &JobView) -> &Outcome {
 }
 
 mod faults;
+mod live_memory;
 mod security;
 
 mod cli {
