@@ -77,6 +77,8 @@ pub(crate) enum Command {
         reason: String,
         reading: crate::guards::Reading,
         reply: oneshot::Sender<Option<JobId>>,
+        /// The emergency stage: kill the victim's tree at once instead of its stop sequence.
+        kill: bool,
     },
     /// An entry for the engine's event log.
     EngineEvent(NewEvent),
@@ -320,6 +322,8 @@ struct Active {
     /// Held until the job's tree is gone (the actor drops it when the monitor reports the exit).
     _reservation: Reservation,
     stop: watch::Sender<Option<StopReason>>,
+    /// Cuts this tree's stop sequence short (the emergency stage kills at once).
+    kill: watch::Sender<bool>,
     /// A stop requested while the tree was still being launched, applied once it has started.
     pending_stop: Option<StopReason>,
     /// The launch's place in line for a running slot. Until it takes one the job is a *standby*: admitted
@@ -658,8 +662,9 @@ impl Actor {
                 reason,
                 reading,
                 reply,
+                kill,
             } => {
-                let victim = self.pressure_victim(&reason, reading).await;
+                let victim = self.pressure_victim(&reason, reading, kill).await;
                 let _ = reply.send(victim);
             }
             Command::EngineEvent(event) => self.engine_event(event).await,
@@ -855,6 +860,7 @@ impl Actor {
         }
         let id = job.id;
         let (stop_tx, stop_rx) = watch::channel(None);
+        let (kill_tx, kill_rx) = watch::channel(false);
         let ticket = LaunchTicket::new();
         let cwd = job
             .spec
@@ -894,6 +900,7 @@ impl Actor {
             cwd,
             shared: self.shared.clone(),
             stop: stop_rx,
+            kill: kill_rx,
             reserved_memory: request.memory_bytes,
             kind: job.spec.kind().map(str::to_owned),
             actor: self.tx.clone(),
@@ -911,6 +918,7 @@ impl Actor {
                 request,
                 _reservation: reservation,
                 stop: stop_tx,
+                kill: kill_tx,
                 pending_stop: None,
                 ticket,
                 standby,
@@ -964,6 +972,7 @@ impl Actor {
         &mut self,
         reason: &str,
         reading: crate::guards::Reading,
+        kill: bool,
     ) -> Option<JobId> {
         let candidates: Vec<crate::pressure::Candidate> = self
             .active
@@ -973,10 +982,10 @@ impl Actor {
                     id: a.job.id,
                     priority: a.job.spec.priority,
                     started_at_ms: run.started_at.unix_millis(),
-                    memory_bytes: self
-                        .shared
-                        .probe(a.job.id)
-                        .and_then(|p| p.live().memory_current),
+                    memory_bytes: self.shared.probe(a.job.id).and_then(|p| {
+                        let live = p.live();
+                        live.memory_in_use.or(live.memory_current)
+                    }),
                     reserved_bytes: a.request.memory_bytes,
                 }),
                 _ => None,
@@ -1002,6 +1011,7 @@ impl Actor {
             "candidates": candidates.len(),
             "ranking": "lowest priority, then furthest over its reservation, then most recently started",
             "cooldown_secs": self.shared.config.guards.victim_cooldown.as_secs_f64(),
+            "killed_at_once": kill,
         });
         self.engine_event(NewEvent::new("pressure_victim", detail.clone()))
             .await;
@@ -1017,6 +1027,11 @@ impl Actor {
             .fetch_add(1, Ordering::Relaxed);
         self.request_stop(victim.id, StopReason::MemoryPressure)
             .await;
+        if kill {
+            if let Some(active) = self.active.get(&victim.id) {
+                active.kill.send_replace(true);
+            }
+        }
         Some(victim.id)
     }
 

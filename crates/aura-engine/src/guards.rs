@@ -146,6 +146,13 @@ pub struct GuardConfig {
     /// After a victim: no other before this has passed.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub victim_cooldown: Duration,
+    /// Emergency stage (earlyoom's): while available memory is below `fast_watch_below`, the guard reads
+    /// `/proc/meminfo` every `fast_interval`; below `emergency_available_memory` it kills the victim's
+    /// tree at once (SIGKILL, no grace, no sustain), before the kernel's OOM killer picks a job by itself.
+    pub fast_watch_below: MemoryThreshold,
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub fast_interval: Duration,
+    pub emergency_available_memory: MemoryThreshold,
     /// A victim is requeued asking for max(its request, its peak) times this.
     pub requeue_growth: f64,
 }
@@ -186,6 +193,16 @@ impl GuardConfig {
             && self.resume_outside_cpu <= self.max_outside_cpu
             && !self.interval.is_zero()
             && self.cpu_window >= self.interval
+            && self.fast_watch_below.valid()
+            && self.emergency_available_memory.valid()
+            && self
+                .critical_available_memory
+                .at_least(self.emergency_available_memory)
+            && self
+                .fast_watch_below
+                .at_least(self.emergency_available_memory)
+            && !self.fast_interval.is_zero()
+            && self.fast_interval <= self.interval
             && self.requeue_growth.is_finite()
             && self.requeue_growth >= 1.0;
         if ok {
@@ -193,7 +210,7 @@ impl GuardConfig {
         } else {
             Err("guards need memory and free-disk thresholds as shares in [0, 1] or sizes, pressures in [0, 100], \
                  each resume threshold on the safe side of its trip threshold, critical memory thresholds no higher than \
-                 the pause thresholds, cpu_window >= interval > 0 and requeue_growth >= 1"
+                 the pause thresholds (and the emergency one no higher than those), 0 < fast_interval <= interval, cpu_window >= interval > 0 and requeue_growth >= 1"
                 .into())
         }
     }
@@ -256,6 +273,9 @@ impl Default for GuardConfig {
             critical_resume_memory_pressure: 10.0,
             critical_sustain: Duration::from_secs(3),
             victim_cooldown: Duration::from_secs(30),
+            fast_watch_below: MemoryThreshold::Share(0.15),
+            fast_interval: Duration::from_millis(100),
+            emergency_available_memory: MemoryThreshold::Share(0.04),
             requeue_growth: 1.5,
         }
     }
@@ -469,6 +489,15 @@ impl Responder {
             && cooled(self.asked_in_vain)
     }
 
+    /// Whether the emergency stage may kill now: never within `victim_cooldown` of the last victim (the
+    /// kernel needs a moment to take back what it freed) or of a search that found nobody.
+    pub fn emergency_due(&self, config: &GuardConfig, now: Instant) -> bool {
+        let cooled = |t: Option<Instant>| {
+            t.map_or(true, |t| now.duration_since(t) >= config.victim_cooldown)
+        };
+        cooled(self.last_victim) && cooled(self.asked_in_vain)
+    }
+
     /// What the actor answered: a victim was stopped, or none could be.
     pub fn acted(&mut self, victim: bool, now: Instant) {
         if victim {
@@ -589,6 +618,7 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
                 reason: critical.unwrap_or_default(),
                 reading,
                 reply,
+                kill: false,
             };
             if actor.blocking_send(command).is_err() {
                 return;
@@ -596,14 +626,57 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             let victim = answer.blocking_recv().ok().flatten();
             responder.acted(victim.is_some(), Instant::now());
         }
-        // Sleep in short steps so that a stop is noticed quickly.
+        // Sleep in short steps so that a stop is noticed quickly; while memory is low, each step reads
+        // /proc/meminfo itself (the host sampler's snapshot is up to an interval old) and the emergency
+        // stage acts on it.
+        let mut available = memory.map(|m| (m.available, m.total));
         let mut slept = Duration::ZERO;
         while slept < config.interval && !stop.load(Ordering::SeqCst) {
-            let step = Duration::from_millis(50).min(config.interval - slept);
+            let fast = available.is_some_and(|(a, total)| a < config.fast_watch_below.bytes(total));
+            let step = if fast {
+                config.fast_interval
+            } else {
+                Duration::from_millis(50)
+            }
+            .min(config.interval - slept);
             std::thread::sleep(step);
             slept += step;
+            if !fast {
+                continue;
+            }
+            let Some(now) = read_meminfo() else {
+                continue;
+            };
+            available = Some((now.available, now.total));
+            let floor = config.emergency_available_memory.bytes(now.total);
+            if now.available >= floor || !responder.emergency_due(config, Instant::now()) {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let command = Command::PressureVictim {
+                reason: format!(
+                    "emergency: available memory {} below {} ({})",
+                    ByteSize(now.available),
+                    ByteSize(floor),
+                    config.emergency_available_memory
+                ),
+                reading,
+                reply,
+                kill: true,
+            };
+            if actor.blocking_send(command).is_err() {
+                return;
+            }
+            let victim = answer.blocking_recv().ok().flatten();
+            responder.acted(victim.is_some(), Instant::now());
         }
     }
+}
+
+/// `/proc/meminfo` read now (the emergency stage cannot wait for the host sampler).
+fn read_meminfo() -> Option<aura_host::procfs::MemInfo> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    aura_host::procfs::parse_meminfo(&text).ok()
 }
 
 /// CPU seconds used by Aura so far: its jobs (the instance cgroup's hierarchical `cpu.stat`, or the running
@@ -858,5 +931,32 @@ mod tests {
             "nobody to stop: do not ask every tick"
         );
         assert!(r.due(&c, true, at(67)));
+    }
+
+    /// The emergency stage needs no sustain, only the cooldown that every victim starts, whichever
+    /// stage chose it.
+    #[test]
+    fn the_emergency_stage_waits_only_for_the_cooldown() {
+        let c = GuardConfig::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Responder::default();
+        assert!(r.emergency_due(&c, at(0)), "at once, no sustain");
+        r.acted(true, at(0));
+        assert!(!r.emergency_due(&c, at(29)), "inside the cooldown");
+        assert!(!r.due(&c, true, at(29)), "stage 2 shares the cooldown");
+        assert!(r.emergency_due(&c, at(30)));
+        // Thresholds in order: emergency below critical below the fast watch.
+        assert!(c.validate().is_ok());
+        let inverted = GuardConfig {
+            emergency_available_memory: MemoryThreshold::Share(0.08),
+            ..GuardConfig::default()
+        };
+        assert!(inverted.validate().is_err(), "emergency above critical");
+        let slow = GuardConfig {
+            fast_interval: Duration::from_secs(2),
+            ..GuardConfig::default()
+        };
+        assert!(slow.validate().is_err(), "fast interval above the interval");
     }
 }

@@ -20,11 +20,20 @@ pub(crate) struct Monitor {
     pub cwd: PathBuf,
     pub shared: Arc<Shared>,
     pub stop: watch::Receiver<Option<StopReason>>,
+    /// Set to kill this tree at once, whatever its stop sequence says (the emergency stage).
+    pub kill: watch::Receiver<bool>,
     /// What admission reserved for it: its real use is charged against this.
     pub reserved_memory: u64,
     /// Its `kind` label, under which an overrun teaches admission.
     pub kind: Option<String>,
     pub actor: mpsc::Sender<Command>,
+}
+
+/// Resolves once `rx` holds `true`; never, if its sender is gone.
+async fn until_set(mut rx: watch::Receiver<bool>) {
+    if rx.wait_for(|k| *k).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 impl Monitor {
@@ -56,12 +65,17 @@ impl Monitor {
         self.report(Command::Started { id, run }).await;
 
         let stop_sequence = self.spec.stop.clone();
-        // Whatever stops the tree, its grace ends when the engine kills every tree (shutdown deadline).
-        let kill = self.shared.kill_trees.subscribe();
+        // Whatever stops the tree, its grace ends when the engine kills every tree (shutdown deadline) or
+        // this one (the emergency stage). A sender that is gone cuts nothing.
+        let all = self.shared.kill_trees.subscribe();
+        let own = self.kill.clone();
         let cut = || {
-            let mut kill = kill.clone();
+            let (all, own) = (all.clone(), own.clone());
             async move {
-                let _ = kill.wait_for(|k| *k).await;
+                tokio::select! {
+                    () = until_set(all) => {}
+                    () = until_set(own) => {}
+                }
             }
         };
         let already_stopped = self.stop.borrow_and_update().is_some();

@@ -64,6 +64,8 @@ pub struct Config {
     /// `critical_memory_pressure` [30 %] (clears below `critical_resume_memory_pressure` [10 %]); critical
     /// for `critical_sustain` [3s], one running job is stopped with its stop sequence and requeued asking
     /// for `requeue_growth` [1.5] × max(request, peak); no other victim within `victim_cooldown` [30s].
+    /// Emergency stage: below `fast_watch_below` [0.15] available the guard reads /proc/meminfo every
+    /// `fast_interval` [100ms]; below `emergency_available_memory` [0.04] it kills a victim's tree at once.
     pub guards: aura_engine::GuardConfig,
     pub metrics: MetricsSection,
     /// Warning thresholds of `/api/diagnostics/resources` (warnings also degrade `/readyz`):

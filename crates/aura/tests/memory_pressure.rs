@@ -1,0 +1,154 @@
+//! The memory-truth scenario on the whole machine, in a test binary of its own (cargo runs test binaries
+//! one after another, so no other test's daemon competes for the memory it fills): three jobs with default
+//! requests grow at ~800 MB/s to a third of physical memory each, together just over it. Aura must evict at
+//! most one, itself and before the kernel's OOM killer does (the emergency stage), restart it only once
+//! another job has ended (admission charges real use), and every job must end `succeeded`.
+
+use aura_client::Client;
+use aura_model::{JobSpec, JobState, Outcome};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AURA: &str = env!("CARGO_BIN_EXE_aura");
+
+/// Grows by 200 MB every 0.25 s to `target` bytes, touching every page, then holds them for `hold` s.
+const HOG: &str = r#"
+import sys, time
+target, hold = int(sys.argv[1]), float(sys.argv[2])
+step, blocks, have = 200_000_000, [], 0
+while have < target:
+    b = bytearray(step)
+    for i in range(0, step, 4096):
+        b[i] = 1
+    blocks.append(b)
+    have += step
+    time.sleep(0.25)
+time.sleep(hold)
+"#;
+
+struct Daemon {
+    child: Child,
+    url: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let mut child = Command::new(AURA)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("AURA_MAX_CONCURRENT", "3")
+            .env("AURA_LOG", "warn")
+            .env("AURA_RUNTIME_DIR", dir.path().join("runtime"))
+            // Other work on a shared machine must not pause admission for this test.
+            .env("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0")
+            .env("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn aura serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = loop {
+            let line = lines.next().expect("aura serve exited").expect("stdout");
+            if let Some(url) = line.strip_prefix("aura serve: listening on ") {
+                break url.to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let token = std::fs::read_to_string(data.join("api-token"))
+            .expect("token")
+            .trim()
+            .to_owned();
+        Daemon {
+            child,
+            url,
+            token,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mem_total() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("MemTotal")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_growing_jobs_over_physical_memory_end_with_one_eviction_and_no_oom_kill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hog = dir.path().join("hog.py");
+    std::fs::write(&hog, HOG).expect("hog script");
+    std::fs::set_permissions(&hog, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let each = mem_total() * 335 / 1000;
+    let daemon = Daemon::start();
+    let client = Client::authorized(&daemon.url, &daemon.token).expect("client");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut spec = JobSpec::new(
+            "python3",
+            [hog.to_string_lossy().as_ref(), &each.to_string(), "20"],
+        );
+        spec.labels.insert("kind".into(), "hog".into());
+        ids.push(client.submit(&spec).await.expect("submit").job.id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut views = Vec::new();
+    for &id in &ids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let view = client.wait(id, left).await.expect("wait");
+        assert!(
+            view.job.outcome().is_some(),
+            "job {id} unfinished: {view:?}"
+        );
+        views.push(view);
+    }
+    let events = client.engine_events(0).await.expect("events");
+    let evictions = events
+        .iter()
+        .filter(|e| e.kind == "pressure_victim")
+        .count();
+    assert!(evictions <= 1, "{evictions} evictions: {events:?}");
+    let mut first_end = None;
+    for view in &views {
+        let JobState::Finished(f) = &view.job.state else {
+            unreachable!()
+        };
+        assert_eq!(f.outcome, Outcome::Succeeded, "job {}: {f:?}", view.job.id);
+        assert_eq!(f.accounting.oom_kills, 0, "job {}: {f:?}", view.job.id);
+        if view.job.attempt == 1 {
+            first_end = Some(match first_end {
+                Some(end) if end < f.finished_at => end,
+                _ => f.finished_at,
+            });
+        }
+    }
+    for view in views.iter().filter(|v| v.job.attempt > 1) {
+        let started = view.job.state.run().expect("ran").started_at;
+        assert!(
+            first_end.is_some_and(|end| started >= end),
+            "victim {} restarted at {started} before any other job ended ({first_end:?})",
+            view.job.id
+        );
+    }
+    eprintln!("{evictions} eviction(s); all 3 succeeded; no OOM kill");
+}
