@@ -134,6 +134,9 @@ pub(crate) struct Shared {
     /// Set once to cut every stop sequence short and kill every tree (the shutdown deadline, a second
     /// signal); monitors watch it.
     pub kill_trees: watch::Sender<bool>,
+    /// Requeued pressure victims and the moment they may start again (`guards.victim_cooldown` after
+    /// their eviction): the kernel needs that long to take back what was freed.
+    pub held: Mutex<HashMap<JobId, std::time::Instant>>,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -291,6 +294,14 @@ impl Shared {
             .map(|p| p.probe.clone())
     }
 
+    /// Until when a requeued pressure victim waits whatever memory says, if it does.
+    pub(crate) fn held_until(&self, id: JobId) -> Option<std::time::Instant> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(&id)
+            .copied()
+            .filter(|t| *t > std::time::Instant::now())
+    }
+
     /// The default working directory of a job, shared by its attempts.
     pub(crate) fn work_dir(&self, id: JobId) -> std::path::PathBuf {
         self.config.work_root().join(id.to_string())
@@ -381,6 +392,7 @@ pub(crate) async fn spawn(
         guard_reading: Mutex::new(None),
         memory: MemoryCounters::default(),
         kill_trees: watch::Sender::new(false),
+        held: Mutex::default(),
     });
     let mut actor = Actor {
         shared: shared.clone(),
@@ -784,12 +796,20 @@ impl Actor {
         }
         self.yield_standby();
         let now = std::time::Instant::now();
+        // Requeued pressure victims sit out their cooldown; the rest of the queue goes on.
+        let held: Vec<(JobId, std::time::Instant)> = {
+            let mut held = self.shared.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.retain(|_, until| *until > now);
+            held.iter().map(|(id, until)| (*id, *until)).collect()
+        };
+        let is_held = |id: &JobId| held.iter().any(|(h, _)| h == id);
         let max = self.shared.config.max_concurrent;
         let room = max.saturating_sub(self.active.len());
         if room > 0 {
             let queue = self
                 .queue
                 .iter()
+                .filter(|((_, id), _)| !is_held(id))
                 .map(|((_, id), request)| Queued { key: id.0, request });
             for (key, reservation) in Scheduler::pass(&self.shared.admission, queue, now, room) {
                 if let Some((job, request)) = self.dequeue(JobId(key)) {
@@ -806,7 +826,8 @@ impl Actor {
                 .count()
                 < self.shared.config.standby
         {
-            let Some((&(_, head), request)) = self.queue.iter().next() else {
+            let Some((&(_, head), request)) = self.queue.iter().find(|((_, id), _)| !is_held(id))
+            else {
                 break;
             };
             let only_head = std::iter::once(Queued {
@@ -824,7 +845,12 @@ impl Actor {
             }
         }
         if !self.queue.is_empty() {
-            if let Some(wait) = self.shared.admission.next_rate_window(now) {
+            let hold_ends = held
+                .iter()
+                .map(|(_, until)| until.duration_since(now))
+                .min();
+            let rate = self.shared.admission.next_rate_window(now);
+            if let Some(wait) = [hold_ends, rate].into_iter().flatten().min() {
                 self.rate_wakeup = Some(Box::pin(tokio::time::sleep(wait)));
             }
         }
@@ -1191,6 +1217,12 @@ impl Actor {
                 json!({ "memory_request": grown, "reason": "stopped by the memory pressure responder" }),
             ));
             job.memory_request = Some(grown);
+            let until = std::time::Instant::now() + self.shared.config.guards.victim_cooldown;
+            self.shared
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, until);
         }
         if requeue {
             // What ended this attempt belongs to it, though it is written with the next one's row.

@@ -536,6 +536,14 @@ impl EngineHandle {
         if let Some(reason) = self.shared.paused_reason() {
             return format!("admission paused: {reason}");
         }
+        if let Some(until) = self.shared.held_until(job.id) {
+            return format!(
+                "stopped for memory pressure: waits out the victim cooldown ({:.0} s left)",
+                until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs_f64()
+            );
+        }
         let request = self
             .shared
             .config

@@ -600,7 +600,14 @@ pub enum MemorySource {
 pub struct Accounting {
     pub memory_start: Option<ByteSize>,
     pub memory_peak: Option<ByteSize>,
+    /// The job's memory in use just before its main process exited: its last sample, less the page
+    /// cache the kernel can reclaim (cgroup backends) or its processes' RSS (the fallback). Absent for a
+    /// job too short to be sampled: a figure read after the exit would be page cache, not the job.
     pub memory_end: Option<ByteSize>,
+    /// The page cache the job's file I/O left charged to its memory cgroup when it ended (cgroup
+    /// backends): memory the kernel reclaims on demand, reported apart from the job's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_cache_end: Option<ByteSize>,
     pub memory_source: Option<MemorySource>,
     pub cpu_user_secs: Option<f64>,
     pub cpu_system_secs: Option<f64>,

@@ -58,6 +58,7 @@ fn exited(code: i32, ms: i64) -> Event {
             memory_start: Some(ByteSize(10 << 20)),
             memory_peak: Some(ByteSize(310 << 20)),
             memory_end: Some(ByteSize(12 << 20)),
+            page_cache_end: Some(ByteSize(300 << 20)),
             memory_source: Some(MemorySource::CgroupPeak),
             cpu_user_secs: Some(0.1 + 0.2),
             cpu_system_secs: Some(1e-7),

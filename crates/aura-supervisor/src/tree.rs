@@ -1036,7 +1036,11 @@ impl RunningTree {
             memory_limit_exceeded,
             memory_start: self.stats.live_start().map(ByteSize),
             memory_peak: memory_peak.map(ByteSize),
-            memory_end: live.memory_current.or(finals.memory_end).map(ByteSize),
+            memory_end: live.memory_in_use.map(ByteSize),
+            page_cache_end: finals
+                .memory_end
+                .filter(|_| self.stats.cgroup_memory)
+                .map(ByteSize),
             memory_source: Some(memory_source),
             cpu_user_secs: Some(cpu_user_secs),
             cpu_system_secs: Some(cpu_system_secs),

@@ -780,6 +780,9 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
             let a = &f.accounting;
             if f.run.is_some() {
                 println!("  Memory:     {}", a.memory_line());
+                if let Some(cache) = a.page_cache_end.filter(|c| c.bytes() > 0) {
+                    println!("  Page cache: {cache} left charged when it ended (its file I/O; reclaimable, not its memory)");
+                }
                 if let Some(limit) = a.memory_limit {
                     println!(
                         "  Limit:      {limit}{}",

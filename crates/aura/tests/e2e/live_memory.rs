@@ -22,6 +22,8 @@ fn hog(bytes: &str, seconds: u32) -> JobSpec {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_over_its_request_holds_back_what_reservations_would_admit() {
+    // Gigabytes of allocation: not while a test that sets thresholds from the memory available now runs.
+    let _turn = super::memory::HOST_PRESSURE.lock().await;
     // 6 GiB for jobs: A reserves 1 GiB and uses 2 GiB; B asks 4.5 GiB — 5 GiB is unreserved, but only
     // 4 GiB once A is charged what it uses.
     let daemon = Daemon::start(&[("AURA_ADMISSION__MEMORY", "6GiB")]);
@@ -67,6 +69,7 @@ async fn a_job_over_its_request_holds_back_what_reservations_would_admit() {
 /// without waiting for five finished runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_overrun_teaches_its_kind_at_once() {
+    let _turn = super::memory::HOST_PRESSURE.lock().await;
     let daemon = Daemon::start(&[("AURA_ADMISSION__DEFAULT_MEMORY_REQUEST", "1GiB")]);
     let client = daemon.client();
     let mut a = hog("1536M", 60);
@@ -97,4 +100,39 @@ async fn a_running_overrun_teaches_its_kind_at_once() {
     );
     assert!(request.bytes.bytes() > (1400 << 20) * 6 / 5, "{request:?}");
     client.cancel(a).await.unwrap();
+}
+
+/// A job that writes a file and then holds little memory ends with `End=` near what it used, not the
+/// page cache its file left charged to its cgroup, which is reported apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_end_figure_is_the_jobs_memory_not_its_page_cache() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let id = submit(
+        &client,
+        &spec(
+            "sh",
+            &[
+                "-c",
+                "dd if=/dev/zero of=big bs=1M count=300 status=none; sleep 1.5; rm -f big",
+            ],
+        ),
+    )
+    .await;
+    let view = wait_done(&client, id).await;
+    let JobState::Finished(f) = &view.job.state else {
+        unreachable!()
+    };
+    assert!(outcome(&view).is_success());
+    let end = f.accounting.memory_end.expect("sampled during the sleep");
+    assert!(
+        end.bytes() < (100 << 20),
+        "End is the job's memory: {:?}",
+        f.accounting
+    );
+    if f.accounting.memory_source == Some(aura_model::MemorySource::CgroupPeak) {
+        // The file's pages were charged to the job's cgroup; deleting the file gave most of them back,
+        // so only the figure's presence and honesty are checked.
+        assert!(f.accounting.page_cache_end.is_some(), "{:?}", f.accounting);
+    }
 }

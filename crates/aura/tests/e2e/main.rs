@@ -2280,7 +2280,7 @@ mod memory {
 
     /// The tests that move the host's available memory by gigabytes run one at a time: each sets its
     /// thresholds relative to the memory available when it starts.
-    static HOST_PRESSURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    pub(super) static HOST_PRESSURE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
     /// Takes the host-pressure turn and returns a threshold maker (`mib` below the memory available now),
     /// or `None` (the test is skipped) when less than `needs_mib` is available.
@@ -2391,8 +2391,8 @@ mod memory {
     /// Host pressure simulated with thresholds set relative to the memory available now: three 1.2 GiB hogs
     /// cross the critical threshold, and two still do, one alone only the pause threshold. Admission pauses,
     /// the lowest-priority hog is the one victim — memory stays critical afterwards, but no second victim is
-    /// chosen within the cooldown — it is requeued asking for more and completes later, and every other job
-    /// completes. The daemon is never killed.
+    /// chosen within the cooldown — it is requeued asking for more, sits out the cooldown and completes
+    /// later, and every other job completes. The daemon is never killed.
     #[tokio::test(flavor = "multi_thread")]
     async fn host_pressure_stops_one_victim_and_requeues_it_bigger() {
         let Some((_turn, below)) = host_pressure_turn(6 << 10).await else {
@@ -2409,7 +2409,7 @@ mod memory {
             ("AURA_GUARDS__CRITICAL_AVAILABLE_MEMORY", &critical),
             ("AURA_GUARDS__CRITICAL_RESUME_AVAILABLE_MEMORY", &clear),
             ("AURA_GUARDS__CRITICAL_SUSTAIN", "1s"),
-            ("AURA_GUARDS__VICTIM_COOLDOWN", "5m"),
+            ("AURA_GUARDS__VICTIM_COOLDOWN", "20s"),
             ("AURA_ADMISSION__DEFAULT_MEMORY_REQUEST", "256MiB"),
         ]);
         let client = daemon.client();
