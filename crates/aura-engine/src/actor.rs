@@ -193,7 +193,7 @@ impl Shared {
         let (mut overrun, mut within) = (0u64, 0u64);
         for p in probes.values() {
             let live = p.probe.live();
-            let used = live.memory_in_use.or(live.memory_current).unwrap_or(0);
+            let used = live.memory_used().unwrap_or(0);
             overrun = overrun.saturating_add(used.saturating_sub(p.reserved_memory));
             within = within.saturating_add(used.min(p.reserved_memory));
             // Over its reservation: the next job of its kind should not ask for less.
@@ -257,18 +257,9 @@ impl Shared {
     fn count_queued_by(&self, submitter: &str, entered: bool) {
         let mut counts = self.queued_by.lock().unwrap_or_else(|e| e.into_inner());
         if entered {
-            // The name is allocated once per submitter with waiting jobs, not once per job.
-            match counts.get_mut(submitter) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(submitter.to_owned(), 1);
-                }
-            }
-        } else if let Some(n) = counts.get_mut(submitter) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(submitter);
-            }
+            count_up(&mut counts, submitter);
+        } else {
+            count_down(&mut counts, submitter);
         }
     }
 
@@ -321,6 +312,26 @@ fn cpu_secs(live: &aura_model::LiveUsage) -> f64 {
 
 /// Queue order: higher priority first, then lower id (FIFO).
 type QueueKey = (Reverse<i32>, JobId);
+
+/// One more for `name`; the name is allocated once per name with a count, not once per call.
+pub(crate) fn count_up(counts: &mut HashMap<String, usize>, name: &str) {
+    match counts.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(name.to_owned(), 1);
+        }
+    }
+}
+
+/// One less for `name`; a count that reaches zero leaves the map.
+pub(crate) fn count_down(counts: &mut HashMap<String, usize>, name: &str) {
+    if let Some(n) = counts.get_mut(name) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(name);
+        }
+    }
+}
 
 fn queue_key(job: &Job) -> QueueKey {
     (Reverse(job.spec.priority), job.id)
@@ -446,37 +457,38 @@ impl Actor {
             if !matches!(job.state, JobState::Queued { .. }) {
                 let deaths = job.interruptions.saturating_add(1);
                 let quarantine = !foreign && quarantine_after > 0 && deaths >= quarantine_after;
-                let reason = if foreign {
-                    "running under the daemon this data dir was copied from; its processes were left to it"
-                } else {
-                    "daemon died while the job ran"
-                };
-                let mut events = if quarantine {
-                    let reason = format!(
+                let reason = if quarantine {
+                    tracing::error!(job_id = %job.id, deaths, "job quarantined: it was running at every one of the last unclean daemon deaths");
+                    format!(
                         "running at {deaths} unclean daemon deaths in a row (quarantine_after = \
                          {quarantine_after}): suspected of bringing the daemon down, not run again"
-                    );
-                    tracing::error!(job_id = %job.id, deaths, "job quarantined: it was running at every one of the last unclean daemon deaths");
-                    job.apply(Event::Quarantined {
-                        reason: reason.clone(),
-                        at: now,
-                    })
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-                    vec![NewEvent::new(
-                        "quarantined",
-                        json!({ "reason": reason, "interruptions": deaths, "recovery": report }),
-                    )]
+                    )
+                } else if foreign {
+                    "running under the daemon this data dir was copied from; its processes were left \
+                     to it"
+                        .to_owned()
                 } else {
-                    job.apply(Event::Interrupted {
-                        reason: reason.into(),
-                        at: now,
-                    })
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
-                    vec![NewEvent::new(
-                        "interrupted",
-                        json!({ "reason": reason, "interruptions": deaths, "recovery": report }),
-                    )]
+                    "daemon died while the job ran".to_owned()
                 };
+                let at = now;
+                let event = if quarantine {
+                    Event::Quarantined {
+                        reason: reason.clone(),
+                        at,
+                    }
+                } else {
+                    Event::Interrupted {
+                        reason: reason.clone(),
+                        at,
+                    }
+                };
+                let kind = event.name();
+                job.apply(event)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                let mut events = vec![NewEvent::new(
+                    kind,
+                    json!({ "reason": reason, "interruptions": deaths, "recovery": report }),
+                )];
                 if job.may_retry() {
                     NewEvent::stamp(&mut events, job.attempt);
                     job.apply(Event::Requeue { at: now })
@@ -1008,10 +1020,10 @@ impl Actor {
                     id: a.job.id,
                     priority: a.job.spec.priority,
                     started_at_ms: run.started_at.unix_millis(),
-                    memory_bytes: self.shared.probe(a.job.id).and_then(|p| {
-                        let live = p.live();
-                        live.memory_in_use.or(live.memory_current)
-                    }),
+                    memory_bytes: self
+                        .shared
+                        .probe(a.job.id)
+                        .and_then(|p| p.live().memory_used()),
                     reserved_bytes: a.request.memory_bytes,
                 }),
                 _ => None,

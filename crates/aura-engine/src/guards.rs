@@ -481,17 +481,13 @@ impl Responder {
             return false;
         }
         let since = *self.critical_since.get_or_insert(now);
-        let cooled = |t: Option<Instant>| {
-            t.map_or(true, |t| now.duration_since(t) >= config.victim_cooldown)
-        };
-        now.duration_since(since) >= config.critical_sustain
-            && cooled(self.last_victim)
-            && cooled(self.asked_in_vain)
+        now.duration_since(since) >= config.critical_sustain && self.cooled_down(config, now)
     }
 
-    /// Whether the emergency stage may kill now: never within `victim_cooldown` of the last victim (the
-    /// kernel needs a moment to take back what it freed) or of a search that found nobody.
-    pub fn emergency_due(&self, config: &GuardConfig, now: Instant) -> bool {
+    /// Whether a victim may be chosen now (at once by the emergency stage; after `critical_sustain` by
+    /// stage 2): never within `victim_cooldown` of the last victim (the kernel needs a moment to take back
+    /// what it freed) or of a search that found nobody.
+    pub fn cooled_down(&self, config: &GuardConfig, now: Instant) -> bool {
         let cooled = |t: Option<Instant>| {
             t.map_or(true, |t| now.duration_since(t) >= config.victim_cooldown)
         };
@@ -612,19 +608,17 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
                 return;
             }
         }
-        if responder.due(config, critical.is_some(), Instant::now()) {
-            let (reply, answer) = oneshot::channel();
-            let command = Command::PressureVictim {
-                reason: critical.unwrap_or_default(),
+        if responder.due(config, critical.is_some(), Instant::now())
+            && ask_for_victim(
+                actor,
+                &mut responder,
+                critical.unwrap_or_default(),
                 reading,
-                reply,
-                kill: false,
-            };
-            if actor.blocking_send(command).is_err() {
-                return;
-            }
-            let victim = answer.blocking_recv().ok().flatten();
-            responder.acted(victim.is_some(), Instant::now());
+                false,
+            )
+            .is_err()
+        {
+            return;
         }
         // Sleep in short steps so that a stop is noticed quickly; while memory is low, each step reads
         // /proc/meminfo itself (the host sampler's snapshot is up to an interval old) and the emergency
@@ -649,28 +643,42 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             };
             available = Some((now.available, now.total));
             let floor = config.emergency_available_memory.bytes(now.total);
-            if now.available >= floor || !responder.emergency_due(config, Instant::now()) {
+            if now.available >= floor || !responder.cooled_down(config, Instant::now()) {
                 continue;
             }
-            let (reply, answer) = oneshot::channel();
-            let command = Command::PressureVictim {
-                reason: format!(
-                    "emergency: available memory {} below {} ({})",
-                    ByteSize(now.available),
-                    ByteSize(floor),
-                    config.emergency_available_memory
-                ),
-                reading,
-                reply,
-                kill: true,
-            };
-            if actor.blocking_send(command).is_err() {
+            let reason = format!(
+                "emergency: available memory {} below {} ({})",
+                ByteSize(now.available),
+                ByteSize(floor),
+                config.emergency_available_memory
+            );
+            if ask_for_victim(actor, &mut responder, reason, reading, true).is_err() {
                 return;
             }
-            let victim = answer.blocking_recv().ok().flatten();
-            responder.acted(victim.is_some(), Instant::now());
         }
     }
+}
+
+/// Asks the actor to stop (or, `kill`, to kill at once) one victim, and starts the cooldown with its
+/// answer. `Err` once the actor is gone.
+fn ask_for_victim(
+    actor: &mpsc::Sender<Command>,
+    responder: &mut Responder,
+    reason: String,
+    reading: Reading,
+    kill: bool,
+) -> Result<(), ()> {
+    let (reply, answer) = oneshot::channel();
+    let command = Command::PressureVictim {
+        reason,
+        reading,
+        reply,
+        kill,
+    };
+    actor.blocking_send(command).map_err(drop)?;
+    let victim = answer.blocking_recv().ok().flatten();
+    responder.acted(victim.is_some(), Instant::now());
+    Ok(())
 }
 
 /// `/proc/meminfo` read now (the emergency stage cannot wait for the host sampler).
@@ -941,11 +949,11 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut r = Responder::default();
-        assert!(r.emergency_due(&c, at(0)), "at once, no sustain");
+        assert!(r.cooled_down(&c, at(0)), "at once, no sustain");
         r.acted(true, at(0));
-        assert!(!r.emergency_due(&c, at(29)), "inside the cooldown");
+        assert!(!r.cooled_down(&c, at(29)), "inside the cooldown");
         assert!(!r.due(&c, true, at(29)), "stage 2 shares the cooldown");
-        assert!(r.emergency_due(&c, at(30)));
+        assert!(r.cooled_down(&c, at(30)));
         // Thresholds in order: emergency below critical below the fast watch.
         assert!(c.validate().is_ok());
         let inverted = GuardConfig {

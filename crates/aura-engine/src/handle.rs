@@ -63,6 +63,8 @@ pub enum Health {
     Healthy,
     Degraded,
     Unhealthy,
+    /// A shutdown has begun: no new work, whatever else holds.
+    ShuttingDown,
 }
 
 /// `GET /readyz`.
@@ -353,7 +355,9 @@ impl EngineHandle {
             ),
             Err(e) => degraded.push(format!("diagnostics unavailable: {e}")),
         }
-        let status = if !unhealthy.is_empty() {
+        let status = if self.is_shutting_down() {
+            Health::ShuttingDown
+        } else if !unhealthy.is_empty() {
             Health::Unhealthy
         } else if !degraded.is_empty() {
             Health::Degraded
@@ -633,12 +637,7 @@ impl Places {
     fn give_back(&mut self, submitter: Option<&str>) {
         self.total = self.total.saturating_sub(1);
         if let Some(name) = submitter {
-            if let Some(n) = self.by.get_mut(name) {
-                *n -= 1;
-                if *n == 0 {
-                    self.by.remove(name);
-                }
-            }
+            crate::actor::count_down(&mut self.by, name);
         }
     }
 }
@@ -710,12 +709,7 @@ impl Shared {
         places.total += 1;
         if let Some(s) = submitter {
             // Counted whatever the cap: the actor gives back by the job's submitter name alone.
-            match places.by.get_mut(&s.name) {
-                Some(n) => *n += 1,
-                None => {
-                    places.by.insert(s.name.clone(), 1);
-                }
-            }
+            crate::actor::count_up(&mut places.by, &s.name);
         }
         Ok(Place {
             shared: self,

@@ -103,26 +103,27 @@ async fn race(
     results
 }
 
+/// Exactly `cap` of the racing submits were accepted, and every other one refused as `refused` says.
+fn assert_exactly_cap<T>(
+    results: &[Result<T, EngineError>],
+    cap: usize,
+    refused: impl Fn(&EngineError) -> bool,
+) {
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let errors: Vec<&EngineError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let refused = errors.iter().filter(|e| refused(e)).count();
+    assert_eq!((accepted, refused), (cap, SUBMITTERS - cap), "{errors:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_submits_fill_the_queue_exactly_to_its_cap() {
     const CAP: usize = 10;
     let dir = tempfile::tempdir().expect("temp dir");
     let engine = engine(dir.path(), CAP).await;
     let results = race(&engine, None).await;
-    let accepted = results.iter().filter(|r| r.is_ok()).count();
-    let refused = results
-        .iter()
-        .filter(|r| matches!(r, Err(EngineError::QueueFull { cap: CAP, .. })))
-        .count();
-    assert_eq!(
-        (accepted, refused),
-        (CAP, SUBMITTERS - CAP),
-        "{:?}",
-        results
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .collect::<Vec<_>>()
-    );
+    assert_exactly_cap(&results, CAP, |e| {
+        matches!(e, EngineError::QueueFull { cap: CAP, .. })
+    });
     assert_eq!(queued(&engine).await, CAP);
     // Full means full, and a refused submit gave its place back: one cancel frees exactly one.
     assert!(matches!(
@@ -146,20 +147,9 @@ async fn concurrent_submits_of_one_token_stop_exactly_at_its_cap() {
         max_queued: Some(CAP),
     };
     let results = race(&engine, Some(token.clone())).await;
-    let accepted = results.iter().filter(|r| r.is_ok()).count();
-    let refused = results
-        .iter()
-        .filter(|r| matches!(r, Err(EngineError::SubmitterQueueFull { cap: CAP, .. })))
-        .count();
-    assert_eq!(
-        (accepted, refused),
-        (CAP, SUBMITTERS - CAP),
-        "{:?}",
-        results
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .collect::<Vec<_>>()
-    );
+    assert_exactly_cap(&results, CAP, |e| {
+        matches!(e, EngineError::SubmitterQueueFull { cap: CAP, .. })
+    });
     // Another token is not held to this one's cap.
     let other = Submitter {
         name: "other".into(),

@@ -1005,6 +1005,14 @@ pub struct LiveUsage {
     pub peak_processes: u32,
 }
 
+impl LiveUsage {
+    /// The memory the job really uses: in use where sampled that way, else its current charge (a job
+    /// not sampled yet has only its start figure).
+    pub fn memory_used(&self) -> Option<u64> {
+        self.memory_in_use.or(self.memory_current)
+    }
+}
+
 /// The memory a job reserves and where that figure came from; shown in the job record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryRequest {

@@ -334,12 +334,10 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<Response> {
 /// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let readiness = app.engine.readiness().await;
-    if app.engine.is_shutting_down() {
-        let body = serde_json::json!({ "status": "shutting_down", "reasons": readiness.reasons });
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
     let status = match readiness.status {
-        aura_engine::Health::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        aura_engine::Health::Unhealthy | aura_engine::Health::ShuttingDown => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         aura_engine::Health::Healthy | aura_engine::Health::Degraded => StatusCode::OK,
     };
     (status, Json(readiness)).into_response()

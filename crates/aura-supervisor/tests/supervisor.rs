@@ -1299,13 +1299,7 @@ async fn a_failed_launch_leaves_no_work_dir() {
         let mut req = request(1, &work.join("1"), bogus, &[]);
         req.create_cwd = true;
         let err = s.launch(req).await.unwrap_err();
-        assert!(
-            matches!(&err, LaunchError::Spawn { .. })
-                && err
-                    .to_string()
-                    .contains(&format!("(os error {})", libc::ENOEXEC)),
-            "{backend}: {err}"
-        );
+        assert_spawn_errno(&err, libc::ENOEXEC);
         assert!(!work.join("1").exists(), "{backend}: work dir left behind");
         // A directory an earlier attempt left (with or without content) is the job's: kept.
         std::fs::create_dir_all(work.join("2")).unwrap();
@@ -1324,6 +1318,15 @@ async fn a_failed_launch_leaves_no_work_dir() {
         t.finish().await;
         s.shutdown().await;
     }
+}
+
+/// A launch that failed in the exec itself, with `errno`.
+fn assert_spawn_errno(err: &LaunchError, errno: i32) {
+    assert!(
+        matches!(err, LaunchError::Spawn { .. })
+            && err.to_string().contains(&format!("(os error {errno})")),
+        "{err}"
+    );
 }
 
 /// Linux's limit per argv or environment string, its NUL included, is 32 pages: the job spec's limit
@@ -1358,22 +1361,10 @@ async fn the_longest_valid_argument_and_environment_entry_exec() {
         .launch(request(2, dir.path(), "true", &[&too_long]))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, LaunchError::Spawn { .. })
-            && err
-                .to_string()
-                .contains(&format!("(os error {})", libc::E2BIG)),
-        "{err}"
-    );
+    assert_spawn_errno(&err, libc::E2BIG);
     let mut req = request(3, dir.path(), "true", &[]);
     req.env.insert("BIG".into(), "v".repeat(most - 3));
     let err = s.launch(req).await.unwrap_err();
-    assert!(
-        matches!(&err, LaunchError::Spawn { .. })
-            && err
-                .to_string()
-                .contains(&format!("(os error {})", libc::E2BIG)),
-        "{err}"
-    );
+    assert_spawn_errno(&err, libc::E2BIG);
     s.shutdown().await;
 }

@@ -4,20 +4,25 @@
 
 use super::*;
 
-/// stress-ng holding `bytes` of anonymous memory for `seconds`.
-fn hog(bytes: &str, seconds: u32) -> JobSpec {
-    spec(
-        "stress-ng",
-        &[
-            "--vm",
-            "1",
-            "--vm-bytes",
-            bytes,
-            "--vm-keep",
-            "--timeout",
-            &format!("{seconds}s"),
-        ],
-    )
+use super::memory::hog;
+
+/// Waits until job `id` is seen using more than `bytes`, then for the guard thread (one tick a second) to
+/// have reported it to admission.
+async fn wait_using(client: &Client, id: JobId, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = client.get(id).await.unwrap();
+        if view
+            .live
+            .and_then(|l| l.memory_used())
+            .is_some_and(|u| u > bytes)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hog never grew: {view:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,18 +38,7 @@ async fn a_job_over_its_request_holds_back_what_reservations_would_admit() {
     // A stated request is also the hard limit unless `memory_max` says otherwise.
     a.resources.memory_max = Some("4GiB".parse().unwrap());
     let a = submit(&client, &a).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let view = client.get(a).await.unwrap();
-        let used = view.live.and_then(|l| l.memory_in_use.or(l.memory_current));
-        if used.is_some_and(|u| u > (1900 << 20)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the hog never grew: {view:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // The guard thread reports live use once a second.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_using(&client, a, 1900 << 20).await;
     let mut b = spec("true", &[]);
     b.resources.memory = Some("4608MiB".parse().unwrap());
     let b = submit(&client, &b).await;
@@ -75,17 +69,7 @@ async fn a_running_overrun_teaches_its_kind_at_once() {
     let mut a = hog("1536M", 60);
     a.labels.insert("kind".into(), "grower".into());
     let a = submit(&client, &a).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let view = client.get(a).await.unwrap();
-        let used = view.live.and_then(|l| l.memory_in_use.or(l.memory_current));
-        if used.is_some_and(|u| u > (1400 << 20)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the hog never grew: {view:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_using(&client, a, 1400 << 20).await;
     let mut b = spec("true", &[]);
     b.labels.insert("kind".into(), "grower".into());
     let b = client.submit(&b).await.unwrap().job;

@@ -2152,7 +2152,7 @@ mod memory {
 
     const LIMIT: u64 = 200 << 20;
 
-    fn hog(bytes: &str, seconds: u32) -> JobSpec {
+    pub(super) fn hog(bytes: &str, seconds: u32) -> JobSpec {
         let timeout = format!("{seconds}s");
         spec(
             "stress-ng",
