@@ -59,7 +59,11 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             flag("--standby", 0)?,
         ),
         "handoff" => handoff(flag("--rounds", 20_000)?),
-        "kill" => kill_latency(root, flag("--rounds", 20)?),
+        "kill" => kill_latency(
+            root,
+            flag("--rounds", 20)?,
+            args.iter().any(|a| a == "--torture"),
+        ),
         "metrics" => metrics(root, flag("--scrapes", 300)?),
         "soak" => soak(root, flag("--jobs", 10_000)?, flag("--every", 500)?),
         "api" => crate::api_bench::api(root, flag("--seconds", 10)?, flag("--runs", 3)?),
@@ -682,37 +686,44 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
+/// The kill-latency tree: the 20-process one (17 children, a `setsid` child, a double-forked orphan), or
+/// with `--torture` the 204-process one of the fallback issue (200 children, a TERM-ignoring member, a
+/// `setsid` daemon that double-forks).
+fn kill_latency(root: &Path, rounds: usize, torture: bool) -> anyhow::Result<()> {
     let daemon = Daemon::start(root, 2)?;
     let rt = runtime()?;
     let client = daemon.client()?;
-    let script = "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
+    let (spec, size) = if torture {
+        let script = "for i in $(seq 200); do sleep 300 & done; (trap '' TERM; exec sleep 300) & \
+                      setsid bash -c '( (sleep 300) & ); exec sleep 300' & wait";
+        (JobSpec::new("bash", ["-c", script]), 204)
+    } else {
+        let script =
+            "for i in $(seq 17); do sleep 300 & done; setsid sleep 300 & (sleep 300 &); wait";
+        (JobSpec::new("sh", ["-c", script]), 20)
+    };
     let mut latencies = Vec::new();
     let mut backend = String::new();
     rt.block_on(async {
         for _ in 0..rounds {
-            let mut spec = JobSpec::new("sh", ["-c", script]);
+            let mut spec = spec.clone();
             spec.stop = "TERM:2s".parse::<StopSequence>()?;
             let id = client.submit(&spec).await?.job.id;
-            let cgroup = loop {
+            let pids = loop {
                 let view = client.get(id).await?;
                 if let (Some(run), Some(live)) = (view.job.state.run(), view.live) {
-                    if live.processes >= 20 {
+                    if live.processes >= size {
                         backend = run.tree.backend.to_string();
-                        break run
-                            .tree
-                            .cgroups
-                            .first()
-                            .cloned()
-                            .context("the benchmark needs a cgroup backend")?;
+                        break tree_pids(&run.tree)?;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
-            let pids: Vec<u32> = std::fs::read_to_string(cgroup.join("cgroup.procs"))?
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect();
+            anyhow::ensure!(
+                pids.len() >= size as usize,
+                "found {} of the tree's {size} processes",
+                pids.len()
+            );
             let t0 = Instant::now();
             client.cancel(id).await?;
             while pids.iter().any(|p| alive(*p)) {
@@ -727,7 +738,12 @@ fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     latencies.sort_by(f64::total_cmp);
-    println!("kill latency: cancel of a 20-process tree (setsid + double fork) → every process gone, backend {backend}");
+    let tree = if torture {
+        "204-process tree (200 children, a TERM-ignoring member, setsid + double fork)"
+    } else {
+        "20-process tree (setsid + double fork)"
+    };
+    println!("kill latency: cancel of a {tree} → every process gone, backend {backend}");
     println!(
         "  p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms over {rounds} rounds (target ≤ 100 ms)",
         percentile(&latencies, 0.5),
@@ -735,6 +751,32 @@ fn kill_latency(root: &Path, rounds: usize) -> anyhow::Result<()> {
         percentile(&latencies, 1.0)
     );
     Ok(())
+}
+
+/// Every process of a running tree: its cgroup's members, or on the fallback every process carrying the
+/// tree's marker (`AURA_TREE`, read from its main process).
+fn tree_pids(tree: &aura_model::TreeHandle) -> anyhow::Result<Vec<u32>> {
+    if let Some(cgroup) = tree.cgroups.first() {
+        return Ok(std::fs::read_to_string(cgroup.join("cgroup.procs"))?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect());
+    }
+    let marker = environ_var(tree.pid, "AURA_TREE").context("the main process has no AURA_TREE")?;
+    Ok(std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| environ_var(p, "AURA_TREE").as_ref() == Some(&marker))
+        .collect())
+}
+
+/// `name`'s value in the environment `pid` was started with.
+fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|e| {
+        let value = e.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
 }
 
 /// CPU seconds per thread name of a process, from /proc (clock ticks of 10 ms).

@@ -987,15 +987,10 @@ impl Actor {
         tracing::info!(job_id = %id, attempt = active.job.attempt, "job started");
         let pending = active.pending_stop.take();
         self.publish_counts();
-        // A short job's start usually shares its end's commit in the store's group window. Except on the
-        // process-group fallback: recovery finds its trees only through the recorded handle, so it is
-        // committed at once (a crash inside the window would leave the tree unfindable).
-        let commit = if self.shared.supervisor.backend() == aura_model::Backend::ProcessGroup {
-            Commit::Now
-        } else {
-            Commit::Soon
-        };
-        self.persist_active(id, vec![NewEvent::new("started", detail)], commit)
+        // A short job's start usually shares its end's commit in the store's group window: a crash inside
+        // the window leaves no handle, and recovery finds the tree anyway (its cgroup under this
+        // instance's roots, or on the fallback the marker its processes carry).
+        self.persist_active(id, vec![NewEvent::new("started", detail)], Commit::Soon)
             .await;
         if let Some(reason) = pending {
             self.request_stop(id, reason).await;

@@ -13,6 +13,7 @@ mod duration;
 mod headers;
 mod job_spec;
 mod lease_spec;
+mod proc_entries;
 mod query;
 mod size;
 
@@ -21,6 +22,7 @@ pub use duration::duration;
 pub use headers::headers;
 pub use job_spec::job_spec;
 pub use lease_spec::lease_spec;
+pub use proc_entries::proc_entries;
 pub use query::query;
 pub use size::size;
 
@@ -36,4 +38,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("query", query),
     ("headers", headers),
     ("lease_spec", lease_spec),
+    ("proc_entries", proc_entries),
 ];

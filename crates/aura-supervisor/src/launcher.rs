@@ -12,6 +12,7 @@ use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::sandbox::JobSandbox;
 use crate::slots::{NoSlot, Slots};
 use crate::spawn::{self, SpawnPlan};
+use crate::subreaper;
 use crate::tree::{kill_main, TreeRef, TreeStats};
 use crate::watcher::Watcher;
 use crate::workdirs::WorkDirs;
@@ -156,6 +157,10 @@ pub(crate) struct Launcher {
     pub threads_without_nnp: std::sync::atomic::AtomicBool,
     /// Every job's stdin, opened once (close-on-exec; the child's `dup2` onto fd 0 clears the flag).
     pub dev_null: OwnedFd,
+    /// `SupervisorConfig::instance`, the first part of every tree's marker.
+    pub instance: String,
+    /// The supervisor's id in the `subreaper` register.
+    pub owner: u64,
 }
 
 impl Launcher {
@@ -407,6 +412,8 @@ struct Prepared {
     stdio_ends: StdioEnds,
     /// This launch made the job's directory (`LaunchRequest::create_cwd`): if nothing starts, it goes.
     made_cwd: bool,
+    /// The tree's `AURA_TREE` value (in `plan`'s environment).
+    marker: Arc<str>,
 }
 
 impl Launcher {
@@ -501,12 +508,11 @@ impl Launcher {
     ) -> Result<Prepared, LaunchError> {
         let (staged, baseline, cgroup_procs) =
             StagedCgroups::acquire(&self.layout, &self.pool, req.memory_limit)?;
-        let (plan, pipes, stdio_ends) =
-            prepare(req, self, &program, cwd, cgroup_procs).map_err(|source| {
-                LaunchError::Spawn {
-                    program: req.program.clone(),
-                    source,
-                }
+        let marker = subreaper::marker(&self.instance, req.job_id, req.attempt);
+        let (plan, pipes, stdio_ends) = prepare(req, self, &program, cwd, cgroup_procs, &marker)
+            .map_err(|source| LaunchError::Spawn {
+                program: req.program.clone(),
+                source,
             })?;
         Ok(Prepared {
             staged,
@@ -515,6 +521,7 @@ impl Launcher {
             pipes,
             stdio_ends,
             made_cwd,
+            marker,
         })
     }
 
@@ -532,6 +539,7 @@ impl Launcher {
             watcher,
             log_cap,
             log_min_free,
+            owner,
             ..
         } = self;
         let Prepared {
@@ -541,12 +549,19 @@ impl Launcher {
             pipes: [stdout, stderr],
             stdio_ends,
             made_cwd: _,
+            marker,
         } = prepared;
         let (started, started_at) = (Instant::now(), SystemTime::now());
         let ticks_before = procfs::boot_ticks();
-        let pid = spawn::spawn(&plan, stack).map_err(|source| LaunchError::Spawn {
-            program: req.program.clone(),
-            source,
+        // Live before the clone (from a lower bound of its start): an orphan of it is its own from its
+        // first moment, never a leftover.
+        subreaper::start(&marker, *owner, ticks_before.unwrap_or(0));
+        let pid = spawn::spawn(&plan, stack).map_err(|source| {
+            subreaper::ended(&marker);
+            LaunchError::Spawn {
+                program: req.program.clone(),
+                source,
+            }
         })?;
         let ticks_after = procfs::boot_ticks();
         let (v2, v1) = staged.started();
@@ -571,6 +586,7 @@ impl Launcher {
             v2,
             v1,
             known: Arc::default(),
+            marker: Some(marker),
         };
         let stats = Arc::new(TreeStats::new(
             tree,
@@ -725,6 +741,7 @@ fn prepare(
     program: &std::path::Path,
     cwd: &std::path::Path,
     cgroup_procs: Vec<RawFd>,
+    marker: &str,
 ) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
     use std::os::unix::ffi::OsStrExt;
     let cstring = |bytes: Vec<u8>| {
@@ -737,8 +754,9 @@ fn prepare(
     for arg in &req.args {
         argv.push(cstring(arg.clone().into_bytes())?);
     }
-    // The job's own variables — its identity, its spec's, its secrets (last: they win) — then the base
-    // environment's that none of those names (pointers into `base_env`, which outlives the plan).
+    // The job's own variables — its identity, its spec's, its secrets (they win over the spec), the tree
+    // marker (it wins over all: the subreaper attributes orphans by it) — then the base environment's
+    // that none of those names (pointers into `base_env`, which outlives the plan).
     let identity = [
         ("AURA_JOB_ID", req.job_id.to_string()),
         ("AURA_JOB_ATTEMPT", req.attempt.to_string()),
@@ -752,6 +770,7 @@ fn prepare(
     ) {
         own.insert(k, v);
     }
+    own.insert(subreaper::MARKER_VAR, marker);
     let own_env = own
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}").into_bytes()))

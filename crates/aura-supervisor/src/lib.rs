@@ -21,10 +21,13 @@
 //! Backend guarantees:
 //! - cgroup backends: a job cannot leave its cgroup (it is placed there before `exec`), so every
 //!   process it ever forks — including `setsid`'d and double-forked daemons — is killed.
-//! - [`BackendChoice::ProcessGroup`]: the tree is the process group plus descendants of the main
-//!   process seen by the watcher's samples. A process that calls `setsid()`/`setpgid()` and is
-//!   reparented away before a sample ever saw it **cannot be reached**; a crash recovery after the leader died finds
-//!   only the group's members.
+//! - [`BackendChoice::ProcessGroup`]: the daemon becomes the subreaper of its jobs (`subreaper`), so no
+//!   orphan escapes to init: the tree is the process group, everything below the main process, the
+//!   members earlier samples saw, and the adopted orphans carrying the tree's `AURA_TREE` marker, each
+//!   with its descendants. Adopted children are reaped when they end; a leftover one is killed. What
+//!   it cannot reach: a process that `exec`s with a cleared environment *and* is orphaned before a
+//!   sample saw it — killed only once every tree that ran at its start has ended. Recovery after a
+//!   daemon crash finds survivors by marker.
 
 mod cgroup;
 mod host;
@@ -35,6 +38,7 @@ mod recover;
 mod sandbox;
 mod slots;
 mod spawn;
+mod subreaper;
 mod tree;
 mod watcher;
 mod workdirs;
@@ -44,6 +48,7 @@ pub use sandbox::{
     JobIdentity, JobSandbox, ProgramAllowlist, SandboxError, DEFAULT_PASS_ENV, DEFAULT_PATH,
 };
 pub use slots::LaunchTicket;
+pub use subreaper::MARKER_VAR;
 pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 
 use aura_model::{Backend, JobId, TreeHandle};
@@ -54,6 +59,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The parsers of what job processes control — their `/proc/PID/stat` line (a job picks its own command
+/// name) and their environment block (where the tree marker is read) — for the fuzz targets. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `/proc/PID/stat`: (state, ppid, pgrp, utime, stime, start ticks).
+    pub fn proc_stat(text: &str) -> Option<(u8, i32, i32, u64, u64, u64)> {
+        let s = crate::procfs::parse_stat(text)?;
+        Some((s.state, s.ppid, s.pgrp, s.utime, s.stime, s.start_ticks))
+    }
+
+    /// `name`'s value in a `/proc/PID/environ` block.
+    pub fn env_value(environ: &[u8], name: &str) -> Option<String> {
+        crate::procfs::find_env(environ, name)
+    }
+}
 
 /// Locks `mutex`, taking the data over from a thread that panicked while holding it: every mutex of this
 /// crate guards plain bookkeeping that stays consistent between statements.
@@ -378,6 +399,8 @@ pub(crate) struct Inner {
     /// The watcher thread.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     shut_down: AtomicBool,
+    /// This supervisor's id in the `subreaper` register (its trees' markers).
+    owner: u64,
 }
 
 /// A supervisor dropped without `shutdown` (a caller's error path) still lets its launcher threads end
@@ -423,6 +446,16 @@ impl Supervisor {
             return Err(SupervisorError::InvalidInstance(cfg.instance.clone()));
         }
         let layout = host::choose(cfg.backend, &host::HostCgroups::read(), &cfg.instance)?;
+        if layout.backend == Backend::ProcessGroup {
+            // Without cgroups only a subreaper keeps a job's orphans within reach.
+            subreaper::enable().map_err(|e| SupervisorError::BackendUnavailable {
+                backend: BackendChoice::ProcessGroup,
+                reason: format!(
+                    "cannot become the subreaper of the jobs (PR_SET_CHILD_SUBREAPER): {e}"
+                ),
+            })?;
+        }
+        let owner = subreaper::new_owner(&cfg.instance);
         let pool = Arc::new(pool::CgroupPool::new(&layout, cfg.cgroup_pool));
         let workdirs = Arc::new(workdirs::WorkDirs::new(
             cfg.cgroup_pool,
@@ -471,6 +504,8 @@ impl Supervisor {
                 threads_without_nnp: Default::default(),
                 base_env,
                 dev_null,
+                instance: cfg.instance.clone(),
+                owner,
             },
             launch_queue.clone(),
         )
@@ -494,6 +529,7 @@ impl Supervisor {
                 launchers,
                 threads: Mutex::new(vec![watcher_thread]),
                 shut_down: AtomicBool::new(false),
+                owner,
             }),
         };
         tracing::info!(description = %sup.description(), "process supervisor started");
@@ -526,7 +562,7 @@ impl Supervisor {
                 "backend=cgroup_v1 memory_v1={} (membership, kill by signalling every member, memory.max_usage_in_bytes) cpu=wait4 rusage",
                 path(&l.v1_root)
             ),
-            Backend::ProcessGroup => "backend=process_group (no cgroups: killpg + descendants; memory=sampled RSS; cpu=wait4 rusage; setsid'd processes can escape)".to_owned(),
+            Backend::ProcessGroup => format!("backend=process_group (no cgroups: killpg + descendants, subreaper of every job, orphans attributed by {MARKER_VAR}; memory=sampled RSS; cpu=wait4 rusage)"),
         }
     }
 
@@ -606,15 +642,24 @@ impl Supervisor {
     /// After a daemon crash: kills every process of the given trees and removes the job cgroups.
     ///
     /// Cgroup backends: every job cgroup under this instance's roots, listed or not — so call it at
-    /// start-up, before launching anything. Process-group handles: the group, only if the leader's start
-    /// time equals `start_ticks` (or, leader gone, the group members started no earlier than it).
+    /// start-up, before launching anything. Process-group handles: the group and its descendants, only
+    /// if the leader's start time equals `start_ticks` (or, leader gone, the group members started no
+    /// earlier than it). Every backend: any process carrying a marker of this instance that is not one of
+    /// this supervisor's trees, listed or not.
     pub async fn recover(&self, leftovers: Vec<TreeHandle>) -> RecoveryReport {
-        let layout = self.inner.layout.clone();
+        let inner = self.inner.clone();
         let bound = self.inner.cfg.kill_wait;
         let report = self
             .inner
             .runtime
-            .spawn_blocking(move || recover::recover(&layout, &leftovers, bound))
+            .spawn_blocking(move || {
+                let who = recover::Recovering {
+                    layout: &inner.layout,
+                    instance: &inner.cfg.instance,
+                    owner: inner.owner,
+                };
+                recover::recover(&who, &leftovers, bound)
+            })
             .await
             .unwrap_or_default();
         tracing::info!(

@@ -53,6 +53,23 @@ pub(crate) fn resident_bytes(pid: i32) -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// The value of `name` in the environment `pid` was executed with (`/proc/PID/environ`: what `execve`
+/// was given, not later `setenv`s). `None` if unset or unreadable (gone, no rights, a kernel thread).
+/// The environment may hold a job's secrets: nothing but the one value leaves this function.
+pub(crate) fn env_var(pid: i32, name: &str) -> Option<String> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    find_env(&environ, name)
+}
+
+/// The first `name=` entry of a NUL-separated environment block decides, as `getenv` would read it; a
+/// value that is not UTF-8 is none.
+pub(crate) fn find_env(environ: &[u8], name: &str) -> Option<String> {
+    let value = environ
+        .split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(name.as_bytes())?.strip_prefix(b"="))?;
+    String::from_utf8(value.to_vec()).ok()
+}
+
 /// Every numeric entry of `/proc`.
 pub(crate) fn all_pids() -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -91,18 +108,34 @@ pub(crate) fn snapshot() -> Vec<(i32, ProcStat)> {
         .collect()
 }
 
-/// All descendants of `root` in `snap` (not `root` itself), following ppid links.
-pub(crate) fn descendants(snap: &[(i32, ProcStat)], root: i32) -> Vec<(i32, u64)> {
-    let mut out: Vec<(i32, u64)> = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for (pid, s) in snap {
-            if s.ppid == parent && *pid != root && !out.iter().any(|(p, _)| p == pid) {
-                out.push((*pid, s.start_ticks));
-                frontier.push(*pid);
-            }
+/// `roots` (those in `snap`) and all their descendants in `snap`, following ppid links: `(pid, start
+/// ticks)`, sorted, each once.
+pub(crate) fn subtrees(snap: &[(i32, ProcStat)], roots: Vec<i32>) -> Vec<(i32, u64)> {
+    let mut children: std::collections::HashMap<i32, Vec<(i32, u64)>> = Default::default();
+    let mut starts: std::collections::HashMap<i32, u64> = Default::default();
+    for (pid, s) in snap {
+        children
+            .entry(s.ppid)
+            .or_default()
+            .push((*pid, s.start_ticks));
+        starts.insert(*pid, s.start_ticks);
+    }
+    let mut seen: std::collections::HashSet<i32> = Default::default();
+    let mut out = Vec::new();
+    let mut frontier: Vec<(i32, u64)> = roots
+        .into_iter()
+        .filter_map(|p| Some((p, *starts.get(&p)?)))
+        .collect();
+    while let Some((pid, ticks)) = frontier.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        out.push((pid, ticks));
+        if let Some(kids) = children.get(&pid) {
+            frontier.extend(kids.iter().copied());
         }
     }
+    out.sort_unstable();
     out
 }
 
@@ -120,6 +153,48 @@ mod tests {
         assert_eq!(s.utime, 7);
         assert_eq!(s.stime, 3);
         assert_eq!(s.start_ticks, 98765);
+    }
+
+    #[test]
+    fn finds_one_variable_in_an_environment_block() {
+        let block = b"AURA_TREE_X=no\0PATH=/bin\0AURA_TREE=i/1/1/9.2\0AURA_TREE=second\0";
+        assert_eq!(find_env(b"A=\xff\0A=later", "A"), None);
+        assert_eq!(find_env(block, "AURA_TREE").as_deref(), Some("i/1/1/9.2"));
+        assert_eq!(find_env(block, "PATH").as_deref(), Some("/bin"));
+        assert_eq!(find_env(block, "AURA"), None);
+        assert_eq!(find_env(b"", "PATH"), None);
+        assert_eq!(find_env(b"PATH", "PATH"), None);
+    }
+
+    fn at(ppid: i32, pgrp: i32, start_ticks: u64) -> ProcStat {
+        ProcStat {
+            state: b'S',
+            ppid,
+            pgrp,
+            utime: 0,
+            stime: 0,
+            start_ticks,
+        }
+    }
+
+    #[test]
+    fn subtrees_follow_parents_from_every_root_once() {
+        // 10 ─ 11 ─ 12 (setsid'd: another group)   20 ─ 21   30 (unrelated)   40 (ppid loop, defensive)
+        let snap = vec![
+            (10, at(1, 10, 100)),
+            (11, at(10, 10, 101)),
+            (12, at(11, 12, 102)),
+            (20, at(1, 20, 103)),
+            (21, at(20, 20, 104)),
+            (30, at(1, 30, 105)),
+            (40, at(40, 40, 106)),
+        ];
+        assert_eq!(
+            subtrees(&snap, vec![10, 21, 11, 99]),
+            vec![(10, 100), (11, 101), (12, 102), (21, 104)]
+        );
+        assert_eq!(subtrees(&snap, vec![40]), vec![(40, 106)]);
+        assert!(subtrees(&snap, vec![]).is_empty());
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Crash recovery: kill what a previous incarnation of this daemon instance left running. Job cgroups
 //! outlive the daemon, so for cgroup backends every `job-*` cgroup under this instance's roots is
-//! killed and removed, listed or not. Process-group trees are found from their recorded handles and
-//! checked against the recorded start time, so a reused pid is never killed. Blocking.
+//! killed and removed, listed or not. Process-group trees are found from their recorded handles
+//! (checked against the recorded start time, so a reused pid is never killed) and, recorded or not, by
+//! the marker every job process carries (`subreaper`), whatever group or session it moved to.
+//! Blocking.
 
 use crate::cgroup::{self, CgroupDir};
 use crate::host::Layout;
 use crate::procfs;
+use crate::subreaper;
 use crate::tree::TreeRef;
 use crate::RecoveryReport;
 use aura_model::{Backend, TreeHandle};
@@ -14,11 +17,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Who is recovering: the instance whose leftovers are killed, and the supervisor whose own running
+/// trees are spared.
+pub(crate) struct Recovering<'a> {
+    pub layout: &'a Layout,
+    pub instance: &'a str,
+    pub owner: u64,
+}
+
 pub(crate) fn recover(
-    layout: &Layout,
+    who: &Recovering<'_>,
     leftovers: &[TreeHandle],
     bound: Duration,
 ) -> RecoveryReport {
+    let layout = who.layout;
     let mut report = RecoveryReport::default();
     let mut killed: HashSet<i32> = HashSet::new();
 
@@ -62,6 +74,7 @@ pub(crate) fn recover(
             v2: is_v2.then(|| Arc::new(CgroupDir::new(dir.clone()))),
             v1: (!is_v2).then(|| Arc::new(CgroupDir::new(dir.clone()))),
             known: Arc::default(),
+            marker: None,
         };
         tree.kill_and_wait(bound);
         report.removed_cgroups += tree.remove_dirs();
@@ -77,13 +90,12 @@ pub(crate) fn recover(
         let leader = snap.iter().find(|(p, _)| *p == pgid).map(|(_, s)| *s);
         let targets: Vec<(i32, u64)> = match leader {
             Some(l) if l.start_ticks == h.start_ticks => {
-                let mut t: Vec<(i32, u64)> = snap
+                let group = snap
                     .iter()
                     .filter(|(_, s)| s.pgrp == pgid)
-                    .map(|(p, s)| (*p, s.start_ticks))
+                    .map(|(p, _)| *p)
                     .collect();
-                t.extend(procfs::descendants(&snap, pgid));
-                t
+                procfs::subtrees(&snap, group)
             }
             Some(_) => {
                 tracing::info!(
@@ -93,11 +105,14 @@ pub(crate) fn recover(
                 continue;
             }
             // Leader gone: members of its group that started no earlier than it did.
-            None => snap
-                .iter()
-                .filter(|(_, s)| s.pgrp == pgid && s.start_ticks >= h.start_ticks)
-                .map(|(p, s)| (*p, s.start_ticks))
-                .collect(),
+            None => {
+                let group = snap
+                    .iter()
+                    .filter(|(_, s)| s.pgrp == pgid && s.start_ticks >= h.start_ticks)
+                    .map(|(p, _)| *p)
+                    .collect();
+                procfs::subtrees(&snap, group)
+            }
         };
         let tree = TreeRef {
             backend: Backend::ProcessGroup,
@@ -106,6 +121,7 @@ pub(crate) fn recover(
             v2: None,
             v1: None,
             known: Arc::new(std::sync::Mutex::new(targets.clone())),
+            marker: None,
         };
         killed.extend(targets.iter().map(|(p, _)| *p));
         if leader.is_some() || !targets.is_empty() {
@@ -113,7 +129,30 @@ pub(crate) fn recover(
         }
     }
 
-    // 3. If a leftover main process is our own child (the supervisor was restarted inside the same
+    // 3. Marked processes of this instance, wherever they went (recorded handle or not, any backend: a
+    // restart may have chosen another one). Each round re-reads /proc: a survivor may fork meanwhile.
+    let deadline = Instant::now() + bound;
+    loop {
+        let survivors = subreaper::survivors(who.instance, who.owner);
+        if survivors.is_empty() {
+            break;
+        }
+        for (pid, ticks) in survivors {
+            // Checked again just before the kill: the pid must still be the marked process.
+            if procfs::stat(pid).is_some_and(|s| s.start_ticks == ticks) {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed.insert(pid);
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("marked processes of a previous daemon still alive after the kill wait");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // 4. If a leftover main process is our own child (the supervisor was restarted inside the same
     // process), reap it so it does not stay a zombie. Only exactly the recorded process.
     let me = std::process::id() as i32;
     for h in leftovers {

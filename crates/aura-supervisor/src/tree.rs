@@ -7,6 +7,7 @@ use crate::cgroup::{self, CgroupDir, ControlFile, MemoryApi, OomCounters};
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::procfs::{self, ProcStat};
 use crate::slots::SlotPermit;
+use crate::subreaper;
 use crate::workdirs::WorkDirs;
 use crate::{Inner, LiveUsage};
 use aura_logs::CaptureReport;
@@ -32,6 +33,8 @@ pub(crate) struct TreeRef {
     /// Process-group backend only: members and descendants seen so far with their start times, so that
     /// a process that left the group (setsid) while its parent was still alive is still reached.
     pub known: Arc<Mutex<Vec<(i32, u64)>>>,
+    /// The value of `AURA_TREE` its processes carry (`subreaper`); `None` for what recovery rebuilds.
+    pub marker: Option<Arc<str>>,
 }
 
 impl TreeRef {
@@ -64,32 +67,29 @@ impl TreeRef {
             .collect()
     }
 
-    /// Process-group backend: live processes of the group, descendants of the main process (while it is
-    /// alive and still the same process), and previously seen members that are still the same process.
+    /// Process-group backend: the live processes of the group, of the main process (while it is alive and
+    /// still the same process), of the members seen before that are still the same processes, and of
+    /// the adopted children carrying the tree's marker — each with all its descendants (see `subreaper`
+    /// for the rule and its limits).
     pub fn group_members(&self, snap: &[(i32, ProcStat)]) -> Vec<(i32, u64)> {
-        let mut out: Vec<(i32, u64)> = snap
+        let starts: std::collections::HashMap<i32, u64> =
+            snap.iter().map(|(p, s)| (*p, s.start_ticks)).collect();
+        let same = |&(pid, ticks): &(i32, u64)| starts.get(&pid) == Some(&ticks);
+        let mut roots: Vec<i32> = snap
             .iter()
             .filter(|(_, s)| s.pgrp == self.pid)
-            .map(|(p, s)| (*p, s.start_ticks))
+            .map(|(p, _)| *p)
             .collect();
-        if snap
-            .iter()
-            .any(|(p, s)| *p == self.pid && s.start_ticks == self.start_ticks)
-        {
-            out.extend(procfs::descendants(snap, self.pid));
+        if same(&(self.pid, self.start_ticks)) {
+            roots.push(self.pid);
         }
         let known = crate::lock(&self.known).clone();
-        for (pid, ticks) in known {
-            if snap
-                .iter()
-                .any(|(p, s)| *p == pid && s.start_ticks == ticks)
-            {
-                out.push((pid, ticks));
-            }
+        roots.extend(known.iter().filter(|m| same(m)).map(|(p, _)| *p));
+        if let Some(marker) = &self.marker {
+            let adopted = subreaper::adopted_by(marker, self.start_ticks);
+            roots.extend(adopted.iter().filter(|m| same(m)).map(|(p, _)| *p));
         }
-        out.sort_unstable();
-        out.dedup();
-        out
+        procfs::subtrees(snap, roots)
     }
 
     /// Sends `sig` to every process of the tree.
@@ -144,7 +144,13 @@ impl TreeRef {
                         procfs::stat(pid).map_or(true, |s| s.start_ticks != ticks)
                     })
                 };
-                if group_gone && known_gone() {
+                // Adopted orphans of the tree: one read of the daemon's adopted children (none, usually).
+                let adopted = || {
+                    self.marker
+                        .as_deref()
+                        .is_some_and(|m| subreaper::has_adopted(m, self.start_ticks))
+                };
+                if group_gone && known_gone() && !adopted() {
                     return true;
                 }
                 self.group_members(&procfs::snapshot()).is_empty()
@@ -434,6 +440,10 @@ impl TreeStats {
         let pool = &ending.pool;
         // After this the cgroups may belong to the next job: no sample of this one may still be running.
         self.retire();
+        // Whatever still carries its marker from now on is a leftover (`subreaper::tend` kills it).
+        if let Some(marker) = &self.tree.marker {
+            subreaper::ended(marker);
+        }
         self.read_oom();
         // Kept in the atomics: `live()` reports it.
         self.read_kernel_peak();

@@ -329,6 +329,8 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
         }
         if full {
             next_full = now + settings.sample_interval;
+            // Adopted orphans: the ended ones reaped, leftovers killed (one small read when none).
+            crate::subreaper::tend();
         }
         next_watch = now + settings.watch_interval;
         let trees: Vec<Arc<TreeStats>> = crate::lock(&shared.trees)

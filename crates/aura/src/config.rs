@@ -270,8 +270,8 @@ pub struct JobsSection {
     /// jobs run in their own directory under the data dir only.
     pub cwd_roots: Vec<PathBuf>,
     /// The daemon's environment variables jobs get (names, or prefixes ending in `*`). Default: PATH,
-    /// LANG, LANGUAGE, LC_*, TZ, TMPDIR. Jobs also get HOME, USER, LOGNAME of their account, and
-    /// AURA_JOB_ID, AURA_JOB_ATTEMPT.
+    /// LANG, LANGUAGE, LC_*, TZ, TMPDIR. Jobs also get HOME, USER, LOGNAME of their account,
+    /// AURA_JOB_ID, AURA_JOB_ATTEMPT and the tree marker AURA_TREE.
     pub pass_env: Vec<String>,
     /// Fixed variables every job gets. Default: none.
     pub env: std::collections::BTreeMap<String, String>,

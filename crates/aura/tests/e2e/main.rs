@@ -328,7 +328,8 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// Every process of a job's tree: from its cgroups, or (process-group backend) its process group.
+/// Every process of a job's tree: from its cgroups, or (process-group backend) its process group and every
+/// process carrying the tree's marker (`AURA_TREE`, as its main process has it).
 fn tree_pids(view: &JobView) -> Vec<u32> {
     let run = view.job.state.run().expect("run");
     let mut pids = Vec::new();
@@ -352,10 +353,29 @@ fn tree_pids(view: &JobView) -> Vec<u32> {
                 pids.push(pid);
             }
         }
+        if let Some(marker) = environ_var(run.tree.pid, "AURA_TREE") {
+            for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if environ_var(pid, "AURA_TREE").as_ref() == Some(&marker) {
+                    pids.push(pid);
+                }
+            }
+        }
     }
     pids.sort_unstable();
     pids.dedup();
     pids
+}
+
+/// `name`'s value in the environment `pid` was started with.
+fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|e| {
+        let value = e.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
 }
 
 async fn all_gone_within(pids: &[u32], limit: Duration) -> bool {
@@ -381,6 +401,7 @@ fn outcome(view: &JobView) -> &Outcome {
     view.job.outcome().expect("finished")
 }
 
+mod fallback;
 mod faults;
 mod live_memory;
 mod security;
@@ -717,6 +738,11 @@ mod supervision {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn cancel_kills_a_tree_with_setsid_and_double_fork_process_group() {
+        cancel_kills_the_whole_tree("process_group").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn cancel_kills_a_tree_with_setsid_and_double_fork_cgroup_v1() {
         // Pure cgroup-v2 hosts have no v1 memory controller; the supervisor suite covers what they have.
         if !Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists() {
@@ -1032,13 +1058,13 @@ mod lifecycle {
         .await;
     }
 
-    /// The fallback finds the trees again by their recorded process groups (checked against the leader's
-    /// start time). A `setsid` child would escape it, as documented, so this tree stays in its group.
+    /// The fallback finds the trees again by their recorded process groups and, wherever a process went
+    /// (`setsid`, a double fork), by the marker in its environment.
     #[tokio::test(flavor = "multi_thread")]
     async fn sigkilled_daemon_recovery_on_the_process_group_fallback() {
         crash_and_recover(
             "process_group",
-            "if [ -e ran ]; then exit 0; fi; touch ran; sleep 300 & sleep 300 & wait",
+            "if [ -e ran ]; then exit 0; fi; touch ran; setsid sleep 300 & ( setsid sleep 300 & ); sleep 300 & wait",
         )
         .await;
     }
