@@ -40,23 +40,7 @@ impl Resource {
     }
 }
 
-/// One GPU: its memory and how many concurrent NVENC sessions its driver allows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct GpuDevice {
-    pub index: u32,
-    pub vram_bytes: u64,
-    pub encoder_sessions: u32,
-}
-
-/// What the machine offers to jobs (after headroom).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Capacity {
-    pub memory_bytes: u64,
-    /// Thousandths of a core, so fractional requests add up exactly.
-    pub cpu_millis: u64,
-    pub disk_bytes: u64,
-    pub gpus: Vec<GpuDevice>,
-}
+pub use aura_model::{Capacity, GpuDevice};
 
 /// What a job asks for. GPU figures are per device.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]

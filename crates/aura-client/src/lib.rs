@@ -20,7 +20,8 @@ pub struct Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the Aura daemon at {url}: {source} (start it with `aura serve`, or set --server / AURA_SERVER)")]
+    /// The cause follows in the error's source chain (shown once by `{:#}`), not in this message.
+    #[error("cannot reach the Aura daemon at {url} (start it with `aura serve`, or set --server / AURA_SERVER)")]
     Connect { url: String, source: reqwest::Error },
     #[error("{}: {}", .0.title, .0.detail)]
     Api(Problem),
@@ -103,7 +104,7 @@ impl Client {
         &self.base
     }
 
-    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn health(&self) -> Result<aura_model::Alive, ClientError> {
         self.send(self.http.get(self.url("/healthz"))).await
     }
 
@@ -111,12 +112,13 @@ impl Client {
         self.send(self.http.get(self.url("/api/status"))).await
     }
 
-    pub async fn system(&self) -> Result<serde_json::Value, ClientError> {
+    /// The host's latest sample.
+    pub async fn system(&self) -> Result<aura_model::host::HostSnapshot, ClientError> {
         self.send(self.http.get(self.url("/api/metrics/system")))
             .await
     }
 
-    pub async fn utilization(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn utilization(&self) -> Result<aura_model::Utilization, ClientError> {
         self.send(self.http.get(self.url("/api/metrics/utilization")))
             .await
     }

@@ -30,30 +30,7 @@ impl Default for DiagnosticsConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Warning {
-    pub metric: &'static str,
-    pub value: u64,
-    pub threshold: u64,
-    pub message: String,
-}
-
-/// `GET /api/diagnostics/resources`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Diagnostics {
-    pub process: ProcessSnapshot,
-    pub running_jobs: usize,
-    pub warnings: Vec<Warning>,
-}
-
-/// `POST /api/diagnostics/resources/cleanup`: the daemon before and after.
-#[derive(Clone, Debug, Serialize)]
-pub struct Cleanup {
-    pub before: ProcessSnapshot,
-    pub after: ProcessSnapshot,
-    /// What was done.
-    pub actions: Vec<String>,
-}
+pub use aura_model::{Cleanup, Diagnostics, Warning};
 
 /// What the daemon holds open for each running job: its pidfd, both ends of its stdout and stderr pipes
 /// (the write ends until the main process exits), and their log files (opened with a stream's first byte).
@@ -100,7 +77,7 @@ pub(crate) fn warnings(
         .into_iter()
         .filter(|(_, value, threshold, _)| value > threshold)
         .map(|(metric, value, threshold, what)| Warning {
-            metric,
+            metric: metric.to_owned(),
             value,
             threshold,
             message: format!("{what}: {value} is over the threshold {threshold}"),
@@ -170,7 +147,7 @@ mod tests {
             max_extra_children: 10,
         };
         let w = warnings(&strict, &p, 0, 0);
-        let metrics: Vec<&str> = w.iter().map(|w| w.metric).collect();
+        let metrics: Vec<&str> = w.iter().map(|w| w.metric.as_str()).collect();
         assert_eq!(metrics, ["open_fds", "rss_bytes", "threads"]);
         assert!(
             w[0].message

@@ -282,19 +282,7 @@ impl Default for GuardConfig {
 }
 
 /// One look at the host: shares of 0–1, PSI in percent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Reading {
-    pub available_memory: Option<f64>,
-    pub available_memory_bytes: Option<u64>,
-    pub total_memory_bytes: Option<u64>,
-    pub memory_pressure: Option<f64>,
-    /// PSI memory `full avg10`, percent.
-    pub memory_pressure_full: Option<f64>,
-    pub outside_cpu: Option<f64>,
-    /// The data dir's volume: bytes available to the daemon, and its size.
-    pub free_disk_bytes: Option<u64>,
-    pub total_disk_bytes: Option<u64>,
-}
+pub use aura_model::HostReading as Reading;
 
 /// Which guards are tripped; the hysteresis memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

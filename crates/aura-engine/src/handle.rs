@@ -7,8 +7,8 @@ use aura_model::{
     Backend, EngineStatus, Job, JobEventRecord, JobId, JobSpec, JobView, MemoryRequest,
     RequestSource, StateName, Timestamp,
 };
+pub use aura_model::{Health, LimitUse, Readiness, Utilization};
 use aura_store::ListFilter;
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -16,63 +16,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-/// What admission has and what is reserved: `GET /api/metrics/utilization`, `aura status`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Utilization {
-    pub capacity: aura_admission::Capacity,
-    pub reserved_memory_bytes: u64,
-    pub available_memory_bytes: u64,
-    pub reserved_cpu_cores: f64,
-    pub reserved_disk_bytes: u64,
-    pub running: usize,
-    pub queued: usize,
-    pub max_concurrent: usize,
-    /// Slots left under `max_concurrent`.
-    pub available_slots: usize,
-    /// How many jobs of the default memory request the capacity holds (capped by `max_concurrent`).
-    pub max_jobs_at_default_request: u64,
-    /// Per named limit: slots in use, and its configuration.
-    pub limits: std::collections::BTreeMap<String, LimitUse>,
-    /// The host as the guards last saw it: available memory share, PSI memory pressure, CPU share used
-    /// outside Aura's jobs (absent when guards are disabled or before the first full CPU window).
-    pub host: Option<crate::guards::Reading>,
-    /// Whether a live guard (memory, pressure, outside CPU) holds admission back, and why.
-    pub admission_paused: bool,
-    pub paused_reason: Option<String>,
-    /// Memory protection: whether memory is critical now (the pressure responder is armed), and the trees
-    /// killed or stopped for memory since start-up.
-    pub memory_critical: bool,
-    pub memory_limit_kills: u64,
-    pub oom_kills: u64,
-    pub pressure_victims: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct LimitUse {
-    pub in_use: u32,
-    pub max_concurrent: Option<u32>,
-    pub per_minute: Option<u32>,
-}
-
 /// The data dir's volume below this share available degrades readiness.
 const MIN_FREE_DISK: f64 = 0.05;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Health {
-    Healthy,
-    Degraded,
-    Unhealthy,
-    /// A shutdown has begun: no new work, whatever else holds.
-    ShuttingDown,
-}
-
-/// `GET /readyz`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Readiness {
-    pub status: Health,
-    pub reasons: Vec<String>,
-}
 
 /// Quarantined jobs `status` lists, newest first.
 const QUARANTINED_SHOWN: u32 = 20;

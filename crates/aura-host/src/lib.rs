@@ -13,9 +13,10 @@ pub mod procfs;
 mod sampler;
 mod snapshot;
 
+pub use aura_model::host::{AllocatorStats, ProcessSnapshot};
 pub use collector::Collector;
 pub use error::HostError;
-pub use process::{process_snapshot, AllocatorStats, ProcessSnapshot};
+pub use process::process_snapshot;
 pub use sampler::{HostSampler, SamplerConfig};
 pub use snapshot::{
     CpuModeSeconds, CpuStats, DiskStats, GpuStats, HostSnapshot, MemoryStats, NetStats, Pressure,

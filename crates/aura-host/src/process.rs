@@ -3,41 +3,12 @@
 
 use std::sync::OnceLock;
 
+use aura_model::host::{AllocatorStats, ProcessSnapshot};
 use aura_model::Timestamp;
 use rustix::process::{getrlimit, Resource};
-use serde::Serialize;
 
 use crate::error::HostError;
 use crate::procfs;
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ProcessSnapshot {
-    pub pid: u32,
-    pub rss_bytes: u64,
-    pub virtual_bytes: u64,
-    pub open_fds: u64,
-    /// Soft RLIMIT_NOFILE; `u64::MAX` when unlimited.
-    pub max_fds: u64,
-    pub threads: u64,
-    /// Direct children (processes whose parent is this one).
-    pub children: u64,
-    pub cpu_user_seconds: f64,
-    pub cpu_system_seconds: f64,
-    pub start_time: Timestamp,
-    /// The allocator's own view, where it offers one (glibc's `mallinfo2`).
-    pub allocator: Option<AllocatorStats>,
-}
-
-/// Heap figures from the allocator: what it got from the OS, what is handed out, what it holds free.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct AllocatorStats {
-    /// Bytes obtained from the OS (main arena plus mmapped chunks).
-    pub mapped_bytes: u64,
-    /// Bytes in allocations the program holds.
-    pub in_use_bytes: u64,
-    /// Bytes free inside the allocator (what a cleanup's `malloc_trim` may return).
-    pub free_bytes: u64,
-}
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn allocator() -> Option<AllocatorStats> {

@@ -32,54 +32,10 @@ fn num<T: std::str::FromStr>(
     s.parse().map_err(|_| err(format!("bad {what}: {s:?}")))
 }
 
-/// Time per CPU mode: ticks as /proc/stat counts them (`CpuTimes`), or seconds (`CpuModeSeconds`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CpuModes<T> {
-    pub user: T,
-    pub nice: T,
-    pub system: T,
-    pub idle: T,
-    pub iowait: T,
-    pub irq: T,
-    pub softirq: T,
-    pub steal: T,
-}
+pub use aura_model::host::CpuModes;
 
 /// One `cpu` line of /proc/stat, in clock ticks (USER_HZ).
 pub type CpuTimes = CpuModes<u64>;
-
-impl<T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>> CpuModes<T> {
-    /// All of it. Guest time is already counted inside user/nice, so it is not added again.
-    pub fn total(&self) -> T {
-        self.user
-            + self.nice
-            + self.system
-            + self.idle
-            + self.iowait
-            + self.irq
-            + self.softirq
-            + self.steal
-    }
-
-    /// Time not spent idle; iowait counts as idle because the CPU was free to run something.
-    pub fn busy(&self) -> T {
-        self.total() - self.idle - self.iowait
-    }
-
-    /// Every mode converted alike (ticks to seconds).
-    pub fn map<U>(&self, f: impl Fn(T) -> U) -> CpuModes<U> {
-        CpuModes {
-            user: f(self.user),
-            nice: f(self.nice),
-            system: f(self.system),
-            idle: f(self.idle),
-            iowait: f(self.iowait),
-            irq: f(self.irq),
-            softirq: f(self.softirq),
-            steal: f(self.steal),
-        }
-    }
-}
 
 /// What the sampler needs from /proc/stat.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! This crate does no I/O and knows nothing of processes, SQL or HTTP. Every other crate depends on it;
 //! it depends on none of them.
 
+pub mod host;
 pub mod job;
 pub mod secret;
 pub mod size;
@@ -15,7 +16,10 @@ pub use secret::Secret;
 pub use size::ByteSize;
 pub use state::*;
 pub use time::Timestamp;
-pub use view::{EngineStatus, JobPage, JobView};
+pub use view::{
+    Alive, Capacity, Cleanup, Diagnostics, EngineStatus, GpuDevice, Health, HostReading, JobPage,
+    JobView, LimitUse, Liveness, Readiness, Utilization, Warning,
+};
 
 /// For `skip_serializing_if`: a counter that is zero says nothing worth a field.
 pub(crate) fn is_zero(n: &u64) -> bool {

@@ -65,3 +65,134 @@ pub struct EngineStatus {
     #[serde(default)]
     pub quarantined: Vec<crate::JobId>,
 }
+
+/// One GPU as admission counts it: its memory and how many concurrent NVENC sessions its driver allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDevice {
+    pub index: u32,
+    pub vram_bytes: u64,
+    pub encoder_sessions: u32,
+}
+
+/// What the machine offers to jobs (after headroom).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub memory_bytes: u64,
+    /// Thousandths of a core, so fractional requests add up exactly.
+    pub cpu_millis: u64,
+    pub disk_bytes: u64,
+    pub gpus: Vec<GpuDevice>,
+}
+
+/// The host as the engine's guards last read it: shares of 0–1, PSI in percent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostReading {
+    pub available_memory: Option<f64>,
+    pub available_memory_bytes: Option<u64>,
+    pub total_memory_bytes: Option<u64>,
+    pub memory_pressure: Option<f64>,
+    /// PSI memory `full avg10`, percent.
+    pub memory_pressure_full: Option<f64>,
+    pub outside_cpu: Option<f64>,
+    /// The data dir's volume: bytes available to the daemon, and its size.
+    pub free_disk_bytes: Option<u64>,
+    pub total_disk_bytes: Option<u64>,
+}
+
+/// One named limit's slots in use, and its configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LimitUse {
+    pub in_use: u32,
+    pub max_concurrent: Option<u32>,
+    pub per_minute: Option<u32>,
+}
+
+/// What admission has and what is reserved: `GET /api/metrics/utilization`, `aura status`, `aura top`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Utilization {
+    pub capacity: Capacity,
+    pub reserved_memory_bytes: u64,
+    pub available_memory_bytes: u64,
+    pub reserved_cpu_cores: f64,
+    pub reserved_disk_bytes: u64,
+    pub running: usize,
+    pub queued: usize,
+    pub max_concurrent: usize,
+    /// Slots left under `max_concurrent`.
+    pub available_slots: usize,
+    /// How many jobs of the default memory request the capacity holds (capped by `max_concurrent`).
+    pub max_jobs_at_default_request: u64,
+    /// Per named limit: slots in use, and its configuration.
+    pub limits: std::collections::BTreeMap<String, LimitUse>,
+    /// The host as the guards last saw it (absent when guards are disabled or before the first full
+    /// CPU window).
+    pub host: Option<HostReading>,
+    /// Whether a live guard (memory, pressure, outside CPU, disk) holds admission back, and why.
+    pub admission_paused: bool,
+    pub paused_reason: Option<String>,
+    /// Memory protection: whether memory is critical now (the pressure responder is armed), and the trees
+    /// killed or stopped for memory since start-up.
+    pub memory_critical: bool,
+    pub memory_limit_kills: u64,
+    pub oom_kills: u64,
+    pub pressure_victims: u64,
+}
+
+/// How ready the daemon is for work (`GET /readyz`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// A shutdown has begun: no new work, whatever else holds.
+    ShuttingDown,
+}
+
+/// `GET /readyz`: the verdict and what led to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub status: Health,
+    pub reasons: Vec<String>,
+}
+
+/// Whether the daemon is alive or shutting down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Ok,
+    ShuttingDown,
+}
+
+/// `GET /healthz`: alive, and the process-tree backend it runs jobs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alive {
+    pub status: Liveness,
+    pub backend: Backend,
+}
+
+/// A daemon figure over its threshold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Warning {
+    pub metric: String,
+    pub value: u64,
+    pub threshold: u64,
+    pub message: String,
+}
+
+/// `GET /api/diagnostics/resources`: the daemon's own process against its thresholds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Diagnostics {
+    pub process: crate::host::ProcessSnapshot,
+    pub running_jobs: usize,
+    pub warnings: Vec<Warning>,
+}
+
+/// `POST /api/diagnostics/resources/cleanup`: the daemon before and after.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cleanup {
+    pub before: crate::host::ProcessSnapshot,
+    pub after: crate::host::ProcessSnapshot,
+    /// What was done.
+    pub actions: Vec<String>,
+}

@@ -14,7 +14,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,20 +149,17 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<JobId> {
         })
 }
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    backend: aura_model::Backend,
-}
-
 /// Alive: `ok`, or `shutting_down` (503) once a shutdown has begun, so that a balancer stops sending work.
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let (code, status) = if app.engine.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            aura_model::Liveness::ShuttingDown,
+        )
     } else {
-        (StatusCode::OK, "ok")
+        (StatusCode::OK, aura_model::Liveness::Ok)
     };
-    let health = Health {
+    let health = aura_model::Alive {
         status,
         backend: app.engine.backend(),
     };

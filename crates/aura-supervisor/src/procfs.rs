@@ -57,7 +57,17 @@ pub(crate) fn resident_bytes(pid: i32) -> Option<u64> {
 /// was given, not later `setenv`s). `None` if unset or unreadable (gone, no rights, a kernel thread).
 /// The environment may hold a job's secrets: nothing but the one value leaves this function.
 pub(crate) fn env_var(pid: i32, name: &str) -> Option<String> {
-    let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let path = format!("/proc/{pid}/environ");
+    let mut environ = fs::read(&path).ok()?;
+    // A process inside `execve` shows an empty environment for a few microseconds (its new memory has
+    // none yet): look again before taking it for one without the variable.
+    for _ in 0..5 {
+        if !environ.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        environ = fs::read(&path).ok()?;
+    }
     find_env(&environ, name)
 }
 

@@ -194,7 +194,7 @@ pub(crate) fn tend() -> usize {
     let mut killed = 0;
     let reg = crate::lock(register());
     let oldest_live = reg.live.values().map(|l| l.start_ticks).min();
-    let leftovers: Vec<Adoptee> = verdicts
+    let leftovers: Vec<(Adoptee, Option<String>)> = verdicts
         .into_iter()
         .filter(|(a, marker)| match marker.as_deref() {
             Some(m) if reg.live.contains_key(m) => false,
@@ -202,13 +202,13 @@ pub(crate) fn tend() -> usize {
             // Unmarked, or marked by another daemon (a nested one): older than every live tree.
             _ => oldest_live.map_or(true, |oldest| a.stat.start_ticks < oldest),
         })
-        .map(|(a, _)| a)
         .collect();
     drop(reg);
-    for a in leftovers {
+    for (a, marker) in leftovers {
         // Still the same process (it is our unreaped child, so the pid cannot have been reused).
         tracing::warn!(
             pid = a.pid,
+            tree = marker.as_deref().unwrap_or("unmarked"),
             "killing an adopted process whose job tree has ended"
         );
         // SAFETY: plain syscall on our own child.
@@ -233,7 +233,8 @@ pub(crate) fn survivors(instance: &str, owner: u64) -> Vec<(i32, u64)> {
     procfs::all_pids()
         .into_iter()
         .filter_map(|pid| {
-            let stat = procfs::stat(pid).filter(|s| !s.is_zombie())?;
+            // Kernel threads (kthreadd, pid 2, and its children) have no environment to read.
+            let stat = procfs::stat(pid).filter(|s| !s.is_zombie() && pid != 2 && s.ppid != 2)?;
             let marker = marker_of(pid)?;
             (marker.starts_with(&prefix) && !reg_live.iter().any(|m| **m == *marker))
                 .then_some((pid, stat.start_ticks))

@@ -405,24 +405,30 @@ fn token_command(args: &Args, action: Option<&TokenAction>) -> anyhow::Result<u8
     Ok(0)
 }
 
-fn print_status(status: &aura_model::EngineStatus, u: &serde_json::Value) {
-    let text = |v: &serde_json::Value| v.to_string().trim_matches('"').to_owned();
-    let bytes = |v: &serde_json::Value| {
-        v.as_u64()
-            .map_or("?".to_owned(), |b| ByteSize(b).to_string())
-    };
-    // The detail starts with the backend's name.
-    println!("backend:        {}", status.backend_detail);
+/// The backend's line: its name, then what the supervisor's description says beyond it.
+fn backend_line(status: &aura_model::EngineStatus) -> String {
+    let name = status.backend.to_string();
+    let detail = status.backend_detail.trim();
+    let rest = detail
+        .strip_prefix(&format!("backend={name}"))
+        .unwrap_or(detail)
+        .trim();
+    if rest.is_empty() {
+        name
+    } else {
+        format!("{name} {rest}")
+    }
+}
+
+fn print_status(status: &aura_model::EngineStatus, u: &aura_model::Utilization) {
+    let bytes = |b: u64| ByteSize(b).to_string();
+    println!("backend:        {}", backend_line(status));
     println!("accepting:      {}", status.accepting);
     println!(
         "running:        {} of max_concurrent {}",
-        text(&u["running"]),
-        text(&u["max_concurrent"])
+        u.running, u.max_concurrent
     );
-    println!("queued:         {}", text(&u["queued"]));
-    if let Some(reason) = &status.paused {
-        println!("admission:      paused: {reason}");
-    }
+    println!("queued:         {}", u.queued);
     if status.store_degraded {
         println!(
             "database:       cannot commit (its volume is full or failing): submissions refused, {} state changes kept in memory",
@@ -438,60 +444,49 @@ fn print_status(status: &aura_model::EngineStatus, u: &serde_json::Value) {
     }
     println!(
         "memory:         {} reserved of {} ({} available; {} jobs at the default request)",
-        bytes(&u["reserved_memory_bytes"]),
-        bytes(&u["capacity"]["memory_bytes"]),
-        bytes(&u["available_memory_bytes"]),
-        text(&u["max_jobs_at_default_request"])
+        bytes(u.reserved_memory_bytes),
+        bytes(u.capacity.memory_bytes),
+        bytes(u.available_memory_bytes),
+        u.max_jobs_at_default_request
     );
-    let cores = u["capacity"]["cpu_millis"]
-        .as_f64()
-        .map_or(0.0, |m| m / 1000.0);
     println!(
-        "cpu:            {} of {cores} cores reserved",
-        text(&u["reserved_cpu_cores"])
+        "cpu:            {:.2} of {:.2} cores reserved",
+        u.reserved_cpu_cores,
+        u.capacity.cpu_millis as f64 / 1000.0
     );
     println!(
         "disk:           {} reserved of {}",
-        bytes(&u["reserved_disk_bytes"]),
-        bytes(&u["capacity"]["disk_bytes"])
+        bytes(u.reserved_disk_bytes),
+        bytes(u.capacity.disk_bytes)
     );
-    if let Some(limits) = u["limits"].as_object() {
-        for (name, l) in limits {
-            let max = l["max_concurrent"]
-                .as_u64()
-                .map_or("unlimited".to_owned(), |m| m.to_string());
-            let rate = l["per_minute"]
-                .as_u64()
-                .map_or(String::new(), |r| format!(", at most {r} starts/min"));
-            println!(
-                "limit {name:<9} {} of {max} in use{rate}",
-                text(&l["in_use"])
-            );
-        }
+    for (name, l) in &u.limits {
+        let max = l
+            .max_concurrent
+            .map_or("unlimited".to_owned(), |m| m.to_string());
+        let rate = l
+            .per_minute
+            .map_or(String::new(), |r| format!(", at most {r} starts/min"));
+        println!("limit {name:<9} {} of {max} in use{rate}", l.in_use);
     }
-    let host = &u["host"];
-    let share = |v: &serde_json::Value| {
-        v.as_f64()
-            .map_or("?".to_owned(), |x| format!("{:.0} %", x * 100.0))
-    };
-    if !host.is_null() {
+    let share = |v: Option<f64>| v.map_or("?".to_owned(), |x| format!("{:.0} %", x * 100.0));
+    if let Some(host) = &u.host {
         println!(
             "host:           {} memory available, memory pressure {} (PSI some avg10), {} CPU used outside Aura",
-            share(&host["available_memory"]),
-            host["memory_pressure"].as_f64().map_or("?".to_owned(), |p| format!("{p:.1} %")),
-            share(&host["outside_cpu"])
+            share(host.available_memory),
+            host.memory_pressure.map_or("?".to_owned(), |p| format!("{p:.1} %")),
+            share(host.outside_cpu)
         );
     }
-    match u["paused_reason"].as_str() {
+    match u.paused_reason.as_deref().or(status.paused.as_deref()) {
         Some(reason) => println!("admission:      paused: {reason}"),
         None => println!("admission:      open"),
     }
     println!(
         "memory guard:   {}; since start-up {} over their limit, {} OOM-killed, {} stopped for pressure",
-        if u["memory_critical"] == true { "CRITICAL (the pressure responder is armed)" } else { "normal" },
-        text(&u["memory_limit_kills"]),
-        text(&u["oom_kills"]),
-        text(&u["pressure_victims"])
+        if u.memory_critical { "CRITICAL (the pressure responder is armed)" } else { "normal" },
+        u.memory_limit_kills,
+        u.oom_kills,
+        u.pressure_victims
     );
 }
 
@@ -906,9 +901,34 @@ fn compact(detail: &serde_json::Value) -> String {
         serde_json::Value::Object(map) => map
             .iter()
             .filter(|(k, _)| *k != "accounting")
-            .map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"')))
+            .map(|(k, v)| format!("{k}={}", shown(v)))
             .collect::<Vec<_>>()
             .join(" "),
+        other => shown(other),
+    }
+}
+
+/// A detail value for people: strings bare, readings rounded (`0.8` for a share read as
+/// 0.80000000000000004), nested objects and lists compact.
+fn shown(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_f64() => n.as_f64().map_or(n.to_string(), |f| {
+            let text = format!("{f:.3}");
+            text.trim_end_matches('0').trim_end_matches('.').to_owned()
+        }),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(shown).collect::<Vec<_>>().join(",")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{k}:{}", shown(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         other => other.to_string(),
     }
 }
@@ -916,6 +936,24 @@ fn compact(detail: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_details_show_readings_rounded_and_strings_bare() {
+        let detail = serde_json::json!({
+            "reason": "available memory 4.0 GiB",
+            "available_memory": 0.1 + 0.07,
+            "psi": 12.345678,
+            "reading": {"outside_cpu": 0.5, "cores": 2},
+            "kills": 3,
+            "accounting": {"hidden": true}
+        });
+        assert_eq!(
+            compact(&detail),
+            "available_memory=0.17 kills=3 psi=12.346 reading={cores:2,outside_cpu:0.5} \
+             reason=available memory 4.0 GiB"
+        );
+        assert_eq!(compact(&serde_json::json!(1.0)), "1");
+    }
 
     fn submit_cpu(value: &str) -> Result<Option<f64>, String> {
         let args = Args::try_parse_from(["aura", "submit", "--cpu", value, "--", "true"])

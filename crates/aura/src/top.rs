@@ -2,7 +2,8 @@
 //! processes; host CPU, memory, PSI and GPUs; admission — refreshed every second from the HTTP API.
 
 use aura_client::{Client, JobView, ListQuery};
-use aura_model::ByteSize;
+use aura_model::host::HostSnapshot;
+use aura_model::{ByteSize, Utilization};
 use crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
@@ -11,13 +12,14 @@ use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 use ratatui::Frame;
 use std::time::Duration;
 
-/// Everything one screen shows.
+/// Everything one screen shows: the last figures the daemon gave, or why it could not be reached.
 #[derive(Default)]
 pub struct TopState {
     pub server: String,
-    pub host: serde_json::Value,
-    pub utilization: serde_json::Value,
+    pub host: Option<HostSnapshot>,
+    pub utilization: Option<Utilization>,
     pub running: Vec<JobView>,
+    /// The last refresh failed (the daemon is down or unreachable): shown instead of stale figures.
     pub error: Option<String>,
 }
 
@@ -38,20 +40,85 @@ impl TopState {
         match result {
             Ok((host, utilization, running)) => {
                 (self.host, self.utilization, self.running, self.error) =
-                    (host, utilization, running, None)
+                    (Some(host), Some(utilization), running, None)
             }
-            Err(e) => self.error = Some(e.to_string()),
+            Err(e) => {
+                (self.host, self.utilization, self.running) = (None, None, Vec::new());
+                // The whole cause chain, once: "cannot reach …: … Connection refused".
+                self.error = Some(format!("{:#}", anyhow::Error::new(e)));
+            }
         }
     }
 }
 
-fn pct(v: &serde_json::Value) -> String {
-    v.as_f64()
-        .map_or("-".to_owned(), |x| format!("{:.0}%", x * 100.0))
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |x| format!("{:.0}%", x * 100.0))
 }
 
 fn bytes(v: Option<u64>) -> String {
     v.map_or("-".to_owned(), |b| ByteSize(b).to_string())
+}
+
+/// The header's lines: host, GPUs, jobs and admission — or, with nothing from the daemon, why.
+fn header_lines(state: &TopState) -> Vec<Line<'static>> {
+    let (Some(h), Some(u)) = (&state.host, &state.utilization) else {
+        let why = state
+            .error
+            .as_deref()
+            .unwrap_or("waiting for the first answer");
+        return vec![
+            Line::from(format!("daemon unreachable at {}", state.server)),
+            Line::from(why.to_owned()),
+            Line::from("retrying every second"),
+        ];
+    };
+    let psi = h.pressure.map(|p| p.memory.some.avg10);
+    let gpus = match &h.gpus {
+        Some(gpus) => gpus
+            .iter()
+            .map(|g| {
+                format!(
+                    "GPU{} {} enc {}",
+                    g.index,
+                    pct(g.utilization_gpu),
+                    pct(g.encoder_utilization)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("  "),
+        None => "no GPU".to_owned(),
+    };
+    let admission = match &u.paused_reason {
+        Some(reason) => format!("PAUSED: {reason}"),
+        None => "open".to_owned(),
+    };
+    let memory_guard = format!(
+        "memory {}  killed: {} over limit, {} OOM, {} for pressure",
+        if u.memory_critical { "CRITICAL" } else { "ok" },
+        u.memory_limit_kills,
+        u.oom_kills,
+        u.pressure_victims
+    );
+    vec![
+        Line::from(format!(
+            "CPU {}  load {:.2}  mem {} of {} avail  PSI mem {}",
+            pct(h.cpu.busy_ratio),
+            h.load_average[0],
+            bytes(Some(h.memory.available)),
+            bytes(Some(h.memory.total)),
+            pct(psi)
+        )),
+        Line::from(gpus),
+        Line::from(format!(
+            "jobs {} running, {} queued (max {})  reserved {} of {}",
+            u.running,
+            u.queued,
+            u.max_concurrent,
+            bytes(Some(u.reserved_memory_bytes)),
+            bytes(Some(u.capacity.memory_bytes))
+        )),
+        Line::from(format!("admission {admission}  {memory_guard}")),
+    ]
 }
 
 /// Draws one frame; pure, so tests render it into a buffer.
@@ -62,62 +129,7 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    let h = &state.host;
-    let u = &state.utilization;
-    let mem = &h["memory"];
-    let psi = &h["pressure"]["memory"]["some"]["avg10"];
-    let gpus = match h["gpus"].as_array() {
-        Some(gpus) => gpus
-            .iter()
-            .map(|g| {
-                format!(
-                    "GPU{} {} enc {}",
-                    g["index"],
-                    pct(&g["utilization_gpu"]),
-                    pct(&g["encoder_utilization"])
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("  "),
-        None => "no GPU".to_owned(),
-    };
-    let admission = match u["paused_reason"].as_str() {
-        Some(reason) => format!("PAUSED: {reason}"),
-        None => "open".to_owned(),
-    };
-    let memory_guard = format!(
-        "memory {}  killed: {} over limit, {} OOM, {} for pressure",
-        if u["memory_critical"] == true {
-            "CRITICAL"
-        } else {
-            "ok"
-        },
-        u["memory_limit_kills"].as_u64().unwrap_or(0),
-        u["oom_kills"].as_u64().unwrap_or(0),
-        u["pressure_victims"].as_u64().unwrap_or(0)
-    );
-    let lines = vec![
-        Line::from(format!(
-            "CPU {}  load {}  mem {} of {} avail  PSI mem {}",
-            pct(&h["cpu"]["busy_ratio"]),
-            h["load_average"][0]
-                .as_f64()
-                .map_or("-".into(), |l| format!("{l:.2}")),
-            bytes(mem["available"].as_u64()),
-            bytes(mem["total"].as_u64()),
-            pct(psi)
-        )),
-        Line::from(gpus),
-        Line::from(format!(
-            "jobs {} running, {} queued (max {})  reserved {} of {}",
-            u["running"],
-            u["queued"],
-            u["max_concurrent"],
-            bytes(u["reserved_memory_bytes"].as_u64()),
-            bytes(u["capacity"]["memory_bytes"].as_u64())
-        )),
-        Line::from(format!("admission {admission}  {memory_guard}")),
-    ];
+    let lines = header_lines(state);
     let title = format!(" aura top — {} ", state.server);
     frame.render_widget(
         Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)),
@@ -161,15 +173,18 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
                 .title(" running jobs "),
         );
     frame.render_widget(table, jobs);
-    let status = state
-        .error
-        .clone()
-        .unwrap_or_else(|| "q: quit   refreshed every second".to_owned());
-    frame.render_widget(Paragraph::new(status), footer);
+    frame.render_widget(Paragraph::new("q: quit   refreshed every second"), footer);
 }
 
-/// Runs the live view until `q`, Esc or Ctrl-C.
+/// Runs the live view until `q`, Esc or Ctrl-C. It needs a terminal on both ends: anything else is a
+/// clear error, not a screen drawn into a pipe.
 pub async fn run(client: &Client) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "aura top needs a terminal (stdin and stdout); for a one-shot view use `aura status` (or `aura status --json`)"
+        );
+    }
     let mut terminal = ratatui::init();
     let mut state = TopState {
         server: client.base().to_owned(),
@@ -222,27 +237,33 @@ mod tests {
                      "cpu_user_secs": 3.0, "cpu_system_secs": 0.5, "processes": 2, "peak_processes": 2}
         }))
         .expect("a job view");
+        let host: HostSnapshot = serde_json::from_value(serde_json::json!({
+            "at": "2026-11-22T10:00:01Z",
+            "cpu": {"busy_ratio": 0.5, "cores": 2, "seconds": {"user": 1.0, "nice": 0.0, "system": 1.0,
+                "idle": 1.0, "iowait": 0.0, "irq": 0.0, "softirq": 0.0, "steal": 0.0}},
+            "load_average": [1.0, 0.5, 0.2],
+            "memory": {"total": 25_000_000_000u64, "available": 20_000_000_000u64, "used": 5_000_000_000u64,
+                "free": 1_000_000_000u64, "cached": 1u64, "swap_total": 0, "swap_free": 0},
+            "pressure": null, "disks": [], "networks": [], "sample_cpu_seconds": 0.001
+        }))
+        .expect("a host snapshot");
+        let utilization: Utilization = serde_json::from_value(serde_json::json!({
+            "capacity": {"memory_bytes": 24_000_000_000u64, "cpu_millis": 2000, "disk_bytes": 0, "gpus": []},
+            "reserved_memory_bytes": 2147483648u64, "available_memory_bytes": 1u64,
+            "reserved_cpu_cores": 0.0, "reserved_disk_bytes": 0, "running": 1, "queued": 3,
+            "max_concurrent": 2, "available_slots": 1, "max_jobs_at_default_request": 2, "limits": {},
+            "admission_paused": false, "memory_critical": false, "memory_limit_kills": 2,
+            "oom_kills": 0, "pressure_victims": 1
+        }))
+        .expect("a utilization view");
         let state = TopState {
             server: "http://127.0.0.1:7411".into(),
-            host: serde_json::json!({"cpu": {"busy_ratio": 0.5}, "load_average": [1.0, 0.5, 0.2],
-                "memory": {"total": 25_000_000_000u64, "available": 20_000_000_000u64},
-                "pressure": {"memory": {"some": {"avg10": 0.01}}}, "gpus": null}),
-            utilization: serde_json::json!({"running": 1, "queued": 3, "max_concurrent": 2,
-                "reserved_memory_bytes": 2147483648u64, "capacity": {"memory_bytes": 24_000_000_000u64},
-                "paused_reason": null, "memory_critical": false, "memory_limit_kills": 2,
-                "oom_kills": 0, "pressure_victims": 1}),
+            host: Some(host),
+            utilization: Some(utilization),
             running: vec![job],
             error: None,
         };
-        let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
-        terminal.draw(|f| draw(f, &state)).expect("draw");
-        let screen: String = terminal
-            .backend()
-            .buffer()
-            .content()
-            .chunks(80)
-            .map(|row| row.iter().map(|c| c.symbol()).collect::<String>() + "\n")
-            .collect();
+        let screen = render(&state);
         for expected in [
             "aura top",
             "CPU 50%",
@@ -260,5 +281,38 @@ mod tests {
                 "missing {expected:?} in\n{screen}"
             );
         }
+    }
+
+    fn render(state: &TopState) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).expect("terminal");
+        terminal.draw(|f| draw(f, state)).expect("draw");
+        terminal
+            .backend()
+            .buffer()
+            .content()
+            .chunks(80)
+            .map(|row| row.iter().map(|c| c.symbol()).collect::<String>() + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn a_daemon_that_cannot_be_reached_is_said_so_not_shown_as_null_figures() {
+        let state = TopState {
+            server: "http://127.0.0.1:7411".into(),
+            error: Some("connection refused".into()),
+            ..Default::default()
+        };
+        let screen = render(&state);
+        for expected in [
+            "daemon unreachable at http://127.0.0.1:7411",
+            "connection refused",
+            "retrying every second",
+        ] {
+            assert!(
+                screen.contains(expected),
+                "missing {expected:?} in\n{screen}"
+            );
+        }
+        assert!(!screen.contains("null"), "{screen}");
     }
 }

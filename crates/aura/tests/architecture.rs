@@ -44,6 +44,16 @@ fn only_the_store_knows_sql_and_only_the_server_knows_http_status_codes() {
 }
 
 #[test]
+fn only_the_binary_and_the_fuzz_crate_depend_on_the_server() {
+    for (name, manifest) in crates() {
+        assert!(
+            !depends_on(&manifest, "aura-server") || name == "aura" || name == "aura-fuzz",
+            "{name} depends on aura-server"
+        );
+    }
+}
+
+#[test]
 fn the_model_is_pure() {
     let (_, model) = crates()
         .into_iter()

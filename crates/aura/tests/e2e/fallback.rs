@@ -23,18 +23,14 @@ fn torture(name: &str) -> JobSpec {
 
 /// Live processes whose command line starts with `name`.
 fn named(name: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let named = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.starts_with(name.as_bytes()));
-        if named && alive(pid) {
-            out.push(pid);
-        }
-    }
-    out
+    all_pids()
+        .into_iter()
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with(name.as_bytes()))
+                && alive(p)
+        })
+        .collect()
 }
 
 fn unique(what: &str) -> String {
@@ -63,29 +59,6 @@ async fn wait_for_count(name: &str, n: usize) -> Vec<u32> {
     }
 }
 
-/// Zombie children of `pid` (what it has not reaped).
-fn zombie_children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let mut fields = rest.split(' ');
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if state == Some("Z") && ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_torture_tree_leaves_nothing_on_the_fallback() {
     let daemon = Daemon::start(&[FALLBACK]);
@@ -96,13 +69,7 @@ async fn a_cancelled_torture_tree_leaves_nothing_on_the_fallback() {
     // The orphans are the daemon's now, not init's.
     let adopted = pids
         .iter()
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                s.rsplit_once(") ")
-                    .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u32>().ok())
-                    == Some(daemon.pid())
-            })
-        })
+        .filter(|&&p| proc_entry(p).is_some_and(|e| e.ppid == daemon.pid()))
         .count();
     assert!(adopted >= 2, "{adopted} processes adopted by the daemon");
     let view = wait_running(&client, id, 204).await;
@@ -191,17 +158,9 @@ async fn no_zombie_under_the_daemon_after_a_thousand_double_forking_jobs() {
         &zombies[..zombies.len().min(5)]
     );
     // And none of the killed orphans lives on.
-    let orphans: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|p| {
-            alive(*p)
-                && std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                    s.contains(" (sleep) ")
-                        && s.split(' ').nth(3) == Some(&daemon.pid().to_string())
-                })
-        })
+    let orphans: Vec<u32> = all_pids()
+        .into_iter()
+        .filter(|&p| proc_entry(p).is_some_and(|e| e.state != 'Z' && e.ppid == daemon.pid()))
         .collect();
     assert!(
         orphans.is_empty(),

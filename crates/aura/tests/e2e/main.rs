@@ -319,13 +319,43 @@ fn kib_field(path: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The fields of `/proc/PID/stat` the tests read.
+struct ProcEntry {
+    state: char,
+    ppid: u32,
+    pgrp: u32,
+}
+
+fn proc_entry(pid: u32) -> Option<ProcEntry> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(") ")?.1.split(' ');
+    Some(ProcEntry {
+        state: fields.next()?.chars().next()?,
+        ppid: fields.next()?.parse().ok()?,
+        pgrp: fields.next()?.parse().ok()?,
+    })
+}
+
+/// Every process on the host.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
+}
+
+/// Exists and is not a zombie.
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
+    proc_entry(pid).is_some_and(|e| e.state != 'Z')
+}
+
+/// Zombie children of `pid` (what it has not reaped).
+fn zombie_children(pid: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| proc_entry(p).is_some_and(|e| e.state == 'Z' && e.ppid == pid))
+        .collect()
 }
 
 /// Every process of a job's tree: from its cgroups, or (process-group backend) its process group and every
@@ -339,30 +369,11 @@ fn tree_pids(view: &JobView) -> Vec<u32> {
         }
     }
     if run.tree.cgroups.is_empty() {
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let Some((_, rest)) = stat.rsplit_once(") ") else {
-                continue;
-            };
-            if rest.split(' ').nth(2).and_then(|g| g.parse::<u32>().ok()) == Some(run.tree.pid) {
-                pids.push(pid);
-            }
-        }
-        if let Some(marker) = environ_var(run.tree.pid, "AURA_TREE") {
-            for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                    continue;
-                };
-                if environ_var(pid, "AURA_TREE").as_ref() == Some(&marker) {
-                    pids.push(pid);
-                }
-            }
-        }
+        let marker = environ_var(run.tree.pid, "AURA_TREE");
+        pids.extend(all_pids().into_iter().filter(|&p| {
+            proc_entry(p).is_some_and(|e| e.pgrp == run.tree.pid)
+                || marker.is_some() && environ_var(p, "AURA_TREE") == marker
+        }));
     }
     pids.sort_unstable();
     pids.dedup();
@@ -408,6 +419,80 @@ mod security;
 
 mod cli {
     use super::*;
+
+    /// `aura jobs | head -1` and friends: a closed pipe ends a printing command quietly (SIGPIPE, as `ls`
+    /// does), never with a panic (exit 101).
+    #[test]
+    fn printing_commands_end_quietly_on_a_closed_pipe() {
+        let daemon = Daemon::start(&[]);
+        for _ in 0..3 {
+            assert!(daemon
+                .cli(&["submit", "--quiet", "--", "echo", "x"])
+                .status
+                .success());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for command in ["jobs", "show 1", "status", "events"] {
+            let script =
+                format!("{AURA} {command} | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}");
+            let out = Command::new("bash")
+                .args(["-c", &script])
+                .env("AURA_SERVER", &daemon.url)
+                .env("AURA_RUNTIME_DIR", daemon.runtime_dir())
+                .output()
+                .expect("bash");
+            let code = stdout(&out).trim().to_owned();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                code == "0" || code == "141",
+                "aura {command}: exit {code}: {err}"
+            );
+            assert!(!err.contains("panicked"), "aura {command}: {err}");
+        }
+    }
+
+    /// `aura top` needs a terminal: without one it says so and exits, no panic, no screen in a pipe.
+    #[test]
+    fn top_without_a_terminal_says_what_it_needs() {
+        let daemon = Daemon::start(&[]);
+        let out = Command::new(AURA)
+            .arg("top")
+            .env("AURA_SERVER", &daemon.url)
+            .env("AURA_RUNTIME_DIR", daemon.runtime_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("aura top");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("needs a terminal"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+
+    /// The views the CLI and `top` print come typed from the daemon; `status` names its backend once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn typed_views_read_back_and_status_names_the_backend_once() {
+        let daemon = Daemon::start(&[]);
+        let client = daemon.client();
+        let health = client.health().await.unwrap();
+        assert_eq!(health.status, aura_model::Liveness::Ok);
+        let host = client.system().await.unwrap();
+        assert!(host.memory.total > 0 && host.cpu.cores > 0, "{host:?}");
+        let u = client.utilization().await.unwrap();
+        assert!(u.capacity.memory_bytes > 0, "{u:?}");
+        let status = stdout(&daemon.cli(&["status"]));
+        let backend = format!("backend:        {} ", health.backend);
+        assert!(status.contains(&backend), "{status}");
+        assert!(!status.contains("backend="), "{status}");
+        // A daemon that is down: one cause chain, said once.
+        drop(daemon);
+        let out = Command::new(AURA)
+            .args(["--server", "http://127.0.0.1:9", "jobs"])
+            .env("AURA_TOKEN", "x")
+            .output()
+            .expect("aura jobs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("error sending request").count(), 1, "{err}");
+    }
 
     #[test]
     fn submit_wait_exits_with_the_job_code_and_jobs_show_it() {
@@ -839,11 +924,7 @@ mod supervision {
             let (blocker, first, marker) = blocker_then_marker(&daemon, &client, [None; 2]).await;
             let second = submit(&client, &spec("true", &[])).await;
             let u = client.utilization().await.unwrap();
-            assert_eq!(
-                (u["running"].clone(), u["queued"].clone()),
-                (1.into(), 2.into()),
-                "standby={standby}: {u}"
-            );
+            assert_eq!((u.running, u.queued), (1, 2), "standby={standby}: {u:?}");
             let t0 = Instant::now();
             client.cancel(first).await.unwrap();
             let view = wait_done(&client, first).await;
@@ -935,28 +1016,6 @@ mod lifecycle {
 
     fn daemon_threads(pid: u32) -> usize {
         kib_field(&format!("/proc/{pid}/status"), "Threads:").unwrap_or(0) as usize
-    }
-
-    fn zombie_children(pid: u32) -> Vec<u32> {
-        let mut zombies = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-                continue;
-            };
-            let Some((_, rest)) = stat.rsplit_once(") ") else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split(' ').collect();
-            if fields.first() == Some(&"Z")
-                && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
-            {
-                zombies.push(child);
-            }
-        }
-        zombies
     }
 
     fn daemon_rss_kib(pid: u32) -> u64 {
@@ -1278,8 +1337,8 @@ mod admission {
         assert_eq!(max_overlap(&views), 2);
         let u = client.utilization().await.unwrap();
         assert_eq!(
-            u["reserved_memory_bytes"], 0,
-            "every reservation is released: {u}"
+            u.reserved_memory_bytes, 0,
+            "every reservation is released: {u:?}"
         );
     }
 
@@ -1343,7 +1402,7 @@ mod admission {
             .unwrap();
         assert_eq!(gone.status().as_u16(), 404);
         let u = client.utilization().await.unwrap();
-        assert_eq!(u["reserved_memory_bytes"], 0, "{u}");
+        assert_eq!(u.reserved_memory_bytes, 0, "{u:?}");
         // An explicit release gives the capacity back at once.
         let resp = acquire(serde_json::json!({"resources": {"memory": "1GiB"}, "ttl": "60s"}))
             .await
@@ -1352,10 +1411,7 @@ mod admission {
             .as_u64()
             .unwrap();
         assert_eq!(release_lease(&http, &daemon, id).await, 204);
-        assert_eq!(
-            client.utilization().await.unwrap()["reserved_memory_bytes"],
-            0
-        );
+        assert_eq!(client.utilization().await.unwrap().reserved_memory_bytes, 0);
     }
 
     /// A standby holds its reservation while it waits for a slot; a lease that needs that capacity gets
@@ -1372,9 +1428,9 @@ mod admission {
             blocker_then_marker(&daemon, &client, [Some("300MiB"), Some("600MiB")]).await;
         let u = client.utilization().await.unwrap();
         assert_eq!(
-            u["reserved_memory_bytes"],
+            u.reserved_memory_bytes,
             900u64 << 20,
-            "the standby holds its reservation: {u}"
+            "the standby holds its reservation: {u:?}"
         );
         let resp = acquire_lease(
             &http,
@@ -1392,8 +1448,8 @@ mod admission {
             .as_u64()
             .unwrap();
         let u = client.utilization().await.unwrap();
-        assert_eq!(u["queued"], 1, "{u}");
-        assert_eq!(u["reserved_memory_bytes"], 900u64 << 20, "{u}");
+        assert_eq!(u.queued, 1, "{u:?}");
+        assert_eq!(u.reserved_memory_bytes, 900u64 << 20, "{u:?}");
         client.cancel(blocker).await.unwrap();
         wait_done(&client, blocker).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1497,21 +1553,22 @@ mod admission {
         let deadline = Instant::now() + Duration::from_secs(5);
         let utilization = loop {
             let u = client.utilization().await.unwrap();
-            if u["admission_paused"] == true {
+            if u.admission_paused {
                 break u;
             }
             assert!(
                 Instant::now() < deadline,
-                "the guard never paused admission: {u}"
+                "the guard never paused admission: {u:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(
-            utilization["paused_reason"]
-                .as_str()
+            utilization
+                .paused_reason
+                .as_deref()
                 .unwrap()
                 .starts_with("available memory"),
-            "{utilization}"
+            "{utilization:?}"
         );
         let id = submit(&client, &spec("true", &[])).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1531,10 +1588,11 @@ mod admission {
             status.contains("memory available, memory pressure"),
             "{status}"
         );
-        let available = utilization["host"]["available_memory"]
-            .as_f64()
+        let available = utilization
+            .host
+            .and_then(|h| h.available_memory)
             .unwrap_or(-1.0);
-        assert!(available > 0.0 && available <= 1.0, "{utilization}");
+        assert!(available > 0.0 && available <= 1.0, "{utilization:?}");
         client.cancel(id).await.unwrap();
     }
 
@@ -1631,16 +1689,16 @@ mod admission {
             ids.len()
         );
         let u = client.utilization().await.unwrap();
-        assert_eq!(u["queued"], 10_000);
+        assert_eq!(u.queued, 10_000);
         client.cancel(blocker).await.unwrap();
         let last = *ids.iter().max().unwrap();
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let u = client.utilization().await.unwrap();
-            if u["queued"] == 0 && u["running"] == 0 {
+            if u.queued == 0 && u.running == 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the queue did not drain: {u}");
+            assert!(Instant::now() < deadline, "the queue did not drain: {u:?}");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         wait_done(&client, last).await;
@@ -2354,12 +2412,12 @@ mod memory {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let u = client.utilization().await.unwrap();
-            if u["admission_paused"] == paused {
+            if u.admission_paused == paused {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "admission_paused never became {paused}: {u}"
+                "admission_paused never became {paused}: {u:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -2514,7 +2572,7 @@ mod memory {
             "{victim:?}"
         );
         let utilization = client.utilization().await.unwrap();
-        assert_eq!(utilization["pressure_victims"], 1, "{utilization}");
+        assert_eq!(utilization.pressure_victims, 1, "{utilization:?}");
         let events = stdout(&daemon.cli(&["events"]));
         assert!(
             events.contains("pressure_victim") && events.contains("admission_paused"),
