@@ -423,7 +423,7 @@ pub(crate) async fn spawn(
     shared.accepting.store(true, Ordering::SeqCst);
     let guards = if shared.config.guards.enabled {
         let thread = crate::guards::GuardThread::start(shared.clone(), tx.clone())
-            .map_err(|e| EngineError::Internal(format!("cannot start the guard thread: {e}")))?;
+            .map_err(|e| EngineError::internal("starting the guard thread", e))?;
         Some(thread)
     } else {
         None
@@ -483,8 +483,9 @@ impl Actor {
                     }
                 };
                 let kind = event.name();
-                job.apply(event)
-                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                job.apply(event).map_err(|e| {
+                    EngineError::internal("recording a job interrupted by a crash", e)
+                })?;
                 let mut events = vec![NewEvent::new(
                     kind,
                     json!({ "reason": reason, "interruptions": deaths, "recovery": report }),
@@ -492,7 +493,7 @@ impl Actor {
                 if job.may_retry() {
                     NewEvent::stamp(&mut events, job.attempt);
                     job.apply(Event::Requeue { at: now })
-                        .map_err(|e| EngineError::Internal(e.to_string()))?;
+                        .map_err(|e| EngineError::internal("requeuing a job after a crash", e))?;
                     events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
                 }
                 tracing::warn!(job_id = %job.id, requeued = matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");

@@ -49,7 +49,7 @@ impl RecentChecks {
         let sandbox = sandbox.clone();
         tokio::task::spawn_blocking(move || check_now(&sandbox, program, path_var, cwd))
             .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
+            .map_err(|e| EngineError::internal("checking a submit on a blocking thread", e))??;
         let mut passed = self.lock();
         if passed.len() >= CAPACITY {
             passed.retain(|_, at| fresh(at));

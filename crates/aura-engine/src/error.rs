@@ -50,6 +50,24 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Something that should not fail did: `context` says what was being done, `source` keeps the cause
+    /// (logged whole; an API answer shows neither).
+    #[error("{context}")]
+    Internal {
+        context: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl EngineError {
+    /// An internal error while doing `context`, keeping `source` as its cause.
+    pub fn internal(
+        context: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> EngineError {
+        EngineError::Internal {
+            context,
+            source: source.into(),
+        }
+    }
 }

@@ -222,8 +222,10 @@ impl EngineHandle {
     pub async fn process(&self) -> Result<aura_host::ProcessSnapshot, EngineError> {
         tokio::task::spawn_blocking(aura_host::process_snapshot)
             .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .map_err(|e| EngineError::Internal(format!("reading the daemon's own process: {e}")))
+            .map_err(|e| {
+                EngineError::internal("reading the daemon's own process on a blocking thread", e)
+            })?
+            .map_err(|e| EngineError::internal("reading the daemon's own process", e))
     }
 
     /// The daemon's own resources against the warning thresholds.
@@ -247,8 +249,8 @@ impl EngineHandle {
     pub async fn cleanup(&self) -> Result<crate::Cleanup, EngineError> {
         tokio::task::spawn_blocking(crate::diagnostics::cleanup)
             .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .map_err(|e| EngineError::Internal(format!("cleanup: {e}")))
+            .map_err(|e| EngineError::internal("cleaning up on a blocking thread", e))?
+            .map_err(|e| EngineError::internal("cleaning up", e))
     }
 
     /// Returns the allocator's free memory to the OS when it holds more than `min_free` bytes (see
@@ -383,7 +385,7 @@ impl EngineHandle {
         let dir = self.shared.log_dir(id, attempt.unwrap_or(job.attempt));
         let chunk = tokio::task::spawn_blocking(move || aura_logs::read(&dir, stream, offset, max))
             .await
-            .map_err(|e| EngineError::Internal(e.to_string()))??;
+            .map_err(|e| EngineError::internal("reading a job's log on a blocking thread", e))??;
         Ok(chunk)
     }
 
@@ -457,7 +459,7 @@ impl EngineHandle {
         }
         actor
             .await
-            .map_err(|e| EngineError::Internal(format!("engine actor failed: {e}")))?;
+            .map_err(|e| EngineError::internal("the engine actor failed", e))?;
         let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner()).take();
         let host = self.shared.host_sampler.clone();
         let _ = tokio::task::spawn_blocking(move || {

@@ -145,8 +145,8 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
     };
     let host = tokio::task::spawn_blocking(move || aura_host::HostSampler::start(sampler_config))
         .await
-        .map_err(|e| EngineError::Internal(e.to_string()))?
-        .map_err(|e| EngineError::Internal(format!("cannot start the host sampler: {e}")))?;
+        .map_err(|e| EngineError::internal("starting the host sampler on a blocking thread", e))?
+        .map_err(|e| EngineError::internal("starting the host sampler", e))?;
     if let Some(total) = host.latest().map(|h| h.memory.total) {
         config
             .guards

@@ -177,13 +177,38 @@ impl From<EngineError> for ApiError {
             | EngineError::Supervisor(_)
             | EngineError::Logs(_)
             | EngineError::Io { .. }
-            | EngineError::Internal(_) => ErrorCode::Internal,
+            | EngineError::Internal { .. } => ErrorCode::Internal,
         };
-        if code == ErrorCode::Internal {
-            tracing::error!(error = %e, "request failed");
-        }
-        ApiError::new(code, e.to_string())
+        // The whole chain: what was being done and every cause. A 5xx answer shows none of it (see
+        // `into_response`); the log does.
+        ApiError::new(code, chain(&e))
     }
+}
+
+/// An error and its causes, `: `-separated, as `anyhow` prints `{:#}`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A fresh id for a 5xx answer, unique in this daemon's log: its start time and a counter.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let start = *START.get_or_init(|| aura_model::Timestamp::now().unix_millis().unsigned_abs());
+    format!("{start:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[derive(Serialize)]
@@ -194,19 +219,44 @@ struct Problem<'a> {
     status: u16,
     detail: &'a str,
     code: ErrorCode,
+    /// 5xx answers only: the id under which the daemon's log has what happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 impl ApiError {
     /// The problem document alone, for a response written outside axum (a connection refused at the
-    /// cap).
+    /// cap). A 5xx answer gets a request id, logged with the error's whole detail; where that detail is
+    /// the daemon's inside (an internal error, a store that cannot commit: SQL, paths, causes) the
+    /// client gets a plain sentence instead.
     pub(crate) fn problem_json(&self) -> Vec<u8> {
         let status = self.code.status();
+        let request_id = status.is_server_error().then(request_id);
+        let public_detail = match self.code {
+            ErrorCode::Internal => {
+                "the daemon failed to answer; its log has the details under this request id"
+            }
+            ErrorCode::StorageExhausted => {
+                "the job database cannot commit: its volume is full or failing; retry once space returns"
+            }
+            _ => &self.detail,
+        };
+        if let Some(id) = &request_id {
+            match self.code {
+                ErrorCode::Internal | ErrorCode::StorageExhausted => {
+                    tracing::error!(request_id = %id, code = ?self.code, detail = %self.detail, "request failed")
+                }
+                // Refusals of load (a full house, a shutdown) are expected: no error line each.
+                _ => tracing::debug!(request_id = %id, code = ?self.code, "request refused"),
+            }
+        }
         serde_json::to_vec(&Problem {
             kind: format!("/problems/{}", self.code.slug()),
             title: self.code.title(),
             status: status.as_u16(),
-            detail: &self.detail,
+            detail: public_detail,
             code: self.code,
+            request_id,
         })
         .unwrap_or_default()
     }
@@ -241,5 +291,51 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: &ApiError) -> serde_json::Value {
+        serde_json::from_slice(&e.problem_json()).expect("a problem document")
+    }
+
+    #[test]
+    fn a_5xx_answer_names_a_request_id_and_keeps_the_inside_to_the_log() {
+        let cause =
+            std::io::Error::other("disk I/O error in /var/lib/aura/aura.db: SELECT * FROM jobs");
+        let e = ApiError::from(EngineError::internal("reading a job's log", cause));
+        assert_eq!(e.code, ErrorCode::Internal);
+        // The whole chain is kept for the log…
+        assert!(
+            e.detail.starts_with("reading a job's log: disk I/O error"),
+            "{}",
+            e.detail
+        );
+        // …and none of it reaches the client, which gets an id to quote.
+        let answer = body(&e);
+        assert_eq!(answer["status"], 500);
+        let text = answer.to_string();
+        assert!(
+            !text.contains("SELECT") && !text.contains("aura.db"),
+            "{text}"
+        );
+        let id = answer["request_id"].as_str().expect("a request id");
+        assert!(!id.is_empty());
+        assert_ne!(
+            body(&e)["request_id"],
+            answer["request_id"],
+            "ids are per answer"
+        );
+    }
+
+    #[test]
+    fn a_4xx_answer_keeps_its_detail_and_has_no_request_id() {
+        let e = ApiError::bad_request("invalid lease id \"x\"");
+        let answer = body(&e);
+        assert_eq!(answer["detail"], "invalid lease id \"x\"");
+        assert!(answer.get("request_id").is_none(), "{answer}");
     }
 }

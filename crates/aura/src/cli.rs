@@ -49,6 +49,12 @@ enum Command {
         /// TOML configuration file.
         #[arg(long, env = "AURA_CONFIG")]
         config: Option<PathBuf>,
+        /// The global client options, taken here so that `aura serve --help` does not list them (clap
+        /// propagates a global option only to subcommands without one of that name); unused.
+        #[arg(long, hide = true)]
+        server: Option<String>,
+        #[arg(long, hide = true)]
+        token: Option<String>,
     },
     /// Submit a job: `aura submit [OPTIONS] -- PROGRAM ARGS...`
     Submit(SubmitArgs),
@@ -208,6 +214,7 @@ pub fn serve_config(args: &Args) -> anyhow::Result<Option<Config>> {
         data_dir,
         listen,
         config,
+        ..
     } = &args.command
     else {
         return Ok(None);
@@ -953,6 +960,26 @@ mod tests {
              reason=available memory 4.0 GiB"
         );
         assert_eq!(compact(&serde_json::json!(1.0)), "1");
+    }
+
+    #[test]
+    fn serve_help_lists_no_client_option() {
+        use clap::CommandFactory;
+        let mut command = Args::command();
+        command.build();
+        let serve = command.find_subcommand_mut("serve").expect("serve");
+        let help = serve.render_long_help().to_string();
+        assert!(help.contains("--data-dir"), "{help}");
+        assert!(
+            !help.contains("--server") && !help.contains("--token"),
+            "{help}"
+        );
+        let jobs = command.find_subcommand_mut("jobs").expect("jobs");
+        let help = jobs.render_long_help().to_string();
+        assert!(
+            help.contains("--server") && help.contains("--token"),
+            "{help}"
+        );
     }
 
     fn submit_cpu(value: &str) -> Result<Option<f64>, String> {

@@ -99,6 +99,12 @@ async fn a_full_data_volume_keeps_records_true_and_answers_507() {
         let (status, body) = post_job(&daemon, &spec("true", &[])).await;
         if status == 507 {
             assert!(body.contains("storage_exhausted"), "{body}");
+            // A 5xx answer quotes a request id for the log and shows nothing of the store's inside.
+            assert!(body.contains("\"request_id\""), "{body}");
+            assert!(
+                !body.contains("store:") && !body.contains("disk is full"),
+                "{body}"
+            );
         }
         codes.push(status);
     }
