@@ -6,12 +6,11 @@ use crate::monitor::Monitor;
 use crate::{EngineConfig, EngineError, EngineHandle};
 use aura_admission::{Admission, Queued, Request, Reservation, Scheduler};
 use aura_model::{
-    Accounting, Event, ExitStatus, Job, JobId, JobState, LeaseSpec, NewEvent, Outcome, Run,
-    StopReason, StopSignal, Timestamp,
+    Accounting, EngineEvent, Event, ExitStatus, Job, JobEvent, JobId, JobState, LeaseSpec,
+    LoggedEvent, NewEvent, Outcome, Run, StopReason, StopSignal, Timestamp,
 };
 use aura_store::{Commit, Store};
 use aura_supervisor::{LaunchRequest, LaunchTicket, Supervisor, UsageProbe};
-use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -81,7 +80,7 @@ pub(crate) enum Command {
         kill: bool,
     },
     /// An entry for the engine's event log.
-    EngineEvent(NewEvent),
+    EngineEvent(EngineEvent),
     /// Memory for new reservations grew (running jobs use less, the host has more free): queued jobs
     /// may fit now.
     MemoryFreed,
@@ -482,19 +481,27 @@ impl Actor {
                         at,
                     }
                 };
-                let kind = event.name();
+                let interruption = aura_model::events::Interruption {
+                    reason: reason.clone(),
+                    interruptions: Some(deaths),
+                    recovery: Some(report),
+                };
+                let logged = if quarantine {
+                    JobEvent::Quarantined(interruption)
+                } else {
+                    JobEvent::Interrupted(interruption)
+                };
                 job.apply(event).map_err(|e| {
                     EngineError::internal("recording a job interrupted by a crash", e)
                 })?;
-                let mut events = vec![NewEvent::new(
-                    kind,
-                    json!({ "reason": reason, "interruptions": deaths, "recovery": report }),
-                )];
+                let mut events = vec![NewEvent::new(logged)];
                 if job.may_retry() {
                     NewEvent::stamp(&mut events, job.attempt);
                     job.apply(Event::Requeue { at: now })
                         .map_err(|e| EngineError::internal("requeuing a job after a crash", e))?;
-                    events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
+                    events.push(NewEvent::new(JobEvent::Requeued {
+                        attempt: job.attempt,
+                    }));
                 }
                 tracing::warn!(job_id = %job.id, requeued = matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
                 self.shared.store.record(&job, events).await?;
@@ -572,10 +579,10 @@ impl Actor {
                 self.finish(
                     id,
                     event,
-                    vec![NewEvent::new(
-                        "spawn_failed",
-                        json!({ "error": error, "storage_exhausted": storage }),
-                    )],
+                    vec![NewEvent::new(JobEvent::SpawnFailed {
+                        error,
+                        storage_exhausted: storage,
+                    })],
                 )
                 .await;
             }
@@ -593,20 +600,19 @@ impl Actor {
             } => {
                 let memory = accounting.memory_line();
                 tracing::info!(job_id = %id, ?exit, %memory, "job tree gone");
-                let detail = json!({
-                    "exit": exit,
-                    "signals_sent": signals_sent,
-                    "accounting": accounting,
-                    "memory": memory,
-                });
+                let logged = JobEvent::Exited {
+                    exit,
+                    signals_sent: signals_sent.clone(),
+                    accounting: accounting.clone(),
+                    memory,
+                };
                 let event = Event::Exited {
                     exit,
                     signals_sent,
                     accounting,
                     at: Timestamp::now(),
                 };
-                self.finish(id, event, vec![NewEvent::new("exited", detail)])
-                    .await;
+                self.finish(id, event, vec![NewEvent::new(logged)]).await;
             }
             Command::AcquireLease { spec, reply } => {
                 let request = self.shared.config.admission.lease_request(&spec.resources);
@@ -659,19 +665,16 @@ impl Actor {
                 match (&paused, was_paused) {
                     (Some(reason), false) => {
                         tracing::warn!(%reason, "admission paused");
-                        self.engine_event(NewEvent::new(
-                            "admission_paused",
-                            json!({ "reason": reason, "reading": reading }),
-                        ))
+                        self.engine_event(EngineEvent::AdmissionPaused {
+                            reason: reason.clone(),
+                            reading,
+                        })
                         .await;
                     }
                     (None, true) => {
                         tracing::info!("admission resumed");
-                        self.engine_event(NewEvent::new(
-                            "admission_resumed",
-                            json!({ "reading": reading }),
-                        ))
-                        .await;
+                        self.engine_event(EngineEvent::AdmissionResumed { reading })
+                            .await;
                     }
                     _ => {}
                 }
@@ -970,12 +973,12 @@ impl Actor {
         let Some(active) = self.active.get_mut(&id) else {
             return;
         };
-        let detail = json!({
-            "pid": run.tree.pid,
-            "backend": run.tree.backend,
-            "cgroups": run.tree.cgroups,
-            "cwd": run.cwd,
-        });
+        let logged = JobEvent::Started {
+            pid: run.tree.pid,
+            backend: run.tree.backend,
+            cgroups: run.tree.cgroups.clone(),
+            cwd: run.cwd.clone(),
+        };
         if let Err(e) = active.job.apply(Event::Started { run }) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;
@@ -991,7 +994,7 @@ impl Actor {
         // A short job's start usually shares its end's commit in the store's group window: a crash inside
         // the window leaves no handle, and recovery finds the tree anyway (its cgroup under this
         // instance's roots, or on the fallback the marker its processes carry).
-        self.persist_active(id, vec![NewEvent::new("started", detail)], Commit::Soon)
+        self.persist_active(id, vec![NewEvent::new(logged)], Commit::Soon)
             .await;
         if let Some(reason) = pending {
             self.request_stop(id, reason).await;
@@ -1027,31 +1030,33 @@ impl Actor {
             .collect();
         let Some(victim) = crate::pressure::choose_victim(&candidates).cloned() else {
             tracing::warn!(%reason, "memory critical but no running job can be stopped");
-            self.engine_event(NewEvent::new(
-                "pressure_no_victim",
-                json!({ "reason": reason, "reading": reading }),
-            ))
+            self.engine_event(EngineEvent::PressureNoVictim {
+                reason: reason.to_owned(),
+                reading,
+            })
             .await;
             return None;
         };
         tracing::warn!(job_id = %victim.id, %reason, memory = ?victim.memory_bytes, reserved = victim.reserved_bytes,
             "memory critical: stopping a victim job");
-        let detail = json!({
-            "job_id": victim.id,
-            "reason": reason,
-            "reading": reading,
-            "victim": victim,
-            "excess_bytes": victim.excess_bytes(),
-            "candidates": candidates.len(),
-            "ranking": "lowest priority, then furthest over its reservation, then most recently started",
-            "cooldown_secs": self.shared.config.guards.victim_cooldown.as_secs_f64(),
-            "killed_at_once": kill,
-        });
-        self.engine_event(NewEvent::new("pressure_victim", detail.clone()))
+        let chosen = aura_model::events::VictimChosen {
+            job_id: victim.id,
+            reason: reason.to_owned(),
+            reading,
+            excess_bytes: victim.excess_bytes(),
+            victim: victim.clone(),
+            candidates: candidates.len(),
+            ranking:
+                "lowest priority, then furthest over its reservation, then most recently started"
+                    .to_owned(),
+            cooldown_secs: self.shared.config.guards.victim_cooldown.as_secs_f64(),
+            killed_at_once: kill,
+        };
+        self.engine_event(EngineEvent::PressureVictim(chosen.clone()))
             .await;
         self.persist_active(
             victim.id,
-            vec![NewEvent::new("pressure_victim", detail)],
+            vec![NewEvent::new(JobEvent::PressureVictim(chosen))],
             Commit::Soon,
         )
         .await;
@@ -1070,15 +1075,22 @@ impl Actor {
     }
 
     /// Appends to the engine's event log without waiting for the commit.
-    async fn engine_event(&mut self, event: NewEvent) {
-        let kind = event.kind.clone();
+    async fn engine_event(&mut self, event: EngineEvent) {
+        let kind = event.kind();
+        let failed = kind.clone();
         let logged = move |result: Result<(), aura_store::StoreError>| {
             if let Err(e) = result {
-                tracing::error!(error = %e, %kind, "failed to record an engine event");
+                tracing::error!(error = %e, kind = %failed, "failed to record an engine event");
             }
         };
-        if let Err(e) = self.shared.store.record_engine_event(&event, logged).await {
-            tracing::error!(error = %e, kind = %event.kind, "failed to record an engine event")
+        let at = Timestamp::now();
+        if let Err(e) = self
+            .shared
+            .store
+            .record_engine_event(at, &event, logged)
+            .await
+        {
+            tracing::error!(error = %e, %kind, "failed to record an engine event")
         }
     }
 
@@ -1099,15 +1111,18 @@ impl Actor {
                 limit_bytes,
                 current_bytes,
                 by,
-            } => NewEvent::new(
-                "memory_limit_exceeded",
-                json!({ "limit_bytes": limit_bytes, "current_bytes": current_bytes, "enforced_by": by,
-                        "action": "killing the whole tree" }),
-            ),
-            aura_supervisor::MemoryViolation::OomKilled { kills } => NewEvent::new(
-                "oom_killed",
-                json!({ "kills": kills, "action": "the kernel's OOM killer hit the tree; killing the rest" }),
-            ),
+            } => NewEvent::new(JobEvent::MemoryLimitExceeded {
+                limit_bytes,
+                current_bytes,
+                enforced_by: by,
+                action: "killing the whole tree".to_owned(),
+            }),
+            aura_supervisor::MemoryViolation::OomKilled { kills } => {
+                NewEvent::new(JobEvent::OomKilled {
+                    kills,
+                    action: "the kernel's OOM killer hit the tree; killing the rest".to_owned(),
+                })
+            }
         };
         self.persist_active(id, vec![event], Commit::Soon).await;
     }
@@ -1143,7 +1158,7 @@ impl Actor {
             tracing::info!(job_id = %id, ?reason, "stopping job");
             self.persist_active(
                 id,
-                vec![NewEvent::new("stop_requested", json!({ "reason": reason }))],
+                vec![NewEvent::new(JobEvent::StopRequested { reason })],
                 Commit::Soon,
             )
             .await;
@@ -1168,8 +1183,12 @@ impl Actor {
             tracing::info!(job_id = %id, "cancelled a queued job");
             // Final like any other ending: waiters hear of it once the commit is done.
             let events = vec![
-                NewEvent::new("stop_requested", json!({ "reason": StopReason::Cancelled })),
-                NewEvent::new("finished", json!({ "outcome": job.outcome() })),
+                NewEvent::new(JobEvent::StopRequested {
+                    reason: StopReason::Cancelled,
+                }),
+                NewEvent::new(JobEvent::Finished {
+                    outcome: job.outcome().cloned(),
+                }),
             ];
             self.persist_final(&job, events).await;
             return CancelReply::Done(Box::new(job));
@@ -1204,7 +1223,9 @@ impl Actor {
             return;
         }
         let outcome = job.outcome().cloned();
-        events.push(NewEvent::new("finished", json!({ "outcome": outcome })));
+        events.push(NewEvent::new(JobEvent::Finished {
+            outcome: outcome.clone(),
+        }));
         let shutdown_interrupt = matches!(outcome, Some(Outcome::Interrupted { .. }));
         let requeue =
             job.may_retry() && (!shutdown_interrupt || self.shared.config.requeue_on_shutdown);
@@ -1220,10 +1241,10 @@ impl Actor {
                 job.spec.memory_limit(),
                 self.shared.admission.memory_capacity(),
             );
-            events.push(NewEvent::new(
-                "memory_request_raised",
-                json!({ "memory_request": grown, "reason": "stopped by the memory pressure responder" }),
-            ));
+            events.push(NewEvent::new(JobEvent::MemoryRequestRaised {
+                memory_request: grown.bytes,
+                reason: "stopped by the memory pressure responder".to_owned(),
+            }));
             job.memory_request = Some(grown);
             let until = std::time::Instant::now() + self.shared.config.guards.victim_cooldown;
             self.shared
@@ -1242,7 +1263,9 @@ impl Actor {
                 })
                 .is_ok()
             {
-                events.push(NewEvent::new("requeued", json!({ "attempt": job.attempt })));
+                events.push(NewEvent::new(JobEvent::Requeued {
+                    attempt: job.attempt,
+                }));
                 tracing::info!(job_id = %id, attempt = job.attempt, "job requeued");
             }
         }
@@ -1288,7 +1311,13 @@ impl Actor {
             self.finish(
                 id,
                 event,
-                vec![NewEvent::new("interrupted", json!({ "reason": reason }))],
+                vec![NewEvent::new(JobEvent::Interrupted(
+                    aura_model::events::Interruption {
+                        reason,
+                        interruptions: None,
+                        recovery: None,
+                    },
+                ))],
             )
             .await;
         }

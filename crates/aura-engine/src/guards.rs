@@ -7,8 +7,7 @@
 //! only when the answer changes.
 
 use crate::actor::{Command, Shared};
-use aura_model::{ByteSize, NewEvent};
-use serde_json::json;
+use aura_model::{ByteSize, EngineEvent};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -582,14 +581,14 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             let event = match &critical {
                 Some(reason) => {
                     tracing::warn!(%reason, "memory critical: the pressure responder is armed");
-                    NewEvent::new(
-                        "pressure_critical",
-                        json!({ "reason": reason, "reading": reading }),
-                    )
+                    EngineEvent::PressureCritical {
+                        reason: reason.clone(),
+                        reading,
+                    }
                 }
                 None => {
                     tracing::info!("memory no longer critical");
-                    NewEvent::new("pressure_cleared", json!({ "reading": reading }))
+                    EngineEvent::PressureCleared { reading }
                 }
             };
             if actor.blocking_send(Command::EngineEvent(event)).is_err() {
@@ -740,6 +739,7 @@ impl CpuWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const TOTAL: u64 = 16 << 30;
 

@@ -9,29 +9,11 @@
 //!
 //! Jobs already stopping are never chosen (their memory is on its way back).
 
-use aura_model::{ByteSize, JobId, MemoryRequest, RequestSource};
+use aura_model::{ByteSize, MemoryRequest, RequestSource};
 use std::cmp::Reverse;
 
 /// A running job as the responder sees it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Candidate {
-    pub id: JobId,
-    pub priority: i32,
-    /// When it started (ms since the epoch).
-    pub started_at_ms: i64,
-    /// Its tree's memory as last sampled.
-    pub memory_bytes: Option<u64>,
-    /// What admission reserved for it.
-    pub reserved_bytes: u64,
-}
-
-impl Candidate {
-    pub fn excess_bytes(&self) -> u64 {
-        self.memory_bytes
-            .unwrap_or(0)
-            .saturating_sub(self.reserved_bytes)
-    }
-}
+pub use aura_model::events::Candidate;
 
 /// The victim by the ranking above, or `None` when nothing runs.
 pub fn choose_victim(candidates: &[Candidate]) -> Option<&Candidate> {
@@ -72,6 +54,7 @@ pub fn grown_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aura_model::JobId;
 
     fn c(id: i64, priority: i32, started: i64, memory: u64, reserved: u64) -> Candidate {
         Candidate {

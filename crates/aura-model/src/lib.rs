@@ -3,6 +3,7 @@
 //! This crate does no I/O and knows nothing of processes, SQL or HTTP. Every other crate depends on it;
 //! it depends on none of them.
 
+pub mod events;
 pub mod host;
 pub mod job;
 pub mod secret;
@@ -11,6 +12,9 @@ pub mod state;
 pub mod time;
 pub mod view;
 
+pub use events::{
+    EngineEvent, EngineEventRecord, JobEvent, JobEventRecord, LoggedEvent, NewEvent, EVENT_SCHEMA,
+};
 pub use job::*;
 pub use secret::Secret;
 pub use size::ByteSize;

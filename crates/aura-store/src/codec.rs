@@ -3,8 +3,8 @@
 
 use crate::error::StoreError;
 use aura_model::{
-    EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, JobState, MemoryRequest, NewEvent,
-    StateName, Timestamp,
+    EngineEvent, EngineEventRecord, Job, JobEvent, JobEventRecord, JobId, JobSpec, JobState,
+    LoggedEvent, MemoryRequest, NewEvent, StateName, Timestamp,
 };
 use rusqlite::Row;
 
@@ -85,11 +85,24 @@ pub(crate) fn encode_new(job: &Job) -> Result<JobRow, StoreError> {
 }
 
 pub(crate) fn encode_event(event: &NewEvent) -> Result<EventRow, StoreError> {
+    encode_logged(event.at, &event.event, event.attempt)
+}
+
+/// A job's or the engine's event as a row: its kind, its detail as JSON.
+pub(crate) fn encode_logged(
+    at: Timestamp,
+    event: &impl LoggedEvent,
+    attempt: Option<u32>,
+) -> Result<EventRow, StoreError> {
+    let (kind, detail) = event.to_parts().map_err(|source| StoreError::Encode {
+        what: "event",
+        source,
+    })?;
     Ok(EventRow {
-        at_ms: event.at.unix_millis(),
-        kind: event.kind.clone(),
-        detail: to_json("event detail", &event.detail)?,
-        attempt: event.attempt.map(i64::from),
+        at_ms: at.unix_millis(),
+        kind,
+        detail: to_json("event detail", &detail)?,
+        attempt: attempt.map(i64::from),
     })
 }
 
@@ -166,16 +179,16 @@ pub(crate) fn decode_event(row: &Row<'_>) -> Result<JobEventRecord, StoreError> 
     let job_id = JobId(row.get(1)?);
     let detail: String = row.get(5)?;
     let seq: i64 = row.get(0)?;
+    let detail = serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
+        id: job_id,
+        detail: format!("event {seq} detail: {e}"),
+    })?;
     Ok(JobEventRecord {
         seq,
         job_id,
         at: Timestamp::from_unix_millis(row.get(2)?),
         attempt: row.get(3)?,
-        kind: row.get(4)?,
-        detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
-            id: job_id,
-            detail: format!("event {seq} detail: {e}"),
-        })?,
+        event: JobEvent::from_parts(row.get(4)?, detail),
     })
 }
 
@@ -183,14 +196,14 @@ pub(crate) fn decode_event(row: &Row<'_>) -> Result<JobEventRecord, StoreError> 
 pub(crate) fn decode_engine_event(row: &Row<'_>) -> Result<EngineEventRecord, StoreError> {
     let seq: i64 = row.get(0)?;
     let detail: String = row.get(3)?;
+    let detail = serde_json::from_str(&detail).map_err(|e| StoreError::CorruptEngineEvent {
+        seq,
+        detail: e.to_string(),
+    })?;
     Ok(EngineEventRecord {
         seq,
         at: Timestamp::from_unix_millis(row.get(1)?),
-        kind: row.get(2)?,
-        detail: serde_json::from_str(&detail).map_err(|e| StoreError::CorruptEngineEvent {
-            seq,
-            detail: e.to_string(),
-        })?,
+        event: EngineEvent::from_parts(row.get(2)?, detail),
     })
 }
 

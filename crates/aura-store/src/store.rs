@@ -8,8 +8,8 @@ use crate::reserve::Reserve;
 use crate::schema::{migrate, open_connection};
 use crate::writer::{Command, Counters, Done, Overlay, Write, Writer};
 use aura_model::{
-    EngineEventRecord, Job, JobEventRecord, JobId, JobSpec, MemoryRequest, NewEvent, StateName,
-    Timestamp,
+    EngineEvent, EngineEventRecord, Job, JobEvent, JobEventRecord, JobId, JobSpec, MemoryRequest,
+    NewEvent, StateName, Timestamp,
 };
 use std::future::Future;
 use std::path::Path;
@@ -247,12 +247,12 @@ impl Store {
             ..Job::new(JobId(0), spec, submitted_at)
         };
         let row = encode_new(&job)?;
-        let detail =
-            serde_json::json!({ "program": job.spec.program, "priority": job.spec.priority });
         let event = encode_event(&NewEvent {
             at: submitted_at,
-            kind: "submitted".into(),
-            detail,
+            event: JobEvent::Submitted {
+                program: job.spec.program.clone(),
+                priority: job.spec.priority,
+            },
             attempt: None,
         })?;
         let (reply, answer) = oneshot::channel();
@@ -329,10 +329,11 @@ impl Store {
     /// group window.
     pub async fn record_engine_event(
         &self,
-        event: &NewEvent,
+        at: Timestamp,
+        event: &EngineEvent,
         then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        let event = encode_event(event)?;
+        let event = crate::codec::encode_logged(at, event, None)?;
         self.send(Command::Write(Box::new(Write::Engine {
             event,
             done: Box::new(then),

@@ -204,10 +204,7 @@ impl Writer {
         let was_degraded = self.counters.degraded.load(Ordering::Relaxed);
         match self.commit(writes) {
             Ok(()) => {
-                if was_degraded {
-                    tracing::info!("the job database commits again");
-                    self.counters.degraded.store(false, Ordering::Relaxed);
-                }
+                self.commits_again();
                 self.reserve.restore();
             }
             Err((error, left)) => {
@@ -238,6 +235,13 @@ impl Writer {
         }
     }
 
+    /// The volume took a commit: the store is no longer degraded.
+    fn commits_again(&self) {
+        if self.counters.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("the job database commits again");
+        }
+    }
+
     /// Commits `writes` optimistically: every write in one transaction, with no savepoint per write (two
     /// more statements each). A failing write is rare (a missing job); the whole batch is then rolled back
     /// and each write applied in its own transaction, so that one failing write never takes the others
@@ -255,6 +259,8 @@ impl Writer {
         }
         let error = match result {
             Ok(ids) => {
+                // Before anyone hears of the commit: who waited for it may look at the store's stats.
+                self.commits_again();
                 for (write, id) in writes.into_iter().zip(ids) {
                     write.reply(Ok(id));
                 }

@@ -1,8 +1,9 @@
 //! Integration tests of the job store against real SQLite files.
 
 use aura_model::{
-    Accounting, Backend, ByteSize, Event, ExitStatus, Job, JobId, JobSpec, MemorySource, NewEvent,
-    RetryPolicy, Run, StateName, StopReason, StopSignal, Timestamp, TreeHandle,
+    Accounting, Backend, ByteSize, EngineEvent, Event, ExitStatus, Job, JobEvent, JobId, JobSpec,
+    LoggedEvent, MemorySource, NewEvent, RetryPolicy, Run, StateName, StopReason, StopSignal,
+    Timestamp, TreeHandle,
 };
 use aura_store::{Commit, ListFilter, Store, StoreError, StoreOptions};
 use serde_json::json;
@@ -74,13 +75,28 @@ fn exited(code: i32, ms: i64) -> Event {
     }
 }
 
+/// An event of any kind with a test detail (kept as written: the store stores kinds it is given).
 fn event(kind: &str, ms: i64) -> NewEvent {
     NewEvent {
         at: at(ms),
-        kind: kind.into(),
-        detail: json!({ "n": ms, "why": kind }),
+        event: JobEvent::Unrecognized {
+            kind: kind.into(),
+            detail: json!({ "n": ms, "why": kind }),
+        },
         attempt: None,
     }
+}
+
+fn engine_event(kind: &str, ms: i64) -> EngineEvent {
+    EngineEvent::Unrecognized {
+        kind: kind.into(),
+        detail: json!({ "n": ms, "why": kind }),
+    }
+}
+
+/// The stored detail of an event.
+fn detail_of(event: &impl LoggedEvent) -> serde_json::Value {
+    event.to_parts().expect("parts").1
 }
 
 async fn open(path: &Path) -> Store {
@@ -115,7 +131,11 @@ async fn insert_then_get_round_trips() {
         let events = store.events(job.id).await.unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(
-            (events[0].kind.as_str(), events[0].job_id, events[0].attempt),
+            (
+                events[0].event.kind().as_str(),
+                events[0].job_id,
+                events[0].attempt
+            ),
             ("submitted", job.id, 1)
         );
         assert_eq!(events[0].at, at(n as i64));
@@ -209,7 +229,7 @@ async fn recorded_transitions_read_back_equal() {
     );
 
     let events = store.events(job.id).await.unwrap();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<String> = events.iter().map(|e| e.event.kind()).collect();
     assert_eq!(
         kinds,
         [
@@ -230,7 +250,7 @@ async fn recorded_transitions_read_back_equal() {
     let attempts: Vec<u32> = events.iter().map(|e| e.attempt).collect();
     assert_eq!(attempts, [1, 1, 1, 1, 1, 2, 2, 2]);
     assert_eq!(
-        events[2].detail,
+        detail_of(&events[2].event),
         json!({ "n": 20, "why": "stop_requested" })
     );
     assert_eq!(events[2].at, at(20));
@@ -538,8 +558,10 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
     broken.failures = 42;
     let bad_event = NewEvent {
         at: at(0),
-        kind: String::new(),
-        detail: json!(null),
+        event: JobEvent::Unrecognized {
+            kind: String::new(),
+            detail: json!(null),
+        },
         attempt: None,
     };
     assert!(matches!(
@@ -585,8 +607,10 @@ async fn unknown_ids_fail_alone_inside_a_batch() {
         broken.failures = 99;
         let bad_event = NewEvent {
             at: at(0),
-            kind: String::new(),
-            detail: json!(null),
+            event: JobEvent::Unrecognized {
+                kind: String::new(),
+                detail: json!(null),
+            },
             attempt: None,
         };
         pending.push((
@@ -776,7 +800,7 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     for n in 0..5 {
         let (tx, committed) = tokio::sync::oneshot::channel();
         store
-            .record_engine_event(&event("admission_paused", n), move |r| {
+            .record_engine_event(at(n), &engine_event("admission_paused", n), move |r| {
                 let _ = tx.send(r);
             })
             .await
@@ -786,7 +810,10 @@ async fn engine_events_append_and_page_and_pressure_stops_persist() {
     let all = store.engine_events(0, 100).await.unwrap();
     assert_eq!(all.len(), 5);
     assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert_eq!(all[2].detail, json!({ "n": 2, "why": "admission_paused" }));
+    assert_eq!(
+        detail_of(&all[2].event),
+        json!({ "n": 2, "why": "admission_paused" })
+    );
     let rest = store.engine_events(all[1].seq, 2).await.unwrap();
     assert_eq!(rest, all[2..4].to_vec(), "pages after a sequence number");
 
@@ -860,7 +887,7 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
     assert_eq!(events.len(), 22);
     let progress: Vec<i64> = events
         .iter()
-        .filter(|e| e.kind == "progress")
+        .filter(|e| e.event.kind() == "progress")
         .map(|e| e.at.unix_millis())
         .collect();
     let expected: Vec<i64> = (0..20).map(|n| at(n).unix_millis()).collect();
@@ -954,7 +981,7 @@ async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_retur
     // The job ends while the volume is full: the reserve pays for its final state.
     job.apply(exited(1, 2)).expect("exit");
     store
-        .record(&job, vec![NewEvent::new("exited", json!({}))])
+        .record(&job, vec![event("exited", 0)])
         .await
         .expect("committed from the reserve");
     assert!(!volume.path.join("aura.db-reserve").exists());
@@ -970,7 +997,7 @@ async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_retur
     let mut second = job.clone();
     second.apply(Event::Requeue { at: at(4) }).expect("requeue");
     let pending = store
-        .record_queued(&second, vec![NewEvent::new("requeued", json!({}))])
+        .record_queued(&second, vec![event("requeued", 0)])
         .await
         .expect("queued");
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -321,11 +321,7 @@ pub struct LaunchRequest {
 }
 
 /// What a crash recovery did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct RecoveryReport {
-    pub killed_processes: u32,
-    pub removed_cgroups: u32,
-}
+pub use aura_model::events::RecoveryReport;
 
 /// The latest sampler snapshot of a running tree (a model type, so every layer can show it).
 pub use aura_model::LiveUsage;

@@ -248,16 +248,7 @@ pub enum MemoryViolation {
     OomKilled { kills: u64 },
 }
 
-/// Who enforces a job's memory limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitEnforcer {
-    /// The job cgroup's `memory.max` / `memory.limit_in_bytes`: the job cannot go over it.
-    Kernel,
-    /// The no-cgroup fallback: the watcher kills the tree once its summed RSS is over the limit, so the
-    /// peak may overshoot by what the job allocates in one watch interval.
-    Watchdog,
-}
+pub use aura_model::events::LimitEnforcer;
 
 /// Sampled statistics and the ending of one tree, written by the watcher thread (and the launcher's
 /// first look), read lock-free by `live()`.

@@ -337,13 +337,8 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
                 print_json(&events)?;
             } else {
                 for e in &events {
-                    println!(
-                        "{:>6}  {}  {:<18} {}",
-                        e.seq,
-                        e.at,
-                        e.kind,
-                        compact(&e.detail)
-                    );
+                    let (kind, detail) = event_parts(&e.event);
+                    println!("{:>6}  {}  {kind:<18} {}", e.seq, e.at, compact(&detail));
                 }
             }
             Ok(0)
@@ -891,15 +886,22 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
     if !events.is_empty() {
         println!("  Events:");
         for e in events {
+            let (kind, detail) = event_parts(&e.event);
             println!(
-                "    {}  #{}  {:<15} {}",
+                "    {}  #{}  {kind:<15} {}",
                 e.at,
                 e.attempt,
-                e.kind,
-                compact(&e.detail)
+                compact(&detail)
             );
         }
     }
+}
+
+/// An event's kind and detail as the log line shows them.
+fn event_parts(event: &impl aura_model::LoggedEvent) -> (String, serde_json::Value) {
+    event
+        .to_parts()
+        .unwrap_or_else(|e| ("?".to_owned(), serde_json::Value::String(e.to_string())))
 }
 
 fn compact(detail: &serde_json::Value) -> String {

@@ -5,7 +5,7 @@
 //! another job has ended (admission charges real use), and every job must end `succeeded`.
 
 use aura_client::Client;
-use aura_model::{JobSpec, JobState, Outcome};
+use aura_model::{JobSpec, JobState, LoggedEvent, Outcome};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ async fn three_growing_jobs_over_physical_memory_end_with_one_eviction_and_no_oo
     let events = client.engine_events(0).await.expect("events");
     let evictions = events
         .iter()
-        .filter(|e| e.kind == "pressure_victim")
+        .filter(|e| e.event.kind() == "pressure_victim")
         .count();
     assert!(evictions <= 1, "{evictions} evictions: {events:?}");
     let mut first_end = None;

@@ -219,7 +219,7 @@ async fn a_job_running_at_two_unclean_deaths_is_quarantined() {
     let attempt_of = |kind: &str| -> Vec<u32> {
         events
             .iter()
-            .filter(|e| e.kind == kind)
+            .filter(|e| e.event.kind() == kind)
             .map(|e| e.attempt)
             .collect()
     };

@@ -2,7 +2,7 @@
 //! and the HTTP API, running real process trees, real SQLite, real cgroups where the machine has them.
 
 use aura_client::{Client, JobView};
-use aura_model::{JobId, JobSpec, JobState, Outcome, StopSequence};
+use aura_model::{JobId, JobSpec, JobState, LoggedEvent, Outcome, StopSequence};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -999,7 +999,7 @@ mod lifecycle {
     use super::*;
 
     /// The daemon's open fds that are not job cgroup control files, and those that are (pooled job
-    /// cgroups keep theirs open: at most 7 per pooled set, 32 sets by default).
+    /// cgroups keep theirs open: at most 8 per pooled set, 32 sets by default).
     fn daemon_fds(pid: u32) -> (usize, usize) {
         let (mut other, mut cgroup) = (0, 0);
         for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1165,7 +1165,7 @@ mod lifecycle {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|e| e.kind)
+                .map(|e| e.event.kind())
                 .collect();
             let interrupted = kinds
                 .iter()
@@ -1212,7 +1212,7 @@ mod lifecycle {
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.kind)
+            .map(|e| e.event.kind())
             .collect();
         assert!(kinds.contains(&"requeued".to_owned()), "{kinds:?}");
     }
@@ -1236,7 +1236,7 @@ mod retries {
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.kind)
+            .map(|e| e.event.kind())
             .collect();
         // Each attempt's start is in the log before its end, even where the engine wrote a short
         // attempt's start together with its end (one write instead of two).
@@ -2295,16 +2295,19 @@ mod memory {
             );
         }
         let events = client.events(id).await.unwrap();
-        let kill = events
+        let enforced_by = events
             .iter()
-            .find(|e| e.kind == "memory_limit_exceeded")
+            .find_map(|e| match &e.event {
+                aura_model::JobEvent::MemoryLimitExceeded { enforced_by, .. } => Some(*enforced_by),
+                _ => None,
+            })
             .unwrap_or_else(|| panic!("{backend}: no memory_limit_exceeded event: {events:?}"));
         let enforcer = if backend == "process_group" {
-            "watchdog"
+            aura_model::events::LimitEnforcer::Watchdog
         } else {
-            "kernel"
+            aura_model::events::LimitEnforcer::Kernel
         };
-        assert_eq!(kill.detail["enforced_by"], enforcer, "{backend}");
+        assert_eq!(enforced_by, enforcer, "{backend}");
         let show = stdout(&daemon.cli(&["show", &id.to_string()]));
         assert!(show.contains("memory_limit_exceeded"), "{show}");
         assert!(show.contains("Limit:      200.0 MiB — exceeded"), "{show}");
@@ -2534,15 +2537,21 @@ mod memory {
             "max(request, peak) × 1.5: {request:?}"
         );
         let low_events = client.events(low).await.unwrap();
-        let kinds: Vec<&str> = low_events.iter().map(|e| e.kind.as_str()).collect();
+        let kinds: Vec<String> = low_events.iter().map(|e| e.event.kind()).collect();
         for kind in ["pressure_victim", "memory_request_raised", "requeued"] {
-            assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+            assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
         }
-        let finished: Vec<_> = low_events.iter().filter(|e| e.kind == "finished").collect();
-        assert_eq!(finished[0].detail["outcome"]["kind"], "memory_pressure");
+        let first_outcome = low_events.iter().find_map(|e| match &e.event {
+            aura_model::JobEvent::Finished { outcome } => Some(outcome.clone()),
+            _ => None,
+        });
+        assert!(
+            matches!(first_outcome, Some(Some(Outcome::MemoryPressure { .. }))),
+            "{first_outcome:?}"
+        );
 
         let engine = client.engine_events(0).await.unwrap();
-        let count = |kind: &str| engine.iter().filter(|e| e.kind == kind).count();
+        let count = |kind: &str| engine.iter().filter(|e| e.event.kind() == kind).count();
         assert_eq!(
             count("pressure_victim"),
             1,
@@ -2554,21 +2563,28 @@ mod memory {
         );
         assert!(count("pressure_critical") >= 1, "{engine:?}");
         // Memory stayed critical after the victim was stopped (two hogs still ran): the cooldown held.
-        let victim_event = engine.iter().find(|e| e.kind == "pressure_victim").unwrap();
+        let victim_event = engine
+            .iter()
+            .find(|e| e.event.kind() == "pressure_victim")
+            .unwrap();
         let cleared = engine
             .iter()
-            .find(|e| e.kind == "pressure_cleared" && e.seq > victim_event.seq)
+            .find(|e| e.event.kind() == "pressure_cleared" && e.seq > victim_event.seq)
             .expect("critical cleared once the hogs ended");
         assert!(
             cleared.at.since(victim_event.at) >= Duration::from_secs(2),
             "memory should have stayed critical for a while after the victim: {engine:?}"
         );
-        let victim = engine.iter().find(|e| e.kind == "pressure_victim").unwrap();
-        assert_eq!(victim.detail["job_id"], low.0);
+        let victim = engine
+            .iter()
+            .find_map(|e| match &e.event {
+                aura_model::EngineEvent::PressureVictim(chosen) => Some(chosen),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(victim.job_id, low);
         assert!(
-            victim.detail["reading"]["available_memory_bytes"]
-                .as_u64()
-                .is_some(),
+            victim.reading.available_memory_bytes.is_some(),
             "{victim:?}"
         );
         let utilization = client.utilization().await.unwrap();

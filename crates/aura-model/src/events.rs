@@ -1,0 +1,362 @@
+//! The typed event logs: what happened to a job (`JobEvent`) and what the engine decided about the host
+//! (`EngineEvent`), each a serde-tagged enum — on the wire and in the store `{"kind": "...", "detail":
+//! {...}}` — versioned by [`EVENT_SCHEMA`]. Every producer builds these types; nothing writes an event by
+//! hand.
+
+use crate::{
+    Accounting, Backend, ByteSize, ExitStatus, HostReading, JobId, Outcome, StopReason, StopSignal,
+    Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The version of the event schema below. A change that renames or removes a field, or changes what a
+/// field means, raises it; new kinds and new optional fields do not.
+pub const EVENT_SCHEMA: u32 = 1;
+
+/// Who enforces a job's memory limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitEnforcer {
+    /// The job cgroup's `memory.max` / `memory.limit_in_bytes`: the job cannot go over it.
+    Kernel,
+    /// The no-cgroup fallback: the watcher kills the tree once its summed RSS is over the limit, so the
+    /// peak may overshoot by what the job allocates in one watch interval.
+    Watchdog,
+}
+
+/// A running job as the memory pressure responder ranks it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub id: JobId,
+    pub priority: i32,
+    /// When it started (ms since the epoch).
+    pub started_at_ms: i64,
+    /// Its tree's memory as last sampled.
+    pub memory_bytes: Option<u64>,
+    /// What admission reserved for it.
+    pub reserved_bytes: u64,
+}
+
+impl Candidate {
+    /// How far its memory is over its reservation.
+    pub fn excess_bytes(&self) -> u64 {
+        self.memory_bytes
+            .unwrap_or(0)
+            .saturating_sub(self.reserved_bytes)
+    }
+}
+
+/// What a crash recovery killed and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    pub killed_processes: u32,
+    pub removed_cgroups: u32,
+}
+
+/// The memory pressure responder's choice, with the figures behind it (in the engine's log and the
+/// victim's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VictimChosen {
+    pub job_id: JobId,
+    pub reason: String,
+    pub reading: HostReading,
+    pub victim: Candidate,
+    pub excess_bytes: u64,
+    /// How many running jobs were ranked.
+    pub candidates: usize,
+    pub ranking: String,
+    pub cooldown_secs: f64,
+    /// SIGKILL at once (the emergency stage) rather than the job's stop sequence.
+    pub killed_at_once: bool,
+}
+
+/// Why a job's attempt ended without its own exit: the daemon died under it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interruption {
+    pub reason: String,
+    /// Unclean daemon deaths in a row under this job (recovery only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruptions: Option<u32>,
+    /// What recovery killed (recovery only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryReport>,
+}
+
+/// One entry of a job's event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum JobEvent {
+    Submitted {
+        program: String,
+        priority: i32,
+    },
+    Started {
+        pid: u32,
+        backend: Backend,
+        cgroups: Vec<PathBuf>,
+        cwd: PathBuf,
+    },
+    /// The launch failed before the program ran.
+    SpawnFailed {
+        error: String,
+        /// The data volume refused what the start needed.
+        storage_exhausted: bool,
+    },
+    StopRequested {
+        reason: StopReason,
+    },
+    MemoryLimitExceeded {
+        limit_bytes: u64,
+        current_bytes: Option<u64>,
+        enforced_by: LimitEnforcer,
+        action: String,
+    },
+    /// The kernel's OOM killer hit the tree (the host ran out of memory).
+    OomKilled {
+        kills: u64,
+        action: String,
+    },
+    PressureVictim(VictimChosen),
+    /// The tree is gone: the main process's status, the signals sent, the figures.
+    Exited {
+        exit: ExitStatus,
+        signals_sent: Vec<StopSignal>,
+        accounting: Accounting,
+        /// The documents' `Start=…MB, Peak=…MB, End=…MB, Delta=…MB` line.
+        memory: String,
+    },
+    Finished {
+        outcome: Option<Outcome>,
+    },
+    /// A victim of memory pressure comes back asking for more.
+    MemoryRequestRaised {
+        memory_request: ByteSize,
+        reason: String,
+    },
+    Requeued {
+        attempt: u32,
+    },
+    Interrupted(Interruption),
+    Quarantined(Interruption),
+    /// A stored event of a kind (or shape) this version does not know — from another version of Aura —
+    /// kept as it was written.
+    Unrecognized {
+        kind: String,
+        detail: serde_json::Value,
+    },
+}
+
+/// One entry of the engine's own log: decisions about the host rather than one job, with the figures
+/// that triggered them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum EngineEvent {
+    AdmissionPaused {
+        reason: String,
+        reading: HostReading,
+    },
+    AdmissionResumed {
+        reading: HostReading,
+    },
+    /// Memory is critical: the pressure responder is armed.
+    PressureCritical {
+        reason: String,
+        reading: HostReading,
+    },
+    PressureCleared {
+        reading: HostReading,
+    },
+    PressureVictim(VictimChosen),
+    /// Memory critical, but no running job could be stopped.
+    PressureNoVictim {
+        reason: String,
+        reading: HostReading,
+    },
+    /// See [`JobEvent::Unrecognized`].
+    Unrecognized {
+        kind: String,
+        detail: serde_json::Value,
+    },
+}
+
+/// The two event logs' common handling: the stored form (kind, detail) and back.
+pub trait LoggedEvent: Serialize + serde::de::DeserializeOwned {
+    /// The event for a stored (kind, detail) this version cannot read.
+    fn unrecognized(kind: String, detail: serde_json::Value) -> Self;
+
+    /// The kind and detail of an `Unrecognized` event, as they were stored.
+    fn as_unrecognized(&self) -> Option<(&str, &serde_json::Value)>;
+
+    /// The stored form: its kind and its detail (`null` where it has none). An unrecognized event is
+    /// written back exactly as it was read.
+    fn to_parts(&self) -> Result<(String, serde_json::Value), serde_json::Error> {
+        if let Some((kind, detail)) = self.as_unrecognized() {
+            return Ok((kind.to_owned(), detail.clone()));
+        }
+        let mut value = serde_json::to_value(self)?;
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let detail = value
+            .get_mut("detail")
+            .map(serde_json::Value::take)
+            .unwrap_or_default();
+        Ok((kind, detail))
+    }
+
+    /// Reads a stored (kind, detail): the typed event, or [`Self::unrecognized`] keeping both.
+    fn from_parts(kind: String, detail: serde_json::Value) -> Self {
+        let value = serde_json::json!({ "kind": kind, "detail": detail });
+        serde_json::from_value(value).unwrap_or_else(|_| Self::unrecognized(kind, detail))
+    }
+
+    /// The kind, as stored and shown (`started`, `pressure_victim`, …).
+    fn kind(&self) -> String {
+        self.to_parts().map(|(kind, _)| kind).unwrap_or_default()
+    }
+}
+
+impl LoggedEvent for JobEvent {
+    fn unrecognized(kind: String, detail: serde_json::Value) -> Self {
+        JobEvent::Unrecognized { kind, detail }
+    }
+
+    fn as_unrecognized(&self) -> Option<(&str, &serde_json::Value)> {
+        match self {
+            JobEvent::Unrecognized { kind, detail } => Some((kind, detail)),
+            _ => None,
+        }
+    }
+}
+
+impl LoggedEvent for EngineEvent {
+    fn unrecognized(kind: String, detail: serde_json::Value) -> Self {
+        EngineEvent::Unrecognized { kind, detail }
+    }
+
+    fn as_unrecognized(&self) -> Option<(&str, &serde_json::Value)> {
+        match self {
+            EngineEvent::Unrecognized { kind, detail } => Some((kind, detail)),
+            _ => None,
+        }
+    }
+}
+
+/// A job event to append, before the store gives it a sequence number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub at: Timestamp,
+    pub event: JobEvent,
+    /// The attempt it belongs to, where that is not the job's attempt when it is recorded (what ended
+    /// an attempt, written with the requeue that began the next).
+    pub attempt: Option<u32>,
+}
+
+impl NewEvent {
+    pub fn new(event: JobEvent) -> Self {
+        NewEvent {
+            at: Timestamp::now(),
+            event,
+            attempt: None,
+        }
+    }
+
+    /// Stamps events not yet stamped with `attempt`: call before a requeue moves the job to the next.
+    pub fn stamp(events: &mut [NewEvent], attempt: u32) {
+        for event in events {
+            event.attempt.get_or_insert(attempt);
+        }
+    }
+}
+
+/// One entry of a job's event log, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEventRecord {
+    /// Store-assigned, increasing across all jobs.
+    pub seq: i64,
+    pub job_id: JobId,
+    pub at: Timestamp,
+    pub attempt: u32,
+    /// `kind` and `detail` on the wire.
+    #[serde(flatten)]
+    pub event: JobEvent,
+}
+
+/// One entry of the engine's own event log, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineEventRecord {
+    /// Store-assigned, increasing.
+    pub seq: i64,
+    pub at: Timestamp,
+    /// `kind` and `detail` on the wire.
+    #[serde(flatten)]
+    pub event: EngineEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_travel_as_kind_and_detail_and_unknown_ones_are_kept() {
+        let event = JobEvent::Requeued { attempt: 2 };
+        let (kind, detail) = event.to_parts().unwrap();
+        assert_eq!(
+            (kind.as_str(), detail.clone()),
+            ("requeued", serde_json::json!({"attempt": 2}))
+        );
+        assert_eq!(JobEvent::from_parts(kind, detail), event);
+        assert_eq!(event.kind(), "requeued");
+
+        let odd = JobEvent::from_parts("signal_sent".into(), serde_json::json!({"signal": 15}));
+        assert_eq!(
+            odd,
+            JobEvent::Unrecognized {
+                kind: "signal_sent".into(),
+                detail: serde_json::json!({"signal": 15})
+            }
+        );
+        assert_eq!(odd.kind(), "signal_sent");
+        assert_eq!(
+            odd.to_parts().unwrap(),
+            ("signal_sent".to_owned(), serde_json::json!({"signal": 15})),
+            "written back as it was read"
+        );
+        // A known kind with a detail of another shape is kept too, not lost.
+        let bad = JobEvent::from_parts("requeued".into(), serde_json::json!({"attempt": "x"}));
+        assert!(matches!(bad, JobEvent::Unrecognized { .. }), "{bad:?}");
+
+        let record = JobEventRecord {
+            seq: 7,
+            job_id: JobId(3),
+            at: Timestamp::from_unix_millis(0),
+            attempt: 1,
+            event: JobEvent::StopRequested {
+                reason: StopReason::Cancelled,
+            },
+        };
+        let wire = serde_json::to_value(&record).unwrap();
+        assert_eq!(wire["kind"], "stop_requested");
+        assert_eq!(wire["detail"]["reason"], "cancelled");
+        assert_eq!(
+            serde_json::from_value::<JobEventRecord>(wire).unwrap(),
+            record
+        );
+    }
+
+    #[test]
+    fn engine_events_read_back_from_their_stored_form() {
+        let event = EngineEvent::AdmissionResumed {
+            reading: HostReading {
+                available_memory: Some(0.5),
+                ..Default::default()
+            },
+        };
+        let (kind, detail) = event.to_parts().unwrap();
+        assert_eq!(kind, "admission_resumed");
+        assert_eq!(EngineEvent::from_parts(kind, detail), event);
+    }
+}
