@@ -1069,7 +1069,7 @@ mod lifecycle {
         loop {
             let ((fds, cgroup_files), threads) = (daemon_fds(pid), daemon_threads(pid));
             assert!(
-                cgroup_files <= 7 * 32,
+                cgroup_files <= 8 * 32,
                 "{cgroup_files} job cgroup control files open: more than the cgroup pool keeps"
             );
             if fds <= fds0 && threads <= threads0 {
