@@ -371,7 +371,7 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
             anyhow::bail!("only {finished} of {jobs} jobs are recorded as finished");
         }
         let wall = last_finish.since(first_submit).as_secs_f64();
-        eprintln!("submitted {jobs} jobs in {submit_secs:.2}s; the submitting client used {:.3} s of CPU, the daemon {:.3} s meanwhile", client_cpu_submit, daemon_cpu_submit);
+        eprintln!("submitted {jobs} jobs in {submit_secs:.2}s; the submitting client used {client_cpu_submit:.3} s of CPU, the daemon {daemon_cpu_submit:.3} s meanwhile");
         eprintln!(
             "daemon per job (this run only): CPU {:.3} ms, context switches {}",
             (daemon_after.0 - daemon_before.0) * 1000.0 / jobs as f64,
@@ -462,6 +462,7 @@ fn switches_per_job(
 fn rusage_secs(who: libc::c_int) -> f64 {
     // SAFETY: getrusage fills the plain-data struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
     unsafe { libc::getrusage(who, &mut usage) };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)

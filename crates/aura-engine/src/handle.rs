@@ -404,7 +404,7 @@ impl EngineHandle {
                     Err(_elapsed) => return self.get(id).await,
                     Ok(Ok(done)) if done != id => continue,
                     // Ours, or we lagged and may have missed it, or the engine stopped: re-read the store.
-                    Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => break,
                     Ok(Err(broadcast::error::RecvError::Closed)) => return self.get(id).await,
                 }
             }

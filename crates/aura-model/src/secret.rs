@@ -32,9 +32,11 @@ impl Drop for Secret {
     /// Overwrites the bytes before the allocation is freed, so a later heap dump or reuse does not find
     /// the value.
     fn drop(&mut self) {
-        // SAFETY: zero bytes are valid UTF-8, so the string stays valid; volatile writes are not
-        // optimised away.
-        for b in unsafe { self.0.as_bytes_mut() } {
+        // SAFETY: only zero bytes are written, which are valid UTF-8, so the string stays valid.
+        let bytes = unsafe { self.0.as_bytes_mut() };
+        for b in bytes {
+            // SAFETY: `b` is a valid, exclusive reference into the string; a volatile write is not
+            // optimised away.
             unsafe { std::ptr::write_volatile(b, 0) };
         }
     }

@@ -361,10 +361,9 @@ impl Job {
     /// Whether the retry policy allows another attempt after the current (finished) one.
     pub fn may_retry(&self) -> bool {
         match self.outcome() {
-            None
-            | Some(Outcome::Succeeded)
-            | Some(Outcome::Cancelled)
-            | Some(Outcome::Quarantined { .. }) => false,
+            None | Some(Outcome::Succeeded | Outcome::Cancelled | Outcome::Quarantined { .. }) => {
+                false
+            }
             Some(Outcome::Interrupted { .. }) => self.spec.retry.requeue_interrupted,
             Some(Outcome::MemoryPressure { .. }) => {
                 self.pressure_stops <= self.spec.retry.max_pressure_requeues

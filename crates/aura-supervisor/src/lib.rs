@@ -279,11 +279,11 @@ impl LaunchError {
     /// Whether the data volume refused what the start needed (no space, over quota): the job ends
     /// `storage_exhausted`, not `failed_to_start`.
     pub fn is_storage(&self) -> bool {
-        let source = match self {
-            LaunchError::Cwd { source, .. }
-            | LaunchError::Spawn { source, .. }
-            | LaunchError::Cgroup { source, .. } => source,
-            _ => return false,
+        let (LaunchError::Cwd { source, .. }
+        | LaunchError::Spawn { source, .. }
+        | LaunchError::Cgroup { source, .. }) = self
+        else {
+            return false;
         };
         matches!(
             source.raw_os_error(),

@@ -130,9 +130,8 @@ pub(crate) fn adoptees() -> Vec<Adoptee> {
     if !enabled() {
         return Vec::new();
     }
-    let pids = match std::fs::read_to_string(adoption_list()) {
-        Ok(text) => text,
-        Err(_) => return Vec::new(),
+    let Ok(pids) = std::fs::read_to_string(adoption_list()) else {
+        return Vec::new();
     };
     let own = own_pgrp();
     let me = std::process::id() as i32;

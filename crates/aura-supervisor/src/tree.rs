@@ -103,6 +103,7 @@ impl TreeRef {
                 // SAFETY: plain syscalls. The group id stays reserved while any member lives.
                 unsafe { libc::killpg(self.pid, sig) };
                 for (pid, _) in members {
+                    // SAFETY: plain syscall; each member was seen with its start time just now.
                     unsafe { libc::kill(pid, sig) };
                 }
             }
@@ -808,6 +809,7 @@ impl Reaped {
 fn daemon_max_rss_bytes() -> u64 {
     // SAFETY: rusage is plain old data; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return u64::MAX;
     }
@@ -823,6 +825,7 @@ pub(crate) fn try_wait4(pid: i32) -> std::io::Result<Option<Reaped>> {
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain old data; wait4 fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `status` and `ru` are valid and writable; `pid` is our own child.
     let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
     if r == 0 {
         return Ok(None);

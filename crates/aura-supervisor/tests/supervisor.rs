@@ -257,6 +257,7 @@ async fn wait_until(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn kill_leftovers(pids: &[(i32, u64)]) {
     for &(p, t) in pids {
         if alive(p, t) {
+            // SAFETY: plain syscall on a process just seen with its start time.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
     }

@@ -396,7 +396,7 @@ fn token_command(args: &Args, action: Option<&TokenAction>) -> anyhow::Result<u8
             );
             eprintln!("Add these lines to the daemon's config file (it stores only the hash):\n");
             eprintln!("[[api.tokens]]");
-            eprintln!("name = {:?}", name);
+            eprintln!("name = {name:?}");
             eprintln!("hash = {hash:?}");
             eprintln!("scopes = [{:?}]", scope.as_str());
             if let Some(max) = max_queued {
