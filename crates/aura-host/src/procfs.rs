@@ -302,7 +302,11 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<NetRaw>, ParseError> {
 /// What the process snapshot needs from /proc/<pid>/stat.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PidStat {
+    /// The state letter (`R`, `S`, `Z`, …).
+    pub state: u8,
     pub ppid: u32,
+    /// The process group.
+    pub pgrp: i32,
     /// Clock ticks.
     pub utime: u64,
     pub stime: u64,
@@ -323,7 +327,11 @@ pub fn parse_pid_stat(text: &str) -> Result<PidStat, ParseError> {
     let fields: Vec<&str> = text[close + 1..].split_ascii_whitespace().collect();
     let field = |n: usize| fields.get(n - 3).copied();
     Ok(PidStat {
+        state: field(3)
+            .and_then(|s| s.bytes().next())
+            .ok_or_else(|| err("missing state"))?,
         ppid: num(field(4), "ppid")?,
+        pgrp: num(field(5), "pgrp")?,
         utime: num(field(14), "utime")?,
         stime: num(field(15), "stime")?,
         nice: num(field(19), "nice")?,
@@ -511,7 +519,9 @@ Hugepagesize:       2048 kB
         assert_eq!(
             s,
             PidStat {
+                state: b'S',
                 ppid: 1,
+                pgrp: 12345,
                 utime: 150,
                 stime: 30,
                 nice: -5,

@@ -30,19 +30,16 @@ pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&text)
 }
 
+/// The one `/proc/PID/stat` parser of Aura is `aura_host`'s; this keeps the fields the supervisor uses.
 pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
-    // The command name (field 2) is in parentheses and may contain spaces or ')': split after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state).
-    let num = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
+    let s = aura_host::procfs::parse_pid_stat(text).ok()?;
     Some(ProcStat {
-        state: *f.first()?.as_bytes().first()?,
-        ppid: f.get(1)?.parse().ok()?,
-        pgrp: f.get(2)?.parse().ok()?,
-        utime: num(11)?,
-        stime: num(12)?,
-        start_ticks: num(19)?,
+        state: s.state,
+        ppid: i32::try_from(s.ppid).ok()?,
+        pgrp: s.pgrp,
+        utime: s.utime,
+        stime: s.stime,
+        start_ticks: s.starttime,
     })
 }
 

@@ -97,3 +97,13 @@ fn every_module_says_what_it_owns() {
         "modules without a //! line: {missing:?}"
     );
 }
+
+#[test]
+fn every_crate_inherits_the_workspace_lints() {
+    for (name, manifest) in crates() {
+        assert!(
+            manifest.contains("[lints]\nworkspace = true"),
+            "{name} does not inherit [workspace.lints]"
+        );
+    }
+}
