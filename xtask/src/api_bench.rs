@@ -2,7 +2,7 @@
 //! `/healthz`, which skips authentication, side by side in one run) and `bench flood` (`/healthz` latency
 //! while thousands of idle connections and slowloris clients hold sockets open).
 
-use crate::bench::{percentile, Daemon};
+use crate::harness::{percentile, Daemon};
 use anyhow::Context;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -43,7 +43,7 @@ fn wrk(url: &str, token: Option<&str>, seconds: usize) -> anyhow::Result<f64> {
 /// `bench api`: an authenticated read of one job against the unauthenticated health check, `runs` times.
 pub fn api(root: &Path, seconds: usize, runs: usize) -> anyhow::Result<()> {
     let daemon = Daemon::start(root, 2)?;
-    let rt = crate::bench::client_runtime()?;
+    let rt = crate::harness::client_runtime()?;
     let client = daemon.client()?;
     let id = rt.block_on(async {
         let view = client

@@ -4,6 +4,7 @@
 
 mod api_bench;
 mod bench;
+mod harness;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};

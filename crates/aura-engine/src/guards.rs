@@ -6,7 +6,8 @@
 //! One thread judges the host sampler's latest snapshot (plus the jobs' cgroup CPU), and tells the actor
 //! only when the answer changes.
 
-use crate::actor::{Command, Shared};
+use crate::protocol::Command;
+use crate::shared::Shared;
 use aura_model::{ByteSize, EngineEvent};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

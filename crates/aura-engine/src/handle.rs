@@ -1,6 +1,7 @@
 //! `EngineHandle`: the cheap, cloneable API everyone else (HTTP server, tests) uses to talk to the engine.
 
-use crate::actor::{CancelReply, Command, Shared};
+use crate::protocol::{CancelReply, Command};
+use crate::shared::{Places, Shared};
 use crate::EngineError;
 use aura_logs::{LogChunk, Stream};
 use aura_model::{
@@ -9,7 +10,6 @@ use aura_model::{
 };
 pub use aura_model::{Health, LimitUse, Readiness, Utilization};
 use aura_store::ListFilter;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -570,25 +570,6 @@ impl EngineHandle {
     }
 }
 
-/// Places in the queue held by submits between their cap check and the actor's count of their job (the
-/// insert and the trip through the command channel lie between). Without them, concurrent submits that
-/// all passed the check before the actor counted any of them overshot the caps.
-#[derive(Debug, Default)]
-pub(crate) struct Places {
-    total: usize,
-    /// Per submitter (token name), entries removed at zero.
-    by: HashMap<String, usize>,
-}
-
-impl Places {
-    fn give_back(&mut self, submitter: Option<&str>) {
-        self.total = self.total.saturating_sub(1);
-        if let Some(name) = submitter {
-            crate::actor::count_down(&mut self.by, name);
-        }
-    }
-}
-
 /// A place a submit holds; given back when dropped unless handed over to the actor with its job.
 #[must_use]
 pub(crate) struct Place<'a> {
@@ -656,7 +637,7 @@ impl Shared {
         places.total += 1;
         if let Some(s) = submitter {
             // Counted whatever the cap: the actor gives back by the job's submitter name alone.
-            crate::actor::count_up(&mut places.by, &s.name);
+            crate::shared::count_up(&mut places.by, &s.name);
         }
         Ok(Place {
             shared: self,

@@ -14,7 +14,9 @@ mod handle;
 mod lease;
 mod monitor;
 mod pressure;
+mod protocol;
 mod secrets;
+mod shared;
 
 pub use admission::AdmissionConfig;
 pub use aura_model::EngineStatus;

@@ -2,7 +2,8 @@
 //! memory violations, runs the stop sequence (or kills at once for memory), collects the accounting and
 //! reports each step to the actor.
 
-use crate::actor::{Command, Shared};
+use crate::protocol::Command;
+use crate::shared::Shared;
 use aura_model::{JobId, JobSpec, Run, StopReason, StopSignal, Timestamp};
 use aura_supervisor::{LaunchError, RunningTree};
 use std::future::Future;

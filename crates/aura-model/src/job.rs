@@ -320,6 +320,16 @@ fn default_timeout() -> Duration {
 }
 
 impl JobSpec {
+    /// The program and its arguments as a shell would take them back (`ffmpeg -i 'my clip.mov' out.mp4`):
+    /// what `aura jobs`, `aura show` and `aura top` print.
+    pub fn command_line(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .map(shell_quoted)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn new(
         program: impl Into<String>,
         args: impl IntoIterator<Item = impl Into<String>>,
@@ -730,9 +740,33 @@ pub mod humantime_serde_compat {
     }
 }
 
+/// `word` for a POSIX shell: as it is when it needs no quoting, else in single quotes (a `'` inside as
+/// `'\''`).
+fn shell_quoted(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines_quote_what_a_shell_would_split_or_expand() {
+        let mut spec = JobSpec::new(
+            "ffmpeg",
+            ["-i", "my clip.mov", "it's", "", "$HOME", "out.mp4"],
+        );
+        spec.args.push("a=b,c:d".into());
+        assert_eq!(
+            spec.command_line(),
+            "ffmpeg -i 'my clip.mov' 'it'\\''s' '' '$HOME' out.mp4 a=b,c:d"
+        );
+    }
 
     fn spec() -> JobSpec {
         JobSpec::new("ffmpeg", ["-version"])

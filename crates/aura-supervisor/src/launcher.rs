@@ -10,11 +10,11 @@ use crate::cgroup::{self, CgroupDir, ControlFile};
 use crate::host::Layout;
 use crate::pool::{Baseline, CgroupPool, JobCgroups};
 use crate::sandbox::JobSandbox;
-use crate::slots::{NoSlot, Slots};
+use crate::slots::{NoSlot, SlotPermit};
 use crate::spawn::{self, SpawnPlan};
 use crate::subreaper;
 use crate::tree::{kill_main, TreeRef, TreeStats};
-use crate::watcher::Watcher;
+use crate::watcher::{StdioEnds, Watcher};
 use crate::workdirs::WorkDirs;
 use crate::{procfs, LaunchError, LaunchRequest};
 use std::ffi::CString;
@@ -45,6 +45,15 @@ pub(crate) enum LauncherMsg {
     /// The queue is closed and empty: the thread ends.
     Stop,
 }
+
+/// A prepared launch parked until its slot is free: run with the slot (or why there is none) and the
+/// running thread's workbench, on a thread that may start jobs. Returns the tree that thread must then
+/// wait for and reap, if any.
+pub(crate) type Parked =
+    Box<dyn FnOnce(Result<SlotPermit, NoSlot>, &mut Workbench) -> Option<Reap> + Send>;
+
+/// The running slots as the launchers use them.
+pub(crate) type Slots = crate::slots::Slots<Parked>;
 
 /// The launcher threads' queue. Each message wakes one waiting thread; a receiver behind a mutex (the
 /// first version) woke a second one per message, the next in line for the lock.
@@ -437,7 +446,7 @@ impl Launcher {
         };
         let launcher = self.clone();
         let ticket = req.ticket.clone();
-        let start: crate::slots::Parked = Box::new(move |slot, bench| {
+        let start: Parked = Box::new(move |slot, bench| {
             let slot = slot.map_err(|no| match no {
                 NoSlot::Withdrawn => LaunchError::Withdrawn,
                 NoSlot::Closed => LaunchError::ShuttingDown,
@@ -726,13 +735,6 @@ impl Drop for StagedCgroups {
     }
 }
 
-/// The child's side of the job's output pipes: the parent's copies, closed once the job's main process has
-/// exited (or at once where nobody waits for it).
-pub(crate) struct StdioEnds {
-    _stdout: OwnedFd,
-    _stderr: OwnedFd,
-}
-
 /// Builds the spawn plan (argv, environment, identity, limits, stdio pipes) before anything is started.
 /// Returns the plan, the read ends of stdout and stderr, and the child's ends to close after the spawn.
 fn prepare(
@@ -818,12 +820,5 @@ fn prepare(
         // SAFETY: plain syscall.
         parent_pid: unsafe { libc::getpid() },
     };
-    Ok((
-        plan,
-        [out_r, err_r],
-        StdioEnds {
-            _stdout: out_w,
-            _stderr: err_w,
-        },
-    ))
+    Ok((plan, [out_r, err_r], StdioEnds::new(out_w, err_w)))
 }

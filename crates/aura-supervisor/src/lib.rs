@@ -390,7 +390,7 @@ pub(crate) struct Inner {
     launch_queue: Arc<launcher::Queue>,
     pub(crate) watcher: watcher::Watcher,
     /// The running-tree limit launches wait for.
-    slots: Arc<slots::Slots>,
+    slots: Arc<launcher::Slots>,
     launchers: Arc<launcher::Launchers>,
     /// The watcher thread.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -480,7 +480,7 @@ impl Supervisor {
             source,
         })?;
         let launch_queue = Arc::new(launcher::Queue::default());
-        let slots = Arc::new(slots::Slots::default());
+        let slots = Arc::new(launcher::Slots::default());
         let queue = launch_queue.clone();
         slots.on_ready(move || queue.ready());
         let launchers = launcher::Launchers::start(

@@ -74,17 +74,6 @@ pub(crate) enum NoSlot {
     Closed,
 }
 
-/// A prepared launch parked until its slot is free: run with the slot (or why there is none) and the
-/// running thread's workbench, on a thread that may start jobs. Returns the tree that thread must then
-/// wait for and reap, if any.
-pub(crate) type Parked = Box<
-    dyn FnOnce(
-            Result<SlotPermit, NoSlot>,
-            &mut crate::launcher::Workbench,
-        ) -> Option<crate::launcher::Reap>
-        + Send,
->;
-
 thread_local! {
     /// Whether this thread starts parked launches itself after every change it makes (the launcher
     /// threads): other threads that free a slot or change the line ask one to look (`Slots::on_ready`).
@@ -96,21 +85,37 @@ pub(crate) fn starts_jobs_here() {
     STARTS_JOBS.with(|s| s.set(true));
 }
 
-#[derive(Default)]
-pub(crate) struct Slots {
-    state: Mutex<State>,
+/// The running slots and the line of launches waiting for one. `P` is a parked launch: whatever the
+/// launcher keeps to start it later (this module runs nothing itself, it hands parked launches back).
+pub(crate) struct Slots<P> {
+    state: Mutex<State<P>>,
     /// Asks a launcher thread to run what became ready (set once, by the supervisor).
     ready: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
-impl std::fmt::Debug for Slots {
+impl<P> Default for Slots<P> {
+    fn default() -> Self {
+        Slots {
+            state: Mutex::new(State {
+                limit: None,
+                running: 0,
+                closed: false,
+                next_seq: 0,
+                pending: BTreeSet::new(),
+                parked: BTreeMap::new(),
+            }),
+            ready: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for Slots<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Slots")
     }
 }
 
-#[derive(Default)]
-struct State {
+struct State<P> {
     /// `None`: no limit.
     limit: Option<usize>,
     running: usize,
@@ -121,10 +126,10 @@ struct State {
     pending: BTreeSet<u64>,
     /// Prepared launches waiting for their turn and a free slot, by place in line (a withdrawn one
     /// stays here, out of `pending`, until a launcher thread discards it).
-    parked: BTreeMap<u64, (LaunchTicket, Parked)>,
+    parked: BTreeMap<u64, (LaunchTicket, P)>,
 }
 
-impl State {
+impl<P: Send + 'static> State<P> {
     fn free(&self) -> bool {
         self.limit.map_or(true, |limit| self.running < limit)
     }
@@ -149,7 +154,11 @@ impl State {
     }
 
     /// Claims the ticket's slot; `Withdrawn` when it was withdrawn meanwhile.
-    fn claim(&mut self, slots: &Arc<Slots>, ticket: &LaunchTicket) -> Result<SlotPermit, NoSlot> {
+    fn claim(
+        &mut self,
+        slots: &Arc<Slots<P>>,
+        ticket: &LaunchTicket,
+    ) -> Result<SlotPermit, NoSlot> {
         self.pending.remove(&ticket.seq());
         if ticket.set(CLAIMED) {
             self.running += 1;
@@ -163,12 +172,28 @@ impl State {
 }
 
 /// A taken slot; dropping it gives the slot back.
-#[derive(Debug)]
 pub(crate) struct SlotPermit {
-    slots: Arc<Slots>,
+    slots: Arc<dyn GiveBack>,
 }
 
-impl Slots {
+impl std::fmt::Debug for SlotPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotPermit")
+    }
+}
+
+/// What a permit returns its slot to (its `Slots`, whatever their parked launches are).
+trait GiveBack: Send + Sync {
+    fn give_back(&self);
+}
+
+impl<P: Send + 'static> GiveBack for Slots<P> {
+    fn give_back(&self) {
+        self.change(|state| state.running = state.running.saturating_sub(1));
+    }
+}
+
+impl<P: Send + 'static> Slots<P> {
     /// How a thread that cannot start jobs asks a launcher thread to run what became ready.
     pub fn on_ready(&self, ready: impl Fn() + Send + Sync + 'static) {
         let _ = self.ready.set(Box::new(ready));
@@ -196,8 +221,8 @@ impl Slots {
     pub fn offer(
         self: &Arc<Self>,
         ticket: &LaunchTicket,
-        start: Parked,
-    ) -> Option<(Parked, Result<SlotPermit, NoSlot>)> {
+        start: P,
+    ) -> Option<(P, Result<SlotPermit, NoSlot>)> {
         let mut state = crate::lock(&self.state);
         if ticket.withdrawn() {
             state.pending.remove(&ticket.seq());
@@ -219,7 +244,7 @@ impl Slots {
     /// The next parked launch to run: one withdrawn (run with `Withdrawn`, to discard it), every one once
     /// closed, else the head of the line when a slot is free. Called by launcher threads after every
     /// change, and when asked (`on_ready`).
-    pub fn take_next(self: &Arc<Self>) -> Option<(Parked, Result<SlotPermit, NoSlot>)> {
+    pub fn take_next(self: &Arc<Self>) -> Option<(P, Result<SlotPermit, NoSlot>)> {
         let mut state = crate::lock(&self.state);
         let seq = state.next()?;
         let (ticket, start) = state.parked.remove(&seq)?;
@@ -263,7 +288,7 @@ impl Slots {
 
     /// A change that may let a parked launch go: a launcher thread looks by itself afterwards; any other
     /// thread asks one to (outside the lock).
-    fn change(&self, f: impl FnOnce(&mut State)) {
+    fn change(&self, f: impl FnOnce(&mut State<P>)) {
         let parked = {
             let mut state = crate::lock(&self.state);
             f(&mut state);
@@ -284,8 +309,7 @@ impl Slots {
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
-        self.slots
-            .change(|state| state.running = state.running.saturating_sub(1));
+        self.slots.give_back();
     }
 }
 
@@ -296,6 +320,9 @@ mod tests {
     use std::sync::mpsc;
 
     type Started = mpsc::Receiver<Result<SlotPermit, NoSlot>>;
+    /// The tests' parked launch: it only reports what it got.
+    type Parked = Box<dyn FnOnce(Result<SlotPermit, NoSlot>) + Send>;
+    type Slots = super::Slots<Parked>;
 
     /// Slots whose "ask a launcher to look" hook counts its calls.
     fn slots(limit: Option<usize>) -> (Arc<Slots>, Arc<AtomicUsize>) {
@@ -318,9 +345,8 @@ mod tests {
     /// A parked start that hands its slot (or why there is none) to the test.
     fn start() -> (Parked, Started) {
         let (tx, rx) = mpsc::channel();
-        let start: Parked = Box::new(move |slot, _stack| {
+        let start: Parked = Box::new(move |slot| {
             let _ = tx.send(slot);
-            None
         });
         (start, rx)
     }
@@ -333,7 +359,7 @@ mod tests {
     ) -> (Option<Result<SlotPermit, NoSlot>>, Started) {
         let (parked, rx) = start();
         let now = slots.offer(ticket, parked).map(|(start, slot)| {
-            start(slot, &mut crate::launcher::Workbench::new());
+            start(slot);
             rx.try_recv().expect("ran")
         });
         (now, rx)
@@ -351,7 +377,7 @@ mod tests {
     fn run_ready(slots: &Arc<Slots>) -> usize {
         let mut ran = 0;
         while let Some((start, slot)) = slots.take_next() {
-            start(slot, &mut crate::launcher::Workbench::new());
+            start(slot);
             ran += 1;
         }
         ran

@@ -15,7 +15,6 @@
 //! costs no wake-up, except where its first figures need a `/proc` sample (no memory cgroup): then it is
 //! sampled at once, alone.
 
-use crate::launcher::StdioEnds;
 use crate::tree::{self, Ending, Settling, TreeStats};
 use aura_logs::Capture;
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
@@ -24,6 +23,23 @@ use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The child's side of a job's output pipes: the daemon's copies, closed once the job's main process has
+/// exited (`Watcher::end_captures`; or at once where nobody waits for it), so that the exit itself wakes
+/// no capture.
+pub(crate) struct StdioEnds {
+    _stdout: OwnedFd,
+    _stderr: OwnedFd,
+}
+
+impl StdioEnds {
+    pub fn new(stdout: OwnedFd, stderr: OwnedFd) -> StdioEnds {
+        StdioEnds {
+            _stdout: stdout,
+            _stderr: stderr,
+        }
+    }
+}
 
 /// The epoll key of the wake-up eventfd; trees get keys from 1 on.
 const WAKE_KEY: u64 = 0;

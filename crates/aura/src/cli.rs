@@ -626,20 +626,6 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn command_line(spec: &JobSpec) -> String {
-    std::iter::once(spec.program.as_str())
-        .chain(spec.args.iter().map(String::as_str))
-        .map(|a| {
-            if a.is_empty() || a.contains(char::is_whitespace) {
-                format!("'{a}'")
-            } else {
-                a.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn describe_state(view: &JobView) -> String {
     match &view.job.state {
         JobState::Queued { .. } => "queued".into(),
@@ -693,7 +679,7 @@ fn print_table(jobs: &[JobView]) {
         "ID", "STATE", "COMMAND", "STARTED", "DURATION", "PEAK MEM"
     );
     for view in jobs {
-        let mut command = command_line(&view.job.spec);
+        let mut command = view.job.spec.command_line();
         if command.chars().count() > 40 {
             command = command.chars().take(39).collect::<String>() + "…";
         }
@@ -728,7 +714,7 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
         describe_state(view),
         job.attempt
     );
-    println!("  Command:    {}", command_line(&job.spec));
+    println!("  Command:    {}", job.spec.command_line());
     println!("  Submitted:  {}", job.submitted_at);
     if let Some(run) = job.state.run() {
         println!("  Started:    {}", run.started_at);

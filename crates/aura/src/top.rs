@@ -138,7 +138,7 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
 
     let rows = state.running.iter().map(|v| {
         let live = v.live.unwrap_or_default();
-        let command = crate::cli::command_line(&v.job.spec);
+        let command = v.job.spec.command_line();
         let cpu = live
             .cpu_user_secs
             .zip(live.cpu_system_secs)

@@ -107,3 +107,91 @@ fn every_crate_inherits_the_workspace_lints() {
         );
     }
 }
+
+/// The modules of one crate (`src/<name>.rs`) each names through `crate::<module>`, test code left out.
+fn module_imports(src: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    let modules: Vec<String> = std::fs::read_dir(src)
+        .expect("src dir")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let module = name.strip_suffix(".rs")?.to_owned();
+            (module != "lib" && module != "main").then_some(module)
+        })
+        .collect();
+    let mut graph = std::collections::BTreeMap::new();
+    for module in &modules {
+        let text = std::fs::read_to_string(src.join(format!("{module}.rs"))).expect("module");
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        // `use crate::{a, b::C}`: the first segment of every path in the group.
+        let grouped: Vec<&str> = code
+            .split("crate::{")
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .flat_map(|group| group.split(','))
+            .map(|path| path.trim().split("::").next().unwrap_or_default())
+            .collect();
+        let mut uses: Vec<String> = modules
+            .iter()
+            .filter(|other| *other != module)
+            .filter(|other| {
+                code.contains(&format!("crate::{other}::"))
+                    || code.contains(&format!("crate::{other};"))
+                    || grouped.contains(&other.as_str())
+            })
+            .cloned()
+            .collect();
+        uses.sort();
+        graph.insert(module.clone(), uses);
+    }
+    graph
+}
+
+/// A cycle in `graph`, if there is one: the modules along it.
+fn cycle(graph: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, Vec<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            return Some(path[at..].to_vec());
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(found) = visit(next, graph, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let mut dirs: Vec<PathBuf> = crates()
+        .into_iter()
+        .map(|(name, _)| workspace().join("crates").join(name).join("src"))
+        .collect();
+    dirs.push(workspace().join("xtask/src"));
+    for src in dirs {
+        let graph = module_imports(&src);
+        assert_eq!(cycle(&graph), None, "{}: {graph:?}", src.display());
+    }
+    // The check itself finds a cycle where there is one.
+    let looped = [("a", vec!["b"]), ("b", vec!["c"]), ("c", vec!["a"])]
+        .into_iter()
+        .map(|(n, e)| (n.to_owned(), e.into_iter().map(str::to_owned).collect()))
+        .collect();
+    assert!(cycle(&looped).is_some());
+}

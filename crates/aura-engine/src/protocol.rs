@@ -1,0 +1,85 @@
+//! The actor's protocol: every `Command` it accepts — from handles, monitors and the guard thread — and
+//! the replies that are not plain values.
+
+use crate::lease::LeaseInfo;
+use crate::EngineError;
+use aura_model::{
+    Accounting, EngineEvent, ExitStatus, HostReading, Job, JobId, LeaseSpec, Run, StopSignal,
+};
+use tokio::sync::oneshot;
+
+/// Commands the actor accepts. Closed set: this is the whole protocol.
+pub(crate) enum Command {
+    Enqueue(Box<Job>),
+    Cancel {
+        id: JobId,
+        reply: oneshot::Sender<CancelReply>,
+    },
+    Started {
+        id: JobId,
+        run: Run,
+    },
+    SpawnFailed {
+        id: JobId,
+        error: String,
+        /// The data volume refused what the start needed.
+        storage: bool,
+    },
+    TimedOut {
+        id: JobId,
+    },
+    /// The sampler found the tree over its memory limit or hit by the OOM killer; the monitor kills it.
+    MemoryViolation {
+        id: JobId,
+        violation: aura_supervisor::MemoryViolation,
+    },
+    Exited {
+        id: JobId,
+        exit: ExitStatus,
+        signals_sent: Vec<StopSignal>,
+        accounting: Accounting,
+    },
+    AcquireLease {
+        spec: LeaseSpec,
+        reply: oneshot::Sender<Result<LeaseInfo, EngineError>>,
+    },
+    RenewLease {
+        id: u64,
+        reply: oneshot::Sender<Result<LeaseInfo, EngineError>>,
+    },
+    ReleaseLease {
+        id: u64,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    ListLeases {
+        reply: oneshot::Sender<Vec<LeaseInfo>>,
+    },
+    /// From the guard thread: why admission is paused now, or `None` when it may admit again.
+    Guard {
+        paused: Option<String>,
+        reading: HostReading,
+    },
+    /// From the guard thread: memory has been critical long enough; stop one job (the reply names it,
+    /// `None` when nothing could be stopped).
+    PressureVictim {
+        reason: String,
+        reading: HostReading,
+        reply: oneshot::Sender<Option<JobId>>,
+        /// The emergency stage: kill the victim's tree at once instead of its stop sequence.
+        kill: bool,
+    },
+    /// An entry for the engine's event log.
+    EngineEvent(EngineEvent),
+    /// Memory for new reservations grew (running jobs use less, the host has more free): queued jobs
+    /// may fit now.
+    MemoryFreed,
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+pub(crate) enum CancelReply {
+    Done(Box<Job>),
+    /// The actor does not hold the job: it is finished or does not exist.
+    NotLive,
+}

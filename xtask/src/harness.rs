@@ -1,0 +1,111 @@
+//! What every benchmark shares: a release daemon on a scratch data dir, the client's runtimes, percentiles.
+
+use anyhow::Context;
+use aura_client::Client;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A release daemon on a scratch data dir; killed (and its data dir removed) on drop.
+pub(crate) struct Daemon {
+    pub child: Child,
+    pub url: String,
+    data_dir: PathBuf,
+    pub token: Option<String>,
+}
+
+impl Daemon {
+    /// Starts the release build of this tree, or the binary named by `BENCH_AURA_BIN` (another build, for
+    /// an ABBA comparison through this same harness).
+    pub fn start(root: &Path, max_concurrent: usize) -> anyhow::Result<Daemon> {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let binary = match std::env::var_os("BENCH_AURA_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => {
+                super::run(
+                    root,
+                    "cargo",
+                    &["build", "--release", "--quiet", "-p", "aura"],
+                )?;
+                target.join("release/aura")
+            }
+        };
+        let data_dir = target.join(format!("bench-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .env("AURA_MAX_CONCURRENT", max_concurrent.to_string())
+            .env("AURA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start aura serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some(u) = line.strip_prefix("aura serve: listening on ") {
+                url = Some(u.to_owned());
+                break;
+            }
+        }
+        let url = url.context("aura serve did not report its address")?;
+        // Keep draining: a daemon writing to a closed pipe would die of SIGPIPE.
+        std::thread::spawn(move || lines.for_each(drop));
+        // The daemon's local admin token (a build from before authentication has none).
+        let token = std::fs::read_to_string(data_dir.join("api-token"))
+            .ok()
+            .map(|t| t.trim().to_owned());
+        Ok(Daemon {
+            child,
+            url,
+            data_dir,
+            token,
+        })
+    }
+
+    /// A client of this daemon, with its token.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(match &self.token {
+            Some(token) => Client::authorized(&self.url, token)?,
+            None => Client::new(&self.url)?,
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// The submitting client of `bench throughput`: one thread. The client's CPU is the machine's too (it
+/// runs beside the jobs), and a second worker thread added wake-ups between the two without submitting
+/// any faster than the daemon takes the jobs.
+pub(crate) fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
