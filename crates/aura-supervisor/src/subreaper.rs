@@ -15,8 +15,9 @@
 //! Limits: the marker is read from `/proc/PID/environ`, the environment the process was *executed*
 //! with, so a process that `exec`s with a cleared environment (`env -i`) *and* was orphaned before any
 //! sample saw it cannot be attributed. It is still adopted and reaped, and it is killed as soon as
-//! every tree that was running when it started has ended (it can only descend from one of them). After
-//! a daemon SIGKILL its orphans are init's: recovery finds them by marker only.
+//! every tree that was running when it started has ended (it can only descend from one of them) —
+//! except where the daemon is a container's init (pid 1), which adopts every orphan of the container.
+//! After a daemon SIGKILL its orphans are init's: recovery finds them by marker only.
 
 use crate::procfs::{self, ProcStat};
 use std::collections::HashMap;
@@ -191,6 +192,7 @@ pub(crate) fn tend() -> usize {
     let verdicts: Vec<(Adoptee, Option<String>)> =
         adopted.into_iter().map(|a| (a, marker_of(a.pid))).collect();
     let mut killed = 0;
+    let init = std::process::id() == 1;
     let reg = crate::lock(register());
     let oldest_live = reg.live.values().map(|l| l.start_ticks).min();
     let leftovers: Vec<(Adoptee, Option<String>)> = verdicts
@@ -198,8 +200,9 @@ pub(crate) fn tend() -> usize {
         .filter(|(a, marker)| match marker.as_deref() {
             Some(m) if reg.live.contains_key(m) => false,
             Some(m) if reg.instances.iter().any(|i| i == instance_of(m)) => true,
-            // Unmarked, or marked by another daemon (a nested one): older than every live tree.
-            _ => oldest_live.map_or(true, |oldest| a.stat.start_ticks < oldest),
+            // Unmarked, or marked by another daemon (a nested one): older than every live tree. Not as
+            // a container's init (pid 1), which adopts every orphan of the container, not only its jobs'.
+            _ => !init && oldest_live.map_or(true, |oldest| a.stat.start_ticks < oldest),
         })
         .collect();
     drop(reg);
