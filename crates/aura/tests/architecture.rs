@@ -110,18 +110,46 @@ fn every_crate_inherits_the_workspace_lints() {
 
 /// The modules of one crate (`src/<name>.rs`) each names through `crate::<module>`, test code left out.
 fn module_imports(src: &Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    // A module is `src/<name>.rs`, or a folder `src/<name>/` (its files read together).
     let modules: Vec<String> = std::fs::read_dir(src)
         .expect("src dir")
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().join("mod.rs").exists() {
+                return Some(name);
+            }
             let module = name.strip_suffix(".rs")?.to_owned();
             (module != "lib" && module != "main").then_some(module)
         })
         .collect();
+    let read = |module: &str| -> String {
+        let folder = src.join(module);
+        if folder.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+                .expect("module folder")
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            files.sort();
+            files
+                .iter()
+                .map(|f| std::fs::read_to_string(f).expect("module file"))
+                .map(|t| {
+                    t.split("#[cfg(test)]")
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            std::fs::read_to_string(src.join(format!("{module}.rs"))).expect("module")
+        }
+    };
     let mut graph = std::collections::BTreeMap::new();
     for module in &modules {
-        let text = std::fs::read_to_string(src.join(format!("{module}.rs"))).expect("module");
+        let text = read(module);
         let code = text.split("#[cfg(test)]").next().unwrap_or_default();
         // `use crate::{a, b::C}`: the first segment of every path in the group.
         let grouped: Vec<&str> = code

@@ -1,232 +1,21 @@
-//! One job's process tree: how to find its members, signal and kill them (`TreeRef`, blocking), its
-//! sampled statistics and its ending (`TreeStats`, shared with the watcher thread, which samples it, and
-//! concluded by the thread that reaps the main process — its launcher thread, or the watcher for a tree
-//! without a pidfd), and the public RAII `RunningTree` that waits, stops and finishes it.
+//! A tree's sampled statistics (memory, CPU, processes, memory violations) and its ending: the reaped
+//! main process, the conclusion once the tree is empty, the final figures.
 
+use super::members::TreeRef;
 use crate::cgroup::{self, CgroupDir, ControlFile, MemoryApi, OomCounters};
-use crate::pool::{Baseline, CgroupPool, JobCgroups};
+use crate::pool::{Baseline, CgroupPool};
 use crate::procfs::{self, ProcStat};
 use crate::slots::SlotPermit;
 use crate::subreaper;
 use crate::workdirs::WorkDirs;
-use crate::{Inner, LiveUsage};
+use crate::LiveUsage;
 use aura_logs::CaptureReport;
-use aura_model::{
-    Accounting, Backend, ByteSize, ExitStatus, MemorySource, StopSequence, StopSignal, TreeHandle,
-};
+use aura_model::{ExitStatus, MemorySource};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Everything needed to find, signal and kill one job's processes. Cheap to clone; every method
-/// blocks (cgroupfs, /proc), so call it from a blocking context.
-#[derive(Clone, Debug)]
-pub(crate) struct TreeRef {
-    pub backend: Backend,
-    /// The main process, also the process group id.
-    pub pid: i32,
-    pub start_ticks: u64,
-    pub v2: Option<Arc<CgroupDir>>,
-    pub v1: Option<Arc<CgroupDir>>,
-    /// Process-group backend only: members and descendants seen so far with their start times, so that
-    /// a process that left the group (setsid) while its parent was still alive is still reached.
-    pub known: Arc<Mutex<Vec<(i32, u64)>>>,
-    /// The value of `AURA_TREE` its processes carry (`subreaper`); `None` for what recovery rebuilds.
-    pub marker: Option<Arc<str>>,
-}
-
-impl TreeRef {
-    /// The cgroup holding the job's memory controller (v1 where the host has it, else v2), when the
-    /// backend has one (`cgroup_memory`).
-    pub fn memory_cgroup(&self, cgroup_memory: bool) -> Option<(&CgroupDir, MemoryApi)> {
-        if !cgroup_memory {
-            return None;
-        }
-        match (&self.v1, &self.v2) {
-            (Some(v1), _) => Some((v1, MemoryApi::V1)),
-            (None, Some(v2)) => Some((v2, MemoryApi::V2)),
-            _ => None,
-        }
-    }
-
-    /// The cgroup whose `cgroup.procs` defines membership (v2 when there is one).
-    fn membership_dir(&self) -> Option<&Path> {
-        self.v2
-            .as_deref()
-            .or(self.v1.as_deref())
-            .map(CgroupDir::path)
-    }
-
-    pub fn dirs(&self) -> Vec<PathBuf> {
-        self.v2
-            .iter()
-            .chain(self.v1.iter())
-            .map(|d| d.path().to_path_buf())
-            .collect()
-    }
-
-    /// Process-group backend: the live processes of the group, of the main process (while it is alive and
-    /// still the same process), of the members seen before that are still the same processes, and of
-    /// the adopted children carrying the tree's marker — each with all its descendants (see `subreaper`
-    /// for the rule and its limits).
-    pub fn group_members(&self, snap: &[(i32, ProcStat)]) -> Vec<(i32, u64)> {
-        let starts: std::collections::HashMap<i32, u64> =
-            snap.iter().map(|(p, s)| (*p, s.start_ticks)).collect();
-        let same = |&(pid, ticks): &(i32, u64)| starts.get(&pid) == Some(&ticks);
-        let mut roots: Vec<i32> = snap
-            .iter()
-            .filter(|(_, s)| s.pgrp == self.pid)
-            .map(|(p, _)| *p)
-            .collect();
-        if same(&(self.pid, self.start_ticks)) {
-            roots.push(self.pid);
-        }
-        let known = crate::lock(&self.known).clone();
-        roots.extend(known.iter().filter(|m| same(m)).map(|(p, _)| *p));
-        if let Some(marker) = &self.marker {
-            let adopted = subreaper::adopted_by(marker, self.start_ticks);
-            roots.extend(adopted.iter().filter(|m| same(m)).map(|(p, _)| *p));
-        }
-        procfs::subtrees(snap, roots)
-    }
-
-    /// Sends `sig` to every process of the tree.
-    pub fn signal(&self, sig: i32) {
-        match self.membership_dir() {
-            Some(dir) => {
-                cgroup::signal_members(dir, sig);
-            }
-            None => {
-                let members = self.group_members(&procfs::snapshot());
-                // SAFETY: plain syscalls. The group id stays reserved while any member lives.
-                unsafe { libc::killpg(self.pid, sig) };
-                for (pid, _) in members {
-                    // SAFETY: plain syscall; each member was seen with its start time just now.
-                    unsafe { libc::kill(pid, sig) };
-                }
-            }
-        }
-    }
-
-    /// SIGKILLs every process of the tree (one round; see `kill_and_wait`).
-    pub fn kill(&self) {
-        match (&self.v2, &self.v1) {
-            (Some(v2), _) => {
-                let v2 = v2.path();
-                if let Err(e) = cgroup::v2_kill(v2) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(cgroup = %v2.display(), error = %e, "cgroup.kill failed; signalling members");
-                        cgroup::signal_members(v2, libc::SIGKILL);
-                    }
-                }
-            }
-            (None, Some(v1)) => {
-                cgroup::signal_members(v1.path(), libc::SIGKILL);
-            }
-            (None, None) => self.signal(libc::SIGKILL),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        match (&self.v2, &self.v1) {
-            (Some(v2), _) => !cgroup::v2_populated(v2),
-            (None, Some(v1)) => cgroup::procs(v1.path()).is_empty(),
-            (None, None) => {
-                // Without cgroups: no process left in the group and none of the members seen outside it
-                // still alive is decided without a scan of /proc (the common case once a job is over).
-                // SAFETY: plain syscall; signal 0 only checks for existence.
-                let group_gone = unsafe { libc::killpg(self.pid, 0) } != 0
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-                let known_gone = || {
-                    let known = crate::lock(&self.known).clone();
-                    known.iter().all(|&(pid, ticks)| {
-                        procfs::stat(pid).map_or(true, |s| s.start_ticks != ticks)
-                    })
-                };
-                // Adopted orphans of the tree: one read of the daemon's adopted children (none, usually).
-                let adopted = || {
-                    self.marker
-                        .as_deref()
-                        .is_some_and(|m| subreaper::has_adopted(m, self.start_ticks))
-                };
-                if group_gone && known_gone() && !adopted() {
-                    return true;
-                }
-                self.group_members(&procfs::snapshot()).is_empty()
-            }
-        }
-    }
-
-    /// Kills until the tree is empty (re-killing catches processes forked meanwhile), at most `bound`.
-    pub fn kill_and_wait(&self, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        loop {
-            // The common case — a job whose main process exited and left nothing behind — costs one read.
-            if self.is_empty() {
-                return true;
-            }
-            self.kill();
-            std::thread::sleep(Duration::from_millis(2));
-            if self.is_empty() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(pid = self.pid, backend = %self.backend, "process tree not empty after kill wait");
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(8));
-        }
-    }
-
-    /// Hands the job cgroups to the pool: reused if `reusable` (every process known gone, no per-job
-    /// settings or sticky counters) and clean, else removed. `v1_charge` and `cpu_usec` are what the
-    /// caller (`TreeStats::settle`) has just read with the OOM counter: the charge decides whether a v1
-    /// cgroup is clean (unread means not), and both are the next job's baseline, read no second time.
-    pub fn release_cgroups(
-        &self,
-        pool: &CgroupPool,
-        reusable: bool,
-        v1_charge: Option<u64>,
-        cpu_usec: Option<(u64, u64)>,
-    ) {
-        if self.v2.is_none() && self.v1.is_none() {
-            return;
-        }
-        let mut cgroups = self.cgroups();
-        if let (Some(charge), Some((user, system))) = (
-            v1_charge.or(self.v1.is_none().then_some(0)),
-            cpu_usec.or(self.v2.is_none().then_some((0, 0))),
-        ) {
-            cgroups.counters = Some(Baseline {
-                cpu_user_usec: user,
-                cpu_system_usec: system,
-                memory: charge,
-            });
-        }
-        pool.release(cgroups, reusable, v1_charge);
-    }
-
-    /// Removes the job cgroups; returns how many were removed.
-    pub fn remove_dirs(self) -> u32 {
-        JobCgroups {
-            v2: self.v2,
-            v1: self.v1,
-            counters: None,
-        }
-        .remove()
-    }
-
-    /// The job's cgroup directories as the pool handles them.
-    fn cgroups(&self) -> JobCgroups {
-        JobCgroups {
-            v2: self.v2.clone(),
-            v1: self.v1.clone(),
-            counters: None,
-        }
-    }
-}
 
 const NONE: u64 = u64::MAX;
 
@@ -501,12 +290,12 @@ impl TreeStats {
         *crate::lock(&self.exit)
     }
 
-    fn finals(&self) -> Option<Finals> {
+    pub(super) fn finals(&self) -> Option<Finals> {
         *crate::lock(&self.finals)
     }
 
     /// Resolves once `ready` returns something (set by the reaping side). Cancel-safe.
-    async fn ended_with<T>(&self, ready: impl Fn(&Self) -> Option<T>) -> T {
+    pub(super) async fn ended_with<T>(&self, ready: impl Fn(&Self) -> Option<T>) -> T {
         loop {
             // Registered before the check: a notification in between is not lost.
             let notified = self.ended.notified();
@@ -785,11 +574,11 @@ impl TreeStats {
 /// What `wait4` reported about the main process.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Reaped {
-    status: ExitStatus,
-    user_secs: f64,
-    system_secs: f64,
-    max_rss_bytes: u64,
-    at: Instant,
+    pub(super) status: ExitStatus,
+    pub(super) user_secs: f64,
+    pub(super) system_secs: f64,
+    pub(super) max_rss_bytes: u64,
+    pub(super) at: Instant,
 }
 
 impl Reaped {
@@ -806,7 +595,7 @@ impl Reaped {
 }
 
 /// The daemon's own RSS high-water mark (`getrusage(RUSAGE_SELF)`).
-fn daemon_max_rss_bytes() -> u64 {
+pub(super) fn daemon_max_rss_bytes() -> u64 {
     // SAFETY: rusage is plain old data; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable rusage.
@@ -849,213 +638,6 @@ pub(crate) fn try_wait4(pid: i32) -> std::io::Result<Option<Reaped>> {
     }))
 }
 
-/// Reads a running tree's latest sampled usage without owning the tree. Holding one after the tree is
-/// finished is harmless: it keeps showing the last sample.
-#[derive(Clone)]
-pub struct UsageProbe(Arc<TreeStats>);
-
-impl UsageProbe {
-    pub fn live(&self) -> LiveUsage {
-        self.0.live()
-    }
-
-    /// Resolves when the watcher finds the tree over its memory limit or hit by the kernel's OOM killer;
-    /// whoever owns the tree then kills it ([`RunningTree::kill`]). Never resolves for a healthy tree.
-    /// Cancel-safe.
-    pub async fn memory_violation(&self) -> MemoryViolation {
-        self.0.violation().await
-    }
-}
-
-/// A job's live process tree. Dropping it without [`finish`](RunningTree::finish) SIGKILLs the whole
-/// tree; the launcher thread waiting for it reaps it and cleans up.
-pub struct RunningTree {
-    pub(crate) sup: Arc<Inner>,
-    pub(crate) handle: TreeHandle,
-    pub(crate) stats: Arc<TreeStats>,
-    /// The main process's pidfd (shared with the launcher thread that waits on it): signals through it never
-    /// reach a reused pid.
-    pub(crate) pidfd: Option<Arc<OwnedFd>>,
-    pub(crate) started: Instant,
-    started_at: std::time::SystemTime,
-    finished: bool,
-}
-
-impl std::fmt::Debug for RunningTree {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningTree")
-            .field("handle", &self.handle)
-            .field("exit", &self.stats.exit().map(|r| r.status))
-            .finish()
-    }
-}
-
-impl RunningTree {
-    pub(crate) fn new(
-        sup: Arc<Inner>,
-        handle: TreeHandle,
-        stats: Arc<TreeStats>,
-        pidfd: Option<Arc<OwnedFd>>,
-        started: Instant,
-        started_at: std::time::SystemTime,
-    ) -> RunningTree {
-        RunningTree {
-            sup,
-            handle,
-            stats,
-            pidfd,
-            started,
-            started_at,
-            finished: false,
-        }
-    }
-
-    /// When the main process was started (taken on the launcher thread right before the clone, so that
-    /// start times order the starts even when their owners hear of them late).
-    pub fn started_at(&self) -> std::time::SystemTime {
-        self.started_at
-    }
-
-    /// Backend, pid (== pgid), start time and cgroup dirs: store it to recover after a crash.
-    pub fn handle(&self) -> &TreeHandle {
-        &self.handle
-    }
-
-    /// The latest sampler snapshot (no I/O).
-    pub fn live(&self) -> LiveUsage {
-        self.stats.live()
-    }
-
-    /// SIGKILLs every process of the tree at once, without a stop sequence (memory violations: the
-    /// tree has no memory left to shut down gracefully). Returns the main process's status.
-    pub async fn kill(&mut self) -> ExitStatus {
-        if let Some(s) = self.exit_status() {
-            return s;
-        }
-        self.blocking(|t| t.kill()).await;
-        self.wait().await
-    }
-
-    /// A cheap, cloneable reader of this tree's live usage, for whoever shows it while the tree runs.
-    pub fn probe(&self) -> UsageProbe {
-        UsageProbe(self.stats.clone())
-    }
-
-    /// The main process's status if it has been reaped already.
-    pub fn exit_status(&self) -> Option<ExitStatus> {
-        self.stats.exit().map(|r| r.status)
-    }
-
-    /// Resolves when the main process has exited (its launcher thread reaps it). Cancel-safe; afterwards
-    /// it returns the same status immediately.
-    pub async fn wait(&mut self) -> ExitStatus {
-        self.stats.ended_with(|s| s.exit().map(|r| r.status)).await
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(TreeRef) -> T + Send + 'static,
-    ) -> Option<T> {
-        let tree = self.stats.tree.clone();
-        self.sup.runtime.spawn_blocking(move || f(tree)).await.ok()
-    }
-
-    /// Runs the stop sequence: each step signals every process of the tree, then waits up to its grace
-    /// for the main process; if it is still alive after all steps, the whole tree gets SIGKILL. Returns
-    /// the exit status and the signals actually sent (SIGKILL included if it was needed). If the main
-    /// process had already exited, nothing is sent. Call [`finish`](RunningTree::finish) afterwards.
-    pub async fn stop(&mut self, seq: &StopSequence) -> (ExitStatus, Vec<StopSignal>) {
-        self.stop_or_kill(seq, std::future::pending()).await
-    }
-
-    /// `stop`, cut short by `cut`: when it resolves, whatever grace is left is skipped and the tree is
-    /// killed (a daemon's shutdown deadline, a second signal).
-    pub async fn stop_or_kill(
-        &mut self,
-        seq: &StopSequence,
-        cut: impl std::future::Future<Output = ()>,
-    ) -> (ExitStatus, Vec<StopSignal>) {
-        let mut sent = Vec::new();
-        if let Some(s) = self.exit_status() {
-            return (s, sent);
-        }
-        tokio::pin!(cut);
-        for step in &seq.0 {
-            let sig = step.signal.number();
-            self.blocking(move |t| t.signal(sig)).await;
-            sent.push(step.signal);
-            tokio::select! {
-                waited = tokio::time::timeout(step.grace, self.wait()) => {
-                    if let Ok(s) = waited {
-                        return (s, sent);
-                    }
-                }
-                () = &mut cut => break,
-            }
-        }
-        self.blocking(|t| t.kill()).await;
-        sent.push(StopSignal::Kill);
-        (self.wait().await, sent)
-    }
-
-    /// After the main process exited: waits until the tree is concluded (whatever remained
-    /// of it killed — nothing outlives the job's main process —, the final counters read, the job
-    /// cgroups handed back to the pool), waits (at most ~1 s) for log capture to reach EOF and returns
-    /// the accounting. If the main process is still running, the tree is SIGKILLed first.
-    pub async fn finish(mut self) -> Accounting {
-        if self.exit_status().is_none() {
-            self.blocking(|t| t.kill()).await;
-        }
-        let finals = self.stats.ended_with(TreeStats::finals).await;
-        let reaped = self.stats.exit().unwrap_or_else(Reaped::unknown);
-
-        // Log capture ends at EOF once every holder of the pipes is dead (usually with the exit itself);
-        // where a process out of the backend's reach keeps a pipe open, the watcher gives the capture up
-        // shortly after the tree settled.
-        let (truncated, dropped) = self.stats.ended_with(TreeStats::logs_finished).await;
-        self.finished = true;
-
-        let live = self.stats.live();
-        let (memory_peak, memory_source) = if self.stats.cgroup_memory {
-            (live.memory_peak, MemorySource::CgroupPeak)
-        } else {
-            // wait4's ru_maxrss covers the main process and the children it reaped: a floor under the
-            // sampled sum that catches spikes between samples — where it is the job's own. The child
-            // ran in the daemon's memory until its exec (a vfork-style start), and exec folds the
-            // high-water mark of the memory it leaves into the child's: a figure at or below the
-            // daemon's own high-water mark may be the daemon's, and is no floor.
-            let own = reaped.max_rss_bytes;
-            let floor = if own > daemon_max_rss_bytes() { own } else { 0 };
-            let peak = live.memory_peak.unwrap_or(0).max(floor);
-            ((peak > 0).then_some(peak), MemorySource::SampledRss)
-        };
-        let (cpu_user_secs, cpu_system_secs) = match finals.cpu_usec {
-            Some((u, s)) => (u as f64 / 1e6, s as f64 / 1e6),
-            None => (reaped.user_secs, reaped.system_secs),
-        };
-        let (oom_kills, memory_limit_exceeded) = self.stats.memory_verdict();
-        Accounting {
-            memory_limit: self.stats.memory_limit.map(ByteSize),
-            oom_kills,
-            memory_limit_exceeded,
-            memory_start: self.stats.live_start().map(ByteSize),
-            memory_peak: memory_peak.map(ByteSize),
-            memory_end: live.memory_in_use.map(ByteSize),
-            page_cache_end: finals
-                .memory_end
-                .filter(|_| self.stats.cgroup_memory)
-                .map(ByteSize),
-            memory_source: Some(memory_source),
-            cpu_user_secs: Some(cpu_user_secs),
-            cpu_system_secs: Some(cpu_system_secs),
-            wall_secs: Some(reaped.at.duration_since(self.started).as_secs_f64()),
-            peak_processes: Some(live.peak_processes.max(1)),
-            log_truncated_bytes: truncated,
-            log_dropped_bytes: dropped,
-        }
-    }
-}
-
 impl TreeStats {
     pub fn live_start(&self) -> Option<u64> {
         opt(self.mem_start.load(Ordering::Relaxed))
@@ -1083,12 +665,78 @@ pub(crate) fn kill_main(stats: &TreeStats, pidfd: Option<&OwnedFd>) {
     }
 }
 
-impl Drop for RunningTree {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        // Its launcher thread reaps it and kills the rest of the tree; the watcher ends its captures.
-        kill_main(&self.stats, self.pidfd.as_deref());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots::{LaunchTicket, Slots};
+    use aura_model::Backend;
+
+    /// Stats of a fallback tree (no cgroups) with `limit`, holding a real slot permit.
+    fn stats(limit: Option<u64>, base: Baseline) -> TreeStats {
+        let slots: Arc<Slots<()>> = Arc::default();
+        let ticket = LaunchTicket::new();
+        slots.register(&ticket, || ());
+        let (_, slot) = slots.offer(&ticket, ()).expect("a free slot");
+        let tree = TreeRef {
+            backend: Backend::ProcessGroup,
+            pid: 1,
+            start_ticks: 0,
+            v2: None,
+            v1: None,
+            known: Arc::default(),
+            marker: None,
+        };
+        TreeStats::new(tree, false, limit, base, None, slot.expect("a slot"))
+    }
+
+    #[test]
+    fn the_watchdog_flags_the_first_sample_over_the_limit_once() {
+        let s = stats(Some(100), Baseline::default());
+        s.check_memory(Some(100));
+        assert_eq!(
+            s.memory_verdict(),
+            (0, false),
+            "at the limit is not over it"
+        );
+        s.check_memory(Some(150));
+        s.check_memory(Some(900));
+        assert_eq!(s.memory_verdict(), (0, true));
+        assert_eq!(
+            *crate::lock(&s.violation),
+            Some(MemoryViolation::LimitExceeded {
+                limit_bytes: 100,
+                current_bytes: Some(150),
+                by: LimitEnforcer::Watchdog,
+            }),
+            "the first violation is kept"
+        );
+        let unlimited = stats(None, Baseline::default());
+        unlimited.check_memory(Some(u64::MAX));
+        assert_eq!(unlimited.memory_verdict(), (0, false));
+    }
+
+    #[test]
+    fn figures_are_the_jobs_own_from_its_baseline() {
+        let base = Baseline {
+            cpu_user_usec: 1_000,
+            cpu_system_usec: 500,
+            memory: 4096,
+        };
+        let s = stats(None, base);
+        assert_eq!(s.job_memory(10_000), 10_000 - 4096);
+        assert_eq!(s.job_memory(100), 0, "never below zero");
+        assert_eq!(s.job_cpu((3_000, 400)), (2_000, 0));
+        let live = s.live();
+        assert_eq!(live.memory_source, Some(MemorySource::SampledRss));
+        assert_eq!(
+            (live.memory_current, live.memory_peak, live.processes),
+            (None, None, 0)
+        );
+    }
+
+    #[test]
+    fn a_child_reaped_elsewhere_has_an_unknown_status() {
+        assert_eq!(Reaped::unknown().status, ExitStatus::Code(-1));
+        assert!(try_wait4(i32::MAX).is_err(), "not our child");
     }
 }
