@@ -6,7 +6,7 @@ use crate::monitor::Monitor;
 use crate::protocol::{CancelReply, Command};
 use crate::shared::Shared;
 use crate::{EngineConfig, EngineError, EngineHandle};
-use aura_admission::{Admission, Queued, Request, Reservation, Scheduler};
+use aura_admission::{Admission, Request, Reservation};
 use aura_model::{
     EngineEvent, Event, Job, JobEvent, JobId, JobState, LoggedEvent, NewEvent, Outcome, Run,
     StopReason, Timestamp,
@@ -492,57 +492,27 @@ impl Actor {
             held.retain(|_, until| *until > now);
             held.iter().map(|(id, until)| (*id, *until)).collect()
         };
-        let is_held = |id: &JobId| held.iter().any(|(h, _)| h == id);
-        let max = self.shared.config.max_concurrent;
-        let room = max.saturating_sub(self.active.len());
-        if room > 0 {
-            let queue = self
-                .queue
-                .iter()
-                .filter(|((_, id), _)| !is_held(id))
-                .map(|((_, id), request)| Queued { key: id.0, request });
-            for (key, reservation) in Scheduler::pass(&self.shared.admission, queue, now, room) {
-                if let Some((job, request)) = self.dequeue(JobId(key)) {
-                    self.launch(job, request, reservation, false);
-                }
-            }
-        }
-        // Standbys: only while every running slot is admitted, up to `standby` of them still waiting.
-        while self.active.len() >= max
-            && self
+        let snapshot = crate::dispatch::Snapshot {
+            queue: self.queue.iter().map(|((_, id), request)| (*id, request)),
+            held: &held,
+            active: self.active.len(),
+            waiting_standbys: self
                 .active
                 .values()
                 .filter(|a| a.standby && !a.ticket.claimed())
-                .count()
-                < self.shared.config.standby
-        {
-            let Some((&(_, head), request)) = self.queue.iter().find(|((_, id), _)| !is_held(id))
-            else {
-                break;
-            };
-            let only_head = std::iter::once(Queued {
-                key: head.0,
-                request,
-            });
-            let Some((_, reservation)) = Scheduler::pass(&self.shared.admission, only_head, now, 1)
-                .into_iter()
-                .next()
-            else {
-                break;
-            };
-            if let Some((job, request)) = self.dequeue(head) {
-                self.launch(job, request, reservation, true);
+                .count(),
+            max_concurrent: self.shared.config.max_concurrent,
+            standby: self.shared.config.standby,
+            now,
+        };
+        let plan = crate::dispatch::plan(&self.shared.admission, snapshot);
+        for start in plan.starts {
+            if let Some((job, request)) = self.dequeue(start.id) {
+                self.launch(job, request, start.reservation, start.standby);
             }
         }
-        if !self.queue.is_empty() {
-            let hold_ends = held
-                .iter()
-                .map(|(_, until)| until.duration_since(now))
-                .min();
-            let rate = self.shared.admission.next_rate_window(now);
-            if let Some(wait) = [hold_ends, rate].into_iter().flatten().min() {
-                self.rate_wakeup = Some(Box::pin(tokio::time::sleep(wait)));
-            }
+        if let Some(wait) = plan.look_again_in {
+            self.rate_wakeup = Some(Box::pin(tokio::time::sleep(wait)));
         }
     }
 

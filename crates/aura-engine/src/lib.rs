@@ -8,6 +8,7 @@ mod actor;
 mod admission;
 mod checks;
 mod diagnostics;
+mod dispatch;
 mod error;
 mod guards;
 mod handle;
