@@ -146,6 +146,19 @@ pub(crate) fn subtrees(snap: &[(i32, ProcStat)], roots: Vec<i32>) -> Vec<(i32, u
     out
 }
 
+/// A sleeping process with this parent, group and start, for tests of what reads snapshots.
+#[cfg(test)]
+pub(crate) fn stat_at(ppid: i32, pgrp: i32, start_ticks: u64) -> ProcStat {
+    ProcStat {
+        state: b'S',
+        ppid,
+        pgrp,
+        utime: 0,
+        stime: 0,
+        start_ticks,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,16 +186,7 @@ mod tests {
         assert_eq!(find_env(b"PATH", "PATH"), None);
     }
 
-    fn at(ppid: i32, pgrp: i32, start_ticks: u64) -> ProcStat {
-        ProcStat {
-            state: b'S',
-            ppid,
-            pgrp,
-            utime: 0,
-            stime: 0,
-            start_ticks,
-        }
-    }
+    use super::stat_at as at;
 
     #[test]
     fn subtrees_follow_parents_from_every_root_once() {

@@ -222,16 +222,7 @@ impl TreeRef {
 mod tests {
     use super::*;
 
-    fn at(ppid: i32, pgrp: i32, start_ticks: u64) -> ProcStat {
-        ProcStat {
-            state: b'S',
-            ppid,
-            pgrp,
-            utime: 0,
-            stime: 0,
-            start_ticks,
-        }
-    }
+    use crate::procfs::stat_at as at;
 
     fn fallback_tree(known: Vec<(i32, u64)>) -> TreeRef {
         TreeRef {
