@@ -24,7 +24,7 @@ pub(crate) struct Shared {
     /// kept by the actor as jobs come and go (for the per-token cap at submit).
     // A std Mutex: held for one map update or lookup, never across an await.
     queued_by: Mutex<HashMap<String, usize>>,
-    /// Places in the queue held by submits the actor has not counted yet (see `handle::Places`).
+    /// Places in the queue held by submits the actor has not counted yet (see `Places` below).
     pub places: Mutex<Places>,
     /// Jobs started and not yet finished (running, stopping), as last counted by the actor. A standby
     /// (admitted, waiting for a running slot) counts as queued.
