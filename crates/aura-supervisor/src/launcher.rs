@@ -221,6 +221,8 @@ impl Workbench {
     }
 }
 
+/// Every path of a launcher thread sends the answers it held back (`Launchers::run_started`); this only
+/// covers a thread unwinding with answers still held, so that no owner waits forever.
 impl Drop for Workbench {
     fn drop(&mut self) {
         self.send_replies();
@@ -383,7 +385,9 @@ impl Launchers {
                     break;
                 }
             }
-            drop(settling);
+            if let Some(settling) = settling {
+                settling.run();
+            }
         }
         bench.send_replies();
     }

@@ -199,9 +199,9 @@ impl Watcher {
     }
 
     /// The main process of tree `key` has exited: reaps it and concludes it on the calling thread. The
-    /// rest of the conclusion of a tree found empty is returned, its slot already free: drop it after
+    /// rest of the conclusion of a tree found empty is returned, its slot already free: `run` it after
     /// starting what that slot allows (see `TreeStats::conclude`).
-    #[must_use = "the tree's owner hears of its end when this is dropped"]
+    #[must_use = "the tree's owner hears of its end when the returned Settling runs"]
     pub fn exited(&self, key: u64) -> Option<Settling<impl FnOnce(&Arc<TreeStats>)>> {
         conclude(&self.shared, &self.shared.ending, key)
     }
@@ -324,7 +324,9 @@ fn run(shared: &Arc<Shared>, settings: &Settings) {
                 .collect();
             for key in unwatched {
                 // Nothing waits for this slot on the watcher thread: the rest of the conclusion runs now.
-                drop(conclude(shared, &settings.ending, key));
+                if let Some(settling) = conclude(shared, &settings.ending, key) {
+                    settling.run();
+                }
             }
         }
         let mut snapshot = None;

@@ -105,15 +105,30 @@ pub(crate) struct Ending {
 }
 
 /// The rest of the conclusion of a tree found empty, its slot already given back: reading its final
-/// figures, handing its cgroups and working directory back, waking its owner. Runs when dropped.
+/// figures, handing its cgroups and working directory back, waking its owner — done by [`Settling::run`],
+/// which the thread that concluded the tree calls once it has started what the freed slot allows.
+#[must_use = "the tree's owner hears of its end only when this runs"]
 pub(crate) struct Settling<F: FnOnce(&Arc<TreeStats>)>(Option<(Arc<TreeStats>, Arc<Ending>, F)>);
 
-impl<F: FnOnce(&Arc<TreeStats>)> Drop for Settling<F> {
-    fn drop(&mut self) {
+impl<F: FnOnce(&Arc<TreeStats>)> Settling<F> {
+    /// Settles the tree: final figures, cgroups and directory handed back, owner woken.
+    pub fn run(mut self) {
+        self.settle_now();
+    }
+
+    fn settle_now(&mut self) {
         if let Some((stats, ending, settled)) = self.0.take() {
             stats.settle(&ending, true);
             settled(&stats);
         }
+    }
+}
+
+/// Only a thread unwinding between the conclusion and `run` gets here: its tree still settles, so that
+/// its owner never waits forever.
+impl<F: FnOnce(&Arc<TreeStats>)> Drop for Settling<F> {
+    fn drop(&mut self) {
+        self.settle_now();
     }
 }
 
@@ -183,7 +198,7 @@ impl TreeStats {
     /// Called by the thread that reaped the main process (its launcher thread, or the watcher): publishes
     /// the status. For a tree left empty (the common case: one read to know) its slot is free at once,
     /// and the rest — reading the final figures, handing the cgroups back, waking the owner once with
-    /// everything — is returned for the caller to run ([`Settling`]; its drop runs it), so that the
+    /// everything — is returned for the caller to run ([`Settling::run`]), so that the
     /// launch waiting for the slot can start first. A tree that outlived its main process is killed and
     /// waited for on the blocking pool (bounded by `kill_wait`), never on the reaping thread.
     ///
