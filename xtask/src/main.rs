@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask test` (install what the tests need, then lint and test everything, then
-//! a short fuzz where nightly exists), `cargo xtask fuzz …` (cargo-fuzz over fuzz/, nightly) and
-//! `cargo xtask bench …` (the benchmark harness; figures go to BENCHMARKS.md).
+//! a short fuzz where nightly exists), `cargo xtask fuzz …` (cargo-fuzz over fuzz/, nightly), `cargo xtask
+//! mutants …` (cargo-mutants on what a change touched) and `cargo xtask bench …` (the benchmark harness;
+//! figures go to BENCHMARKS.md).
 
 mod api_bench;
 mod bench;
@@ -18,6 +19,10 @@ const USAGE: &str = "usage:
                                    target of fuzz/Cargo.toml unless named; new corpus entries go to a temporary
                                    folder unless --grow-corpus writes them into fuzz/corpus/TARGET
   cargo xtask deps                 only install the system packages (and, as root, the system user `aura`)
+  cargo xtask mutants [--base REV] [-p CRATE]...
+                                   cargo-mutants (installed if missing) on the code changed since REV (default
+                                   HEAD: the uncommitted change), each mutant tested by its own crate's tests;
+                                   the survivors are what the tests do not pin
   cargo xtask bench throughput [--jobs N] [--parallel N] [--runs N] [--queued]
   cargo xtask bench supervisor [--jobs N] [--parallel N] [--standby N]
   cargo xtask bench handoff [--rounds N]       (thread wake-up round trip, same CPU vs two CPUs)
@@ -75,12 +80,65 @@ fn main() -> anyhow::Result<()> {
             ensure_job_user()
         }
         Some("fuzz") => fuzz(&root, &args[1..], Fuzzing::Asked),
+        Some("mutants") => mutants(&root, &args[1..]),
         Some("bench") => bench::main(&root, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown or missing command")
         }
     }
+}
+
+/// `cargo xtask mutants [--base REV] [-p CRATE]...`: cargo-mutants limited to the lines changed since `REV`
+/// (`--in-diff`), so that a change's new code is checked in minutes rather than the whole workspace.
+fn mutants(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let mut base = "HEAD".to_owned();
+    let mut packages: Vec<String> = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--base" => base = args.next().context("--base needs a revision")?.clone(),
+            "-p" | "--package" => packages.push(args.next().context("-p needs a crate")?.clone()),
+            other => bail!("unknown argument {other:?} (expected --base REV or -p CRATE)"),
+        }
+    }
+    if !have("cargo-mutants") {
+        eprintln!("xtask: installing cargo-mutants");
+        run(root, "cargo", &["install", "--locked", "cargo-mutants"])?;
+    }
+    let diff = Command::new("git")
+        .args(["diff", &base, "--"])
+        .current_dir(root)
+        .output()
+        .context("running git diff")?;
+    if !diff.status.success() {
+        bail!(
+            "git diff {base} failed: {}",
+            String::from_utf8_lossy(&diff.stderr).trim()
+        );
+    }
+    if diff.stdout.is_empty() {
+        eprintln!("xtask: nothing changed since {base}: no mutants to test");
+        return Ok(());
+    }
+    let file = std::env::temp_dir().join(format!("aura-mutants-{}.diff", std::process::id()));
+    std::fs::write(&file, &diff.stdout).context("writing the diff")?;
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut argv: Vec<&str> = vec![
+        "mutants",
+        "--in-diff",
+        &file_arg,
+        "-j",
+        "2",
+        "--timeout",
+        "120",
+    ];
+    for p in &packages {
+        argv.extend(["-p", p.as_str()]);
+    }
+    let result = run(root, "cargo", &argv);
+    let _ = std::fs::remove_file(&file);
+    result
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {
