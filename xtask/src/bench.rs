@@ -667,13 +667,9 @@ fn tree_pids(tree: &aura_model::TreeHandle) -> anyhow::Result<Vec<u32>> {
         .collect())
 }
 
-/// `name`'s value in the environment `pid` was started with.
+/// `name`'s value in the environment `pid` was started with (the supervisor's own reader).
 fn environ_var(pid: u32, name: &str) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|&b| b == 0).find_map(|e| {
-        let value = e.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
-        Some(String::from_utf8_lossy(value).into_owned())
-    })
+    aura_supervisor::env_var(i32::try_from(pid).ok()?, name)
 }
 
 /// CPU seconds per thread name of a process, from /proc (clock ticks of 10 ms).

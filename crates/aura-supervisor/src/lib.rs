@@ -49,6 +49,12 @@ pub use sandbox::{
 };
 pub use slots::LaunchTicket;
 pub use subreaper::MARKER_VAR;
+
+/// The value of `name` in the environment process `pid` was executed with (`/proc/PID/environ`), e.g. its
+/// job tree's [`MARKER_VAR`]; `None` if unset or unreadable. Blocking.
+pub fn env_var(pid: i32, name: &str) -> Option<String> {
+    procfs::env_var(pid, name)
+}
 pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
 
 use aura_model::{Backend, JobId, TreeHandle};
