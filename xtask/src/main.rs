@@ -34,7 +34,9 @@ const USAGE: &str = "usage:
   cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
-/// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`).
+/// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`),
+/// python3-prometheus-client (its strict OpenMetrics parser checks `/metrics` in that format). Each is
+/// found by a program on `PATH`, or by an absolute path for what is not a program.
 const PACKAGES: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
     ("ffprobe", "ffmpeg"),
@@ -42,6 +44,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("setsid", "util-linux"),
     ("ps", "procps"),
     ("promtool", "prometheus"),
+    (
+        "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
+        "python3-prometheus-client",
+    ),
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -149,7 +155,11 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
+/// Whether `program` is on `PATH` — or, given an absolute path, whether that file exists.
 fn have(program: &str) -> bool {
+    if program.starts_with('/') {
+        return Path::new(program).is_file();
+    }
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false)

@@ -3,6 +3,7 @@
 
 use aura_model::{ByteSize, MemoryRequest, RequestSource};
 
+/// How a job that states no memory request gets one: from its kind's recorded peaks, else a default.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Estimator {
     /// 0.95 for p95.
@@ -11,6 +12,7 @@ pub struct Estimator {
     pub margin: f64,
     /// Fewer samples than this fall back to the default.
     pub min_samples: usize,
+    /// The request, in bytes, when there is too little history. Default: 2 GiB.
     pub default_bytes: u64,
 }
 
@@ -85,5 +87,27 @@ mod tests {
             ByteSize(120),
             "p95 ignores a single outlier"
         );
+    }
+
+    #[test]
+    fn exactly_min_samples_is_enough_history() {
+        let e = Estimator::default();
+        // (samples, learned?)
+        for (n, learned) in [(0, false), (4, false), (5, true), (6, true)] {
+            let peaks = vec![1_000; n];
+            let source = e.estimate("encode", &peaks).source;
+            assert_eq!(
+                matches!(source, RequestSource::Learned { .. }),
+                learned,
+                "{n} samples: {source:?}"
+            );
+        }
+        // A min_samples of 0 still needs one peak to take a percentile of.
+        let any = Estimator {
+            min_samples: 0,
+            ..e
+        };
+        assert_eq!(any.estimate("encode", &[]).source, RequestSource::Default);
+        assert_eq!(any.estimate("encode", &[10]).bytes, ByteSize(12));
     }
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitConfig {
+    /// Most holders (running jobs and leases) at once; `None`: no cap.
     pub max_concurrent: Option<u32>,
+    /// Most starts in any 60 s window; `None`: no cap.
     pub per_minute: Option<u32>,
 }
 
@@ -53,35 +55,59 @@ impl LiveMemory {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Shortfall {
+    /// Too little of one resource is free now (for GPUs: too few devices with room).
     #[error("waiting for {}: needs {}, {} free after reservations", resource.name(), resource.format(*needed), resource.format(*available))]
     Resource {
+        /// The resource that is short.
         resource: Resource,
+        /// What the request needs, in the resource's unit (bytes, CPU millicores, devices).
         needed: u64,
+        /// What is free now, in the same unit.
         available: u64,
     },
     /// Memory, where running jobs' real use decides: both figures, so a user sees which one holds it.
     #[error("waiting for memory: needs {}, {} free after reservations and {} actually free; running jobs use {} over their reservations", Resource::Memory.format(*needed), Resource::Memory.format(*unreserved), Resource::Memory.format(*actually_free), Resource::Memory.format(*overrun))]
     Memory {
+        /// The request's memory, in bytes.
         needed: u64,
+        /// Capacity left after reservations and running jobs' use beyond them, in bytes.
         unreserved: u64,
+        /// What the host has free once reservations not yet in use are set aside, in bytes.
         actually_free: u64,
+        /// What running jobs use beyond their reservations, in bytes.
         overrun: u64,
     },
+    /// A named limit has all its slots held (or has none: a cap of 0).
     #[error("waiting for {name}: all {limit} slots in use")]
     // Shared names: a pass over a long queue blocked on one limit builds a shortfall per job.
-    Limit { name: Arc<str>, limit: u32 },
+    Limit {
+        /// The limit's name.
+        name: Arc<str>,
+        /// Its `max_concurrent` (0 for a limit that admits nothing).
+        limit: u32,
+    },
+    /// A named limit's starts for the last minute are used up.
     #[error("waiting for {name}: at most {per_minute} starts per minute, next in {:.1}s", retry_in.as_secs_f64())]
     Rate {
+        /// The limit's name.
         name: Arc<str>,
+        /// Its `per_minute`.
         per_minute: u32,
+        /// How long until the oldest start leaves the 60 s window and frees a start.
         retry_in: Duration,
     },
+    /// The request names a limit that is not configured; holds the name.
     #[error("unknown named limit {0:?}")]
     UnknownLimit(String),
+    /// The request asks for more than the machine has in all: it can never be granted.
     #[error("{} requested ({}) exceeds this machine's capacity ({})", resource.name(), resource.format(*needed), resource.format(*capacity))]
     NeverFits {
+        /// The resource that is short.
         resource: Resource,
+        /// What the request needs, in the resource's unit (bytes, CPU millicores, devices).
         needed: u64,
+        /// What the machine has in all, in the same unit (for GPUs: devices with enough VRAM and
+        /// encoder sessions).
         capacity: u64,
     },
 }
@@ -344,15 +370,22 @@ pub(crate) fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
 /// Reserved and free amounts, for status and metrics.
 #[derive(Clone, Debug, Serialize)]
 pub struct Usage {
+    /// What jobs may reserve in all.
     pub capacity: Capacity,
+    /// Memory reserved now, in bytes.
     pub reserved_memory_bytes: u64,
+    /// CPU reserved now, in thousandths of a core.
     pub reserved_cpu_millis: u64,
+    /// Disk space reserved now, in bytes.
     pub reserved_disk_bytes: u64,
+    /// Reservations held now (admitted jobs and leases).
     pub active: usize,
+    /// Each named limit: its slots held now and its configuration.
     pub limits: BTreeMap<String, (u32, LimitConfig)>,
 }
 
 impl Admission {
+    /// A ledger with `capacity` and the named `limits`, nothing reserved.
     pub fn new(capacity: Capacity, limits: BTreeMap<String, LimitConfig>) -> Admission {
         let total = Scalar {
             memory: capacity.memory_bytes,
@@ -474,6 +507,7 @@ impl Admission {
         ledger.free().memory > before
     }
 
+    /// Running jobs' real memory use, as last set by [`set_live_memory`](Self::set_live_memory).
     pub fn live_memory(&self) -> LiveMemory {
         lock(&self.ledger).live
     }
@@ -483,6 +517,7 @@ impl Admission {
         lock(&self.ledger).capacity.memory_bytes
     }
 
+    /// Capacity, reservations and named limits' use, as one consistent snapshot.
     pub fn usage(&self) -> Usage {
         let ledger = lock(&self.ledger);
         Usage {
@@ -630,5 +665,75 @@ mod tests {
             Err(Shortfall::UnknownLimit("nope".into()))
         );
         assert!(a.check_capacity(&Request::memory(4 * GIB)).is_ok());
+    }
+
+    #[test]
+    fn capacity_and_live_memory_read_back_what_was_set() {
+        let a = admission();
+        assert_eq!(a.memory_capacity(), 4 * GIB);
+        assert_eq!(a.live_memory(), LiveMemory::default());
+        let live = LiveMemory {
+            overrun_bytes: 3,
+            within_bytes: 5,
+            available_bytes: Some(7),
+        };
+        a.set_live_memory(live);
+        assert_eq!(a.live_memory(), live);
+    }
+
+    /// Only growth wakes the scheduler: an unchanged or smaller free figure must not trigger a pass.
+    #[test]
+    fn set_live_memory_reports_only_growth_of_free_memory() {
+        let a = admission();
+        let overrun = |gib: u64| LiveMemory {
+            overrun_bytes: gib * GIB,
+            ..LiveMemory::default()
+        };
+        // (reported use, whether free memory grew)
+        let table = [
+            (LiveMemory::default(), false),
+            (overrun(1), false),
+            (overrun(1), false),
+            (overrun(2), false),
+            (overrun(1), true),
+            (LiveMemory::default(), true),
+            (LiveMemory::default(), false),
+        ];
+        for (i, (live, grew)) in table.into_iter().enumerate() {
+            assert_eq!(a.set_live_memory(live), grew, "row {i}: {live:?}");
+        }
+    }
+
+    #[test]
+    fn next_rate_window_is_when_a_full_rate_limit_frees_a_start() {
+        let a = admission();
+        let t0 = Instant::now();
+        assert_eq!(a.next_rate_window(t0), None, "no starts yet");
+        let mut tts = Request::default();
+        tts.providers.insert("elevenlabs".into());
+        for i in 0..3 {
+            assert_eq!(a.next_rate_window(t0), None, "{i} of 3 starts used");
+            drop(a.try_reserve(&tts, t0).unwrap());
+        }
+        assert_eq!(
+            a.next_rate_window(t0 + Duration::from_secs(10)),
+            Some(Duration::from_secs(50))
+        );
+        assert_eq!(
+            a.next_rate_window(t0 + Duration::from_secs(60)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_reservation_debugs_as_its_devices() {
+        let a = admission();
+        let req = Request {
+            gpus: 1,
+            vram_bytes_per_gpu: 10 * GIB,
+            ..Request::default()
+        };
+        let r = a.try_reserve(&req, Instant::now()).unwrap();
+        assert_eq!(format!("{r:?}"), "Reservation { gpus: [2], .. }");
     }
 }

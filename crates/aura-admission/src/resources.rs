@@ -8,15 +8,22 @@ use std::collections::BTreeSet;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
+    /// Memory, in bytes.
     Memory,
+    /// CPU, in thousandths of a core.
     Cpu,
+    /// GPU devices, counted.
     Gpu,
+    /// GPU memory, in bytes per device.
     Vram,
+    /// Video encoder (NVENC) sessions per device.
     EncoderSessions,
+    /// Disk space on the data volume, in bytes.
     Disk,
 }
 
 impl Resource {
+    /// The resource's name for people (`memory`, `gpu memory`, …).
     pub fn name(self) -> &'static str {
         match self {
             Resource::Memory => "memory",
@@ -45,17 +52,24 @@ pub use aura_model::{Capacity, GpuDevice};
 /// What a job asks for. GPU figures are per device.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Request {
+    /// Memory to reserve, in bytes.
     pub memory_bytes: u64,
+    /// CPU to reserve, in thousandths of a core.
     pub cpu_millis: u64,
+    /// Disk space to reserve on the data volume, in bytes.
     pub disk_bytes: u64,
+    /// How many GPU devices it needs.
     pub gpus: u32,
+    /// GPU memory to reserve on each of its devices, in bytes.
     pub vram_bytes_per_gpu: u64,
+    /// Encoder sessions to reserve on each of its devices.
     pub encoder_sessions_per_gpu: u32,
     /// Named limits (providers) the job holds a slot of while it runs.
     pub providers: BTreeSet<String>,
 }
 
 impl Request {
+    /// A request for `bytes` bytes of memory and nothing else.
     pub fn memory(bytes: u64) -> Request {
         Request {
             memory_bytes: bytes,

@@ -16,7 +16,9 @@ use std::time::Instant;
 /// A queued job as the scheduler sees it. Pass them in queue order: priority, then submit order.
 #[derive(Clone, Copy, Debug)]
 pub struct Queued<'a> {
+    /// The caller's unique id for the job (the engine passes its job id); grants are returned under it.
     pub key: i64,
+    /// What the job asks for.
     pub request: &'a Request,
 }
 
@@ -286,5 +288,30 @@ mod tests {
             3,
         );
         assert_eq!(keys(&started), vec![1, 2, 3]);
+    }
+
+    /// A claim belongs to the job it was made for: when another job becomes head (the old head was
+    /// cancelled), what the old head had accumulated must not keep holding back backfill.
+    #[test]
+    fn a_new_head_does_not_inherit_the_old_heads_claim() {
+        let a = admission(4 * GIB);
+        let base = pass(&a, &[(1, Request::memory(GIB))]);
+        let released = pass(&a, &[(2, Request::memory(2 * GIB))]);
+        assert_eq!(keys(&base), vec![1]);
+        assert_eq!(keys(&released), vec![2]);
+        // Job 10 waits for all 4 GiB and becomes head; job 2 ends, so its 2 GiB go into 10's claim.
+        assert!(pass(&a, &[(10, Request::memory(4 * GIB))]).is_empty());
+        drop(released);
+        // Job 10 is gone. Job 11 (3.5 GiB) does not fit the 3 GiB free and is the new head with
+        // nothing claimed yet, so job 12 backfills into the free memory.
+        let started = pass(
+            &a,
+            &[
+                (11, Request::memory(3 * GIB + GIB / 2)),
+                (12, Request::memory(2 * GIB)),
+            ],
+        );
+        assert_eq!(keys(&started), vec![12]);
+        drop(base);
     }
 }

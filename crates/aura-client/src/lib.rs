@@ -12,29 +12,59 @@ use std::time::Duration;
 /// An RFC 9457 problem as the server sent it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Problem {
+    /// A short summary of the kind of problem, the same for every instance of its code.
     pub title: String,
+    /// The HTTP status code.
     pub status: u16,
+    /// What went wrong in this case, for people.
     pub detail: String,
+    /// The stable, machine-readable error code (`queue_full`, `not_found`, …): match on this.
     pub code: String,
 }
 
+/// Why a request to the daemon failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No connection to the daemon could be made (not running, wrong address).
     /// The cause follows in the error's source chain (shown once by `{:#}`), not in this message.
     #[error("cannot reach the Aura daemon at {url} (start it with `aura serve`, or set --server / AURA_SERVER)")]
-    Connect { url: String, source: reqwest::Error },
+    Connect {
+        /// The server's base URL.
+        url: String,
+        /// The connection error.
+        source: reqwest::Error,
+    },
+    /// The daemon refused the request with a problem document.
     #[error("{}: {}", .0.title, .0.detail)]
     Api(Problem),
+    /// The daemon answered with something this client cannot read: an error without a problem
+    /// document, or a body that does not parse as the expected JSON.
     #[error("unexpected response from {url}: HTTP {status}: {body}")]
     Unexpected {
+        /// The request's URL.
         url: String,
+        /// The response's HTTP status.
         status: StatusCode,
+        /// The response body (after the parse error, where there was one).
         body: String,
     },
+    /// The request could not be built or sent, or its response body not received.
     #[error("request to {url} failed: {source}")]
-    Http { url: String, source: reqwest::Error },
+    Http {
+        /// The request's URL (the base URL where the request could not be built).
+        url: String,
+        /// The HTTP client's error.
+        source: reqwest::Error,
+    },
+    /// The server URL given does not start with `http://` or `https://`.
     #[error("invalid server URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The URL as given (without trailing slashes).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The API token cannot be sent in an `Authorization` header.
     #[error("the API token is not usable in an HTTP header (it holds control characters)")]
     BadToken,
 }
@@ -42,20 +72,31 @@ pub enum ClientError {
 /// One chunk of captured output.
 #[derive(Clone, Debug)]
 pub struct LogChunk {
+    /// The logical offset of `data[0]` in the stream; past the one asked for when that was already
+    /// dropped by the log cap.
     pub offset: u64,
+    /// The offset to ask for next to continue without gaps or repeats.
     pub next_offset: u64,
+    /// Bytes of the stream's start already dropped by the log cap.
     pub truncated_bytes: u64,
+    /// The output bytes, exactly as the job wrote them.
     pub data: Vec<u8>,
 }
 
+/// Which jobs [`Client::list`] asks for; the default is the server's first page, newest first.
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
+    /// State names to include (`queued`, `running`, …); empty: every state.
     pub states: Vec<String>,
+    /// Jobs per page (1 to 1,000); `None`: the server's default, 100.
     pub limit: Option<u32>,
+    /// Continue after this job id, the last one of the previous page.
     pub after: Option<JobId>,
+    /// Oldest jobs first instead of newest first.
     pub oldest_first: bool,
 }
 
+/// A connection to one daemon's HTTP API. Cheap to clone: clones share one connection pool.
 #[derive(Clone)]
 pub struct Client {
     base: String,
@@ -100,14 +141,17 @@ impl Client {
         Ok(Client { base, http })
     }
 
+    /// The server's base URL, without trailing slashes.
     pub fn base(&self) -> &str {
         &self.base
     }
 
+    /// `GET /healthz`: whether the daemon is alive or shutting down, and its process backend.
     pub async fn health(&self) -> Result<aura_model::Alive, ClientError> {
         self.send(self.http.get(self.url("/healthz"))).await
     }
 
+    /// The engine's backend, running and queued counts, and why admission is paused, if it is.
     pub async fn status(&self) -> Result<aura_model::EngineStatus, ClientError> {
         self.send(self.http.get(self.url("/api/status"))).await
     }
@@ -118,21 +162,25 @@ impl Client {
             .await
     }
 
+    /// What admission has and what is reserved: capacity, reservations, free running slots.
     pub async fn utilization(&self) -> Result<aura_model::Utilization, ClientError> {
         self.send(self.http.get(self.url("/api/metrics/utilization")))
             .await
     }
 
+    /// Submits a job; returns it as queued.
     pub async fn submit(&self, spec: &JobSpec) -> Result<JobView, ClientError> {
         self.send(self.http.post(self.url("/api/jobs")).json(spec))
             .await
     }
 
+    /// One job, with its live usage while it runs or why it waits while queued.
     pub async fn get(&self, id: JobId) -> Result<JobView, ClientError> {
         self.send(self.http.get(self.url(&format!("/api/jobs/{id}"))))
             .await
     }
 
+    /// One page of jobs matching `q`.
     pub async fn list(&self, q: &ListQuery) -> Result<JobPage, ClientError> {
         let mut params: Vec<(&str, String)> = Vec::new();
         if !q.states.is_empty() {
@@ -151,11 +199,13 @@ impl Client {
             .await
     }
 
+    /// Cancels a queued job, or stops a running one with its stop sequence; returns the job as it is then.
     pub async fn cancel(&self, id: JobId) -> Result<JobView, ClientError> {
         self.send(self.http.post(self.url(&format!("/api/jobs/{id}/cancel"))))
             .await
     }
 
+    /// One job's recorded events, oldest first.
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, ClientError> {
         self.send(self.http.get(self.url(&format!("/api/jobs/{id}/events"))))
             .await
@@ -182,6 +232,8 @@ impl Client {
         self.send(request).await
     }
 
+    /// Captured output of the job's latest attempt: up to 1 MiB of `stream` (`stdout` or `stderr`) from
+    /// logical byte `offset`.
     pub async fn logs(
         &self,
         id: JobId,

@@ -13,7 +13,9 @@ pub struct AdmissionConfig {
     pub memory_bytes: Option<u64>,
     /// Kept free for the rest of the machine (the studio UI) when memory is read from the host.
     pub memory_headroom_bytes: u64,
+    /// CPU cores jobs may reserve; `None`: the host's core count.
     pub cpu_cores: Option<f64>,
+    /// Disk space (bytes) jobs may reserve; `None`: what the data volume had free at start-up.
     pub disk_bytes: Option<u64>,
     /// How a job that states no memory request gets one: learned from its kind's history, else the
     /// estimator's default (2 GiB).

@@ -11,6 +11,7 @@ use serde::Serialize;
 pub struct DiagnosticsConfig {
     /// Open fds beyond what running jobs hold by design (`FDS_PER_RUNNING_JOB` each).
     pub max_open_fds: u64,
+    /// The daemon's own resident memory (RSS) above which it warns.
     pub max_rss: aura_model::ByteSize,
     /// Threads beyond the running jobs' launcher threads (one waits for each job by design).
     pub max_threads: u64,

@@ -3,58 +3,123 @@
 use aura_model::{JobId, SpecError};
 use std::path::PathBuf;
 
+/// Why an engine operation (start, submit, query, cancel, lease) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The job spec is invalid, or one of its environment entries would be too long once its secret
+    /// is filled in.
     #[error("invalid job: {0}")]
     InvalidSpec(#[from] SpecError),
+    /// The spec's program cannot be found or is not an executable file.
     #[error("cannot run {program:?}: {reason}")]
-    Program { program: String, reason: String },
+    Program {
+        /// The program as the spec names it.
+        program: String,
+        /// Why it cannot run, for the user.
+        reason: String,
+    },
+    /// The spec's working directory does not exist, cannot be resolved, or is not a directory.
     #[error("working directory {path:?} is not usable: {reason}")]
-    WorkingDirectory { path: PathBuf, reason: String },
+    WorkingDirectory {
+        /// The directory as the spec names it.
+        path: PathBuf,
+        /// The I/O error, as text.
+        reason: String,
+    },
+    /// The spec's program resolves to a file outside `jobs.programs`, the programs jobs may run.
     #[error("program {program:?} ({resolved}) is not one jobs may run here (jobs.programs)")]
-    ProgramNotAllowed { program: String, resolved: PathBuf },
+    ProgramNotAllowed {
+        /// The program as the spec names it.
+        program: String,
+        /// Its canonical path, the one checked against the allowlist.
+        resolved: PathBuf,
+    },
+    /// The spec's working directory is relative, contains `..`, or lies outside `jobs.cwd_roots`.
     #[error("working directory {path:?} is not allowed: {reason}")]
-    WorkingDirectoryNotAllowed { path: PathBuf, reason: String },
+    WorkingDirectoryNotAllowed {
+        /// The directory as the spec names it.
+        path: PathBuf,
+        /// Why it is refused, for the user.
+        reason: String,
+    },
+    /// The spec references a secret the daemon does not have.
     #[error("unknown secret {name:?} for {var}: the daemon has no secret of that name (see jobs.secrets_file)")]
-    UnknownSecret { var: String, name: String },
+    UnknownSecret {
+        /// The environment variable the secret was to fill.
+        var: String,
+        /// The secret's name.
+        name: String,
+    },
+    /// The submitter already has as many jobs waiting as its own cap allows.
     #[error("{submitter} has {queued} jobs waiting, at most {cap}; retry later")]
     SubmitterQueueFull {
+        /// The submitter's name (its API token's name).
         submitter: String,
+        /// Its jobs waiting, submits under way included.
         queued: usize,
+        /// Its cap on waiting jobs.
         cap: usize,
     },
+    /// The job or lease could never be admitted: it asks for more than this host has in all, or names
+    /// a limit that is unknown or admits nothing; holds what is short.
     #[error("the job can never run here: {0}")]
     ExceedsCapacity(aura_admission::Shortfall),
+    /// As many jobs are waiting as the global queue cap allows.
     #[error("the queue is full ({queued} jobs waiting, at most {cap}); retry later")]
-    QueueFull { queued: usize, cap: usize },
+    QueueFull {
+        /// Jobs waiting, submits under way included.
+        queued: usize,
+        /// The queue cap (`queue_cap`).
+        cap: usize,
+    },
+    /// A lease cannot be granted now: what it asks for is in use; holds what is short.
     #[error("lease not available now: {0}")]
     LeaseUnavailable(aura_admission::Shortfall),
+    /// A renew or release names a lease id that is not held (expired, released, or from before a
+    /// restart).
     #[error("lease {0} not found (expired, released, or held before a daemon restart)")]
     LeaseNotFound(u64),
+    /// No job has this id.
     #[error("job {0} not found")]
     NotFound(JobId),
+    /// A cancel of a job that has already ended.
     #[error("job {id} is already finished ({outcome})")]
-    AlreadyFinished { id: JobId, outcome: &'static str },
+    AlreadyFinished {
+        /// The job's id.
+        id: JobId,
+        /// How it ended: its outcome's name.
+        outcome: &'static str,
+    },
+    /// The engine is shutting down (or gone) and takes no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The engine configuration is invalid (such as `max_concurrent` 0); holds what is wrong.
     #[error("invalid engine configuration: {0}")]
     Config(String),
+    /// The job database failed.
     #[error("store: {0}")]
     Store(#[from] aura_store::StoreError),
+    /// The process supervisor could not start.
     #[error("supervisor: {0}")]
     Supervisor(#[from] aura_supervisor::SupervisorError),
+    /// Captured output could not be read or written.
     #[error("logs: {0}")]
     Logs(#[from] aura_logs::LogError),
+    /// A data-dir directory (`work/`, `logs/`) could not be created or given its permissions.
     #[error("{path:?}: {source}")]
     Io {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Something that should not fail did: `context` says what was being done, `source` keeps the cause
     /// (logged whole; an API answer shows neither).
     #[error("{context}")]
     Internal {
+        /// What was being done.
         context: &'static str,
+        /// The underlying error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }

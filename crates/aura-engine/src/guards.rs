@@ -19,11 +19,14 @@ use tokio::sync::{mpsc, oneshot};
 /// a whole number of bytes above 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum MemoryThreshold {
+    /// A share of the total, from 0 to 1.
     Share(f64),
+    /// An absolute amount, in bytes.
     Bytes(u64),
 }
 
 impl MemoryThreshold {
+    /// The threshold in bytes, given the total (physical memory, or the volume's size) in bytes.
     pub fn bytes(self, total: u64) -> u64 {
         match self {
             MemoryThreshold::Share(s) => (total as f64 * s) as u64,
@@ -113,32 +116,45 @@ impl<'de> serde::Deserialize<'de> for MemoryThreshold {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GuardConfig {
+    /// Whether the guards run at all; off, admission never pauses for the host and no job is stopped
+    /// for memory. Default: on.
     pub enabled: bool,
+    /// How often the guards judge the host. Default: 1 s.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub interval: Duration,
     /// Pause while available memory (`MemAvailable`) is below this, resume above `resume_available_memory`.
     pub min_available_memory: MemoryThreshold,
+    /// Available memory above which a pause for low memory ends. Default: 25 % of physical memory.
     pub resume_available_memory: MemoryThreshold,
     /// Pause above this PSI `some avg10` memory pressure (percent), resume below `resume_memory_pressure`.
     pub max_memory_pressure: f64,
+    /// PSI `some avg10` memory pressure (percent) below which a pause for pressure ends. Default: 20.
     pub resume_memory_pressure: f64,
     /// Pause while CPU use by work outside Aura's jobs, averaged over `cpu_window`, is above this share
     /// of the machine; resume below `resume_outside_cpu`.
     pub max_outside_cpu: f64,
+    /// Share of the machine's CPU (0–1) used outside Aura's jobs below which a pause for CPU ends.
+    /// Default: 0.75.
     pub resume_outside_cpu: f64,
+    /// The span outside CPU use is averaged over. Default: 10 s.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub cpu_window: Duration,
     /// Pause while the data dir's volume has less than this free (a share of the volume or a size):
     /// jobs would start only to find no room for their logs and work files, and the database for their
     /// records; resume above `resume_free_disk`.
     pub min_free_disk: MemoryThreshold,
+    /// Free space on the data dir's volume above which a pause for disk ends. Default: 4 % of the volume.
     pub resume_free_disk: MemoryThreshold,
     /// Stage 2 (critical) below this much available memory; cleared above `critical_resume_available_memory`.
     pub critical_available_memory: MemoryThreshold,
+    /// Available memory above which the critical stage for low memory clears. Default: 10 % of physical
+    /// memory.
     pub critical_resume_available_memory: MemoryThreshold,
     /// Stage 2 above this PSI `full avg10` memory pressure (percent: every task stalled on memory);
     /// cleared below `critical_resume_memory_pressure`.
     pub critical_memory_pressure: f64,
+    /// PSI `full avg10` memory pressure (percent) below which the critical stage for pressure clears.
+    /// Default: 10.
     pub critical_resume_memory_pressure: f64,
     /// How long memory must stay critical before a victim is chosen.
     #[serde(with = "aura_model::humantime_serde_compat")]
@@ -150,8 +166,11 @@ pub struct GuardConfig {
     /// `/proc/meminfo` every `fast_interval`; below `emergency_available_memory` it kills the victim's
     /// tree at once (SIGKILL, no grace, no sustain), before the kernel's OOM killer picks a job by itself.
     pub fast_watch_below: MemoryThreshold,
+    /// How often `/proc/meminfo` is read while available memory is below `fast_watch_below`; at most
+    /// `interval`. Default: 100 ms.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub fast_interval: Duration,
+    /// Available memory below which the victim's tree is killed at once. Default: 4 % of physical memory.
     pub emergency_available_memory: MemoryThreshold,
     /// A victim is requeued asking for max(its request, its peak) times this.
     pub requeue_growth: f64,

@@ -22,6 +22,8 @@ const MIN_FREE_DISK: f64 = 0.05;
 /// Quarantined jobs `status` lists, newest first.
 const QUARANTINED_SHOWN: u32 = 20;
 
+/// The running engine, as its users (the API server, the daemon) reach it: every job operation goes
+/// through here. Cheap to clone; all clones talk to one actor.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
@@ -50,6 +52,7 @@ impl EngineHandle {
         }
     }
 
+    /// The process backend the supervisor runs jobs with.
     pub fn backend(&self) -> Backend {
         self.shared.supervisor.backend()
     }
@@ -186,11 +189,13 @@ impl EngineHandle {
         self.ask(|reply| Command::RenewLease { id, reply }).await?
     }
 
+    /// Gives a lease's reservation back at once; [`EngineError::LeaseNotFound`] if it is not held.
     pub async fn release_lease(&self, id: u64) -> Result<(), EngineError> {
         self.ask(|reply| Command::ReleaseLease { id, reply })
             .await?
     }
 
+    /// Every lease held now.
     pub async fn leases(&self) -> Result<Vec<crate::LeaseInfo>, EngineError> {
         self.ask(|reply| Command::ListLeases { reply }).await
     }
@@ -341,11 +346,13 @@ impl EngineHandle {
             .ok_or(EngineError::NotFound(id))
     }
 
+    /// One job with its live usage (while it runs) or why it waits (while queued); `NotFound` if unknown.
     pub async fn get(&self, id: JobId) -> Result<JobView, EngineError> {
         let job = self.stored(id).await?;
         Ok(self.view(job))
     }
 
+    /// One page of jobs matching `filter`, each as [`get`](Self::get) shows it.
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<JobView>, EngineError> {
         Ok(self
             .shared
@@ -367,6 +374,7 @@ impl EngineHandle {
         Ok(self.shared.store.engine_events(after, limit).await?)
     }
 
+    /// One job's recorded events (state changes and what caused them), oldest first; `NotFound` if unknown.
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, EngineError> {
         self.stored(id).await?;
         Ok(self.shared.store.events(id).await?)
@@ -411,6 +419,8 @@ impl EngineHandle {
         }
     }
 
+    /// The engine's backend, whether it accepts jobs, its running and queued counts, why admission is
+    /// paused, the store's health and the latest quarantined jobs.
     pub async fn status(&self) -> Result<EngineStatus, EngineError> {
         let (running, queued) = self.shared.counts();
         let store = self.shared.store.stats();
@@ -521,6 +531,7 @@ impl EngineHandle {
         }
     }
 
+    /// What admission has and what is reserved: capacity, reservations, running slots.
     pub async fn utilization(&self) -> Result<Utilization, EngineError> {
         let (running, queued) = self.shared.counts();
         let usage = self.shared.admission.usage();

@@ -14,11 +14,16 @@ use tokio::time::Instant;
 /// A lease as the API shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct LeaseInfo {
+    /// The lease's id, for renew and release; never reused, even across restarts.
     pub id: u64,
+    /// Who holds it, as the holder named itself (for people reading the list).
     pub holder: Option<String>,
+    /// What it reserves.
     pub resources: ResourceRequest,
+    /// How long it lasts without a renew; each renew extends it by this much from then.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub ttl: Duration,
+    /// When it expires unless renewed.
     pub expires_at: Timestamp,
     /// GPU devices granted.
     pub gpus: Vec<u32>,

@@ -34,6 +34,8 @@ use std::path::PathBuf;
 /// Everything the engine needs to run, with the defaults of `aura serve`.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// Where the engine keeps its database (`aura.db`), job working directories (`work/`) and captured
+    /// output (`logs/`).
     pub data_dir: PathBuf,
     /// Most jobs running at once, on top of admission's resource checks. Default: the number of cores.
     pub max_concurrent: usize,
@@ -42,14 +44,19 @@ pub struct EngineConfig {
     /// a job that overtakes it in the queue, and goes back to the queue when admission pauses or a lease
     /// needs what it holds. Default (`aura serve`): 2; 0 admits only into free slots.
     pub standby: usize,
+    /// What the host can afford and how a job's request is formed.
     pub admission: AdmissionConfig,
+    /// When admission pauses for the host, and when the pressure responder stops a job.
     pub guards: GuardConfig,
+    /// Thresholds for the daemon's checks of its own fds, threads, memory and children.
     pub diagnostics: DiagnosticsConfig,
     /// The host sampler behind `/api/metrics/system`: how often, and how many snapshots it keeps.
     pub host_interval: std::time::Duration,
+    /// How many of the host sampler's snapshots are kept for history.
     pub host_history: usize,
     /// Requeue the jobs a graceful shutdown stopped, so that the next start runs them again.
     pub requeue_on_shutdown: bool,
+    /// How job process trees are started and watched.
     pub supervisor: SupervisorConfig,
     /// The named secrets job specs may reference; resolved into a job's environment at launch.
     pub secrets: Secrets,
@@ -88,6 +95,7 @@ impl EngineConfig {
         self.data_dir.join("logs")
     }
 
+    /// The job database, `aura.db` in the data dir.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("aura.db")
     }

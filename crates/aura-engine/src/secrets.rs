@@ -14,10 +14,20 @@ pub struct Secrets(BTreeMap<String, Secret>);
 /// secret `openai`.
 pub const ENV_PREFIX: &str = "AURA_SECRET_";
 
+/// Why the secrets could not be loaded. No message ever holds a secret's value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// The secrets file is missing (when required), unreadable, not a regular file, readable by others,
+    /// or not a TOML table of strings.
     #[error("secrets file {path}: {reason}")]
-    File { path: PathBuf, reason: String },
+    File {
+        /// The secrets file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A secret's name (in the file or after `AURA_SECRET_`) is empty, over 256 bytes, or has characters
+    /// other than letters, digits, `_`, `-`, `.`; holds the name.
     #[error("invalid secret name {0:?} (letters, digits, _ - . only)")]
     Name(String),
 }
@@ -79,18 +89,22 @@ impl Secrets {
         Ok(Secrets(secrets))
     }
 
+    /// The secret called `name`, if the daemon has it.
     pub fn get(&self, name: &str) -> Option<&Secret> {
         self.0.get(name)
     }
 
+    /// The names of all secrets, in sorted order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
 
+    /// How many secrets there are.
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

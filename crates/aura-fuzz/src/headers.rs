@@ -3,6 +3,7 @@
 //! (`auth::bearer`, `Tokens::authenticate`), on requests built from the bytes as the server sees them.
 
 use aura_server::auth::{bearer, Principal, Scope, TokenConfig, TokenHash, Tokens};
+use aura_server::prometheus::Format;
 use aura_server::{check_request, ErrorCode, SecurityConfig};
 use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
 use std::sync::{Arc, OnceLock};
@@ -72,9 +73,13 @@ fn security() -> &'static SecurityConfig {
 /// - `bearer` on every `Authorization` value (and on the whole input) returns a token only for
 ///   `Bearer <token>`: the scheme in any case, one or more spaces, a non-empty token without spaces,
 ///   surrounding whitespace ignored; and does return it for such a value built from the input;
-/// - `authenticate` accepts exactly the known token, as its principal.
+/// - `authenticate` accepts exactly the known token, as its principal;
+/// - `/metrics`' format negotiation (`prometheus::Format::negotiate`) on every `Accept` value (and on the
+///   whole input) answers OpenMetrics only where the value names `application/openmetrics-text`, and
+///   does for that media type alone.
 pub fn headers(data: &[u8]) {
     check_bearer(data);
+    check_accept(&String::from_utf8_lossy(data));
     let Some(request) = request(data) else {
         return;
     };
@@ -98,6 +103,28 @@ pub fn headers(data: &[u8]) {
     for value in request.headers().get_all(header::AUTHORIZATION) {
         check_bearer(value.as_bytes());
     }
+    for value in request.headers().get_all(header::ACCEPT) {
+        check_accept(&String::from_utf8_lossy(value.as_bytes()));
+    }
+}
+
+fn check_accept(accept: &str) {
+    let chosen = Format::negotiate(Some(accept));
+    if chosen == Format::OpenMetrics {
+        assert!(
+            accept
+                .to_ascii_lowercase()
+                .contains("application/openmetrics-text"),
+            "OpenMetrics chosen for Accept {accept:?}"
+        );
+    }
+    // Its own range at full quality wins over whatever else the client lists.
+    let named = format!("{accept},application/openmetrics-text");
+    assert_eq!(
+        Format::negotiate(Some(&named)),
+        Format::OpenMetrics,
+        "Accept {named:?}"
+    );
 }
 
 /// The request head in `data`, as `http` builds it; `None` when it refuses the request line.

@@ -4,6 +4,11 @@
 //! text captured from real hosts. This module does no I/O and computes no rates: deltas between two
 //! samples are the collector's job. Units are the kernel's (clock ticks, kB, sectors) except where
 //! a field's doc says otherwise.
+//!
+//! Hand-written rather than the `procfs` crate: with it a host sample costs 37–39 % more (its meminfo
+//! parse builds a map of every line), it reads PSI and load averages as `f32`, refuses a cpu PSI file
+//! without a `full` line (kernels before 5.13) and panics on some malformed `/proc/PID/stat` lines.
+//! Figures and rule: BENCHMARKS.md, "Hand-written /proc parsers vs the procfs crate".
 
 use std::fmt;
 
@@ -40,6 +45,7 @@ pub type CpuTimes = CpuModes<u64>;
 /// What the sampler needs from /proc/stat.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stat {
+    /// The aggregate `cpu` line: all CPUs together.
     pub total: CpuTimes,
     /// Per online CPU, in file order (`cpu0`, `cpu1`, ...).
     pub cores: Vec<CpuTimes>,
@@ -94,11 +100,17 @@ pub fn parse_stat(text: &str) -> Result<Stat, ParseError> {
 /// What the sampler needs from /proc/meminfo, in bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemInfo {
+    /// `MemTotal`: usable RAM.
     pub total: u64,
+    /// `MemFree`: unused RAM, which excludes reclaimable caches.
     pub free: u64,
+    /// `MemAvailable`: the kernel's estimate of what can be allocated without swapping.
     pub available: u64,
+    /// `Cached`: the page cache.
     pub cached: u64,
+    /// `SwapTotal`.
     pub swap_total: u64,
+    /// `SwapFree`.
     pub swap_free: u64,
 }
 
@@ -143,16 +155,22 @@ pub fn parse_meminfo(text: &str) -> Result<MemInfo, ParseError> {
 /// One line of a PSI file. Averages are percentages as the kernel writes them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PsiLine {
+    /// Share of the last 10 s stalled, in percent.
     pub avg10: f64,
+    /// Share of the last 60 s stalled, in percent.
     pub avg60: f64,
+    /// Share of the last 300 s stalled, in percent.
     pub avg300: f64,
+    /// Total stall time since boot, microseconds.
     pub total_usec: u64,
 }
 
 /// A /proc/pressure/{cpu,memory,io} file. `full` is absent for cpu on older kernels.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Psi {
+    /// Time at least one task was stalled on the resource.
     pub some: PsiLine,
+    /// Time every non-idle task was stalled at once.
     pub full: Option<PsiLine>,
 }
 
@@ -204,11 +222,15 @@ pub fn parse_loadavg(text: &str) -> Result<[f64; 3], ParseError> {
 /// One block device line of /proc/diskstats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskRaw {
+    /// The kernel's device name (`sda`, `nvme0n1p1`).
     pub name: String,
+    /// Reads completed.
     pub reads: u64,
     /// 512-byte sectors, whatever the device's real sector size (the kernel's convention).
     pub read_sectors: u64,
+    /// Writes completed.
     pub writes: u64,
+    /// 512-byte sectors written.
     pub write_sectors: u64,
     /// Milliseconds during which the device had I/O in flight.
     pub io_ms: u64,
@@ -260,14 +282,23 @@ pub fn is_physical_disk(name: &str, all: &[DiskRaw]) -> bool {
 /// One interface line of /proc/net/dev.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetRaw {
+    /// The interface name, without the colon.
     pub name: String,
+    /// Bytes received.
     pub rx_bytes: u64,
+    /// Packets received.
     pub rx_packets: u64,
+    /// Receive errors.
     pub rx_errors: u64,
+    /// Received packets dropped.
     pub rx_drops: u64,
+    /// Bytes sent.
     pub tx_bytes: u64,
+    /// Packets sent.
     pub tx_packets: u64,
+    /// Transmit errors.
     pub tx_errors: u64,
+    /// Packets dropped on transmit.
     pub tx_drops: u64,
 }
 
@@ -299,27 +330,32 @@ pub fn parse_net_dev(text: &str) -> Result<Vec<NetRaw>, ParseError> {
     Ok(out)
 }
 
-/// What the process snapshot needs from /proc/<pid>/stat.
+/// What the process snapshot needs from `/proc/<pid>/stat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PidStat {
     /// The state letter (`R`, `S`, `Z`, …).
     pub state: u8,
+    /// The parent's pid.
     pub ppid: u32,
     /// The process group.
     pub pgrp: i32,
-    /// Clock ticks.
+    /// User CPU, clock ticks.
     pub utime: u64,
+    /// System CPU, clock ticks.
     pub stime: u64,
     /// The nice value (−20 to 19), per thread on Linux: this is the main thread's.
     pub nice: i32,
+    /// Threads in the process.
     pub num_threads: u64,
     /// Clock ticks after boot.
     pub starttime: u64,
+    /// Virtual memory size, bytes.
     pub vsize_bytes: u64,
+    /// Resident set size, pages.
     pub rss_pages: u64,
 }
 
-/// Parses /proc/<pid>/stat. The command name may contain spaces and parentheses, so fields are
+/// Parses `/proc/<pid>/stat`. The command name may contain spaces and parentheses, so fields are
 /// counted from the *last* `)`.
 pub fn parse_pid_stat(text: &str) -> Result<PidStat, ParseError> {
     let close = text.rfind(')').ok_or_else(|| err("no `)` after comm"))?;

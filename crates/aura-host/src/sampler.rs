@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crate::collector::Collector;
 use crate::snapshot::HostSnapshot;
 
+/// How the background sampler samples the host; the default samples every second and keeps 300
+/// snapshots (5 minutes).
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
     /// Time between samples.
@@ -115,6 +117,7 @@ impl HostSampler {
         })
     }
 
+    /// The newest snapshot; `None` until the first sample succeeds.
     pub fn latest(&self) -> Option<Arc<HostSnapshot>> {
         lock(&self.shared.ring).back().cloned()
     }

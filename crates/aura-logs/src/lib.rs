@@ -26,7 +26,9 @@ pub use writer::{Capture, CaptureReport};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
+    /// The job's standard output.
     Stdout,
+    /// The job's standard error.
     Stderr,
 }
 
@@ -67,6 +69,7 @@ impl LogCap {
     /// below 2 would make segments zero-sized and rotation would never progress.
     pub const MIN: u64 = 2;
 
+    /// A cap of `bytes` bytes per stream; [`LogError::InvalidCap`] below [`LogCap::MIN`].
     pub fn new(bytes: u64) -> Result<LogCap, LogError> {
         if bytes < Self::MIN {
             return Err(LogError::InvalidCap(bytes));

@@ -24,10 +24,12 @@ const BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
 /// A contiguous piece of a stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LogChunk {
+    /// The stream it was read from.
     pub stream: Stream,
     /// Logical offset of `data[0]`. Greater than the requested offset when
     /// that was already truncated away (or beyond the end).
     pub offset: u64,
+    /// The bytes, as the job wrote them; empty at the end of what was captured.
     pub data: Vec<u8>,
     /// Offset to request next to continue without gaps or repeats.
     pub next_offset: u64,
@@ -190,4 +192,150 @@ fn read_listed(
         next_offset: pos,
         truncated_bytes,
     }))
+}
+
+/// The writer's rotations land between a reader's listing and its reads; here they are made by hand at
+/// exactly that point, so each race is played deterministically.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Stream = Stream::Stdout;
+
+    /// Writes segment files as a writer would leave them, `(start, bytes)`.
+    fn put(dir: &Path, parts: &[(u64, &[u8])]) {
+        for (start, data) in parts {
+            std::fs::write(segment::path(dir, S, *start), data).expect("write segment");
+        }
+    }
+
+    fn remove(dir: &Path, start: u64) {
+        std::fs::remove_file(segment::path(dir, S, start)).expect("remove segment");
+    }
+
+    fn listing(dir: &Path) -> Vec<Segment> {
+        segment::list(dir, S).expect("list")
+    }
+
+    fn chunk(offset: u64, data: &[u8], truncated_bytes: u64) -> LogChunk {
+        LogChunk {
+            stream: S,
+            offset,
+            data: data.to_vec(),
+            next_offset: offset + data.len() as u64,
+            truncated_bytes,
+        }
+    }
+
+    /// A segment path that cannot be looked at for a reason other than absence (a file used as a
+    /// directory): such errors are real and must not be mistaken for a rotation.
+    fn unreachable(dir: &Path, start: u64) -> Segment {
+        let file = dir.join("not-a-dir");
+        std::fs::write(&file, b"").expect("write file");
+        Segment {
+            start,
+            path: file.join(segment::file_name(S, start)),
+        }
+    }
+
+    #[test]
+    fn a_listing_whose_newest_segment_was_rotated_away_is_stale() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        put(dir, &[(0, b"abcde"), (5, b"fgh")]);
+        let stale = listing(dir);
+        // Two rotations: both listed segments are pruned.
+        put(dir, &[(8, b"ijk"), (11, b"l")]);
+        remove(dir, 0);
+        remove(dir, 5);
+        assert_eq!(end_of(&stale).expect("end_of"), None);
+        assert_eq!(read_listed(&stale, S, 0, 100).expect("read_listed"), None);
+        // A fresh listing answers.
+        assert_eq!(read(dir, S, 0, 100).expect("read"), chunk(8, b"ijkl", 8));
+        assert_eq!(stat(dir, S).expect("stat"), (12, 8));
+    }
+
+    #[test]
+    fn an_older_segment_rotated_away_before_reading_means_relist() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        put(dir, &[(0, b"abcde"), (5, b"fgh")]);
+        let stale = listing(dir);
+        put(dir, &[(8, b"ij")]);
+        remove(dir, 0);
+        assert_eq!(read_listed(&stale, S, 0, 100).expect("read_listed"), None);
+        assert_eq!(read(dir, S, 0, 100).expect("read"), chunk(5, b"fghij", 5));
+    }
+
+    #[test]
+    fn a_segment_gone_after_bytes_were_read_ends_the_chunk_there() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        put(dir, &[(0, b"abcde"), (5, b"fgh"), (8, b"ij")]);
+        let stale = listing(dir);
+        // As if pruned after the read had opened segment 0 (an open file outlives its name).
+        remove(dir, 5);
+        assert_eq!(
+            read_listed(&stale, S, 0, 100).expect("read_listed"),
+            Some(chunk(0, b"abcde", 0))
+        );
+    }
+
+    #[test]
+    fn errors_other_than_a_vanished_segment_are_reported() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        put(dir, &[(5, b"fgh")]);
+        let newest = vec![unreachable(dir, 5)];
+        assert!(
+            matches!(end_of(&newest), Err(LogError::Io { op, .. }) if op == "reading log segment size"),
+            "{:?}",
+            end_of(&newest)
+        );
+        let mut oldest = vec![unreachable(dir, 0)];
+        oldest.extend(listing(dir));
+        let got = read_listed(&oldest, S, 0, 100);
+        assert!(
+            matches!(got, Err(LogError::Io { op, .. }) if op == "opening log segment"),
+            "{got:?}"
+        );
+    }
+
+    /// Bytes missing between two segments (a crash, tampering) end a chunk; a reader already at the gap
+    /// is moved past it, and the chunk's offset says so.
+    #[test]
+    fn a_gap_between_segments_is_never_spliced_over() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        put(dir, &[(0, b"abc"), (10, b"klmno")]);
+        // (offset, max) → chunk
+        let table: [(u64, usize, LogChunk); 5] = [
+            (0, 100, chunk(0, b"abc", 0)),
+            (1, 1, chunk(1, b"b", 0)),
+            (3, 100, chunk(10, b"klmno", 0)),
+            (3, 2, chunk(10, b"kl", 0)),
+            (7, 100, chunk(10, b"klmno", 0)),
+        ];
+        for (offset, max, want) in table {
+            assert_eq!(
+                read(dir, S, offset, max).expect("read"),
+                want,
+                "read({offset}, {max})"
+            );
+        }
+    }
+
+    /// Offsets are u64 end to end: a stream near the top of the range reads without overflowing.
+    #[test]
+    fn offsets_near_u64_max_read_without_overflow() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let start = u64::MAX - 10;
+        put(dir, &[(start, b"abcd")]);
+        assert_eq!(
+            read(dir, S, 0, usize::MAX).expect("read"),
+            chunk(start, b"abcd", start)
+        );
+        assert_eq!(stat(dir, S).expect("stat"), (start + 4, start));
+    }
 }

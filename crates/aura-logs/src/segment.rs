@@ -89,4 +89,23 @@ mod tests {
             None
         );
     }
+
+    /// Only a missing directory means "no output yet"; any other failure to list it is an error.
+    #[test]
+    fn only_a_missing_directory_lists_as_empty() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            list(&tmp.path().join("absent"), Stream::Stdout).expect("list"),
+            []
+        );
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, b"").expect("write");
+        assert!(matches!(
+            list(&file, Stream::Stdout),
+            Err(LogError::Io {
+                op: "listing log directory",
+                ..
+            })
+        ));
+    }
 }

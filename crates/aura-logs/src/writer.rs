@@ -151,6 +151,7 @@ impl Capture {
         self.pipe.as_fd()
     }
 
+    /// Which of the job's streams this captures.
     pub fn stream(&self) -> Stream {
         self.stream
     }
@@ -208,6 +209,9 @@ impl Capture {
         }
         let floor = self.above_floor(n);
         let (dir, stream, cap) = (&self.dir, self.stream, self.cap);
+        // Bytes of this output that reached the file (or were rotated away) before a write failed: a
+        // write cut short by a full volume is not dropped as a whole.
+        let mut landed = 0u64;
         let attempt = || -> Result<(), LogError> {
             floor?;
             let w = match &mut self.writer {
@@ -223,7 +227,10 @@ impl Capture {
                 w.write(note.as_bytes())?;
                 self.unnoted = 0;
             }
-            w.write(&self.buf[..n])
+            let before = w.bytes_written;
+            let written = w.write(&self.buf[..n]);
+            landed = w.bytes_written.saturating_sub(before);
+            written
         };
         match attempt() {
             Ok(()) => {
@@ -240,12 +247,14 @@ impl Capture {
                     other => other.to_string(),
                 };
                 self.failing = Some((Instant::now(), why));
-                self.dropped += n as u64;
-                self.unnoted += n as u64;
+                let lost = (n as u64).saturating_sub(landed);
+                self.dropped += lost;
+                self.unnoted += lost;
             }
         }
     }
 
+    /// Bytes captured, truncated and dropped so far; final once [`drain`](Capture::drain) saw EOF.
     pub fn report(&self) -> CaptureReport {
         let mut report = self
             .writer
@@ -432,4 +441,338 @@ fn create_segment(path: &Path) -> Result<std::fs::File, LogError> {
     file.set_permissions(std::fs::Permissions::from_mode(SEGMENT_MODE))
         .map_err(|e| LogError::io("setting log segment permissions", path, e))?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::pipe::{pipe_with, PipeFlags};
+
+    /// A capture of a fresh pipe into `dir`, and the pipe's (blocking) write end.
+    fn capture(dir: &Path, cap: u64) -> (Capture, File) {
+        let (rx, tx) = pipe_with(PipeFlags::CLOEXEC).expect("pipe");
+        let cap = LogCap::new(cap).expect("cap");
+        let capture = Capture::new(rx, dir, Stream::Stdout, cap).expect("capture");
+        (capture, File::from(tx))
+    }
+
+    /// Puts `data` through the pipe in pieces the pipe buffer holds, draining after each. Each drain
+    /// must take its whole piece (written or dropped), so a capture that stops reading fails here
+    /// rather than leaving the next write blocked on a full pipe.
+    fn send(capture: &mut Capture, tx: &mut File, data: &[u8]) {
+        let taken = |capture: &Capture| {
+            let report = capture.report();
+            report.bytes_written + report.dropped_bytes
+        };
+        for piece in data.chunks(16 * 1024) {
+            let before = taken(capture);
+            tx.write_all(piece).expect("write");
+            assert!(!capture.drain(usize::MAX).expect("drain"));
+            assert!(
+                taken(capture) >= before + piece.len() as u64,
+                "piece not drained"
+            );
+        }
+    }
+
+    fn feed(capture: &mut Capture, tx: &mut File, n: u64) {
+        send(capture, tx, &vec![b'x'; usize::try_from(n).expect("size")]);
+    }
+
+    #[test]
+    fn segments_are_half_the_cap_rounded_down() {
+        for (cap, segment) in [(2, 1), (3, 1), (10, 5), (11, 5), (1 << 20, 1 << 19)] {
+            let cap = LogCap::new(cap).expect("cap");
+            assert_eq!(cap.segment_bytes(), segment, "{cap:?}");
+        }
+    }
+
+    #[test]
+    fn drain_is_done_only_at_eof() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (mut capture, mut tx) = capture(tmp.path(), 1024);
+        assert!(!capture.drain(usize::MAX).expect("drain"), "nothing yet");
+        tx.write_all(b"abc").expect("write");
+        assert!(
+            !capture.drain(usize::MAX).expect("drain"),
+            "writer still open"
+        );
+        assert_eq!(capture.report().bytes_written, 3);
+        drop(tx);
+        assert!(capture.drain(usize::MAX).expect("drain"));
+        assert!(capture.drain(usize::MAX).expect("drain"), "EOF stays EOF");
+        assert_eq!(capture.report().bytes_written, 3);
+    }
+
+    /// A drain stops once its budget is spent (met exactly, too: the first read of a drain takes at most
+    /// 512 bytes), leaving the rest for the next one, which takes a whole pipe's worth in one read.
+    #[test]
+    fn drain_stops_at_its_budget() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for budget in [1, 512] {
+            let dir = tmp.path().join(format!("budget-{budget}"));
+            let (mut capture, mut tx) = capture(&dir, 1 << 20);
+            let total = 20_000u64;
+            tx.write_all(&vec![b'x'; total as usize]).expect("write");
+            assert!(!capture.drain(budget).expect("drain"));
+            let first = capture.report().bytes_written;
+            assert!(first > 0 && first < total, "budget {budget}: took {first}");
+            assert!(!capture.drain(budget).expect("drain"));
+            assert_eq!(capture.report().bytes_written, total, "budget {budget}");
+        }
+    }
+
+    /// The free-space floor is looked at on the first write, then again once `FLOOR_CHECK_BYTES` more
+    /// were written: not before (a `statvfs` per pipe read would cost more than the write), not later.
+    #[test]
+    fn the_floor_is_looked_at_every_floor_check_bytes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (capture, mut tx) = capture(tmp.path(), 64 << 20);
+        // Any volume has a byte free.
+        let mut capture = capture.with_min_free(1);
+        feed(&mut capture, &mut tx, 100);
+        // From now on the volume is below the floor, whenever it is looked at.
+        capture.min_free = u64::MAX;
+        feed(&mut capture, &mut tx, FLOOR_CHECK_BYTES - 1);
+        let report = capture.report();
+        assert_eq!(
+            (report.bytes_written, report.dropped_bytes),
+            (100 + FLOOR_CHECK_BYTES - 1, 0)
+        );
+        feed(&mut capture, &mut tx, 1);
+        let report = capture.report();
+        assert_eq!(
+            (report.bytes_written, report.dropped_bytes),
+            (100 + FLOOR_CHECK_BYTES - 1, 1)
+        );
+    }
+
+    /// After a failed write, output is dropped without trying for `RETRY_AFTER`; the first write after
+    /// that is preceded by a note of exactly what was lost. The failure's time is set by hand (far in
+    /// the future, then long past) so that no test depends on how fast it runs.
+    #[test]
+    fn output_dropped_while_failing_is_noted_once_writes_work_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("logs");
+        let (mut capture, mut tx) = capture(&dir, 1 << 20);
+        let failed_at = Instant::now() + Duration::from_secs(3600);
+        capture.failing = Some((failed_at, "disk full".to_owned()));
+        tx.write_all(b"abc").expect("write");
+        assert!(!capture.drain(usize::MAX).expect("drain"));
+        tx.write_all(b"de").expect("write");
+        assert!(!capture.drain(usize::MAX).expect("drain"));
+        assert_eq!(capture.report().dropped_bytes, 5);
+        assert!(!dir.exists(), "no write was tried");
+
+        let long_ago = Instant::now().checked_sub(2 * RETRY_AFTER);
+        capture.failing = Some((long_ago.expect("clock past 4 s"), "disk full".to_owned()));
+        tx.write_all(b"fgh").expect("write");
+        drop(tx);
+        assert!(capture.drain(usize::MAX).expect("drain"));
+        assert!(capture.failing.is_none());
+        let note = "\n[aura: 5 bytes of output dropped: disk full]\n";
+        let logged = std::fs::read(segment::path(&dir, Stream::Stdout, 0)).expect("read");
+        assert_eq!(String::from_utf8_lossy(&logged), format!("{note}fgh"));
+        assert_eq!(
+            capture.report(),
+            CaptureReport {
+                bytes_written: note.len() as u64 + 3,
+                truncated_bytes: 0,
+                dropped_bytes: 5,
+            }
+        );
+    }
+
+    /// A write cut short by a full volume leaves part of its bytes in the segment: the writer's offsets
+    /// must follow what is really on disk, or the next rotation names a segment at the wrong offset and
+    /// readers see a hole or an overlap. Needs a tmpfs of its own, so root.
+    #[test]
+    fn a_write_cut_short_by_a_full_volume_keeps_offsets_true() {
+        use std::process::Command;
+        let root = tempfile::tempdir().expect("tempdir");
+        let mnt = root.path().join("small");
+        std::fs::create_dir(&mnt).expect("mkdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+        let pattern =
+            |range: std::ops::Range<u64>| -> Vec<u8> { range.map(|i| (i % 251) as u8).collect() };
+
+        // Half the volume is taken; the log (40 KiB segments) fills the rest mid-write.
+        let filler = mnt.join("filler");
+        std::fs::write(&filler, vec![0u8; 32 * 1024]).expect("filler");
+        let dir = mnt.join("logs");
+        let (mut capture, mut tx) = capture(&dir, 80 * 1024);
+        let sent = 60 * 1024;
+        // Pieces that do not divide the free space, so that one write is cut short, not refused whole.
+        let piece = 10_000;
+        for part in pattern(0..sent).chunks(piece) {
+            send(&mut capture, &mut tx, part);
+        }
+        let on_disk = std::fs::metadata(segment::path(&dir, Stream::Stdout, 0))
+            .expect("segment")
+            .len();
+        assert!(on_disk > 20 * 1024 && on_disk < sent, "{on_disk}");
+        assert_ne!(on_disk % piece as u64, 0, "a write was cut short");
+        assert_eq!(
+            capture.report(),
+            CaptureReport {
+                bytes_written: on_disk,
+                truncated_bytes: 0,
+                dropped_bytes: sent - on_disk,
+            }
+        );
+
+        // Space returns and the retry is due: the note and the new output cross into a second segment.
+        std::fs::remove_file(&filler).expect("free the volume");
+        let failed_at = capture.failing.as_ref().expect("failing").0;
+        capture.failing = Some((failed_at - 2 * RETRY_AFTER, "full".to_owned()));
+        let tail = pattern(0..20 * 1024);
+        send(&mut capture, &mut tx, &tail);
+        let note = format!(
+            "\n[aura: {} bytes of output dropped: full]\n",
+            sent - on_disk
+        );
+        let mut expected = pattern(0..on_disk);
+        expected.extend_from_slice(note.as_bytes());
+        expected.extend_from_slice(&tail);
+        let end = expected.len() as u64;
+        assert!(end > 40 * 1024, "the second segment is used");
+        let chunk = crate::read(&dir, Stream::Stdout, 0, usize::MAX).expect("read");
+        assert_eq!((chunk.offset, chunk.next_offset), (0, end));
+        assert!(chunk.data == expected, "log differs from what was written");
+        assert_eq!(capture.report().bytes_written, end);
+    }
+
+    /// One pipe read may hold many segments' worth, and the bytes that would be rotated away at once are
+    /// skipped rather than written; the files left must still be exactly those that small reads leave:
+    /// the same segment starts (multiples of `segment_bytes`) and the same bytes.
+    #[test]
+    fn segments_do_not_depend_on_how_the_pipe_reads_were_split() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let splits: [&[usize]; 8] = [
+            &[1000],
+            &[3, 997],
+            &[5, 995],
+            &[7, 6, 987],
+            &[498, 2, 500],
+            &[990, 3, 7],
+            &[12; 84],
+            &[1; 1000],
+        ];
+        for (i, split) in splits.into_iter().enumerate() {
+            let dir = tmp.path().join(format!("split-{i}"));
+            let (mut capture, mut tx) = capture(&dir, 10);
+            let mut at = 0;
+            for &len in split {
+                let end = (at + len).min(data.len());
+                send(&mut capture, &mut tx, &data[at..end]);
+                at = end;
+            }
+            assert_eq!(at, data.len(), "split {i} covers the data");
+            let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+                .expect("list")
+                .map(|e| {
+                    let e = e.expect("entry");
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, std::fs::read(e.path()).expect("read"))
+                })
+                .collect();
+            files.sort();
+            assert_eq!(
+                files,
+                [
+                    (
+                        segment::file_name(Stream::Stdout, 990),
+                        data[990..995].to_vec()
+                    ),
+                    (
+                        segment::file_name(Stream::Stdout, 995),
+                        data[995..].to_vec()
+                    ),
+                ],
+                "split {i}: {split:?}"
+            );
+            assert_eq!(
+                capture.report(),
+                CaptureReport {
+                    bytes_written: 1000,
+                    truncated_bytes: 990,
+                    dropped_bytes: 0,
+                },
+                "split {i}"
+            );
+        }
+    }
+
+    /// The point of skipping what a read's own rotations would delete: one read of many segments' worth
+    /// creates only the segments it keeps, not a create/delete burst that listing readers lose races to.
+    #[test]
+    fn one_read_of_many_segments_creates_only_the_segments_it_keeps() {
+        use rustix::fs::inotify;
+        use std::mem::MaybeUninit;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("logs");
+        let (mut capture, mut tx) = capture(&dir, 10);
+        send(&mut capture, &mut tx, b"abc");
+        let watch = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
+            .expect("inotify");
+        inotify::add_watch(&watch, &dir, inotify::WatchFlags::CREATE).expect("watch");
+        // One pipe read: the buffer exists since the first output.
+        send(&mut capture, &mut tx, &[b'x'; 997]);
+        let mut buf = [MaybeUninit::uninit(); 4096];
+        let mut events = inotify::Reader::new(&watch, &mut buf);
+        let mut created = Vec::new();
+        loop {
+            match events.next() {
+                Ok(event) => created.push(
+                    event
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                ),
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(e) => panic!("inotify: {e}"),
+            }
+        }
+        assert_eq!(
+            created,
+            [
+                segment::file_name(Stream::Stdout, 990),
+                segment::file_name(Stream::Stdout, 995)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_floor_no_volume_meets_drops_everything_and_none_keeps_everything() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // (min_free, bytes dropped of 10)
+        for (min_free, dropped) in [(0, 0), (1, 0), (u64::MAX, 10)] {
+            let dir = tmp.path().join(format!("floor-{min_free}"));
+            let (capture, mut tx) = capture(&dir, 1024);
+            let mut capture = capture.with_min_free(min_free);
+            feed(&mut capture, &mut tx, 10);
+            let report = capture.report();
+            assert_eq!(
+                (report.bytes_written, report.dropped_bytes),
+                (10 - dropped, dropped),
+                "min_free {min_free}"
+            );
+        }
+    }
 }

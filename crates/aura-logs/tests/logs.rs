@@ -448,3 +448,69 @@ fn a_full_volume_drops_output_and_keeps_draining() {
     );
     assert!(text.ends_with("kept\n"), "{text}");
 }
+
+#[test]
+fn streams_display_as_their_names() {
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        assert_eq!(stream.to_string(), stream.as_str());
+        assert_eq!(
+            stream.to_string().parse::<Stream>().expect("round trip"),
+            stream
+        );
+    }
+    assert_eq!(
+        format!("{}|{}", Stream::Stdout, Stream::Stderr),
+        "stdout|stderr"
+    );
+}
+
+/// The free-space floor is exact: output is written with precisely `min_free` bytes free and dropped
+/// with one byte less. Needs a volume of its own (a tmpfs) so that nothing else moves the free figure.
+#[test]
+fn the_free_space_floor_is_exact() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mnt = root.path().join("small");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let free = || {
+        let s = rustix::fs::statvfs(&mnt).expect("statvfs");
+        s.f_bavail * s.f_frsize
+    };
+    // (floor relative to what is free, bytes dropped of 5); the dropping case goes first, since it
+    // writes nothing and so leaves the free figure as it was.
+    for (above_free, dropped) in [(1, 5), (0, 0)] {
+        let dir = mnt.join(format!("logs-{above_free}"));
+        let (read_end, write_end) = pipe();
+        let mut capture = Capture::new(
+            read_end,
+            &dir,
+            Stream::Stdout,
+            LogCap::new(1024).expect("cap"),
+        )
+        .expect("capture")
+        .with_min_free(free() + above_free);
+        File::from(write_end).write_all(b"hello").expect("write");
+        assert!(capture.drain(usize::MAX).expect("drain"));
+        let report = capture.report();
+        assert_eq!(
+            (report.bytes_written, report.dropped_bytes),
+            (5 - dropped, dropped),
+            "floor {above_free} byte(s) above what is free"
+        );
+    }
+}

@@ -28,7 +28,9 @@ pub enum LimitEnforcer {
 /// A running job as the memory pressure responder ranks it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
+    /// The running job.
     pub id: JobId,
+    /// Its spec's priority (higher runs first); the lowest is stopped first.
     pub priority: i32,
     /// When it started (ms since the epoch).
     pub started_at_ms: i64,
@@ -50,7 +52,9 @@ impl Candidate {
 /// What a crash recovery killed and removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryReport {
+    /// Processes left by the dead daemon's jobs that were killed.
     pub killed_processes: u32,
+    /// Leftover job cgroups that were removed.
     pub removed_cgroups: u32,
 }
 
@@ -58,14 +62,21 @@ pub struct RecoveryReport {
 /// victim's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VictimChosen {
+    /// The job chosen to be stopped.
     pub job_id: JobId,
+    /// Why memory is critical, with the figure and the thresholds crossed.
     pub reason: String,
+    /// The host as the guards read it when the choice was made.
     pub reading: HostReading,
+    /// The victim's figures as they were ranked.
     pub victim: Candidate,
+    /// Bytes of memory the victim used beyond its reservation (0 if within it).
     pub excess_bytes: u64,
     /// How many running jobs were ranked.
     pub candidates: usize,
+    /// The ranking rule applied, in words.
     pub ranking: String,
+    /// Seconds before the responder may choose another victim (`victim_cooldown`).
     pub cooldown_secs: f64,
     /// SIGKILL at once (the emergency stage) rather than the job's stop sequence.
     pub killed_at_once: bool,
@@ -74,6 +85,7 @@ pub struct VictimChosen {
 /// Why a job's attempt ended without its own exit: the daemon died under it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Interruption {
+    /// What happened, e.g. "daemon died while the job ran", or why the job is quarantined.
     pub reason: String,
     /// Unclean daemon deaths in a row under this job (recovery only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,62 +99,94 @@ pub struct Interruption {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum JobEvent {
+    /// The job was accepted and stored, queued for its first attempt.
     Submitted {
+        /// The program it runs.
         program: String,
+        /// Its priority (higher runs first).
         priority: i32,
     },
+    /// The attempt's process tree was launched and its main process runs.
     Started {
+        /// The main process's PID (also its process group id).
         pid: u32,
+        /// The process-tree backend it runs under.
         backend: Backend,
+        /// The job's cgroup directories (empty for the process-group backend).
         cgroups: Vec<PathBuf>,
+        /// The working directory the attempt runs in.
         cwd: PathBuf,
     },
     /// The launch failed before the program ran.
     SpawnFailed {
+        /// Why the launch failed.
         error: String,
         /// The data volume refused what the start needed.
         storage_exhausted: bool,
     },
+    /// The engine began the job's stop sequence (or cancelled it while queued).
     StopRequested {
+        /// Why it is being stopped.
         reason: StopReason,
     },
+    /// The tree went over its hard memory limit and is being killed.
     MemoryLimitExceeded {
+        /// The hard limit, in bytes.
         limit_bytes: u64,
+        /// The tree's memory in bytes when the violation was seen, if it could be read.
         current_bytes: Option<u64>,
+        /// Whether the kernel or Aura's watchdog caught it.
         enforced_by: LimitEnforcer,
+        /// What Aura does about it, in words.
         action: String,
     },
     /// The kernel's OOM killer hit the tree (the host ran out of memory).
     OomKilled {
+        /// Processes of the tree the OOM killer killed.
         kills: u64,
+        /// What Aura does about it, in words.
         action: String,
     },
+    /// The memory pressure responder chose this job to stop, to protect the host.
     PressureVictim(VictimChosen),
     /// The tree is gone: the main process's status, the signals sent, the figures.
     Exited {
+        /// How the main process ended.
         exit: ExitStatus,
+        /// Signals the stop sequence sent, in order (empty if the job ended by itself).
         signals_sent: Vec<StopSignal>,
+        /// The attempt's resource use.
         accounting: Accounting,
         /// The documents' `Start=…MB, Peak=…MB, End=…MB, Delta=…MB` line.
         memory: String,
     },
+    /// The attempt is over and its outcome recorded; a requeue may follow.
     Finished {
+        /// How the attempt ended.
         outcome: Option<Outcome>,
     },
     /// A victim of memory pressure comes back asking for more.
     MemoryRequestRaised {
+        /// The new memory request admission reserves for the next attempt.
         memory_request: ByteSize,
+        /// Why it was raised.
         reason: String,
     },
+    /// The job went back to the queue for another attempt, per its retry policy.
     Requeued {
+        /// The number of the new attempt (1 is the first).
         attempt: u32,
     },
+    /// The daemon died (or its job monitor failed) while the attempt ran.
     Interrupted(Interruption),
+    /// Like `Interrupted`, but the job ran at too many unclean daemon deaths in a row: it is not run again.
     Quarantined(Interruption),
     /// A stored event of a kind (or shape) this version does not know — from another version of Aura —
     /// kept as it was written.
     Unrecognized {
+        /// The stored kind.
         kind: String,
+        /// The stored detail, as JSON.
         detail: serde_json::Value,
     },
 }
@@ -152,30 +196,44 @@ pub enum JobEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum EngineEvent {
+    /// A guard (memory, memory pressure, outside CPU, disk) crossed its threshold: no new job starts.
     AdmissionPaused {
+        /// Which guard tripped, with the figure and its pause and resume thresholds.
         reason: String,
+        /// The host reading that tripped it.
         reading: HostReading,
     },
+    /// Every guard is back past its resume threshold: jobs start again.
     AdmissionResumed {
+        /// The host reading that cleared the pause.
         reading: HostReading,
     },
     /// Memory is critical: the pressure responder is armed.
     PressureCritical {
+        /// Which critical threshold was crossed, with the figure.
         reason: String,
+        /// The host reading that crossed it.
         reading: HostReading,
     },
+    /// Memory is no longer critical: the pressure responder stands down.
     PressureCleared {
+        /// The host reading that cleared it.
         reading: HostReading,
     },
+    /// The pressure responder chose a running job to stop.
     PressureVictim(VictimChosen),
     /// Memory critical, but no running job could be stopped.
     PressureNoVictim {
+        /// Why memory is critical.
         reason: String,
+        /// The host reading at the time.
         reading: HostReading,
     },
     /// See [`JobEvent::Unrecognized`].
     Unrecognized {
+        /// The stored kind.
         kind: String,
+        /// The stored detail, as JSON.
         detail: serde_json::Value,
     },
 }
@@ -248,7 +306,9 @@ impl LoggedEvent for EngineEvent {
 /// A job event to append, before the store gives it a sequence number.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewEvent {
+    /// When it happened.
     pub at: Timestamp,
+    /// What happened.
     pub event: JobEvent,
     /// The attempt it belongs to, where that is not the job's attempt when it is recorded (what ended
     /// an attempt, written with the requeue that began the next).
@@ -256,6 +316,7 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// The event, stamped now, for the job's current attempt.
     pub fn new(event: JobEvent) -> Self {
         NewEvent {
             at: Timestamp::now(),
@@ -277,8 +338,11 @@ impl NewEvent {
 pub struct JobEventRecord {
     /// Store-assigned, increasing across all jobs.
     pub seq: i64,
+    /// The job it belongs to.
     pub job_id: JobId,
+    /// When it happened.
     pub at: Timestamp,
+    /// The attempt it belongs to (1 is the first).
     pub attempt: u32,
     /// `kind` and `detail` on the wire.
     #[serde(flatten)]
@@ -290,6 +354,7 @@ pub struct JobEventRecord {
 pub struct EngineEventRecord {
     /// Store-assigned, increasing.
     pub seq: i64,
+    /// When it happened.
     pub at: Timestamp,
     /// `kind` and `detail` on the wire.
     #[serde(flatten)]

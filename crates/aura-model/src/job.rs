@@ -20,21 +20,32 @@ impl std::fmt::Display for JobId {
 
 /// Limits the spec validation enforces; chosen generously so that real FFmpeg command lines always fit.
 pub mod limits {
+    /// Arguments after the program.
     pub const MAX_ARGS: usize = 4096;
     /// One argv or environment string (`KEY=VALUE`): Linux's `MAX_ARG_STRLEN` (32 pages) counts the
     /// terminating NUL, so a string of 128 KiB fails `execve` with E2BIG.
     pub const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+    /// The program and all its arguments together, in bytes.
     pub const MAX_TOTAL_ARG_BYTES: usize = 1024 * 1024;
+    /// Entries in a spec's `env`.
     pub const MAX_ENV: usize = 1024;
     /// Named secrets one job may reference.
     pub const MAX_SECRETS: usize = 64;
+    /// Labels on one job; also provider names in one resource request.
     pub const MAX_LABELS: usize = 64;
+    /// One label key or value, provider or secret name, or lease holder, in bytes.
     pub const MAX_LABEL_BYTES: usize = 256;
+    /// Steps in a stop sequence (before its final SIGKILL).
     pub const MAX_STOP_STEPS: usize = 8;
+    /// The longest `timeout`, in seconds (30 days).
     pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+    /// The longest grace period of one stop step, in seconds (1 hour).
     pub const MAX_GRACE_SECS: u64 = 3600;
+    /// The most cores one request may ask for.
     pub const MAX_CPU: f64 = 4096.0;
+    /// The most GPUs one request may ask for.
     pub const MAX_GPUS: u32 = 64;
+    /// The highest `max_retries` and `max_pressure_requeues`.
     pub const MAX_RETRIES: u32 = 100;
     /// Below this a process cannot even start; a limit that small is a typo.
     pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
@@ -44,16 +55,24 @@ pub mod limits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum StopSignal {
+    /// SIGINT (2), as Ctrl-C sends: FFmpeg finalises its output on it.
     Int,
+    /// SIGTERM (15), the conventional request to terminate.
     Term,
+    /// SIGHUP (1).
     Hup,
+    /// SIGQUIT (3).
     Quit,
+    /// SIGUSR1 (10).
     Usr1,
+    /// SIGUSR2 (12).
     Usr2,
+    /// SIGKILL (9), which cannot be caught.
     Kill,
 }
 
 impl StopSignal {
+    /// The signal's number on Linux.
     pub fn number(self) -> i32 {
         match self {
             StopSignal::Int => 2,
@@ -66,6 +85,7 @@ impl StopSignal {
         }
     }
 
+    /// The signal's name with its `SIG` prefix, as logs and the CLI show it.
     pub fn name(self) -> &'static str {
         match self {
             StopSignal::Int => "SIGINT",
@@ -101,7 +121,9 @@ impl std::str::FromStr for StopSignal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopStep {
+    /// The signal sent to every process of the tree.
     pub signal: StopSignal,
+    /// How long to wait for the tree to exit before the next step.
     #[serde(with = "humantime_serde_compat")]
     pub grace: Duration,
 }
@@ -192,6 +214,7 @@ pub struct ResourceRequest {
     pub memory_max: Option<ByteSize>,
     /// Cores; fractions allowed.
     pub cpu: Option<f64>,
+    /// Whole GPUs to hold.
     pub gpus: Option<u32>,
     /// GPU memory per GPU.
     pub vram: Option<ByteSize>,
@@ -282,7 +305,9 @@ fn valid_name(name: &str, extra: &[char]) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    /// The program to run: a path, or a name looked up in the job's `PATH` as `execvp` does.
     pub program: String,
+    /// Its arguments, passed as they are (no shell word splitting or expansion).
     #[serde(default)]
     pub args: Vec<String>,
     /// Added to (and overriding) the jobs' base environment (see the README: the daemon's own environment
@@ -297,8 +322,10 @@ pub struct JobSpec {
     /// Working directory; `None` means a fresh per-job directory under the data dir.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// The longest one attempt may run before it is stopped with outcome `timed_out` (default 1 hour).
     #[serde(default = "default_timeout", with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// How the tree is stopped (cancel, timeout, shutdown); default SIGINT, SIGTERM, then SIGKILL.
     #[serde(default)]
     pub stop: StopSequence,
     /// Higher runs first.
@@ -307,12 +334,15 @@ pub struct JobSpec {
     /// Free-form labels; `kind` names the class of work (e.g. `encode`, `tts`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What happens when an attempt does not succeed.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// What the job asks of the machine.
     #[serde(default)]
     pub resources: ResourceRequest,
 }
 
+/// A spec's `timeout` when it states none: 1 hour.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 fn default_timeout() -> Duration {
@@ -330,6 +360,7 @@ impl JobSpec {
             .join(" ")
     }
 
+    /// A spec for `program` with `args`, every other field at its default.
     pub fn new(
         program: impl Into<String>,
         args: impl IntoIterator<Item = impl Into<String>>,
@@ -349,6 +380,7 @@ impl JobSpec {
         }
     }
 
+    /// Its `kind` label: the class of work that memory requests are learned per.
     pub fn kind(&self) -> Option<&str> {
         self.labels.get("kind").map(String::as_str)
     }
@@ -525,32 +557,61 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), SpecError> {
 /// Why a spec was refused. Each variant names the offending part.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum SpecError {
+    /// The program is empty or only whitespace.
     #[error("the program is empty")]
     EmptyProgram,
+    /// A string (named here, e.g. `argument 2`) contains a NUL byte, which `execve` cannot pass.
     #[error("{0} contains a NUL byte")]
     NulByte(String),
+    /// A string, or the whole command line, is over its size limit.
     #[error("{what} is longer than {max} bytes")]
-    TooLong { what: String, max: usize },
+    TooLong {
+        /// What is too long, e.g. `argument 2` or `command line`.
+        what: String,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// A list is over its length limit.
     #[error("too many {what} (at most {max})")]
-    TooMany { what: &'static str, max: usize },
+    TooMany {
+        /// What there are too many of, e.g. `labels`.
+        what: &'static str,
+        /// The most allowed.
+        max: usize,
+    },
+    /// An environment variable name (in `env` or `secrets`) is empty or contains `=`.
     #[error("invalid environment variable name {0:?}")]
     InvalidEnvName(String),
+    /// The working directory is not an absolute path.
     #[error("working directory {0:?} must be an absolute path")]
     RelativeCwd(PathBuf),
+    /// The working directory has a `..` component.
     #[error("working directory {0:?} must not contain `..`")]
     ParentDirInCwd(PathBuf),
+    /// A variable is set both in `env` and in `secrets`.
     #[error("environment variable {0:?} is set both in env and in secrets")]
     SecretShadowsEnv(String),
+    /// A secret's name is empty, too long, or has characters other than letters, digits, `_ - .`.
     #[error("invalid secret name {0:?} (letters, digits, _ - . only)")]
     InvalidSecretName(String),
+    /// A figure (timeout, memory, cpu, a retry count…) is outside its range.
     #[error("{what} out of range: {detail}")]
-    OutOfRange { what: &'static str, detail: String },
+    OutOfRange {
+        /// The field, e.g. `timeout`.
+        what: &'static str,
+        /// The rule it broke, e.g. "must be greater than zero".
+        detail: String,
+    },
+    /// A stop signal that is not one of [`StopSignal`]'s, by name or number.
     #[error("unknown signal {0:?} (use INT, TERM, HUP, QUIT, USR1, USR2 or KILL)")]
     UnknownSignal(String),
+    /// A stop sequence that does not parse, or a grace period over the limit.
     #[error("invalid stop sequence: {0}")]
     InvalidStopSequence(String),
+    /// A label key is empty, too long, or has characters other than letters, digits, `_ - . /`.
     #[error("invalid label name {0:?} (letters, digits, _ - . / only)")]
     InvalidLabel(String),
+    /// A provider name is empty, too long, or has characters other than letters, digits, `_ - .`.
     #[error("invalid provider name {0:?} (letters, digits, _ - . only)")]
     InvalidProvider(String),
 }
@@ -579,6 +640,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Its name as on the wire and in logs (`cgroup_v2`, `hybrid`, `cgroup_v1`, `process_group`).
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::CgroupV2 => "cgroup_v2",
@@ -608,7 +670,9 @@ pub enum MemorySource {
 /// Resource use of one attempt, recorded when its tree is gone.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Accounting {
+    /// The tree's memory at its first reading, just after the start.
     pub memory_start: Option<ByteSize>,
+    /// The highest memory the tree used (how it was measured: `memory_source`).
     pub memory_peak: Option<ByteSize>,
     /// The job's memory in use just before its main process exited: its last sample, less the page
     /// cache the kernel can reclaim (cgroup backends) or its processes' RSS (the fallback). Absent for a
@@ -618,10 +682,15 @@ pub struct Accounting {
     /// backends): memory the kernel reclaims on demand, reported apart from the job's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_cache_end: Option<ByteSize>,
+    /// Where `memory_peak` came from.
     pub memory_source: Option<MemorySource>,
+    /// CPU time in user mode, all processes of the tree together, seconds.
     pub cpu_user_secs: Option<f64>,
+    /// CPU time in kernel mode, all processes of the tree together, seconds.
     pub cpu_system_secs: Option<f64>,
+    /// Wall-clock time from the start until the main process was reaped, seconds.
     pub wall_secs: Option<f64>,
+    /// The most processes the tree had at once.
     pub peak_processes: Option<u32>,
     /// Bytes of captured output dropped because of the log size cap (oldest first).
     #[serde(default)]
@@ -693,6 +762,7 @@ pub mod humantime_serde_compat {
     use serde::{Deserializer, Serializer};
     use std::time::Duration;
 
+    /// Writes the duration as a humantime string, e.g. `"1h 30m"`.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
@@ -1026,16 +1096,24 @@ mod tests {
 /// Resource use of a running tree, as last sampled. Plain data, so that every layer can show it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveUsage {
+    /// The tree's memory now, in bytes: its cgroup's charge, page cache included (the RSS sum on the
+    /// fallback).
     pub memory_current: Option<u64>,
     /// `memory_current` less the page cache the kernel can reclaim: what the job really uses, and what
     /// admission charges it (the RSS sum on the fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_in_use: Option<u64>,
+    /// The highest memory so far, in bytes (how it was measured: `memory_source`).
     pub memory_peak: Option<u64>,
+    /// Where `memory_peak` comes from.
     pub memory_source: Option<MemorySource>,
+    /// CPU time in user mode so far, all processes of the tree together, seconds.
     pub cpu_user_secs: Option<f64>,
+    /// CPU time in kernel mode so far, all processes of the tree together, seconds.
     pub cpu_system_secs: Option<f64>,
+    /// Processes in the tree now.
     pub processes: u32,
+    /// The most processes the tree has had at once.
     pub peak_processes: u32,
 }
 
@@ -1050,11 +1128,14 @@ impl LiveUsage {
 /// The memory a job reserves and where that figure came from; shown in the job record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryRequest {
+    /// The memory admission reserves.
     pub bytes: ByteSize,
+    /// How the figure was arrived at (`source` in the record, with its details beside it).
     #[serde(flatten)]
     pub source: RequestSource,
 }
 
+/// How a job's memory request was arrived at.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum RequestSource {
@@ -1062,8 +1143,11 @@ pub enum RequestSource {
     Stated,
     /// A high percentile of the recorded peaks of earlier successful jobs of its `kind`, plus a margin.
     Learned {
+        /// The `kind` label whose history was used.
         kind: String,
+        /// How many recorded peaks it was learned from.
         samples: usize,
+        /// The percentile of those peaks, in bytes, before the margin was added.
         percentile_bytes: u64,
     },
     /// No statement and too little history: the configured default.
@@ -1071,12 +1155,19 @@ pub enum RequestSource {
     /// Raised after the memory pressure responder stopped the job: its previous request or the peak it
     /// reached, whichever is larger, times the configured growth factor.
     Pressure {
+        /// The request of the attempt that was stopped, in bytes.
         previous_bytes: u64,
+        /// That attempt's memory peak, in bytes (0 if unknown).
         peak_bytes: u64,
     },
     /// A job of its `kind` was seen using more than it reserved while it ran: the most seen (since the
     /// daemon started) plus the learning margin, where that is above what the finished runs say.
-    Overrun { kind: String, observed_bytes: u64 },
+    Overrun {
+        /// The `kind` label of the job seen over its request.
+        kind: String,
+        /// The most memory seen in use by a running job of that kind, in bytes, before the margin.
+        observed_bytes: u64,
+    },
 }
 
 /// A request for a lease: resources held by work outside Aura's processes (a provider call, an in-process
@@ -1084,8 +1175,10 @@ pub enum RequestSource {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseSpec {
+    /// What the lease holds (no `memory_max`: there is no process to limit).
     #[serde(default)]
     pub resources: ResourceRequest,
+    /// How long the lease lasts unless renewed; at most [`LeaseSpec::MAX_TTL`].
     #[serde(with = "humantime_serde_compat")]
     pub ttl: std::time::Duration,
     /// Who holds it, for people reading the lease list.
@@ -1094,8 +1187,10 @@ pub struct LeaseSpec {
 }
 
 impl LeaseSpec {
+    /// The longest `ttl`: 1 hour.
     pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+    /// Checks the ttl, the holder's length and the resources (as for a job, without `memory_max`).
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.ttl.is_zero() || self.ttl > Self::MAX_TTL {
             return Err(SpecError::OutOfRange {

@@ -7,10 +7,12 @@
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value as soon as it is read (from the secrets file or the environment).
     pub fn new(value: impl Into<String>) -> Secret {
         Secret(value.into())
     }
 
+    /// The plain value; call this only at the point of use, never to log or store it.
     pub fn expose(&self) -> &str {
         &self.0
     }

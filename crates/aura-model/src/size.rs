@@ -7,20 +7,26 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ByteSize(pub u64);
 
+/// Why a text could not be read as a [`ByteSize`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid size {input:?}: {reason}")]
 pub struct ParseSizeError {
+    /// The text as given, untrimmed.
     pub input: String,
+    /// A short fixed phrase saying what is wrong, e.g. "unknown unit (use k, M, G or T)".
     pub reason: &'static str,
 }
 
 impl ByteSize {
+    /// Bytes in one mebibyte (1024 × 1024).
     pub const MIB: u64 = 1024 * 1024;
 
+    /// The size in bytes.
     pub fn bytes(self) -> u64 {
         self.0
     }
 
+    /// The size in mebibytes (units of 1024 × 1024 bytes), with a fractional part.
     pub fn mib(self) -> f64 {
         self.0 as f64 / Self::MIB as f64
     }

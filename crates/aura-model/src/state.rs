@@ -7,6 +7,7 @@ use std::path::PathBuf;
 /// How to find a job's process tree again, even from a daemon that restarted after a crash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TreeHandle {
+    /// The backend that launched the tree, and so how to find and kill it.
     pub backend: Backend,
     /// The main process (also its process group id: every job leads its own group).
     pub pid: u32,
@@ -21,7 +22,9 @@ pub struct TreeHandle {
 /// Facts about a running attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Run {
+    /// When the attempt started.
     pub started_at: Timestamp,
+    /// How to find its process tree.
     pub tree: TreeHandle,
     /// The working directory the attempt runs in.
     pub cwd: PathBuf,
@@ -31,7 +34,9 @@ pub struct Run {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
+    /// A user cancelled the job.
     Cancelled,
+    /// The attempt ran past its spec's `timeout`.
     TimedOut,
     /// The daemon is shutting down.
     Shutdown,
@@ -43,7 +48,9 @@ pub enum StopReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
+    /// The process exited with this code.
     Code(i32),
+    /// A signal killed it (the signal's number).
     Signal(i32),
 }
 
@@ -51,49 +58,67 @@ pub enum ExitStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
+    /// The main process exited with code 0 by itself (no stop requested).
     Succeeded,
+    /// The main process exited with a non-zero code by itself (no stop requested).
     Failed {
+        /// Its exit code.
         exit_code: i32,
     },
+    /// A signal killed the main process while no stop was requested.
     Killed {
+        /// The signal's number.
         signal: i32,
     },
+    /// Stopped for running past its `timeout`.
     TimedOut,
+    /// Cancelled by a user, queued or running.
     Cancelled,
+    /// The launch failed before the program ran (program not found, bad working directory…).
     FailedToStart {
+        /// Why the launch failed.
         error: String,
     },
     /// Could not start: the data volume had no room for what the start needed (work dir, logs).
     StorageExhausted {
+        /// The error the volume gave.
         error: String,
     },
     /// The daemon died or shut down while the job ran.
     Interrupted {
+        /// What happened, e.g. "daemon shutdown".
         reason: String,
     },
     /// Killed for going over its hard memory limit (by the kernel in its cgroup, or the fallback's
     /// watchdog); the peak is the recorded one.
     MemoryLimitExceeded {
+        /// The hard limit, in bytes.
         limit_bytes: u64,
+        /// The attempt's recorded memory peak, in bytes, where known.
         peak_bytes: Option<u64>,
     },
     /// Stopped by the memory pressure responder to protect the host; requeued with a larger request.
     MemoryPressure {
+        /// What happened, in words.
         detail: String,
     },
     /// The kernel's OOM killer (host out of memory, not the job's limit) killed processes of the job.
     OomKilled {
+        /// Processes of the tree the OOM killer killed.
         kills: u64,
     },
     /// Running when the daemon died uncleanly `interruptions` times in a row: suspected of killing it,
     /// so never requeued again.
     Quarantined {
+        /// Why, with the count and the configured `quarantine_after`.
         reason: String,
+        /// Unclean daemon deaths in a row while it ran, this one included.
         interruptions: u32,
     },
 }
 
 impl Outcome {
+    /// Whether the attempt succeeded (exit code 0).
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Succeeded)
     }
@@ -151,14 +176,18 @@ impl Outcome {
 /// Facts about a finished attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finished {
+    /// How the attempt ended.
     pub outcome: Outcome,
+    /// When it ended.
     pub finished_at: Timestamp,
     /// Absent when the attempt never started.
     pub run: Option<Run>,
+    /// How the main process ended; absent when it never started or the daemon lost it.
     pub exit: Option<ExitStatus>,
     /// Signals sent by the stop sequence, in order (empty if the job ended by itself).
     #[serde(default)]
     pub signals_sent: Vec<StopSignal>,
+    /// The attempt's resource use (empty when it never started or the daemon lost it).
     #[serde(default)]
     pub accounting: Accounting,
 }
@@ -167,15 +196,23 @@ pub struct Finished {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum JobState {
+    /// Waiting to start.
     Queued {
+        /// When it entered the queue: its submit, or its latest requeue.
         since: Timestamp,
     },
+    /// Its process tree runs.
     Running {
+        /// The running attempt.
         run: Run,
     },
+    /// Its stop sequence is under way; it finishes when the tree is gone.
     Stopping {
+        /// The attempt being stopped.
         run: Run,
+        /// Why it is being stopped (the first reason, if asked more than once).
         reason: StopReason,
+        /// When the stop was requested.
         requested_at: Timestamp,
     },
     /// Boxed: the finished record (outcome, accounting) is much larger than the live states.
@@ -186,13 +223,18 @@ pub enum JobState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StateName {
+    /// See [`JobState::Queued`].
     Queued,
+    /// See [`JobState::Running`].
     Running,
+    /// See [`JobState::Stopping`].
     Stopping,
+    /// See [`JobState::Finished`].
     Finished,
 }
 
 impl StateName {
+    /// Every state, in the order a job goes through them.
     pub const ALL: [StateName; 4] = [
         StateName::Queued,
         StateName::Running,
@@ -200,6 +242,7 @@ impl StateName {
         StateName::Finished,
     ];
 
+    /// The name as stored, shown and accepted in filters (`queued`, `running`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             StateName::Queued => "queued",
@@ -223,6 +266,7 @@ impl std::str::FromStr for StateName {
 }
 
 impl JobState {
+    /// The coarse state name.
     pub fn name(&self) -> StateName {
         match self {
             JobState::Queued { .. } => StateName::Queued,
@@ -232,6 +276,7 @@ impl JobState {
         }
     }
 
+    /// The attempt's run: while running or stopping, and after it finished if it started.
     pub fn run(&self) -> Option<&Run> {
         match self {
             JobState::Queued { .. } => None,
@@ -244,43 +289,62 @@ impl JobState {
 /// Everything that can happen to a job; the input of `Job::apply`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// The launch succeeded: the tree runs.
     Started {
+        /// The new attempt's run.
         run: Run,
     },
+    /// The launch failed before the program ran.
     SpawnFailed {
+        /// Why it failed.
         error: String,
         /// The data volume refused what the start needed (no space, over quota).
         storage: bool,
+        /// When it failed.
         at: Timestamp,
     },
+    /// The engine asks the job to stop (a queued job can only be cancelled, which finishes it).
     StopRequested {
+        /// Why it should stop.
         reason: StopReason,
+        /// When it was asked.
         at: Timestamp,
     },
+    /// The tree is gone.
     Exited {
+        /// How the main process ended.
         exit: ExitStatus,
+        /// Signals the stop sequence sent, in order.
         signals_sent: Vec<StopSignal>,
+        /// The attempt's resource use.
         accounting: Accounting,
+        /// When the tree was found gone.
         at: Timestamp,
     },
     /// The daemon lost the job (crash or shutdown) while it ran.
     Interrupted {
+        /// What happened.
         reason: String,
+        /// When it was recorded (at recovery, for a crash).
         at: Timestamp,
     },
     /// Like `Interrupted`, but the job was running at too many unclean daemon deaths in a row: it ends
     /// for good.
     Quarantined {
+        /// Why it is quarantined.
         reason: String,
+        /// When it was recorded (at recovery).
         at: Timestamp,
     },
     /// Put a finished attempt back in the queue; allowed only when the retry policy says so.
     Requeue {
+        /// When it was requeued.
         at: Timestamp,
     },
 }
 
 impl Event {
+    /// The event's name, as transition errors show it (`started`, `requeued`, …).
     pub fn name(&self) -> &'static str {
         match self {
             Event::Started { .. } => "started",
@@ -294,20 +358,28 @@ impl Event {
     }
 }
 
+/// An event that is not legal in the job's current state; the job is left unchanged.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("job {job}: cannot apply {event} while {state}{detail}")]
 pub struct TransitionError {
+    /// The job the event was for.
     pub job: JobId,
+    /// The refused event's name ([`Event::name`]).
     pub event: &'static str,
+    /// The job's state name at the time ([`StateName::as_str`]).
     pub state: &'static str,
+    /// More on why, starting with `: `; empty when there is nothing to add.
     pub detail: &'static str,
 }
 
 /// A job as the store keeps it and the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
+    /// Its identity, assigned by the store at submit.
     pub id: JobId,
+    /// What was submitted.
     pub spec: JobSpec,
+    /// When it was submitted.
     pub submitted_at: Timestamp,
     /// 1 for the first attempt; incremented by each requeue.
     pub attempt: u32,
@@ -334,6 +406,7 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job just submitted: first attempt, queued since `submitted_at`.
     pub fn new(id: JobId, spec: JobSpec, submitted_at: Timestamp) -> Self {
         Job {
             id,
@@ -351,6 +424,7 @@ impl Job {
         }
     }
 
+    /// How the latest attempt ended; `None` until it has.
     pub fn outcome(&self) -> Option<&Outcome> {
         match &self.state {
             JobState::Finished(f) => Some(&f.outcome),

@@ -8,22 +8,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(i64);
 
 impl Timestamp {
+    /// The current wall-clock time.
     pub fn now() -> Self {
         Self::from_system_time(SystemTime::now())
     }
 
+    /// [`Timestamp::from_unix_millis`] usable in a `const` (fixed times in tests).
     pub const fn from_unix_millis_const(ms: i64) -> Self {
         Self(ms)
     }
 
+    /// The time `ms` milliseconds after the Unix epoch (negative: before it), as stored in the database.
     pub fn from_unix_millis(ms: i64) -> Self {
         Self(ms)
     }
 
+    /// Milliseconds since the Unix epoch (negative before it), the form stored in the database.
     pub fn unix_millis(self) -> i64 {
         self.0
     }
 
+    /// Converts a [`SystemTime`], truncating to whole milliseconds (saturating beyond the `i64` range).
     pub fn from_system_time(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
             Ok(d) => Self(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
@@ -31,6 +36,7 @@ impl Timestamp {
         }
     }
 
+    /// Converts back to a [`SystemTime`], e.g. for RFC 3339 formatting.
     pub fn to_system_time(self) -> SystemTime {
         if self.0 >= 0 {
             UNIX_EPOCH + Duration::from_millis(self.0 as u64)

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 /// A job record plus, while it runs, its live resource use.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobView {
+    /// The stored record: spec, state, outcome and accounting.
     #[serde(flatten)]
     pub job: Job,
+    /// The tree's resource use as last sampled; present only while the job runs or stops.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<LiveUsage>,
     /// Why a queued job has not started yet, e.g. "waiting for memory: needs 2.0 GiB, 1.2 GiB free after
@@ -35,6 +37,7 @@ impl JobView {
 /// One page of a job listing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobPage {
+    /// The jobs on this page, in the listing's order.
     pub jobs: Vec<JobView>,
     /// Pass as `after` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,13 +47,17 @@ pub struct JobPage {
 /// `GET /api/status`: the engine's backend and its running and queued counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStatus {
+    /// The process-tree backend jobs run under.
     pub backend: Backend,
     /// The backend's start-up line (cgroup paths, capabilities).
     pub backend_detail: String,
     /// Whether submissions are accepted (false while shutting down).
     pub accepting: bool,
+    /// The most jobs that may run at once (`max_concurrent` in the configuration).
     pub max_concurrent: usize,
+    /// Jobs running or stopping now.
     pub running: usize,
+    /// Jobs waiting to start, including those admitted but not yet launched.
     pub queued: usize,
     /// Why admission is paused (a live guard: memory, pressure, CPU, disk), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,54 +76,79 @@ pub struct EngineStatus {
 /// One GPU as admission counts it: its memory and how many concurrent NVENC sessions its driver allows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuDevice {
+    /// The GPU's index as NVML (and `nvidia-smi`) numbers it.
     pub index: u32,
+    /// Its memory, in bytes.
     pub vram_bytes: u64,
+    /// NVENC sessions it may run at once.
     pub encoder_sessions: u32,
 }
 
 /// What the machine offers to jobs (after headroom).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
+    /// Memory jobs may reserve, in bytes: physical memory less the configured headroom, unless overridden.
     pub memory_bytes: u64,
     /// Thousandths of a core, so fractional requests add up exactly.
     pub cpu_millis: u64,
+    /// Disk space jobs may reserve on the data volume, in bytes: its free space at start-up, unless
+    /// overridden.
     pub disk_bytes: u64,
+    /// The GPUs jobs may reserve (empty when none are configured or detected).
     pub gpus: Vec<GpuDevice>,
 }
 
 /// The host as the engine's guards last read it: shares of 0–1, PSI in percent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostReading {
+    /// Available memory as a share (0–1) of the total.
     pub available_memory: Option<f64>,
+    /// Available memory (the kernel's `MemAvailable`), in bytes.
     pub available_memory_bytes: Option<u64>,
+    /// Total physical memory, in bytes.
     pub total_memory_bytes: Option<u64>,
+    /// PSI memory `some avg10`, percent.
     pub memory_pressure: Option<f64>,
     /// PSI memory `full avg10`, percent.
     pub memory_pressure_full: Option<f64>,
+    /// CPU used by work outside Aura's jobs, as a share (0–1) of the machine, averaged over the guards'
+    /// CPU window (absent until the window is full).
     pub outside_cpu: Option<f64>,
     /// The data dir's volume: bytes available to the daemon, and its size.
     pub free_disk_bytes: Option<u64>,
+    /// The size of the data dir's volume, in bytes.
     pub total_disk_bytes: Option<u64>,
 }
 
 /// One named limit's slots in use, and its configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LimitUse {
+    /// Slots held now by admitted jobs and leases.
     pub in_use: u32,
+    /// The most slots that may be held at once (absent: unbounded).
     pub max_concurrent: Option<u32>,
+    /// The most starts allowed in any minute (absent: unbounded).
     pub per_minute: Option<u32>,
 }
 
 /// What admission has and what is reserved: `GET /api/metrics/utilization`, `aura status`, `aura top`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Utilization {
+    /// What the machine offers to jobs.
     pub capacity: Capacity,
+    /// Memory reserved by admitted jobs and leases, in bytes.
     pub reserved_memory_bytes: u64,
+    /// Memory capacity not reserved, in bytes.
     pub available_memory_bytes: u64,
+    /// Cores reserved by admitted jobs and leases (fractional).
     pub reserved_cpu_cores: f64,
+    /// Disk reserved by admitted jobs and leases, in bytes.
     pub reserved_disk_bytes: u64,
+    /// Jobs running or stopping now.
     pub running: usize,
+    /// Jobs waiting to start, including those admitted but not yet launched.
     pub queued: usize,
+    /// The most jobs that may run at once.
     pub max_concurrent: usize,
     /// Slots left under `max_concurrent`.
     pub available_slots: usize,
@@ -129,12 +161,16 @@ pub struct Utilization {
     pub host: Option<HostReading>,
     /// Whether a live guard (memory, pressure, outside CPU, disk) holds admission back, and why.
     pub admission_paused: bool,
+    /// Which guard holds admission back, with its figures (absent when not paused).
     pub paused_reason: Option<String>,
     /// Memory protection: whether memory is critical now (the pressure responder is armed), and the trees
     /// killed or stopped for memory since start-up.
     pub memory_critical: bool,
+    /// Trees killed for going over their hard memory limit.
     pub memory_limit_kills: u64,
+    /// Trees hit by the kernel's OOM killer.
     pub oom_kills: u64,
+    /// Jobs stopped by the memory pressure responder.
     pub pressure_victims: u64,
 }
 
@@ -142,8 +178,11 @@ pub struct Utilization {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
+    /// Nothing stands in the way of work.
     Healthy,
+    /// Working, but something needs attention: admission paused, disk nearly full, a diagnostics warning.
     Degraded,
+    /// Cannot take work: the job database is unreachable or cannot commit.
     Unhealthy,
     /// A shutdown has begun: no new work, whatever else holds.
     ShuttingDown,
@@ -152,7 +191,9 @@ pub enum Health {
 /// `GET /readyz`: the verdict and what led to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Readiness {
+    /// The verdict.
     pub status: Health,
+    /// What makes it unhealthy or degraded, the unhealthy causes first (empty when healthy).
     pub reasons: Vec<String>,
 }
 
@@ -160,38 +201,51 @@ pub struct Readiness {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Liveness {
+    /// The daemon runs and accepts work.
     Ok,
+    /// A shutdown has begun.
     ShuttingDown,
 }
 
 /// `GET /healthz`: alive, and the process-tree backend it runs jobs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alive {
+    /// Alive, or shutting down.
     pub status: Liveness,
+    /// The process-tree backend jobs run under.
     pub backend: Backend,
 }
 
 /// A daemon figure over its threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Warning {
+    /// Which figure: `open_fds`, `rss_bytes`, `threads` or `extra_children`.
     pub metric: String,
+    /// Its value now: bytes for `rss_bytes`; otherwise a count beyond what running jobs hold by design.
     pub value: u64,
+    /// The configured threshold it is over, in the same unit.
     pub threshold: u64,
+    /// The warning in words, with both numbers.
     pub message: String,
 }
 
 /// `GET /api/diagnostics/resources`: the daemon's own process against its thresholds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Diagnostics {
+    /// The daemon's own process: memory, threads, fds, children.
     pub process: crate::host::ProcessSnapshot,
+    /// Jobs running now; the thresholds allow for what each holds by design.
     pub running_jobs: usize,
+    /// The figures over their thresholds (empty when all is well).
     pub warnings: Vec<Warning>,
 }
 
 /// `POST /api/diagnostics/resources/cleanup`: the daemon before and after.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cleanup {
+    /// The daemon's process before the cleanup.
     pub before: crate::host::ProcessSnapshot,
+    /// The daemon's process after it.
     pub after: crate::host::ProcessSnapshot,
     /// What was done.
     pub actions: Vec<String>,

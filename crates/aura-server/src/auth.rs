@@ -20,6 +20,7 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The scope's name as configuration and messages write it: `read`, `submit` or `admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
@@ -55,6 +56,7 @@ impl std::str::FromStr for Scope {
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
+    /// The hash of `token`, as it is stored and compared.
     pub fn of(token: &str) -> TokenHash {
         TokenHash(Sha256::digest(token.as_bytes()).into())
     }
@@ -121,7 +123,9 @@ pub fn generate_token() -> std::io::Result<String> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
+    /// The token's name, recorded as the submitter of its jobs: 1 to 64 letters, digits, `_`, `-`, `.`.
     pub name: String,
+    /// The token's SHA-256 hash; the token itself is never stored.
     pub hash: TokenHash,
     /// The highest listed applies (each scope includes the lower ones).
     pub scopes: Vec<Scope>,
@@ -134,12 +138,16 @@ pub struct TokenConfig {
 /// Who made a request, once its token matched.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
+    /// The token's name.
     pub name: String,
+    /// The highest scope the token has.
     pub scope: Scope,
+    /// The token's own cap on its waiting jobs; `None`: only the global cap.
     pub max_queued: Option<usize>,
 }
 
 impl Principal {
+    /// Whether this caller may do what needs the scope `needed`.
     pub fn allows(&self, needed: Scope) -> bool {
         self.scope >= needed
     }
@@ -148,12 +156,17 @@ impl Principal {
 /// Why a token set cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
+    /// A token lists no scopes; holds its name.
     #[error("api.tokens: token {0:?} has no scopes")]
     NoScopes(String),
+    /// Two tokens have the same name; holds the name.
     #[error("api.tokens: the name {0:?} is used twice")]
     DuplicateName(String),
+    /// A token's name is empty, over 64 bytes, or has characters other than letters, digits, `_`, `-`,
+    /// `.`; holds the name.
     #[error("api.tokens: invalid name {0:?} (1 to 64 letters, digits, _ - .)")]
     InvalidName(String),
+    /// Two tokens have the same hash, so they are the same token; holds both names.
     #[error("api.tokens: tokens {0:?} and {1:?} have the same hash")]
     DuplicateHash(String, String),
 }
@@ -166,6 +179,7 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// The configured tokens (`api.tokens`), each with the highest scope it lists.
     pub fn new(configured: &[TokenConfig]) -> Result<Tokens, TokenError> {
         let mut tokens = Tokens::default();
         for t in configured {
@@ -208,10 +222,12 @@ impl Tokens {
         Ok(())
     }
 
+    /// Whether no token is accepted.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// How many tokens are accepted.
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -10,26 +10,38 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// The request is malformed: bad JSON, an invalid query parameter, id or header.
     BadRequest,
+    /// The body is well-formed JSON but not a valid job spec (or lease request).
     InvalidSpec,
     /// The spec is over one of the size limits (arguments, environment, labels, secrets).
     LimitExceeded,
+    /// The spec's program cannot be found or is not an executable file.
     ProgramNotFound,
     /// The program resolves to a file outside `jobs.programs`.
     ProgramNotAllowed,
+    /// The spec's working directory does not exist or is not a directory.
     InvalidWorkingDirectory,
     /// The working directory lies outside `jobs.cwd_roots`.
     WorkingDirectoryNotAllowed,
     /// The spec references a secret the daemon does not have.
     UnknownSecret,
+    /// The job or lease could never run here: it asks for more than this machine has in all, or names
+    /// a limit that is unknown or admits nothing.
     ExceedsCapacity,
+    /// The global cap of waiting jobs is reached.
     QueueFull,
     /// The token's own cap of waiting jobs (`max_queued`) is reached.
     TokenQueueFull,
+    /// What a lease asks for is in use now; retry later.
     LeaseUnavailable,
+    /// The request body is larger than `api.max_body`.
     PayloadTooLarge,
+    /// The request target (path and query) is longer than `api.max_uri_bytes`.
     UriTooLong,
+    /// The request headers together are larger than `api.max_header_bytes`.
     HeadersTooLarge,
+    /// A request body that is not `Content-Type: application/json`.
     UnsupportedMediaType,
     /// No token, a malformed `Authorization` header, or a token that is not valid.
     Unauthorized,
@@ -43,13 +55,17 @@ pub enum ErrorCode {
     RequestTimeout,
     /// Every connection slot (`api.max_connections`) is busy with a request.
     TooManyConnections,
+    /// No such route, job or lease.
     NotFound,
     /// The route exists, not with this method; the `Allow` header lists the ones it has.
     MethodNotAllowed,
+    /// A cancel of a job that has already ended.
     AlreadyFinished,
+    /// The daemon is shutting down and takes no new work.
     ShuttingDown,
     /// The job database cannot commit: its volume is full or failing. Retry once space returns.
     StorageExhausted,
+    /// A fault in the daemon; the answer carries a request id to find the details in its log.
     Internal,
 }
 
@@ -87,6 +103,7 @@ impl ErrorCode {
         }
     }
 
+    /// The problem's `title`: a short summary, the same for every answer with this code.
     pub fn title(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "Bad request",
@@ -134,13 +151,18 @@ const CONNECTIONS_RETRY_AFTER_SECS: u32 = 1;
 /// Space returns when someone frees it: a client should not hammer a full volume.
 const STORAGE_RETRY_AFTER_SECS: u32 = 10;
 
+/// What a handler answers instead of its result: rendered as an RFC 9457 problem with the code's status.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The error code, which picks the status and title.
     pub code: ErrorCode,
+    /// What went wrong, for people. `Internal` and `StorageExhausted` answers show a plain sentence
+    /// instead and log this under the answer's request id.
     pub detail: String,
 }
 
 impl ApiError {
+    /// An error with `code` and `detail`.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
             code,
@@ -148,6 +170,7 @@ impl ApiError {
         }
     }
 
+    /// A [`ErrorCode::BadRequest`] error with `detail`.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         ApiError::new(ErrorCode::BadRequest, detail)
     }

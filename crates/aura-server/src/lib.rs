@@ -5,7 +5,7 @@
 pub mod auth;
 mod error;
 mod listener;
-mod prometheus;
+pub mod prometheus;
 pub mod query;
 mod routes;
 mod security;

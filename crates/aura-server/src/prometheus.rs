@@ -1,143 +1,277 @@
-//! `GET /metrics`: the host, the daemon process, admission and running jobs in the Prometheus text
-//! exposition format (0.0.4), named by Prometheus conventions (base units, `_total` counters, ratios 0–1,
-//! the standard `process_*` family, bounded labels: a job id label exists only while that job runs).
+//! `GET /metrics`: the host, the daemon process, admission and running jobs as Prometheus metrics, encoded by
+//! `prometheus-client` — OpenMetrics 1.0 for scrapers that ask for it (Prometheus does), the classic text
+//! format 0.0.4 for everything else (curl, `promtool check metrics`, older scrapers). Named by Prometheus
+//! conventions: base units, `_total` counters, ratios 0–1, the standard `process_*` family, bounded labels
+//! (a job id label exists only while that job runs).
 //!
-//! Rendered by hand: every value is a snapshot taken for this scrape (nothing is registered or updated
-//! between scrapes), so a metrics library would only add its registry around the same forty lines of text
-//! formatting — and OpenMetrics' naming of counter families (without `_total`) fails `promtool check
-//! metrics`, which checks the classic format.
+//! Every value is a snapshot taken for this scrape, so the families are encoded by a `Collector` at scrape
+//! time (the crate's documented way for exporters) rather than registered and updated between scrapes.
 
 use aura_engine::{EngineStatus, Utilization};
 use aura_host::{HostSnapshot, ProcessSnapshot};
 use aura_model::JobView;
-use std::fmt::Write;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
+    EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MetricType {
-    Gauge,
-    Counter,
-}
-
-type Labels = Vec<(String, String)>;
-
-/// One metric family: its samples, each with its label set.
+/// What one scrape shows, read before encoding so that encoding does no I/O.
 #[derive(Debug)]
-struct Family {
-    /// Counters are named without `_total`: rendering appends it.
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
-    samples: Vec<(Labels, f64)>,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// Everything one scrape shows, taken from snapshots (no I/O while encoding).
-#[derive(Debug, Default)]
-struct Scrape {
-    families: Vec<Family>,
-}
-
-impl Scrape {
-    fn gauge(&mut self, name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) {
-        self.families.push(Family {
-            name,
-            help,
-            kind: MetricType::Gauge,
-            samples,
-        });
-    }
-
-    fn counter(&mut self, name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) {
-        self.families.push(Family {
-            name,
-            help,
-            kind: MetricType::Counter,
-            samples,
-        });
-    }
-
-    fn one(value: f64) -> Vec<(Labels, f64)> {
-        vec![(Vec::new(), value)]
-    }
-}
-
-impl Scrape {
-    fn render(&self, out: &mut String) -> std::fmt::Result {
-        for family in self.families.iter().filter(|f| !f.samples.is_empty()) {
-            let (name, kind) = match family.kind {
-                MetricType::Counter => (format!("{}_total", family.name), "counter"),
-                MetricType::Gauge => (family.name.to_owned(), "gauge"),
-            };
-            writeln!(out, "# HELP {name} {}", family.help)?;
-            writeln!(out, "# TYPE {name} {kind}")?;
-            for (labels, value) in &family.samples {
-                out.push_str(&name);
-                if !labels.is_empty() {
-                    out.push('{');
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        write!(out, "{k}=\"{}\"", escape(v))?;
-                    }
-                    out.push('}');
-                }
-                writeln!(out, " {}", number(*value))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Label values escape backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn number(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_owned()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        value.to_string()
-    }
-}
-
-pub(crate) struct Inputs {
+pub struct Inputs {
+    /// The latest host sample, absent until the sampler's first one.
     pub host: Option<Arc<HostSnapshot>>,
+    /// The daemon's own process; absent when reading it failed (those series are then left out).
     pub process: Option<ProcessSnapshot>,
+    /// Whether the daemon accepts jobs.
     pub status: EngineStatus,
+    /// Admission and job counts.
     pub utilization: Utilization,
+    /// The running jobs, for the per-job series.
     pub running: Vec<JobView>,
 }
 
-/// Renders one scrape.
-pub(crate) fn render(inputs: Inputs) -> Result<String, std::fmt::Error> {
-    let mut s = Scrape::default();
-    if let Some(h) = &inputs.host {
-        host(&mut s, h);
-    }
-    if let Some(p) = &inputs.process {
-        process(&mut s, p);
-    }
-    engine(&mut s, &inputs);
-    let mut out = String::with_capacity(16 * 1024);
-    s.render(&mut out)?;
-    Ok(out)
+/// The exposition format of one answer, chosen from the request's `Accept` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (`# UNIT` lines, `# EOF`, counter families named without `_total`).
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4.
+    Classic,
 }
 
-fn host(s: &mut Scrape, h: &HostSnapshot) {
+impl Format {
+    /// OpenMetrics when the client names `application/openmetrics-text` (version 1.0.0 or unversioned)
+    /// with a quality no lower than the best classic match (`text/plain` 0.0.4 or unversioned, `text/*`,
+    /// `*/*`); classic otherwise, also for a missing or unparsable header. Prometheus asks for OpenMetrics
+    /// at q=1 and text/plain at q=0.5; curl sends `*/*`.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let mut open = 0.0_f32;
+        let mut classic = 0.0_f32;
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let mut q = 1.0_f32;
+            let mut version = None;
+            for param in parts {
+                let Some((key, value)) = param.split_once('=') else {
+                    continue;
+                };
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = value.trim().parse().unwrap_or(0.0),
+                    "version" => version = Some(value.trim().to_owned()),
+                    _ => {}
+                }
+            }
+            if !(0.0..=1.0).contains(&q) {
+                continue;
+            }
+            let best = match (media.as_str(), version.as_deref()) {
+                ("application/openmetrics-text", None | Some("1.0.0")) => &mut open,
+                ("text/plain", None | Some("0.0.4")) | ("text/*" | "*/*", _) => &mut classic,
+                _ => continue,
+            };
+            *best = best.max(q);
+        }
+        if open > 0.0 && open >= classic {
+            Format::OpenMetrics
+        } else {
+            Format::Classic
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Encodes one scrape in `format`.
+pub fn render(inputs: Inputs, format: Format) -> Result<String, fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(inputs)));
+    let mut out = String::with_capacity(16 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(match format {
+        Format::OpenMetrics => out,
+        Format::Classic => classic(&out),
+    })
+}
+
+/// Rewrites OpenMetrics text as the classic format: the two differ, for gauges and counters, only in
+/// the `# UNIT` and `# EOF` lines (dropped) and in a counter family's name in `# HELP`/`# TYPE`, which
+/// the classic format spells with the `_total` its samples carry. Label escaping and numbers are the same.
+fn classic(open_metrics: &str) -> String {
+    let counters: Vec<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 16 * counters.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(&name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The collector of one scrape: it owns the inputs (a registry keeps `'static` collectors).
+#[derive(Debug)]
+struct Scrape(Inputs);
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
+        let i = &self.0;
+        if let Some(h) = &i.host {
+            host(&mut e, h)?;
+        }
+        if let Some(p) = &i.process {
+            process(&mut e, p)?;
+        }
+        engine(&mut e, i)
+    }
+}
+
+fn ratio() -> Unit {
+    Unit::Other("ratio".to_owned())
+}
+
+/// A family of gauges; left out when it has no samples (an empty family says nothing and some parsers
+/// reject it).
+fn gauges<L, V>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    unit: Option<&Unit>,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    V: EncodeGaugeValue + fmt::Debug,
+{
+    family(
+        e,
+        name,
+        unit,
+        help,
+        MetricType::Gauge,
+        samples,
+        ConstGauge::new,
+    )
+}
+
+/// A family of counters, named without `_total` (the encoder adds it to the samples).
+fn counters<L, V>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    unit: Option<&Unit>,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, V)>,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    V: EncodeCounterValue + fmt::Debug,
+{
+    family(
+        e,
+        name,
+        unit,
+        help,
+        MetricType::Counter,
+        samples,
+        ConstCounter::new,
+    )
+}
+
+fn family<L, V, M>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    unit: Option<&Unit>,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, V)>,
+    metric: fn(V) -> M,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    M: EncodeMetric,
+{
+    let mut samples = samples.into_iter().peekable();
+    if samples.peek().is_none() {
+        return Ok(());
+    }
+    let mut descriptor = e.encode_descriptor(name, help, unit, kind)?;
+    for (labels, value) in samples {
+        metric(value).encode(descriptor.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One unlabelled gauge.
+fn gauge<V: EncodeGaugeValue + fmt::Debug>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    unit: Option<&Unit>,
+    help: &str,
+    value: V,
+) -> fmt::Result {
+    ConstGauge::new(value).encode(e.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+}
+
+/// A label value from outside (a device, a limit's name) escaped as both text formats require:
+/// prometheus-client writes label values verbatim.
+#[derive(Debug)]
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, out: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            out.write_str(&rest[..at])?;
+            out.write_str(match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[at + 1..];
+        }
+        out.write_str(rest)
+    }
+}
+
+/// A float sample, or none when it is not finite: the encoder spells infinity `inf`, which neither text
+/// format accepts, and a NaN from a division by an empty interval means "unknown", i.e. no sample.
+fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
+}
+
+fn host(e: &mut DescriptorEncoder<'_>, h: &HostSnapshot) -> fmt::Result {
     let c = &h.cpu.seconds;
     let modes = [
         ("user", c.user),
@@ -149,373 +283,584 @@ fn host(s: &mut Scrape, h: &HostSnapshot) {
         ("softirq", c.softirq),
         ("steal", c.steal),
     ];
-    s.counter(
-        "aura_host_cpu_seconds",
+    counters(
+        e,
+        "aura_host_cpu",
+        Some(&Unit::Seconds),
         "CPU time of the whole host by mode, summed over cores.",
-        modes
+        modes.map(|(mode, v)| ([("mode", mode)], v)),
+    )?;
+    gauges(
+        e,
+        "aura_host_cpu_busy",
+        Some(&ratio()),
+        "Share of the host's CPU busy over the last sample interval.",
+        h.cpu
+            .busy_ratio
+            .and_then(finite)
+            .map(|v| ([] as [(&str, &str); 0], v)),
+    )?;
+    gauges(
+        e,
+        "aura_host_cpu_core_busy",
+        Some(&ratio()),
+        "Share of each core busy over the last sample interval.",
+        h.cpu
+            .per_core
             .iter()
-            .map(|(m, v)| (labels(&[("mode", m)]), *v))
-            .collect(),
-    );
-    if let Some(busy) = h.cpu.busy_ratio {
-        s.gauge(
-            "aura_host_cpu_busy_ratio",
-            "Share of the host's CPU busy over the last sample interval.",
-            Scrape::one(busy),
-        );
-    }
-    if let Some(cores) = &h.cpu.per_core {
-        let samples = cores
-            .iter()
+            .flatten()
             .enumerate()
-            .map(|(i, v)| (labels(&[("cpu", &i.to_string())]), *v))
-            .collect();
-        s.gauge(
-            "aura_host_cpu_core_busy_ratio",
-            "Share of each core busy over the last sample interval.",
-            samples,
-        );
+            .filter_map(|(i, v)| Some(([("cpu", i)], finite(*v)?))),
+    )?;
+    for (name, help, value) in [
+        (
+            "aura_host_load1",
+            "1-minute load average.",
+            h.load_average[0],
+        ),
+        (
+            "aura_host_load5",
+            "5-minute load average.",
+            h.load_average[1],
+        ),
+        (
+            "aura_host_load15",
+            "15-minute load average.",
+            h.load_average[2],
+        ),
+    ] {
+        gauge(e, name, None, help, value)?;
     }
-    s.gauge(
-        "aura_host_load1",
-        "1-minute load average.",
-        Scrape::one(h.load_average[0]),
-    );
-    s.gauge(
-        "aura_host_load5",
-        "5-minute load average.",
-        Scrape::one(h.load_average[1]),
-    );
-    s.gauge(
-        "aura_host_load15",
-        "15-minute load average.",
-        Scrape::one(h.load_average[2]),
-    );
     let m = &h.memory;
-    s.gauge(
-        "aura_host_memory_total_bytes",
-        "Physical memory.",
-        Scrape::one(m.total as f64),
-    );
-    s.gauge(
-        "aura_host_memory_available_bytes",
-        "Memory available for new work (MemAvailable).",
-        Scrape::one(m.available as f64),
-    );
-    s.gauge(
-        "aura_host_swap_total_bytes",
-        "Swap space.",
-        Scrape::one(m.swap_total as f64),
-    );
-    s.gauge(
-        "aura_host_swap_free_bytes",
-        "Unused swap space.",
-        Scrape::one(m.swap_free as f64),
-    );
+    for (name, help, value) in [
+        ("aura_host_memory_total", "Physical memory.", m.total),
+        (
+            "aura_host_memory_available",
+            "Memory available for new work (MemAvailable).",
+            m.available,
+        ),
+        ("aura_host_swap_total", "Swap space.", m.swap_total),
+        ("aura_host_swap_free", "Unused swap space.", m.swap_free),
+    ] {
+        gauge(e, name, Some(&Unit::Bytes), help, value)?;
+    }
     if let Some(p) = &h.pressure {
-        let mut ratios = Vec::new();
-        let mut stalled = Vec::new();
-        for (resource, r) in [("cpu", &p.cpu), ("memory", &p.memory), ("io", &p.io)] {
-            for (kind, stall) in [("some", Some(&r.some)), ("full", r.full.as_ref())] {
-                let Some(stall) = stall else { continue };
-                ratios.push((
-                    labels(&[("resource", resource), ("kind", kind)]),
-                    stall.avg10,
-                ));
-                stalled.push((
-                    labels(&[("resource", resource), ("kind", kind)]),
-                    stall.total_usec as f64 / 1e6,
-                ));
-            }
-        }
-        s.gauge(
-            "aura_host_pressure_avg10_ratio",
+        let stalls: Vec<_> = [("cpu", &p.cpu), ("memory", &p.memory), ("io", &p.io)]
+            .into_iter()
+            .flat_map(|(resource, r)| {
+                [("some", Some(&r.some)), ("full", r.full.as_ref())]
+                    .into_iter()
+                    .filter_map(move |(kind, stall)| {
+                        Some(([("resource", resource), ("kind", kind)], stall?))
+                    })
+            })
+            .collect();
+        gauges(
+            e,
+            "aura_host_pressure_avg10",
+            Some(&ratio()),
             "PSI: share of the last 10 s that tasks stalled on the resource.",
-            ratios,
-        );
-        s.counter(
-            "aura_host_pressure_stalled_seconds",
+            stalls.iter().map(|(l, s)| (*l, s.avg10)),
+        )?;
+        counters(
+            e,
+            "aura_host_pressure_stalled",
+            Some(&Unit::Seconds),
             "PSI: total time tasks stalled on the resource.",
-            stalled,
-        );
+            stalls.iter().map(|(l, s)| (*l, s.total_usec as f64 / 1e6)),
+        )?;
     }
     let disk = |f: fn(&aura_host::DiskStats) -> f64| {
         h.disks
             .iter()
-            .map(|d| (labels(&[("device", &d.name)]), f(d)))
-            .collect()
+            .map(move |d| ([("device", Escaped(&d.name))], f(d)))
     };
-    s.counter(
-        "aura_host_disk_read_bytes",
-        "Bytes read per block device.",
-        disk(|d| d.read_bytes as f64),
-    );
-    s.counter(
-        "aura_host_disk_written_bytes",
-        "Bytes written per block device.",
-        disk(|d| d.write_bytes as f64),
-    );
-    s.counter(
-        "aura_host_disk_io_time_seconds",
-        "Time each device had I/O in flight.",
-        disk(|d| d.io_seconds),
-    );
-    let net = |f: fn(&aura_host::NetStats) -> f64| {
+    for (name, unit, help, f) in [
+        (
+            "aura_host_disk_read",
+            Unit::Bytes,
+            "Bytes read per block device.",
+            (|d| d.read_bytes as f64) as fn(&aura_host::DiskStats) -> f64,
+        ),
+        (
+            "aura_host_disk_written",
+            Unit::Bytes,
+            "Bytes written per block device.",
+            |d| d.write_bytes as f64,
+        ),
+        (
+            "aura_host_disk_io_time",
+            Unit::Seconds,
+            "Time each device had I/O in flight.",
+            |d| d.io_seconds,
+        ),
+    ] {
+        counters(e, name, Some(&unit), help, disk(f))?;
+    }
+    let net = |f: fn(&aura_host::NetStats) -> u64| {
         h.networks
             .iter()
-            .map(|n| (labels(&[("device", &n.name)]), f(n)))
-            .collect()
+            .map(move |n| ([("device", Escaped(&n.name))], f(n)))
     };
-    s.counter(
-        "aura_host_network_receive_bytes",
+    counters(
+        e,
+        "aura_host_network_receive",
+        Some(&Unit::Bytes),
         "Bytes received per interface.",
-        net(|n| n.rx_bytes as f64),
-    );
-    s.counter(
-        "aura_host_network_transmit_bytes",
+        net(|n| n.rx_bytes),
+    )?;
+    counters(
+        e,
+        "aura_host_network_transmit",
+        Some(&Unit::Bytes),
         "Bytes sent per interface.",
-        net(|n| n.tx_bytes as f64),
-    );
+        net(|n| n.tx_bytes),
+    )?;
     if let Some(v) = &h.data_volume {
-        s.gauge(
-            "aura_host_data_volume_size_bytes",
+        gauge(
+            e,
+            "aura_host_data_volume_size",
+            Some(&Unit::Bytes),
             "Size of the volume holding the data dir.",
-            Scrape::one(v.total as f64),
-        );
-        s.gauge(
-            "aura_host_data_volume_available_bytes",
+            v.total,
+        )?;
+        gauge(
+            e,
+            "aura_host_data_volume_available",
+            Some(&Unit::Bytes),
             "Space available to Aura on that volume.",
-            Scrape::one(v.available as f64),
-        );
+            v.available,
+        )?;
     }
     if let Some(gpus) = &h.gpus {
-        let gpu = |f: fn(&aura_host::GpuStats) -> Option<f64>| {
-            gpus.iter()
-                .filter_map(|g| f(g).map(|v| (labels(&[("gpu", &g.index.to_string())]), v)))
-                .collect()
-        };
-        s.gauge(
-            "aura_gpu_utilization_ratio",
+        gpu_families(e, gpus)?;
+    }
+    Ok(())
+}
+
+fn gpu_families(e: &mut DescriptorEncoder<'_>, gpus: &[aura_host::GpuStats]) -> fmt::Result {
+    type Read = fn(&aura_host::GpuStats) -> Option<f64>;
+    let watts = Unit::Other("watts".to_owned());
+    let families: [(&str, Option<&Unit>, &str, Read); 8] = [
+        (
+            "aura_gpu_utilization",
+            Some(&ratio()),
             "GPU busy share (NVML).",
-            gpu(|g| g.utilization_gpu),
-        );
-        s.gauge(
-            "aura_gpu_memory_used_bytes",
+            |g| g.utilization_gpu,
+        ),
+        (
+            "aura_gpu_memory_used",
+            Some(&Unit::Bytes),
             "GPU memory in use.",
-            gpu(|g| g.memory_used_bytes.map(|b| b as f64)),
-        );
-        s.gauge(
-            "aura_gpu_memory_total_bytes",
+            |g| g.memory_used_bytes.map(|b| b as f64),
+        ),
+        (
+            "aura_gpu_memory_total",
+            Some(&Unit::Bytes),
             "GPU memory.",
-            gpu(|g| g.memory_total_bytes.map(|b| b as f64)),
-        );
-        s.gauge(
-            "aura_gpu_temperature_celsius",
+            |g| g.memory_total_bytes.map(|b| b as f64),
+        ),
+        (
+            "aura_gpu_temperature",
+            Some(&Unit::Celsius),
             "GPU temperature.",
-            gpu(|g| g.temperature_celsius),
-        );
-        s.gauge(
-            "aura_gpu_power_watts",
-            "GPU power draw.",
-            gpu(|g| g.power_watts),
-        );
-        s.gauge(
-            "aura_gpu_encoder_utilization_ratio",
+            |g| g.temperature_celsius,
+        ),
+        ("aura_gpu_power", Some(&watts), "GPU power draw.", |g| {
+            g.power_watts
+        }),
+        (
+            "aura_gpu_encoder_utilization",
+            Some(&ratio()),
             "NVENC busy share.",
-            gpu(|g| g.encoder_utilization),
-        );
-        s.gauge(
-            "aura_gpu_decoder_utilization_ratio",
+            |g| g.encoder_utilization,
+        ),
+        (
+            "aura_gpu_decoder_utilization",
+            Some(&ratio()),
             "NVDEC busy share.",
-            gpu(|g| g.decoder_utilization),
-        );
-        s.gauge(
+            |g| g.decoder_utilization,
+        ),
+        (
             "aura_gpu_encoder_sessions",
+            None,
             "Open NVENC sessions.",
-            gpu(|g| g.encoder_sessions.map(f64::from)),
-        );
+            |g| g.encoder_sessions.map(f64::from),
+        ),
+    ];
+    for (name, unit, help, read) in families {
+        gauges(
+            e,
+            name,
+            unit,
+            help,
+            gpus.iter()
+                .filter_map(|g| Some(([("gpu", g.index)], finite(read(g)?)?))),
+        )?;
     }
+    Ok(())
 }
 
-fn process(s: &mut Scrape, p: &ProcessSnapshot) {
-    s.counter(
-        "process_cpu_seconds",
+fn process(e: &mut DescriptorEncoder<'_>, p: &ProcessSnapshot) -> fmt::Result {
+    counters(
+        e,
+        "process_cpu",
+        Some(&Unit::Seconds),
         "Total user and system CPU time spent in seconds.",
-        Scrape::one(p.cpu_user_seconds + p.cpu_system_seconds),
-    );
-    s.gauge(
-        "process_resident_memory_bytes",
+        [(
+            [] as [(&str, &str); 0],
+            p.cpu_user_seconds + p.cpu_system_seconds,
+        )],
+    )?;
+    gauge(
+        e,
+        "process_resident_memory",
+        Some(&Unit::Bytes),
         "Resident memory size in bytes.",
-        Scrape::one(p.rss_bytes as f64),
-    );
-    s.gauge(
-        "process_virtual_memory_bytes",
+        p.rss_bytes,
+    )?;
+    gauge(
+        e,
+        "process_virtual_memory",
+        Some(&Unit::Bytes),
         "Virtual memory size in bytes.",
-        Scrape::one(p.virtual_bytes as f64),
-    );
-    s.gauge(
+        p.virtual_bytes,
+    )?;
+    gauge(
+        e,
         "process_open_fds",
+        None,
         "Number of open file descriptors.",
-        Scrape::one(p.open_fds as f64),
-    );
+        p.open_fds,
+    )?;
     if p.max_fds != u64::MAX {
-        s.gauge(
+        gauge(
+            e,
             "process_max_fds",
+            None,
             "Maximum number of open file descriptors.",
-            Scrape::one(p.max_fds as f64),
-        );
+            p.max_fds,
+        )?;
     }
-    s.gauge(
+    gauge(
+        e,
         "process_threads",
+        None,
         "Number of OS threads in the process.",
-        Scrape::one(p.threads as f64),
-    );
+        p.threads,
+    )?;
     if let Some(a) = &p.allocator {
-        s.gauge(
-            "aura_allocator_mapped_bytes",
-            "Heap memory the allocator obtained from the OS.",
-            Scrape::one(a.mapped_bytes as f64),
-        );
-        s.gauge(
-            "aura_allocator_in_use_bytes",
-            "Heap memory in allocations the daemon holds.",
-            Scrape::one(a.in_use_bytes as f64),
-        );
-        s.gauge(
-            "aura_allocator_free_bytes",
-            "Heap memory free inside the allocator.",
-            Scrape::one(a.free_bytes as f64),
-        );
+        for (name, help, value) in [
+            (
+                "aura_allocator_mapped",
+                "Heap memory the allocator obtained from the OS.",
+                a.mapped_bytes,
+            ),
+            (
+                "aura_allocator_in_use",
+                "Heap memory in allocations the daemon holds.",
+                a.in_use_bytes,
+            ),
+            (
+                "aura_allocator_free",
+                "Heap memory free inside the allocator.",
+                a.free_bytes,
+            ),
+        ] {
+            gauge(e, name, Some(&Unit::Bytes), help, value)?;
+        }
     }
-    s.gauge(
-        "process_start_time_seconds",
+    gauge(
+        e,
+        "process_start_time",
+        Some(&Unit::Seconds),
         "Start time of the process since unix epoch in seconds.",
-        Scrape::one(p.start_time.unix_millis() as f64 / 1000.0),
-    );
+        p.start_time.unix_millis() as f64 / 1000.0,
+    )
 }
 
-fn engine(s: &mut Scrape, i: &Inputs) {
+fn engine(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
     let u = &i.utilization;
-    s.gauge(
+    gauge(
+        e,
         "aura_jobs_running",
+        None,
         "Jobs whose process tree is running.",
-        Scrape::one(u.running as f64),
-    );
-    s.gauge(
+        u.running,
+    )?;
+    gauge(
+        e,
         "aura_jobs_queued",
+        None,
         "Jobs waiting for admission.",
-        Scrape::one(u.queued as f64),
-    );
-    s.gauge(
+        u.queued,
+    )?;
+    gauge(
+        e,
         "aura_jobs_max_concurrent",
+        None,
         "Most jobs allowed to run at once.",
-        Scrape::one(u.max_concurrent as f64),
-    );
-    s.gauge(
-        "aura_admission_capacity_memory_bytes",
+        u.max_concurrent,
+    )?;
+    gauge(
+        e,
+        "aura_admission_capacity_memory",
+        Some(&Unit::Bytes),
         "Memory jobs may reserve.",
-        Scrape::one(u.capacity.memory_bytes as f64),
-    );
-    s.gauge(
-        "aura_admission_reserved_memory_bytes",
+        u.capacity.memory_bytes,
+    )?;
+    gauge(
+        e,
+        "aura_admission_reserved_memory",
+        Some(&Unit::Bytes),
         "Memory reserved by running jobs and leases.",
-        Scrape::one(u.reserved_memory_bytes as f64),
-    );
-    s.gauge(
+        u.reserved_memory_bytes,
+    )?;
+    gauge(
+        e,
         "aura_admission_reserved_cpu_cores",
+        None,
         "Cores reserved by running jobs and leases.",
-        Scrape::one(u.reserved_cpu_cores),
-    );
-    s.gauge(
+        u.reserved_cpu_cores,
+    )?;
+    gauge(
+        e,
         "aura_admission_paused",
+        None,
         "1 while a live guard holds admission back.",
-        Scrape::one(f64::from(u8::from(u.admission_paused))),
-    );
-    s.gauge(
+        u32::from(u.admission_paused),
+    )?;
+    gauge(
+        e,
         "aura_memory_critical",
+        None,
         "1 while memory is critical and the pressure responder may stop a job.",
-        Scrape::one(f64::from(u8::from(u.memory_critical))),
-    );
-    s.counter(
+        u32::from(u.memory_critical),
+    )?;
+    counters(
+        e,
         "aura_memory_kills",
+        None,
         "Job trees killed or stopped for memory since start-up: over their limit, hit by the kernel's OOM killer, or chosen by the pressure responder.",
         [
             ("limit_exceeded", u.memory_limit_kills),
             ("oom_killed", u.oom_kills),
             ("pressure", u.pressure_victims),
         ]
-        .iter()
-        .map(|(reason, n)| (labels(&[("reason", reason)]), *n as f64))
-        .collect(),
-    );
-    s.gauge(
+        .map(|(reason, n)| ([("reason", reason)], n)),
+    )?;
+    gauges(
+        e,
         "aura_admission_limit_in_use",
+        None,
         "Slots of each named limit held by running jobs and leases.",
         u.limits
             .iter()
-            .map(|(name, l)| (labels(&[("limit", name)]), f64::from(l.in_use)))
-            .collect(),
-    );
-    s.gauge(
+            .map(|(name, l)| ([("limit", Escaped(name))], l.in_use)),
+    )?;
+    gauge(
+        e,
         "aura_accepting",
+        None,
         "1 while the daemon accepts jobs (0 while it shuts down).",
-        Scrape::one(f64::from(u8::from(i.status.accepting))),
-    );
+        u32::from(i.status.accepting),
+    )?;
     // Per-job series exist only while the job runs, so the label set stays bounded by max_concurrent.
     let job = |f: fn(&aura_model::LiveUsage) -> Option<f64>| {
-        i.running
-            .iter()
-            .filter_map(|v| {
-                v.live
-                    .as_ref()
-                    .and_then(f)
-                    .map(|x| (labels(&[("job_id", &v.job.id.to_string())]), x))
-            })
-            .collect()
+        i.running.iter().filter_map(move |v| {
+            let value = finite(v.live.as_ref().and_then(f)?)?;
+            Some(([("job_id", v.job.id.0)], value))
+        })
     };
-    s.gauge(
-        "aura_job_memory_bytes",
+    gauges(
+        e,
+        "aura_job_memory",
+        Some(&Unit::Bytes),
         "Memory of each running job's tree.",
         job(|l| l.memory_current.map(|b| b as f64)),
-    );
-    s.gauge(
-        "aura_job_memory_peak_bytes",
+    )?;
+    gauges(
+        e,
+        "aura_job_memory_peak",
+        Some(&Unit::Bytes),
         "Peak memory of each running job's tree so far.",
         job(|l| l.memory_peak.map(|b| b as f64)),
-    );
-    s.counter(
-        "aura_job_cpu_seconds",
+    )?;
+    counters(
+        e,
+        "aura_job_cpu",
+        Some(&Unit::Seconds),
         "CPU time of each running job's tree so far.",
         job(|l| Some(l.cpu_user_secs? + l.cpu_system_secs?)),
-    );
-    s.gauge(
+    )?;
+    gauges(
+        e,
         "aura_job_processes",
+        None,
         "Processes in each running job's tree.",
         job(|l| Some(f64::from(l.processes))),
-    );
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
     #[test]
-    fn renders_the_classic_text_format() {
-        let mut s = Scrape::default();
-        s.counter(
-            "demo_seconds",
-            "Demo counter.",
-            vec![(labels(&[("mode", "a\"b")]), 1.5)],
-        );
-        s.gauge("demo_ratio", "Demo gauge.", Scrape::one(f64::NAN));
-        s.gauge("demo_empty", "Dropped: no samples.", vec![]);
-        let mut out = String::new();
-        s.render(&mut out).unwrap();
+    fn negotiates_the_format_from_accept() {
+        use Format::{Classic, OpenMetrics};
+        let cases = [
+            (Some(PROMETHEUS_ACCEPT), OpenMetrics),
+            (None, Classic),
+            (Some(""), Classic),
+            (Some("*/*"), Classic),
+            (Some("text/plain"), Classic),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (
+                Some("Application/OpenMetrics-Text; Version=1.0.0"),
+                OpenMetrics,
+            ),
+            // Only a version this encoder does not write.
+            (Some("application/openmetrics-text;version=0.0.1"), Classic),
+            (Some("application/openmetrics-text;q=0"), Classic),
+            (
+                Some("text/plain;q=0.9, application/openmetrics-text;q=0.5"),
+                Classic,
+            ),
+            (
+                Some("text/plain;q=0.5, application/openmetrics-text;q=0.5"),
+                OpenMetrics,
+            ),
+            (
+                Some("text/plain;version=0.0.4;q=0.1, application/openmetrics-text;q=0.9"),
+                OpenMetrics,
+            ),
+            // An out-of-range or unparsable quality does not count.
+            (Some("application/openmetrics-text;q=7"), Classic),
+            (Some("application/openmetrics-text;q=x"), Classic),
+            (Some(";;,,=;q=;,"), Classic),
+        ];
+        for (accept, expected) in cases {
+            assert_eq!(Format::negotiate(accept), expected, "Accept: {accept:?}");
+        }
+        assert!(OpenMetrics
+            .content_type()
+            .starts_with("application/openmetrics-text; version=1.0.0"));
+        assert!(Classic
+            .content_type()
+            .starts_with("text/plain; version=0.0.4"));
+    }
+
+    #[test]
+    fn classic_names_counter_families_with_total_and_drops_openmetrics_lines() {
+        let open = "# HELP a_seconds Time.\n# TYPE a_seconds counter\n# UNIT a_seconds seconds\n\
+                    a_seconds_total{mode=\"x\"} 1.5\n\
+                    # HELP b_bytes Size of a thing.\n# TYPE b_bytes gauge\n# UNIT b_bytes bytes\nb_bytes 3\n# EOF\n";
         assert_eq!(
-            out,
-            "# HELP demo_seconds_total Demo counter.\n# TYPE demo_seconds_total counter\n\
-             demo_seconds_total{mode=\"a\\\"b\"} 1.5\n\
-             # HELP demo_ratio Demo gauge.\n# TYPE demo_ratio gauge\ndemo_ratio NaN\n"
+            classic(open),
+            "# HELP a_seconds_total Time.\n# TYPE a_seconds_total counter\na_seconds_total{mode=\"x\"} 1.5\n\
+             # HELP b_bytes Size of a thing.\n# TYPE b_bytes gauge\nb_bytes 3\n"
         );
+    }
+
+    /// A real host sample and process reading, with engine views as the API serves them.
+    fn inputs() -> Inputs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut collector = aura_host::Collector::new(dir.path().to_path_buf(), true);
+        let mut host = collector.sample().expect("a first host sample");
+        // A second sample gives the busy ratios (they need an interval).
+        if let Ok(second) = collector.sample() {
+            host = second;
+        }
+        host.networks.push(aura_host::NetStats {
+            name: "we\"ird\\".to_owned(),
+            ..host
+                .networks
+                .first()
+                .cloned()
+                .expect("a network interface (lo at least)")
+        });
+        let status = json!({
+            "backend": "hybrid", "backend_detail": "test", "accepting": true,
+            "max_concurrent": 2, "running": 1, "queued": 3
+        });
+        let utilization = json!({
+            "capacity": {"memory_bytes": 1u64 << 30, "cpu_millis": 2000, "disk_bytes": 0, "gpus": []},
+            "reserved_memory_bytes": 1u64 << 20, "available_memory_bytes": 1u64 << 29,
+            "reserved_cpu_cores": 0.5, "reserved_disk_bytes": 0, "running": 1, "queued": 3,
+            "max_concurrent": 2, "available_slots": 1, "max_jobs_at_default_request": 4,
+            "limits": {"nvenc": {"in_use": 1, "max_concurrent": 3, "per_minute": null}},
+            "host": null, "admission_paused": false, "paused_reason": null, "memory_critical": true,
+            "memory_limit_kills": 1, "oom_kills": 2, "pressure_victims": 3
+        });
+        Inputs {
+            host: Some(Arc::new(host)),
+            process: Some(aura_host::process_snapshot().expect("this process")),
+            status: serde_json::from_value(status).expect("an EngineStatus"),
+            utilization: serde_json::from_value(utilization).expect("a Utilization"),
+            running: Vec::new(),
+        }
+    }
+
+    /// Every sample belongs to the family declared just before it: the gauge's own name, a counter's name
+    /// with `_total` (OpenMetrics) or the `_total` family itself (classic).
+    fn check_structure(text: &str, format: Format) {
+        let mut family: Option<(String, String)> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+                if format == Format::Classic && kind == "counter" {
+                    assert!(name.ends_with("_total"), "classic counter family {name}");
+                }
+                family = Some((name.to_owned(), kind.to_owned()));
+            } else if !line.starts_with('#') {
+                let (name, kind) = family.as_ref().expect("a sample after a TYPE line");
+                let sample = line.split(['{', ' ']).next().expect("a sample name");
+                let expected = match (format, kind.as_str()) {
+                    (Format::OpenMetrics, "counter") => format!("{name}_total"),
+                    _ => name.clone(),
+                };
+                assert_eq!(sample, expected, "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_real_scrape_in_both_formats() {
+        let open = render(inputs(), Format::OpenMetrics).expect("encodes");
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        check_structure(&open, Format::OpenMetrics);
+        for expected in [
+            "# TYPE aura_host_cpu_seconds counter\n# UNIT aura_host_cpu_seconds seconds\n",
+            "aura_host_cpu_seconds_total{mode=\"user\"} ",
+            "# UNIT aura_host_memory_total_bytes bytes\n",
+            "# TYPE aura_host_load1 gauge\n",
+            "aura_host_network_receive_bytes_total{device=\"we\\\"ird\\\\\"} ",
+            "aura_memory_kills_total{reason=\"oom_killed\"} 2\n",
+            "aura_admission_limit_in_use{limit=\"nvenc\"} 1\n",
+            "aura_memory_critical 1\n",
+            "aura_jobs_queued 3\n",
+            "process_resident_memory_bytes ",
+            "# UNIT aura_host_cpu_busy_ratio ratio\n",
+        ] {
+            assert!(open.contains(expected), "missing {expected:?} in\n{open}");
+        }
+        // No job runs, so no per-job family is declared at all.
+        assert!(!open.contains("aura_job_memory"), "{open}");
+
+        let text = render(inputs(), Format::Classic).expect("encodes");
+        check_structure(&text, Format::Classic);
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE aura_host_cpu_seconds_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP process_cpu_seconds_total "), "{text}");
     }
 }

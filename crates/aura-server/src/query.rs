@@ -108,10 +108,13 @@ pub const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
 /// What a log request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogRequest {
+    /// Which stream to read. Default: stdout.
     pub stream: Stream,
+    /// The logical byte offset to read from. Default: 0.
     pub offset: u64,
     /// 1 to `MAX_LOG_CHUNK` bytes.
     pub max: usize,
+    /// Which attempt's output; `None`: the job's latest.
     pub attempt: Option<u32>,
 }
 

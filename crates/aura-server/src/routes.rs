@@ -303,7 +303,10 @@ async fn cleanup(State(app): State<Arc<AppState>>) -> ApiResult<Json<aura_engine
     Ok(Json(app.engine.cleanup().await?))
 }
 
-async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<Response> {
+async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    let format = crate::prometheus::Format::negotiate(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
     let running = app
         .engine
         .list(ListFilter {
@@ -321,10 +324,9 @@ async fn metrics(State(app): State<Arc<AppState>>) -> ApiResult<Response> {
         utilization: app.engine.utilization().await?,
         running,
     };
-    let body = crate::prometheus::render(inputs)
+    let body = crate::prometheus::render(inputs, format)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")))?;
-    let content_type = "text/plain; version=0.0.4; charset=utf-8";
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.

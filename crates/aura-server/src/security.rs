@@ -21,6 +21,7 @@ use tower::{Layer, Service};
 /// What the checks enforce; see the README's table of `api.*` settings.
 #[derive(Clone, Debug)]
 pub struct SecurityConfig {
+    /// The tokens requests authenticate with; a request without a matching token is answered 401.
     pub tokens: Arc<Tokens>,
     /// Accepted `Host` values, lower case: `name:port`, or a bare `name` for any port.
     pub allowed_hosts: Vec<String>,
@@ -29,7 +30,9 @@ pub struct SecurityConfig {
     pub allowed_origins: Vec<String>,
     /// Serve `/metrics` without a token (for a Prometheus without credentials).
     pub public_metrics: bool,
+    /// Longest request target (path and query) accepted, in bytes; longer is answered 414. Default: 8 KiB.
     pub max_uri_bytes: usize,
+    /// Most header bytes (names and values) a request may carry; more is answered 431. Default: 16 KiB.
     pub max_header_bytes: usize,
 }
 

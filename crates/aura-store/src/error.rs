@@ -4,34 +4,52 @@ use aura_model::JobId;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database file could not be opened or set up (no permission, not a database).
     #[error("cannot open job database {}: {source}", path.display())]
     Open {
+        /// The database file.
         path: PathBuf,
+        /// SQLite's error.
         #[source]
         source: rusqlite::Error,
     },
+    /// Upgrading the database's schema failed.
     #[error("job database migration to schema version {version} failed: {source}")]
     Migration {
+        /// The schema version being migrated to (0 while reading the file's current version).
         version: u32,
+        /// SQLite's error.
         #[source]
         source: rusqlite::Error,
     },
+    /// The database was written by a newer Aura, with a schema this build does not know.
     #[error("job database has schema version {found}, newer than this build supports ({supported}); upgrade Aura")]
-    TooNew { found: u32, supported: u32 },
+    TooNew {
+        /// The file's schema version.
+        found: u32,
+        /// The newest schema version this build knows.
+        supported: u32,
+    },
+    /// A query or statement failed.
     #[error("database error while {context}: {source}")]
     Db {
+        /// What the store was doing, e.g. "updating a job".
         context: &'static str,
+        /// SQLite's error.
         #[source]
         source: rusqlite::Error,
     },
+    /// A SQLite error without further context.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// The batch this write belonged to could not be committed; the write did not happen. Shared because
     /// every write of the batch reports the same cause.
     #[error("committing a write batch failed: {source}")]
     Commit {
+        /// SQLite's error.
         #[source]
         source: Arc<rusqlite::Error>,
     },
@@ -40,23 +58,42 @@ pub enum StoreError {
     /// insert is refused.
     #[error("the job database cannot commit: {source} (its volume is full or failing)")]
     Storage {
+        /// SQLite's error.
         #[source]
         source: Arc<rusqlite::Error>,
     },
+    /// A value to be stored could not be serialised to JSON.
     #[error("cannot encode {what} as JSON: {source}")]
     Encode {
+        /// What was being encoded, e.g. "job spec".
         what: &'static str,
+        /// The serialiser's error.
         #[source]
         source: serde_json::Error,
     },
+    /// A job's row (or one of its events) holds values this build cannot decode.
     #[error("job {id} is stored in a form this build cannot read: {detail}")]
-    Corrupt { id: JobId, detail: String },
+    Corrupt {
+        /// The job's id.
+        id: JobId,
+        /// Which value is unreadable, and why.
+        detail: String,
+    },
+    /// An engine event's row holds a detail this build cannot decode.
     #[error("engine event {seq} is stored in a form this build cannot read: {detail}")]
-    CorruptEngineEvent { seq: i64, detail: String },
+    CorruptEngineEvent {
+        /// The event's sequence number.
+        seq: i64,
+        /// Why it is unreadable.
+        detail: String,
+    },
+    /// An update names a job that is not in the database.
     #[error("job {0} not found")]
     NotFound(JobId),
+    /// The store has been closed (or its writer has stopped); nothing more is read or written.
     #[error("the job store is closed")]
     Closed,
+    /// The writer thread or its runtime could not be started.
     #[error("cannot start the job store writer thread: {0}")]
     Spawn(#[source] std::io::Error),
     /// A bug: a store thread panicked.

@@ -227,3 +227,72 @@ pub(crate) fn quarantined(conn: &Connection, limit: u32) -> Result<Vec<JobId>, S
         .context("reading quarantined jobs")?;
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    /// Page cache sizes (KiB, negative) no connection is opened with: a connection carrying one was used
+    /// before.
+    const MARK: i64 = -1000;
+
+    fn pool(dir: &TempDir) -> ReadPool {
+        let path = dir.path().join("aura.db");
+        let first = open_connection(&path, Duration::from_secs(5), true).expect("open");
+        ReadPool::new(path, Duration::from_secs(5), first)
+    }
+
+    fn cache_size(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA cache_size", [], |row| row.get(0))
+            .expect("read cache_size")
+    }
+
+    /// Holds `n` connections of the pool at once; says, for each in the order taken, whether it was
+    /// used before, and marks it.
+    fn hold(pool: &ReadPool, n: usize, used_before: &mut Vec<bool>) -> Result<(), StoreError> {
+        if n == 0 {
+            return Ok(());
+        }
+        pool.with(|conn| {
+            used_before.push(cache_size(conn) <= MARK);
+            conn.pragma_update(None, "cache_size", MARK - n as i64)
+                .context("marking a connection")?;
+            hold(pool, n - 1, used_before)
+        })
+    }
+
+    #[test]
+    fn reads_reuse_connections_and_keep_at_most_four_idle() {
+        let dir = TempDir::new().expect("tempdir");
+        let pool = pool(&dir);
+        let mut used = Vec::new();
+        hold(&pool, 1, &mut used).expect("read");
+        hold(&pool, 1, &mut used).expect("read");
+        assert_eq!(
+            used,
+            [false, true],
+            "one reader at a time needs one connection"
+        );
+
+        let mut used = Vec::new();
+        hold(&pool, 5, &mut used).expect("five readers at once");
+        let mut again = Vec::new();
+        hold(&pool, 5, &mut again).expect("five readers at once");
+        assert_eq!(
+            again.iter().filter(|&&u| u).count(),
+            4,
+            "five readers leave four idle connections: {again:?}"
+        );
+    }
+
+    #[test]
+    fn a_closed_pool_refuses_reads() {
+        let dir = TempDir::new().expect("tempdir");
+        let pool = pool(&dir);
+        pool.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).context("probe"))
+            .expect("open pool");
+        pool.close();
+        assert!(matches!(pool.with(|_| Ok(())), Err(StoreError::Closed)));
+    }
+}

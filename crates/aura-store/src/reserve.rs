@@ -38,15 +38,8 @@ impl Reserve {
                 Ok(()) => Ok(()),
                 // A file system without fallocate: zeros take the space all the same.
                 Err(rustix::io::Errno::OPNOTSUPP) => {
-                    use std::io::Write;
-                    let chunk = vec![0u8; 64 * 1024];
                     let mut file = file;
-                    let mut left = self.bytes;
-                    while left > 0 {
-                        let n = left.min(chunk.len() as u64) as usize;
-                        file.write_all(&chunk[..n])?;
-                        left -= n as u64;
-                    }
+                    write_zeros(&mut file, self.bytes)?;
                     file.sync_all()
                 }
                 Err(e) => Err(e.into()),
@@ -108,5 +101,117 @@ impl Reserve {
                 );
             }
         }
+    }
+}
+
+/// Takes the space by writing it (a file system without fallocate): exactly `bytes` zeros.
+fn write_zeros(out: &mut impl std::io::Write, bytes: u64) -> std::io::Result<()> {
+    let chunk = vec![0u8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        out.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    const BYTES: u64 = 64 * 1024;
+
+    fn reserve_in(dir: &TempDir, bytes: u64) -> Reserve {
+        Reserve::new(dir.path().join("aura.db-reserve"), bytes)
+    }
+
+    fn size(reserve: &Reserve) -> Option<u64> {
+        std::fs::metadata(&reserve.path).ok().map(|m| m.len())
+    }
+
+    #[test]
+    fn zero_filling_takes_exactly_the_space_asked_for() {
+        for bytes in [0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 200_000] {
+            let mut out = Vec::new();
+            write_zeros(&mut out, bytes).expect("writing to memory");
+            assert_eq!(out.len() as u64, bytes);
+            assert!(out.iter().all(|&b| b == 0), "{bytes}: not zeros");
+        }
+    }
+
+    #[test]
+    fn a_reserve_is_set_aside_only_when_asked_for() {
+        let dir = TempDir::new().expect("tempdir");
+        assert_eq!(size(&reserve_in(&dir, BYTES)), Some(BYTES));
+        let none = TempDir::new().expect("tempdir");
+        let mut reserve = reserve_in(&none, 0);
+        assert_eq!(size(&reserve), None);
+        assert!(!reserve.release(), "nothing to give up");
+        reserve.restore();
+        assert_eq!(size(&reserve), None, "0 bytes means no reserve at all");
+    }
+
+    #[test]
+    fn a_released_reserve_is_given_up_once() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut reserve = reserve_in(&dir, BYTES);
+        assert!(reserve.release());
+        assert_eq!(size(&reserve), None);
+        assert!(!reserve.release(), "already given up");
+    }
+
+    /// Right after the volume was full the reserve is not taken back (every commit would look); once the
+    /// interval has passed and there is room, it is.
+    #[test]
+    fn a_released_reserve_returns_after_the_interval_when_there_is_room() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut reserve = reserve_in(&dir, BYTES);
+        assert!(reserve.release());
+        reserve.restore();
+        assert_eq!(size(&reserve), None, "taken back right after the release");
+        reserve.looked = Instant::now().checked_sub(RESTORE_EVERY + Duration::from_secs(1));
+        assert!(
+            reserve.looked.is_some(),
+            "the clock cannot go back that far"
+        );
+        reserve.restore();
+        assert_eq!(size(&reserve), Some(BYTES));
+        assert!(
+            reserve.release(),
+            "the restored reserve can be given up again"
+        );
+    }
+
+    /// A reserve is taken back only with room to spare: on a volume that would be nearly full again
+    /// with it, it stays given up.
+    #[test]
+    fn a_released_reserve_stays_away_while_the_volume_is_short_of_room() {
+        let dir = TempDir::new().expect("tempdir");
+        // A 1 MiB volume of its own (root only), so that "short of room" is a known figure.
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        }
+        // Fits, but would leave less than three times itself free.
+        let mut reserve = Reserve {
+            path: dir.path().join("aura.db-reserve"),
+            bytes: 300 * 1024,
+            present: false,
+            looked: None,
+        };
+        reserve.restore();
+        let restored = size(&reserve);
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        assert_eq!(restored, None);
     }
 }

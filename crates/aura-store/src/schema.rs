@@ -149,3 +149,118 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.query_row("PRAGMA user_version", [], |row| row.get(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aura_model::{Job, JobId, JobSpec, Timestamp};
+    use tempfile::TempDir;
+
+    fn connect(dir: &TempDir) -> Connection {
+        open_connection(&dir.path().join("aura.db"), Duration::from_secs(5), false).expect("open")
+    }
+
+    /// The schema as SQLite reports it, for comparing two databases.
+    fn schema_of(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
+            .expect("prepare");
+        let rows = stmt.query_map([], |row| row.get(0)).expect("query");
+        rows.collect::<Result<_, _>>().expect("read the schema")
+    }
+
+    /// A database as a release that stopped at schema `version` left it.
+    fn at_version(conn: &Connection, version: u32) {
+        for sql in &MIGRATIONS[..version as usize] {
+            conn.execute_batch(sql).expect("an old migration");
+        }
+        conn.pragma_update(None, "user_version", version)
+            .expect("set the version");
+    }
+
+    #[test]
+    fn every_older_database_migrates_to_the_schema_of_a_new_one() {
+        let fresh_dir = TempDir::new().expect("tempdir");
+        let mut fresh = connect(&fresh_dir);
+        migrate(&mut fresh).expect("migrate an empty file");
+        assert_eq!(user_version(&fresh).expect("version"), LATEST_VERSION);
+        let latest = schema_of(&fresh);
+        for table in ["jobs", "job_events", "engine_events"] {
+            assert!(
+                latest
+                    .iter()
+                    .any(|sql| sql.contains(&format!("CREATE TABLE {table}"))),
+                "{table} missing: {latest:?}"
+            );
+        }
+        for version in 0..=LATEST_VERSION {
+            let dir = TempDir::new().expect("tempdir");
+            let mut conn = connect(&dir);
+            at_version(&conn, version);
+            migrate(&mut conn).expect("migrate");
+            assert_eq!(user_version(&conn).expect("version"), LATEST_VERSION);
+            assert_eq!(schema_of(&conn), latest, "from version {version}");
+            migrate(&mut conn).expect("migrating again is a no-op");
+        }
+    }
+
+    /// A job stored by the first release reads back whole, with the later columns' defaults.
+    #[test]
+    fn a_job_stored_before_the_later_migrations_reads_back() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut conn = connect(&dir);
+        at_version(&conn, 1);
+        let submitted = Timestamp::from_unix_millis(1_700_000_000_000);
+        let job = Job::new(JobId(1), JobSpec::new("ffmpeg", ["-version"]), submitted);
+        let row = crate::codec::encode_new(&job).expect("encode");
+        conn.execute(
+            "INSERT INTO jobs (id, state, priority, submitted_at_ms, updated_at_ms, attempt, failures, \
+             kind, outcome, spec, state_data) VALUES (1, ?1, ?2, ?3, ?3, 1, 0, NULL, NULL, ?4, ?5)",
+            rusqlite::params![
+                row.state.state,
+                row.priority,
+                row.submitted_at_ms,
+                row.spec,
+                row.state.state_data
+            ],
+        )
+        .expect("a version 1 row");
+        migrate(&mut conn).expect("migrate");
+        assert_eq!(
+            crate::reader::get(&conn, JobId(1)).expect("read"),
+            Some(job)
+        );
+    }
+
+    #[test]
+    fn read_connections_refuse_writes() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut writer = connect(&dir);
+        migrate(&mut writer).expect("migrate");
+        let reader = open_connection(&dir.path().join("aura.db"), Duration::from_secs(5), true)
+            .expect("open");
+        assert!(reader.execute("DELETE FROM jobs", []).is_err());
+        writer
+            .execute("DELETE FROM jobs", [])
+            .expect("the writer writes");
+    }
+
+    /// Each connection's page cache stays small, whatever SQLite's default: a daemon holds several.
+    #[test]
+    fn a_connection_caches_at_most_half_a_mebibyte() {
+        let dir = TempDir::new().expect("tempdir");
+        let conn = connect(&dir);
+        let pragma = |name: &str| -> i64 {
+            conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))
+                .expect("pragma")
+        };
+        // Negative: KiB; positive: pages.
+        let size = pragma("cache_size");
+        let bytes = if size < 0 {
+            -size * 1024
+        } else {
+            size * pragma("page_size")
+        };
+        assert!(bytes <= 512 * 1024, "{bytes} bytes");
+    }
+}

@@ -21,6 +21,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// How the store opens and writes its database; [`StoreOptions::default`] gives the defaults (5 s busy
+/// timeout, batches of up to 512 writes, 10 ms group window, no reserve).
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// How long a connection waits for a lock held by another process before giving up.
@@ -68,6 +70,7 @@ pub struct ListFilter {
     pub after: Option<JobId>,
     /// Capped at 1000; 0 yields an empty page.
     pub limit: u32,
+    /// Highest ids (newest jobs) first; otherwise oldest first. Default: newest first.
     pub newest_first: bool,
 }
 
@@ -199,6 +202,7 @@ impl Store {
         })
     }
 
+    /// Commit and write counters since `open`, and whether writes are being kept for a full volume.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             commits: self.inner.counters.commits.load(Ordering::Relaxed),
@@ -360,6 +364,7 @@ impl Store {
         blocking(move || readers.with(query)).await
     }
 
+    /// One job as it is now (kept writes included); `None` if no job has this id.
     pub async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         let job = self.read(move |conn| reader::get(conn, id)).await?;
         Ok(self.overlaid(job.into_iter().collect())?.pop())

@@ -92,15 +92,22 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendChoice {
+    /// The best the host offers (the default): cgroup v2 on a pure v2 host, else hybrid, else cgroup v1;
+    /// process groups where none of these can be set up.
     #[default]
     Auto,
+    /// Pure cgroup v2: membership, `cgroup.kill`, CPU and (where delegated) memory from one hierarchy.
     CgroupV2,
+    /// cgroup v2 for membership and `cgroup.kill`, the cgroup v1 memory controller for memory.
     Hybrid,
+    /// The cgroup v1 memory controller alone; a tree is killed by signalling each member.
     CgroupV1,
+    /// No cgroups: process groups, with the daemon as the subreaper of its jobs.
     ProcessGroup,
 }
 
 impl BackendChoice {
+    /// The name used in configuration and logs (`auto`, `cgroup_v2`, …), which `FromStr` parses back.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendChoice::Auto => "auto",
@@ -135,6 +142,7 @@ impl std::str::FromStr for BackendChoice {
 /// Supervisor settings; [`SupervisorConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct SupervisorConfig {
+    /// Which process backend to use. Default: [`BackendChoice::Auto`].
     pub backend: BackendChoice,
     /// Unique per daemon (the engine passes a stable id stored in its data dir). Names this daemon's
     /// cgroup subtree `aura-<instance>`, so two daemons (e.g. parallel tests) never touch each other's
@@ -223,27 +231,42 @@ pub fn renice_daemon(nice: i32) -> std::io::Result<()> {
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
+    /// The backend that was forced cannot be set up on this host (no cgroup2 mount, no `cgroup.kill`,
+    /// no v1 memory controller, or the daemon may not become the subreaper of its jobs).
     #[error("process backend {backend} is not available on this host: {reason}")]
     BackendUnavailable {
+        /// The backend that was asked for.
         backend: BackendChoice,
+        /// What the host lacks, in words for the user.
         reason: String,
     },
+    /// A cgroup directory of this instance could not be used.
     #[error("cgroup {path}: {source}")]
     Cgroup {
+        /// The cgroup directory.
         path: PathBuf,
+        /// The I/O error from cgroupfs.
         source: std::io::Error,
     },
+    /// A backend name (in configuration) that is none of the known ones; holds the name given.
     #[error("unknown process backend {0:?} (expected auto, cgroup_v2, hybrid, cgroup_v1 or process_group)")]
     UnknownBackend(String),
+    /// [`SupervisorConfig::instance`] is empty, `.`, `..`, over 64 bytes, or has other characters than
+    /// letters, digits, `-`, `_`, `.`; holds the name given.
     #[error(
         "invalid supervisor instance name {0:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
     )]
     InvalidInstance(String),
+    /// A launcher or watcher thread (or what it needs before it starts, such as `/dev/null`) could not
+    /// be set up.
     #[error("could not start the {thread} thread: {source}")]
     Thread {
+        /// Which thread: `launcher` or `watcher`.
         thread: &'static str,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// [`Supervisor::start`] was called outside a tokio runtime.
     #[error("Supervisor::start must be called inside a tokio runtime")]
     NoRuntime,
 }
@@ -251,29 +274,59 @@ pub enum SupervisorError {
 /// Why a job could not be started. Messages are shown to users verbatim.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    /// The program does not resolve to an existing file (see [`resolve_program`]).
     #[error("program {program:?} not found")]
-    ProgramNotFound { program: String },
+    ProgramNotFound {
+        /// The program as the job named it.
+        program: String,
+    },
+    /// The program resolved to a file that is not an executable regular file.
     #[error("{path} is not an executable file")]
-    NotExecutable { path: PathBuf },
+    NotExecutable {
+        /// The resolved path.
+        path: PathBuf,
+    },
+    /// The program resolved to a file outside `jobs.programs`, the allowlist of programs jobs may run.
     #[error("program {program:?} ({resolved}) is not in jobs.programs, the programs jobs may run")]
-    ProgramNotAllowed { program: String, resolved: PathBuf },
+    ProgramNotAllowed {
+        /// The program as the job named it.
+        program: String,
+        /// Its canonical path, the one checked against the allowlist.
+        resolved: PathBuf,
+    },
+    /// The working directory the job chose is refused: relative, with `..`, or outside `jobs.cwd_roots`.
     #[error("working directory {path} is not allowed: {reason}")]
-    CwdNotAllowed { path: PathBuf, reason: String },
+    CwdNotAllowed {
+        /// The directory as the job asked for it.
+        path: PathBuf,
+        /// Why it is refused, for the user.
+        reason: String,
+    },
+    /// The working directory could not be created or resolved, or is not a directory.
     #[error("working directory {path}: {source}")]
     Cwd {
+        /// The working directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// Preparing the main process (argv, environment, stdio pipes) or starting it failed.
     #[error("could not start {program:?}: {source}")]
     Spawn {
+        /// The program as the job named it.
         program: String,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The job's cgroup could not be created or set up (including its memory limit).
     #[error("could not set up job cgroup {path}: {source}")]
     Cgroup {
+        /// The job cgroup directory.
         path: PathBuf,
+        /// The I/O error from cgroupfs.
         source: std::io::Error,
     },
+    /// The supervisor is shutting down (or has shut down) and starts nothing more.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
     /// Its owner took it back (`Supervisor::withdraw`) before it got a running slot: nothing started.
@@ -302,14 +355,20 @@ impl LaunchError {
 /// One job attempt to start.
 #[derive(Clone, Debug)]
 pub struct LaunchRequest {
+    /// The job this attempt belongs to.
     pub job_id: JobId,
+    /// The attempt number, 1 for the first; part of the tree's marker.
     pub attempt: u32,
+    /// What to run: a path (relative ones to `cwd`), or a name looked up in the job's `PATH`; also
+    /// the process's `argv[0]`.
     pub program: String,
+    /// The arguments after `argv[0]`.
     pub args: Vec<String>,
     /// Overlaid on the jobs' base environment (`JobSandbox::base_env`).
     pub env: BTreeMap<String, String>,
     /// Environment variables with secret values, overlaid last; their `Debug` shows no value.
     pub secrets: Vec<(String, aura_model::Secret)>,
+    /// The directory the job starts in.
     pub cwd: PathBuf,
     /// Create `cwd` (and its parents) if missing: the engine's default per-job directory, which the
     /// job enters before it drops its privileges (so it works there even where the data dir's parents
@@ -538,6 +597,7 @@ impl Supervisor {
         Ok(sup)
     }
 
+    /// The backend this supervisor uses, as detected or forced at start.
     pub fn backend(&self) -> Backend {
         self.inner.layout.backend
     }

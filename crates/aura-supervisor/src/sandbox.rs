@@ -14,11 +14,15 @@ use std::path::{Component, Path, PathBuf};
 /// The account jobs run as when the daemon runs as root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobIdentity {
+    /// The account's user name; jobs get it as `USER` and `LOGNAME`.
     pub name: String,
+    /// The user id jobs switch to.
     pub uid: u32,
+    /// The primary group id jobs switch to.
     pub gid: u32,
     /// Supplementary groups (the user's groups from the group database, primary group included).
     pub groups: Vec<u32>,
+    /// The account's home directory; jobs get it as `HOME`.
     pub home: PathBuf,
 }
 
@@ -63,6 +67,7 @@ impl JobIdentity {
             .map(|u| u.name)
     }
 
+    /// Whether this is the superuser (uid 0): running jobs as it drops no privileges.
     pub fn is_root(&self) -> bool {
         self.uid == 0
     }
@@ -71,12 +76,31 @@ impl JobIdentity {
 /// Why a sandbox could not be built from its settings.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The account jobs should run as (`jobs.user`) is unknown or its groups cannot be read.
     #[error("jobs.user {name:?}: {reason}")]
-    User { name: String, reason: String },
+    User {
+        /// The user name looked up.
+        name: String,
+        /// Why the lookup failed.
+        reason: String,
+    },
+    /// A `jobs.programs` entry is relative, does not exist, or is neither an executable file nor a
+    /// directory.
     #[error("jobs.programs entry {entry:?}: {reason}")]
-    Program { entry: String, reason: String },
+    Program {
+        /// The entry as configured.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `jobs.cwd_roots` entry is relative, does not exist, or is not a directory.
     #[error("jobs.cwd_roots entry {path}: {reason}")]
-    CwdRoot { path: PathBuf, reason: String },
+    CwdRoot {
+        /// The entry as configured.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The executables jobs may run, as canonical paths (symlinks resolved): files, and directories whose
@@ -130,6 +154,7 @@ impl ProgramAllowlist {
                 .is_some_and(|p| self.dirs.iter().any(|d| d == p))
     }
 
+    /// Whether it has no entries, so it allows no program at all.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.dirs.is_empty()
     }

@@ -33,6 +33,7 @@ struct TicketState {
 }
 
 impl LaunchTicket {
+    /// A fresh ticket, not yet in line: [`Supervisor::launch`](crate::Supervisor::launch) registers it.
     pub fn new() -> LaunchTicket {
         LaunchTicket(Arc::new(TicketState {
             seq: AtomicU64::new(NO_SEQ),

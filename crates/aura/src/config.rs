@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Where the HTTP API listens unless configured: loopback only, port 7411.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
 /// The name jobs submitted with the data dir's own token are recorded under (reserved).
 pub const LOCAL_TOKEN_NAME: &str = "local-admin";
@@ -17,6 +18,7 @@ const MAX_SETTING_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// See `SupervisorSection::daemon_nice`.
 const DEFAULT_DAEMON_NICE: i32 = -10;
 
+/// The whole configuration of `aura serve`, section by section as the TOML file has them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -49,29 +51,34 @@ pub struct Config {
     /// the async work per job is a few short steps, and a second worker cost more in wake-ups than it
     /// gave (BENCHMARKS.md, "The daemon above its jobs").
     pub async_workers: usize,
+    /// `[supervisor]`: how job process trees are started, watched and killed.
     pub supervisor: SupervisorSection,
+    /// `[admission]`: what jobs may reserve, and how a job's memory request is learned.
     pub admission: AdmissionSection,
-    /// Live admission guards (defaults in brackets): admission pauses while available memory is under
-    /// `min_available_memory` [0.20] (resumes over `resume_available_memory` [0.25]), while PSI memory
-    /// `some avg10` is over `max_memory_pressure` [40 %] (resumes under `resume_memory_pressure` [20 %]), or
-    /// while CPU use outside Aura's jobs averaged over `cpu_window` [10s] is over `max_outside_cpu` [0.85]
-    /// (resumes under `resume_outside_cpu` [0.75]), or while the data dir's volume has less than
-    /// `min_free_disk` [0.02] free (resumes over `resume_free_disk` [0.04]; a share or a size). Judged
-    /// every `interval` [1s]; `enabled` [true].
+    /// Live admission guards (defaults after `=`): admission pauses while available memory is under
+    /// `min_available_memory` = 0.20 (resumes over `resume_available_memory` = 0.25), while PSI memory
+    /// `some avg10` is over `max_memory_pressure` = 40 % (resumes under `resume_memory_pressure` = 20 %), or
+    /// while CPU use outside Aura's jobs averaged over `cpu_window` = 10s is over `max_outside_cpu` = 0.85
+    /// (resumes under `resume_outside_cpu` = 0.75), or while the data dir's volume has less than
+    /// `min_free_disk` = 0.02 free (resumes over `resume_free_disk` = 0.04; a share or a size). Judged
+    /// every `interval` = 1s; `enabled` = true.
     /// Memory thresholds are shares of physical memory (`0.2`, `"20%"`) or sizes (`"2GiB"`).
-    /// Stage 2, the memory pressure responder: memory is critical below `critical_available_memory` [0.05]
-    /// (clears above `critical_resume_available_memory` [0.10]) or above PSI memory `full avg10`
-    /// `critical_memory_pressure` [30 %] (clears below `critical_resume_memory_pressure` [10 %]); critical
-    /// for `critical_sustain` [3s], one running job is stopped with its stop sequence and requeued asking
-    /// for `requeue_growth` [1.5] × max(request, peak); no other victim within `victim_cooldown` [30s].
-    /// Emergency stage: below `fast_watch_below` [0.15] available the guard reads /proc/meminfo every
-    /// `fast_interval` [100ms]; below `emergency_available_memory` [0.04] it kills a victim's tree at once.
+    /// Stage 2, the memory pressure responder: memory is critical below `critical_available_memory` = 0.05
+    /// (clears above `critical_resume_available_memory` = 0.10) or above PSI memory `full avg10`
+    /// `critical_memory_pressure` = 30 % (clears below `critical_resume_memory_pressure` = 10 %); critical
+    /// for `critical_sustain` = 3s, one running job is stopped with its stop sequence and requeued asking
+    /// for `requeue_growth` = 1.5 × max(request, peak); no other victim within `victim_cooldown` = 30s.
+    /// Emergency stage: below `fast_watch_below` = 0.15 available the guard reads /proc/meminfo every
+    /// `fast_interval` = 100ms; below `emergency_available_memory` = 0.04 it kills a victim's tree at once.
     pub guards: aura_engine::GuardConfig,
+    /// `[metrics]`: the host sampler.
     pub metrics: MetricsSection,
     /// Warning thresholds of `/api/diagnostics/resources` (warnings also degrade `/readyz`):
-    /// `max_open_fds` [1000], `max_rss` [2GiB], `max_threads` [200], `max_extra_children` [10].
+    /// `max_open_fds` = 1000, `max_rss` = 2GiB, `max_threads` = 200, `max_extra_children` = 10.
     pub diagnostics: aura_engine::DiagnosticsConfig,
+    /// `[api]`: the HTTP API's tokens, allowed hosts and origins, and limits.
     pub api: ApiSection,
+    /// `[jobs]`: the account, limits, environment, programs and directories of jobs.
     pub jobs: JobsSection,
 }
 
@@ -96,6 +103,7 @@ impl Default for MetricsSection {
     }
 }
 
+/// What admission lets jobs reserve, and how it fills in the memory request of a job that states none.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionSection {
@@ -127,9 +135,11 @@ pub struct AdmissionSection {
     pub gpus: Vec<GpuSection>,
 }
 
+/// One GPU as configured in `admission.gpus`; its device index is its place in the list.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuSection {
+    /// The GPU's memory (VRAM) jobs may reserve.
     pub vram: ByteSize,
     /// Default: `gpu_encoder_sessions`.
     pub encoder_sessions: Option<u32>,
@@ -157,6 +167,7 @@ impl Default for AdmissionSection {
 }
 
 impl AdmissionSection {
+    /// These settings as the engine takes them.
     pub fn to_engine(&self) -> aura_engine::AdmissionConfig {
         aura_engine::AdmissionConfig {
             memory_bytes: self.memory.map(|m| m.bytes()),
@@ -188,6 +199,7 @@ impl AdmissionSection {
     }
 }
 
+/// How job process trees are run: the backend, sampling, output capture, priorities and kill timing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorSection {

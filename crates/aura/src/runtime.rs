@@ -18,8 +18,11 @@ pub const TOKEN_FILE: &str = "api-token";
 pub struct RuntimeInfo {
     /// `http://<listen address>`.
     pub url: String,
+    /// The daemon's process id; only the daemon that wrote the file removes it.
     pub pid: u32,
+    /// The daemon's data dir.
     pub data_dir: PathBuf,
+    /// The daemon's local admin token. `Debug` leaves it out.
     pub token: String,
 }
 
@@ -110,6 +113,8 @@ pub struct RuntimeFile {
 }
 
 impl RuntimeFile {
+    /// Writes (or replaces) the runtime file for `port` in [`runtime_dir`], creating the directory
+    /// (mode 0700) if needed; the file is mode 0600.
     pub fn write(port: u16, info: &RuntimeInfo) -> anyhow::Result<RuntimeFile> {
         let dir = runtime_dir()
             .context("no runtime directory: set HOME, XDG_RUNTIME_DIR or AURA_RUNTIME_DIR")?;
@@ -122,6 +127,7 @@ impl RuntimeFile {
         Ok(RuntimeFile { path })
     }
 
+    /// Where the file was written.
     pub fn path(&self) -> &Path {
         &self.path
     }

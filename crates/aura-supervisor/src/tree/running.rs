@@ -17,6 +17,7 @@ use std::time::Instant;
 pub struct UsageProbe(Arc<TreeStats>);
 
 impl UsageProbe {
+    /// The tree's latest sampled memory, CPU and process counts.
     pub fn live(&self) -> LiveUsage {
         self.0.live()
     }

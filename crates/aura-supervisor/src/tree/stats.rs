@@ -29,13 +29,19 @@ pub enum MemoryViolation {
     /// Over its hard limit: the kernel reached it in the job's cgroup, or the watchdog saw the tree's
     /// RSS above it.
     LimitExceeded {
+        /// The tree's hard memory limit, in bytes.
         limit_bytes: u64,
+        /// The tree's memory use when it was caught, in bytes; `None` if it could not be read.
         current_bytes: Option<u64>,
+        /// Who enforced the limit: the kernel or the watchdog.
         by: LimitEnforcer,
     },
     /// The kernel's OOM killer killed part of the tree (the host ran out of memory): like systemd's
     /// `OOMPolicy=stop`, the rest of the tree goes too, since a job with a killed part is broken.
-    OomKilled { kills: u64 },
+    OomKilled {
+        /// How many processes of the tree the OOM killer has killed (the cgroup's `oom_kill` count).
+        kills: u64,
+    },
 }
 
 pub use aura_model::events::LimitEnforcer;

@@ -132,6 +132,42 @@ async fn prometheus_output_passes_promtool_and_shows_running_jobs() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Prometheus itself asks for OpenMetrics first: that answer must pass a strict OpenMetrics parser
+    // (the Python client's, the one its own test suite uses) and carry the same series.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let url = format!("{}/metrics", daemon.url);
+    let resp = authed(&url)
+        .get(&url)
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let open_metrics = resp.text().await.unwrap();
+    let parse = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(len(list(p(sys.stdin.read()))))";
+    let mut python = Command::new("/usr/bin/python3")
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (Debian package python3)");
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(open_metrics.as_bytes())
+        .unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "OpenMetrics parser (Debian package python3-prometheus-client; `cargo xtask test` installs it): {}\n{open_metrics}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(open_metrics.contains(&format!("aura_job_memory_bytes{{job_id=\"{id}\"}}")));
     for series in [
         "aura_host_cpu_seconds_total{mode=\"user\"}",
         "aura_host_memory_available_bytes ",

@@ -1,0 +1,800 @@
+//! The store's contract as its callers rely on it: what each query finds, what each write refuses, how
+//! soon a write someone waits for commits, and what a volume that refuses writes does to the record.
+//! Every test runs against a real SQLite file in a temporary directory.
+
+use aura_model::{
+    Accounting, Backend, Event, ExitStatus, Job, JobEvent, JobId, JobSpec, LoggedEvent, NewEvent,
+    Outcome, RetryPolicy, Run, StateName, StopReason, Timestamp, TreeHandle,
+};
+use aura_store::{Commit, ListFilter, Pending, Store, StoreError, StoreOptions};
+use serde_json::json;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// Generous bound for something that must happen "at once": far below the group windows the tests set
+/// (an hour), far above any scheduling hiccup on a loaded machine.
+const PROMPTLY: Duration = Duration::from_secs(60);
+
+/// A window no test waits out: a write held for it shows up as a hang caught by `PROMPTLY`.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_unix_millis(1_700_000_000_000 + ms)
+}
+
+fn spec(program: &str, priority: i32) -> JobSpec {
+    let mut spec = JobSpec::new(program, ["-i", "in.mkv", "out.mp4"]);
+    spec.priority = priority;
+    spec.retry = RetryPolicy {
+        max_retries: 3,
+        requeue_interrupted: true,
+        max_pressure_requeues: 1,
+    };
+    spec
+}
+
+fn run_info(ms: i64) -> Run {
+    Run {
+        started_at: at(ms),
+        tree: TreeHandle {
+            backend: Backend::ProcessGroup,
+            pid: 4242,
+            start_ticks: 99,
+            cgroups: vec![],
+        },
+        cwd: "/srv/media".into(),
+    }
+}
+
+fn exited(code: i32, ms: i64) -> Event {
+    Event::Exited {
+        exit: ExitStatus::Code(code),
+        signals_sent: vec![],
+        accounting: Accounting::default(),
+        at: at(ms),
+    }
+}
+
+fn note(kind: &str, ms: i64) -> NewEvent {
+    NewEvent {
+        at: at(ms),
+        event: JobEvent::Unrecognized {
+            kind: kind.into(),
+            detail: json!({ "n": ms }),
+        },
+        attempt: None,
+    }
+}
+
+fn db(dir: &TempDir) -> PathBuf {
+    dir.path().join("aura.db")
+}
+
+async fn open_with(path: &Path, opts: StoreOptions) -> Store {
+    Store::open(path, opts).await.expect("open the store")
+}
+
+async fn open(path: &Path) -> Store {
+    open_with(path, StoreOptions::default()).await
+}
+
+/// Fails the test instead of hanging when `what` does not finish promptly.
+async fn promptly<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PROMPTLY, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish promptly"))
+}
+
+/// Waits until the writer has taken `n` more writes than `before` into batches (it counts a batch when
+/// it starts applying it), so a test knows the writer is busy with them.
+async fn writer_took(store: &Store, before: u64, n: u64) {
+    promptly("the writer taking its batch", async {
+        while store.stats().writes < before + n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// Queues a write with `record_then`; the receiver gets what the callback was handed.
+async fn record_then(
+    store: &Store,
+    job: &Job,
+    events: &[NewEvent],
+    commit: Commit,
+) -> tokio::sync::oneshot::Receiver<Result<(), StoreError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store
+        .record_then(job, events, commit, move |result| {
+            let _ = tx.send(result);
+        })
+        .await
+        .expect("queue the write");
+    rx
+}
+
+/// A running job moved to the finished state by `event`.
+async fn finish_with(store: &Store, event: Event) -> Job {
+    let mut job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    job.apply(event).expect("finish");
+    store.record(&job, vec![]).await.expect("record");
+    job
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantined_lists_only_quarantined_jobs_newest_first() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    let mut quarantined = Vec::new();
+    for n in 0..3 {
+        let crash_loop = Event::Quarantined {
+            reason: "the daemon died under it too often".into(),
+            at: at(n),
+        };
+        quarantined.push(finish_with(&store, crash_loop).await.id);
+        // Jobs that ended any other way are not quarantined, interrupted ones included.
+        finish_with(&store, exited(0, n)).await;
+        finish_with(&store, exited(1, n)).await;
+        let interrupted = Event::Interrupted {
+            reason: "daemon restart".into(),
+            at: at(n),
+        };
+        finish_with(&store, interrupted).await;
+    }
+    let stored = store
+        .get(quarantined[0])
+        .await
+        .expect("get")
+        .expect("stored");
+    assert!(matches!(
+        stored.outcome(),
+        Some(Outcome::Quarantined { .. })
+    ));
+    quarantined.reverse();
+    assert_eq!(store.quarantined(10).await.expect("read"), quarantined);
+    assert_eq!(
+        store.quarantined(2).await.expect("read"),
+        quarantined[..2],
+        "the newest two"
+    );
+    assert!(store.quarantined(0).await.expect("read").is_empty());
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counts_include_every_state_and_follow_transitions() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    let zeros: Vec<(StateName, u64)> = StateName::ALL.into_iter().map(|s| (s, 0)).collect();
+    assert_eq!(store.count_by_state().await.expect("count"), zeros);
+
+    let mut job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    // Each step: the event the job goes through, and the state it is counted in afterwards.
+    let steps = [
+        (None, StateName::Queued),
+        (
+            Some(Event::Started { run: run_info(1) }),
+            StateName::Running,
+        ),
+        (
+            Some(Event::StopRequested {
+                reason: StopReason::TimedOut,
+                at: at(2),
+            }),
+            StateName::Stopping,
+        ),
+        (Some(exited(143, 3)), StateName::Finished),
+        (Some(Event::Requeue { at: at(4) }), StateName::Queued),
+    ];
+    for (event, counted_as) in steps {
+        if let Some(event) = event {
+            job.apply(event).expect("legal transition");
+            store.record(&job, vec![]).await.expect("record");
+        }
+        let counts = store.count_by_state().await.expect("count");
+        let expected: Vec<(StateName, u64)> = StateName::ALL
+            .into_iter()
+            .map(|s| (s, u64::from(s == counted_as)))
+            .collect();
+        assert_eq!(counts, expected, "after reaching {counted_as:?}");
+    }
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_submitted_event_names_program_and_priority_and_events_keep_their_attempt() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    let mut job = store
+        .insert_job(spec("sox", 7), at(0), None, None)
+        .await
+        .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    job.apply(exited(1, 2)).expect("exit");
+    job.apply(Event::Requeue { at: at(3) }).expect("requeue");
+    assert_eq!(job.attempt, 2);
+    // What ended attempt 1 is written with the requeue that began attempt 2.
+    let ended = NewEvent {
+        attempt: Some(1),
+        ..note("exited", 2)
+    };
+    store
+        .record(&job, vec![ended, note("requeued", 3)])
+        .await
+        .expect("record");
+
+    let events = store.events(job.id).await.expect("events");
+    let logged: Vec<(String, u32, i64)> = events
+        .iter()
+        .map(|e| (e.event.kind(), e.attempt, e.at.unix_millis()))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("submitted".to_owned(), 1, at(0).unix_millis()),
+            ("exited".to_owned(), 1, at(2).unix_millis()),
+            ("requeued".to_owned(), 2, at(3).unix_millis()),
+        ]
+    );
+    assert_eq!(
+        events[0].event,
+        JobEvent::Submitted {
+            program: "sox".into(),
+            priority: 7
+        }
+    );
+    assert!(events.iter().all(|e| e.job_id == job.id));
+    store.close().await.expect("close");
+}
+
+/// Errors a caller acts on: an unknown job is `NotFound` (a client error, not a storage fault) and
+/// changes nothing; a closed store says so for every call.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_jobs_and_closed_stores_are_reported_as_such() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    let job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    let ghost = Job {
+        id: JobId(job.id.0 + 100),
+        ..job.clone()
+    };
+    let refused = store.record(&ghost, vec![note("started", 1)]).await;
+    match &refused {
+        Err(e @ StoreError::NotFound(id)) => {
+            assert_eq!(*id, ghost.id);
+            assert!(!e.is_storage(), "a missing job is not the volume's fault");
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(store.get(ghost.id).await.expect("get"), None);
+    assert!(store.events(ghost.id).await.expect("events").is_empty());
+    assert!(!store.stats().degraded);
+
+    store.ping().await.expect("an open store answers");
+    store.close().await.expect("close");
+    let closed: Vec<(&str, Result<(), StoreError>)> = vec![
+        ("ping", store.ping().await),
+        ("get", store.get(job.id).await.map(drop)),
+        ("list", store.list(ListFilter::default()).await.map(drop)),
+        ("events", store.events(job.id).await.map(drop)),
+        ("unfinished", store.unfinished().await.map(drop)),
+        ("count_by_state", store.count_by_state().await.map(drop)),
+        ("quarantined", store.quarantined(5).await.map(drop)),
+        ("memory_peaks", store.memory_peaks("x", 5).await.map(drop)),
+        ("engine_events", store.engine_events(0, 5).await.map(drop)),
+        (
+            "insert_job",
+            store
+                .insert_job(spec("ffmpeg", 0), at(0), None, None)
+                .await
+                .map(drop),
+        ),
+        ("record", store.record(&job, vec![]).await),
+        (
+            "record_queued",
+            store.record_queued(&job, vec![]).await.map(drop),
+        ),
+        (
+            "record_then",
+            store.record_then(&job, &[], Commit::Soon, drop).await,
+        ),
+    ];
+    for (call, result) in closed {
+        assert!(
+            matches!(result, Err(StoreError::Closed)),
+            "{call} after close: {result:?}"
+        );
+    }
+}
+
+/// A closed store lets go of the database: the write-ahead log is folded back in and removed, so the
+/// file alone holds every job (a backup can copy just it), even while a handle is still around.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_folds_the_write_ahead_log_into_the_database() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = db(&dir);
+    let store = open(&path).await;
+    let job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    // A read leaves its connection in the pool.
+    assert!(store.get(job.id).await.expect("get").is_some());
+    let wal = dir.path().join("aura.db-wal");
+    assert!(wal.exists(), "an open store writes ahead");
+    store.close().await.expect("close");
+    assert!(!wal.exists(), "the log outlived close");
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).expect("copy the database alone");
+    let reopened = open(&copy).await;
+    assert_eq!(reopened.get(job.id).await.expect("get"), Some(job));
+    reopened.close().await.expect("close");
+    drop(store);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debug_output_shows_the_counters() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    let shown = format!("{store:?}");
+    assert!(
+        shown.contains("Store") && shown.contains("commits: 1") && shown.contains("writes: 1"),
+        "{shown}"
+    );
+    store.close().await.expect("close");
+}
+
+/// Only writes nobody waits for may be held for the group window: an insert, a `Now` write and a close
+/// commit at once however long the window is.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_someone_waits_for_never_wait_for_the_group_window() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open_with(
+        &db(&dir),
+        StoreOptions {
+            group_window: FOREVER,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let mut job = promptly(
+        "an insert",
+        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
+    )
+    .await
+    .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    promptly("a record", store.record(&job, vec![note("started", 1)]))
+        .await
+        .expect("record");
+    let now = record_then(&store, &job, &[note("now", 2)], Commit::Now).await;
+    promptly("a Now write", now)
+        .await
+        .expect("answered")
+        .expect("committed");
+    let soon = record_then(&store, &job, &[note("soon", 3)], Commit::Soon).await;
+    promptly("close", store.close()).await.expect("close");
+    soon.await
+        .expect("answered")
+        .expect("committed by the close");
+    let store = open(&db(&dir)).await;
+    assert_eq!(store.events(job.id).await.expect("events").len(), 4);
+    store.close().await.expect("close");
+}
+
+/// Holds the database's write lock from another connection until dropped, so that the store's writer
+/// blocks in its next transaction and everything queued meanwhile waits in its channel.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(path: &Path) -> WriteLock {
+        let conn = rusqlite::Connection::open(path).expect("second connection");
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .expect("take the lock");
+        WriteLock(conn)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("COMMIT").expect("release the lock");
+    }
+}
+
+/// A write someone waits for that was queued behind a `Soon` write while the writer was busy is found
+/// when the writer comes back, and ends the window for both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_now_write_queued_behind_a_soon_write_ends_the_window() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = db(&dir);
+    let store = open_with(
+        &path,
+        StoreOptions {
+            group_window: FOREVER,
+            busy_timeout: PROMPTLY,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let mut job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    let lock = WriteLock::take(&path);
+    let before = store.stats().writes;
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    let busy = store
+        .record_queued(&job, vec![note("started", 1)])
+        .await
+        .expect("queued");
+    writer_took(&store, before, 1).await;
+    let soon = record_then(&store, &job, &[note("progress", 2)], Commit::Soon).await;
+    job.pressure_stops = 1;
+    let now = store
+        .record_queued(&job, vec![note("now", 3)])
+        .await
+        .expect("queued");
+    lock.release();
+    promptly("the blocked write", busy)
+        .await
+        .expect("committed");
+    promptly("the Now write", now).await.expect("committed");
+    soon.await.expect("answered").expect("committed with it");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    store.close().await.expect("close");
+}
+
+/// `max_batch` bounds the writes one transaction holds; a longer queue is committed in several.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_holds_at_most_max_batch_writes() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = db(&dir);
+    let store = open_with(
+        &path,
+        StoreOptions {
+            max_batch: 3,
+            busy_timeout: PROMPTLY,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let mut job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    let lock = WriteLock::take(&path);
+    let before = store.stats();
+    let first = store
+        .record_queued(&job, vec![note("blocked", 0)])
+        .await
+        .expect("queued");
+    writer_took(&store, before.writes, 1).await;
+    let mut pending: Vec<Pending> = Vec::new();
+    for n in 1..=8 {
+        job.pressure_stops = n;
+        pending.push(
+            store
+                .record_queued(&job, vec![note("queued", i64::from(n))])
+                .await
+                .expect("queued"),
+        );
+    }
+    lock.release();
+    first.await.expect("committed");
+    for write in pending {
+        write.await.expect("committed");
+    }
+    let stats = store.stats();
+    assert_eq!(stats.writes - before.writes, 9);
+    // The blocked write alone, then 8 queued writes in batches of 3, 3 and 2.
+    assert_eq!(stats.commits - before.commits, 4, "{stats:?}");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    let events = store.events(job.id).await.expect("events");
+    let order: Vec<i64> = events.iter().skip(2).map(|e| e.at.unix_millis()).collect();
+    let queued: Vec<i64> = (1..=8).map(|n| at(n).unix_millis()).collect();
+    assert_eq!(order, queued, "committed in queue order");
+    store.close().await.expect("close");
+}
+
+fn reserve_len(path: &Path) -> Option<u64> {
+    let mut reserve = path.as_os_str().to_owned();
+    reserve.push("-reserve");
+    std::fs::metadata(PathBuf::from(reserve))
+        .ok()
+        .map(|m| m.len())
+}
+
+/// The reserve is for a full volume only: ordinary commits and writes that fail for their own reasons
+/// (a missing job, a malformed event) leave it in place.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reserve_is_kept_unless_the_volume_is_full() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = db(&dir);
+    let store = open_with(
+        &path,
+        StoreOptions {
+            reserve_bytes: 64 * 1024,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(reserve_len(&path), Some(64 * 1024));
+    let mut job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    store
+        .record(&job, vec![note("started", 1)])
+        .await
+        .expect("record");
+    let ghost = Job {
+        id: JobId(999),
+        ..job.clone()
+    };
+    assert!(matches!(
+        store.record(&ghost, vec![]).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let malformed = NewEvent {
+        at: at(2),
+        event: JobEvent::Unrecognized {
+            kind: String::new(),
+            detail: json!(null),
+        },
+        attempt: None,
+    };
+    let refused = store.record(&job, vec![malformed]).await;
+    assert!(matches!(&refused, Err(e) if !e.is_storage()), "{refused:?}");
+    assert_eq!(reserve_len(&path), Some(64 * 1024), "the reserve was spent");
+    assert!(!store.stats().degraded);
+    store.close().await.expect("close");
+}
+
+/// A tmpfs of `size` mounted for the test (root only), unmounted on drop.
+struct SmallVolume {
+    _root: TempDir,
+    path: PathBuf,
+}
+
+impl SmallVolume {
+    fn mount(size: &str) -> Option<SmallVolume> {
+        let root = TempDir::new().expect("tempdir");
+        let path = root.path().join("vol");
+        std::fs::create_dir(&path).expect("mkdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallVolume { _root: root, path })
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path.join("aura.db")
+    }
+
+    /// Fills the volume to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.path.join("filler")).expect("filler");
+        let chunk = vec![1u8; 64 * 1024];
+        let mut n = chunk.len();
+        while n > 0 {
+            match file.write(&chunk[..n]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => n /= 2,
+            }
+        }
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("free the volume");
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A store on a small volume without a reserve, with one running job.
+async fn store_on_small_volume() -> Option<(SmallVolume, Store, Job)> {
+    let Some(volume) = SmallVolume::mount("2m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return None;
+    };
+    let store = open(&volume.db()).await;
+    let mut job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    store.record(&job, vec![]).await.expect("record");
+    Some((volume, store, job))
+}
+
+/// Waits until the store has kept `n` writes that the volume refused.
+async fn kept(store: &Store, n: u64) {
+    promptly("the refused write being kept", async {
+        while store.stats().kept_writes != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(store.stats().degraded);
+}
+
+/// Once kept writes are committed, readers see the stored record again: later state changes show, and
+/// nothing kept hides them.
+#[tokio::test]
+async fn after_kept_writes_commit_later_changes_show() {
+    let Some((volume, store, mut job)) = store_on_small_volume().await else {
+        return;
+    };
+    volume.fill();
+    job.apply(exited(1, 2)).expect("exit");
+    let ended = store
+        .record_queued(&job, vec![note("exited", 2)])
+        .await
+        .expect("queued");
+    kept(&store, 1).await;
+    let seen = store.get(job.id).await.expect("get").expect("job");
+    assert_eq!(
+        seen.state.name(),
+        StateName::Finished,
+        "the kept state shows"
+    );
+    volume.free();
+    promptly("the kept write", ended)
+        .await
+        .expect("committed once space returned");
+    assert_eq!(store.stats().kept_writes, 0);
+    job.apply(Event::Requeue { at: at(3) }).expect("requeue");
+    store
+        .record(&job, vec![note("requeued", 3)])
+        .await
+        .expect("record");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    let queued = store
+        .list(ListFilter {
+            states: vec![StateName::Queued],
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(queued, [job], "listed by its committed state");
+    store.close().await.expect("close");
+}
+
+/// A state change too big for the writer's page cache meets the full volume while its statements run,
+/// not at the commit: it is kept all the same, not failed.
+#[tokio::test]
+async fn a_big_state_change_refused_mid_statement_is_kept() {
+    let Some((volume, store, mut job)) = store_on_small_volume().await else {
+        return;
+    };
+    volume.fill();
+    job.apply(exited(1, 2)).expect("exit");
+    let big = NewEvent {
+        at: at(2),
+        event: JobEvent::Unrecognized {
+            kind: "output_tail".into(),
+            detail: json!({ "tail": "x".repeat(1 << 20) }),
+        },
+        attempt: None,
+    };
+    let ended = store.record_queued(&job, vec![big]).await.expect("queued");
+    kept(&store, 1).await;
+    volume.free();
+    promptly("the kept write", ended)
+        .await
+        .expect("committed once space returned");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    assert_eq!(store.events(job.id).await.expect("events").len(), 2);
+    store.close().await.expect("close");
+}
+
+/// A write that fails for its own reason shares a batch with one the full volume refuses: the first is
+/// answered with its error, the second is kept and committed once space returns, not failed.
+#[tokio::test]
+async fn a_refused_write_replayed_alone_is_still_kept() {
+    let Some((volume, store, mut job)) = store_on_small_volume().await else {
+        return;
+    };
+    let ghost = Job {
+        id: JobId(999),
+        ..job.clone()
+    };
+    volume.fill();
+    // A Soon write waits in the group window; the Now write behind it ends the window: one batch.
+    let missing = record_then(&store, &ghost, &[], Commit::Soon).await;
+    job.apply(exited(0, 2)).expect("exit");
+    let ended = store
+        .record_queued(&job, vec![note("exited", 2)])
+        .await
+        .expect("queued");
+    let missing = promptly("the missing job's answer", missing)
+        .await
+        .expect("answered");
+    assert!(
+        matches!(missing, Err(StoreError::NotFound(JobId(999)))),
+        "{missing:?}"
+    );
+    kept(&store, 1).await;
+    volume.free();
+    promptly("the kept write", ended)
+        .await
+        .expect("committed once space returned");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    store.close().await.expect("close");
+}
+
+/// Closing while the volume still refuses writes: whoever waits for a kept write hears that it was not
+/// committed, and the record keeps the last state the volume took.
+#[tokio::test]
+async fn closing_on_a_full_volume_answers_every_kept_write() {
+    let Some((volume, store, mut job)) = store_on_small_volume().await else {
+        return;
+    };
+    let running = job.clone();
+    volume.fill();
+    job.apply(exited(0, 2)).expect("exit");
+    let callback = record_then(&store, &job, &[note("exited", 2)], Commit::Now).await;
+    kept(&store, 1).await;
+    store.close().await.expect("close");
+    let answer = promptly("the kept write's answer", callback)
+        .await
+        .expect("the callback ran");
+    assert!(matches!(answer, Err(StoreError::Closed)), "{answer:?}");
+    volume.free();
+    let store = open(&volume.db()).await;
+    assert_eq!(store.get(job.id).await.expect("get"), Some(running));
+    store.close().await.expect("close");
+}
+
+/// Closing right after space returns commits what was kept before the store stops.
+#[tokio::test]
+async fn closing_after_space_returns_commits_kept_writes() {
+    let Some((volume, store, mut job)) = store_on_small_volume().await else {
+        return;
+    };
+    volume.fill();
+    job.apply(exited(0, 2)).expect("exit");
+    let ended = store
+        .record_queued(&job, vec![note("exited", 2)])
+        .await
+        .expect("queued");
+    kept(&store, 1).await;
+    volume.free();
+    store.close().await.expect("close");
+    ended.await.expect("committed by the close");
+    let store = open(&volume.db()).await;
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    store.close().await.expect("close");
+}
