@@ -314,9 +314,8 @@ impl Launchers {
         if self.launcher.sandbox.no_new_privs {
             // Set once on the thread every job is cloned from: children inherit it, so no job start pays
             // for the call. The thread itself never executes anything.
-            // SAFETY: a plain prctl on this thread.
-            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-                tracing::error!(error = %std::io::Error::last_os_error(), "PR_SET_NO_NEW_PRIVS failed; jobs set it themselves");
+            if let Err(e) = rustix::thread::set_no_new_privs(true) {
+                tracing::error!(error = %e, "PR_SET_NO_NEW_PRIVS failed; jobs set it themselves");
                 self.launcher
                     .threads_without_nnp
                     .store(true, Ordering::SeqCst);
@@ -821,8 +820,7 @@ fn prepare(
         cgroup_procs,
         oom_score_adj: launcher.oom_score_adj.to_string().into_bytes(),
         nice: launcher.nice,
-        // SAFETY: plain syscall.
-        parent_pid: unsafe { libc::getpid() },
+        parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
     };
     Ok((plan, [out_r, err_r], StdioEnds::new(out_w, err_w)))
 }

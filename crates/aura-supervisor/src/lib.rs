@@ -212,17 +212,15 @@ pub fn renice_daemon(nice: i32) -> std::io::Result<()> {
         let Some(tid) = entry?
             .file_name()
             .to_str()
-            .and_then(|t| t.parse::<libc::id_t>().ok())
+            .and_then(|t| t.parse().ok())
+            .and_then(rustix::process::Pid::from_raw)
         else {
             continue;
         };
-        // SAFETY: plain syscall on a thread of this process.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
-            let e = std::io::Error::last_os_error();
-            // A thread that ended meanwhile.
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(e);
-            }
+        match rustix::process::setpriority_process(Some(tid), nice) {
+            // ESRCH: a thread that ended meanwhile.
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

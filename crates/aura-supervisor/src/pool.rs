@@ -127,16 +127,12 @@ impl CgroupPool {
             Backend::Hybrid | Backend::CgroupV1 => true,
             Backend::ProcessGroup => false,
         };
-        // SAFETY: plain sysconf queries.
-        let (page, cpus) = unsafe {
-            (
-                libc::sysconf(libc::_SC_PAGESIZE),
-                libc::sysconf(libc::_SC_NPROCESSORS_CONF),
-            )
-        };
+        // Configured, not online CPUs: the kernel keeps a per-CPU charge cache for each possible one.
+        // SAFETY: a plain sysconf query.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
         let max_leftover = 2
             * MEMCG_CHARGE_BATCH
-            * u64::try_from(page).unwrap_or(4096)
+            * rustix::param::page_size() as u64
             * u64::try_from(cpus).unwrap_or(1).max(1);
         CgroupPool {
             v2_root: layout.v2_root.clone(),

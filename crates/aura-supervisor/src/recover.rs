@@ -140,8 +140,10 @@ pub(crate) fn recover(
         for (pid, ticks) in survivors {
             // Checked again just before the kill: the pid must still be the marked process.
             if procfs::stat(pid).is_some_and(|s| s.start_ticks == ticks) {
-                // SAFETY: plain syscall.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    // ESRCH: it ended between the check and the kill.
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
                 killed.insert(pid);
             }
         }
@@ -163,8 +165,11 @@ pub(crate) fn recover(
                 break;
             }
             if s.is_zombie() {
-                // SAFETY: plain syscall on a specific pid that is our zombie child.
-                unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                    let nohang = rustix::process::WaitOptions::NOHANG;
+                    // Reaps exactly the recorded pid, a zombie child of ours: nothing to report.
+                    let _ = rustix::process::waitpid(Some(p), nohang);
+                }
                 break;
             }
             if Instant::now() >= deadline {

@@ -213,8 +213,10 @@ pub(crate) fn tend() -> usize {
             tree = marker.as_deref().unwrap_or("unmarked"),
             "killing an adopted process whose job tree has ended"
         );
-        // SAFETY: plain syscall on our own child.
-        if unsafe { libc::kill(a.pid, libc::SIGKILL) } == 0 {
+        let pid = rustix::process::Pid::from_raw(a.pid);
+        if pid.is_some_and(|p| {
+            rustix::process::kill_process(p, rustix::process::Signal::KILL).is_ok()
+        }) {
             killed += 1;
         }
     }

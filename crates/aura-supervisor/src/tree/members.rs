@@ -126,9 +126,9 @@ impl TreeRef {
             (None, None) => {
                 // Without cgroups: no process left in the group and none of the members seen outside it
                 // still alive is decided without a scan of /proc (the common case once a job is over).
-                // SAFETY: plain syscall; signal 0 only checks for existence.
-                let group_gone = unsafe { libc::killpg(self.pid, 0) } != 0
-                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+                let group_gone = rustix::process::Pid::from_raw(self.pid).map_or(true, |group| {
+                    rustix::process::test_kill_process_group(group) == Err(rustix::io::Errno::SRCH)
+                });
                 let known_gone = || {
                     let known = crate::lock(&self.known).clone();
                     known.iter().all(|&(pid, ticks)| {

@@ -681,8 +681,10 @@ pub(crate) fn kill_main(stats: &TreeStats, pidfd: Option<&OwnedFd>) {
         };
     } else if stats.exit().is_none() {
         // No pidfd (kernels before 5.3): the group, while the leader is unreaped (which keeps its id).
-        // SAFETY: plain syscall.
-        unsafe { libc::killpg(stats.tree.pid, libc::SIGKILL) };
+        if let Some(group) = rustix::process::Pid::from_raw(stats.tree.pid) {
+            // ESRCH: the group is gone already.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
     }
 }
 
