@@ -51,12 +51,19 @@ impl Timestamp {
     }
 }
 
+/// The last millisecond RFC 3339 (as humantime writes it) can show: 9999-12-31T23:59:59.999Z.
+const LAST_SHOWN_MILLIS: i64 = 253_402_300_800_000 - 1;
+
+/// RFC 3339 in UTC. A time outside 1970–9999 (only a corrupt record or a clock set far off makes one) is
+/// shown as the nearest end of that range: humantime's writer panics before 1970 and fails after 9999,
+/// and a record must always print.
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = Timestamp(self.0.clamp(0, LAST_SHOWN_MILLIS));
         write!(
             f,
             "{}",
-            humantime::format_rfc3339_millis(self.to_system_time())
+            humantime::format_rfc3339_millis(shown.to_system_time())
         )
     }
 }
@@ -86,5 +93,21 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2023-11-14T22:13:20.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn times_outside_what_rfc3339_shows_print_as_the_nearest_end() {
+        for (ms, shown) in [
+            (-1, "1970-01-01T00:00:00.000Z"),
+            (i64::MIN, "1970-01-01T00:00:00.000Z"),
+            (0, "1970-01-01T00:00:00.000Z"),
+            (LAST_SHOWN_MILLIS, "9999-12-31T23:59:59.999Z"),
+            (LAST_SHOWN_MILLIS + 1, "9999-12-31T23:59:59.999Z"),
+            (i64::MAX, "9999-12-31T23:59:59.999Z"),
+        ] {
+            let t = Timestamp::from_unix_millis(ms);
+            assert_eq!(t.to_string(), shown, "{ms}");
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{shown}\""));
+        }
     }
 }
