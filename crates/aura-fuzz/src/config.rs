@@ -10,7 +10,7 @@ use std::collections::HashSet;
 /// Loads `data` as the text of a config file, and for an accepted config checks:
 /// - loading is deterministic;
 /// - every invariant `Config::extract`, `validate_api` and `validate_jobs` promise holds (see
-///   [`check_invariants`]), and the token set builds (`Tokens::new`, what `aura serve` does next);
+///   `check_invariants`), and the token set builds (`Tokens::new`, what `aura serve` does next);
 /// - the config written back as TOML loads again to an equal config (compared as JSON and as `Debug`,
 ///   which shows what JSON hides: exact guard sizes, `-0.0`), and writing that one gives the same text
 ///   (a fixed point). Two exclusions, both where TOML or the product's own `Serialize` cannot carry the
