@@ -725,6 +725,140 @@ mod tests {
         );
     }
 
+    /// Encoder sessions and VRAM are reserved on the device picked: once device 0's 3 sessions (or its
+    /// 8 GiB) are taken, the next request goes to device 2, and back to 0 once they are returned.
+    #[test]
+    fn gpu_sessions_and_vram_are_reserved_per_device() {
+        let a = admission();
+        let now = Instant::now();
+        let gpu = |sessions: u32, vram: u64| Request {
+            gpus: 1,
+            encoder_sessions_per_gpu: sessions,
+            vram_bytes_per_gpu: vram * GIB,
+            ..Request::default()
+        };
+        // (first request, second request) → devices of the second
+        let table = [
+            (gpu(3, 0), gpu(1, 0), [2]),
+            (gpu(2, 0), gpu(1, 0), [0]),
+            (gpu(0, 8), gpu(0, 1), [2]),
+            (gpu(0, 7), gpu(0, 1), [0]),
+        ];
+        for (i, (first, second, devices)) in table.into_iter().enumerate() {
+            let held = a.try_reserve(&first, now).unwrap();
+            assert_eq!(held.gpus(), [0], "row {i}: first fit");
+            let next = a.try_reserve(&second, now).unwrap();
+            assert_eq!(next.gpus(), devices, "row {i}");
+            drop((held, next));
+        }
+    }
+
+    /// Each capacity bound admits a request exactly at it and refuses one past it, naming the resource
+    /// and both numbers; a limit configured to zero can never be held.
+    #[test]
+    fn check_capacity_boundaries() {
+        let capacity = admission().usage().capacity;
+        let limit = |max_concurrent, per_minute| LimitConfig {
+            max_concurrent,
+            per_minute,
+        };
+        let a = Admission::new(
+            capacity,
+            BTreeMap::from([
+                ("none".to_owned(), limit(Some(0), None)),
+                ("paused".to_owned(), limit(None, Some(0))),
+                ("open".to_owned(), limit(Some(1), Some(1))),
+                ("free".to_owned(), LimitConfig::default()),
+            ]),
+        );
+        let never = |resource, needed, capacity| {
+            Err(Shortfall::NeverFits {
+                resource,
+                needed,
+                capacity,
+            })
+        };
+        let gpus = |gpus: u32, vram: u64, sessions: u32| Request {
+            gpus,
+            vram_bytes_per_gpu: vram,
+            encoder_sessions_per_gpu: sessions,
+            ..Request::default()
+        };
+        let provider = |name: &str| {
+            let mut r = Request::default();
+            r.providers.insert(name.to_owned());
+            r
+        };
+        let zero = |name: &str| {
+            Err(Shortfall::Limit {
+                name: name.into(),
+                limit: 0,
+            })
+        };
+        let table = [
+            (Request::memory(4 * GIB), Ok(())),
+            (
+                Request::memory(4 * GIB + 1),
+                never(Resource::Memory, 4 * GIB + 1, 4 * GIB),
+            ),
+            (
+                Request {
+                    cpu_millis: 2000,
+                    ..Request::default()
+                },
+                Ok(()),
+            ),
+            (
+                Request {
+                    cpu_millis: 2001,
+                    ..Request::default()
+                },
+                never(Resource::Cpu, 2001, 2000),
+            ),
+            (
+                Request {
+                    disk_bytes: 100 * GIB,
+                    ..Request::default()
+                },
+                Ok(()),
+            ),
+            (
+                Request {
+                    disk_bytes: 100 * GIB + 1,
+                    ..Request::default()
+                },
+                never(Resource::Disk, 100 * GIB + 1, 100 * GIB),
+            ),
+            // Both devices have 8 GiB and 3 sessions; only one has more.
+            (gpus(2, 8 * GIB, 3), Ok(())),
+            (gpus(2, 8 * GIB + 1, 0), never(Resource::Gpu, 2, 1)),
+            (gpus(2, 0, 4), never(Resource::Gpu, 2, 1)),
+            (gpus(1, 8 * GIB + 1, 4), Ok(())),
+            (gpus(3, 0, 0), never(Resource::Gpu, 3, 2)),
+            (gpus(0, u64::MAX, u32::MAX), Ok(())),
+            (provider("none"), zero("none")),
+            (provider("paused"), zero("paused")),
+            (provider("open"), Ok(())),
+            (provider("free"), Ok(())),
+        ];
+        for (i, (request, want)) in table.into_iter().enumerate() {
+            assert_eq!(a.check_capacity(&request), want, "row {i}: {request:?}");
+        }
+    }
+
+    #[test]
+    fn usage_counts_live_reservations() {
+        let a = admission();
+        let now = Instant::now();
+        let held: Vec<_> = (0..3)
+            .map(|_| a.try_reserve(&Request::memory(GIB), now).unwrap())
+            .collect();
+        let u = a.usage();
+        assert_eq!((u.active, u.reserved_memory_bytes), (3, 3 * GIB));
+        drop(held);
+        assert_eq!(a.usage().active, 0);
+    }
+
     #[test]
     fn a_reservation_debugs_as_its_devices() {
         let a = admission();

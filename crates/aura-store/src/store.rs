@@ -461,21 +461,26 @@ impl Store {
             self.inner.urgent.notify_waiters();
             let _ = done.await;
         }
-        self.inner.readers.close();
         let handle = self
             .inner
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(handle) = handle {
-            blocking(move || {
-                handle
-                    .join()
-                    .map_err(|_| StoreError::Internal("the writer thread panicked".into()))
-            })
-            .await?;
-        }
-        Ok(())
+        let joined = match handle {
+            Some(handle) => {
+                blocking(move || {
+                    handle
+                        .join()
+                        .map_err(|_| StoreError::Internal("the writer thread panicked".into()))
+                })
+                .await
+            }
+            None => Ok(()),
+        };
+        // Only once the writer's connection is gone: the last connection to close folds the write-ahead
+        // log into the database file, and two closing at the same moment can each leave that to the other.
+        self.inner.readers.close();
+        joined
     }
 }

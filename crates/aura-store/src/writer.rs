@@ -235,6 +235,17 @@ impl Writer {
         }
     }
 
+    /// Every kept write was in the transaction just committed (`apply` hands them all to `commit`):
+    /// readers must see the stored rows again, not the kept state a newer write of the batch replaced.
+    fn forget_kept(&self) {
+        if self.counters.kept.swap(0, Ordering::Relaxed) > 0 {
+            self.overlay
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+    }
+
     /// The volume took a commit: the store is no longer degraded.
     fn commits_again(&self) {
         if self.counters.degraded.swap(false, Ordering::Relaxed) {
@@ -259,8 +270,10 @@ impl Writer {
         }
         let error = match result {
             Ok(ids) => {
-                // Before anyone hears of the commit: who waited for it may look at the store's stats.
+                // Before anyone hears of the commit: who waited for it may look at the store's stats, or
+                // read the job back.
                 self.commits_again();
+                self.forget_kept();
                 for (write, id) in writes.into_iter().zip(ids) {
                     write.reply(Ok(id));
                 }

@@ -15,7 +15,7 @@ use tempfile::TempDir;
 
 /// Generous bound for something that must happen "at once": far below the group windows the tests set
 /// (an hour), far above any scheduling hiccup on a loaded machine.
-const PROMPTLY: Duration = Duration::from_secs(60);
+const PROMPTLY: Duration = Duration::from_secs(20);
 
 /// A window no test waits out: a write held for it shows up as a hang caught by `PROMPTLY`.
 const FOREVER: Duration = Duration::from_secs(3600);
@@ -433,10 +433,12 @@ async fn a_now_write_queued_behind_a_soon_write_ends_the_window() {
         },
     )
     .await;
-    let mut job = store
-        .insert_job(spec("ffmpeg", 0), at(0), None, None)
-        .await
-        .expect("insert");
+    let mut job = promptly(
+        "an insert",
+        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
+    )
+    .await
+    .expect("insert");
     let lock = WriteLock::take(&path);
     let before = store.stats().writes;
     job.apply(Event::Started { run: run_info(1) })
@@ -650,8 +652,9 @@ async fn kept(store: &Store, n: u64) {
     assert!(store.stats().degraded);
 }
 
-/// Once kept writes are committed, readers see the stored record again: later state changes show, and
-/// nothing kept hides them.
+/// Once kept writes are committed, readers see the stored record again: a state change queued as space
+/// returns (committed in the same transaction as the kept one, which it supersedes) shows, and nothing
+/// kept hides it.
 #[tokio::test]
 async fn after_kept_writes_commit_later_changes_show() {
     let Some((volume, store, mut job)) = store_on_small_volume().await else {
@@ -671,16 +674,31 @@ async fn after_kept_writes_commit_later_changes_show() {
         "the kept state shows"
     );
     volume.free();
+    job.apply(Event::Requeue { at: at(3) }).expect("requeue");
+    // Whoever hears of the commit (here on the writer thread, the moment it happens) finds nothing kept.
+    let (told, heard) = tokio::sync::oneshot::channel();
+    let watcher = store.clone();
+    store
+        .record_then(&job, &[note("requeued", 3)], Commit::Now, move |result| {
+            let _ = told.send((result, watcher.stats().kept_writes));
+        })
+        .await
+        .expect("queued");
+    let (result, kept_then) = promptly("the requeue", heard).await.expect("answered");
+    result.expect("committed");
+    assert_eq!(kept_then, 0, "still reported kept once committed");
     promptly("the kept write", ended)
         .await
         .expect("committed once space returned");
-    assert_eq!(store.stats().kept_writes, 0);
-    job.apply(Event::Requeue { at: at(3) }).expect("requeue");
-    store
-        .record(&job, vec![note("requeued", 3)])
-        .await
-        .expect("record");
     assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    let logged: Vec<String> = store
+        .events(job.id)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(logged, ["submitted", "exited", "requeued"]);
     let queued = store
         .list(ListFilter {
             states: vec![StateName::Queued],
