@@ -326,7 +326,12 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
     };
     let body = crate::prometheus::render(inputs, format)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
+    // The format follows `Accept`: a cache in between must not hand one client's format to another.
+    let answer = [
+        (header::CONTENT_TYPE, format.content_type()),
+        (header::VARY, "accept"),
+    ];
+    Ok((answer, body).into_response())
 }
 
 /// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.

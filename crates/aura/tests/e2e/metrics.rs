@@ -146,6 +146,7 @@ async fn prometheus_output_passes_promtool_and_shows_running_jobs() {
         resp.headers()["content-type"],
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
+    assert_eq!(resp.headers()["vary"], "accept");
     let open_metrics = resp.text().await.unwrap();
     let parse = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nprint(len(list(p(sys.stdin.read()))))";
     let mut python = Command::new("/usr/bin/python3")
