@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -367,29 +367,48 @@ async fn minimum_cap_still_rotates() {
     assert_eq!(report.truncated_bytes, 8);
 }
 
+/// A tmpfs of its own (root only), so that nothing else moves its free space; unmounted on drop.
+struct SmallVolume {
+    root: tempfile::TempDir,
+}
+
+impl SmallVolume {
+    /// `None` (the test skips) where a tmpfs cannot be mounted.
+    fn mount(size: &str) -> Option<SmallVolume> {
+        let root = tempfile::tempdir().expect("tempdir");
+        let volume = SmallVolume { root };
+        std::fs::create_dir(volume.path()).expect("mkdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(volume.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(volume)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.root.path().join("small")
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path()).status();
+    }
+}
+
 /// A volume that fills up mid-capture: output is read and dropped (never an error, never a closed pipe
 /// that would kill the writer with SIGPIPE), counted, and noted in the log once writing works again.
 #[test]
 fn a_full_volume_drops_output_and_keeps_draining() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let mnt = root.path().join("small");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    let Some(volume) = SmallVolume::mount("256k") else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
+    let mnt = volume.path();
     let dir = mnt.join("logs");
     let (read_end, write_end) = pipe();
     let total: u64 = 2 * 1024 * 1024;
@@ -468,25 +487,10 @@ fn streams_display_as_their_names() {
 /// with one byte less. Needs a volume of its own (a tmpfs) so that nothing else moves the free figure.
 #[test]
 fn the_free_space_floor_is_exact() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let mnt = root.path().join("small");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+    let Some(volume) = SmallVolume::mount("1m") else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
+    let mnt = volume.path();
     let free = || {
         let s = rustix::fs::statvfs(&mnt).expect("statvfs");
         s.f_bavail * s.f_frsize
