@@ -14,6 +14,7 @@ mod headers;
 mod job_spec;
 mod lease_spec;
 mod proc_entries;
+mod progress;
 mod query;
 mod size;
 
@@ -23,6 +24,7 @@ pub use headers::headers;
 pub use job_spec::job_spec;
 pub use lease_spec::lease_spec;
 pub use proc_entries::proc_entries;
+pub use progress::progress;
 pub use query::query;
 pub use size::size;
 
@@ -39,4 +41,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("headers", headers),
     ("lease_spec", lease_spec),
     ("proc_entries", proc_entries),
+    ("progress", progress),
 ];
