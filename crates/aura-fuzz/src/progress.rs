@@ -72,9 +72,10 @@ fn round_trip(r: &Report) {
     let mut again = ProgressBlocks::default();
     let back: Vec<Report> = block.lines().filter_map(|l| again.line(l)).collect();
     let expected = Report {
-        out_time: r
-            .out_time
-            .map(|t| Duration::from_micros(u64::try_from(t.as_micros()).unwrap_or(u64::MAX))),
+        out_time: r.out_time.map(|t| {
+            let micros = u64::try_from(t.as_micros());
+            Duration::from_micros(micros.expect("a reported time fits out_time_us"))
+        }),
         ..r.clone()
     };
     assert_eq!(back, [expected], "{block}");

@@ -148,7 +148,9 @@ fn clock(text: &str) -> Option<Duration> {
     let minutes: u64 = m.parse().ok().filter(|m| *m < 60)?;
     let seconds: f64 = s.parse().ok().filter(|s| *s < 60.0)?;
     let whole = hours.checked_mul(3600)?.checked_add(minutes * 60)?;
-    Duration::from_secs(whole).checked_add(Duration::from_secs_f64(seconds))
+    let time = Duration::from_secs(whole).checked_add(Duration::from_secs_f64(seconds))?;
+    // The range `out_time_us` can carry, so that both spellings of a media time mean the same.
+    u64::try_from(time.as_micros()).is_ok().then_some(time)
 }
 
 #[cfg(test)]
@@ -168,6 +170,12 @@ mod tests {
             ("00:00:1e1", None),
             ("1:2", None),
             ("1:2:3:4", None),
+            // More microseconds than `out_time_us` can carry.
+            ("5000000000000:00:00.000000", None),
+            (
+                "5124095576:00:00",
+                Some(Duration::from_secs(5_124_095_576 * 3600)),
+            ),
         ];
         for (text, expected) in cases {
             assert_eq!(clock(text), expected, "{text}");

@@ -173,7 +173,7 @@ fn gauges<L, V>(
 ) -> fmt::Result
 where
     L: EncodeLabelSet,
-    V: EncodeGaugeValue + fmt::Debug,
+    V: EncodeGaugeValue,
 {
     family(
         e,
@@ -196,7 +196,7 @@ fn counters<L, V>(
 ) -> fmt::Result
 where
     L: EncodeLabelSet,
-    V: EncodeCounterValue + fmt::Debug,
+    V: EncodeCounterValue,
 {
     family(
         e,
@@ -234,7 +234,7 @@ where
 }
 
 /// One unlabelled gauge.
-fn gauge<V: EncodeGaugeValue + fmt::Debug>(
+fn gauge<V: EncodeGaugeValue>(
     e: &mut DescriptorEncoder<'_>,
     name: &str,
     unit: Option<&Unit>,

@@ -2,11 +2,14 @@
 //! soon a write someone waits for commits, and what a volume that refuses writes does to the record.
 //! Every test runs against a real SQLite file in a temporary directory.
 
+mod common;
+
 use aura_model::{
     Accounting, Backend, Event, ExitStatus, Job, JobEvent, JobId, JobSpec, LoggedEvent, NewEvent,
     Outcome, RetryPolicy, Run, StateName, StopReason, Timestamp, TreeHandle,
 };
 use aura_store::{Commit, ListFilter, Pending, Store, StoreError, StoreOptions};
+use common::SmallVolume;
 use serde_json::json;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -572,64 +575,9 @@ async fn the_reserve_is_kept_unless_the_volume_is_full() {
     store.close().await.expect("close");
 }
 
-/// A tmpfs of `size` mounted for the test (root only), unmounted on drop.
-struct SmallVolume {
-    _root: TempDir,
-    path: PathBuf,
-}
-
-impl SmallVolume {
-    fn mount(size: &str) -> Option<SmallVolume> {
-        let root = TempDir::new().expect("tempdir");
-        let path = root.path().join("vol");
-        std::fs::create_dir(&path).expect("mkdir");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(SmallVolume { _root: root, path })
-    }
-
-    fn db(&self) -> PathBuf {
-        self.path.join("aura.db")
-    }
-
-    /// Fills the volume to the last byte.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut file = std::fs::File::create(self.path.join("filler")).expect("filler");
-        let chunk = vec![1u8; 64 * 1024];
-        let mut n = chunk.len();
-        while n > 0 {
-            match file.write(&chunk[..n]) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => n /= 2,
-            }
-        }
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path.join("filler")).expect("free the volume");
-    }
-}
-
-impl Drop for SmallVolume {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.path)
-            .status();
-    }
-}
-
 /// A store on a small volume without a reserve, with one running job.
 async fn store_on_small_volume() -> Option<(SmallVolume, Store, Job)> {
-    let Some(volume) = SmallVolume::mount("2m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return None;
-    };
+    let volume = SmallVolume::mount("2m")?;
     let store = open(&volume.db()).await;
     let mut job = store
         .insert_job(spec("ffmpeg", 0), at(0), None, None)
@@ -660,7 +608,7 @@ async fn after_kept_writes_commit_later_changes_show() {
     let Some((volume, store, mut job)) = store_on_small_volume().await else {
         return;
     };
-    volume.fill();
+    volume.fill("filler");
     job.apply(exited(1, 2)).expect("exit");
     let ended = store
         .record_queued(&job, vec![note("exited", 2)])
@@ -673,7 +621,7 @@ async fn after_kept_writes_commit_later_changes_show() {
         StateName::Finished,
         "the kept state shows"
     );
-    volume.free();
+    volume.free("filler");
     job.apply(Event::Requeue { at: at(3) }).expect("requeue");
     // Whoever hears of the commit (here on the writer thread, the moment it happens) finds nothing kept.
     let (told, heard) = tokio::sync::oneshot::channel();
@@ -717,7 +665,7 @@ async fn a_big_state_change_refused_mid_statement_is_kept() {
     let Some((volume, store, mut job)) = store_on_small_volume().await else {
         return;
     };
-    volume.fill();
+    volume.fill("filler");
     job.apply(exited(1, 2)).expect("exit");
     let big = NewEvent {
         at: at(2),
@@ -729,7 +677,7 @@ async fn a_big_state_change_refused_mid_statement_is_kept() {
     };
     let ended = store.record_queued(&job, vec![big]).await.expect("queued");
     kept(&store, 1).await;
-    volume.free();
+    volume.free("filler");
     promptly("the kept write", ended)
         .await
         .expect("committed once space returned");
@@ -749,7 +697,7 @@ async fn a_refused_write_replayed_alone_is_still_kept() {
         id: JobId(999),
         ..job.clone()
     };
-    volume.fill();
+    volume.fill("filler");
     // A Soon write waits in the group window; the Now write behind it ends the window: one batch.
     let missing = record_then(&store, &ghost, &[], Commit::Soon).await;
     job.apply(exited(0, 2)).expect("exit");
@@ -765,7 +713,7 @@ async fn a_refused_write_replayed_alone_is_still_kept() {
         "{missing:?}"
     );
     kept(&store, 1).await;
-    volume.free();
+    volume.free("filler");
     promptly("the kept write", ended)
         .await
         .expect("committed once space returned");
@@ -781,7 +729,7 @@ async fn closing_on_a_full_volume_answers_every_kept_write() {
         return;
     };
     let running = job.clone();
-    volume.fill();
+    volume.fill("filler");
     job.apply(exited(0, 2)).expect("exit");
     let callback = record_then(&store, &job, &[note("exited", 2)], Commit::Now).await;
     kept(&store, 1).await;
@@ -790,7 +738,7 @@ async fn closing_on_a_full_volume_answers_every_kept_write() {
         .await
         .expect("the callback ran");
     assert!(matches!(answer, Err(StoreError::Closed)), "{answer:?}");
-    volume.free();
+    volume.free("filler");
     let store = open(&volume.db()).await;
     assert_eq!(store.get(job.id).await.expect("get"), Some(running));
     store.close().await.expect("close");
@@ -802,14 +750,14 @@ async fn closing_after_space_returns_commits_kept_writes() {
     let Some((volume, store, mut job)) = store_on_small_volume().await else {
         return;
     };
-    volume.fill();
+    volume.fill("filler");
     job.apply(exited(0, 2)).expect("exit");
     let ended = store
         .record_queued(&job, vec![note("exited", 2)])
         .await
         .expect("queued");
     kept(&store, 1).await;
-    volume.free();
+    volume.free("filler");
     store.close().await.expect("close");
     ended.await.expect("committed by the close");
     let store = open(&volume.db()).await;

@@ -1,11 +1,14 @@
 //! Integration tests of the job store against real SQLite files.
 
+mod common;
+
 use aura_model::{
     Accounting, Backend, ByteSize, EngineEvent, Event, ExitStatus, Job, JobEvent, JobId, JobSpec,
     LoggedEvent, MemorySource, NewEvent, RetryPolicy, Run, StateName, StopReason, StopSignal,
     Timestamp, TreeHandle,
 };
 use aura_store::{Commit, ListFilter, Store, StoreError, StoreOptions};
+use common::SmallVolume;
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -909,66 +912,20 @@ async fn soon_writes_share_a_commit_and_a_now_write_ends_the_window() {
     );
 }
 
-/// A tmpfs of `size` mounted for the test (root only), unmounted on drop.
-struct SmallVolume {
-    _root: TempDir,
-    path: PathBuf,
-}
-
-impl SmallVolume {
-    fn mount(size: &str) -> Option<SmallVolume> {
-        let root = TempDir::new().expect("tempdir");
-        let path = root.path().join("vol");
-        std::fs::create_dir(&path).expect("mkdir");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        mounted.then_some(SmallVolume { _root: root, path })
-    }
-
-    /// Fills the volume to the last byte with `name`.
-    fn fill(&self, name: &str) {
-        use std::io::Write;
-        let mut file = std::fs::File::create(self.path.join(name)).expect("filler");
-        let chunk = vec![1u8; 64 * 1024];
-        let mut n = chunk.len();
-        while n > 0 {
-            match file.write(&chunk[..n]) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => n /= 2,
-            }
-        }
-    }
-}
-
-impl Drop for SmallVolume {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.path)
-            .status();
-    }
-}
-
 /// A full volume: the reserve lets the state changes under way commit; once it is spent, inserts are
 /// refused as a storage fault (nothing stored) while state changes are kept, in order, and committed when
 /// space returns — the record ends as what happened, never a stale state.
 #[tokio::test]
 async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_returns() {
     let Some(volume) = SmallVolume::mount("2m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
     };
     let options = StoreOptions {
         reserve_bytes: 256 * 1024,
         ..StoreOptions::default()
     };
-    let store = Store::open(&volume.path.join("aura.db"), options)
-        .await
-        .expect("open");
-    assert!(volume.path.join("aura.db-reserve").exists());
+    let store = Store::open(&volume.db(), options).await.expect("open");
+    assert!(volume.file("aura.db-reserve").exists());
     let mut job = store
         .insert_job(spec(1), at(0), None, None)
         .await
@@ -984,7 +941,7 @@ async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_retur
         .record(&job, vec![event("exited", 0)])
         .await
         .expect("committed from the reserve");
-    assert!(!volume.path.join("aura.db-reserve").exists());
+    assert!(!volume.file("aura.db-reserve").exists());
     // Fill what the reserve gave back, minus what SQLite already took.
     volume.fill("filler2");
     let stored = store.get(job.id).await.expect("get").expect("job");
@@ -1015,7 +972,7 @@ async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_retur
         .expect("list");
     assert!(queued.is_empty(), "no longer finished: {queued:?}");
 
-    std::fs::remove_file(volume.path.join("filler")).expect("free space");
+    volume.free("filler");
     tokio::time::timeout(Duration::from_secs(5), pending)
         .await
         .expect("committed within the retry interval")
