@@ -202,7 +202,8 @@ impl Writer {
         let mut writes = std::mem::take(&mut self.kept);
         writes.append(batch);
         let was_degraded = self.counters.degraded.load(Ordering::Relaxed);
-        match self.commit(writes) {
+        let mut answers = Vec::new();
+        match self.commit(writes, &mut answers) {
             Ok(()) => {
                 self.commits_again();
                 self.reserve.restore();
@@ -214,7 +215,7 @@ impl Writer {
                 }
                 for write in left {
                     if matches!(write, Write::Insert { .. }) || self.kept.len() >= MAX_KEPT {
-                        write.reply(Err(error.share().unwrap_or(StoreError::Closed)));
+                        answers.push((write, Err(error.share().unwrap_or(StoreError::Closed))));
                     } else {
                         self.kept.push(write);
                     }
@@ -233,16 +234,9 @@ impl Writer {
                 }
             }
         }
-    }
-
-    /// Every kept write was in the transaction just committed (`apply` hands them all to `commit`):
-    /// readers must see the stored rows again, not the kept state a newer write of the batch replaced.
-    fn forget_kept(&self) {
-        if self.counters.kept.swap(0, Ordering::Relaxed) > 0 {
-            self.overlay
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+        // Only now: who hears of a commit may read the job back or look at the store's stats at once.
+        for (write, answer) in answers {
+            write.reply(answer);
         }
     }
 
@@ -257,8 +251,13 @@ impl Writer {
     /// more statements each). A failing write is rare (a missing job); the whole batch is then rolled back
     /// and each write applied in its own transaction, so that one failing write never takes the others
     /// down with it. A storage fault releases the reserve and tries again; if it persists, the writes not
-    /// committed are handed back with it.
-    fn commit(&mut self, writes: Vec<Write>) -> Result<(), (StoreError, Vec<Write>)> {
+    /// committed are handed back with it. The answer to every write it settles goes to `answers`, for
+    /// `apply` to send once readers see what was committed.
+    fn commit(
+        &mut self,
+        writes: Vec<Write>,
+        answers: &mut Vec<(Write, Result<JobId, StoreError>)>,
+    ) -> Result<(), (StoreError, Vec<Write>)> {
         if writes.is_empty() {
             return Ok(());
         }
@@ -270,13 +269,7 @@ impl Writer {
         }
         let error = match result {
             Ok(ids) => {
-                // Before anyone hears of the commit: who waited for it may look at the store's stats, or
-                // read the job back.
-                self.commits_again();
-                self.forget_kept();
-                for (write, id) in writes.into_iter().zip(ids) {
-                    write.reply(Ok(id));
-                }
+                answers.extend(writes.into_iter().zip(ids.into_iter().map(Ok)));
                 return Ok(());
             }
             Err(e) if e.is_storage() => return Err((e, writes)),
@@ -284,7 +277,7 @@ impl Writer {
         };
         if writes.len() == 1 {
             if let Some(write) = writes.into_iter().next() {
-                write.reply(Err(error));
+                answers.push((write, Err(error)));
             }
             return Ok(());
         }
@@ -301,7 +294,7 @@ impl Writer {
                     left.extend(writes);
                     return Err((e, left));
                 }
-                result => write.reply(result),
+                result => answers.push((write, result)),
             }
         }
         Ok(())
