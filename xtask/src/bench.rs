@@ -74,8 +74,10 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             root,
             &[flag("--small", 2000)?, flag("--large", 20_000)?],
         ),
+        "sse" => crate::media_bench::sse(root, flag("--subscribers", 1000)?, flag("--jobs", 100)?),
+        "ffmpeg" => crate::media_bench::ffmpeg(root, flag("--encodes", 10)?, flag("--rounds", 2)?),
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood or flood-memory")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse or ffmpeg")
         }
     }
 }
@@ -423,6 +425,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
                         log_dir: scratch.join("logs").join(i.to_string()),
                         memory_limit: None,
                         ticket: Default::default(),
+                        progress: None,
                     };
                     let mut tree = sup.launch(request).await?;
                     tree.wait().await;

@@ -6,6 +6,7 @@
 mod api_bench;
 mod bench;
 mod harness;
+mod media_bench;
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -31,7 +32,9 @@ const USAGE: &str = "usage:
   cargo xtask bench soak [--jobs N] [--every N]
   cargo xtask bench api [--seconds N] [--runs N]          (wrk: an authenticated read; needs wrk)
   cargo xtask bench flood-memory [--small N] [--large N]  (daemon RSS and fds around idle-connection floods)
-  cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)";
+  cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)
+  cargo xtask bench sse [--subscribers N] [--jobs N]      (all-jobs event stream fan-out: RSS, delivery latency)
+  cargo xtask bench ffmpeg [--encodes N] [--rounds N]     (real encodes directly vs under Aura, ABBA)";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
 /// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`),

@@ -1,12 +1,19 @@
 //! A typed client for Aura's HTTP API. The CLI talks to the daemon through this and nothing else.
 
-use aura_model::{JobEventRecord, JobId, JobSpec};
+pub mod sse;
+
+use aura_model::{
+    EngineEvent, EngineEventRecord, JobEvent, JobEventRecord, JobId, JobSpec, LoggedEvent,
+    ProgressUpdate, Timestamp,
+};
 pub use aura_model::{JobPage, JobView};
 use reqwest::StatusCode;
 /// URLs as the client parses them (for callers that need a server URL's host and port).
 pub use reqwest::Url;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+pub use sse::{SseError, SseEvent, SseParser};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// An RFC 9457 problem as the server sent it.
@@ -67,6 +74,238 @@ pub enum ClientError {
     /// The API token cannot be sent in an `Authorization` header.
     #[error("the API token is not usable in an HTTP header (it holds control characters)")]
     BadToken,
+    /// An event stream broke its format (a line or an event over the limits).
+    #[error("event stream from {url} unreadable: {source}")]
+    Stream {
+        /// The stream's URL.
+        url: String,
+        /// What was wrong.
+        source: SseError,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed: the daemon could not be reached, the connection broke, or
+    /// it answered 5xx or 429 — not a refusal of the request itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Http { .. } => true,
+            ClientError::Api(p) => p.status >= 500 || p.status == 429,
+            ClientError::Unexpected { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            ClientError::Stream { .. } | ClientError::BadUrl { .. } | ClientError::BadToken => {
+                false
+            }
+        }
+    }
+}
+
+/// One item of an event stream, typed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamItem {
+    /// A job's event (`event: job`), with the stream id to resume after it.
+    Job(JobEventRecord, Option<String>),
+    /// An engine event (`event: engine`, the all-jobs stream), with the stream id to resume after it.
+    Engine(EngineEventRecord, Option<String>),
+    /// A running job's progress now (`event: progress`).
+    Progress(ProgressUpdate),
+    /// New output of the job (`event: log`, a job's stream opened with `logs`).
+    Log {
+        /// The job.
+        job_id: JobId,
+        /// Which captured stream (`stdout`, `stderr`, …).
+        stream: String,
+        /// The logical offset of the text's first byte.
+        offset: u64,
+        /// The output (invalid UTF-8 replaced).
+        text: String,
+    },
+    /// The client fell too far behind; the server closes the stream. Reconnect after `resume_after`.
+    Lagged {
+        /// Events missed.
+        missed: u64,
+        /// The id to resume after (`after` or `Last-Event-ID`).
+        resume_after: String,
+        /// What happened, for people.
+        detail: String,
+    },
+    /// The stream ends: the job finished (a job's stream), or the daemon is shutting down.
+    End {
+        /// The job, when it finished.
+        job_id: Option<JobId>,
+        /// Why the stream ends.
+        reason: String,
+        /// The job's outcome name (`succeeded`, `failed`, …), when it finished.
+        outcome: Option<String>,
+    },
+    /// An event of a type this client does not know, as it came.
+    Other(SseEvent),
+}
+
+/// The wire form of a stored event: its kind and detail are read through [`LoggedEvent::from_parts`], so a
+/// kind this version does not know is kept rather than failing the stream.
+#[derive(serde::Deserialize)]
+struct RawRecord {
+    seq: i64,
+    #[serde(default)]
+    job_id: Option<JobId>,
+    at: Timestamp,
+    #[serde(default)]
+    attempt: Option<u32>,
+    kind: String,
+    #[serde(default)]
+    detail: serde_json::Value,
+}
+
+#[derive(serde::Deserialize)]
+struct RawLog {
+    job_id: JobId,
+    stream: String,
+    offset: u64,
+    text: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RawLagged {
+    #[serde(default)]
+    missed: u64,
+    resume_after: serde_json::Value,
+    #[serde(default)]
+    detail: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEnd {
+    #[serde(default)]
+    job_id: Option<JobId>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    outcome: Option<String>,
+}
+
+impl StreamItem {
+    /// Types one event. An event whose data does not read as its type says comes back as `Other`: a
+    /// newer daemon may send more than this client knows, and that must not end the stream.
+    pub fn from_event(event: SseEvent) -> StreamItem {
+        let typed = match event.event.as_str() {
+            "job" => serde_json::from_str::<RawRecord>(&event.data)
+                .ok()
+                .and_then(|r| {
+                    Some(StreamItem::Job(
+                        JobEventRecord {
+                            seq: r.seq,
+                            job_id: r.job_id?,
+                            at: r.at,
+                            attempt: r.attempt.unwrap_or(1),
+                            event: JobEvent::from_parts(r.kind, r.detail),
+                        },
+                        event.id.clone(),
+                    ))
+                }),
+            "engine" => serde_json::from_str::<RawRecord>(&event.data)
+                .ok()
+                .map(|r| {
+                    StreamItem::Engine(
+                        EngineEventRecord {
+                            seq: r.seq,
+                            at: r.at,
+                            event: EngineEvent::from_parts(r.kind, r.detail),
+                        },
+                        event.id.clone(),
+                    )
+                }),
+            "progress" => serde_json::from_str(&event.data)
+                .ok()
+                .map(StreamItem::Progress),
+            "log" => serde_json::from_str::<RawLog>(&event.data)
+                .ok()
+                .map(|l| StreamItem::Log {
+                    job_id: l.job_id,
+                    stream: l.stream,
+                    offset: l.offset,
+                    text: l.text,
+                }),
+            "lagged" => serde_json::from_str::<RawLagged>(&event.data)
+                .ok()
+                .map(|l| StreamItem::Lagged {
+                    missed: l.missed,
+                    resume_after: match l.resume_after {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    },
+                    detail: l.detail,
+                }),
+            "end" => serde_json::from_str::<RawEnd>(&event.data)
+                .ok()
+                .map(|e| StreamItem::End {
+                    job_id: e.job_id,
+                    reason: e.reason,
+                    outcome: e.outcome,
+                }),
+            _ => None,
+        };
+        typed.unwrap_or(StreamItem::Other(event))
+    }
+}
+
+/// An open event stream: call [`EventStream::next`] until it yields `None` (the server ended it, or the
+/// connection closed) or an error (the connection broke). Reconnecting is the caller's choice: open a new
+/// stream with [`EventStream::last_id`] as `after`.
+pub struct EventStream {
+    url: String,
+    response: reqwest::Response,
+    parser: SseParser,
+    pending: VecDeque<SseEvent>,
+    last_id: Option<String>,
+    closed: bool,
+}
+
+impl EventStream {
+    /// The next item; `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Result<StreamItem, ClientError>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                if let Some(id) = &event.id {
+                    self.last_id = Some(id.clone());
+                }
+                return Some(Ok(StreamItem::from_event(event)));
+            }
+            if self.closed {
+                return None;
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => {
+                    let mut events = Vec::new();
+                    let parsed = self.parser.push(&bytes, &mut events);
+                    self.pending.extend(events);
+                    if let Err(source) = parsed {
+                        self.closed = true;
+                        if self.pending.is_empty() {
+                            return Some(Err(ClientError::Stream {
+                                url: self.url.clone(),
+                                source,
+                            }));
+                        }
+                    }
+                }
+                Ok(None) => self.closed = true,
+                Err(source) => {
+                    self.closed = true;
+                    return Some(Err(ClientError::Http {
+                        url: self.url.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The id of the last event handed out that carried one: where a new stream resumes (`after`).
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
 }
 
 /// One chunk of captured output.
@@ -101,7 +340,13 @@ pub struct ListQuery {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// For event streams: no overall timeout, but a read timeout well past the server's heartbeat, so a
+    /// connection that died silently is noticed.
+    streams: reqwest::Client,
 }
+
+/// How long an event stream may stay silent: the daemon sends a heartbeat every 15 seconds.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
 impl Client {
     /// A client that sends no token (enough for `/healthz` and `/readyz`); see [`Client::authorized`].
@@ -130,15 +375,24 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .default_headers(headers)
-            .build()
-            .map_err(|source| ClientError::Http {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .default_headers(headers.clone())
+        };
+        let built = |result: Result<reqwest::Client, reqwest::Error>| {
+            result.map_err(|source| ClientError::Http {
                 url: base.clone(),
                 source,
-            })?;
-        Ok(Client { base, http })
+            })
+        };
+        let http = built(builder().build())?;
+        let streams = built(builder().read_timeout(STREAM_READ_TIMEOUT).build())?;
+        Ok(Client {
+            base,
+            http,
+            streams,
+        })
     }
 
     /// The server's base URL, without trailing slashes.
@@ -172,6 +426,89 @@ impl Client {
     pub async fn submit(&self, spec: &JobSpec) -> Result<JobView, ClientError> {
         self.send(self.http.post(self.url("/api/jobs")).json(spec))
             .await
+    }
+
+    /// `POST /api/jobs/batch`: queues every entry (a job spec's JSON plus an optional `name`, its `after`
+    /// naming job ids or earlier entries' names) atomically, or none; returns the jobs in entry order.
+    pub async fn submit_batch(
+        &self,
+        entries: Vec<serde_json::Value>,
+    ) -> Result<Vec<aura_model::Job>, ClientError> {
+        // The daemon answers a page of job views; a view reads the bare job records as well.
+        let body = serde_json::json!({ "jobs": entries });
+        let page: JobPage = self
+            .send(self.http.post(self.url("/api/jobs/batch")).json(&body))
+            .await?;
+        Ok(page.jobs.into_iter().map(|view| view.job).collect())
+    }
+
+    /// `GET /api/jobs/{id}/events/stream`: the job's events from its first (or after the stream id
+    /// `after`), its progress, and with `logs` (`stdout`, `stderr`) its new output; the server ends it
+    /// with an `End` item once the job has finished.
+    pub async fn job_stream(
+        &self,
+        id: JobId,
+        after: Option<String>,
+        logs: Option<&str>,
+    ) -> Result<EventStream, ClientError> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(after) = after {
+            params.push(("after", after));
+        }
+        if let Some(logs) = logs {
+            params.push(("logs", logs.to_owned()));
+        }
+        self.open_stream(&format!("/api/jobs/{id}/events/stream"), &params)
+            .await
+    }
+
+    /// `GET /api/events/stream`: every job's events and the engine's from now on (or after the stream id
+    /// `after`, `J.E`), with running jobs' progress when `progress`.
+    pub async fn all_stream(
+        &self,
+        after: Option<String>,
+        progress: bool,
+    ) -> Result<EventStream, ClientError> {
+        let mut params: Vec<(&str, String)> = vec![("progress", progress.to_string())];
+        if let Some(after) = after {
+            params.push(("after", after));
+        }
+        self.open_stream("/api/events/stream", &params).await
+    }
+
+    async fn open_stream(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<EventStream, ClientError> {
+        let request = self
+            .streams
+            .get(self.url(path))
+            .query(params)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        let response = self.execute(request).await?;
+        let url = response.url().to_string();
+        let is_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_stream {
+            let status = response.status();
+            return Err(ClientError::Unexpected {
+                url,
+                status,
+                body: "not an event stream (Content-Type is not text/event-stream)".into(),
+            });
+        }
+        Ok(EventStream {
+            url,
+            response,
+            parser: SseParser::new(),
+            pending: VecDeque::new(),
+            last_id: None,
+            closed: false,
+        })
     }
 
     /// One job, with its live usage while it runs or why it waits while queued.
@@ -300,12 +637,14 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let request = request.build().map_err(|source| ClientError::Http {
+        // The client that made the builder sends it: streams use their own (its read timeout).
+        let (http, request) = request.build_split();
+        let request = request.map_err(|source| ClientError::Http {
             url: self.base.clone(),
             source,
         })?;
         let url = request.url().to_string();
-        let response = self.http.execute(request).await.map_err(|source| {
+        let response = http.execute(request).await.map_err(|source| {
             if source.is_connect() {
                 ClientError::Connect {
                     url: self.base.clone(),
@@ -327,5 +666,138 @@ impl Client {
             Ok(problem) => Err(ClientError::Api(problem)),
             Err(_) => Err(ClientError::Unexpected { url, status, body }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event: &str, id: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.into(),
+            id: id.map(str::to_owned),
+            data: data.into(),
+        }
+    }
+
+    #[test]
+    fn stream_events_come_out_typed_and_unknown_ones_as_they_came() {
+        let job = event(
+            "job",
+            Some("12"),
+            r#"{"seq":12,"job_id":3,"attempt":1,"at":"2026-11-22T10:00:00Z","kind":"requeued","detail":{"attempt":2}}"#,
+        );
+        let StreamItem::Job(record, id) = StreamItem::from_event(job) else {
+            panic!("not a job event")
+        };
+        assert_eq!(
+            (record.seq, record.job_id, id.as_deref()),
+            (12, JobId(3), Some("12"))
+        );
+        assert_eq!(record.event, JobEvent::Requeued { attempt: 2 });
+        // A kind from a newer daemon is kept, not an error.
+        let newer = event(
+            "job",
+            Some("13"),
+            r#"{"seq":13,"job_id":3,"attempt":1,"at":"2026-11-22T10:00:00Z","kind":"teleported","detail":null}"#,
+        );
+        assert!(matches!(
+            StreamItem::from_event(newer),
+            StreamItem::Job(
+                JobEventRecord {
+                    event: JobEvent::Unrecognized { .. },
+                    ..
+                },
+                _
+            )
+        ));
+        let progress = event(
+            "progress",
+            None,
+            r#"{"job_id":3,"progress":{"percent":42.5,"fps":80.0,"reports":3}}"#,
+        );
+        let StreamItem::Progress(update) = StreamItem::from_event(progress) else {
+            panic!("not progress")
+        };
+        assert_eq!(update.progress.percent, Some(42.5));
+        assert_eq!(
+            StreamItem::from_event(event(
+                "lagged",
+                None,
+                r#"{"missed":5,"resume_after":"9.2","detail":"behind"}"#
+            )),
+            StreamItem::Lagged {
+                missed: 5,
+                resume_after: "9.2".into(),
+                detail: "behind".into()
+            }
+        );
+        assert_eq!(
+            StreamItem::from_event(event(
+                "end",
+                None,
+                r#"{"reason":"the daemon is shutting down"}"#
+            )),
+            StreamItem::End {
+                job_id: None,
+                reason: "the daemon is shutting down".into(),
+                outcome: None
+            }
+        );
+        let odd = event("progress", None, "not json");
+        assert_eq!(StreamItem::from_event(odd.clone()), StreamItem::Other(odd));
+    }
+
+    /// A server that answers one request with `body` sent in `pieces`, then closes.
+    async fn one_shot_server(pieces: Vec<&'static [u8]>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            socket
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            for piece in pieces {
+                socket.write_all(piece).await.unwrap();
+                socket.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_anywhere_reads_whole_events_and_keeps_the_last_id() {
+        let url = one_shot_server(vec![
+            b": hi\n\nevent: job\nid: 4\ndata: {\"seq\":4,\"job_id\":1,\"att",
+            b"empt\":1,\"at\":\"2026-11-22T10:00:00Z\",\"kind\":\"dependencies_met\",\"detail\":null}\r",
+            b"\n\r\nevent: end\ndata: {\"job_id\":1,\"reason\":\"job finished\",\"outcome\":\"succeeded\"}\n\n",
+            b"data: never ended",
+        ])
+        .await;
+        let client = Client::new(&url).unwrap();
+        let mut stream = client.job_stream(JobId(1), None, None).await.unwrap();
+        let Some(Ok(StreamItem::Job(record, _))) = stream.next().await else {
+            panic!("no job event")
+        };
+        assert_eq!(record.event, JobEvent::DependenciesMet);
+        assert_eq!(stream.last_id(), Some("4"));
+        assert_eq!(
+            stream.next().await.unwrap().unwrap(),
+            StreamItem::End {
+                job_id: Some(JobId(1)),
+                reason: "job finished".into(),
+                outcome: Some("succeeded".into())
+            }
+        );
+        // The unfinished event at the close is dropped.
+        assert!(stream.next().await.is_none());
     }
 }

@@ -50,6 +50,17 @@ pub enum EngineError {
         /// The secret's name.
         name: String,
     },
+    /// An entry of a batch was refused (counting from 1); nothing of the batch was queued.
+    #[error("job {entry} of the batch: {source}")]
+    BatchEntry {
+        /// The entry, counting from 1.
+        entry: usize,
+        /// Why it was refused.
+        source: Box<EngineError>,
+    },
+    /// The spec's `after` names a job that does not exist.
+    #[error("after: job {0} does not exist")]
+    UnknownDependency(JobId),
     /// The submitter already has as many jobs waiting as its own cap allows.
     #[error("{submitter} has {queued} jobs waiting, at most {cap}; retry later")]
     SubmitterQueueFull {

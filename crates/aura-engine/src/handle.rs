@@ -33,7 +33,11 @@ pub struct EngineHandle {
     /// The supervisor's rules for programs and working directories, asked at submit too.
     sandbox: Arc<aura_supervisor::JobSandbox>,
     guards: Arc<Mutex<Option<crate::guards::GuardThread>>>,
+    /// The progress feed of event streams, and what stops it.
+    feed: Arc<Mutex<Option<Feed>>>,
 }
+
+type Feed = (tokio::sync::watch::Sender<bool>, JoinHandle<()>);
 
 impl EngineHandle {
     pub(crate) fn new(
@@ -41,6 +45,7 @@ impl EngineHandle {
         shared: Arc<Shared>,
         actor: JoinHandle<()>,
         guards: Option<crate::guards::GuardThread>,
+        feed: Feed,
     ) -> Self {
         EngineHandle {
             tx,
@@ -49,7 +54,38 @@ impl EngineHandle {
             actor: Arc::new(Mutex::new(Some(actor))),
             checks: Arc::default(),
             guards: Arc::new(Mutex::new(guards)),
+            feed: Arc::new(Mutex::new(Some(feed))),
         }
+    }
+
+    /// Subscribes to what event streams carry: events as they are committed, and running jobs' progress.
+    /// Subscribe before replaying (`replay`), so that nothing committed in between is missed.
+    pub fn subscribe(&self) -> crate::Subscription {
+        crate::Subscription {
+            committed: self.shared.store.subscribe(),
+            progress: self.shared.progress_events.subscribe(),
+        }
+    }
+
+    /// Committed events after sequence number `after`, oldest first, at most `limit`: of one job, of
+    /// every job (`None`), or of the engine — what a stream replays for a client that reconnects.
+    pub async fn replay(
+        &self,
+        log: Option<aura_model::EventLog>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<aura_model::CommittedEvent>, EngineError> {
+        Ok(self.shared.store.committed_after(log, after, limit).await?)
+    }
+
+    /// The newest sequence numbers of the job log and of the engine log.
+    pub async fn latest_event_seqs(&self) -> Result<(i64, i64), EngineError> {
+        Ok(self.shared.store.latest_seqs().await?)
+    }
+
+    /// Whether a job exists (`NotFound` if not).
+    pub async fn exists(&self, id: JobId) -> Result<(), EngineError> {
+        self.stored(id).await.map(|_| ())
     }
 
     /// The process backend the supervisor runs jobs with.
@@ -67,32 +103,7 @@ impl EngineHandle {
         spec: JobSpec,
         submitter: Option<&crate::Submitter>,
     ) -> Result<Job, EngineError> {
-        spec.validate()?;
-        for (var, name) in &spec.secrets {
-            let Some(secret) = self.shared.config.secrets.get(name) else {
-                return Err(EngineError::UnknownSecret {
-                    var: var.clone(),
-                    name: name.clone(),
-                });
-            };
-            // `VAR=value` is one environment string at exec: refused here rather than by the kernel.
-            aura_model::check_env_entry(var, secret.expose().len())?;
-        }
-        // The cheap refusals first: a daemon shutting down or a full queue costs no file system work.
-        self.check_accepting(submitter)?;
-        // The working directory and the program (one blocking hop, unless the same check just passed).
-        self.checks.check(&spec, &self.sandbox).await?;
-        let memory_request = self.memory_request(&spec).await?;
-        self.shared
-            .admission
-            .check_capacity(
-                &self
-                    .shared
-                    .config
-                    .admission
-                    .request(&spec, Some(&memory_request)),
-            )
-            .map_err(EngineError::ExceedsCapacity)?;
+        let memory_request = self.admissible(&spec, submitter).await?;
         // Again, taking the job's place in the queue: shutdown may have begun, or the queue filled, while
         // this submit did its checks. Dropped on any error below, the place is given back.
         let place = self.shared.reserve_place(submitter)?;
@@ -114,6 +125,95 @@ impl EngineHandle {
         // The actor turns the place into the queued job (`Shared::enter_reserved`).
         place.handed_over();
         Ok(job)
+    }
+
+    /// Everything a submit checks before the job is stored: the spec, its secrets, its dependencies, its
+    /// program and directory, what it asks of the machine; and a first look at the caps. Returns the
+    /// memory request admission will reserve.
+    async fn admissible(
+        &self,
+        spec: &JobSpec,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<MemoryRequest, EngineError> {
+        spec.validate()?;
+        for (var, name) in &spec.secrets {
+            let Some(secret) = self.shared.config.secrets.get(name) else {
+                return Err(EngineError::UnknownSecret {
+                    var: var.clone(),
+                    name: name.clone(),
+                });
+            };
+            // `VAR=value` is one environment string at exec: refused here rather than by the kernel.
+            aura_model::check_env_entry(var, secret.expose().len())?;
+        }
+        // The cheap refusals first: a daemon shutting down or a full queue costs no file system work.
+        self.check_accepting(submitter)?;
+        for &dep in &spec.after {
+            match self.stored(dep).await {
+                Err(EngineError::NotFound(_)) => return Err(EngineError::UnknownDependency(dep)),
+                other => other.map(|_| ())?,
+            }
+        }
+        // The working directory and the program (one blocking hop, unless the same check just passed).
+        self.checks.check(spec, &self.sandbox).await?;
+        let memory_request = self.memory_request(spec).await?;
+        self.shared
+            .admission
+            .check_capacity(
+                &self
+                    .shared
+                    .config
+                    .admission
+                    .request(spec, Some(&memory_request)),
+            )
+            .map_err(EngineError::ExceedsCapacity)?;
+        Ok(memory_request)
+    }
+
+    /// Submits a batch (see `aura_model::batch`) as one piece of work: every entry is checked as `submit`
+    /// checks a job, then all are stored in one transaction and queued in order, or none is. An entry's
+    /// dependencies on earlier entries become their ids. An error names the entry (`BatchEntry`).
+    pub async fn submit_batch(
+        &self,
+        batch: Vec<aura_model::batch::BatchJob>,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<Vec<Job>, EngineError> {
+        use aura_model::batch::Dependency;
+        let mut entries = Vec::with_capacity(batch.len());
+        for (i, mut entry) in batch.into_iter().enumerate() {
+            let mut refs = Vec::new();
+            for dep in &entry.after {
+                match *dep {
+                    Dependency::Job(id) => entry.spec.after.push(id),
+                    Dependency::Entry(earlier) => refs.push(earlier),
+                }
+            }
+            let memory_request = self.admissible(&entry.spec, submitter).await.map_err(|e| {
+                EngineError::BatchEntry {
+                    entry: i + 1,
+                    source: Box::new(e),
+                }
+            })?;
+            entries.push((entry.spec, refs, Some(memory_request)));
+        }
+        // One place per job, all taken before anything is stored; any refusal gives the others back.
+        let places = (0..entries.len())
+            .map(|_| self.shared.reserve_place(submitter))
+            .collect::<Result<Vec<_>, _>>()?;
+        let jobs = self
+            .shared
+            .store
+            .insert_batch(entries, Timestamp::now(), submitter.map(|s| s.name.clone()))
+            .await?;
+        for (job, place) in jobs.iter().zip(places) {
+            tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted in a batch");
+            self.tx
+                .send(Command::Enqueue(Box::new(job.clone())))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?;
+            place.handed_over();
+        }
+        Ok(jobs)
     }
 
     /// Refuses a submit while the daemon shuts down, the queue is full, or the submitter's share of it is
@@ -247,6 +347,11 @@ impl EngineHandle {
             process,
             running_jobs,
             warnings,
+            tasks: Some(
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks() as u64,
+            ),
         })
     }
 
@@ -470,6 +575,11 @@ impl EngineHandle {
         actor
             .await
             .map_err(|e| EngineError::internal("the engine actor failed", e))?;
+        let feed = self.feed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, task)) = feed {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
         let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner()).take();
         let host = self.shared.host_sampler.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -494,6 +604,10 @@ impl EngineHandle {
     }
 
     fn waiting_reason(&self, job: &Job) -> String {
+        if let Some(pending) = self.shared.dependencies(job.id) {
+            let ids: Vec<String> = pending.iter().map(ToString::to_string).collect();
+            return format!("waiting for job {} to succeed (after)", ids.join(", "));
+        }
         if let Some(reason) = self.shared.paused_reason() {
             return format!("admission paused: {reason}");
         }

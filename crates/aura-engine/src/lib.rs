@@ -13,11 +13,13 @@ mod error;
 mod guards;
 mod handle;
 mod lease;
+mod media;
 mod monitor;
 mod pressure;
 mod protocol;
 mod secrets;
 mod shared;
+mod streams;
 
 pub use admission::AdmissionConfig;
 pub use aura_model::EngineStatus;
@@ -26,7 +28,9 @@ pub use error::EngineError;
 pub use guards::{GuardConfig, MemoryThreshold};
 pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
+pub use media::MediaConfig;
 pub use secrets::{SecretError, Secrets};
+pub use streams::Subscription;
 
 use aura_supervisor::{Supervisor, SupervisorConfig};
 use std::path::PathBuf;
@@ -69,6 +73,8 @@ pub struct EngineConfig {
     /// Space set aside next to the database and released when its volume is full, so that state changes
     /// under way still commit. Default (`aura serve`): 2 MiB.
     pub store_reserve: u64,
+    /// Progress, stall detection and input probing of media jobs.
+    pub media: MediaConfig,
     /// The data dir is a copy of another daemon's (its instance id was minted anew): the trees its
     /// records name belong to that daemon, and recovery must not touch them.
     pub foreign_trees: bool,

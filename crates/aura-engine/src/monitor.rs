@@ -1,6 +1,7 @@
-//! One task per running attempt: launches the tree, races its exit against the timeout, stop requests and
-//! memory violations, runs the stop sequence (or kills at once for memory), collects the accounting and
-//! reports each step to the actor.
+//! One task per running attempt: launches the tree, races its exit against the timeout, stop requests,
+//! memory violations and (for a job that reports progress) its stall window, runs the stop sequence (or
+//! kills at once for memory), collects the accounting and reports each step to the actor. It also has
+//! ffprobe measure the inputs of an FFmpeg job whose duration its arguments do not tell.
 
 use crate::protocol::Command;
 use crate::shared::Shared;
@@ -10,6 +11,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// A launch the actor has queued with the supervisor (in its dispatch order), for the monitor to await.
@@ -27,6 +29,8 @@ pub(crate) struct Monitor {
     pub reserved_memory: u64,
     /// Its `kind` label, under which an overrun teaches admission.
     pub kind: Option<String>,
+    /// Inputs for ffprobe to measure once the tree runs (see `media::plan`).
+    pub probe_inputs: Vec<String>,
     pub actor: mpsc::Sender<Command>,
 }
 
@@ -84,19 +88,49 @@ impl Monitor {
             tree.stop_or_kill(&stop_sequence, cut()).await
         } else {
             let timeout = tokio::time::sleep(self.spec.timeout);
-            tokio::select! {
-                exit = tree.wait() => (exit, Vec::new()),
-                () = timeout => {
-                    tracing::info!(job_id = %id, timeout = ?self.spec.timeout, "job timed out, stopping its tree");
-                    self.report(Command::TimedOut { id }).await;
-                    tree.stop_or_kill(&stop_sequence, cut()).await
-                }
-                // An error here means the actor is gone; stopping is the only safe thing to do then.
-                _ = self.stop.changed() => tree.stop_or_kill(&stop_sequence, cut()).await,
-                violation = probe.memory_violation() => {
-                    tracing::warn!(job_id = %id, ?violation, "memory violation, killing the tree");
-                    self.report(Command::MemoryViolation { id, violation }).await;
-                    (tree.kill().await, vec![StopSignal::Kill])
+            tokio::pin!(timeout);
+            // Only a job that reports progress can stall; it is looked at a few times per window.
+            let window = probe.reports_progress().then(|| {
+                self.spec
+                    .stall_after
+                    .unwrap_or(self.shared.config.media.stall_after)
+            });
+            let period = window.map_or(Duration::from_secs(1), |w| {
+                (w / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+            });
+            let mut stall_check = tokio::time::interval(period);
+            stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut probing = self.measure_inputs();
+            loop {
+                tokio::select! {
+                    exit = tree.wait() => break (exit, Vec::new()),
+                    () = &mut timeout => {
+                        tracing::info!(job_id = %id, timeout = ?self.spec.timeout, "job timed out, stopping its tree");
+                        self.report(Command::TimedOut { id }).await;
+                        break tree.stop_or_kill(&stop_sequence, cut()).await;
+                    }
+                    // An error here means the actor is gone; stopping is the only safe thing to do then.
+                    _ = self.stop.changed() => break tree.stop_or_kill(&stop_sequence, cut()).await,
+                    violation = probe.memory_violation() => {
+                        tracing::warn!(job_id = %id, ?violation, "memory violation, killing the tree");
+                        self.report(Command::MemoryViolation { id, violation }).await;
+                        break (tree.kill().await, vec![StopSignal::Kill]);
+                    }
+                    _ = stall_check.tick(), if window.is_some() => {
+                        let stalled = window.and_then(|w| probe.stalled(w));
+                        if let Some(reason) = stalled {
+                            tracing::warn!(job_id = %id, %reason, "job stalled, stopping its tree");
+                            self.report(Command::Stalled { id, reason }).await;
+                            break tree.stop_or_kill(&stop_sequence, cut()).await;
+                        }
+                    }
+                    measured = async { probing.as_mut().expect("guarded by the condition").await }, if probing.is_some() => {
+                        probing = None;
+                        if let Ok(Some(expected)) = measured {
+                            tracing::debug!(job_id = %id, ?expected, "expected duration from ffprobe");
+                            probe.set_expected(expected);
+                        }
+                    }
                 }
             }
         };
@@ -109,6 +143,31 @@ impl Monitor {
             accounting,
         })
         .await;
+    }
+
+    /// Has ffprobe measure the job's inputs on a blocking thread (each run bounded by `probe_timeout`):
+    /// the longest is the expected duration. `None` when there is nothing to measure.
+    fn measure_inputs(&mut self) -> Option<tokio::task::JoinHandle<Option<Duration>>> {
+        let media = &self.shared.config.media;
+        if self.probe_inputs.is_empty() || media.ffprobe.is_empty() {
+            return None;
+        }
+        let inputs = std::mem::take(&mut self.probe_inputs);
+        let (shared, cwd) = (self.shared.clone(), self.cwd.clone());
+        Some(tokio::task::spawn_blocking(move || {
+            let media = &shared.config.media;
+            inputs
+                .iter()
+                .filter_map(|input| {
+                    shared.supervisor.probe_duration(
+                        &media.ffprobe,
+                        input,
+                        &cwd,
+                        media.probe_timeout,
+                    )
+                })
+                .max()
+        }))
     }
 
     async fn report(&self, command: Command) {

@@ -28,6 +28,12 @@ pub(crate) enum Command {
     TimedOut {
         id: JobId,
     },
+    /// The job's progress has not advanced for its stall window (or it ran too slow that long); the
+    /// monitor stops it.
+    Stalled {
+        id: JobId,
+        reason: String,
+    },
     /// The sampler found the tree over its memory limit or hit by the OOM killer; the monitor kills it.
     MemoryViolation {
         id: JobId,

@@ -4,12 +4,15 @@
 
 use crate::EngineConfig;
 use aura_admission::Admission;
-use aura_model::{Accounting, HostReading, JobId};
+use aura_model::{Accounting, HostReading, JobId, Progress, ProgressEvent};
 use aura_store::Store;
 use aura_supervisor::{Supervisor, UsageProbe};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// Progress updates kept for slow stream subscribers (one per running job per interval).
+const PROGRESS_BUFFER: usize = 1024;
 use tokio::sync::{broadcast, watch};
 
 /// What the actor shares read-only (or through short, uncontended locks) with handles and monitors.
@@ -53,6 +56,10 @@ pub(crate) struct Shared {
     /// Requeued pressure victims and the moment they may start again (`guards.victim_cooldown` after
     /// their eviction): the kernel needs that long to take back what was freed.
     pub held: Mutex<HashMap<JobId, std::time::Instant>>,
+    /// Jobs waiting for dependencies, with those not finished yet (set by the actor, read by handles).
+    dependencies: Mutex<HashMap<JobId, BTreeSet<JobId>>>,
+    /// Running jobs' progress for event streams (see `streams`).
+    pub progress_events: broadcast::Sender<Arc<ProgressEvent>>,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -101,7 +108,36 @@ impl Shared {
             memory: MemoryCounters::default(),
             kill_trees: watch::Sender::new(false),
             held: Mutex::default(),
+            dependencies: Mutex::default(),
+            progress_events: broadcast::channel(PROGRESS_BUFFER).0,
         }
+    }
+
+    /// The progress of every running job that reports it.
+    pub(crate) fn progress_now(&self) -> Vec<(JobId, Progress)> {
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes
+            .iter()
+            .filter_map(|(id, p)| Some((*id, p.probe.progress()?)))
+            .collect()
+    }
+
+    /// The unfinished dependencies a waiting job waits for; `None` when it waits for none.
+    pub(crate) fn dependencies(&self, id: JobId) -> Option<BTreeSet<JobId>> {
+        self.dependencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Sets (or with `None` clears) what a waiting job waits for.
+    pub(crate) fn set_dependencies(&self, id: JobId, pending: Option<BTreeSet<JobId>>) {
+        let mut map = self.dependencies.lock().unwrap_or_else(|p| p.into_inner());
+        match pending {
+            Some(pending) => map.insert(id, pending),
+            None => map.remove(&id),
+        };
     }
 
     pub(crate) fn register_probe(

@@ -8,8 +8,10 @@
 //! `TARGETS`, `fuzz/fuzz_targets/<name>.rs` plus its `[[bin]]` in `fuzz/Cargo.toml`, and seeds in
 //! `fuzz/corpus/<name>/`.
 
+mod batch;
 mod config;
 mod duration;
+mod ffmpeg_args;
 mod headers;
 mod job_spec;
 mod lease_spec;
@@ -17,9 +19,12 @@ mod proc_entries;
 mod progress;
 mod query;
 mod size;
+mod sse;
 
+pub use batch::batch;
 pub use config::config;
 pub use duration::duration;
+pub use ffmpeg_args::ffmpeg_args;
 pub use headers::headers;
 pub use job_spec::job_spec;
 pub use lease_spec::lease_spec;
@@ -27,6 +32,7 @@ pub use proc_entries::proc_entries;
 pub use progress::progress;
 pub use query::query;
 pub use size::size;
+pub use sse::sse;
 
 /// A fuzz target: parses the bytes and panics when a property breaks.
 pub type Target = fn(&[u8]);
@@ -42,4 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("lease_spec", lease_spec),
     ("proc_entries", proc_entries),
     ("progress", progress),
+    ("ffmpeg_args", ffmpeg_args),
+    ("sse", sse),
+    ("batch", batch),
 ];

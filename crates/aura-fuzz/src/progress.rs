@@ -1,14 +1,16 @@
 //! The `progress` target: what a job's tools print about their progress (FFmpeg's `-progress` blocks and
 //! stderr status lines, the generic `aura-progress` line), through `aura_media`'s parsers.
 
-use aura_media::{generic_line, status_line, ProgressBlocks, Report};
+use aura_media::{generic_line, status_line, Format, ProgressBlocks, ProgressReader, Report};
 use std::fmt::Write;
 use std::time::Duration;
 
 /// The bytes as text, split into lines (at `\n`, and at `\r` for status lines):
 /// - every report any parser returns has only finite, non-negative figures and a share within 0–1;
 /// - `ProgressBlocks` completes exactly one report per `progress=` line, `end` only for `progress=end`;
-/// - a report written back as a `-progress` block reads back the same (its time to the microsecond).
+/// - a report written back as a `-progress` block reads back the same (its time to the microsecond);
+/// - `ProgressReader` (the bytes as a pipe delivers them) gives the same reports whether the bytes come
+///   whole or cut in two anywhere, in every format, each report sane.
 pub fn progress(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut blocks = ProgressBlocks::default();
@@ -39,6 +41,28 @@ pub fn progress(data: &[u8]) {
             sane(&r, line);
         }
     }
+    for format in [Format::FfmpegBlocks, Format::FfmpegStatus, Format::Generic] {
+        let whole = read(format, &[data]);
+        for r in &whole {
+            sane(r, "(reader)");
+        }
+        let (a, b) = data.split_at(data.len() / 2);
+        assert_eq!(
+            read(format, &[a, b]),
+            whole,
+            "{format:?}: a cut changed the reports"
+        );
+    }
+}
+
+fn read(format: Format, chunks: &[&[u8]]) -> Vec<Report> {
+    let mut reader = ProgressReader::new(format);
+    let mut out = Vec::new();
+    for chunk in chunks {
+        reader.feed(chunk, &mut |r| out.push(r));
+    }
+    reader.finish(&mut |r| out.push(r));
+    out
 }
 
 fn sane(r: &Report, line: &str) {

@@ -33,6 +33,7 @@ pub fn query(data: &[u8]) {
     system_history(raw);
     log_request(raw);
     wait_timeout(raw);
+    stream_request(raw);
 }
 
 /// Every parser's result, comparable (errors by code and detail).
@@ -144,6 +145,45 @@ fn system_history(raw: Option<&str>) {
         Ok(history),
         "system_history({raw:?}) changed when written back as {written:?}"
     );
+}
+
+/// Both event streams' requests, the text read as the query and (the same text) as `Last-Event-ID`: an
+/// accepted request's cursor written back as the event id the stream would send resumes at the same point.
+fn stream_request(raw: Option<&str>) {
+    for per_job in [false, true] {
+        for (query_text, header) in [(raw, None), (None, raw)] {
+            let request = match query::stream_request(query_text, header, per_job) {
+                Ok(request) => request,
+                Err(e) => {
+                    check_refusal("stream_request", raw, e);
+                    continue;
+                }
+            };
+            let resumed = [request.cursor.job, request.cursor.engine] != [None, None];
+            if !resumed {
+                continue;
+            }
+            let id = request.cursor.id(per_job);
+            let back = query::stream_request(None, Some(&id), per_job).unwrap_or_else(|e| {
+                panic!(
+                    "the id {id:?} of an accepted cursor is refused: {}",
+                    e.detail
+                )
+            });
+            assert_eq!(
+                back.cursor.job,
+                Some(request.cursor.job.unwrap_or(0)),
+                "{raw:?} → {id:?}"
+            );
+            if !per_job {
+                assert_eq!(
+                    back.cursor.engine,
+                    Some(request.cursor.engine.unwrap_or(0)),
+                    "{raw:?} → {id:?}"
+                );
+            }
+        }
+    }
 }
 
 fn log_request(raw: Option<&str>) {

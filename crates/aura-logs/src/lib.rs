@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 pub use error::LogError;
 pub use reader::{read, stat, LogChunk};
-pub use writer::{Capture, CaptureReport};
+pub use writer::{Capture, CaptureReport, Tap};
 
 /// Which of a job's output streams a log belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -30,6 +30,9 @@ pub enum Stream {
     Stdout,
     /// The job's standard error.
     Stderr,
+    /// What the job reported on Aura's progress pipe (fd 3): FFmpeg's `-progress` blocks or generic
+    /// `aura-progress` lines, kept as written.
+    Progress,
 }
 
 impl Stream {
@@ -38,6 +41,7 @@ impl Stream {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::Progress => "progress",
         }
     }
 }
@@ -55,6 +59,7 @@ impl FromStr for Stream {
         match s {
             "stdout" => Ok(Stream::Stdout),
             "stderr" => Ok(Stream::Stderr),
+            "progress" => Ok(Stream::Progress),
             other => Err(LogError::UnknownStream(other.to_owned())),
         }
     }

@@ -77,7 +77,12 @@ pub struct Capture {
     min_free: u64,
     /// Bytes written since the floor was last looked at.
     since_check: u64,
+    /// Sees every byte read, before it is written (progress parsing of the same stream).
+    tap: Option<Tap>,
 }
+
+/// What [`Capture::with_tap`] calls with each chunk read from the pipe.
+pub type Tap = Box<dyn FnMut(&[u8]) + Send>;
 
 impl Capture {
     /// Takes the read end of a job's stdout or stderr pipe and makes it non-blocking.
@@ -104,6 +109,7 @@ impl Capture {
             unnoted: 0,
             min_free: 0,
             since_check: u64::MAX,
+            tap: None,
         })
     }
 
@@ -112,6 +118,13 @@ impl Capture {
     /// `FLOOR_CHECK_BYTES` written and on every retry.
     pub fn with_min_free(mut self, bytes: u64) -> Capture {
         self.min_free = bytes;
+        self
+    }
+
+    /// Hands every chunk read from the pipe to `tap` too, before it is written (and whether or not the
+    /// volume takes it): the engine reads progress out of a job's stream this way.
+    pub fn with_tap(mut self, tap: Tap) -> Capture {
+        self.tap = Some(tap);
         self
     }
 
@@ -186,6 +199,9 @@ impl Capture {
             if self.buf.is_empty() {
                 self.buf = vec![0u8; READ_BUF];
                 self.buf[..n].copy_from_slice(&first[..n]);
+            }
+            if let Some(tap) = &mut self.tap {
+                tap(&self.buf[..n]);
             }
             self.append(n);
             taken += n;

@@ -165,6 +165,26 @@ pub enum JobEvent {
         /// How the attempt ended.
         outcome: Option<Outcome>,
     },
+    /// The job's progress stopped advancing (or stayed under its speed floor) for its stall window: it is
+    /// being stopped.
+    Stalled {
+        /// What was seen, with the figures.
+        reason: String,
+    },
+    /// The job waits for the jobs it depends on (`after`) before it may start.
+    Waiting {
+        /// The dependencies not finished yet.
+        after: Vec<JobId>,
+    },
+    /// A dependency ended without succeeding: the job ends without starting.
+    DependencyFailed {
+        /// The dependency.
+        job_id: JobId,
+        /// How it ended.
+        outcome: String,
+    },
+    /// Every dependency succeeded: the job joins the queue.
+    DependenciesMet,
     /// A victim of memory pressure comes back asking for more.
     MemoryRequestRaised {
         /// The new memory request admission reserves for the next attempt.
@@ -329,6 +349,90 @@ impl NewEvent {
     pub fn stamp(events: &mut [NewEvent], attempt: u32) {
         for event in events {
             event.attempt.get_or_insert(attempt);
+        }
+    }
+}
+
+/// Which log a committed event belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventLog {
+    /// A job's log (`job_events`; sequence numbers are shared by all jobs).
+    Job(JobId),
+    /// The engine's own log.
+    Engine,
+}
+
+/// A committed event as live streams carry it: its log, its sequence number there, and its record (the
+/// JSON of a [`JobEventRecord`] or an [`EngineEventRecord`]) encoded once for every subscriber.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommittedEvent {
+    /// The log it was appended to.
+    pub log: EventLog,
+    /// Its sequence number in that log.
+    pub seq: i64,
+    /// Its kind, as stored (`started`, `finished`, …).
+    pub kind: String,
+    /// The record, as JSON.
+    pub json: String,
+}
+
+impl CommittedEvent {
+    /// Encodes a record from its stored parts: `kind` as stored, `detail` the stored JSON text.
+    pub fn encode(
+        log: EventLog,
+        seq: i64,
+        at_ms: i64,
+        attempt: Option<i64>,
+        kind: &str,
+        detail: &str,
+    ) -> CommittedEvent {
+        use std::fmt::Write;
+        let at = Timestamp::from_unix_millis(at_ms);
+        let mut json = format!("{{\"seq\":{seq},");
+        if let (EventLog::Job(id), Some(attempt)) = (log, attempt) {
+            let _ = write!(json, "\"job_id\":{},\"attempt\":{attempt},", id.0);
+        }
+        // A stored kind is a snake_case name, a stored detail valid JSON (the store wrote both).
+        let quoted = serde_json::to_string(kind).unwrap_or_else(|_| "\"\"".into());
+        let _ = write!(
+            json,
+            "\"at\":\"{at}\",\"kind\":{quoted},\"detail\":{detail}}}"
+        );
+        CommittedEvent {
+            log,
+            seq,
+            kind: kind.to_owned(),
+            json,
+        }
+    }
+}
+
+/// A running job's progress, as event streams carry it (`event: progress`). Not stored: the job's record
+/// keeps the last one (`accounting.progress`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressUpdate {
+    /// The job.
+    pub job_id: JobId,
+    /// Its progress now.
+    pub progress: crate::media::Progress,
+}
+
+/// A [`ProgressUpdate`] encoded once for every subscriber.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProgressEvent {
+    /// The job.
+    pub job_id: JobId,
+    /// The update, as JSON.
+    pub json: String,
+}
+
+impl ProgressEvent {
+    /// Encodes `update`.
+    pub fn encode(update: &ProgressUpdate) -> ProgressEvent {
+        ProgressEvent {
+            job_id: update.job_id,
+            // Plain numbers and enums: encoding cannot fail.
+            json: serde_json::to_string(update).unwrap_or_default(),
         }
     }
 }

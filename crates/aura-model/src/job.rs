@@ -39,6 +39,10 @@ pub mod limits {
     pub const MAX_STOP_STEPS: usize = 8;
     /// The longest `timeout`, in seconds (30 days).
     pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+    /// The highest `min_speed` (media seconds per second).
+    pub const MAX_SPEED: f64 = 1000.0;
+    /// Jobs one job may depend on (`after`).
+    pub const MAX_DEPENDENCIES: usize = 256;
     /// The longest grace period of one stop step, in seconds (1 hour).
     pub const MAX_GRACE_SECS: u64 = 3600;
     /// The most cores one request may ask for.
@@ -340,6 +344,32 @@ pub struct JobSpec {
     /// What the job asks of the machine.
     #[serde(default)]
     pub resources: ResourceRequest,
+    /// How Aura reads the job's progress (default `auto`: FFmpeg's, recognised by the program name).
+    #[serde(default, skip_serializing_if = "crate::media::ProgressMode::is_auto")]
+    pub progress: crate::media::ProgressMode,
+    /// The media duration the job produces, for percent and ETA where Aura cannot learn it (from FFmpeg's
+    /// `-t`/`-to`, lavfi source durations, or ffprobe of its inputs).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration"
+    )]
+    pub expected_duration: Option<Duration>,
+    /// Stop the job with outcome `stalled` when its progress has not advanced for this long (default: the
+    /// daemon's `jobs.stall_after`). Only jobs that report progress are ever judged stalled.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration"
+    )]
+    pub stall_after: Option<Duration>,
+    /// Also stalled when its speed (media seconds per second) stays under this floor for the stall window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_speed: Option<f64>,
+    /// Jobs that must succeed before this one starts; a dependency that ends otherwise fails this job with
+    /// outcome `dependency_failed`, without starting it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<JobId>,
 }
 
 /// A spec's `timeout` when it states none: 1 hour.
@@ -377,6 +407,11 @@ impl JobSpec {
             labels: BTreeMap::new(),
             retry: RetryPolicy::default(),
             resources: ResourceRequest::default(),
+            progress: crate::media::ProgressMode::Auto,
+            expected_duration: None,
+            stall_after: None,
+            min_speed: None,
+            after: Vec::new(),
         }
     }
 
@@ -511,6 +546,38 @@ impl JobSpec {
             });
         }
         self.resources.validate()?;
+        for (what, d) in [
+            ("expected_duration", self.expected_duration),
+            ("stall_after", self.stall_after),
+        ] {
+            if d.is_some_and(|d| d.is_zero() || d > Duration::from_secs(MAX_TIMEOUT_SECS)) {
+                return Err(SpecError::OutOfRange {
+                    what,
+                    detail: "must be greater than zero and at most 30 days".into(),
+                });
+            }
+        }
+        if self
+            .min_speed
+            .is_some_and(|s| !(s.is_finite() && s > 0.0 && s <= MAX_SPEED))
+        {
+            return Err(SpecError::OutOfRange {
+                what: "min_speed",
+                detail: format!("must be greater than zero and at most {MAX_SPEED}"),
+            });
+        }
+        if self.after.len() > MAX_DEPENDENCIES {
+            return Err(SpecError::TooMany {
+                what: "dependencies (after)",
+                max: MAX_DEPENDENCIES,
+            });
+        }
+        if let Some(bad) = self.after.iter().find(|id| id.0 <= 0) {
+            return Err(SpecError::OutOfRange {
+                what: "after",
+                detail: format!("{bad} is not a job id"),
+            });
+        }
         let r = &self.resources;
         if r.memory_max.is_none()
             && r.memory
@@ -709,6 +776,10 @@ pub struct Accounting {
     /// The tree was killed for going over `memory_limit`, by the kernel or by the fallback's watchdog.
     #[serde(default)]
     pub memory_limit_exceeded: bool,
+    /// The attempt's last progress, for a job that reports progress (boxed: most jobs have none, and
+    /// every `Exited` event carries an `Accounting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Box<crate::media::Progress>>,
 }
 
 impl Accounting {
@@ -754,6 +825,25 @@ impl Accounting {
             None => "",
         });
         line
+    }
+}
+
+/// `Option<Duration>` in the same forms as [`humantime_serde_compat`]; `null` or absent is `None`.
+pub mod optional_duration {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::Duration;
+
+    #[derive(Serialize, Deserialize)]
+    struct Wrapped(#[serde(with = "super::humantime_serde_compat")] Duration);
+
+    /// Writes a present duration as [`humantime_serde_compat`] does, an absent one as `null`.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(Wrapped).serialize(s)
+    }
+
+    /// Seconds, a humantime string, or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
     }
 }
 
@@ -1094,7 +1184,7 @@ mod tests {
 }
 
 /// Resource use of a running tree, as last sampled. Plain data, so that every layer can show it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LiveUsage {
     /// The tree's memory now, in bytes: its cgroup's charge, page cache included (the RSS sum on the
     /// fallback).
@@ -1115,6 +1205,9 @@ pub struct LiveUsage {
     pub processes: u32,
     /// The most processes the tree has had at once.
     pub peak_processes: u32,
+    /// How far the job has come, for a job that reports progress (FFmpeg, the generic protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::media::Progress>,
 }
 
 impl LiveUsage {

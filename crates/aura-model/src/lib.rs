@@ -3,9 +3,11 @@
 //! This crate does no I/O and knows nothing of processes, SQL or HTTP. Every other crate depends on it;
 //! it depends on none of them.
 
+pub mod batch;
 pub mod events;
 pub mod host;
 pub mod job;
+pub mod media;
 pub mod secret;
 pub mod size;
 pub mod state;
@@ -13,9 +15,11 @@ pub mod time;
 pub mod view;
 
 pub use events::{
-    EngineEvent, EngineEventRecord, JobEvent, JobEventRecord, LoggedEvent, NewEvent, EVENT_SCHEMA,
+    CommittedEvent, EngineEvent, EngineEventRecord, EventLog, JobEvent, JobEventRecord,
+    LoggedEvent, NewEvent, ProgressEvent, ProgressUpdate, EVENT_SCHEMA,
 };
 pub use job::*;
+pub use media::{Progress, ProgressMode, ProgressSource, ProgressTracker, RawReport};
 pub use secret::Secret;
 pub use size::ByteSize;
 pub use state::*;

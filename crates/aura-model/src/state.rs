@@ -42,6 +42,8 @@ pub enum StopReason {
     Shutdown,
     /// The memory pressure responder chose this job as its victim.
     MemoryPressure,
+    /// Its progress stopped advancing (or stayed under its speed floor) for its stall window.
+    Stalled,
 }
 
 /// How a process ended, as `wait` reported it.
@@ -72,6 +74,16 @@ pub enum Outcome {
     },
     /// Stopped for running past its `timeout`.
     TimedOut,
+    /// Stopped because its progress did not advance for its stall window (`stall_after`), or its speed
+    /// stayed under `min_speed` that long.
+    Stalled,
+    /// Never started: a job it depends on (`after`) ended without succeeding.
+    DependencyFailed {
+        /// The dependency that did not succeed.
+        job_id: JobId,
+        /// How it ended (an outcome name such as `failed`, `cancelled`, or `dependency_failed`).
+        outcome: String,
+    },
     /// Cancelled by a user, queued or running.
     Cancelled,
     /// The launch failed before the program ran (program not found, bad working directory…).
@@ -141,6 +153,8 @@ impl Outcome {
             Outcome::Failed { .. } => "failed",
             Outcome::Killed { .. } => "killed",
             Outcome::TimedOut => "timed_out",
+            Outcome::Stalled => "stalled",
+            Outcome::DependencyFailed { .. } => "dependency_failed",
             Outcome::Cancelled => "cancelled",
             Outcome::FailedToStart { .. } => "failed_to_start",
             Outcome::StorageExhausted { .. } => "storage_exhausted",
@@ -158,7 +172,9 @@ impl Outcome {
             Outcome::Succeeded => 0,
             Outcome::Failed { exit_code } => *exit_code,
             Outcome::Killed { signal } => 128 + signal,
-            Outcome::TimedOut => 124,
+            Outcome::TimedOut | Outcome::Stalled => 124,
+            // EX_UNAVAILABLE: what it needed did not happen.
+            Outcome::DependencyFailed { .. } => 69,
             Outcome::Cancelled => 130,
             Outcome::FailedToStart { .. } => 127,
             // EX_CANTCREAT.
@@ -336,6 +352,15 @@ pub enum Event {
         /// When it was recorded (at recovery).
         at: Timestamp,
     },
+    /// A job it depends on ended without succeeding: a queued job finishes without starting.
+    DependencyFailed {
+        /// The dependency.
+        job_id: JobId,
+        /// How the dependency ended (its outcome name).
+        outcome: String,
+        /// When it was found.
+        at: Timestamp,
+    },
     /// Put a finished attempt back in the queue; allowed only when the retry policy says so.
     Requeue {
         /// When it was requeued.
@@ -353,6 +378,7 @@ impl Event {
             Event::Exited { .. } => "exited",
             Event::Interrupted { .. } => "interrupted",
             Event::Quarantined { .. } => "quarantined",
+            Event::DependencyFailed { .. } => "dependency_failed",
             Event::Requeue { .. } => "requeued",
         }
     }
@@ -435,9 +461,13 @@ impl Job {
     /// Whether the retry policy allows another attempt after the current (finished) one.
     pub fn may_retry(&self) -> bool {
         match self.outcome() {
-            None | Some(Outcome::Succeeded | Outcome::Cancelled | Outcome::Quarantined { .. }) => {
-                false
-            }
+            None
+            | Some(
+                Outcome::Succeeded
+                | Outcome::Cancelled
+                | Outcome::Quarantined { .. }
+                | Outcome::DependencyFailed { .. },
+            ) => false,
             Some(Outcome::Interrupted { .. }) => self.spec.retry.requeue_interrupted,
             Some(Outcome::MemoryPressure { .. }) => {
                 self.pressure_stops <= self.spec.retry.max_pressure_requeues
@@ -488,6 +518,24 @@ impl Job {
                 signals_sent: vec![],
                 accounting: Accounting::default(),
             })),
+            (
+                JobState::Queued { .. },
+                Event::DependencyFailed {
+                    job_id,
+                    outcome,
+                    at,
+                },
+            ) => JobState::Finished(Box::new(Finished {
+                outcome: Outcome::DependencyFailed {
+                    job_id: *job_id,
+                    outcome: outcome.clone(),
+                },
+                finished_at: *at,
+                run: None,
+                exit: None,
+                signals_sent: vec![],
+                accounting: Accounting::default(),
+            })),
             (JobState::Running { run }, Event::StopRequested { reason, at }) => {
                 JobState::Stopping {
                     run: run.clone(),
@@ -528,6 +576,7 @@ impl Job {
                 let outcome = memory_outcome(*exit, accounting).unwrap_or_else(|| match reason {
                     StopReason::Cancelled => Outcome::Cancelled,
                     StopReason::TimedOut => Outcome::TimedOut,
+                    StopReason::Stalled => Outcome::Stalled,
                     StopReason::Shutdown => Outcome::Interrupted {
                         reason: "daemon shutdown".into(),
                     },

@@ -236,6 +236,10 @@ pub struct Diagnostics {
     pub process: crate::host::ProcessSnapshot,
     /// Jobs running now; the thresholds allow for what each holds by design.
     pub running_jobs: usize,
+    /// Async tasks alive in the daemon's runtime (every connection, event stream, job monitor): a count
+    /// that grows without bound is a leak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<u64>,
     /// The figures over their thresholds (empty when all is well).
     pub warnings: Vec<Warning>,
 }

@@ -41,6 +41,7 @@ fn stop_reason() -> impl Strategy<Value = StopReason> {
         Just(StopReason::TimedOut),
         Just(StopReason::Shutdown),
         Just(StopReason::MemoryPressure),
+        Just(StopReason::Stalled),
     ]
 }
 
@@ -94,6 +95,11 @@ fn event() -> impl Strategy<Value = Event> {
         1 => ("[a-z ]{1,12}", timestamp()).prop_map(|(reason, at)| Event::Interrupted { reason, at }),
         1 => ("[a-z ]{1,12}", timestamp()).prop_map(|(reason, at)| Event::Quarantined { reason, at }),
         3 => timestamp().prop_map(|at| Event::Requeue { at }),
+        1 => (1i64..100, "[a-z_]{1,12}", timestamp()).prop_map(|(id, outcome, at)| Event::DependencyFailed {
+            job_id: JobId(id),
+            outcome,
+            at,
+        }),
     ]
 }
 
@@ -101,7 +107,10 @@ fn event() -> impl Strategy<Value = Event> {
 /// `Job::apply`, and `Requeue` "allowed only when the retry policy says so".
 fn legal(job: &Job, event: &Event) -> bool {
     match (&job.state, event) {
-        (JobState::Queued { .. }, Event::Started { .. } | Event::SpawnFailed { .. }) => true,
+        (
+            JobState::Queued { .. },
+            Event::Started { .. } | Event::SpawnFailed { .. } | Event::DependencyFailed { .. },
+        ) => true,
         (JobState::Queued { .. }, Event::StopRequested { reason, .. }) => {
             *reason == StopReason::Cancelled
         }
@@ -150,6 +159,7 @@ fn expected_exit_outcome(
         (Some(StopReason::TimedOut), _) => "timed_out",
         (Some(StopReason::Shutdown), _) => "interrupted",
         (Some(StopReason::MemoryPressure), _) => "memory_pressure",
+        (Some(StopReason::Stalled), _) => "stalled",
         (None, ExitStatus::Code(0)) => "succeeded",
         (None, ExitStatus::Code(_)) => "failed",
         (None, ExitStatus::Signal(_)) => "killed",
@@ -260,6 +270,7 @@ fn check_step(
                     Outcome::FailedToStart { .. }
                         | Outcome::StorageExhausted { .. }
                         | Outcome::Cancelled
+                        | Outcome::DependencyFailed { .. }
                 ),
                 "no run for {:?}",
                 f.outcome
@@ -277,6 +288,7 @@ fn at(event: &Event) -> Timestamp {
         | Event::Exited { at, .. }
         | Event::Interrupted { at, .. }
         | Event::Quarantined { at, .. }
+        | Event::DependencyFailed { at, .. }
         | Event::Requeue { at } => *at,
     }
 }
@@ -300,6 +312,25 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
             );
             prop_assert_eq!(f.finished_at, *at);
             prop_assert!(f.run.is_none(), "an attempt that never started has no run");
+        }
+        (
+            JobState::Queued { .. },
+            Event::DependencyFailed {
+                job_id,
+                outcome,
+                at,
+            },
+        ) => {
+            let f = finished(job)?;
+            prop_assert_eq!(
+                &f.outcome,
+                &Outcome::DependencyFailed {
+                    job_id: *job_id,
+                    outcome: outcome.clone()
+                }
+            );
+            prop_assert_eq!(f.finished_at, *at);
+            prop_assert!(f.run.is_none(), "a job whose dependency failed never ran");
         }
         (JobState::Queued { .. }, Event::StopRequested { at, .. }) => {
             let f = finished(job)?;

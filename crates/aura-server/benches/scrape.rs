@@ -47,6 +47,7 @@ fn inputs() -> Inputs {
         status: serde_json::from_value(status).expect("an EngineStatus"),
         utilization: serde_json::from_value(utilization).expect("a Utilization"),
         running: (1..=8).map(running_job).collect(),
+        streams: Default::default(),
     }
 }
 
@@ -72,6 +73,7 @@ fn copy(i: &Inputs) -> Inputs {
         status: i.status.clone(),
         utilization: i.utilization.clone(),
         running: i.running.clone(),
+        streams: i.streams,
     }
 }
 

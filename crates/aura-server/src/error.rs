@@ -26,6 +26,10 @@ pub enum ErrorCode {
     WorkingDirectoryNotAllowed,
     /// The spec references a secret the daemon does not have.
     UnknownSecret,
+    /// The spec's `after` names a job that does not exist (or a batch line refers to no earlier line).
+    UnknownDependency,
+    /// Every event stream slot (`api.max_event_streams`) is taken; retry later.
+    TooManySubscribers,
     /// The job or lease could never run here: it asks for more than this machine has in all, or names
     /// a limit that is unknown or admits nothing.
     ExceedsCapacity,
@@ -79,6 +83,7 @@ impl ErrorCode {
             | ErrorCode::ProgramNotFound
             | ErrorCode::InvalidWorkingDirectory
             | ErrorCode::UnknownSecret
+            | ErrorCode::UnknownDependency
             | ErrorCode::ExceedsCapacity => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::ProgramNotAllowed
             | ErrorCode::WorkingDirectoryNotAllowed
@@ -93,7 +98,9 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooManyConnections | ErrorCode::TooManySubscribers => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::AlreadyFinished => StatusCode::CONFLICT,
@@ -114,6 +121,8 @@ impl ErrorCode {
             ErrorCode::InvalidWorkingDirectory => "Invalid working directory",
             ErrorCode::WorkingDirectoryNotAllowed => "Working directory not allowed",
             ErrorCode::UnknownSecret => "Unknown secret",
+            ErrorCode::UnknownDependency => "Unknown dependency",
+            ErrorCode::TooManySubscribers => "Too many event streams",
             ErrorCode::ExceedsCapacity => "Request exceeds this machine's capacity",
             ErrorCode::QueueFull => "Queue full",
             ErrorCode::TokenQueueFull => "Queue full for this token",
@@ -176,32 +185,39 @@ impl ApiError {
     }
 }
 
+/// The code of an engine error (a batch entry's is its cause's).
+fn code_of(e: &EngineError) -> ErrorCode {
+    match e {
+        EngineError::InvalidSpec(e) if e.is_size_limit() => ErrorCode::LimitExceeded,
+        EngineError::InvalidSpec(_) => ErrorCode::InvalidSpec,
+        EngineError::Program { .. } => ErrorCode::ProgramNotFound,
+        EngineError::ProgramNotAllowed { .. } => ErrorCode::ProgramNotAllowed,
+        EngineError::WorkingDirectory { .. } => ErrorCode::InvalidWorkingDirectory,
+        EngineError::WorkingDirectoryNotAllowed { .. } => ErrorCode::WorkingDirectoryNotAllowed,
+        EngineError::UnknownSecret { .. } => ErrorCode::UnknownSecret,
+        EngineError::UnknownDependency(_) => ErrorCode::UnknownDependency,
+        EngineError::BatchEntry { source, .. } => code_of(source),
+        EngineError::ExceedsCapacity(_) => ErrorCode::ExceedsCapacity,
+        EngineError::QueueFull { .. } => ErrorCode::QueueFull,
+        EngineError::SubmitterQueueFull { .. } => ErrorCode::TokenQueueFull,
+        EngineError::LeaseUnavailable(_) => ErrorCode::LeaseUnavailable,
+        EngineError::LeaseNotFound(_) => ErrorCode::NotFound,
+        EngineError::NotFound(_) => ErrorCode::NotFound,
+        EngineError::AlreadyFinished { .. } => ErrorCode::AlreadyFinished,
+        EngineError::ShuttingDown => ErrorCode::ShuttingDown,
+        EngineError::Store(e) if e.is_storage() => ErrorCode::StorageExhausted,
+        EngineError::Config(_)
+        | EngineError::Store(_)
+        | EngineError::Supervisor(_)
+        | EngineError::Logs(_)
+        | EngineError::Io { .. }
+        | EngineError::Internal { .. } => ErrorCode::Internal,
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let code = match &e {
-            EngineError::InvalidSpec(e) if e.is_size_limit() => ErrorCode::LimitExceeded,
-            EngineError::InvalidSpec(_) => ErrorCode::InvalidSpec,
-            EngineError::Program { .. } => ErrorCode::ProgramNotFound,
-            EngineError::ProgramNotAllowed { .. } => ErrorCode::ProgramNotAllowed,
-            EngineError::WorkingDirectory { .. } => ErrorCode::InvalidWorkingDirectory,
-            EngineError::WorkingDirectoryNotAllowed { .. } => ErrorCode::WorkingDirectoryNotAllowed,
-            EngineError::UnknownSecret { .. } => ErrorCode::UnknownSecret,
-            EngineError::ExceedsCapacity(_) => ErrorCode::ExceedsCapacity,
-            EngineError::QueueFull { .. } => ErrorCode::QueueFull,
-            EngineError::SubmitterQueueFull { .. } => ErrorCode::TokenQueueFull,
-            EngineError::LeaseUnavailable(_) => ErrorCode::LeaseUnavailable,
-            EngineError::LeaseNotFound(_) => ErrorCode::NotFound,
-            EngineError::NotFound(_) => ErrorCode::NotFound,
-            EngineError::AlreadyFinished { .. } => ErrorCode::AlreadyFinished,
-            EngineError::ShuttingDown => ErrorCode::ShuttingDown,
-            EngineError::Store(e) if e.is_storage() => ErrorCode::StorageExhausted,
-            EngineError::Config(_)
-            | EngineError::Store(_)
-            | EngineError::Supervisor(_)
-            | EngineError::Logs(_)
-            | EngineError::Io { .. }
-            | EngineError::Internal { .. } => ErrorCode::Internal,
-        };
+        let code = code_of(&e);
         // The whole chain: what was being done and every cause. A 5xx answer shows none of it (see
         // `into_response`); the log does.
         ApiError::new(code, chain(&e))
@@ -298,7 +314,9 @@ impl IntoResponse for ApiError {
         let retry_after = match self.code {
             // The queue drains as jobs finish; a few seconds is a fair first guess for a client's back-off.
             ErrorCode::QueueFull | ErrorCode::TokenQueueFull => Some(QUEUE_FULL_RETRY_AFTER_SECS),
-            ErrorCode::TooManyConnections => Some(CONNECTIONS_RETRY_AFTER_SECS),
+            ErrorCode::TooManyConnections | ErrorCode::TooManySubscribers => {
+                Some(CONNECTIONS_RETRY_AFTER_SECS)
+            }
             ErrorCode::StorageExhausted => Some(STORAGE_RETRY_AFTER_SECS),
             _ => None,
         };

@@ -9,6 +9,7 @@ pub mod prometheus;
 pub mod query;
 mod routes;
 mod security;
+mod sse;
 
 pub use error::{ApiError, ErrorCode};
 pub use listener::{serve, ListenerConfig};

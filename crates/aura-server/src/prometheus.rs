@@ -35,6 +35,21 @@ pub struct Inputs {
     pub utilization: Utilization,
     /// The running jobs, for the per-job series.
     pub running: Vec<JobView>,
+    /// The server's event streams.
+    pub streams: StreamCounts,
+}
+
+/// The server's event streams, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Open now.
+    pub open: u64,
+    /// Opened since start-up.
+    pub opened: u64,
+    /// Closed for falling a whole buffer behind.
+    pub lagged: u64,
+    /// Refused because every slot was taken.
+    pub refused: u64,
 }
 
 /// The exposition format of one answer, chosen from the request's `Accept` header.
@@ -232,6 +247,9 @@ where
     }
     Ok(())
 }
+
+/// The label set of a lone counter.
+const NO_LABELS: [(&str, &str); 0] = [];
 
 /// One unlabelled gauge.
 fn gauge<V: EncodeGaugeValue>(
@@ -699,6 +717,70 @@ fn engine(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
         None,
         "Processes in each running job's tree.",
         job(|l| Some(f64::from(l.processes))),
+    )?;
+    gauges(
+        e,
+        "aura_job_progress_ratio",
+        None,
+        "Share of each running job's work done (0-1), for jobs that report progress and whose length is known.",
+        job(|l| Some(l.progress.as_ref()?.percent? / 100.0)),
+    )?;
+    gauges(
+        e,
+        "aura_job_fps",
+        None,
+        "Frames encoded per second by each running FFmpeg job.",
+        job(|l| l.progress.as_ref()?.fps),
+    )?;
+    gauges(
+        e,
+        "aura_job_speed_ratio",
+        None,
+        "Media seconds written per second by each running job that reports progress.",
+        job(|l| l.progress.as_ref()?.speed),
+    )?;
+    gauges(
+        e,
+        "aura_job_eta",
+        Some(&Unit::Seconds),
+        "Estimated time left of each running job that reports progress.",
+        job(|l| l.progress.as_ref()?.eta_secs),
+    )?;
+    gauges(
+        e,
+        "aura_job_output",
+        Some(&Unit::Bytes),
+        "Output written so far by each running job that reports progress.",
+        job(|l| l.progress.as_ref()?.total_size.map(|b| b as f64)),
+    )?;
+    gauges(
+        e,
+        "aura_job_progress_idle",
+        Some(&Unit::Seconds),
+        "Time since each running job's progress last advanced (stall detection judges it).",
+        job(|l| l.progress.as_ref()?.idle_secs),
+    )?;
+    let s = &i.streams;
+    gauge(
+        e,
+        "aura_event_streams",
+        None,
+        "Event streams open now.",
+        s.open,
+    )?;
+    counters(
+        e,
+        "aura_event_streams_closed",
+        None,
+        "Event streams the server ended since start-up: fallen too far behind, or refused for want of a slot.",
+        [("lagged", s.lagged), ("refused", s.refused)].map(|(reason, n)| ([("reason", reason)], n)),
+    )?;
+    counters(
+        e,
+        "aura_event_streams_opened",
+        None,
+        "Event streams opened since start-up.",
+        [(NO_LABELS, s.opened)],
     )
 }
 
@@ -802,6 +884,7 @@ mod tests {
             status: serde_json::from_value(status).expect("an EngineStatus"),
             utilization: serde_json::from_value(utilization).expect("a Utilization"),
             running: Vec::new(),
+            streams: StreamCounts::default(),
         }
     }
 

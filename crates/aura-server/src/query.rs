@@ -83,6 +83,113 @@ pub fn events_page(raw: Option<&str>) -> ApiResult<(i64, u32)> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct StreamQuery {
+    /// Where to resume (the last event id seen), instead of the `Last-Event-ID` header.
+    after: Option<String>,
+    /// Progress events of running jobs (default true).
+    progress: Option<bool>,
+    /// Engine events, on the all-jobs stream (default true).
+    engine: Option<bool>,
+    /// A captured stream's new output as `log` events (per-job stream only).
+    logs: Option<String>,
+}
+
+/// Where an event stream resumes: past these sequence numbers of the job log and of the engine log
+/// (`None`: from the newest, nothing replayed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last job event seen.
+    pub job: Option<i64>,
+    /// The last engine event seen.
+    pub engine: Option<i64>,
+}
+
+impl Cursor {
+    /// The event id carrying this cursor: `J` on a job's stream, `J.E` on the all-jobs stream.
+    pub fn id(&self, per_job: bool) -> String {
+        let job = self.job.unwrap_or(0);
+        if per_job {
+            job.to_string()
+        } else {
+            format!("{job}.{}", self.engine.unwrap_or(0))
+        }
+    }
+}
+
+/// What an event stream request asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamRequest {
+    /// Where to resume; both `None`: a fresh subscription.
+    pub cursor: Cursor,
+    /// Send running jobs' progress.
+    pub progress: bool,
+    /// Send engine events (the all-jobs stream).
+    pub engine: bool,
+    /// Send this captured stream's new output (a job's stream).
+    pub logs: Option<Stream>,
+}
+
+/// `GET /api/events/stream?after=J.E&progress=true&engine=true` and `GET
+/// /api/jobs/{id}/events/stream?after=J&logs=stderr`, with the `Last-Event-ID` header (the query's
+/// `after` wins). An id is `J` (a job's stream) or `J.E` (the all-jobs stream; `J` alone resumes the
+/// job log only).
+pub fn stream_request(
+    raw: Option<&str>,
+    last_event_id: Option<&str>,
+    per_job: bool,
+) -> ApiResult<StreamRequest> {
+    let q: StreamQuery = decode(raw)?;
+    if per_job && q.engine.is_some() {
+        return Err(ApiError::bad_request(
+            "engine applies to the all-jobs stream only",
+        ));
+    }
+    if !per_job && q.logs.is_some() {
+        return Err(ApiError::bad_request("logs applies to a job's stream only"));
+    }
+    let logs = q
+        .logs
+        .as_deref()
+        .map(|s| {
+            s.parse::<Stream>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        })
+        .transpose()?;
+    let cursor = match q.after.as_deref().or(last_event_id) {
+        None => Cursor::default(),
+        Some(text) => parse_cursor(text.trim(), per_job)?,
+    };
+    Ok(StreamRequest {
+        cursor,
+        progress: q.progress.unwrap_or(true),
+        engine: q.engine.unwrap_or(true),
+        logs,
+    })
+}
+
+fn parse_cursor(text: &str, per_job: bool) -> ApiResult<Cursor> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "invalid event id {text:?}: expected {}",
+            if per_job { "N" } else { "N or N.M" }
+        ))
+    };
+    let seq = |t: &str| t.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad);
+    match text.split_once('.') {
+        None => Ok(Cursor {
+            job: Some(seq(text)?),
+            engine: None,
+        }),
+        Some((job, engine)) if !per_job => Ok(Cursor {
+            job: Some(seq(job)?),
+            engine: Some(seq(engine)?),
+        }),
+        Some(_) => Err(bad()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SystemQuery {
     /// `true` for the recent snapshots (oldest first) instead of the latest.
     history: Option<bool>,
@@ -155,6 +262,52 @@ pub fn wait_timeout(raw: Option<&str>, max: Duration) -> ApiResult<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_requests_and_their_cursors() {
+        let all = stream_request(None, Some("12.3"), false).unwrap();
+        assert_eq!(
+            all.cursor,
+            Cursor {
+                job: Some(12),
+                engine: Some(3)
+            }
+        );
+        assert!(all.progress && all.engine && all.logs.is_none());
+        assert_eq!(all.cursor.id(false), "12.3");
+        // The query's `after` wins over the header.
+        let q = stream_request(Some("after=40&progress=false"), Some("12.3"), false).unwrap();
+        assert_eq!(
+            q.cursor,
+            Cursor {
+                job: Some(40),
+                engine: None
+            }
+        );
+        assert!(!q.progress);
+        let job = stream_request(Some("logs=stderr"), Some(" 7 "), true).unwrap();
+        assert_eq!(job.cursor.id(true), "7");
+        assert_eq!(job.logs, Some(Stream::Stderr));
+        assert_eq!(
+            stream_request(None, None, true).unwrap().cursor,
+            Cursor::default()
+        );
+        for (raw, header, per_job) in [
+            (None, Some("1.2"), true),
+            (None, Some("-1"), false),
+            (None, Some("x.1"), false),
+            (None, Some("1.2.3"), false),
+            (Some("engine=false"), None, true),
+            (Some("logs=stdout"), None, false),
+            (Some("logs=video"), None, true),
+            (Some("bogus=1"), None, false),
+        ] {
+            assert!(
+                stream_request(raw, header, per_job).is_err(),
+                "{raw:?} {header:?} {per_job}"
+            );
+        }
+    }
 
     #[test]
     fn queries_parse_or_say_what_is_wrong() {

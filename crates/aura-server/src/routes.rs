@@ -28,6 +28,10 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Tokens, `Host` and `Origin` allowlists, size limits (see `security`).
     pub security: Arc<SecurityConfig>,
+    /// Event streams open at once, all clients together; one more is refused (503).
+    pub max_event_streams: usize,
+    /// How often an idle event stream gets a comment line (`:`), keeping it and proxies alive.
+    pub stream_heartbeat: Duration,
 }
 
 impl ApiConfig {
@@ -37,6 +41,8 @@ impl ApiConfig {
             max_body_bytes: 2 * 1024 * 1024,
             max_wait: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
+            max_event_streams: 1024,
+            stream_heartbeat: Duration::from_secs(15),
             security: Arc::new(SecurityConfig {
                 tokens: Arc::new(tokens),
                 allowed_hosts: SecurityConfig::loopback_hosts(port),
@@ -54,6 +60,7 @@ impl ApiConfig {
 struct AppState {
     engine: EngineHandle,
     config: ApiConfig,
+    streams: Arc<crate::sse::Streams>,
 }
 
 /// Builds the API router with every check of `security` in front of it; tests call it without a socket.
@@ -75,10 +82,13 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/leases/{id}/renew", post(renew_lease))
         .route("/api/leases/{id}", axum::routing::delete(release_lease))
         .route("/api/jobs", post(submit).get(list))
+        .route("/api/jobs/batch", post(submit_batch))
         .route("/api/jobs/{id}", get(show))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/events", get(events))
+        .route("/api/jobs/{id}/events/stream", get(job_stream))
         .route("/api/events", get(engine_events))
+        .route("/api/events/stream", get(all_stream))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/wait", get(wait))
         .route_layer(security::SecurityLayer {
@@ -88,7 +98,14 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         // After every route: it is set on the routes there are. Routing adds the `Allow` header.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .with_state(Arc::new(AppState { engine, config }));
+        .with_state(Arc::new(AppState {
+            streams: Arc::new(crate::sse::Streams::new(
+                config.max_event_streams,
+                config.stream_heartbeat,
+            )),
+            engine,
+            config,
+        }));
     // Outermost last: the guard's checks run first, then CORS (a preflight from a configured origin is
     // answered there, before authentication: browsers send no credentials with it).
     let routes = match cors {
@@ -323,6 +340,21 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
         status: app.engine.status().await?,
         utilization: app.engine.utilization().await?,
         running,
+        streams: crate::prometheus::StreamCounts {
+            open: app.streams.open_now() as u64,
+            opened: app
+                .streams
+                .opened
+                .load(std::sync::atomic::Ordering::Relaxed),
+            lagged: app
+                .streams
+                .lagged
+                .load(std::sync::atomic::Ordering::Relaxed),
+            refused: app
+                .streams
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+        },
     };
     let body = crate::prometheus::render(inputs, format)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")))?;
@@ -375,6 +407,45 @@ async fn submit(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// `POST /api/jobs/batch` with `{"jobs": [ENTRY, ...]}`: the jobs of one piece of work, queued
+/// atomically (see `aura_model::batch`); answers `{"jobs": [JOB, ...]}` in the same order.
+async fn submit_batch(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    body: Body,
+) -> ApiResult<Response> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Batch {
+        jobs: Vec<serde_json::Value>,
+    }
+    let principal = caller(principal)?;
+    let batch: Batch = json_body(body, &app.config).await?;
+    let batch = aura_model::batch::parse(batch.jobs)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidSpec, e.to_string()))?;
+    let submitter = aura_engine::Submitter {
+        name: principal.name.clone(),
+        max_queued: principal.max_queued,
+    };
+    let jobs = app.engine.submit_batch(batch, Some(&submitter)).await?;
+    let jobs: Vec<JobView> = jobs
+        .into_iter()
+        .map(|job| {
+            let view = JobView {
+                job,
+                live: None,
+                waiting: None,
+            };
+            shown(view, &principal)
+        })
+        .collect();
+    let page = JobPage {
+        jobs,
+        next_after: None,
+    };
+    Ok((StatusCode::CREATED, Json(page)).into_response())
 }
 
 async fn list(
@@ -441,6 +512,46 @@ async fn events(
 
 /// Raw bytes of one stream from a logical offset; the offsets travel in headers so that the body is exactly
 /// what the job wrote.
+/// `Last-Event-ID`, where the client sent one (EventSource does on every reconnect).
+fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("Last-Event-ID is not text"))
+        })
+        .transpose()
+}
+
+/// `GET /api/events/stream`: every job's events and the engine's, with progress (see `sse`).
+async fn all_stream(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let request = query::stream_request(q.as_deref(), last_event_id(&headers)?, false)?;
+    crate::sse::open(&app.engine, &app.streams, crate::sse::Scope::All, request).await
+}
+
+/// `GET /api/jobs/{id}/events/stream`: one job's events from its first, with its progress; ends when the
+/// job has finished.
+async fn job_stream(
+    State(app): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
+    let id = job_id(id)?;
+    let request = query::stream_request(q.as_deref(), last_event_id(&headers)?, true)?;
+    crate::sse::open(
+        &app.engine,
+        &app.streams,
+        crate::sse::Scope::Job(id),
+        request,
+    )
+    .await
+}
+
 async fn logs(
     State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,

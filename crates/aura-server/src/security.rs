@@ -85,6 +85,8 @@ impl SecurityConfig {
                 "/api/jobs"
                 | "/api/jobs/{id}"
                 | "/api/jobs/{id}/events"
+                | "/api/jobs/{id}/events/stream"
+                | "/api/events/stream"
                 | "/api/jobs/{id}/logs"
                 | "/api/jobs/{id}/wait"
                 | "/api/events"
@@ -97,7 +99,9 @@ impl SecurityConfig {
                 | "/metrics"
                 | "/api/metrics/prometheus",
             ) => Some(Scope::Read),
-            ("POST", "/api/jobs" | "/api/jobs/{id}/cancel") => Some(Scope::Submit),
+            ("POST", "/api/jobs" | "/api/jobs/batch" | "/api/jobs/{id}/cancel") => {
+                Some(Scope::Submit)
+            }
             _ => Some(Scope::Admin),
         }
     }
@@ -508,6 +512,12 @@ mod tests {
         assert_eq!(
             c.needed(&post, "/api/jobs/{id}/cancel"),
             Some(Scope::Submit)
+        );
+        assert_eq!(c.needed(&post, "/api/jobs/batch"), Some(Scope::Submit));
+        assert_eq!(c.needed(&get, "/api/events/stream"), Some(Scope::Read));
+        assert_eq!(
+            c.needed(&get, "/api/jobs/{id}/events/stream"),
+            Some(Scope::Read)
         );
         assert_eq!(c.needed(&post, "/api/leases"), Some(Scope::Admin));
         assert_eq!(

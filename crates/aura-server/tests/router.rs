@@ -30,6 +30,7 @@ async fn engine(dir: &std::path::Path) -> aura_engine::EngineHandle {
             ..Default::default()
         },
         diagnostics: Default::default(),
+        media: Default::default(),
         host_interval: Duration::from_secs(5),
         host_history: 2,
         requeue_on_shutdown: false,

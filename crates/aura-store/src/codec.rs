@@ -28,7 +28,7 @@ pub(crate) struct StateRow {
 
 /// A new job's row: what never changes after submit (so it is encoded and written once), and its first
 /// state.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct JobRow {
     pub priority: i64,
     pub submitted_at_ms: i64,
@@ -48,7 +48,10 @@ pub(crate) struct EventRow {
     pub attempt: Option<i64>,
 }
 
-fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
+pub(crate) fn to_json<T: serde::Serialize>(
+    what: &'static str,
+    value: &T,
+) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|source| StoreError::Encode { what, source })
 }
 

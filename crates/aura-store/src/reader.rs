@@ -4,7 +4,9 @@
 use crate::codec::{decode_engine_event, decode_event, decode_job, parse_state_name, JOB_COLUMNS};
 use crate::error::{Context, StoreError};
 use crate::schema::open_connection;
-use aura_model::{EngineEventRecord, Job, JobEventRecord, JobId, StateName};
+use aura_model::{
+    CommittedEvent, EngineEventRecord, EventLog, Job, JobEventRecord, JobId, StateName,
+};
 use rusqlite::{params_from_iter, types::Value, Connection};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -144,6 +146,60 @@ pub(crate) fn events(conn: &Connection, id: JobId) -> Result<Vec<JobEventRecord>
         events.push(decode_event(row)?);
     }
     Ok(events)
+}
+
+/// Committed events after `after` (a sequence number) as live streams carry them, oldest first, at most
+/// `limit`: of one job, of every job (`EventLog::Job` with `None`), or of the engine.
+pub(crate) fn committed_after(
+    conn: &Connection,
+    log: Option<EventLog>,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<CommittedEvent>, StoreError> {
+    let what = "reading events to replay";
+    let limit = limit.min(MAX_LIST_LIMIT);
+    let mut out = Vec::new();
+    let mut push = |row: &rusqlite::Row<'_>, log: EventLog| -> rusqlite::Result<()> {
+        let attempt: Option<i64> = row.get(4)?;
+        let (kind, detail): (String, String) = (row.get(2)?, row.get(3)?);
+        out.push(CommittedEvent::encode(
+            log,
+            row.get(0)?,
+            row.get(1)?,
+            attempt,
+            &kind,
+            &detail,
+        ));
+        Ok(())
+    };
+    match log {
+        Some(EventLog::Engine) => {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, at_ms, kind, detail, NULL FROM engine_events WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .context(what)?;
+            let mut rows = stmt.query(rusqlite::params![after, limit]).context(what)?;
+            while let Some(row) = rows.next().context(what)? {
+                push(row, EventLog::Engine).context(what)?;
+            }
+        }
+        job => {
+            let only = match job {
+                Some(EventLog::Job(id)) => Some(id.0),
+                _ => None,
+            };
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, at_ms, kind, detail, attempt, job_id FROM job_events WHERE seq > ?1 AND (?2 IS NULL OR job_id = ?2) ORDER BY seq LIMIT ?3")
+                .context(what)?;
+            let mut rows = stmt
+                .query(rusqlite::params![after, only, limit])
+                .context(what)?;
+            while let Some(row) = rows.next().context(what)? {
+                let id = JobId(row.get(5).context(what)?);
+                push(row, EventLog::Job(id)).context(what)?;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Engine events after `after` (a sequence number), oldest first, at most `limit` (capped).

@@ -8,8 +8,8 @@ use crate::reserve::Reserve;
 use crate::schema::{migrate, open_connection};
 use crate::writer::{Command, Counters, Done, Overlay, Write, Writer};
 use aura_model::{
-    EngineEvent, EngineEventRecord, Job, JobEvent, JobEventRecord, JobId, JobSpec, MemoryRequest,
-    NewEvent, StateName, Timestamp,
+    CommittedEvent, EngineEvent, EngineEventRecord, EventLog, Job, JobEvent, JobEventRecord, JobId,
+    JobSpec, MemoryRequest, NewEvent, StateName, Timestamp,
 };
 use std::future::Future;
 use std::path::Path;
@@ -38,6 +38,8 @@ pub struct StoreOptions {
     /// Space set aside next to the database (`<db>-reserve`) and given up when its volume is full, so that
     /// state changes under way still commit; 0: none.
     pub reserve_bytes: u64,
+    /// Committed events kept for live subscribers (see `Store::subscribe`); one further behind lags.
+    pub event_buffer: usize,
 }
 
 /// How soon a queued write must be committed.
@@ -57,6 +59,7 @@ impl Default for StoreOptions {
             channel_capacity: 4096,
             group_window: Duration::from_millis(10),
             reserve_bytes: 0,
+            event_buffer: 4096,
         }
     }
 }
@@ -129,6 +132,7 @@ struct Inner {
     /// State changes kept while the volume refuses writes, shown to readers over what is stored.
     overlay: Overlay,
     closed: AtomicBool,
+    published: crate::writer::Published,
 }
 
 impl std::fmt::Debug for Store {
@@ -170,7 +174,9 @@ impl Store {
         let counters = Arc::new(Counters::default());
         let overlay = Overlay::default();
         let urgent = Arc::new(tokio::sync::Notify::new());
+        let (published, _) = tokio::sync::broadcast::channel(opts.event_buffer.max(1));
         let writer = Writer {
+            published: published.clone(),
             conn: write_conn,
             rx,
             max_batch: opts.max_batch.max(1),
@@ -198,6 +204,7 @@ impl Store {
                 counters,
                 overlay,
                 closed: AtomicBool::new(false),
+                published,
             }),
         })
     }
@@ -268,6 +275,59 @@ impl Store {
         .await?;
         job.id = answer.await.unwrap_or(Err(StoreError::Closed))?;
         Ok(job)
+    }
+
+    /// Stores several jobs in one transaction, all or none, each as `insert_job` does. An entry's `refs`
+    /// name earlier entries (indexes) whose ids are added to its `after` as they are assigned. Resolves
+    /// once committed, with the jobs as stored, in order.
+    pub async fn insert_batch(
+        &self,
+        entries: Vec<(JobSpec, Vec<usize>, Option<MemoryRequest>)>,
+        submitted_at: Timestamp,
+        submitted_by: Option<String>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut jobs = Vec::with_capacity(entries.len());
+        let mut rows = Vec::with_capacity(entries.len());
+        for (spec, refs, memory_request) in entries {
+            let job = Job {
+                memory_request,
+                submitted_by: submitted_by.clone(),
+                ..Job::new(JobId(0), spec, submitted_at)
+            };
+            let event = encode_event(&NewEvent {
+                at: submitted_at,
+                event: JobEvent::Submitted {
+                    program: job.spec.program.clone(),
+                    priority: job.spec.priority,
+                },
+                attempt: None,
+            })?;
+            rows.push(crate::writer::BatchRow {
+                job: encode_new(&job)?,
+                spec: job.spec.clone(),
+                refs: refs.clone(),
+                event,
+            });
+            jobs.push((job, refs));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Write(Box::new(Write::InsertBatch {
+            entries: rows,
+            reply,
+        })))
+        .await?;
+        let ids = answer.await.unwrap_or(Err(StoreError::Closed))?;
+        let mut stored: Vec<Job> = Vec::with_capacity(jobs.len());
+        for ((mut job, refs), id) in jobs.into_iter().zip(ids) {
+            job.id = id;
+            for earlier in refs {
+                if let Some(dep) = stored.get(earlier) {
+                    job.spec.after.push(dep.id);
+                }
+            }
+            stored.push(job);
+        }
+        Ok(stored)
     }
 
     /// Writes the job's row and appends `events` (stamped with `job.attempt`) atomically; resolves once
@@ -353,6 +413,42 @@ impl Store {
     ) -> Result<Vec<EngineEventRecord>, StoreError> {
         self.read(move |conn| reader::engine_events(conn, after, limit))
             .await
+    }
+
+    /// Every event committed from now on, in commit order. The buffer is shared and bounded
+    /// (`StoreOptions::event_buffer`): a receiver that falls that far behind gets `Lagged` and must
+    /// catch up from the log (`committed_after`) or give up. Costs the writer nothing while nobody
+    /// listens.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<CommittedEvent>> {
+        self.inner.published.subscribe()
+    }
+
+    /// Committed events after sequence number `after`, oldest first, at most `limit` (capped like a
+    /// list): of one job (`Some(EventLog::Job(id))`), of every job (`None`), or of the engine
+    /// (`Some(EventLog::Engine)`) — what a stream replays for a client that reconnects.
+    pub async fn committed_after(
+        &self,
+        log: Option<EventLog>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<CommittedEvent>, StoreError> {
+        self.read(move |conn| reader::committed_after(conn, log, after, limit))
+            .await
+    }
+
+    /// The newest sequence numbers of the job log and of the engine log (0 for an empty log): where a
+    /// stream that replays nothing starts.
+    pub async fn latest_seqs(&self) -> Result<(i64, i64), StoreError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT (SELECT COALESCE(MAX(seq), 0) FROM job_events), \
+                        (SELECT COALESCE(MAX(seq), 0) FROM engine_events)",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .context("reading the newest event numbers")
+        })
+        .await
     }
 
     async fn read<T: Send + 'static>(

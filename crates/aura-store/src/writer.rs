@@ -8,7 +8,7 @@ use crate::codec::{EventRow, JobRow, StateRow};
 use crate::error::{Context, StoreError};
 use crate::reserve::Reserve;
 use crate::Commit;
-use aura_model::JobId;
+use aura_model::{CommittedEvent, EventLog, JobId};
 use rusqlite::{params, params_from_iter, Connection, ToSql, TransactionBehavior};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,7 +35,7 @@ impl Command {
     pub(crate) fn urgent(&self) -> bool {
         match self {
             Command::Write(write) => match &**write {
-                Write::Insert { .. } => true,
+                Write::Insert { .. } | Write::InsertBatch { .. } => true,
                 Write::Record { commit, .. } => *commit == Commit::Now,
                 Write::Engine { .. } => false,
             },
@@ -49,6 +49,12 @@ pub(crate) enum Write {
         job: JobRow,
         event: EventRow,
         reply: Reply<JobId>,
+    },
+    /// Several jobs in one transaction (a batch); each may depend on earlier ones, whose ids are known
+    /// only as they are inserted. Answered with the first id: the rest follow it (checked).
+    InsertBatch {
+        entries: Vec<BatchRow>,
+        reply: Reply<Vec<JobId>>,
     },
     Record {
         id: JobId,
@@ -93,7 +99,13 @@ pub(crate) struct Writer {
     /// Writes a storage fault kept from being committed, in queue order.
     pub kept: Vec<Write>,
     pub overlay: Overlay,
+    /// Every committed event goes out here, in commit order, for live streams (encoded only while
+    /// someone listens).
+    pub published: Published,
 }
+
+/// The sender of committed events (see `Store::subscribe`).
+pub(crate) type Published = tokio::sync::broadcast::Sender<Arc<CommittedEvent>>;
 
 impl Writer {
     /// Runs until `Close` arrives or every sender is gone, then returns (dropping the connection, which
@@ -214,7 +226,7 @@ impl Writer {
                     self.counters.degraded.store(true, Ordering::Relaxed);
                 }
                 for write in left {
-                    if matches!(write, Write::Insert { .. }) || self.kept.len() >= MAX_KEPT {
+                    if write.is_insert() || self.kept.len() >= MAX_KEPT {
                         answers.push((write, Err(error.share().unwrap_or(StoreError::Closed))));
                     } else {
                         self.kept.push(write);
@@ -263,7 +275,7 @@ impl Writer {
         }
         let mut result = self.transaction(&writes);
         // The reserve pays for state changes under way, never for new submissions.
-        let under_way = writes.iter().any(|w| !matches!(w, Write::Insert { .. }));
+        let under_way = writes.iter().any(|w| !w.is_insert());
         if matches!(&result, Err(e) if e.is_storage()) && under_way && self.reserve.release() {
             result = self.transaction(&writes);
         }
@@ -322,15 +334,21 @@ impl Writer {
                 superseded[i] = !later.insert(*id);
             }
         }
+        // Encoded only while someone listens; sent only once committed.
+        let mut events = (self.published.receiver_count() > 0).then(Vec::new);
         // An error returns before the commit: dropping `tx` rolls back what was applied.
         let ids = writes
             .iter()
             .zip(superseded)
-            .map(|(write, superseded)| write.execute(&tx, superseded))
+            .map(|(write, superseded)| write.execute(&tx, superseded, &mut events))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StoreError::classify)?;
         tx.commit().map_err(failed)?;
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        for event in events.into_iter().flatten() {
+            // No receiver left: nobody to tell.
+            let _ = self.published.send(Arc::new(event));
+        }
         Ok(ids)
     }
 }
@@ -338,32 +356,50 @@ impl Writer {
 impl Write {
     /// Applies the write; `superseded`: a later write of the same transaction sets the job's row, so only
     /// this one's events are written.
-    fn execute(&self, conn: &Connection, superseded: bool) -> Result<JobId, StoreError> {
+    fn execute(
+        &self,
+        conn: &Connection,
+        superseded: bool,
+        events: &mut Option<Vec<CommittedEvent>>,
+    ) -> Result<JobId, StoreError> {
         match self {
-            Write::Insert { job, event, .. } => {
-                conn.prepare_cached(
-                    "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, submitted_by, state, updated_at_ms, \
-                     attempt, failures, outcome, state_data, memory_request, pressure_stops, interruptions) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                )
-                .and_then(|mut stmt| {
-                    let fixed: [&dyn ToSql; 5] = [
-                        &job.priority,
-                        &job.submitted_at_ms,
-                        &job.kind,
-                        &job.spec,
-                        &job.submitted_by,
-                    ];
-                    stmt.execute(params_from_iter(fixed.into_iter().chain(state_columns(&job.state))))
-                })
-                .context("inserting a job")?;
-                let id = JobId(conn.last_insert_rowid());
-                insert_event(conn, id, job.state.attempt, event)?;
-                Ok(id)
+            Write::Insert { job, event, .. } => insert_job(conn, job, event, events),
+            Write::InsertBatch { entries, .. } => {
+                let mut ids: Vec<JobId> = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let mut spec = entry.spec.clone();
+                    for &earlier in &entry.refs {
+                        let id = ids.get(earlier).copied().ok_or_else(|| {
+                            StoreError::Internal(format!(
+                                "a batch entry refers to entry {earlier}, which is not before it"
+                            ))
+                        })?;
+                        spec.after.push(id);
+                    }
+                    let mut row = entry.job.clone();
+                    row.spec = crate::codec::to_json("job spec", &spec)?;
+                    ids.push(insert_job(conn, &row, &entry.event, events)?);
+                }
+                // The answer is the first id; the others must follow it (one writer, one transaction).
+                let first = ids.first().copied().unwrap_or(JobId(0));
+                if ids
+                    .iter()
+                    .enumerate()
+                    .any(|(i, id)| id.0 != first.0 + i as i64)
+                {
+                    return Err(StoreError::Internal(
+                        "a batch's job ids are not consecutive".into(),
+                    ));
+                }
+                Ok(first)
             }
             Write::Record {
-                id, job, events, ..
+                id,
+                job,
+                events: appended,
+                ..
             } => {
+                let (events, published) = (appended, events);
                 if !superseded {
                     let changed = conn
                         .prepare_cached(
@@ -383,7 +419,7 @@ impl Write {
                     }
                 }
                 for event in events {
-                    insert_event(conn, *id, job.attempt, event)?;
+                    insert_event(conn, *id, job.attempt, event, published)?;
                 }
                 Ok(*id)
             }
@@ -393,13 +429,36 @@ impl Write {
                 )
                 .and_then(|mut stmt| stmt.execute(params![event.at_ms, event.kind, event.detail]))
                 .context("appending an engine event")?;
+                if let Some(events) = events {
+                    events.push(CommittedEvent::encode(
+                        EventLog::Engine,
+                        conn.last_insert_rowid(),
+                        event.at_ms,
+                        None,
+                        &event.kind,
+                        &event.detail,
+                    ));
+                }
                 Ok(JobId(0))
             }
         }
     }
 
+    /// An insert of new jobs: refused, not kept, while the volume refuses writes.
+    fn is_insert(&self) -> bool {
+        matches!(self, Write::Insert { .. } | Write::InsertBatch { .. })
+    }
+
     fn reply(self, result: Result<JobId, StoreError>) {
         match self {
+            Write::InsertBatch { reply, entries } => {
+                let ids = result.map(|first| {
+                    (0..entries.len())
+                        .map(|i| JobId(first.0 + i as i64))
+                        .collect()
+                });
+                let _ = reply.send(ids);
+            }
             // A caller that stopped waiting (dropped its future) does not care about the answer.
             Write::Insert { reply, .. } => {
                 let _ = reply.send(result);
@@ -409,11 +468,51 @@ impl Write {
     }
 }
 
+/// One entry of a `Write::InsertBatch`: its row (the spec column written at insert, with `refs`'
+/// ids added to its `after`), its spec, and its `Submitted` event.
+pub(crate) struct BatchRow {
+    pub job: JobRow,
+    pub spec: aura_model::JobSpec,
+    /// Earlier entries (indexes) it depends on.
+    pub refs: Vec<usize>,
+    pub event: EventRow,
+}
+
+fn insert_job(
+    conn: &Connection,
+    job: &JobRow,
+    event: &EventRow,
+    events: &mut Option<Vec<CommittedEvent>>,
+) -> Result<JobId, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, submitted_by, state, updated_at_ms, \
+         attempt, failures, outcome, state_data, memory_request, pressure_stops, interruptions) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )
+    .and_then(|mut stmt| {
+        let fixed: [&dyn ToSql; 5] = [
+            &job.priority,
+            &job.submitted_at_ms,
+            &job.kind,
+            &job.spec,
+            &job.submitted_by,
+        ];
+        stmt.execute(params_from_iter(
+            fixed.into_iter().chain(state_columns(&job.state)),
+        ))
+    })
+    .context("inserting a job")?;
+    let id = JobId(conn.last_insert_rowid());
+    insert_event(conn, id, job.state.attempt, event, events)?;
+    Ok(id)
+}
+
 fn insert_event(
     conn: &Connection,
     job: JobId,
     attempt: i64,
     event: &EventRow,
+    published: &mut Option<Vec<CommittedEvent>>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO job_events (job_id, at_ms, attempt, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -428,6 +527,16 @@ fn insert_event(
         ])
     })
     .context("appending a job event")?;
+    if let Some(published) = published {
+        published.push(CommittedEvent::encode(
+            EventLog::Job(job),
+            conn.last_insert_rowid(),
+            event.at_ms,
+            Some(event.attempt.unwrap_or(attempt)),
+            &event.kind,
+            &event.detail,
+        ));
+    }
     Ok(())
 }
 

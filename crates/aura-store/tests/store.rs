@@ -73,6 +73,21 @@ fn exited(code: i32, ms: i64) -> Event {
             memory_limit: Some(ByteSize(400 << 20)),
             oom_kills: 0,
             memory_limit_exceeded: false,
+            progress: Some(Box::new(aura_model::Progress {
+                source: Some(aura_model::ProgressSource::FfmpegPipe),
+                percent: Some(100.0),
+                fps: Some(24.97),
+                speed: Some(1.5),
+                eta_secs: Some(0.0),
+                out_time_secs: Some(10.0),
+                expected_secs: Some(10.0),
+                total_size: Some(1 << 20),
+                frame: Some(250),
+                bitrate_kbps: Some(838.9),
+                reports: 21,
+                done: true,
+                idle_secs: None,
+            })),
         },
         at: at(ms),
     }
@@ -994,4 +1009,152 @@ async fn a_full_volume_refuses_inserts_and_keeps_state_changes_until_space_retur
         .await
         .expect("insert once space returned");
     store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_events_are_published_in_order_and_replayed_from_the_log() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let early = store.insert_job(spec(0), at(0), None, None).await.unwrap();
+    let mut live = store.subscribe();
+    let mut job = store.insert_job(spec(1), at(1), None, None).await.unwrap();
+    job.apply(Event::Started { run: run_info(10) }).unwrap();
+    store
+        .record(&job, vec![event("began", 10), event("noted", 11)])
+        .await
+        .unwrap();
+    let (done, committed) = tokio::sync::oneshot::channel();
+    store
+        .record_engine_event(at(12), &engine_event("paused_for_a_test", 12), move |r| {
+            let _ = done.send(r);
+        })
+        .await
+        .unwrap();
+    committed.await.unwrap().unwrap();
+    // Live: exactly what was committed after the subscription, in commit order, decodable as records.
+    let mut published = Vec::new();
+    for _ in 0..4 {
+        published.push(live.recv().await.expect("a committed event"));
+    }
+    assert!(live.try_recv().is_err(), "nothing else");
+    let jobs: Vec<&aura_model::CommittedEvent> = published
+        .iter()
+        .map(|e| &**e)
+        .filter(|e| e.log == aura_model::EventLog::Job(job.id))
+        .collect();
+    let stored = store.events(job.id).await.unwrap();
+    assert_eq!(jobs.len(), stored.len());
+    for (published, stored) in jobs.iter().zip(&stored) {
+        assert_eq!(published.seq, stored.seq);
+        let (kind, detail) = stored.event.to_parts().unwrap();
+        assert_eq!(published.kind, kind);
+        let decoded: serde_json::Value = serde_json::from_str(&published.json).unwrap();
+        assert_eq!(
+            decoded,
+            json!({"seq": stored.seq, "job_id": job.id.0, "attempt": stored.attempt,
+                   "at": stored.at.to_string(), "kind": kind, "detail": detail})
+        );
+    }
+    // A kind this version knows decodes straight into the typed record.
+    let known = aura_model::CommittedEvent::encode(
+        aura_model::EventLog::Job(job.id),
+        9,
+        at(13).unix_millis(),
+        Some(1),
+        "stalled",
+        r#"{"reason":"no progress"}"#,
+    );
+    let record: aura_model::JobEventRecord = serde_json::from_str(&known.json).unwrap();
+    assert_eq!(
+        record.event,
+        JobEvent::Stalled {
+            reason: "no progress".into()
+        }
+    );
+    assert_eq!(
+        (record.seq, record.job_id, record.attempt, record.at),
+        (9, job.id, 1, at(13))
+    );
+    let engine = published
+        .iter()
+        .find(|e| e.log == aura_model::EventLog::Engine)
+        .expect("the engine event");
+    let decoded: serde_json::Value = serde_json::from_str(&engine.json).unwrap();
+    assert_eq!(decoded["kind"], "paused_for_a_test");
+    assert_eq!(
+        decoded["detail"],
+        detail_of(&engine_event("paused_for_a_test", 12))
+    );
+    assert!(decoded.get("job_id").is_none());
+    // Replay: the same encoding from the log, after any point, of one job, all jobs or the engine.
+    let all = store.committed_after(None, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 1 + stored.len());
+    assert_eq!(all[0].log, aura_model::EventLog::Job(early.id));
+    assert_eq!(
+        all[1..].iter().map(|e| &e.json).collect::<Vec<_>>(),
+        jobs.iter().map(|e| &e.json).collect::<Vec<_>>()
+    );
+    let after = store
+        .committed_after(Some(aura_model::EventLog::Job(job.id)), stored[0].seq, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        stored[1..].iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
+    let limited = store.committed_after(None, 0, 2).await.unwrap();
+    assert_eq!(limited.len(), 2);
+    let engine_log = store
+        .committed_after(Some(aura_model::EventLog::Engine), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(engine_log.len(), 1);
+    assert_eq!(engine_log[0].json, engine.json);
+    assert_eq!(
+        store.latest_seqs().await.unwrap(),
+        (stored.last().unwrap().seq, engine.seq)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_stored_whole_with_its_dependencies_or_not_at_all() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let before = store.insert_job(spec(0), at(0), None, None).await.unwrap();
+    let mut first = spec(1);
+    first.after = vec![before.id];
+    let entries = vec![
+        (first, vec![], None),
+        (spec(2), vec![0], None),
+        (spec(3), vec![0, 1], None),
+    ];
+    let jobs = store
+        .insert_batch(entries, at(5), Some("ci".into()))
+        .await
+        .unwrap();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, [JobId(2), JobId(3), JobId(4)]);
+    assert_eq!(jobs[1].spec.after, [ids[0]]);
+    assert_eq!(jobs[2].spec.after, [ids[0], ids[1]]);
+    for job in &jobs {
+        assert_eq!(store.get(job.id).await.unwrap().as_ref(), Some(job));
+        assert_eq!(job.submitted_by.as_deref(), Some("ci"));
+    }
+    assert_eq!(
+        store.get(jobs[0].id).await.unwrap().unwrap().spec.after,
+        [before.id]
+    );
+    // An entry that refers forward is refused whole: nothing of the batch is stored.
+    let bad = vec![(spec(4), vec![], None), (spec(5), vec![5], None)];
+    assert!(store.insert_batch(bad, at(6), None).await.is_err());
+    let all = store
+        .list(ListFilter {
+            states: vec![],
+            after: None,
+            limit: 100,
+            newest_first: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4, "the refused batch left nothing");
 }

@@ -418,8 +418,8 @@ struct Prepared {
     staged: StagedCgroups,
     baseline: Baseline,
     plan: SpawnPlan,
-    /// Read ends of the job's stdout and stderr.
-    pipes: [OwnedFd; 2],
+    /// Read ends of the job's stdout, stderr and (where it reports progress) progress pipe.
+    pipes: Vec<ReadEnd>,
     /// Our copies of the child's pipe write ends (kept until its main process exits, see `Reap`).
     stdio_ends: StdioEnds,
     /// This launch made the job's directory (`LaunchRequest::create_cwd`): if nothing starts, it goes.
@@ -558,7 +558,7 @@ impl Launcher {
             staged,
             baseline,
             plan,
-            pipes: [stdout, stderr],
+            pipes,
             stdio_ends,
             made_cwd: _,
             marker,
@@ -600,6 +600,10 @@ impl Launcher {
             known: Arc::default(),
             marker: Some(marker),
         };
+        let progress = req
+            .progress
+            .as_ref()
+            .map(|setup| Arc::new(crate::tree::JobProgress::new(setup, started)));
         let stats = Arc::new(TreeStats::new(
             tree,
             layout.has_cgroup_memory(),
@@ -607,16 +611,29 @@ impl Launcher {
             baseline,
             req.create_cwd.then(|| req.cwd.clone()),
             slot,
+            progress.clone(),
         ));
         stats.start_sample();
-        let captures = [
-            (stdout, aura_logs::Stream::Stdout),
-            (stderr, aura_logs::Stream::Stderr),
-        ]
+        // The progress pipe is parsed as it is captured, and so is stderr where it carries progress.
+        let tap_format = |stream| {
+            let setup = req.progress.as_ref()?;
+            match stream {
+                aura_logs::Stream::Progress => Some(setup.pipe_format()),
+                aura_logs::Stream::Stderr => setup.stderr_format(),
+                aura_logs::Stream::Stdout => None,
+            }
+        };
+        let captures = pipes
         .into_iter()
         .filter_map(|(fd, stream)| {
             match aura_logs::Capture::new(fd, &req.log_dir, stream, *log_cap) {
-                Ok(capture) => Some(capture.with_min_free(*log_min_free)),
+                Ok(capture) => {
+                    let capture = capture.with_min_free(*log_min_free);
+                    Some(match (&progress, tap_format(stream)) {
+                        (Some(progress), Some(format)) => capture.with_tap(progress.tap(format)),
+                        _ => capture,
+                    })
+                }
                 Err(e) => {
                     tracing::warn!(job_id = %req.job_id, error = %e, "cannot capture a job stream");
                     None
@@ -738,8 +755,12 @@ impl Drop for StagedCgroups {
     }
 }
 
+/// The daemon's end of one of a job's pipes, with the stream it carries.
+type ReadEnd = (OwnedFd, aura_logs::Stream);
+
 /// Builds the spawn plan (argv, environment, identity, limits, stdio pipes) before anything is started.
-/// Returns the plan, the read ends of stdout and stderr, and the child's ends to close after the spawn.
+/// Returns the plan, the read ends of stdout, stderr and the progress pipe (where the job reports
+/// progress), and the child's ends to close after the spawn.
 fn prepare(
     req: &LaunchRequest,
     launcher: &Launcher,
@@ -747,7 +768,7 @@ fn prepare(
     cwd: &std::path::Path,
     cgroup_procs: Vec<RawFd>,
     marker: &str,
-) -> std::io::Result<(SpawnPlan, [OwnedFd; 2], StdioEnds)> {
+) -> std::io::Result<(SpawnPlan, Vec<ReadEnd>, StdioEnds)> {
     use std::os::unix::ffi::OsStrExt;
     let cstring = |bytes: Vec<u8>| {
         CString::new(bytes).map_err(|_| {
@@ -794,6 +815,12 @@ fn prepare(
     let sandbox = &launcher.sandbox;
     let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let progress = match &req.progress {
+        Some(setup) if setup.has_pipe() => {
+            Some(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+        }
+        _ => None,
+    };
     let plan = SpawnPlan {
         path: cstring(program.as_os_str().as_bytes().to_vec())?,
         argv,
@@ -817,10 +844,19 @@ fn prepare(
         stdin: launcher.dev_null.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
+        progress: progress.as_ref().map(|(_, w)| w.as_raw_fd()),
         cgroup_procs,
         oom_score_adj: launcher.oom_score_adj.to_string().into_bytes(),
         nice: launcher.nice,
         parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
     };
-    Ok((plan, [out_r, err_r], StdioEnds::new(out_w, err_w)))
+    let mut pipes = vec![
+        (out_r, aura_logs::Stream::Stdout),
+        (err_r, aura_logs::Stream::Stderr),
+    ];
+    let progress_w = progress.map(|(r, w)| {
+        pipes.push((r, aura_logs::Stream::Progress));
+        w
+    });
+    Ok((plan, pipes, StdioEnds::new(out_w, err_w, progress_w)))
 }

@@ -33,6 +33,7 @@ mod cgroup;
 mod host;
 mod launcher;
 mod pool;
+mod probe;
 mod procfs;
 mod recover;
 mod sandbox;
@@ -55,7 +56,9 @@ pub use subreaper::MARKER_VAR;
 pub fn env_var(pid: i32, name: &str) -> Option<String> {
     procfs::env_var(pid, name)
 }
-pub use tree::{LimitEnforcer, MemoryViolation, RunningTree, UsageProbe};
+pub use tree::{
+    LimitEnforcer, MemoryViolation, ProgressSetup, RunningTree, UsageProbe, PROGRESS_FD,
+};
 
 use aura_model::{Backend, JobId, TreeHandle};
 use launcher::LauncherMsg;
@@ -381,6 +384,8 @@ pub struct LaunchRequest {
     /// Its place in line for a running slot (see [`Supervisor::limit_running`]); a clone lets the owner
     /// withdraw the launch while it waits.
     pub ticket: LaunchTicket,
+    /// How to read the job's progress; `None` for a job that reports none.
+    pub progress: Option<ProgressSetup>,
 }
 
 /// What a crash recovery did.
@@ -632,6 +637,19 @@ impl Supervisor {
     pub fn jobs_cpu_usec(&self) -> Option<u64> {
         let root = self.inner.layout.v2_root.as_deref()?;
         cgroup::cpu_usec(root).map(|(user, system)| user + system)
+    }
+
+    /// How long `input` (a path relative to `cwd`, or a URL) plays, as `ffprobe` reports it — run as the
+    /// jobs' account in `cwd` and killed after `timeout`. `None` when it cannot tell. Blocking: call from
+    /// a thread that may block.
+    pub fn probe_duration(
+        &self,
+        ffprobe: &str,
+        input: &str,
+        cwd: &Path,
+        timeout: Duration,
+    ) -> Option<Duration> {
+        probe::media_duration(&self.inner.cfg.sandbox, ffprobe, input, cwd, timeout)
     }
 
     /// At most `max` trees run at once from now on (`None`: no limit, the default): a launch beyond it

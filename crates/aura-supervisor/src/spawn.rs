@@ -42,6 +42,8 @@ pub(crate) struct SpawnPlan {
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
+    /// The write end of the progress pipe, made the job's fd 3 (`PROGRESS_FD`).
+    pub progress: Option<RawFd>,
     /// Open `cgroup.procs` files of the job's cgroups: writing "0" moves the writer in.
     pub cgroup_procs: Vec<RawFd>,
     pub oom_score_adj: Vec<u8>,
@@ -206,6 +208,19 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC as libc::c_uint,
         );
+        // After close_range: the progress pipe is the one fd above stderr the job keeps. dup2 clears
+        // close-on-exec on the copy; a pipe already at that number has it cleared directly.
+        if let Some(from) = plan.progress {
+            let to = crate::tree::PROGRESS_FD;
+            let kept = if from == to {
+                libc::fcntl(to, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(from, to) >= 0
+            };
+            if !kept {
+                fail(4);
+            }
+        }
         for (resource, limit) in &plan.rlimits {
             if libc::setrlimit(*resource, limit) != 0 {
                 fail(8);

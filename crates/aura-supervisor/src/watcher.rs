@@ -30,13 +30,15 @@ use std::time::{Duration, Instant};
 pub(crate) struct StdioEnds {
     _stdout: OwnedFd,
     _stderr: OwnedFd,
+    _progress: Option<OwnedFd>,
 }
 
 impl StdioEnds {
-    pub fn new(stdout: OwnedFd, stderr: OwnedFd) -> StdioEnds {
+    pub fn new(stdout: OwnedFd, stderr: OwnedFd, progress: Option<OwnedFd>) -> StdioEnds {
         StdioEnds {
             _stdout: stdout,
             _stderr: stderr,
+            _progress: progress,
         }
     }
 }

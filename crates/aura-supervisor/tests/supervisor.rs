@@ -121,6 +121,7 @@ fn request(job: i64, dir: &Path, program: &str, args: &[&str]) -> LaunchRequest 
         log_dir: dir.join(format!("logs-{job}")),
         memory_limit: None,
         ticket: LaunchTicket::new(),
+        progress: None,
     }
 }
 

@@ -1,11 +1,13 @@
 //! Command-line interface: argument parsing and the client commands, which talk to the daemon only through
 //! the HTTP API.
 
+use crate::render::{compact, describe_state, event_parts};
 use anyhow::{bail, Context};
 use aura::config::Config;
 use aura_client::{Client, JobView, ListQuery};
 use aura_model::{
-    ByteSize, ExitStatus, JobId, JobSpec, JobState, Outcome, RetryPolicy, StopSequence, Timestamp,
+    ByteSize, ExitStatus, JobId, JobSpec, JobState, ProgressMode, RetryPolicy, StopSequence,
+    Timestamp,
 };
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -56,8 +58,8 @@ enum Command {
         #[arg(long, hide = true)]
         token: Option<String>,
     },
-    /// Submit a job: `aura submit [OPTIONS] -- PROGRAM ARGS...`
-    Submit(SubmitArgs),
+    /// Submit a job: `aura submit [OPTIONS] -- PROGRAM ARGS...`, or a batch: `aura submit --from FILE`
+    Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     Jobs {
         /// Only jobs in these states (queued, running, stopping, finished); repeatable.
@@ -94,6 +96,15 @@ enum Command {
         /// Wait until the tree is gone and print the outcome.
         #[arg(long)]
         wait: bool,
+    },
+    /// Follow a job until it ends: its state changes and progress (a bar on a terminal, plain lines
+    /// otherwise), then its outcome and memory report; exits with the job's exit code.
+    Follow { id: i64 },
+    /// Wait until every given job has ended, printing each outcome; exits 0 when all succeeded, else with
+    /// the exit code of the first (in the order given) that did not.
+    Wait {
+        #[arg(required = true)]
+        ids: Vec<i64>,
     },
     /// A live view of running jobs, the host and admission (q to quit).
     Top,
@@ -180,15 +191,50 @@ struct SubmitArgs {
     /// Extra attempts after a failure.
     #[arg(long, default_value_t = 0)]
     retries: u32,
-    /// Print only the job id.
+    /// Start only after this job succeeded (repeatable); if it ends otherwise, this job ends with outcome
+    /// dependency_failed without starting.
+    #[arg(long = "after", value_name = "ID")]
+    after: Vec<i64>,
+    /// The media duration the job produces, e.g. 90s, for percent and ETA where Aura cannot learn it.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DUR")]
+    expected_duration: Option<Duration>,
+    /// Stop the job (outcome stalled) when its progress has not advanced for this long, e.g. 2m.
+    /// Default: the daemon's jobs.stall_after.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DUR")]
+    stall_after: Option<Duration>,
+    /// How Aura reads the job's progress: auto (FFmpeg's, by program name), ffmpeg, ffmpeg_stderr, aura
+    /// (lines `aura-progress 0.42`) or none.
+    #[arg(long, value_parser = parse_progress_mode, value_name = "MODE")]
+    progress: Option<ProgressMode>,
+    /// Submit the jobs of a JSON-lines file (`-`: stdin) as one batch, queued atomically: one job spec per
+    /// line, with an optional "name" and "after" naming job ids or earlier lines' names.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "command", "timeout", "memory", "memory_max", "cpu", "gpus", "disk", "providers", "labels",
+        "env", "secrets", "cwd", "stop", "retries", "after", "expected_duration", "stall_after",
+        "progress", "priority",
+    ])]
+    from: Option<PathBuf>,
+    /// Print only the job id (one per line for --from).
     #[arg(long, short)]
     quiet: bool,
-    /// Wait for the job, print its outcome and exit with its exit code.
+    /// Wait for the job, print its outcome and exit with its exit code (with --from: every job of the
+    /// batch, as `aura wait` does).
     #[arg(long)]
     wait: bool,
+    /// Follow the job as `aura follow` does: state changes and progress until it ends, then its outcome;
+    /// exits with its exit code (with --from: every job of the batch, as `aura wait` does).
+    #[arg(long)]
+    follow: bool,
     /// The program and its arguments (no shell: name one, e.g. `sh -c '…'`, if you need it).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_parser = clap::value_parser!(OsString))]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required_unless_present = "from", value_parser = clap::value_parser!(OsString))]
     command: Vec<OsString>,
+}
+
+/// A progress mode by its name, as the API spells it.
+fn parse_progress_mode(s: &str) -> Result<ProgressMode, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!("{s:?} is not a progress mode: auto, ffmpeg, ffmpeg_stderr, aura or none")
+    })
 }
 
 /// Cores as a positive, finite number. JSON has no NaN or infinity: serialised, they became `null`, and the
@@ -264,7 +310,7 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
     let client = client.clone();
     match args.command {
         Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
-        Command::Submit(submit) => submit_job(&client, submit).await,
+        Command::Submit(submit) => submit_job(&client, *submit).await,
         Command::Jobs { state, limit, json } => {
             let states = state
                 .iter()
@@ -318,6 +364,11 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
             let view = wait_for(&client, view.job.id).await?;
             println!("job {id}: {}", describe_state(&view));
             Ok(0)
+        }
+        Command::Follow { id } => crate::follow::follow(&client, JobId(id)).await,
+        Command::Wait { ids } => {
+            let ids: Vec<JobId> = ids.into_iter().map(JobId).collect();
+            crate::follow::wait_all(&client, &ids).await
         }
         Command::Top => {
             crate::top::run(&client).await?;
@@ -504,6 +555,9 @@ fn init_logging() {
 }
 
 async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
+    if let Some(path) = &args.from {
+        return submit_batch(client, path, &args).await;
+    }
     let mut argv = Vec::with_capacity(args.command.len());
     for (i, arg) in args.command.into_iter().enumerate() {
         match arg.into_string() {
@@ -550,12 +604,21 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
         max_retries: args.retries,
         ..RetryPolicy::default()
     };
+    spec.after = args.after.iter().copied().map(JobId).collect();
+    spec.expected_duration = args.expected_duration;
+    spec.stall_after = args.stall_after;
+    if let Some(mode) = args.progress {
+        spec.progress = mode;
+    }
     let view = client.submit(&spec).await?;
     let id = view.job.id;
     if args.quiet {
         println!("{id}");
     } else {
         println!("submitted job {id}");
+    }
+    if args.follow {
+        return crate::follow::follow(client, id).await;
     }
     if !args.wait {
         return Ok(0);
@@ -564,8 +627,65 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
     if !args.quiet {
         eprintln!("job {id}: {}", describe_state(&view));
     }
-    let code = view.job.outcome().map_or(1, Outcome::cli_exit_code);
-    Ok(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+    Ok(crate::follow::exit_code(&view))
+}
+
+/// The most a `--from` file may hold: a batch is at most 1,000 jobs, each far below this on average.
+const MAX_BATCH_FILE: u64 = 16 * 1024 * 1024;
+
+/// `aura submit --from FILE`: checks every line locally (so a mistake is reported with its line and
+/// nothing is sent), then submits them as one batch.
+async fn submit_batch(
+    client: &Client,
+    path: &std::path::Path,
+    args: &SubmitArgs,
+) -> anyhow::Result<u8> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let what = if path.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX_BATCH_FILE + 1)
+            .read_to_end(&mut bytes)
+            .context("cannot read the jobs from stdin")?;
+        "stdin".to_owned()
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_BATCH_FILE + 1).read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        path.display().to_string()
+    };
+    if bytes.len() as u64 > MAX_BATCH_FILE {
+        bail!(
+            "{what} is larger than {} MiB: no batch is that large",
+            MAX_BATCH_FILE >> 20
+        );
+    }
+    let text = String::from_utf8(bytes).with_context(|| format!("{what} is not UTF-8 text"))?;
+    let entries = aura_model::batch::jsonl_entries(&text).with_context(|| what.clone())?;
+    let checked = aura_model::batch::parse(entries.clone()).with_context(|| what.clone())?;
+    let jobs = client.submit_batch(entries).await?;
+    if args.quiet {
+        for job in &jobs {
+            println!("{}", job.id);
+        }
+    } else {
+        println!("submitted {} jobs", jobs.len());
+        println!("{:>6}  {:<16}  COMMAND", "ID", "NAME");
+        for (job, entry) in jobs.iter().zip(&checked) {
+            let mut command = job.spec.command_line();
+            if command.chars().count() > 60 {
+                command = command.chars().take(59).collect::<String>() + "…";
+            }
+            let name = entry.name.as_deref().unwrap_or("-");
+            println!("{:>6}  {name:<16}  {command}", job.id.0);
+        }
+    }
+    if args.wait || args.follow {
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        return crate::follow::wait_all(client, &ids).await;
+    }
+    Ok(0)
 }
 
 async fn wait_for(client: &Client, id: JobId) -> anyhow::Result<JobView> {
@@ -626,29 +746,6 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn describe_state(view: &JobView) -> String {
-    match &view.job.state {
-        JobState::Queued { .. } => "queued".into(),
-        JobState::Running { .. } => "running".into(),
-        JobState::Stopping { reason, .. } => format!("stopping ({reason:?})").to_lowercase(),
-        JobState::Finished(f) => match (&f.outcome, f.exit) {
-            (Outcome::Failed { exit_code }, _) => format!("failed (exit {exit_code})"),
-            (Outcome::Killed { signal }, _) => format!("killed (signal {signal})"),
-            (Outcome::FailedToStart { error }, _) => format!("failed to start: {error}"),
-            (Outcome::Interrupted { reason }, _) => format!("interrupted: {reason}"),
-            (Outcome::Quarantined { reason, .. }, _) => format!("quarantined: {reason}"),
-            (Outcome::StorageExhausted { error }, _) => {
-                format!("storage exhausted (no room to start): {error}")
-            }
-            (o, Some(ExitStatus::Code(c))) if !o.is_success() => format!("{} (exit {c})", o.name()),
-            (o, Some(ExitStatus::Signal(s))) if !o.is_success() => {
-                format!("{} (signal {s})", o.name())
-            }
-            (o, _) => o.name().to_owned(),
-        },
-    }
-}
-
 fn short_time(t: Timestamp) -> String {
     let text = t.to_string();
     // 2026-11-22T15:40:01.123Z → 2026-11-22 15:40:01
@@ -669,7 +766,7 @@ fn duration_of(view: &JobView) -> Option<Duration> {
 fn peak_memory(view: &JobView) -> Option<ByteSize> {
     match &view.job.state {
         JobState::Finished(f) => f.accounting.memory_peak,
-        _ => view.live.and_then(|l| l.memory_peak).map(ByteSize),
+        _ => view.live.as_ref().and_then(|l| l.memory_peak).map(ByteSize),
     }
 }
 
@@ -804,7 +901,7 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
             if let Some(waiting) = &view.waiting {
                 println!("  Waiting:    {waiting}");
             }
-            if let Some(live) = view.live {
+            if let Some(live) = &view.live {
                 let mb = |b: Option<u64>| {
                     b.map_or("?".into(), |b| format!("{:.1}MB", ByteSize(b).mib()))
                 };
@@ -883,72 +980,9 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
     }
 }
 
-/// An event's kind and detail as the log line shows them.
-fn event_parts(event: &impl aura_model::LoggedEvent) -> (String, serde_json::Value) {
-    event
-        .to_parts()
-        .unwrap_or_else(|e| ("?".to_owned(), serde_json::Value::String(e.to_string())))
-}
-
-fn compact(detail: &serde_json::Value) -> String {
-    match detail {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::Object(map) => map
-            .iter()
-            .filter(|(k, _)| *k != "accounting")
-            .map(|(k, v)| format!("{k}={}", shown(v)))
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => shown(other),
-    }
-}
-
-/// A detail value for people: strings bare, readings rounded (`0.8` for a share read as
-/// 0.80000000000000004), nested objects and lists compact.
-fn shown(value: &serde_json::Value) -> String {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) if n.is_f64() => n.as_f64().map_or(n.to_string(), |f| {
-            let text = format!("{f:.3}");
-            text.trim_end_matches('0').trim_end_matches('.').to_owned()
-        }),
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(shown).collect::<Vec<_>>().join(",")
-        ),
-        Value::Object(map) => format!(
-            "{{{}}}",
-            map.iter()
-                .map(|(k, v)| format!("{k}:{}", shown(v)))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn event_details_show_readings_rounded_and_strings_bare() {
-        let detail = serde_json::json!({
-            "reason": "available memory 4.0 GiB",
-            "available_memory": 0.1 + 0.07,
-            "psi": 12.345678,
-            "reading": {"outside_cpu": 0.5, "cores": 2},
-            "kills": 3,
-            "accounting": {"hidden": true}
-        });
-        assert_eq!(
-            compact(&detail),
-            "available_memory=0.17 kills=3 psi=12.346 reading={cores:2,outside_cpu:0.5} \
-             reason=available memory 4.0 GiB"
-        );
-        assert_eq!(compact(&serde_json::json!(1.0)), "1");
-    }
 
     #[test]
     fn serve_help_lists_no_client_option() {
@@ -977,6 +1011,65 @@ mod tests {
             Command::Submit(submit) => Ok(submit.cpu),
             other => Err(format!("parsed as {other:?}")),
         }
+    }
+
+    #[test]
+    fn submit_takes_dependencies_progress_options_or_a_batch_file() {
+        let args = Args::try_parse_from([
+            "aura",
+            "submit",
+            "--after",
+            "3",
+            "--after",
+            "4",
+            "--progress",
+            "ffmpeg_stderr",
+            "--expected-duration",
+            "90s",
+            "--stall-after",
+            "2m",
+            "--follow",
+            "--",
+            "ffmpeg",
+            "-i",
+            "x",
+        ])
+        .expect("parses");
+        let Command::Submit(submit) = args.command else {
+            panic!("not submit")
+        };
+        assert_eq!(submit.after, [3, 4]);
+        assert_eq!(submit.progress, Some(ProgressMode::FfmpegStderr));
+        assert_eq!(submit.expected_duration, Some(Duration::from_secs(90)));
+        assert_eq!(submit.stall_after, Some(Duration::from_secs(120)));
+        assert!(submit.follow);
+
+        let err = Args::try_parse_from(["aura", "submit", "--progress", "fast", "--", "x"])
+            .expect_err("no such mode")
+            .to_string();
+        assert!(
+            err.contains("auto, ffmpeg, ffmpeg_stderr, aura or none"),
+            "{err}"
+        );
+
+        let args =
+            Args::try_parse_from(["aura", "submit", "--from", "-", "--quiet"]).expect("parses");
+        assert!(
+            matches!(args.command, Command::Submit(s) if s.from.is_some() && s.command.is_empty())
+        );
+        for extra in [&["--", "true"][..], &["--priority", "3"], &["--after", "1"]] {
+            let mut argv = vec!["aura", "submit", "--from", "jobs.jsonl"];
+            argv.extend(extra);
+            assert!(Args::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
+        assert!(
+            Args::try_parse_from(["aura", "submit"]).is_err(),
+            "a program or --from"
+        );
+        assert!(
+            Args::try_parse_from(["aura", "wait"]).is_err(),
+            "at least one id"
+        );
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct Config {
     pub api: ApiSection,
     /// `[jobs]`: the account, limits, environment, programs and directories of jobs.
     pub jobs: JobsSection,
+    /// `[media]`: media jobs. A job reporting progress (FFmpeg, the generic protocol) that has not
+    /// advanced for `stall_after` = 2m ends `stalled` (a spec's `stall_after` wins); `ffprobe` =
+    /// "ffprobe" measures FFmpeg inputs whose duration the arguments do not tell (empty: never), each
+    /// run killed after `probe_timeout` = 10s; event streams get running jobs' progress every
+    /// `progress_interval` = 1s.
+    pub media: aura_engine::MediaConfig,
 }
 
 /// The host sampler behind `/api/metrics/system`.
@@ -251,6 +257,14 @@ pub struct ApiSection {
     /// Connections open at once; at the cap the oldest idle one is closed, and only when every one is
     /// busy is a new one refused (503). Lowered to fit the daemon's open-file limit. Default: 2048.
     pub max_connections: usize,
+    /// Event streams (`/api/events/stream`, `/api/jobs/{id}/events/stream`) open at once, all clients
+    /// together; one more is refused (503 `too_many_subscribers`). Each also holds a connection.
+    /// Default: 1024.
+    pub max_event_streams: usize,
+    /// How often an idle event stream gets a heartbeat (a comment line), which also finds clients that
+    /// are gone. Default: 15s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub stream_heartbeat: Duration,
     /// How long a client may take to send a request's headers (also closes idle kept-alive
     /// connections). Default: 30s (a flood of idle connections meets the cap first, which closes the
     /// oldest idle ones).
@@ -345,6 +359,7 @@ impl Default for Config {
             diagnostics: aura_engine::DiagnosticsConfig::default(),
             api: ApiSection::default(),
             jobs: JobsSection::default(),
+            media: aura_engine::MediaConfig::default(),
         }
     }
 }
@@ -378,6 +393,8 @@ impl Default for ApiSection {
             allowed_origins: Vec::new(),
             public_metrics: api.security.public_metrics,
             max_connections: listener.max_connections,
+            max_event_streams: api.max_event_streams,
+            stream_heartbeat: api.stream_heartbeat,
             header_timeout: listener.header_timeout,
             request_timeout: api.request_timeout,
             max_header_bytes: ByteSize(api.security.max_header_bytes as u64),
@@ -487,6 +504,9 @@ impl Config {
         if api.tokens.iter().any(|t| t.name == LOCAL_TOKEN_NAME) {
             anyhow::bail!("invalid configuration: the token name {LOCAL_TOKEN_NAME:?} is the data dir's own token's; choose another");
         }
+        if api.max_event_streams == 0 || api.stream_heartbeat.is_zero() {
+            anyhow::bail!("invalid configuration: api.max_event_streams and api.stream_heartbeat must be greater than zero");
+        }
         if api.max_connections == 0 {
             anyhow::bail!("invalid configuration: api.max_connections must be at least 1");
         }
@@ -538,7 +558,23 @@ impl Config {
             ("guards.cpu_window", g.cpu_window),
             ("guards.critical_sustain", g.critical_sustain),
             ("guards.victim_cooldown", g.victim_cooldown),
+            ("media.probe_timeout", self.media.probe_timeout),
+            ("media.progress_interval", self.media.progress_interval),
+            ("api.stream_heartbeat", self.api.stream_heartbeat),
         ];
+        let media = &self.media;
+        for (name, d) in [
+            ("media.stall_after", media.stall_after),
+            ("media.probe_timeout", media.probe_timeout),
+            ("media.progress_interval", media.progress_interval),
+        ] {
+            if d.is_zero() {
+                anyhow::bail!("invalid configuration: {name} must be greater than zero");
+            }
+        }
+        if media.stall_after > Duration::from_secs(aura_model::limits::MAX_TIMEOUT_SECS) {
+            anyhow::bail!("invalid configuration: media.stall_after must be at most 30 days");
+        }
         match named.iter().find(|(_, d)| *d > MAX_SETTING_DURATION) {
             Some((name, _)) => anyhow::bail!("invalid configuration: {name} must be at most 24h"),
             None => Ok(()),

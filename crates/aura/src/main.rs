@@ -1,6 +1,8 @@
 //! `aura`: the daemon (`aura serve`) and the CLI that talks to it over the HTTP API.
 
 mod cli;
+mod follow;
+mod render;
 mod serve;
 mod top;
 

@@ -368,6 +368,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         quarantine_after: config.quarantine_after,
         store_reserve: config.database_reserve.bytes(),
         foreign_trees: instance.copied,
+        media: config.media.clone(),
         supervisor,
         secrets,
     })
@@ -507,6 +508,8 @@ fn api_config(
     let mut out = aura_server::ApiConfig::new(address.port(), tokens);
     out.max_body_bytes = usize::try_from(api.max_body.bytes()).unwrap_or(usize::MAX);
     out.request_timeout = api.request_timeout;
+    out.max_event_streams = api.max_event_streams;
+    out.stream_heartbeat = api.stream_heartbeat;
     let security = std::sync::Arc::make_mut(&mut out.security);
     security.allowed_hosts = hosts;
     security.allowed_origins = api

@@ -1,14 +1,16 @@
 //! `aura top`: a live terminal view of the engine, like htop for jobs — running jobs with memory, CPU and
-//! processes; host CPU, memory, PSI and GPUs; admission — refreshed every second from the HTTP API.
+//! processes and, for jobs that report it, progress (percent, fps, speed, ETA); host CPU, memory, PSI and
+//! GPUs; admission — refreshed every second from the HTTP API.
 
+use crate::render::progress_cell;
 use aura_client::{Client, JobView, ListQuery};
 use aura_model::host::HostSnapshot;
 use aura_model::{ByteSize, Utilization};
 use crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
-use ratatui::text::Line;
-use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
+use ratatui::text::{Line, Text};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table};
 use ratatui::Frame;
 use std::time::Duration;
 
@@ -137,21 +139,30 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
     );
 
     let rows = state.running.iter().map(|v| {
-        let live = v.live.unwrap_or_default();
+        let live = v.live.clone().unwrap_or_default();
         let command = v.job.spec.command_line();
         let cpu = live
             .cpu_user_secs
             .zip(live.cpu_system_secs)
             .map_or("-".to_owned(), |(a, b)| format!("{:.1}s", a + b));
+        // A job that reports progress gets a second line under its command: the command column is the
+        // only one wide enough for percent, fps, speed and ETA on an 80-column terminal.
+        let progress = live.progress.as_ref().map(progress_cell);
+        let height = if progress.is_some() { 2 } else { 1 };
+        let command_cell = match progress {
+            Some(progress) => Text::from(vec![Line::from(command), Line::from(progress)]),
+            None => Text::from(command),
+        };
         Row::new(vec![
-            v.job.id.to_string(),
-            v.job.state.name().as_str().to_owned(),
-            bytes(live.memory_current),
-            bytes(live.memory_peak),
-            cpu,
-            live.processes.to_string(),
-            command,
+            Cell::from(v.job.id.to_string()),
+            Cell::from(v.job.state.name().as_str().to_owned()),
+            Cell::from(bytes(live.memory_current)),
+            Cell::from(bytes(live.memory_peak)),
+            Cell::from(cpu),
+            Cell::from(live.processes.to_string()),
+            Cell::from(command_cell),
         ])
+        .height(height)
     });
     let widths = [
         Constraint::Length(6),
@@ -164,8 +175,16 @@ pub fn draw(frame: &mut Frame, state: &TopState) {
     ];
     let table = Table::new(rows, widths)
         .header(
-            Row::new(vec!["ID", "STATE", "MEM", "PEAK", "CPU", "PROC", "COMMAND"])
-                .style(Style::default().add_modifier(Modifier::BOLD)),
+            Row::new(vec![
+                "ID",
+                "STATE",
+                "MEM",
+                "PEAK",
+                "CPU",
+                "PROC",
+                "COMMAND / PROGRESS",
+            ])
+            .style(Style::default().add_modifier(Modifier::BOLD)),
         )
         .block(
             Block::default()
@@ -234,7 +253,9 @@ mod tests {
             "run": {"started_at": "2026-11-22T10:00:01Z", "cwd": "/tmp",
                     "tree": {"backend": "hybrid", "pid": 7, "start_ticks": 1, "cgroups": []}},
             "live": {"memory_current": 314572800, "memory_peak": 419430400, "memory_source": "cgroup_peak",
-                     "cpu_user_secs": 3.0, "cpu_system_secs": 0.5, "processes": 2, "peak_processes": 2}
+                     "cpu_user_secs": 3.0, "cpu_system_secs": 0.5, "processes": 2, "peak_processes": 2,
+                     "progress": {"source": "ffmpeg_pipe", "percent": 42.4, "fps": 81.2, "speed": 2.94,
+                                  "eta_secs": 65.0, "reports": 12}}
         }))
         .expect("a job view");
         let host: HostSnapshot = serde_json::from_value(serde_json::json!({
@@ -274,6 +295,7 @@ mod tests {
             "ffmpeg -i in.mov",
             "300.0 MiB",
             "3.5s",
+            "42% 81fps 2.9x eta 1m05s",
             "q: quit",
         ] {
             assert!(

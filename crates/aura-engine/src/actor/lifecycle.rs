@@ -18,6 +18,10 @@ impl Actor {
             spec.env
                 .insert("CUDA_VISIBLE_DEVICES".into(), devices.join(","));
         }
+        let media = crate::media::plan(&spec);
+        if let Some((k, v)) = media.env {
+            spec.env.insert(k, v);
+        }
         let id = job.id;
         let (stop_tx, stop_rx) = watch::channel(None);
         let (kill_tx, kill_rx) = watch::channel(false);
@@ -33,7 +37,7 @@ impl Actor {
             job_id: id,
             attempt: job.attempt,
             program: spec.program.clone(),
-            args: spec.args.clone(),
+            args: media.args,
             env: spec.env.clone(),
             // Resolved only here, into the launch: submit checked that each exists.
             secrets: spec
@@ -53,6 +57,7 @@ impl Actor {
             log_dir: self.shared.log_dir(id, job.attempt),
             memory_limit: spec.memory_limit().map(|l| l.bytes()),
             ticket: ticket.clone(),
+            progress: media.progress,
         });
         let monitor = Monitor {
             id,
@@ -63,6 +68,7 @@ impl Actor {
             kill: kill_rx,
             reserved_memory: request.memory_bytes,
             kind: job.spec.kind().map(str::to_owned),
+            probe_inputs: media.probe_inputs,
             actor: self.tx.clone(),
         };
         let handle = self.monitors.spawn(monitor.run(Box::pin(launching)));
@@ -163,6 +169,7 @@ impl Actor {
         let never_started = self
             .dequeue(id)
             .map(|(job, _)| job)
+            .or_else(|| self.leave_waiting(id))
             .or_else(|| self.withdraw(id).map(|standby| standby.job));
         if let Some(mut job) = never_started {
             if job
@@ -185,6 +192,8 @@ impl Actor {
                 }),
             ];
             self.persist_final(&job, events).await;
+            self.ended_chain(id, false, Outcome::Cancelled.name().to_owned())
+                .await;
             return CancelReply::Done(Box::new(job));
         }
         if self.active.contains_key(&id) {
@@ -270,6 +279,12 @@ impl Actor {
             }
         } else {
             self.persist_final(&job, events).await;
+            self.ended_chain(
+                id,
+                outcome.as_ref().is_some_and(Outcome::is_success),
+                outcome.as_ref().map_or("unknown", Outcome::name).to_owned(),
+            )
+            .await;
         }
         self.dispatch().await;
     }

@@ -6,6 +6,7 @@
 
 mod lifecycle;
 mod memory;
+mod pipeline;
 mod recovery;
 
 use crate::lease::Leases;
@@ -60,6 +61,12 @@ struct Actor {
     /// The queue in start order, with each job's admission request.
     queue: BTreeMap<QueueKey, Request>,
     queued: HashMap<JobId, Job>,
+    /// Jobs waiting for their dependencies (`after`), outside the queue.
+    waiting: HashMap<JobId, Job>,
+    /// For each unfinished dependency, the waiting jobs that need it.
+    dependants: HashMap<JobId, Vec<JobId>>,
+    /// How the jobs that ended lately ended (see `pipeline`).
+    recent: pipeline::Recent,
     /// Set when a per-minute limit holds jobs back: the moment a start frees up in its window.
     rate_wakeup: Option<Pin<Box<tokio::time::Sleep>>>,
     leases: Leases,
@@ -91,6 +98,9 @@ pub(crate) async fn spawn(
         tx: tx.clone(),
         queue: BTreeMap::new(),
         queued: HashMap::new(),
+        waiting: HashMap::new(),
+        dependants: HashMap::new(),
+        recent: pipeline::Recent::default(),
         rate_wakeup: None,
         leases: Leases::new(),
         lease_wakeup: None,
@@ -109,7 +119,15 @@ pub(crate) async fn spawn(
         None
     };
     let task = tokio::spawn(actor.run());
-    Ok(EngineHandle::new(tx, shared, task, guards))
+    let (stop_feed, stop) = watch::channel(false);
+    let feed = tokio::spawn(crate::streams::progress_feed(shared.clone(), stop));
+    Ok(EngineHandle::new(
+        tx,
+        shared,
+        task,
+        guards,
+        (stop_feed, feed),
+    ))
 }
 
 impl Actor {
@@ -151,14 +169,20 @@ impl Actor {
             Command::Enqueue(job) => {
                 // The submit's place becomes the queued job in one step: the caps count it once.
                 let (shared, submitter) = (self.shared.clone(), job.submitted_by.clone());
+                let mut parked = None;
                 let queued = shared.enter_reserved(submitter.as_deref(), || {
                     let accepting = self.shared.accepting.load(Ordering::SeqCst);
-                    if accepting {
+                    if accepting && job.spec.after.is_empty() {
                         self.enqueue(*job);
+                    } else if accepting {
+                        parked = Some(job.id);
+                        self.park(*job);
                     }
                     accepting
                 });
-                if queued {
+                if let Some(id) = parked {
+                    self.resolve_dependencies(id).await;
+                } else if queued {
                     self.dispatch().await;
                 }
             }
@@ -188,6 +212,11 @@ impl Actor {
             }
             Command::TimedOut { id } => {
                 self.request_stop(id, StopReason::TimedOut).await;
+            }
+            Command::Stalled { id, reason } => {
+                let logged = vec![NewEvent::new(JobEvent::Stalled { reason })];
+                self.persist_active(id, logged, Commit::Soon).await;
+                self.request_stop(id, StopReason::Stalled).await;
             }
             Command::MemoryViolation { id, violation } => {
                 self.memory_violation(id, violation).await
@@ -344,9 +373,10 @@ impl Actor {
             .values()
             .filter(|a| matches!(a.job.state, JobState::Queued { .. }))
             .count();
-        self.shared
-            .queued_count
-            .store(self.queued.len() + standby, Ordering::Relaxed);
+        self.shared.queued_count.store(
+            self.queued.len() + self.waiting.len() + standby,
+            Ordering::Relaxed,
+        );
         self.shared
             .running_count
             .store(self.active.len() - standby, Ordering::Relaxed);

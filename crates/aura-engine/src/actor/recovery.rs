@@ -78,8 +78,12 @@ impl Actor {
                 tracing::warn!(job_id = %job.id, requeued = matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
                 self.shared.store.record(&job, events).await?;
             }
-            if matches!(job.state, JobState::Queued { .. }) {
+            if matches!(job.state, JobState::Queued { .. }) && job.spec.after.is_empty() {
                 self.enqueue(job);
+            } else if matches!(job.state, JobState::Queued { .. }) {
+                let id = job.id;
+                self.park(job);
+                self.resolve_dependencies(id).await;
             }
         }
         Ok(())

@@ -5,10 +5,13 @@
 //! (`running`).
 
 mod members;
+mod progress;
 mod running;
 mod stats;
 
 pub(crate) use members::TreeRef;
+pub(crate) use progress::JobProgress;
+pub use progress::{ProgressSetup, PROGRESS_FD};
 pub use running::{RunningTree, UsageProbe};
 pub(crate) use stats::{kill_main, try_wait4, Ending, Reaped, Settling, TreeStats};
 pub use stats::{LimitEnforcer, MemoryViolation};

@@ -5,7 +5,7 @@ use super::members::TreeRef;
 use super::stats::{daemon_max_rss_bytes, kill_main, MemoryViolation, Reaped, TreeStats};
 use crate::{Inner, LiveUsage};
 use aura_model::{
-    Accounting, ByteSize, ExitStatus, MemorySource, StopSequence, StopSignal, TreeHandle,
+    Accounting, ByteSize, ExitStatus, MemorySource, Progress, StopSequence, StopSignal, TreeHandle,
 };
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -27,6 +27,30 @@ impl UsageProbe {
     /// Cancel-safe.
     pub async fn memory_violation(&self) -> MemoryViolation {
         self.0.violation().await
+    }
+
+    /// The tree's progress now; `None` for a tree that does not report progress.
+    pub fn progress(&self) -> Option<aura_model::Progress> {
+        self.0.progress.as_ref().map(|p| p.snapshot())
+    }
+
+    /// Whether the tree reports progress (FFmpeg, the generic protocol).
+    pub fn reports_progress(&self) -> bool {
+        self.0.progress.is_some()
+    }
+
+    /// The media duration the job is expected to produce, learned after its start (its percent and ETA
+    /// follow from it); nothing for a tree that does not report progress.
+    pub fn set_expected(&self, expected: std::time::Duration) {
+        if let Some(p) = &self.0.progress {
+            p.set_expected(expected);
+        }
+    }
+
+    /// Why the tree counts as stalled — no progress for `window`, or too slow that long — if it does.
+    /// Never for a tree that does not report progress.
+    pub fn stalled(&self, window: std::time::Duration) -> Option<String> {
+        self.0.progress.as_ref()?.stalled(window)
     }
 }
 
@@ -215,6 +239,13 @@ impl RunningTree {
             peak_processes: Some(live.peak_processes.max(1)),
             log_truncated_bytes: truncated,
             log_dropped_bytes: dropped,
+            // How long it sat idle says nothing once it is over.
+            progress: live.progress.map(|p| {
+                Box::new(Progress {
+                    idle_secs: None,
+                    ..p
+                })
+            }),
         }
     }
 }

@@ -92,6 +92,8 @@ pub(crate) struct TreeStats {
     /// The job's stdout/stderr captures (on the watcher thread): how many are still open, and the bytes
     /// the finished ones dropped to stay under the cap.
     logs: Mutex<LogsState>,
+    /// The job's progress, for a job that reports it (fed by its captures' taps).
+    pub progress: Option<Arc<super::JobProgress>>,
 }
 
 #[derive(Debug, Default)]
@@ -155,8 +157,10 @@ impl TreeStats {
         base: Baseline,
         created_cwd: Option<PathBuf>,
         slot: SlotPermit,
+        progress: Option<Arc<super::JobProgress>>,
     ) -> TreeStats {
         TreeStats {
+            progress,
             created_cwd,
             slot: Mutex::new(Some(slot)),
             logs: Mutex::new(LogsState::default()),
@@ -588,6 +592,7 @@ impl TreeStats {
                 .map(|u| u as f64 / 1e6),
             processes: self.processes.load(Ordering::Relaxed),
             peak_processes: self.peak_processes.load(Ordering::Relaxed),
+            progress: self.progress.as_ref().map(|p| p.snapshot()),
         }
     }
 }
@@ -709,7 +714,7 @@ mod tests {
             known: Arc::default(),
             marker: None,
         };
-        TreeStats::new(tree, false, limit, base, None, slot.expect("a slot"))
+        TreeStats::new(tree, false, limit, base, None, slot.expect("a slot"), None)
     }
 
     #[test]

@@ -73,7 +73,10 @@ async fn a_cancelled_torture_tree_leaves_nothing_on_the_fallback() {
         .count();
     assert!(adopted >= 2, "{adopted} processes adopted by the daemon");
     let view = wait_running(&client, id, 204).await;
-    assert!(view.live.is_some_and(|l| l.processes >= 204), "{view:?}");
+    assert!(
+        view.live.as_ref().is_some_and(|l| l.processes >= 204),
+        "{view:?}"
+    );
     let t0 = Instant::now();
     client.cancel(id).await.unwrap();
     let gone = all_gone_within(&pids, Duration::from_secs(2)).await;

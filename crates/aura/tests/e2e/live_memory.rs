@@ -14,6 +14,7 @@ async fn wait_using(client: &Client, id: JobId, bytes: u64) {
         let view = client.get(id).await.unwrap();
         if view
             .live
+            .as_ref()
             .and_then(|l| l.memory_used())
             .is_some_and(|u| u > bytes)
         {

@@ -295,7 +295,10 @@ async fn wait_running(client: &Client, id: JobId, min_processes: u32) -> JobView
     loop {
         let view = client.get(id).await.expect("get");
         if matches!(view.job.state, JobState::Running { .. })
-            && view.live.is_some_and(|l| l.processes >= min_processes)
+            && view
+                .live
+                .as_ref()
+                .is_some_and(|l| l.processes >= min_processes)
         {
             return view;
         }
@@ -433,4 +436,8 @@ mod metrics;
 
 mod ffmpeg;
 
+mod media;
+
 mod memory;
+
+mod follow;
