@@ -95,11 +95,13 @@ impl Monitor {
                     .stall_after
                     .unwrap_or(self.shared.config.media.stall_after)
             });
-            let period = window.map_or(Duration::from_secs(1), |w| {
-                (w / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+            // Only then: a trivial job pays for no timer.
+            let mut stall_check = window.map(|w| {
+                let period = (w / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                let mut check = tokio::time::interval(period);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                check
             });
-            let mut stall_check = tokio::time::interval(period);
-            stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut probing = self.measure_inputs();
             loop {
                 tokio::select! {
@@ -116,7 +118,7 @@ impl Monitor {
                         self.report(Command::MemoryViolation { id, violation }).await;
                         break (tree.kill().await, vec![StopSignal::Kill]);
                     }
-                    _ = stall_check.tick(), if window.is_some() => {
+                    _ = async { stall_check.as_mut().expect("guarded by the condition").tick().await }, if stall_check.is_some() => {
                         let stalled = window.and_then(|w| probe.stalled(w));
                         if let Some(reason) = stalled {
                             tracing::warn!(job_id = %id, %reason, "job stalled, stopping its tree");

@@ -741,6 +741,11 @@ mod tests {
             reason: "daemon died".into(),
             at: T,
         };
+        let dependency_failed = || Event::DependencyFailed {
+            job_id: JobId(7),
+            outcome: "failed".into(),
+            at: T,
+        };
         let cases: Vec<(StateName, RetryPolicy, Event, Result<&str, ()>)> = vec![
             (
                 Queued,
@@ -775,6 +780,17 @@ mod tests {
                 Ok("cancelled"),
             ),
             (Queued, no_retry, stop(StopReason::TimedOut), Err(())),
+            (Queued, no_retry, stop(StopReason::Stalled), Err(())),
+            (
+                Queued,
+                one_retry,
+                dependency_failed(),
+                Ok("dependency_failed"),
+            ),
+            (Running, no_retry, dependency_failed(), Err(())),
+            (Stopping, no_retry, dependency_failed(), Err(())),
+            (Finished, one_retry, dependency_failed(), Err(())),
+            (Running, no_retry, stop(StopReason::Stalled), Ok("stopping")),
             (Queued, no_retry, exited(0), Err(())),
             (Queued, no_retry, interrupted(), Err(())),
             (Queued, no_retry, Event::Requeue { at: T }, Err(())),
@@ -838,12 +854,41 @@ mod tests {
             (StopReason::Cancelled, "cancelled"),
             (StopReason::TimedOut, "timed_out"),
             (StopReason::Shutdown, "interrupted"),
+            (StopReason::Stalled, "stalled"),
         ] {
             let mut job = job_in(StateName::Running, RetryPolicy::default());
             job.apply(stop(reason)).unwrap();
             job.apply(exited(255)).unwrap();
             assert_eq!(job.outcome().map(Outcome::name), Some(expected));
         }
+    }
+
+    #[test]
+    fn a_failed_dependency_ends_a_queued_job_for_good() {
+        let retry = RetryPolicy {
+            max_retries: 3,
+            ..RetryPolicy::default()
+        };
+        let mut job = job_in(StateName::Queued, retry);
+        job.apply(Event::DependencyFailed {
+            job_id: JobId(7),
+            outcome: "cancelled".into(),
+            at: T,
+        })
+        .unwrap();
+        assert_eq!(
+            job.outcome(),
+            Some(&Outcome::DependencyFailed {
+                job_id: JobId(7),
+                outcome: "cancelled".into()
+            })
+        );
+        assert!(
+            !job.may_retry(),
+            "waiting again for a failed dependency is in vain"
+        );
+        assert!(job.state.run().is_none());
+        assert_eq!(job.outcome().map(Outcome::cli_exit_code), Some(69));
     }
 
     fn exited_with(exit: ExitStatus, accounting: Accounting) -> Event {

@@ -132,7 +132,14 @@ fn legal(job: &Job, event: &Event) -> bool {
 fn expected_may_retry(job: &Job) -> bool {
     let retry = job.spec.retry;
     match job.outcome() {
-        None | Some(Outcome::Succeeded | Outcome::Cancelled | Outcome::Quarantined { .. }) => false,
+        // A job whose dependency failed would wait for it again in vain: it is never retried.
+        None
+        | Some(
+            Outcome::Succeeded
+            | Outcome::Cancelled
+            | Outcome::Quarantined { .. }
+            | Outcome::DependencyFailed { .. },
+        ) => false,
         Some(Outcome::Interrupted { .. }) => retry.requeue_interrupted,
         Some(Outcome::MemoryPressure { .. }) => {
             job.pressure_stops - 1 < retry.max_pressure_requeues

@@ -199,7 +199,7 @@ struct SubmitArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DUR")]
     expected_duration: Option<Duration>,
     /// Stop the job (outcome stalled) when its progress has not advanced for this long, e.g. 2m.
-    /// Default: the daemon's jobs.stall_after.
+    /// Default: the daemon's media.stall_after (2m).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DUR")]
     stall_after: Option<Duration>,
     /// How Aura reads the job's progress: auto (FFmpeg's, by program name), ffmpeg, ffmpeg_stderr, aura
