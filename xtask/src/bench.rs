@@ -76,8 +76,9 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
         ),
         "sse" => crate::media_bench::sse(root, flag("--subscribers", 1000)?, flag("--jobs", 100)?),
         "ffmpeg" => crate::media_bench::ffmpeg(root, flag("--encodes", 10)?, flag("--rounds", 2)?),
+        "sse-stuck" => crate::media_bench::stuck(root, flag("--jobs", 2000)?, flag("--rounds", 2)?),
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse or ffmpeg")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck or ffmpeg")
         }
     }
 }

@@ -34,6 +34,7 @@ const USAGE: &str = "usage:
   cargo xtask bench flood-memory [--small N] [--large N]  (daemon RSS and fds around idle-connection floods)
   cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)
   cargo xtask bench sse [--subscribers N] [--jobs N]      (all-jobs event stream fan-out: RSS, delivery latency)
+  cargo xtask bench sse-stuck [--jobs N] [--rounds N]     (trivial jobs alone vs beside a client that reads nothing, ABBA)
   cargo xtask bench ffmpeg [--encodes N] [--rounds N]     (real encodes directly vs under Aura, ABBA)";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),

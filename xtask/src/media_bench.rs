@@ -269,3 +269,68 @@ pub fn ffmpeg(root: &Path, encodes: usize, rounds: usize) -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// Seconds to run `jobs` trivial jobs through `client`, all submitted at once, from the first submit to
+/// the last end.
+async fn run_jobs(client: &aura_client::Client, jobs: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        let spec = aura_model::JobSpec::new("/bin/true", Vec::<String>::new());
+        ids.push(client.submit(&spec).await?.job.id);
+    }
+    for id in ids {
+        client.wait(id, Duration::from_secs(120)).await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// `bench sse-stuck`: `jobs` trivial jobs with no subscriber (A) and with a subscriber that never reads
+/// its socket (B), ABBA × `rounds`: whether a client that reads nothing delays the engine.
+pub fn stuck(root: &Path, jobs: usize, rounds: usize) -> anyhow::Result<()> {
+    let daemon = Daemon::start(root, 2)?;
+    let address = daemon.url.trim_start_matches("http://").to_owned();
+    let rt = crate::harness::client_runtime()?;
+    let client = daemon.client()?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        run_jobs(&client, 200).await?;
+        for round in 0..rounds {
+            for side in ["A", "B", "B", "A"] {
+                let stuck = if side == "B" {
+                    let mut socket = tokio::net::TcpStream::connect(&address).await?;
+                    let auth = daemon
+                        .token
+                        .as_ref()
+                        .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+                    socket
+                        .write_all(
+                            format!(
+                                "GET /api/events/stream HTTP/1.1\r\nHost: {address}\r\n{auth}\r\n"
+                            )
+                            .as_bytes(),
+                        )
+                        .await?;
+                    Some(socket)
+                } else {
+                    None
+                };
+                let seconds = run_jobs(&client, jobs).await?;
+                drop(stuck);
+                println!("round {} {side}: {jobs} jobs in {seconds:.3} s", round + 1);
+                if side == "A" { &mut a } else { &mut b }.push(seconds);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let (sa, sb): (f64, f64) = (a.iter().sum(), b.iter().sum());
+    println!(
+        "sse-stuck: {jobs} trivial jobs ×{} per side: alone {:.3} s, beside a client that reads nothing {:.3} s \
+         (mean of each side): {:+.1} % (target ≤ 1 %)",
+        a.len(),
+        sa / a.len() as f64,
+        sb / b.len() as f64,
+        (sb / sa - 1.0) * 100.0
+    );
+    Ok(())
+}

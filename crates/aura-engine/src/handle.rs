@@ -64,6 +64,7 @@ impl EngineHandle {
         crate::Subscription {
             committed: self.shared.store.subscribe(),
             progress: self.shared.progress_events.subscribe(),
+            closing: self.shared.closing.subscribe(),
         }
     }
 
@@ -117,14 +118,20 @@ impl EngineHandle {
                 submitter.map(|s| s.name.clone()),
             )
             .await?;
+        self.hand_over(&job, place).await?;
+        Ok(job)
+    }
+
+    /// Hands a stored job to the actor, which turns its place into the queued job
+    /// (`Shared::enter_reserved`).
+    async fn hand_over(&self, job: &Job, place: Place<'_>) -> Result<(), EngineError> {
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
         self.tx
             .send(Command::Enqueue(Box::new(job.clone())))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        // The actor turns the place into the queued job (`Shared::enter_reserved`).
         place.handed_over();
-        Ok(job)
+        Ok(())
     }
 
     /// Everything a submit checks before the job is stored: the spec, its secrets, its dependencies, its
@@ -206,12 +213,7 @@ impl EngineHandle {
             .insert_batch(entries, Timestamp::now(), submitter.map(|s| s.name.clone()))
             .await?;
         for (job, place) in jobs.iter().zip(places) {
-            tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted in a batch");
-            self.tx
-                .send(Command::Enqueue(Box::new(job.clone())))
-                .await
-                .map_err(|_| EngineError::ShuttingDown)?;
-            place.handed_over();
+            self.hand_over(job, place).await?;
         }
         Ok(jobs)
     }
@@ -558,6 +560,8 @@ impl EngineHandle {
     /// them killed once `shutdown_grace` has passed), record the outcomes (requeuing per config), then
     /// close the store and the supervisor. Idempotent.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
+        // Event streams end now, not when the server gives up on them.
+        self.shared.closing.send_replace(true);
         let actor = self.actor.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(actor) = actor else { return Ok(()) };
         let (reply, mut rx) = oneshot::channel();

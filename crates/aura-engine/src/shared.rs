@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     dependencies: Mutex<HashMap<JobId, BTreeSet<JobId>>>,
     /// Running jobs' progress for event streams (see `streams`).
     pub progress_events: broadcast::Sender<Arc<ProgressEvent>>,
+    /// Set when the shutdown begins: event streams end at once rather than hold the server open.
+    pub closing: watch::Sender<bool>,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -110,6 +112,7 @@ impl Shared {
             held: Mutex::default(),
             dependencies: Mutex::default(),
             progress_events: broadcast::channel(PROGRESS_BUFFER).0,
+            closing: watch::Sender::new(false),
         }
     }
 

@@ -15,6 +15,8 @@ pub struct Subscription {
     pub committed: broadcast::Receiver<Arc<CommittedEvent>>,
     /// Running jobs' progress, when it changed.
     pub progress: broadcast::Receiver<Arc<ProgressEvent>>,
+    /// Becomes `true` when the daemon begins to shut down: the stream should end then.
+    pub closing: watch::Receiver<bool>,
 }
 
 /// Publishes running jobs' progress until `stop` is set. A job's progress goes out when it has new

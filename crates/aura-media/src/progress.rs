@@ -7,26 +7,9 @@
 
 use std::time::Duration;
 
-/// One progress report; a figure the tool did not give (or gave as `N/A`) is `None`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Report {
-    /// Frames written so far (video only).
-    pub frame: Option<u64>,
-    /// Frames per second of the encode, averaged by FFmpeg.
-    pub fps: Option<f64>,
-    /// Position reached in the output (the media time written so far).
-    pub out_time: Option<Duration>,
-    /// Encoding speed relative to real time (2.0: two seconds of media per second).
-    pub speed: Option<f64>,
-    /// Bytes of output written so far.
-    pub total_size: Option<u64>,
-    /// Output bitrate so far, in kilobits per second.
-    pub bitrate_kbps: Option<f64>,
-    /// Share of the work done, 0–1, where the tool states it (the generic protocol).
-    pub fraction: Option<f64>,
-    /// The tool said this is its last report (`progress=end`).
-    pub end: bool,
-}
+/// One progress report; a figure the tool did not give (or gave as `N/A`) is `None`. The model's type, so
+/// that the engine's tracker takes what these parsers return as it is.
+pub use aura_model::RawReport as Report;
 
 /// Reads FFmpeg's `-progress` output line by line: each block of `key=value` lines ends with
 /// `progress=continue` or `progress=end`, which completes one report. Unknown keys are ignored (FFmpeg

@@ -90,7 +90,8 @@ pub struct Progress {
     pub idle_secs: Option<f64>,
 }
 
-/// One raw report of a tool, as a parser read it (FFmpeg's figures or a generic share).
+/// One raw report of a tool, as a parser read it (FFmpeg's figures or a generic share; `aura_media`'s
+/// parsers return it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RawReport {
     /// Frames written so far.

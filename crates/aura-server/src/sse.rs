@@ -258,6 +258,8 @@ impl Streaming {
                 Err(RecvError::Closed) => self.request.progress = false,
             },
             _ = self.log_poll.tick(), if want_logs => self.poll_log().await,
+            // A daemon whose engine is gone is closing too.
+            _ = closing(&mut self.subscription.closing) => self.end("the daemon is shutting down"),
         }
     }
 
@@ -349,9 +351,17 @@ impl Streaming {
     }
 
     fn end(&mut self, reason: &str) {
+        if self.done {
+            return;
+        }
         let data = serde_json::json!({ "reason": reason });
         self.queue
             .push_back(Event::default().event("end").data(data.to_string()));
         self.done = true;
     }
+}
+
+/// Resolves once the daemon begins to shut down (or its engine is gone).
+async fn closing(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|closing| *closing).await;
 }

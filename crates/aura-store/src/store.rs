@@ -143,6 +143,30 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A job about to be inserted (its id still 0), its row, and its `submitted` event.
+fn new_job(
+    spec: JobSpec,
+    submitted_at: Timestamp,
+    memory_request: Option<MemoryRequest>,
+    submitted_by: Option<String>,
+) -> Result<(Job, crate::codec::JobRow, crate::codec::EventRow), StoreError> {
+    let job = Job {
+        memory_request,
+        submitted_by,
+        ..Job::new(JobId(0), spec, submitted_at)
+    };
+    let row = encode_new(&job)?;
+    let event = encode_event(&NewEvent {
+        at: submitted_at,
+        event: JobEvent::Submitted {
+            program: job.spec.program.clone(),
+            priority: job.spec.priority,
+        },
+        attempt: None,
+    })?;
+    Ok((job, row, event))
+}
+
 /// Runs blocking work off the async worker threads; a panic in it is a store bug, reported as such.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -252,20 +276,7 @@ impl Store {
         memory_request: Option<MemoryRequest>,
         submitted_by: Option<String>,
     ) -> Result<Job, StoreError> {
-        let mut job = Job {
-            memory_request,
-            submitted_by,
-            ..Job::new(JobId(0), spec, submitted_at)
-        };
-        let row = encode_new(&job)?;
-        let event = encode_event(&NewEvent {
-            at: submitted_at,
-            event: JobEvent::Submitted {
-                program: job.spec.program.clone(),
-                priority: job.spec.priority,
-            },
-            attempt: None,
-        })?;
+        let (mut job, row, event) = new_job(spec, submitted_at, memory_request, submitted_by)?;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Write(Box::new(Write::Insert {
             job: row,
@@ -289,21 +300,10 @@ impl Store {
         let mut jobs = Vec::with_capacity(entries.len());
         let mut rows = Vec::with_capacity(entries.len());
         for (spec, refs, memory_request) in entries {
-            let job = Job {
-                memory_request,
-                submitted_by: submitted_by.clone(),
-                ..Job::new(JobId(0), spec, submitted_at)
-            };
-            let event = encode_event(&NewEvent {
-                at: submitted_at,
-                event: JobEvent::Submitted {
-                    program: job.spec.program.clone(),
-                    priority: job.spec.priority,
-                },
-                attempt: None,
-            })?;
+            let (job, row, event) =
+                new_job(spec, submitted_at, memory_request, submitted_by.clone())?;
             rows.push(crate::writer::BatchRow {
-                job: encode_new(&job)?,
+                job: row,
                 spec: job.spec.clone(),
                 refs: refs.clone(),
                 event,

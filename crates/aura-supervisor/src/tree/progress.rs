@@ -2,7 +2,7 @@
 //! thread as they are captured and kept in a `ProgressTracker` that every reader of the tree sees.
 
 use aura_media::{Format, ProgressReader, Report};
-use aura_model::{Progress, ProgressSource, ProgressTracker, RawReport};
+use aura_model::{Progress, ProgressSource, ProgressTracker};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,17 +79,7 @@ impl JobProgress {
         })
     }
 
-    fn report(&self, r: Report) {
-        let raw = RawReport {
-            frame: r.frame,
-            fps: r.fps,
-            out_time: r.out_time,
-            speed: r.speed,
-            total_size: r.total_size,
-            bitrate_kbps: r.bitrate_kbps,
-            fraction: r.fraction,
-            end: r.end,
-        };
+    fn report(&self, raw: Report) {
         let now = self.now_secs();
         crate::lock(&self.tracker).report(raw, now, self.min_speed);
     }

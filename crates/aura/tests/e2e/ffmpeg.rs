@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn probe_duration(path: &Path) -> Option<f64> {
+pub(super) fn probe_duration(path: &Path) -> Option<f64> {
     let out = Command::new("ffprobe")
         .args([
             "-v",

@@ -84,22 +84,6 @@ fn finished_state(view: &JobView) -> &aura_model::Finished {
     }
 }
 
-fn probe_seconds(path: &Path) -> Option<f64> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "default=nw=1:nk=1",
-        ])
-        .arg(path)
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_encode_reports_progress_in_its_record_and_over_sse() {
     if !have_ffmpeg() {
@@ -227,7 +211,7 @@ async fn an_encode_to_stdout_still_writes_a_valid_stream() {
     }
     let file = daemon.scratch().join("stdout.ts");
     std::fs::write(&file, &bytes).unwrap();
-    let seconds = probe_seconds(&file).expect("ffprobe reads the captured stream");
+    let seconds = super::ffmpeg::probe_duration(&file).expect("ffprobe reads the captured stream");
     assert!((2.5..3.5).contains(&seconds), "{seconds}");
 }
 
@@ -302,7 +286,8 @@ async fn a_job_that_stops_progressing_ends_stalled_and_one_without_progress_neve
         })
         .expect("a stalled event");
     assert!(reason.contains("has not advanced"), "{reason}");
-    let seconds = probe_seconds(&out).expect("ffprobe reads what the stalled job wrote");
+    let seconds =
+        super::ffmpeg::probe_duration(&out).expect("ffprobe reads what the stalled job wrote");
     assert!(seconds > 0.0, "{seconds}");
     let quiet = wait_done(&client, quiet).await;
     assert!(outcome(&quiet).is_success(), "{quiet:?}");
@@ -352,7 +337,7 @@ async fn a_three_step_pipeline_runs_in_order_and_a_failed_step_fails_the_rest() 
         runs[1].0 >= runs[0].1 && runs[2].0 >= runs[1].1,
         "in order: {runs:?}"
     );
-    let seconds = probe_seconds(&dir.join("final.mp4")).expect("the muxed result");
+    let seconds = super::ffmpeg::probe_duration(&dir.join("final.mp4")).expect("the muxed result");
     assert!((1.5..2.5).contains(&seconds), "{seconds}");
 
     // Step 1 fails: steps 2 and 3 end without starting.
@@ -688,4 +673,22 @@ async fn progress_from_stderr_from_the_generic_protocol_and_from_ffprobe() {
     assert_eq!(p.source, Some(aura_model::ProgressSource::Generic));
     assert_eq!(p.reports, 5, "{p:?}");
     assert!(p.done && p.percent == Some(100.0), "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_streams_end_at_once_when_the_daemon_shuts_down() {
+    let mut daemon = Daemon::start(&[]);
+    let response = stream(&daemon, "/api/events/stream", None).await;
+    daemon.signal(rustix::process::Signal::TERM);
+    let events = read_events(response, Duration::from_secs(10), |e| e.event == "end").await;
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("end"),
+        "{events:?}"
+    );
+    assert!(events
+        .last()
+        .is_some_and(|e| e.data.contains("shutting down")));
+    // The stream held nothing open: no wait for the server's grace for busy connections.
+    assert!(daemon.wait_exit() < Duration::from_secs(2));
 }
