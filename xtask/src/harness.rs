@@ -18,6 +18,15 @@ impl Daemon {
     /// Starts the release build of this tree, or the binary named by `BENCH_AURA_BIN` (another build, for
     /// an ABBA comparison through this same harness).
     pub fn start(root: &Path, max_concurrent: usize) -> anyhow::Result<Daemon> {
+        Daemon::start_with(root, max_concurrent, &[])
+    }
+
+    /// `start`, with configuration overrides (`AURA_*` variables) for the daemon.
+    pub fn start_with(
+        root: &Path,
+        max_concurrent: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Daemon> {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
@@ -39,6 +48,7 @@ impl Daemon {
             .arg(&data_dir)
             .env("AURA_MAX_CONCURRENT", max_concurrent.to_string())
             .env("AURA_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .context("cannot start aura serve")?;

@@ -362,9 +362,10 @@ pub enum EventLog {
     Engine,
 }
 
-/// A committed event as live streams carry it: its log, its sequence number there, and its record (the
-/// JSON of a [`JobEventRecord`] or an [`EngineEventRecord`]) encoded once for every subscriber.
-#[derive(Clone, Debug, PartialEq)]
+/// A committed event as live streams carry it: its log, its sequence number there, its stored parts, and
+/// its record (the JSON of a [`JobEventRecord`] or an [`EngineEventRecord`]), encoded once, by its first
+/// reader — not by the store's writer, which publishes it.
+#[derive(Debug)]
 pub struct CommittedEvent {
     /// The log it was appended to.
     pub log: EventLog,
@@ -372,38 +373,52 @@ pub struct CommittedEvent {
     pub seq: i64,
     /// Its kind, as stored (`started`, `finished`, …).
     pub kind: String,
-    /// The record, as JSON.
-    pub json: String,
+    at_ms: i64,
+    attempt: Option<i64>,
+    /// The stored detail, JSON text.
+    detail: String,
+    json: std::sync::OnceLock<String>,
 }
 
 impl CommittedEvent {
-    /// Encodes a record from its stored parts: `kind` as stored, `detail` the stored JSON text.
-    pub fn encode(
+    /// An event from its stored parts: `kind` as stored, `detail` the stored JSON text.
+    pub fn new(
         log: EventLog,
         seq: i64,
         at_ms: i64,
         attempt: Option<i64>,
-        kind: &str,
-        detail: &str,
+        kind: String,
+        detail: String,
     ) -> CommittedEvent {
-        use std::fmt::Write;
-        let at = Timestamp::from_unix_millis(at_ms);
-        let mut json = format!("{{\"seq\":{seq},");
-        if let (EventLog::Job(id), Some(attempt)) = (log, attempt) {
-            let _ = write!(json, "\"job_id\":{},\"attempt\":{attempt},", id.0);
-        }
-        // A stored kind is a snake_case name, a stored detail valid JSON (the store wrote both).
-        let quoted = serde_json::to_string(kind).unwrap_or_else(|_| "\"\"".into());
-        let _ = write!(
-            json,
-            "\"at\":\"{at}\",\"kind\":{quoted},\"detail\":{detail}}}"
-        );
         CommittedEvent {
             log,
             seq,
-            kind: kind.to_owned(),
-            json,
+            kind,
+            at_ms,
+            attempt,
+            detail,
+            json: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The record as JSON, encoded on first use.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            use std::fmt::Write;
+            let at = Timestamp::from_unix_millis(self.at_ms);
+            let mut json = format!("{{\"seq\":{},", self.seq);
+            if let (EventLog::Job(id), Some(attempt)) = (self.log, self.attempt) {
+                let _ = write!(json, "\"job_id\":{},\"attempt\":{attempt},", id.0);
+            }
+            // A stored kind is a snake_case name, a stored detail valid JSON (the store wrote both).
+            let quoted = serde_json::to_string(&self.kind).unwrap_or_else(|_| "\"\"".into());
+            let detail = &self.detail;
+            let _ = write!(
+                json,
+                "\"at\":\"{at}\",\"kind\":{quoted},\"detail\":{detail}}}"
+            );
+            json
+        })
     }
 }
 

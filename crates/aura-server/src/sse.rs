@@ -14,9 +14,10 @@ use crate::error::{ApiError, ErrorCode};
 use crate::query::{Cursor, StreamRequest};
 use aura_engine::{EngineHandle, Subscription};
 use aura_model::{EventLog, JobId, StateName};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use std::collections::VecDeque;
+use bytes::{BufMut, BytesMut};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,11 @@ const PAGE: u32 = 1000;
 const LOG_POLL: Duration = Duration::from_millis(500);
 /// The most output one `log` event carries.
 const LOG_CHUNK: usize = 64 * 1024;
+/// Committed events taken at once when a stream wakes, written as one chunk: under a burst, one write
+/// to the socket carries many events instead of one each.
+const BATCH: usize = 64;
+/// A stream's write buffer grows in blocks this large; sent chunks are split off it without a copy.
+const BLOCK: usize = 1024;
 
 /// The streams of one server: their cap, their heartbeat, and counters for `/metrics`.
 #[derive(Debug)]
@@ -132,26 +138,33 @@ pub(crate) async fn open(
         request,
         subscription,
         cursor,
-        queue: VecDeque::new(),
+        out: BytesMut::new(),
         done: false,
         log_offset: 0,
         log_poll: tokio::time::interval(LOG_POLL),
+        heartbeat: tokio::time::interval_at(
+            tokio::time::Instant::now() + streams.heartbeat,
+            streams.heartbeat,
+        ),
         _permit: permit,
     };
-    let heartbeat = streams.heartbeat;
-    let events = futures_util::stream::unfold(state, |mut s| async move {
-        let event = s.next().await?;
-        Some((Ok::<Event, Infallible>(event), s))
+    let chunks = futures_util::stream::unfold(state, |mut s| async move {
+        let chunk = s.next().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), s))
     });
-    let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(heartbeat))
-        .into_response();
-    // Proxies such as nginx buffer responses unless told not to; an event stream must flow.
-    response.headers_mut().insert(
-        "x-accel-buffering",
-        axum::http::HeaderValue::from_static("no"),
-    );
-    Ok(response)
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        // Proxies such as nginx buffer responses unless told not to; an event stream must flow.
+        (
+            header::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ];
+    Ok((headers, Body::from_stream(chunks)).into_response())
 }
 
 /// One open stream, owned by its response body.
@@ -163,7 +176,8 @@ struct Streaming {
     subscription: Subscription,
     /// The last job and engine events sent (or replayed past): every event id carries it.
     cursor: Cursor,
-    queue: VecDeque<Event>,
+    /// Events written and not yet handed to the connection.
+    out: BytesMut,
     /// The log still holds events to replay before the live ones.
     replay_jobs: bool,
     replay_engine: bool,
@@ -171,15 +185,19 @@ struct Streaming {
     done: bool,
     log_offset: u64,
     log_poll: tokio::time::Interval,
+    /// A comment line when nothing else was sent for a while: keeps proxies from closing an idle stream,
+    /// and finds a client that is gone.
+    heartbeat: tokio::time::Interval,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Streaming {
-    /// The next event; `None` ends the stream.
-    async fn next(&mut self) -> Option<Event> {
+    /// The next chunk of events; `None` ends the stream.
+    async fn next(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(event) = self.queue.pop_front() {
-                return Some(event);
+            if !self.out.is_empty() {
+                self.heartbeat.reset();
+                return Some(self.out.split().freeze());
             }
             if self.done {
                 return None;
@@ -236,7 +254,16 @@ impl Streaming {
         let want_logs = self.request.logs.is_some();
         tokio::select! {
             received = self.subscription.committed.recv() => match received {
-                Ok(event) => self.committed(&event).await,
+                Ok(event) => {
+                    self.committed(&event).await;
+                    // What else is there already goes out in the same chunk.
+                    for _ in 1..BATCH {
+                        match self.subscription.committed.try_recv() {
+                            Ok(event) => self.committed(&event).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
                 Err(RecvError::Lagged(missed)) => {
                     self.streams.lagged.fetch_add(1, Ordering::Relaxed);
                     let data = serde_json::json!({
@@ -244,20 +271,21 @@ impl Streaming {
                         "resume_after": self.cursor.id(self.scope.per_job()),
                         "detail": "this client fell too far behind; reconnect with Last-Event-ID to catch up from the log",
                     });
-                    self.queue.push_back(Event::default().event("lagged").data(data.to_string()));
+                    self.write("lagged", None, &data.to_string());
                     self.done = true;
                 }
                 Err(RecvError::Closed) => self.end("the daemon is shutting down"),
             },
             received = self.subscription.progress.recv(), if want_progress => match received {
                 Ok(progress) if self.scope.wants(progress.job_id) => {
-                    self.queue.push_back(Event::default().event("progress").data(progress.json.clone()));
+                    self.write("progress", None, &progress.json);
                 }
                 // Progress is a snapshot: a missed one is superseded by the next.
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => self.request.progress = false,
             },
             _ = self.log_poll.tick(), if want_logs => self.poll_log().await,
+            _ = self.heartbeat.tick() => self.out.extend_from_slice(b":\n\n"),
             // A daemon whose engine is gone is closing too.
             _ = closing(&mut self.subscription.closing) => self.end("the daemon is shutting down"),
         }
@@ -275,12 +303,7 @@ impl Streaming {
                     return;
                 }
                 let id_text = self.cursor.id(self.scope.per_job());
-                self.queue.push_back(
-                    Event::default()
-                        .event("job")
-                        .id(id_text)
-                        .data(event.json.clone()),
-                );
+                self.write("job", Some(&id_text), event.json());
                 if event.kind == "finished" && !self.replay_jobs {
                     self.end_if_job_finished().await;
                 }
@@ -294,12 +317,7 @@ impl Streaming {
                 }
                 self.cursor.engine = Some(event.seq);
                 let id_text = self.cursor.id(false);
-                self.queue.push_back(
-                    Event::default()
-                        .event("engine")
-                        .id(id_text)
-                        .data(event.json.clone()),
-                );
+                self.write("engine", Some(&id_text), event.json());
             }
         }
     }
@@ -317,8 +335,7 @@ impl Streaming {
                 }
                 let outcome = view.job.outcome().map(|o| o.name()).unwrap_or("unknown");
                 let data = serde_json::json!({ "job_id": id, "reason": "job finished", "outcome": outcome });
-                self.queue
-                    .push_back(Event::default().event("end").data(data.to_string()));
+                self.write("end", None, &data.to_string());
                 self.done = true;
             }
         }
@@ -346,8 +363,7 @@ impl Streaming {
             "offset": chunk.offset,
             "text": String::from_utf8_lossy(&chunk.data),
         });
-        self.queue
-            .push_back(Event::default().event("log").data(data.to_string()));
+        self.write("log", None, &data.to_string());
     }
 
     fn end(&mut self, reason: &str) {
@@ -355,9 +371,27 @@ impl Streaming {
             return;
         }
         let data = serde_json::json!({ "reason": reason });
-        self.queue
-            .push_back(Event::default().event("end").data(data.to_string()));
+        self.write("end", None, &data.to_string());
         self.done = true;
+    }
+
+    /// Writes one event in the `text/event-stream` format. Every `data` Aura sends is one line of JSON;
+    /// a line break in it would still become a `data:` line of its own, as the format requires.
+    fn write(&mut self, event: &str, id: Option<&str>, data: &str) {
+        if self.out.capacity() - self.out.len() < data.len() + 64 {
+            self.out.reserve(BLOCK.max(data.len() + 64));
+        }
+        self.out.put_slice(b"event: ");
+        self.out.put_slice(event.as_bytes());
+        if let Some(id) = id {
+            self.out.put_slice(b"\nid: ");
+            self.out.put_slice(id.as_bytes());
+        }
+        for line in data.split('\n') {
+            self.out.put_slice(b"\ndata: ");
+            self.out.put_slice(line.trim_end_matches('\r').as_bytes());
+        }
+        self.out.put_slice(b"\n\n");
     }
 }
 

@@ -162,13 +162,13 @@ pub(crate) fn committed_after(
     let mut push = |row: &rusqlite::Row<'_>, log: EventLog| -> rusqlite::Result<()> {
         let attempt: Option<i64> = row.get(4)?;
         let (kind, detail): (String, String) = (row.get(2)?, row.get(3)?);
-        out.push(CommittedEvent::encode(
+        out.push(CommittedEvent::new(
             log,
             row.get(0)?,
             row.get(1)?,
             attempt,
-            &kind,
-            &detail,
+            kind,
+            detail,
         ));
         Ok(())
     };

@@ -430,13 +430,13 @@ impl Write {
                 .and_then(|mut stmt| stmt.execute(params![event.at_ms, event.kind, event.detail]))
                 .context("appending an engine event")?;
                 if let Some(events) = events {
-                    events.push(CommittedEvent::encode(
+                    events.push(CommittedEvent::new(
                         EventLog::Engine,
                         conn.last_insert_rowid(),
                         event.at_ms,
                         None,
-                        &event.kind,
-                        &event.detail,
+                        event.kind.clone(),
+                        event.detail.clone(),
                     ));
                 }
                 Ok(JobId(0))
@@ -528,13 +528,13 @@ fn insert_event(
     })
     .context("appending a job event")?;
     if let Some(published) = published {
-        published.push(CommittedEvent::encode(
+        published.push(CommittedEvent::new(
             EventLog::Job(job),
             conn.last_insert_rowid(),
             event.at_ms,
             Some(event.attempt.unwrap_or(attempt)),
-            &event.kind,
-            &event.detail,
+            event.kind.clone(),
+            event.detail.clone(),
         ));
     }
     Ok(())

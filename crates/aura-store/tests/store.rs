@@ -1048,7 +1048,7 @@ async fn committed_events_are_published_in_order_and_replayed_from_the_log() {
         assert_eq!(published.seq, stored.seq);
         let (kind, detail) = stored.event.to_parts().unwrap();
         assert_eq!(published.kind, kind);
-        let decoded: serde_json::Value = serde_json::from_str(&published.json).unwrap();
+        let decoded: serde_json::Value = serde_json::from_str(published.json()).unwrap();
         assert_eq!(
             decoded,
             json!({"seq": stored.seq, "job_id": job.id.0, "attempt": stored.attempt,
@@ -1056,15 +1056,15 @@ async fn committed_events_are_published_in_order_and_replayed_from_the_log() {
         );
     }
     // A kind this version knows decodes straight into the typed record.
-    let known = aura_model::CommittedEvent::encode(
+    let known = aura_model::CommittedEvent::new(
         aura_model::EventLog::Job(job.id),
         9,
         at(13).unix_millis(),
         Some(1),
-        "stalled",
-        r#"{"reason":"no progress"}"#,
+        "stalled".into(),
+        r#"{"reason":"no progress"}"#.into(),
     );
-    let record: aura_model::JobEventRecord = serde_json::from_str(&known.json).unwrap();
+    let record: aura_model::JobEventRecord = serde_json::from_str(known.json()).unwrap();
     assert_eq!(
         record.event,
         JobEvent::Stalled {
@@ -1079,7 +1079,7 @@ async fn committed_events_are_published_in_order_and_replayed_from_the_log() {
         .iter()
         .find(|e| e.log == aura_model::EventLog::Engine)
         .expect("the engine event");
-    let decoded: serde_json::Value = serde_json::from_str(&engine.json).unwrap();
+    let decoded: serde_json::Value = serde_json::from_str(engine.json()).unwrap();
     assert_eq!(decoded["kind"], "paused_for_a_test");
     assert_eq!(
         decoded["detail"],
@@ -1091,8 +1091,8 @@ async fn committed_events_are_published_in_order_and_replayed_from_the_log() {
     assert_eq!(all.len(), 1 + stored.len());
     assert_eq!(all[0].log, aura_model::EventLog::Job(early.id));
     assert_eq!(
-        all[1..].iter().map(|e| &e.json).collect::<Vec<_>>(),
-        jobs.iter().map(|e| &e.json).collect::<Vec<_>>()
+        all[1..].iter().map(|e| e.json()).collect::<Vec<_>>(),
+        jobs.iter().map(|e| e.json()).collect::<Vec<_>>()
     );
     let after = store
         .committed_after(Some(aura_model::EventLog::Job(job.id)), stored[0].seq, 100)
@@ -1109,7 +1109,7 @@ async fn committed_events_are_published_in_order_and_replayed_from_the_log() {
         .await
         .unwrap();
     assert_eq!(engine_log.len(), 1);
-    assert_eq!(engine_log[0].json, engine.json);
+    assert_eq!(engine_log[0].json(), engine.json());
     assert_eq!(
         store.latest_seqs().await.unwrap(),
         (stored.last().unwrap().seq, engine.seq)
