@@ -34,6 +34,26 @@ pub(crate) struct Monitor {
     pub actor: mpsc::Sender<Command>,
 }
 
+/// The next tick of an interval; never, without one.
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of a blocking task; never, without one.
+async fn finished<T>(
+    task: Option<&mut tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once `rx` holds `true`; never, if its sender is gone.
 async fn until_set(mut rx: watch::Receiver<bool>) {
     if rx.wait_for(|k| *k).await.is_err() {
@@ -118,7 +138,7 @@ impl Monitor {
                         self.report(Command::MemoryViolation { id, violation }).await;
                         break (tree.kill().await, vec![StopSignal::Kill]);
                     }
-                    _ = async { stall_check.as_mut().expect("guarded by the condition").tick().await }, if stall_check.is_some() => {
+                    _ = tick(stall_check.as_mut()) => {
                         let stalled = window.and_then(|w| probe.stalled(w));
                         if let Some(reason) = stalled {
                             tracing::warn!(job_id = %id, %reason, "job stalled, stopping its tree");
@@ -126,7 +146,7 @@ impl Monitor {
                             break tree.stop_or_kill(&stop_sequence, cut()).await;
                         }
                     }
-                    measured = async { probing.as_mut().expect("guarded by the condition").await }, if probing.is_some() => {
+                    measured = finished(probing.as_mut()) => {
                         probing = None;
                         if let Ok(Some(expected)) = measured {
                             tracing::debug!(job_id = %id, ?expected, "expected duration from ffprobe");

@@ -692,3 +692,116 @@ async fn open_streams_end_at_once_when_the_daemon_shuts_down() {
     // The stream held nothing open: no wait for the server's grace for busy connections.
     assert!(daemon.wait_exit() < Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_falls_a_whole_buffer_behind_gets_lagged_and_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let address: std::net::SocketAddr = daemon.url.trim_start_matches("http://").parse().unwrap();
+    // A small receive window: the kernel holds little for a client that does not read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(address).await.unwrap();
+    stuck
+        .write_all(
+            format!(
+                "GET /api/events/stream?progress=false HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+                daemon.token
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = stuck.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).contains(" 200 "));
+    // Far more events than the shared buffer (4,096) and the kernel's socket buffers (a few MiB) hold,
+    // while this client reads nothing.
+    let mut ids = Vec::new();
+    for _ in 0..6000 {
+        ids.push(submit(&client, &spec("true", &[])).await);
+    }
+    for id in ids {
+        wait_done(&client, id).await;
+    }
+    // Reading again: what the kernel held, then a final `lagged` with where to resume, then the end of
+    // the response (the last chunk; the connection itself may stay open for another request).
+    let mut text = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 64 * 1024];
+    while !text.ends_with(b"\r\n0\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stuck.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => text.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    assert!(
+        text.ends_with(b"\r\n0\r\n\r\n"),
+        "the response did not end: {} bytes, {} job events, lagged: {}, tail {:?}",
+        text.len(),
+        String::from_utf8_lossy(&text).matches("event: job").count(),
+        String::from_utf8_lossy(&text).contains("lagged"),
+        String::from_utf8_lossy(&text[text.len().saturating_sub(300)..])
+    );
+    let text = String::from_utf8_lossy(&text);
+    let lagged = text
+        .split("\n\n")
+        .find(|block| block.contains("event: lagged"))
+        .unwrap_or_else(|| panic!("no lagged event in {} bytes", text.len()));
+    assert!(lagged.contains("resume_after"), "{lagged}");
+    let metrics = http_get(format!("{}/metrics", daemon.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("aura_event_streams_closed_total{reason=\"lagged\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encode_past_its_timeout_is_finalised_not_cut() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let out = daemon.scratch().join("timed-out.mp4");
+    let mut encode = spec(
+        "ffmpeg",
+        &[
+            "-nostdin",
+            "-y",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=60:size=320x240:rate=25",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            out.to_str().unwrap(),
+        ],
+    );
+    encode.timeout = Duration::from_secs(3);
+    let id = submit(&client, &encode).await;
+    let view = wait_done(&client, id).await;
+    assert_eq!(outcome(&view), &Outcome::TimedOut);
+    let signals: Vec<&str> = finished_state(&view)
+        .signals_sent
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    assert_eq!(
+        signals,
+        ["SIGINT"],
+        "FFmpeg finished its file on the first signal"
+    );
+    let seconds =
+        super::ffmpeg::probe_duration(&out).expect("ffprobe reads the MP4: its index was written");
+    assert!((1.0..5.0).contains(&seconds), "{seconds}");
+}
