@@ -182,7 +182,8 @@ impl Actor {
                 });
                 if let Some(id) = parked {
                     self.resolve_dependencies(id).await;
-                } else if queued {
+                }
+                if queued {
                     self.dispatch().await;
                 }
             }

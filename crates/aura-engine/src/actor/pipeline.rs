@@ -49,7 +49,7 @@ impl Actor {
     }
 
     /// A parked job waits for its dependencies still unfinished, joins the queue if none is, or fails if
-    /// one did not succeed.
+    /// one did not succeed. The caller dispatches (recovery: not before it is done).
     pub(super) async fn resolve_dependencies(&mut self, id: JobId) {
         let Some(deps) = self.shared.dependencies(id) else {
             return;
@@ -88,7 +88,6 @@ impl Actor {
         if pending.is_empty() {
             if let Some(job) = self.leave_waiting(id) {
                 self.enqueue(job);
-                self.dispatch().await;
             }
             return;
         }

@@ -805,3 +805,39 @@ async fn an_encode_past_its_timeout_is_finalised_not_cut() {
         super::ffmpeg::probe_duration(&out).expect("ffprobe reads the MP4: its index was written");
     assert!((1.0..5.0).contains(&seconds), "{seconds}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_dependant_survives_a_daemon_crash() {
+    let mut daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let first = submit(&client, &spec("sleep", &["2"])).await;
+    wait_running(&client, first, 1).await;
+    let mut then = spec("true", &[]);
+    then.after = vec![first];
+    let then = submit(&client, &then).await;
+    let waiting = client.get(then).await.unwrap();
+    assert!(
+        waiting
+            .waiting
+            .as_deref()
+            .is_some_and(|w| w.contains("after")),
+        "{waiting:?}"
+    );
+    // An unclean death: the first job is interrupted and requeued; its dependant must still wait for it.
+    daemon.stop_now();
+    daemon.spawn();
+    let client = daemon.client();
+    let first = wait_done(&client, first).await;
+    assert!(outcome(&first).is_success(), "{first:?}");
+    let then = wait_done(&client, then).await;
+    assert!(outcome(&then).is_success(), "{then:?}");
+    let started = finished_state(&then)
+        .run
+        .as_ref()
+        .expect("it ran")
+        .started_at;
+    assert!(
+        started >= finished_state(&first).finished_at,
+        "after its dependency"
+    );
+}
