@@ -248,9 +248,6 @@ where
     Ok(())
 }
 
-/// The label set of a lone counter.
-const NO_LABELS: [(&str, &str); 0] = [];
-
 /// One unlabelled gauge.
 fn gauge<V: EncodeGaugeValue>(
     e: &mut DescriptorEncoder<'_>,
@@ -775,13 +772,12 @@ fn engine(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
         "Event streams the server ended since start-up: fallen too far behind, or refused for want of a slot.",
         [("lagged", s.lagged), ("refused", s.refused)].map(|(reason, n)| ([("reason", reason)], n)),
     )?;
-    counters(
-        e,
+    ConstCounter::new(s.opened).encode(e.encode_descriptor(
         "aura_event_streams_opened",
-        None,
         "Event streams opened since start-up.",
-        [(NO_LABELS, s.opened)],
-    )
+        None,
+        MetricType::Counter,
+    )?)
 }
 
 #[cfg(test)]
@@ -945,5 +941,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP process_cpu_seconds_total "), "{text}");
+        for expected in [
+            "aura_event_streams 0\n",
+            "aura_event_streams_opened_total 0\n",
+            "aura_event_streams_closed_total{reason=\"lagged\"} 0\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
     }
 }
