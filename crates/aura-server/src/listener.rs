@@ -99,12 +99,15 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let socket = crate::sse::ConnectionSocket(std::os::fd::AsRawFd::as_raw_fd(&stream));
         let service = hyper::service::service_fn({
             let router = router.clone();
             let busy = busy.clone();
-            move |request: Request<hyper::body::Incoming>| {
+            move |mut request: Request<hyper::body::Incoming>| {
                 let router = router.clone();
                 let guard = BusyGuard::new(busy.clone());
+                // The handler of an event stream tunes its own connection (see `sse`).
+                request.extensions_mut().insert(socket);
                 async move {
                     let response = router.oneshot(request.map(Body::new)).await?;
                     // Busy until the body is sent: a stream (a log follow) is a request in progress.

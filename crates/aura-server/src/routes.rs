@@ -32,6 +32,9 @@ pub struct ApiConfig {
     pub max_event_streams: usize,
     /// How often an idle event stream gets a comment line (`:`), keeping it and proxies alive.
     pub stream_heartbeat: Duration,
+    /// The kernel send buffer of an event stream's connection; `None`: TCP autotuning (up to a few MiB
+    /// a client that stops reading leaves in the kernel before it falls behind).
+    pub stream_send_buffer: Option<usize>,
 }
 
 impl ApiConfig {
@@ -43,6 +46,7 @@ impl ApiConfig {
             request_timeout: Duration::from_secs(30),
             max_event_streams: 1024,
             stream_heartbeat: Duration::from_secs(15),
+            stream_send_buffer: None,
             security: Arc::new(SecurityConfig {
                 tokens: Arc::new(tokens),
                 allowed_hosts: SecurityConfig::loopback_hosts(port),
@@ -102,6 +106,7 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
             streams: Arc::new(crate::sse::Streams::new(
                 config.max_event_streams,
                 config.stream_heartbeat,
+                config.stream_send_buffer,
             )),
             engine,
             config,
@@ -526,30 +531,36 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<&str>> {
 /// `GET /api/events/stream`: every job's events and the engine's, with progress (see `sse`).
 async fn all_stream(
     State(app): State<Arc<AppState>>,
+    socket: Option<Extension<crate::sse::ConnectionSocket>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let request = query::stream_request(q.as_deref(), last_event_id(&headers)?, false)?;
-    crate::sse::open(&app.engine, &app.streams, crate::sse::Scope::All, request).await
+    let socket = socket.map(|Extension(s)| s);
+    crate::sse::open(
+        &app.engine,
+        &app.streams,
+        crate::sse::Scope::All,
+        request,
+        socket,
+    )
+    .await
 }
 
 /// `GET /api/jobs/{id}/events/stream`: one job's events from its first, with its progress; ends when the
 /// job has finished.
 async fn job_stream(
     State(app): State<Arc<AppState>>,
+    socket: Option<Extension<crate::sse::ConnectionSocket>>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> ApiResult<Response> {
     let id = job_id(id)?;
     let request = query::stream_request(q.as_deref(), last_event_id(&headers)?, true)?;
-    crate::sse::open(
-        &app.engine,
-        &app.streams,
-        crate::sse::Scope::Job(id),
-        request,
-    )
-    .await
+    let socket = socket.map(|Extension(s)| s);
+    let scope = crate::sse::Scope::Job(id);
+    crate::sse::open(&app.engine, &app.streams, scope, request, socket).await
 }
 
 async fn logs(

@@ -37,12 +37,30 @@ const BATCH: usize = 64;
 /// A stream's write buffer grows in blocks this large; sent chunks are split off it without a copy.
 const BLOCK: usize = 1024;
 
+/// The socket of the connection a request came on, put on every request by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectionSocket(pub std::os::fd::RawFd);
+
+impl ConnectionSocket {
+    /// Caps the kernel's send buffer of this connection at `bytes` (the kernel doubles it), instead of
+    /// the several MiB TCP autotuning lets a connection grow to.
+    fn limit_send_buffer(self, bytes: usize) {
+        // SAFETY: the accept loop's connection owns this socket for as long as the request it came with
+        // is being handled, and this runs in that request's handler.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes) {
+            tracing::debug!(error = %e, "cannot cap an event stream's send buffer");
+        }
+    }
+}
+
 /// The streams of one server: their cap, their heartbeat, and counters for `/metrics`.
 #[derive(Debug)]
 pub struct Streams {
     slots: Arc<Semaphore>,
     max: usize,
     heartbeat: Duration,
+    send_buffer: Option<usize>,
     /// Streams opened since start-up.
     pub opened: AtomicU64,
     /// Streams closed for falling behind.
@@ -54,11 +72,15 @@ pub struct Streams {
 impl Streams {
     /// At most `max` streams at once; a comment line every `heartbeat` keeps idle ones (and the proxies
     /// between) alive, and finds a client that is gone.
-    pub fn new(max: usize, heartbeat: Duration) -> Streams {
+    /// `send_buffer`: the kernel send buffer of a stream's connection (`None`: the kernel's autotuning):
+    /// what a client that stops reading can hold of the daemon's memory in the kernel before it falls
+    /// behind and is dropped.
+    pub fn new(max: usize, heartbeat: Duration, send_buffer: Option<usize>) -> Streams {
         Streams {
             slots: Arc::new(Semaphore::new(max)),
             max,
             heartbeat,
+            send_buffer,
             opened: AtomicU64::new(0),
             lagged: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -100,6 +122,7 @@ pub(crate) async fn open(
     streams: &Arc<Streams>,
     scope: Scope,
     request: StreamRequest,
+    socket: Option<ConnectionSocket>,
 ) -> Result<Response, ApiError> {
     if let Scope::Job(id) = scope {
         engine.exists(id).await?;
@@ -129,6 +152,9 @@ pub(crate) async fn open(
         engine: Some(request.cursor.engine.unwrap_or(latest_engine)),
     };
     streams.opened.fetch_add(1, Ordering::Relaxed);
+    if let (Some(socket), Some(bytes)) = (socket, streams.send_buffer) {
+        socket.limit_send_buffer(bytes);
+    }
     let state = Streaming {
         engine: engine.clone(),
         streams: streams.clone(),
@@ -197,7 +223,13 @@ impl Streaming {
         loop {
             if !self.out.is_empty() {
                 self.heartbeat.reset();
-                return Some(self.out.split().freeze());
+                let chunk = self.out.split().freeze();
+                // What is left of a large block would keep the whole block alive after the chunk is
+                // sent: a burst's buffer goes with its chunk, the next write starts a small one.
+                if self.out.capacity() > BLOCK {
+                    self.out = BytesMut::new();
+                }
+                return Some(chunk);
             }
             if self.done {
                 return None;

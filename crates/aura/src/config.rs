@@ -265,6 +265,10 @@ pub struct ApiSection {
     /// are gone. Default: 15s.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub stream_heartbeat: Duration,
+    /// The kernel send buffer of an event stream's connection (the kernel doubles it), e.g. "256KiB":
+    /// how much a client that stops reading can hold in the kernel before it falls behind the stream's
+    /// buffer and is dropped. Default: none, the kernel's TCP autotuning (up to `net.ipv4.tcp_wmem`).
+    pub stream_send_buffer: Option<ByteSize>,
     /// How long a client may take to send a request's headers (also closes idle kept-alive
     /// connections). Default: 30s (a flood of idle connections meets the cap first, which closes the
     /// oldest idle ones).
@@ -395,6 +399,7 @@ impl Default for ApiSection {
             max_connections: listener.max_connections,
             max_event_streams: api.max_event_streams,
             stream_heartbeat: api.stream_heartbeat,
+            stream_send_buffer: None,
             header_timeout: listener.header_timeout,
             request_timeout: api.request_timeout,
             max_header_bytes: ByteSize(api.security.max_header_bytes as u64),
@@ -503,6 +508,9 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if api.tokens.iter().any(|t| t.name == LOCAL_TOKEN_NAME) {
             anyhow::bail!("invalid configuration: the token name {LOCAL_TOKEN_NAME:?} is the data dir's own token's; choose another");
+        }
+        if api.stream_send_buffer.is_some_and(|b| b.bytes() < 4096) {
+            anyhow::bail!("invalid configuration: api.stream_send_buffer must be at least 4KiB");
         }
         if api.max_event_streams == 0 || api.stream_heartbeat.is_zero() {
             anyhow::bail!("invalid configuration: api.max_event_streams and api.stream_heartbeat must be greater than zero");
@@ -675,6 +683,17 @@ mod tests {
         );
         refused("[api]\nheader_timeout = \"48h\"\n", "api.header_timeout");
         refused("[api]\nmax_connections = 0\n", "max_connections");
+        refused("[api]\nmax_event_streams = 0\n", "max_event_streams");
+        refused(
+            "[api]\nstream_send_buffer = \"1KiB\"\n",
+            "stream_send_buffer",
+        );
+        refused("[media]\nstall_after = 0\n", "media.stall_after");
+        refused(
+            "[media]\nprogress_interval = \"0s\"\n",
+            "media.progress_interval",
+        );
+        refused("[media]\nprobe_timeout = \"48h\"\n", "media.probe_timeout");
         refused(
             "[api]\nallowed_origins = [\"https://a.example/path\"]\n",
             "allowed_origins",

@@ -510,6 +510,9 @@ fn api_config(
     out.request_timeout = api.request_timeout;
     out.max_event_streams = api.max_event_streams;
     out.stream_heartbeat = api.stream_heartbeat;
+    out.stream_send_buffer = api
+        .stream_send_buffer
+        .map(|b| usize::try_from(b.bytes()).unwrap_or(usize::MAX));
     let security = std::sync::Arc::make_mut(&mut out.security);
     security.allowed_hosts = hosts;
     security.allowed_origins = api
