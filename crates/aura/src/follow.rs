@@ -197,6 +197,32 @@ enum Ended {
     Dropped(anyhow::Error),
 }
 
+impl Ended {
+    /// After a stream that ended short of `Done` (`what` names it in messages): counts the try, resumes
+    /// a lagged one after its id, says a lost one is reopened; an error once it happened too often.
+    fn retry(
+        self,
+        what: &str,
+        after: &mut Option<String>,
+        failures: &mut u32,
+        display: &mut Display,
+    ) -> anyhow::Result<()> {
+        *failures += 1;
+        match self {
+            Ended::Done => {}
+            Ended::Lagged(resume_after) => *after = Some(resume_after),
+            Ended::Dropped(why) if *failures > MAX_RECONNECTS => {
+                return Err(why.context(format!("lost {what} {MAX_RECONNECTS} times in a row")));
+            }
+            Ended::Dropped(why) => display.note(&format!("{what} lost ({why}); reconnecting")),
+        }
+        if *failures > MAX_RECONNECTS {
+            anyhow::bail!("{what} kept falling behind; giving up");
+        }
+        Ok(())
+    }
+}
+
 /// The pause before reconnection number `n` (1, 2, …): 250 ms doubling, at most 4 s.
 fn backoff(n: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << n.min(4)))
@@ -269,27 +295,11 @@ async fn follow_stream(
             Err(e) if e.is_transient() => Ended::Dropped(e.into()),
             Err(e) => return Err(e.into()),
         };
-        match ended {
-            Ended::Done => return Ok(memory),
-            Ended::Lagged(resume_after) => {
-                failures += 1;
-                after = Some(resume_after);
-            }
-            Ended::Dropped(why) => {
-                failures += 1;
-                if failures > MAX_RECONNECTS {
-                    return Err(why.context(format!(
-                        "lost job {id}'s event stream {MAX_RECONNECTS} times in a row"
-                    )));
-                }
-                display.note(&format!(
-                    "job {id}: event stream lost ({why}); reconnecting"
-                ));
-            }
+        if let Ended::Done = ended {
+            return Ok(memory);
         }
-        if failures > MAX_RECONNECTS {
-            anyhow::bail!("job {id}'s event stream kept falling behind; giving up");
-        }
+        let what = format!("job {id}'s event stream");
+        ended.retry(&what, &mut after, &mut failures, display)?;
         tokio::time::sleep(backoff(failures)).await;
     }
 }
@@ -397,25 +407,10 @@ async fn wait_streams(
             }
             let ended = read_all_stream(client, stream, &mut jobs, display, &mut failures).await?;
             after = stream.last_id().map(str::to_owned).or(after);
-            match ended {
-                Ended::Done => return Ok(jobs),
-                Ended::Lagged(resume_after) => {
-                    failures += 1;
-                    after = Some(resume_after);
-                }
-                Ended::Dropped(why) => {
-                    failures += 1;
-                    if failures > MAX_RECONNECTS {
-                        return Err(why.context(format!(
-                            "lost the event stream {MAX_RECONNECTS} times in a row"
-                        )));
-                    }
-                    display.note(&format!("event stream lost ({why}); reconnecting"));
-                }
+            if let Ended::Done = ended {
+                return Ok(jobs);
             }
-            if failures > MAX_RECONNECTS {
-                anyhow::bail!("the event stream kept falling behind; giving up");
-            }
+            ended.retry("the event stream", &mut after, &mut failures, display)?;
         }
         tokio::time::sleep(backoff(failures)).await;
     }
