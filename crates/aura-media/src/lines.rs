@@ -135,10 +135,31 @@ mod tests {
         let out = reports(Format::Generic, &chunks);
         let shares: Vec<_> = out.iter().map(|r| r.fraction).collect();
         assert_eq!(shares, [Some(0.1), Some(0.3)]);
-        // Exactly MAX_LINE is kept.
+        // Exactly MAX_LINE is kept, whole or cut anywhere; one byte more is not.
         let mut exact = b"aura-progress 0.2".to_vec();
         exact.resize(MAX_LINE, b' ');
-        exact.push(b'\n');
-        assert_eq!(reports(Format::Generic, &[&exact]).len(), 1);
+        let mut line = exact.clone();
+        line.push(b'\n');
+        assert_eq!(reports(Format::Generic, &[&line]).len(), 1);
+        for cut in [1, 100, MAX_LINE - 1, MAX_LINE] {
+            let (a, b) = line.split_at(cut);
+            assert_eq!(reports(Format::Generic, &[a, b]).len(), 1, "cut at {cut}");
+        }
+        assert_eq!(
+            reports(Format::Generic, &[&exact]).len(),
+            1,
+            "unterminated, at the end"
+        );
+        let mut over = exact.clone();
+        over.push(b' ');
+        assert!(reports(Format::Generic, &[&over]).is_empty());
+        assert!(reports(Format::Generic, &[&over[..10], &over[10..]]).is_empty());
+        let mut over_line = over.clone();
+        over_line.extend_from_slice(b"\naura-progress 0.9\n");
+        let shares: Vec<_> = reports(Format::Generic, &[&over_line])
+            .iter()
+            .map(|r| r.fraction)
+            .collect();
+        assert_eq!(shares, [Some(0.9)], "only the line after the overlong one");
     }
 }

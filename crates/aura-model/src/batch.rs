@@ -243,5 +243,17 @@ mod tests {
         let error = jsonl_entries("{\"program\": \"a\"}\n{oops\n").unwrap_err();
         assert!(error.to_string().starts_with("line 2:"), "{error}");
         assert!(parse(vec![spec(json!({})); MAX_BATCH + 1]).is_err());
+        assert_eq!(
+            parse(vec![spec(json!({})); MAX_BATCH]).unwrap().len(),
+            MAX_BATCH
+        );
+        let most: Vec<i64> = (1..=crate::limits::MAX_DEPENDENCIES as i64).collect();
+        assert!(parse(vec![spec(json!({ "after": most }))]).is_ok());
+        let too_many: Vec<i64> = (1..=crate::limits::MAX_DEPENDENCIES as i64 + 1).collect();
+        let error = parse(vec![spec(json!({ "after": too_many }))]).unwrap_err();
+        assert!(
+            error.to_string().contains("too many dependencies"),
+            "{error}"
+        );
     }
 }

@@ -485,6 +485,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn committed_events_encode_as_their_records() {
+        let job = CommittedEvent::new(
+            EventLog::Job(JobId(4)),
+            17,
+            1_700_000_000_123,
+            Some(2),
+            "stalled".into(),
+            r#"{"reason":"no progress"}"#.into(),
+        );
+        let record: JobEventRecord = serde_json::from_str(job.json()).unwrap();
+        assert_eq!(
+            record,
+            JobEventRecord {
+                seq: 17,
+                job_id: JobId(4),
+                at: Timestamp::from_unix_millis(1_700_000_000_123),
+                attempt: 2,
+                event: JobEvent::Stalled {
+                    reason: "no progress".into()
+                },
+            }
+        );
+        assert_eq!(job.json(), job.json(), "encoded once, the same every time");
+        let engine = CommittedEvent::new(
+            EventLog::Engine,
+            3,
+            0,
+            None,
+            "odd \"kind\"".into(),
+            "null".into(),
+        );
+        let value: serde_json::Value = serde_json::from_str(engine.json()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"seq": 3, "at": "1970-01-01T00:00:00.000Z", "kind": "odd \"kind\"", "detail": null})
+        );
+    }
+
+    #[test]
     fn events_travel_as_kind_and_detail_and_unknown_ones_are_kept() {
         let event = JobEvent::Requeued { attempt: 2 };
         let (kind, detail) = event.to_parts().unwrap();

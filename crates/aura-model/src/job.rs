@@ -940,6 +940,92 @@ mod tests {
     }
 
     #[test]
+    fn media_and_dependency_fields_are_checked() {
+        let secs = Duration::from_secs;
+        check(|s| s.expected_duration = Some(secs(90)), Ok(()));
+        check(|s| s.stall_after = Some(secs(30 * 24 * 3600)), Ok(()));
+        for (what, edit) in [
+            (
+                "expected_duration out of range",
+                Box::new(|s: &mut JobSpec| s.expected_duration = Some(Duration::ZERO))
+                    as Box<dyn Fn(&mut JobSpec)>,
+            ),
+            (
+                "stall_after out of range",
+                Box::new(|s: &mut JobSpec| s.stall_after = Some(Duration::ZERO)),
+            ),
+            (
+                "stall_after out of range",
+                Box::new(|s: &mut JobSpec| s.stall_after = Some(secs(30 * 24 * 3600 + 1))),
+            ),
+            (
+                "expected_duration out of range",
+                Box::new(|s: &mut JobSpec| s.expected_duration = Some(secs(31 * 24 * 3600))),
+            ),
+        ] {
+            let mut s = spec();
+            edit(&mut s);
+            let error = s.validate().expect_err(what).to_string();
+            assert!(error.contains(what), "{error}");
+        }
+        check(|s| s.min_speed = Some(0.5), Ok(()));
+        check(|s| s.min_speed = Some(1000.0), Ok(()));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1000.5] {
+            let mut s = spec();
+            s.min_speed = Some(bad);
+            let error = s.validate().expect_err("a bad speed floor").to_string();
+            assert!(error.contains("min_speed"), "{bad}: {error}");
+        }
+        check(|s| s.after = vec![JobId(1), JobId(9)], Ok(()));
+        check(
+            |s| s.after = vec![JobId(3), JobId(0)],
+            Err("after out of range: 0 is not a job id"),
+        );
+        check(
+            |s| s.after = (1..=limits::MAX_DEPENDENCIES as i64).map(JobId).collect(),
+            Ok(()),
+        );
+        check(
+            |s| {
+                s.after = (1..=limits::MAX_DEPENDENCIES as i64 + 1)
+                    .map(JobId)
+                    .collect()
+            },
+            Err("too many dependencies (after) (at most 256)"),
+        );
+    }
+
+    #[test]
+    fn media_fields_read_seconds_or_text_and_stay_out_when_unset() {
+        let s: JobSpec = serde_json::from_value(serde_json::json!({
+            "program": "ffmpeg", "expected_duration": 90, "stall_after": "2m",
+            "min_speed": 0.5, "after": [3], "progress": "ffmpeg_stderr"
+        }))
+        .unwrap();
+        assert_eq!(s.expected_duration, Some(Duration::from_secs(90)));
+        assert_eq!(s.stall_after, Some(Duration::from_secs(120)));
+        assert_eq!(s.progress, crate::media::ProgressMode::FfmpegStderr);
+        assert_eq!(s.after, [JobId(3)]);
+        let written = serde_json::to_value(&s).unwrap();
+        assert_eq!(written["stall_after"], "2m");
+        assert_eq!(written["progress"], "ffmpeg_stderr");
+        let plain = serde_json::to_value(spec()).unwrap();
+        for absent in [
+            "progress",
+            "expected_duration",
+            "stall_after",
+            "min_speed",
+            "after",
+        ] {
+            assert!(plain.get(absent).is_none(), "{absent} written when unset");
+        }
+        assert!(serde_json::from_value::<JobSpec>(
+            serde_json::json!({"program": "x", "stall_after": -1})
+        )
+        .is_err());
+    }
+
+    #[test]
     fn validation_table() {
         check(|_| {}, Ok(()));
         check(|s| s.program = "  ".into(), Err("the program is empty"));

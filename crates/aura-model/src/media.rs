@@ -398,7 +398,124 @@ mod tests {
     }
 
     #[test]
+    fn any_figure_going_up_is_an_advance() {
+        let window = Duration::from_secs(2);
+        let raws = [
+            RawReport {
+                out_time: Some(Duration::from_millis(500)),
+                ..RawReport::default()
+            },
+            RawReport {
+                frame: Some(3),
+                ..RawReport::default()
+            },
+            RawReport {
+                total_size: Some(100),
+                ..RawReport::default()
+            },
+            RawReport {
+                fraction: Some(0.000_002),
+                ..RawReport::default()
+            },
+        ];
+        for raw in raws {
+            let mut t = ProgressTracker::new(ProgressSource::Generic, None);
+            t.report(raw.clone(), 1.5, None);
+            assert!(
+                t.stalled(3.0, window).is_none(),
+                "{raw:?} advanced at 1.5 s"
+            );
+            assert!(
+                t.stalled(3.5, window).is_some(),
+                "{raw:?}: idle since 1.5 s"
+            );
+            // The same figures again: no advance.
+            t.report(raw.clone(), 3.0, None);
+            assert!(
+                t.stalled(3.5, window).is_some(),
+                "{raw:?} repeated is no advance"
+            );
+        }
+    }
+
+    #[test]
+    fn a_length_learned_later_gives_the_percent_from_then_on() {
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, None);
+        t.report(ffmpeg(2.0, 50, 1.0), 1.0, None);
+        assert_eq!(t.snapshot(1.0).percent, None);
+        t.set_expected(Duration::from_secs(8));
+        assert_eq!(t.snapshot(1.0).percent, Some(0.0));
+        assert_eq!(t.snapshot(1.0).expected_secs, Some(8.0));
+        t.report(ffmpeg(4.0, 100, 2.0), 2.0, None);
+        let p = t.snapshot(2.0);
+        assert_eq!((p.percent, p.eta_secs), (Some(50.0), Some(2.0)));
+        // A zero length says nothing about the share.
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, Some(Duration::ZERO));
+        t.report(ffmpeg(4.0, 100, 2.0), 2.0, None);
+        assert_eq!(t.snapshot(2.0).percent, Some(0.0));
+    }
+
+    #[test]
+    fn the_eta_needs_a_speed_or_a_pace() {
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, Some(Duration::from_secs(10)));
+        // Speed 0 (nothing written yet): no estimate from it, and no share to pace.
+        t.report(ffmpeg(0.0, 0, 0.0), 1.0, None);
+        assert_eq!(t.snapshot(1.0).eta_secs, None);
+        let mut t = ProgressTracker::new(ProgressSource::Generic, None);
+        t.report(
+            RawReport {
+                fraction: Some(0.0),
+                ..RawReport::default()
+            },
+            1.0,
+            None,
+        );
+        assert_eq!(t.snapshot(1.0).eta_secs, None, "no share done: no pace");
+    }
+
+    #[test]
+    fn a_speed_at_the_floor_is_not_slow_and_reasons_say_where_the_job_stands() {
+        let window = Duration::from_secs(1);
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, None);
+        for now in [1.0, 2.0, 3.0] {
+            t.report(ffmpeg(now, now as u64, 0.5), now, Some(0.5));
+        }
+        assert!(
+            t.stalled(3.0, window).is_none(),
+            "at the floor is not under it"
+        );
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, None);
+        t.report(ffmpeg(1.0, 25, 1.0), 0.5, None);
+        let why = t.stalled(5.0, window).unwrap();
+        assert!(why.contains("at 1.00 s of media"), "{why}");
+        let mut t = ProgressTracker::new(ProgressSource::Generic, None);
+        t.report(
+            RawReport {
+                fraction: Some(0.25),
+                ..RawReport::default()
+            },
+            0.5,
+            None,
+        );
+        let why = t.stalled(5.0, window).unwrap();
+        assert!(why.contains("at 25.0 %"), "{why}");
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegStderr, None);
+        t.report(
+            RawReport {
+                frame: Some(1),
+                ..RawReport::default()
+            },
+            0.5,
+            None,
+        );
+        let why = t.stalled(5.0, window).unwrap();
+        assert!(why.contains("at nothing"), "{why}");
+    }
+
+    #[test]
     fn progress_mode_names() {
+        assert!(ProgressMode::Auto.is_auto());
+        assert!(!ProgressMode::Ffmpeg.is_auto());
         for (mode, name) in [
             (ProgressMode::Auto, "\"auto\""),
             (ProgressMode::FfmpegStderr, "\"ffmpeg_stderr\""),
