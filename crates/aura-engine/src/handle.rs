@@ -33,11 +33,9 @@ pub struct EngineHandle {
     /// The supervisor's rules for programs and working directories, asked at submit too.
     sandbox: Arc<aura_supervisor::JobSandbox>,
     guards: Arc<Mutex<Option<crate::guards::GuardThread>>>,
-    /// The progress feed of event streams, and what stops it.
-    feed: Arc<Mutex<Option<Feed>>>,
+    /// The progress feed of event streams; it ends when `Shared::closing` is set.
+    feed: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
-
-type Feed = (tokio::sync::watch::Sender<bool>, JoinHandle<()>);
 
 impl EngineHandle {
     pub(crate) fn new(
@@ -45,7 +43,7 @@ impl EngineHandle {
         shared: Arc<Shared>,
         actor: JoinHandle<()>,
         guards: Option<crate::guards::GuardThread>,
-        feed: Feed,
+        feed: JoinHandle<()>,
     ) -> Self {
         EngineHandle {
             tx,
@@ -580,9 +578,8 @@ impl EngineHandle {
             .await
             .map_err(|e| EngineError::internal("the engine actor failed", e))?;
         let feed = self.feed.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((stop, task)) = feed {
-            let _ = stop.send(true);
-            let _ = task.await;
+        if let Some(feed) = feed {
+            let _ = feed.await;
         }
         let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner()).take();
         let host = self.shared.host_sampler.clone();

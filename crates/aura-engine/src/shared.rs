@@ -10,10 +10,10 @@ use aura_supervisor::{Supervisor, UsageProbe};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
 
 /// Progress updates kept for slow stream subscribers (one per running job per interval).
 const PROGRESS_BUFFER: usize = 1024;
-use tokio::sync::{broadcast, watch};
 
 /// What the actor shares read-only (or through short, uncontended locks) with handles and monitors.
 pub(crate) struct Shared {

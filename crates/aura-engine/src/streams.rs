@@ -19,16 +19,17 @@ pub struct Subscription {
     pub closing: watch::Receiver<bool>,
 }
 
-/// Publishes running jobs' progress until `stop` is set. A job's progress goes out when it has new
-/// reports since the last round.
-pub(crate) async fn progress_feed(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Publishes running jobs' progress until the daemon begins to shut down (`Shared::closing`). A job's
+/// progress goes out when it has new reports since the last round.
+pub(crate) async fn progress_feed(shared: Arc<Shared>) {
+    let mut closing = shared.closing.subscribe();
     let mut tick = tokio::time::interval(shared.config.media.progress_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent: HashMap<JobId, u64> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
+            _ = closing.wait_for(|c| *c) => return,
         }
         if shared.progress_events.receiver_count() == 0 {
             sent.clear();

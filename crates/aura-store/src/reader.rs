@@ -183,15 +183,21 @@ pub(crate) fn committed_after(
             }
         }
         job => {
-            let only = match job {
-                Some(EventLog::Job(id)) => Some(id.0),
-                _ => None,
+            // One statement per case rather than `?1 IS NULL OR job_id = ?1`: one job's events come by the
+            // (job_id, seq) index, not by a walk of every job's events after `after`.
+            let (sql, only) = match job {
+                Some(EventLog::Job(id)) => (
+                    "SELECT seq, at_ms, kind, detail, attempt, job_id FROM job_events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    Some(id.0),
+                ),
+                _ => (
+                    "SELECT seq, at_ms, kind, detail, attempt, job_id FROM job_events WHERE ?1 IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    None,
+                ),
             };
-            let mut stmt = conn
-                .prepare_cached("SELECT seq, at_ms, kind, detail, attempt, job_id FROM job_events WHERE seq > ?1 AND (?2 IS NULL OR job_id = ?2) ORDER BY seq LIMIT ?3")
-                .context(what)?;
+            let mut stmt = conn.prepare_cached(sql).context(what)?;
             let mut rows = stmt
-                .query(rusqlite::params![after, only, limit])
+                .query(rusqlite::params![only, after, limit])
                 .context(what)?;
             while let Some(row) = rows.next().context(what)? {
                 let id = JobId(row.get(5).context(what)?);

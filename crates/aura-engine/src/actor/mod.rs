@@ -119,15 +119,8 @@ pub(crate) async fn spawn(
         None
     };
     let task = tokio::spawn(actor.run());
-    let (stop_feed, stop) = watch::channel(false);
-    let feed = tokio::spawn(crate::streams::progress_feed(shared.clone(), stop));
-    Ok(EngineHandle::new(
-        tx,
-        shared,
-        task,
-        guards,
-        (stop_feed, feed),
-    ))
+    let feed = tokio::spawn(crate::streams::progress_feed(shared.clone()));
+    Ok(EngineHandle::new(tx, shared, task, guards, feed))
 }
 
 impl Actor {

@@ -79,7 +79,7 @@ impl Actor {
         if let Some((dep, outcome)) = failed {
             if let Some(job) = self.leave_waiting(id) {
                 if let Some(own) = self.fail_dependant(job, dep, outcome).await {
-                    // Dependants may have registered meanwhile (a batch's later lines).
+                    // Remembered for the jobs that name it next (a batch's later lines).
                     self.ended_chain(id, false, own).await;
                 }
             }
@@ -104,8 +104,8 @@ impl Actor {
         self.shared.set_dependencies(id, Some(pending));
     }
 
-    /// How a job that is not live ended: remembered, or read from the store (`None`: it has not ended —
-    /// it does not exist, which submit rules out, or the store cannot tell now).
+    /// How a job that is not live ended: remembered, or read from the store (`None`: it has not ended, or
+    /// the store cannot tell now; a job the store does not have counts as failed, `not_found`).
     async fn ended_outcome(&self, dep: JobId) -> Option<(bool, String)> {
         if let Some(ended) = self.recent.ended.get(&dep) {
             return Some(ended.clone());
@@ -201,8 +201,7 @@ impl Actor {
             }),
         ];
         self.persist_final(&job, events).await;
-        self.recent
-            .insert(id, (false, "dependency_failed".to_owned()));
+        // The caller's `ended_chain` remembers it and takes it to its own dependants.
         job.outcome().map(|o| o.name().to_owned())
     }
 }
