@@ -77,8 +77,13 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "sse" => crate::media_bench::sse(root, flag("--subscribers", 1000)?, flag("--jobs", 100)?),
         "ffmpeg" => crate::media_bench::ffmpeg(root, flag("--encodes", 10)?, flag("--rounds", 2)?),
         "sse-stuck" => crate::media_bench::stuck(root, flag("--jobs", 2000)?, flag("--rounds", 2)?),
+        "control" => crate::control_bench::control(
+            root,
+            flag("--seconds", 20)? as u64,
+            flag("--cycles", 20)?,
+        ),
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck or ffmpeg")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck, ffmpeg or control")
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod api_bench;
 mod bench;
+mod control_bench;
 mod harness;
 mod media_bench;
 
@@ -35,7 +36,10 @@ const USAGE: &str = "usage:
   cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)
   cargo xtask bench sse [--subscribers N] [--jobs N]      (all-jobs event stream fan-out: RSS, delivery latency)
   cargo xtask bench sse-stuck [--jobs N] [--rounds N]     (trivial jobs alone vs beside a client that reads nothing, ABBA)
-  cargo xtask bench ffmpeg [--encodes N] [--rounds N]     (real encodes directly vs under Aura, ABBA)";
+  cargo xtask bench ffmpeg [--encodes N] [--rounds N]     (real encodes directly vs under Aura, ABBA)
+  cargo xtask bench control [--seconds N] [--cycles N]
+                                   (a 10 ms stand-in and a busy editor outside Aura beside 2 encodes, CPU throttle
+                                   off / on; pause-resume latency)";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
 /// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`),

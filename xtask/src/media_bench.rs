@@ -246,6 +246,7 @@ pub fn ffmpeg(root: &Path, encodes: usize, rounds: usize) -> anyhow::Result<()> 
         &[
             ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
             ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
+            ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
         ],
     )?;
     let rt = crate::harness::client_runtime()?;

@@ -336,12 +336,33 @@ pub struct Admission {
 pub struct Reservation {
     ledger: Arc<Mutex<Ledger>>,
     grant: Grant,
+    /// CPU given back while the job is paused (not in `grant`, so a drop releases only what is held).
+    suspended_cpu: u64,
 }
 
 impl Reservation {
     /// The GPU devices granted, by their own indexes (`GpuDevice::index`), e.g. for `CUDA_VISIBLE_DEVICES`.
     pub fn gpus(&self) -> &[u32] {
         &self.grant.gpus
+    }
+
+    /// Gives the CPU of this reservation back while keeping the rest (a paused job keeps its memory,
+    /// GPUs and named limits: it will need them again, and they are still in use). Idempotent.
+    pub fn suspend_cpu(&mut self) {
+        let mut ledger = lock(&self.ledger);
+        let cpu = std::mem::take(&mut self.grant.scalar.cpu);
+        ledger.used.cpu = ledger.used.cpu.saturating_sub(cpu);
+        self.suspended_cpu += cpu;
+    }
+
+    /// Takes the CPU given back by [`suspend_cpu`](Self::suspend_cpu) again, even where others took it
+    /// meanwhile: the job runs again now, and admission waits until enough CPU is free once more.
+    /// Idempotent.
+    pub fn restore_cpu(&mut self) {
+        let mut ledger = lock(&self.ledger);
+        let cpu = std::mem::take(&mut self.suspended_cpu);
+        ledger.used.cpu += cpu;
+        self.grant.scalar.cpu += cpu;
     }
 }
 
@@ -472,6 +493,7 @@ impl Admission {
         Ok(Reservation {
             ledger: self.ledger.clone(),
             grant,
+            suspended_cpu: 0,
         })
     }
 
@@ -479,6 +501,7 @@ impl Admission {
         Reservation {
             ledger: self.ledger.clone(),
             grant,
+            suspended_cpu: 0,
         }
     }
 
@@ -579,6 +602,48 @@ mod tests {
             ),
         ]);
         Admission::new(capacity, limits)
+    }
+
+    #[test]
+    fn a_paused_job_gives_back_its_cpu_and_keeps_its_memory() {
+        let a = admission();
+        let now = Instant::now();
+        let mut req = Request::memory(3 * GIB);
+        req.cpu_millis = 1500;
+        let mut paused = a.try_reserve(&req, now).unwrap();
+        let mut cpu_only = Request::memory(0);
+        cpu_only.cpu_millis = 1500;
+        assert!(a.try_reserve(&cpu_only, now).is_err(), "CPU is taken");
+        paused.suspend_cpu();
+        paused.suspend_cpu();
+        let usage = a.usage();
+        assert_eq!(
+            (usage.reserved_cpu_millis, usage.reserved_memory_bytes),
+            (0, 3 * GIB)
+        );
+        let other = a
+            .try_reserve(&cpu_only, now)
+            .expect("the paused job's CPU is free");
+        assert!(
+            a.try_reserve(&Request::memory(2 * GIB), now).is_err(),
+            "its memory is not"
+        );
+        // Resumed while another holds its CPU: over-committed until one ends, never negative after.
+        paused.restore_cpu();
+        paused.restore_cpu();
+        assert_eq!(a.usage().reserved_cpu_millis, 3000);
+        drop(other);
+        paused.suspend_cpu();
+        drop(paused);
+        let usage = a.usage();
+        assert_eq!(
+            (
+                usage.reserved_cpu_millis,
+                usage.reserved_memory_bytes,
+                usage.active
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[test]

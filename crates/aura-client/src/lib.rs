@@ -2,6 +2,7 @@
 
 pub mod sse;
 
+pub use aura_model::view::{CancelResult, CancelSelection, PriorityRequest};
 use aura_model::{
     EngineEvent, EngineEventRecord, JobEvent, JobEventRecord, JobId, JobSpec, LoggedEvent,
     ProgressUpdate, Timestamp,
@@ -542,6 +543,76 @@ impl Client {
             .await
     }
 
+    /// `POST /api/jobs/{id}/kill`: stops the job as [`cancel`](Self::cancel) does, but a running tree gets
+    /// SIGKILL at once, without its stop sequence's grace periods.
+    pub async fn kill(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.act(id, "kill").await
+    }
+
+    /// `POST /api/jobs/{id}/pause`: freezes a running job's whole tree; returns the job paused.
+    pub async fn pause(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.act(id, "pause").await
+    }
+
+    /// `POST /api/jobs/{id}/resume`: thaws a paused job's tree; returns the job running.
+    pub async fn resume(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.act(id, "resume").await
+    }
+
+    /// `POST /api/jobs/{id}/hold`: keeps a queued job from starting until it is released.
+    pub async fn hold(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.act(id, "hold").await
+    }
+
+    /// `POST /api/jobs/{id}/release`: lets a held job start again, in its place in the queue.
+    pub async fn release(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.act(id, "release").await
+    }
+
+    /// `POST /api/jobs/{id}/retry`: submits a finished job's spec again; returns the new job (its
+    /// `retry_of` is `id`).
+    pub async fn retry(&self, id: JobId) -> Result<JobView, ClientError> {
+        self.act(id, "retry").await
+    }
+
+    /// `POST /api/jobs/{id}/priority`: gives a job that has not started a new priority (higher runs
+    /// first); returns the job moved.
+    pub async fn set_priority(&self, id: JobId, priority: i32) -> Result<JobView, ClientError> {
+        let url = self.url(&format!("/api/jobs/{id}/priority"));
+        self.send(self.http.post(url).json(&PriorityRequest { priority }))
+            .await
+    }
+
+    /// `POST /api/jobs/cancel`: cancels (or kills) every unfinished job `selection` picks — with a submit
+    /// token, of this token's jobs only — or with `dry_run` only says which it would.
+    pub async fn cancel_where(
+        &self,
+        selection: &CancelSelection,
+    ) -> Result<CancelResult, ClientError> {
+        self.send(self.http.post(self.url("/api/jobs/cancel")).json(selection))
+            .await
+    }
+
+    /// `POST /api/drain`: nothing new starts until [`undrain`](Self::undrain); running jobs finish.
+    /// Returns the engine's status after it.
+    pub async fn drain(&self) -> Result<aura_model::EngineStatus, ClientError> {
+        self.send(self.http.post(self.url("/api/drain"))).await
+    }
+
+    /// `POST /api/undrain`: queued jobs start again as admission allows. Returns the engine's status.
+    pub async fn undrain(&self) -> Result<aura_model::EngineStatus, ClientError> {
+        self.send(self.http.post(self.url("/api/undrain"))).await
+    }
+
+    /// `POST /api/jobs/{id}/{action}`, for the actions without a body.
+    async fn act(&self, id: JobId, action: &str) -> Result<JobView, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/api/jobs/{id}/{action}"))),
+        )
+        .await
+    }
+
     /// One job's recorded events, oldest first.
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, ClientError> {
         self.send(self.http.get(self.url(&format!("/api/jobs/{id}/events"))))
@@ -799,5 +870,141 @@ mod tests {
         );
         // The unfinished event at the close is dropped.
         assert!(stream.next().await.is_none());
+    }
+
+    /// A server that answers one request with `status`, `content_type` and `body`, and hands over the
+    /// request it read (head and body).
+    async fn answering_once(
+        status: &'static str,
+        content_type: &'static str,
+        body: impl Into<String>,
+    ) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        let body: String = body.into();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then as many body bytes as it announces.
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= length || n == 0 {
+                        break;
+                    }
+                }
+            }
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_bulk_cancel_sends_its_selection_and_reads_the_result() {
+        let (url, request) = answering_once(
+            "200 OK",
+            "application/json",
+            r#"{"count":2,"ids":[3,4],"dry_run":true,"by_state":{"running":1,"queued":1}}"#,
+        )
+        .await;
+        let client = Client::new(&url).unwrap();
+        let selection = CancelSelection {
+            states: vec![
+                aura_model::StateName::Queued,
+                aura_model::StateName::Running,
+            ],
+            labels: [("kind".to_owned(), "encode".to_owned())].into(),
+            kill: true,
+            dry_run: true,
+        };
+        let result = client.cancel_where(&selection).await.unwrap();
+        assert_eq!(result.ids, [JobId(3), JobId(4)]);
+        assert_eq!(result.by_state["running"], 1);
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with("POST /api/jobs/cancel HTTP/1.1\r\n"),
+            "{request}"
+        );
+        let body = request.split_once("\r\n\r\n").unwrap().1;
+        let sent: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!({
+                "states": ["queued", "running"], "labels": {"kind": "encode"},
+                "kill": true, "dry_run": true
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_priority_is_a_json_body_and_a_refusal_keeps_its_code() {
+        let (url, request) = answering_once(
+            "409 Conflict",
+            "application/problem+json",
+            r#"{"type":"/problems/invalid_state","title":"Not possible in the job's state","status":409,"detail":"job 7 is running: cannot priority it","code":"invalid_state"}"#,
+        )
+        .await;
+        let client = Client::new(&url).unwrap();
+        let err = client.set_priority(JobId(7), -5).await.unwrap_err();
+        let ClientError::Api(problem) = &err else {
+            panic!("not a problem: {err}")
+        };
+        assert_eq!(
+            (problem.status, problem.code.as_str()),
+            (409, "invalid_state")
+        );
+        assert!(!err.is_transient());
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with("POST /api/jobs/7/priority HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.ends_with(r#"{"priority":-5}"#), "{request}");
+    }
+
+    #[tokio::test]
+    async fn operator_actions_post_to_their_routes() {
+        let job = aura_model::Job::new(
+            JobId(7),
+            JobSpec::new("true", Vec::<String>::new()),
+            Timestamp::now(),
+        );
+        let job = serde_json::to_string(&job).unwrap();
+        for action in ["pause", "resume", "hold", "release", "kill", "retry"] {
+            let (url, request) = answering_once("200 OK", "application/json", job.clone()).await;
+            let client = Client::new(&url).unwrap();
+            let id = JobId(7);
+            let view = match action {
+                "pause" => client.pause(id).await,
+                "resume" => client.resume(id).await,
+                "hold" => client.hold(id).await,
+                "release" => client.release(id).await,
+                "kill" => client.kill(id).await,
+                _ => client.retry(id).await,
+            }
+            .unwrap_or_else(|e| panic!("{action}: {e}"));
+            assert_eq!(view.job.id, JobId(7));
+            let request = request.await.unwrap();
+            let line = format!("POST /api/jobs/7/{action} HTTP/1.1\r\n");
+            assert!(request.starts_with(&line), "{request}");
+        }
     }
 }

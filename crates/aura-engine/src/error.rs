@@ -1,6 +1,6 @@
 //! The engine's error type: what can go wrong when submitting, querying or controlling jobs.
 
-use aura_model::{JobId, SpecError};
+use aura_model::{JobAction, JobId, SpecError};
 use std::path::PathBuf;
 
 /// Why an engine operation (start, submit, query, cancel, lease) failed.
@@ -101,6 +101,17 @@ pub enum EngineError {
         /// How it ended: its outcome's name.
         outcome: &'static str,
     },
+    /// An operator's action that does not apply to the job in its state (a pause of a queued job, a
+    /// new priority for a running one…). Nothing changed.
+    #[error("job {id} is {state}: cannot {} it ({})", action.as_str(), applies_to(*action))]
+    InvalidState {
+        /// The job's id.
+        id: JobId,
+        /// Its state's name.
+        state: &'static str,
+        /// What was asked.
+        action: JobAction,
+    },
     /// The engine is shutting down (or gone) and takes no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -133,6 +144,19 @@ pub enum EngineError {
         /// The underlying error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// Which jobs an action applies to, for its error message.
+fn applies_to(action: JobAction) -> &'static str {
+    match action {
+        JobAction::Pause => "only a running job can be paused",
+        JobAction::Resume => "only a paused job can be resumed",
+        JobAction::Hold => "only a queued job can be held",
+        JobAction::Release => "only a held job can be released",
+        JobAction::Retry => "only a finished job can be retried",
+        JobAction::Priority => "only a job that has not started can be given a new priority",
+        JobAction::Kill | JobAction::Cancel => "it has already finished",
+    }
 }
 
 impl EngineError {

@@ -174,6 +174,54 @@ pub struct GuardConfig {
     pub emergency_available_memory: MemoryThreshold,
     /// A victim is requeued asking for max(its request, its peak) times this.
     pub requeue_growth: f64,
+    /// Keeping the desktop responsive: running jobs' CPU capped while the machine is busy outside Aura.
+    pub throttle: ThrottleConfig,
+}
+
+/// The CPU throttle of running jobs (`[guards.throttle]`): while CPU use outside Aura's jobs, averaged
+/// over `window`, stays above `above_outside_cpu`, all jobs together may use at most `cpu_share` of the
+/// machine (one instance-level cpu controller write: `cpu.max` on cgroup v2, `cpu.cfs_quota_us` on v1;
+/// SCHED_IDLE where there is no cpu controller); below `below_outside_cpu` the cap is lifted.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// Whether running jobs are throttled at all (admission still pauses by `max_outside_cpu`).
+    /// Default: on.
+    pub enabled: bool,
+    /// The share of the machine's CPU (0–1] all of Aura's jobs together may use while throttled.
+    /// Default: 0.5.
+    pub cpu_share: f64,
+    /// Throttle while CPU use outside Aura's jobs is above this share of the machine. Default: 0.2.
+    pub above_outside_cpu: f64,
+    /// Lift the cap once CPU use outside Aura's jobs is below this share. Default: 0.1.
+    pub below_outside_cpu: f64,
+    /// The span outside CPU use is averaged over for the throttle: short, so the desktop gets its CPU
+    /// back within a few seconds. Default: 2 s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub window: Duration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            enabled: true,
+            cpu_share: 0.5,
+            above_outside_cpu: 0.2,
+            below_outside_cpu: 0.1,
+            window: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ThrottleConfig {
+    fn valid(&self, interval: Duration) -> bool {
+        self.cpu_share > 0.0
+            && self.cpu_share <= 1.0
+            && (0.0..=1.0).contains(&self.above_outside_cpu)
+            && (0.0..=1.0).contains(&self.below_outside_cpu)
+            && self.below_outside_cpu <= self.above_outside_cpu
+            && self.window >= interval
+    }
 }
 
 impl GuardConfig {
@@ -223,13 +271,15 @@ impl GuardConfig {
             && !self.fast_interval.is_zero()
             && self.fast_interval <= self.interval
             && self.requeue_growth.is_finite()
-            && self.requeue_growth >= 1.0;
+            && self.requeue_growth >= 1.0
+            && self.throttle.valid(self.interval);
         if ok {
             Ok(())
         } else {
             Err("guards need memory and free-disk thresholds as shares in [0, 1] or sizes, pressures in [0, 100], \
                  each resume threshold on the safe side of its trip threshold, critical memory thresholds no higher than \
-                 the pause thresholds (and the emergency one no higher than those), 0 < fast_interval <= interval, cpu_window >= interval > 0 and requeue_growth >= 1"
+                 the pause thresholds (and the emergency one no higher than those), 0 < fast_interval <= interval, cpu_window >= interval > 0, requeue_growth >= 1, \
+                 and a throttle with 0 < cpu_share <= 1, below_outside_cpu <= above_outside_cpu (both shares) and window >= interval"
                 .into())
         }
     }
@@ -296,6 +346,7 @@ impl Default for GuardConfig {
             fast_interval: Duration::from_millis(100),
             emergency_available_memory: MemoryThreshold::Share(0.04),
             requeue_growth: 1.5,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -547,6 +598,7 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
     // A window sample is taken per new host snapshot seen by a guard tick: as often as the slower of the two.
     let sample_every = config.interval.max(shared.config.host_interval);
     let mut cpu = CpuWindow::new(config.cpu_window, sample_every);
+    let mut throttle = Throttle::new(config, sample_every);
     while !stop.load(Ordering::SeqCst) {
         // The host sampler reads /proc; the guards only judge its latest snapshot.
         let host = shared.host_sampler.latest();
@@ -563,7 +615,11 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
             total_memory_bytes: memory.map(|m| m.total),
             memory_pressure: psi.map(|p| p.some.avg10 * 100.0),
             memory_pressure_full: psi.and_then(|p| p.full).map(|f| f.avg10 * 100.0),
-            outside_cpu: host.as_ref().and_then(|h| cpu.sample(shared, h)),
+            outside_cpu: host.as_ref().and_then(|h| {
+                let aura = aura_cpu_seconds(shared);
+                throttle.window.sample(h, aura);
+                cpu.sample(h, aura)
+            }),
             free_disk_bytes: volume.map(|v| v.available),
             total_disk_bytes: volume.map(|v| v.total),
         };
@@ -588,6 +644,11 @@ fn run(shared: &Shared, actor: &mpsc::Sender<Command>, stop: &AtomicBool) {
                 reading,
             };
             if actor.blocking_send(command).is_err() {
+                return;
+            }
+        }
+        if let Some(event) = throttle.judge(shared, reading) {
+            if actor.blocking_send(Command::EngineEvent(event)).is_err() {
                 return;
             }
         }
@@ -713,8 +774,9 @@ fn aura_cpu_seconds(shared: &Shared) -> f64 {
 
 /// The share of the machine's CPU used outside Aura's jobs and the daemon, averaged over a window.
 struct CpuWindow {
-    /// The host snapshot time, busy and total host CPU seconds, and Aura's CPU seconds, at the last sample.
-    previous: Option<(aura_model::Timestamp, f64, f64, f64)>,
+    /// The host snapshot time, idle (and iowait) host CPU seconds, and Aura's CPU seconds, at the last
+    /// sample.
+    previous: Option<(aura_model::Timestamp, f64, f64)>,
     samples: VecDeque<f64>,
     capacity: usize,
 }
@@ -729,19 +791,28 @@ impl CpuWindow {
         }
     }
 
-    fn sample(&mut self, shared: &Shared, host: &aura_host::HostSnapshot) -> Option<f64> {
+    /// Takes the host snapshot's CPU counters and Aura's CPU seconds (`aura_cpu_seconds`) at about the
+    /// same moment; the window's average once it is full.
+    fn sample(&mut self, host: &aura_host::HostSnapshot, aura_seconds: f64) -> Option<f64> {
         if self.previous.is_some_and(|p| p.0 == host.at) {
             // No new host sample since the last look: keep the window as it is.
             return self.average();
         }
+        // Busy time is what the CPUs were not idle over the wall-clock span. The busy modes of
+        // /proc/stat (user, system…) are sampled at timer ticks, which a tickless kernel fires mostly
+        // while something runs: jobs held to a CFS quota run in short bursts that the ticks overcount
+        // (measured here: 0.97 cores of "user" while the jobs' own counters said 0.5), which read as
+        // CPU used outside Aura and kept the throttle on forever. Idle and iowait are measured exactly.
         let c = &host.cpu.seconds;
-        let now = (host.at, c.busy(), c.total(), aura_cpu_seconds(shared));
+        let now = (host.at, c.idle + c.iowait, aura_seconds);
         let previous = self.previous.replace(now)?;
-        let total = now.2 - previous.2;
+        let elapsed = (now.0.unix_millis() - previous.0.unix_millis()) as f64 / 1e3;
+        let total = elapsed * host.cpu.cores.max(1) as f64;
         if total <= 0.0 {
             return None;
         }
-        let outside = ((now.1 - previous.1) - (now.3 - previous.3)) / total;
+        let busy = (total - (now.1 - previous.1)).max(0.0);
+        let outside = (busy - (now.2 - previous.2)) / total;
         if self.samples.len() == self.capacity {
             self.samples.pop_front();
         }
@@ -753,6 +824,81 @@ impl CpuWindow {
     fn average(&self) -> Option<f64> {
         (self.samples.len() == self.capacity)
             .then(|| self.samples.iter().sum::<f64>() / self.capacity as f64)
+    }
+}
+
+/// The throttle's judgement: its own, shorter window of outside CPU use, with hysteresis, and the cap
+/// applied through the supervisor when the verdict changes.
+struct Throttle {
+    config: ThrottleConfig,
+    window: CpuWindow,
+    /// The verdict (with hysteresis) and whether the cap is on now.
+    tripped: bool,
+    applied: bool,
+    /// The supervisor refused the cap: said once, not retried every interval.
+    failed: bool,
+}
+
+impl Throttle {
+    fn new(config: &GuardConfig, sample_every: Duration) -> Throttle {
+        Throttle {
+            config: config.throttle.clone(),
+            window: CpuWindow::new(config.throttle.window, sample_every),
+            tripped: false,
+            applied: false,
+            failed: false,
+        }
+    }
+
+    /// Whether the cap should change now, and to what (on: `true`), for an average of outside CPU use.
+    fn verdict(&mut self, outside: Option<f64>) -> Option<bool> {
+        let (above, below) = (self.config.above_outside_cpu, self.config.below_outside_cpu);
+        hysteresis(&mut self.tripped, outside, |v| v > above, |v| v < below);
+        (self.tripped != self.applied).then_some(self.tripped)
+    }
+
+    /// Applies the latest window to the cap; the engine event to record when it changed.
+    fn judge(&mut self, shared: &Shared, reading: Reading) -> Option<EngineEvent> {
+        if !self.config.enabled || self.failed {
+            return None;
+        }
+        let outside = self.window.average();
+        let (above, below) = (self.config.above_outside_cpu, self.config.below_outside_cpu);
+        let cap = self.verdict(outside)?;
+        let share = cap.then_some(self.config.cpu_share);
+        if let Err(e) = shared.supervisor.set_cpu_cap(share) {
+            tracing::error!(error = %e, "cannot cap running jobs' CPU; the throttle is off until a restart");
+            self.failed = true;
+            return None;
+        }
+        self.applied = self.tripped;
+        let reading = Reading {
+            outside_cpu: outside,
+            ..reading
+        };
+        let pct = |x: f64| x * 100.0;
+        let mut throttled = shared.throttled.lock().unwrap_or_else(|p| p.into_inner());
+        if self.applied {
+            let reason = format!(
+                "CPU use outside Aura's jobs {:.0} % over {:?} (throttles above {:.0} %, lifts below {:.0} %): jobs capped at {:.0} % of the machine",
+                pct(outside.unwrap_or_default()),
+                self.config.window,
+                pct(above),
+                pct(below),
+                pct(self.config.cpu_share)
+            );
+            tracing::warn!(%reason, "running jobs throttled");
+            *throttled = Some(reason.clone());
+            Some(EngineEvent::CpuThrottled {
+                reason,
+                cpu_share: self.config.cpu_share,
+                reading,
+            })
+        } else {
+            tracing::info!("running jobs' CPU cap lifted");
+            *throttled = None;
+            Some(EngineEvent::CpuRestored { reading })
+        }
     }
 }
 
@@ -784,6 +930,68 @@ mod tests {
             outside_cpu: Some(outside_cpu),
             free_disk_bytes: Some(TOTAL / 2),
             total_disk_bytes: Some(TOTAL),
+        }
+    }
+
+    #[test]
+    fn the_throttle_trips_and_lifts_with_hysteresis() {
+        let config = GuardConfig::default();
+        let mut throttle = Throttle::new(&config, config.interval);
+        // (outside CPU over the window, the change expected) — applied as the supervisor would.
+        let steps = [
+            (None, None),
+            (Some(0.15), None),
+            (Some(0.25), Some(true)),
+            (Some(0.15), None),
+            (Some(0.09), Some(false)),
+            (Some(0.18), None),
+            (Some(0.5), Some(true)),
+        ];
+        for (step, (outside, expected)) in steps.into_iter().enumerate() {
+            let change = throttle.verdict(outside);
+            assert_eq!(change, expected, "step {step}");
+            if let Some(on) = change {
+                throttle.applied = on;
+            }
+        }
+        // A cap the supervisor could not apply is asked for again at the next look.
+        assert_eq!(throttle.verdict(Some(0.01)), Some(false));
+        assert_eq!(throttle.verdict(Some(0.01)), Some(false));
+    }
+
+    #[test]
+    fn the_throttle_needs_a_share_and_thresholds_in_order() {
+        let ok = GuardConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = [
+            ThrottleConfig {
+                cpu_share: 0.0,
+                ..ThrottleConfig::default()
+            },
+            ThrottleConfig {
+                cpu_share: 1.5,
+                ..ThrottleConfig::default()
+            },
+            ThrottleConfig {
+                below_outside_cpu: 0.3,
+                above_outside_cpu: 0.2,
+                ..ThrottleConfig::default()
+            },
+            ThrottleConfig {
+                above_outside_cpu: 1.2,
+                ..ThrottleConfig::default()
+            },
+            ThrottleConfig {
+                window: Duration::from_millis(100),
+                ..ThrottleConfig::default()
+            },
+        ];
+        for throttle in bad {
+            let config = GuardConfig {
+                throttle: throttle.clone(),
+                ..GuardConfig::default()
+            };
+            assert!(config.validate().is_err(), "{throttle:?}");
         }
     }
 

@@ -2,10 +2,10 @@
 
 use crate::protocol::{CancelReply, Command};
 use crate::shared::{Places, Shared};
-use crate::EngineError;
+use crate::{EngineError, Selection};
 use aura_logs::{LogChunk, Stream};
 use aura_model::{
-    Backend, EngineStatus, Job, JobEventRecord, JobId, JobSpec, JobView, MemoryRequest,
+    Backend, EngineStatus, Job, JobAction, JobEventRecord, JobId, JobSpec, JobView, MemoryRequest,
     RequestSource, StateName, Timestamp,
 };
 pub use aura_model::{Health, LimitUse, Readiness, Utilization};
@@ -380,6 +380,13 @@ impl EngineHandle {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             unhealthy.push("shutting down".to_owned());
         }
+        if self.shared.draining.load(Ordering::SeqCst) {
+            // Not ready for new work: a balancer sends it elsewhere; running jobs finish.
+            unhealthy.push(
+                "draining: an operator drained the node (nothing new starts; `aura undrain`)"
+                    .to_owned(),
+            );
+        }
         if let Err(e) = self.shared.store.ping().await {
             unhealthy.push(format!("store unreachable: {e}"));
         }
@@ -430,7 +437,27 @@ impl EngineHandle {
 
     /// Cancels a queued job at once, or stops a running one with its stop sequence.
     pub async fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
-        match self.ask(|reply| Command::Cancel { id, reply }).await? {
+        self.stop_job(id, false, None).await
+    }
+
+    /// Cancels a job on behalf of `by` (an API token's name, for the logs): a queued or held one at
+    /// once, a running or paused one with its stop sequence — or, with `kill` (`aura kill`), with SIGKILL
+    /// to its whole tree at once, no grace period. Either way it ends `cancelled`.
+    pub async fn stop_job(
+        &self,
+        id: JobId,
+        kill: bool,
+        by: Option<String>,
+    ) -> Result<Job, EngineError> {
+        match self
+            .ask(|reply| Command::Cancel {
+                id,
+                kill,
+                by,
+                reply,
+            })
+            .await?
+        {
             CancelReply::Done(job) => Ok(*job),
             CancelReply::NotLive => match self.shared.store.get(id).await? {
                 Some(job) => Err(EngineError::AlreadyFinished {
@@ -440,6 +467,199 @@ impl EngineHandle {
                 None => Err(EngineError::NotFound(id)),
             },
         }
+    }
+
+    /// Freezes a running job's whole tree (`cgroup.freeze`; SIGSTOP to every member on the fallback)
+    /// and answers once it is frozen. A paused job keeps its memory reservation and gives its CPU
+    /// reservation back; the time paused counts neither toward its timeout nor toward stall detection.
+    pub async fn pause(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
+        self.act(id, JobAction::Pause, by).await
+    }
+
+    /// Thaws a paused job's tree and takes its CPU reservation back; answers once it runs.
+    pub async fn resume(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
+        self.act(id, JobAction::Resume, by).await
+    }
+
+    /// Keeps a queued job (or one waiting for its dependencies) from starting until released.
+    pub async fn hold(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
+        self.act(id, JobAction::Hold, by).await
+    }
+
+    /// Lets a held job start again: it goes back to its place in the queue (priority, then id).
+    pub async fn release(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
+        self.act(id, JobAction::Release, by).await
+    }
+
+    async fn act(
+        &self,
+        id: JobId,
+        action: JobAction,
+        by: Option<String>,
+    ) -> Result<Job, EngineError> {
+        let answer = self
+            .ask(|reply| Command::Act {
+                id,
+                action,
+                by,
+                reply,
+            })
+            .await?;
+        self.not_live(id, action, answer).await
+    }
+
+    /// The job once the action's write is committed. The actor answers `NotFound` for a job it does not
+    /// hold: it may be finished.
+    async fn not_live(
+        &self,
+        id: JobId,
+        action: JobAction,
+        answer: Result<crate::protocol::Acted, EngineError>,
+    ) -> Result<Job, EngineError> {
+        match answer {
+            Ok(acted) => {
+                if let Some(committed) = acted.committed {
+                    committed.await?;
+                }
+                Ok(acted.job)
+            }
+            Err(EngineError::NotFound(_)) => match self.shared.store.get(id).await? {
+                Some(job) => Err(EngineError::InvalidState {
+                    id,
+                    state: job.state.name().as_str(),
+                    action,
+                }),
+                None => Err(EngineError::NotFound(id)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a job that has not started (queued, held, or waiting for its dependencies) a new priority:
+    /// it moves in the queue at once (higher first, then by id).
+    pub async fn set_priority(
+        &self,
+        id: JobId,
+        priority: i32,
+        by: Option<String>,
+    ) -> Result<Job, EngineError> {
+        let answer = self
+            .ask(|reply| Command::SetPriority {
+                id,
+                priority,
+                by,
+                reply,
+            })
+            .await?;
+        self.not_live(id, JobAction::Priority, answer).await
+    }
+
+    /// Submits a finished job's spec again as a new job on behalf of `submitter`, checked as any submit
+    /// is; both records show the link (`retry_of`, `retried_as`) and the old job's log a `retried` event.
+    pub async fn retry(
+        &self,
+        id: JobId,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<Job, EngineError> {
+        let old = self.stored(id).await?;
+        if old.state.name() != StateName::Finished {
+            return Err(EngineError::InvalidState {
+                id,
+                state: old.state.name().as_str(),
+                action: JobAction::Retry,
+            });
+        }
+        let spec = old.spec;
+        let memory_request = self.admissible(&spec, submitter).await?;
+        let place = self.shared.reserve_place(submitter)?;
+        let by = submitter.map(|s| s.name.clone());
+        let job = self
+            .shared
+            .store
+            .insert_retry(spec, Timestamp::now(), Some(memory_request), by.clone(), id)
+            .await?;
+        tracing::info!(job_id = %id, retry = %job.id, "job retried as a new job");
+        self.hand_over(&job, place).await?;
+        let action = aura_model::EngineEvent::OperatorAction {
+            action: JobAction::Retry,
+            job_id: id,
+            by,
+            detail: Some(format!("as job {}", job.id)),
+        };
+        // The engine's log is a record, not the retry: a failure to send means a shutdown began.
+        let _ = self.tx.send(Command::EngineEvent(action)).await;
+        Ok(job)
+    }
+
+    /// Cancels (or with `kill`, kills) every unfinished job `selection` picks — by state and labels;
+    /// with `only_of`, that token's own jobs only — and returns the ids it acted on, in order. Jobs that
+    /// end meanwhile are skipped.
+    pub async fn cancel_where(
+        &self,
+        selection: &Selection,
+        kill: bool,
+        only_of: Option<&str>,
+        by: Option<String>,
+    ) -> Result<Vec<JobId>, EngineError> {
+        let mut acted = Vec::new();
+        for job in self.select(selection).await? {
+            if only_of.is_some_and(|name| job.submitted_by.as_deref() != Some(name)) {
+                continue;
+            }
+            match self.stop_job(job.id, kill, by.clone()).await {
+                Ok(_) => acted.push(job.id),
+                Err(EngineError::AlreadyFinished { .. } | EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(acted)
+    }
+
+    /// The unfinished jobs `selection` picks, oldest first (for a count before acting on them).
+    pub async fn select(&self, selection: &Selection) -> Result<Vec<Job>, EngineError> {
+        let states: Vec<StateName> = if selection.states.is_empty() {
+            StateName::ALL
+                .into_iter()
+                .filter(|s| *s != StateName::Finished)
+                .collect()
+        } else {
+            selection
+                .states
+                .iter()
+                .copied()
+                .filter(|s| *s != StateName::Finished)
+                .collect()
+        };
+        let mut picked = Vec::new();
+        if states.is_empty() {
+            return Ok(picked);
+        }
+        let mut filter = ListFilter {
+            states,
+            after: None,
+            limit: 1000,
+            newest_first: false,
+        };
+        loop {
+            let page = self.shared.store.list(filter.clone()).await?;
+            let Some(last) = page.last().map(|j| j.id) else {
+                break;
+            };
+            picked.extend(page.into_iter().filter(|job| {
+                selection
+                    .labels
+                    .iter()
+                    .all(|(k, v)| job.spec.labels.get(k) == Some(v))
+            }));
+            filter.after = Some(last);
+        }
+        Ok(picked)
+    }
+
+    /// Drains the node (`true`: nothing new starts, running jobs finish; kept across restarts) or
+    /// undrains it. Returns whether that changed anything.
+    pub async fn drain(&self, on: bool, by: Option<String>) -> Result<bool, EngineError> {
+        self.ask(|reply| Command::Drain { on, by, reply }).await
     }
 
     /// The stored job, or `NotFound`.
@@ -540,6 +760,15 @@ impl EngineHandle {
             store_degraded: store.degraded,
             kept_writes: store.kept_writes,
             quarantined: self.shared.store.quarantined(QUARANTINED_SHOWN).await?,
+            draining: self.shared.draining.load(Ordering::SeqCst),
+            paused_jobs: self.shared.paused_count.load(Ordering::Relaxed),
+            held: self.shared.held_count.load(Ordering::Relaxed),
+            throttled: self
+                .shared
+                .throttled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         })
     }
 
@@ -597,10 +826,18 @@ impl EngineHandle {
 
     fn view(&self, job: Job) -> JobView {
         let live = match job.state.name() {
-            StateName::Running | StateName::Stopping => self.shared.probe(job.id).map(|p| p.live()),
+            StateName::Running | StateName::Paused | StateName::Stopping => {
+                self.shared.probe(job.id).map(|p| p.live())
+            }
             _ => None,
         };
-        let waiting = (job.state.name() == StateName::Queued).then(|| self.waiting_reason(&job));
+        let waiting = match job.state.name() {
+            StateName::Queued => Some(self.waiting_reason(&job)),
+            StateName::Held => {
+                Some("held by an operator: starts once released (aura release)".into())
+            }
+            _ => None,
+        };
         JobView { job, live, waiting }
     }
 
@@ -608,6 +845,9 @@ impl EngineHandle {
         if let Some(pending) = self.shared.dependencies(job.id) {
             let ids: Vec<String> = pending.iter().map(ToString::to_string).collect();
             return format!("waiting for job {} to succeed (after)", ids.join(", "));
+        }
+        if self.shared.draining.load(Ordering::SeqCst) {
+            return "the node is drained: nothing new starts until `aura undrain`".to_owned();
         }
         if let Some(reason) = self.shared.paused_reason() {
             return format!("admission paused: {reason}");

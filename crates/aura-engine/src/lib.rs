@@ -25,7 +25,7 @@ pub use admission::AdmissionConfig;
 pub use aura_model::EngineStatus;
 pub use diagnostics::{Cleanup, Diagnostics, DiagnosticsConfig, Warning};
 pub use error::EngineError;
-pub use guards::{GuardConfig, MemoryThreshold};
+pub use guards::{GuardConfig, MemoryThreshold, ThrottleConfig};
 pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
 pub use media::MediaConfig;
@@ -88,6 +88,16 @@ pub struct Submitter {
     pub name: String,
     /// Most jobs of this submitter waiting in the queue at once; `None`: only the global cap.
     pub max_queued: Option<usize>,
+}
+
+/// Which unfinished jobs a bulk action (`aura cancel --all`) picks: every one of `states` (every
+/// unfinished state when empty) that carries all of `labels`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// The states to pick from; empty: every unfinished one.
+    pub states: Vec<aura_model::StateName>,
+    /// Labels a job must carry, each with this value.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl EngineConfig {

@@ -1,9 +1,11 @@
 //! One task per running attempt: launches the tree, races its exit against the timeout, stop requests,
 //! memory violations and (for a job that reports progress) its stall window, runs the stop sequence (or
 //! kills at once for memory), collects the accounting and reports each step to the actor. It also has
-//! ffprobe measure the inputs of an FFmpeg job whose duration its arguments do not tell.
+//! ffprobe measure the inputs of an FFmpeg job whose duration its arguments do not tell, and freezes and
+//! thaws the tree for an operator's pause and resume — the time paused counts neither toward the timeout
+//! nor toward the stall window.
 
-use crate::protocol::Command;
+use crate::protocol::{ActReply, Command};
 use crate::shared::Shared;
 use aura_model::{JobId, JobSpec, Run, StopReason, StopSignal, Timestamp};
 use aura_supervisor::{LaunchError, RunningTree};
@@ -32,7 +34,21 @@ pub(crate) struct Monitor {
     /// Inputs for ffprobe to measure once the tree runs (see `media::plan`).
     pub probe_inputs: Vec<String>,
     pub actor: mpsc::Sender<Command>,
+    /// An operator's pause and resume, forwarded by the actor.
+    pub control: mpsc::Receiver<Control>,
 }
+
+/// What the actor forwards to a monitor: the tree is to be frozen or thawed. The monitor reports back
+/// with [`Command::Frozen`], passing the reply on.
+pub(crate) struct Control {
+    /// Freeze (`true`) or thaw.
+    pub pause: bool,
+    pub by: Option<String>,
+    pub reply: ActReply,
+}
+
+/// Room for the few control requests an operator can make at once; the actor refuses more.
+pub(crate) const CONTROL_CAPACITY: usize = 4;
 
 /// The next tick of an interval; never, without one.
 async fn tick(interval: Option<&mut tokio::time::Interval>) {
@@ -86,6 +102,7 @@ impl Monitor {
             started_at: Timestamp::from_system_time(tree.started_at()),
             tree: tree.handle().clone(),
             cwd: self.cwd.clone(),
+            paused_secs: 0.0,
         };
         self.report(Command::Started { id, run }).await;
 
@@ -105,10 +122,14 @@ impl Monitor {
         };
         let already_stopped = self.stop.borrow_and_update().is_some();
         let (exit, signals_sent) = if already_stopped {
-            tree.stop_or_kill(&stop_sequence, cut()).await
+            self.stop(&mut tree, &stop_sequence, cut()).await
         } else {
-            let timeout = tokio::time::sleep(self.spec.timeout);
+            let mut deadline = tokio::time::Instant::now() + self.spec.timeout;
+            let timeout = tokio::time::sleep_until(deadline);
             tokio::pin!(timeout);
+            // While paused: since when. The timeout and the stall check wait; both resume shifted by the
+            // time the tree stood still.
+            let mut paused_since: Option<tokio::time::Instant> = None;
             // Only a job that reports progress can stall; it is looked at a few times per window.
             let window = probe.reports_progress().then(|| {
                 self.spec
@@ -126,19 +147,48 @@ impl Monitor {
             loop {
                 tokio::select! {
                     exit = tree.wait() => break (exit, Vec::new()),
-                    () = &mut timeout => {
+                    () = &mut timeout, if paused_since.is_none() => {
                         tracing::info!(job_id = %id, timeout = ?self.spec.timeout, "job timed out, stopping its tree");
                         self.report(Command::TimedOut { id }).await;
                         break tree.stop_or_kill(&stop_sequence, cut()).await;
                     }
                     // An error here means the actor is gone; stopping is the only safe thing to do then.
-                    _ = self.stop.changed() => break tree.stop_or_kill(&stop_sequence, cut()).await,
+                    _ = self.stop.changed() => break self.stop(&mut tree, &stop_sequence, cut()).await,
                     violation = probe.memory_violation() => {
                         tracing::warn!(job_id = %id, ?violation, "memory violation, killing the tree");
                         self.report(Command::MemoryViolation { id, violation }).await;
                         break (tree.kill().await, vec![StopSignal::Kill]);
                     }
-                    _ = tick(stall_check.as_mut()) => {
+                    Some(control) = self.control.recv() => {
+                        let asked = tokio::time::Instant::now();
+                        let result = match (control.pause, paused_since) {
+                            (true, None) => tree.pause().await.map(|_| {
+                                paused_since = Some(tokio::time::Instant::now());
+                            }),
+                            (false, Some(since)) => tree.resume().await.map(|_| {
+                                let paused = since.elapsed();
+                                deadline += paused;
+                                timeout.as_mut().reset(deadline);
+                                probe.resumed(paused);
+                                paused_since = None;
+                            }),
+                            // The actor checks the job's state first; this is a request racing another.
+                            (true, Some(_)) => Err(std::io::Error::other("the tree is already paused")),
+                            (false, None) => Err(std::io::Error::other("the tree is not paused")),
+                        };
+                        if let Err(e) = &result {
+                            tracing::warn!(job_id = %id, pause = control.pause, error = %e, "could not freeze or thaw the tree");
+                        }
+                        self.report(Command::Frozen {
+                            id,
+                            paused: control.pause,
+                            result: result.map(|()| asked.elapsed()).map_err(|e| e.to_string()),
+                            by: control.by,
+                            reply: control.reply,
+                        })
+                        .await;
+                    }
+                    _ = tick(stall_check.as_mut()), if paused_since.is_none() => {
                         let stalled = window.and_then(|w| probe.stalled(w));
                         if let Some(reason) = stalled {
                             tracing::warn!(job_id = %id, %reason, "job stalled, stopping its tree");
@@ -156,6 +206,20 @@ impl Monitor {
                 }
             }
         };
+        // Whatever an operator asks now comes too late: the tree is gone.
+        self.control.close();
+        while let Ok(control) = self.control.try_recv() {
+            let action = if control.pause {
+                aura_model::JobAction::Pause
+            } else {
+                aura_model::JobAction::Resume
+            };
+            let _ = control.reply.send(Err(crate::EngineError::InvalidState {
+                id,
+                state: "stopping",
+                action,
+            }));
+        }
         let accounting = tree.finish().await;
         self.shared.unregister_probe(id, Some(&accounting));
         self.report(Command::Exited {
@@ -165,6 +229,23 @@ impl Monitor {
             accounting,
         })
         .await;
+    }
+
+    /// The stop sequence, cut short by `cut` — or, for a tree to be killed at once (`aura kill`, the
+    /// emergency stage), SIGKILL to the whole tree without a first signal.
+    async fn stop(
+        &self,
+        tree: &mut RunningTree,
+        sequence: &aura_model::StopSequence,
+        cut: impl Future<Output = ()>,
+    ) -> (aura_model::ExitStatus, Vec<StopSignal>) {
+        if let Some(exit) = tree.exit_status() {
+            (exit, Vec::new())
+        } else if *self.kill.borrow() {
+            (tree.kill().await, vec![StopSignal::Kill])
+        } else {
+            tree.stop_or_kill(sequence, cut).await
+        }
     }
 
     /// Has ffprobe measure the job's inputs on a blocking thread (each run bounded by `probe_timeout`):

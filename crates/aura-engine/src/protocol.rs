@@ -4,16 +4,61 @@
 use crate::lease::LeaseInfo;
 use crate::EngineError;
 use aura_model::{
-    Accounting, EngineEvent, ExitStatus, HostReading, Job, JobId, LeaseSpec, Run, StopSignal,
+    Accounting, EngineEvent, ExitStatus, HostReading, Job, JobAction, JobId, LeaseSpec, Run,
+    StopSignal,
 };
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// The actor's answer to an operator's action on a job.
+pub(crate) type ActReply = oneshot::Sender<Result<Acted, EngineError>>;
+
+/// An action done: the job as it is now, and its write, which the caller awaits (not the actor), so
+/// that what the operator reads next shows the change.
+pub(crate) struct Acted {
+    pub job: Job,
+    pub committed: Option<aura_store::Pending>,
+}
 
 /// Commands the actor accepts. Closed set: this is the whole protocol.
 pub(crate) enum Command {
     Enqueue(Box<Job>),
     Cancel {
         id: JobId,
+        /// SIGKILL to the tree at once (`aura kill`) instead of its stop sequence.
+        kill: bool,
+        /// The API token that asked, for the logs.
+        by: Option<String>,
         reply: oneshot::Sender<CancelReply>,
+    },
+    /// An operator's pause, resume, hold or release of one job (see `actor::control`).
+    Act {
+        id: JobId,
+        action: JobAction,
+        by: Option<String>,
+        reply: ActReply,
+    },
+    /// An operator's new priority for a job that has not started.
+    SetPriority {
+        id: JobId,
+        priority: i32,
+        by: Option<String>,
+        reply: ActReply,
+    },
+    /// From a monitor: the tree is frozen (`paused`) or thawed, or could not be.
+    Frozen {
+        id: JobId,
+        paused: bool,
+        /// How long it took, or why it failed.
+        result: Result<Duration, String>,
+        by: Option<String>,
+        reply: ActReply,
+    },
+    /// An operator's drain (`true`) or undrain of the node; the reply says whether it changed.
+    Drain {
+        on: bool,
+        by: Option<String>,
+        reply: oneshot::Sender<bool>,
     },
     Started {
         id: JobId,

@@ -46,6 +46,13 @@ pub(crate) struct Shared {
     ended_jobs_cpu_usec: AtomicU64,
     /// Why admission is paused by a live guard, if it is (set by the actor, read by handles).
     pub paused: Mutex<Option<String>>,
+    /// Drained by an operator: nothing new starts (set by the actor, read by handles).
+    pub draining: AtomicBool,
+    /// Jobs held, and jobs paused, by an operator now (counted by the actor).
+    pub held_count: AtomicUsize,
+    pub paused_count: AtomicUsize,
+    /// Why running jobs' CPU is capped now, if it is (set by the guard thread).
+    pub throttled: Mutex<Option<String>>,
     /// The guard thread's latest look at the host.
     pub guard_reading: Mutex<Option<HostReading>>,
     /// Memory protection since start-up: stage 2 armed now, and trees killed or stopped for memory.
@@ -106,6 +113,10 @@ impl Shared {
             overruns: Mutex::default(),
             ended_jobs_cpu_usec: AtomicU64::new(0),
             paused: Mutex::new(None),
+            draining: AtomicBool::new(false),
+            held_count: AtomicUsize::new(0),
+            paused_count: AtomicUsize::new(0),
+            throttled: Mutex::new(None),
             guard_reading: Mutex::new(None),
             memory: MemoryCounters::default(),
             kill_trees: watch::Sender::new(false),

@@ -5,7 +5,6 @@
 use aura_engine::{AdmissionConfig, EngineError};
 use aura_model::{limits, LeaseSpec};
 use aura_server::{parse_json, ApiError, ErrorCode};
-use serde_json::Value;
 
 /// Parses `data` as the server parses a lease body and checks:
 /// - the server's parse agrees with plain `serde_json` (what clients and tests use); a JSON document
@@ -28,7 +27,7 @@ pub fn lease_spec(data: &[u8]) {
             );
             spec
         }
-        (Err(e), Err(_)) => return check_parse_refusal(data, e),
+        (Err(e), Err(_)) => return crate::check_json_refusal(data, e, "a lease"),
         (parsed, direct) => panic!(
             "parse_json and serde_json disagree: {:?} / {:?}",
             parsed.map_err(|e| e.detail),
@@ -71,29 +70,6 @@ pub fn lease_spec(data: &[u8]) {
     let again =
         serde_json::to_string(&back).expect("the re-read lease serializes as the first did");
     assert_eq!(again, json, "the written JSON is not a fixed point");
-}
-
-/// A JSON document (as `serde_json::Value` reads one: strings decoded, numbers in range) that is not a
-/// lease is `invalid_spec`. A body that is not JSON is a 400 `bad_request`, unless the streaming parser
-/// met a wrong value before the syntax error (`{"ttl": "soon" x`): then it is `invalid_spec` too.
-fn check_parse_refusal(data: &[u8], e: ApiError) {
-    assert!(!e.detail.is_empty(), "a refusal without a reason");
-    match serde_json::from_slice::<Value>(data) {
-        Ok(_) => assert_eq!(
-            e.code,
-            ErrorCode::InvalidSpec,
-            "a JSON body that is not a lease is answered {:?}: {}",
-            e.code,
-            e.detail
-        ),
-        Err(_) => assert!(
-            e.code == ErrorCode::InvalidSpec
-                || e.code == ErrorCode::BadRequest && e.detail.starts_with("invalid JSON"),
-            "a body that is not JSON is answered {:?}: {}",
-            e.code,
-            e.detail
-        ),
-    }
 }
 
 fn check_accepted_bounds(spec: &LeaseSpec) {

@@ -10,6 +10,7 @@
 
 mod batch;
 mod config;
+mod control;
 mod duration;
 mod ffmpeg_args;
 mod headers;
@@ -23,6 +24,7 @@ mod sse;
 
 pub use batch::batch;
 pub use config::config;
+pub use control::control;
 pub use duration::duration;
 pub use ffmpeg_args::ffmpeg_args;
 pub use headers::headers;
@@ -33,6 +35,31 @@ pub use progress::progress;
 pub use query::query;
 pub use size::size;
 pub use sse::sse;
+
+/// A refused JSON body, as `aura_server::parse_json` answers it: a JSON document (as `serde_json::Value`
+/// reads one: strings decoded, numbers in range) that is not `what` is `invalid_spec`; a body that is not
+/// JSON is a 400 `bad_request`, unless the streaming parser met a wrong value before the syntax error
+/// (`{"ttl": "soon" x`): then it is `invalid_spec` too.
+pub(crate) fn check_json_refusal(data: &[u8], e: aura_server::ApiError, what: &str) {
+    use aura_server::ErrorCode;
+    assert!(!e.detail.is_empty(), "a refusal without a reason");
+    match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(_) => assert_eq!(
+            e.code,
+            ErrorCode::InvalidSpec,
+            "a JSON body that is not {what} is answered {:?}: {}",
+            e.code,
+            e.detail
+        ),
+        Err(_) => assert!(
+            e.code == ErrorCode::InvalidSpec
+                || e.code == ErrorCode::BadRequest && e.detail.starts_with("invalid JSON"),
+            "a body that is not JSON is answered {:?}: {}",
+            e.code,
+            e.detail
+        ),
+    }
+}
 
 /// A fuzz target: parses the bytes and panics when a property breaks.
 pub type Target = fn(&[u8]);
@@ -51,4 +78,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ffmpeg_args", ffmpeg_args),
     ("sse", sse),
     ("batch", batch),
+    ("control", control),
 ];

@@ -105,6 +105,9 @@ pub enum JobEvent {
         program: String,
         /// Its priority (higher runs first).
         priority: i32,
+        /// The job it re-runs (`aura retry`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_of: Option<JobId>,
     },
     /// The attempt's process tree was launched and its main process runs.
     Started {
@@ -197,6 +200,46 @@ pub enum JobEvent {
         /// The number of the new attempt (1 is the first).
         attempt: u32,
     },
+    /// An operator froze the running tree (`aura pause`).
+    Paused {
+        /// The API token that asked.
+        by: Option<String>,
+        /// From the request to a tree frozen, in milliseconds.
+        took_ms: f64,
+    },
+    /// An operator thawed the paused tree (`aura resume`).
+    Resumed {
+        /// The API token that asked.
+        by: Option<String>,
+        /// How long this pause lasted, in seconds.
+        paused_secs: f64,
+    },
+    /// An operator kept the queued job from starting (`aura hold`).
+    Held {
+        /// The API token that asked.
+        by: Option<String>,
+    },
+    /// An operator let the held job start again (`aura release`).
+    Released {
+        /// The API token that asked.
+        by: Option<String>,
+    },
+    /// An operator moved the waiting job in the queue (`aura priority`).
+    PriorityChanged {
+        /// Its priority before.
+        from: i32,
+        /// Its priority now.
+        to: i32,
+        /// The API token that asked.
+        by: Option<String>,
+    },
+    /// An operator re-ran the job's spec as a new job (`aura retry`).
+    Retried {
+        /// The new job.
+        job_id: JobId,
+        /// The API token that asked.
+        by: Option<String>,
+    },
     /// The daemon died (or its job monitor failed) while the attempt ran.
     Interrupted(Interruption),
     /// Like `Interrupted`, but the job ran at too many unclean daemon deaths in a row: it is not run again.
@@ -209,6 +252,44 @@ pub enum JobEvent {
         /// The stored detail, as JSON.
         detail: serde_json::Value,
     },
+}
+
+/// What an operator can do to one job; the names are the CLI's commands and the API's actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobAction {
+    /// Freeze a running job's tree.
+    Pause,
+    /// Thaw a paused job's tree.
+    Resume,
+    /// Keep a queued job from starting.
+    Hold,
+    /// Let a held job start again.
+    Release,
+    /// Submit a finished job's spec again, as a new job.
+    Retry,
+    /// Change a waiting job's priority.
+    Priority,
+    /// Stop a job with SIGKILL to its whole tree, no grace period.
+    Kill,
+    /// Cancel a job (its stop sequence, if it runs).
+    Cancel,
+}
+
+impl JobAction {
+    /// The name, as the CLI and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobAction::Pause => "pause",
+            JobAction::Resume => "resume",
+            JobAction::Hold => "hold",
+            JobAction::Release => "release",
+            JobAction::Retry => "retry",
+            JobAction::Priority => "priority",
+            JobAction::Kill => "kill",
+            JobAction::Cancel => "cancel",
+        }
+    }
 }
 
 /// One entry of the engine's own log: decisions about the host rather than one job, with the figures
@@ -248,6 +329,43 @@ pub enum EngineEvent {
         reason: String,
         /// The host reading at the time.
         reading: HostReading,
+    },
+    /// An operator drained the node (`aura drain`): nothing new starts until `aura undrain`; running
+    /// jobs finish.
+    Drained {
+        /// The API token that asked.
+        by: Option<String>,
+    },
+    /// An operator undrained the node: queued jobs start again.
+    Undrained {
+        /// The API token that asked.
+        by: Option<String>,
+    },
+    /// CPU use outside Aura stayed above the throttle threshold: running jobs' CPU is capped.
+    CpuThrottled {
+        /// The figure, with the throttle and restore thresholds.
+        reason: String,
+        /// The cap: the share of the machine's CPU all of Aura's jobs together may use.
+        cpu_share: f64,
+        /// The host reading that tripped it.
+        reading: HostReading,
+    },
+    /// CPU use outside Aura fell below the restore threshold: the cap on running jobs is lifted.
+    CpuRestored {
+        /// The host reading that cleared it.
+        reading: HostReading,
+    },
+    /// An operator acted on a job (the job's own log has the details).
+    OperatorAction {
+        /// What was done, by its CLI name.
+        action: JobAction,
+        /// The job.
+        job_id: JobId,
+        /// The API token that asked.
+        by: Option<String>,
+        /// More, where the action has more (the new priority, the retry's job id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
     },
     /// See [`JobEvent::Unrecognized`].
     Unrecognized {

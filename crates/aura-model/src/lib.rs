@@ -15,7 +15,7 @@ pub mod time;
 pub mod view;
 
 pub use events::{
-    CommittedEvent, EngineEvent, EngineEventRecord, EventLog, JobEvent, JobEventRecord,
+    CommittedEvent, EngineEvent, EngineEventRecord, EventLog, JobAction, JobEvent, JobEventRecord,
     LoggedEvent, NewEvent, ProgressEvent, ProgressUpdate, EVENT_SCHEMA,
 };
 pub use job::*;
@@ -36,4 +36,8 @@ pub(crate) fn is_zero(n: &u64) -> bool {
 
 pub(crate) fn is_zero_u32(n: &u32) -> bool {
     *n == 0
+}
+
+pub(crate) fn is_zero_f64(n: &f64) -> bool {
+    *n == 0.0
 }

@@ -155,6 +155,16 @@ impl ProgressTracker {
         self.progress.percent.get_or_insert(0.0);
     }
 
+    /// The job was paused for `paused` and runs again: the time it stood still counts toward no stall
+    /// window (nor toward the one for a speed under the floor).
+    pub fn resumed(&mut self, paused: Duration) {
+        let secs = paused.as_secs_f64();
+        self.advanced_at += secs;
+        if let Some(since) = &mut self.slow_since {
+            *since += secs;
+        }
+    }
+
     /// Takes one report read `now_secs` after the start. `min_speed`: the speed floor, if any.
     pub fn report(&mut self, raw: RawReport, now_secs: f64, min_speed: Option<f64>) {
         let p = &mut self.progress;
@@ -380,6 +390,17 @@ mod tests {
         // Back over the floor: the run of slow reports ends.
         t.report(ffmpeg(1.0, 9, 1.0), 4.5, Some(0.5));
         assert!(t.stalled(5.0, window).is_none());
+    }
+
+    #[test]
+    fn paused_time_counts_toward_no_stall_window() {
+        let window = Duration::from_secs(5);
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, None);
+        t.report(ffmpeg(1.0, 25, 1.0), 2.0, Some(0.5));
+        // Paused from 3 s to 13 s: at 14 s it has stood still 12 s, but ran for only 2 s of them.
+        t.resumed(Duration::from_secs(10));
+        assert!(t.stalled(14.0, window).is_none());
+        assert!(t.stalled(17.0, window).is_some(), "5 s of running time");
     }
 
     #[test]

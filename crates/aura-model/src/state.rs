@@ -28,6 +28,21 @@ pub struct Run {
     pub tree: TreeHandle,
     /// The working directory the attempt runs in.
     pub cwd: PathBuf,
+    /// Time the attempt spent paused before its latest resume, in seconds; it counts neither toward its
+    /// timeout nor toward stall detection.
+    #[serde(default, skip_serializing_if = "crate::is_zero_f64")]
+    pub paused_secs: f64,
+}
+
+impl Run {
+    /// This run with the pause that began at `since` and ended at `at` added to its paused time.
+    fn after_pause(&self, since: Timestamp, at: Timestamp) -> Run {
+        let paused = (at.unix_millis() - since.unix_millis()).max(0) as f64 / 1000.0;
+        Run {
+            paused_secs: self.paused_secs + paused,
+            ..self.clone()
+        }
+    }
 }
 
 /// Why the engine stops a running tree.
@@ -44,6 +59,9 @@ pub enum StopReason {
     MemoryPressure,
     /// Its progress stopped advancing (or stayed under its speed floor) for its stall window.
     Stalled,
+    /// An operator killed it (`aura kill`): SIGKILL to the whole tree at once, no grace period. It ends
+    /// `cancelled`.
+    Killed,
 }
 
 /// How a process ended, as `wait` reported it.
@@ -214,13 +232,26 @@ pub struct Finished {
 pub enum JobState {
     /// Waiting to start.
     Queued {
-        /// When it entered the queue: its submit, or its latest requeue.
+        /// When it entered the queue: its submit, its latest requeue or its release from hold.
+        since: Timestamp,
+    },
+    /// Kept from starting by an operator (`aura hold`) until released (`aura release`).
+    Held {
+        /// When it was held.
         since: Timestamp,
     },
     /// Its process tree runs.
     Running {
         /// The running attempt.
         run: Run,
+    },
+    /// Its process tree is frozen by an operator (`aura pause`): it uses no CPU, keeps its memory, and
+    /// the time counts neither toward its timeout nor toward stall detection.
+    Paused {
+        /// The paused attempt (its `paused_secs` does not include this pause yet).
+        run: Run,
+        /// When it was paused.
+        since: Timestamp,
     },
     /// Its stop sequence is under way; it finishes when the tree is gone.
     Stopping {
@@ -241,8 +272,12 @@ pub enum JobState {
 pub enum StateName {
     /// See [`JobState::Queued`].
     Queued,
+    /// See [`JobState::Held`].
+    Held,
     /// See [`JobState::Running`].
     Running,
+    /// See [`JobState::Paused`].
+    Paused,
     /// See [`JobState::Stopping`].
     Stopping,
     /// See [`JobState::Finished`].
@@ -251,9 +286,11 @@ pub enum StateName {
 
 impl StateName {
     /// Every state, in the order a job goes through them.
-    pub const ALL: [StateName; 4] = [
+    pub const ALL: [StateName; 6] = [
         StateName::Queued,
+        StateName::Held,
         StateName::Running,
+        StateName::Paused,
         StateName::Stopping,
         StateName::Finished,
     ];
@@ -262,7 +299,9 @@ impl StateName {
     pub fn as_str(self) -> &'static str {
         match self {
             StateName::Queued => "queued",
+            StateName::Held => "held",
             StateName::Running => "running",
+            StateName::Paused => "paused",
             StateName::Stopping => "stopping",
             StateName::Finished => "finished",
         }
@@ -276,7 +315,9 @@ impl std::str::FromStr for StateName {
             .into_iter()
             .find(|n| n.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown state {s:?} (use queued, running, stopping or finished)")
+                format!(
+                    "unknown state {s:?} (use queued, held, running, paused, stopping or finished)"
+                )
             })
     }
 }
@@ -286,7 +327,9 @@ impl JobState {
     pub fn name(&self) -> StateName {
         match self {
             JobState::Queued { .. } => StateName::Queued,
+            JobState::Held { .. } => StateName::Held,
             JobState::Running { .. } => StateName::Running,
+            JobState::Paused { .. } => StateName::Paused,
             JobState::Stopping { .. } => StateName::Stopping,
             JobState::Finished(_) => StateName::Finished,
         }
@@ -295,8 +338,10 @@ impl JobState {
     /// The attempt's run: while running or stopping, and after it finished if it started.
     pub fn run(&self) -> Option<&Run> {
         match self {
-            JobState::Queued { .. } => None,
-            JobState::Running { run } | JobState::Stopping { run, .. } => Some(run),
+            JobState::Queued { .. } | JobState::Held { .. } => None,
+            JobState::Running { run }
+            | JobState::Paused { run, .. }
+            | JobState::Stopping { run, .. } => Some(run),
             JobState::Finished(f) => f.run.as_ref(),
         }
     }
@@ -366,6 +411,26 @@ pub enum Event {
         /// When it was requeued.
         at: Timestamp,
     },
+    /// The running tree was frozen.
+    Paused {
+        /// When it was frozen.
+        at: Timestamp,
+    },
+    /// The paused tree was thawed.
+    Resumed {
+        /// When it was thawed.
+        at: Timestamp,
+    },
+    /// A queued job is kept from starting.
+    Held {
+        /// When.
+        at: Timestamp,
+    },
+    /// A held job goes back to the queue.
+    Released {
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -380,6 +445,10 @@ impl Event {
             Event::Quarantined { .. } => "quarantined",
             Event::DependencyFailed { .. } => "dependency_failed",
             Event::Requeue { .. } => "requeued",
+            Event::Paused { .. } => "paused",
+            Event::Resumed { .. } => "resumed",
+            Event::Held { .. } => "held",
+            Event::Released { .. } => "released",
         }
     }
 }
@@ -426,6 +495,12 @@ pub struct Job {
     /// existed). A `submit` token may cancel only its own jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// The job this one re-runs (`aura retry`): the same spec, submitted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<JobId>,
+    /// The latest job that re-runs this one (`aura retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<JobId>,
     /// Flattened, so a record reads `{"id": 7, "state": "finished", "outcome": {...}, "accounting": {...}}`.
     #[serde(flatten)]
     pub state: JobState,
@@ -444,6 +519,8 @@ impl Job {
             interruptions: 0,
             memory_request: None,
             submitted_by: None,
+            retry_of: None,
+            retried_as: None,
             state: JobState::Queued {
                 since: submitted_at,
             },
@@ -504,10 +581,12 @@ impl Job {
                     accounting: Accounting::default(),
                 }))
             }
+            (JobState::Queued { .. }, Event::Held { at }) => JobState::Held { since: *at },
+            (JobState::Held { .. }, Event::Released { at }) => JobState::Queued { since: *at },
             (
-                JobState::Queued { .. },
+                JobState::Queued { .. } | JobState::Held { .. },
                 Event::StopRequested {
-                    reason: StopReason::Cancelled,
+                    reason: StopReason::Cancelled | StopReason::Killed,
                     at,
                 },
             ) => JobState::Finished(Box::new(Finished {
@@ -519,7 +598,7 @@ impl Job {
                 accounting: Accounting::default(),
             })),
             (
-                JobState::Queued { .. },
+                JobState::Queued { .. } | JobState::Held { .. },
                 Event::DependencyFailed {
                     job_id,
                     outcome,
@@ -536,6 +615,13 @@ impl Job {
                 signals_sent: vec![],
                 accounting: Accounting::default(),
             })),
+            (JobState::Running { run }, Event::Paused { at }) => JobState::Paused {
+                run: run.clone(),
+                since: *at,
+            },
+            (JobState::Paused { run, since }, Event::Resumed { at }) => JobState::Running {
+                run: run.after_pause(*since, *at),
+            },
             (JobState::Running { run }, Event::StopRequested { reason, at }) => {
                 JobState::Stopping {
                     run: run.clone(),
@@ -543,10 +629,18 @@ impl Job {
                     requested_at: *at,
                 }
             }
+            // A paused tree is thawed for its stop sequence: the pause ends with the request.
+            (JobState::Paused { run, since }, Event::StopRequested { reason, at }) => {
+                JobState::Stopping {
+                    run: run.after_pause(*since, *at),
+                    reason: *reason,
+                    requested_at: *at,
+                }
+            }
             // A second stop request keeps the first reason: a job that timed out stays timed out.
             (JobState::Stopping { .. }, Event::StopRequested { .. }) => return Ok(()),
             (
-                JobState::Running { run },
+                JobState::Running { .. } | JobState::Paused { .. },
                 Event::Exited {
                     exit,
                     signals_sent,
@@ -557,7 +651,7 @@ impl Job {
                 outcome: memory_outcome(*exit, accounting)
                     .unwrap_or_else(|| outcome_of_exit(*exit)),
                 finished_at: *at,
-                run: Some(run.clone()),
+                run: self.ended_run(*at),
                 exit: Some(*exit),
                 signals_sent: signals_sent.clone(),
                 accounting: accounting.clone(),
@@ -574,7 +668,7 @@ impl Job {
                 // How the tree really died comes first: a job that hit its limit while being cancelled
                 // hit its limit.
                 let outcome = memory_outcome(*exit, accounting).unwrap_or_else(|| match reason {
-                    StopReason::Cancelled => Outcome::Cancelled,
+                    StopReason::Cancelled | StopReason::Killed => Outcome::Cancelled,
                     StopReason::TimedOut => Outcome::TimedOut,
                     StopReason::Stalled => Outcome::Stalled,
                     StopReason::Shutdown => Outcome::Interrupted {
@@ -595,7 +689,7 @@ impl Job {
                 }))
             }
             (
-                JobState::Running { run } | JobState::Stopping { run, .. },
+                JobState::Running { .. } | JobState::Paused { .. } | JobState::Stopping { .. },
                 Event::Interrupted { reason, at } | Event::Quarantined { reason, at },
             ) => {
                 let reason = reason.clone();
@@ -610,7 +704,7 @@ impl Job {
                 JobState::Finished(Box::new(Finished {
                     outcome,
                     finished_at: *at,
-                    run: Some(run.clone()),
+                    run: self.ended_run(*at),
                     exit: None,
                     signals_sent: vec![],
                     accounting: Accounting::default(),
@@ -645,6 +739,16 @@ impl Job {
         }
         self.state = next;
         Ok(())
+    }
+}
+
+impl Job {
+    /// The run of an attempt that ends at `at`, a pause it was in included in its paused time.
+    fn ended_run(&self, at: Timestamp) -> Option<Run> {
+        match &self.state {
+            JobState::Paused { run, since } => Some(run.after_pause(*since, at)),
+            state => state.run().cloned(),
+        }
     }
 }
 
@@ -688,6 +792,7 @@ mod tests {
                 cgroups: vec![],
             },
             cwd: "/tmp".into(),
+            paused_secs: 0.0,
         }
     }
 
@@ -710,7 +815,12 @@ mod tests {
         let mut job = Job::new(JobId(1), spec, T);
         match state {
             StateName::Queued => {}
+            StateName::Held => job.apply(Event::Held { at: T }).unwrap(),
             StateName::Running => job.apply(Event::Started { run: run() }).unwrap(),
+            StateName::Paused => {
+                job.apply(Event::Started { run: run() }).unwrap();
+                job.apply(Event::Paused { at: T }).unwrap();
+            }
             StateName::Stopping => {
                 job.apply(Event::Started { run: run() }).unwrap();
                 job.apply(stop(StopReason::Cancelled)).unwrap();
@@ -829,6 +939,48 @@ mod tests {
             (Finished, one_retry, Event::Requeue { at: T }, Ok("queued")),
             (Finished, one_retry, exited(0), Err(())),
             (Finished, one_retry, stop(StopReason::Cancelled), Err(())),
+            // Hold and release: a held job never starts, and leaves only by release, cancel or a
+            // failed dependency.
+            (Queued, no_retry, Event::Held { at: T }, Ok("held")),
+            (Held, no_retry, Event::Released { at: T }, Ok("queued")),
+            (Held, no_retry, Event::Started { run: run() }, Err(())),
+            (Held, no_retry, Event::Held { at: T }, Err(())),
+            (Held, no_retry, stop(StopReason::Cancelled), Ok("cancelled")),
+            (Held, no_retry, stop(StopReason::Killed), Ok("cancelled")),
+            (Held, no_retry, stop(StopReason::TimedOut), Err(())),
+            (
+                Held,
+                one_retry,
+                dependency_failed(),
+                Ok("dependency_failed"),
+            ),
+            (Held, no_retry, Event::Paused { at: T }, Err(())),
+            (Queued, no_retry, Event::Released { at: T }, Err(())),
+            (Running, no_retry, Event::Held { at: T }, Err(())),
+            (Finished, one_retry, Event::Held { at: T }, Err(())),
+            // Pause and resume: only a running tree pauses; a paused one resumes, stops or ends.
+            (Running, no_retry, Event::Paused { at: T }, Ok("paused")),
+            (Paused, no_retry, Event::Resumed { at: T }, Ok("running")),
+            (Paused, no_retry, Event::Paused { at: T }, Err(())),
+            (Running, no_retry, Event::Resumed { at: T }, Err(())),
+            (Queued, no_retry, Event::Paused { at: T }, Err(())),
+            (Stopping, no_retry, Event::Paused { at: T }, Err(())),
+            (Stopping, no_retry, Event::Resumed { at: T }, Err(())),
+            (Finished, no_retry, Event::Paused { at: T }, Err(())),
+            (
+                Paused,
+                no_retry,
+                stop(StopReason::Cancelled),
+                Ok("stopping"),
+            ),
+            (Paused, no_retry, stop(StopReason::Killed), Ok("stopping")),
+            (Paused, no_retry, exited(0), Ok("succeeded")),
+            (Paused, no_retry, exited(2), Ok("failed")),
+            (Paused, no_retry, interrupted(), Ok("interrupted")),
+            (Paused, no_retry, Event::Started { run: run() }, Err(())),
+            (Paused, no_retry, Event::Requeue { at: T }, Err(())),
+            (Paused, no_retry, Event::Held { at: T }, Err(())),
+            (Running, no_retry, stop(StopReason::Killed), Ok("stopping")),
         ];
         for (from, retry, event, expected) in cases {
             let mut job = job_in(from, retry);
@@ -855,12 +1007,40 @@ mod tests {
             (StopReason::TimedOut, "timed_out"),
             (StopReason::Shutdown, "interrupted"),
             (StopReason::Stalled, "stalled"),
+            (StopReason::Killed, "cancelled"),
         ] {
             let mut job = job_in(StateName::Running, RetryPolicy::default());
             job.apply(stop(reason)).unwrap();
             job.apply(exited(255)).unwrap();
             assert_eq!(job.outcome().map(Outcome::name), Some(expected));
         }
+    }
+
+    #[test]
+    fn paused_time_accumulates_in_the_run() {
+        let at = Timestamp::from_unix_millis;
+        let mut job = job_in(StateName::Running, RetryPolicy::default());
+        job.apply(Event::Paused { at: at(2_000) }).unwrap();
+        job.apply(Event::Resumed { at: at(12_000) }).unwrap();
+        job.apply(Event::Paused { at: at(20_000) }).unwrap();
+        job.apply(Event::Resumed { at: at(20_500) }).unwrap();
+        assert_eq!(job.state.run().map(|r| r.paused_secs), Some(10.5));
+        // A job that ends (or is stopped) while paused counts that pause too.
+        job.apply(Event::Paused { at: at(30_000) }).unwrap();
+        job.apply(stop(StopReason::Cancelled)).unwrap();
+        assert_eq!(job.state.run().map(|r| r.paused_secs), Some(10.5));
+        let mut ended = job_in(StateName::Running, RetryPolicy::default());
+        ended.apply(Event::Paused { at: at(1_000) }).unwrap();
+        ended
+            .apply(Event::Exited {
+                exit: ExitStatus::Code(0),
+                signals_sent: vec![],
+                accounting: Accounting::default(),
+                at: at(4_000),
+            })
+            .unwrap();
+        assert_eq!(ended.state.run().map(|r| r.paused_secs), Some(3.0));
+        assert_eq!(ended.outcome(), Some(&Outcome::Succeeded));
     }
 
     #[test]

@@ -71,6 +71,18 @@ pub struct EngineStatus {
     /// The newest jobs quarantined by crash-loop protection, newest first.
     #[serde(default)]
     pub quarantined: Vec<crate::JobId>,
+    /// Drained by an operator (`aura drain`): nothing new starts, running jobs finish.
+    #[serde(default)]
+    pub draining: bool,
+    /// Jobs paused by an operator now.
+    #[serde(default)]
+    pub paused_jobs: usize,
+    /// Jobs held by an operator now.
+    #[serde(default)]
+    pub held: usize,
+    /// Running jobs' CPU is capped because the machine is busy outside Aura: why, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<String>,
 }
 
 /// One GPU as admission counts it: its memory and how many concurrent NVENC sessions its driver allows.
@@ -253,4 +265,46 @@ pub struct Cleanup {
     pub after: crate::host::ProcessSnapshot,
     /// What was done.
     pub actions: Vec<String>,
+}
+
+/// `POST /api/jobs/cancel` (`aura cancel --all`, `aura kill --all`): which unfinished jobs to stop at
+/// once, and how. A `submit` token's request picks its own jobs only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelSelection {
+    /// The states to pick from; empty: every unfinished state. `finished` is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<crate::StateName>,
+    /// Labels a job must carry, each with this value.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// SIGKILL each picked job's whole tree at once instead of running its stop sequence.
+    #[serde(default)]
+    pub kill: bool,
+    /// Only say which jobs would be stopped; stop none.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a [`CancelSelection`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelResult {
+    /// How many jobs were stopped (or, for a dry run, would be).
+    pub count: usize,
+    /// Those jobs, oldest first.
+    pub ids: Vec<JobId>,
+    /// Whether this was a dry run, which stopped nothing.
+    pub dry_run: bool,
+    /// A dry run's jobs counted by state name (`{"running": 3, "queued": 9}`), for a confirmation
+    /// prompt; empty otherwise.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub by_state: std::collections::BTreeMap<String, usize>,
+}
+
+/// `POST /api/jobs/{id}/priority` (`aura priority ID N`): the job's new priority (higher runs first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityRequest {
+    /// The new priority.
+    pub priority: i32,
 }

@@ -21,6 +21,7 @@ fn run() -> Run {
             cgroups: vec![],
         },
         cwd: "/jobs/7".into(),
+        paused_secs: 0.0,
     }
 }
 
@@ -118,7 +119,10 @@ fn state_names_parse_back_from_what_they_show() {
     }
     assert_eq!(
         "done".parse::<StateName>(),
-        Err("unknown state \"done\" (use queued, running, stopping or finished)".into())
+        Err(
+            "unknown state \"done\" (use queued, held, running, paused, stopping or finished)"
+                .into()
+        )
     );
     assert!("Running".parse::<StateName>().is_err());
 }

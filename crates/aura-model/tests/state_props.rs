@@ -32,6 +32,7 @@ fn run() -> impl Strategy<Value = Run> {
             cgroups: vec![],
         },
         cwd: format!("/jobs/{pid}").into(),
+        paused_secs: 0.0,
     })
 }
 
@@ -42,6 +43,7 @@ fn stop_reason() -> impl Strategy<Value = StopReason> {
         Just(StopReason::Shutdown),
         Just(StopReason::MemoryPressure),
         Just(StopReason::Stalled),
+        Just(StopReason::Killed),
     ]
 }
 
@@ -100,6 +102,10 @@ fn event() -> impl Strategy<Value = Event> {
             outcome,
             at,
         }),
+        2 => timestamp().prop_map(|at| Event::Paused { at }),
+        2 => timestamp().prop_map(|at| Event::Resumed { at }),
+        1 => timestamp().prop_map(|at| Event::Held { at }),
+        1 => timestamp().prop_map(|at| Event::Released { at }),
     ]
 }
 
@@ -111,13 +117,19 @@ fn legal(job: &Job, event: &Event) -> bool {
             JobState::Queued { .. },
             Event::Started { .. } | Event::SpawnFailed { .. } | Event::DependencyFailed { .. },
         ) => true,
-        (JobState::Queued { .. }, Event::StopRequested { reason, .. }) => {
-            *reason == StopReason::Cancelled
+        (JobState::Held { .. }, Event::DependencyFailed { .. } | Event::Released { .. }) => true,
+        (JobState::Queued { .. }, Event::Held { .. }) => true,
+        (JobState::Queued { .. } | JobState::Held { .. }, Event::StopRequested { reason, .. }) => {
+            matches!(reason, StopReason::Cancelled | StopReason::Killed)
         }
-        (JobState::Running { .. }, Event::StopRequested { .. })
-        | (JobState::Stopping { .. }, Event::StopRequested { .. }) => true,
+        (JobState::Running { .. }, Event::Paused { .. })
+        | (JobState::Paused { .. }, Event::Resumed { .. }) => true,
         (
-            JobState::Running { .. } | JobState::Stopping { .. },
+            JobState::Running { .. } | JobState::Paused { .. } | JobState::Stopping { .. },
+            Event::StopRequested { .. },
+        ) => true,
+        (
+            JobState::Running { .. } | JobState::Paused { .. } | JobState::Stopping { .. },
             Event::Exited { .. } | Event::Interrupted { .. } | Event::Quarantined { .. },
         ) => true,
         (JobState::Finished(_), Event::Requeue { .. }) => expected_may_retry(job),
@@ -162,7 +174,7 @@ fn expected_exit_outcome(
         return "oom_killed";
     }
     match (reason, exit) {
-        (Some(StopReason::Cancelled), _) => "cancelled",
+        (Some(StopReason::Cancelled | StopReason::Killed), _) => "cancelled",
         (Some(StopReason::TimedOut), _) => "timed_out",
         (Some(StopReason::Shutdown), _) => "interrupted",
         (Some(StopReason::MemoryPressure), _) => "memory_pressure",
@@ -296,7 +308,23 @@ fn at(event: &Event) -> Timestamp {
         | Event::Interrupted { at, .. }
         | Event::Quarantined { at, .. }
         | Event::DependencyFailed { at, .. }
-        | Event::Requeue { at } => *at,
+        | Event::Requeue { at }
+        | Event::Paused { at }
+        | Event::Resumed { at }
+        | Event::Held { at }
+        | Event::Released { at } => *at,
+    }
+}
+
+/// The run a job in `state` had, with a pause it was in ended at `at` (paused time never shrinks).
+fn run_after(state: &JobState, at: Timestamp) -> Option<Run> {
+    match state {
+        JobState::Paused { run, since } => Some(Run {
+            paused_secs: run.paused_secs
+                + (at.unix_millis() - since.unix_millis()).max(0) as f64 / 1000.0,
+            ..run.clone()
+        }),
+        other => other.run().cloned(),
     }
 }
 
@@ -339,17 +367,45 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
             prop_assert_eq!(f.finished_at, *at);
             prop_assert!(f.run.is_none(), "a job whose dependency failed never ran");
         }
-        (JobState::Queued { .. }, Event::StopRequested { at, .. }) => {
+        (JobState::Queued { .. }, Event::Held { at }) => {
+            prop_assert_eq!(&job.state, &JobState::Held { since: *at });
+        }
+        (JobState::Held { .. }, Event::Released { at }) => {
+            prop_assert_eq!(&job.state, &JobState::Queued { since: *at });
+        }
+        (JobState::Running { run }, Event::Paused { at }) => {
+            prop_assert_eq!(
+                &job.state,
+                &JobState::Paused {
+                    run: run.clone(),
+                    since: *at
+                }
+            );
+        }
+        (JobState::Paused { .. }, Event::Resumed { at }) => {
+            let run = run_after(&before.state, *at).expect("a paused job has a run");
+            prop_assert_eq!(&job.state, &JobState::Running { run });
+        }
+        (JobState::Held { .. }, Event::DependencyFailed { .. }) => {
+            let f = finished(job)?;
+            prop_assert_eq!(f.outcome.name(), "dependency_failed");
+            prop_assert!(f.run.is_none());
+        }
+        (JobState::Queued { .. } | JobState::Held { .. }, Event::StopRequested { at, .. }) => {
             let f = finished(job)?;
             prop_assert_eq!(&f.outcome, &Outcome::Cancelled);
             prop_assert_eq!(f.finished_at, *at);
             prop_assert!(f.run.is_none());
         }
-        (JobState::Running { run }, Event::StopRequested { reason, at }) => {
+        (
+            JobState::Running { .. } | JobState::Paused { .. },
+            Event::StopRequested { reason, at },
+        ) => {
+            let run = run_after(&before.state, *at).expect("a started job has a run");
             prop_assert_eq!(
                 &job.state,
                 &JobState::Stopping {
-                    run: run.clone(),
+                    run,
                     reason: *reason,
                     requested_at: *at
                 }
@@ -360,7 +416,7 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
             prop_assert_eq!(job, before);
         }
         (
-            JobState::Running { run } | JobState::Stopping { run, .. },
+            JobState::Running { .. } | JobState::Paused { .. } | JobState::Stopping { .. },
             Event::Exited {
                 exit,
                 signals_sent,
@@ -368,6 +424,7 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
                 at,
             },
         ) => {
+            let run = &run_after(&before.state, *at).expect("a started job has a run");
             let reason = match &before.state {
                 JobState::Stopping { reason, .. } => Some(*reason),
                 _ => None,
@@ -384,9 +441,10 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
             prop_assert_eq!(f.finished_at, *at);
         }
         (
-            JobState::Running { run } | JobState::Stopping { run, .. },
+            JobState::Running { .. } | JobState::Paused { .. } | JobState::Stopping { .. },
             Event::Interrupted { reason, at },
         ) => {
+            let run = &run_after(&before.state, *at).expect("a started job has a run");
             let f = finished(job)?;
             prop_assert_eq!(
                 &f.outcome,
@@ -399,9 +457,10 @@ fn check_transition(before: &Job, event: &Event, job: &Job) -> Result<(), TestCa
             prop_assert_eq!(job.interruptions, before.interruptions + 1);
         }
         (
-            JobState::Running { run } | JobState::Stopping { run, .. },
-            Event::Quarantined { reason, .. },
+            JobState::Running { .. } | JobState::Paused { .. } | JobState::Stopping { .. },
+            Event::Quarantined { reason, at },
         ) => {
+            let run = &run_after(&before.state, *at).expect("a started job has a run");
             let f = finished(job)?;
             prop_assert_eq!(
                 &f.outcome,

@@ -12,7 +12,8 @@ use serde::Serialize;
 pub enum ErrorCode {
     /// The request is malformed: bad JSON, an invalid query parameter, id or header.
     BadRequest,
-    /// The body is well-formed JSON but not a valid job spec (or lease request).
+    /// The body is well-formed JSON but not a valid job spec (or lease request, cancel selection or
+    /// new priority).
     InvalidSpec,
     /// The spec is over one of the size limits (arguments, environment, labels, secrets).
     LimitExceeded,
@@ -65,6 +66,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// A cancel of a job that has already ended.
     AlreadyFinished,
+    /// An operator's action that does not apply to the job in its state (a pause of a queued job, a
+    /// retry of a running one); nothing changed.
+    InvalidState,
     /// The daemon is shutting down and takes no new work.
     ShuttingDown,
     /// The job database cannot commit: its volume is full or failing. Retry once space returns.
@@ -103,7 +107,7 @@ impl ErrorCode {
             }
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::AlreadyFinished => StatusCode::CONFLICT,
+            ErrorCode::AlreadyFinished | ErrorCode::InvalidState => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::StorageExhausted => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -140,6 +144,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "Not found",
             ErrorCode::MethodNotAllowed => "Method not allowed",
             ErrorCode::AlreadyFinished => "Job already finished",
+            ErrorCode::InvalidState => "Not possible in the job's state",
             ErrorCode::ShuttingDown => "Shutting down",
             ErrorCode::StorageExhausted => "Data volume full",
             ErrorCode::Internal => "Internal error",
@@ -204,6 +209,7 @@ fn code_of(e: &EngineError) -> ErrorCode {
         EngineError::LeaseNotFound(_) => ErrorCode::NotFound,
         EngineError::NotFound(_) => ErrorCode::NotFound,
         EngineError::AlreadyFinished { .. } => ErrorCode::AlreadyFinished,
+        EngineError::InvalidState { .. } => ErrorCode::InvalidState,
         EngineError::ShuttingDown => ErrorCode::ShuttingDown,
         EngineError::Store(e) if e.is_storage() => ErrorCode::StorageExhausted,
         EngineError::Config(_)
@@ -370,6 +376,24 @@ mod tests {
             answer["request_id"],
             "ids are per answer"
         );
+    }
+
+    #[test]
+    fn an_action_the_state_does_not_allow_is_a_conflict_with_the_engines_reason() {
+        let engine = EngineError::InvalidState {
+            id: aura_model::JobId(7),
+            state: "queued",
+            action: aura_model::JobAction::Pause,
+        };
+        let reason = engine.to_string();
+        let e = ApiError::from(engine);
+        assert_eq!(e.code, ErrorCode::InvalidState);
+        let answer = body(&e);
+        assert_eq!(answer["status"], 409);
+        assert_eq!(answer["code"], "invalid_state");
+        assert_eq!(answer["type"], "/problems/invalid_state");
+        assert_eq!(answer["detail"], reason.as_str());
+        assert!(reason.contains("job 7 is queued"), "{reason}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod sse;
 
 pub use error::{ApiError, ErrorCode};
 pub use listener::{serve, ListenerConfig};
-pub use routes::{parse_json, router, ApiConfig};
+pub use routes::{parse_cancel_selection, parse_json, router, ApiConfig};
 pub use security::{check_request, SecurityConfig};
 
 /// Locks `mutex`, taking the data over from a thread that panicked while holding it: every mutex of this

@@ -610,6 +610,35 @@ fn engine(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
         "Jobs waiting for admission.",
         u.queued,
     )?;
+    let status = &i.status;
+    gauge(
+        e,
+        "aura_jobs_paused",
+        None,
+        "Jobs an operator paused: their trees frozen, their memory kept.",
+        status.paused_jobs,
+    )?;
+    gauge(
+        e,
+        "aura_jobs_held",
+        None,
+        "Queued jobs an operator holds back from starting.",
+        status.held,
+    )?;
+    gauge(
+        e,
+        "aura_node_draining",
+        None,
+        "1 while an operator has drained the node: nothing new starts, running jobs finish.",
+        u32::from(status.draining),
+    )?;
+    gauge(
+        e,
+        "aura_cpu_throttled",
+        None,
+        "1 while running jobs' CPU is capped because the machine is busy outside Aura.",
+        u32::from(status.throttled.is_some()),
+    )?;
     gauge(
         e,
         "aura_jobs_max_concurrent",
@@ -863,7 +892,9 @@ mod tests {
         });
         let status = json!({
             "backend": "hybrid", "backend_detail": "test", "accepting": true,
-            "max_concurrent": 2, "running": 1, "queued": 3
+            "max_concurrent": 2, "running": 1, "queued": 3,
+            "draining": true, "paused_jobs": 2, "held": 4,
+            "throttled": "CPU outside Aura 90 % (throttle above 80 %)"
         });
         let utilization = json!({
             "capacity": {"memory_bytes": 1u64 << 30, "cpu_millis": 2000, "disk_bytes": 0, "gpus": []},
@@ -922,6 +953,11 @@ mod tests {
             "aura_admission_limit_in_use{limit=\"nvenc\"} 1\n",
             "aura_memory_critical 1\n",
             "aura_jobs_queued 3\n",
+            "# HELP aura_jobs_paused Jobs an operator paused",
+            "aura_jobs_paused 2\n",
+            "aura_jobs_held 4\n",
+            "aura_node_draining 1\n",
+            "aura_cpu_throttled 1\n",
             "process_resident_memory_bytes ",
             "# UNIT aura_host_cpu_busy_ratio ratio\n",
         ] {

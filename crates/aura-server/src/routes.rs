@@ -5,7 +5,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::query;
 use crate::security::{self, SecurityConfig};
 use aura_engine::{EngineHandle, EngineStatus};
-use aura_model::{JobEventRecord, JobId, JobPage, JobSpec, JobView, StateName};
+use aura_model::view::{CancelResult, CancelSelection, PriorityRequest};
+use aura_model::{Job, JobAction, JobEventRecord, JobId, JobPage, JobSpec, JobView, StateName};
 use aura_store::ListFilter;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -88,7 +89,17 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/jobs", post(submit).get(list))
         .route("/api/jobs/batch", post(submit_batch))
         .route("/api/jobs/{id}", get(show))
+        .route("/api/jobs/cancel", post(cancel_where))
         .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/kill", post(kill))
+        .route("/api/jobs/{id}/pause", post(pause))
+        .route("/api/jobs/{id}/resume", post(resume))
+        .route("/api/jobs/{id}/hold", post(hold))
+        .route("/api/jobs/{id}/release", post(release))
+        .route("/api/jobs/{id}/priority", post(set_priority))
+        .route("/api/jobs/{id}/retry", post(retry))
+        .route("/api/drain", post(drain))
+        .route("/api/undrain", post(undrain))
         .route("/api/jobs/{id}/events", get(events))
         .route("/api/jobs/{id}/events/stream", get(job_stream))
         .route("/api/events", get(engine_events))
@@ -238,9 +249,16 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body, config: &ApiConfi
 
 /// The JSON half of `json_body`, pure (also what the fuzz targets call).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::new(ErrorCode::InvalidSpec, e.to_string()),
-        _ => ApiError::bad_request(format!("invalid JSON: {e}")),
+    serde_json::from_slice(body).map_err(|e| {
+        // serde_json reports some wrong shapes as syntax errors (a number where an enum's name belongs,
+        // `{"states": [1]}`): a body that reads as JSON is well-formed whatever the first error said.
+        let well_formed = e.classify() == serde_json::error::Category::Data
+            || serde_json::from_slice::<serde_json::Value>(body).is_ok();
+        if well_formed {
+            ApiError::new(ErrorCode::InvalidSpec, e.to_string())
+        } else {
+            ApiError::bad_request(format!("invalid JSON: {e}"))
+        }
     })
 }
 
@@ -332,7 +350,8 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
     let running = app
         .engine
         .list(ListFilter {
-            states: vec![StateName::Running, StateName::Stopping],
+            // A paused tree still holds its memory: its series stay while it is frozen.
+            states: vec![StateName::Running, StateName::Paused, StateName::Stopping],
             after: None,
             limit: query::MAX_PAGE,
             newest_first: true,
@@ -396,22 +415,39 @@ async fn submit(
 ) -> ApiResult<Response> {
     let principal = caller(principal)?;
     let spec: JobSpec = json_body(body, &app.config).await?;
-    let submitter = aura_engine::Submitter {
+    let job = app
+        .engine
+        .submit(spec, Some(&submitter(&principal)))
+        .await?;
+    Ok(created(job, &principal))
+}
+
+/// Who submits a job, as the engine records it and holds it to its cap of waiting jobs.
+fn submitter(principal: &Principal) -> aura_engine::Submitter {
+    aura_engine::Submitter {
         name: principal.name.clone(),
         max_queued: principal.max_queued,
-    };
-    let job = app.engine.submit(spec, Some(&submitter)).await?;
+    }
+}
+
+/// 201 with a new job, as `principal` may see it, and its address in `Location`.
+fn created(job: Job, principal: &Principal) -> Response {
     let location = HeaderValue::from_str(&format!("/api/jobs/{}", job.id)).ok();
-    let view = JobView {
-        job,
-        live: None,
-        waiting: None,
-    };
-    let mut response = (StatusCode::CREATED, Json(shown(view, &principal))).into_response();
+    let mut response = (StatusCode::CREATED, Json(shown(answered(job), principal))).into_response();
     if let Some(location) = location {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    Ok(response)
+    response
+}
+
+/// The view of a job the engine just answered: no live usage or waiting reason, which would be a
+/// second read (and the change the engine just recorded may not be committed yet).
+fn answered(job: Job) -> JobView {
+    JobView {
+        job,
+        live: None,
+        waiting: None,
+    }
 }
 
 /// `POST /api/jobs/batch` with `{"jobs": [ENTRY, ...]}`: the jobs of one piece of work, queued
@@ -430,21 +466,13 @@ async fn submit_batch(
     let batch: Batch = json_body(body, &app.config).await?;
     let batch = aura_model::batch::parse(batch.jobs)
         .map_err(|e| ApiError::new(ErrorCode::InvalidSpec, e.to_string()))?;
-    let submitter = aura_engine::Submitter {
-        name: principal.name.clone(),
-        max_queued: principal.max_queued,
-    };
-    let jobs = app.engine.submit_batch(batch, Some(&submitter)).await?;
+    let jobs = app
+        .engine
+        .submit_batch(batch, Some(&submitter(&principal)))
+        .await?;
     let jobs: Vec<JobView> = jobs
         .into_iter()
-        .map(|job| {
-            let view = JobView {
-                job,
-                live: None,
-                waiting: None,
-            };
-            shown(view, &principal)
-        })
+        .map(|job| shown(answered(job), &principal))
         .collect();
     let page = JobPage {
         jobs,
@@ -478,34 +506,241 @@ async fn show(
     Ok(Json(shown(app.engine.get(job_id(id)?).await?, &principal)))
 }
 
+/// Whether `principal` may act on job `id`: an admin token on any job, a submit token on its own only
+/// (who submitted a job never changes). A job that does not exist is `not_found` either way.
+async fn may_act(
+    engine: &EngineHandle,
+    principal: &Principal,
+    id: JobId,
+    action: JobAction,
+) -> ApiResult<()> {
+    if principal.allows(Scope::Admin) {
+        return Ok(());
+    }
+    let owner = engine.get(id).await?.job.submitted_by;
+    if owner.as_deref() == Some(principal.name.as_str()) {
+        return Ok(());
+    }
+    let doing = match action {
+        JobAction::Pause => "pausing",
+        JobAction::Resume => "resuming",
+        JobAction::Hold => "holding",
+        JobAction::Release => "releasing",
+        JobAction::Retry => "retrying",
+        JobAction::Priority => "changing the priority of",
+        JobAction::Kill => "killing",
+        JobAction::Cancel => "cancelling",
+    };
+    Err(ApiError::new(
+        ErrorCode::InsufficientScope,
+        format!(
+            "job {id} was submitted by {}; {doing} another's job needs an admin token",
+            owner.as_deref().unwrap_or("an unknown client")
+        ),
+    ))
+}
+
+/// The caller, the job id of the path, and whether the caller may do `action` to that job.
+async fn acting(
+    app: &AppState,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+    action: JobAction,
+) -> ApiResult<(Arc<Principal>, JobId)> {
+    let principal = caller(principal)?;
+    let id = job_id(id)?;
+    may_act(&app.engine, &principal, id, action).await?;
+    Ok((principal, id))
+}
+
+/// Who asked, as the engine records it with what it did: the token's name, never the token.
+fn by(principal: &Principal) -> Option<String> {
+    Some(principal.name.clone())
+}
+
+/// `POST /api/jobs/{id}/cancel`: a queued or held job ends at once, a running or paused one gets its
+/// stop sequence.
 async fn cancel(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
-    let principal = caller(principal)?;
-    let id = job_id(id)?;
-    if !principal.allows(Scope::Admin) {
-        // A submit token cancels its own jobs only (who submitted a job never changes).
-        let owner = app.engine.get(id).await?.job.submitted_by;
-        if owner.as_deref() != Some(principal.name.as_str()) {
-            return Err(ApiError::new(
-                ErrorCode::InsufficientScope,
-                format!(
-                    "job {id} was submitted by {}; cancelling another's job needs an admin token",
-                    owner.as_deref().unwrap_or("an unknown client")
-                ),
-            ));
-        }
+    let (principal, id) = acting(&app, principal, id, JobAction::Cancel).await?;
+    let job = app.engine.stop_job(id, false, by(&principal)).await?;
+    Ok(Json(shown(answered(job), &principal)))
+}
+
+/// `POST /api/jobs/{id}/kill`: as cancel, but a running tree gets SIGKILL at once, no grace period.
+async fn kill(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<JobView>> {
+    let (principal, id) = acting(&app, principal, id, JobAction::Kill).await?;
+    let job = app.engine.stop_job(id, true, by(&principal)).await?;
+    Ok(Json(shown(answered(job), &principal)))
+}
+
+/// `POST /api/jobs/{id}/pause`: freezes a running job's tree.
+async fn pause(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<JobView>> {
+    let (principal, id) = acting(&app, principal, id, JobAction::Pause).await?;
+    let job = app.engine.pause(id, by(&principal)).await?;
+    Ok(Json(shown(answered(job), &principal)))
+}
+
+/// `POST /api/jobs/{id}/resume`: thaws a paused job's tree.
+async fn resume(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<JobView>> {
+    let (principal, id) = acting(&app, principal, id, JobAction::Resume).await?;
+    let job = app.engine.resume(id, by(&principal)).await?;
+    Ok(Json(shown(answered(job), &principal)))
+}
+
+/// `POST /api/jobs/{id}/hold`: keeps a queued job from starting.
+async fn hold(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<JobView>> {
+    let (principal, id) = acting(&app, principal, id, JobAction::Hold).await?;
+    let job = app.engine.hold(id, by(&principal)).await?;
+    Ok(Json(shown(answered(job), &principal)))
+}
+
+/// `POST /api/jobs/{id}/release`: lets a held job start again.
+async fn release(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<JobView>> {
+    let (principal, id) = acting(&app, principal, id, JobAction::Release).await?;
+    let job = app.engine.release(id, by(&principal)).await?;
+    Ok(Json(shown(answered(job), &principal)))
+}
+
+/// `POST /api/jobs/{id}/priority` with `{"priority": N}`: moves a job that has not started in the queue.
+async fn set_priority(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<Json<JobView>> {
+    let request: PriorityRequest = json_body(body, &app.config).await?;
+    let (principal, id) = acting(&app, principal, id, JobAction::Priority).await?;
+    let job = app
+        .engine
+        .set_priority(id, request.priority, by(&principal))
+        .await?;
+    Ok(Json(shown(answered(job), &principal)))
+}
+
+/// `POST /api/jobs/{id}/retry`: submits a finished job's spec again, as a new job of the caller's; 201
+/// with the new job.
+async fn retry(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let (principal, id) = acting(&app, principal, id, JobAction::Retry).await?;
+    let job = app.engine.retry(id, Some(&submitter(&principal))).await?;
+    Ok(created(job, &principal))
+}
+
+/// A `POST /api/jobs/cancel` body, parsed as `parse_json` parses every body; a selection naming
+/// `finished` is refused rather than quietly picking nothing from it. Pure (also what the fuzz target
+/// calls).
+pub fn parse_cancel_selection(body: &[u8]) -> ApiResult<CancelSelection> {
+    let selection: CancelSelection = parse_json(body)?;
+    if selection.states.contains(&StateName::Finished) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidSpec,
+            "states: a finished job cannot be cancelled; pick from queued, held, running, paused and \
+             stopping (none: all of them)",
+        ));
     }
-    // The engine's answer, not a store read: the stop it just recorded may not be committed yet.
-    let job = app.engine.cancel(id).await?;
-    let view = JobView {
-        job,
-        live: None,
-        waiting: None,
+    Ok(selection)
+}
+
+/// `POST /api/jobs/cancel`: cancels (or with `kill`, kills) every unfinished job a selection picks — a
+/// submit token's own jobs only — or with `dry_run` only says which it would.
+async fn cancel_where(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+    body: Body,
+) -> ApiResult<Json<CancelResult>> {
+    let principal = caller(principal)?;
+    let request = parse_cancel_selection(&read_body(body, &app.config).await?)?;
+    let selection = aura_engine::Selection {
+        states: request.states,
+        labels: request.labels,
     };
-    Ok(Json(shown(view, &principal)))
+    let only_of = (!principal.allows(Scope::Admin)).then_some(principal.name.as_str());
+    if request.dry_run {
+        let picked: Vec<Job> = app
+            .engine
+            .select(&selection)
+            .await?
+            .into_iter()
+            .filter(|job| only_of.map_or(true, |name| job.submitted_by.as_deref() == Some(name)))
+            .collect();
+        let mut by_state = std::collections::BTreeMap::new();
+        for job in &picked {
+            *by_state
+                .entry(job.state.name().as_str().to_owned())
+                .or_insert(0) += 1;
+        }
+        return Ok(Json(CancelResult {
+            count: picked.len(),
+            ids: picked.iter().map(|job| job.id).collect(),
+            dry_run: true,
+            by_state,
+        }));
+    }
+    let ids = app
+        .engine
+        .cancel_where(&selection, request.kill, only_of, by(&principal))
+        .await?;
+    Ok(Json(CancelResult {
+        count: ids.len(),
+        ids,
+        dry_run: false,
+        by_state: Default::default(),
+    }))
+}
+
+/// `POST /api/drain`: nothing new starts (kept across restarts); running jobs finish. Answers the
+/// status after it.
+async fn drain(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+) -> ApiResult<Json<EngineStatus>> {
+    set_drained(&app, principal, true).await
+}
+
+/// `POST /api/undrain`: queued jobs start again as admission allows.
+async fn undrain(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Arc<Principal>>>,
+) -> ApiResult<Json<EngineStatus>> {
+    set_drained(&app, principal, false).await
+}
+
+async fn set_drained(
+    app: &AppState,
+    principal: Option<Extension<Arc<Principal>>>,
+    on: bool,
+) -> ApiResult<Json<EngineStatus>> {
+    let principal = caller(principal)?;
+    // Either way the answer is the node as it is now: draining twice is not an error.
+    app.engine.drain(on, by(&principal)).await?;
+    Ok(Json(app.engine.status().await?))
 }
 
 async fn events(

@@ -99,8 +99,25 @@ impl SecurityConfig {
                 | "/metrics"
                 | "/api/metrics/prometheus",
             ) => Some(Scope::Read),
-            ("POST", "/api/jobs" | "/api/jobs/batch" | "/api/jobs/{id}/cancel") => {
-                Some(Scope::Submit)
+            // A submit token acts on its own jobs only: the handlers check the owner (`routes::may_act`),
+            // and a bulk cancel picks the token's own jobs.
+            (
+                "POST",
+                "/api/jobs"
+                | "/api/jobs/batch"
+                | "/api/jobs/cancel"
+                | "/api/jobs/{id}/cancel"
+                | "/api/jobs/{id}/kill"
+                | "/api/jobs/{id}/pause"
+                | "/api/jobs/{id}/resume"
+                | "/api/jobs/{id}/hold"
+                | "/api/jobs/{id}/release"
+                | "/api/jobs/{id}/priority"
+                | "/api/jobs/{id}/retry",
+            ) => Some(Scope::Submit),
+            // The node as a whole: no one token's business.
+            ("POST", "/api/drain" | "/api/undrain" | "/api/diagnostics/resources/cleanup") => {
+                Some(Scope::Admin)
             }
             _ => Some(Scope::Admin),
         }
@@ -501,37 +518,73 @@ mod tests {
         assert_eq!(host_name("a:1"), "a");
     }
 
+    /// Every route the router has, with the scope it needs (`None`: public). A route added to the router
+    /// belongs here too.
+    const ROUTES: &[(&str, &str, Option<Scope>)] = &[
+        ("GET", "/healthz", None),
+        ("GET", "/readyz", None),
+        ("GET", "/api/status", Some(Scope::Read)),
+        ("GET", "/api/metrics/utilization", Some(Scope::Read)),
+        ("GET", "/api/metrics/system", Some(Scope::Read)),
+        ("GET", "/api/metrics/process", Some(Scope::Read)),
+        ("GET", "/api/diagnostics/resources", Some(Scope::Read)),
+        (
+            "POST",
+            "/api/diagnostics/resources/cleanup",
+            Some(Scope::Admin),
+        ),
+        ("GET", "/metrics", Some(Scope::Read)),
+        ("GET", "/api/metrics/prometheus", Some(Scope::Read)),
+        ("POST", "/api/leases", Some(Scope::Admin)),
+        ("GET", "/api/leases", Some(Scope::Read)),
+        ("POST", "/api/leases/{id}/renew", Some(Scope::Admin)),
+        ("DELETE", "/api/leases/{id}", Some(Scope::Admin)),
+        ("POST", "/api/jobs", Some(Scope::Submit)),
+        ("GET", "/api/jobs", Some(Scope::Read)),
+        ("POST", "/api/jobs/batch", Some(Scope::Submit)),
+        ("POST", "/api/jobs/cancel", Some(Scope::Submit)),
+        ("GET", "/api/jobs/{id}", Some(Scope::Read)),
+        ("POST", "/api/jobs/{id}/cancel", Some(Scope::Submit)),
+        ("POST", "/api/jobs/{id}/kill", Some(Scope::Submit)),
+        ("POST", "/api/jobs/{id}/pause", Some(Scope::Submit)),
+        ("POST", "/api/jobs/{id}/resume", Some(Scope::Submit)),
+        ("POST", "/api/jobs/{id}/hold", Some(Scope::Submit)),
+        ("POST", "/api/jobs/{id}/release", Some(Scope::Submit)),
+        ("POST", "/api/jobs/{id}/priority", Some(Scope::Submit)),
+        ("POST", "/api/jobs/{id}/retry", Some(Scope::Submit)),
+        ("GET", "/api/jobs/{id}/events", Some(Scope::Read)),
+        ("GET", "/api/jobs/{id}/events/stream", Some(Scope::Read)),
+        ("GET", "/api/events", Some(Scope::Read)),
+        ("GET", "/api/events/stream", Some(Scope::Read)),
+        ("GET", "/api/jobs/{id}/logs", Some(Scope::Read)),
+        ("GET", "/api/jobs/{id}/wait", Some(Scope::Read)),
+        ("POST", "/api/drain", Some(Scope::Admin)),
+        ("POST", "/api/undrain", Some(Scope::Admin)),
+    ];
+
     #[test]
     fn routes_need_their_scope_and_unknown_ones_need_admin() {
         let mut c = config();
-        let get = Method::GET;
-        let post = Method::POST;
-        assert_eq!(c.needed(&get, "/healthz"), None);
-        assert_eq!(c.needed(&get, "/api/jobs/{id}"), Some(Scope::Read));
-        assert_eq!(c.needed(&post, "/api/jobs"), Some(Scope::Submit));
+        for (method, route, scope) in ROUTES {
+            let method = Method::from_bytes(method.as_bytes()).expect("a method");
+            assert_eq!(c.needed(&method, route), *scope, "{method} {route}");
+        }
+        // A write to a read route, and a route nobody classified, need admin.
         assert_eq!(
-            c.needed(&post, "/api/jobs/{id}/cancel"),
-            Some(Scope::Submit)
-        );
-        assert_eq!(c.needed(&post, "/api/jobs/batch"), Some(Scope::Submit));
-        assert_eq!(c.needed(&get, "/api/events/stream"), Some(Scope::Read));
-        assert_eq!(
-            c.needed(&get, "/api/jobs/{id}/events/stream"),
-            Some(Scope::Read)
-        );
-        assert_eq!(c.needed(&post, "/api/leases"), Some(Scope::Admin));
-        assert_eq!(
-            c.needed(&Method::DELETE, "/api/leases/{id}"),
+            c.needed(&Method::POST, "/api/jobs/{id}"),
             Some(Scope::Admin)
         );
         assert_eq!(
-            c.needed(&post, "/api/diagnostics/resources/cleanup"),
+            c.needed(&Method::GET, "/api/jobs/{id}/pause"),
             Some(Scope::Admin)
         );
-        assert_eq!(c.needed(&get, "/api/something-new"), Some(Scope::Admin));
-        assert_eq!(c.needed(&get, "/metrics"), Some(Scope::Read));
+        assert_eq!(
+            c.needed(&Method::GET, "/api/something-new"),
+            Some(Scope::Admin)
+        );
         c.public_metrics = true;
-        assert_eq!(c.needed(&get, "/metrics"), None);
+        assert_eq!(c.needed(&Method::GET, "/metrics"), None);
+        assert_eq!(c.needed(&Method::GET, "/api/metrics/prometheus"), None);
     }
 
     #[test]

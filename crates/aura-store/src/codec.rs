@@ -10,7 +10,7 @@ use rusqlite::Row;
 
 /// The column list every job query selects, in the order `decode_job` reads it.
 pub(crate) const JOB_COLUMNS: &str =
-    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops, submitted_by, interruptions";
+    "id, state, submitted_at_ms, attempt, failures, spec, state_data, memory_request, pressure_stops, submitted_by, interruptions, retry_of, retried_as";
 
 /// What changes over a job's life, ready to bind: every `record` writes exactly this.
 #[derive(Debug, Clone)]
@@ -35,7 +35,15 @@ pub(crate) struct JobRow {
     pub kind: Option<String>,
     pub spec: String,
     pub submitted_by: Option<String>,
+    pub retry_of: Option<i64>,
     pub state: StateRow,
+}
+
+/// A waiting job's priority and spec, written again when an operator moves it in the queue.
+#[derive(Clone, Debug)]
+pub(crate) struct SpecRow {
+    pub priority: i64,
+    pub spec: String,
 }
 
 /// An event row, ready to bind; the job id comes from the command it travels with, and so does the
@@ -83,7 +91,16 @@ pub(crate) fn encode_new(job: &Job) -> Result<JobRow, StoreError> {
         kind: job.spec.kind().map(str::to_owned),
         spec: to_json("job spec", &job.spec)?,
         submitted_by: job.submitted_by.clone(),
+        retry_of: job.retry_of.map(|id| id.0),
         state: encode_state(job)?,
+    })
+}
+
+/// The part of a row `record_priority` writes besides the state.
+pub(crate) fn encode_spec(job: &Job) -> Result<SpecRow, StoreError> {
+    Ok(SpecRow {
+        priority: i64::from(job.spec.priority),
+        spec: to_json("job spec", &job.spec)?,
     })
 }
 
@@ -111,9 +128,17 @@ pub(crate) fn encode_logged(
 
 /// Puts a state change that is not committed yet (kept while the volume refuses writes) over the job as
 /// read, so that readers see what happened rather than the last state the volume took.
-pub(crate) fn overlay(job: &mut Job, row: &StateRow) -> Result<(), StoreError> {
+pub(crate) fn overlay(
+    job: &mut Job,
+    row: &StateRow,
+    spec: Option<&SpecRow>,
+) -> Result<(), StoreError> {
     let id = job.id;
     let corrupt = |detail: String| StoreError::Corrupt { id, detail };
+    if let Some(spec) = spec {
+        job.spec =
+            serde_json::from_str(&spec.spec).map_err(|e| corrupt(format!("kept spec: {e}")))?;
+    }
     job.state =
         serde_json::from_str(&row.state_data).map_err(|e| corrupt(format!("kept state: {e}")))?;
     job.memory_request = row
@@ -157,6 +182,8 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
     let interruptions: u32 = row
         .get(10)
         .map_err(|e| corrupt(format!("interruptions: {e}")))?;
+    let retry_of: Option<i64> = row.get(11)?;
+    let retried_as: Option<i64> = row.get(12)?;
     if state.name().as_str() != state_name {
         return Err(corrupt(format!(
             "state column says {state_name:?} but the state data is {:?}",
@@ -173,6 +200,8 @@ pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
         interruptions,
         memory_request,
         submitted_by,
+        retry_of: retry_of.map(JobId),
+        retried_as: retried_as.map(JobId),
         state,
     })
 }

@@ -25,6 +25,16 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A migration left rows that refer to rows that do not exist; it was rolled back.
+    #[error("job database migration to schema version {version} was rolled back: it left {dangling} dangling references ({first})")]
+    MigrationBrokeReferences {
+        /// The schema version being migrated to.
+        version: u32,
+        /// How many rows refer to a missing row.
+        dangling: usize,
+        /// The first few of them.
+        first: String,
+    },
     /// The database was written by a newer Aura, with a schema this build does not know.
     #[error("job database has schema version {found}, newer than this build supports ({supported}); upgrade Aura")]
     TooNew {

@@ -7,7 +7,7 @@ use crate::schema::open_connection;
 use aura_model::{
     CommittedEvent, EngineEventRecord, EventLog, Job, JobEventRecord, JobId, StateName,
 };
-use rusqlite::{params_from_iter, types::Value, Connection};
+use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -123,9 +123,17 @@ pub(crate) fn list(
 }
 
 pub(crate) fn unfinished(conn: &Connection) -> Result<Vec<Job>, StoreError> {
+    // Listed from the model rather than `state <> 'finished'`: an IN list is served by jobs_state_id, and
+    // finished jobs (the whole history) are most of the table.
+    let states: Vec<String> = StateName::ALL
+        .into_iter()
+        .filter(|s| *s != StateName::Finished)
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'running', 'stopping') ORDER BY id ASC"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({}) ORDER BY id ASC",
+            states.join(", ")
         ))
         .context("reading unfinished jobs")?;
     let mut rows = stmt.query([]).context("reading unfinished jobs")?;
@@ -248,6 +256,12 @@ pub(crate) fn count_by_state(conn: &Connection) -> Result<Vec<(StateName, u64)>,
         }
     }
     Ok(counts)
+}
+
+pub(crate) fn setting(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")
+        .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)).optional())
+        .context("reading a setting")
 }
 
 pub(crate) fn memory_peaks(

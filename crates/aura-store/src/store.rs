@@ -1,7 +1,7 @@
 //! `Store`: the async handle the engine and the HTTP server use. It turns calls into writer commands or
 //! pooled reads and owns the writer thread's lifetime.
 
-use crate::codec::{encode_event, encode_new, encode_state};
+use crate::codec::{encode_event, encode_new, encode_spec, encode_state, SpecRow};
 use crate::error::{Context as _, StoreError};
 use crate::reader::{self, ReadPool};
 use crate::reserve::Reserve;
@@ -149,10 +149,12 @@ fn new_job(
     submitted_at: Timestamp,
     memory_request: Option<MemoryRequest>,
     submitted_by: Option<String>,
+    retry_of: Option<JobId>,
 ) -> Result<(Job, crate::codec::JobRow, crate::codec::EventRow), StoreError> {
     let job = Job {
         memory_request,
         submitted_by,
+        retry_of,
         ..Job::new(JobId(0), spec, submitted_at)
     };
     let row = encode_new(&job)?;
@@ -161,6 +163,7 @@ fn new_job(
         event: JobEvent::Submitted {
             program: job.spec.program.clone(),
             priority: job.spec.priority,
+            retry_of,
         },
         attempt: None,
     })?;
@@ -276,11 +279,47 @@ impl Store {
         memory_request: Option<MemoryRequest>,
         submitted_by: Option<String>,
     ) -> Result<Job, StoreError> {
-        let (mut job, row, event) = new_job(spec, submitted_at, memory_request, submitted_by)?;
+        let (mut job, row, event) =
+            new_job(spec, submitted_at, memory_request, submitted_by, None)?;
         let (reply, answer) = oneshot::channel();
         self.send(Command::Write(Box::new(Write::Insert {
             job: row,
             event,
+            reply,
+        })))
+        .await?;
+        job.id = answer.await.unwrap_or(Err(StoreError::Closed))?;
+        Ok(job)
+    }
+
+    /// Stores a job that re-runs `retry_of` (`aura retry`), as `insert_job` does, with `retry_of` on the
+    /// new job and its `submitted` event; in the same transaction the old job's `retried_as` is set to
+    /// the new id and a `retried` event is appended to its log (under its current attempt). An old job
+    /// that is not stored is `NotFound(retry_of)`, and nothing is written. Resolves once committed, with
+    /// the new job as stored.
+    pub async fn insert_retry(
+        &self,
+        spec: JobSpec,
+        submitted_at: Timestamp,
+        memory_request: Option<MemoryRequest>,
+        submitted_by: Option<String>,
+        retry_of: JobId,
+    ) -> Result<Job, StoreError> {
+        let by = submitted_by.clone();
+        let (mut job, row, event) = new_job(
+            spec,
+            submitted_at,
+            memory_request,
+            submitted_by,
+            Some(retry_of),
+        )?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Write(Box::new(Write::InsertRetry {
+            job: row,
+            event,
+            retry_of,
+            at: submitted_at,
+            by,
             reply,
         })))
         .await?;
@@ -300,8 +339,13 @@ impl Store {
         let mut jobs = Vec::with_capacity(entries.len());
         let mut rows = Vec::with_capacity(entries.len());
         for (spec, refs, memory_request) in entries {
-            let (job, row, event) =
-                new_job(spec, submitted_at, memory_request, submitted_by.clone())?;
+            let (job, row, event) = new_job(
+                spec,
+                submitted_at,
+                memory_request,
+                submitted_by.clone(),
+                None,
+            )?;
             rows.push(crate::writer::BatchRow {
                 job: row,
                 spec: job.spec.clone(),
@@ -343,12 +387,35 @@ impl Store {
         job: &Job,
         events: Vec<NewEvent>,
     ) -> Result<Pending, StoreError> {
+        self.queue_pending(job, &events, None).await
+    }
+
+    /// Like `record_queued`, for a waiting (queued or held) job whose priority an operator changed: also
+    /// writes its `priority` column and its spec (`job.spec.priority` is the new one). Queued behind the
+    /// job's other writes like any record; resolves once queued, the `Pending` once committed (the
+    /// engine's actor never waits for it: a volume that refuses writes would hold it up).
+    pub async fn record_priority(
+        &self,
+        job: &Job,
+        events: Vec<NewEvent>,
+    ) -> Result<Pending, StoreError> {
+        let spec = encode_spec(job)?;
+        self.queue_pending(job, &events, Some(spec)).await
+    }
+
+    /// Queues a record someone will wait for with a `Pending`.
+    async fn queue_pending(
+        &self,
+        job: &Job,
+        events: &[NewEvent],
+        spec: Option<SpecRow>,
+    ) -> Result<Pending, StoreError> {
         let (reply, answer) = oneshot::channel();
         // A caller that stopped waiting (dropped its `Pending`) does not care about the answer.
         let answer_it = move |result| {
             let _ = reply.send(result);
         };
-        self.queue_record(job, &events, Commit::Now, Box::new(answer_it))
+        self.queue_record(job, events, spec, Commit::Now, Box::new(answer_it))
             .await?;
         Ok(Pending(answer))
     }
@@ -363,13 +430,15 @@ impl Store {
         commit: Commit,
         then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
-        self.queue_record(job, events, commit, Box::new(then)).await
+        self.queue_record(job, events, None, commit, Box::new(then))
+            .await
     }
 
     async fn queue_record(
         &self,
         job: &Job,
         events: &[NewEvent],
+        spec: Option<SpecRow>,
         commit: Commit,
         done: Done,
     ) -> Result<(), StoreError> {
@@ -381,11 +450,35 @@ impl Store {
         self.send(Command::Write(Box::new(Write::Record {
             id: job.id,
             job: row,
+            spec,
             events,
             commit,
             done,
         })))
         .await
+    }
+
+    /// A node-wide setting (e.g. whether the node is drained) as last committed; `None` if unset.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| reader::setting(conn, &key)).await
+    }
+
+    /// Sets a node-wide setting, or deletes it (`None`); resolves once queued, the `Pending` once
+    /// committed. Like a state change, it is kept and committed later while the volume refuses writes,
+    /// and the `Pending` resolves only then.
+    pub async fn set_setting(&self, key: &str, value: Option<&str>) -> Result<Pending, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let done: Done = Box::new(move |result| {
+            let _ = reply.send(result);
+        });
+        self.send(Command::Write(Box::new(Write::Setting {
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+            done,
+        })))
+        .await?;
+        Ok(Pending(answer))
     }
 
     /// Appends an entry to the engine's own event log (decisions that belong to no single job); resolves
@@ -488,8 +581,8 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Jobs queued, running or stopping, oldest first: what a starting daemon must recover or requeue
-    /// (read at start-up, before any write could be kept).
+    /// Jobs in every state but finished (queued, held, running, paused, stopping), oldest first: what a
+    /// starting daemon must recover or requeue (read at start-up, before any write could be kept).
     pub async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
         self.read(reader::unfinished).await
     }
@@ -499,8 +592,8 @@ impl Store {
         let overlay = self.inner.overlay.lock().unwrap_or_else(|p| p.into_inner());
         if !overlay.is_empty() {
             for job in &mut jobs {
-                if let Some(row) = overlay.get(&job.id) {
-                    crate::codec::overlay(job, row)?;
+                if let Some((row, spec)) = overlay.get(&job.id) {
+                    crate::codec::overlay(job, row, spec.as_ref())?;
                 }
             }
         }

@@ -4,12 +4,14 @@
 //! A volume that refuses writes (full, failing) is a state of its own: the reserve is given up, and
 //! what still cannot be committed is kept, in order, and committed once the volume takes it.
 
-use crate::codec::{EventRow, JobRow, StateRow};
+use crate::codec::{EventRow, JobRow, SpecRow, StateRow};
 use crate::error::{Context, StoreError};
 use crate::reserve::Reserve;
 use crate::Commit;
-use aura_model::{CommittedEvent, EventLog, JobId};
-use rusqlite::{params, params_from_iter, Connection, ToSql, TransactionBehavior};
+use aura_model::{CommittedEvent, EventLog, JobEvent, JobId, NewEvent, Timestamp};
+use rusqlite::{
+    params, params_from_iter, Connection, OptionalExtension, ToSql, TransactionBehavior,
+};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,12 +32,15 @@ pub(crate) enum Command {
 }
 
 impl Command {
-    /// Whether someone waits for it: an insert, a write queued with `Commit::Now`, a close. It ends the
+    /// Whether someone waits for it: an insert, a setting, a write queued with `Commit::Now`, a close. It ends the
     /// group window; the others may wait in it for company.
     pub(crate) fn urgent(&self) -> bool {
         match self {
             Command::Write(write) => match &**write {
-                Write::Insert { .. } | Write::InsertBatch { .. } => true,
+                Write::Insert { .. }
+                | Write::InsertBatch { .. }
+                | Write::InsertRetry { .. }
+                | Write::Setting { .. } => true,
                 Write::Record { commit, .. } => *commit == Commit::Now,
                 Write::Engine { .. } => false,
             },
@@ -56,15 +61,35 @@ pub(crate) enum Write {
         entries: Vec<BatchRow>,
         reply: Reply<Vec<JobId>>,
     },
+    /// A new job that re-runs `retry_of`: inserted like `Insert`, and in the same transaction the old
+    /// job is linked to it (`retried_as`) and gets a `Retried` event, or nothing happens at all.
+    InsertRetry {
+        job: JobRow,
+        event: EventRow,
+        retry_of: JobId,
+        /// For the old job's `Retried` event, encoded only once the new id is known.
+        at: Timestamp,
+        by: Option<String>,
+        reply: Reply<JobId>,
+    },
     Record {
         id: JobId,
         job: StateRow,
+        /// Set when an operator changed a waiting job's priority: the columns that otherwise never
+        /// change after submit.
+        spec: Option<SpecRow>,
         events: Vec<EventRow>,
         commit: Commit,
         done: Done,
     },
     /// An entry of the engine's own event log.
     Engine { event: EventRow, done: Done },
+    /// A node-wide setting; `None` deletes it.
+    Setting {
+        key: String,
+        value: Option<String>,
+        done: Done,
+    },
 }
 
 #[derive(Default)]
@@ -77,8 +102,10 @@ pub(crate) struct Counters {
     pub degraded: AtomicBool,
 }
 
-/// The newest kept (not yet committed) state of each job with kept writes, for readers (`codec::overlay`).
-pub(crate) type Overlay = Arc<std::sync::Mutex<std::collections::HashMap<JobId, StateRow>>>;
+/// The newest kept (not yet committed) state of each job with kept writes, and its newest kept spec if
+/// one changed, for readers (`codec::overlay`).
+pub(crate) type Overlay =
+    Arc<std::sync::Mutex<std::collections::HashMap<JobId, (StateRow, Option<SpecRow>)>>>;
 
 /// How often kept writes are tried again while the volume refuses them.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -241,8 +268,12 @@ impl Writer {
             let mut overlay = self.overlay.lock().unwrap_or_else(|p| p.into_inner());
             overlay.clear();
             for write in &self.kept {
-                if let Write::Record { id, job, .. } = write {
-                    overlay.insert(*id, job.clone());
+                if let Write::Record { id, job, spec, .. } = write {
+                    // A later kept write without a spec change leaves the earlier change standing.
+                    let spec = spec
+                        .clone()
+                        .or_else(|| overlay.get(id).and_then(|(_, spec)| spec.clone()));
+                    overlay.insert(*id, (job.clone(), spec));
                 }
             }
         }
@@ -393,13 +424,56 @@ impl Write {
                 }
                 Ok(first)
             }
+            Write::InsertRetry {
+                job,
+                event,
+                retry_of,
+                at,
+                by,
+                ..
+            } => {
+                let id = insert_job(conn, job, event, events)?;
+                let attempt: Option<i64> = conn
+                    .prepare_cached(
+                        "UPDATE jobs SET retried_as = ?2 WHERE id = ?1 RETURNING attempt",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![retry_of.0, id.0], |row| row.get(0))
+                            .optional()
+                    })
+                    .context("linking a job to its retry")?;
+                // Returning the error rolls the new job back with everything else.
+                let attempt = attempt.ok_or(StoreError::NotFound(*retry_of))?;
+                // Encoded here, not by the caller: the event names the new id.
+                let retried = crate::codec::encode_event(&NewEvent {
+                    at: *at,
+                    event: JobEvent::Retried {
+                        job_id: id,
+                        by: by.clone(),
+                    },
+                    attempt: None,
+                })?;
+                insert_event(conn, *retry_of, attempt, &retried, events)?;
+                Ok(id)
+            }
             Write::Record {
                 id,
                 job,
+                spec,
                 events: appended,
                 ..
             } => {
                 let (events, published) = (appended, events);
+                // Written even when a later write sets the state columns: that one carries no spec.
+                if let Some(spec) = spec {
+                    let changed = conn
+                        .prepare_cached("UPDATE jobs SET priority = ?2, spec = ?3 WHERE id = ?1")
+                        .and_then(|mut stmt| stmt.execute(params![id.0, spec.priority, spec.spec]))
+                        .context("updating a job's priority")?;
+                    if changed == 0 {
+                        return Err(StoreError::NotFound(*id));
+                    }
+                }
                 if !superseded {
                     let changed = conn
                         .prepare_cached(
@@ -441,12 +515,30 @@ impl Write {
                 }
                 Ok(JobId(0))
             }
+            Write::Setting { key, value, .. } => {
+                match value {
+                    Some(value) => conn
+                        .prepare_cached(
+                            "INSERT INTO settings (key, value) VALUES (?1, ?2) \
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        )
+                        .and_then(|mut stmt| stmt.execute(params![key, value])),
+                    None => conn
+                        .prepare_cached("DELETE FROM settings WHERE key = ?1")
+                        .and_then(|mut stmt| stmt.execute(params![key])),
+                }
+                .context("writing a setting")?;
+                Ok(JobId(0))
+            }
         }
     }
 
     /// An insert of new jobs: refused, not kept, while the volume refuses writes.
     fn is_insert(&self) -> bool {
-        matches!(self, Write::Insert { .. } | Write::InsertBatch { .. })
+        matches!(
+            self,
+            Write::Insert { .. } | Write::InsertBatch { .. } | Write::InsertRetry { .. }
+        )
     }
 
     fn reply(self, result: Result<JobId, StoreError>) {
@@ -460,10 +552,12 @@ impl Write {
                 let _ = reply.send(ids);
             }
             // A caller that stopped waiting (dropped its future) does not care about the answer.
-            Write::Insert { reply, .. } => {
+            Write::Insert { reply, .. } | Write::InsertRetry { reply, .. } => {
                 let _ = reply.send(result);
             }
-            Write::Record { done, .. } | Write::Engine { done, .. } => done(result.map(|_| ())),
+            Write::Record { done, .. }
+            | Write::Engine { done, .. }
+            | Write::Setting { done, .. } => done(result.map(|_| ())),
         }
     }
 }
@@ -485,17 +579,18 @@ fn insert_job(
     events: &mut Option<Vec<CommittedEvent>>,
 ) -> Result<JobId, StoreError> {
     conn.prepare_cached(
-        "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, submitted_by, state, updated_at_ms, \
-         attempt, failures, outcome, state_data, memory_request, pressure_stops, interruptions) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO jobs (priority, submitted_at_ms, kind, spec, submitted_by, retry_of, state, \
+         updated_at_ms, attempt, failures, outcome, state_data, memory_request, pressure_stops, \
+         interruptions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )
     .and_then(|mut stmt| {
-        let fixed: [&dyn ToSql; 5] = [
+        let fixed: [&dyn ToSql; 6] = [
             &job.priority,
             &job.submitted_at_ms,
             &job.kind,
             &job.spec,
             &job.submitted_by,
+            &job.retry_of,
         ];
         stmt.execute(params_from_iter(
             fixed.into_iter().chain(state_columns(&job.state)),

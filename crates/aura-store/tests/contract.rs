@@ -48,6 +48,7 @@ fn run_info(ms: i64) -> Run {
             cgroups: vec![],
         },
         cwd: "/srv/media".into(),
+        paused_secs: 0.0,
     }
 }
 
@@ -198,6 +199,14 @@ async fn counts_include_every_state_and_follow_transitions() {
         ),
         (Some(exited(143, 3)), StateName::Finished),
         (Some(Event::Requeue { at: at(4) }), StateName::Queued),
+        (Some(Event::Held { at: at(5) }), StateName::Held),
+        (Some(Event::Released { at: at(6) }), StateName::Queued),
+        (
+            Some(Event::Started { run: run_info(7) }),
+            StateName::Running,
+        ),
+        (Some(Event::Paused { at: at(8) }), StateName::Paused),
+        (Some(Event::Resumed { at: at(9) }), StateName::Running),
     ];
     for (event, counted_as) in steps {
         if let Some(event) = event {
@@ -254,7 +263,8 @@ async fn the_submitted_event_names_program_and_priority_and_events_keep_their_at
         events[0].event,
         JobEvent::Submitted {
             program: "sox".into(),
-            priority: 7
+            priority: 7,
+            retry_of: None
         }
     );
     assert!(events.iter().all(|e| e.job_id == job.id));
@@ -275,13 +285,17 @@ async fn unknown_jobs_and_closed_stores_are_reported_as_such() {
         id: JobId(job.id.0 + 100),
         ..job.clone()
     };
-    let refused = store.record(&ghost, vec![note("started", 1)]).await;
-    match &refused {
-        Err(e @ StoreError::NotFound(id)) => {
-            assert_eq!(*id, ghost.id);
-            assert!(!e.is_storage(), "a missing job is not the volume's fault");
+    for refused in [
+        store.record(&ghost, vec![note("started", 1)]).await,
+        committed(store.record_priority(&ghost, vec![note("moved", 1)]).await).await,
+    ] {
+        match &refused {
+            Err(e @ StoreError::NotFound(id)) => {
+                assert_eq!(*id, ghost.id);
+                assert!(!e.is_storage(), "a missing job is not the volume's fault");
+            }
+            other => panic!("expected NotFound, got {other:?}"),
         }
-        other => panic!("expected NotFound, got {other:?}"),
     }
     assert_eq!(store.get(ghost.id).await.expect("get"), None);
     assert!(store.events(ghost.id).await.expect("events").is_empty());
@@ -306,7 +320,23 @@ async fn unknown_jobs_and_closed_stores_are_reported_as_such() {
                 .await
                 .map(drop),
         ),
+        (
+            "insert_retry",
+            store
+                .insert_retry(spec("ffmpeg", 0), at(0), None, None, job.id)
+                .await
+                .map(drop),
+        ),
         ("record", store.record(&job, vec![]).await),
+        (
+            "record_priority",
+            store.record_priority(&job, vec![]).await.map(drop),
+        ),
+        ("setting", store.setting("drained").await.map(drop)),
+        (
+            "set_setting",
+            store.set_setting("drained", Some("true")).await.map(drop),
+        ),
         (
             "record_queued",
             store.record_queued(&job, vec![]).await.map(drop),
@@ -762,5 +792,437 @@ async fn closing_after_space_returns_commits_kept_writes() {
     ended.await.expect("committed by the close");
     let store = open(&volume.db()).await;
     assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    store.close().await.expect("close");
+}
+
+async fn insert(store: &Store, priority: i32) -> Job {
+    store
+        .insert_job(spec("ffmpeg", priority), at(0), None, None)
+        .await
+        .expect("insert")
+}
+
+/// Held and paused jobs are stored, read back, listed and counted under their own states, and are
+/// unfinished: a starting daemon must recover them.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_and_paused_jobs_read_back_and_are_unfinished() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    let queued = insert(&store, 0).await;
+    let mut held = insert(&store, 1).await;
+    held.apply(Event::Held { at: at(1) }).expect("hold");
+    store
+        .record(&held, vec![note("held", 1)])
+        .await
+        .expect("record");
+    let mut paused = insert(&store, 2).await;
+    paused
+        .apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    paused.apply(Event::Paused { at: at(2) }).expect("pause");
+    paused
+        .apply(Event::Resumed { at: at(502) })
+        .expect("resume");
+    paused
+        .apply(Event::Paused { at: at(1_000) })
+        .expect("pause again");
+    store
+        .record(&paused, vec![note("paused", 1_000)])
+        .await
+        .expect("record");
+    assert_eq!(paused.state.run().map(|r| r.paused_secs), Some(0.5));
+    let finished = finish_with(&store, exited(0, 4)).await;
+    for job in [&queued, &held, &paused, &finished] {
+        assert_eq!(store.get(job.id).await.expect("get").as_ref(), Some(job));
+    }
+    let listed = |states: Vec<StateName>| {
+        store.list(ListFilter {
+            states,
+            newest_first: false,
+            ..ListFilter::default()
+        })
+    };
+    assert_eq!(
+        listed(vec![StateName::Held]).await.expect("list"),
+        [held.clone()]
+    );
+    assert_eq!(
+        listed(vec![StateName::Paused]).await.expect("list"),
+        [paused.clone()]
+    );
+    assert_eq!(
+        listed(vec![StateName::Paused, StateName::Held])
+            .await
+            .expect("list"),
+        [held.clone(), paused.clone()]
+    );
+    assert_eq!(
+        store.count_by_state().await.expect("count"),
+        [
+            (StateName::Queued, 1),
+            (StateName::Held, 1),
+            (StateName::Running, 0),
+            (StateName::Paused, 1),
+            (StateName::Stopping, 0),
+            (StateName::Finished, 1),
+        ]
+    );
+    assert_eq!(
+        store.unfinished().await.expect("unfinished"),
+        [queued, held.clone(), paused]
+    );
+    held.apply(Event::Released { at: at(5) }).expect("release");
+    store.record(&held, vec![]).await.expect("record");
+    assert_eq!(
+        listed(vec![StateName::Held]).await.expect("list"),
+        Vec::<Job>::new()
+    );
+    store.close().await.expect("close");
+}
+
+/// A retry is a new job that names the job it re-runs; the old job names its newest retry and logs
+/// each one (under the attempt it ended with). Both events are published as they commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_links_both_jobs_and_logs_on_both() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    let mut old = insert(&store, 4).await;
+    for attempt in 0..2 {
+        if attempt > 0 {
+            old.apply(Event::Requeue { at: at(3) }).expect("requeue");
+        }
+        old.apply(Event::Started { run: run_info(1) })
+            .expect("start");
+        old.apply(exited(1, 2)).expect("exit");
+    }
+    store.record(&old, vec![]).await.expect("record");
+    assert_eq!(old.attempt, 2);
+    let mut live = store.subscribe();
+    let retry = store
+        .insert_retry(old.spec.clone(), at(10), None, Some("ops".into()), old.id)
+        .await
+        .expect("retry");
+    assert_eq!(retry.retry_of, Some(old.id));
+    assert_eq!(retry.retried_as, None);
+    assert_eq!(retry.submitted_by.as_deref(), Some("ops"));
+    assert_eq!((retry.state.name(), retry.attempt), (StateName::Queued, 1));
+    assert_eq!(
+        store.get(retry.id).await.expect("get").as_ref(),
+        Some(&retry)
+    );
+    let linked = store.get(old.id).await.expect("get").expect("old job");
+    assert_eq!(linked.retried_as, Some(retry.id));
+    assert_eq!(
+        Job {
+            retried_as: None,
+            ..linked
+        },
+        old,
+        "nothing else of the old job changed"
+    );
+
+    let submitted = store.events(retry.id).await.expect("events");
+    assert_eq!(
+        submitted.iter().map(|e| &e.event).collect::<Vec<_>>(),
+        [&JobEvent::Submitted {
+            program: "ffmpeg".into(),
+            priority: 4,
+            retry_of: Some(old.id),
+        }]
+    );
+    let logged = store.events(old.id).await.expect("events");
+    let retried = logged.last().expect("the old job's log");
+    assert_eq!(
+        retried.event,
+        JobEvent::Retried {
+            job_id: retry.id,
+            by: Some("ops".into()),
+        }
+    );
+    assert_eq!((retried.attempt, retried.at), (2, at(10)));
+    let published: Vec<(aura_model::EventLog, String, i64)> = [
+        live.recv().await.expect("published"),
+        live.recv().await.expect("published"),
+    ]
+    .iter()
+    .map(|e| (e.log, e.kind.clone(), e.seq))
+    .collect();
+    assert_eq!(
+        published,
+        [
+            (
+                aura_model::EventLog::Job(retry.id),
+                "submitted".into(),
+                submitted[0].seq
+            ),
+            (
+                aura_model::EventLog::Job(old.id),
+                "retried".into(),
+                retried.seq
+            ),
+        ]
+    );
+
+    let again = store
+        .insert_retry(old.spec.clone(), at(20), None, None, old.id)
+        .await
+        .expect("retry again");
+    let linked = store.get(old.id).await.expect("get").expect("old job");
+    assert_eq!(linked.retried_as, Some(again.id), "the newest retry");
+    let retries: Vec<JobEvent> = store
+        .events(old.id)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.event.kind() == "retried")
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        retries,
+        [
+            JobEvent::Retried {
+                job_id: retry.id,
+                by: Some("ops".into())
+            },
+            JobEvent::Retried {
+                job_id: again.id,
+                by: None
+            },
+        ]
+    );
+    store.close().await.expect("close");
+}
+
+/// A retry of a job that is not stored is refused whole: no job, no event, no id used up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_of_a_missing_job_stores_nothing() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    let existing = insert(&store, 0).await;
+    let refused = store
+        .insert_retry(spec("ffmpeg", 0), at(1), None, None, JobId(99))
+        .await;
+    match &refused {
+        Err(e @ StoreError::NotFound(id)) => {
+            assert_eq!(*id, JobId(99));
+            assert!(!e.is_storage());
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(
+        store.list(ListFilter::default()).await.expect("list"),
+        std::slice::from_ref(&existing)
+    );
+    assert_eq!(
+        store
+            .committed_after(None, 0, 100)
+            .await
+            .expect("events")
+            .len(),
+        1,
+        "only the existing job's submitted event"
+    );
+    assert_eq!(insert(&store, 0).await.id.0, existing.id.0 + 1);
+    store.close().await.expect("close");
+}
+
+fn priority_changed(from: i32, to: i32, ms: i64) -> NewEvent {
+    NewEvent {
+        at: at(ms),
+        event: JobEvent::PriorityChanged {
+            from,
+            to,
+            by: Some("ops".into()),
+        },
+        attempt: None,
+    }
+}
+
+/// The priority column as stored.
+fn stored_priority(path: &Path, id: JobId) -> i64 {
+    rusqlite::Connection::open(path)
+        .expect("second connection")
+        .query_row("SELECT priority FROM jobs WHERE id = ?1", [id.0], |row| {
+            row.get(0)
+        })
+        .expect("the priority column")
+}
+
+/// A priority change writes the priority column and the spec with the state, in order with the job's
+/// other writes: a state change queued after it, committed in the same transaction, keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_priority_change_rewrites_priority_and_spec_in_order() {
+    let dir = TempDir::new().expect("tempdir");
+    let path = db(&dir);
+    let store = open_with(
+        &path,
+        StoreOptions {
+            busy_timeout: PROMPTLY,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let mut job = insert(&store, 0).await;
+    job.apply(Event::Held { at: at(1) }).expect("hold");
+    job.spec.priority = 9;
+    store
+        .record_priority(&job, vec![priority_changed(0, 9, 1)])
+        .await
+        .expect("queued")
+        .await
+        .expect("record");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    assert_eq!(stored_priority(&path, job.id), 9);
+    let logged = store.events(job.id).await.expect("events");
+    assert_eq!(
+        logged.last().map(|e| &e.event),
+        Some(&priority_changed(0, 9, 1).event)
+    );
+
+    let lock = WriteLock::take(&path);
+    let before = store.stats().writes;
+    let busy = store.record_queued(&job, vec![]).await.expect("queued");
+    writer_took(&store, before, 1).await;
+    job.spec.priority = -3;
+    let moving = job.clone();
+    let moved = async {
+        store
+            .record_priority(&moving, vec![priority_changed(9, -3, 2)])
+            .await?
+            .await
+    };
+    let mut moved = std::pin::pin!(moved);
+    // Polled once, it is queued (the channel has room) and waits for its commit behind the lock.
+    tokio::select! {
+        biased;
+        result = &mut moved => panic!("committed while the lock is held: {result:?}"),
+        () = std::future::ready(()) => {}
+    }
+    job.apply(Event::Released { at: at(3) }).expect("release");
+    let released = store
+        .record_queued(&job, vec![note("released", 3)])
+        .await
+        .expect("queued");
+    lock.release();
+    promptly("the blocked write", busy)
+        .await
+        .expect("committed");
+    promptly("the priority change", moved)
+        .await
+        .expect("committed");
+    promptly("the release", released).await.expect("committed");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    assert_eq!(stored_priority(&path, job.id), -3);
+    let kinds: Vec<String> = store
+        .events(job.id)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "priority_changed",
+            "priority_changed",
+            "released"
+        ]
+    );
+    store.close().await.expect("close");
+}
+
+/// A write queued with a `Pending`, until it is committed.
+async fn committed(queued: Result<Pending, StoreError>) -> Result<(), StoreError> {
+    queued?.await
+}
+
+/// While the volume refuses writes, a kept priority change shows to readers, also under a later kept
+/// state change of the same job, and both are committed once space returns.
+#[tokio::test]
+async fn a_kept_priority_change_shows_until_committed() {
+    let Some((volume, store, _running)) = store_on_small_volume().await else {
+        return;
+    };
+    let mut job = insert(&store, 0).await;
+    volume.fill("filler");
+    job.spec.priority = 5;
+    let moved = tokio::spawn({
+        let (store, job) = (store.clone(), job.clone());
+        async move { store.record_priority(&job, vec![]).await?.await }
+    });
+    kept(&store, 1).await;
+    let seen = store.get(job.id).await.expect("get").expect("job");
+    assert_eq!(seen.spec.priority, 5, "the kept priority shows");
+    job.apply(Event::Held { at: at(2) }).expect("hold");
+    let held = store.record_queued(&job, vec![]).await.expect("queued");
+    kept(&store, 2).await;
+    assert_eq!(
+        store.get(job.id).await.expect("get"),
+        Some(job.clone()),
+        "both kept changes show"
+    );
+    volume.free("filler");
+    promptly("the priority change", moved)
+        .await
+        .expect("joined")
+        .expect("committed");
+    promptly("the hold", held).await.expect("committed");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    store.close().await.expect("close");
+}
+
+/// Node-wide settings: unset is `None`, a set replaces, `None` deletes, and they outlive the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_are_set_replaced_deleted_and_kept() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&db(&dir)).await;
+    assert_eq!(store.setting("drained").await.expect("read"), None);
+    store
+        .set_setting("drained", Some("true"))
+        .await
+        .expect("queued")
+        .await
+        .expect("set");
+    store
+        .set_setting("other", Some("1"))
+        .await
+        .expect("queued")
+        .await
+        .expect("set");
+    assert_eq!(
+        store.setting("drained").await.expect("read").as_deref(),
+        Some("true")
+    );
+    store
+        .set_setting("drained", Some("false"))
+        .await
+        .expect("queued")
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.setting("drained").await.expect("read").as_deref(),
+        Some("false")
+    );
+    store
+        .set_setting("drained", None)
+        .await
+        .expect("queued")
+        .await
+        .expect("delete");
+    assert_eq!(store.setting("drained").await.expect("read"), None);
+    store
+        .set_setting("never set", None)
+        .await
+        .expect("queued")
+        .await
+        .expect("deleting what is not there");
+    store.close().await.expect("close");
+    let store = open(&db(&dir)).await;
+    assert_eq!(store.setting("drained").await.expect("read"), None);
+    assert_eq!(
+        store.setting("other").await.expect("read").as_deref(),
+        Some("1")
+    );
     store.close().await.expect("close");
 }

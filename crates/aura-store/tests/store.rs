@@ -51,6 +51,7 @@ fn run_info(ms: i64) -> Run {
             cgroups: vec!["/sys/fs/cgroup/aura/job-1".into()],
         },
         cwd: "/srv/media".into(),
+        paused_secs: 0.0,
     }
 }
 
@@ -394,7 +395,9 @@ async fn list_filters_and_pages_in_both_orders() {
         counts,
         [
             (StateName::Queued, 5),
+            (StateName::Held, 0),
             (StateName::Running, 5),
+            (StateName::Paused, 0),
             (StateName::Stopping, 5),
             (StateName::Finished, 5)
         ]
@@ -473,7 +476,7 @@ async fn data_survives_close_and_reopen_and_migrations_run_once() {
     let version: u32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let next = open(&path)
         .await
         .insert_job(spec(0), at(0), None, None)
@@ -752,7 +755,7 @@ async fn a_newer_schema_is_refused() {
         Store::open(&path, StoreOptions::default()).await,
         Err(StoreError::TooNew {
             found: 99,
-            supported: 5
+            supported: 6
         })
     ));
 }

@@ -20,10 +20,14 @@ pub(crate) struct HostCgroups {
     /// cgroup2 mounts, in mountinfo order.
     pub v2_mounts: Vec<Mount>,
     pub v1_memory: Option<Mount>,
+    /// The v1 hierarchy carrying the `cpu` controller (alone, or combined such as `cpu,cpuacct`).
+    pub v1_cpu: Option<Mount>,
     /// This process's cgroup in the v2 hierarchy (the `0::` line).
     pub self_v2: Option<String>,
     /// This process's cgroup in the v1 memory hierarchy.
     pub self_v1_memory: Option<String>,
+    /// This process's cgroup in the v1 `cpu` hierarchy.
+    pub self_v1_cpu: Option<String>,
 }
 
 impl HostCgroups {
@@ -42,10 +46,17 @@ impl HostCgroups {
             else {
                 continue;
             };
+            let has = |name: &str| controllers.split(',').any(|c| c == name);
             if id == "0" && controllers.is_empty() {
                 host.self_v2 = Some(path.to_owned());
-            } else if controllers.split(',').any(|c| c == "memory") {
-                host.self_v1_memory = Some(path.to_owned());
+            } else {
+                // One hierarchy may carry both (`memory,cpu` is unusual but allowed).
+                if has("memory") {
+                    host.self_v1_memory = Some(path.to_owned());
+                }
+                if has("cpu") {
+                    host.self_v1_cpu = Some(path.to_owned());
+                }
             }
         }
         for line in mountinfo.lines() {
@@ -62,9 +73,18 @@ impl HostCgroups {
                 root: unescape(l[3]),
                 mount_point: PathBuf::from(unescape(l[4])),
             };
+            // `cpu` must match exactly: `cpuacct` and `cpuset` are other controllers.
+            let has = |name: &str| r[2].split(',').any(|o| o == name);
             match r[0] {
                 "cgroup2" => host.v2_mounts.push(mount),
-                "cgroup" if r[2].split(',').any(|o| o == "memory") => host.v1_memory = Some(mount),
+                "cgroup" => {
+                    if has("cpu") {
+                        host.v1_cpu = Some(mount.clone());
+                    }
+                    if has("memory") {
+                        host.v1_memory = Some(mount);
+                    }
+                }
                 _ => {}
             }
         }
@@ -103,6 +123,19 @@ impl HostCgroups {
             .self_v1_memory
             .as_deref()
             .ok_or("/proc/self/cgroup has no v1 memory line")?;
+        join_cgroup(mount, own)
+    }
+
+    /// This process's own v1 `cpu` cgroup directory.
+    pub fn own_v1_cpu_dir(&self) -> Result<PathBuf, String> {
+        let mount = self
+            .v1_cpu
+            .as_ref()
+            .ok_or("no cgroup v1 cpu controller is mounted")?;
+        let own = self
+            .self_v1_cpu
+            .as_deref()
+            .ok_or("/proc/self/cgroup has no v1 cpu line")?;
         join_cgroup(mount, own)
     }
 }
@@ -213,7 +246,8 @@ pub(crate) fn choose(
     }
 }
 
-fn make_instance_dir(parent: &Path, name: &str) -> Result<PathBuf, String> {
+/// `<parent>/<name>`, created unless a crashed predecessor left it, and checked to be a cgroup.
+pub(crate) fn make_instance_dir(parent: &Path, name: &str) -> Result<PathBuf, String> {
     let dir = parent.join(name);
     cgroup::mkdir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     if !dir.join("cgroup.procs").exists() {
@@ -295,15 +329,25 @@ fn setup_v1(host: &HostCgroups, name: &str) -> Result<Layout, String> {
 /// refuses while the parent (the daemon's own cgroup, not the root) holds processes — then memory falls
 /// back to sampled RSS.
 fn enable_memory_controller(parent: &Path, root: &Path) -> bool {
+    offer_v2_controller(parent, root, "memory")
+        && std::fs::write(root.join("cgroup.subtree_control"), "+memory").is_ok()
+}
+
+/// Best effort: makes `controller` available in `root` (its own control files, such as `cpu.max`) by
+/// enabling it in `parent`'s `subtree_control` where `parent` has it; whether `root` has it now.
+pub(crate) fn offer_v2_controller(parent: &Path, root: &Path, controller: &str) -> bool {
     let available = |dir: &Path| {
         std::fs::read_to_string(dir.join("cgroup.controllers"))
-            .map(|s| s.split_whitespace().any(|c| c == "memory"))
+            .map(|s| s.split_whitespace().any(|c| c == controller))
             .unwrap_or(false)
     };
     if !available(root) && available(parent) {
-        let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
+        let _ = std::fs::write(
+            parent.join("cgroup.subtree_control"),
+            format!("+{controller}"),
+        );
     }
-    available(root) && std::fs::write(root.join("cgroup.subtree_control"), "+memory").is_ok()
+    available(root)
 }
 
 #[cfg(test)]
@@ -370,6 +414,54 @@ mod tests {
                 .backend,
             Backend::ProcessGroup
         );
+    }
+
+    #[test]
+    fn finds_the_v1_cpu_hierarchy_alone_or_combined() {
+        // Separate `cpu` and `cpuacct` mounts (this development host): `cpuacct` and `cpuset` are not it.
+        let h = HostCgroups::parse(
+            "3:cpuset:/\n2:cpuacct:/elsewhere\n1:cpu:/jobs/daemon\n0::/\n",
+            "34 31 0:31 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n\
+             33 31 0:30 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n\
+             32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
+        );
+        assert_eq!(
+            h.own_v1_cpu_dir().unwrap(),
+            PathBuf::from("/sys/fs/cgroup/cpu/jobs/daemon")
+        );
+        // systemd's combined `cpu,cpuacct`, mounted with a nested root.
+        let h = HostCgroups::parse(
+            "4:memory:/system.slice/aura.service\n2:cpu,cpuacct:/system.slice/aura.service\n0::/\n",
+            "30 25 0:27 /system.slice /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+             31 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+        );
+        assert_eq!(
+            h.own_v1_cpu_dir().unwrap(),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/aura.service")
+        );
+        assert_eq!(
+            h.own_v1_memory_dir().unwrap(),
+            PathBuf::from("/sys/fs/cgroup/memory/system.slice/aura.service")
+        );
+        // Only `cpuacct` and `cpuset` mounted, or a pure v2 host: no v1 cpu.
+        let h = HostCgroups::parse(
+            "2:cpuacct:/\n3:cpuset:/\n",
+            "33 31 0:30 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n\
+             34 31 0:31 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n",
+        );
+        assert!(h.v1_cpu.is_none() && h.self_v1_cpu.is_none());
+        assert!(h.own_v1_cpu_dir().unwrap_err().contains("cpu controller"));
+        let pure = HostCgroups::parse(
+            "0::/system.slice/aura.service\n",
+            "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n",
+        );
+        assert!(pure.own_v1_cpu_dir().is_err());
+        // A hierarchy mounted, but this process's line for it missing.
+        let h = HostCgroups::parse(
+            "0::/\n",
+            "32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n",
+        );
+        assert!(h.own_v1_cpu_dir().unwrap_err().contains("v1 cpu line"));
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub(crate) struct Launcher {
     pub oom_score_adj: i32,
     /// Every job's nice value (`SupervisorConfig::job_nice`).
     pub nice: i32,
+    /// The instance's CPU cap, where `SupervisorConfig::cpu_cap` prepared one: every job joins its v1
+    /// `cpu` cgroup, or starts `SCHED_IDLE` while capped. `None`: launches do nothing for it.
+    pub cpu_cap: Option<Arc<crate::cpucap::CpuCap>>,
     pub log_cap: aura_logs::LogCap,
     pub log_min_free: u64,
     /// Who jobs run as, their limits, base environment, allowed programs and directories.
@@ -518,8 +521,12 @@ impl Launcher {
         cwd: &std::path::Path,
         made_cwd: bool,
     ) -> Result<Prepared, LaunchError> {
-        let (staged, baseline, cgroup_procs) =
+        let (staged, baseline, mut cgroup_procs) =
             StagedCgroups::acquire(&self.layout, &self.pool, req.memory_limit)?;
+        // The CPU cap's v1 `cpu` cgroup holds every job of the instance (it outlives every launch).
+        if let Some(fd) = self.cpu_cap.as_ref().and_then(|cap| cap.procs_fd()) {
+            cgroup_procs.push(fd);
+        }
         let marker = subreaper::marker(&self.instance, req.job_id, req.attempt);
         let (plan, pipes, stdio_ends) = prepare(req, self, &program, cwd, cgroup_procs, &marker)
             .map_err(|source| LaunchError::Spawn {
@@ -557,7 +564,7 @@ impl Launcher {
         let Prepared {
             staged,
             baseline,
-            plan,
+            mut plan,
             pipes,
             stdio_ends,
             made_cwd: _,
@@ -568,6 +575,8 @@ impl Launcher {
         // Live before the clone (from a lower bound of its start): an orphan of it is its own from its
         // first moment, never a leftover.
         subreaper::start(&marker, *owner, ticks_before.unwrap_or(0));
+        // Read at the start, not when the launch was prepared: it may have waited long for its slot.
+        plan.sched_idle = self.cpu_cap.as_ref().is_some_and(|cap| cap.idle_now());
         let pid = spawn::spawn(&plan, stack).map_err(|source| {
             subreaper::ended(&marker);
             LaunchError::Spawn {
@@ -650,6 +659,10 @@ impl Launcher {
             !layout.has_cgroup_memory(),
             captures,
         );
+        // Registered, a change of the cap from now on reaches it; one made since the read above may not.
+        if let Some(cap) = &self.cpu_cap {
+            cap.correct_launch(&stats, plan.sched_idle);
+        }
         // With a pidfd this thread waits for the main process and keeps our copies of its pipes' write
         // ends until then (see `Reap`); without one, they close now and the captures see EOF once the
         // job's own copies are closed.
@@ -848,6 +861,8 @@ fn prepare(
         cgroup_procs,
         oom_score_adj: launcher.oom_score_adj.to_string().into_bytes(),
         nice: launcher.nice,
+        // Set at the start (`start_tree`).
+        sched_idle: false,
         parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
     };
     let mut pipes = vec![

@@ -6,17 +6,19 @@
 //! plain process groups), starting jobs from dedicated launcher threads (so `PR_SET_PDEATHSIG` ties
 //! them to threads that outlive their children) under a running limit, each launcher thread reaping
 //! what it started (`waitid` on the pidfd, then `wait4`) and starting the launch parked behind it,
-//! stop sequences, memory/CPU accounting (kernel high-water marks where the host has them, sampled by
-//! the watcher thread otherwise), wiring stdout/stderr into `aura_logs`, and killing what a crashed
-//! predecessor left.
+//! stop sequences, pausing and resuming a tree, the CPU cap on all jobs together (`cpucap`),
+//! memory/CPU accounting (kernel high-water marks where the host has them, sampled by the watcher
+//! thread otherwise), wiring stdout/stderr into `aura_logs`, and killing what a crashed predecessor
+//! left.
 //!
 //! It does not own: job state, scheduling, persistence (the engine stores each [`TreeHandle`] and
 //! hands leftovers to [`Supervisor::recover`]), or the log file format (`aura_logs`).
 //!
 //! Threads: one launcher thread per running tree plus `SupervisorConfig::launchers` free ones, and one
 //! watcher thread (sampling, log capture) per [`Supervisor`]; the rarer blocking cgroupfs and `/proc` work
-//! (signalling a tree, killing one that outlived its main process) runs in `spawn_blocking`. Nothing
-//! blocking runs on async worker threads, except the few `mkdir`s of [`Supervisor::start`].
+//! (signalling, pausing or resuming a tree, killing one that outlived its main process) runs in
+//! `spawn_blocking`. Nothing blocking runs on async worker threads, except the few `mkdir`s (and, with
+//! the CPU cap, cgroupfs writes) of [`Supervisor::start`]; [`Supervisor::set_cpu_cap`] blocks and says so.
 //!
 //! Backend guarantees:
 //! - cgroup backends: a job cannot leave its cgroup (it is placed there before `exec`), so every
@@ -30,6 +32,7 @@
 //!   daemon crash finds survivors by marker.
 
 mod cgroup;
+mod cpucap;
 mod host;
 mod launcher;
 mod pool;
@@ -45,6 +48,7 @@ mod watcher;
 mod workdirs;
 
 pub use cgroup::kept_files as kept_cgroup_files;
+pub use cpucap::CpuCapMechanism;
 pub use sandbox::{
     JobIdentity, JobSandbox, ProgramAllowlist, SandboxError, DEFAULT_PASS_ENV, DEFAULT_PATH,
 };
@@ -176,12 +180,17 @@ pub struct SupervisorConfig {
     pub job_nice: i32,
     /// Who jobs run as, their limits and environment, the programs and directories they may use.
     pub sandbox: JobSandbox,
+    /// Prepare the CPU cap on all jobs together ([`Supervisor::set_cpu_cap`]): its mechanism is chosen
+    /// and set up at start, and on hybrid and v1 hosts every job then joins the instance's v1 `cpu`
+    /// cgroup (one more cgroupfs write per launch, made by the job's child). Default: false — nothing
+    /// in the launch path changes.
+    pub cpu_cap: bool,
 }
 
 impl SupervisorConfig {
     /// Defaults: auto backend, 250 ms sampling (50 ms for trees with a memory limit), 16 MiB log cap per
     /// stream, oom_score_adj 500, 2 s kill wait, 32 pooled job cgroups, 2 free launcher threads, jobs at
-    /// nice 0.
+    /// nice 0, no CPU cap.
     pub fn new(instance: impl Into<String>) -> Self {
         SupervisorConfig {
             backend: BackendChoice::Auto,
@@ -196,6 +205,7 @@ impl SupervisorConfig {
             launchers: 2,
             job_nice: 0,
             sandbox: JobSandbox::default(),
+            cpu_cap: false,
         }
     }
 }
@@ -270,6 +280,23 @@ pub enum SupervisorError {
     /// [`Supervisor::start`] was called outside a tokio runtime.
     #[error("Supervisor::start must be called inside a tokio runtime")]
     NoRuntime,
+    /// [`Supervisor::set_cpu_cap`] on a supervisor started without [`SupervisorConfig::cpu_cap`].
+    #[error("the CPU cap is not prepared (set cpu_cap in the supervisor configuration)")]
+    CpuCapOff,
+    /// A CPU share outside (0, 1]; holds the share given.
+    #[error(
+        "invalid CPU share {0}: expected a fraction of the machine's CPUs above 0 and at most 1"
+    )]
+    InvalidCpuShare(f64),
+    /// The kernel refused to change a job process's scheduling class (the `SCHED_IDLE` CPU cap; the
+    /// daemon lacks `CAP_SYS_NICE` over the jobs' account, say). The other processes were changed.
+    #[error("cannot change the scheduling class of job process {pid}: {source}")]
+    SchedPolicy {
+        /// The job process.
+        pid: i32,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Why a job could not be started. Messages are shown to users verbatim.
@@ -465,6 +492,8 @@ pub(crate) struct Inner {
     shut_down: AtomicBool,
     /// This supervisor's id in the `subreaper` register (its trees' markers).
     owner: u64,
+    /// The instance's CPU cap (`SupervisorConfig::cpu_cap`).
+    cpu_cap: Option<Arc<cpucap::CpuCap>>,
 }
 
 /// A supervisor dropped without `shutdown` (a caller's error path) still lets its launcher threads end
@@ -509,7 +538,8 @@ impl Supervisor {
         if !valid {
             return Err(SupervisorError::InvalidInstance(cfg.instance.clone()));
         }
-        let layout = host::choose(cfg.backend, &host::HostCgroups::read(), &cfg.instance)?;
+        let host_cgroups = host::HostCgroups::read();
+        let layout = host::choose(cfg.backend, &host_cgroups, &cfg.instance)?;
         if layout.backend == Backend::ProcessGroup {
             // Without cgroups only a subreaper keeps a job's orphans within reach.
             subreaper::enable().map_err(|e| SupervisorError::BackendUnavailable {
@@ -520,6 +550,9 @@ impl Supervisor {
             })?;
         }
         let owner = subreaper::new_owner(&cfg.instance);
+        let cpu_cap = cfg
+            .cpu_cap
+            .then(|| Arc::new(cpucap::CpuCap::start(&layout, &host_cgroups, &cfg.instance)));
         let pool = Arc::new(pool::CgroupPool::new(&layout, cfg.cgroup_pool));
         let workdirs = Arc::new(workdirs::WorkDirs::new(
             cfg.cgroup_pool,
@@ -561,6 +594,7 @@ impl Supervisor {
                 slots: slots.clone(),
                 oom_score_adj: cfg.job_oom_score_adj,
                 nice: cfg.job_nice,
+                cpu_cap: cpu_cap.clone(),
                 log_cap: cfg.log_cap,
                 log_min_free: cfg.log_min_free,
                 sandbox: Arc::new(cfg.sandbox.clone()),
@@ -594,6 +628,7 @@ impl Supervisor {
                 threads: Mutex::new(vec![watcher_thread]),
                 shut_down: AtomicBool::new(false),
                 owner,
+                cpu_cap,
             }),
         };
         tracing::info!(description = %sup.description(), "process supervisor started");
@@ -605,8 +640,19 @@ impl Supervisor {
         self.inner.layout.backend
     }
 
-    /// One line for the start-up log: backend, cgroup paths and capabilities.
+    /// One line for the start-up log: backend, cgroup paths and capabilities, the CPU cap's mechanism.
     pub fn description(&self) -> String {
+        let cap = match &self.inner.cpu_cap {
+            None => "off".to_owned(),
+            Some(cap) => match cap.dir() {
+                Some(dir) => format!("{} ({})", cap.mechanism(), dir.display()),
+                None => format!("{} (no hard share)", cap.mechanism()),
+            },
+        };
+        format!("{} cpu_cap={cap}", self.backend_description())
+    }
+
+    fn backend_description(&self) -> String {
         let l = &self.inner.layout;
         let path = |p: &Option<PathBuf>| {
             p.as_ref()
@@ -629,6 +675,36 @@ impl Supervisor {
             ),
             Backend::ProcessGroup => format!("backend=process_group (no cgroups: killpg + descendants, subreaper of every job, orphans attributed by {MARKER_VAR}; memory=sampled RSS; cpu=wait4 rusage)"),
         }
+    }
+
+    /// How the CPU cap is enforced ([`set_cpu_cap`](Supervisor::set_cpu_cap)); `None` when
+    /// [`SupervisorConfig::cpu_cap`] is off.
+    pub fn cpu_cap_mechanism(&self) -> Option<CpuCapMechanism> {
+        self.inner.cpu_cap.as_ref().map(|cap| cap.mechanism())
+    }
+
+    /// Caps the CPU of all of this supervisor's jobs together at `share` (0 < share ≤ 1) of the CPUs
+    /// the daemon may run on (its affinity: every CPU, usually), or lifts the cap (`None`). It applies
+    /// to the running jobs at once and to every job started later, until changed again. Returns the
+    /// mechanism (chosen at start, see [`CpuCapMechanism`]):
+    /// - [`CgroupV2CpuMax`](CpuCapMechanism::CgroupV2CpuMax), [`CgroupV1Quota`](CpuCapMechanism::CgroupV1Quota):
+    ///   one write to the instance's cgroup; the kernel holds the jobs to the share within each period
+    ///   (100 ms by default).
+    /// - [`SchedIdle`](CpuCapMechanism::SchedIdle): every thread of every job process is moved to (or
+    ///   out of) the idle scheduling class — no hard share: idle-class jobs get only the CPU no other
+    ///   process wants. The share itself is not used.
+    ///
+    /// Errors: [`CpuCapOff`](SupervisorError::CpuCapOff) without [`SupervisorConfig::cpu_cap`],
+    /// [`InvalidCpuShare`](SupervisorError::InvalidCpuShare), a cgroupfs write refused, or a process
+    /// whose class could not be changed. Blocking (cgroupfs; for `SchedIdle`, `/proc` and a syscall per
+    /// job thread): call from a thread that may block.
+    pub fn set_cpu_cap(&self, share: Option<f64>) -> Result<CpuCapMechanism, SupervisorError> {
+        let cap = self
+            .inner
+            .cpu_cap
+            .as_ref()
+            .ok_or(SupervisorError::CpuCapOff)?;
+        cap.set(share, || self.inner.watcher.trees())
     }
 
     /// CPU time (user + system, microseconds) used by all of this supervisor's jobs so far, from the
@@ -789,6 +865,9 @@ impl Supervisor {
                     if let Err(e) = cgroup::rmdir(root, Duration::from_millis(200)) {
                         tracing::warn!(cgroup = %root.display(), error = %e, "could not remove instance cgroup");
                     }
+                }
+                if let Some(cap) = &inner.cpu_cap {
+                    cap.remove_dir();
                 }
             })
             .await;

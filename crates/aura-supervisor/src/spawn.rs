@@ -49,6 +49,8 @@ pub(crate) struct SpawnPlan {
     pub oom_score_adj: Vec<u8>,
     /// The job's nice value.
     pub nice: i32,
+    /// Start in the `SCHED_IDLE` class (the CPU cap's fallback mechanism, while capped).
+    pub sched_idle: bool,
     /// The pid of the daemon; the child exits if its parent is already gone after PR_SET_PDEATHSIG.
     pub parent_pid: libc::pid_t,
 }
@@ -195,6 +197,18 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // is always allowed; below the daemon's it needs the privilege, and without it the job keeps
         // the daemon's.
         libc::setpriority(libc::PRIO_PROCESS, 0, plan.nice);
+        if plan.sched_idle {
+            // After the nice value, which the idle class keeps for when the cap is lifted. Best effort,
+            // like the nice value: a job never fails to start for the cap (the daemon may lack the
+            // privilege), and it is reapplied by the next change of the cap.
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::syscall(
+                libc::SYS_sched_setscheduler,
+                0,
+                libc::SCHED_IDLE,
+                &param as *const libc::sched_param,
+            );
+        }
         for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
             if libc::dup2(from, to) < 0 {
                 fail(4);

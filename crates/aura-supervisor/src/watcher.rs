@@ -214,6 +214,15 @@ impl Watcher {
         watch_logged(&self.shared, key, Logged { capture, stats });
     }
 
+    /// Every tree watched now (started and not yet concluded).
+    pub fn trees(&self) -> Vec<Arc<TreeStats>> {
+        crate::lock(&self.shared.trees)
+            .map
+            .values()
+            .map(|w| w.stats.clone())
+            .collect()
+    }
+
     /// SIGKILLs the main process of every tree a launcher thread waits for (shutdown: that thread must
     /// be able to end).
     pub fn kill_waited_for(&self) {

@@ -5,8 +5,8 @@ use aura_model::{
     Backend, ExitStatus, JobId, MemorySource, StopSequence, StopSignal, StopStep, TreeHandle,
 };
 use aura_supervisor::{
-    resolve_program, BackendChoice, JobIdentity, JobSandbox, LaunchError, LaunchRequest,
-    LaunchTicket, RunningTree, Supervisor, SupervisorConfig, SupervisorError,
+    resolve_program, BackendChoice, CpuCapMechanism, JobIdentity, JobSandbox, LaunchError,
+    LaunchRequest, LaunchTicket, RunningTree, Supervisor, SupervisorConfig, SupervisorError,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -37,6 +37,9 @@ fn sweep_stale_instances() {
             "/sys/fs/cgroup",
             "/sys/fs/cgroup/unified",
             "/sys/fs/cgroup/memory",
+            // The CPU cap's v1 `cpu` cgroups (hybrid and v1 hosts).
+            "/sys/fs/cgroup/cpu",
+            "/sys/fs/cgroup/cpu,cpuacct",
         ] {
             let Ok(entries) = std::fs::read_dir(root) else {
                 continue;
@@ -1541,5 +1544,431 @@ async fn an_unmarked_orphan_dies_once_every_tree_that_ran_at_its_start_has_ended
     .await;
     kill_leftovers(&orphan);
     assert!(gone, "the unmarked orphan outlived every tree");
+    s.shutdown().await;
+}
+
+/// User + system CPU seconds of `pids` so far (`/proc/PID/stat`; a process gone counts nothing).
+fn cpu_secs(pids: &[(i32, u64)]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|&(pid, _)| {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let f: Vec<&str> = text[text.rfind(')')? + 1..].split_whitespace().collect();
+            Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?)
+        })
+        .sum();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// How many CPUs `pids` used together on average over `window`.
+async fn cores_used(pids: &[(i32, u64)], window: Duration) -> f64 {
+    let (before, t0) = (cpu_secs(pids), Instant::now());
+    tokio::time::sleep(window).await;
+    (cpu_secs(pids) - before) / t0.elapsed().as_secs_f64()
+}
+
+/// `/proc/PID/stat`'s state letter.
+fn state(pid: i32) -> Option<u8> {
+    proc_stat(pid).map(|s| s.0)
+}
+
+/// The tree's v2 cgroup's `frozen` (cgroup backends with a v2 tree: hybrid, cgroup_v2).
+fn v2_frozen(h: &TreeHandle) -> Option<bool> {
+    let dir = h.cgroups.first()?;
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).ok()?;
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("frozen "))
+        .map(|v| v.trim() == "1")
+}
+
+fn has_v2_freezer(backend: BackendChoice) -> bool {
+    matches!(backend, BackendChoice::Hybrid | BackendChoice::CgroupV2)
+}
+
+const BUSY_WITH_CHILD: &str = "while :; do :; done & while :; do :; done";
+
+/// A paused tree stands still — its CPU time does not advance, its cgroup is frozen (v2) or every
+/// process is stopped (signals) — and runs on once resumed; pausing or resuming twice does nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_tree_stands_still_until_resumed() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tick = 1.0 / rustix::param::clock_ticks_per_second() as f64;
+    for backend in BACKENDS {
+        let Some(s) = start("pause", backend) else {
+            continue;
+        };
+        let mut t = s.launch(sh(1, dir.path(), BUSY_WITH_CHILD)).await.unwrap();
+        wait_processes(&t, 2).await;
+        let pids = tree_pids(t.handle());
+        assert_eq!(pids.len(), 2, "{backend}: {pids:?}");
+        assert!(!t.is_paused());
+        assert_eq!(
+            t.resume().await.unwrap(),
+            Duration::ZERO,
+            "{backend}: not paused"
+        );
+
+        let took = t.pause().await.expect("pause");
+        eprintln!("{backend}: paused a busy 2-process tree in {took:?}");
+        assert!(t.is_paused(), "{backend}");
+        if has_v2_freezer(backend) {
+            assert_eq!(v2_frozen(t.handle()), Some(true), "{backend}");
+        } else {
+            for &(pid, _) in &pids {
+                assert_eq!(state(pid), Some(b'T'), "{backend}: pid {pid}");
+            }
+        }
+        let before = cpu_secs(&pids);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let advanced = cpu_secs(&pids) - before;
+        // Nothing runs; one tick of slack for the kernel's split of run time into user and system.
+        assert!(
+            advanced <= tick + 1e-9,
+            "{backend}: paused tree used {advanced} s of CPU"
+        );
+        assert_eq!(
+            t.pause().await.unwrap(),
+            Duration::ZERO,
+            "{backend}: paused twice"
+        );
+        assert!(t.live().processes >= 1, "{backend}: still sampled");
+
+        let took = t.resume().await.expect("resume");
+        eprintln!("{backend}: resumed in {took:?}");
+        assert!(!t.is_paused(), "{backend}");
+        if has_v2_freezer(backend) {
+            assert_eq!(v2_frozen(t.handle()), Some(false), "{backend}");
+        }
+        for &(pid, _) in &pids {
+            assert_ne!(state(pid), Some(b'T'), "{backend}: pid {pid} still stopped");
+        }
+        let before = cpu_secs(&pids);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            cpu_secs(&pids) > before,
+            "{backend}: the resumed tree does not run"
+        );
+
+        assert_eq!(t.kill().await, ExitStatus::Signal(9), "{backend}");
+        t.finish().await;
+        assert!(pids.iter().all(|&(p, k)| !alive(p, k)), "{backend}");
+        s.shutdown().await;
+    }
+}
+
+/// A paused tree is stopped by its stop sequence (resumed first, so its SIGTERM handler runs), killed,
+/// or dropped, and the cgroups of trees killed while frozen are thawed before the next job gets them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_tree_can_be_stopped_killed_and_dropped() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    for backend in BACKENDS {
+        let Some(s) = start("pausestop", backend) else {
+            continue;
+        };
+        // The background loop (a subshell: traps reset) dies of SIGTERM, the shell exits 7 from its trap.
+        let script = format!("trap 'exit 7' TERM; {BUSY_WITH_CHILD}");
+        let mut stopped = s.launch(sh(1, dir.path(), &script)).await.unwrap();
+        wait_processes(&stopped, 2).await;
+        let stopped_pids = tree_pids(stopped.handle());
+        stopped.pause().await.expect("pause");
+        let seq = StopSequence(vec![StopStep {
+            signal: StopSignal::Term,
+            grace: Duration::from_secs(5),
+        }]);
+        let (status, sent) = stopped.stop(&seq).await;
+        assert_eq!(sent, vec![StopSignal::Term], "{backend}");
+        assert_eq!(status, ExitStatus::Code(7), "{backend}: the handler ran");
+        assert!(!stopped.is_paused(), "{backend}");
+        stopped.finish().await;
+
+        let mut killed = s.launch(sh(2, dir.path(), BUSY_WITH_CHILD)).await.unwrap();
+        let mut dropped = s.launch(sh(3, dir.path(), BUSY_WITH_CHILD)).await.unwrap();
+        wait_processes(&killed, 2).await;
+        wait_processes(&dropped, 2).await;
+        let killed_pids = tree_pids(killed.handle());
+        let dropped_pids = tree_pids(dropped.handle());
+        killed.pause().await.expect("pause");
+        dropped.pause().await.expect("pause");
+        let status = tokio::time::timeout(Duration::from_secs(10), killed.kill())
+            .await
+            .unwrap_or_else(|_| panic!("{backend}: kill of a paused tree hangs"));
+        assert_eq!(status, ExitStatus::Signal(9), "{backend}");
+        assert!(!killed.is_paused(), "{backend}: ended");
+        killed.finish().await;
+        drop(dropped);
+        let all = [stopped_pids, killed_pids, dropped_pids].concat();
+        let gone = wait_until(Duration::from_secs(10), || {
+            all.iter().all(|&(p, k)| !alive(p, k))
+        })
+        .await;
+        kill_leftovers(&all);
+        assert!(
+            gone,
+            "{backend}: a paused tree outlived its stop, kill or drop"
+        );
+
+        // Started together, they take distinct pooled cgroups: none is left frozen.
+        let mut next = Vec::new();
+        for job in 10..14 {
+            next.push(s.launch(sh(job, dir.path(), "exit 0")).await.unwrap());
+        }
+        for mut t in next {
+            let status = tokio::time::timeout(Duration::from_secs(10), t.wait())
+                .await
+                .unwrap_or_else(|_| panic!("{backend}: a job after a paused tree never ran"));
+            assert_eq!(status, ExitStatus::Code(0), "{backend}");
+            t.finish().await;
+        }
+        s.shutdown().await;
+    }
+}
+
+/// Sets the CPU cap from a thread that may block, as the API asks.
+async fn set_cap(s: &Supervisor, share: Option<f64>) -> Result<CpuCapMechanism, SupervisorError> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || s.set_cpu_cap(share))
+        .await
+        .unwrap()
+}
+
+fn online_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+/// The directory of `pid`'s cgroup in the v1 `cpu` hierarchy, if one is mounted.
+fn v1_cpu_cgroup(pid: i32) -> Option<std::path::PathBuf> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "cpu").then_some(path)
+    })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (root, mount_point) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let l: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        (r[0] == "cgroup" && r[2].split(',').any(|o| o == "cpu")).then(|| (l[3], l[4]))
+    })?;
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    Some(Path::new(mount_point).join(rel.trim_start_matches('/')))
+}
+
+/// Two busy jobs capped at a quarter of the machine use about half a CPU on 2 CPUs together, and more
+/// than the cap allows once it is lifted (liveness bounds: the machine is shared). Every cgroup backend here;
+/// a host whose cpu controller is unusable gets the SCHED_IDLE mechanism, tested below.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cpu_cap_holds_all_jobs_together_to_their_share() {
+    let _g = GATE.write().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cpus = online_cpus();
+    for backend in [
+        BackendChoice::Hybrid,
+        BackendChoice::CgroupV1,
+        BackendChoice::CgroupV2,
+    ] {
+        let Some(s) = start_with("cap", backend, |c| c.cpu_cap = true) else {
+            continue;
+        };
+        let mechanism = s.cpu_cap_mechanism().expect("cpu_cap is on");
+        eprintln!("{backend}: {}", s.description());
+        assert!(
+            s.description().contains(&format!("cpu_cap={mechanism}")),
+            "{}",
+            s.description()
+        );
+        if mechanism == CpuCapMechanism::SchedIdle {
+            eprintln!("skipping {backend}: no usable cpu controller here");
+            s.shutdown().await;
+            continue;
+        }
+        let mut jobs = Vec::new();
+        for job in 1..=2 {
+            let t = s
+                .launch(sh(job, dir.path(), "while :; do :; done"))
+                .await
+                .unwrap();
+            wait_processes(&t, 1).await;
+            jobs.push(t);
+        }
+        let pids: Vec<(i32, u64)> = jobs.iter().flat_map(|t| tree_pids(t.handle())).collect();
+        assert_eq!(pids.len(), 2, "{backend}: one process each");
+        let cap_dir = if mechanism == CpuCapMechanism::CgroupV1Quota {
+            let cap_dir = v1_cpu_cgroup(pids[0].0).expect("the job's v1 cpu cgroup");
+            assert!(
+                cap_dir.ends_with(format!("aura-{}", instance("cap", backend))),
+                "{backend}: the job runs in {}",
+                cap_dir.display()
+            );
+            Some(cap_dir)
+        } else {
+            None
+        };
+
+        assert_eq!(set_cap(&s, Some(0.25)).await.unwrap(), mechanism);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let capped = cores_used(&pids, Duration::from_millis(1500)).await;
+        assert_eq!(set_cap(&s, None).await.unwrap(), mechanism);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Lifted, they use more than the cap could ever let them: 1.2 cores on an idle 2-CPU machine,
+        // but this one is shared, and in the v1 `cpu` cgroup the jobs compete with others' work as one
+        // group (one busy process elsewhere leaves them about one CPU of two). A busy moment is waited
+        // out, a few windows at most.
+        let ceiling = 0.25 * cpus + 0.3;
+        let floor = ceiling.max(cpus.min(2.0) * 0.4);
+        let mut lifted = Vec::new();
+        while lifted.len() < 5 && !lifted.iter().any(|&l| l > floor) {
+            lifted.push(cores_used(&pids, Duration::from_millis(1500)).await);
+        }
+        eprintln!("{backend} ({mechanism}): capped at 0.25 of {cpus} CPUs: {capped:.2} cores; lifted: {lifted:.2?} cores");
+        assert!(
+            capped < ceiling,
+            "{backend}: capped jobs used {capped:.2} cores"
+        );
+        assert!(
+            lifted.iter().any(|&l| l > floor),
+            "{backend}: uncapped jobs used {lifted:.2?} cores"
+        );
+        if s.backend() != Backend::CgroupV1 {
+            assert!(s.jobs_cpu_usec().is_some_and(|u| u > 0), "{backend}");
+        }
+
+        for mut t in jobs {
+            t.kill().await;
+            t.finish().await;
+        }
+        s.shutdown().await;
+        if let Some(cap_dir) = cap_dir {
+            assert!(
+                !cap_dir.exists(),
+                "{backend}: {} left behind",
+                cap_dir.display()
+            );
+        }
+    }
+}
+
+/// Every thread of `pid` in the scheduling class `policy` (0 SCHED_OTHER, 5 SCHED_IDLE).
+fn policies(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .map(|tid| {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::sched_getscheduler(tid) }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn nice_of(pid: i32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    text[text.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
+}
+
+/// Without cgroups the cap runs every job process SCHED_IDLE — the running ones when it is set, the
+/// ones started while it holds — and lifting it puts them back to SCHED_OTHER at their nice value.
+/// Without `cpu_cap` there is no cap to set.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fallback_cpu_cap_runs_jobs_sched_idle() {
+    let _g = GATE.read().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(off) = start("nocap", BackendChoice::ProcessGroup) else {
+        return;
+    };
+    assert_eq!(off.cpu_cap_mechanism(), None);
+    assert!(
+        off.description().contains("cpu_cap=off"),
+        "{}",
+        off.description()
+    );
+    assert!(matches!(
+        set_cap(&off, Some(0.5)).await,
+        Err(SupervisorError::CpuCapOff)
+    ));
+    off.shutdown().await;
+
+    let Some(s) = start_with("capidle", BackendChoice::ProcessGroup, |c| {
+        c.cpu_cap = true;
+        c.job_nice = 3;
+    }) else {
+        return;
+    };
+    assert_eq!(s.cpu_cap_mechanism(), Some(CpuCapMechanism::SchedIdle));
+    assert!(
+        s.description().contains("cpu_cap=sched_idle"),
+        "{}",
+        s.description()
+    );
+    for bad in [0.0, -0.5, 1.01, f64::NAN, f64::INFINITY] {
+        assert!(
+            matches!(
+                set_cap(&s, Some(bad)).await,
+                Err(SupervisorError::InvalidCpuShare(_))
+            ),
+            "{bad}"
+        );
+    }
+    let class =
+        |pids: &[(i32, u64)]| -> Vec<i32> { pids.iter().flat_map(|&(p, _)| policies(p)).collect() };
+    let mut running = s
+        .launch(sh(1, dir.path(), "sleep 300 & sleep 300 & wait"))
+        .await
+        .unwrap();
+    wait_processes(&running, 3).await;
+    let running_pids = tree_pids(running.handle());
+    assert!(class(&running_pids).iter().all(|&p| p == libc::SCHED_OTHER));
+
+    assert_eq!(
+        set_cap(&s, Some(0.25)).await.unwrap(),
+        CpuCapMechanism::SchedIdle
+    );
+    let idle = class(&running_pids);
+    assert!(
+        idle.len() >= 3 && idle.iter().all(|&p| p == libc::SCHED_IDLE),
+        "{idle:?}"
+    );
+    let mut later = s
+        .launch(sh(2, dir.path(), "sleep 300 & wait"))
+        .await
+        .unwrap();
+    wait_processes(&later, 2).await;
+    let later_pids = tree_pids(later.handle());
+    let started = class(&later_pids);
+    assert!(
+        started.len() >= 2 && started.iter().all(|&p| p == libc::SCHED_IDLE),
+        "{started:?}"
+    );
+
+    assert_eq!(set_cap(&s, None).await.unwrap(), CpuCapMechanism::SchedIdle);
+    let all = [running_pids, later_pids].concat();
+    let back = class(&all);
+    assert!(
+        back.len() >= 5 && back.iter().all(|&p| p == libc::SCHED_OTHER),
+        "{back:?}"
+    );
+    for &(pid, _) in &all {
+        assert_eq!(nice_of(pid), Some(3), "pid {pid} keeps its nice value");
+    }
+    let mut after = s.launch(sh(3, dir.path(), "sleep 300")).await.unwrap();
+    wait_processes(&after, 1).await;
+    assert!(class(&tree_pids(after.handle()))
+        .iter()
+        .all(|&p| p == libc::SCHED_OTHER));
+
+    for t in [&mut running, &mut later, &mut after] {
+        t.kill().await;
+    }
+    for t in [running, later, after] {
+        t.finish().await;
+    }
     s.shutdown().await;
 }

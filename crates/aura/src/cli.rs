@@ -1,13 +1,13 @@
 //! Command-line interface: argument parsing and the client commands, which talk to the daemon only through
 //! the HTTP API.
 
-use crate::render::{compact, describe_state, event_parts};
+use crate::render::{describe_event, describe_state, event_parts};
 use anyhow::{bail, Context};
 use aura::config::Config;
-use aura_client::{Client, JobView, ListQuery};
+use aura_client::{CancelSelection, Client, JobView, ListQuery};
 use aura_model::{
-    ByteSize, ExitStatus, JobId, JobSpec, JobState, ProgressMode, RetryPolicy, StopSequence,
-    Timestamp,
+    ByteSize, ExitStatus, JobId, JobSpec, JobState, ProgressMode, RetryPolicy, StateName,
+    StopSequence, Timestamp,
 };
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -61,8 +61,9 @@ enum Command {
     /// Submit a job: `aura submit [OPTIONS] -- PROGRAM ARGS...`, or a batch: `aura submit --from FILE`
     Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
+    #[command(visible_alias = "list")]
     Jobs {
-        /// Only jobs in these states (queued, running, stopping, finished); repeatable.
+        /// Only jobs in these states (queued, held, running, paused, stopping, finished); repeatable.
         #[arg(long)]
         state: Vec<String>,
         #[arg(long, default_value_t = 50)]
@@ -90,13 +91,54 @@ enum Command {
         #[arg(long)]
         stderr: bool,
     },
-    /// Stop a job: its stop sequence (graceful signal, grace period, SIGKILL) on the whole process tree.
+    /// Stop a job: its stop sequence (graceful signal, grace period, SIGKILL) on the whole process tree;
+    /// with --all, every unfinished job the selection picks.
     Cancel {
-        id: i64,
+        /// The job (or --all).
+        #[arg(required_unless_present = "all", conflicts_with_all = ["all", "states", "labels", "yes"])]
+        id: Option<i64>,
         /// Wait until the tree is gone and print the outcome.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "all")]
         wait: bool,
+        #[command(flatten)]
+        select: Selection,
     },
+    /// Kill a job: SIGKILL to its whole process tree at once, no grace period (it ends cancelled); with
+    /// --all, every unfinished job the selection picks.
+    Kill {
+        /// The job (or --all).
+        #[arg(required_unless_present = "all", conflicts_with_all = ["all", "states", "labels", "yes"])]
+        id: Option<i64>,
+        #[command(flatten)]
+        select: Selection,
+    },
+    /// Freeze a running job's whole process tree; time paused counts toward neither its timeout nor
+    /// stall detection.
+    Pause { id: i64 },
+    /// Thaw a paused job's process tree.
+    Resume { id: i64 },
+    /// Keep a queued job from starting until `aura release`.
+    Hold { id: i64 },
+    /// Let a held job start again, in its place in the queue.
+    Release { id: i64 },
+    /// Run a finished job's spec again as a new job; prints the new job's id last.
+    Retry {
+        id: i64,
+        /// Print only the new job's id.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Give a job that has not started a new priority (higher runs first; may be negative).
+    Priority {
+        id: i64,
+        /// The new priority, e.g. 10 or -5.
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
+    /// Drain the node: nothing new starts until `aura undrain`; running jobs finish.
+    Drain,
+    /// Undrain the node: queued jobs start again as admission allows.
+    Undrain,
     /// Follow a job until it ends: its state changes and progress (a bar on a terminal, plain lines
     /// otherwise), then its outcome and memory report; exits with the job's exit code.
     Follow { id: i64 },
@@ -108,7 +150,8 @@ enum Command {
     },
     /// A live view of running jobs, the host and admission (q to quit).
     Top,
-    /// Engine status: backend, running and queued jobs.
+    /// Engine status: backend, running and queued jobs, admission, whether the node is drained, paused
+    /// and held jobs.
     Status {
         #[arg(long)]
         json: bool,
@@ -126,6 +169,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which jobs `aura cancel --all` and `aura kill --all` stop.
+#[derive(clap::Args, Debug)]
+struct Selection {
+    /// Every unfinished job (a submit token's own only), narrowed by --state and --label.
+    #[arg(long)]
+    all: bool,
+    /// With --all: only jobs in this state (queued, held, running, paused, stopping); repeatable.
+    #[arg(long = "state", value_name = "STATE", value_delimiter = ',', value_parser = parse_unfinished_state)]
+    states: Vec<StateName>,
+    /// With --all: only jobs with label k=v; repeatable (all must match).
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_key_value)]
+    labels: Vec<(String, String)>,
+    /// With --all: do not ask before acting (not on a terminal, nothing is asked anyway).
+    #[arg(long, short)]
+    yes: bool,
+}
+
+/// A state an unfinished job can be in.
+fn parse_unfinished_state(s: &str) -> Result<StateName, String> {
+    match s.trim().parse::<StateName>()? {
+        StateName::Finished => Err(
+            "a finished job cannot be stopped: use queued, held, running, paused or stopping"
+                .into(),
+        ),
+        state => Ok(state),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -355,7 +426,43 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
             print_logs(&client, JobId(id), streams, follow).await?;
             Ok(0)
         }
-        Command::Cancel { id, wait } => {
+        Command::Cancel {
+            id: None, select, ..
+        } => stop_selected(&client, select, false).await,
+        Command::Kill { id: None, select } => stop_selected(&client, select, true).await,
+        Command::Kill { id: Some(id), .. } => {
+            let view = client.kill(JobId(id)).await?;
+            println!("job {id}: {}", describe_state(&view));
+            Ok(0)
+        }
+        Command::Pause { id } => acted(id, client.pause(JobId(id)).await?),
+        Command::Resume { id } => acted(id, client.resume(JobId(id)).await?),
+        Command::Hold { id } => acted(id, client.hold(JobId(id)).await?),
+        Command::Release { id } => acted(id, client.release(JobId(id)).await?),
+        Command::Priority { id, priority } => {
+            let view = client.set_priority(JobId(id), priority).await?;
+            println!(
+                "job {id}: priority {} ({})",
+                view.job.spec.priority,
+                describe_state(&view)
+            );
+            Ok(0)
+        }
+        Command::Retry { id, quiet } => {
+            let view = client.retry(JobId(id)).await?;
+            // Scripts take the last number printed: the new job's id comes last.
+            if quiet {
+                println!("{}", view.job.id);
+            } else {
+                println!("job {id} retried as job {}", view.job.id);
+            }
+            Ok(0)
+        }
+        Command::Drain => node(client.drain().await?),
+        Command::Undrain => node(client.undrain().await?),
+        Command::Cancel {
+            id: Some(id), wait, ..
+        } => {
             let view = client.cancel(JobId(id)).await?;
             if !wait {
                 println!("job {id}: {}", describe_state(&view));
@@ -389,7 +496,8 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
             } else {
                 for e in &events {
                     let (kind, detail) = event_parts(&e.event);
-                    println!("{:>6}  {}  {kind:<18} {}", e.seq, e.at, compact(&detail));
+                    let detail = describe_event(&kind, &detail);
+                    println!("{:>6}  {}  {kind:<18} {detail}", e.seq, e.at);
                 }
             }
             Ok(0)
@@ -533,6 +641,9 @@ fn print_status(status: &aura_model::EngineStatus, u: &aura_model::Utilization) 
     match u.paused_reason.as_deref().or(status.paused.as_deref()) {
         Some(reason) => println!("admission:      paused: {reason}"),
         None => println!("admission:      open"),
+    }
+    for line in crate::render::node_lines(status) {
+        println!("{line}");
     }
     println!(
         "memory guard:   {}; since start-up {} over their limit, {} OOM-killed, {} stopped for pressure",
@@ -688,6 +799,61 @@ async fn submit_batch(
     Ok(0)
 }
 
+/// What `aura pause`, `resume`, `hold` and `release` print: the job's state after the action.
+fn acted(id: i64, view: JobView) -> anyhow::Result<u8> {
+    println!("job {id}: {}", describe_state(&view));
+    Ok(0)
+}
+
+/// What `aura drain` and `aura undrain` print: the node as it is now.
+fn node(status: aura_model::EngineStatus) -> anyhow::Result<u8> {
+    for line in crate::render::node_lines(&status) {
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+/// `aura cancel --all` and `aura kill --all`: a dry run first, for the count; on a terminal, a question
+/// unless `--yes`; then the action, and how many jobs it stopped. Declining exits 1, having stopped
+/// nothing.
+async fn stop_selected(client: &Client, select: Selection, kill: bool) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
+    let mut selection = CancelSelection {
+        states: select.states,
+        labels: select.labels.into_iter().collect(),
+        kill,
+        dry_run: true,
+    };
+    let preview = client.cancel_where(&selection).await?;
+    if preview.count == 0 {
+        println!(
+            "no unfinished job matches: nothing to {}",
+            if kill { "kill" } else { "cancel" }
+        );
+        return Ok(0);
+    }
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    if terminal && !select.yes {
+        eprint!("{} [y/N] ", crate::render::bulk_question(kill, &preview));
+        std::io::stderr().flush()?;
+        let answer = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line)
+        })
+        .await
+        .context("reading the answer")?
+        .context("reading the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
+            eprintln!("nothing {}", if kill { "killed" } else { "cancelled" });
+            return Ok(1);
+        }
+    }
+    selection.dry_run = false;
+    let done = client.cancel_where(&selection).await?;
+    println!("{}", crate::render::bulk_done(kill, done.count));
+    Ok(0)
+}
+
 async fn wait_for(client: &Client, id: JobId) -> anyhow::Result<JobView> {
     loop {
         let view = client.wait(id, Duration::from_secs(60)).await?;
@@ -835,6 +1001,12 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
     if let Some(d) = duration_of(view) {
         println!("  Duration:   {:.3}s", d.as_secs_f64());
     }
+    if let Some(paused) = crate::render::paused_time(&job.state, Timestamp::now()) {
+        println!("  Paused:     {paused}");
+    }
+    if let Some(links) = crate::render::retry_links(job) {
+        println!("  Retry:      {links}");
+    }
     match &job.state {
         JobState::Finished(f) => {
             println!("  Finished:   {}", f.finished_at);
@@ -970,12 +1142,8 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
         println!("  Events:");
         for e in events {
             let (kind, detail) = event_parts(&e.event);
-            println!(
-                "    {}  #{}  {kind:<15} {}",
-                e.at,
-                e.attempt,
-                compact(&detail)
-            );
+            let detail = describe_event(&kind, &detail);
+            println!("    {}  #{}  {kind:<16} {detail}", e.at, e.attempt);
         }
     }
 }
@@ -1070,6 +1238,139 @@ mod tests {
             Args::try_parse_from(["aura", "wait"]).is_err(),
             "at least one id"
         );
+    }
+
+    #[test]
+    fn operator_commands_parse_as_the_api_names_them() {
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["aura"];
+            full.extend(argv);
+            Args::try_parse_from(full).map(|a| a.command)
+        };
+        assert!(matches!(
+            parse(&["priority", "7", "-5"]),
+            Ok(Command::Priority {
+                id: 7,
+                priority: -5
+            })
+        ));
+        assert!(matches!(
+            parse(&["priority", "7", "12"]),
+            Ok(Command::Priority {
+                id: 7,
+                priority: 12
+            })
+        ));
+        assert!(parse(&["priority", "7"]).is_err(), "a priority is needed");
+        assert!(parse(&["priority", "7", "high"]).is_err());
+        for (argv, id) in [
+            (["pause", "3"], 3),
+            (["resume", "4"], 4),
+            (["hold", "5"], 5),
+            (["release", "6"], 6),
+        ] {
+            let command = parse(&argv).expect("parses");
+            let parsed = match command {
+                Command::Pause { id }
+                | Command::Resume { id }
+                | Command::Hold { id }
+                | Command::Release { id } => id,
+                other => panic!("{argv:?} parsed as {other:?}"),
+            };
+            assert_eq!(parsed, id);
+        }
+        assert!(matches!(
+            parse(&["retry", "7", "--quiet"]),
+            Ok(Command::Retry { id: 7, quiet: true })
+        ));
+        assert!(matches!(parse(&["drain"]), Ok(Command::Drain)));
+        assert!(matches!(parse(&["undrain"]), Ok(Command::Undrain)));
+        assert!(matches!(
+            parse(&["list", "--state", "paused", "--state", "held"]),
+            Ok(Command::Jobs { state, .. }) if state == ["paused", "held"]
+        ));
+    }
+
+    #[test]
+    fn cancel_and_kill_take_one_id_or_a_selection() {
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["aura"];
+            full.extend(argv);
+            Args::try_parse_from(full).map(|a| a.command)
+        };
+        assert!(matches!(
+            parse(&["cancel", "3"]),
+            Ok(Command::Cancel {
+                id: Some(3),
+                wait: false,
+                select: Selection { all: false, .. }
+            })
+        ));
+        assert!(matches!(
+            parse(&["kill", "3"]),
+            Ok(Command::Kill { id: Some(3), .. })
+        ));
+        let Ok(Command::Kill { id: None, select }) = parse(&[
+            "kill",
+            "--all",
+            "--state",
+            "queued,held",
+            "--state",
+            "running",
+            "--label",
+            "kind=encode",
+            "--yes",
+        ]) else {
+            panic!("kill --all does not parse")
+        };
+        assert_eq!(
+            select.states,
+            [StateName::Queued, StateName::Held, StateName::Running]
+        );
+        assert_eq!(select.labels, [("kind".to_owned(), "encode".to_owned())]);
+        assert!(select.all && select.yes);
+        for bad in [
+            &["cancel"][..],
+            &["kill"],
+            &["cancel", "3", "--all"],
+            &["cancel", "--all", "--wait"],
+            &["cancel", "--state", "queued"],
+            &["kill", "3", "--label", "a=b"],
+            &["cancel", "3", "--yes"],
+            &["kill", "--all", "--state", "finished"],
+            &["kill", "--all", "--state", "asleep"],
+            &["cancel", "--all", "--label", "novalue"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parses");
+        }
+        let err = parse(&["kill", "--all", "--state", "finished"])
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("cannot be stopped"), "{err}");
+    }
+
+    #[test]
+    fn help_gives_every_operator_command_its_line() {
+        use clap::CommandFactory;
+        let help = Args::command().render_help().to_string();
+        for (command, words) in [
+            ("pause", "Freeze a running job"),
+            ("resume", "Thaw a paused job"),
+            ("hold", "Keep a queued job from starting"),
+            ("release", "Let a held job start again"),
+            ("kill", "Kill a job: SIGKILL"),
+            ("retry", "Run a finished job's spec again"),
+            ("priority", "Give a job that has not started a new priority"),
+            ("drain", "Drain the node"),
+            ("undrain", "Undrain the node"),
+            ("cancel", "Stop a job"),
+        ] {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{command} ")))
+                .unwrap_or_else(|| panic!("no {command} in\n{help}"));
+            assert!(line.contains(words), "{line}");
+        }
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Config {
     /// for `requeue_growth` = 1.5 × max(request, peak); no other victim within `victim_cooldown` = 30s.
     /// Emergency stage: below `fast_watch_below` = 0.15 available the guard reads /proc/meminfo every
     /// `fast_interval` = 100ms; below `emergency_available_memory` = 0.04 it kills a victim's tree at once.
+    /// `[guards.throttle]` keeps the desktop responsive: while CPU use outside Aura's jobs averaged over
+    /// `window` = 2s is above `above_outside_cpu` = 0.2, all running jobs together are capped at
+    /// `cpu_share` = 0.5 of the machine (one cpu controller write; SCHED_IDLE without one), lifted below
+    /// `below_outside_cpu` = 0.1; `enabled` = true.
     pub guards: aura_engine::GuardConfig,
     /// `[metrics]`: the host sampler.
     pub metrics: MetricsSection,
@@ -566,6 +570,7 @@ impl Config {
             ("guards.cpu_window", g.cpu_window),
             ("guards.critical_sustain", g.critical_sustain),
             ("guards.victim_cooldown", g.victim_cooldown),
+            ("guards.throttle.window", g.throttle.window),
             ("media.probe_timeout", self.media.probe_timeout),
             ("media.progress_interval", self.media.progress_interval),
             ("api.stream_heartbeat", self.api.stream_heartbeat),

@@ -429,9 +429,10 @@ fn note_view(jobs: &mut HashMap<JobId, Waited>, display: &mut Display, view: Job
     if waited.finished.is_some() {
         return;
     }
+    // A paused job has started and not ended: it counts with the running ones.
     waited.running = matches!(
         view.job.state,
-        JobState::Running { .. } | JobState::Stopping { .. }
+        JobState::Running { .. } | JobState::Paused { .. } | JobState::Stopping { .. }
     );
     if view.job.outcome().is_some() {
         display.job_ended(id, final_progress(&view));

@@ -1,15 +1,20 @@
-//! How the CLI words what it prints about jobs: states and outcomes, event lines, and progress figures
-//! (the plain lines of `aura follow`/`aura wait`, the bars' messages, `aura top`'s column) — pure
-//! functions, shared by the commands and tested on their own.
+//! How the CLI words what it prints about jobs: states and outcomes, event lines, progress figures
+//! (the plain lines of `aura follow`/`aura wait`, the bars' messages, `aura top`'s column), and what
+//! operator commands report (the node's state, bulk cancels) — pure functions, shared by the commands
+//! and tested on their own.
 
-use aura_client::JobView;
-use aura_model::{ExitStatus, JobEventRecord, JobId, JobState, Outcome, Progress};
+use aura_client::{CancelResult, JobView};
+use aura_model::{
+    EngineStatus, ExitStatus, Job, JobEventRecord, JobId, JobState, Outcome, Progress, Timestamp,
+};
 
 /// A job's state in a few words: `running`, `failed (exit 1)`, `dependency_failed (job 3 failed)`.
 pub fn describe_state(view: &JobView) -> String {
     match &view.job.state {
         JobState::Queued { .. } => "queued".into(),
+        JobState::Held { .. } => "held".into(),
         JobState::Running { .. } => "running".into(),
+        JobState::Paused { .. } => "paused".into(),
         JobState::Stopping { reason, .. } => format!("stopping ({reason:?})").to_lowercase(),
         JobState::Finished(f) => match (&f.outcome, f.exit) {
             (Outcome::Failed { exit_code }, _) => format!("failed (exit {exit_code})"),
@@ -39,13 +44,14 @@ pub fn event_parts(event: &impl aura_model::LoggedEvent) -> (String, serde_json:
         .unwrap_or_else(|e| ("?".to_owned(), serde_json::Value::String(e.to_string())))
 }
 
-/// A detail object as `key=value` pairs (its accounting left out: `aura show` prints that in full).
+/// A detail object as `key=value` pairs (its accounting left out: `aura show` prints that in full; so
+/// are fields without a value, which say nothing).
 pub fn compact(detail: &serde_json::Value) -> String {
     match detail {
         serde_json::Value::Null => String::new(),
         serde_json::Value::Object(map) => map
             .iter()
-            .filter(|(k, _)| *k != "accounting")
+            .filter(|(k, v)| *k != "accounting" && !v.is_null())
             .map(|(k, v)| format!("{k}={}", shown(v)))
             .collect::<Vec<_>>()
             .join(" "),
@@ -78,6 +84,47 @@ fn shown(value: &serde_json::Value) -> String {
     }
 }
 
+/// An event's detail for people: what an operator did worded (`as job 12 by alice`, `0 → 5 by
+/// alice`), anything else as `key=value` pairs ([`compact`]). A detail not of the shape its kind has
+/// is shown as it came.
+pub fn describe_event(kind: &str, detail: &serde_json::Value) -> String {
+    worded(kind, detail).unwrap_or_else(|| compact(detail))
+}
+
+fn worded(kind: &str, detail: &serde_json::Value) -> Option<String> {
+    let by = match detail.get("by") {
+        Some(serde_json::Value::String(name)) => format!(" by {name}"),
+        _ => String::new(),
+    };
+    let number = |key: &str| detail.get(key).and_then(serde_json::Value::as_f64);
+    Some(match kind {
+        "held" | "released" | "drained" | "undrained" => by.trim_start().to_owned(),
+        "paused" => match number("took_ms") {
+            Some(ms) => format!("{}{by}", format_args!("frozen in {ms:.0} ms")),
+            None => by.trim_start().to_owned(),
+        },
+        "resumed" => format!("after {} paused{by}", short_secs(number("paused_secs")?)),
+        "priority_changed" => format!(
+            "{} → {}{by}",
+            detail.get("from")?.as_i64()?,
+            detail.get("to")?.as_i64()?
+        ),
+        "retried" => format!("as job {}{by}", detail.get("job_id")?.as_i64()?),
+        "operator_action" => {
+            let more = match detail.get("detail") {
+                Some(serde_json::Value::String(more)) => format!(" ({more})"),
+                _ => String::new(),
+            };
+            format!(
+                "{} job {}{by}{more}",
+                detail.get("action")?.as_str()?,
+                detail.get("job_id")?.as_i64()?
+            )
+        }
+        _ => return None,
+    })
+}
+
 /// One job event as a line: `job 7: started pid=123 backend=hybrid …`. The `exited` event's memory line
 /// is left out: the end of `aura follow` prints it on a line of its own.
 pub fn event_line(record: &JobEventRecord) -> String {
@@ -85,7 +132,7 @@ pub fn event_line(record: &JobEventRecord) -> String {
     if let serde_json::Value::Object(map) = &mut detail {
         map.remove("memory");
     }
-    let detail = compact(&detail);
+    let detail = describe_event(&kind, &detail);
     let attempt = if record.attempt > 1 {
         format!(" (attempt {})", record.attempt)
     } else {
@@ -197,6 +244,112 @@ pub fn progress_cell(p: &Progress) -> String {
     words.join(" ")
 }
 
+/// The node's lines of `aura status` (and what `aura drain`/`aura undrain` print): drained or open, the
+/// jobs operators paused and hold, and whether running jobs' CPU is capped.
+pub fn node_lines(status: &EngineStatus) -> Vec<String> {
+    let node = if status.draining {
+        "drained: nothing new starts until `aura undrain`; running jobs finish"
+    } else {
+        "open: queued jobs start as admission allows"
+    };
+    let throttle = match &status.throttled {
+        Some(reason) => format!("running jobs' CPU capped: {reason}"),
+        None => "off".to_owned(),
+    };
+    vec![
+        format!("node:           {node}"),
+        format!("paused jobs:    {} (`aura resume ID`)", status.paused_jobs),
+        format!("held jobs:      {} (`aura release ID`)", status.held),
+        format!("cpu throttle:   {throttle}"),
+    ]
+}
+
+/// The jobs a dry run picked, counted by state: `3 running, 9 queued` — those with a tree first.
+pub fn by_state(result: &CancelResult) -> String {
+    const ORDER: [&str; 5] = ["running", "paused", "stopping", "queued", "held"];
+    let rank = |state: &str| {
+        ORDER
+            .iter()
+            .position(|s| *s == state)
+            .unwrap_or(ORDER.len())
+    };
+    let mut counts: Vec<(&String, &usize)> = result.by_state.iter().collect();
+    // Stable: states this version does not know keep their (alphabetical) order, after the known ones.
+    counts.sort_by_key(|(state, _)| rank(state));
+    counts
+        .iter()
+        .map(|(state, n)| format!("{n} {state}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn jobs(n: usize) -> String {
+    if n == 1 {
+        "1 job".to_owned()
+    } else {
+        format!("{n} jobs")
+    }
+}
+
+/// The question `aura cancel --all` asks on a terminal: `Cancel 12 jobs (3 running, 9 queued)?`.
+pub fn bulk_question(kill: bool, preview: &CancelResult) -> String {
+    let verb = if kill { "Kill" } else { "Cancel" };
+    let states = by_state(preview);
+    if states.is_empty() {
+        format!("{verb} {}?", jobs(preview.count))
+    } else {
+        format!("{verb} {} ({states})?", jobs(preview.count))
+    }
+}
+
+/// What a bulk cancel did: `cancelled 12 jobs`, `killed 1 job`.
+pub fn bulk_done(kill: bool, count: usize) -> String {
+    format!(
+        "{} {}",
+        if kill { "killed" } else { "cancelled" },
+        jobs(count)
+    )
+}
+
+/// How long a job's attempt has been paused, for `aura show`: `paused since … (5s so far; 1m05s
+/// before)`, or `1m05s in all` once it runs again; `None` for a job never paused.
+pub fn paused_time(state: &JobState, now: Timestamp) -> Option<String> {
+    match state {
+        JobState::Paused { run, since } => {
+            let so_far = short_secs(now.since(*since).as_secs_f64());
+            Some(if run.paused_secs > 0.0 {
+                format!(
+                    "since {since} ({so_far} so far; {} before)",
+                    short_secs(run.paused_secs)
+                )
+            } else {
+                format!("since {since} ({so_far} so far)")
+            })
+        }
+        _ => {
+            let secs = state.run()?.paused_secs;
+            (secs > 0.0).then(|| {
+                format!(
+                    "{} in all (counted toward neither its timeout nor stall detection)",
+                    short_secs(secs)
+                )
+            })
+        }
+    }
+}
+
+/// A job's retry links, for `aura show`: `retry of job 7; retried as job 12`.
+pub fn retry_links(job: &Job) -> Option<String> {
+    let links: Vec<String> = [
+        job.retry_of.map(|id| format!("retry of job {id}")),
+        job.retried_as.map(|id| format!("retried as job {id}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!links.is_empty()).then(|| links.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +435,164 @@ mod tests {
         }))
         .expect("a record");
         assert_eq!(event_line(&record), "job 7: dependencies_met");
+    }
+
+    #[test]
+    fn operator_events_read_as_what_was_done_and_by_whom() {
+        use serde_json::json;
+        let cases = [
+            (
+                "paused",
+                json!({"by": "alice", "took_ms": 12.4}),
+                "frozen in 12 ms by alice",
+            ),
+            (
+                "paused",
+                json!({"by": null, "took_ms": 3.0}),
+                "frozen in 3 ms",
+            ),
+            (
+                "resumed",
+                json!({"by": "alice", "paused_secs": 65.2}),
+                "after 1m05s paused by alice",
+            ),
+            ("held", json!({"by": "ops"}), "by ops"),
+            ("released", json!({"by": null}), ""),
+            (
+                "priority_changed",
+                json!({"from": 0, "to": -5, "by": "ops"}),
+                "0 → -5 by ops",
+            ),
+            (
+                "retried",
+                json!({"job_id": 12, "by": "ci"}),
+                "as job 12 by ci",
+            ),
+            ("drained", json!({"by": "admin"}), "by admin"),
+            (
+                "operator_action",
+                json!({"action": "retry", "job_id": 7, "by": "ci", "detail": "as job 12"}),
+                "retry job 7 by ci (as job 12)",
+            ),
+            (
+                "operator_action",
+                json!({"action": "hold", "job_id": 3}),
+                "hold job 3",
+            ),
+            // A detail of another shape is shown as it came; other kinds as key=value pairs.
+            ("retried", json!({"job": "x"}), "job=x"),
+            (
+                "submitted",
+                json!({"program": "sleep", "priority": 0, "retry_of": 7}),
+                "priority=0 program=sleep retry_of=7",
+            ),
+            (
+                "requeued",
+                json!({"attempt": 2, "reason": null}),
+                "attempt=2",
+            ),
+        ];
+        for (kind, detail, expected) in cases {
+            assert_eq!(describe_event(kind, &detail), expected, "{kind} {detail}");
+        }
+        let record: JobEventRecord = serde_json::from_value(json!({
+            "seq": 9, "job_id": 7, "attempt": 1, "at": "2026-11-22T10:00:00Z",
+            "kind": "retried", "detail": {"job_id": 12, "by": "ci"}
+        }))
+        .expect("a record");
+        assert_eq!(event_line(&record), "job 7: retried as job 12 by ci");
+    }
+
+    #[test]
+    fn the_node_shows_drain_pauses_holds_and_throttle() {
+        let mut status: EngineStatus = serde_json::from_value(serde_json::json!({
+            "backend": "hybrid", "backend_detail": "", "accepting": true,
+            "max_concurrent": 2, "running": 1, "queued": 3
+        }))
+        .expect("a status");
+        assert_eq!(
+            node_lines(&status),
+            [
+                "node:           open: queued jobs start as admission allows",
+                "paused jobs:    0 (`aura resume ID`)",
+                "held jobs:      0 (`aura release ID`)",
+                "cpu throttle:   off",
+            ]
+        );
+        status.draining = true;
+        status.paused_jobs = 2;
+        status.held = 1;
+        status.throttled = Some("CPU outside Aura 92 %".into());
+        let lines = node_lines(&status);
+        assert!(
+            lines[0].contains("drained: nothing new starts"),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], "paused jobs:    2 (`aura resume ID`)");
+        assert_eq!(lines[2], "held jobs:      1 (`aura release ID`)");
+        assert_eq!(
+            lines[3],
+            "cpu throttle:   running jobs' CPU capped: CPU outside Aura 92 %"
+        );
+    }
+
+    #[test]
+    fn bulk_cancels_ask_with_the_count_by_state_and_report_what_they_did() {
+        let preview: CancelResult = serde_json::from_value(serde_json::json!({
+            "count": 12, "ids": [], "dry_run": true,
+            "by_state": {"queued": 9, "running": 3, "zombie": 1, "held": 1}
+        }))
+        .expect("a result");
+        assert_eq!(
+            bulk_question(false, &preview),
+            "Cancel 12 jobs (3 running, 9 queued, 1 held, 1 zombie)?"
+        );
+        let one = CancelResult {
+            count: 1,
+            ..CancelResult::default()
+        };
+        assert_eq!(bulk_question(true, &one), "Kill 1 job?");
+        assert_eq!(bulk_done(false, 12), "cancelled 12 jobs");
+        assert_eq!(bulk_done(true, 1), "killed 1 job");
+        assert_eq!(bulk_done(true, 0), "killed 0 jobs");
+    }
+
+    #[test]
+    fn paused_time_and_retry_links_for_the_job_detail() {
+        use aura_model::{JobSpec, Run};
+        let at = Timestamp::from_unix_millis;
+        let run = |paused_secs: f64| -> Run {
+            serde_json::from_value(serde_json::json!({
+                "started_at": at(0),
+                "tree": {"backend": "process_group", "pid": 1, "start_ticks": 0},
+                "cwd": "/tmp",
+                "paused_secs": paused_secs
+            }))
+            .expect("a run")
+        };
+        assert_eq!(
+            paused_time(&JobState::Running { run: run(0.0) }, at(0)),
+            None
+        );
+        assert_eq!(paused_time(&JobState::Queued { since: at(0) }, at(0)), None);
+        assert_eq!(
+            paused_time(&JobState::Running { run: run(65.0) }, at(0)).as_deref(),
+            Some("1m05s in all (counted toward neither its timeout nor stall detection)")
+        );
+        let paused = JobState::Paused {
+            run: run(10.0),
+            since: at(60_000),
+        };
+        let text = paused_time(&paused, at(65_000)).expect("paused");
+        assert!(text.ends_with("(5s so far; 10s before)"), "{text}");
+        let mut job = Job::new(JobId(7), JobSpec::new("true", Vec::<String>::new()), at(0));
+        assert_eq!(retry_links(&job), None);
+        job.retry_of = Some(JobId(3));
+        assert_eq!(retry_links(&job).as_deref(), Some("retry of job 3"));
+        job.retried_as = Some(JobId(12));
+        assert_eq!(
+            retry_links(&job).as_deref(),
+            Some("retry of job 3; retried as job 12")
+        );
     }
 }

@@ -352,6 +352,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     supervisor.job_nice = config.supervisor.job_nice;
     supervisor.kill_wait = config.supervisor.kill_wait;
     supervisor.memory_watch_interval = config.supervisor.memory_watch_interval;
+    // Only a daemon that may throttle prepares the instance-level cpu control its jobs join.
+    supervisor.cpu_cap = config.guards.enabled && config.guards.throttle.enabled;
     supervisor.sandbox = sandbox;
     let secret_count = secrets.len();
     let engine = aura_engine::start(EngineConfig {

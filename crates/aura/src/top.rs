@@ -31,7 +31,8 @@ impl TopState {
             let host = client.system().await?;
             let utilization = client.utilization().await?;
             let query = ListQuery {
-                states: vec!["running".into(), "stopping".into()],
+                // Paused trees still hold their memory: they stay on the screen, marked paused.
+                states: vec!["running".into(), "paused".into(), "stopping".into()],
                 limit: Some(200),
                 ..Default::default()
             };

@@ -6,11 +6,10 @@
 
 use aura_client::Client;
 use aura_model::{JobSpec, JobState, LoggedEvent, Outcome};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AURA: &str = env!("CARGO_BIN_EXE_aura");
+mod common;
+use common::Daemon;
 
 /// Grows by 200 MB every 0.25 s to `target` bytes, touching every page, then holds them for `hold` s.
 const HOG: &str = r#"
@@ -26,57 +25,6 @@ while have < target:
     time.sleep(0.25)
 time.sleep(hold)
 "#;
-
-struct Daemon {
-    child: Child,
-    url: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        let mut child = Command::new(AURA)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .env("AURA_MAX_CONCURRENT", "3")
-            .env("AURA_LOG", "warn")
-            .env("AURA_RUNTIME_DIR", dir.path().join("runtime"))
-            // Other work on a shared machine must not pause admission for this test.
-            .env("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0")
-            .env("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn aura serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let url = loop {
-            let line = lines.next().expect("aura serve exited").expect("stdout");
-            if let Some(url) = line.strip_prefix("aura serve: listening on ") {
-                break url.to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        let token = std::fs::read_to_string(data.join("api-token"))
-            .expect("token")
-            .trim()
-            .to_owned();
-        Daemon {
-            child,
-            url,
-            token,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn mem_total() -> u64 {
     let text = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
@@ -100,7 +48,13 @@ async fn three_growing_jobs_over_physical_memory_end_with_one_eviction_and_no_oo
     )
     .expect("chmod");
     let each = mem_total() * 335 / 1000;
-    let daemon = Daemon::start();
+    let daemon = Daemon::start(&[
+        ("AURA_MAX_CONCURRENT", "3"),
+        // Other work on a shared machine must not pause admission, or cap the jobs, for this test.
+        ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
+        ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
+        ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
+    ]);
     let client = Client::authorized(&daemon.url, &daemon.token).expect("client");
     let mut ids = Vec::new();
     for _ in 0..3 {

@@ -25,6 +25,7 @@ impl Actor {
         let id = job.id;
         let (stop_tx, stop_rx) = watch::channel(None);
         let (kill_tx, kill_rx) = watch::channel(false);
+        let (control_tx, control_rx) = mpsc::channel(crate::monitor::CONTROL_CAPACITY);
         let ticket = LaunchTicket::new();
         let cwd = job
             .spec
@@ -70,6 +71,7 @@ impl Actor {
             kind: job.spec.kind().map(str::to_owned),
             probe_inputs: media.probe_inputs,
             actor: self.tx.clone(),
+            control: control_rx,
         };
         let handle = self.monitors.spawn(monitor.run(Box::pin(launching)));
         self.monitor_jobs.insert(handle.id(), id);
@@ -82,9 +84,10 @@ impl Actor {
             Active {
                 job,
                 request,
-                _reservation: reservation,
+                reservation,
                 stop: stop_tx,
                 kill: kill_tx,
+                control: control_tx,
                 pending_stop: None,
                 ticket,
                 standby,
@@ -165,41 +168,59 @@ impl Actor {
         }
     }
 
-    pub(super) async fn cancel(&mut self, id: JobId) -> CancelReply {
+    /// An operator's cancel (or with `kill`, kill: SIGKILL to the tree at once) of a job: one that never
+    /// started finishes at once, a running or paused one is stopped.
+    pub(super) async fn cancel(
+        &mut self,
+        id: JobId,
+        kill: bool,
+        by: Option<String>,
+    ) -> CancelReply {
+        let (reason, action) = if kill {
+            (StopReason::Killed, aura_model::JobAction::Kill)
+        } else {
+            (StopReason::Cancelled, aura_model::JobAction::Cancel)
+        };
         let never_started = self
             .dequeue(id)
             .map(|(job, _)| job)
             .or_else(|| self.leave_waiting(id))
+            .or_else(|| self.leave_hold(id))
             .or_else(|| self.withdraw(id).map(|standby| standby.job));
         if let Some(mut job) = never_started {
             if job
                 .apply(Event::StopRequested {
-                    reason: StopReason::Cancelled,
+                    reason,
                     at: Timestamp::now(),
                 })
                 .is_err()
             {
                 return CancelReply::NotLive;
             }
-            tracing::info!(job_id = %id, "cancelled a queued job");
+            tracing::info!(job_id = %id, "cancelled a job that had not started");
             // Final like any other ending: waiters hear of it once the commit is done.
             let events = vec![
-                NewEvent::new(JobEvent::StopRequested {
-                    reason: StopReason::Cancelled,
-                }),
+                NewEvent::new(JobEvent::StopRequested { reason }),
                 NewEvent::new(JobEvent::Finished {
                     outcome: job.outcome().cloned(),
                 }),
             ];
             self.persist_final(&job, events).await;
+            self.operator_action(action, id, by, None).await;
             self.ended_chain(id, false, Outcome::Cancelled.name().to_owned())
                 .await;
             return CancelReply::Done(Box::new(job));
         }
-        if self.active.contains_key(&id) {
-            self.request_stop(id, StopReason::Cancelled).await;
+        if let Some(active) = self.active.get(&id) {
+            if kill {
+                // Seen by the monitor before the stop itself: it kills instead of its stop sequence.
+                active.kill.send_replace(true);
+            }
+            self.request_stop(id, reason).await;
             if let Some(active) = self.active.get(&id) {
-                return CancelReply::Done(Box::new(active.job.clone()));
+                let job = active.job.clone();
+                self.operator_action(action, id, by, None).await;
+                return CancelReply::Done(Box::new(job));
             }
         }
         CancelReply::NotLive

@@ -16,16 +16,19 @@ impl Actor {
             .active
             .values()
             .filter_map(|a| match &a.job.state {
-                JobState::Running { run } => Some(crate::pressure::Candidate {
-                    id: a.job.id,
-                    priority: a.job.spec.priority,
-                    started_at_ms: run.started_at.unix_millis(),
-                    memory_bytes: self
-                        .shared
-                        .probe(a.job.id)
-                        .and_then(|p| p.live().memory_used()),
-                    reserved_bytes: a.request.memory_bytes,
-                }),
+                // A paused job holds its memory too; stopping it thaws it first.
+                JobState::Running { run } | JobState::Paused { run, .. } => {
+                    Some(crate::pressure::Candidate {
+                        id: a.job.id,
+                        priority: a.job.spec.priority,
+                        started_at_ms: run.started_at.unix_millis(),
+                        memory_bytes: self
+                            .shared
+                            .probe(a.job.id)
+                            .and_then(|p| p.live().memory_used()),
+                        reserved_bytes: a.request.memory_bytes,
+                    })
+                }
                 _ => None,
             })
             .collect();

@@ -4,6 +4,7 @@
 //! `memory` (pressure victims, memory violations, the engine's log) and `recovery`; what starts next is
 //! decided by `crate::dispatch`.
 
+mod control;
 mod lifecycle;
 mod memory;
 mod pipeline;
@@ -17,7 +18,7 @@ use crate::{EngineConfig, EngineError, EngineHandle};
 use aura_admission::{Admission, Request, Reservation};
 use aura_model::{
     EngineEvent, Event, Job, JobEvent, JobId, JobState, LoggedEvent, NewEvent, Outcome, Run,
-    StopReason, Timestamp,
+    StateName, StopReason, Timestamp,
 };
 use aura_store::{Commit, Store};
 use aura_supervisor::{LaunchRequest, LaunchTicket, Supervisor};
@@ -40,11 +41,14 @@ struct Active {
     job: Job,
     /// What admission reserved for it (the `Request` it was queued with).
     request: Request,
-    /// Held until the job's tree is gone (the actor drops it when the monitor reports the exit).
-    _reservation: Reservation,
+    /// Held until the job's tree is gone (the actor drops it when the monitor reports the exit); its CPU
+    /// is given back while the job is paused.
+    reservation: Reservation,
     stop: watch::Sender<Option<StopReason>>,
     /// Cuts this tree's stop sequence short (the emergency stage kills at once).
     kill: watch::Sender<bool>,
+    /// An operator's pause and resume, to the monitor.
+    control: mpsc::Sender<crate::monitor::Control>,
     /// A stop requested while the tree was still being launched, applied once it has started.
     pending_stop: Option<StopReason>,
     /// The launch's place in line for a running slot. Until it takes one the job is a *standby*: admitted
@@ -63,6 +67,8 @@ struct Actor {
     queued: HashMap<JobId, Job>,
     /// Jobs waiting for their dependencies (`after`), outside the queue.
     waiting: HashMap<JobId, Job>,
+    /// Jobs an operator holds (`aura hold`), outside the queue until released.
+    on_hold: HashMap<JobId, Job>,
     /// For each unfinished dependency, the waiting jobs that need it.
     dependants: HashMap<JobId, Vec<JobId>>,
     /// How the jobs that ended lately ended (see `pipeline`).
@@ -99,6 +105,7 @@ pub(crate) async fn spawn(
         queue: BTreeMap::new(),
         queued: HashMap::new(),
         waiting: HashMap::new(),
+        on_hold: HashMap::new(),
         dependants: HashMap::new(),
         recent: pipeline::Recent::default(),
         rate_wakeup: None,
@@ -109,6 +116,7 @@ pub(crate) async fn spawn(
         monitor_jobs: HashMap::new(),
         shutdown_waiters: Vec::new(),
     };
+    actor.restore_drain().await?;
     actor.recover().await?;
     shared.accepting.store(true, Ordering::SeqCst);
     let guards = if shared.config.guards.enabled {
@@ -180,11 +188,42 @@ impl Actor {
                     self.dispatch().await;
                 }
             }
-            Command::Cancel { id, reply } => {
-                let result = self.cancel(id).await;
+            Command::Cancel {
+                id,
+                kill,
+                by,
+                reply,
+            } => {
+                let result = self.cancel(id, kill, by).await;
                 let _ = reply.send(result);
                 // A cancelled standby leaves room for another.
                 self.dispatch().await;
+            }
+            Command::Act {
+                id,
+                action,
+                by,
+                reply,
+            } => self.act(id, action, by, reply).await,
+            Command::SetPriority {
+                id,
+                priority,
+                by,
+                reply,
+            } => {
+                let result = self.set_priority(id, priority, by).await;
+                let _ = reply.send(result);
+            }
+            Command::Frozen {
+                id,
+                paused,
+                result,
+                by,
+                reply,
+            } => self.frozen(id, paused, result, by, reply).await,
+            Command::Drain { on, by, reply } => {
+                let changed = self.drain(on, by).await;
+                let _ = reply.send(changed);
             }
             Command::Started { id, run } => self.started(id, run).await,
             Command::SpawnFailed { id, error, storage } => {
@@ -367,10 +406,20 @@ impl Actor {
             .values()
             .filter(|a| matches!(a.job.state, JobState::Queued { .. }))
             .count();
+        let paused = self
+            .active
+            .values()
+            .filter(|a| matches!(a.job.state, JobState::Paused { .. }))
+            .count();
+        // Held jobs wait too: they count against the queue caps.
         self.shared.queued_count.store(
-            self.queued.len() + self.waiting.len() + standby,
+            self.queued.len() + self.waiting.len() + self.on_hold.len() + standby,
             Ordering::Relaxed,
         );
+        self.shared
+            .held_count
+            .store(self.on_hold.len(), Ordering::Relaxed);
+        self.shared.paused_count.store(paused, Ordering::Relaxed);
         self.shared
             .running_count
             .store(self.active.len() - standby, Ordering::Relaxed);
@@ -431,7 +480,7 @@ impl Actor {
         if !self.shutdown_waiters.is_empty() || self.queue.is_empty() {
             return;
         }
-        if self.shared.paused_reason().is_some() {
+        if self.shared.paused_reason().is_some() || self.shared.draining.load(Ordering::SeqCst) {
             return;
         }
         self.yield_standby();

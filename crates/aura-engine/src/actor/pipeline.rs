@@ -59,7 +59,8 @@ impl Actor {
         for dep in deps {
             let live = self.queued.contains_key(&dep)
                 || self.active.contains_key(&dep)
-                || self.waiting.contains_key(&dep);
+                || self.waiting.contains_key(&dep)
+                || self.on_hold.contains_key(&dep);
             let ended = if live {
                 None
             } else {

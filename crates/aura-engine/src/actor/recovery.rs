@@ -25,7 +25,8 @@ impl Actor {
         let now = Timestamp::now();
         let quarantine_after = self.shared.config.quarantine_after;
         for mut job in unfinished {
-            if !matches!(job.state, JobState::Queued { .. }) {
+            // Held jobs stay held; whatever had started (running, paused, stopping) was interrupted.
+            if job.state.run().is_some() {
                 let deaths = job.interruptions.saturating_add(1);
                 let quarantine = !foreign && quarantine_after > 0 && deaths >= quarantine_after;
                 let reason = if quarantine {
@@ -78,7 +79,11 @@ impl Actor {
                 tracing::warn!(job_id = %job.id, requeued = matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
                 self.shared.store.record(&job, events).await?;
             }
-            if matches!(job.state, JobState::Queued { .. }) && job.spec.after.is_empty() {
+            if matches!(job.state, JobState::Held { .. }) {
+                self.count_waiting(&job, true);
+                self.on_hold.insert(job.id, job);
+                self.publish_counts();
+            } else if matches!(job.state, JobState::Queued { .. }) && job.spec.after.is_empty() {
                 self.enqueue(job);
             } else if matches!(job.state, JobState::Queued { .. }) {
                 let id = job.id;

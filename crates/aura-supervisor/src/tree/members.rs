@@ -82,6 +82,45 @@ impl TreeRef {
         procfs::subtrees(snap, roots)
     }
 
+    /// The tree's live processes now (zombies left out). `snap` is a `/proc` snapshot shared by the
+    /// trees of one round, taken on first need (only trees without cgroups need one).
+    pub fn members(&self, snap: &mut Option<Vec<(i32, ProcStat)>>) -> Vec<i32> {
+        match self.membership_dir() {
+            Some(dir) => cgroup::procs(dir)
+                .into_iter()
+                .filter(|&pid| procfs::stat(pid).is_some_and(|s| !s.is_zombie()))
+                .collect(),
+            None => {
+                let snap = snap.get_or_insert_with(procfs::snapshot);
+                self.group_members(snap)
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect()
+            }
+        }
+    }
+
+    /// The tree's live processes now with their states (`/proc/PID/stat`'s `R`, `S`, `T`, …).
+    pub fn members_with_state(&self) -> Vec<(i32, u8)> {
+        match self.membership_dir() {
+            Some(dir) => cgroup::procs(dir)
+                .into_iter()
+                .filter_map(|pid| procfs::stat(pid).map(|s| (pid, s)))
+                .filter(|(_, s)| !s.is_zombie())
+                .map(|(pid, s)| (pid, s.state))
+                .collect(),
+            None => {
+                let snap = procfs::snapshot();
+                let states: std::collections::HashMap<i32, u8> =
+                    snap.iter().map(|(p, s)| (*p, s.state)).collect();
+                self.group_members(&snap)
+                    .into_iter()
+                    .filter_map(|(p, _)| Some((p, *states.get(&p)?)))
+                    .collect()
+            }
+        }
+    }
+
     /// Sends `sig` to every process of the tree.
     pub fn signal(&self, sig: i32) {
         match self.membership_dir() {

@@ -2,9 +2,10 @@
 //! blocking), its sampled statistics and its ending (`stats`: `TreeStats`, shared with the watcher thread,
 //! which samples it, and concluded by the thread that reaps the main process — its launcher thread, or the
 //! watcher for a tree without a pidfd), and the public RAII `RunningTree` that waits, stops and finishes it
-//! (`running`).
+//! (`running`), pauses and resumes it (`pause`).
 
 mod members;
+mod pause;
 mod progress;
 mod running;
 mod stats;

@@ -93,6 +93,11 @@ impl JobProgress {
         crate::lock(&self.tracker).snapshot(now)
     }
 
+    /// The job ran again after `paused`: that time counts toward no stall window.
+    pub fn resumed(&self, paused: Duration) {
+        crate::lock(&self.tracker).resumed(paused);
+    }
+
     /// Why the job counts as stalled for `window`, if it does.
     pub fn stalled(&self, window: Duration) -> Option<String> {
         let now = self.now_secs();

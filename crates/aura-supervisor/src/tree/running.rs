@@ -1,7 +1,6 @@
-//! The public handles of a running tree: `RunningTree` (RAII: wait, stop, kill, finish; dropping it kills
-//! the tree) and `UsageProbe` (its latest sample, for whoever shows it).
+//! The public handles of a running tree: `RunningTree` (RAII: wait, stop, kill, pause, resume, finish;
+//! dropping it kills the tree) and `UsageProbe` (its latest sample, for whoever shows it).
 
-use super::members::TreeRef;
 use super::stats::{daemon_max_rss_bytes, kill_main, MemoryViolation, Reaped, TreeStats};
 use crate::{Inner, LiveUsage};
 use aura_model::{
@@ -44,6 +43,14 @@ impl UsageProbe {
     pub fn set_expected(&self, expected: std::time::Duration) {
         if let Some(p) = &self.0.progress {
             p.set_expected(expected);
+        }
+    }
+
+    /// The tree runs again after being paused for `paused`: the time it stood still counts toward no
+    /// stall window. Nothing for a tree that does not report progress.
+    pub fn resumed(&self, paused: std::time::Duration) {
+        if let Some(p) = &self.0.progress {
+            p.resumed(paused);
         }
     }
 
@@ -119,8 +126,44 @@ impl RunningTree {
         if let Some(s) = self.exit_status() {
             return s;
         }
-        self.blocking(|t| t.kill()).await;
+        self.blocking(|s| s.tree.kill()).await;
         self.wait().await
+    }
+
+    /// Freezes every process of the tree and returns once it is frozen, with how long that took. The
+    /// tree keeps its running slot, its memory and its open files; [`resume`](RunningTree::resume) lets
+    /// it go on where it stopped. Already paused, or its main process already gone: nothing to do
+    /// (`Duration::ZERO`, and [`is_paused`](RunningTree::is_paused) stays as it was).
+    ///
+    /// Where the tree has a cgroup v2 (the `cgroup_v2` and `hybrid` backends) the kernel's freezer does
+    /// it (`cgroup.freeze`, confirmed by `cgroup.events`): every process, whatever it does, and invisible
+    /// to the job. Elsewhere (`cgroup_v1`, `process_group`) every member gets SIGSTOP, in rounds until
+    /// every member is seen stopped — weaker: a process that escaped the tree's lineage is not stopped,
+    /// and the job sees it (a parent is told of its stopped children by SIGCHLD).
+    ///
+    /// Errors: a tree not frozen within 5 s (a process in uninterruptible sleep) is let run again and
+    /// the error says so; a failed write to cgroupfs.
+    pub async fn pause(&mut self) -> std::io::Result<std::time::Duration> {
+        if self.exit_status().is_some() {
+            return Ok(std::time::Duration::ZERO);
+        }
+        self.blocking(|s| s.pause())
+            .await
+            .unwrap_or_else(|| Err(std::io::Error::other("the runtime is shutting down")))
+    }
+
+    /// Lets a paused tree run again and returns once it does, with how long that took (`cgroup.freeze`
+    /// back to 0, or SIGCONT to every member, see [`pause`](RunningTree::pause)). Not paused: nothing
+    /// to do.
+    pub async fn resume(&mut self) -> std::io::Result<std::time::Duration> {
+        self.blocking(|s| s.resume())
+            .await
+            .unwrap_or_else(|| Err(std::io::Error::other("the runtime is shutting down")))
+    }
+
+    /// Whether the tree is paused now: [`pause`](RunningTree::pause)d, not resumed, not ended. No I/O.
+    pub fn is_paused(&self) -> bool {
+        self.stats.is_paused()
     }
 
     /// A cheap, cloneable reader of this tree's live usage, for whoever shows it while the tree runs.
@@ -139,18 +182,25 @@ impl RunningTree {
         self.stats.ended_with(|s| s.exit().map(|r| r.status)).await
     }
 
+    /// Runs `f` on the blocking pool (cgroupfs, `/proc`, signals, short sleeps); `None` if the runtime
+    /// is shutting down.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(TreeRef) -> T + Send + 'static,
+        f: impl FnOnce(&TreeStats) -> T + Send + 'static,
     ) -> Option<T> {
-        let tree = self.stats.tree.clone();
-        self.sup.runtime.spawn_blocking(move || f(tree)).await.ok()
+        let stats = self.stats.clone();
+        self.sup
+            .runtime
+            .spawn_blocking(move || f(&stats))
+            .await
+            .ok()
     }
 
     /// Runs the stop sequence: each step signals every process of the tree, then waits up to its grace
     /// for the main process; if it is still alive after all steps, the whole tree gets SIGKILL. Returns
     /// the exit status and the signals actually sent (SIGKILL included if it was needed). If the main
-    /// process had already exited, nothing is sent. Call [`finish`](RunningTree::finish) afterwards.
+    /// process had already exited, nothing is sent. A paused tree is resumed first: a frozen or stopped
+    /// process cannot handle its SIGTERM. Call [`finish`](RunningTree::finish) afterwards.
     pub async fn stop(&mut self, seq: &StopSequence) -> (ExitStatus, Vec<StopSignal>) {
         self.stop_or_kill(seq, std::future::pending()).await
     }
@@ -166,10 +216,16 @@ impl RunningTree {
         if let Some(s) = self.exit_status() {
             return (s, sent);
         }
+        if self.is_paused() {
+            if let Err(e) = self.resume().await {
+                // The last step's SIGKILL still ends it: fatal signals reach frozen and stopped processes.
+                tracing::warn!(pid = self.handle.pid, error = %e, "could not resume a paused tree before stopping it");
+            }
+        }
         tokio::pin!(cut);
         for step in &seq.0 {
             let sig = step.signal.number();
-            self.blocking(move |t| t.signal(sig)).await;
+            self.blocking(move |s| s.tree.signal(sig)).await;
             sent.push(step.signal);
             tokio::select! {
                 waited = tokio::time::timeout(step.grace, self.wait()) => {
@@ -180,7 +236,7 @@ impl RunningTree {
                 () = &mut cut => break,
             }
         }
-        self.blocking(|t| t.kill()).await;
+        self.blocking(|s| s.tree.kill()).await;
         sent.push(StopSignal::Kill);
         (self.wait().await, sent)
     }
@@ -191,7 +247,7 @@ impl RunningTree {
     /// the accounting. If the main process is still running, the tree is SIGKILLed first.
     pub async fn finish(mut self) -> Accounting {
         if self.exit_status().is_none() {
-            self.blocking(|t| t.kill()).await;
+            self.blocking(|s| s.tree.kill()).await;
         }
         let finals = self.stats.ended_with(TreeStats::finals).await;
         let reaped = self.stats.exit().unwrap_or_else(Reaped::unknown);

@@ -65,9 +65,13 @@ pub(crate) struct TreeStats {
     base: Baseline,
     /// Set once the tree has ended (`retire`): no sample touches it after that.
     pub done: AtomicBool,
-    /// Held by the watcher while it samples: `retire` takes it, so that no sample of this job is still
-    /// running once its cgroups may go to the next job.
+    /// Held by the watcher while it samples, and by whatever writes to the tree's cgroups or signals its
+    /// members outside the stop path (pausing): `retire` takes it, so that none of that still runs once
+    /// its cgroups may go to the next job.
     sampling: Mutex<()>,
+    /// Paused (`RunningTree::pause`) and not resumed: its v2 cgroup may be left frozen, which `settle`
+    /// undoes before the cgroup goes to the next job.
+    pub(super) paused: AtomicBool,
     mem_start: AtomicU64,
     mem_current: AtomicU64,
     /// `mem_current` less the page cache the kernel can reclaim (cgroup backends; the RSS sum elsewhere).
@@ -174,6 +178,7 @@ impl TreeStats {
             base,
             done: AtomicBool::new(false),
             sampling: Mutex::new(()),
+            paused: AtomicBool::new(false),
             mem_start: AtomicU64::new(NONE),
             mem_current: AtomicU64::new(NONE),
             mem_in_use: AtomicU64::new(NONE),
@@ -256,7 +261,9 @@ impl TreeStats {
         let charge = self.read_kernel_current();
         let cpu_counters = self.tree.v2.as_deref().and_then(cgroup::job_cpu_usec);
         let cpu_usec = cpu_counters.map(|c| self.job_cpu(c));
-        let reusable = empty && self.leaves_cgroups_reusable();
+        // A tree killed while paused leaves its v2 cgroup frozen: the next job in it would never run.
+        let thawed = !self.paused.load(Ordering::SeqCst) || self.thaw_for_reuse();
+        let reusable = empty && thawed && self.leaves_cgroups_reusable();
         self.tree.release_cgroups(
             pool,
             reusable,
@@ -456,6 +463,19 @@ impl TreeStats {
         if !self.done.load(Ordering::Relaxed) {
             self.check_memory(dir.read_u64(current).map(|c| self.job_memory(c)));
         }
+    }
+
+    /// Runs `f` unless the tree has ended (`retire`), and keeps it from ending meanwhile: what `f` writes
+    /// to the tree's cgroups or signals cannot reach the next job of a reused cgroup. `None` once ended.
+    /// Blocking (briefly: it waits out a sample in progress, and holds up the next one).
+    pub(super) fn while_live<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let _sampling = crate::lock(&self.sampling);
+        (!self.done.load(Ordering::Relaxed)).then(f)
+    }
+
+    /// Whether the tree has ended (no sample, no pause touches it any more).
+    pub(super) fn has_ended(&self) -> bool {
+        self.done.load(Ordering::Relaxed)
     }
 
     /// Stops sampling for good, waiting out a sample in progress. Blocking (briefly).

@@ -37,11 +37,12 @@ impl Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = data_dir.unwrap_or_else(|| tmp.path().join("data"));
         // Tests share two cores with each other and with cargo: CPU used by another test's daemon is "outside
-        // Aura" for this one, so the outside-CPU guard would pause admission at random. The memory guards stay
-        // on; the CPU guard has its own tests.
+        // Aura" for this one, so the outside-CPU guard would pause admission, and the throttle cap jobs, at
+        // random. The memory guards stay on; the CPU guard and the throttle have their own tests.
         let defaults = [
             ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
             ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
+            ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
         ];
         let env: Vec<(String, String)> = defaults
             .iter()
@@ -415,6 +416,7 @@ fn outcome(view: &JobView) -> &Outcome {
     view.job.outcome().expect("finished")
 }
 
+mod control;
 mod fallback;
 mod faults;
 mod live_memory;
