@@ -16,6 +16,10 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+/// The longest a cancel's answer waits for the job's final record to be committed (a volume that refuses
+/// writes keeps it in memory meanwhile; the answer then says what the engine did all the same).
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
 /// The data dir's volume below this share available degrades readiness.
 const MIN_FREE_DISK: f64 = 0.05;
 
@@ -449,6 +453,9 @@ impl EngineHandle {
         kill: bool,
         by: Option<String>,
     ) -> Result<Job, EngineError> {
+        // Listening makes the final record of a job that never started commit at once (see
+        // `actor::queue_write`); the answer waits for it, so what the operator reads next shows it.
+        let mut finished = self.shared.finished.subscribe();
         match self
             .ask(|reply| Command::Cancel {
                 id,
@@ -458,7 +465,21 @@ impl EngineHandle {
             })
             .await?
         {
-            CancelReply::Done(job) => Ok(*job),
+            CancelReply::Done(job) => {
+                if job.state.name() == StateName::Finished {
+                    let committed = async {
+                        loop {
+                            match finished.recv().await {
+                                Ok(done) if done != id => continue,
+                                // Ours, or lagged (it may have passed), or the engine stopped.
+                                _ => break,
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(COMMIT_WAIT, committed).await;
+                }
+                Ok(*job)
+            }
             CancelReply::NotLive => match self.shared.store.get(id).await? {
                 Some(job) => Err(EngineError::AlreadyFinished {
                     id,

@@ -603,6 +603,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn action_names_are_the_wire_names() {
+        use JobAction::*;
+        for action in [Pause, Resume, Hold, Release, Retry, Priority, Kill, Cancel] {
+            let wire = serde_json::to_value(action).expect("serializes");
+            assert_eq!(wire.as_str(), Some(action.as_str()), "{action:?}");
+        }
+    }
+
+    #[test]
     fn committed_events_encode_as_their_records() {
         let job = CommittedEvent::new(
             EventLog::Job(JobId(4)),

@@ -401,6 +401,21 @@ mod tests {
         t.resumed(Duration::from_secs(10));
         assert!(t.stalled(14.0, window).is_none());
         assert!(t.stalled(17.0, window).is_some(), "5 s of running time");
+        // Under the speed floor since 1 s, paused from 2 s to 12 s: 4.9 s slow at 15.9 s, 5 s at 16 s.
+        let mut slow = ProgressTracker::new(ProgressSource::FfmpegPipe, None);
+        for (i, now) in [1.0, 2.0].into_iter().enumerate() {
+            slow.report(ffmpeg(now * 0.1, i as u64 + 1, 0.1), now, Some(0.5));
+        }
+        slow.resumed(Duration::from_secs(10));
+        slow.report(ffmpeg(1.0, 3, 0.1), 12.5, Some(0.5));
+        assert!(
+            slow.stalled(15.9, window).is_none(),
+            "slow for 4.9 s of running time"
+        );
+        let why = slow
+            .stalled(16.0, window)
+            .expect("slow for 5 s of running time");
+        assert!(why.contains("under the floor"), "{why}");
     }
 
     #[test]

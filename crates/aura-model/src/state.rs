@@ -1017,6 +1017,18 @@ mod tests {
     }
 
     #[test]
+    fn a_run_never_paused_says_nothing_of_pauses() {
+        let json = serde_json::to_value(run()).expect("serializes");
+        assert!(json.get("paused_secs").is_none(), "{json}");
+        let paused = Run {
+            paused_secs: 1.5,
+            ..run()
+        };
+        let json = serde_json::to_value(paused).expect("serializes");
+        assert_eq!(json["paused_secs"], 1.5);
+    }
+
+    #[test]
     fn paused_time_accumulates_in_the_run() {
         let at = Timestamp::from_unix_millis;
         let mut job = job_in(StateName::Running, RetryPolicy::default());
