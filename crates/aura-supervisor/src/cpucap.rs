@@ -28,9 +28,10 @@ pub enum CpuCapMechanism {
     CgroupV2CpuMax,
     /// The CFS quota (`cpu.cfs_quota_us`) of the instance's cgroup in the v1 `cpu` hierarchy, which every
     /// job joins before it executes (hybrid and v1 hosts): the kernel holds all jobs together to the
-    /// share. With the cap lifted the jobs still run in that cgroup, so they compete with the rest of the
-    /// machine as one group, not each on its own: the group weighs as much as one nice-0 task per CPU
-    /// (`cpu.shares`), so jobs that fill the machine keep about the share they had as separate processes.
+    /// share. With the cap lifted the jobs still run in that cgroup, so under contention they share the
+    /// machine with the rest as one group of the kernel's default weight (as a systemd service does):
+    /// busy work outside gets its share before the jobs' many threads, and an interactive program's
+    /// wake-ups are served sooner than beside ungrouped jobs (BENCHMARKS.md, issue 19).
     CgroupV1Quota,
     /// No usable cpu controller (the `process_group` backend, or none mounted or delegable): while
     /// capped, every job process runs in the `SCHED_IDLE` class, and jobs started meanwhile start in
@@ -92,10 +93,10 @@ const DEFAULT_PERIOD_USEC: u64 = 100_000;
 /// wake-up 44–57 ms late with 100 ms, 15 ms with 10 ms).
 const CAP_PERIOD_USEC: u64 = 10_000;
 /// The group's weight while capped: the jobs yield to every runnable task outside them (the desktop
-/// comes first), and get what nobody else wants, up to the quota. Lifted: one nice-0 task per CPU
-/// (`cpu.shares`), or the default `cpu.weight`.
+/// comes first), and get what nobody else wants, up to the quota. Lifted: the kernel's defaults.
 const CAPPED_V1_SHARES: u64 = 2;
 const CAPPED_V2_WEIGHT: u64 = 1;
+const LIFTED_V1_SHARES: u64 = 1024;
 const LIFTED_V2_WEIGHT: u64 = 100;
 /// The smallest quota the kernel accepts (1 ms).
 const MIN_QUOTA_USEC: u64 = 1_000;
@@ -159,9 +160,8 @@ impl CpuCap {
         let ready = || -> Result<File, String> {
             let quota = dir.join("cpu.cfs_quota_us");
             std::fs::write(&quota, "-1").map_err(|e| format!("{}: {e}", quota.display()))?;
-            // One group of every job would weigh like one process (1024) against each process outside:
-            // as much as one per CPU instead.
-            write_weight(&dir.join("cpu.shares"), lifted_v1_shares());
+            // A crashed predecessor may have left it capped.
+            write_weight(&dir.join("cpu.shares"), LIFTED_V1_SHARES);
             let procs = dir.join("cgroup.procs");
             std::fs::OpenOptions::new()
                 .write(true)
@@ -255,7 +255,7 @@ impl CpuCap {
                     }
                     None => {
                         std::fs::write(&quota, "-1").map_err(cgroup_error(&quota))?;
-                        write_weight(&dir.join("cpu.shares"), lifted_v1_shares());
+                        write_weight(&dir.join("cpu.shares"), LIFTED_V1_SHARES);
                     }
                 }
             }
@@ -300,11 +300,6 @@ impl CpuCap {
             }
         }
     }
-}
-
-/// The weight of the jobs' group as one nice-0 task per CPU, within the kernel's maximum.
-fn lifted_v1_shares() -> u64 {
-    (1024 * u64::from(cpus())).min(262_144)
 }
 
 /// A weight that cannot be written leaves the cap itself in force: said, not fatal.
