@@ -1,6 +1,6 @@
 //! `EngineHandle`: the cheap, cloneable API everyone else (HTTP server, tests) uses to talk to the engine.
 
-use crate::protocol::{CancelReply, Command};
+use crate::protocol::{CancelReply, Command, Operation};
 use crate::shared::{Places, Shared};
 use crate::{EngineError, Selection};
 use aura_logs::{LogChunk, Stream};
@@ -494,39 +494,27 @@ impl EngineHandle {
     /// and answers once it is frozen. A paused job keeps its memory reservation and gives its CPU
     /// reservation back; the time paused counts neither toward its timeout nor toward stall detection.
     pub async fn pause(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
-        self.act(id, JobAction::Pause, by).await
+        self.act(id, Operation::Pause, by).await
     }
 
     /// Thaws a paused job's tree and takes its CPU reservation back; answers once it runs.
     pub async fn resume(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
-        self.act(id, JobAction::Resume, by).await
+        self.act(id, Operation::Resume, by).await
     }
 
     /// Keeps a queued job (or one waiting for its dependencies) from starting until released.
     pub async fn hold(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
-        self.act(id, JobAction::Hold, by).await
+        self.act(id, Operation::Hold, by).await
     }
 
     /// Lets a held job start again: it goes back to its place in the queue (priority, then id).
     pub async fn release(&self, id: JobId, by: Option<String>) -> Result<Job, EngineError> {
-        self.act(id, JobAction::Release, by).await
+        self.act(id, Operation::Release, by).await
     }
 
-    async fn act(
-        &self,
-        id: JobId,
-        action: JobAction,
-        by: Option<String>,
-    ) -> Result<Job, EngineError> {
-        let answer = self
-            .ask(|reply| Command::Act {
-                id,
-                action,
-                by,
-                reply,
-            })
-            .await?;
-        self.not_live(id, action, answer).await
+    async fn act(&self, id: JobId, op: Operation, by: Option<String>) -> Result<Job, EngineError> {
+        let answer = self.ask(|reply| Command::Act { id, op, by, reply }).await?;
+        self.not_live(id, op.action(), answer).await
     }
 
     /// The job once the action's write is committed. The actor answers `NotFound` for a job it does not
@@ -539,9 +527,7 @@ impl EngineHandle {
     ) -> Result<Job, EngineError> {
         match answer {
             Ok(acted) => {
-                if let Some(committed) = acted.committed {
-                    committed.await?;
-                }
+                acted.committed.await?;
                 Ok(acted.job)
             }
             Err(EngineError::NotFound(_)) => match self.shared.store.get(id).await? {

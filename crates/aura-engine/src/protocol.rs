@@ -17,7 +17,29 @@ pub(crate) type ActReply = oneshot::Sender<Result<Acted, EngineError>>;
 /// that what the operator reads next shows the change.
 pub(crate) struct Acted {
     pub job: Job,
-    pub committed: Option<aura_store::Pending>,
+    pub committed: aura_store::Pending,
+}
+
+/// The operators' actions on one job the actor answers through `Command::Act` (cancel and kill go
+/// through `Cancel`; priority and retry have their own ways).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Pause,
+    Resume,
+    Hold,
+    Release,
+}
+
+impl Operation {
+    /// Its name for the logs and refusals.
+    pub fn action(self) -> JobAction {
+        match self {
+            Operation::Pause => JobAction::Pause,
+            Operation::Resume => JobAction::Resume,
+            Operation::Hold => JobAction::Hold,
+            Operation::Release => JobAction::Release,
+        }
+    }
 }
 
 /// Commands the actor accepts. Closed set: this is the whole protocol.
@@ -34,7 +56,7 @@ pub(crate) enum Command {
     /// An operator's pause, resume, hold or release of one job (see `actor::control`).
     Act {
         id: JobId,
-        action: JobAction,
+        op: Operation,
         by: Option<String>,
         reply: ActReply,
     },

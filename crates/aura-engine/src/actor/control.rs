@@ -4,36 +4,28 @@
 
 use super::*;
 use crate::monitor::Control;
-use crate::protocol::{ActReply, Acted};
+use crate::protocol::{ActReply, Acted, Operation};
 use aura_model::JobAction;
 
 /// The node setting that keeps a drain across restarts.
 const DRAINED: &str = "drained";
 
 impl Actor {
-    /// Pause, resume, hold or release of one job (cancel and kill go through `cancel`). A job the actor
-    /// does not hold is answered `NotFound`, which the handle turns into the stored job's state.
+    /// Pause, resume, hold or release of one job. A job the actor does not hold is answered `NotFound`,
+    /// which the handle turns into the stored job's state.
     pub(super) async fn act(
         &mut self,
         id: JobId,
-        action: JobAction,
+        op: Operation,
         by: Option<String>,
         reply: ActReply,
     ) {
-        let result = match action {
-            JobAction::Pause | JobAction::Resume => {
-                // Answered by `frozen` once the monitor has done it.
-                self.forward(id, action == JobAction::Pause, by, reply);
-                return;
-            }
-            JobAction::Hold => self.hold(id, by).await,
-            JobAction::Release => self.release(id, by).await,
-            JobAction::Retry | JobAction::Priority | JobAction::Kill | JobAction::Cancel => {
-                Err(EngineError::internal(
-                    "an operator's action",
-                    std::io::Error::other(format!("{} is not handled here", action.as_str())),
-                ))
-            }
+        let result = match op {
+            // Answered by `frozen` once the monitor has done it.
+            Operation::Pause => return self.forward(id, true, by, reply),
+            Operation::Resume => return self.forward(id, false, by, reply),
+            Operation::Hold => self.hold(id, by).await,
+            Operation::Release => self.release(id, by).await,
         };
         let _ = reply.send(result);
     }
@@ -46,8 +38,7 @@ impl Actor {
             JobAction::Resume
         };
         let Some(active) = self.active.get(&id) else {
-            let state = self.waiting_state(id);
-            let _ = reply.send(Err(match state {
+            let _ = reply.send(Err(match self.state_of(id) {
                 Some(state) => EngineError::InvalidState { id, state, action },
                 None => EngineError::NotFound(id),
             }));
@@ -73,14 +64,30 @@ impl Actor {
         }
     }
 
-    /// The state name of a job that waits (queued, waiting for dependencies, held), if this is one.
-    fn waiting_state(&self, id: JobId) -> Option<&'static str> {
-        if self.on_hold.contains_key(&id) {
+    /// The state name of a job the actor holds, for a refusal: an admitted job (a standby) shows as
+    /// queued; `None` for a job it does not hold.
+    fn state_of(&self, id: JobId) -> Option<&'static str> {
+        if let Some(active) = self.active.get(&id) {
+            Some(active.job.state.name().as_str())
+        } else if self.on_hold.contains_key(&id) {
             Some(StateName::Held.as_str())
         } else if self.queued.contains_key(&id) || self.waiting.contains_key(&id) {
             Some(StateName::Queued.as_str())
         } else {
             None
+        }
+    }
+
+    /// Why an action on a job that is not where it applies is refused: its state, or `starting` for an
+    /// admitted job whose launch has already taken its slot.
+    fn refusal(&self, id: JobId, action: JobAction) -> EngineError {
+        let state = match self.active.get(&id) {
+            Some(a) if matches!(a.job.state, JobState::Queued { .. }) => Some("starting"),
+            _ => self.state_of(id),
+        };
+        match state {
+            Some(state) => EngineError::InvalidState { id, state, action },
+            None => EngineError::NotFound(id),
         }
     }
 
@@ -164,42 +171,14 @@ impl Actor {
     }
 
     async fn hold(&mut self, id: JobId, by: Option<String>) -> Result<Acted, EngineError> {
-        if let Some(active) = self.active.get(&id) {
-            if !matches!(active.job.state, JobState::Queued { .. }) {
-                let state = active.job.state.name().as_str();
-                return Err(EngineError::InvalidState {
-                    id,
-                    state,
-                    action: JobAction::Hold,
-                });
-            }
-        }
-        if let Some(state) = self
-            .on_hold
-            .contains_key(&id)
-            .then_some(StateName::Held.as_str())
-        {
-            return Err(EngineError::InvalidState {
-                id,
-                state,
-                action: JobAction::Hold,
-            });
-        }
+        // Only a job that has not started is found here: queued, waiting, or a standby taken back.
         let waiting = self
             .dequeue(id)
             .map(|(job, _)| job)
             .or_else(|| self.leave_waiting(id))
             .or_else(|| self.withdraw(id).map(|standby| standby.job));
         let Some(mut job) = waiting else {
-            // Admitted and launching: too late to hold.
-            return match self.active.get(&id) {
-                Some(_) => Err(EngineError::InvalidState {
-                    id,
-                    state: "starting",
-                    action: JobAction::Hold,
-                }),
-                None => Err(EngineError::NotFound(id)),
-            };
+            return Err(self.refusal(id, JobAction::Hold));
         };
         if let Err(e) = job.apply(Event::Held {
             at: Timestamp::now(),
@@ -225,25 +204,13 @@ impl Actor {
         let committed = self.shared.store.record_queued(job, events).await?;
         Ok(Acted {
             job: job.clone(),
-            committed: Some(committed),
+            committed,
         })
     }
 
     async fn release(&mut self, id: JobId, by: Option<String>) -> Result<Acted, EngineError> {
         let Some(mut job) = self.leave_hold(id) else {
-            return Err(
-                match self
-                    .waiting_state(id)
-                    .or_else(|| self.active.get(&id).map(|a| a.job.state.name().as_str()))
-                {
-                    Some(state) => EngineError::InvalidState {
-                        id,
-                        state,
-                        action: JobAction::Release,
-                    },
-                    None => EngineError::NotFound(id),
-                },
-            );
+            return Err(self.refusal(id, JobAction::Release));
         };
         if let Err(e) = job.apply(Event::Released {
             at: Timestamp::now(),
@@ -290,11 +257,6 @@ impl Actor {
         priority: i32,
         by: Option<String>,
     ) -> Result<Acted, EngineError> {
-        let invalid = |state| EngineError::InvalidState {
-            id,
-            state,
-            action: JobAction::Priority,
-        };
         // Where it waits: the queue (or as a standby, taken back), its dependencies, the hold.
         let mut requeue = true;
         let job = if let Some((job, _)) = self.dequeue(id) {
@@ -320,15 +282,7 @@ impl Actor {
                         std::mem::replace(&mut job.spec.priority, priority),
                         job.clone(),
                     ),
-                    None => {
-                        return Err(match self.active.get(&id) {
-                            Some(a) if matches!(a.job.state, JobState::Queued { .. }) => {
-                                invalid("starting")
-                            }
-                            Some(a) => invalid(a.job.state.name().as_str()),
-                            None => EngineError::NotFound(id),
-                        })
-                    }
+                    None => return Err(self.refusal(id, JobAction::Priority)),
                 }
             }
         };
@@ -341,7 +295,7 @@ impl Actor {
         let committed = self.shared.store.record_priority(&job, events).await;
         let answer = committed.map_err(EngineError::from).map(|committed| Acted {
             job: job.clone(),
-            committed: Some(committed),
+            committed,
         });
         if requeue {
             self.enqueue(job);

@@ -199,12 +199,7 @@ impl Actor {
                 // A cancelled standby leaves room for another.
                 self.dispatch().await;
             }
-            Command::Act {
-                id,
-                action,
-                by,
-                reply,
-            } => self.act(id, action, by, reply).await,
+            Command::Act { id, op, by, reply } => self.act(id, op, by, reply).await,
             Command::SetPriority {
                 id,
                 priority,
