@@ -1,7 +1,7 @@
 //! The benchmark harness: starts a release `aura serve` on a scratch data dir and measures it side by side
 //! with the raw system limit in the same run. Prints figures for BENCHMARKS.md.
 
-use crate::harness::{client_runtime, percentile, runtime, Daemon};
+use crate::harness::{client_runtime, cpu_secs, percentile, pid_stat, runtime, Daemon};
 use anyhow::{bail, Context};
 use aura_client::ListQuery;
 use aura_host::procfs;
@@ -82,8 +82,14 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             flag("--seconds", 20)? as u64,
             flag("--cycles", 20)?,
         ),
+        "dashboard" => crate::dashboard_bench::dashboard(
+            root,
+            flag("--pages", 5)?,
+            flag("--jobs", 100)?,
+            flag("--seconds", 30)? as u64,
+        ),
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck, ffmpeg or control")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck, ffmpeg, control or dashboard")
         }
     }
 }
@@ -571,15 +577,6 @@ fn ipis_per_job(before: &[(&str, u64); 3], after: &[(&str, u64); 3], jobs: usize
 fn machine_cpu_ticks() -> anyhow::Result<(u64, u64)> {
     let stat = procfs::parse_stat(&std::fs::read_to_string("/proc/stat")?)?;
     Ok((stat.total.busy(), stat.total.total()))
-}
-
-/// A process's (or thread's) `/proc/.../stat`, parsed by the daemon's own parser.
-fn pid_stat(path: &str) -> anyhow::Result<procfs::PidStat> {
-    Ok(procfs::parse_pid_stat(&std::fs::read_to_string(path)?)?)
-}
-
-fn cpu_secs(stat: &procfs::PidStat) -> f64 {
-    (stat.utime + stat.stime) as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 fn alive(pid: u32) -> bool {

@@ -119,3 +119,15 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
+
+/// A process's (or thread's) `/proc/.../stat`, parsed by the daemon's own parser.
+pub(crate) fn pid_stat(path: &str) -> anyhow::Result<aura_host::procfs::PidStat> {
+    Ok(aura_host::procfs::parse_pid_stat(
+        &std::fs::read_to_string(path)?,
+    )?)
+}
+
+/// User and system CPU seconds of a `/proc/.../stat`.
+pub(crate) fn cpu_secs(stat: &aura_host::procfs::PidStat) -> f64 {
+    (stat.utime + stat.stime) as f64 / rustix::param::clock_ticks_per_second() as f64
+}

@@ -6,6 +6,7 @@
 mod api_bench;
 mod bench;
 mod control_bench;
+mod dashboard_bench;
 mod harness;
 mod media_bench;
 
@@ -39,11 +40,17 @@ const USAGE: &str = "usage:
   cargo xtask bench ffmpeg [--encodes N] [--rounds N]     (real encodes directly vs under Aura, ABBA)
   cargo xtask bench control [--seconds N] [--cycles N]
                                    (a 10 ms stand-in and a busy editor outside Aura beside 2 encodes, CPU throttle
-                                   off / on; pause-resume latency)";
+                                   off / on; pause-resume latency)
+  cargo xtask bench dashboard [--pages N] [--jobs N] [--seconds N]
+                                   (daemon CPU and RSS with N dashboards open in Chromium vs none, N jobs
+                                   running; first paint of / and page weight)";
 
 /// Debian packages the test suite runs for real: FFmpeg (encode + ffprobe), stress-ng (memory hogs),
 /// procps and util-linux (`setsid`, `ps` in process-tree tests), prometheus (`promtool check metrics`),
-/// python3-prometheus-client (its strict OpenMetrics parser checks `/metrics` in that format). Each is
+/// python3-prometheus-client (its strict OpenMetrics parser checks `/metrics` in that format), chromium
+/// (the dashboard's browser tests, driven by Playwright), nodejs and npm (Playwright itself),
+/// systemd (`systemd-analyze verify` of the unit), man-db
+/// (the man page renders) and sqlite3 (the upgrade guide's backup command). Each is
 /// found by a program on `PATH`, or by an absolute path for what is not a program.
 const PACKAGES: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
@@ -56,7 +63,16 @@ const PACKAGES: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py",
         "python3-prometheus-client",
     ),
+    ("chromium", "chromium"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    ("systemd-analyze", "systemd"),
+    ("man", "man-db"),
+    ("sqlite3", "sqlite3"),
 ];
+
+/// schemathesis, pinned: it tests the live daemon against its own OpenAPI document.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Some("test") => {
             install_packages()?;
             ensure_job_user()?;
+            install_tools(&root)?;
             run(&root, "cargo", &["fmt", "--all", "--", "--check"])?;
             run(
                 &root,
@@ -91,7 +108,8 @@ fn main() -> anyhow::Result<()> {
         }
         Some("deps") => {
             install_packages()?;
-            ensure_job_user()
+            ensure_job_user()?;
+            install_tools(&root)
         }
         Some("fuzz") => fuzz(&root, &args[1..], Fuzzing::Asked),
         Some("mutants") => mutants(&root, &args[1..]),
@@ -197,6 +215,39 @@ fn install_packages() -> anyhow::Result<()> {
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
     install.extend(&missing);
     apt(&install)
+}
+
+/// The test tools that come from language registries rather than Debian: schemathesis into the
+/// project's own virtual environment `.tools/venv` (never the system Python), and Playwright's driver
+/// (`playwright-core`, which uses Debian's Chromium and downloads no browser) into `tests/browser`
+/// from its lock file. Each is skipped when already there.
+fn install_tools(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(".tools/venv");
+    if !venv.join("bin/schemathesis").is_file() {
+        eprintln!("xtask: installing {SCHEMATHESIS} into .tools/venv");
+        let python = if have("python3") { "python3" } else { "python" };
+        run(root, python, &["-m", "venv", ".tools/venv"])?;
+        let pip = venv.join("bin/pip");
+        run(
+            root,
+            &pip.to_string_lossy(),
+            &[
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                SCHEMATHESIS,
+            ],
+        )?;
+    }
+    let browser = root.join("tests/browser");
+    if !browser
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        eprintln!("xtask: installing playwright-core into tests/browser");
+        run(&browser, "npm", &["ci", "--no-audit", "--no-fund"])?;
+    }
+    Ok(())
 }
 
 /// The system account a root daemon runs jobs as (`jobs.user`'s default, README "What a job may do"):

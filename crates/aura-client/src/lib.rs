@@ -328,6 +328,9 @@ pub struct LogChunk {
 pub struct ListQuery {
     /// State names to include (`queued`, `running`, …); empty: every state.
     pub states: Vec<String>,
+    /// Labels a job must carry, each with this value (all of them); empty: any labels. Sent as one
+    /// `label=KEY=VALUE` parameter each.
+    pub labels: Vec<(String, String)>,
     /// Jobs per page (1 to 1,000); `None`: the server's default, 100.
     pub limit: Option<u32>,
     /// Continue after this job id, the last one of the previous page.
@@ -523,6 +526,9 @@ impl Client {
         let mut params: Vec<(&str, String)> = Vec::new();
         if !q.states.is_empty() {
             params.push(("state", q.states.join(",")));
+        }
+        for (key, value) in &q.labels {
+            params.push(("label", format!("{key}={value}")));
         }
         if let Some(limit) = q.limit {
             params.push(("limit", limit.to_string()));
@@ -915,6 +921,36 @@ mod tests {
             let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
         });
         (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_list_sends_each_label_as_its_own_parameter() {
+        let (url, request) = answering_once(
+            "200 OK",
+            "application/json",
+            r#"{"jobs":[],"next_after":null}"#,
+        )
+        .await;
+        let client = Client::new(&url).unwrap();
+        let query = ListQuery {
+            states: vec!["queued".into()],
+            labels: vec![
+                ("project".into(), "trailer".into()),
+                ("team.io/x".into(), "a=b c&d".into()),
+            ],
+            limit: Some(5),
+            ..Default::default()
+        };
+        let page = client.list(&query).await.unwrap();
+        assert!(page.jobs.is_empty());
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with(
+                "GET /api/jobs?state=queued&label=project%3Dtrailer\
+                 &label=team.io%2Fx%3Da%3Db+c%26d&limit=5 HTTP/1.1\r\n"
+            ),
+            "{request}"
+        );
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ pub use aura_model::{Cleanup, Diagnostics, Warning};
 
 /// What the daemon holds open for each running job: its pidfd, both ends of its stdout and stderr pipes
 /// (the write ends until the main process exits), and their log files (opened with a stream's first byte).
-const FDS_PER_RUNNING_JOB: u64 = 7;
+pub(crate) const FDS_PER_RUNNING_JOB: u64 = 7;
 
 /// `kept_fds`: fds the supervisor keeps open on purpose besides those per running job (job cgroups'
 /// control files, `aura_supervisor::kept_cgroup_files`), bounded by its cgroup pool.

@@ -37,6 +37,7 @@ pub struct EngineHandle {
     /// The supervisor's rules for programs and working directories, asked at submit too.
     sandbox: Arc<aura_supervisor::JobSandbox>,
     guards: Arc<Mutex<Option<crate::guards::GuardThread>>>,
+    warnings: Arc<Mutex<Option<crate::warnings::WarningThread>>>,
     /// The progress feed of event streams; it ends when `Shared::closing` is set.
     feed: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -47,6 +48,7 @@ impl EngineHandle {
         shared: Arc<Shared>,
         actor: JoinHandle<()>,
         guards: Option<crate::guards::GuardThread>,
+        warnings: Option<crate::warnings::WarningThread>,
         feed: JoinHandle<()>,
     ) -> Self {
         EngineHandle {
@@ -56,6 +58,7 @@ impl EngineHandle {
             actor: Arc::new(Mutex::new(Some(actor))),
             checks: Arc::default(),
             guards: Arc::new(Mutex::new(guards)),
+            warnings: Arc::new(Mutex::new(warnings)),
             feed: Arc::new(Mutex::new(Some(feed))),
         }
     }
@@ -102,6 +105,28 @@ impl EngineHandle {
     /// a directory or lies outside the allowed roots, or a secret the daemon does not have; and a submit
     /// over the global or the submitter's queue cap.
     pub async fn submit(
+        &self,
+        spec: JobSpec,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<Job, EngineError> {
+        let result = self.submit_one(spec, submitter).await;
+        self.count_refusal(&result);
+        result
+    }
+
+    /// Counts a refused submit by its reason (`aura_admission_refusals_total`).
+    fn count_refusal<T>(&self, result: &Result<T, EngineError>) {
+        if let Some(reason) = result.as_ref().err().and_then(crate::metrics::Refusal::of) {
+            self.shared.job_metrics.refused(reason);
+        }
+    }
+
+    /// The lifecycle metrics since start-up, for `/metrics`.
+    pub fn job_metrics(&self) -> crate::JobMetricsSnapshot {
+        self.shared.job_metrics.snapshot(std::time::Instant::now())
+    }
+
+    async fn submit_one(
         &self,
         spec: JobSpec,
         submitter: Option<&crate::Submitter>,
@@ -183,6 +208,16 @@ impl EngineHandle {
     /// checks a job, then all are stored in one transaction and queued in order, or none is. An entry's
     /// dependencies on earlier entries become their ids. An error names the entry (`BatchEntry`).
     pub async fn submit_batch(
+        &self,
+        batch: Vec<aura_model::batch::BatchJob>,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<Vec<Job>, EngineError> {
+        let result = self.submit_batch_all(batch, submitter).await;
+        self.count_refusal(&result);
+        result
+    }
+
+    async fn submit_batch_all(
         &self,
         batch: Vec<aura_model::batch::BatchJob>,
         submitter: Option<&crate::Submitter>,
@@ -577,8 +612,12 @@ impl EngineHandle {
             });
         }
         let spec = old.spec;
-        let memory_request = self.admissible(&spec, submitter).await?;
-        let place = self.shared.reserve_place(submitter)?;
+        let checked = self.admissible(&spec, submitter).await;
+        self.count_refusal(&checked);
+        let memory_request = checked?;
+        let place = self.shared.reserve_place(submitter);
+        self.count_refusal(&place);
+        let place = place?;
         let by = submitter.map(|s| s.name.clone());
         let job = self
             .shared
@@ -643,6 +682,7 @@ impl EngineHandle {
         }
         let mut filter = ListFilter {
             states,
+            labels: Vec::new(),
             after: None,
             limit: 1000,
             newest_first: false,
@@ -818,10 +858,18 @@ impl EngineHandle {
             let _ = feed.await;
         }
         let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let warnings = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let host = self.shared.host_sampler.clone();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(guards) = guards {
                 guards.stop();
+            }
+            if let Some(warnings) = warnings {
+                warnings.stop();
             }
             host.stop();
         })

@@ -14,12 +14,14 @@ mod guards;
 mod handle;
 mod lease;
 mod media;
+mod metrics;
 mod monitor;
 mod pressure;
 mod protocol;
 mod secrets;
 mod shared;
 mod streams;
+mod warnings;
 
 pub use admission::AdmissionConfig;
 pub use aura_model::EngineStatus;
@@ -29,8 +31,13 @@ pub use guards::{GuardConfig, MemoryThreshold, ThrottleConfig};
 pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
 pub use media::MediaConfig;
+pub use metrics::{
+    HistogramSnapshot, JobKind, JobMetricsSnapshot, KindSnapshot, Refusal, DURATION_BUCKETS,
+    MEMORY_BUCKETS, OUTCOMES,
+};
 pub use secrets::{SecretError, Secrets};
 pub use streams::Subscription;
+pub use warnings::{Figures, Level, WarningConfig, Watch, Watcher};
 
 use aura_supervisor::{Supervisor, SupervisorConfig};
 use std::path::PathBuf;
@@ -54,6 +61,9 @@ pub struct EngineConfig {
     pub guards: GuardConfig,
     /// Thresholds for the daemon's checks of its own fds, threads, memory and children.
     pub diagnostics: DiagnosticsConfig,
+    /// The warning watcher: how often it judges the diagnostics thresholds and the host's CPU, memory
+    /// and GPU temperatures, and its host levels and hysteresis.
+    pub warnings: WarningConfig,
     /// The host sampler behind `/api/metrics/system`: how often, and how many snapshots it keeps.
     pub host_interval: std::time::Duration,
     /// How many of the host sampler's snapshots are kept for history.
@@ -132,6 +142,7 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             "max_concurrent must be at least 1".into(),
         ));
     }
+    config.warnings.validate().map_err(EngineError::Config)?;
     // Jobs running as another account must pass through the work root to their own directories, but
     // may not list it; logs are the daemon's alone (a job must not read another job's output).
     let work_mode = if config.supervisor.sandbox.identity.is_some() {

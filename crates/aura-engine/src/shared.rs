@@ -69,6 +69,9 @@ pub(crate) struct Shared {
     pub progress_events: broadcast::Sender<Arc<ProgressEvent>>,
     /// Set when the shutdown begins: event streams end at once rather than hold the server open.
     pub closing: watch::Sender<bool>,
+    /// Jobs submitted and finished, run and wait times, refusals, paused time, raised warnings (for
+    /// `/metrics`; fed by the actor, handles and the warning watcher).
+    pub job_metrics: crate::metrics::JobMetrics,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -124,6 +127,7 @@ impl Shared {
             dependencies: Mutex::default(),
             progress_events: broadcast::channel(PROGRESS_BUFFER).0,
             closing: watch::Sender::new(false),
+            job_metrics: crate::metrics::JobMetrics::default(),
         }
     }
 

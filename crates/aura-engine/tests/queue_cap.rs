@@ -42,6 +42,7 @@ async fn engine(dir: &std::path::Path, queue_cap: usize) -> EngineHandle {
             ..Default::default()
         },
         diagnostics: Default::default(),
+        warnings: Default::default(),
         media: Default::default(),
         host_interval: Duration::from_secs(5),
         host_history: 2,

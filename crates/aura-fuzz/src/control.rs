@@ -31,7 +31,11 @@ fn cancel_selection(data: &[u8]) {
         }
         (Err(e), Ok(plain)) => {
             assert!(
-                plain.states.contains(&StateName::Finished),
+                plain.states.contains(&StateName::Finished)
+                    || plain
+                        .labels
+                        .iter()
+                        .any(|(k, v)| aura_model::check_label(k, v).is_err()),
                 "a selection refused for no reason: {}",
                 e.detail
             );
@@ -48,6 +52,12 @@ fn cancel_selection(data: &[u8]) {
         !selection.states.contains(&StateName::Finished),
         "accepted a selection of finished jobs"
     );
+    for (key, value) in &selection.labels {
+        assert!(
+            aura_model::check_label(key, value).is_ok(),
+            "accepted a label no job could carry: {key:?}={value:?}"
+        );
+    }
     let json = serde_json::to_string(&selection).expect("a selection serializes");
     let back = match parse_cancel_selection(json.as_bytes()) {
         Ok(back) => back,

@@ -13,8 +13,9 @@ use std::time::Duration;
 /// - what is accepted is within its documented bounds: a page `limit` in 1..=`MAX_PAGE`, a log `max` in
 ///   1..=`MAX_LOG_CHUNK`, a wait timeout at most the `max` the route passes (the daemon's 300 s, and a
 ///   second, smaller one);
+/// - an accepted list filter's labels each obey a job's label rules (`aura_model::check_label`);
 /// - an accepted value written back as a query string (as a client such as `aura-client` would) parses
-///   to the same value: the list filter, the events page, the history flag, the log request, and the
+///   to the same value: the list filter (its labels as repeated `label=` pairs), the events page, the history flag, the log request, and the
 ///   wait timeout (through `humantime::format_duration`).
 pub fn query(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -93,6 +94,17 @@ fn list_filter(raw: Option<&str>) {
     if let Some(after) = filter.after {
         pairs.push(format!("after={}", after.0));
     }
+    // Repeated, as `aura-client` sends them; every label accepted obeys the label rules.
+    for (key, value) in &filter.labels {
+        assert!(
+            aura_model::check_label(key, value).is_ok(),
+            "list_filter({raw:?}) accepted the label {key:?}={value:?}"
+        );
+        pairs.push(format!(
+            "label={}",
+            percent_encoded(&format!("{key}={value}"))
+        ));
+    }
     pairs.push(format!(
         "order={}",
         if filter.newest_first { "desc" } else { "asc" }
@@ -108,6 +120,19 @@ fn list_filter(raw: Option<&str>) {
             e.detail
         ),
     }
+}
+
+/// `text` percent-encoded but for the characters a query value never needs encoded, as a client's URL
+/// encoder writes it.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn events_page(raw: Option<&str>) {

@@ -1,7 +1,7 @@
 //! NVML access: initialised once, read per sample. NVML is loaded at run time, so a host without
 //! the NVIDIA driver gets a reason string, not a crash; no field error ever panics.
 
-use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::enum_wrappers::device::{TemperatureSensor, TemperatureThreshold};
 use nvml_wrapper::Nvml;
 
 use crate::snapshot::GpuStats;
@@ -55,6 +55,7 @@ fn read_device(nvml: &Nvml, index: u32) -> GpuStats {
         memory_used_bytes: None,
         memory_total_bytes: None,
         temperature_celsius: None,
+        slowdown_temperature_celsius: None,
         power_watts: None,
         encoder_utilization: None,
         decoder_utilization: None,
@@ -74,6 +75,10 @@ fn read_device(nvml: &Nvml, index: u32) -> GpuStats {
         s.memory_total_bytes = Some(m.total);
     }
     s.temperature_celsius = dev.temperature(TemperatureSensor::Gpu).ok().map(f64::from);
+    s.slowdown_temperature_celsius = dev
+        .temperature_threshold(TemperatureThreshold::Slowdown)
+        .ok()
+        .map(f64::from);
     s.power_watts = dev.power_usage().ok().map(|mw| f64::from(mw) / 1000.0);
     s.encoder_utilization = dev.encoder_utilization().ok().map(|u| pct(u.utilization));
     s.decoder_utilization = dev.decoder_utilization().ok().map(|u| pct(u.utilization));

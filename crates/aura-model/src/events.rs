@@ -16,6 +16,7 @@ pub const EVENT_SCHEMA: u32 = 1;
 
 /// Who enforces a job's memory limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LimitEnforcer {
     /// The job cgroup's `memory.max` / `memory.limit_in_bytes`: the job cannot go over it.
@@ -27,6 +28,7 @@ pub enum LimitEnforcer {
 
 /// A running job as the memory pressure responder ranks it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Candidate {
     /// The running job.
     pub id: JobId,
@@ -51,6 +53,7 @@ impl Candidate {
 
 /// What a crash recovery killed and removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecoveryReport {
     /// Processes left by the dead daemon's jobs that were killed.
     pub killed_processes: u32,
@@ -61,6 +64,7 @@ pub struct RecoveryReport {
 /// The memory pressure responder's choice, with the figures behind it (in the engine's log and the
 /// victim's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VictimChosen {
     /// The job chosen to be stopped.
     pub job_id: JobId,
@@ -84,6 +88,7 @@ pub struct VictimChosen {
 
 /// Why a job's attempt ended without its own exit: the daemon died under it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Interruption {
     /// What happened, e.g. "daemon died while the job ran", or why the job is quarantined.
     pub reason: String,
@@ -97,6 +102,7 @@ pub struct Interruption {
 
 /// One entry of a job's event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum JobEvent {
     /// The job was accepted and stored, queued for its first attempt.
@@ -116,8 +122,10 @@ pub enum JobEvent {
         /// The process-tree backend it runs under.
         backend: Backend,
         /// The job's cgroup directories (empty for the process-group backend).
+        #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
         cgroups: Vec<PathBuf>,
         /// The working directory the attempt runs in.
+        #[cfg_attr(feature = "openapi", schema(value_type = String))]
         cwd: PathBuf,
     },
     /// The launch failed before the program ran.
@@ -256,6 +264,7 @@ pub enum JobEvent {
 
 /// What an operator can do to one job; the names are the CLI's commands and the API's actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobAction {
     /// Freeze a running job's tree.
@@ -292,9 +301,58 @@ impl JobAction {
     }
 }
 
+/// A figure the warning watcher watches: a fixed set, so that it can label a metric
+/// (`aura_warning_active{warning}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WarningKind {
+    /// The daemon's open file descriptors beyond what running jobs hold by design (`[diagnostics]`).
+    OpenFds,
+    /// The daemon's resident memory, bytes.
+    RssBytes,
+    /// The daemon's threads beyond one per running job.
+    Threads,
+    /// The daemon's child processes beyond running jobs' main processes.
+    ExtraChildren,
+    /// The host's CPU busy share, sustained over the warning window.
+    HostCpu,
+    /// The host's memory in use (total less available), as a share, sustained over the window.
+    HostMemory,
+    /// A GPU's temperature at or over its slowdown threshold as NVML reports it.
+    GpuTemperature,
+}
+
+impl WarningKind {
+    /// Every warning, in a fixed order (the metric's label values).
+    pub const ALL: [WarningKind; 7] = [
+        WarningKind::OpenFds,
+        WarningKind::RssBytes,
+        WarningKind::Threads,
+        WarningKind::ExtraChildren,
+        WarningKind::HostCpu,
+        WarningKind::HostMemory,
+        WarningKind::GpuTemperature,
+    ];
+
+    /// The name, as events and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarningKind::OpenFds => "open_fds",
+            WarningKind::RssBytes => "rss_bytes",
+            WarningKind::Threads => "threads",
+            WarningKind::ExtraChildren => "extra_children",
+            WarningKind::HostCpu => "host_cpu",
+            WarningKind::HostMemory => "host_memory",
+            WarningKind::GpuTemperature => "gpu_temperature",
+        }
+    }
+}
+
 /// One entry of the engine's own log: decisions about the host rather than one job, with the figures
 /// that triggered them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum EngineEvent {
     /// A guard (memory, memory pressure, outside CPU, disk) crossed its threshold: no new job starts.
@@ -366,6 +424,29 @@ pub enum EngineEvent {
         /// More, where the action has more (the new priority, the retry's job id).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+    },
+    /// A watched figure crossed its warning threshold (and, for host figures, stayed over it for the
+    /// window): the daemon says so on its own, once, until the figure clears.
+    WarningRaised {
+        /// Which figure.
+        warning: WarningKind,
+        /// Its value now, in the unit of `threshold`.
+        value: f64,
+        /// The threshold it is over.
+        threshold: f64,
+        /// The warning in words, with both numbers.
+        detail: String,
+    },
+    /// A raised warning's figure is back on the safe side of its clear threshold.
+    WarningCleared {
+        /// Which figure.
+        warning: WarningKind,
+        /// Its value now.
+        value: f64,
+        /// The threshold it is now under (the raise threshold less the hysteresis).
+        threshold: f64,
+        /// What cleared, in words.
+        detail: String,
     },
     /// See [`JobEvent::Unrecognized`].
     Unrecognized {
@@ -543,6 +624,7 @@ impl CommittedEvent {
 /// A running job's progress, as event streams carry it (`event: progress`). Not stored: the job's record
 /// keeps the last one (`accounting.progress`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressUpdate {
     /// The job.
     pub job_id: JobId,
@@ -572,6 +654,7 @@ impl ProgressEvent {
 
 /// One entry of a job's event log, as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobEventRecord {
     /// Store-assigned, increasing across all jobs.
     pub seq: i64,
@@ -588,6 +671,7 @@ pub struct JobEventRecord {
 
 /// One entry of the engine's own event log, as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EngineEventRecord {
     /// Store-assigned, increasing.
     pub seq: i64,
@@ -708,5 +792,22 @@ mod tests {
         let (kind, detail) = event.to_parts().unwrap();
         assert_eq!(kind, "admission_resumed");
         assert_eq!(EngineEvent::from_parts(kind, detail), event);
+    }
+
+    #[test]
+    fn warnings_travel_with_their_bounded_name() {
+        let event = EngineEvent::WarningRaised {
+            warning: WarningKind::ExtraChildren,
+            value: 3.0,
+            threshold: 2.0,
+            detail: "child processes beyond running jobs: 3 is over 2".into(),
+        };
+        let (kind, detail) = event.to_parts().unwrap();
+        assert_eq!(kind, "warning_raised");
+        assert_eq!(detail["warning"], "extra_children");
+        assert_eq!(EngineEvent::from_parts(kind, detail), event);
+        for w in WarningKind::ALL {
+            assert_eq!(serde_json::to_value(w).unwrap(), w.as_str());
+        }
     }
 }

@@ -8,12 +8,14 @@ use std::path::PathBuf;
 
 /// One host sample.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostSnapshot {
     /// When the sample was taken.
     pub at: Timestamp,
     /// CPU use, overall and per core.
     pub cpu: CpuStats,
     /// 1, 5 and 15 minute load averages.
+    #[cfg_attr(feature = "openapi", schema(min_items = 3, max_items = 3))]
     pub load_average: [f64; 3],
     /// Physical memory and swap.
     pub memory: MemoryStats,
@@ -35,6 +37,7 @@ pub struct HostSnapshot {
 
 /// CPU use of the whole host, from /proc/stat.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CpuStats {
     /// Busy share of all CPUs since the previous sample; `None` on the first sample.
     pub busy_ratio: Option<f64>,
@@ -44,6 +47,7 @@ pub struct CpuStats {
     /// Online CPUs listed in /proc/stat.
     pub cores: usize,
     /// Cumulative seconds per mode, all CPUs together (for `_seconds_total` counters).
+    #[cfg_attr(feature = "openapi", schema(value_type = CpuModes<f64>))]
     pub seconds: CpuModeSeconds,
 }
 
@@ -52,6 +56,7 @@ pub type CpuModeSeconds = CpuModes<f64>;
 
 /// Memory, bytes. `used` is `total - available`: what cannot be had back without swapping.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemoryStats {
     /// Physical memory (`MemTotal`).
     pub total: u64,
@@ -71,6 +76,7 @@ pub struct MemoryStats {
 
 /// Pressure stall information (PSI) from /proc/pressure: how much time tasks waited for each resource.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Pressure {
     /// Waiting for a CPU.
     pub cpu: PressureResource,
@@ -82,6 +88,7 @@ pub struct Pressure {
 
 /// One resource's PSI file.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PressureResource {
     /// Time at least one task was stalled on the resource.
     pub some: PressureStall,
@@ -92,6 +99,7 @@ pub struct PressureResource {
 
 /// One PSI line. The kernel writes percentages; they are converted to ratios 0–1 here.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PressureStall {
     /// Share of time stalled over the last 10 seconds, 0–1.
     pub avg10: f64,
@@ -105,6 +113,7 @@ pub struct PressureStall {
 
 /// One block device's I/O, from /proc/diskstats; counters are cumulative since boot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskStats {
     /// The kernel's device name (`sda`, `nvme0n1`).
     pub name: String,
@@ -129,6 +138,7 @@ pub struct DiskStats {
 /// One network interface's traffic, from /proc/net/dev; counters are cumulative since the interface
 /// was created.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetStats {
     /// The interface name (`eth0`, `lo`).
     pub name: String,
@@ -158,8 +168,10 @@ pub struct NetStats {
 
 /// statvfs of the data directory, bytes. `available` is what an unprivileged writer can use.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VolumeStats {
     /// The data directory the figures are for.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub path: PathBuf,
     /// The volume's size.
     pub total: u64,
@@ -172,6 +184,7 @@ pub struct VolumeStats {
 /// One NVML device. Every field NVML can refuse (unsupported on that board, lost device) is an
 /// `Option`, so one missing reading never hides the others.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpuStats {
     /// The device's NVML index (as `nvidia-smi` numbers it).
     pub index: u32,
@@ -187,6 +200,10 @@ pub struct GpuStats {
     pub memory_total_bytes: Option<u64>,
     /// GPU die temperature, degrees Celsius.
     pub temperature_celsius: Option<f64>,
+    /// The temperature at which the board slows itself down (NVML's slowdown threshold), degrees
+    /// Celsius; the GPU warning is raised over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowdown_temperature_celsius: Option<f64>,
     /// Power draw, watts.
     pub power_watts: Option<f64>,
     /// Share of the last sample period the NVENC encoder was busy, 0–1.
@@ -199,6 +216,7 @@ pub struct GpuStats {
 
 /// Time per CPU mode: ticks as /proc/stat counts them (`CpuTimes`), or seconds (`CpuModeSeconds`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CpuModes<T> {
     /// Running user code at normal priority (guest time included).
     pub user: T,
@@ -253,6 +271,7 @@ impl<T: Copy + std::ops::Add<Output = T> + std::ops::Sub<Output = T>> CpuModes<T
 
 /// The daemon's own process as it reads itself from /proc/self.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessSnapshot {
     /// The daemon's PID.
     pub pid: u32,
@@ -280,6 +299,7 @@ pub struct ProcessSnapshot {
 
 /// Heap figures from the allocator: what it got from the OS, what is handed out, what it holds free.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AllocatorStats {
     /// Bytes obtained from the OS (main arena plus mmapped chunks).
     pub mapped_bytes: u64,

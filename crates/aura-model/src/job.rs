@@ -9,6 +9,7 @@ use std::time::Duration;
 
 /// A job's identity, assigned by the store at submit; increasing in submit order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct JobId(pub i64);
 
@@ -57,6 +58,7 @@ pub mod limits {
 
 /// Signals a stop sequence may send. A closed set: users cannot ask for SIGSTOP or a realtime signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum StopSignal {
     /// SIGINT (2), as Ctrl-C sends: FFmpeg finalises its output on it.
@@ -123,17 +125,20 @@ impl std::str::FromStr for StopSignal {
 
 /// One step of a stop sequence: send `signal` to every process of the tree, then wait up to `grace`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StopStep {
     /// The signal sent to every process of the tree.
     pub signal: StopSignal,
     /// How long to wait for the tree to exit before the next step.
     #[serde(with = "humantime_serde_compat")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Duration))]
     pub grace: Duration,
 }
 
 /// How a job's tree is stopped: the steps in order, then SIGKILL of whatever is left.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct StopSequence(pub Vec<StopStep>);
 
@@ -185,6 +190,7 @@ impl std::str::FromStr for StopSequence {
 
 /// What to do when an attempt does not succeed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Extra attempts after a failure (non-zero exit, signal, timeout, failed start). Cancels never retry.
@@ -208,6 +214,7 @@ impl Default for RetryPolicy {
 
 /// What a job asks of the machine. Stored and validated here; admission enforces it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct ResourceRequest {
     /// The memory admission reserves for the job; when stated, also its hard limit unless `memory_max`
@@ -307,6 +314,7 @@ fn valid_name(name: &str, extra: &[char]) -> bool {
 
 /// A job as submitted. Program and argument vector, never a shell string.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// The program to run: a path, or a name looked up in the job's `PATH` as `execvp` does.
@@ -325,9 +333,11 @@ pub struct JobSpec {
     pub secrets: BTreeMap<String, String>,
     /// Working directory; `None` means a fresh per-job directory under the data dir.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub cwd: Option<PathBuf>,
     /// The longest one attempt may run before it is stopped with outcome `timed_out` (default 1 hour).
     #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Duration))]
     pub timeout: Duration,
     /// How the tree is stopped (cancel, timeout, shutdown); default SIGINT, SIGTERM, then SIGKILL.
     #[serde(default)]
@@ -354,6 +364,7 @@ pub struct JobSpec {
         skip_serializing_if = "Option::is_none",
         with = "optional_duration"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Duration>))]
     pub expected_duration: Option<Duration>,
     /// Stop the job with outcome `stalled` when its progress has not advanced for this long (default: the
     /// daemon's `jobs.stall_after`). Only jobs that report progress are ever judged stalled.
@@ -362,6 +373,7 @@ pub struct JobSpec {
         skip_serializing_if = "Option::is_none",
         with = "optional_duration"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Duration>))]
     pub stall_after: Option<Duration>,
     /// Also stalled when its speed (media seconds per second) stays under this floor for the stall window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -528,10 +540,7 @@ impl JobSpec {
             });
         }
         for (k, v) in &self.labels {
-            if !valid_name(k, &['/']) {
-                return Err(SpecError::InvalidLabel(k.clone()));
-            }
-            check_text(&format!("label {k}"), v, MAX_LABEL_BYTES)?;
+            check_label(k, v)?;
         }
         if self.retry.max_retries > MAX_RETRIES {
             return Err(SpecError::OutOfRange {
@@ -590,6 +599,16 @@ impl JobSpec {
         }
         Ok(())
     }
+}
+
+/// One label as a spec may carry it: the key letters, digits and `_ - . /`, the value free text without
+/// NUL, each at most `MAX_LABEL_BYTES`. Public: a filter naming a label (`GET /api/jobs?label=K=V`) is
+/// held to the same rules, so that it refuses what no job could carry.
+pub fn check_label(key: &str, value: &str) -> Result<(), SpecError> {
+    if !valid_name(key, &['/']) {
+        return Err(SpecError::InvalidLabel(key.to_owned()));
+    }
+    check_text(&format!("label {key}"), value, limits::MAX_LABEL_BYTES)
 }
 
 /// The job's environment holds `NAME=VALUE` as one string, under the same per-string limit as an
@@ -694,6 +713,7 @@ impl SpecError {
 
 /// Which process-tree backend ran a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     /// Pure cgroup v2: kill, CPU and (if the controller is delegated) memory from one hierarchy.
@@ -726,6 +746,7 @@ impl std::fmt::Display for Backend {
 
 /// Where a memory figure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MemorySource {
     /// The kernel's exact cgroup high-water mark (`memory.peak` / `memory.max_usage_in_bytes`).
@@ -736,6 +757,7 @@ pub enum MemorySource {
 
 /// Resource use of one attempt, recorded when its tree is gone.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Accounting {
     /// The tree's memory at its first reading, just after the start.
     pub memory_start: Option<ByteSize>,
@@ -1271,6 +1293,7 @@ mod tests {
 
 /// Resource use of a running tree, as last sampled. Plain data, so that every layer can show it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LiveUsage {
     /// The tree's memory now, in bytes: its cgroup's charge, page cache included (the RSS sum on the
     /// fallback).
@@ -1306,6 +1329,7 @@ impl LiveUsage {
 
 /// The memory a job reserves and where that figure came from; shown in the job record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemoryRequest {
     /// The memory admission reserves.
     pub bytes: ByteSize,
@@ -1316,6 +1340,7 @@ pub struct MemoryRequest {
 
 /// How a job's memory request was arrived at.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "source", rename_all = "snake_case")]
 pub enum RequestSource {
     /// The job stated it.
@@ -1352,6 +1377,7 @@ pub enum RequestSource {
 /// A request for a lease: resources held by work outside Aura's processes (a provider call, an in-process
 /// render) for `ttl`, renewed by its holder; reclaimed when the holder stops renewing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LeaseSpec {
     /// What the lease holds (no `memory_max`: there is no process to limit).
@@ -1359,6 +1385,7 @@ pub struct LeaseSpec {
     pub resources: ResourceRequest,
     /// How long the lease lasts unless renewed; at most [`LeaseSpec::MAX_TTL`].
     #[serde(with = "humantime_serde_compat")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Duration))]
     pub ttl: std::time::Duration,
     /// Who holds it, for people reading the lease list.
     #[serde(default)]

@@ -8,6 +8,8 @@ pub mod events;
 pub mod host;
 pub mod job;
 pub mod media;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod secret;
 pub mod size;
 pub mod state;
@@ -16,7 +18,7 @@ pub mod view;
 
 pub use events::{
     CommittedEvent, EngineEvent, EngineEventRecord, EventLog, JobAction, JobEvent, JobEventRecord,
-    LoggedEvent, NewEvent, ProgressEvent, ProgressUpdate, EVENT_SCHEMA,
+    LoggedEvent, NewEvent, ProgressEvent, ProgressUpdate, WarningKind, EVENT_SCHEMA,
 };
 pub use job::*;
 pub use media::{Progress, ProgressMode, ProgressSource, ProgressTracker, RawReport};

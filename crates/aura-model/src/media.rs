@@ -7,6 +7,7 @@ use std::time::Duration;
 
 /// How Aura reads a job's progress.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProgressMode {
     /// FFmpeg's (`ffmpeg` by its program name) as `ffmpeg` says; none for anything else.
@@ -33,6 +34,7 @@ impl ProgressMode {
 
 /// Where a running job's progress comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProgressSource {
     /// FFmpeg's `-progress` key=value blocks on Aura's pipe.
@@ -46,6 +48,7 @@ pub enum ProgressSource {
 /// A job's progress as last reported, with what Aura derives from it. Every figure the tool did not give
 /// (or that cannot be derived yet) is absent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// Where the figures come from (absent only on a default value).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 /// How to find a job's process tree again, even from a daemon that restarted after a crash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TreeHandle {
     /// The backend that launched the tree, and so how to find and kill it.
     pub backend: Backend,
@@ -16,17 +17,20 @@ pub struct TreeHandle {
     pub start_ticks: u64,
     /// The job's cgroup directories (empty for the process-group backend).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub cgroups: Vec<PathBuf>,
 }
 
 /// Facts about a running attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Run {
     /// When the attempt started.
     pub started_at: Timestamp,
     /// How to find its process tree.
     pub tree: TreeHandle,
     /// The working directory the attempt runs in.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub cwd: PathBuf,
     /// Time the attempt spent paused before its latest resume, in seconds; it counts neither toward its
     /// timeout nor toward stall detection.
@@ -47,6 +51,7 @@ impl Run {
 
 /// Why the engine stops a running tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// A user cancelled the job.
@@ -66,6 +71,7 @@ pub enum StopReason {
 
 /// How a process ended, as `wait` reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     /// The process exited with this code.
@@ -76,6 +82,7 @@ pub enum ExitStatus {
 
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// The main process exited with code 0 by itself (no stop requested).
@@ -209,6 +216,7 @@ impl Outcome {
 
 /// Facts about a finished attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Finished {
     /// How the attempt ended.
     pub outcome: Outcome,
@@ -228,6 +236,7 @@ pub struct Finished {
 
 /// Where a job is in its life. Each state carries its own data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting to start.
@@ -268,6 +277,7 @@ pub enum JobState {
 
 /// The coarse state name, for filters, indexes and tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StateName {
     /// See [`JobState::Queued`].
@@ -469,6 +479,7 @@ pub struct TransitionError {
 
 /// A job as the store keeps it and the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// Its identity, assigned by the store at submit.
     pub id: JobId,

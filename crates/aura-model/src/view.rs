@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A job record plus, while it runs, its live resource use.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     /// The stored record: spec, state, outcome and accounting.
     #[serde(flatten)]
@@ -36,6 +37,7 @@ impl JobView {
 
 /// One page of a job listing.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobPage {
     /// The jobs on this page, in the listing's order.
     pub jobs: Vec<JobView>,
@@ -46,6 +48,7 @@ pub struct JobPage {
 
 /// `GET /api/status`: the engine's backend and its running and queued counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EngineStatus {
     /// The process-tree backend jobs run under.
     pub backend: Backend,
@@ -87,6 +90,7 @@ pub struct EngineStatus {
 
 /// One GPU as admission counts it: its memory and how many concurrent NVENC sessions its driver allows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpuDevice {
     /// The GPU's index as NVML (and `nvidia-smi`) numbers it.
     pub index: u32,
@@ -98,6 +102,7 @@ pub struct GpuDevice {
 
 /// What the machine offers to jobs (after headroom).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capacity {
     /// Memory jobs may reserve, in bytes: physical memory less the configured headroom, unless overridden.
     pub memory_bytes: u64,
@@ -112,6 +117,7 @@ pub struct Capacity {
 
 /// The host as the engine's guards last read it: shares of 0–1, PSI in percent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostReading {
     /// Available memory as a share (0–1) of the total.
     pub available_memory: Option<f64>,
@@ -134,6 +140,7 @@ pub struct HostReading {
 
 /// One named limit's slots in use, and its configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LimitUse {
     /// Slots held now by admitted jobs and leases.
     pub in_use: u32,
@@ -145,6 +152,7 @@ pub struct LimitUse {
 
 /// What admission has and what is reserved: `GET /api/metrics/utilization`, `aura status`, `aura top`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Utilization {
     /// What the machine offers to jobs.
     pub capacity: Capacity,
@@ -188,6 +196,7 @@ pub struct Utilization {
 
 /// How ready the daemon is for work (`GET /readyz`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
     /// Nothing stands in the way of work.
@@ -202,6 +211,7 @@ pub enum Health {
 
 /// `GET /readyz`: the verdict and what led to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
     /// The verdict.
     pub status: Health,
@@ -211,6 +221,7 @@ pub struct Readiness {
 
 /// Whether the daemon is alive or shutting down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Liveness {
     /// The daemon runs and accepts work.
@@ -221,6 +232,7 @@ pub enum Liveness {
 
 /// `GET /healthz`: alive, and the process-tree backend it runs jobs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Alive {
     /// Alive, or shutting down.
     pub status: Liveness,
@@ -230,6 +242,7 @@ pub struct Alive {
 
 /// A daemon figure over its threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Warning {
     /// Which figure: `open_fds`, `rss_bytes`, `threads` or `extra_children`.
     pub metric: String,
@@ -243,6 +256,7 @@ pub struct Warning {
 
 /// `GET /api/diagnostics/resources`: the daemon's own process against its thresholds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Diagnostics {
     /// The daemon's own process: memory, threads, fds, children.
     pub process: crate::host::ProcessSnapshot,
@@ -258,6 +272,7 @@ pub struct Diagnostics {
 
 /// `POST /api/diagnostics/resources/cleanup`: the daemon before and after.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Cleanup {
     /// The daemon's process before the cleanup.
     pub before: crate::host::ProcessSnapshot,
@@ -270,6 +285,7 @@ pub struct Cleanup {
 /// `POST /api/jobs/cancel` (`aura cancel --all`, `aura kill --all`): which unfinished jobs to stop at
 /// once, and how. A `submit` token's request picks its own jobs only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CancelSelection {
     /// The states to pick from; empty: every unfinished state. `finished` is refused.
@@ -288,6 +304,7 @@ pub struct CancelSelection {
 
 /// The answer to a [`CancelSelection`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CancelResult {
     /// How many jobs were stopped (or, for a dry run, would be).
     pub count: usize,
@@ -303,6 +320,7 @@ pub struct CancelResult {
 
 /// `POST /api/jobs/{id}/priority` (`aura priority ID N`): the job's new priority (higher runs first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PriorityRequest {
     /// The new priority.

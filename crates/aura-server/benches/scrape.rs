@@ -48,6 +48,7 @@ fn inputs() -> Inputs {
         utilization: serde_json::from_value(utilization).expect("a Utilization"),
         running: (1..=8).map(running_job).collect(),
         streams: Default::default(),
+        jobs: Default::default(),
     }
 }
 
@@ -74,6 +75,7 @@ fn copy(i: &Inputs) -> Inputs {
         utilization: i.utilization.clone(),
         running: i.running.clone(),
         streams: i.streams,
+        jobs: i.jobs.clone(),
     }
 }
 

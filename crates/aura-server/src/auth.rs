@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 /// everything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum Scope {
     /// Jobs, their logs and events, metrics, status.
     Read,

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// Stable, machine-readable error codes. Clients match on these, never on messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request is malformed: bad JSON, an invalid query parameter, id or header.
@@ -256,13 +256,21 @@ fn request_id() -> String {
     format!("{start:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document: what every error answer carries (`application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
+    /// `/problems/CODE`: the problem type, one per code.
     #[serde(rename = "type")]
+    #[schema(pattern = "^/problems/[a-z_]+$")]
     kind: String,
+    /// A short summary, the same for every answer with this code.
     title: &'a str,
+    /// The HTTP status code of the answer.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What went wrong, for people. A 5xx answer says it in a plain sentence and logs the rest.
     detail: &'a str,
+    /// The stable code clients match on.
     code: ErrorCode,
     /// 5xx answers only: the id under which the daemon's log has what happened.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,12 +3,15 @@
 //! status codes; everything it does goes through an `EngineHandle`.
 
 pub mod auth;
+mod dashboard;
 mod error;
 mod listener;
+mod openapi;
 pub mod prometheus;
 pub mod query;
 mod routes;
 mod security;
+pub mod session;
 mod sse;
 
 pub use error::{ApiError, ErrorCode};

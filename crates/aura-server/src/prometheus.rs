@@ -1,11 +1,15 @@
-//! `GET /metrics`: the host, the daemon process, admission and running jobs as Prometheus metrics, encoded by
+//! `GET /metrics`: the host, the daemon process, admission, running jobs, the job lifecycle (submitted,
+//! finished by outcome, run and wait time and peak memory histograms, refusals, paused admission), raised
+//! warnings and event-stream subscribers as Prometheus metrics, encoded by
 //! `prometheus-client` — OpenMetrics 1.0 for scrapers that ask for it (Prometheus does), the classic text
 //! format 0.0.4 for everything else (curl, `promtool check metrics`, older scrapers). Named by Prometheus
 //! conventions: base units, `_total` counters, ratios 0–1, the standard `process_*` family, bounded labels
 //! (a job id label exists only while that job runs).
 //!
 //! Every value is a snapshot taken for this scrape, so the families are encoded by a `Collector` at scrape
-//! time (the crate's documented way for exporters) rather than registered and updated between scrapes.
+//! time (the crate's documented way for exporters) rather than registered and updated between scrapes. The
+//! lifecycle counters and histograms live in the engine (`aura_engine::JobMetricsSnapshot`: atomics fed
+//! where the actor commits each event); a scrape reads them like the rest.
 
 use aura_engine::{EngineStatus, Utilization};
 use aura_host::{HostSnapshot, ProcessSnapshot};
@@ -13,7 +17,7 @@ use aura_model::JobView;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
-    EncodeMetric, LabelValueEncoder,
+    EncodeMetric, LabelValueEncoder, MetricEncoder, NoLabelSet,
 };
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -37,6 +41,9 @@ pub struct Inputs {
     pub running: Vec<JobView>,
     /// The server's event streams.
     pub streams: StreamCounts,
+    /// Jobs submitted and finished, their run and wait times and peaks, refusals, paused admission and
+    /// raised warnings, since start-up.
+    pub jobs: aura_engine::JobMetricsSnapshot,
 }
 
 /// The server's event streams, for `/metrics`.
@@ -50,6 +57,19 @@ pub struct StreamCounts {
     pub lagged: u64,
     /// Refused because every slot was taken.
     pub refused: u64,
+    /// Open now and opened since start-up, by stream type.
+    pub by_type: [StreamTypeCounts; 2],
+}
+
+/// One type of event stream (`job`: one job's, `all`: every job's and the engine's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamTypeCounts {
+    /// The type's label value.
+    pub stream: &'static str,
+    /// Open now.
+    pub open: u64,
+    /// Opened since start-up.
+    pub opened: u64,
 }
 
 /// The exposition format of one answer, chosen from the request's `Accept` header.
@@ -169,8 +189,127 @@ impl Collector for Scrape {
         if let Some(p) = &i.process {
             process(&mut e, p)?;
         }
-        engine(&mut e, i)
+        engine(&mut e, i)?;
+        lifecycle(&mut e, i)
     }
+}
+
+/// A histogram as one scrape read it.
+#[derive(Debug)]
+struct ConstHistogram<'a>(&'a aura_engine::HistogramSnapshot);
+
+impl EncodeMetric for ConstHistogram<'_> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> fmt::Result {
+        // The encoder spells the last bucket `+Inf` when its bound is f64::MAX; the counts stay per bucket
+        // (it sums them).
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .map(|(le, n)| (if le.is_finite() { *le } else { f64::MAX }, *n))
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum, self.0.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Jobs through their life since start-up: counters at the points the engine commits them, histograms
+/// by kind, admission's refusals and pauses, raised warnings, event-stream subscribers.
+fn lifecycle(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
+    let j = &i.jobs;
+    counters(
+        e,
+        "aura_jobs_submitted",
+        None,
+        "Jobs submitted since start-up, by kind (command, ffmpeg, progress: from the spec's type).",
+        j.kinds
+            .iter()
+            .map(|k| ([("kind", k.kind.as_str())], k.submitted)),
+    )?;
+    counters(
+        e,
+        "aura_jobs_finished",
+        None,
+        "Jobs that reached a final state since start-up, by kind and outcome (a requeued attempt is not final).",
+        j.kinds.iter().flat_map(|k| {
+            k.finished
+                .iter()
+                .map(move |(outcome, n)| ([("kind", k.kind.as_str()), ("outcome", *outcome)], *n))
+        }),
+    )?;
+    type Pick = fn(&aura_engine::KindSnapshot) -> &aura_engine::HistogramSnapshot;
+    let histograms: [(&str, Unit, &str, Pick); 3] = [
+        (
+            "aura_job_run",
+            Unit::Seconds,
+            "Run time of each attempt that ran, from its start until its tree was gone.",
+            |k| &k.run_seconds,
+        ),
+        (
+            "aura_job_queue_wait",
+            Unit::Seconds,
+            "Time each attempt waited from entering the queue (submit, requeue, release) to its start.",
+            |k| &k.queue_wait_seconds,
+        ),
+        (
+            "aura_job_peak_memory",
+            Unit::Bytes,
+            "Peak memory of each attempt that ran, where it was measured.",
+            |k| &k.peak_memory_bytes,
+        ),
+    ];
+    for (name, unit, help, pick) in histograms {
+        if j.kinds.is_empty() {
+            continue;
+        }
+        let mut descriptor = e.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
+        for k in &j.kinds {
+            let labels = [("kind", k.kind.as_str())];
+            ConstHistogram(pick(k)).encode(descriptor.encode_family(&labels)?)?;
+        }
+    }
+    ConstCounter::new(j.admission_paused_seconds).encode(e.encode_descriptor(
+        "aura_admission_paused",
+        "Time admission spent paused by live guards since start-up, the pause under way included.",
+        Some(&Unit::Seconds),
+        MetricType::Counter,
+    )?)?;
+    counters(
+        e,
+        "aura_admission_refusals",
+        None,
+        "Submits refused since start-up, by reason.",
+        j.refusals
+            .iter()
+            .map(|(r, n)| ([("reason", r.as_str())], *n)),
+    )?;
+    gauges(
+        e,
+        "aura_warning_active",
+        None,
+        "1 while the warning is raised (see the warning_raised and warning_cleared engine events).",
+        j.warnings
+            .iter()
+            .map(|(w, active)| ([("warning", w.as_str())], u32::from(*active))),
+    )?;
+    let types = i.streams.by_type.iter().filter(|t| !t.stream.is_empty());
+    gauges(
+        e,
+        "aura_event_stream_subscribers",
+        None,
+        "Event streams open now, by type (job: one job's; all: every job's and the engine's).",
+        types.clone().map(|t| ([("stream", t.stream)], t.open)),
+    )?;
+    counters(
+        e,
+        "aura_event_stream_subscriptions",
+        None,
+        "Event streams opened since start-up, by type.",
+        types.map(|t| ([("stream", t.stream)], t.opened)),
+    )
 }
 
 fn ratio() -> Unit {
@@ -912,6 +1051,7 @@ mod tests {
             utilization: serde_json::from_value(utilization).expect("a Utilization"),
             running: Vec::new(),
             streams: StreamCounts::default(),
+            jobs: aura_engine::JobMetricsSnapshot::default(),
         }
     }
 
@@ -929,6 +1069,11 @@ mod tests {
             } else if !line.starts_with('#') {
                 let (name, kind) = family.as_ref().expect("a sample after a TYPE line");
                 let sample = line.split(['{', ' ']).next().expect("a sample name");
+                if kind == "histogram" {
+                    let suffix = sample.strip_prefix(name.as_str()).unwrap_or(sample);
+                    assert!(["_bucket", "_sum", "_count"].contains(&suffix), "{line}");
+                    continue;
+                }
                 let expected = match (format, kind.as_str()) {
                     (Format::OpenMetrics, "counter") => format!("{name}_total"),
                     _ => name.clone(),
@@ -960,6 +1105,17 @@ mod tests {
             "aura_cpu_throttled 1\n",
             "process_resident_memory_bytes ",
             "# UNIT aura_host_cpu_busy_ratio ratio\n",
+            // The lifecycle families exist from the start, every bounded label at zero.
+            "aura_jobs_submitted_total{kind=\"ffmpeg\"} 0\n",
+            "aura_jobs_finished_total{kind=\"command\",outcome=\"timed_out\"} 0\n",
+            "# TYPE aura_job_queue_wait_seconds histogram\n",
+            "aura_job_run_seconds_bucket{le=\"28800.0\",kind=\"command\"} 0\n",
+            "aura_job_run_seconds_bucket{le=\"+Inf\",kind=\"command\"} 0\n",
+            "aura_job_peak_memory_bytes_bucket{le=\"16777216.0\",kind=\"progress\"} 0\n",
+            "aura_job_peak_memory_bytes_count{kind=\"progress\"} 0\n",
+            "aura_admission_paused_seconds_total 0.0\n",
+            "aura_admission_refusals_total{reason=\"token_cap\"} 0\n",
+            "aura_warning_active{warning=\"gpu_temperature\"} 0\n",
         ] {
             assert!(open.contains(expected), "missing {expected:?} in\n{open}");
         }
@@ -977,6 +1133,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP process_cpu_seconds_total "), "{text}");
+        assert!(
+            text.contains("# TYPE aura_admission_paused_seconds_total counter\n"),
+            "{text}"
+        );
         for expected in [
             "aura_event_streams 0\n",
             "aura_event_streams_opened_total 0\n",

@@ -29,20 +29,75 @@ fn page_limit(limit: Option<u32>) -> ApiResult<u32> {
     }
 }
 
-#[derive(Deserialize)]
+/// The parameters of `GET /api/jobs` (also its OpenAPI parameters).
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
-    /// Comma-separated state names.
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only jobs in these states: comma-separated state names (`queued,running`). Default: all.
+    #[param(
+        pattern = "^((queued|held|running|paused|stopping|finished)(,(queued|held|running|paused|stopping|finished))*)?$"
+    )]
     state: Option<String>,
+    /// Only jobs carrying this label with exactly this value, as `KEY=VALUE` (`label=project=trailer`,
+    /// the first `=` ends the key); repeatable, and a job must carry every label given (at most 64).
+    /// Keys are letters, digits and `_ - . /`, values at most 256 bytes, as in a job's `labels`. Default:
+    /// any labels.
+    #[param(style = Form, explode, max_items = 64, example = json!(["project=trailer", "kind=encode"]))]
+    #[serde(default)]
+    label: Vec<String>,
+    /// The most jobs on the page. Default: 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Continue after this job id: the previous page's `next_after`.
     after: Option<i64>,
     /// `desc` (newest first, default) or `asc`.
+    #[param(pattern = "^(asc|desc)$")]
     order: Option<String>,
 }
 
-/// `GET /api/jobs?state=queued,running&limit=100&after=ID&order=desc`.
+impl ListQuery {
+    /// Decodes `raw` as `decode` does, `label` repeatable: serde_urlencoded refuses a key given twice, so
+    /// the `label` pairs are taken out first and the rest decoded as usual.
+    fn decode(raw: Option<&str>) -> ApiResult<ListQuery> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+        let (labels, rest): (Vec<_>, Vec<_>) = pairs.into_iter().partition(|(k, _)| k == "label");
+        let rest = serde_urlencoded::to_string(&rest)
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+        let mut q: ListQuery = decode(Some(&rest))?;
+        q.label = labels.into_iter().map(|(_, v)| v).collect();
+        Ok(q)
+    }
+}
+
+/// One `label` parameter, `KEY=VALUE`, held to the rules of a job's labels (`aura_model::check_label`):
+/// a filter no job could match is a mistake worth saying, not an empty page.
+fn label_filter(text: &str) -> ApiResult<(String, String)> {
+    let (key, value) = text.split_once('=').ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "invalid label filter {text:?}: expected KEY=VALUE, e.g. label=project=trailer"
+        ))
+    })?;
+    aura_model::check_label(key, value)
+        .map_err(|e| ApiError::bad_request(format!("invalid label filter {text:?}: {e}")))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// `GET /api/jobs?state=queued,running&label=K=V&label=K2=V2&limit=100&after=ID&order=desc`.
 pub fn list_filter(raw: Option<&str>) -> ApiResult<ListFilter> {
-    let q: ListQuery = decode(raw)?;
+    let q = ListQuery::decode(raw)?;
+    if q.label.len() > aura_model::limits::MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "too many label filters: at most {} (a job carries no more labels)",
+            aura_model::limits::MAX_LABELS
+        )));
+    }
+    let labels = q
+        .label
+        .iter()
+        .map(|text| label_filter(text))
+        .collect::<Result<_, _>>()?;
     let states = match q.state.as_deref() {
         None | Some("") => Vec::new(),
         Some(text) => text
@@ -61,17 +116,22 @@ pub fn list_filter(raw: Option<&str>) -> ApiResult<ListFilter> {
     };
     Ok(ListFilter {
         states,
+        labels,
         after: q.after.map(JobId),
         limit: page_limit(q.limit)?,
         newest_first,
     })
 }
 
-#[derive(Deserialize)]
+/// The parameters of `GET /api/events` (also its OpenAPI parameters).
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct EngineEventsQuery {
-    /// Sequence number to continue after (0: from the start).
+#[into_params(parameter_in = Query)]
+pub(crate) struct EngineEventsQuery {
+    /// Sequence number to continue after (0: from the start). Default: 0.
     after: Option<i64>,
+    /// The most events returned. Default: 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -188,10 +248,12 @@ fn parse_cursor(text: &str, per_job: bool) -> ApiResult<Cursor> {
     }
 }
 
-#[derive(Deserialize)]
+/// The parameters of `GET /api/metrics/system` (also its OpenAPI parameters).
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct SystemQuery {
-    /// `true` for the recent snapshots (oldest first) instead of the latest.
+#[into_params(parameter_in = Query)]
+pub(crate) struct SystemQuery {
+    /// `true` for the recent snapshots (oldest first) instead of the latest. Default: false.
     history: Option<bool>,
 }
 
@@ -200,12 +262,19 @@ pub fn system_history(raw: Option<&str>) -> ApiResult<bool> {
     Ok(decode::<SystemQuery>(raw)?.history.unwrap_or(false))
 }
 
-#[derive(Deserialize)]
+/// The parameters of `GET /api/jobs/{id}/logs` (also its OpenAPI parameters).
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct LogQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogQuery {
+    /// Which captured stream: `stdout` (default) or `stderr`.
+    #[param(pattern = "^(stdout|stderr)$")]
     stream: Option<String>,
+    /// The logical byte offset to read from (the previous answer's `Aura-Log-Next-Offset`). Default: 0.
     offset: Option<u64>,
+    /// The most bytes returned, taken as 1 to 4 MiB (4194304). Default: 1 MiB.
     max: Option<usize>,
+    /// Which attempt's output (1 is the first). Default: the job's latest.
     attempt: Option<u32>,
 }
 
@@ -242,10 +311,14 @@ pub fn log_request(raw: Option<&str>) -> ApiResult<LogRequest> {
     })
 }
 
-#[derive(Deserialize)]
+/// The parameters of `GET /api/jobs/{id}/wait` (also its OpenAPI parameters).
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct WaitQuery {
-    /// How long to hold the request, e.g. `30s`.
+#[into_params(parameter_in = Query)]
+pub(crate) struct WaitQuery {
+    /// How long to hold the request at most, as humantime text (`30s`, `2m`); capped at the server's
+    /// `max_wait` (5 minutes). Default: 30s.
+    #[param(example = "2s")]
     timeout: Option<String>,
 }
 
@@ -306,6 +379,62 @@ mod tests {
                 stream_request(raw, header, per_job).is_err(),
                 "{raw:?} {header:?} {per_job}"
             );
+        }
+    }
+
+    #[test]
+    fn label_filters_are_repeatable_key_value_pairs() {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let f = list_filter(Some(
+            "label=project=trailer&state=queued&label=kind%3Dencode&label=team.io/x=a%3Db+c&limit=5",
+        ))
+        .unwrap();
+        assert_eq!(
+            f.labels,
+            [
+                pair("project", "trailer"),
+                pair("kind", "encode"),
+                // The first `=` ends the key; the value may hold more, and spaces.
+                pair("team.io/x", "a=b c"),
+            ]
+        );
+        assert_eq!((f.states, f.limit), (vec![StateName::Queued], 5));
+        assert!(list_filter(None).unwrap().labels.is_empty());
+        assert_eq!(
+            list_filter(Some("label=note=")).unwrap().labels,
+            [pair("note", "")],
+            "an empty value is a value a job may carry"
+        );
+        let too_many: Vec<String> = (0..=aura_model::limits::MAX_LABELS)
+            .map(|n| format!("label=k{n}=v"))
+            .collect();
+        let at_most: Vec<String> = too_many[1..].to_vec();
+        assert_eq!(
+            list_filter(Some(&at_most.join("&"))).unwrap().labels.len(),
+            aura_model::limits::MAX_LABELS
+        );
+        let long = format!("label=k={}", "v".repeat(257));
+        for (bad, says) in [
+            ("label=project", "expected KEY=VALUE"),
+            ("label=", "expected KEY=VALUE"),
+            ("label", "expected KEY=VALUE"),
+            ("label==trailer", "invalid label name \"\""),
+            ("label=bad%20key=x", "invalid label name \"bad key\""),
+            ("label=a%22b=x", "invalid label name"),
+            ("label=k=a%00b", "NUL"),
+            (long.as_str(), "longer than 256 bytes"),
+            (too_many.join("&").as_str(), "too many label filters"),
+            // The rest of the query is still checked.
+            ("label=a=b&labels=c=d", "unknown field"),
+            ("label=a=b&state=bogus", "bogus"),
+        ] {
+            match list_filter(Some(bad)) {
+                Ok(f) => panic!("{bad:?} accepted: {f:?}"),
+                Err(e) => {
+                    assert_eq!(e.code, crate::ErrorCode::BadRequest, "{bad:?}");
+                    assert!(e.detail.contains(says), "{bad:?}: {}", e.detail);
+                }
+            }
         }
     }
 

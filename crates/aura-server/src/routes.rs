@@ -36,6 +36,10 @@ pub struct ApiConfig {
     /// The kernel send buffer of an event stream's connection; `None`: TCP autotuning (up to a few MiB
     /// a client that stops reading leaves in the kernel before it falls behind).
     pub stream_send_buffer: Option<usize>,
+    /// Dashboard sessions kept at once; a sign-in beyond it forgets the least recently used one.
+    pub max_sessions: usize,
+    /// How long a dashboard session lives without a request (each request slides it).
+    pub session_idle: Duration,
 }
 
 impl ApiConfig {
@@ -48,6 +52,8 @@ impl ApiConfig {
             max_event_streams: 1024,
             stream_heartbeat: Duration::from_secs(15),
             stream_send_buffer: None,
+            max_sessions: crate::session::DEFAULT_MAX_SESSIONS,
+            session_idle: crate::session::DEFAULT_IDLE,
             security: Arc::new(SecurityConfig {
                 tokens: Arc::new(tokens),
                 allowed_hosts: SecurityConfig::loopback_hosts(port),
@@ -72,13 +78,22 @@ struct AppState {
 pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
     let security = config.security.clone();
     let cors = cors(&security.allowed_origins);
+    let sessions = Arc::new(crate::session::Sessions::new(
+        config.max_sessions,
+        config.session_idle,
+    ));
     let routes = Router::new()
+        .merge(crate::dashboard::routes(
+            sessions.clone(),
+            security.tokens.clone(),
+        ))
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
         .route("/api/metrics/utilization", get(utilization))
         .route("/api/metrics/system", get(system))
         .route("/api/metrics/process", get(process))
         .route("/readyz", get(readyz))
+        .route("/api/openapi.json", get(openapi_json))
         .route("/api/diagnostics/resources", get(diagnostics))
         .route("/api/diagnostics/resources/cleanup", post(cleanup))
         .route("/metrics", get(metrics))
@@ -109,6 +124,7 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route_layer(security::SecurityLayer {
             config: security.clone(),
             stage: security::Stage::Authorize,
+            sessions: Some(sessions),
         })
         // After every route: it is set on the routes there are. Routing adds the `Allow` header.
         .method_not_allowed_fallback(method_not_allowed)
@@ -131,6 +147,7 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
     routes.layer(security::SecurityLayer {
         config: security,
         stage: security::Stage::Guard,
+        sessions: None,
     })
 }
 
@@ -183,6 +200,14 @@ fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<JobId> {
 }
 
 /// Alive: `ok`, or `shutting_down` (503) once a shutdown has begun, so that a balancer stops sending work.
+#[utoipa::path(
+    get, path = "/healthz", tag = "health", operation_id = "healthz",
+    summary = "Whether the daemon is alive",
+    responses(
+        (status = 200, description = "Alive and accepting work.", body = aura_model::Alive),
+        (status = 503, description = "A shutdown has begun (`status`: `shutting_down`): a balancer stops sending work.", body = aura_model::Alive),
+    )
+)]
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let (code, status) = if app.engine.is_shutting_down() {
         (
@@ -199,6 +224,84 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     (code, Json(health)).into_response()
 }
 
+/// `GET /api/openapi.json`: the OpenAPI document of this API (`openapi`), encoded once.
+#[utoipa::path(
+    get, path = "/api/openapi.json", tag = "node", operation_id = "openapi",
+    summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API.", body = crate::openapi::OpenApiDocument))
+)]
+async fn openapi_json() -> ApiResult<Response> {
+    let json = openapi_document().map_err(|e| ApiError::new(ErrorCode::Internal, e))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+/// Every route of `router` but the dashboard's files, by its annotation: the paths of the OpenAPI
+/// document (`tests/router.rs` checks that the two agree).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    healthz,
+    readyz,
+    openapi_json,
+    status,
+    utilization,
+    system,
+    process,
+    diagnostics,
+    cleanup,
+    metrics,
+    acquire_lease,
+    list_leases,
+    renew_lease,
+    release_lease,
+    submit,
+    list,
+    submit_batch,
+    show,
+    cancel_where,
+    cancel,
+    kill,
+    pause,
+    resume,
+    hold,
+    release,
+    set_priority,
+    retry,
+    drain,
+    undrain,
+    events,
+    job_stream,
+    engine_events,
+    all_stream,
+    logs,
+    wait,
+    crate::session::sign_in,
+    crate::session::current,
+    crate::session::sign_out,
+))]
+struct ApiDoc;
+
+/// The OpenAPI document, encoded once: the scopes it states are those `SecurityConfig::needed` enforces
+/// (with the defaults: `/metrics` needs a token unless `api.public_metrics`).
+static OPENAPI: std::sync::LazyLock<Result<Bytes, String>> = std::sync::LazyLock::new(|| {
+    use utoipa::OpenApi;
+    let security = ApiConfig::new(0, Default::default()).security;
+    crate::openapi::encode(
+        ApiDoc::openapi(),
+        |method, route| security.needed(method, route),
+        crate::session::COOKIE,
+    )
+});
+
+/// `GET /api/openapi.json`'s body.
+pub(crate) fn openapi_document() -> Result<Bytes, &'static str> {
+    OPENAPI.as_ref().cloned().map_err(String::as_str)
+}
+
+#[utoipa::path(
+    get, path = "/api/status", tag = "node", operation_id = "status",
+    summary = "The engine's backend, counts, drain and guards",
+    responses((status = 200, description = "The engine now.", body = aura_model::EngineStatus))
+)]
 async fn status(State(app): State<Arc<AppState>>) -> ApiResult<Json<EngineStatus>> {
     Ok(Json(app.engine.status().await?))
 }
@@ -280,12 +383,33 @@ fn shown(mut view: JobView, principal: &Principal) -> JobView {
     view
 }
 
+#[utoipa::path(
+    post, path = "/api/leases", tag = "leases", operation_id = "acquire_lease",
+    summary = "Hold resources for work outside Aura's processes",
+    request_body(content = aura_model::LeaseSpec, description = "What to hold, for how long.",
+        example = json!({"resources": {"memory": 1073741824, "cpu": 1.0}, "ttl": "30s", "holder": "renderer"})),
+    responses(
+        (status = 201, description = "The lease; renew it before `expires_at`.", body = crate::openapi::LeaseInfoSchema),
+        (status = 409, description = "What the lease asks for is in use now (`lease_unavailable`); retry later."),
+        (status = 422, description = "Not a valid lease request (`invalid_spec`), or more than this machine could ever give (`exceeds_capacity`)."),
+    )
+)]
 async fn acquire_lease(State(app): State<Arc<AppState>>, body: Body) -> ApiResult<Response> {
     let spec: aura_model::LeaseSpec = json_body(body, &app.config).await?;
     let lease = app.engine.acquire_lease(spec).await?;
     Ok((StatusCode::CREATED, Json(lease)).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/api/leases/{id}/renew", tag = "leases", operation_id = "renew_lease",
+    summary = "Extend a lease by its TTL from now",
+    params(("id" = u64, Path, description = "The lease's id.")),
+    responses(
+        (status = 200, description = "The lease with its new expiry.", body = crate::openapi::LeaseInfoSchema),
+        (status = 400, description = "The id is not a lease id (`bad_request`)."),
+        (status = 404, description = "No such lease: released, expired, or held before a restart (`not_found`)."),
+    )
+)]
 async fn renew_lease(
     State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
@@ -293,6 +417,16 @@ async fn renew_lease(
     Ok(Json(app.engine.renew_lease(lease_id(id)?).await?))
 }
 
+#[utoipa::path(
+    delete, path = "/api/leases/{id}", tag = "leases", operation_id = "release_lease",
+    summary = "Give a lease's resources back",
+    params(("id" = u64, Path, description = "The lease's id.")),
+    responses(
+        (status = 204, description = "Released."),
+        (status = 400, description = "The id is not a lease id (`bad_request`)."),
+        (status = 404, description = "No such lease (`not_found`)."),
+    )
+)]
 async fn release_lease(
     State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
@@ -301,6 +435,11 @@ async fn release_lease(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get, path = "/api/leases", tag = "leases", operation_id = "list_leases",
+    summary = "Every lease held now",
+    responses((status = 200, description = "The leases.", body = Vec<crate::openapi::LeaseInfoSchema>))
+)]
 async fn list_leases(
     State(app): State<Arc<AppState>>,
 ) -> ApiResult<Json<Vec<aura_engine::LeaseInfo>>> {
@@ -308,6 +447,15 @@ async fn list_leases(
 }
 
 /// The engine's event log: decisions about the host rather than one job.
+#[utoipa::path(
+    get, path = "/api/events", tag = "events", operation_id = "engine_events",
+    summary = "The engine's event log: decisions about the host rather than one job",
+    params(crate::query::EngineEventsQuery),
+    responses(
+        (status = 200, description = "A page of events, oldest first.", body = Vec<aura_model::EngineEventRecord>),
+        (status = 400, description = "An unknown or malformed query parameter (`bad_request`)."),
+    )
+)]
 async fn engine_events(
     State(app): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
@@ -316,6 +464,16 @@ async fn engine_events(
     Ok(Json(app.engine.engine_events(after, limit).await?))
 }
 
+#[utoipa::path(
+    get, path = "/api/metrics/system", tag = "metrics", operation_id = "system",
+    summary = "Host samples: CPU, memory, PSI, disks, network, data volume, GPUs",
+    params(crate::query::SystemQuery),
+    responses(
+        (status = 200, description = "The latest host sample, or the recent ones.", body = crate::openapi::SystemAnswer),
+        (status = 400, description = "An unknown or malformed query parameter (`bad_request`)."),
+        (status = 500, description = "The host sampler has no sample yet (`internal`)."),
+    )
+)]
 async fn system(State(app): State<Arc<AppState>>, RawQuery(q): RawQuery) -> ApiResult<Response> {
     if query::system_history(q.as_deref())? {
         let history = app.engine.host_history();
@@ -329,20 +487,48 @@ async fn system(State(app): State<Arc<AppState>>, RawQuery(q): RawQuery) -> ApiR
     Ok(Json(&*latest).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/api/metrics/process", tag = "metrics", operation_id = "process",
+    summary = "The daemon's own process",
+    responses((status = 200, description = "Memory, threads, fds, children and CPU of the daemon.", body = aura_model::host::ProcessSnapshot))
+)]
 async fn process(State(app): State<Arc<AppState>>) -> ApiResult<Json<aura_host::ProcessSnapshot>> {
     Ok(Json(app.engine.process().await?))
 }
 
+#[utoipa::path(
+    get, path = "/api/diagnostics/resources", tag = "node", operation_id = "diagnostics",
+    summary = "The daemon's own resources against their thresholds",
+    responses((status = 200, description = "The daemon's process and its warnings.", body = aura_model::Diagnostics))
+)]
 async fn diagnostics(
     State(app): State<Arc<AppState>>,
 ) -> ApiResult<Json<aura_engine::Diagnostics>> {
     Ok(Json(app.engine.diagnostics().await?))
 }
 
+#[utoipa::path(
+    post, path = "/api/diagnostics/resources/cleanup", tag = "node", operation_id = "cleanup",
+    summary = "Give back what the daemon can give back now",
+    responses((status = 200, description = "The daemon before and after, and what was done.", body = aura_model::Cleanup))
+)]
 async fn cleanup(State(app): State<Arc<AppState>>) -> ApiResult<Json<aura_engine::Cleanup>> {
     Ok(Json(app.engine.cleanup().await?))
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "metrics", operation_id = "metrics",
+    summary = "Prometheus scrape (also at /api/metrics/prometheus)",
+    description = "Public when the daemon runs with `api.public_metrics`.",
+    responses(
+        (status = 200, description = "The metrics; the format follows `Accept` (`Vary: accept`).",
+            content(
+                (crate::openapi::Exposition = "text/plain"),
+                (crate::openapi::Exposition = "application/openmetrics-text"),
+            ),
+            headers(("Vary" = String, description = "`accept`."))),
+    )
+)]
 async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     let format = crate::prometheus::Format::negotiate(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
@@ -352,6 +538,7 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
         .list(ListFilter {
             // A paused tree still holds its memory: its series stay while it is frozen.
             states: vec![StateName::Running, StateName::Paused, StateName::Stopping],
+            labels: Vec::new(),
             after: None,
             limit: query::MAX_PAGE,
             newest_first: true,
@@ -378,7 +565,9 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
                 .streams
                 .refused
                 .load(std::sync::atomic::Ordering::Relaxed),
+            by_type: app.streams.by_type(),
         },
+        jobs: app.engine.job_metrics(),
     };
     let body = crate::prometheus::render(inputs, format)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")))?;
@@ -391,6 +580,14 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
 }
 
 /// Healthy and degraded answer 200 (the daemon works; reasons say what to look at); unhealthy answers 503.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health", operation_id = "readyz",
+    summary = "Whether the daemon is ready for work, and what degrades it",
+    responses(
+        (status = 200, description = "Healthy, or degraded (working; `reasons` say what to look at).", body = aura_model::Readiness),
+        (status = 503, description = "Unhealthy (the job database cannot commit), drained, or shutting down.", body = aura_model::Readiness),
+    )
+)]
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let readiness = app.engine.readiness().await;
     let status = match readiness.status {
@@ -402,12 +599,30 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
+#[utoipa::path(
+    get, path = "/api/metrics/utilization", tag = "metrics", operation_id = "utilization",
+    summary = "What admission has and what is reserved",
+    responses((status = 200, description = "Capacity, reservations, limits and the host as the guards read it.", body = aura_model::Utilization))
+)]
 async fn utilization(
     State(app): State<Arc<AppState>>,
 ) -> ApiResult<Json<aura_engine::Utilization>> {
     Ok(Json(app.engine.utilization().await?))
 }
 
+#[utoipa::path(
+    post, path = "/api/jobs", tag = "jobs", operation_id = "submit",
+    summary = "Submit a job",
+    request_body(content = aura_model::JobSpec, description = "The job: a program and its arguments, never a shell string.",
+        example = json!({"program": "true", "args": [], "labels": {"kind": "example"}})),
+    responses(
+        (status = 201, description = "Queued (or waiting for its `after`).", body = aura_model::JobView, headers(("Location" = String, description = "The new job's address, `/api/jobs/{id}`."))),
+        (status = 403, description = "The program is outside `jobs.programs` (`program_not_allowed`), or the working directory outside `jobs.cwd_roots` (`working_directory_not_allowed`)."),
+        (status = 422, description = "Not a valid job: `invalid_spec`, `limit_exceeded`, `program_not_found`, `invalid_working_directory`, `unknown_secret`, `unknown_dependency` or `exceeds_capacity`."),
+        (status = 429, description = "The queue is full (`queue_full`), or this token's cap of waiting jobs is reached (`token_queue_full`)."),
+        (status = 507, description = "The job database cannot commit: its volume is full or failing (`storage_exhausted`)."),
+    )
+)]
 async fn submit(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -452,6 +667,19 @@ fn answered(job: Job) -> JobView {
 
 /// `POST /api/jobs/batch` with `{"jobs": [ENTRY, ...]}`: the jobs of one piece of work, queued
 /// atomically (see `aura_model::batch`); answers `{"jobs": [JOB, ...]}` in the same order.
+#[utoipa::path(
+    post, path = "/api/jobs/batch", tag = "jobs", operation_id = "submit_batch",
+    summary = "Submit the jobs of one piece of work at once",
+    request_body(content = crate::openapi::BatchRequest,
+        example = json!({"jobs": [{"name": "first", "program": "true"}, {"program": "true", "after": ["first"]}]})),
+    responses(
+        (status = 201, description = "Every job, in the order given.", body = aura_model::JobPage),
+        (status = 403, description = "The program is outside `jobs.programs` (`program_not_allowed`), or the working directory outside `jobs.cwd_roots` (`working_directory_not_allowed`)."),
+        (status = 422, description = "Not a valid job: `invalid_spec`, `limit_exceeded`, `program_not_found`, `invalid_working_directory`, `unknown_secret`, `unknown_dependency` or `exceeds_capacity`."),
+        (status = 429, description = "The queue is full (`queue_full`), or this token's cap of waiting jobs is reached (`token_queue_full`)."),
+        (status = 507, description = "The job database cannot commit: its volume is full or failing (`storage_exhausted`)."),
+    )
+)]
 async fn submit_batch(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -481,6 +709,16 @@ async fn submit_batch(
     Ok((StatusCode::CREATED, Json(page)).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs",
+    summary = "A page of jobs",
+    description = "Filtered by state and by label (`label=KEY=VALUE`, repeatable: every one must match), newest first by default.",
+    params(crate::query::ListQuery),
+    responses(
+        (status = 200, description = "The page; `next_after` continues it.", body = aura_model::JobPage),
+        (status = 400, description = "An unknown or malformed query parameter (`bad_request`), a `label` that is not `KEY=VALUE` or breaks the label rules among them."),
+    )
+)]
 async fn list(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -497,6 +735,16 @@ async fn list(
     Ok(Json(JobPage { jobs, next_after }))
 }
 
+#[utoipa::path(
+    get, path = "/api/jobs/{id}", tag = "jobs", operation_id = "show_job",
+    summary = "One job, with its live use while it runs",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "The job.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+    )
+)]
 async fn show(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -560,6 +808,18 @@ fn by(principal: &Principal) -> Option<String> {
 
 /// `POST /api/jobs/{id}/cancel`: a queued or held job ends at once, a running or paused one gets its
 /// stop sequence.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job",
+    summary = "Cancel a job: a waiting one ends at once, a running one gets its stop sequence",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "The job as the cancel left it.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job has already finished (`already_finished`)."),
+    )
+)]
 async fn cancel(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -571,6 +831,18 @@ async fn cancel(
 }
 
 /// `POST /api/jobs/{id}/kill`: as cancel, but a running tree gets SIGKILL at once, no grace period.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/kill", tag = "jobs", operation_id = "kill_job",
+    summary = "Kill a job: SIGKILL to its whole tree, no grace period",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "The job as the kill left it.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job has already finished (`already_finished`)."),
+    )
+)]
 async fn kill(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -582,6 +854,18 @@ async fn kill(
 }
 
 /// `POST /api/jobs/{id}/pause`: freezes a running job's tree.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/pause", tag = "jobs", operation_id = "pause_job",
+    summary = "Freeze a running job's tree",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "The paused job.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job is not running (`invalid_state`)."),
+    )
+)]
 async fn pause(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -593,6 +877,18 @@ async fn pause(
 }
 
 /// `POST /api/jobs/{id}/resume`: thaws a paused job's tree.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/resume", tag = "jobs", operation_id = "resume_job",
+    summary = "Thaw a paused job's tree",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "The running job.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job is not paused (`invalid_state`)."),
+    )
+)]
 async fn resume(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -604,6 +900,18 @@ async fn resume(
 }
 
 /// `POST /api/jobs/{id}/hold`: keeps a queued job from starting.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/hold", tag = "jobs", operation_id = "hold_job",
+    summary = "Keep a queued job from starting",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "The held job.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job is not queued (`invalid_state`)."),
+    )
+)]
 async fn hold(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -615,6 +923,18 @@ async fn hold(
 }
 
 /// `POST /api/jobs/{id}/release`: lets a held job start again.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/release", tag = "jobs", operation_id = "release_job",
+    summary = "Let a held job start again",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "The queued job.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job is not held (`invalid_state`)."),
+    )
+)]
 async fn release(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -626,6 +946,20 @@ async fn release(
 }
 
 /// `POST /api/jobs/{id}/priority` with `{"priority": N}`: moves a job that has not started in the queue.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/priority", tag = "jobs", operation_id = "set_priority",
+    summary = "Move a job that has not started in the queue",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    request_body(content = aura_model::view::PriorityRequest, example = json!({"priority": 10})),
+    responses(
+        (status = 200, description = "The job with its new priority.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job has started already (`invalid_state`)."),
+        (status = 422, description = "Not a valid request (`invalid_spec`)."),
+    )
+)]
 async fn set_priority(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -643,6 +977,21 @@ async fn set_priority(
 
 /// `POST /api/jobs/{id}/retry`: submits a finished job's spec again, as a new job of the caller's; 201
 /// with the new job.
+#[utoipa::path(
+    post, path = "/api/jobs/{id}/retry", tag = "jobs", operation_id = "retry_job",
+    summary = "Submit a finished job's spec again, as a new job",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 201, description = "The new job (its `retry_of` names this one).", body = aura_model::JobView, headers(("Location" = String, description = "The new job's address, `/api/jobs/{id}`."))),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 403, description = "A `submit` token acting on another's job (`insufficient_scope`), or the program or working directory is no longer allowed (`program_not_allowed`, `working_directory_not_allowed`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 409, description = "The job has not finished (`invalid_state`)."),
+        (status = 422, description = "The spec no longer passes the submit checks here (`program_not_found`, `unknown_secret`, `exceeds_capacity`…)."),
+        (status = 429, description = "The queue is full (`queue_full`, `token_queue_full`)."),
+        (status = 507, description = "The job database cannot commit (`storage_exhausted`)."),
+    )
+)]
 async fn retry(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -665,11 +1014,27 @@ pub fn parse_cancel_selection(body: &[u8]) -> ApiResult<CancelSelection> {
              stopping (none: all of them)",
         ));
     }
+    // The same rules as a spec's labels and the list's `label=` filter: a selection that no job could
+    // match is a mistake to report, not an empty answer.
+    for (key, value) in &selection.labels {
+        aura_model::check_label(key, value)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidSpec, format!("labels: {e}")))?;
+    }
     Ok(selection)
 }
 
 /// `POST /api/jobs/cancel`: cancels (or with `kill`, kills) every unfinished job a selection picks — a
 /// submit token's own jobs only — or with `dry_run` only says which it would.
+#[utoipa::path(
+    post, path = "/api/jobs/cancel", tag = "jobs", operation_id = "cancel_where",
+    summary = "Cancel (or kill) every unfinished job a selection picks",
+    description = "A `submit` token picks its own jobs only. With `dry_run`, only says which it would.",
+    request_body(content = aura_model::view::CancelSelection, example = json!({"states": ["queued"], "dry_run": true})),
+    responses(
+        (status = 200, description = "The jobs stopped (or, for a dry run, that would be).", body = aura_model::view::CancelResult),
+        (status = 422, description = "Not a valid selection (`invalid_spec`): an unknown field, `finished` among the states, or a label name or value a job could not carry."),
+    )
+)]
 async fn cancel_where(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -717,6 +1082,11 @@ async fn cancel_where(
 
 /// `POST /api/drain`: nothing new starts (kept across restarts); running jobs finish. Answers the
 /// status after it.
+#[utoipa::path(
+    post, path = "/api/drain", tag = "node", operation_id = "drain",
+    summary = "Start nothing new (kept across restarts); running jobs finish",
+    responses((status = 200, description = "The engine after the drain (draining twice is not an error).", body = aura_model::EngineStatus))
+)]
 async fn drain(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -725,6 +1095,11 @@ async fn drain(
 }
 
 /// `POST /api/undrain`: queued jobs start again as admission allows.
+#[utoipa::path(
+    post, path = "/api/undrain", tag = "node", operation_id = "undrain",
+    summary = "Start queued jobs again as admission allows",
+    responses((status = 200, description = "The engine after the undrain.", body = aura_model::EngineStatus))
+)]
 async fn undrain(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -743,6 +1118,16 @@ async fn set_drained(
     Ok(Json(app.engine.status().await?))
 }
 
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/events", tag = "events", operation_id = "job_events",
+    summary = "A job's event log, oldest first",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1)),
+    responses(
+        (status = 200, description = "Every event of the job.", body = Vec<aura_model::JobEventRecord>),
+        (status = 400, description = "The id is not a positive integer (`bad_request`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+    )
+)]
 async fn events(
     State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
@@ -764,6 +1149,21 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<&str>> {
 }
 
 /// `GET /api/events/stream`: every job's events and the engine's, with progress (see `sse`).
+#[utoipa::path(
+    get, path = "/api/events/stream", tag = "events", operation_id = "events_stream",
+    summary = "Every job's events and the engine's as server-sent events, with progress",
+    params(
+        ("after" = Option<String>, Query, description = "Resume after this event id (`J.E`, or `J` for the job log only). Without it the stream starts with what comes next.", pattern = "^[0-9]+(\\.[0-9]+)?$"),
+        ("progress" = Option<bool>, Query, description = "Send running jobs' progress. Default: true."),
+        ("engine" = Option<bool>, Query, description = "Send the engine's events. Default: true."),
+        ("Last-Event-ID" = Option<String>, Header, description = "The last event id seen, to resume after it (EventSource sends it on every reconnect); the query's `after` wins."),
+    ),
+    responses(
+        (status = 200, description = "The stream.", body = crate::openapi::StreamEvent, content_type = "text/event-stream"),
+        (status = 400, description = "A malformed parameter or event id, or one the all-jobs stream does not take (`logs`) (`bad_request`)."),
+        (status = 503, description = "Every event stream slot is taken (`too_many_subscribers`); retry after `Retry-After`."),
+    )
+)]
 async fn all_stream(
     State(app): State<Arc<AppState>>,
     socket: Option<Extension<crate::sse::ConnectionSocket>>,
@@ -784,6 +1184,23 @@ async fn all_stream(
 
 /// `GET /api/jobs/{id}/events/stream`: one job's events from its first, with its progress; ends when the
 /// job has finished.
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/events/stream", tag = "events", operation_id = "job_stream",
+    summary = "A job's events as server-sent events, from its first; ends when the job has finished",
+    params(
+        ("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1),
+        ("after" = Option<String>, Query, description = "Resume after this event id (`J`).", pattern = "^[0-9]+$"),
+        ("progress" = Option<bool>, Query, description = "Send the running job's progress. Default: true."),
+        ("logs" = Option<String>, Query, description = "Also send this captured stream's new output as `log` events.", pattern = "^(stdout|stderr)$"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The last event id seen, to resume after it (EventSource sends it on every reconnect); the query's `after` wins."),
+    ),
+    responses(
+        (status = 200, description = "The stream.", body = crate::openapi::StreamEvent, content_type = "text/event-stream"),
+        (status = 400, description = "A malformed parameter or event id, or one the job's stream does not take (`engine`) (`bad_request`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+        (status = 503, description = "Every event stream slot is taken (`too_many_subscribers`); retry after `Retry-After`."),
+    )
+)]
 async fn job_stream(
     State(app): State<Arc<AppState>>,
     socket: Option<Extension<crate::sse::ConnectionSocket>>,
@@ -798,6 +1215,22 @@ async fn job_stream(
     crate::sse::open(&app.engine, &app.streams, scope, request, socket).await
 }
 
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/logs", tag = "jobs", operation_id = "job_logs",
+    summary = "Raw captured output of a job, from a logical offset",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1), crate::query::LogQuery),
+    responses(
+        (status = 200, description = "The bytes; the offsets travel in headers so that the body is exactly what the job wrote.",
+            body = crate::openapi::LogBytes, content_type = "application/octet-stream",
+            headers(
+                ("Aura-Log-Offset" = u64, description = "The logical offset of the first byte returned (later than asked where the cap dropped older output)."),
+                ("Aura-Log-Next-Offset" = u64, description = "The offset to ask for next."),
+                ("Aura-Log-Truncated" = u64, description = "Bytes dropped by the log size cap before `Aura-Log-Offset`."),
+            )),
+        (status = 400, description = "The id is not a positive integer, or an unknown or malformed query parameter (`bad_request`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+    )
+)]
 async fn logs(
     State(app): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
@@ -823,6 +1256,17 @@ async fn logs(
     Ok((headers, chunk.data).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/api/jobs/{id}/wait", tag = "jobs", operation_id = "wait_job",
+    summary = "Wait for a job to finish (long poll)",
+    description = "Holds the request until the job has finished or `timeout` has passed, and answers the job as it is then.",
+    params(("id" = i64, Path, description = "The job's id.", minimum = 1, example = 1), crate::query::WaitQuery),
+    responses(
+        (status = 200, description = "The job: finished, or as it was when the wait timed out.", body = aura_model::JobView),
+        (status = 400, description = "The id is not a positive integer, or a malformed timeout (`bad_request`)."),
+        (status = 404, description = "No such job (`not_found`)."),
+    )
+)]
 async fn wait(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,

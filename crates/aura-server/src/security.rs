@@ -2,8 +2,9 @@
 //! requests): URI and header sizes, the `Host` allowlist (DNS rebinding), the `Origin` check (cross-site
 //! requests), JSON-only bodies (a cross-site "simple request" — `text/plain`, a form — is refused, and a
 //! JSON body from another site needs a CORS preflight that is granted only to configured origins). After
-//! routing: authentication by bearer token and the scope each route needs (default: admin, so a route
-//! nobody classified is closed, not open).
+//! routing: authentication by bearer token (or, without one, the dashboard's session cookie; a cookie
+//! write must carry `Origin`) and the scope each route needs (default: admin, so a route nobody
+//! classified is closed, not open).
 
 use crate::auth::{bearer, Principal, Scope, Tokens};
 use crate::error::{ApiError, ErrorCode};
@@ -76,9 +77,14 @@ impl SecurityConfig {
     }
 
     /// The scope a route needs; `None` for the public ones. A route not listed needs admin.
-    fn needed(&self, method: &Method, route: &str) -> Option<Scope> {
+    pub(crate) fn needed(&self, method: &Method, route: &str) -> Option<Scope> {
         match (method.as_str(), route) {
             (_, "/healthz" | "/readyz") => None,
+            // The dashboard's files hold no data; a sign-in authenticates by the token in its body.
+            // Sign-in authenticates by its body; "who am I" answers 204 to nobody in particular.
+            ("GET" | "HEAD", "/" | "/assets/{*path}" | "/api/session")
+            | ("POST", "/api/session") => None,
+            ("DELETE", "/api/session") => Some(Scope::Read),
             (_, "/metrics" | "/api/metrics/prometheus") if self.public_metrics => None,
             (
                 "GET" | "HEAD",
@@ -97,7 +103,8 @@ impl SecurityConfig {
                 | "/api/diagnostics/resources"
                 | "/api/leases"
                 | "/metrics"
-                | "/api/metrics/prometheus",
+                | "/api/metrics/prometheus"
+                | "/api/openapi.json",
             ) => Some(Scope::Read),
             // A submit token acts on its own jobs only: the handlers check the owner (`routes::may_act`),
             // and a bulk cancel picks the token's own jobs.
@@ -151,6 +158,9 @@ pub(crate) enum Stage {
 pub(crate) struct SecurityLayer {
     pub config: Arc<SecurityConfig>,
     pub stage: Stage,
+    /// The dashboard's sessions, which the authorize stage accepts (by cookie) where no
+    /// `Authorization` header is sent.
+    pub sessions: Option<Arc<crate::session::Sessions>>,
 }
 
 impl<S> Layer<S> for SecurityLayer {
@@ -159,6 +169,7 @@ impl<S> Layer<S> for SecurityLayer {
         Checked {
             config: self.config.clone(),
             stage: self.stage,
+            sessions: self.sessions.clone(),
             inner,
         }
     }
@@ -168,6 +179,7 @@ impl<S> Layer<S> for SecurityLayer {
 pub(crate) struct Checked<S> {
     config: Arc<SecurityConfig>,
     stage: Stage,
+    sessions: Option<Arc<crate::session::Sessions>>,
     inner: S,
 }
 
@@ -420,7 +432,16 @@ where
             .get(header::AUTHORIZATION)
             .map(|h| bearer(h.as_bytes()))
         {
-            None => Err("this request needs an API token: Authorization: Bearer <token> (`aura token` prints the local one)"),
+            None => match self.by_cookie(&request) {
+                Some(Ok(principal)) => Ok(principal),
+                Some(Err(refusal)) => {
+                    return Then::Ready {
+                        response: Some(refusal.into_response()),
+                        after: None,
+                    }
+                }
+                None => Err("this request needs an API token: Authorization: Bearer <token> (`aura token` prints the local one), or a dashboard session"),
+            },
             Some(None) => Err("the Authorization header must be `Bearer <token>`"),
             Some(Some(token)) => self
                 .config
@@ -457,6 +478,31 @@ where
             future: self.inner.call(request),
             after,
         }
+    }
+}
+
+impl<S> Checked<S> {
+    /// The dashboard session a request's `aura_session` cookie names: `None` without a (known, live)
+    /// session; a refusal for a cookie-authenticated write without an `Origin` header. Browsers send
+    /// `Origin` on every such `fetch`, and the guard stage has already checked it against `Host`; a
+    /// request without it did not come from the daemon's own page (a form or link of another site the
+    /// cookie's `SameSite` would not stop: a page on another port of the same host).
+    fn by_cookie(&self, request: &Request) -> Option<Result<Arc<Principal>, ApiError>> {
+        let sessions = self.sessions.as_ref()?;
+        let id = crate::session::session_cookie(request.headers())?;
+        let principal = sessions.authenticate(id)?;
+        let safe = matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        );
+        if !safe && !request.headers().contains_key(header::ORIGIN) {
+            return Some(Err(ApiError::new(
+                ErrorCode::OriginNotAllowed,
+                "a write signed in by the dashboard's session cookie must carry an Origin header \
+                 (browsers send it; send Authorization: Bearer <token> from other clients)",
+            )));
+        }
+        Some(Ok(principal))
     }
 }
 
@@ -522,6 +568,11 @@ mod tests {
     /// belongs here too.
     const ROUTES: &[(&str, &str, Option<Scope>)] = &[
         ("GET", "/healthz", None),
+        ("GET", "/", None),
+        ("GET", "/assets/{*path}", None),
+        ("POST", "/api/session", None),
+        ("GET", "/api/session", None),
+        ("DELETE", "/api/session", Some(Scope::Read)),
         ("GET", "/readyz", None),
         ("GET", "/api/status", Some(Scope::Read)),
         ("GET", "/api/metrics/utilization", Some(Scope::Read)),
@@ -535,6 +586,7 @@ mod tests {
         ),
         ("GET", "/metrics", Some(Scope::Read)),
         ("GET", "/api/metrics/prometheus", Some(Scope::Read)),
+        ("GET", "/api/openapi.json", Some(Scope::Read)),
         ("POST", "/api/leases", Some(Scope::Admin)),
         ("GET", "/api/leases", Some(Scope::Read)),
         ("POST", "/api/leases/{id}/renew", Some(Scope::Admin)),

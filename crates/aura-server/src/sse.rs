@@ -67,6 +67,30 @@ pub struct Streams {
     pub lagged: AtomicU64,
     /// Streams refused because every slot was taken.
     pub refused: AtomicU64,
+    /// Open now and opened since start-up, by scope: `[job, all]`.
+    by_scope: [ScopeCounts; 2],
+}
+
+/// One scope's streams, for `/metrics`.
+#[derive(Debug, Default)]
+struct ScopeCounts {
+    open: AtomicU64,
+    opened: AtomicU64,
+}
+
+/// Counts its stream as open until dropped with the stream's state.
+#[derive(Debug)]
+struct OpenStream {
+    streams: Arc<Streams>,
+    scope: usize,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.streams.by_scope[self.scope]
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Streams {
@@ -84,7 +108,18 @@ impl Streams {
             opened: AtomicU64::new(0),
             lagged: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            by_scope: Default::default(),
         }
+    }
+
+    /// Open now and opened since start-up, by stream type (`job`, `all`).
+    pub fn by_type(&self) -> [crate::prometheus::StreamTypeCounts; 2] {
+        let read = |i: usize, stream| crate::prometheus::StreamTypeCounts {
+            stream,
+            open: self.by_scope[i].open.load(Ordering::Relaxed),
+            opened: self.by_scope[i].opened.load(Ordering::Relaxed),
+        };
+        [read(0, "job"), read(1, "all")]
     }
 
     /// Streams open now.
@@ -152,6 +187,14 @@ pub(crate) async fn open(
         engine: Some(request.cursor.engine.unwrap_or(latest_engine)),
     };
     streams.opened.fetch_add(1, Ordering::Relaxed);
+    let scope_index = usize::from(scope == Scope::All);
+    let counts = &streams.by_scope[scope_index];
+    counts.opened.fetch_add(1, Ordering::Relaxed);
+    counts.open.fetch_add(1, Ordering::Relaxed);
+    let open = OpenStream {
+        streams: streams.clone(),
+        scope: scope_index,
+    };
     if let (Some(socket), Some(bytes)) = (socket, streams.send_buffer) {
         socket.limit_send_buffer(bytes);
     }
@@ -173,6 +216,7 @@ pub(crate) async fn open(
             streams.heartbeat,
         ),
         _permit: permit,
+        _open: open,
     };
     let chunks = futures_util::stream::unfold(state, |mut s| async move {
         let chunk = s.next().await?;
@@ -215,6 +259,7 @@ struct Streaming {
     /// and finds a client that is gone.
     heartbeat: tokio::time::Interval,
     _permit: OwnedSemaphorePermit,
+    _open: OpenStream,
 }
 
 impl Streaming {

@@ -30,6 +30,7 @@ async fn engine(dir: &std::path::Path) -> aura_engine::EngineHandle {
             ..Default::default()
         },
         diagnostics: Default::default(),
+        warnings: Default::default(),
         media: Default::default(),
         host_interval: Duration::from_secs(5),
         host_history: 2,
@@ -356,6 +357,8 @@ async fn operator_actions_check_scope_owner_state_and_body() {
         r#"{"states": [1]}"#,
         r#"{"kill": "yes"}"#,
         r#"{"everything": true}"#,
+        r#"{"labels": {"bad key": "x"}}"#,
+        r#"{"labels": {"project": "a\u0000b"}}"#,
     ] {
         let answer = post("/api/jobs/cancel".into(), ALICE, Some(body)).await;
         assert_eq!(refused(&answer), (422, "invalid_spec"), "{body}");
@@ -415,5 +418,105 @@ async fn operator_actions_check_scope_owner_state_and_body() {
     assert_eq!(old["retried_as"], retried, "{old}");
     let (status, _, job) = post(format!("/api/jobs/{retried}/kill"), ALICE, None).await;
     assert_eq!(status, StatusCode::OK, "{job}");
+    engine.shutdown().await.expect("clean shutdown");
+}
+
+/// Routes the OpenAPI document leaves out on purpose: the dashboard's page and files, which are not API.
+const UNDOCUMENTED: &[&str] = &["/", "/assets/{*path}"];
+
+/// The router and `GET /api/openapi.json` agree: every (method, path) the router answers is documented,
+/// and every documented one is routed. The router's paths are read from the router itself (its `Debug`
+/// output, the one place axum shows them), and each path's methods from the `Allow` header of a 405 to a
+/// method no route has; so a route added anywhere — `routes.rs`, a merged router — is seen here.
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_of_the_router() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = engine(dir.path()).await;
+    let router = aura_server::router(engine.clone(), aura_server::ApiConfig::new(PORT, tokens()));
+
+    let debug = format!("{router:?}");
+    let mut paths = std::collections::BTreeSet::new();
+    for piece in debug.split("RouteId(").skip(1) {
+        // `RouteId(3): "/api/jobs"` in the router's `paths` map; other mentions of a route id have no
+        // string after them.
+        let Some(rest) = piece.split_once("): \"").map(|(_, rest)| rest) else {
+            continue;
+        };
+        let Some((path, _)) = rest.split_once('"') else {
+            continue;
+        };
+        if path.starts_with('/') && !path.contains("__private__axum") {
+            paths.insert(path.to_owned());
+        }
+    }
+    assert!(
+        paths.contains("/healthz") && paths.contains("/api/jobs/{id}"),
+        "the router's paths could not be read from its Debug output (did axum change it?): {paths:?}"
+    );
+
+    let probe = Method::from_bytes(b"AURAPROBE").expect("an extension method");
+    let mut routed = std::collections::BTreeSet::new();
+    for path in &paths {
+        if UNDOCUMENTED.contains(&path.as_str()) {
+            continue;
+        }
+        let concrete: String = path
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "1"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let response = router
+            .clone()
+            .oneshot(request(probe.clone(), &concrete, Some(TOKEN)))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{path} answers a method no route has"
+        );
+        let allow = response
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        for method in allow.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            // axum answers HEAD wherever there is GET; the document lists GET alone.
+            if method != "HEAD" {
+                routed.insert((method.to_owned(), path.clone()));
+            }
+        }
+    }
+
+    let (status, content_type, doc) =
+        call(&router, Method::GET, "/api/openapi.json", TOKEN, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("a path item").keys() {
+            if matches!(
+                method.as_str(),
+                "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+            ) {
+                documented.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routed but not in the OpenAPI document: {undocumented:?}; documented but not routed: \
+         {unrouted:?} (annotate the handler with #[utoipa::path] and list it in openapi::ApiDoc)"
+    );
     engine.shutdown().await.expect("clean shutdown");
 }

@@ -81,6 +81,7 @@ pub(crate) fn get(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreErro
 pub(crate) fn list(
     conn: &Connection,
     states: &[StateName],
+    labels: &[(String, String)],
     after: Option<JobId>,
     limit: u32,
     newest_first: bool,
@@ -100,6 +101,17 @@ pub(crate) fn list(
     if !wanted.is_empty() && wanted.len() < StateName::ALL.len() {
         clauses.push(format!("state IN ({})", vec!["?"; wanted.len()].join(", ")));
         args.extend(wanted.iter().map(|s| Value::Text(s.as_str().to_owned())));
+    }
+    // One EXISTS per label over the spec's `labels` object: key and value are bound parameters compared
+    // with json_each's columns, so no JSON path is built from a key (which may hold `.` or other
+    // characters a path would need quoted). Rows are still walked in id order, so keyset pages stay exact.
+    for (key, value) in labels {
+        clauses.push(
+            "EXISTS (SELECT 1 FROM json_each(spec, '$.labels') WHERE key = ? AND value = ?)"
+                .to_owned(),
+        );
+        args.push(Value::Text(key.clone()));
+        args.push(Value::Text(value.clone()));
     }
     if let Some(after) = after {
         clauses.push(if newest_first { "id < ?" } else { "id > ?" }.to_owned());

@@ -69,6 +69,8 @@ impl Default for StoreOptions {
 pub struct ListFilter {
     /// Empty means every state.
     pub states: Vec<StateName>,
+    /// Labels a job must carry, each `(key, value)` exactly (all of them: AND); empty means any labels.
+    pub labels: Vec<(String, String)>,
     /// Keyset cursor: the last id of the previous page (exclusive), in the order of `newest_first`.
     pub after: Option<JobId>,
     /// Capped at 1000; 0 yields an empty page.
@@ -81,6 +83,7 @@ impl Default for ListFilter {
     fn default() -> Self {
         ListFilter {
             states: Vec::new(),
+            labels: Vec::new(),
             after: None,
             limit: 100,
             newest_first: true,
@@ -560,7 +563,8 @@ impl Store {
     }
 
     /// One page of jobs; see `ListFilter`. While writes are kept, a job is filtered by its kept state
-    /// among the rows its stored state selected.
+    /// among the rows its stored state selected (labels never change after submit: the stored spec's
+    /// are the job's).
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
         let states = filter.states.clone();
         let jobs = self
@@ -568,6 +572,7 @@ impl Store {
                 reader::list(
                     conn,
                     &filter.states,
+                    &filter.labels,
                     filter.after,
                     filter.limit,
                     filter.newest_first,

@@ -279,10 +279,15 @@ async fn recorded_transitions_read_back_equal() {
 /// Inserts `n` jobs and moves them so that id % 4 decides the state: 0 queued, 1 running, 2 stopping,
 /// 3 finished. Returns them in id order.
 async fn populate(store: &Store, n: usize) -> Vec<Job> {
+    populate_with(store, n, spec).await
+}
+
+/// `populate`, job `i` submitted with `spec_of(i)`.
+async fn populate_with(store: &Store, n: usize, spec_of: impl Fn(usize) -> JobSpec) -> Vec<Job> {
     let mut jobs = Vec::new();
     for i in 0..n {
         let mut job = store
-            .insert_job(spec(i), at(i as i64), None, None)
+            .insert_job(spec_of(i), at(i as i64), None, None)
             .await
             .unwrap();
         let step = job.id.0 % 4;
@@ -348,6 +353,7 @@ async fn list_filters_and_pages_in_both_orders() {
             let page = store
                 .list(ListFilter {
                     states: vec![],
+                    labels: vec![],
                     after,
                     limit: 3,
                     newest_first,
@@ -369,6 +375,7 @@ async fn list_filters_and_pages_in_both_orders() {
     }
     let page = ListFilter {
         states: vec![StateName::Queued],
+        labels: vec![],
         after: Some(JobId(9)),
         limit: 2,
         newest_first: true,
@@ -376,6 +383,7 @@ async fn list_filters_and_pages_in_both_orders() {
     assert_eq!(ids(&store.list(page).await.unwrap()), [8, 4]);
     let page = ListFilter {
         states: vec![StateName::Queued],
+        labels: vec![],
         after: Some(JobId(9)),
         limit: 2,
         newest_first: false,
@@ -401,6 +409,154 @@ async fn list_filters_and_pages_in_both_orders() {
             (StateName::Stopping, 5),
             (StateName::Finished, 5)
         ]
+    );
+    store.close().await.unwrap();
+}
+
+/// The label key with characters a JSON path would need quoted (the model allows `.` and `/`; the store
+/// is held to any key).
+const ODD_KEY: &str = "team.io/\"x\"";
+
+/// Job `i` (id `i + 1`): `kind` alternates as in `spec`, `project=trailer` on every third, the odd key on
+/// every fifth, and a key `a.b` beside a key `a` on the seventh, which a path built from the key would
+/// confuse.
+fn labelled(i: usize) -> JobSpec {
+    let mut spec = spec(i);
+    let project = if i % 3 == 0 { "trailer" } else { "feature" };
+    spec.labels.insert("project".into(), project.into());
+    if i % 5 == 0 {
+        spec.labels.insert(ODD_KEY.into(), "o'brien \"q\"".into());
+    }
+    if i == 7 {
+        spec.labels.insert("a.b".into(), "1".into());
+        spec.labels.insert("a".into(), "2".into());
+    }
+    spec
+}
+
+/// Every page of `filter` (pages of 2), in order.
+async fn every_page(store: &Store, filter: ListFilter) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list(ListFilter {
+                after,
+                limit: 2,
+                ..filter.clone()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(ids(&page));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_by_labels_all_of_them_with_states_and_pages() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db(&dir)).await;
+    let jobs = populate_with(&store, 24, labelled).await;
+    let label = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let want = |keep: &dyn Fn(&Job) -> bool| -> Vec<i64> {
+        jobs.iter()
+            .filter(|j| keep(j))
+            .map(|j| j.id.0)
+            .rev()
+            .collect()
+    };
+    let has = |j: &Job, k: &str, v: &str| j.spec.labels.get(k).map(String::as_str) == Some(v);
+    let listed = |labels: Vec<(String, String)>, states: Vec<StateName>| {
+        let store = store.clone();
+        async move {
+            ids(&store
+                .list(ListFilter {
+                    labels,
+                    states,
+                    ..Default::default()
+                })
+                .await
+                .unwrap())
+        }
+    };
+
+    let trailer = want(&|j| has(j, "project", "trailer"));
+    assert_eq!(trailer.len(), 8);
+    assert_eq!(
+        listed(vec![label("project", "trailer")], vec![]).await,
+        trailer
+    );
+    // All labels must match, in any order given.
+    let both = want(&|j| has(j, "project", "trailer") && has(j, "kind", "encode"));
+    assert!(!both.is_empty() && both.len() < trailer.len());
+    for labels in [
+        vec![label("project", "trailer"), label("kind", "encode")],
+        vec![label("kind", "encode"), label("project", "trailer")],
+    ] {
+        assert_eq!(listed(labels, vec![]).await, both);
+    }
+    // With states: both filters hold.
+    let queued_trailer =
+        want(&|j| has(j, "project", "trailer") && j.state.name() == StateName::Queued);
+    assert!(!queued_trailer.is_empty());
+    assert_eq!(
+        listed(vec![label("project", "trailer")], vec![StateName::Queued]).await,
+        queued_trailer
+    );
+    // Keyset pages over a label and state filter give exactly the filtered list, in both orders.
+    let unfinished = vec![StateName::Queued, StateName::Running, StateName::Stopping];
+    let expected = want(&|j| has(j, "project", "trailer") && j.state.name() != StateName::Finished);
+    assert!(expected.len() > 2, "more than one page");
+    for newest_first in [true, false] {
+        let seen = every_page(
+            &store,
+            ListFilter {
+                labels: vec![label("project", "trailer")],
+                states: unfinished.clone(),
+                newest_first,
+                ..Default::default()
+            },
+        )
+        .await;
+        let mut want = expected.clone();
+        if !newest_first {
+            want.reverse();
+        }
+        assert_eq!(seen, want, "paging newest_first={newest_first}");
+    }
+    // Keys and values with dots, slashes and quotes match as they are, and only themselves.
+    let odd = want(&|j| has(j, ODD_KEY, "o'brien \"q\""));
+    assert_eq!(odd.len(), 5);
+    assert_eq!(
+        listed(vec![label(ODD_KEY, "o'brien \"q\"")], vec![]).await,
+        odd
+    );
+    assert_eq!(listed(vec![label("a.b", "1")], vec![]).await, [8]);
+    assert_eq!(listed(vec![label("a", "2")], vec![]).await, [8]);
+    // No match: an empty page, not an error.
+    for labels in [
+        vec![label("project", "nope")],
+        vec![label("nope", "trailer")],
+        vec![label("a.b", "2")],
+        vec![label("a", "1")],
+        vec![label("team.io/x", "o'brien \"q\"")],
+        // A value elsewhere in the spec (its environment) is not a label.
+        vec![label("LANG", "C.UTF-8")],
+        // One key cannot hold two values.
+        vec![label("project", "trailer"), label("project", "feature")],
+    ] {
+        assert!(
+            listed(labels.clone(), vec![]).await.is_empty(),
+            "{labels:?}"
+        );
+    }
+    assert!(
+        listed(vec![label("project", "trailer")], vec![StateName::Held])
+            .await
+            .is_empty()
     );
     store.close().await.unwrap();
 }
@@ -1153,6 +1309,7 @@ async fn a_batch_is_stored_whole_with_its_dependencies_or_not_at_all() {
     let all = store
         .list(ListFilter {
             states: vec![],
+            labels: vec![],
             after: None,
             limit: 100,
             newest_first: false,

@@ -9,7 +9,7 @@ use aura_model::{
     ByteSize, ExitStatus, JobId, JobSpec, JobState, ProgressMode, RetryPolicy, StateName,
     StopSequence, Timestamp,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -51,6 +51,10 @@ enum Command {
         /// TOML configuration file.
         #[arg(long, env = "AURA_CONFIG")]
         config: Option<PathBuf>,
+        /// Log format on stderr: human, or json (one object per line). Default: the config's
+        /// `log.format` (human).
+        #[arg(long, value_enum)]
+        log_format: Option<aura::config::LogFormat>,
         /// The global client options, taken here so that `aura serve --help` does not list them (clap
         /// propagates a global option only to subcommands without one of that name); unused.
         #[arg(long, hide = true)]
@@ -66,6 +70,9 @@ enum Command {
         /// Only jobs in these states (queued, held, running, paused, stopping, finished); repeatable.
         #[arg(long)]
         state: Vec<String>,
+        /// Only jobs with label k=v; repeatable (all must match).
+        #[arg(long = "label", value_name = "K=V", value_parser = parse_key_value)]
+        labels: Vec<(String, String)>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Print the job records as JSON.
@@ -168,6 +175,30 @@ enum Command {
         after: i64,
         #[arg(long)]
         json: bool,
+    },
+    /// Print the configuration `aura serve` would run with (defaults, the config file, AURA_*
+    /// variables), each value with where it came from; credentials are redacted. Needs no daemon.
+    Config {
+        /// TOML configuration file, as for `aura serve`.
+        #[arg(long, env = "AURA_CONFIG")]
+        config: Option<PathBuf>,
+        /// Each key's value and source as JSON.
+        #[arg(long, conflicts_with = "example")]
+        json: bool,
+        /// Print a documented example config file instead: every key, its default and what it does.
+        #[arg(long)]
+        example: bool,
+    },
+    /// Print the shell completion script, e.g. `aura completions bash > /etc/bash_completion.d/aura`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page aura(1) (`aura man | man -l -`), or write one page per command to a directory.
+    Man {
+        /// Write aura.1 and aura-<command>.1 for every command into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -331,13 +362,17 @@ pub fn serve_config(args: &Args) -> anyhow::Result<Option<Config>> {
         data_dir,
         listen,
         config,
+        log_format,
         ..
     } = &args.command
     else {
         return Ok(None);
     };
-    init_logging();
     let mut cfg = Config::load(config.as_deref())?;
+    if let Some(format) = log_format {
+        cfg.log.format = *format;
+    }
+    init_logging(cfg.log.format);
     if let Some(dir) = data_dir {
         cfg.data_dir = dir.clone();
     }
@@ -353,8 +388,19 @@ pub async fn run(args: Args, serve: Option<Config>) -> anyhow::Result<u8> {
         crate::serve::run(cfg).await?;
         return Ok(0);
     }
-    if let Command::Token { action } = &args.command {
-        return token_command(&args, action.as_ref());
+    match &args.command {
+        Command::Token { action } => return token_command(&args, action.as_ref()),
+        Command::Config {
+            config,
+            json,
+            example,
+        } => return config_command(config.as_deref(), *json, *example),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Args::command(), "aura", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man { dir } => return man_command(dir.as_deref()),
+        _ => {}
     }
     let token = client_token(&args);
     let client = match &token {
@@ -380,9 +426,18 @@ pub async fn run(args: Args, serve: Option<Config>) -> anyhow::Result<u8> {
 async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
     let client = client.clone();
     match args.command {
-        Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
+        Command::Serve { .. }
+        | Command::Token { .. }
+        | Command::Config { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled above"),
         Command::Submit(submit) => submit_job(&client, *submit).await,
-        Command::Jobs { state, limit, json } => {
+        Command::Jobs {
+            state,
+            labels,
+            limit,
+            json,
+        } => {
             let states = state
                 .iter()
                 .flat_map(|s| s.split(','))
@@ -391,6 +446,7 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
             let page = client
                 .list(&ListQuery {
                     states,
+                    labels,
                     limit: Some(limit),
                     ..Default::default()
                 })
@@ -654,15 +710,61 @@ fn print_status(status: &aura_model::EngineStatus, u: &aura_model::Utilization) 
     );
 }
 
-fn init_logging() {
+fn init_logging(format: aura::config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AURA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        aura::config::LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // Flattened: `message` and the event's fields (`job_id`, …) at the top level, where log
+        // shippers look; the spans it happened in under `span` and `spans`.
+        aura::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_ansi(false)
+            .try_init(),
+    };
+}
+
+/// `aura config`: the effective configuration with sources, as JSON, or the documented example.
+fn config_command(file: Option<&std::path::Path>, json: bool, example: bool) -> anyhow::Result<u8> {
+    if example {
+        print!("{}", aura::config_doc::example()?);
+        return Ok(0);
+    }
+    let effective = aura::config_doc::Effective::load(file)?;
+    if json {
+        print_json(&effective.to_json())?;
+    } else {
+        print!("{}", effective.to_toml());
+    }
+    Ok(0)
+}
+
+/// `aura man`: aura(1) on stdout, or every page (aura.1, aura-<command>.1) into `dir`.
+fn man_command(dir: Option<&std::path::Path>) -> anyhow::Result<u8> {
+    let command = Args::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            std::io::stdout().write_all(&page)?;
+        }
+    }
+    Ok(0)
 }
 
 async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
@@ -1289,6 +1391,51 @@ mod tests {
             parse(&["list", "--state", "paused", "--state", "held"]),
             Ok(Command::Jobs { state, .. }) if state == ["paused", "held"]
         ));
+        assert!(matches!(
+            parse(&["jobs", "--label", "project=trailer", "--label", "kind=a=b"]),
+            Ok(Command::Jobs { labels, .. })
+                if labels == [("project".to_owned(), "trailer".to_owned()), ("kind".to_owned(), "a=b".to_owned())]
+        ));
+        assert!(parse(&["jobs", "--label", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn operator_file_commands_parse() {
+        use aura::config::LogFormat;
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["aura"];
+            full.extend(argv);
+            Args::try_parse_from(full).map(|a| a.command)
+        };
+        assert!(matches!(
+            parse(&["serve", "--log-format", "json"]),
+            Ok(Command::Serve {
+                log_format: Some(LogFormat::Json),
+                ..
+            })
+        ));
+        assert!(parse(&["serve", "--log-format", "xml"]).is_err());
+        assert!(matches!(
+            parse(&["config", "--json"]),
+            Ok(Command::Config {
+                json: true,
+                example: false,
+                ..
+            })
+        ));
+        // The example is documentation, not a view of sources: no JSON form.
+        assert!(parse(&["config", "--example", "--json"]).is_err());
+        assert!(matches!(
+            parse(&["completions", "zsh"]),
+            Ok(Command::Completions {
+                shell: clap_complete::Shell::Zsh
+            })
+        ));
+        assert!(matches!(
+            parse(&["man", "--dir", "out"]),
+            Ok(Command::Man { dir: Some(_) })
+        ));
+        Args::command().debug_assert();
     }
 
     #[test]

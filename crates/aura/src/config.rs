@@ -1,5 +1,6 @@
 //! Typed configuration of `aura serve`: defaults, then a TOML file, then `AURA_*` environment variables,
-//! then command-line flags. Every field is documented in README.md.
+//! then command-line flags. Every field is documented in README.md, and by its `///` doc here, which
+//! `aura config --example` prints (see `config_doc`): a new key needs one.
 
 use aura_model::ByteSize;
 use aura_supervisor::BackendChoice;
@@ -80,6 +81,14 @@ pub struct Config {
     /// Warning thresholds of `/api/diagnostics/resources` (warnings also degrade `/readyz`):
     /// `max_open_fds` = 1000, `max_rss` = 2GiB, `max_threads` = 200, `max_extra_children` = 10.
     pub diagnostics: aura_engine::DiagnosticsConfig,
+    /// `[warnings]`: the watcher that raises and clears warnings on its own (engine events
+    /// `warning_raised`/`warning_cleared`, a log line, `aura_warning_active{warning}`), every `interval` =
+    /// 5s: the `[diagnostics]` thresholds (cleared at or under threshold × `clear_ratio` = 0.9), host CPU
+    /// busy over `host_cpu` = 0.9 (cleared under `host_cpu_clear` = 0.8) and memory in use over
+    /// `host_memory` = 0.85 (cleared under `host_memory_clear` = 0.8), each sustained for `window` = 60s,
+    /// and a GPU over its NVML slowdown temperature (cleared `gpu_clear_margin` = 5 °C under it);
+    /// `enabled` = true.
+    pub warnings: aura_engine::WarningConfig,
     /// `[api]`: the HTTP API's tokens, allowed hosts and origins, and limits.
     pub api: ApiSection,
     /// `[jobs]`: the account, limits, environment, programs and directories of jobs.
@@ -90,6 +99,30 @@ pub struct Config {
     /// run killed after `probe_timeout` = 10s; event streams get running jobs' progress every
     /// `progress_interval` = 1s.
     pub media: aura_engine::MediaConfig,
+    /// `[log]`: the daemon's own log on stderr (its filter is `AURA_LOG`, e.g. `info` or
+    /// `aura_engine=debug`).
+    pub log: LogSection,
+}
+
+/// How the daemon writes its log.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `human` (one readable line per event) or `json` (one JSON object per line: `timestamp`, `level`,
+    /// `target`, `message`, the event's fields such as `job_id`, and its spans), for log shippers.
+    /// `aura serve --log-format` wins. Default: human.
+    pub format: LogFormat,
+}
+
+/// The daemon's log format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The host sampler behind `/api/metrics/system`.
@@ -285,6 +318,13 @@ pub struct ApiSection {
     pub max_header_bytes: ByteSize,
     /// Longest request target (path and query). Default: 8 KiB.
     pub max_uri_bytes: ByteSize,
+    /// Dashboard sessions (sign-ins) kept at once; one more forgets the least recently used. Default:
+    /// 1024.
+    pub max_sessions: usize,
+    /// A dashboard session unused this long is forgotten (each request restarts the clock). Default:
+    /// 7 days.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub session_idle: Duration,
 }
 
 /// What jobs may do: the account they run as, their limits and environment, the programs and
@@ -365,9 +405,11 @@ impl Default for Config {
             guards: aura_engine::GuardConfig::default(),
             metrics: MetricsSection::default(),
             diagnostics: aura_engine::DiagnosticsConfig::default(),
+            warnings: aura_engine::WarningConfig::default(),
             api: ApiSection::default(),
             jobs: JobsSection::default(),
             media: aura_engine::MediaConfig::default(),
+            log: LogSection::default(),
         }
     }
 }
@@ -408,6 +450,8 @@ impl Default for ApiSection {
             request_timeout: api.request_timeout,
             max_header_bytes: ByteSize(api.security.max_header_bytes as u64),
             max_uri_bytes: ByteSize(api.security.max_uri_bytes as u64),
+            max_sessions: api.max_sessions,
+            session_idle: api.session_idle,
         }
     }
 }
@@ -415,6 +459,11 @@ impl Default for ApiSection {
 impl Config {
     /// Defaults, then `file` (if given), then `AURA_*` variables (`AURA_SUPERVISOR__BACKEND=process_group`).
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Config::extract(Config::figment(file)?)
+    }
+
+    /// The sources `load` merges, unextracted: `aura config` reads each value's origin from it.
+    pub fn figment(file: Option<&Path>) -> anyhow::Result<figment::Figment> {
         use figment::providers::{Env, Format, Serialized, Toml};
         let mut figment = figment::Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
@@ -434,7 +483,7 @@ impl Config {
                 ) || key.starts_with("secret_"))
             })
             .split("__");
-        Config::extract(figment.merge(env))
+        Ok(figment.merge(env))
     }
 
     /// Defaults, then the TOML `text` (nothing from the environment): what a config file alone gives.
@@ -448,7 +497,7 @@ impl Config {
     }
 
     /// The typed configuration from its sources, checked.
-    fn extract(figment: figment::Figment) -> anyhow::Result<Config> {
+    pub fn extract(figment: figment::Figment) -> anyhow::Result<Config> {
         let config: Config = figment
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
@@ -479,6 +528,10 @@ impl Config {
         }
         config
             .guards
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config
+            .warnings
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if config.metrics.interval.is_zero()
@@ -515,6 +568,9 @@ impl Config {
         }
         if api.stream_send_buffer.is_some_and(|b| b.bytes() < 4096) {
             anyhow::bail!("invalid configuration: api.stream_send_buffer must be at least 4KiB");
+        }
+        if api.max_sessions == 0 || api.session_idle.is_zero() {
+            anyhow::bail!("invalid configuration: api.max_sessions and api.session_idle must be greater than zero");
         }
         if api.max_event_streams == 0 || api.stream_heartbeat.is_zero() {
             anyhow::bail!("invalid configuration: api.max_event_streams and api.stream_heartbeat must be greater than zero");
@@ -574,6 +630,8 @@ impl Config {
             ("media.probe_timeout", self.media.probe_timeout),
             ("media.progress_interval", self.media.progress_interval),
             ("api.stream_heartbeat", self.api.stream_heartbeat),
+            ("warnings.interval", self.warnings.interval),
+            ("warnings.window", self.warnings.window),
         ];
         let media = &self.media;
         for (name, d) in [
@@ -689,6 +747,8 @@ mod tests {
         refused("[api]\nheader_timeout = \"48h\"\n", "api.header_timeout");
         refused("[api]\nmax_connections = 0\n", "max_connections");
         refused("[api]\nmax_event_streams = 0\n", "max_event_streams");
+        refused("[api]\nmax_sessions = 0\n", "max_sessions");
+        refused("[api]\nsession_idle = 0\n", "session_idle");
         refused(
             "[api]\nstream_send_buffer = \"1KiB\"\n",
             "stream_send_buffer",

@@ -2,4 +2,5 @@
 //! the CLI finds a local daemon — what the fuzz targets and tests reach without running the binary.
 
 pub mod config;
+pub mod config_doc;
 pub mod runtime;

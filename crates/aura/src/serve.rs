@@ -363,6 +363,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admission: config.admission.to_engine(),
         guards: config.guards.clone(),
         diagnostics: config.diagnostics.clone(),
+        warnings: config.warnings.clone(),
         host_interval: config.metrics.interval,
         host_history: config.metrics.history,
         requeue_on_shutdown: config.requeue_on_shutdown,
@@ -426,6 +427,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(file) = &runtime_file {
         tracing::debug!(path = %file.path().display(), "runtime file written");
     }
+    // Before the daemon says it listens: a SIGTERM from a supervisor that saw it start (systemd, a test)
+    // must run the shutdown protocol, not the default action that kills the daemon and leaves its jobs.
+    let mut signals = Signals::install()?;
     println!("aura serve: listening on http://{address}");
 
     let router = aura_server::router(engine.clone(), api_config(&config, address, tokens));
@@ -457,7 +461,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let mut signals = Signals::install()?;
     let signal = signals.next().await;
     tracing::info!(signal, grace = ?config.shutdown_grace, "shutting down: no new jobs, stopping running ones (a second SIGTERM or SIGINT kills them at once)");
     // The engine first: it refuses new submissions at once and stops every tree (killing what is left
@@ -512,6 +515,8 @@ fn api_config(
     out.request_timeout = api.request_timeout;
     out.max_event_streams = api.max_event_streams;
     out.stream_heartbeat = api.stream_heartbeat;
+    out.max_sessions = api.max_sessions;
+    out.session_idle = api.session_idle;
     out.stream_send_buffer = api
         .stream_send_buffer
         .map(|b| usize::try_from(b.bytes()).unwrap_or(usize::MAX));

@@ -106,9 +106,18 @@ impl Actor {
             cgroups: run.tree.cgroups.clone(),
             cwd: run.cwd.clone(),
         };
+        let queued_since = match &active.job.state {
+            JobState::Queued { since } => Some(*since),
+            _ => None,
+        };
+        let started_at = run.started_at;
         if let Err(e) = active.job.apply(Event::Started { run }) {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;
+        }
+        if let Some(since) = queued_since {
+            let waited = (started_at.unix_millis() - since.unix_millis()).max(0) as f64 / 1000.0;
+            self.shared.job_metrics.started(&active.job.spec, waited);
         }
         if active.standby {
             if let Some(name) = &active.job.submitted_by {
@@ -246,6 +255,17 @@ impl Actor {
             tracing::error!(job_id = %id, error = %e, "illegal transition");
             return;
         }
+        if let JobState::Finished(f) = &job.state {
+            if let Some(run) = &f.run {
+                // Every attempt that ran, requeued or final: its wall time as measured, else its span.
+                let seconds = f.accounting.wall_secs.unwrap_or_else(|| {
+                    (f.finished_at.unix_millis() - run.started_at.unix_millis()).max(0) as f64
+                        / 1000.0
+                });
+                let peak = f.accounting.memory_peak.map(|p| p.bytes());
+                self.shared.job_metrics.ran(&job.spec, seconds, peak);
+            }
+        }
         let outcome = job.outcome().cloned();
         events.push(NewEvent::new(JobEvent::Finished {
             outcome: outcome.clone(),
@@ -368,7 +388,11 @@ impl Actor {
 
     /// Like `persist` for a job that reached its final state: waiters are told once the commit is done,
     /// so that what they read next is the final record.
+    /// Every final state passes here, so this is where `aura_jobs_finished_total` counts it.
     pub(super) async fn persist_final(&self, job: &Job, events: Vec<NewEvent>) {
+        if let Some(outcome) = job.outcome() {
+            self.shared.job_metrics.finished(&job.spec, outcome);
+        }
         queue_write(&self.shared, job, events, Commit::Soon, true).await;
     }
 }

@@ -126,9 +126,16 @@ pub(crate) async fn spawn(
     } else {
         None
     };
+    let warnings = if shared.config.warnings.enabled {
+        let thread = crate::warnings::WarningThread::start(shared.clone(), tx.clone())
+            .map_err(|e| EngineError::internal("starting the warning watcher thread", e))?;
+        Some(thread)
+    } else {
+        None
+    };
     let task = tokio::spawn(actor.run());
     let feed = tokio::spawn(crate::streams::progress_feed(shared.clone()));
-    Ok(EngineHandle::new(tx, shared, task, guards, feed))
+    Ok(EngineHandle::new(tx, shared, task, guards, warnings, feed))
 }
 
 impl Actor {
@@ -173,6 +180,10 @@ impl Actor {
                 let mut parked = None;
                 let queued = shared.enter_reserved(submitter.as_deref(), || {
                     let accepting = self.shared.accepting.load(Ordering::SeqCst);
+                    if accepting {
+                        // Counted where the actor takes the stored job in, once per job.
+                        self.shared.job_metrics.submitted(&job.spec);
+                    }
                     if accepting && job.spec.after.is_empty() {
                         self.enqueue(*job);
                     } else if accepting {
@@ -335,6 +346,9 @@ impl Actor {
                     }
                     _ => {}
                 }
+                self.shared
+                    .job_metrics
+                    .admission_paused(!resumed, std::time::Instant::now());
                 *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
                 if resumed {
                     self.dispatch().await;

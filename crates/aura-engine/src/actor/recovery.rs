@@ -78,6 +78,9 @@ impl Actor {
                 }
                 tracing::warn!(job_id = %job.id, requeued = matches!(job.state, JobState::Queued { .. }), "job interrupted by a daemon crash");
                 self.shared.store.record(&job, events).await?;
+                if let Some(outcome) = job.outcome() {
+                    self.shared.job_metrics.finished(&job.spec, outcome);
+                }
             }
             if matches!(job.state, JobState::Held { .. }) {
                 self.count_waiting(&job, true);

@@ -2,6 +2,7 @@
 //! what they measure is the whole machine: `aura serve` on a temporary data dir, killed on drop.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub const AURA: &str = env!("CARGO_BIN_EXE_aura");
@@ -16,15 +17,26 @@ pub struct Daemon {
 impl Daemon {
     /// `aura serve` with these `AURA_*` overrides, once it listens.
     pub fn start(env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_logged(env, None)
+    }
+
+    /// `start`, with the daemon's stderr (its log) written to `log` where given.
+    pub fn start_logged(env: &[(&str, &str)], log: Option<&Path>) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let mut child = Command::new(AURA)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&data)
             .env("AURA_LOG", "warn")
+            // A knob of the test binaries, not the daemon's: `aura serve` refuses unknown AURA_* keys.
+            .env_remove("AURA_LEAK_SECONDS")
             .env("AURA_RUNTIME_DIR", dir.path().join("runtime"))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("daemon log file")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("spawn aura serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
@@ -45,6 +57,14 @@ impl Daemon {
             token,
             _dir: dir,
         }
+    }
+}
+
+impl Daemon {
+    /// The directory through which the CLI finds this daemon's token (`AURA_RUNTIME_DIR`).
+    #[allow(dead_code)] // not every test binary runs the CLI
+    pub fn runtime_dir(&self) -> PathBuf {
+        self._dir.path().join("runtime")
     }
 }
 

@@ -160,3 +160,164 @@ async fn list_filters_and_pages() {
         assert!(outcome(&wait_done(&client, id).await).is_success());
     }
 }
+
+/// `GET /api/jobs?label=K=V` (repeatable) and `aura jobs --label K=V`: only jobs carrying every label
+/// given, paged like any listing; a label that is not `KEY=VALUE`, or breaks the label rules, is a 400
+/// problem that says so, and a CLI error that says the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_by_label_over_the_api_and_the_cli() {
+    let daemon = Daemon::start(&[]);
+    let client = daemon.client();
+    let labelled = |labels: &[(&str, &str)]| {
+        let mut spec = spec("true", &[]);
+        for (k, v) in labels {
+            spec.labels.insert((*k).to_owned(), (*v).to_owned());
+        }
+        spec
+    };
+    let trailer_encode = submit(
+        &client,
+        &labelled(&[("project", "trailer"), ("kind", "encode")]),
+    )
+    .await;
+    let trailer_tts = submit(
+        &client,
+        &labelled(&[("project", "trailer"), ("kind", "tts")]),
+    )
+    .await;
+    submit(
+        &client,
+        &labelled(&[("project", "feature"), ("kind", "encode")]),
+    )
+    .await;
+    submit(&client, &spec("true", &[])).await;
+    let staged = submit(&client, &labelled(&[("team.io/stage", "a=b c")])).await;
+
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let listed = |labels: Vec<(String, String)>, limit: Option<u32>, after: Option<JobId>| {
+        let client = client.clone();
+        async move {
+            let page = client
+                .list(&aura_client::ListQuery {
+                    labels,
+                    limit,
+                    after,
+                    ..Default::default()
+                })
+                .await
+                .expect("list");
+            let ids: Vec<JobId> = page.jobs.iter().map(|j| j.job.id).collect();
+            (ids, page.next_after)
+        }
+    };
+    let trailer = vec![pair("project", "trailer")];
+    assert_eq!(
+        listed(trailer.clone(), None, None).await.0,
+        [trailer_tts, trailer_encode]
+    );
+    // Every label must match.
+    assert_eq!(
+        listed(
+            vec![pair("kind", "encode"), pair("project", "trailer")],
+            None,
+            None
+        )
+        .await
+        .0,
+        [trailer_encode]
+    );
+    // A key with `.` and `/`, a value with `=` and a space, arrive as they were given.
+    assert_eq!(
+        listed(vec![pair("team.io/stage", "a=b c")], None, None)
+            .await
+            .0,
+        [staged]
+    );
+    assert!(listed(vec![pair("project", "nope")], None, None)
+        .await
+        .0
+        .is_empty());
+    // Pages of one: the label filter holds across the keyset cursor.
+    let (first, next) = listed(trailer.clone(), Some(1), None).await;
+    assert_eq!(first, [trailer_tts]);
+    let (second, next) = listed(trailer.clone(), Some(1), next).await;
+    assert_eq!(second, [trailer_encode]);
+    assert!(listed(trailer, Some(1), next).await.0.is_empty());
+
+    // The raw form: `label` repeated, `=` inside the value encoded or not.
+    let http = authed(&daemon.url);
+    let get = |query: &str| {
+        let request = http.get(format!("{}/api/jobs?{query}", daemon.url));
+        async move {
+            let resp = request.send().await.expect("GET /api/jobs");
+            let status = resp.status().as_u16();
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body: serde_json::Value = resp.json().await.expect("a JSON answer");
+            (status, ctype, body)
+        }
+    };
+    let (status, _, page) = get("label=project%3Dtrailer&label=kind=encode").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["jobs"][0]["id"], trailer_encode.0);
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(1));
+    for (query, says) in [
+        ("label=project", "expected KEY=VALUE"),
+        ("label=bad%20key=x", "invalid label name \"bad key\""),
+        ("label==trailer", "invalid label name \"\""),
+    ] {
+        let (status, ctype, problem) = get(query).await;
+        assert_eq!(status, 400, "{query}: {problem}");
+        assert_eq!(ctype, "application/problem+json", "{query}");
+        assert_eq!(problem["code"], "bad_request", "{query}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{query}: {detail}");
+    }
+
+    // The CLI: `--label` repeatable, the same jobs.
+    let out = daemon.cli(&["jobs", "--label", "project=trailer", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Vec<JobView> = serde_json::from_slice(&out.stdout).expect("aura jobs --json");
+    let shown: Vec<JobId> = shown.iter().map(|j| j.job.id).collect();
+    assert_eq!(shown, [trailer_tts, trailer_encode]);
+    let out = daemon.cli(&[
+        "jobs",
+        "--label",
+        "project=trailer",
+        "--label",
+        "kind=tts",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Vec<JobView> = serde_json::from_slice(&out.stdout).expect("aura jobs --json");
+    assert_eq!(
+        shown.iter().map(|j| j.job.id).collect::<Vec<_>>(),
+        [trailer_tts]
+    );
+    // Refused by the daemon (a key no job can carry), and by the CLI itself (not KEY=VALUE).
+    for (args, says) in [
+        (
+            &["jobs", "--label", "bad key=x"][..],
+            "invalid label name \"bad key\"",
+        ),
+        (&["jobs", "--label", "novalue"][..], "is not KEY=VALUE"),
+    ] {
+        let out = daemon.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a table");
+    }
+}

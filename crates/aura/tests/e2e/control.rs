@@ -68,8 +68,16 @@ async fn pause_and_resume(daemon: &Daemon) {
     // Paused past its timeout (4 s), in all.
     tokio::time::sleep(Duration::from_secs(2)).await;
     cli_ok(daemon, &["resume", &id.to_string()]);
+    // Its 3 s of work are measured on the wall clock, already past: it may end right after the thaw.
     let resumed = client.get(id).await.expect("get");
-    assert_eq!(resumed.job.state.name(), StateName::Running);
+    assert!(
+        matches!(
+            resumed.job.state.name(),
+            StateName::Running | StateName::Finished
+        ),
+        "{:?}",
+        resumed.job.state
+    );
     let done = wait_done(&client, id).await;
     assert!(
         outcome(&done).is_success(),

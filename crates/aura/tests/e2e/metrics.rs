@@ -300,3 +300,310 @@ async fn a_paused_admission_degrades_readiness() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The value of the one sample of `name` carrying every label in `labels`, in the classic text format.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}\n{text}");
+    let value = found[0].rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("{name}: {value:?}"))
+}
+
+async fn scrape(daemon: &Daemon) -> String {
+    get_text(format!("{}/metrics", daemon.url)).await
+}
+
+/// Jobs with known outcomes, one refused submit, one that waits in the queue: every lifecycle counter and
+/// histogram count in a scrape is exact, and the scrape still passes promtool.
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_counters_and_histograms_are_exact() {
+    let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
+    let client = daemon.client();
+    let before = scrape(&daemon).await;
+    assert_eq!(
+        sample(&before, "aura_jobs_submitted_total", &[("kind", "command")]),
+        0.0
+    );
+    let blocker = submit(&client, &spec("sleep", &["2"])).await;
+    wait_running(&client, blocker, 1).await;
+    // Queued behind the blocker, cancelled before it starts: it never waits out the queue nor runs.
+    let cancelled = submit(&client, &spec("sleep", &["30"])).await;
+    client.cancel(cancelled).await.unwrap();
+    let mut ids = vec![blocker, cancelled];
+    for (program, args) in [("true", &[][..]), ("false", &[]), ("sh", &["-c", "exit 3"])] {
+        ids.push(submit(&client, &spec(program, args)).await);
+    }
+    let mut timed_out = spec("sleep", &["30"]);
+    timed_out.timeout = Duration::from_millis(300);
+    ids.push(submit(&client, &timed_out).await);
+    let mut reporting = spec("true", &[]);
+    reporting.progress = aura_model::ProgressMode::Aura;
+    ids.push(submit(&client, &reporting).await);
+    let mut huge = spec("true", &[]);
+    huge.resources.memory = Some("64TiB".parse().unwrap());
+    assert!(
+        client.submit(&huge).await.is_err(),
+        "a 64 TiB job is refused"
+    );
+    for id in &ids {
+        wait_done(&client, *id).await;
+    }
+    let text = scrape(&daemon).await;
+    let finished = |kind: &str, outcome: &str| {
+        sample(
+            &text,
+            "aura_jobs_finished_total",
+            &[("kind", kind), ("outcome", outcome)],
+        )
+    };
+    let submitted = |kind| sample(&text, "aura_jobs_submitted_total", &[("kind", kind)]);
+    assert_eq!(
+        (
+            submitted("command"),
+            submitted("progress"),
+            submitted("ffmpeg")
+        ),
+        (6.0, 1.0, 0.0)
+    );
+    assert_eq!(finished("command", "succeeded"), 2.0);
+    assert_eq!(finished("command", "failed"), 2.0);
+    assert_eq!(finished("command", "cancelled"), 1.0);
+    assert_eq!(finished("command", "timed_out"), 1.0);
+    assert_eq!(finished("progress", "succeeded"), 1.0);
+    assert_eq!(finished("ffmpeg", "succeeded"), 0.0);
+    let count = |family: &str, kind| sample(&text, &format!("{family}_count"), &[("kind", kind)]);
+    // Five command jobs started and ran (the cancelled one never did), one reporting job.
+    for family in ["aura_job_queue_wait_seconds", "aura_job_run_seconds"] {
+        assert_eq!(count(family, "command"), 5.0, "{family}");
+        assert_eq!(count(family, "progress"), 1.0, "{family}");
+    }
+    let inf = sample(
+        &text,
+        "aura_job_run_seconds_bucket",
+        &[("kind", "command"), ("le", "+Inf")],
+    );
+    assert_eq!(inf, 5.0);
+    // The timed-out job ran past its 0.3 s; the blocker 2 s.
+    let run_sum = sample(&text, "aura_job_run_seconds_sum", &[("kind", "command")]);
+    assert!(run_sum > 2.2, "{run_sum}");
+    // The jobs behind the blocker waited for it.
+    let quick = sample(
+        &text,
+        "aura_job_queue_wait_seconds_bucket",
+        &[("kind", "command"), ("le", "0.5")],
+    );
+    assert!(quick < 5.0, "every start was quick: {quick}");
+    let wait_sum = sample(
+        &text,
+        "aura_job_queue_wait_seconds_sum",
+        &[("kind", "command")],
+    );
+    assert!(wait_sum > 1.0, "{wait_sum}");
+    let peaks = count("aura_job_peak_memory_bytes", "command");
+    assert!(peaks <= 5.0, "{peaks}");
+    assert_eq!(
+        sample(
+            &text,
+            "aura_admission_refusals_total",
+            &[("reason", "too_large")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "aura_admission_refusals_total",
+            &[("reason", "queue_full")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(&text, "aura_admission_paused_seconds_total", &[]),
+        0.0
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Admission paused by a guard counts its time; event streams count by type while open.
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_time_and_stream_subscribers_are_counted() {
+    let daemon = Daemon::start(&[
+        ("AURA_GUARDS__MIN_AVAILABLE_MEMORY", "0.999"),
+        ("AURA_GUARDS__RESUME_AVAILABLE_MEMORY", "0.9995"),
+        ("AURA_GUARDS__INTERVAL", "100ms"),
+    ]);
+    let http = authed(&daemon.url);
+    let stream = http
+        .get(format!("{}/api/events/stream", daemon.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = scrape(&daemon).await;
+    let paused = sample(&text, "aura_admission_paused_seconds_total", &[]);
+    // Paused from the guard's first look, a few 100 ms after the start, until the scrape.
+    assert!(paused > 0.5 && paused < 30.0, "{paused}");
+    assert_eq!(
+        sample(&text, "aura_event_stream_subscribers", &[("stream", "all")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "aura_event_stream_subscribers", &[("stream", "job")]),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "aura_event_stream_subscriptions_total",
+            &[("stream", "all")]
+        ),
+        1.0
+    );
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(&daemon).await;
+        if sample(&text, "aura_event_stream_subscribers", &[("stream", "all")]) == 0.0 {
+            let later = sample(&text, "aura_admission_paused_seconds_total", &[]);
+            assert!(later > paused, "{later} after {paused}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream stayed counted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A warning raised on its own when the daemon's fds cross the configured threshold (event streams hold a
+/// connection each), cleared once they are closed: an engine event and a log line each way, and the gauge.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crossed_threshold_raises_and_clears_a_warning_on_its_own() {
+    // The figure the threshold applies to, on a daemon like the one under test.
+    let baseline = {
+        let probe = Daemon::start(&[("AURA_DIAGNOSTICS__MAX_OPEN_FDS", "0")]);
+        let (_, diag) = get_json(format!("{}/api/diagnostics/resources", probe.url)).await;
+        diag["warnings"][0]["value"]
+            .as_u64()
+            .expect("open_fds value")
+    };
+    let threshold = (baseline + 15).to_string();
+    let daemon = Daemon::start_logged(
+        &[
+            ("AURA_DIAGNOSTICS__MAX_OPEN_FDS", threshold.as_str()),
+            ("AURA_WARNINGS__INTERVAL", "200ms"),
+            ("AURA_API__STREAM_HEARTBEAT", "300ms"),
+            // Only the fds warning may be raised here, whatever the machine's load.
+            ("AURA_WARNINGS__HOST_CPU", "1.0"),
+            ("AURA_WARNINGS__HOST_MEMORY", "1.0"),
+            ("AURA_LOG", "info"),
+        ],
+        true,
+    );
+    let client = daemon.client();
+    let warning_event = |kind: &'static str| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let events = client.engine_events(0).await.expect("engine events");
+                if let Some(e) = events
+                    .iter()
+                    .map(|e| serde_json::to_value(&e.event).unwrap())
+                    .find(|e| e["kind"] == kind && e["detail"]["warning"] == "open_fds")
+                {
+                    return e;
+                }
+                assert!(Instant::now() < deadline, "no {kind} event");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let http = authed(&daemon.url);
+    let mut streams = Vec::new();
+    for _ in 0..30 {
+        let resp = http
+            .get(format!("{}/api/events/stream", daemon.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        streams.push(resp);
+    }
+    let raised = warning_event("warning_raised").await;
+    assert_eq!(raised["detail"]["warning"], "open_fds", "{raised}");
+    assert_eq!(
+        raised["detail"]["threshold"].as_f64(),
+        Some((baseline + 15) as f64),
+        "{raised}"
+    );
+    assert!(
+        raised["detail"]["value"].as_f64().unwrap() > (baseline + 15) as f64,
+        "{raised}"
+    );
+    let text = scrape(&daemon).await;
+    assert_eq!(
+        sample(&text, "aura_warning_active", &[("warning", "open_fds")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "aura_warning_active", &[("warning", "threads")]),
+        0.0
+    );
+    drop(streams);
+    let cleared = warning_event("warning_cleared").await;
+    assert_eq!(cleared["detail"]["warning"], "open_fds", "{cleared}");
+    let text = scrape(&daemon).await;
+    assert_eq!(
+        sample(&text, "aura_warning_active", &[("warning", "open_fds")]),
+        0.0
+    );
+    let log = std::fs::read_to_string(daemon.log_path()).unwrap();
+    for line in ["warning raised", "warning cleared"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(line) && l.contains("open_fds")),
+            "no {line:?} line in\n{log}"
+        );
+    }
+    // Raised once and cleared once: no flapping while the streams were open.
+    let events = client.engine_events(0).await.unwrap();
+    let count = |kind: &str| {
+        events
+            .iter()
+            .map(|e| serde_json::to_value(&e.event).unwrap())
+            .filter(|e| e["kind"] == kind && e["detail"]["warning"] == "open_fds")
+            .count()
+    };
+    assert_eq!((count("warning_raised"), count("warning_cleared")), (1, 1));
+}
