@@ -41,7 +41,10 @@ try {
       return {
         fcp: fcp ? fcp.startTime : null,
         html: nav.decodedBodySize,
-        assets: resources.map((r) => ({ path: new URL(r.name).pathname, bytes: r.decodedBodySize })),
+        htmlSent: nav.encodedBodySize,
+        assets: resources.map((r) => ({
+          path: new URL(r.name).pathname, bytes: r.decodedBodySize, sent: r.encodedBodySize,
+        })),
       };
     });
     if (timing.fcp === null) {
@@ -51,7 +54,7 @@ try {
         () => performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null);
     }
     paints.push(timing.fcp);
-    weight ??= { html: timing.html, assets: timing.assets };
+    weight ??= { html: timing.html, htmlSent: timing.htmlSent, assets: timing.assets };
     await page.close();
   }
   console.log(JSON.stringify({ phase: 'paint', paints, weight }));

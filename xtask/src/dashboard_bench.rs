@@ -116,15 +116,19 @@ pub fn dashboard(root: &Path, pages: usize, jobs: usize, seconds: u64) -> anyhow
         .unwrap_or_default();
     paints.sort_by(f64::total_cmp);
     let html = paint["weight"]["html"].as_u64().unwrap_or(0);
-    let assets: u64 = paint["weight"]["assets"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|r| r["bytes"].as_u64()).sum())
-        .unwrap_or(0);
+    let total = |field: &str| -> u64 {
+        paint["weight"]["assets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r[field].as_u64()).sum())
+            .unwrap_or(0)
+    };
+    let assets = total("bytes");
+    let sent = paint["weight"]["htmlSent"].as_u64().unwrap_or(0) + total("sent");
     println!(
         "dashboard: {jobs} jobs running; daemon CPU {:.4} cores / RSS {:.1} MiB with no page, \
          {:.4} cores / {:.1} MiB with {pages} dashboards open, {:.4} cores / {:.1} MiB after they closed \
          ({seconds} s windows); first contentful paint of / p50 {:.0} ms, max {:.0} ms over {} cold loads \
-         (target < 300 ms); page weight {:.1} KiB (HTML {:.1} KiB + assets {:.1} KiB, uncompressed)",
+         (target < 300 ms); page weight {:.1} KiB (HTML {:.1} KiB + assets {:.1} KiB), {:.1} KiB sent (gzip)",
         none_before.cores,
         none_before.rss_mib,
         open.cores,
@@ -137,6 +141,7 @@ pub fn dashboard(root: &Path, pages: usize, jobs: usize, seconds: u64) -> anyhow
         (html + assets) as f64 / 1024.0,
         html as f64 / 1024.0,
         assets as f64 / 1024.0,
+        sent as f64 / 1024.0,
     );
     Ok(())
 }

@@ -54,7 +54,8 @@ pub struct Progress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ProgressSource>,
     /// Share of the work done, 0–100: media time written over the expected duration, or the tool's own
-    /// share (generic protocol). 100 once the tool said it is done.
+    /// share (generic protocol). 100 once the tool said it is done, having reached (within 2 %) its
+    /// expected length; a tool stopped midway keeps the share it reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
     /// Frames encoded per second (FFmpeg's average).
@@ -131,6 +132,10 @@ pub struct ProgressTracker {
 
 /// Why a tracker judges a job stalled, in words with the figures.
 pub type StallVerdict = Option<String>;
+
+/// The share (percent) at which a tool that ended its output counts as having done all its work: FFmpeg's
+/// last `out_time` can fall a frame or two short of the expected length.
+const DONE_PERCENT: f64 = 98.0;
 
 impl ProgressTracker {
     /// A tracker for a job reporting through `source`, expected to produce `expected` of media.
@@ -211,7 +216,12 @@ impl ProgressTracker {
         }
         if raw.end {
             p.done = true;
-            p.percent = Some(100.0);
+            // The tool ended its output, which it also does when stopped (FFmpeg on SIGINT writes its
+            // last block with `progress=end`): 100 % only for work that reached its expected length (a
+            // frame or two short is rounding), else the share it reached stays.
+            if p.percent.map_or(true, |reached| reached >= DONE_PERCENT) {
+                p.percent = Some(100.0);
+            }
             p.eta_secs = Some(0.0);
         } else {
             p.eta_secs = eta(p, self.expected, now_secs, self.advanced_at);
@@ -333,6 +343,33 @@ mod tests {
         let p = t.snapshot(5.0);
         assert!(p.done);
         assert_eq!((p.percent, p.eta_secs), (Some(100.0), Some(0.0)));
+    }
+
+    #[test]
+    fn a_tool_stopped_midway_ends_at_the_share_it_reached_not_100() {
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, Some(Duration::from_secs(10)));
+        t.report(
+            RawReport {
+                end: true,
+                ..ffmpeg(1.0, 25, 1.0)
+            },
+            1.0,
+            None,
+        );
+        let p = t.snapshot(1.0);
+        assert!(p.done);
+        assert_eq!(p.percent, Some(10.0));
+        // A frame short of the expected length is done.
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, Some(Duration::from_secs(10)));
+        t.report(
+            RawReport {
+                end: true,
+                ..ffmpeg(9.96, 249, 1.0)
+            },
+            10.0,
+            None,
+        );
+        assert_eq!(t.snapshot(10.0).percent, Some(100.0));
     }
 
     #[test]

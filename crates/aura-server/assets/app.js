@@ -409,30 +409,24 @@ function showProgress(row, p) {
 
 // ---------------------------------------------------------------- the event stream
 
+/** Each kind of event the stream sends, and the one function that handles it (declared below). */
+const STREAM_HANDLERS = [
+  ['open', onOpen], ['job', onJobEvent], ['progress', onProgress], ['engine', onEngineEvent],
+  ['lagged', onLagged], ['end', onEnd], ['error', onStreamError],
+];
+
 function openStream() {
   closeStream();
   const source = new EventSource('/api/events/stream');
   stream = source;
   // The same functions every time: a replaced stream takes its listeners with it.
-  source.addEventListener('open', onOpen);
-  source.addEventListener('job', onJobEvent);
-  source.addEventListener('progress', onProgress);
-  source.addEventListener('engine', onEngineEvent);
-  source.addEventListener('lagged', onLagged);
-  source.addEventListener('end', onEnd);
-  source.addEventListener('error', onStreamError);
+  for (const [kind, handler] of STREAM_HANDLERS) source.addEventListener(kind, handler);
 }
 
 function closeStream() {
   clearTimer('reconnect');
   if (!stream) return;
-  stream.removeEventListener('open', onOpen);
-  stream.removeEventListener('job', onJobEvent);
-  stream.removeEventListener('progress', onProgress);
-  stream.removeEventListener('engine', onEngineEvent);
-  stream.removeEventListener('lagged', onLagged);
-  stream.removeEventListener('end', onEnd);
-  stream.removeEventListener('error', onStreamError);
+  for (const [kind, handler] of STREAM_HANDLERS) stream.removeEventListener(kind, handler);
   stream.close();
   stream = null;
   setText($('stream-state'), '');
@@ -838,7 +832,12 @@ function makeChart(key, container, names, opts = {}) {
     width, height: 180,
     legend: { show: names.length <= 8, live: false },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true }, y: opts.range ? { range: opts.range } : { auto: true } },
+    // Always the last RING × 2 s (5 minutes), ending at the newest sample: a fixed window from the
+    // first sample on, rather than an axis stretched over years around a single point.
+    scales: {
+      x: { time: true, range: (u, min, max) => [max - RING * SYSTEM_EVERY / 1000, max] },
+      y: opts.range ? { range: opts.range } : { auto: true },
+    },
     axes: [{}, { size: 50, values: (u, splits) => splits.map(tick) }],
     series: [{}, ...names.map((name, i) => ({ label: name, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true }))],
   }, ring.data, container);

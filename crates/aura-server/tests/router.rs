@@ -1,7 +1,9 @@
 //! The router with every security layer in front of it, driven without a socket against a real engine
 //! (store in a temp dir, process-group supervisor).
 
-use aura_server::auth::{Principal, Scope, TokenHash, Tokens};
+mod common;
+
+use aura_server::auth::{Scope, Tokens};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use std::time::Duration;
@@ -11,61 +13,16 @@ const PORT: u16 = 7411;
 const TOKEN: &str = "router-test-token";
 
 async fn engine(dir: &std::path::Path) -> aura_engine::EngineHandle {
-    let mut supervisor = aura_supervisor::SupervisorConfig::new(format!(
-        "router-{}-{}",
-        std::process::id(),
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-    ));
-    supervisor.backend = aura_supervisor::BackendChoice::ProcessGroup;
-    aura_engine::start(aura_engine::EngineConfig {
-        data_dir: dir.to_path_buf(),
-        max_concurrent: 1,
-        standby: 0,
-        admission: aura_engine::AdmissionConfig {
-            detect_gpus: false,
-            ..Default::default()
-        },
-        guards: aura_engine::GuardConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        diagnostics: Default::default(),
-        warnings: Default::default(),
-        media: Default::default(),
-        host_interval: Duration::from_secs(5),
-        host_history: 2,
-        requeue_on_shutdown: false,
-        supervisor,
-        secrets: Default::default(),
-        shutdown_grace: Duration::from_secs(30),
-        quarantine_after: 2,
-        store_reserve: 2 << 20,
-        foreign_trees: false,
-    })
-    .await
-    .expect("engine starts")
+    common::engine("router", dir).await
 }
 
 fn tokens() -> Tokens {
-    let mut tokens = Tokens::default();
-    for (token, name, scope) in [
+    common::tokens(&[
         (TOKEN, "tester", Scope::Admin),
         (ALICE, "alice", Scope::Submit),
         (BOB, "bob", Scope::Submit),
         (READER, "reader", Scope::Read),
-    ] {
-        tokens
-            .add(
-                TokenHash::of(token),
-                Principal {
-                    name: name.into(),
-                    scope,
-                    max_queued: None,
-                },
-            )
-            .expect("a valid token");
-    }
-    tokens
+    ])
 }
 
 /// Submit tokens of two clients, and a read token.

@@ -4,10 +4,11 @@
 //! from another origin) refused; sign-out forgetting the session; a wrong token answered 401 with no
 //! cookie.
 
-use aura_server::auth::{Principal, Scope, TokenHash, Tokens};
+mod common;
+
+use aura_server::auth::{Scope, Tokens};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use std::time::Duration;
 use tower::ServiceExt;
 
 const PORT: u16 = 7411;
@@ -16,59 +17,14 @@ const READER: &str = "session-test-reader";
 const OWN_ORIGIN: &str = "http://127.0.0.1:7411";
 
 async fn engine(dir: &std::path::Path) -> aura_engine::EngineHandle {
-    let mut supervisor = aura_supervisor::SupervisorConfig::new(format!(
-        "session-{}-{}",
-        std::process::id(),
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("x")
-    ));
-    supervisor.backend = aura_supervisor::BackendChoice::ProcessGroup;
-    aura_engine::start(aura_engine::EngineConfig {
-        data_dir: dir.to_path_buf(),
-        max_concurrent: 1,
-        standby: 0,
-        admission: aura_engine::AdmissionConfig {
-            detect_gpus: false,
-            ..Default::default()
-        },
-        guards: aura_engine::GuardConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        diagnostics: Default::default(),
-        warnings: Default::default(),
-        media: Default::default(),
-        host_interval: Duration::from_secs(5),
-        host_history: 2,
-        requeue_on_shutdown: false,
-        supervisor,
-        secrets: Default::default(),
-        shutdown_grace: Duration::from_secs(30),
-        quarantine_after: 2,
-        store_reserve: 2 << 20,
-        foreign_trees: false,
-    })
-    .await
-    .expect("engine starts")
+    common::engine("session", dir).await
 }
 
 fn tokens() -> Tokens {
-    let mut tokens = Tokens::default();
-    for (token, name, scope) in [
+    common::tokens(&[
         (ADMIN, "admin", Scope::Admin),
         (READER, "reader", Scope::Read),
-    ] {
-        tokens
-            .add(
-                TokenHash::of(token),
-                Principal {
-                    name: name.into(),
-                    scope,
-                    max_queued: None,
-                },
-            )
-            .expect("a valid token");
-    }
-    tokens
+    ])
 }
 
 /// A request as a browser on the dashboard sends it: the cookie, and `Origin` where given.

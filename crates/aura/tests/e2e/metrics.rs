@@ -111,27 +111,7 @@ async fn prometheus_output_passes_promtool_and_shows_running_jobs() {
         "{content_type}"
     );
     let text = resp.text().await.unwrap();
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
     // Prometheus itself asks for OpenMetrics first: that answer must pass a strict OpenMetrics parser
     // (the Python client's, the one its own test suite uses) and carry the same series.
     let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
@@ -156,12 +136,11 @@ async fn prometheus_output_passes_promtool_and_shows_running_jobs() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("/usr/bin/python3 (Debian package python3)");
-    python
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(open_metrics.as_bytes())
-        .unwrap();
+    std::io::Write::write_all(
+        &mut python.stdin.take().expect("python's stdin"),
+        open_metrics.as_bytes(),
+    )
+    .unwrap();
     let out = python.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -432,27 +411,7 @@ async fn lifecycle_counters_and_histograms_are_exact() {
         sample(&text, "aura_admission_paused_seconds_total", &[]),
         0.0
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 }
 
 /// Admission paused by a guard counts its time; event streams count by type while open.
@@ -606,4 +565,29 @@ async fn a_crossed_threshold_raises_and_clears_a_warning_on_its_own() {
             .count()
     };
     assert_eq!((count("warning_raised"), count("warning_cleared")), (1, 1));
+}
+
+/// `promtool check metrics` (Prometheus's own linter) on a scrape in the classic text format.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to promtool");
+    let out = promtool.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
