@@ -54,8 +54,8 @@ pub struct Progress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ProgressSource>,
     /// Share of the work done, 0–100: media time written over the expected duration, or the tool's own
-    /// share (generic protocol). 100 once the tool said it is done, having reached (within 2 %) its
-    /// expected length; a tool stopped midway keeps the share it reached.
+    /// share (generic protocol). 100 once the tool said it is done, unless it was being stopped: then
+    /// the share it reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<f64>,
     /// Frames encoded per second (FFmpeg's average).
@@ -128,14 +128,12 @@ pub struct ProgressTracker {
     slow_since: Option<f64>,
     /// The furthest point reached: (media time µs, frame, bytes, share in millionths).
     high: (u64, u64, u64, u64),
+    /// A stop was sent: the tool's last report ends its output, not its work.
+    stopping: bool,
 }
 
 /// Why a tracker judges a job stalled, in words with the figures.
 pub type StallVerdict = Option<String>;
-
-/// The share (percent) at which a tool that ended its output counts as having done all its work: FFmpeg's
-/// last `out_time` can fall a frame or two short of the expected length.
-const DONE_PERCENT: f64 = 98.0;
 
 impl ProgressTracker {
     /// A tracker for a job reporting through `source`, expected to produce `expected` of media.
@@ -152,6 +150,7 @@ impl ProgressTracker {
             advanced_at: 0.0,
             slow_since: None,
             high: (0, 0, 0, 0),
+            stopping: false,
         }
     }
 
@@ -171,6 +170,12 @@ impl ProgressTracker {
         if let Some(since) = &mut self.slow_since {
             *since += secs;
         }
+    }
+
+    /// The job is being stopped (its stop sequence began): a last report that says it ended stands for
+    /// where it stopped, not for the work done.
+    pub fn stopping(&mut self) {
+        self.stopping = true;
     }
 
     /// Takes one report read `now_secs` after the start. `min_speed`: the speed floor, if any.
@@ -216,10 +221,9 @@ impl ProgressTracker {
         }
         if raw.end {
             p.done = true;
-            // The tool ended its output, which it also does when stopped (FFmpeg on SIGINT writes its
-            // last block with `progress=end`): 100 % only for work that reached its expected length (a
-            // frame or two short is rounding), else the share it reached stays.
-            if p.percent.map_or(true, |reached| reached >= DONE_PERCENT) {
+            // A tool also ends its output when stopped (FFmpeg on SIGINT writes its last block with
+            // `progress=end`): then the share it reached stays, rather than a claim of all the work.
+            if !self.stopping {
                 p.percent = Some(100.0);
             }
             p.eta_secs = Some(0.0);
@@ -347,29 +351,21 @@ mod tests {
 
     #[test]
     fn a_tool_stopped_midway_ends_at_the_share_it_reached_not_100() {
+        let end = |t: f64, frame: u64| RawReport {
+            end: true,
+            ..ffmpeg(t, frame, 1.0)
+        };
         let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, Some(Duration::from_secs(10)));
-        t.report(
-            RawReport {
-                end: true,
-                ..ffmpeg(1.0, 25, 1.0)
-            },
-            1.0,
-            None,
-        );
+        t.report(ffmpeg(0.5, 12, 1.0), 0.5, None);
+        t.stopping();
+        t.report(end(1.0, 25), 1.0, None);
         let p = t.snapshot(1.0);
         assert!(p.done);
         assert_eq!(p.percent, Some(10.0));
-        // A frame short of the expected length is done.
-        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, Some(Duration::from_secs(10)));
-        t.report(
-            RawReport {
-                end: true,
-                ..ffmpeg(9.96, 249, 1.0)
-            },
-            10.0,
-            None,
-        );
-        assert_eq!(t.snapshot(10.0).percent, Some(100.0));
+        // Not stopped: the end is all the work, even a few frames short of the expected length.
+        let mut t = ProgressTracker::new(ProgressSource::FfmpegPipe, Some(Duration::from_secs(3)));
+        t.report(end(2.92, 75), 3.0, None);
+        assert_eq!(t.snapshot(3.0).percent, Some(100.0));
     }
 
     #[test]

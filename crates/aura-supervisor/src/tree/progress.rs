@@ -98,6 +98,11 @@ impl JobProgress {
         crate::lock(&self.tracker).resumed(paused);
     }
 
+    /// The job's stop sequence began.
+    pub fn stopping(&self) {
+        crate::lock(&self.tracker).stopping();
+    }
+
     /// Why the job counts as stalled for `window`, if it does.
     pub fn stalled(&self, window: Duration) -> Option<String> {
         let now = self.now_secs();

@@ -126,6 +126,9 @@ impl RunningTree {
         if let Some(s) = self.exit_status() {
             return s;
         }
+        if let Some(p) = &self.stats.progress {
+            p.stopping();
+        }
         self.blocking(|s| s.tree.kill()).await;
         self.wait().await
     }
@@ -215,6 +218,9 @@ impl RunningTree {
         let mut sent = Vec::new();
         if let Some(s) = self.exit_status() {
             return (s, sent);
+        }
+        if let Some(p) = &self.stats.progress {
+            p.stopping();
         }
         if self.is_paused() {
             if let Err(e) = self.resume().await {

@@ -83,4 +83,15 @@ async fn encode_produces_a_valid_video_and_cancel_finalises_it() {
     let partial = probe_duration(&out_dir.path().join("cancelled.mp4"))
         .expect("the cancelled encode is playable");
     assert!(partial > 0.5 && partial < 30.0, "duration {partial}");
+    // FFmpeg's last progress block says `progress=end` on SIGINT too: the record keeps the share reached.
+    let progress = f
+        .accounting
+        .progress
+        .as_ref()
+        .expect("the encode's progress");
+    assert!(progress.done, "{progress:?}");
+    assert!(
+        progress.percent.is_some_and(|p| p > 0.0 && p < 60.0),
+        "a cancelled encode is not 100 % done: {progress:?}"
+    );
 }
