@@ -194,6 +194,9 @@ impl Collector for Scrape {
     }
 }
 
+/// The outcomes a seen kind always shows, zero or not.
+const ALWAYS_OUTCOMES: [&str; 2] = ["succeeded", "failed"];
+
 /// A histogram as one scrape read it.
 #[derive(Debug)]
 struct ConstHistogram<'a>(&'a aura_engine::HistogramSnapshot);
@@ -220,6 +223,14 @@ impl EncodeMetric for ConstHistogram<'_> {
 /// by kind, admission's refusals and pauses, raised warnings, event-stream subscribers.
 fn lifecycle(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
     let j = &i.jobs;
+    // A kind's finished counters and histograms appear once a job of that kind was seen (submitted, or
+    // recovered finished), and then only its outcomes that happened besides `succeeded` and `failed`
+    // (the pair a failure ratio divides, present from the first job on): 14 outcomes × 3 kinds and
+    // three histograms per kind, all at zero, made an idle daemon's scrape twice as long, and a scrape's
+    // cost is what an exporter is judged by. `aura_jobs_submitted_total` has every kind from start-up.
+    let seen = j.kinds.iter().filter(|k| {
+        k.submitted > 0 || k.finished.iter().any(|(_, n)| *n > 0) || k.run_seconds.count > 0
+    });
     counters(
         e,
         "aura_jobs_submitted",
@@ -234,9 +245,10 @@ fn lifecycle(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
         "aura_jobs_finished",
         None,
         "Jobs that reached a final state since start-up, by kind and outcome (a requeued attempt is not final).",
-        j.kinds.iter().flat_map(|k| {
+        seen.clone().flat_map(|k| {
             k.finished
                 .iter()
+                .filter(|(outcome, n)| *n > 0 || ALWAYS_OUTCOMES.contains(outcome))
                 .map(move |(outcome, n)| ([("kind", k.kind.as_str()), ("outcome", *outcome)], *n))
         }),
     )?;
@@ -262,11 +274,11 @@ fn lifecycle(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
         ),
     ];
     for (name, unit, help, pick) in histograms {
-        if j.kinds.is_empty() {
+        if seen.clone().next().is_none() {
             continue;
         }
         let mut descriptor = e.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
-        for k in &j.kinds {
+        for k in seen.clone() {
             let labels = [("kind", k.kind.as_str())];
             ConstHistogram(pick(k)).encode(descriptor.encode_family(&labels)?)?;
         }
@@ -1105,14 +1117,8 @@ mod tests {
             "aura_cpu_throttled 1\n",
             "process_resident_memory_bytes ",
             "# UNIT aura_host_cpu_busy_ratio ratio\n",
-            // The lifecycle families exist from the start, every bounded label at zero.
+            // Submitted by every kind, refusals, pauses and warnings exist from the start, at zero.
             "aura_jobs_submitted_total{kind=\"ffmpeg\"} 0\n",
-            "aura_jobs_finished_total{kind=\"command\",outcome=\"timed_out\"} 0\n",
-            "# TYPE aura_job_queue_wait_seconds histogram\n",
-            "aura_job_run_seconds_bucket{le=\"28800.0\",kind=\"command\"} 0\n",
-            "aura_job_run_seconds_bucket{le=\"+Inf\",kind=\"command\"} 0\n",
-            "aura_job_peak_memory_bytes_bucket{le=\"16777216.0\",kind=\"progress\"} 0\n",
-            "aura_job_peak_memory_bytes_count{kind=\"progress\"} 0\n",
             "aura_admission_paused_seconds_total 0.0\n",
             "aura_admission_refusals_total{reason=\"token_cap\"} 0\n",
             "aura_warning_active{warning=\"gpu_temperature\"} 0\n",
@@ -1121,6 +1127,37 @@ mod tests {
         }
         // No job runs, so no per-job family is declared at all.
         assert!(!open.contains("aura_job_memory"), "{open}");
+        // No kind seen yet: no finished counter and no histogram, not 14 outcomes × 3 kinds of zeros.
+        assert!(!open.contains("aura_jobs_finished_total"), "{open}");
+        assert!(!open.contains("aura_job_run_seconds"), "{open}");
+        let mut seen = inputs();
+        seen.jobs.kinds[0].submitted = 2;
+        seen.jobs.kinds[0].finished[1].1 = 1; // the second outcome
+        seen.jobs.kinds[0].finished[6].1 = 1; // and the seventh
+        let seen = render(seen, Format::OpenMetrics).expect("encodes");
+        check_structure(&seen, Format::OpenMetrics);
+        let kind = aura_engine::JobKind::ALL[0].as_str();
+        let finished: Vec<&str> = seen
+            .lines()
+            .filter(|l| l.starts_with("aura_jobs_finished_total{"))
+            .collect();
+        assert_eq!(finished.len(), 3, "{finished:?}");
+        for outcome in ["succeeded", "failed", aura_engine::OUTCOMES[6]] {
+            assert!(
+                finished
+                    .iter()
+                    .any(|l| l.contains(&format!("kind=\"{kind}\",outcome=\"{outcome}\""))),
+                "{outcome}: {finished:?}"
+            );
+        }
+        for expected in [
+            "# TYPE aura_job_queue_wait_seconds histogram\n".to_owned(),
+            format!("aura_job_run_seconds_bucket{{le=\"28800.0\",kind=\"{kind}\"}} 0\n"),
+            format!("aura_job_run_seconds_bucket{{le=\"+Inf\",kind=\"{kind}\"}} 0\n"),
+            format!("aura_job_peak_memory_bytes_count{{kind=\"{kind}\"}} 0\n"),
+        ] {
+            assert!(seen.contains(&expected), "missing {expected:?} in\n{seen}");
+        }
 
         let text = render(inputs(), Format::Classic).expect("encodes");
         check_structure(&text, Format::Classic);

@@ -360,7 +360,16 @@ async fn lifecycle_counters_and_histograms_are_exact() {
     assert_eq!(finished("command", "cancelled"), 1.0);
     assert_eq!(finished("command", "timed_out"), 1.0);
     assert_eq!(finished("progress", "succeeded"), 1.0);
-    assert_eq!(finished("ffmpeg", "succeeded"), 0.0);
+    // Outcomes that never happened: `succeeded` and `failed` at zero for a kind seen, nothing else; a kind
+    // never seen has no finished series and no histograms.
+    assert_eq!(finished("progress", "failed"), 0.0);
+    for absent in [
+        "aura_jobs_finished_total{kind=\"progress\",outcome=\"cancelled\"}",
+        "aura_jobs_finished_total{kind=\"ffmpeg\"",
+        "aura_job_run_seconds_count{kind=\"ffmpeg\"}",
+    ] {
+        assert!(!text.contains(absent), "{absent} in\n{text}");
+    }
     let count = |family: &str, kind| sample(&text, &format!("{family}_count"), &[("kind", kind)]);
     // Five command jobs started and ran (the cancelled one never did), one reporting job.
     for family in ["aura_job_queue_wait_seconds", "aura_job_run_seconds"] {
