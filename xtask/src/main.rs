@@ -98,7 +98,14 @@ fn main() -> anyhow::Result<()> {
             run(
                 &root,
                 "cargo",
-                &["test", "--workspace", "--", "--color=never"],
+                // Every test binary runs even after one fails, so that one run shows every failure.
+                &[
+                    "test",
+                    "--workspace",
+                    "--no-fail-fast",
+                    "--",
+                    "--color=never",
+                ],
             )?;
             fuzz(
                 &root,
