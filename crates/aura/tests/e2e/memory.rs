@@ -204,7 +204,9 @@ async fn a_paused_admission_takes_its_standby_back() {
     let Some((_turn, below)) = host_pressure_turn(5 << 10).await else {
         return;
     };
-    let (pause, resume) = (below(800), below(500));
+    // Resume 1.1 GiB below the start, not closer: other tests of this binary (encodes, event streams)
+    // may hold a few hundred MiB more by the time the hog is gone, and admission must still resume.
+    let (pause, resume) = (below(1400), below(1100));
     let daemon = Daemon::start(&[
         ("AURA_MAX_CONCURRENT", "1"),
         ("AURA_STANDBY_JOBS", "1"),
