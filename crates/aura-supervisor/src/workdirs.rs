@@ -36,6 +36,11 @@ pub(crate) struct WorkDirs {
     next: AtomicU64,
     enabled: bool,
     /// Directories handed out by `create` and not yet released, with how many attempts use each.
+    // Held across the file-system step of `create`, `release` and `abandon` (a mkdir, a rename, an
+    // rmdir, on launcher threads): counting a user out and moving its directory away must be one step,
+    // or another launch of the same job could take the directory in between and lose it (seen: a
+    // re-prioritised standby's withdrawn launch recycled the directory its next launch had just taken,
+    // which then failed with `chdir: No such file or directory`). Order: `in_use`, then `spares`.
     in_use: Mutex<HashMap<PathBuf, u32>>,
     /// The account jobs run as (uid, gid), when not the daemon's: every directory handed out is theirs.
     owner: Option<(u32, u32)>,
@@ -58,6 +63,7 @@ impl WorkDirs {
     /// existing directory (a later attempt of the same job) is kept as it is. Returns whether this call
     /// made it (see `abandon`).
     pub fn create(&self, dir: &Path) -> io::Result<bool> {
+        let mut in_use = crate::lock(&self.in_use);
         let made = self.make(dir)?;
         if let (Some((uid, gid)), false) = (self.owner, made == Made::FromSpare) {
             // A spare is a directory of this daemon's, already handed over: spares live in memory, so the
@@ -71,9 +77,7 @@ impl WorkDirs {
                 rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
-        *crate::lock(&self.in_use)
-            .entry(dir.to_path_buf())
-            .or_default() += 1;
+        *in_use.entry(dir.to_path_buf()).or_default() += 1;
         Ok(made != Made::Existing)
     }
 
@@ -117,7 +121,8 @@ impl WorkDirs {
     /// (nothing of the tree can write into it any more) and no other attempt using it, an empty `dir`
     /// becomes a spare if the pool has room; else it stays.
     pub fn release(&self, dir: &Path, empty_tree: bool) {
-        if self.forget(dir) && empty_tree {
+        let mut in_use = crate::lock(&self.in_use);
+        if forget(&mut in_use, dir) && empty_tree {
             self.recycle(dir);
         }
     }
@@ -126,7 +131,8 @@ impl WorkDirs {
     /// a directory it made, still empty and used by no other attempt, goes — to the spares, else
     /// removed — so a job that never started leaves nothing behind. One that was there before is kept.
     pub fn abandon(&self, dir: &Path, made: bool) {
-        let last = self.forget(dir);
+        let mut in_use = crate::lock(&self.in_use);
+        let last = forget(&mut in_use, dir);
         if !(made && last) {
             return;
         }
@@ -138,22 +144,6 @@ impl WorkDirs {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::debug!(dir = %dir.display(), error = %e, "cannot remove an unused working directory");
             }
-        }
-    }
-
-    /// Counts one user of `dir` out; whether it was the last.
-    fn forget(&self, dir: &Path) -> bool {
-        let mut in_use = crate::lock(&self.in_use);
-        match in_use.get_mut(dir) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                in_use.remove(dir);
-                true
-            }
-            None => false,
         }
     }
 
@@ -204,6 +194,21 @@ impl WorkDirs {
             drop(spares);
             let _ = std::fs::remove_dir(spare);
         }
+    }
+}
+
+/// Counts one user of `dir` out of `in_use`; whether it was the last.
+fn forget(in_use: &mut HashMap<PathBuf, u32>, dir: &Path) -> bool {
+    match in_use.get_mut(dir) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            in_use.remove(dir);
+            true
+        }
+        None => false,
     }
 }
 
