@@ -65,7 +65,7 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
-/// What is computed once per asset, at the first request (the files never change while the binary runs):
+/// What is computed once per asset, when the router is built (the files never change while the binary runs):
 /// its `ETag` (the first 128 bits of its SHA-256) and its gzip form with that form's own `ETag` — a
 /// strong validator names one representation, and the two differ in bytes.
 struct Prepared {
@@ -130,6 +130,8 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
     sessions: Arc<Sessions>,
     tokens: Arc<crate::auth::Tokens>,
 ) -> Router<S> {
+    // Hashes and gzip forms once, while the router is built: not on the first request's worker thread.
+    prepared();
     Router::new()
         .route("/", get(page))
         .route("/assets/{*path}", get(asset))

@@ -261,12 +261,18 @@ pub(crate) async fn sign_in(
         )
     })?;
     tracing::info!(target: "aura::access", token = %principal.name, "dashboard session opened");
-    let mut response = Json(SessionInfo::of(&principal)).into_response();
+    let mut response = who(&principal);
     response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// Who a session is, never cached (a shared cache must not answer it to someone else).
+fn who(principal: &Principal) -> Response {
+    let mut response = Json(SessionInfo::of(principal)).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 /// `GET /api/session`: who the session cookie (or bearer token) is, 204 when the request carries
@@ -296,14 +302,10 @@ pub(crate) async fn current(
         ),
         None => session_cookie(&headers).and_then(|id| state.sessions.authenticate(id)),
     };
-    let mut response = match principal {
-        Some(principal) => Json(SessionInfo::of(&principal)).into_response(),
+    Ok(match principal {
+        Some(principal) => who(&principal),
         None => StatusCode::NO_CONTENT.into_response(),
-    };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    })
 }
 
 /// `DELETE /api/session`: forgets the session and expires its cookie (204).
