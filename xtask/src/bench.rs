@@ -82,6 +82,11 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             flag("--seconds", 20)? as u64,
             flag("--cycles", 20)?,
         ),
+        "janitor" => {
+            crate::janitor_bench::sweep(root, flag("--files", 100_000)?, flag("--rounds", 2)?)
+        }
+        "upload" => crate::janitor_bench::upload(root, flag("--mib", 1024)?, flag("--rounds", 2)?),
+        "retention" => crate::janitor_bench::retention(root, flag("--jobs", 20_000)?),
         "dashboard" => crate::dashboard_bench::dashboard(
             root,
             flag("--pages", 5)?,
@@ -89,7 +94,7 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             flag("--seconds", 30)? as u64,
         ),
         _ => {
-            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck, ffmpeg, control or dashboard")
+            bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck, ffmpeg, control, dashboard, janitor, upload or retention")
         }
     }
 }
@@ -434,6 +439,7 @@ fn supervisor(root: &Path, jobs: usize, parallel: usize, standby: usize) -> anyh
                         secrets: Vec::new(),
                         cwd: scratch.join("work").join(i.to_string()),
                         create_cwd: true,
+                        inputs: Vec::new(),
                         log_dir: scratch.join("logs").join(i.to_string()),
                         memory_limit: None,
                         ticket: Default::default(),

@@ -77,6 +77,11 @@ impl Daemon {
         })
     }
 
+    /// Its data dir (removed on drop).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// A client of this daemon, with its token.
     pub fn client(&self) -> anyhow::Result<Client> {
         Ok(match &self.token {

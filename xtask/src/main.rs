@@ -8,6 +8,7 @@ mod bench;
 mod control_bench;
 mod dashboard_bench;
 mod harness;
+mod janitor_bench;
 mod media_bench;
 
 use anyhow::{bail, Context};
@@ -42,6 +43,9 @@ const USAGE: &str = "usage:
                                    (a 10 ms stand-in and a busy editor outside Aura beside 2 encodes, CPU throttle
                                    off / on; pause-resume latency)
   cargo xtask bench dashboard [--pages N] [--jobs N] [--seconds N]
+  cargo xtask bench janitor [--files N] [--rounds N]      (the tmp sweep vs find -mtime +1 -delete, ABBA)
+  cargo xtask bench upload [--mib N] [--rounds N]         (POST /api/uploads vs cp + sync, ABBA)
+  cargo xtask bench retention [--jobs N]                  (history export + compaction; submit latency meanwhile)
                                    (daemon CPU and RSS with N dashboards open in Chromium vs none, N jobs
                                    running; first paint of / and page weight)";
 
@@ -50,7 +54,8 @@ const USAGE: &str = "usage:
 /// python3-prometheus-client (its strict OpenMetrics parser checks `/metrics` in that format), chromium
 /// (the dashboard's browser tests, driven by Playwright), nodejs and npm (Playwright itself),
 /// systemd (`systemd-analyze verify` of the unit), man-db
-/// (the man page renders) and sqlite3 (the upgrade guide's backup command). Each is
+/// (the man page renders), sqlite3 (the upgrade guide's backup command) and zstd (`tar --zstd` makes
+/// the archived job directory a download test reads). Each is
 /// found by a program on `PATH`, or by an absolute path for what is not a program.
 const PACKAGES: &[(&str, &str)] = &[
     ("ffmpeg", "ffmpeg"),
@@ -69,6 +74,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("man", "man-db"),
     ("sqlite3", "sqlite3"),
+    ("zstd", "zstd"),
 ];
 
 /// schemathesis, pinned: it tests the live daemon against its own OpenAPI document.

@@ -1,6 +1,9 @@
 //! A typed client for Aura's HTTP API. The CLI talks to the daemon through this and nothing else.
 
+mod files;
 pub mod sse;
+
+pub use files::Download;
 
 pub use aura_model::view::{CancelResult, CancelSelection, PriorityRequest};
 use aura_model::{
@@ -75,6 +78,14 @@ pub enum ClientError {
     /// The API token cannot be sent in an `Authorization` header.
     #[error("the API token is not usable in an HTTP header (it holds control characters)")]
     BadToken,
+    /// A local file to upload could not be read.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// An event stream broke its format (a line or an event over the limits).
     #[error("event stream from {url} unreadable: {source}")]
     Stream {
@@ -95,9 +106,10 @@ impl ClientError {
             ClientError::Unexpected { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            ClientError::Stream { .. } | ClientError::BadUrl { .. } | ClientError::BadToken => {
-                false
-            }
+            ClientError::Stream { .. }
+            | ClientError::BadUrl { .. }
+            | ClientError::BadToken
+            | ClientError::File { .. } => false,
         }
     }
 }
@@ -608,6 +620,21 @@ impl Client {
     /// `POST /api/undrain`: queued jobs start again as admission allows. Returns the engine's status.
     pub async fn undrain(&self) -> Result<aura_model::EngineStatus, ClientError> {
         self.send(self.http.post(self.url("/api/undrain"))).await
+    }
+
+    /// `GET /api/janitor`: every janitor task's last and next run, last report and totals.
+    pub async fn janitor(&self) -> Result<aura_model::janitor::JanitorStatus, ClientError> {
+        self.send(self.http.get(self.url("/api/janitor"))).await
+    }
+
+    /// `POST /api/janitor/run`: runs janitor tasks now (admin) and returns what each did (or, with
+    /// `dry_run`, would do). Waits for the run: a large tree takes a while.
+    pub async fn janitor_run(
+        &self,
+        request: &aura_model::janitor::RunRequest,
+    ) -> Result<aura_model::janitor::RunAnswer, ClientError> {
+        self.send(self.http.post(self.url("/api/janitor/run")).json(request))
+            .await
     }
 
     /// `POST /api/jobs/{id}/{action}`, for the actions without a body.

@@ -1,7 +1,8 @@
 //! The submit-time checks that touch the file system — the working directory exists and lies inside the
 //! allowed roots, the program resolves to an executable the allowlist permits (the supervisor's
-//! `JobSandbox` rules, asked again at launch) — and a short memory of the ones that passed, so that a burst of submits
-//! of the same command costs one blocking hop instead of one per job (each hop is two thread hand-offs,
+//! `JobSandbox` rules, asked again at launch), the uploads its `inputs` name exist — and a short
+//! memory of the ones that passed (not of inputs), so that a burst of submits of the same command
+//! costs one blocking hop instead of one per job (each hop is two thread hand-offs,
 //! a large share of a trivial job's cost; see BENCHMARKS.md).
 //!
 //! Only successes are remembered, for `TTL`: a program deleted within that window is not refused at
@@ -64,6 +65,27 @@ impl RecentChecks {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Instant>> {
         self.passed.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Checks that every upload `spec.inputs` names is in `uploads` (one blocking hop for all of them).
+/// Never remembered: an upload can be cleaned up between two submits.
+pub(crate) async fn check_inputs(spec: &JobSpec, uploads: PathBuf) -> Result<(), EngineError> {
+    if spec.inputs.is_empty() {
+        return Ok(());
+    }
+    let inputs = spec.inputs.clone();
+    tokio::task::spawn_blocking(move || {
+        for (name, id) in inputs {
+            let there =
+                std::fs::symlink_metadata(uploads.join(id.as_str())).is_ok_and(|m| m.is_file());
+            if !there {
+                return Err(EngineError::UnknownUpload { name, id });
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| EngineError::internal("checking a submit's inputs on a blocking thread", e))?
 }
 
 /// The checks themselves (blocking).
@@ -137,6 +159,20 @@ mod tests {
         ));
         spec.cwd = Some(dir.path().to_path_buf());
         checks.check(&spec, &sandbox).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn inputs_must_be_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = aura_model::files::UploadId::from_digest(&[7; 32]);
+        let mut spec = JobSpec::new("true", Vec::<String>::new());
+        spec.inputs.insert("in.mov".into(), id.clone());
+        assert!(matches!(
+            check_inputs(&spec, dir.path().to_path_buf()).await,
+            Err(EngineError::UnknownUpload { .. })
+        ));
+        std::fs::write(dir.path().join(id.as_str()), b"").unwrap();
+        check_inputs(&spec, dir.path().to_path_buf()).await.unwrap();
     }
 
     #[tokio::test]

@@ -112,9 +112,61 @@ pub enum EngineError {
         /// What was asked.
         action: JobAction,
     },
+    /// An upload is larger than the most accepted: `uploads.max_size`, or the client's own cap.
+    #[error("the upload is larger than {max} bytes, the most accepted here")]
+    UploadTooLarge {
+        /// The cap that applied, in bytes.
+        max: u64,
+    },
+    /// The data volume has no room for an upload and the space `uploads.min_free` keeps free besides.
+    #[error("no room for the upload on the data volume: {available} bytes available{}", needed.map(|n| format!(", {n} needed (the upload and uploads.min_free)")).unwrap_or_default())]
+    InsufficientStorage {
+        /// Bytes the volume had available.
+        available: u64,
+        /// Bytes the upload needed with the space `uploads.min_free` keeps free, where known (not
+        /// where the volume refused a write).
+        needed: Option<u64>,
+    },
+    /// A spec's `inputs` names an upload the daemon does not have.
+    #[error("input {name:?}: no upload {id} here (send the file with POST /api/uploads first)")]
+    UnknownUpload {
+        /// The input's file name in the job's directory.
+        name: String,
+        /// The upload id it names.
+        id: aura_model::files::UploadId,
+    },
+    /// The job exists but has no files to serve; `reason` says why (not started, its own working
+    /// directory, removed and not archived).
+    #[error("job {id} has no files: {reason}")]
+    NoFiles {
+        /// The job.
+        id: JobId,
+        /// Why, for the user.
+        reason: String,
+    },
+    /// No such file among the job's files.
+    #[error("job {id} has no file {path:?}")]
+    FileNotFound {
+        /// The job.
+        id: JobId,
+        /// The path as asked for.
+        path: String,
+    },
+    /// A path among a job's files that is not served: it leaves the job's directory, passes through a
+    /// symlink, or names something other than a regular file.
+    #[error("refused: {reason} ({path:?})")]
+    PathRefused {
+        /// The path as asked for (cut to 200 characters).
+        path: String,
+        /// Why, for the user.
+        reason: &'static str,
+    },
     /// The engine is shutting down (or gone) and takes no new work.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The janitor already has runs waiting behind the one it is on.
+    #[error("the janitor is busy: {0} runs are already waiting; try again when they are done")]
+    JanitorBusy(usize),
     /// The engine configuration is invalid (such as `max_concurrent` 0); holds what is wrong.
     #[error("invalid engine configuration: {0}")]
     Config(String),
@@ -127,7 +179,8 @@ pub enum EngineError {
     /// Captured output could not be read or written.
     #[error("logs: {0}")]
     Logs(#[from] aura_logs::LogError),
-    /// A data-dir directory (`work/`, `logs/`) could not be created or given its permissions.
+    /// A data-dir directory (`work/`, `logs/`) could not be created or given its permissions, or a file
+    /// of `uploads/` or of a job's directory could not be read or written.
     #[error("{path:?}: {source}")]
     Io {
         /// The directory.

@@ -20,9 +20,6 @@ use tokio::task::JoinHandle;
 /// writes keeps it in memory meanwhile; the answer then says what the engine did all the same).
 const COMMIT_WAIT: Duration = Duration::from_secs(5);
 
-/// The data dir's volume below this share available degrades readiness.
-const MIN_FREE_DISK: f64 = 0.05;
-
 /// Quarantined jobs `status` lists, newest first.
 const QUARANTINED_SHOWN: u32 = 20;
 
@@ -38,8 +35,11 @@ pub struct EngineHandle {
     sandbox: Arc<aura_supervisor::JobSandbox>,
     guards: Arc<Mutex<Option<crate::guards::GuardThread>>>,
     warnings: Arc<Mutex<Option<crate::warnings::WarningThread>>>,
+    janitor: Arc<Mutex<Option<crate::janitor::JanitorThread>>>,
     /// The progress feed of event streams; it ends when `Shared::closing` is set.
     feed: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Turns to serve a file out of an archive (each holds a blocking thread while its client reads).
+    archive_readers: Arc<tokio::sync::Semaphore>,
 }
 
 impl EngineHandle {
@@ -49,6 +49,7 @@ impl EngineHandle {
         actor: JoinHandle<()>,
         guards: Option<crate::guards::GuardThread>,
         warnings: Option<crate::warnings::WarningThread>,
+        janitor: crate::janitor::JanitorThread,
         feed: JoinHandle<()>,
     ) -> Self {
         EngineHandle {
@@ -59,7 +60,11 @@ impl EngineHandle {
             checks: Arc::default(),
             guards: Arc::new(Mutex::new(guards)),
             warnings: Arc::new(Mutex::new(warnings)),
+            janitor: Arc::new(Mutex::new(Some(janitor))),
             feed: Arc::new(Mutex::new(Some(feed))),
+            archive_readers: Arc::new(tokio::sync::Semaphore::new(
+                crate::files::MAX_ARCHIVE_READERS,
+            )),
         }
     }
 
@@ -190,6 +195,7 @@ impl EngineHandle {
         }
         // The working directory and the program (one blocking hop, unless the same check just passed).
         self.checks.check(spec, &self.sandbox).await?;
+        crate::checks::check_inputs(spec, self.shared.config.upload_root()).await?;
         let memory_request = self.memory_request(spec).await?;
         self.shared
             .admission
@@ -394,6 +400,35 @@ impl EngineHandle {
         })
     }
 
+    /// Every janitor task's standing: last and next run, what the last run did, totals.
+    pub fn janitor_status(&self) -> aura_model::janitor::JanitorStatus {
+        self.shared.janitor.status(&self.shared.config.janitor)
+    }
+
+    /// Runs janitor tasks now (`request.tasks`, or every enabled one) on the janitor's thread, after
+    /// whatever it is doing; a dry run changes nothing and lists what would happen.
+    pub async fn janitor_run(
+        &self,
+        request: aura_model::janitor::RunRequest,
+    ) -> Result<aura_model::janitor::RunAnswer, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        let orders = {
+            let thread = self.janitor.lock().unwrap_or_else(|p| p.into_inner());
+            thread.as_ref().map(|t| t.orders.clone())
+        };
+        let orders = orders.ok_or(EngineError::ShuttingDown)?;
+        orders
+            .try_send(crate::janitor::RunOrder { request, reply })
+            .map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    EngineError::JanitorBusy(crate::janitor::ORDERS)
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => EngineError::ShuttingDown,
+            })?;
+        drop(orders);
+        answer.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
     /// Gives back what can be given back now, and reports the daemon before and after.
     pub async fn cleanup(&self) -> Result<crate::Cleanup, EngineError> {
         tokio::task::spawn_blocking(crate::diagnostics::cleanup)
@@ -440,15 +475,13 @@ impl EngineHandle {
         if let Some(reason) = self.shared.paused_reason() {
             degraded.push(format!("admission paused: {reason}"));
         }
-        if let Some(volume) = self.host().and_then(|h| h.data_volume.clone()) {
-            let free = volume.available as f64 / volume.total.max(1) as f64;
-            if free < MIN_FREE_DISK {
-                degraded.push(format!(
-                    "disk nearly full: {:.1} % of the data dir's volume available (below {:.0} %)",
-                    free * 100.0,
-                    MIN_FREE_DISK * 100.0
-                ));
-            }
+        let low = self.shared.config.janitor.low_free_disk;
+        if let Some(free) = crate::janitor::free_share(&self.shared).filter(|f| *f < low) {
+            degraded.push(format!(
+                "disk nearly full: {:.1} % of the data dir's volume available (below {:.0} %; the janitor's space-freeing tasks run early)",
+                free * 100.0,
+                low * 100.0
+            ));
         }
         match self.diagnostics().await {
             Ok(d) => degraded.extend(
@@ -769,6 +802,64 @@ impl EngineHandle {
         Ok(chunk)
     }
 
+    /// Starts an upload into `uploads/` (see `files::UploadSink`): refused at once when the size the
+    /// client declared is over the cap (the configured one, or `client_max` if smaller) or the data
+    /// volume has no room for it and `uploads.min_free` besides.
+    pub async fn begin_upload(
+        &self,
+        declared_len: Option<u64>,
+        client_max: Option<u64>,
+    ) -> Result<crate::UploadSink, EngineError> {
+        let config = &self.shared.config.uploads;
+        let max = client_max.map_or(config.max_bytes, |c| c.min(config.max_bytes));
+        let (root, min_free) = (self.shared.config.upload_root(), config.min_free_bytes);
+        tokio::task::spawn_blocking(move || {
+            crate::UploadSink::begin(&root, declared_len, max, min_free)
+        })
+        .await
+        .map_err(|e| EngineError::internal("starting an upload on a blocking thread", e))?
+    }
+
+    /// The files of a job: its working directory, or the janitor's archive of it. `NotFound` for an
+    /// unknown job, `NoFiles` (saying why) for one without either.
+    pub async fn job_files(&self, id: JobId) -> Result<aura_model::files::JobFiles, EngineError> {
+        let job = self.stored(id).await?;
+        let (work, archive) = (
+            self.shared.config.work_root(),
+            self.shared.config.archive_root(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let place = crate::files::locate(&job, &work, &archive)?;
+            crate::files::list(job.id, &place)
+        })
+        .await
+        .map_err(|e| EngineError::internal("listing a job's files on a blocking thread", e))?
+    }
+
+    /// Opens one of a job's files by its path relative to the job's directory: a regular file reached
+    /// without passing a symlink (`PathRefused` otherwise), or a regular member of its archive.
+    pub async fn open_job_file(
+        &self,
+        id: JobId,
+        path: &str,
+    ) -> Result<crate::JobFile, EngineError> {
+        crate::files::check_path(path).map_err(|reason| EngineError::PathRefused {
+            path: path.chars().take(200).collect(),
+            reason,
+        })?;
+        let job = self.stored(id).await?;
+        let (work, archive) = (
+            self.shared.config.work_root(),
+            self.shared.config.archive_root(),
+        );
+        let locate = move || crate::files::locate(&job, &work, &archive);
+        let place = tokio::task::spawn_blocking(locate).await.map_err(|e| {
+            EngineError::internal("finding a job's files on a blocking thread", e)
+        })??;
+        let readers = Some(self.archive_readers.clone());
+        crate::files::open(id, place, path.to_owned(), readers).await
+    }
+
     /// Waits up to `timeout` for the job to reach a final state and returns it as it is then.
     pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobView, EngineError> {
         // Subscribe before reading, so that a job finishing in between is not missed.
@@ -863,8 +954,16 @@ impl EngineHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let janitor = self
+            .janitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let host = self.shared.host_sampler.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(janitor) = janitor {
+                janitor.stop();
+            }
             if let Some(guards) = guards {
                 guards.stop();
             }

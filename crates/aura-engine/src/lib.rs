@@ -10,14 +10,17 @@ mod checks;
 mod diagnostics;
 mod dispatch;
 mod error;
+mod files;
 mod guards;
 mod handle;
+mod janitor;
 mod lease;
 mod media;
 mod metrics;
 mod monitor;
 mod pressure;
 mod protocol;
+mod retention;
 mod secrets;
 mod shared;
 mod streams;
@@ -27,6 +30,7 @@ pub use admission::AdmissionConfig;
 pub use aura_model::EngineStatus;
 pub use diagnostics::{Cleanup, Diagnostics, DiagnosticsConfig, Warning};
 pub use error::EngineError;
+pub use files::{FileReader, JobFile, UploadConfig, UploadSink};
 pub use guards::{GuardConfig, MemoryThreshold, ThrottleConfig};
 pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
@@ -34,6 +38,9 @@ pub use media::MediaConfig;
 pub use metrics::{
     HistogramSnapshot, JobKind, JobMetricsSnapshot, KindSnapshot, Refusal, DURATION_BUCKETS,
     MEMORY_BUCKETS, OUTCOMES,
+};
+pub use retention::{
+    CompactTaskConfig, HistoryTaskConfig, JanitorConfig, TaskConfig, WorkTaskConfig,
 };
 pub use secrets::{SecretError, Secrets};
 pub use streams::Subscription;
@@ -64,6 +71,8 @@ pub struct EngineConfig {
     /// The warning watcher: how often it judges the diagnostics thresholds and the host's CPU, memory
     /// and GPU temperatures, and its host levels and hysteresis.
     pub warnings: WarningConfig,
+    /// The janitor: what it removes, archives and compacts, and when.
+    pub janitor: JanitorConfig,
     /// The host sampler behind `/api/metrics/system`: how often, and how many snapshots it keeps.
     pub host_interval: std::time::Duration,
     /// How many of the host sampler's snapshots are kept for history.
@@ -88,6 +97,8 @@ pub struct EngineConfig {
     /// The data dir is a copy of another daemon's (its instance id was minted anew): the trees its
     /// records name belong to that daemon, and recovery must not touch them.
     pub foreign_trees: bool,
+    /// What `POST /api/uploads` accepts: the largest upload, the space it must leave free.
+    pub uploads: UploadConfig,
 }
 
 /// Who submits a job, as the API authenticated it: recorded with the job, and held to its own cap of
@@ -114,6 +125,16 @@ impl EngineConfig {
     /// Parent of the default per-job working directories, `work/<id>`.
     pub fn work_root(&self) -> PathBuf {
         self.data_dir.join("work")
+    }
+
+    /// Where uploads are kept, `uploads/<upload id>` (content-addressed, read-only files).
+    pub fn upload_root(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+
+    /// Where the janitor keeps what it archived: `archive/work/<id>.tar.zst` for a job's directory.
+    pub fn archive_root(&self) -> PathBuf {
+        self.data_dir.join("archive")
     }
 
     /// Parent of captured output, `logs/<id>/<attempt>/`.
@@ -143,6 +164,7 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         ));
     }
     config.warnings.validate().map_err(EngineError::Config)?;
+    config.janitor.validate().map_err(EngineError::Config)?;
     // Jobs running as another account must pass through the work root to their own directories, but
     // may not list it; logs are the daemon's alone (a job must not read another job's output).
     let work_mode = if config.supervisor.sandbox.identity.is_some() {
@@ -160,6 +182,15 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
             .await
             .map_err(io)?;
+    }
+    // The janitor's other roots: the daemon's alone (an input reaches a job as a link in its own
+    // directory, never through `uploads/`).
+    for dir in retention::Layout::of(&config).plain_roots() {
+        let io = |source| EngineError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
     }
     let store = aura_store::Store::open(
         &config.database_path(),

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     /// Jobs submitted and finished, run and wait times, refusals, paused time, raised warnings (for
     /// `/metrics`; fed by the actor, handles and the warning watcher).
     pub job_metrics: crate::metrics::JobMetrics,
+    /// What the janitor did and is doing (written by its thread, read by handles).
+    pub janitor: crate::retention::Board,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -128,6 +130,7 @@ impl Shared {
             progress_events: broadcast::channel(PROGRESS_BUFFER).0,
             closing: watch::Sender::new(false),
             job_metrics: crate::metrics::JobMetrics::default(),
+            janitor: crate::retention::Board::default(),
         }
     }
 
@@ -298,6 +301,11 @@ impl Shared {
     /// The default working directory of a job, shared by its attempts.
     pub(crate) fn work_dir(&self, id: JobId) -> std::path::PathBuf {
         self.config.work_root().join(id.to_string())
+    }
+
+    /// Where an upload's content is, `uploads/<id>`.
+    pub(crate) fn upload_path(&self, upload: &aura_model::files::UploadId) -> std::path::PathBuf {
+        self.config.data_dir.join("uploads").join(upload.as_str())
     }
 
     pub(crate) fn log_dir(&self, id: JobId, attempt: u32) -> std::path::PathBuf {

@@ -43,6 +43,8 @@ async fn engine(dir: &std::path::Path, queue_cap: usize) -> EngineHandle {
         },
         diagnostics: Default::default(),
         warnings: Default::default(),
+        janitor: Default::default(),
+        uploads: Default::default(),
         media: Default::default(),
         host_interval: Duration::from_secs(5),
         host_history: 2,

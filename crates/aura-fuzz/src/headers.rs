@@ -65,7 +65,8 @@ fn security() -> &'static SecurityConfig {
 ///   authority of an absolute-form target when there is none) other than `localhost:7411`,
 ///   `127.0.0.1:7411` or `[::1]:7411` (in any case) is always `host_not_allowed`; else an `Origin`
 ///   other than `http://<host>` or `https://<host>` (no origins configured) is always
-///   `origin_not_allowed`; else a request that carries a body (`Transfer-Encoding`, or a
+///   `origin_not_allowed`; else `POST /api/uploads` is accepted whatever its body; else a request
+///   that carries a body (`Transfer-Encoding`, or a
 ///   `Content-Length` above 0) whose `Content-Type` essence is not `application/json` is always
 ///   `unsupported_media_type`, one with a JSON content type (all visible ASCII) or with neither body nor
 ///   content type is accepted (a `Content-Length` such as `00` or `abc`, or a content type without a
@@ -209,6 +210,10 @@ fn model(request: &Request<()>) -> Expected {
         if !own {
             return Expected::Refused(ErrorCode::OriginNotAllowed);
         }
+    }
+    // An upload's body is a file: any type, or none said.
+    if request.method() == Method::POST && request.uri().path() == "/api/uploads" {
+        return Expected::Ok;
     }
     let content_type = headers.get(header::CONTENT_TYPE);
     // Bytes outside visible ASCII anywhere in the value (obs-text, allowed in a parameter) make it

@@ -19,6 +19,7 @@ mod lease_spec;
 mod proc_entries;
 mod progress;
 mod query;
+mod range;
 mod size;
 mod sse;
 
@@ -33,6 +34,7 @@ pub use lease_spec::lease_spec;
 pub use proc_entries::proc_entries;
 pub use progress::progress;
 pub use query::query;
+pub use range::range;
 pub use size::size;
 pub use sse::sse;
 
@@ -79,4 +81,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sse", sse),
     ("batch", batch),
     ("control", control),
+    ("range", range),
 ];

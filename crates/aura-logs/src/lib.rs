@@ -9,7 +9,11 @@
 //! deletes all but the two newest. Hence at most `cap` bytes are kept, at least
 //! the newest `cap / 2` are kept, and the number of bytes lost is simply the
 //! `START` of the oldest remaining segment — readers need no sidecar metadata.
+//!
+//! A closed segment may be compressed in place (`stdout.<START>.log.zst`, zstd; see
+//! [`compressed_name`]): readers treat it exactly as the file it came from.
 
+mod compressed;
 mod error;
 mod reader;
 mod segment;
@@ -20,6 +24,7 @@ use std::str::FromStr;
 
 pub use error::LogError;
 pub use reader::{read, stat, LogChunk};
+pub use segment::compressed_name;
 pub use writer::{Capture, CaptureReport, Tap};
 
 /// Which of a job's output streams a log belongs to.

@@ -1,5 +1,6 @@
 //! The read side: random access by logical offset over whatever segments are
-//! currently on disk, tolerant of a writer rotating underneath.
+//! currently on disk, tolerant of a writer rotating underneath, and of closed
+//! segments compressed in place (read as the bytes they decompress to).
 //!
 //! These functions use blocking `std::fs`; async callers run them in
 //! `spawn_blocking`.
@@ -8,6 +9,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use crate::compressed;
 use crate::segment::{self, Segment};
 use crate::{LogError, Stream};
 
@@ -93,8 +95,13 @@ fn end_of(segments: &[Segment]) -> Result<Option<u64>, LogError> {
     let Some(last) = segments.last() else {
         return Ok(Some(0));
     };
-    match std::fs::metadata(&last.path) {
-        Ok(meta) => Ok(Some(last.start.saturating_add(meta.len()))),
+    let len = if last.compressed {
+        compressed::decompressed_len(&last.path)
+    } else {
+        std::fs::metadata(&last.path).map(|meta| meta.len())
+    };
+    match len {
+        Ok(len) => Ok(Some(last.start.saturating_add(len))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(LogError::io("reading log segment size", &last.path, e)),
     }
@@ -145,20 +152,18 @@ fn read_listed(
         // is read to its current EOF, which may include bytes written since
         // `end` was measured — still contiguous, so harmless.
         let limit = segments.get(idx + 1).map(|next| next.start);
-        let mut file = match File::open(&seg.path) {
+        let file = match open_at(seg, pos - seg.start) {
             Ok(file) => file,
             // Rotated away after listing. Once open, deletion can't hurt us
             // (the inode lives on), so this only happens before reading it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err((_, e)) if e.kind() == io::ErrorKind::NotFound => {
                 if data.is_empty() {
                     return Ok(None);
                 }
                 break;
             }
-            Err(e) => return Err(LogError::io("opening log segment", &seg.path, e)),
+            Err((op, e)) => return Err(LogError::io(op, &seg.path, e)),
         };
-        file.seek(SeekFrom::Start(pos - seg.start))
-            .map_err(|e| LogError::io("seeking log segment", &seg.path, e))?;
         let mut want = (max - data.len()) as u64;
         if let Some(limit) = limit {
             want = want.min(limit.saturating_sub(pos));
@@ -192,6 +197,23 @@ fn read_listed(
         next_offset: pos,
         truncated_bytes,
     }))
+}
+
+/// The segment's bytes from `offset` (within it) on: a seek in a plain segment, decompressing and
+/// discarding what comes before it in a compressed one. The error says which step failed.
+fn open_at(seg: &Segment, offset: u64) -> Result<Box<dyn Read>, (&'static str, io::Error)> {
+    if seg.compressed {
+        // A NotFound here is the file's absence, as for a plain segment (nothing else opens a file).
+        return match compressed::open_at(&seg.path, offset) {
+            Ok(reader) => Ok(Box::new(reader)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(("opening log segment", e)),
+            Err(e) => Err(("decompressing log segment", e)),
+        };
+    }
+    let mut file = File::open(&seg.path).map_err(|e| ("opening log segment", e))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| ("seeking log segment", e))?;
+    Ok(Box::new(file))
 }
 
 /// The writer's rotations land between a reader's listing and its reads; here they are made by hand at
@@ -235,6 +257,7 @@ mod tests {
         Segment {
             start,
             path: file.join(segment::file_name(S, start)),
+            compressed: false,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Segment file naming and directory listing, shared by the writer and the
-//! readers so both agree on what a segment is.
+//! readers so both agree on what a segment is — compressed closed segments
+//! (`<name>.log.zst`) included.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use crate::{LogError, Stream};
 /// so that lexical order of file names equals numeric order.
 const START_DIGITS: usize = 20;
 const SUFFIX: &str = ".log";
+/// What a closed segment compressed with zstd adds to its name (`stdout.<START>.log.zst`).
+const COMPRESSED_SUFFIX: &str = ".zst";
 
 /// One segment file as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +20,9 @@ pub(crate) struct Segment {
     /// Logical offset of the segment's first byte.
     pub start: u64,
     pub path: PathBuf,
+    /// A zstd stream of the segment's bytes (`.log.zst`); offsets and lengths are those of the bytes
+    /// it decompresses to.
+    pub compressed: bool,
 }
 
 pub(crate) fn file_name(stream: Stream, start: u64) -> String {
@@ -32,6 +38,11 @@ pub(crate) fn path(dir: &Path, stream: Stream, start: u64) -> PathBuf {
     dir.join(file_name(stream, start))
 }
 
+/// The path of the compressed form of the segment at `start`.
+pub(crate) fn compressed_path(dir: &Path, stream: Stream, start: u64) -> PathBuf {
+    dir.join(file_name(stream, start) + COMPRESSED_SUFFIX)
+}
+
 /// Parses `<stream>.<START>.log`; anything else in the directory (the other
 /// stream, stray files) is not ours and is ignored.
 pub(crate) fn parse(stream: Stream, name: &str) -> Option<u64> {
@@ -43,7 +54,30 @@ pub(crate) fn parse(stream: Stream, name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Lists the stream's segments, oldest first. A missing directory means the
+/// Parses `<stream>.<START>.log` or `<stream>.<START>.log.zst`: the start, and whether it is compressed.
+fn parse_any(stream: Stream, name: &str) -> Option<(u64, bool)> {
+    match name.strip_suffix(COMPRESSED_SUFFIX) {
+        Some(plain) => parse(stream, plain).map(|start| (start, true)),
+        None => parse(stream, name).map(|start| (start, false)),
+    }
+}
+
+/// The name a segment file gets once compressed (`stdout.<START>.log` → `stdout.<START>.log.zst`), or
+/// `None` if `segment_file_name` is not an uncompressed segment of any stream (already compressed, a
+/// temporary file, something else). Whoever compresses a closed segment writes the zstd stream under a
+/// name this crate ignores (any other name), renames it to this one once complete, and only then
+/// removes the original: while both exist, readers use the original, so a crash at any point loses
+/// nothing.
+pub fn compressed_name(segment_file_name: &str) -> Option<String> {
+    [Stream::Stdout, Stream::Stderr, Stream::Progress]
+        .into_iter()
+        .any(|stream| parse(stream, segment_file_name).is_some())
+        .then(|| format!("{segment_file_name}{COMPRESSED_SUFFIX}"))
+}
+
+/// Lists the stream's segments, oldest first; a segment there both as is and compressed (a crash
+/// between writing the compressed file and removing the original) is listed once, as is: the
+/// original is whole, the compressed file may not be. A missing directory means the
 /// job has produced no output yet, which is not an error.
 pub(crate) fn list(dir: &Path, stream: Stream) -> Result<Vec<Segment>, LogError> {
     let entries = match std::fs::read_dir(dir) {
@@ -56,14 +90,17 @@ pub(crate) fn list(dir: &Path, stream: Stream) -> Result<Vec<Segment>, LogError>
         let entry = entry.map_err(|e| LogError::io("listing log directory", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(start) = parse(stream, name) {
+        if let Some((start, compressed)) = parse_any(stream, name) {
             segments.push(Segment {
                 start,
                 path: entry.path(),
+                compressed,
             });
         }
     }
-    segments.sort_by_key(|s| s.start);
+    // Uncompressed first among equal starts, so that dedup keeps it.
+    segments.sort_by_key(|s| (s.start, s.compressed));
+    segments.dedup_by_key(|s| s.start);
     Ok(segments)
 }
 
@@ -88,6 +125,40 @@ mod tests {
             parse(Stream::Stdout, "stdout.0000000000000000000x.log"),
             None
         );
+    }
+
+    #[test]
+    fn compressed_segments_are_listed_once_and_the_original_wins() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        for name in [
+            file_name(Stream::Stdout, 0) + ".zst",
+            file_name(Stream::Stdout, 5),
+            file_name(Stream::Stdout, 5) + ".zst",
+            file_name(Stream::Stdout, 9) + ".zst.tmp",
+            file_name(Stream::Stderr, 0) + ".zst",
+        ] {
+            std::fs::write(dir.join(name), b"").expect("write");
+        }
+        let listed: Vec<(u64, bool)> = list(dir, Stream::Stdout)
+            .expect("list")
+            .into_iter()
+            .map(|s| (s.start, s.compressed))
+            .collect();
+        assert_eq!(listed, [(0, true), (5, false)]);
+        assert_eq!(
+            list(dir, Stream::Stdout).expect("list")[0].path,
+            compressed_path(dir, Stream::Stdout, 0)
+        );
+    }
+
+    #[test]
+    fn only_uncompressed_segments_have_a_compressed_name() {
+        let name = file_name(Stream::Progress, 42);
+        assert_eq!(compressed_name(&name), Some(format!("{name}.zst")));
+        assert_eq!(compressed_name(&format!("{name}.zst")), None);
+        assert_eq!(compressed_name("stdout.12.log"), None);
+        assert_eq!(compressed_name("notes.txt"), None);
     }
 
     /// Only a missing directory means "no output yet"; any other failure to list it is an error.

@@ -307,6 +307,18 @@ impl SegmentWriter {
         let existing = segment::list(dir, stream)?;
         let kept: VecDeque<u64> = existing.iter().map(|s| s.start).collect();
         let (kept, file, file_path, file_len, end) = match existing.last() {
+            // Closed and compressed since (captured again into the same directory): appending raw
+            // bytes to a zstd stream would corrupt it, so a new segment starts where it ends.
+            Some(last) if last.compressed => {
+                let len = crate::compressed::decompressed_len(&last.path)
+                    .map_err(|e| LogError::io("decompressing log segment", &last.path, e))?;
+                let end = last.start.saturating_add(len);
+                let path = segment::path(dir, stream, end);
+                let file = create_segment(&path)?;
+                let mut kept = kept;
+                kept.push_back(end);
+                (kept, file, path, 0, end)
+            }
             Some(last) => {
                 let file = std::fs::OpenOptions::new()
                     .append(true)
@@ -421,15 +433,20 @@ impl SegmentWriter {
             let Some(start) = self.kept.pop_front() else {
                 break;
             };
-            let path = segment::path(&self.dir, self.stream, start);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(
-                    path = %path.display(),
-                    error = %e,
-                    "failed to delete rotated log segment; log exceeds its cap"
-                ),
+            // Either form: a closed segment may have been compressed since it was listed.
+            for path in [
+                segment::path(&self.dir, self.stream, start),
+                segment::compressed_path(&self.dir, self.stream, start),
+            ] {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(
+                        path = %path.display(),
+                        error = %e,
+                        "failed to delete rotated log segment; log exceeds its cap"
+                    ),
+                }
             }
         }
     }

@@ -448,6 +448,22 @@ pub enum EngineEvent {
         /// What cleared, in words.
         detail: String,
     },
+    /// A janitor task ran and did something (or met errors): what it freed.
+    JanitorRan {
+        /// Which task.
+        task: crate::janitor::TaskName,
+        /// Run early because the data volume ran low on free space.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        early: bool,
+        /// Files removed.
+        files_removed: u64,
+        /// Job directories archived, logs compressed, job rows exported.
+        archived: u64,
+        /// Bytes freed.
+        bytes_freed: u64,
+        /// Errors met.
+        errors: u64,
+    },
     /// See [`JobEvent::Unrecognized`].
     Unrecognized {
         /// The stored kind.

@@ -32,6 +32,8 @@ pub mod limits {
     pub const MAX_ENV: usize = 1024;
     /// Named secrets one job may reference.
     pub const MAX_SECRETS: usize = 64;
+    /// Uploads one job may name as inputs.
+    pub const MAX_INPUTS: usize = 256;
     /// Labels on one job; also provider names in one resource request.
     pub const MAX_LABELS: usize = 64;
     /// One label key or value, provider or secret name, or lease holder, in bytes.
@@ -382,6 +384,12 @@ pub struct JobSpec {
     /// outcome `dependency_failed`, without starting it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<JobId>,
+    /// Uploads (`POST /api/uploads`) the job reads, by the file name each gets in its working directory:
+    /// `{"in.mov": "<upload id>"}`. Materialised at launch by a hard link (or reflink), never a copy;
+    /// only with the default working directory. An upload a queued or running job names is never cleaned up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, String>))]
+    pub inputs: BTreeMap<String, crate::files::UploadId>,
 }
 
 /// A spec's `timeout` when it states none: 1 hour.
@@ -424,6 +432,7 @@ impl JobSpec {
             stall_after: None,
             min_speed: None,
             after: Vec::new(),
+            inputs: BTreeMap::new(),
         }
     }
 
@@ -493,6 +502,21 @@ impl JobSpec {
             if !valid_name(name, &[]) {
                 return Err(SpecError::InvalidSecretName(name.clone()));
             }
+        }
+        if self.inputs.len() > MAX_INPUTS {
+            return Err(SpecError::TooMany {
+                what: "inputs",
+                max: MAX_INPUTS,
+            });
+        }
+        for name in self.inputs.keys() {
+            crate::files::check_input_name(name).map_err(SpecError::InvalidInput)?;
+        }
+        if !self.inputs.is_empty() && self.cwd.is_some() {
+            return Err(SpecError::InvalidInput(
+                "inputs are materialised in the job's own working directory: leave cwd unset"
+                    .into(),
+            ));
         }
         if let Some(cwd) = &self.cwd {
             if !cwd.is_absolute() {
@@ -694,6 +718,9 @@ pub enum SpecError {
     /// A stop sequence that does not parse, or a grace period over the limit.
     #[error("invalid stop sequence: {0}")]
     InvalidStopSequence(String),
+    /// An entry of `inputs` is not usable.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     /// A label key is empty, too long, or has characters other than letters, digits, `_ - . /`.
     #[error("invalid label name {0:?} (letters, digits, _ - . / only)")]
     InvalidLabel(String),

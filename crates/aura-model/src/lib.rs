@@ -5,7 +5,9 @@
 
 pub mod batch;
 pub mod events;
+pub mod files;
 pub mod host;
+pub mod janitor;
 pub mod job;
 pub mod media;
 #[cfg(feature = "openapi")]

@@ -11,7 +11,7 @@ const MAX_EVENTS = 200;        // a job's event list
 const MAX_ENGINE_EVENTS = 100; // engine event list
 const MAX_LOG_CHARS = 32768;   // log tail
 const RING = 150;              // chart points: 5 minutes at one sample every 2 s
-const SYSTEM_EVERY = 2000, STATUS_EVERY = 5000, DIAG_EVERY = 10000, LOG_EVERY = 2000;
+const SYSTEM_EVERY = 2000, STATUS_EVERY = 5000, DIAG_EVERY = 10000, LOG_EVERY = 2000, JANITOR_EVERY = 30000;
 const REFRESH_DELAY = 250;     // coalesces a burst of job events into one round of reads
 const MAX_REFRESH = 40;        // more changed jobs than this at once: reload the list instead
 
@@ -154,9 +154,11 @@ function signedIn() {
   pollSystem(true);
   pollStatus();
   pollDiagnostics();
+  pollJanitor();
   setTimer('system', () => pollSystem(false), SYSTEM_EVERY, true);
   setTimer('status', pollStatus, STATUS_EVERY, true);
   setTimer('diag', pollDiagnostics, DIAG_EVERY, true);
+  setTimer('janitor', pollJanitor, JANITOR_EVERY, true);
 }
 
 /** Back to the sign-in form: the stream closed, every timer cleared, the rows dropped. */
@@ -219,6 +221,18 @@ function wireOnce() {
   $('log-stream').addEventListener('change', () => { logChosen = true; if (selected !== null) startLog(selected); });
   $('submit-form').addEventListener('submit', submitJob);
   $('drain').addEventListener('click', () => quietly(async () => showStatus(await api('POST', '/api/drain'))));
+  $('janitor-run').addEventListener('click', () => quietly(async () => {
+    $('janitor-run').disabled = true;
+    setText($('janitor-note'), 'running…');
+    try {
+      const answer = await api('POST', '/api/janitor/run', {});
+      const freed = (answer.reports || []).reduce((n, r) => n + (r.bytes_freed || 0), 0);
+      setText($('janitor-note'), `done: ${bytes(freed)} freed`);
+    } finally {
+      $('janitor-run').disabled = false;
+      pollJanitor();
+    }
+  }));
   $('undrain').addEventListener('click', () => quietly(async () => showStatus(await api('POST', '/api/undrain'))));
   // Leaving the page ends the stream at once (the browser would too; this makes it explicit).
   window.addEventListener('pagehide', closeStream);
@@ -794,6 +808,38 @@ async function pollDiagnostics() {
   ]);
   const warnings = (d.warnings || []).map((w) => el('li', null, w.message || `${w.metric}: ${w.value} over ${w.threshold}`));
   $('warnings').replaceChildren(...warnings);
+}
+
+// ---------------------------------------------------------------- janitor
+
+/** "5m ago", "in 2h": a moment relative to now, for the janitor's table. */
+function relative(at) {
+  if (!at) return '-';
+  const s = Math.round((Date.parse(at) - Date.now()) / 1000);
+  const a = Math.abs(s);
+  const span = a < 60 ? `${a}s` : a < 3600 ? `${Math.round(a / 60)}m` : a < 172800 ? `${Math.round(a / 3600)}h` : `${Math.round(a / 86400)}d`;
+  return s < 0 ? `${span} ago` : `in ${span}`;
+}
+
+async function pollJanitor() {
+  const j = await quietly(() => api('GET', '/api/janitor'));
+  if (!j || !me) return;
+  const rows = (j.tasks || []).map((t) => {
+    const tr = el('tr');
+    const last = t.last || {};
+    tr.append(
+      el('th', null, t.enabled ? t.task : `${t.task} (off)`),
+      el('td', null, relative(t.last_run)),
+      el('td', null, relative(t.next_run)),
+      el('td', null, String(t.totals.files_removed + t.totals.archived)),
+      el('td', null, bytes(t.totals.bytes_freed)),
+      el('td', last.errors ? 'bad' : null, String(t.totals.errors)),
+    );
+    if (t.task === j.running) tr.classList.add('running');
+    return tr;
+  });
+  $('janitor-rows').replaceChildren(...rows);
+  $('janitor-run').hidden = !allows('admin');
 }
 
 // ---------------------------------------------------------------- host charts

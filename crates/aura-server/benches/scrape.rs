@@ -49,6 +49,7 @@ fn inputs() -> Inputs {
         running: (1..=8).map(running_job).collect(),
         streams: Default::default(),
         jobs: Default::default(),
+        janitor: None,
     }
 }
 
@@ -76,6 +77,7 @@ fn copy(i: &Inputs) -> Inputs {
         running: i.running.clone(),
         streams: i.streams,
         jobs: i.jobs.clone(),
+        janitor: i.janitor.clone(),
     }
 }
 

@@ -40,8 +40,18 @@ pub enum ErrorCode {
     TokenQueueFull,
     /// What a lease asks for is in use now; retry later.
     LeaseUnavailable,
-    /// The request body is larger than `api.max_body`.
+    /// The request body is larger than `api.max_body`, or an upload larger than `uploads.max_size` (or
+    /// the client's own `max`).
     PayloadTooLarge,
+    /// A spec's `inputs` names an upload the daemon does not have.
+    UnknownUpload,
+    /// A path among a job's files that is not served: it would leave the job's directory, passes
+    /// through a symlink, or names something other than a regular file.
+    ForbiddenPath,
+    /// A `Range` no byte of the file falls in (`Content-Range: bytes */SIZE` says its size).
+    RangeNotSatisfiable,
+    /// The data volume has no room for an upload and the space `uploads.min_free` keeps free.
+    InsufficientStorage,
     /// The request target (path and query) is longer than `api.max_uri_bytes`.
     UriTooLong,
     /// The request headers together are larger than `api.max_header_bytes`.
@@ -71,6 +81,8 @@ pub enum ErrorCode {
     InvalidState,
     /// The daemon is shutting down and takes no new work.
     ShuttingDown,
+    /// The janitor already has runs waiting; retry when they are done.
+    JanitorBusy,
     /// The job database cannot commit: its volume is full or failing. Retry once space returns.
     StorageExhausted,
     /// A fault in the daemon; the answer carries a request id to find the details in its log.
@@ -88,14 +100,18 @@ impl ErrorCode {
             | ErrorCode::InvalidWorkingDirectory
             | ErrorCode::UnknownSecret
             | ErrorCode::UnknownDependency
+            | ErrorCode::UnknownUpload
             | ErrorCode::ExceedsCapacity => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::ProgramNotAllowed
             | ErrorCode::WorkingDirectoryNotAllowed
             | ErrorCode::InsufficientScope
             | ErrorCode::HostNotAllowed
-            | ErrorCode::OriginNotAllowed => StatusCode::FORBIDDEN,
+            | ErrorCode::OriginNotAllowed
+            | ErrorCode::ForbiddenPath => StatusCode::FORBIDDEN,
+            ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::QueueFull | ErrorCode::TokenQueueFull => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::LeaseUnavailable => StatusCode::CONFLICT,
+            ErrorCode::LeaseUnavailable | ErrorCode::JanitorBusy => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -146,7 +162,12 @@ impl ErrorCode {
             ErrorCode::AlreadyFinished => "Job already finished",
             ErrorCode::InvalidState => "Not possible in the job's state",
             ErrorCode::ShuttingDown => "Shutting down",
+            ErrorCode::JanitorBusy => "Janitor busy",
             ErrorCode::StorageExhausted => "Data volume full",
+            ErrorCode::UnknownUpload => "Unknown upload",
+            ErrorCode::ForbiddenPath => "Path not served",
+            ErrorCode::RangeNotSatisfiable => "Range not satisfiable",
+            ErrorCode::InsufficientStorage => "No room for the upload",
             ErrorCode::Internal => "Internal error",
         }
     }
@@ -208,9 +229,15 @@ fn code_of(e: &EngineError) -> ErrorCode {
         EngineError::LeaseUnavailable(_) => ErrorCode::LeaseUnavailable,
         EngineError::LeaseNotFound(_) => ErrorCode::NotFound,
         EngineError::NotFound(_) => ErrorCode::NotFound,
+        EngineError::NoFiles { .. } | EngineError::FileNotFound { .. } => ErrorCode::NotFound,
+        EngineError::PathRefused { .. } => ErrorCode::ForbiddenPath,
+        EngineError::UnknownUpload { .. } => ErrorCode::UnknownUpload,
+        EngineError::UploadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+        EngineError::InsufficientStorage { .. } => ErrorCode::InsufficientStorage,
         EngineError::AlreadyFinished { .. } => ErrorCode::AlreadyFinished,
         EngineError::InvalidState { .. } => ErrorCode::InvalidState,
         EngineError::ShuttingDown => ErrorCode::ShuttingDown,
+        EngineError::JanitorBusy(_) => ErrorCode::JanitorBusy,
         EngineError::Store(e) if e.is_storage() => ErrorCode::StorageExhausted,
         EngineError::Config(_)
         | EngineError::Store(_)
@@ -331,7 +358,9 @@ impl IntoResponse for ApiError {
             ErrorCode::TooManyConnections | ErrorCode::TooManySubscribers => {
                 Some(CONNECTIONS_RETRY_AFTER_SECS)
             }
-            ErrorCode::StorageExhausted => Some(STORAGE_RETRY_AFTER_SECS),
+            ErrorCode::StorageExhausted | ErrorCode::InsufficientStorage => {
+                Some(STORAGE_RETRY_AFTER_SECS)
+            }
             _ => None,
         };
         if let Some(secs) = retry_after {

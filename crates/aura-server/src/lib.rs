@@ -5,19 +5,23 @@
 pub mod auth;
 mod dashboard;
 mod error;
+mod files;
 mod listener;
 mod openapi;
 pub mod prometheus;
 pub mod query;
+pub mod range;
 mod routes;
 mod security;
 pub mod session;
 mod sse;
+mod state;
 
 pub use error::{ApiError, ErrorCode};
 pub use listener::{serve, ListenerConfig};
-pub use routes::{parse_cancel_selection, parse_json, router, ApiConfig};
-pub use security::{check_request, SecurityConfig};
+pub use routes::{parse_cancel_selection, parse_json, router};
+pub use security::{check_request, SecurityConfig, UPLOAD_PATH};
+pub use state::ApiConfig;
 
 /// Locks `mutex`, taking the data over from a thread that panicked while holding it: every mutex of this
 /// crate guards plain bookkeeping that stays consistent between statements.

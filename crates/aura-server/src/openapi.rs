@@ -62,6 +62,7 @@ const SESSION: &str = "session";
         (name = "node", description = "The daemon as a whole: status, drain, diagnostics."),
         (name = "metrics", description = "Utilization, host and process samples, Prometheus."),
         (name = "session", description = "The dashboard's sign-in: a session cookie for an API token."),
+        (name = "files", description = "Uploads for jobs' inputs, and jobs' files (outputs) to download."),
     )
 )]
 struct Base;
@@ -153,7 +154,13 @@ const ENGINE_FREE: &[&str] = &["/healthz", "/readyz", "/api/openapi.json", "/api
 
 /// One operation's share of the conventions.
 fn conventions(path: &str, operation: &mut Operation, scope: Option<Scope>) {
-    let with_body = operation.request_body.is_some();
+    // A body of raw bytes (an upload) is streamed: its handler documents its own limits and takes any
+    // content type.
+    let raw_body = operation
+        .request_body
+        .as_ref()
+        .is_some_and(|body| !body.content.contains_key("application/json"));
+    let with_body = operation.request_body.is_some() && !raw_body;
     if let Some(scope) = scope {
         operation.security = Some(vec![
             SecurityRequirement::new(BEARER, [scope.as_str()]),
@@ -215,7 +222,7 @@ fn conventions(path: &str, operation: &mut Operation, scope: Option<Scope>) {
             415,
             "The body is not sent as `Content-Type: application/json` (`unsupported_media_type`).",
         );
-    } else {
+    } else if !raw_body {
         add(
             operation,
             415,
@@ -262,7 +269,8 @@ fn conventions(path: &str, operation: &mut Operation, scope: Option<Scope>) {
                 header(
                     Type::Integer,
                     "Seconds to wait before trying again (on `queue_full`, `token_queue_full`, \
-                     `too_many_connections`, `too_many_subscribers` and `storage_exhausted`).",
+                     `too_many_connections`, `too_many_subscribers`, `storage_exhausted` and \
+                     `insufficient_storage`).",
                 ),
             );
         }

@@ -44,6 +44,8 @@ pub struct Inputs {
     /// Jobs submitted and finished, their run and wait times and peaks, refusals, paused admission and
     /// raised warnings, since start-up.
     pub jobs: aura_engine::JobMetricsSnapshot,
+    /// The janitor's tasks: runs, what they freed, errors, last and next run.
+    pub janitor: Option<aura_model::janitor::JanitorStatus>,
 }
 
 /// The server's event streams, for `/metrics`.
@@ -190,7 +192,11 @@ impl Collector for Scrape {
             process(&mut e, p)?;
         }
         engine(&mut e, i)?;
-        lifecycle(&mut e, i)
+        lifecycle(&mut e, i)?;
+        if let Some(j) = &i.janitor {
+            janitor(&mut e, j)?;
+        }
+        Ok(())
     }
 }
 
@@ -321,6 +327,69 @@ fn lifecycle(e: &mut DescriptorEncoder<'_>, i: &Inputs) -> fmt::Result {
         None,
         "Event streams opened since start-up, by type.",
         types.map(|t| ([("stream", t.stream)], t.opened)),
+    )
+}
+
+/// The janitor's series, one sample per task.
+fn janitor(e: &mut DescriptorEncoder<'_>, j: &aura_model::janitor::JanitorStatus) -> fmt::Result {
+    let per_task = |f: fn(&aura_model::janitor::TaskStatus) -> u64| {
+        j.tasks
+            .iter()
+            .map(move |t| ([("task", t.task.as_str())], f(t)))
+    };
+    counters(
+        e,
+        "aura_janitor_runs",
+        None,
+        "Janitor task runs since start-up (dry runs not counted).",
+        per_task(|t| t.totals.runs),
+    )?;
+    counters(
+        e,
+        "aura_janitor_files_removed",
+        None,
+        "Files and symlinks the janitor removed since start-up, by task.",
+        per_task(|t| t.totals.files_removed),
+    )?;
+    counters(
+        e,
+        "aura_janitor_archived",
+        None,
+        "Job directories archived, logs compressed and job rows exported since start-up, by task.",
+        per_task(|t| t.totals.archived),
+    )?;
+    counters(
+        e,
+        "aura_janitor_freed",
+        Some(&Unit::Bytes),
+        "Bytes the janitor freed on the data volume since start-up, by task.",
+        per_task(|t| t.totals.bytes_freed),
+    )?;
+    counters(
+        e,
+        "aura_janitor_errors",
+        None,
+        "Errors janitor tasks met since start-up, by task.",
+        per_task(|t| t.totals.errors),
+    )?;
+    let seconds = |t: Option<aura_model::Timestamp>| t.map(|t| t.unix_millis() as f64 / 1000.0);
+    gauges(
+        e,
+        "aura_janitor_last_run_timestamp",
+        Some(&Unit::Seconds),
+        "When each janitor task last ran (Unix time); absent for one that never ran.",
+        j.tasks
+            .iter()
+            .filter_map(|t| Some(([("task", t.task.as_str())], seconds(t.last_run)?))),
+    )?;
+    gauges(
+        e,
+        "aura_janitor_next_run_timestamp",
+        Some(&Unit::Seconds),
+        "When each scheduled janitor task runs next (Unix time); absent when it is off.",
+        j.tasks
+            .iter()
+            .filter_map(|t| Some(([("task", t.task.as_str())], seconds(t.next_run)?))),
     )
 }
 
@@ -1064,6 +1133,18 @@ mod tests {
             running: Vec::new(),
             streams: StreamCounts::default(),
             jobs: aura_engine::JobMetricsSnapshot::default(),
+            janitor: Some(
+                serde_json::from_value(serde_json::json!({
+                    "low_free_disk": 0.1,
+                    "tasks": [{
+                        "task": "tmp", "enabled": true, "every_seconds": 3600,
+                        "older_than_seconds": 86400, "last_run": "2026-12-07T08:00:00.000Z",
+                        "next_run": "2026-12-07T09:00:00.000Z",
+                        "totals": {"runs": 2, "files_removed": 5, "archived": 0, "bytes_freed": 20480, "errors": 1}
+                    }]
+                }))
+                .expect("a JanitorStatus"),
+            ),
         }
     }
 

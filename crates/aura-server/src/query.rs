@@ -332,8 +332,40 @@ pub fn wait_timeout(raw: Option<&str>, max: Duration) -> ApiResult<Duration> {
     Ok(timeout.min(max))
 }
 
+/// The parameters of `POST /api/uploads` (also its OpenAPI parameters).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UploadQuery {
+    /// The client's own cap on the upload: bytes, or a size such as `512M` or `2G` (powers of 1024).
+    /// The smaller of it and the daemon's `uploads.max_size` applies. Default: the daemon's.
+    #[param(example = "2G")]
+    max: Option<String>,
+}
+
+/// `POST /api/uploads?max=2G`: the client's own cap on the upload, in bytes.
+pub fn upload_max(raw: Option<&str>) -> ApiResult<Option<u64>> {
+    decode::<UploadQuery>(raw)?
+        .max
+        .map(|text| {
+            text.parse::<aura_model::ByteSize>()
+                .map(aura_model::ByteSize::bytes)
+                .map_err(|e| ApiError::bad_request(format!("invalid max: {e}")))
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_upload_cap_is_a_size() {
+        assert_eq!(super::upload_max(None).unwrap(), None);
+        assert_eq!(super::upload_max(Some("max=1024")).unwrap(), Some(1024));
+        assert_eq!(super::upload_max(Some("max=2M")).unwrap(), Some(2 << 20));
+        assert!(super::upload_max(Some("max=lots")).is_err());
+        assert!(super::upload_max(Some("size=1")).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -3,7 +3,8 @@
 use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, ErrorCode};
 use crate::query;
-use crate::security::{self, SecurityConfig};
+use crate::security;
+pub(crate) use crate::state::{job_id, ApiConfig, AppState};
 use aura_engine::{EngineHandle, EngineStatus};
 use aura_model::view::{CancelResult, CancelSelection, PriorityRequest};
 use aura_model::{Job, JobAction, JobEventRecord, JobId, JobPage, JobSpec, JobView, StateName};
@@ -17,62 +18,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Limits and checks of the API, with the defaults of `aura serve`.
-#[derive(Clone, Debug)]
-pub struct ApiConfig {
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
-    /// Longest a `wait` request may hold the connection.
-    pub max_wait: Duration,
-    /// Longest a request body may take to arrive (a client trickling it holds a connection).
-    pub request_timeout: Duration,
-    /// Tokens, `Host` and `Origin` allowlists, size limits (see `security`).
-    pub security: Arc<SecurityConfig>,
-    /// Event streams open at once, all clients together; one more is refused (503).
-    pub max_event_streams: usize,
-    /// How often an idle event stream gets a comment line (`:`), keeping it and proxies alive.
-    pub stream_heartbeat: Duration,
-    /// The kernel send buffer of an event stream's connection; `None`: TCP autotuning (up to a few MiB
-    /// a client that stops reading leaves in the kernel before it falls behind).
-    pub stream_send_buffer: Option<usize>,
-    /// Dashboard sessions kept at once; a sign-in beyond it forgets the least recently used one.
-    pub max_sessions: usize,
-    /// How long a dashboard session lives without a request (each request slides it).
-    pub session_idle: Duration,
-}
-
-impl ApiConfig {
-    /// The defaults, for a daemon on loopback `port` that accepts `tokens`.
-    pub fn new(port: u16, tokens: crate::auth::Tokens) -> ApiConfig {
-        ApiConfig {
-            max_body_bytes: 2 * 1024 * 1024,
-            max_wait: Duration::from_secs(300),
-            request_timeout: Duration::from_secs(30),
-            max_event_streams: 1024,
-            stream_heartbeat: Duration::from_secs(15),
-            stream_send_buffer: None,
-            max_sessions: crate::session::DEFAULT_MAX_SESSIONS,
-            session_idle: crate::session::DEFAULT_IDLE,
-            security: Arc::new(SecurityConfig {
-                tokens: Arc::new(tokens),
-                allowed_hosts: SecurityConfig::loopback_hosts(port),
-                allowed_origins: Vec::new(),
-                public_metrics: false,
-                max_uri_bytes: 8 * 1024,
-                max_header_bytes: 16 * 1024,
-            }),
-        }
-    }
-}
-
-/// What every handler shares, behind one `Arc`: axum clones the state for each request that extracts it,
-/// and an `EngineHandle` alone is several reference counts.
-struct AppState {
-    engine: EngineHandle,
-    config: ApiConfig,
-    streams: Arc<crate::sse::Streams>,
-}
 
 /// Builds the API router with every check of `security` in front of it; tests call it without a socket.
 pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
@@ -96,6 +41,8 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/openapi.json", get(openapi_json))
         .route("/api/diagnostics/resources", get(diagnostics))
         .route("/api/diagnostics/resources/cleanup", post(cleanup))
+        .route("/api/janitor", get(janitor_status))
+        .route("/api/janitor/run", post(janitor_run))
         .route("/metrics", get(metrics))
         .route("/api/metrics/prometheus", get(metrics))
         .route("/api/leases", post(acquire_lease).get(list_leases))
@@ -121,6 +68,9 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/events/stream", get(all_stream))
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/wait", get(wait))
+        .route("/api/uploads", post(crate::files::upload))
+        .route("/api/jobs/{id}/files", get(crate::files::job_files))
+        .route("/api/jobs/{id}/files/{*path}", get(crate::files::job_file))
         .route_layer(security::SecurityLayer {
             config: security.clone(),
             stage: security::Stage::Authorize,
@@ -163,9 +113,19 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::RANGE,
+                header::IF_RANGE,
+            ])
             .expose_headers([
                 header::LOCATION,
+                // Downloads of a job's files (`files`).
+                header::CONTENT_RANGE,
+                header::CONTENT_DISPOSITION,
+                header::ETAG,
+                header::ACCEPT_RANGES,
                 header::HeaderName::from_static("aura-log-offset"),
                 header::HeaderName::from_static("aura-log-next-offset"),
                 header::HeaderName::from_static("aura-log-truncated"),
@@ -184,19 +144,6 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
             uri.path()
         ),
     )
-}
-
-fn job_id(path: Result<Path<String>, PathRejection>) -> ApiResult<JobId> {
-    let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .map(JobId)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "invalid job id {raw:?}: expected a positive integer"
-            ))
-        })
 }
 
 /// Alive: `ok`, or `shutting_down` (503) once a shutdown has begun, so that a balancer stops sending work.
@@ -274,6 +221,11 @@ async fn openapi_json() -> ApiResult<Response> {
     all_stream,
     logs,
     wait,
+    crate::files::upload,
+    crate::files::job_files,
+    crate::files::job_file,
+    janitor_status,
+    janitor_run,
     crate::session::sign_in,
     crate::session::current,
     crate::session::sign_out,
@@ -517,6 +469,42 @@ async fn cleanup(State(app): State<Arc<AppState>>) -> ApiResult<Json<aura_engine
 }
 
 #[utoipa::path(
+    get, path = "/api/janitor", tag = "node", operation_id = "janitor",
+    summary = "The janitor's tasks: last and next run, what each did, totals",
+    responses((status = 200, description = "Every task, in the order a full run takes them.", body = aura_model::janitor::JanitorStatus))
+)]
+async fn janitor_status(
+    State(app): State<Arc<AppState>>,
+) -> Json<aura_model::janitor::JanitorStatus> {
+    Json(app.engine.janitor_status())
+}
+
+/// `POST /api/janitor/run`: runs the named tasks (or every enabled one) now and answers what each did.
+#[utoipa::path(
+    post, path = "/api/janitor/run", tag = "node", operation_id = "janitor_run",
+    summary = "Run janitor tasks now (or list what they would do: dry_run)",
+    request_body(content = aura_model::janitor::RunRequest, description = "`{}` runs every enabled task."),
+    responses(
+        (status = 200, description = "One report per task run, in order.", body = aura_model::janitor::RunAnswer),
+        (status = 409, description = "Runs are already waiting (`janitor_busy`).", body = crate::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn janitor_run(
+    State(app): State<Arc<AppState>>,
+    body: Body,
+) -> ApiResult<Json<aura_model::janitor::RunAnswer>> {
+    let bytes = read_body(body, &app.config).await?;
+    // An empty body is the plain "run everything due" of `aura cleanup`.
+    let request: aura_model::janitor::RunRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        aura_model::janitor::RunRequest::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid janitor run: {e}")))?
+    };
+    Ok(Json(app.engine.janitor_run(request).await?))
+}
+
+#[utoipa::path(
     get, path = "/metrics", tag = "metrics", operation_id = "metrics",
     summary = "Prometheus scrape (also at /api/metrics/prometheus)",
     description = "Public when the daemon runs with `api.public_metrics`.",
@@ -568,6 +556,7 @@ async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> ApiRes
             by_type: app.streams.by_type(),
         },
         jobs: app.engine.job_metrics(),
+        janitor: Some(app.engine.janitor_status()),
     };
     let body = crate::prometheus::render(inputs, format)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")))?;

@@ -95,12 +95,17 @@ impl SecurityConfig {
                 | "/api/events/stream"
                 | "/api/jobs/{id}/logs"
                 | "/api/jobs/{id}/wait"
+                | "/api/jobs/{id}/files"
+                // As routed (a wildcard), and as the OpenAPI document names it.
+                | "/api/jobs/{id}/files/{*path}"
+                | "/api/jobs/{id}/files/{path}"
                 | "/api/events"
                 | "/api/status"
                 | "/api/metrics/utilization"
                 | "/api/metrics/system"
                 | "/api/metrics/process"
                 | "/api/diagnostics/resources"
+                | "/api/janitor"
                 | "/api/leases"
                 | "/metrics"
                 | "/api/metrics/prometheus"
@@ -120,7 +125,9 @@ impl SecurityConfig {
                 | "/api/jobs/{id}/hold"
                 | "/api/jobs/{id}/release"
                 | "/api/jobs/{id}/priority"
-                | "/api/jobs/{id}/retry",
+                | "/api/jobs/{id}/retry"
+                // What a submit token's jobs read; content-addressed, so no one's upload is another's.
+                | "/api/uploads",
             ) => Some(Scope::Submit),
             // The node as a whole: no one token's business.
             ("POST", "/api/drain" | "/api/undrain" | "/api/diagnostics/resources/cleanup") => {
@@ -370,8 +377,17 @@ pub fn check_request<B>(
             ));
         }
     }
+    // An upload's body is a file, of whatever type, and never parsed: a cross-site page cannot send it
+    // with a bearer token, nor with the session cookie without an `Origin` (checked above, and required
+    // of a cookie's write by the authorize stage).
+    if request.method() == Method::POST && request.uri().path() == UPLOAD_PATH {
+        return Ok(());
+    }
     check_content_type(headers)
 }
+
+/// The one route whose body need not be JSON (`POST`): a file upload.
+pub const UPLOAD_PATH: &str = "/api/uploads";
 
 /// The `Host` header, or the authority of an absolute-form request target.
 fn request_host<B>(request: &axum::http::Request<B>) -> Result<&str, ApiError> {
@@ -610,6 +626,10 @@ mod tests {
         ("GET", "/api/events/stream", Some(Scope::Read)),
         ("GET", "/api/jobs/{id}/logs", Some(Scope::Read)),
         ("GET", "/api/jobs/{id}/wait", Some(Scope::Read)),
+        ("POST", "/api/uploads", Some(Scope::Submit)),
+        ("GET", "/api/jobs/{id}/files", Some(Scope::Read)),
+        ("GET", "/api/jobs/{id}/files/{*path}", Some(Scope::Read)),
+        ("HEAD", "/api/jobs/{id}/files/{*path}", Some(Scope::Read)),
         ("POST", "/api/drain", Some(Scope::Admin)),
         ("POST", "/api/undrain", Some(Scope::Admin)),
     ];

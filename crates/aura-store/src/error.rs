@@ -100,6 +100,17 @@ pub enum StoreError {
     /// An update names a job that is not in the database.
     #[error("job {0} not found")]
     NotFound(JobId),
+    /// A file of the database (the database itself, its write-ahead log) could not be looked at.
+    #[error("{op} {}: {source}", path.display())]
+    File {
+        /// What the store was doing, e.g. "reading the database file's size".
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store has been closed (or its writer has stopped); nothing more is read or written.
     #[error("the job store is closed")]
     Closed,

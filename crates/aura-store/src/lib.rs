@@ -7,6 +7,7 @@
 
 mod codec;
 mod error;
+mod maintenance;
 mod reader;
 mod reserve;
 mod schema;
@@ -14,4 +15,5 @@ mod store;
 mod writer;
 
 pub use error::StoreError;
+pub use maintenance::{AutoVacuum, CompactStep, RetainedJob};
 pub use store::{Commit, ListFilter, Pending, Store, StoreOptions, StoreStats};

@@ -138,6 +138,16 @@ pub(crate) fn open_connection(
     let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
     conn.busy_timeout(busy_timeout).map_err(open_err)?;
     // The first statement that reads the file: this is where "file is not a database" shows up.
+    let pages: i64 = conn
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .map_err(open_err)?;
+    if pages == 0 && !read_only {
+        // A new database gives freed pages back in bounded steps (`Store::compact_step`) rather than
+        // keeping them until a full VACUUM. Only possible before the first table exists, and before
+        // WAL mode writes the file's header (the pragma is then ignored): so here, first.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(open_err)?;
+    }
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .map_err(open_err)?;

@@ -3,6 +3,7 @@
 
 use crate::codec::{encode_event, encode_new, encode_spec, encode_state, SpecRow};
 use crate::error::{Context as _, StoreError};
+use crate::maintenance::{CompactStep, Maintenance, RetainedJob};
 use crate::reader::{self, ReadPool};
 use crate::reserve::Reserve;
 use crate::schema::{migrate, open_connection};
@@ -12,7 +13,7 @@ use aura_model::{
     JobSpec, MemoryRequest, NewEvent, StateName, Timestamp,
 };
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,6 +137,8 @@ struct Inner {
     overlay: Overlay,
     closed: AtomicBool,
     published: crate::writer::Published,
+    /// The database file, for its size and its write-ahead log's.
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for Store {
@@ -216,6 +219,7 @@ impl Store {
             reserve,
             kept: Vec::new(),
             overlay: overlay.clone(),
+            held: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -229,12 +233,13 @@ impl Store {
             inner: Arc::new(Inner {
                 commands: tx,
                 urgent,
-                readers: Arc::new(ReadPool::new(path, busy_timeout, read_conn)),
+                readers: Arc::new(ReadPool::new(path.clone(), busy_timeout, read_conn)),
                 writer: Mutex::new(Some(handle)),
                 counters,
                 overlay,
                 closed: AtomicBool::new(false),
                 published,
+                path,
             }),
         })
     }
@@ -637,6 +642,122 @@ impl Store {
     /// Every state with its number of jobs, zeros included.
     pub async fn count_by_state(&self) -> Result<Vec<(StateName, u64)>, StoreError> {
         self.read(reader::count_by_state).await
+    }
+
+    /// Finished jobs (`state = 'finished'`) last written before `finished_before`, oldest id first, at
+    /// most `limit` (capped at 1000), each with its event log: what retention exports and then deletes
+    /// with `purge`. A job an unfinished job still needs is never among them: one named in an unfinished
+    /// job's `after`, or linked by `retry_of`/`retried_as` to an unfinished job (nor one whose state
+    /// change is kept while the volume refuses writes). Read on a reader connection; it walks finished
+    /// jobs in id order until `limit` qualify, so the last, short page of a run costs a walk over the
+    /// newer finished jobs.
+    pub async fn retention_candidates(
+        &self,
+        finished_before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<RetainedJob>, StoreError> {
+        let before_ms = finished_before.unix_millis();
+        let found = self
+            .read(move |conn| crate::maintenance::retention_candidates(conn, before_ms, limit))
+            .await?;
+        let overlay = self.inner.overlay.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(found
+            .into_iter()
+            .filter(|retained| !overlay.contains_key(&retained.job.id))
+            .collect())
+    }
+
+    /// Deletes these jobs and their events, in one transaction on the writer thread, on its own (never
+    /// in a group commit: its failure fails no other write). Only jobs still finished and still not
+    /// needed by an unfinished job (see `retention_candidates`, checked again here) are deleted; the
+    /// others, and unknown ids, are skipped. Returns the number of jobs deleted. The writer pauses for
+    /// the whole call: send a few hundred ids at a time (500 is a few tens of milliseconds).
+    pub async fn purge(&self, ids: Vec<JobId>) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Maintain(Maintenance::Purge { ids, reply }))
+            .await?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Deletes the oldest engine events from before `before`, looking at no more than the oldest
+    /// `limit` of them (so each call's writer pause is bounded); returns how many were deleted. Call
+    /// again until it returns 0.
+    pub async fn purge_engine_events(
+        &self,
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Maintain(Maintenance::PurgeEngineEvents {
+            before_ms: before.unix_millis(),
+            limit,
+            reply,
+        }))
+        .await?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Gives up to `pages` free pages back to the file system (`PRAGMA incremental_vacuum`), then
+    /// checkpoints the write-ahead log without waiting for readers, on the writer thread on its own;
+    /// says what is left. The writer's pause grows with `pages`. Does nothing unless the database's
+    /// `auto_vacuum` is `Incremental` (new databases; older ones need `convert_to_incremental` once).
+    pub async fn compact_step(&self, pages: u32) -> Result<CompactStep, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Maintain(Maintenance::CompactStep { pages, reply }))
+            .await?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Makes a database created without it give pages back incrementally: `auto_vacuum = INCREMENTAL`
+    /// and a `VACUUM`, then a truncating checkpoint. A one-time full pause of the writer (the whole
+    /// database is rebuilt) that needs about twice the database's size free: once for the rebuilt copy
+    /// (SQLite's temporary directory) and once for the write-ahead log it is written through; see
+    /// `file_sizes`. Quick and harmless on a database that already is incremental.
+    pub async fn convert_to_incremental(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Maintain(Maintenance::ConvertToIncremental {
+            reply,
+        }))
+        .await?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Folds the write-ahead log into the database and truncates it (`PRAGMA
+    /// wal_checkpoint(TRUNCATE)`), on the writer thread on its own; `false` if a reader kept it from
+    /// completing within the busy timeout (nothing is lost: later checkpoints finish it). After a large
+    /// purge or compaction, this is what gives the log's space back.
+    pub async fn checkpoint(&self) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Maintain(Maintenance::Checkpoint { reply }))
+            .await?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// `(freelist pages, page count, page size)` of the database, read on a reader connection: how much
+    /// compaction could give back.
+    pub async fn freelist(&self) -> Result<(u64, u64, u64), StoreError> {
+        self.read(crate::maintenance::freelist).await
+    }
+
+    /// `(database bytes, write-ahead log bytes)` on disk now (a missing log is 0), for deciding whether
+    /// the volume has room for `convert_to_incremental`.
+    pub async fn file_sizes(&self) -> Result<(u64, u64), StoreError> {
+        let db = self.inner.path.clone();
+        blocking(move || {
+            let len = |path: &Path, missing_ok: bool| match std::fs::metadata(path) {
+                Ok(meta) => Ok(meta.len()),
+                Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                Err(source) => Err(StoreError::File {
+                    op: "reading the size of",
+                    path: path.to_owned(),
+                    source,
+                }),
+            };
+            let mut wal = db.clone().into_os_string();
+            wal.push("-wal");
+            Ok((len(&db, false)?, len(Path::new(&wal), true)?))
+        })
+        .await
     }
 
     /// Applies every write already queued, stops the writer thread and waits for it. Later calls return

@@ -3,9 +3,11 @@
 //! write per transaction, so that a failing write never takes the others of its batch down with it.
 //! A volume that refuses writes (full, failing) is a state of its own: the reserve is given up, and
 //! what still cannot be committed is kept, in order, and committed once the volume takes it.
+//! Maintenance (retention, compaction) runs here too, each operation alone between two batches.
 
 use crate::codec::{EventRow, JobRow, SpecRow, StateRow};
 use crate::error::{Context, StoreError};
+use crate::maintenance::Maintenance;
 use crate::reserve::Reserve;
 use crate::Commit;
 use aura_model::{CommittedEvent, EventLog, JobEvent, JobId, NewEvent, Timestamp};
@@ -27,6 +29,8 @@ pub(crate) type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 pub(crate) enum Command {
     Write(Box<Write>),
+    /// Retention or compaction: run alone, after the writes queued before it are committed.
+    Maintain(Maintenance),
     /// Apply everything already queued, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -44,7 +48,7 @@ impl Command {
                 Write::Record { commit, .. } => *commit == Commit::Now,
                 Write::Engine { .. } => false,
             },
-            Command::Close(_) => true,
+            Command::Maintain(_) | Command::Close(_) => true,
         }
     }
 }
@@ -129,6 +133,9 @@ pub(crate) struct Writer {
     /// Every committed event goes out here, in commit order, for live streams (encoded only while
     /// someone listens).
     pub published: Published,
+    /// A maintenance operation taken from the channel, run once the writes queued before it are
+    /// committed; nothing more is taken until then, so queue order holds.
+    pub held: Option<Maintenance>,
 }
 
 /// The sender of committed events (see `Store::subscribe`).
@@ -185,6 +192,9 @@ impl Writer {
             if !batch.is_empty() {
                 self.apply(&mut batch);
             }
+            if let Some(maintenance) = self.held.take() {
+                self.maintain(maintenance);
+            }
         }
         if !self.kept.is_empty() {
             self.apply(&mut batch);
@@ -200,10 +210,11 @@ impl Writer {
         }
     }
 
-    /// Takes what is queued, up to a full batch; `true` if any of it is urgent (or the batch is full).
+    /// Takes what is queued, up to a full batch or a maintenance operation; `true` if any of it is
+    /// urgent (or the batch is full, or maintenance waits).
     fn drain(&mut self, batch: &mut Vec<Write>, closers: &mut Vec<oneshot::Sender<()>>) -> bool {
         let mut now = false;
-        while batch.len() < self.max_batch {
+        while batch.len() < self.max_batch && self.held.is_none() {
             let Ok(command) = self.rx.try_recv() else {
                 return now;
             };
@@ -223,6 +234,7 @@ impl Writer {
         let urgent = command.urgent();
         match command {
             Command::Write(write) => batch.push(*write),
+            Command::Maintain(maintenance) => self.held = Some(maintenance),
             Command::Close(reply) => {
                 self.rx.close();
                 closers.push(reply);
@@ -281,6 +293,21 @@ impl Writer {
         for (write, answer) in answers {
             write.reply(answer);
         }
+    }
+
+    /// Runs a maintenance operation on its own, never in a batch: its pause is what its caller asked
+    /// for, and its failure (a full volume included) is its caller's alone. It is neither kept nor
+    /// paid for by the reserve: retention can wait for space like anything nobody needs now.
+    fn maintain(&mut self, maintenance: Maintenance) {
+        let kept: HashSet<JobId> = self
+            .kept
+            .iter()
+            .filter_map(|write| match write {
+                Write::Record { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        maintenance.run(&mut self.conn, &kept);
     }
 
     /// The volume took a commit: the store is no longer degraded.

@@ -507,7 +507,8 @@ impl Launcher {
                     path: req.cwd.clone(),
                     source,
                 })?;
-        let prepared = self.prepare_tree(req, program, &cwd, made_cwd);
+        let prepared =
+            materialise_inputs(req).and_then(|()| self.prepare_tree(req, program, &cwd, made_cwd));
         if prepared.is_err() && req.create_cwd {
             workdirs.abandon(&req.cwd, made_cwd);
         }
@@ -874,4 +875,60 @@ fn prepare(
         w
     });
     Ok((plan, pipes, StdioEnds::new(out_w, err_w, progress_w)))
+}
+
+/// Puts each input into the job's created directory: a reflink (`FICLONE`: its own copy-on-write
+/// blocks, so a job writing to it never changes the upload) where the file system has one, else a hard
+/// link (the upload is read-only, `0444`). An entry already there from an earlier attempt is kept if it
+/// is the same file; anything else in its way fails the launch rather than be replaced.
+fn materialise_inputs(req: &LaunchRequest) -> Result<(), LaunchError> {
+    use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+    for (source, name) in &req.inputs {
+        let target = req.cwd.join(name);
+        let fail = |e: std::io::Error| LaunchError::Input {
+            name: name.clone(),
+            source_path: source.clone(),
+            source: e,
+        };
+        let from = rustix::fs::open(
+            source,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail(e.into()))?;
+        let from_stat = rustix::fs::fstat(&from).map_err(|e| fail(e.into()))?;
+        match rustix::fs::statat(CWD, &target, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(there) if there.st_dev == from_stat.st_dev && there.st_ino == from_stat.st_ino => {
+                continue
+            }
+            Ok(_) => {
+                return Err(fail(std::io::Error::from(
+                    std::io::ErrorKind::AlreadyExists,
+                )))
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(fail(e.into())),
+        }
+        let to = rustix::fs::open(
+            &target,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o444),
+        );
+        let cloned = match to {
+            Ok(to) => match rustix::fs::ioctl_ficlone(&to, &from) {
+                Ok(()) => true,
+                Err(_) => {
+                    drop(to);
+                    let _ = rustix::fs::unlink(&target);
+                    false
+                }
+            },
+            Err(e) => return Err(fail(e.into())),
+        };
+        if !cloned {
+            rustix::fs::linkat(CWD, source, CWD, &target, AtFlags::empty())
+                .map_err(|e| fail(e.into()))?;
+        }
+    }
+    Ok(())
 }

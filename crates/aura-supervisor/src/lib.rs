@@ -338,6 +338,16 @@ pub enum LaunchError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// An input could not be put into the job's directory.
+    #[error("input {name:?} from {source_path}: {source}")]
+    Input {
+        /// Its name in the job's directory.
+        name: String,
+        /// The file it comes from.
+        source_path: PathBuf,
+        /// Why not.
+        source: std::io::Error,
+    },
     /// Preparing the main process (argv, environment, stdio pipes) or starting it failed.
     #[error("could not start {program:?}: {source}")]
     Spawn {
@@ -403,6 +413,9 @@ pub struct LaunchRequest {
     /// are closed to the job's account). Otherwise `cwd` is one the job chose: checked against
     /// `JobSandbox::cwd_roots`, and entered with the job's own privileges.
     pub create_cwd: bool,
+    /// Files put into the created `cwd` before the job starts, each `(source, name)`: a reflink where
+    /// the file system has one, else a hard link — never a byte copy. Only with `create_cwd`.
+    pub inputs: Vec<(PathBuf, String)>,
     /// `aura_logs` segments for stdout/stderr go here.
     pub log_dir: PathBuf,
     /// Hard memory limit in bytes: set on the job's memory cgroup before it starts, or enforced by the

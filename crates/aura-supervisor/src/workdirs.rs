@@ -12,12 +12,39 @@
 //! same job is using (an attempt can start before an abandoned earlier one has ended). A spare keeps what
 //! its last job did to the directory itself (its mode, an ACL): jobs of one account are not isolated from
 //! each other anyway (README, "What a job may do"). Blocking; used from the launcher and watcher threads.
+//!
+//! While a directory is handed out, a shared `flock` is held on it (through an fd kept with its count):
+//! the janitor skips every directory with a lock held on it, so a live job's files are safe from it
+//! even if its record said otherwise.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+/// A handed-out directory: how many attempts use it, and the fd that holds its lock.
+#[derive(Debug, Default)]
+struct InUse {
+    users: u32,
+    /// Dropping it (when the last user is counted out) releases the lock.
+    _lock: Option<rustix::fd::OwnedFd>,
+}
+
+/// A shared lock on `dir`, held as long as the returned fd is. `None` if it cannot be taken (the
+/// directory is gone, or the janitor holds it this instant: its removal then fails or leaves the
+/// directory, and the launch goes on).
+fn lock_dir(dir: &Path) -> Option<rustix::fd::OwnedFd> {
+    use rustix::fs::{flock, open, FlockOperation, Mode, OFlags};
+    let fd = open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    flock(&fd, FlockOperation::NonBlockingLockShared).ok()?;
+    Some(fd)
+}
 
 /// How `WorkDirs::make` came by a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +68,7 @@ pub(crate) struct WorkDirs {
     // or another launch of the same job could take the directory in between and lose it (seen: a
     // re-prioritised standby's withdrawn launch recycled the directory its next launch had just taken,
     // which then failed with `chdir: No such file or directory`). Order: `in_use`, then `spares`.
-    in_use: Mutex<HashMap<PathBuf, u32>>,
+    in_use: Mutex<HashMap<PathBuf, InUse>>,
     /// The account jobs run as (uid, gid), when not the daemon's: every directory handed out is theirs.
     owner: Option<(u32, u32)>,
 }
@@ -77,7 +104,11 @@ impl WorkDirs {
                 rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
-        *in_use.entry(dir.to_path_buf()).or_default() += 1;
+        let entry = in_use.entry(dir.to_path_buf()).or_default();
+        if entry.users == 0 {
+            entry._lock = lock_dir(dir);
+        }
+        entry.users += 1;
         Ok(made != Made::Existing)
     }
 
@@ -198,10 +229,10 @@ impl WorkDirs {
 }
 
 /// Counts one user of `dir` out of `in_use`; whether it was the last.
-fn forget(in_use: &mut HashMap<PathBuf, u32>, dir: &Path) -> bool {
+fn forget(in_use: &mut HashMap<PathBuf, InUse>, dir: &Path) -> bool {
     match in_use.get_mut(dir) {
-        Some(n) if *n > 1 => {
-            *n -= 1;
+        Some(n) if n.users > 1 => {
+            n.users -= 1;
             false
         }
         Some(_) => {
@@ -287,6 +318,24 @@ mod tests {
         assert!(shared.is_dir(), "still used by the other attempt");
         dirs.release(&shared, true);
         assert!(!shared.exists(), "recycled once the last attempt is over");
+
+        // While handed out, a directory carries a shared lock (the janitor's sign to keep off); released
+        // with its last user.
+        let exclusive = |dir: &Path| {
+            let fd = rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap();
+            rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+        };
+        let locked = root.path().join("work/6");
+        dirs.create(&locked).unwrap();
+        std::fs::write(locked.join("keep"), b"x").unwrap();
+        assert!(!exclusive(&locked), "a live directory must be locked");
+        dirs.release(&locked, true);
+        assert!(exclusive(&locked), "released with its last user");
 
         // Disabled (no reliable tree membership): nothing is recycled.
         let off = WorkDirs::new(4, false, None);

@@ -121,6 +121,7 @@ fn request(job: i64, dir: &Path, program: &str, args: &[&str]) -> LaunchRequest 
         secrets: Vec::new(),
         cwd: dir.to_path_buf(),
         create_cwd: false,
+        inputs: Vec::new(),
         log_dir: dir.join(format!("logs-{job}")),
         memory_limit: None,
         ticket: LaunchTicket::new(),

@@ -146,6 +146,22 @@ enum Command {
     Drain,
     /// Undrain the node: queued jobs start again as admission allows.
     Undrain,
+    /// Run the janitor now: old temp files, unused uploads, finished jobs' directories and logs,
+    /// archives and history past retention; `--status` shows its schedule instead.
+    Cleanup {
+        /// List what would be removed, archived or compressed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this task (repeatable): tmp, uploads, cache, work, logs, archive, history, compact.
+        #[arg(long = "task", value_name = "NAME")]
+        tasks: Vec<aura_model::janitor::TaskName>,
+        /// Show each task's last and next run and totals instead of running anything.
+        #[arg(long, conflicts_with_all = ["dry_run", "tasks"])]
+        status: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow a job until it ends: its state changes and progress (a bar on a terminal, plain lines
     /// otherwise), then its outcome and memory report; exits with the job's exit code.
     Follow { id: i64 },
@@ -193,6 +209,30 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+    /// Upload a file for jobs to read (`aura submit --input NAME=ID`); prints the upload id (the file's
+    /// SHA-256) as the last line: `id=$(aura upload in.mov | tail -1)`.
+    Upload {
+        /// The file.
+        file: PathBuf,
+        /// Print only the upload id.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// A job's files (its working directory, or its archive): list them, or download one with `aura
+    /// fetch ID PATH`, resuming an interrupted download.
+    Fetch {
+        id: i64,
+        /// The file to download, as the listing names it (`out.mp4`, `sub/x.txt`). Without it: the
+        /// listing.
+        path: Option<String>,
+        /// Where to write the file (`-`: stdout). Default: its name in the current directory. Written to
+        /// OUT.part and renamed when complete; a OUT.part left by an interrupted download is resumed.
+        #[arg(long, short, value_name = "OUT", requires = "path")]
+        output: Option<PathBuf>,
+        /// The listing as JSON.
+        #[arg(long, conflicts_with = "path")]
+        json: bool,
     },
     /// Print the man page aura(1) (`aura man | man -l -`), or write one page per command to a directory.
     Man {
@@ -297,6 +337,10 @@ struct SubmitArgs {
     /// dependency_failed without starting.
     #[arg(long = "after", value_name = "ID")]
     after: Vec<i64>,
+    /// An upload the job reads (`aura upload` prints its id), as NAME=UPLOAD_ID: it is in the job's
+    /// working directory as NAME when it starts (repeatable; not with --cwd).
+    #[arg(long = "input", value_name = "NAME=UPLOAD_ID", value_parser = parse_input)]
+    inputs: Vec<(String, aura_model::files::UploadId)>,
     /// The media duration the job produces, e.g. 90s, for percent and ETA where Aura cannot learn it.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DUR")]
     expected_duration: Option<Duration>,
@@ -313,7 +357,7 @@ struct SubmitArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "command", "timeout", "memory", "memory_max", "cpu", "gpus", "disk", "providers", "labels",
         "env", "secrets", "cwd", "stop", "retries", "after", "expected_duration", "stall_after",
-        "progress", "priority",
+        "progress", "priority", "inputs",
     ])]
     from: Option<PathBuf>,
     /// Print only the job id (one per line for --from).
@@ -347,6 +391,13 @@ fn parse_cpu(s: &str) -> Result<f64, String> {
         Ok(_) => Err(format!("{s:?} is not a positive, finite number of cores")),
         Err(e) => Err(format!("{s:?} is not a number of cores: {e}")),
     }
+}
+
+/// `NAME=UPLOAD_ID` of `--input`.
+fn parse_input(s: &str) -> Result<(String, aura_model::files::UploadId), String> {
+    let (name, id) = parse_key_value(s)?;
+    aura_model::files::check_input_name(&name)?;
+    Ok((name, id.parse().map_err(|e| format!("{e}"))?))
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -514,8 +565,51 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Upload { file, quiet } => crate::transfer::upload(&client, &file, quiet).await,
+        Command::Fetch {
+            id,
+            path: None,
+            json,
+            ..
+        } => crate::transfer::list(&client, JobId(id), json).await,
+        Command::Fetch {
+            id,
+            path: Some(path),
+            output,
+            ..
+        } => crate::transfer::fetch(&client, JobId(id), &path, output.as_deref()).await,
         Command::Drain => node(client.drain().await?),
         Command::Undrain => node(client.undrain().await?),
+        Command::Cleanup {
+            dry_run,
+            tasks,
+            status,
+            json,
+        } => {
+            if status {
+                let status = client.janitor().await?;
+                if json {
+                    print_json(&status)?;
+                } else {
+                    crate::render::janitor_status_lines(&status, aura_model::Timestamp::now())
+                        .iter()
+                        .for_each(|l| println!("{l}"));
+                }
+                return Ok(0);
+            }
+            let answer = client
+                .janitor_run(&aura_model::janitor::RunRequest { dry_run, tasks })
+                .await?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                crate::render::janitor_run_lines(&answer, dry_run)
+                    .iter()
+                    .for_each(|l| println!("{l}"));
+            }
+            // Errors met along the way make the run's exit status 1 (what was possible was done).
+            Ok(u8::from(answer.reports.iter().any(|r| r.report.errors > 0)))
+        }
         Command::Cancel {
             id: Some(id), wait, ..
         } => {
@@ -818,6 +912,7 @@ async fn submit_job(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
         ..RetryPolicy::default()
     };
     spec.after = args.after.iter().copied().map(JobId).collect();
+    spec.inputs = args.inputs.into_iter().collect();
     spec.expected_duration = args.expected_duration;
     spec.stall_after = args.stall_after;
     if let Some(mode) = args.progress {
@@ -1436,6 +1531,51 @@ mod tests {
             Ok(Command::Man { dir: Some(_) })
         ));
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn files_in_and_out_parse() {
+        let parse = |argv: &[&str]| {
+            let mut full = vec!["aura"];
+            full.extend(argv);
+            Args::try_parse_from(full).map(|a| a.command)
+        };
+        let id = "ab".repeat(32);
+        let input = format!("in.mov={id}");
+        let Ok(Command::Submit(submit)) = parse(&["submit", "--input", &input, "--", "true"])
+        else {
+            panic!("submit --input");
+        };
+        assert_eq!(submit.inputs.len(), 1);
+        assert_eq!(submit.inputs[0].0, "in.mov");
+        for bad in [format!("a/b={id}"), "in.mov=xyz".to_owned(), id.clone()] {
+            assert!(
+                parse(&["submit", "--input", &bad, "--", "true"]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse(&["upload", "in.mov", "-q"]),
+            Ok(Command::Upload { quiet: true, .. })
+        ));
+        assert!(matches!(
+            parse(&["fetch", "6"]),
+            Ok(Command::Fetch {
+                id: 6,
+                path: None,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["fetch", "6", "sub/out.mp4", "-o", "-"]),
+            Ok(Command::Fetch {
+                path: Some(_),
+                output: Some(_),
+                ..
+            })
+        ));
+        // -o names where a file goes: without a file, there is none.
+        assert!(parse(&["fetch", "6", "-o", "x"]).is_err());
     }
 
     #[test]

@@ -89,10 +89,21 @@ pub struct Config {
     /// and a GPU over its NVML slowdown temperature (cleared `gpu_clear_margin` = 5 °C under it);
     /// `enabled` = true.
     pub warnings: aura_engine::WarningConfig,
+    /// `[janitor]`: retention of the data dir — `tmp/` and `cache/` (hourly, older than 24h),
+    /// `uploads/` no unfinished job names (hourly, 48h), `work/<id>` (daily: succeeded jobs' archived to
+    /// `archive/work/` after 7 days, others deleted after 3), logs compressed (daily, 7 days),
+    /// archives deleted (daily, 30 days), job history exported to `archive/history/` and deleted (weekly,
+    /// 30 days; engine events 90 days), the database compacted (weekly). Each task's `enabled`, `every`
+    /// and `older_than` can be set (`[janitor.tmp]` …). Below `low_free_disk` = 0.10 of the data volume
+    /// available, the space-freeing tasks run early. `enabled` = true (false: only `aura cleanup` runs them).
+    pub janitor: aura_engine::JanitorConfig,
     /// `[api]`: the HTTP API's tokens, allowed hosts and origins, and limits.
     pub api: ApiSection,
     /// `[jobs]`: the account, limits, environment, programs and directories of jobs.
     pub jobs: JobsSection,
+    /// `[uploads]`: files sent with `POST /api/uploads` (`aura upload`), kept under their SHA-256 in
+    /// `uploads/` for job specs' `inputs`.
+    pub uploads: UploadsSection,
     /// `[media]`: media jobs. A job reporting progress (FFmpeg, the generic protocol) that has not
     /// advanced for `stall_after` = 2m ends `stalled` (a spec's `stall_after` wins); `ffprobe` =
     /// "ffprobe" measures FFmpeg inputs whose duration the arguments do not tell (empty: never), each
@@ -406,10 +417,44 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             diagnostics: aura_engine::DiagnosticsConfig::default(),
             warnings: aura_engine::WarningConfig::default(),
+            janitor: aura_engine::JanitorConfig::default(),
             api: ApiSection::default(),
             jobs: JobsSection::default(),
+            uploads: UploadsSection::default(),
             media: aura_engine::MediaConfig::default(),
             log: LogSection::default(),
+        }
+    }
+}
+
+/// What `POST /api/uploads` accepts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsSection {
+    /// The largest upload; a bigger one is refused (413), before its body when it says its size.
+    /// Default: 16GiB.
+    pub max_size: ByteSize,
+    /// Space an upload must leave free on the data dir's volume; one that would take it is refused
+    /// (507). Default: 256MiB.
+    pub min_free: ByteSize,
+}
+
+impl Default for UploadsSection {
+    fn default() -> Self {
+        let engine = aura_engine::UploadConfig::default();
+        UploadsSection {
+            max_size: ByteSize(engine.max_bytes),
+            min_free: ByteSize(engine.min_free_bytes),
+        }
+    }
+}
+
+impl UploadsSection {
+    /// These settings as the engine takes them.
+    pub fn to_engine(&self) -> aura_engine::UploadConfig {
+        aura_engine::UploadConfig {
+            max_bytes: self.max_size.bytes(),
+            min_free_bytes: self.min_free.bytes(),
         }
     }
 }
@@ -532,6 +577,10 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config
             .warnings
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config
+            .janitor
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if config.metrics.interval.is_zero()

@@ -5,6 +5,7 @@ mod follow;
 mod render;
 mod serve;
 mod top;
+mod transfer;
 
 use clap::Parser;
 

@@ -350,6 +350,82 @@ pub fn retry_links(job: &Job) -> Option<String> {
     (!links.is_empty()).then(|| links.join("; "))
 }
 
+/// `aura cleanup`: one line per task with what it did (or would do), then, for a dry run or errors, the
+/// actions and messages indented under it.
+pub fn janitor_run_lines(answer: &aura_model::janitor::RunAnswer, dry_run: bool) -> Vec<String> {
+    let verb = if dry_run { "would free" } else { "freed" };
+    let mut lines = Vec::new();
+    for run in &answer.reports {
+        let r = &run.report;
+        let mut line = format!(
+            "{:<8} {} files removed, {} archived or compressed, {verb} {}",
+            run.task.as_str(),
+            r.files_removed,
+            r.archived,
+            short_size(r.bytes_freed)
+        );
+        if r.skipped > 0 {
+            line.push_str(&format!(
+                ", {} skipped (locked, live or a mount)",
+                r.skipped
+            ));
+        }
+        if r.errors > 0 {
+            line.push_str(&format!(", {} errors", r.errors));
+        }
+        line.push_str(&format!(" ({})", short_secs(r.seconds)));
+        lines.push(line);
+        if dry_run {
+            for a in &r.actions {
+                let kind = serde_json::to_value(a.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                lines.push(format!("  {kind:<8} {} ({})", a.path, short_size(a.bytes)));
+            }
+        }
+        for e in &r.error_messages {
+            lines.push(format!("  error: {e}"));
+        }
+    }
+    lines
+}
+
+/// `aura cleanup --status`: each task's schedule, last and next run, and totals since the daemon started.
+pub fn janitor_status_lines(
+    status: &aura_model::janitor::JanitorStatus,
+    now: Timestamp,
+) -> Vec<String> {
+    let when = |t: Option<Timestamp>| match t {
+        None => "-".to_owned(),
+        Some(t) if t <= now => format!("{} ago", short_secs(now.since(t).as_secs_f64())),
+        Some(t) => format!("in {}", short_secs(t.since(now).as_secs_f64())),
+    };
+    let mut lines = vec![format!(
+        "{:<8} {:>3} {:>7} {:>7} {:>12} {:>12} {:>8} {:>9} {:>6}",
+        "TASK", "ON", "EVERY", "AGE", "LAST", "NEXT", "REMOVED", "FREED", "ERRORS"
+    )];
+    for t in &status.tasks {
+        lines.push(format!(
+            "{:<8} {:>3} {:>7} {:>7} {:>12} {:>12} {:>8} {:>9} {:>6}",
+            t.task.as_str(),
+            if t.enabled { "yes" } else { "no" },
+            short_secs(t.every_seconds as f64),
+            t.older_than_seconds
+                .map_or("-".to_owned(), |s| short_secs(s as f64)),
+            when(t.last_run),
+            when(t.next_run),
+            t.totals.files_removed,
+            short_size(t.totals.bytes_freed),
+            t.totals.errors
+        ));
+    }
+    if let Some(task) = status.running {
+        lines.push(format!("running now: {task}"));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

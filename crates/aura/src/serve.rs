@@ -364,6 +364,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         guards: config.guards.clone(),
         diagnostics: config.diagnostics.clone(),
         warnings: config.warnings.clone(),
+        janitor: config.janitor.clone(),
+        uploads: config.uploads.to_engine(),
         host_interval: config.metrics.interval,
         host_history: config.metrics.history,
         requeue_on_shutdown: config.requeue_on_shutdown,

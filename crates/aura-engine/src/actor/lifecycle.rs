@@ -55,6 +55,11 @@ impl Actor {
             cwd: cwd.clone(),
             // The default per-job directory is created by the launcher thread, off the async workers.
             create_cwd: spec.cwd.is_none(),
+            inputs: spec
+                .inputs
+                .iter()
+                .map(|(name, upload)| (self.shared.upload_path(upload), name.clone()))
+                .collect(),
             log_dir: self.shared.log_dir(id, job.attempt),
             memory_limit: spec.memory_limit().map(|l| l.bytes()),
             ticket: ticket.clone(),

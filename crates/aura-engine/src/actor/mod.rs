@@ -133,9 +133,13 @@ pub(crate) async fn spawn(
     } else {
         None
     };
+    let janitor = crate::janitor::JanitorThread::start(shared.clone(), tx.clone())
+        .map_err(|e| EngineError::internal("starting the janitor thread", e))?;
     let task = tokio::spawn(actor.run());
     let feed = tokio::spawn(crate::streams::progress_feed(shared.clone()));
-    Ok(EngineHandle::new(tx, shared, task, guards, warnings, feed))
+    Ok(EngineHandle::new(
+        tx, shared, task, guards, warnings, janitor, feed,
+    ))
 }
 
 impl Actor {

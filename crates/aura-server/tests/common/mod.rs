@@ -26,6 +26,12 @@ pub async fn engine(test: &str, dir: &std::path::Path) -> aura_engine::EngineHan
         },
         diagnostics: Default::default(),
         warnings: Default::default(),
+        // Readiness must not depend on how full the machine's disk is.
+        janitor: aura_engine::JanitorConfig {
+            low_free_disk: 0.0,
+            ..Default::default()
+        },
+        uploads: Default::default(),
         media: Default::default(),
         host_interval: Duration::from_secs(5),
         host_history: 2,

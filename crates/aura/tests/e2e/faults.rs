@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 
 /// A tmpfs mounted for one test (root only), unmounted on drop. Declare it before the daemon that
 /// uses it, so the daemon is dropped (stopped) first.
-struct Tmpfs {
+pub(super) struct Tmpfs {
     _root: tempfile::TempDir,
-    path: PathBuf,
+    pub(super) path: PathBuf,
 }
 
 impl Tmpfs {
-    fn mount(options: &str) -> Option<Tmpfs> {
+    pub(super) fn mount(options: &str) -> Option<Tmpfs> {
         let root = tempfile::tempdir().expect("tempdir");
         let path = root.path().join("vol");
         std::fs::create_dir(&path).expect("mkdir");

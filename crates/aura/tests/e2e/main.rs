@@ -43,6 +43,9 @@ impl Daemon {
             ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
             ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
             ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
+            // Readiness must not hang on how full the machine's disk happens to be (a CI runner's was at
+            // 4 %); the low-disk path has its own test.
+            ("AURA_JANITOR__LOW_FREE_DISK", "0"),
         ];
         let env: Vec<(String, String)> = defaults
             .iter()
@@ -443,3 +446,7 @@ mod media;
 mod memory;
 
 mod follow;
+#[cfg(target_os = "linux")]
+mod janitor;
+
+mod files;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A token and the `[[api.tokens]]` lines that make a daemon accept it.
-fn token_config(name: &str, scope: &str, extra: &str) -> (String, String) {
+pub(super) fn token_config(name: &str, scope: &str, extra: &str) -> (String, String) {
     let token = generate_token().unwrap();
     let hash: String = TokenHash::of(&token).into();
     let lines = format!(
@@ -23,7 +23,7 @@ fn token_config(name: &str, scope: &str, extra: &str) -> (String, String) {
 }
 
 /// Writes `text` as a config file in a fresh directory (kept alive by the returned guard).
-fn config_file(text: &str) -> (tempfile::TempDir, String) {
+pub(super) fn config_file(text: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("aura.toml");
     std::fs::write(&path, text).unwrap();
@@ -31,7 +31,7 @@ fn config_file(text: &str) -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
-fn with_token(token: &str) -> reqwest::Client {
+pub(super) fn with_token(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -44,7 +44,7 @@ fn with_token(token: &str) -> reqwest::Client {
 }
 
 /// A response's status and problem code (`""` when the body is no problem document).
-async fn answer(resp: reqwest::Response) -> (u16, String) {
+pub(super) async fn answer(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let is_problem = resp
         .headers()
