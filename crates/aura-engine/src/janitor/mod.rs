@@ -308,7 +308,7 @@ impl Janitor {
     fn work(&self, layout: &Layout, now: SystemTime, dry_run: bool) -> Result<TaskReport, String> {
         let config = &self.config().work;
         let root = open_root(&layout.work)?;
-        let archive = if config.archive && !dry_run {
+        let archive = if config.archive {
             Some(open_root(&layout.archive_work)?)
         } else {
             None
@@ -343,30 +343,10 @@ impl Janitor {
             if age_from > now - due {
                 continue;
             }
-            if succeeded && config.archive {
+            if let (true, Some(dest)) = (succeeded, &archive) {
                 let dest_name = OsString::from(format!("{id}.tar.zst"));
-                let archived = match &archive {
-                    Some(dest) => aura_janitor::archive_dir(
-                        &root,
-                        &name,
-                        dest,
-                        &dest_name,
-                        config.compression_level,
-                        false,
-                    ),
-                    None => {
-                        let dest = open_root(&layout.archive_work)?;
-                        aura_janitor::archive_dir(
-                            &root,
-                            &name,
-                            &dest,
-                            &dest_name,
-                            config.compression_level,
-                            true,
-                        )
-                    }
-                };
-                match archived {
+                let level = config.compression_level;
+                match aura_janitor::archive_dir(&root, &name, dest, &dest_name, level, dry_run) {
                     Ok(r) => report.merge(r),
                     Err(e) => {
                         report.errors += 1;
