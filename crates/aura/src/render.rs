@@ -391,6 +391,16 @@ pub fn janitor_run_lines(answer: &aura_model::janitor::RunAnswer, dry_run: bool)
     lines
 }
 
+/// A period in its largest whole unit: `7d`, `24h`, `30m`, `90s`.
+fn span(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// `aura cleanup --status`: each task's schedule, last and next run, and totals since the daemon started.
 pub fn janitor_status_lines(
     status: &aura_model::janitor::JanitorStatus,
@@ -410,9 +420,8 @@ pub fn janitor_status_lines(
             "{:<8} {:>3} {:>7} {:>7} {:>12} {:>12} {:>8} {:>9} {:>6}",
             t.task.as_str(),
             if t.enabled { "yes" } else { "no" },
-            short_secs(t.every_seconds as f64),
-            t.older_than_seconds
-                .map_or("-".to_owned(), |s| short_secs(s as f64)),
+            span(t.every_seconds),
+            t.older_than_seconds.map_or("-".to_owned(), span),
             when(t.last_run),
             when(t.next_run),
             t.totals.files_removed,
@@ -670,5 +679,65 @@ mod tests {
             retry_links(&job).as_deref(),
             Some("retry of job 3; retried as job 12")
         );
+    }
+
+    #[test]
+    fn janitor_lines_say_what_each_task_did_and_when_it_runs() {
+        use aura_model::janitor::{Action, ActionKind, RunAnswer, TaskName, TaskReport, TaskRun};
+        let answer = RunAnswer {
+            reports: vec![TaskRun {
+                task: TaskName::Tmp,
+                report: TaskReport {
+                    files_removed: 2,
+                    bytes_freed: 8192,
+                    skipped: 1,
+                    errors: 1,
+                    seconds: 0.2,
+                    error_messages: vec!["tmp/x: permission denied".into()],
+                    actions: vec![Action {
+                        path: "tmp/old.bin".into(),
+                        kind: ActionKind::Remove,
+                        bytes: 4096,
+                    }],
+                    ..TaskReport::default()
+                },
+            }],
+        };
+        assert_eq!(
+            janitor_run_lines(&answer, true),
+            [
+                "tmp      2 files removed, 0 archived or compressed, would free 8.0KiB, 1 skipped (locked, live or a mount), 1 errors (0s)",
+                "  remove   tmp/old.bin (4.0KiB)",
+                "  error: tmp/x: permission denied",
+            ]
+        );
+        assert_eq!(
+            janitor_run_lines(&answer, false).len(),
+            2,
+            "a real run lists no actions"
+        );
+        assert_eq!(
+            (span(7 * 86_400), span(86_400), span(3_600), span(90)),
+            ("7d".into(), "1d".into(), "1h".into(), "90s".into())
+        );
+        let status: aura_model::janitor::JanitorStatus = serde_json::from_value(serde_json::json!({
+            "low_free_disk": 0.1, "running": "work",
+            "tasks": [{"task": "work", "enabled": true, "every_seconds": 86400, "older_than_seconds": 604800,
+                       "last_run": "2026-12-07T08:00:00.000Z", "next_run": "2026-12-08T08:00:00.000Z",
+                       "totals": {"runs": 1, "files_removed": 3, "archived": 1, "bytes_freed": 1048576, "errors": 0}}]
+        }))
+        .unwrap();
+        let now: Timestamp =
+            serde_json::from_value(serde_json::json!("2026-12-07T09:00:00.000Z")).unwrap();
+        let lines = janitor_status_lines(&status, now);
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].starts_with(
+                "work     yes      1d      7d    1h00m ago    in 23h00m        3    1.0MiB      0"
+            ),
+            "{}",
+            lines[1]
+        );
+        assert_eq!(lines[2], "running now: work");
     }
 }
