@@ -370,7 +370,8 @@ impl Janitor {
         Ok(out)
     }
 
-    /// Every `*.log` segment of finished jobs that ended before the cutoff, compressed in place.
+    /// Every `*.log` segment of finished jobs that ended before the cutoff, compressed in place; the
+    /// logs of jobs whose records the history task deleted, removed.
     fn logs(
         &self,
         layout: &Layout,
@@ -389,7 +390,18 @@ impl Janitor {
                     continue;
                 }
                 Some(job) => finished_at(&job).map_or(modified, |f| f.max(modified)),
-                None => modified,
+                // The history task exported and deleted its job: nothing can read these logs any
+                // more (the API reads a job's logs through its record), so they go.
+                None if modified < cutoff => {
+                    report.merge(aura_janitor::remove_entry(
+                        &root,
+                        &name,
+                        dry_run,
+                        MAX_ACTIONS,
+                    ));
+                    continue;
+                }
+                None => continue,
             };
             if ended >= cutoff {
                 continue;

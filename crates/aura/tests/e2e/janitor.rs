@@ -331,6 +331,12 @@ async fn every_task_removes_only_what_is_old_and_unprotected() {
         "job {ok} still in the database"
     );
     assert!(client.get(running).await.is_ok());
+    // With their records gone, their logs go too; the running job's stay.
+    let answer = run(&daemon, serde_json::json!({ "tasks": ["logs"] })).await;
+    assert_eq!(report(&answer, "logs")["errors"], 0, "{answer}");
+    assert!(!data.join(format!("logs/{ok}")).exists());
+    assert!(!data.join(format!("logs/{failed}")).exists());
+    assert!(data.join(format!("logs/{running}")).exists());
 
     // Status and metrics show the run.
     let status: serde_json::Value = authed(&daemon.url)
@@ -547,4 +553,68 @@ async fn an_input_is_linked_not_copied_and_protected_while_its_job_waits() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let answer = run(&daemon, serde_json::json!({"tasks": ["uploads"]})).await;
     assert_eq!(report(&answer, "uploads")["files_removed"], 1, "{answer}");
+}
+
+/// An encode's output downloads byte-identical through the API, with an exact Range, from the job's
+/// directory and again after the janitor archived it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encode_downloads_the_same_before_and_after_the_janitor_archives_it() {
+    let daemon = Daemon::start(&AGES);
+    let client = daemon.client();
+    let encode = spec(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=2:size=320x240:rate=25",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "out.mp4",
+        ],
+    );
+    let id = submit(&client, &encode).await;
+    let view = wait_done(&client, id).await;
+    assert!(
+        matches!(view.job.outcome(), Some(Outcome::Succeeded)),
+        "{:?}",
+        view.job.state
+    );
+    let on_disk = std::fs::read(daemon.data_dir.join(format!("work/{id}/out.mp4"))).unwrap();
+    assert!(on_disk.len() > 1000);
+    let url = format!("{}/api/jobs/{id}/files/out.mp4", daemon.url);
+    let http = authed(&daemon.url);
+    let download = |range: Option<&'static str>| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut request = http.get(&url);
+            if let Some(r) = range {
+                request = request.header("range", r);
+            }
+            let resp = request.send().await.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    assert_eq!(download(None).await, (200, on_disk.clone()));
+    assert_eq!(
+        download(Some("bytes=100-199")).await,
+        (206, on_disk[100..200].to_vec())
+    );
+    // Archived by the janitor: the same bytes, from the archive.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answer = run(&daemon, serde_json::json!({"tasks": ["work"]})).await;
+    assert_eq!(report(&answer, "work")["archived"], 1, "{answer}");
+    assert!(!daemon.data_dir.join(format!("work/{id}")).exists());
+    let files = client.job_files(id).await.unwrap();
+    assert_eq!(files.source, aura_model::files::FilesSource::Archive);
+    assert_eq!(download(None).await, (200, on_disk.clone()));
+    assert_eq!(
+        download(Some("bytes=-10")).await,
+        (206, on_disk[on_disk.len() - 10..].to_vec())
+    );
 }
