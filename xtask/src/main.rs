@@ -75,6 +75,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("man", "man-db"),
     ("sqlite3", "sqlite3"),
     ("zstd", "zstd"),
+    // The benchmarks' peers and load generator (`bench metrics`, `bench api`): not needed by the suite,
+    // installed with it so that a fresh machine can run every figure in BENCHMARKS.md.
+    ("wrk", "wrk"),
+    ("prometheus-node-exporter", "prometheus-node-exporter"),
 ];
 
 /// schemathesis, pinned: it tests the live daemon against its own OpenAPI document.

@@ -95,6 +95,9 @@ pub struct UploadSink {
     writing: Option<Writing>,
     /// What arrived since the last write, up to `WRITE_CHUNK`.
     pending: Vec<u8>,
+    /// The write of the chunk before `pending`, under way on a blocking thread while the next one
+    /// arrives (receiving overlaps hashing and writing); it hands back `Writing` and its emptied buffer.
+    in_flight: Option<tokio::task::JoinHandle<Result<(Writing, Vec<u8>), EngineError>>>,
     /// Bytes received so far.
     received: u64,
     /// The cap that applies to this upload.
@@ -178,6 +181,7 @@ impl UploadSink {
                 hash: Sha256::new(),
             }),
             pending: Vec::with_capacity(WRITE_CHUNK),
+            in_flight: None,
             received: 0,
             max,
             min_free,
@@ -196,6 +200,7 @@ impl UploadSink {
         let total = self.received.saturating_add(data.len() as u64);
         if total > self.max {
             self.writing = None;
+            self.in_flight = None;
             return Err(EngineError::UploadTooLarge { max: self.max });
         }
         self.received = total;
@@ -210,26 +215,37 @@ impl UploadSink {
         Ok(())
     }
 
-    /// Writes and hashes what is pending, on a blocking thread.
+    /// Waits for the chunk under way, if any, and takes its `Writing` and buffer back.
+    async fn settle(&mut self) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let (writing, buffer) = in_flight
+            .await
+            .map_err(joined("writing an upload on a blocking thread"))??;
+        self.writing = Some(writing);
+        Ok(Some(buffer))
+    }
+
+    /// Hands what is pending to a blocking thread to hash and write, after the chunk before it; the
+    /// next chunk is received meanwhile (two buffers, no more).
     async fn flush(&mut self) -> Result<(), EngineError> {
+        let spare = self.settle().await?;
         let mut writing = self.writing.take().ok_or_else(|| {
             EngineError::internal(
                 "writing an upload",
                 std::io::Error::other("an earlier write failed"),
             )
         })?;
-        let mut pending = std::mem::take(&mut self.pending);
+        let spare = spare.unwrap_or_else(|| Vec::with_capacity(WRITE_CHUNK));
+        let mut pending = std::mem::replace(&mut self.pending, spare);
         let min_free = self.min_free;
         let path = self.partial.path.clone().unwrap_or_default();
-        let (writing, pending) = tokio::task::spawn_blocking(move || {
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
             writing.append(&pending, &path, min_free)?;
             pending.clear();
             Ok::<_, EngineError>((writing, pending))
-        })
-        .await
-        .map_err(joined("writing an upload on a blocking thread"))??;
-        self.writing = Some(writing);
-        self.pending = pending;
+        }));
         Ok(())
     }
 
@@ -237,6 +253,7 @@ impl UploadSink {
     /// there leaves that file (its modification time renewed, which keeps it from clean-up) and says
     /// `existing`.
     pub async fn finish(mut self) -> Result<UploadInfo, EngineError> {
+        self.settle().await?;
         let Some(mut writing) = self.writing.take() else {
             return Err(EngineError::internal(
                 "finishing an upload",

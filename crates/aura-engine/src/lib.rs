@@ -183,14 +183,19 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             .await
             .map_err(io)?;
     }
-    // The janitor's other roots: the daemon's alone (an input reaches a job as a link in its own
-    // directory, never through `uploads/`).
+    // The janitor's other roots: the daemon's alone, 0700 when made here (an input reaches a job as a
+    // link in its own directory, never through `uploads/`); one an operator made keeps its mode.
     for dir in retention::Layout::of(&config).plain_roots() {
         let io = |source| EngineError::Io {
             path: dir.to_path_buf(),
             source,
         };
-        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        tokio::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .await
+            .map_err(io)?;
     }
     let store = aura_store::Store::open(
         &config.database_path(),
