@@ -477,8 +477,13 @@ impl EngineHandle {
         }
         let low = self.shared.config.janitor.low_free_disk;
         if let Some(free) = crate::janitor::free_share(&self.shared).filter(|f| *f < low) {
+            let janitor = if self.shared.config.janitor.enabled {
+                "the janitor's space-freeing tasks run early"
+            } else {
+                "the janitor is off: `aura cleanup` frees space"
+            };
             degraded.push(format!(
-                "disk nearly full: {:.1} % of the data dir's volume available (below {:.0} %; the janitor's space-freeing tasks run early)",
+                "disk nearly full: {:.1} % of the data dir's volume available (below {:.0} %; {janitor})",
                 free * 100.0,
                 low * 100.0
             ));

@@ -145,18 +145,20 @@ impl Janitor {
     }
 
     fn restore_last_runs(&self) {
+        let stored: Vec<(TaskName, Timestamp)> = TaskName::ALL
+            .into_iter()
+            .filter_map(|task| {
+                let ms = self
+                    .rt
+                    .block_on(self.shared.store.setting(&last_run_key(task)))
+                    .ok()??;
+                Some((task, Timestamp::from_unix_millis(ms.parse().ok()?)))
+            })
+            .collect();
+        // The board's lock is taken only now: handles read it from async workers, never across I/O.
         let mut inner = self.shared.janitor.lock();
         inner.started = Some(Timestamp::now());
-        for task in TaskName::ALL {
-            let stored = self
-                .rt
-                .block_on(self.shared.store.setting(&last_run_key(task)));
-            if let Ok(Some(ms)) = stored {
-                if let Ok(ms) = ms.parse::<i64>() {
-                    inner.last_run.insert(task, Timestamp::from_unix_millis(ms));
-                }
-            }
-        }
+        inner.last_run.extend(stored);
     }
 
     fn run_order(&self, request: &RunRequest) -> RunAnswer {

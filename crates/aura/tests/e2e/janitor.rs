@@ -387,7 +387,12 @@ async fn every_task_removes_only_what_is_old_and_unprotected() {
 /// name is refused; a read token may look but not run.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_runs_and_shows_the_janitor() {
-    let daemon = Daemon::start(&AGES);
+    use super::security::{config_file, token_config, with_token};
+    let (read_token, read_cfg) = token_config("viewer", "read", "");
+    let (_dir, config) = config_file(&read_cfg);
+    let mut env = AGES.to_vec();
+    env.push(("AURA_CONFIG", &config));
+    let mut daemon = Daemon::start(&env);
     let tmp = daemon.data_dir.join("tmp");
     write_old(&tmp.join("stale.part"), b"x");
     let dry = daemon.cli(&["cleanup", "--dry-run", "--task", "tmp"]);
@@ -416,6 +421,32 @@ async fn the_cli_runs_and_shows_the_janitor() {
     let bad = daemon.cli(&["cleanup", "--task", "everything"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown janitor task"));
+    // A read token sees the janitor, and may not run it.
+    let reader = with_token(&read_token);
+    let url = |path: &str| format!("{}{path}", daemon.url);
+    let seen = reader.get(url("/api/janitor")).send().await.unwrap();
+    assert_eq!(seen.status().as_u16(), 200);
+    let refused = reader
+        .post(url("/api/janitor/run"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    // A malformed run request is a 400 that runs nothing.
+    let malformed = authed(&daemon.url)
+        .post(url("/api/janitor/run"))
+        .json(&serde_json::json!({"tasks": ["nope"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status().as_u16(), 400);
+    // The last run is kept across a restart: the schedule goes on from it.
+    daemon.stop_now();
+    daemon.spawn();
+    let text = stdout(&daemon.cli(&["cleanup", "--status"]));
+    let tmp_line = text.lines().find(|l| l.starts_with("tmp ")).unwrap();
+    assert!(tmp_line.contains(" ago "), "{text}");
 }
 
 /// A full data volume: the space-freeing tasks run early on their own, and once they freed space the
