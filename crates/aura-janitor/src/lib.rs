@@ -167,3 +167,66 @@ pub enum ActionKind {
     /// The file was replaced by a `.zst` of itself.
     Compress,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: u64, actions: usize, messages: usize) -> Report {
+        Report {
+            files_removed: n,
+            dirs_removed: n + 1,
+            bytes_freed: n + 2,
+            errors: n + 3,
+            skipped_locked: n + 4,
+            skipped_mounts: n + 5,
+            skipped_changed: n + 6,
+            actions: (0..actions)
+                .map(|i| Action {
+                    path: format!("{n}/{i}"),
+                    kind: ActionKind::Remove,
+                    bytes: 1,
+                })
+                .collect(),
+            error_messages: (0..messages).map(|i| format!("{n}: {i}")).collect(),
+        }
+    }
+
+    #[test]
+    fn merging_adds_every_count_and_keeps_the_lists_bounded() {
+        let mut total = report(10, 3, 4);
+        total.merge(report(100, 2, 4));
+        assert_eq!(
+            (
+                total.files_removed,
+                total.dirs_removed,
+                total.bytes_freed,
+                total.errors,
+                total.skipped_locked,
+                total.skipped_mounts,
+                total.skipped_changed
+            ),
+            (110, 112, 114, 116, 118, 120, 122)
+        );
+        assert_eq!(total.actions.len(), 5);
+        assert_eq!(total.error_messages.len(), 8);
+        // Lists stop at their bounds; counts go on.
+        total.merge(report(1, DEFAULT_MAX_LISTED, MAX_ERROR_MESSAGES));
+        assert_eq!(total.actions.len(), DEFAULT_MAX_LISTED);
+        assert_eq!(total.actions[5].path, "1/0");
+        assert_eq!(total.error_messages.len(), MAX_ERROR_MESSAGES);
+        assert_eq!(total.error_messages[8], "1: 0");
+        assert_eq!(total.files_removed, 111);
+    }
+
+    #[test]
+    fn an_error_is_always_counted_and_its_message_kept_while_there_is_room() {
+        let mut r = Report::default();
+        for i in 0..MAX_ERROR_MESSAGES + 3 {
+            r.error(format!("e{i}"));
+        }
+        assert_eq!(r.errors, (MAX_ERROR_MESSAGES + 3) as u64);
+        assert_eq!(r.error_messages.len(), MAX_ERROR_MESSAGES);
+        assert_eq!(r.error_messages.last().map(String::as_str), Some("e9"));
+    }
+}

@@ -230,6 +230,51 @@ pub(crate) fn round_up(bytes: u64, blksize: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// The re-check before a removal: any change of identity, size or mtime since the decision is a
+    /// change (the walk skips the entry); only the very same, untouched file passes.
+    #[test]
+    fn a_recheck_sees_every_change_of_identity_or_content() {
+        let base = Meta {
+            dev: 1,
+            ino: 2,
+            mode: 0o100644,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 10,
+            blocks: 8,
+            blksize: 4096,
+            atime: (5, 0),
+            mtime: (5, 0),
+            ctime: (5, 0),
+        };
+        assert!(base.unchanged(&base) && base.same_inode(&base));
+        // Read since (atime) or relinked (nlink, ctime): the same file, unchanged in content.
+        let read = Meta {
+            atime: (9, 0),
+            ..base
+        };
+        assert!(read.unchanged(&base));
+        for (what, other) in [
+            ("dev", Meta { dev: 9, ..base }),
+            ("ino", Meta { ino: 9, ..base }),
+            ("size", Meta { size: 11, ..base }),
+            (
+                "mtime",
+                Meta {
+                    mtime: (5, 1),
+                    ..base
+                },
+            ),
+        ] {
+            assert!(!other.unchanged(&base), "{what}");
+        }
+        assert!(!Meta { dev: 9, ..base }.same_inode(&base));
+        assert!(!Meta { ino: 9, ..base }.same_inode(&base));
+        assert!(Meta { size: 11, ..base }.same_inode(&base));
+    }
+
     #[test]
     fn names() {
         for bad in ["", ".", "..", "a/b", "/a", "a\0b"] {
