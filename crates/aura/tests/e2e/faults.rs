@@ -30,8 +30,8 @@ impl Tmpfs {
         Some(Tmpfs { _root: root, path })
     }
 
-    /// Fills the volume to the last byte with the file `name`.
-    fn fill(&self, name: &str) {
+    /// Fills the volume to the last byte with the file `name` (a path relative to the volume).
+    pub(super) fn fill(&self, name: &str) {
         use std::io::Write;
         let mut file = std::fs::File::create(self.path.join(name)).expect("filler");
         let chunk = vec![1u8; 64 * 1024];

@@ -468,19 +468,7 @@ async fn a_full_volume_runs_the_janitor_early_and_work_resumes() {
     );
     // Fill the volume to its last byte with an old temp file.
     let filler = data.join("tmp/filler.bin");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![7u8; 64 * 1024];
-        let mut n = chunk.len();
-        while n > 0 {
-            match file.write(&chunk[..n]) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => n /= 2,
-            }
-        }
-    }
+    volume.fill("data/tmp/filler.bin");
     touch_old(&filler);
     let client = daemon.client();
     let marker = daemon.scratch().join("ran");
