@@ -97,7 +97,7 @@ pub struct UploadSink {
     pending: Vec<u8>,
     /// The write of the chunk before `pending`, under way on a blocking thread while the next one
     /// arrives (receiving overlaps hashing and writing); it hands back `Writing` and its emptied buffer.
-    in_flight: Option<tokio::task::JoinHandle<Result<(Writing, Vec<u8>), EngineError>>>,
+    in_flight: Option<ChunkWrite>,
     /// Bytes received so far.
     received: u64,
     /// The cap that applies to this upload.
@@ -113,6 +113,9 @@ struct Writing {
     file: std::fs::File,
     hash: Sha256,
 }
+
+/// A chunk being hashed and written on a blocking thread: it hands back `Writing` and the emptied buffer.
+type ChunkWrite = tokio::task::JoinHandle<Result<(Writing, Vec<u8>), EngineError>>;
 
 /// The partial file's name, removed on drop unless the upload was filed.
 struct Partial {
