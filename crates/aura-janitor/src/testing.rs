@@ -317,3 +317,28 @@ pub fn build_flat_tree(root: &Path, dirs: usize, files: usize, t: SystemTime) ->
     }
     Ok(())
 }
+
+/// What runs right before the walk re-checks an entry it decided to remove (`path`: the entry as
+/// messages name it): the seam through which a test changes the entry in exactly that window. Unset
+/// (the daemon never sets it), the walk pays one relaxed atomic load per removal.
+type Hook = Box<dyn Fn(&Path) + Send + Sync>;
+
+static HOOK_SET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static HOOK: std::sync::Mutex<Option<Hook>> = std::sync::Mutex::new(None);
+
+/// Sets (or, with `None`, clears) the hook run before each re-check. Process-wide: a test that sets it
+/// runs alone in its binary.
+pub fn set_before_recheck(hook: Option<Hook>) {
+    let mut slot = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+    HOOK_SET.store(hook.is_some(), std::sync::atomic::Ordering::SeqCst);
+    *slot = hook;
+}
+
+pub(crate) fn before_recheck(path: &Path) {
+    if !HOOK_SET.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if let Some(hook) = HOOK.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        hook(path);
+    }
+}

@@ -380,6 +380,7 @@ impl<'a> Walker<'a> {
             }
         };
         drop(fd);
+        crate::testing::before_recheck(&self.path(rel, name));
         match stat_at(parent, name) {
             Ok(now) if now.same_inode(&decided) && now.mtime == decided.mtime => {}
             Ok(_) => {
@@ -433,6 +434,7 @@ impl<'a> Walker<'a> {
             self.act(rel, name, bytes);
             return true;
         }
+        crate::testing::before_recheck(&self.path(rel, name));
         match stat_at(dir, name) {
             Ok(now) if now.unchanged(decided) => {}
             Ok(_) => {
