@@ -273,7 +273,7 @@ async fn release_lease(http: &reqwest::Client, daemon: &Daemon, id: u64) -> u16 
         .as_u16()
 }
 
-/// A running `sleep 30` that holds a slot, then a job that creates a marker file if it ever runs, each
+/// A running `sleep 300` (cancelled by the test; long enough for a loaded machine) that holds a slot, then a job that creates a marker file if it ever runs, each
 /// reserving the memory given for it (else the default): (the blocker, the marker job, the marker's path).
 async fn blocker_then_marker(
     daemon: &Daemon,
@@ -282,7 +282,7 @@ async fn blocker_then_marker(
 ) -> (JobId, JobId, PathBuf) {
     let marker = daemon.scratch().join("standby-ran");
     let [mut blocker, mut job] = [
-        spec("sleep", &["30"]),
+        spec("sleep", &["300"]),
         spec("touch", &[marker.to_str().expect("utf-8 path")]),
     ];
     for (job, memory) in [&mut blocker, &mut job].into_iter().zip(memory) {
