@@ -273,8 +273,9 @@ async fn release_lease(http: &reqwest::Client, daemon: &Daemon, id: u64) -> u16 
         .as_u16()
 }
 
-/// A running `sleep 300` (cancelled by the test; long enough for a loaded machine) that holds a slot, then a job that creates a marker file if it ever runs, each
-/// reserving the memory given for it (else the default): (the blocker, the marker job, the marker's path).
+/// A running `sleep 300` that holds a slot (the test cancels it; 300 s, so that it cannot end by itself on a
+/// loaded machine), then a job that creates a marker file if it ever runs, each reserving the memory given
+/// for it (else the default): (the blocker, the marker job, the marker's path).
 async fn blocker_then_marker(
     daemon: &Daemon,
     client: &Client,
