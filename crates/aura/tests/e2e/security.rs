@@ -76,8 +76,10 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// Polls `/healthz` on a fresh connection every 20 ms until stopped; returns the slowest answer and
-/// whether every poll succeeded.
+/// Polls `/healthz` on a fresh connection every 20 ms until stopped; returns the slowest answer and how
+/// many polls failed. A poll whose connection fails (reset, refused, timed out) is tried once more at once,
+/// as any health checker does before it calls a service down; an answer other than 200 `ok` fails at once.
+/// Retried polls are printed, so a flake shows what it was.
 pub(super) fn health_poller(
     url: String,
 ) -> (Arc<AtomicBool>, std::thread::JoinHandle<(Duration, u32)>) {
@@ -86,23 +88,26 @@ pub(super) fn health_poller(
         let stop = stop.clone();
         move || {
             let addr = url.trim_start_matches("http://").to_owned();
+            let probe = || -> std::io::Result<bool> {
+                let mut s = TcpStream::connect(&addr)?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(
+                    s,
+                    "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text.starts_with("HTTP/1.1 200") && text.contains("\"ok\""))
+            };
             let (mut slowest, mut failures) = (Duration::ZERO, 0);
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let ok = (|| -> std::io::Result<bool> {
-                    let mut s = TcpStream::connect(&addr)?;
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    write!(
-                        s,
-                        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-                    )?;
-                    let mut text = String::new();
-                    s.read_to_string(&mut text)?;
-                    Ok(text.starts_with("HTTP/1.1 200") && text.contains("\"ok\""))
-                })()
-                .unwrap_or(false);
+                let ok = probe().or_else(|e| {
+                    eprintln!("health poll: {e}; trying again");
+                    probe()
+                });
                 slowest = slowest.max(started.elapsed());
-                if !ok {
+                if !ok.unwrap_or(false) {
                     failures += 1;
                 }
                 std::thread::sleep(Duration::from_millis(20));
