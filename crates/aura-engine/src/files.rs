@@ -405,8 +405,8 @@ pub(crate) fn locate(
         return Ok(Place::Work(work));
     }
     let archive = archive_root
-        .join("work")
-        .join(format!("{}.tar.zst", job.id));
+        .join(crate::retention::ARCHIVED_WORK)
+        .join(crate::retention::archived_name(job.id));
     if std::fs::symlink_metadata(&archive).is_ok_and(|m| m.is_file()) {
         return Ok(Place::Archive(archive));
     }

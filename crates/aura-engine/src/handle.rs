@@ -476,7 +476,8 @@ impl EngineHandle {
             degraded.push(format!("admission paused: {reason}"));
         }
         let low = self.shared.config.janitor.low_free_disk;
-        if let Some(free) = crate::janitor::free_share(&self.shared).filter(|f| *f < low) {
+        let free = crate::janitor::data_volume_free(&self.shared).map(|(_, share)| share);
+        if let Some(free) = free.filter(|f| *f < low) {
             let janitor = if self.shared.config.janitor.enabled {
                 "the janitor's space-freeing tasks run early"
             } else {

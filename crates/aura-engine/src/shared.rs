@@ -305,7 +305,7 @@ impl Shared {
 
     /// Where an upload's content is, `uploads/<id>`.
     pub(crate) fn upload_path(&self, upload: &aura_model::files::UploadId) -> std::path::PathBuf {
-        self.config.data_dir.join("uploads").join(upload.as_str())
+        self.config.upload_root().join(upload.as_str())
     }
 
     pub(crate) fn log_dir(&self, id: JobId, attempt: u32) -> std::path::PathBuf {

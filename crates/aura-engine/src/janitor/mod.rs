@@ -29,6 +29,9 @@ pub(crate) struct RunOrder {
 /// Runs waiting for the thread beyond the one it is on: a caller beyond them is told the janitor is busy.
 pub(crate) const ORDERS: usize = 4;
 
+/// The most jobs a dry run of `history` looks at (the store's cap on one call).
+const DRY_RUN_LOOK: u32 = 1_000;
+
 /// The janitor's thread; stopped and joined by `stop`.
 pub(crate) struct JanitorThread {
     pub orders: std::sync::mpsc::SyncSender<RunOrder>,
@@ -141,7 +144,7 @@ impl Janitor {
     }
 
     fn disk_low(&self) -> bool {
-        free_share(&self.shared).is_some_and(|free| free < self.config().low_free_disk)
+        data_volume_free(&self.shared).is_some_and(|(_, share)| share < self.config().low_free_disk)
     }
 
     fn restore_last_runs(&self) {
@@ -346,7 +349,7 @@ impl Janitor {
                 continue;
             }
             if let (true, Some(dest)) = (succeeded, &archive) {
-                let dest_name = OsString::from(format!("{id}.tar.zst"));
+                let dest_name = OsString::from(crate::retention::archived_name(id));
                 let level = config.compression_level;
                 match aura_janitor::archive_dir(&root, &name, dest, &dest_name, level, dry_run) {
                     Ok(r) => report.merge(r),
@@ -470,13 +473,19 @@ impl Janitor {
         if dry_run {
             let due = self
                 .rt
-                .block_on(store.retention_candidates(before, 100_000))
+                .block_on(store.retention_candidates(before, DRY_RUN_LOOK))
                 .map_err(|e| format!("reading jobs past retention: {e}"))?;
             if let (Some(first), Some(last)) = (due.first(), due.last()) {
                 report.archived = due.len() as u64;
+                // One look, not the whole table: a dry run says when there are more.
+                let more = if due.len() as u32 >= DRY_RUN_LOOK {
+                    " or more"
+                } else {
+                    ""
+                };
                 report.actions.push(Action {
                     path: format!(
-                        "jobs {}..={} ({} jobs)",
+                        "jobs {}..={} ({}{more} jobs)",
                         first.job.id,
                         last.job.id,
                         due.len()
@@ -584,7 +593,7 @@ impl Janitor {
             .block_on(store.compact_step(step_pages))
             .map_err(|e| format!("compacting the database: {e}"))?;
         if step.auto_vacuum != aura_store::AutoVacuum::Incremental && free_pages > 0 {
-            let room = free_share_bytes(&self.shared);
+            let room = data_volume_free(&self.shared).map(|(bytes, _)| bytes);
             if room.is_some_and(|r| r < 2 * before) {
                 return Err(format!(
                     "the database ({}) predates incremental compaction, and converting it needs twice its size free on the volume",
@@ -626,16 +635,12 @@ impl Janitor {
     }
 }
 
-/// The data volume's available share, from the host sampler's latest look.
-pub(crate) fn free_share(shared: &Shared) -> Option<f64> {
+/// The data volume as the host sampler last saw it: (available bytes, available share).
+pub(crate) fn data_volume_free(shared: &Shared) -> Option<(u64, f64)> {
     let host = shared.host_sampler.latest()?;
     let volume = host.data_volume.as_ref()?;
-    Some(volume.available as f64 / volume.total.max(1) as f64)
-}
-
-fn free_share_bytes(shared: &Shared) -> Option<u64> {
-    let host = shared.host_sampler.latest()?;
-    host.data_volume.as_ref().map(|v| v.available)
+    let share = volume.available as f64 / volume.total.max(1) as f64;
+    Some((volume.available, share))
 }
 
 fn finished_at(job: &Job) -> Option<SystemTime> {

@@ -244,6 +244,14 @@ impl JanitorConfig {
     }
 }
 
+/// The folder of `archive/` that holds archived job directories.
+pub(crate) const ARCHIVED_WORK: &str = "work";
+
+/// The file a job's directory is archived to, in `archive/work/`.
+pub(crate) fn archived_name(id: aura_model::JobId) -> String {
+    format!("{id}.tar.zst")
+}
+
 /// The data dir's roots the janitor acts below.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
@@ -258,14 +266,14 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub(crate) fn of(config: &crate::EngineConfig) -> Layout {
-        let archive = config.data_dir.join("archive");
+        let archive = config.archive_root();
         Layout {
             tmp: config.data_dir.join("tmp"),
-            uploads: config.data_dir.join("uploads"),
+            uploads: config.upload_root(),
             cache: config.data_dir.join("cache"),
             work: config.work_root(),
             logs: config.log_root(),
-            archive_work: archive.join("work"),
+            archive_work: archive.join(ARCHIVED_WORK),
             archive_history: archive.join("history"),
         }
     }

@@ -6,5 +6,5 @@ mod board;
 mod config;
 
 pub(crate) use board::Board;
-pub(crate) use config::Layout;
+pub(crate) use config::{archived_name, Layout, ARCHIVED_WORK};
 pub use config::{CompactTaskConfig, HistoryTaskConfig, JanitorConfig, TaskConfig, WorkTaskConfig};
