@@ -130,8 +130,9 @@ impl Report {
             .extend(other.error_messages.into_iter().take(room));
     }
 
-    /// Counts one error and keeps its message if there is room.
-    pub(crate) fn error(&mut self, message: String) {
+    /// Counts one error and keeps its message if there is room (callers that walk by other means, such
+    /// as the engine's per-job steps, report theirs through this too).
+    pub fn error(&mut self, message: String) {
         self.errors += 1;
         // The log gets as many as the report keeps: a tree full of one
         // failure must not flood it.

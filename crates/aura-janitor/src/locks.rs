@@ -165,10 +165,4 @@ FLOCK  ADVISORY  WRITE 1 fe:00:3 0 EOF
             let _ = parse_proc_locks(&format!("1: FLOCK ADVISORY WRITE 1 {s}"));
         }
     }
-
-    #[test]
-    fn reads_live_table() {
-        // Whatever the machine holds, reading must work where procfs exists.
-        let _ = LockTable::read();
-    }
 }

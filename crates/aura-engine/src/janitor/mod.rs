@@ -8,7 +8,6 @@ use crate::shared::Shared;
 use aura_janitor::{Report, Root, SweepOptions};
 use aura_model::janitor::{
     Action, ActionKind, RunAnswer, RunRequest, TaskName, TaskReport, TaskRun, MAX_ACTIONS,
-    MAX_ERROR_MESSAGES,
 };
 use aura_model::{EngineEvent, Job, JobId, Outcome, Timestamp};
 use std::collections::HashSet;
@@ -354,11 +353,7 @@ impl Janitor {
                 match aura_janitor::archive_dir(&root, &name, dest, &dest_name, level, dry_run) {
                     Ok(r) => report.merge(r),
                     Err(e) => {
-                        report.errors += 1;
-                        push_error(
-                            &mut report.error_messages,
-                            format!("archiving work/{id}: {e}"),
-                        );
+                        report.error(format!("archiving work/{id}: {e}"));
                     }
                 }
             } else {
@@ -415,8 +410,7 @@ impl Janitor {
                 Ok(Some(dir)) => dir,
                 Ok(None) => continue,
                 Err(e) => {
-                    report.errors += 1;
-                    push_error(&mut report.error_messages, format!("logs/{id}: {e}"));
+                    report.error(format!("logs/{id}: {e}"));
                     continue;
                 }
             };
@@ -441,11 +435,7 @@ impl Janitor {
                             report.merge(r);
                         }
                         Err(e) => {
-                            report.errors += 1;
-                            push_error(
-                                &mut report.error_messages,
-                                format!("compressing logs/{id}: {e}"),
-                            );
+                            report.error(format!("compressing logs/{id}: {e}"));
                         }
                     }
                 }
@@ -701,12 +691,6 @@ fn sweep(
         },
     );
     Ok(to_task_report(report, label))
-}
-
-fn push_error(messages: &mut Vec<String>, message: String) {
-    if messages.len() < MAX_ERROR_MESSAGES {
-        messages.push(message);
-    }
 }
 
 /// The file-system walk's report in the API's terms, paths made relative to the data dir.
