@@ -46,6 +46,16 @@ pub use secrets::{SecretError, Secrets};
 pub use streams::Subscription;
 pub use warnings::{Figures, Level, WarningConfig, Watch, Watcher};
 
+/// The check of a job file's path as a client names it (`GET /api/jobs/{id}/files/{path}`), for the fuzz
+/// targets. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `Ok` for a relative path of plain components, else why not.
+    pub fn check_job_file_path(path: &str) -> Result<(), &'static str> {
+        crate::files::check_path(path)
+    }
+}
+
 use aura_supervisor::{Supervisor, SupervisorConfig};
 use std::path::PathBuf;
 

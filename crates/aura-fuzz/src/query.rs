@@ -16,7 +16,7 @@ use std::time::Duration;
 /// - an accepted list filter's labels each obey a job's label rules (`aura_model::check_label`);
 /// - an accepted value written back as a query string (as a client such as `aura-client` would) parses
 ///   to the same value: the list filter (its labels as repeated `label=` pairs), the events page, the history flag, the log request, and the
-///   wait timeout (through `humantime::format_duration`).
+///   wait timeout (through `humantime::format_duration`), an upload's `max` (as plain bytes).
 pub fn query(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -35,6 +35,21 @@ pub fn query(data: &[u8]) {
     log_request(raw);
     wait_timeout(raw);
     stream_request(raw);
+    upload_max(raw);
+}
+
+/// An upload's `max` (the client's own cap): a refusal is a 400; an accepted cap written back as plain
+/// bytes (`max=N`, as `aura upload` would send it) reads as the same cap.
+fn upload_max(raw: Option<&str>) {
+    match query::upload_max(raw) {
+        Ok(Some(max)) => assert_eq!(
+            query::upload_max(Some(&format!("max={max}"))).map_err(shown),
+            Ok(Some(max)),
+            "upload_max({raw:?})"
+        ),
+        Ok(None) => {}
+        Err(e) => check_refusal("upload_max", raw, e),
+    }
 }
 
 /// Every parser's result, comparable (errors by code and detail).

@@ -1,5 +1,6 @@
-//! The `range` target: the `Range` header of a download (`aura_server::range::byte_range`), against a
-//! file size the input names.
+//! The `range` target: a download's request — the `Range` header (`aura_server::range::byte_range`),
+//! against a file size the input names, and the file's path as the client names it
+//! (`aura_engine::fuzzing::check_job_file_path`).
 
 use aura_server::range::{byte_range, Ranged};
 
@@ -13,6 +14,9 @@ use aura_server::range::{byte_range, Ranged};
 ///   and the open range `bytes=START-`;
 /// - a second range added (`, 0-0`) makes any header the whole file: several ranges are not served.
 pub fn range(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        job_file_path(text);
+    }
     let (size, header) = split(data);
     let ranged = byte_range(Some(header), size);
     assert_eq!(byte_range(Some(header), size), ranged, "not deterministic");
@@ -84,4 +88,30 @@ fn split(data: &[u8]) -> (u64, &[u8]) {
 /// Optional whitespace (RFC 9110 `OWS`), what the parser trims around a range.
 fn is_ows(c: char) -> bool {
     c == ' ' || c == '\t'
+}
+
+/// A path the check accepts stays below the job's directory: relative, no NUL, every component a plain
+/// name (no empty, `.` or `..` one), so that `Path::components` of it below any base is only `Normal`
+/// parts, as many as the `/`-separated pieces.
+fn job_file_path(path: &str) {
+    use std::path::{Component, Path};
+    let checked = aura_engine::fuzzing::check_job_file_path(path);
+    assert_eq!(
+        aura_engine::fuzzing::check_job_file_path(path),
+        checked,
+        "not deterministic"
+    );
+    if checked.is_err() {
+        return;
+    }
+    assert!(
+        !path.contains('\0') && !path.starts_with('/') && path.len() <= 4096,
+        "{path:?}"
+    );
+    let components: Vec<Component> = Path::new(path).components().collect();
+    assert!(
+        components.iter().all(|c| matches!(c, Component::Normal(_))),
+        "{path:?} accepted with {components:?}"
+    );
+    assert_eq!(components.len(), path.split('/').count(), "{path:?}");
 }
