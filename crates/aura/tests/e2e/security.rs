@@ -77,7 +77,7 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 /// Polls `/healthz` on a fresh connection every 20 ms until stopped; returns the slowest answer and how
-/// many polls failed. A poll whose connection fails (reset, refused, timed out) is tried once more at once,
+/// many polls failed. A poll whose connection fails (reset, refused, timed out, closed unanswered) is tried once more at once,
 /// as any health checker does before it calls a service down; an answer other than 200 `ok` fails at once.
 /// Retried polls are printed, so a flake shows what it was.
 pub(super) fn health_poller(
@@ -97,6 +97,11 @@ pub(super) fn health_poller(
                 )?;
                 let mut text = String::new();
                 s.read_to_string(&mut text)?;
+                if text.is_empty() {
+                    // Closed before an answer: what the listener does to the oldest idle connection
+                    // at its cap, which a flood on a loaded machine reaches before the request is read.
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
                 Ok(text.starts_with("HTTP/1.1 200") && text.contains("\"ok\""))
             };
             let (mut slowest, mut failures) = (Duration::ZERO, 0);
