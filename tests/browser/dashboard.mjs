@@ -112,6 +112,11 @@ try {
     return note && note.startsWith('done') ? note : null;
   }, 30000);
 
+  // A single node: neither the nodes card nor the jobs' node column (fleet mode shows both).
+  if (await page.isVisible('#nodes-card')) throw new Error('a single node shows a nodes card');
+  if (await page.isVisible('#jobs thead .node-col')) throw new Error('a single node shows a node column');
+  report.nodeRows = await page.evaluate(() => window.auraDashboard.nodes());
+
   await page.setViewportSize({ width: 390, height: 844 });
   await page.waitForTimeout(500);
   await page.screenshot({ path: join(ARTIFACTS, 'dashboard-390x844.png') });

@@ -1,7 +1,10 @@
 //! The benchmark harness: starts a release `aura serve` on a scratch data dir and measures it side by side
 //! with the raw system limit in the same run. Prints figures for BENCHMARKS.md.
 
-use crate::harness::{client_runtime, cpu_secs, percentile, pid_stat, runtime, Daemon};
+use crate::harness::{
+    client_runtime, cpu_secs, ipis, ipis_per_job, percentile, pid_stat, raw_spawn_rate, runtime,
+    rusage_secs, Daemon,
+};
 use anyhow::{bail, Context};
 use aura_client::ListQuery;
 use aura_host::procfs;
@@ -87,6 +90,7 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
         }
         "upload" => crate::janitor_bench::upload(root, flag("--mib", 1024)?, flag("--rounds", 2)?),
         "retention" => crate::janitor_bench::retention(root, flag("--jobs", 20_000)?),
+        "fleet" => crate::fleet_bench::fleet(root, flag("--jobs", 6000)?, flag("--nodes", 3)?),
         "dashboard" => crate::dashboard_bench::dashboard(
             root,
             flag("--pages", 5)?,
@@ -97,36 +101,6 @@ pub fn main(root: &Path, args: &[String]) -> anyhow::Result<()> {
             bail!("unknown benchmark {which:?}: use throughput, supervisor, handoff, kill, metrics, soak, api, flood, flood-memory, sse, sse-stuck, ffmpeg, control, dashboard, janitor, upload or retention")
         }
     }
-}
-
-/// Raw fork+exec+wait of /bin/true on `threads` threads: the ceiling for trivial jobs on this machine.
-fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
-    let children_before = rusage_secs(libc::RUSAGE_CHILDREN);
-    let ipis_before = ipis()?;
-    let start = Instant::now();
-    let per_thread = jobs / threads;
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            std::thread::spawn(move || -> std::io::Result<()> {
-                for _ in 0..per_thread {
-                    Command::new("/bin/true").status()?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
-    }
-    let rate = (per_thread * threads) as f64 / start.elapsed().as_secs_f64();
-    eprintln!(
-        "raw: {rate:.0} jobs/s, a job's own CPU {:.2} ms, {}",
-        (rusage_secs(libc::RUSAGE_CHILDREN) - children_before) * 1000.0
-            / (per_thread * threads) as f64,
-        ipis_per_job(&ipis_before, &ipis()?, per_thread * threads)
-    );
-    Ok(rate)
 }
 
 /// `runs` measurements (each with its own daemon and its own raw rates before and after), then the
@@ -373,16 +347,6 @@ fn switches_per_job(
     format!("{:.1} ({})", per_job(total), by_name.join(", "))
 }
 
-/// CPU seconds (user + system) of this process (`RUSAGE_SELF`) or of its reaped children.
-fn rusage_secs(who: libc::c_int) -> f64 {
-    // SAFETY: getrusage fills the plain-data struct it is given.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    unsafe { libc::getrusage(who, &mut usage) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
 /// The supervisor alone, in this process (no HTTP, no store, no engine): `parallel` loops of launch →
 /// wait → finish of `/bin/true`, each job in a fresh default working directory as the engine gives it,
 /// beside the raw rate in the same run. Separates what the process-tree layer costs from what the rest
@@ -544,39 +508,6 @@ fn ping_pong(rounds: usize, pins: Option<(usize, usize)>) -> anyhow::Result<(f64
         rustix::thread::sched_setaffinity(None, &saved)?;
     }
     Ok((wall * 1e6 / rounds as f64, cpu * 1e6 / rounds as f64))
-}
-
-/// The machine's inter-processor interrupts so far, summed over CPUs, by kind: rescheduling (a wake-up
-/// of a thread on another CPU), function call and TLB shootdown. On this nested VM each one costs both
-/// sides a VM exit, so they are counted per job beside the CPU figures.
-fn ipis() -> anyhow::Result<[(&'static str, u64); 3]> {
-    let text = std::fs::read_to_string("/proc/interrupts")?;
-    let mut counts = [("RES", 0), ("CAL", 0), ("TLB", 0)];
-    for line in text.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(name) = fields.next() else { continue };
-        if let Some(slot) = counts
-            .iter_mut()
-            .find(|(k, _)| name.strip_suffix(':') == Some(*k))
-        {
-            slot.1 = fields.map_while(|f| f.parse::<u64>().ok()).sum();
-        }
-    }
-    Ok(counts)
-}
-
-fn ipis_per_job(before: &[(&str, u64); 3], after: &[(&str, u64); 3], jobs: usize) -> String {
-    let parts: Vec<String> = before
-        .iter()
-        .zip(after)
-        .map(|((k, b), (_, a))| {
-            format!(
-                "{k} {:.2}",
-                a.saturating_sub(*b) as f64 / jobs.max(1) as f64
-            )
-        })
-        .collect();
-    format!("IPIs per job: {}", parts.join(", "))
 }
 
 /// (busy, total) CPU ticks of the whole machine from /proc/stat: whether a run was CPU-bound.

@@ -5,6 +5,7 @@ use aura_client::Client;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Instant;
 
 /// A release daemon on a scratch data dir; killed (and its data dir removed) on drop.
 pub(crate) struct Daemon {
@@ -27,6 +28,16 @@ impl Daemon {
         max_concurrent: usize,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Daemon> {
+        Daemon::start_named(root, max_concurrent, env, "")
+    }
+
+    /// `start_with` on a data dir of its own named `suffix` (several daemons of one benchmark).
+    pub fn start_named(
+        root: &Path,
+        max_concurrent: usize,
+        env: &[(&str, &str)],
+        suffix: &str,
+    ) -> anyhow::Result<Daemon> {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
@@ -41,7 +52,7 @@ impl Daemon {
                 target.join("release/aura")
             }
         };
-        let data_dir = target.join(format!("bench-data-{}", std::process::id()));
+        let data_dir = target.join(format!("bench-data-{}{suffix}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -135,4 +146,81 @@ pub(crate) fn pid_stat(path: &str) -> anyhow::Result<aura_host::procfs::PidStat>
 /// User and system CPU seconds of a `/proc/.../stat`.
 pub(crate) fn cpu_secs(stat: &aura_host::procfs::PidStat) -> f64 {
     (stat.utime + stat.stime) as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// Raw fork+exec+wait of /bin/true on `threads` threads: the ceiling for trivial jobs on this machine.
+pub(crate) fn raw_spawn_rate(jobs: usize, threads: usize) -> anyhow::Result<f64> {
+    let children_before = rusage_secs(libc::RUSAGE_CHILDREN);
+    let ipis_before = ipis()?;
+    let start = Instant::now();
+    let per_thread = jobs / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                for _ in 0..per_thread {
+                    Command::new("/bin/true").status()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
+    }
+    let rate = (per_thread * threads) as f64 / start.elapsed().as_secs_f64();
+    eprintln!(
+        "raw: {rate:.0} jobs/s, a job's own CPU {:.2} ms, {}",
+        (rusage_secs(libc::RUSAGE_CHILDREN) - children_before) * 1000.0
+            / (per_thread * threads) as f64,
+        ipis_per_job(&ipis_before, &ipis()?, per_thread * threads)
+    );
+    Ok(rate)
+}
+
+/// CPU seconds (user + system) of this process (`RUSAGE_SELF`) or of its reaped children.
+pub(crate) fn rusage_secs(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage fills the plain-data struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    unsafe { libc::getrusage(who, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// The machine's inter-processor interrupts so far, summed over CPUs, by kind: rescheduling (a wake-up
+/// of a thread on another CPU), function call and TLB shootdown. On this nested VM each one costs both
+/// sides a VM exit, so they are counted per job beside the CPU figures.
+pub(crate) fn ipis() -> anyhow::Result<[(&'static str, u64); 3]> {
+    let text = std::fs::read_to_string("/proc/interrupts")?;
+    let mut counts = [("RES", 0), ("CAL", 0), ("TLB", 0)];
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.next() else { continue };
+        if let Some(slot) = counts
+            .iter_mut()
+            .find(|(k, _)| name.strip_suffix(':') == Some(*k))
+        {
+            slot.1 = fields.map_while(|f| f.parse::<u64>().ok()).sum();
+        }
+    }
+    Ok(counts)
+}
+
+pub(crate) fn ipis_per_job(
+    before: &[(&str, u64); 3],
+    after: &[(&str, u64); 3],
+    jobs: usize,
+) -> String {
+    let parts: Vec<String> = before
+        .iter()
+        .zip(after)
+        .map(|((k, b), (_, a))| {
+            format!(
+                "{k} {:.2}",
+                a.saturating_sub(*b) as f64 / jobs.max(1) as f64
+            )
+        })
+        .collect();
+    format!("IPIs per job: {}", parts.join(", "))
 }

@@ -7,6 +7,7 @@ mod api_bench;
 mod bench;
 mod control_bench;
 mod dashboard_bench;
+mod fleet_bench;
 mod harness;
 mod janitor_bench;
 mod media_bench;
@@ -33,6 +34,7 @@ const USAGE: &str = "usage:
   cargo xtask bench kill [--rounds N]
   cargo xtask bench metrics [--scrapes N]      (needs prometheus-node-exporter)
   cargo xtask bench soak [--jobs N] [--every N]
+  cargo xtask bench fleet [--jobs N] [--nodes N]         (PostgreSQL fleet vs single-node SQLite, rescue time)
   cargo xtask bench api [--seconds N] [--runs N]          (wrk: an authenticated read; needs wrk)
   cargo xtask bench flood-memory [--small N] [--large N]  (daemon RSS and fds around idle-connection floods)
   cargo xtask bench flood [--connections N] [--seconds N] (/healthz under idle and slowloris connections)
@@ -54,7 +56,7 @@ const USAGE: &str = "usage:
 /// python3-prometheus-client (its strict OpenMetrics parser checks `/metrics` in that format), chromium
 /// (the dashboard's browser tests, driven by Playwright), nodejs and npm (Playwright itself),
 /// systemd (`systemd-analyze verify` of the unit), man-db
-/// (the man page renders), sqlite3 (the upgrade guide's backup command) and zstd (`tar --zstd` makes
+/// (the man page renders), sqlite3 (the upgrade guide's backup command), postgresql (fleet mode's tests) and zstd (`tar --zstd` makes
 /// the archived job directory a download test reads). Each is
 /// found by a program on `PATH`, or by an absolute path for what is not a program.
 const PACKAGES: &[(&str, &str)] = &[
@@ -75,6 +77,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("man", "man-db"),
     ("sqlite3", "sqlite3"),
     ("zstd", "zstd"),
+    // Fleet mode's store: the tests start throw-away clusters of their own (initdb into a temp dir, a
+    // loopback port), never the system service.
+    ("pg_ctlcluster", "postgresql"),
     // The benchmarks' peers and load generator (`bench metrics`, `bench api`): not needed by the suite,
     // installed with it so that a fresh machine can run every figure in BENCHMARKS.md.
     ("wrk", "wrk"),

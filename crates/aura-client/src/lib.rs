@@ -5,6 +5,7 @@ pub mod sse;
 
 pub use files::Download;
 
+pub use aura_model::fleet::NodeList;
 pub use aura_model::view::{CancelResult, CancelSelection, PriorityRequest};
 use aura_model::{
     EngineEvent, EngineEventRecord, JobEvent, JobEventRecord, JobId, JobSpec, LoggedEvent,
@@ -424,6 +425,12 @@ impl Client {
     /// The engine's backend, running and queued counts, and why admission is paused, if it is.
     pub async fn status(&self) -> Result<aura_model::EngineStatus, ClientError> {
         self.send(self.http.get(self.url("/api/status"))).await
+    }
+
+    /// `GET /api/nodes`: the fleet's nodes (state, tags, running and claimed jobs, capacity, heartbeat
+    /// age; the node that answered marked `this_node`); `fleet` false and no nodes on a single node.
+    pub async fn nodes(&self) -> Result<NodeList, ClientError> {
+        self.send(self.http.get(self.url("/api/nodes"))).await
     }
 
     /// The host's latest sample.
@@ -1041,6 +1048,42 @@ mod tests {
             "{request}"
         );
         assert!(request.ends_with(r#"{"priority":-5}"#), "{request}");
+    }
+
+    #[tokio::test]
+    async fn the_nodes_of_a_fleet_read_as_a_node_list() {
+        let (url, request) = answering_once(
+            "200 OK",
+            "application/json",
+            r#"{"fleet":true,"nodes":[{"id":"a1","name":"render-1","tags":["gpu"],"url":"http://10.0.0.1:7411",
+                "state":"up","incarnation":2,"capacity":{"cpus":16.0,"memory_bytes":68719476736,"gpus":1},
+                "running":3,"claimed":1,"heartbeat_age_ms":1200,"registered_at":"2026-11-22T10:00:00Z",
+                "this_node":true}]}"#,
+        )
+        .await;
+        let client = Client::new(&url).unwrap();
+        let list = client.nodes().await.unwrap();
+        assert!(list.fleet);
+        let node = &list.nodes[0];
+        assert_eq!(
+            (node.name.as_str(), node.state, node.running, node.this_node),
+            ("render-1", aura_model::NodeState::Up, 3, true)
+        );
+        assert_eq!(node.capacity.gpus, 1);
+        let request = request.await.unwrap();
+        assert!(
+            request.starts_with("GET /api/nodes HTTP/1.1\r\n"),
+            "{request}"
+        );
+        // A single node says so.
+        let (url, _) = answering_once(
+            "200 OK",
+            "application/json",
+            r#"{"fleet":false,"nodes":[]}"#,
+        )
+        .await;
+        let list = Client::new(&url).unwrap().nodes().await.unwrap();
+        assert_eq!(list, NodeList::default());
     }
 
     #[tokio::test]

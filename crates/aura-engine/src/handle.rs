@@ -38,8 +38,21 @@ pub struct EngineHandle {
     janitor: Arc<Mutex<Option<crate::janitor::JanitorThread>>>,
     /// The progress feed of event streams; it ends when `Shared::closing` is set.
     feed: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Fleet mode: the fleet task and its stop switch (see `crate::fleet`).
+    #[allow(clippy::type_complexity)]
+    fleet: Arc<Mutex<Option<(JoinHandle<()>, tokio::sync::watch::Sender<bool>)>>>,
     /// Turns to serve a file out of an archive (each holds a blocking thread while its client reads).
     archive_readers: Arc<tokio::sync::Semaphore>,
+}
+
+/// The threads and tasks the engine runs beside its actor, stopped by `EngineHandle::shutdown`.
+pub(crate) struct Background {
+    pub guards: Option<crate::guards::GuardThread>,
+    pub warnings: Option<crate::warnings::WarningThread>,
+    pub janitor: crate::janitor::JanitorThread,
+    pub feed: JoinHandle<()>,
+    /// Fleet mode: the fleet task and its stop switch.
+    pub fleet: Option<(JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
 }
 
 impl EngineHandle {
@@ -47,10 +60,7 @@ impl EngineHandle {
         tx: mpsc::Sender<Command>,
         shared: Arc<Shared>,
         actor: JoinHandle<()>,
-        guards: Option<crate::guards::GuardThread>,
-        warnings: Option<crate::warnings::WarningThread>,
-        janitor: crate::janitor::JanitorThread,
-        feed: JoinHandle<()>,
+        background: Background,
     ) -> Self {
         EngineHandle {
             tx,
@@ -58,10 +68,11 @@ impl EngineHandle {
             shared,
             actor: Arc::new(Mutex::new(Some(actor))),
             checks: Arc::default(),
-            guards: Arc::new(Mutex::new(guards)),
-            warnings: Arc::new(Mutex::new(warnings)),
-            janitor: Arc::new(Mutex::new(Some(janitor))),
-            feed: Arc::new(Mutex::new(Some(feed))),
+            guards: Arc::new(Mutex::new(background.guards)),
+            warnings: Arc::new(Mutex::new(background.warnings)),
+            janitor: Arc::new(Mutex::new(Some(background.janitor))),
+            feed: Arc::new(Mutex::new(Some(background.feed))),
+            fleet: Arc::new(Mutex::new(background.fleet)),
             archive_readers: Arc::new(tokio::sync::Semaphore::new(
                 crate::files::MAX_ARCHIVE_READERS,
             )),
@@ -155,9 +166,14 @@ impl EngineHandle {
     }
 
     /// Hands a stored job to the actor, which turns its place into the queued job
-    /// (`Shared::enter_reserved`).
+    /// (`Shared::enter_reserved`). In fleet mode the job waits in the fleet's queue instead, for whichever
+    /// node claims it (this one included); its place here is given back.
     async fn hand_over(&self, job: &Job, place: Place<'_>) -> Result<(), EngineError> {
         tracing::debug!(job_id = %job.id, program = %job.spec.program, "job submitted");
+        if self.shared.store.fleet().is_some() {
+            drop(place);
+            return Ok(());
+        }
         self.tx
             .send(Command::Enqueue(Box::new(job.clone())))
             .await
@@ -748,6 +764,62 @@ impl EngineHandle {
         self.ask(|reply| Command::Drain { on, by, reply }).await
     }
 
+    /// Fleet mode: every node of the fleet, this one marked; `None` on a single node.
+    pub async fn nodes(&self) -> Result<Option<Vec<aura_model::NodeView>>, EngineError> {
+        match self.shared.store.fleet() {
+            Some(fleet) => Ok(Some(fleet.nodes().await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Fleet mode: publishes the API tokens this node accepts (hashes only) for the other nodes to
+    /// accept too; nothing on a single node.
+    pub async fn publish_tokens(
+        &self,
+        tokens: Vec<aura_store::FleetToken>,
+    ) -> Result<(), EngineError> {
+        if let Some(fleet) = self.shared.store.fleet() {
+            fleet.publish_tokens(&tokens).await?;
+        }
+        Ok(())
+    }
+
+    /// Fleet mode: the API tokens the other nodes published (hashes); empty on a single node.
+    pub async fn fleet_tokens(&self) -> Result<Vec<aura_store::FleetToken>, EngineError> {
+        match self.shared.store.fleet() {
+            Some(fleet) => Ok(fleet.tokens().await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Where an action on job `id` (its logs, files, a cancel, a pause …) must be done. `Some(node)`: on
+    /// another node that holds it and is up (the caller forwards the request there); `None`: here — a
+    /// single node, a job this node holds, one no live node holds (finished, unknown), or one still
+    /// unclaimed in the fleet's queue, which this node then claims so that the action happens here.
+    pub async fn locate(&self, id: JobId) -> Result<Option<aura_model::NodeView>, EngineError> {
+        let Some(fleet) = self.shared.store.fleet() else {
+            return Ok(None);
+        };
+        if let Some(owner) = fleet.owner(id).await? {
+            // A job another live node holds or ran: its tree, logs and files are there.
+            let remote =
+                !owner.this_node && owner.state == aura_model::NodeState::Up && owner.url.is_some();
+            return Ok(remote.then_some(owner));
+        }
+        if let Some(job) = fleet.claim_one(id).await? {
+            let (reply, done) = oneshot::channel();
+            self.tx
+                .send(Command::Claimed {
+                    jobs: vec![job],
+                    reply,
+                })
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?;
+            let _ = done.await;
+        }
+        Ok(None)
+    }
+
     /// The stored job, or `NotFound`.
     async fn stored(&self, id: JobId) -> Result<Job, EngineError> {
         self.shared
@@ -980,6 +1052,20 @@ impl EngineHandle {
         })
         .await;
         self.shared.supervisor.shutdown().await;
+        let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((task, stop)) = fleet {
+            stop.send_replace(true);
+            let _ = task.await;
+            if let Some(fleet) = self.shared.store.fleet() {
+                // What this node claimed and did not run goes back to the fleet's queue at once.
+                match fleet.leave().await {
+                    Ok(released) => tracing::info!(released, "left the fleet"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot leave the fleet cleanly; its jobs are rescued after the heartbeat timeout")
+                    }
+                }
+            }
+        }
         self.shared.store.close().await?;
         Ok(())
     }

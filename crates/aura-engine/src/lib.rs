@@ -11,6 +11,7 @@ mod diagnostics;
 mod dispatch;
 mod error;
 mod files;
+mod fleet;
 mod guards;
 mod handle;
 mod janitor;
@@ -28,9 +29,11 @@ mod warnings;
 
 pub use admission::AdmissionConfig;
 pub use aura_model::EngineStatus;
+pub use aura_store::{FleetToken, PgConfig};
 pub use diagnostics::{Cleanup, Diagnostics, DiagnosticsConfig, Warning};
 pub use error::EngineError;
 pub use files::{FileReader, JobFile, UploadConfig, UploadSink};
+pub use fleet::FleetConfig;
 pub use guards::{GuardConfig, MemoryThreshold, ThrottleConfig};
 pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
 pub use lease::LeaseInfo;
@@ -109,6 +112,8 @@ pub struct EngineConfig {
     pub foreign_trees: bool,
     /// What `POST /api/uploads` accepts: the largest upload, the space it must leave free.
     pub uploads: UploadConfig,
+    /// Fleet mode: a PostgreSQL store shared with other nodes instead of the data dir's SQLite database.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// Who submits a job, as the API authenticated it: recorded with the job, and held to its own cap of
@@ -207,14 +212,6 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             .await
             .map_err(io)?;
     }
-    let store = aura_store::Store::open(
-        &config.database_path(),
-        aura_store::StoreOptions {
-            reserve_bytes: config.store_reserve,
-            ..aura_store::StoreOptions::default()
-        },
-    )
-    .await?;
     let supervisor = Supervisor::start(config.supervisor.clone())?;
     // Standby jobs wait in the supervisor: it, not the actor, holds the running count to the limit.
     supervisor.limit_running(Some(config.max_concurrent));
@@ -247,6 +244,28 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
         limits = config.admission.limits.len(),
         "admission capacity"
     );
+    let store = match &config.fleet {
+        None => {
+            aura_store::Store::open(
+                &config.database_path(),
+                aura_store::StoreOptions {
+                    reserve_bytes: config.store_reserve,
+                    ..aura_store::StoreOptions::default()
+                },
+            )
+            .await?
+        }
+        Some(fleet) => {
+            let node = fleet::node_spec(fleet, &capacity);
+            tracing::info!(node = %node.name, id = %node.id, tags = ?node.tags, "fleet mode: PostgreSQL store");
+            aura_store::Store::open_postgres(
+                fleet.store.clone(),
+                node,
+                aura_store::StoreOptions::default(),
+            )
+            .await?
+        }
+    };
     let admission = aura_admission::Admission::new(capacity, config.admission.limits.clone());
     actor::spawn(config, admission, host, store, supervisor).await
 }

@@ -45,6 +45,25 @@ impl Operation {
 /// Commands the actor accepts. Closed set: this is the whole protocol.
 pub(crate) enum Command {
     Enqueue(Box<Job>),
+    /// Fleet mode: jobs this node claimed from the fleet's queue; answered once they are in the local
+    /// queue (so the claimer counts them before it claims more).
+    Claimed {
+        jobs: Vec<Job>,
+        reply: oneshot::Sender<()>,
+    },
+    /// Fleet mode: another node holds this job now (a write of it was fenced): its local tree is killed
+    /// and it is forgotten here, without a write.
+    Fenced(JobId),
+    /// Fleet mode: this node lost its leases (declared dead, or cut off from the store past the
+    /// timeout): every local tree is killed and every local job forgotten; answered once the trees are
+    /// gone.
+    LeasesLost {
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// Fleet mode: this node's unfinished jobs after it registered again, taken back as recovery takes
+    /// a dead daemon's.
+    Adopt(Vec<Job>),
     Cancel {
         id: JobId,
         /// SIGKILL to the tree at once (`aura kill`) instead of its stop sequence.

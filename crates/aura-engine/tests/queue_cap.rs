@@ -45,6 +45,7 @@ async fn engine(dir: &std::path::Path, queue_cap: usize) -> EngineHandle {
         warnings: Default::default(),
         janitor: Default::default(),
         uploads: Default::default(),
+        fleet: None,
         media: Default::default(),
         host_interval: Duration::from_secs(5),
         host_history: 2,

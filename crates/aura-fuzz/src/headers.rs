@@ -31,7 +31,7 @@ fn security() -> &'static SecurityConfig {
         }])
         .expect("one valid token");
         assert_eq!(
-            tokens.authenticate(KNOWN_TOKEN).map(|p| &**p),
+            tokens.authenticate(KNOWN_TOKEN).as_deref(),
             Some(&Principal {
                 name: KNOWN_NAME.into(),
                 scope: Scope::Admin,
@@ -305,7 +305,7 @@ fn check_authenticate(tokens: &Tokens, token: &str) {
     let principal = tokens.authenticate(token);
     if token == KNOWN_TOKEN {
         assert_eq!(
-            principal.map(|p| (p.name.as_str(), p.scope)),
+            principal.as_deref().map(|p| (p.name.as_str(), p.scope)),
             Some((KNOWN_NAME, Scope::Admin)),
             "the known token is not accepted as its principal"
         );

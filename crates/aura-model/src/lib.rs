@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod events;
 pub mod files;
+pub mod fleet;
 pub mod host;
 pub mod janitor;
 pub mod job;
@@ -22,6 +23,7 @@ pub use events::{
     CommittedEvent, EngineEvent, EngineEventRecord, EventLog, JobAction, JobEvent, JobEventRecord,
     LoggedEvent, NewEvent, ProgressEvent, ProgressUpdate, WarningKind, EVENT_SCHEMA,
 };
+pub use fleet::{required_tags, NodeCapacity, NodeSpec, NodeState, NodeView, REQUIRES_LABEL};
 pub use job::*;
 pub use media::{Progress, ProgressMode, ProgressSource, ProgressTracker, RawReport};
 pub use secret::Secret;

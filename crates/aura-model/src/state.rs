@@ -512,6 +512,10 @@ pub struct Job {
     /// The latest job that re-runs this one (`aura retry`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_as: Option<JobId>,
+    /// The fleet node that holds it (claimed it, runs it, or ran it last): PostgreSQL store only; absent
+    /// on a single node and while no node has claimed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Flattened, so a record reads `{"id": 7, "state": "finished", "outcome": {...}, "accounting": {...}}`.
     #[serde(flatten)]
     pub state: JobState,
@@ -532,6 +536,7 @@ impl Job {
             submitted_by: None,
             retry_of: None,
             retried_as: None,
+            node: None,
             state: JobState::Queued {
                 since: submitted_at,
             },

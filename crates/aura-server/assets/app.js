@@ -12,6 +12,8 @@ const MAX_ENGINE_EVENTS = 100; // engine event list
 const MAX_LOG_CHARS = 32768;   // log tail
 const RING = 150;              // chart points: 5 minutes at one sample every 2 s
 const SYSTEM_EVERY = 2000, STATUS_EVERY = 5000, DIAG_EVERY = 10000, LOG_EVERY = 2000, JANITOR_EVERY = 30000;
+const NODES_EVERY = 3000;      // the fleet's nodes (fleet mode only)
+const MAX_NODES = 64;          // node rows kept
 const REFRESH_DELAY = 250;     // coalesces a burst of job events into one round of reads
 const MAX_REFRESH = 40;        // more changed jobs than this at once: reload the list instead
 
@@ -35,6 +37,11 @@ let logState = null;
 /** Whether the reader picked the log stream; until then an empty stdout gives way to stderr (FFmpeg). */
 let logChosen = false;
 const seenEngine = new Set();
+/** Fleet mode: node id → its row on the nodes card (at most MAX_NODES), and node id → name. */
+const nodeRows = new Map();
+let nodeNames = new Map();
+/** Whether the jobs table shows its node column: in fleet mode, or once a job names a node. */
+let nodeColumn = false;
 
 // ---------------------------------------------------------------- helpers
 
@@ -155,10 +162,12 @@ function signedIn() {
   pollStatus();
   pollDiagnostics();
   pollJanitor();
+  pollNodes();
   setTimer('system', () => pollSystem(false), SYSTEM_EVERY, true);
   setTimer('status', pollStatus, STATUS_EVERY, true);
   setTimer('diag', pollDiagnostics, DIAG_EVERY, true);
   setTimer('janitor', pollJanitor, JANITOR_EVERY, true);
+  setTimer('nodes', pollNodes, NODES_EVERY, true);
 }
 
 /** Back to the sign-in form: the stream closed, every timer cleared, the rows dropped. */
@@ -171,6 +180,7 @@ function signedOut() {
   for (const { row } of jobs.values()) row.remove();
   jobs.clear();
   dirty.clear();
+  dropNodes();
   showSignIn();
 }
 
@@ -364,7 +374,8 @@ function newRow(id) {
   bar.max = 100;
   bar.hidden = true;
   progress.append(bar, el('span', 'prog-text'));
-  row.append(idCell, el('td', 'cmd'), el('td', 'state'), progress, el('td', 'mem'), el('td', 'wait'), el('td', 'labels'));
+  row.append(idCell, el('td', 'cmd'), el('td', 'state'), progress, el('td', 'mem'), el('td', 'wait'), el('td', 'labels'),
+    el('td', 'node-col'));
   return row;
 }
 
@@ -395,6 +406,8 @@ function fillRow(row, view) {
   setText(cells[4], bytes(peak(view)));
   setText(cells[5], view.waiting || '');
   setText(cells[6], labelsText(view.spec.labels));
+  if (view.node) showNodeColumn();
+  setText(cells[7], view.node ? nodeName(view.node) : '');
   row.classList.toggle('selected', selected === view.id);
 }
 
@@ -582,6 +595,7 @@ function showDetailView(view) {
   ];
   if (view.waiting) fields.push(['Waiting for', view.waiting]);
   if (view.live && view.live.memory_current) fields.push(['Memory now', bytes(view.live.memory_current)]);
+  if (view.node) fields.push(['Node', nodeName(view.node)]);
   if (view.retried_as) fields.push(['Retried as', `#${view.retried_as}`]);
   if (view.retry_of) fields.push(['Retry of', `#${view.retry_of}`]);
   const dl = $('detail-fields');
@@ -842,6 +856,72 @@ async function pollJanitor() {
   $('janitor-run').hidden = !allows('admin');
 }
 
+// ---------------------------------------------------------------- nodes (fleet mode)
+
+/** A node as people know it: its name where the job names it by id. */
+function nodeName(node) { return nodeNames.get(node) || node; }
+
+function showNodeColumn() {
+  if (nodeColumn) return;
+  nodeColumn = true;
+  $('jobs').classList.add('with-nodes');
+}
+
+/** "1.2s ago", "3m05s ago": a heartbeat's age. */
+function heartbeatAge(ms) {
+  if (!Number.isFinite(ms)) return '–';
+  return ms < 60000 ? `${(ms / 1000).toFixed(1)}s ago` : `${secs(ms / 1000)} ago`;
+}
+
+/** The fleet's nodes, polled: the card appears in fleet mode only; a single node stops asking. */
+async function pollNodes() {
+  const list = await quietly(() => api('GET', '/api/nodes'));
+  if (!list || !me) return;
+  if (!list.fleet) {
+    // A daemon does not change mode while it runs.
+    clearTimer('nodes');
+    dropNodes();
+    return;
+  }
+  $('nodes-card').hidden = false;
+  showNodeColumn();
+  const nodes = (list.nodes || []).slice(0, MAX_NODES);
+  const names = new Map();
+  const body = $('node-rows');
+  for (const node of nodes) {
+    names.set(node.id, node.name);
+    let row = nodeRows.get(node.id);
+    if (!row) {
+      row = el('tr');
+      for (let i = 0; i < 6; i++) row.append(el('td'));
+      nodeRows.set(node.id, row);
+    }
+    // Appending moves a row already there: the rows follow the daemon's order (up first, by name).
+    body.append(row);
+    const cells = row.children;
+    setText(cells[0], node.this_node ? `${node.name} (this node)` : node.name);
+    cells[0].className = node.this_node ? 'this-node' : '';
+    setText(cells[1], node.state);
+    cells[1].className = `node-${node.state}`;
+    setText(cells[2], (node.tags || []).join(', ') || '–');
+    setText(cells[3], `${node.running} / ${node.claimed}`);
+    const cap = node.capacity || {};
+    setText(cells[4], `${cap.cpus} CPUs · ${bytes(cap.memory_bytes)}${cap.gpus ? ` · ${cap.gpus} GPU${cap.gpus === 1 ? '' : 's'}` : ''}`);
+    setText(cells[5], heartbeatAge(node.heartbeat_age_ms));
+  }
+  for (const [id, row] of nodeRows) {
+    if (!names.has(id)) { row.remove(); nodeRows.delete(id); }
+  }
+  nodeNames = names;
+}
+
+function dropNodes() {
+  for (const row of nodeRows.values()) row.remove();
+  nodeRows.clear();
+  nodeNames = new Map();
+  $('nodes-card').hidden = true;
+}
+
 // ---------------------------------------------------------------- host charts
 
 /** A chart and its ring: one time axis and a fixed number of series, at most RING points each. */
@@ -958,6 +1038,7 @@ async function pollSystem(history) {
 /** For tests and the curious: how much the page holds now. */
 window.auraDashboard = {
   rows: () => jobs.size,
+  nodes: () => nodeRows.size,
   chartPoints: () => Object.fromEntries(Object.entries(charts).map(([k, c]) => [k, c.plot.data[0].length])),
   timers: () => timers.size,
 };

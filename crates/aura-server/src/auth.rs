@@ -172,11 +172,16 @@ pub enum TokenError {
     DuplicateHash(String, String),
 }
 
-/// The tokens a daemon accepts.
+/// Accepted tokens: each hash with the principal it authenticates.
+type Entries = Vec<(TokenHash, std::sync::Arc<Principal>)>;
+
+/// The tokens a daemon accepts: its own, and in fleet mode the ones the other nodes published (shared by
+/// every clone, replaced as a whole by `set_fleet`).
 #[derive(Clone, Debug, Default)]
 pub struct Tokens {
     // Shared principals: a request carries its caller by reference count, not by a copy of the name.
-    entries: Vec<(TokenHash, std::sync::Arc<Principal>)>,
+    entries: Entries,
+    fleet: std::sync::Arc<std::sync::RwLock<Entries>>,
 }
 
 impl Tokens {
@@ -234,16 +239,49 @@ impl Tokens {
     }
 
     /// The principal whose token this is. Every stored hash is compared, in constant time, whatever
-    /// matched: neither the time taken nor the order of the list tells an attacker anything.
-    pub fn authenticate(&self, token: &str) -> Option<&std::sync::Arc<Principal>> {
+    /// matched: neither the time taken nor the order of the list tells an attacker anything. Its own
+    /// tokens win over the fleet's.
+    pub fn authenticate(&self, token: &str) -> Option<std::sync::Arc<Principal>> {
         let presented = TokenHash::of(token);
         let mut found = None;
-        for (hash, principal) in &self.entries {
+        let fleet = self.fleet.read().unwrap_or_else(|p| p.into_inner());
+        for (hash, principal) in fleet.iter().chain(&self.entries) {
             if bool::from(hash.0.ct_eq(&presented.0)) {
-                found = Some(principal);
+                found = Some(principal.clone());
             }
         }
         found
+    }
+
+    /// This daemon's own tokens as the fleet shares them: name, hash, scope (never a token).
+    pub fn own(&self) -> Vec<(String, TokenHash, Scope)> {
+        self.entries
+            .iter()
+            .map(|(hash, p)| (p.name.clone(), hash.clone(), p.scope))
+            .collect()
+    }
+
+    /// Replaces the tokens the other nodes of the fleet published: `(node, name, hash, scope)`, each
+    /// accepted under `name@node` (no queue cap of its own). A hash this daemon has already is
+    /// skipped (its own entry decides), as is an entry whose hash or scope does not parse.
+    pub fn set_fleet(&self, published: &[(String, String, String, String)]) {
+        let mut entries = Vec::with_capacity(published.len());
+        for (node, name, hash, scope) in published {
+            let (Ok(hash), Ok(scope)) = (TokenHash::try_from(hash.clone()), scope.parse::<Scope>())
+            else {
+                continue;
+            };
+            if self.entries.iter().any(|(own, _)| *own == hash) {
+                continue;
+            }
+            let principal = Principal {
+                name: format!("{name}@{node}"),
+                scope,
+                max_queued: None,
+            };
+            entries.push((hash, std::sync::Arc::new(principal)));
+        }
+        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = entries;
     }
 }
 
@@ -268,6 +306,58 @@ mod tests {
             scopes: scopes.to_vec(),
             max_queued: None,
         }
+    }
+
+    #[test]
+    fn the_fleets_tokens_are_accepted_under_their_node_and_replaced_as_a_whole() {
+        let own = generate_token().unwrap();
+        let theirs = generate_token().unwrap();
+        let tokens = Tokens::new(&[config("ci", &own, &[Scope::Submit])]).unwrap();
+        let published = |token: &str, scope: &str| {
+            (
+                "node-b".to_owned(),
+                "local-admin".to_owned(),
+                String::from(TokenHash::of(token)),
+                scope.to_owned(),
+            )
+        };
+        assert!(tokens.authenticate(&theirs).is_none());
+        // A clone (the router's copy) sees what is set later.
+        let router = tokens.clone();
+        tokens.set_fleet(&[
+            published(&theirs, "admin"),
+            // The same hash as an own token: the own entry decides.
+            published(&own, "admin"),
+            // Unreadable entries are skipped, not fatal.
+            (
+                "node-c".into(),
+                "x".into(),
+                "sha256:nothex".into(),
+                "admin".into(),
+            ),
+            (
+                "node-c".into(),
+                "y".into(),
+                String::from(TokenHash::of("t")),
+                "root".into(),
+            ),
+        ]);
+        let b = router.authenticate(&theirs).unwrap();
+        assert_eq!(
+            (b.name.as_str(), b.scope),
+            ("local-admin@node-b", Scope::Admin)
+        );
+        assert_eq!(router.authenticate(&own).unwrap().scope, Scope::Submit);
+        assert!(router.authenticate("t").is_none());
+        assert_eq!(
+            tokens.own(),
+            vec![("ci".to_owned(), TokenHash::of(&own), Scope::Submit)]
+        );
+        tokens.set_fleet(&[]);
+        assert!(
+            router.authenticate(&theirs).is_none(),
+            "a node gone takes its tokens"
+        );
     }
 
     #[test]

@@ -85,6 +85,17 @@ pub enum ErrorCode {
     JanitorBusy,
     /// The job database cannot commit: its volume is full or failing. Retry once space returns.
     StorageExhausted,
+    /// Fleet mode: the job is held by another node, and this node has no fleet token to forward the
+    /// request with (`ApiConfig::fleet_token`).
+    FleetTokenMissing,
+    /// Fleet mode: the node that holds the job did not answer the forwarded request (down, or not
+    /// reachable from here). Retry: a node that stays away loses its jobs to the others.
+    NodeUnreachable,
+    /// Fleet mode: the shared database cannot be reached now (restarting, network); nothing changed.
+    /// Retry: nodes reconnect on their own.
+    StoreUnavailable,
+    /// Fleet mode: another node took the job over (its lease here was lost); nothing changed here.
+    Fenced,
     /// A fault in the daemon; the answer carries a request id to find the details in its log.
     Internal,
 }
@@ -126,6 +137,10 @@ impl ErrorCode {
             ErrorCode::AlreadyFinished | ErrorCode::InvalidState => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::StorageExhausted => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::FleetTokenMissing => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NodeUnreachable => StatusCode::BAD_GATEWAY,
+            ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Fenced => StatusCode::CONFLICT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -168,6 +183,10 @@ impl ErrorCode {
             ErrorCode::ForbiddenPath => "Path not served",
             ErrorCode::RangeNotSatisfiable => "Range not satisfiable",
             ErrorCode::InsufficientStorage => "No room for the upload",
+            ErrorCode::FleetTokenMissing => "No fleet token to reach the job's node",
+            ErrorCode::NodeUnreachable => "The job's node cannot be reached",
+            ErrorCode::StoreUnavailable => "Job database unavailable",
+            ErrorCode::Fenced => "Job taken over by another node",
             ErrorCode::Internal => "Internal error",
         }
     }
@@ -239,6 +258,8 @@ fn code_of(e: &EngineError) -> ErrorCode {
         EngineError::ShuttingDown => ErrorCode::ShuttingDown,
         EngineError::JanitorBusy(_) => ErrorCode::JanitorBusy,
         EngineError::Store(e) if e.is_storage() => ErrorCode::StorageExhausted,
+        EngineError::Store(e) if e.is_unavailable() => ErrorCode::StoreUnavailable,
+        EngineError::Store(e) if e.is_fenced() => ErrorCode::Fenced,
         EngineError::Config(_)
         | EngineError::Store(_)
         | EngineError::Supervisor(_)

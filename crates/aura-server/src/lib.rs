@@ -6,6 +6,7 @@ pub mod auth;
 mod dashboard;
 mod error;
 mod files;
+mod forward;
 mod listener;
 mod openapi;
 pub mod prometheus;

@@ -126,6 +126,10 @@ fn finish(
     for (path, item) in &mut doc.paths.paths {
         for (method, operation) in operations(item) {
             let scope = needed(&method, path);
+            // Before the conventions, which give every error answer its problem document.
+            if crate::forward::forwards(&method, path) {
+                forwarded(operation);
+            }
             conventions(path, operation, scope);
         }
     }
@@ -275,6 +279,28 @@ fn conventions(path: &str, operation: &mut Operation, scope: Option<Scope>) {
             );
         }
     }
+}
+
+/// The answers of an operation fleet mode forwards to the node that holds the job (`forward`).
+fn forwarded(operation: &mut Operation) {
+    let note =
+        "In fleet mode the request is forwarded to the node that holds the job, and its answer \
+                passed back as it comes.";
+    operation.description = Some(match operation.description.take() {
+        Some(text) => format!("{text}\n\n{note}"),
+        None => note.to_owned(),
+    });
+    add(
+        operation,
+        502,
+        "Fleet mode: the node that holds the job did not answer (`node_unreachable`).",
+    );
+    add(
+        operation,
+        503,
+        "Fleet mode: the job is on another node and this one has no fleet token to forward the \
+         request with (`fleet_token_missing`).",
+    );
 }
 
 /// Adds `status` with `description` to an operation's responses, or adds the description to the one it

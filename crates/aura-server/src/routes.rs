@@ -4,7 +4,7 @@ use crate::auth::{Principal, Scope};
 use crate::error::{ApiError, ErrorCode};
 use crate::query;
 use crate::security;
-pub(crate) use crate::state::{job_id, ApiConfig, AppState};
+pub(crate) use crate::state::{job_id, read_body, ApiConfig, AppState};
 use aura_engine::{EngineHandle, EngineStatus};
 use aura_model::view::{CancelResult, CancelSelection, PriorityRequest};
 use aura_model::{Job, JobAction, JobEventRecord, JobId, JobPage, JobSpec, JobView, StateName};
@@ -27,6 +27,25 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         config.max_sessions,
         config.session_idle,
     ));
+    let peers = crate::forward::client(config.stream_heartbeat)
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "no HTTP client for other fleet nodes: requests about their jobs will fail")
+        })
+        .ok();
+    let state = Arc::new(AppState {
+        streams: Arc::new(crate::sse::Streams::new(
+            config.max_event_streams,
+            config.stream_heartbeat,
+            config.stream_send_buffer,
+        )),
+        engine,
+        config,
+        peers,
+        fleet: std::sync::OnceLock::new(),
+    });
+    // The routes of one job whose requests go to the node that holds it (fleet mode, `forward`).
+    let to_holder =
+        || axum::middleware::from_fn_with_state(state.clone(), crate::forward::to_holder);
     let routes = Router::new()
         .merge(crate::dashboard::routes(
             sessions.clone(),
@@ -34,6 +53,7 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         ))
         .route("/healthz", get(healthz))
         .route("/api/status", get(status))
+        .route("/api/nodes", get(nodes))
         .route("/api/metrics/utilization", get(utilization))
         .route("/api/metrics/system", get(system))
         .route("/api/metrics/process", get(process))
@@ -52,25 +72,46 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/jobs/batch", post(submit_batch))
         .route("/api/jobs/{id}", get(show))
         .route("/api/jobs/cancel", post(cancel_where))
-        .route("/api/jobs/{id}/cancel", post(cancel))
-        .route("/api/jobs/{id}/kill", post(kill))
-        .route("/api/jobs/{id}/pause", post(pause))
-        .route("/api/jobs/{id}/resume", post(resume))
-        .route("/api/jobs/{id}/hold", post(hold))
-        .route("/api/jobs/{id}/release", post(release))
-        .route("/api/jobs/{id}/priority", post(set_priority))
+        .route(
+            "/api/jobs/{id}/cancel",
+            post(cancel).route_layer(to_holder()),
+        )
+        .route("/api/jobs/{id}/kill", post(kill).route_layer(to_holder()))
+        .route("/api/jobs/{id}/pause", post(pause).route_layer(to_holder()))
+        .route(
+            "/api/jobs/{id}/resume",
+            post(resume).route_layer(to_holder()),
+        )
+        .route("/api/jobs/{id}/hold", post(hold).route_layer(to_holder()))
+        .route(
+            "/api/jobs/{id}/release",
+            post(release).route_layer(to_holder()),
+        )
+        .route(
+            "/api/jobs/{id}/priority",
+            post(set_priority).route_layer(to_holder()),
+        )
         .route("/api/jobs/{id}/retry", post(retry))
         .route("/api/drain", post(drain))
         .route("/api/undrain", post(undrain))
         .route("/api/jobs/{id}/events", get(events))
-        .route("/api/jobs/{id}/events/stream", get(job_stream))
+        .route(
+            "/api/jobs/{id}/events/stream",
+            get(job_stream).route_layer(to_holder()),
+        )
         .route("/api/events", get(engine_events))
         .route("/api/events/stream", get(all_stream))
-        .route("/api/jobs/{id}/logs", get(logs))
+        .route("/api/jobs/{id}/logs", get(logs).route_layer(to_holder()))
         .route("/api/jobs/{id}/wait", get(wait))
         .route("/api/uploads", post(crate::files::upload))
-        .route("/api/jobs/{id}/files", get(crate::files::job_files))
-        .route("/api/jobs/{id}/files/{*path}", get(crate::files::job_file))
+        .route(
+            "/api/jobs/{id}/files",
+            get(crate::files::job_files).route_layer(to_holder()),
+        )
+        .route(
+            "/api/jobs/{id}/files/{*path}",
+            get(crate::files::job_file).route_layer(to_holder()),
+        )
         .route_layer(security::SecurityLayer {
             config: security.clone(),
             stage: security::Stage::Authorize,
@@ -79,15 +120,7 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         // After every route: it is set on the routes there are. Routing adds the `Allow` header.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
-        .with_state(Arc::new(AppState {
-            streams: Arc::new(crate::sse::Streams::new(
-                config.max_event_streams,
-                config.stream_heartbeat,
-                config.stream_send_buffer,
-            )),
-            engine,
-            config,
-        }));
+        .with_state(state);
     // Outermost last: the guard's checks run first, then CORS (a preflight from a configured origin is
     // answered there, before authentication: browsers send no credentials with it).
     let routes = match cors {
@@ -190,6 +223,7 @@ async fn openapi_json() -> ApiResult<Response> {
     readyz,
     openapi_json,
     status,
+    nodes,
     utilization,
     system,
     process,
@@ -258,41 +292,27 @@ async fn status(State(app): State<Arc<AppState>>) -> ApiResult<Json<EngineStatus
     Ok(Json(app.engine.status().await?))
 }
 
+/// `GET /api/nodes`: the fleet's nodes as this one sees them; `fleet: false` and none on a single node.
+#[utoipa::path(
+    get, path = "/api/nodes", tag = "node", operation_id = "nodes",
+    summary = "The fleet's nodes: state, tags, jobs, capacity, heartbeat",
+    description = "In fleet mode (a shared PostgreSQL store) every node the fleet knows, `up` first, then by \
+                   name; the node that answered is marked `this_node`. On a single node (the embedded \
+                   SQLite store): `fleet` is false and `nodes` empty.",
+    responses((status = 200, description = "The nodes.", body = aura_model::fleet::NodeList))
+)]
+async fn nodes(State(app): State<Arc<AppState>>) -> ApiResult<Json<aura_model::fleet::NodeList>> {
+    let list = match app.engine.nodes().await? {
+        Some(nodes) => aura_model::fleet::NodeList { fleet: true, nodes },
+        None => aura_model::fleet::NodeList::default(),
+    };
+    Ok(Json(list))
+}
+
 fn lease_id(path: Result<Path<String>, PathRejection>) -> ApiResult<u64> {
     let Path(raw) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     raw.parse::<u64>()
         .map_err(|_| ApiError::bad_request(format!("invalid lease id {raw:?}")))
-}
-
-/// Reads a request body whole: at most `max_body_bytes`, within `request_timeout` from the first byte
-/// asked for to the last (a client trickling its body cannot hold a connection for longer).
-async fn read_body(body: Body, config: &ApiConfig) -> ApiResult<Bytes> {
-    let max = config.max_body_bytes;
-    match tokio::time::timeout(config.request_timeout, axum::body::to_bytes(body, max)).await {
-        Err(_) => Err(ApiError::new(
-            ErrorCode::RequestTimeout,
-            format!(
-                "the request body did not arrive within {}",
-                humantime::format_duration(config.request_timeout)
-            ),
-        )),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let too_large =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                    e.source()
-                })
-                .any(|e| e.is::<http_body_util::LengthLimitError>());
-            Err(if too_large {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("the request body is larger than {max} bytes"),
-                )
-            } else {
-                ApiError::bad_request(format!("reading the request body: {e}"))
-            })
-        }
-    }
 }
 
 /// Parses a JSON body into `T`: malformed JSON (or UTF-8) is 400, well-formed but invalid content (an

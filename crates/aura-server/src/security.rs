@@ -101,6 +101,7 @@ impl SecurityConfig {
                 | "/api/jobs/{id}/files/{path}"
                 | "/api/events"
                 | "/api/status"
+                | "/api/nodes"
                 | "/api/metrics/utilization"
                 | "/api/metrics/system"
                 | "/api/metrics/process"
@@ -463,7 +464,6 @@ where
                 .config
                 .tokens
                 .authenticate(token)
-                .cloned()
                 .ok_or("the API token is not valid here"),
         };
         let principal = match principal {

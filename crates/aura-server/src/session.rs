@@ -248,7 +248,6 @@ pub(crate) async fn sign_in(
     let principal = state
         .tokens
         .authenticate(request.token.trim())
-        .cloned()
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the API token is not valid here"))?;
     let id = state
         .sessions
@@ -295,7 +294,6 @@ pub(crate) async fn current(
         Some(value) => Some(
             crate::auth::bearer(value.as_bytes())
                 .and_then(|token| state.tokens.authenticate(token))
-                .cloned()
                 .ok_or_else(|| {
                     ApiError::new(ErrorCode::Unauthorized, "the API token is not valid here")
                 })?,

@@ -1,10 +1,11 @@
 //! What every handler shares: the API's limits (`ApiConfig`), the router's state (`AppState`), and the
 //! job id of a path, so that handlers in any module reach them without importing the router.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::security::SecurityConfig;
 use aura_engine::EngineHandle;
 use aura_model::JobId;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use std::sync::Arc;
@@ -34,6 +35,10 @@ pub struct ApiConfig {
     pub max_sessions: usize,
     /// How long a dashboard session lives without a request (each request slides it).
     pub session_idle: Duration,
+    /// Fleet mode: the token this node sends when it forwards a request about a job to the node that
+    /// holds it (`forward`); every node accepts it as an admin token. `None`: such a request is
+    /// answered 503 (`fleet_token_missing`).
+    pub fleet_token: Option<aura_model::Secret>,
 }
 
 impl ApiConfig {
@@ -48,6 +53,7 @@ impl ApiConfig {
             stream_send_buffer: None,
             max_sessions: crate::session::DEFAULT_MAX_SESSIONS,
             session_idle: crate::session::DEFAULT_IDLE,
+            fleet_token: None,
             security: Arc::new(SecurityConfig {
                 tokens: Arc::new(tokens),
                 allowed_hosts: SecurityConfig::loopback_hosts(port),
@@ -66,6 +72,11 @@ pub(crate) struct AppState {
     pub(crate) engine: EngineHandle,
     pub(crate) config: ApiConfig,
     pub(crate) streams: Arc<crate::sse::Streams>,
+    /// The HTTP client requests about a job held by another fleet node go through (`forward`); `None`
+    /// where it could not be built (the requests that need it then fail, nothing else does).
+    pub(crate) peers: Option<reqwest::Client>,
+    /// Whether the engine runs in fleet mode, once asked (it does not change while the daemon runs).
+    pub(crate) fleet: std::sync::OnceLock<bool>,
 }
 
 /// The job id of a `/api/jobs/{id}/…` path: a positive integer, else a problem saying so.
@@ -80,4 +91,35 @@ pub(crate) fn job_id(path: Result<Path<String>, PathRejection>) -> Result<JobId,
                 "invalid job id {raw:?}: expected a positive integer"
             ))
         })
+}
+
+/// Reads a request body whole: at most `max_body_bytes`, within `request_timeout` from the first byte
+/// asked for to the last (a client trickling its body cannot hold a connection for longer).
+pub(crate) async fn read_body(body: Body, config: &ApiConfig) -> Result<Bytes, ApiError> {
+    let max = config.max_body_bytes;
+    match tokio::time::timeout(config.request_timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(config.request_timeout)
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the request body is larger than {max} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            })
+        }
+    }
 }

@@ -37,6 +37,39 @@ pub(crate) struct JobRow {
     pub submitted_by: Option<String>,
     pub retry_of: Option<i64>,
     pub state: StateRow,
+    /// What PostgreSQL's claim query filters on (SQLite ignores them): the tags the `requires` label
+    /// names, the fleet limits the job names, its `after` ids, the memory it reserves (bytes; 0 if
+    /// none) and its GPUs.
+    pub fleet: FleetColumns,
+}
+
+/// The columns of a job's row only PostgreSQL's claim query needs, derived from the spec at insert.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FleetColumns {
+    pub requires: Vec<String>,
+    pub providers: Vec<String>,
+    pub after: Vec<i64>,
+    pub mem_bytes: i64,
+    pub gpus: i32,
+}
+
+impl FleetColumns {
+    pub(crate) fn of(job: &Job) -> FleetColumns {
+        FleetColumns {
+            requires: aura_model::required_tags(&job.spec.labels),
+            providers: job.spec.resources.providers.iter().cloned().collect(),
+            after: job.spec.after.iter().map(|id| id.0).collect(),
+            mem_bytes: job
+                .memory_request
+                .as_ref()
+                .map_or(0, |m| i64::try_from(m.bytes.bytes()).unwrap_or(i64::MAX)),
+            gpus: job
+                .spec
+                .resources
+                .gpus
+                .map_or(0, |g| i32::try_from(g).unwrap_or(i32::MAX)),
+        }
+    }
 }
 
 /// A waiting job's priority and spec, written again when an operator moves it in the queue.
@@ -93,6 +126,7 @@ pub(crate) fn encode_new(job: &Job) -> Result<JobRow, StoreError> {
         submitted_by: job.submitted_by.clone(),
         retry_of: job.retry_of.map(|id| id.0),
         state: encode_state(job)?,
+        fleet: FleetColumns::of(job),
     })
 }
 
@@ -155,88 +189,154 @@ pub(crate) fn overlay(
     Ok(())
 }
 
+/// A job's columns as read, before decoding: what both backends' rows give.
+pub(crate) struct RawJob {
+    pub id: i64,
+    pub state: String,
+    pub submitted_at_ms: i64,
+    pub attempt: i64,
+    pub failures: i64,
+    pub spec: String,
+    pub state_data: String,
+    pub memory_request: Option<String>,
+    pub pressure_stops: i64,
+    pub submitted_by: Option<String>,
+    pub interruptions: i64,
+    pub retry_of: Option<i64>,
+    pub retried_as: Option<i64>,
+    /// The node that claimed or ran it (PostgreSQL only).
+    pub node: Option<String>,
+}
+
 /// Reads a row selected with `JOB_COLUMNS`. JSON that no longer parses, or a state column that disagrees
 /// with the state JSON, is `Corrupt` rather than a panic or a silently wrong job.
 pub(crate) fn decode_job(row: &Row<'_>) -> Result<Job, StoreError> {
-    let id = JobId(row.get(0)?);
-    let state_name: String = row.get(1)?;
-    let submitted_at = Timestamp::from_unix_millis(row.get(2)?);
+    let id: i64 = row.get(0)?;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        id: JobId(id),
+        detail,
+    };
+    let int = |i: usize, name: &str| -> Result<i64, StoreError> {
+        row.get(i).map_err(|e| corrupt(format!("{name}: {e}")))
+    };
+    decode_raw(RawJob {
+        id,
+        state: row.get(1)?,
+        submitted_at_ms: row.get(2)?,
+        attempt: int(3, "attempt")?,
+        failures: int(4, "failures")?,
+        spec: row.get(5)?,
+        state_data: row.get(6)?,
+        memory_request: row.get(7)?,
+        pressure_stops: int(8, "pressure_stops")?,
+        submitted_by: row.get(9)?,
+        interruptions: int(10, "interruptions")?,
+        retry_of: row.get(11)?,
+        retried_as: row.get(12)?,
+        node: None,
+    })
+}
+
+/// Decodes a job's columns, whichever backend read them.
+pub(crate) fn decode_raw(raw: RawJob) -> Result<Job, StoreError> {
+    let id = JobId(raw.id);
     let corrupt = |detail: String| StoreError::Corrupt { id, detail };
-    let attempt: u32 = row.get(3).map_err(|e| corrupt(format!("attempt: {e}")))?;
-    let failures: u32 = row.get(4).map_err(|e| corrupt(format!("failures: {e}")))?;
-    let spec_json: String = row.get(5)?;
-    let state_json: String = row.get(6)?;
+    let count = |v: i64, name: &str| u32::try_from(v).map_err(|e| corrupt(format!("{name}: {e}")));
+    let attempt = count(raw.attempt, "attempt")?;
+    let failures = count(raw.failures, "failures")?;
+    let pressure_stops = count(raw.pressure_stops, "pressure_stops")?;
+    let interruptions = count(raw.interruptions, "interruptions")?;
     let spec: JobSpec =
-        serde_json::from_str(&spec_json).map_err(|e| corrupt(format!("spec: {e}")))?;
+        serde_json::from_str(&raw.spec).map_err(|e| corrupt(format!("spec: {e}")))?;
     let state: JobState =
-        serde_json::from_str(&state_json).map_err(|e| corrupt(format!("state: {e}")))?;
-    let memory_request_json: Option<String> = row.get(7)?;
-    let pressure_stops: u32 = row
-        .get(8)
-        .map_err(|e| corrupt(format!("pressure_stops: {e}")))?;
-    let memory_request = memory_request_json
+        serde_json::from_str(&raw.state_data).map_err(|e| corrupt(format!("state: {e}")))?;
+    let memory_request = raw
+        .memory_request
         .map(|text| serde_json::from_str::<MemoryRequest>(&text))
         .transpose()
         .map_err(|e| corrupt(format!("memory request: {e}")))?;
-    let submitted_by: Option<String> = row.get(9)?;
-    let interruptions: u32 = row
-        .get(10)
-        .map_err(|e| corrupt(format!("interruptions: {e}")))?;
-    let retry_of: Option<i64> = row.get(11)?;
-    let retried_as: Option<i64> = row.get(12)?;
-    if state.name().as_str() != state_name {
+    if state.name().as_str() != raw.state {
         return Err(corrupt(format!(
-            "state column says {state_name:?} but the state data is {:?}",
+            "state column says {:?} but the state data is {:?}",
+            raw.state,
             state.name().as_str()
         )));
     }
     Ok(Job {
         id,
         spec,
-        submitted_at,
+        submitted_at: Timestamp::from_unix_millis(raw.submitted_at_ms),
         attempt,
         failures,
         pressure_stops,
         interruptions,
         memory_request,
-        submitted_by,
-        retry_of: retry_of.map(JobId),
-        retried_as: retried_as.map(JobId),
+        submitted_by: raw.submitted_by,
+        retry_of: raw.retry_of.map(JobId),
+        retried_as: raw.retried_as.map(JobId),
+        node: raw.node,
         state,
     })
 }
 
-/// Reads `seq, job_id, at_ms, attempt, kind, detail`.
-pub(crate) fn decode_event(row: &Row<'_>) -> Result<JobEventRecord, StoreError> {
-    let job_id = JobId(row.get(1)?);
-    let detail: String = row.get(5)?;
-    let seq: i64 = row.get(0)?;
-    let detail = serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
+/// Decodes an event's columns, whichever backend read them.
+pub(crate) fn decode_event_parts(
+    seq: i64,
+    job_id: i64,
+    at_ms: i64,
+    attempt: u32,
+    kind: String,
+    detail: &str,
+) -> Result<JobEventRecord, StoreError> {
+    let job_id = JobId(job_id);
+    let detail = serde_json::from_str(detail).map_err(|e| StoreError::Corrupt {
         id: job_id,
         detail: format!("event {seq} detail: {e}"),
     })?;
     Ok(JobEventRecord {
         seq,
         job_id,
-        at: Timestamp::from_unix_millis(row.get(2)?),
-        attempt: row.get(3)?,
-        event: JobEvent::from_parts(row.get(4)?, detail),
+        at: Timestamp::from_unix_millis(at_ms),
+        attempt,
+        event: JobEvent::from_parts(kind, detail),
     })
 }
 
-/// Reads `seq, at_ms, kind, detail` of `engine_events`.
-pub(crate) fn decode_engine_event(row: &Row<'_>) -> Result<EngineEventRecord, StoreError> {
-    let seq: i64 = row.get(0)?;
-    let detail: String = row.get(3)?;
-    let detail = serde_json::from_str(&detail).map_err(|e| StoreError::CorruptEngineEvent {
+/// Decodes an engine event's columns, whichever backend read them.
+pub(crate) fn decode_engine_parts(
+    seq: i64,
+    at_ms: i64,
+    kind: String,
+    detail: &str,
+) -> Result<EngineEventRecord, StoreError> {
+    let detail = serde_json::from_str(detail).map_err(|e| StoreError::CorruptEngineEvent {
         seq,
         detail: e.to_string(),
     })?;
     Ok(EngineEventRecord {
         seq,
-        at: Timestamp::from_unix_millis(row.get(1)?),
-        event: EngineEvent::from_parts(row.get(2)?, detail),
+        at: Timestamp::from_unix_millis(at_ms),
+        event: EngineEvent::from_parts(kind, detail),
     })
+}
+
+/// Reads `seq, job_id, at_ms, attempt, kind, detail`.
+pub(crate) fn decode_event(row: &Row<'_>) -> Result<JobEventRecord, StoreError> {
+    let detail: String = row.get(5)?;
+    decode_event_parts(
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        &detail,
+    )
+}
+
+/// Reads `seq, at_ms, kind, detail` of `engine_events`.
+pub(crate) fn decode_engine_event(row: &Row<'_>) -> Result<EngineEventRecord, StoreError> {
+    let detail: String = row.get(3)?;
+    decode_engine_parts(row.get(0)?, row.get(1)?, row.get(2)?, &detail)
 }
 
 pub(crate) fn parse_state_name(text: &str) -> Option<StateName> {

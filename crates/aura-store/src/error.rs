@@ -120,12 +120,45 @@ pub enum StoreError {
     /// A bug: a store thread panicked.
     #[error("internal job store failure: {0}")]
     Internal(String),
+    /// A PostgreSQL statement failed (fleet mode); connection-class failures are `Unavailable` instead.
+    #[error("database error while {context}: {source}")]
+    Pg {
+        /// What the store was doing, e.g. "claiming jobs".
+        context: &'static str,
+        /// The driver's error (the server's message and SQLSTATE, when it sent one).
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The fleet's database cannot be reached now: connecting failed or timed out, no pooled connection
+    /// freed up in time, or the connection was lost. Worth retrying later; the HTTP layer answers 503.
+    #[error("the job database is unavailable: {0}")]
+    Unavailable(String),
+    /// A write of a job this node no longer holds (another node claimed or rescued it): it was not
+    /// applied, and nothing of it was written.
+    #[error("job {id} is held by another node now: this node's write was refused (fenced)")]
+    Fenced {
+        /// The job.
+        id: JobId,
+    },
+    /// The store's configuration is unusable (e.g. a password inside the database URL).
+    #[error("job database configuration: {0}")]
+    Config(String),
 }
 
 impl StoreError {
     /// Whether the data volume, not the write, is at fault: it may succeed later.
     pub fn is_storage(&self) -> bool {
         matches!(self, StoreError::Storage { .. })
+    }
+
+    /// Whether the database could not be reached (PostgreSQL): a 503, not a bug; retrying later may work.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Whether a write was refused because another node holds the job now (PostgreSQL fencing).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
     }
 
     /// A storage fault as such (`Storage`), else the error unchanged.
@@ -179,4 +212,41 @@ impl<T> Context<T> for Result<T, rusqlite::Error> {
     fn context(self, context: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| StoreError::Db { context, source })
     }
+}
+
+impl<T> Context<T> for Result<T, tokio_postgres::Error> {
+    fn context(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| pg_error(context, source))
+    }
+}
+
+/// A PostgreSQL error with what the store was doing; one of the connection class (the socket failed or
+/// closed, the server shuts down or refuses connections now) becomes `Unavailable`, so callers answer
+/// quickly with "try later" instead of treating it as a bug.
+pub(crate) fn pg_error(context: &'static str, source: tokio_postgres::Error) -> StoreError {
+    if is_connection_error(&source) {
+        return StoreError::Unavailable(format!("{context}: {source}"));
+    }
+    StoreError::Pg { context, source }
+}
+
+/// Whether a PostgreSQL error says the connection, not the statement, failed.
+pub(crate) fn is_connection_error(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        // Class 08: connection exception; 57P01..57P03: the server shuts down or is starting.
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    // No server message: the socket failed (I/O error, timeout) or the connection task ended.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = cause {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }

@@ -1,5 +1,6 @@
-//! `Store`: the async handle the engine and the HTTP server use. It turns calls into writer commands or
-//! pooled reads and owns the writer thread's lifetime.
+//! `Store`: the async handle the engine and the HTTP server use, whichever the backend (SQLite or
+//! PostgreSQL). It turns calls into writer commands (the same `Command`s for both writers) or pooled
+//! reads, and owns the writer thread's lifetime.
 
 use crate::codec::{encode_event, encode_new, encode_spec, encode_state, SpecRow};
 use crate::error::{Context as _, StoreError};
@@ -8,9 +9,10 @@ use crate::reader::{self, ReadPool};
 use crate::reserve::Reserve;
 use crate::schema::{migrate, open_connection};
 use crate::writer::{Command, Counters, Done, Overlay, Write, Writer};
+use crate::{Fleet, PgConfig};
 use aura_model::{
     CommittedEvent, EngineEvent, EngineEventRecord, EventLog, Job, JobEvent, JobEventRecord, JobId,
-    JobSpec, MemoryRequest, NewEvent, StateName, Timestamp,
+    JobSpec, MemoryRequest, NewEvent, NodeSpec, StateName, Timestamp,
 };
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -99,9 +101,10 @@ pub struct StoreStats {
     pub commits: u64,
     /// Writes (inserts and records) those transactions held, failed ones included.
     pub writes: u64,
-    /// Whether the database's volume refuses writes now (full, failing): submissions are refused.
+    /// Whether the database refuses writes now (SQLite: its volume is full or failing; PostgreSQL: the
+    /// writer lost its connection and has not got it back): submissions are refused.
     pub degraded: bool,
-    /// State changes kept in memory until the volume takes writes again.
+    /// State changes kept in memory until the database takes writes again.
     pub kept_writes: u64,
 }
 
@@ -130,15 +133,23 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     /// Ends the writer's group window early (see `send`).
     urgent: Arc<tokio::sync::Notify>,
-    readers: Arc<ReadPool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
-    /// State changes kept while the volume refuses writes, shown to readers over what is stored.
-    overlay: Overlay,
     closed: AtomicBool,
     published: crate::writer::Published,
-    /// The database file, for its size and its write-ahead log's.
-    path: PathBuf,
+    backend: Backend,
+}
+
+/// Where reads go, and what only one backend has.
+enum Backend {
+    Sqlite {
+        readers: Arc<ReadPool>,
+        /// State changes kept while the volume refuses writes, shown to readers over what is stored.
+        overlay: Overlay,
+        /// The database file, for its size and its write-ahead log's.
+        path: PathBuf,
+    },
+    Postgres(Arc<crate::pg::PgShared>),
 }
 
 impl std::fmt::Debug for Store {
@@ -233,18 +244,99 @@ impl Store {
             inner: Arc::new(Inner {
                 commands: tx,
                 urgent,
-                readers: Arc::new(ReadPool::new(path.clone(), busy_timeout, read_conn)),
                 writer: Mutex::new(Some(handle)),
                 counters,
-                overlay,
                 closed: AtomicBool::new(false),
                 published,
-                path,
+                backend: Backend::Sqlite {
+                    readers: Arc::new(ReadPool::new(path.clone(), busy_timeout, read_conn)),
+                    overlay,
+                    path,
+                },
             }),
         })
     }
 
-    /// Commit and write counters since `open`, and whether writes are being kept for a full volume.
+    /// Opens the fleet's PostgreSQL database as node `node`: connects (failing fast with `Unavailable`
+    /// when the server cannot be reached within `config.connect_timeout`; a URL holding a password is
+    /// refused with `Config`), runs the migrations it lacks under an advisory lock (several nodes may
+    /// start at once), builds the read pool, and starts the writer and the listener (`LISTEN`) on a
+    /// thread of their own. Every method then works as on SQLite, with these differences: `unfinished`
+    /// returns only the jobs this node holds; a state change of a job this node holds is applied only
+    /// under its claim's epoch (else `Fenced`); settings are this node's; live events are every node's;
+    /// SQLite's file maintenance has nothing to do. `opts.busy_timeout` and `opts.reserve_bytes` do not
+    /// apply.
+    pub async fn open_postgres(
+        config: PgConfig,
+        node: NodeSpec,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let (shared, seqs) = crate::pg::open(&config, node).await?;
+        let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let urgent = Arc::new(tokio::sync::Notify::new());
+        let (published, _) = tokio::sync::broadcast::channel(opts.event_buffer.max(1));
+        let publisher = Arc::new(crate::pg::Publisher::new(published.clone(), seqs));
+        let writer = crate::pg::PgWriter::new(
+            shared.clone(),
+            publisher,
+            rx,
+            &opts,
+            urgent.clone(),
+            counters.clone(),
+        );
+        // Its own runtime, as SQLite's writer: the writer and the listener (and their connections) never
+        // compete with the daemon's tasks, and they outlive whichever runtime opened the store.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StoreError::Spawn)?;
+        let handle = std::thread::Builder::new()
+            .name("aura-store-pg".into())
+            .spawn(move || writer.run(rt))
+            .map_err(StoreError::Spawn)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                commands: tx,
+                urgent,
+                writer: Mutex::new(Some(handle)),
+                counters,
+                closed: AtomicBool::new(false),
+                published,
+                backend: Backend::Postgres(shared),
+            }),
+        })
+    }
+
+    /// This node's part of the fleet; `None` on SQLite.
+    pub fn fleet(&self) -> Option<Fleet> {
+        match &self.inner.backend {
+            Backend::Postgres(shared) => Some(Fleet {
+                inner: shared.clone(),
+            }),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The PostgreSQL side, or `None` on SQLite.
+    fn pg(&self) -> Result<Option<&crate::pg::PgShared>, StoreError> {
+        self.check_open()?;
+        Ok(match &self.inner.backend {
+            Backend::Postgres(shared) => Some(shared),
+            Backend::Sqlite { .. } => None,
+        })
+    }
+
+    /// Commit and write counters since `open`, and whether writes are being kept (SQLite: its volume
+    /// refuses writes; PostgreSQL: the database cannot be reached).
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             commits: self.inner.counters.commits.load(Ordering::Relaxed),
@@ -468,6 +560,9 @@ impl Store {
 
     /// A node-wide setting (e.g. whether the node is drained) as last committed; `None` if unset.
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.setting(key).await;
+        }
         let key = key.to_owned();
         self.read(move |conn| reader::setting(conn, &key)).await
     }
@@ -512,6 +607,9 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<EngineEventRecord>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.engine_events(after, limit).await;
+        }
         self.read(move |conn| reader::engine_events(conn, after, limit))
             .await
     }
@@ -533,6 +631,9 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<CommittedEvent>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.committed_after(log, after, limit).await;
+        }
         self.read(move |conn| reader::committed_after(conn, log, after, limit))
             .await
     }
@@ -540,6 +641,9 @@ impl Store {
     /// The newest sequence numbers of the job log and of the engine log (0 for an empty log): where a
     /// stream that replays nothing starts.
     pub async fn latest_seqs(&self) -> Result<(i64, i64), StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.latest_seqs().await;
+        }
         self.read(|conn| {
             conn.query_row(
                 "SELECT (SELECT COALESCE(MAX(seq), 0) FROM job_events), \
@@ -557,12 +661,20 @@ impl Store {
         query: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.check_open()?;
-        let readers = self.inner.readers.clone();
+        let Backend::Sqlite { readers, .. } = &self.inner.backend else {
+            return Err(StoreError::Internal(
+                "an SQLite read on a PostgreSQL store".into(),
+            ));
+        };
+        let readers = readers.clone();
         blocking(move || readers.with(query)).await
     }
 
     /// One job as it is now (kept writes included); `None` if no job has this id.
     pub async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.get(id).await;
+        }
         let job = self.read(move |conn| reader::get(conn, id)).await?;
         Ok(self.overlaid(job.into_iter().collect())?.pop())
     }
@@ -571,6 +683,17 @@ impl Store {
     /// among the rows its stored state selected (labels never change after submit: the stored spec's
     /// are the job's).
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg
+                .list(
+                    &filter.states,
+                    &filter.labels,
+                    filter.after,
+                    filter.limit,
+                    filter.newest_first,
+                )
+                .await;
+        }
         let states = filter.states.clone();
         let jobs = self
             .read(move |conn| {
@@ -592,14 +715,22 @@ impl Store {
     }
 
     /// Jobs in every state but finished (queued, held, running, paused, stopping), oldest first: what a
-    /// starting daemon must recover or requeue (read at start-up, before any write could be kept).
+    /// starting daemon must recover or requeue (read at start-up, before any write could be kept). On
+    /// PostgreSQL only the jobs this node holds (claimed, not finished), whose epochs it loads so that
+    /// recovery's writes of them are applied (or fenced, if another node took one over since).
     pub async fn unfinished(&self) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.unfinished().await;
+        }
         self.read(reader::unfinished).await
     }
 
     /// `jobs` as read, with the state changes kept while the volume refuses writes put over them.
     fn overlaid(&self, mut jobs: Vec<Job>) -> Result<Vec<Job>, StoreError> {
-        let overlay = self.inner.overlay.lock().unwrap_or_else(|p| p.into_inner());
+        let Backend::Sqlite { overlay, .. } = &self.inner.backend else {
+            return Ok(jobs);
+        };
+        let overlay = overlay.lock().unwrap_or_else(|p| p.into_inner());
         if !overlay.is_empty() {
             for job in &mut jobs {
                 if let Some((row, spec)) = overlay.get(&job.id) {
@@ -612,12 +743,18 @@ impl Store {
 
     /// The job's event log in order; empty for an unknown id.
     pub async fn events(&self, id: JobId) -> Result<Vec<JobEventRecord>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.events(id).await;
+        }
         self.read(move |conn| reader::events(conn, id)).await
     }
 
     /// Recorded memory peaks (bytes) of the newest `limit` successful jobs of `kind`, newest first: the
     /// history admission learns memory requests from.
     pub async fn memory_peaks(&self, kind: &str, limit: u32) -> Result<Vec<u64>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.memory_peaks(kind, limit).await;
+        }
         let kind = kind.to_owned();
         self.read(move |conn| reader::memory_peaks(conn, &kind, limit))
             .await
@@ -626,6 +763,9 @@ impl Store {
     /// Whether a read connection answers: one trivial query, for readiness probes (a count would scan
     /// the whole table on every probe).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.ping().await;
+        }
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))
                 .context("pinging the job database")
@@ -635,12 +775,18 @@ impl Store {
 
     /// The newest `limit` quarantined jobs (crash-loop protection), newest first.
     pub async fn quarantined(&self, limit: u32) -> Result<Vec<JobId>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.quarantined(limit).await;
+        }
         self.read(move |conn| reader::quarantined(conn, limit))
             .await
     }
 
     /// Every state with its number of jobs, zeros included.
     pub async fn count_by_state(&self) -> Result<Vec<(StateName, u64)>, StoreError> {
+        if let Some(pg) = self.pg()? {
+            return pg.count_by_state().await;
+        }
         self.read(reader::count_by_state).await
     }
 
@@ -657,10 +803,16 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RetainedJob>, StoreError> {
         let before_ms = finished_before.unix_millis();
+        if let Some(pg) = self.pg()? {
+            return pg.retention_candidates(before_ms, limit).await;
+        }
         let found = self
             .read(move |conn| crate::maintenance::retention_candidates(conn, before_ms, limit))
             .await?;
-        let overlay = self.inner.overlay.lock().unwrap_or_else(|p| p.into_inner());
+        let Backend::Sqlite { overlay, .. } = &self.inner.backend else {
+            return Ok(found);
+        };
+        let overlay = overlay.lock().unwrap_or_else(|p| p.into_inner());
         Ok(found
             .into_iter()
             .filter(|retained| !overlay.contains_key(&retained.job.id))
@@ -736,13 +888,21 @@ impl Store {
     /// `(freelist pages, page count, page size)` of the database, read on a reader connection: how much
     /// compaction could give back.
     pub async fn freelist(&self) -> Result<(u64, u64, u64), StoreError> {
+        if self.pg()?.is_some() {
+            // PostgreSQL manages its own space (autovacuum): nothing for compaction to give back.
+            return Ok((0, 0, 8192));
+        }
         self.read(crate::maintenance::freelist).await
     }
 
     /// `(database bytes, write-ahead log bytes)` on disk now (a missing log is 0), for deciding whether
     /// the volume has room for `convert_to_incremental`.
     pub async fn file_sizes(&self) -> Result<(u64, u64), StoreError> {
-        let db = self.inner.path.clone();
+        let db = match &self.inner.backend {
+            Backend::Sqlite { path, .. } => path.clone(),
+            // No file of ours: the server's.
+            Backend::Postgres(_) => return Ok((0, 0)),
+        };
         blocking(move || {
             let len = |path: &Path, missing_ok: bool| match std::fs::metadata(path) {
                 Ok(meta) => Ok(meta.len()),
@@ -793,9 +953,13 @@ impl Store {
             }
             None => Ok(()),
         };
-        // Only once the writer's connection is gone: the last connection to close folds the write-ahead
-        // log into the database file, and two closing at the same moment can each leave that to the other.
-        self.inner.readers.close();
+        match &self.inner.backend {
+            // Only once the writer's connection is gone: the last connection to close folds the
+            // write-ahead log into the database file, and two closing at the same moment can each leave
+            // that to the other.
+            Backend::Sqlite { readers, .. } => readers.close(),
+            Backend::Postgres(shared) => shared.pool.close(),
+        }
         joined
     }
 }

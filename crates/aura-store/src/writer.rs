@@ -561,7 +561,7 @@ impl Write {
     }
 
     /// An insert of new jobs: refused, not kept, while the volume refuses writes.
-    fn is_insert(&self) -> bool {
+    pub(crate) fn is_insert(&self) -> bool {
         matches!(
             self,
             Write::Insert { .. } | Write::InsertBatch { .. } | Write::InsertRetry { .. }

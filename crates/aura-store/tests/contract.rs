@@ -1,7 +1,10 @@
 //! The store's contract as its callers rely on it: what each query finds, what each write refuses, how
 //! soon a write someone waits for commits, and what a volume that refuses writes does to the record.
-//! Every test runs against a real SQLite file in a temporary directory.
+//! Every test that is not about SQLite's own files runs twice (`both!`): against a real SQLite file in a
+//! temporary directory, and against a fresh PostgreSQL database as one node (`name::sqlite`,
+//! `name::postgres`). The SQLite-only ones come last, grouped by why.
 
+#[macro_use]
 mod common;
 
 use aura_model::{
@@ -9,7 +12,7 @@ use aura_model::{
     Outcome, RetryPolicy, Run, StateName, StopReason, Timestamp, TreeHandle,
 };
 use aura_store::{Commit, ListFilter, Pending, Store, StoreError, StoreOptions};
-use common::SmallVolume;
+use common::{Db, SmallVolume, TestStore};
 use serde_json::json;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -132,10 +135,9 @@ async fn finish_with(store: &Store, event: Event) -> Job {
     job
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn quarantined_lists_only_quarantined_jobs_newest_first() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
+async fn quarantined_lists_only_quarantined_jobs_newest_first(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
     let mut quarantined = Vec::new();
     for n in 0..3 {
         let crash_loop = Event::Quarantined {
@@ -172,10 +174,11 @@ async fn quarantined_lists_only_quarantined_jobs_newest_first() {
     store.close().await.expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn counts_include_every_state_and_follow_transitions() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
+both!(quarantined_lists_only_quarantined_jobs_newest_first);
+
+async fn counts_include_every_state_and_follow_transitions(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
     let zeros: Vec<(StateName, u64)> = StateName::ALL.into_iter().map(|s| (s, 0)).collect();
     assert_eq!(store.count_by_state().await.expect("count"), zeros);
 
@@ -223,10 +226,11 @@ async fn counts_include_every_state_and_follow_transitions() {
     store.close().await.expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_submitted_event_names_program_and_priority_and_events_keep_their_attempt() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
+both!(counts_include_every_state_and_follow_transitions);
+
+async fn the_submitted_event_names_program_and_priority_and_events_keep_their_attempt(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
     let mut job = store
         .insert_job(spec("sox", 7), at(0), None, None)
         .await
@@ -271,12 +275,13 @@ async fn the_submitted_event_names_program_and_priority_and_events_keep_their_at
     store.close().await.expect("close");
 }
 
+both!(the_submitted_event_names_program_and_priority_and_events_keep_their_attempt);
+
 /// Errors a caller acts on: an unknown job is `NotFound` (a client error, not a storage fault) and
 /// changes nothing; a closed store says so for every call.
-#[tokio::test(flavor = "multi_thread")]
-async fn unknown_jobs_and_closed_stores_are_reported_as_such() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
+async fn unknown_jobs_and_closed_stores_are_reported_as_such(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
     let job = store
         .insert_job(spec("ffmpeg", 0), at(0), None, None)
         .await
@@ -354,6 +359,568 @@ async fn unknown_jobs_and_closed_stores_are_reported_as_such() {
     }
 }
 
+both!(unknown_jobs_and_closed_stores_are_reported_as_such);
+
+async fn debug_output_shows_the_counters(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
+    store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    let shown = format!("{store:?}");
+    assert!(
+        shown.contains("Store") && shown.contains("commits: 1") && shown.contains("writes: 1"),
+        "{shown}"
+    );
+    store.close().await.expect("close");
+}
+
+both!(debug_output_shows_the_counters);
+
+/// Only writes nobody waits for may be held for the group window: an insert, a `Now` write and a close
+/// commit at once however long the window is.
+async fn writes_someone_waits_for_never_wait_for_the_group_window(db: Db) {
+    let t = TestStore::open_with(
+        db,
+        StoreOptions {
+            group_window: FOREVER,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let store = t.store.clone();
+    let mut job = promptly(
+        "an insert",
+        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
+    )
+    .await
+    .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    promptly("a record", store.record(&job, vec![note("started", 1)]))
+        .await
+        .expect("record");
+    let now = record_then(&store, &job, &[note("now", 2)], Commit::Now).await;
+    promptly("a Now write", now)
+        .await
+        .expect("answered")
+        .expect("committed");
+    let soon = record_then(&store, &job, &[note("soon", 3)], Commit::Soon).await;
+    promptly("close", store.close()).await.expect("close");
+    soon.await
+        .expect("answered")
+        .expect("committed by the close");
+    let store = t.reopen().await;
+    assert_eq!(store.events(job.id).await.expect("events").len(), 4);
+    store.close().await.expect("close");
+}
+
+both!(writes_someone_waits_for_never_wait_for_the_group_window);
+
+/// A write someone waits for that was queued behind a `Soon` write while the writer was busy is found
+/// when the writer comes back, and ends the window for both.
+async fn a_now_write_queued_behind_a_soon_write_ends_the_window(db: Db) {
+    let t = TestStore::open_with(
+        db,
+        StoreOptions {
+            group_window: FOREVER,
+            busy_timeout: PROMPTLY,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let store = t.store.clone();
+    let mut job = promptly(
+        "an insert",
+        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
+    )
+    .await
+    .expect("insert");
+    let lock = t.lock_writes().await;
+    let before = store.stats().writes;
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    let busy = store
+        .record_queued(&job, vec![note("started", 1)])
+        .await
+        .expect("queued");
+    writer_took(&store, before, 1).await;
+    let soon = record_then(&store, &job, &[note("progress", 2)], Commit::Soon).await;
+    job.pressure_stops = 1;
+    let now = store
+        .record_queued(&job, vec![note("now", 3)])
+        .await
+        .expect("queued");
+    lock.release().await;
+    promptly("the blocked write", busy)
+        .await
+        .expect("committed");
+    promptly("the Now write", now).await.expect("committed");
+    soon.await.expect("answered").expect("committed with it");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    store.close().await.expect("close");
+}
+
+both!(a_now_write_queued_behind_a_soon_write_ends_the_window);
+
+/// `max_batch` bounds the writes one transaction holds; a longer queue is committed in several.
+async fn a_batch_holds_at_most_max_batch_writes(db: Db) {
+    let t = TestStore::open_with(
+        db,
+        StoreOptions {
+            max_batch: 3,
+            busy_timeout: PROMPTLY,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let store = t.store.clone();
+    let mut job = store
+        .insert_job(spec("ffmpeg", 0), at(0), None, None)
+        .await
+        .expect("insert");
+    let lock = t.lock_writes().await;
+    let before = store.stats();
+    let first = store
+        .record_queued(&job, vec![note("blocked", 0)])
+        .await
+        .expect("queued");
+    writer_took(&store, before.writes, 1).await;
+    let mut pending: Vec<Pending> = Vec::new();
+    for n in 1..=8 {
+        job.pressure_stops = n;
+        pending.push(
+            store
+                .record_queued(&job, vec![note("queued", i64::from(n))])
+                .await
+                .expect("queued"),
+        );
+    }
+    lock.release().await;
+    first.await.expect("committed");
+    for write in pending {
+        write.await.expect("committed");
+    }
+    let stats = store.stats();
+    assert_eq!(stats.writes - before.writes, 9);
+    // The blocked write alone, then 8 queued writes in batches of 3, 3 and 2.
+    assert_eq!(stats.commits - before.commits, 4, "{stats:?}");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    let events = store.events(job.id).await.expect("events");
+    let order: Vec<i64> = events.iter().skip(2).map(|e| e.at.unix_millis()).collect();
+    let queued: Vec<i64> = (1..=8).map(|n| at(n).unix_millis()).collect();
+    assert_eq!(order, queued, "committed in queue order");
+    store.close().await.expect("close");
+}
+
+both!(a_batch_holds_at_most_max_batch_writes);
+
+async fn insert(store: &Store, priority: i32) -> Job {
+    store
+        .insert_job(spec("ffmpeg", priority), at(0), None, None)
+        .await
+        .expect("insert")
+}
+
+/// Held and paused jobs are stored, read back, listed and counted under their own states, and are
+/// unfinished: a starting daemon must recover them.
+async fn held_and_paused_jobs_read_back_and_are_unfinished(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
+    // Held by this node, so that `unfinished` (on PostgreSQL: this node's jobs) returns them.
+    let queued = t.hold(insert(&store, 0).await).await;
+    let mut held = t.hold(insert(&store, 1).await).await;
+    held.apply(Event::Held { at: at(1) }).expect("hold");
+    store
+        .record(&held, vec![note("held", 1)])
+        .await
+        .expect("record");
+    let mut paused = t.hold(insert(&store, 2).await).await;
+    paused
+        .apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    paused.apply(Event::Paused { at: at(2) }).expect("pause");
+    paused
+        .apply(Event::Resumed { at: at(502) })
+        .expect("resume");
+    paused
+        .apply(Event::Paused { at: at(1_000) })
+        .expect("pause again");
+    store
+        .record(&paused, vec![note("paused", 1_000)])
+        .await
+        .expect("record");
+    assert_eq!(paused.state.run().map(|r| r.paused_secs), Some(0.5));
+    let finished = finish_with(&store, exited(0, 4)).await;
+    for job in [&queued, &held, &paused, &finished] {
+        assert_eq!(store.get(job.id).await.expect("get").as_ref(), Some(job));
+    }
+    let listed = |states: Vec<StateName>| {
+        store.list(ListFilter {
+            states,
+            newest_first: false,
+            ..ListFilter::default()
+        })
+    };
+    assert_eq!(
+        listed(vec![StateName::Held]).await.expect("list"),
+        [held.clone()]
+    );
+    assert_eq!(
+        listed(vec![StateName::Paused]).await.expect("list"),
+        [paused.clone()]
+    );
+    assert_eq!(
+        listed(vec![StateName::Paused, StateName::Held])
+            .await
+            .expect("list"),
+        [held.clone(), paused.clone()]
+    );
+    assert_eq!(
+        store.count_by_state().await.expect("count"),
+        [
+            (StateName::Queued, 1),
+            (StateName::Held, 1),
+            (StateName::Running, 0),
+            (StateName::Paused, 1),
+            (StateName::Stopping, 0),
+            (StateName::Finished, 1),
+        ]
+    );
+    assert_eq!(
+        store.unfinished().await.expect("unfinished"),
+        [queued, held.clone(), paused]
+    );
+    held.apply(Event::Released { at: at(5) }).expect("release");
+    store.record(&held, vec![]).await.expect("record");
+    assert_eq!(
+        listed(vec![StateName::Held]).await.expect("list"),
+        Vec::<Job>::new()
+    );
+    store.close().await.expect("close");
+}
+
+both!(held_and_paused_jobs_read_back_and_are_unfinished);
+
+/// A retry is a new job that names the job it re-runs; the old job names its newest retry and logs
+/// each one (under the attempt it ended with). Both events are published as they commit.
+async fn a_retry_links_both_jobs_and_logs_on_both(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
+    let mut old = insert(&store, 4).await;
+    for attempt in 0..2 {
+        if attempt > 0 {
+            old.apply(Event::Requeue { at: at(3) }).expect("requeue");
+        }
+        old.apply(Event::Started { run: run_info(1) })
+            .expect("start");
+        old.apply(exited(1, 2)).expect("exit");
+    }
+    store.record(&old, vec![]).await.expect("record");
+    assert_eq!(old.attempt, 2);
+    let mut live = store.subscribe();
+    let retry = store
+        .insert_retry(old.spec.clone(), at(10), None, Some("ops".into()), old.id)
+        .await
+        .expect("retry");
+    assert_eq!(retry.retry_of, Some(old.id));
+    assert_eq!(retry.retried_as, None);
+    assert_eq!(retry.submitted_by.as_deref(), Some("ops"));
+    assert_eq!((retry.state.name(), retry.attempt), (StateName::Queued, 1));
+    assert_eq!(
+        store.get(retry.id).await.expect("get").as_ref(),
+        Some(&retry)
+    );
+    let linked = store.get(old.id).await.expect("get").expect("old job");
+    assert_eq!(linked.retried_as, Some(retry.id));
+    assert_eq!(
+        Job {
+            retried_as: None,
+            ..linked
+        },
+        old,
+        "nothing else of the old job changed"
+    );
+
+    let submitted = store.events(retry.id).await.expect("events");
+    assert_eq!(
+        submitted.iter().map(|e| &e.event).collect::<Vec<_>>(),
+        [&JobEvent::Submitted {
+            program: "ffmpeg".into(),
+            priority: 4,
+            retry_of: Some(old.id),
+        }]
+    );
+    let logged = store.events(old.id).await.expect("events");
+    let retried = logged.last().expect("the old job's log");
+    assert_eq!(
+        retried.event,
+        JobEvent::Retried {
+            job_id: retry.id,
+            by: Some("ops".into()),
+        }
+    );
+    assert_eq!((retried.attempt, retried.at), (2, at(10)));
+    let published: Vec<(aura_model::EventLog, String, i64)> = [
+        live.recv().await.expect("published"),
+        live.recv().await.expect("published"),
+    ]
+    .iter()
+    .map(|e| (e.log, e.kind.clone(), e.seq))
+    .collect();
+    assert_eq!(
+        published,
+        [
+            (
+                aura_model::EventLog::Job(retry.id),
+                "submitted".into(),
+                submitted[0].seq
+            ),
+            (
+                aura_model::EventLog::Job(old.id),
+                "retried".into(),
+                retried.seq
+            ),
+        ]
+    );
+
+    let again = store
+        .insert_retry(old.spec.clone(), at(20), None, None, old.id)
+        .await
+        .expect("retry again");
+    let linked = store.get(old.id).await.expect("get").expect("old job");
+    assert_eq!(linked.retried_as, Some(again.id), "the newest retry");
+    let retries: Vec<JobEvent> = store
+        .events(old.id)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.event.kind() == "retried")
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        retries,
+        [
+            JobEvent::Retried {
+                job_id: retry.id,
+                by: Some("ops".into())
+            },
+            JobEvent::Retried {
+                job_id: again.id,
+                by: None
+            },
+        ]
+    );
+    store.close().await.expect("close");
+}
+
+both!(a_retry_links_both_jobs_and_logs_on_both);
+
+/// A retry of a job that is not stored is refused whole: no job, no event, no id used up.
+async fn a_retry_of_a_missing_job_stores_nothing(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
+    let existing = insert(&store, 0).await;
+    let refused = store
+        .insert_retry(spec("ffmpeg", 0), at(1), None, None, JobId(99))
+        .await;
+    match &refused {
+        Err(e @ StoreError::NotFound(id)) => {
+            assert_eq!(*id, JobId(99));
+            assert!(!e.is_storage());
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(
+        store.list(ListFilter::default()).await.expect("list"),
+        std::slice::from_ref(&existing)
+    );
+    assert_eq!(
+        store
+            .committed_after(None, 0, 100)
+            .await
+            .expect("events")
+            .len(),
+        1,
+        "only the existing job's submitted event"
+    );
+    let next = insert(&store, 0).await.id;
+    match db {
+        Db::Sqlite => assert_eq!(next.0, existing.id.0 + 1, "no id used up"),
+        // Ids come from a sequence, which a refused write does not give back: ids only increase (a
+        // gap is allowed; `insert_retry` promises only that nothing is written).
+        Db::Postgres => assert!(next > existing.id, "{next} after {}", existing.id),
+    }
+    store.close().await.expect("close");
+}
+
+both!(a_retry_of_a_missing_job_stores_nothing);
+
+fn priority_changed(from: i32, to: i32, ms: i64) -> NewEvent {
+    NewEvent {
+        at: at(ms),
+        event: JobEvent::PriorityChanged {
+            from,
+            to,
+            by: Some("ops".into()),
+        },
+        attempt: None,
+    }
+}
+
+/// The priority column as stored.
+async fn stored_priority(t: &TestStore, id: JobId) -> i64 {
+    t.query_i64(&format!("SELECT priority FROM jobs WHERE id = {}", id.0))
+        .await
+}
+
+/// A priority change writes the priority column and the spec with the state, in order with the job's
+/// other writes: a state change queued after it, committed in the same transaction, keeps it.
+async fn a_priority_change_rewrites_priority_and_spec_in_order(db: Db) {
+    let t = TestStore::open_with(
+        db,
+        StoreOptions {
+            busy_timeout: PROMPTLY,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let store = t.store.clone();
+    let mut job = insert(&store, 0).await;
+    job.apply(Event::Held { at: at(1) }).expect("hold");
+    job.spec.priority = 9;
+    store
+        .record_priority(&job, vec![priority_changed(0, 9, 1)])
+        .await
+        .expect("queued")
+        .await
+        .expect("record");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    assert_eq!(stored_priority(&t, job.id).await, 9);
+    let logged = store.events(job.id).await.expect("events");
+    assert_eq!(
+        logged.last().map(|e| &e.event),
+        Some(&priority_changed(0, 9, 1).event)
+    );
+
+    let lock = t.lock_writes().await;
+    let before = store.stats().writes;
+    let busy = store.record_queued(&job, vec![]).await.expect("queued");
+    writer_took(&store, before, 1).await;
+    job.spec.priority = -3;
+    let moving = job.clone();
+    let moved = async {
+        store
+            .record_priority(&moving, vec![priority_changed(9, -3, 2)])
+            .await?
+            .await
+    };
+    let mut moved = std::pin::pin!(moved);
+    // Polled once, it is queued (the channel has room) and waits for its commit behind the lock.
+    tokio::select! {
+        biased;
+        result = &mut moved => panic!("committed while the lock is held: {result:?}"),
+        () = std::future::ready(()) => {}
+    }
+    job.apply(Event::Released { at: at(3) }).expect("release");
+    let released = store
+        .record_queued(&job, vec![note("released", 3)])
+        .await
+        .expect("queued");
+    lock.release().await;
+    promptly("the blocked write", busy)
+        .await
+        .expect("committed");
+    promptly("the priority change", moved)
+        .await
+        .expect("committed");
+    promptly("the release", released).await.expect("committed");
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
+    assert_eq!(stored_priority(&t, job.id).await, -3);
+    let kinds: Vec<String> = store
+        .events(job.id)
+        .await
+        .expect("events")
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "submitted",
+            "priority_changed",
+            "priority_changed",
+            "released"
+        ]
+    );
+    store.close().await.expect("close");
+}
+
+both!(a_priority_change_rewrites_priority_and_spec_in_order);
+
+/// A write queued with a `Pending`, until it is committed.
+async fn committed(queued: Result<Pending, StoreError>) -> Result<(), StoreError> {
+    queued?.await
+}
+
+/// Node-wide settings: unset is `None`, a set replaces, `None` deletes, and they outlive the store.
+async fn settings_are_set_replaced_deleted_and_kept(db: Db) {
+    let t = TestStore::open(db).await;
+    let store = t.store.clone();
+    assert_eq!(store.setting("drained").await.expect("read"), None);
+    store
+        .set_setting("drained", Some("true"))
+        .await
+        .expect("queued")
+        .await
+        .expect("set");
+    store
+        .set_setting("other", Some("1"))
+        .await
+        .expect("queued")
+        .await
+        .expect("set");
+    assert_eq!(
+        store.setting("drained").await.expect("read").as_deref(),
+        Some("true")
+    );
+    store
+        .set_setting("drained", Some("false"))
+        .await
+        .expect("queued")
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.setting("drained").await.expect("read").as_deref(),
+        Some("false")
+    );
+    store
+        .set_setting("drained", None)
+        .await
+        .expect("queued")
+        .await
+        .expect("delete");
+    assert_eq!(store.setting("drained").await.expect("read"), None);
+    store
+        .set_setting("never set", None)
+        .await
+        .expect("queued")
+        .await
+        .expect("deleting what is not there");
+    store.close().await.expect("close");
+    let store = t.reopen().await;
+    assert_eq!(store.setting("drained").await.expect("read"), None);
+    assert_eq!(
+        store.setting("other").await.expect("read").as_deref(),
+        Some("1")
+    );
+    store.close().await.expect("close");
+}
+
+both!(settings_are_set_replaced_deleted_and_kept);
+
+// SQLite only: the database file and its write-ahead log.
 /// A closed store lets go of the database: the write-ahead log is folded back in and removed, so the
 /// file alone holds every job (a backup can copy just it), even while a handle is still around.
 #[tokio::test(flavor = "multi_thread")]
@@ -379,176 +946,7 @@ async fn closing_folds_the_write_ahead_log_into_the_database() {
     drop(store);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn debug_output_shows_the_counters() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
-    store
-        .insert_job(spec("ffmpeg", 0), at(0), None, None)
-        .await
-        .expect("insert");
-    let shown = format!("{store:?}");
-    assert!(
-        shown.contains("Store") && shown.contains("commits: 1") && shown.contains("writes: 1"),
-        "{shown}"
-    );
-    store.close().await.expect("close");
-}
-
-/// Only writes nobody waits for may be held for the group window: an insert, a `Now` write and a close
-/// commit at once however long the window is.
-#[tokio::test(flavor = "multi_thread")]
-async fn writes_someone_waits_for_never_wait_for_the_group_window() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open_with(
-        &db(&dir),
-        StoreOptions {
-            group_window: FOREVER,
-            ..StoreOptions::default()
-        },
-    )
-    .await;
-    let mut job = promptly(
-        "an insert",
-        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
-    )
-    .await
-    .expect("insert");
-    job.apply(Event::Started { run: run_info(1) })
-        .expect("start");
-    promptly("a record", store.record(&job, vec![note("started", 1)]))
-        .await
-        .expect("record");
-    let now = record_then(&store, &job, &[note("now", 2)], Commit::Now).await;
-    promptly("a Now write", now)
-        .await
-        .expect("answered")
-        .expect("committed");
-    let soon = record_then(&store, &job, &[note("soon", 3)], Commit::Soon).await;
-    promptly("close", store.close()).await.expect("close");
-    soon.await
-        .expect("answered")
-        .expect("committed by the close");
-    let store = open(&db(&dir)).await;
-    assert_eq!(store.events(job.id).await.expect("events").len(), 4);
-    store.close().await.expect("close");
-}
-
-/// Holds the database's write lock from another connection until dropped, so that the store's writer
-/// blocks in its next transaction and everything queued meanwhile waits in its channel.
-struct WriteLock(rusqlite::Connection);
-
-impl WriteLock {
-    fn take(path: &Path) -> WriteLock {
-        let conn = rusqlite::Connection::open(path).expect("second connection");
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .expect("take the lock");
-        WriteLock(conn)
-    }
-
-    fn release(self) {
-        self.0.execute_batch("COMMIT").expect("release the lock");
-    }
-}
-
-/// A write someone waits for that was queued behind a `Soon` write while the writer was busy is found
-/// when the writer comes back, and ends the window for both.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_now_write_queued_behind_a_soon_write_ends_the_window() {
-    let dir = TempDir::new().expect("tempdir");
-    let path = db(&dir);
-    let store = open_with(
-        &path,
-        StoreOptions {
-            group_window: FOREVER,
-            busy_timeout: PROMPTLY,
-            ..StoreOptions::default()
-        },
-    )
-    .await;
-    let mut job = promptly(
-        "an insert",
-        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
-    )
-    .await
-    .expect("insert");
-    let lock = WriteLock::take(&path);
-    let before = store.stats().writes;
-    job.apply(Event::Started { run: run_info(1) })
-        .expect("start");
-    let busy = store
-        .record_queued(&job, vec![note("started", 1)])
-        .await
-        .expect("queued");
-    writer_took(&store, before, 1).await;
-    let soon = record_then(&store, &job, &[note("progress", 2)], Commit::Soon).await;
-    job.pressure_stops = 1;
-    let now = store
-        .record_queued(&job, vec![note("now", 3)])
-        .await
-        .expect("queued");
-    lock.release();
-    promptly("the blocked write", busy)
-        .await
-        .expect("committed");
-    promptly("the Now write", now).await.expect("committed");
-    soon.await.expect("answered").expect("committed with it");
-    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
-    store.close().await.expect("close");
-}
-
-/// `max_batch` bounds the writes one transaction holds; a longer queue is committed in several.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_batch_holds_at_most_max_batch_writes() {
-    let dir = TempDir::new().expect("tempdir");
-    let path = db(&dir);
-    let store = open_with(
-        &path,
-        StoreOptions {
-            max_batch: 3,
-            busy_timeout: PROMPTLY,
-            ..StoreOptions::default()
-        },
-    )
-    .await;
-    let mut job = store
-        .insert_job(spec("ffmpeg", 0), at(0), None, None)
-        .await
-        .expect("insert");
-    let lock = WriteLock::take(&path);
-    let before = store.stats();
-    let first = store
-        .record_queued(&job, vec![note("blocked", 0)])
-        .await
-        .expect("queued");
-    writer_took(&store, before.writes, 1).await;
-    let mut pending: Vec<Pending> = Vec::new();
-    for n in 1..=8 {
-        job.pressure_stops = n;
-        pending.push(
-            store
-                .record_queued(&job, vec![note("queued", i64::from(n))])
-                .await
-                .expect("queued"),
-        );
-    }
-    lock.release();
-    first.await.expect("committed");
-    for write in pending {
-        write.await.expect("committed");
-    }
-    let stats = store.stats();
-    assert_eq!(stats.writes - before.writes, 9);
-    // The blocked write alone, then 8 queued writes in batches of 3, 3 and 2.
-    assert_eq!(stats.commits - before.commits, 4, "{stats:?}");
-    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
-    let events = store.events(job.id).await.expect("events");
-    let order: Vec<i64> = events.iter().skip(2).map(|e| e.at.unix_millis()).collect();
-    let queued: Vec<i64> = (1..=8).map(|n| at(n).unix_millis()).collect();
-    assert_eq!(order, queued, "committed in queue order");
-    store.close().await.expect("close");
-}
-
+// SQLite only: the reserve file SQLite's writer keeps next to the database.
 fn reserve_len(path: &Path) -> Option<u64> {
     let mut reserve = path.as_os_str().to_owned();
     reserve.push("-reserve");
@@ -605,6 +1003,7 @@ async fn the_reserve_is_kept_unless_the_volume_is_full() {
     store.close().await.expect("close");
 }
 
+// SQLite only: a full volume under the database file (PostgreSQL's disk is the server's).
 /// A store on a small volume without a reserve, with one running job.
 async fn store_on_small_volume() -> Option<(SmallVolume, Store, Job)> {
     let volume = SmallVolume::mount("2m")?;
@@ -795,348 +1194,6 @@ async fn closing_after_space_returns_commits_kept_writes() {
     store.close().await.expect("close");
 }
 
-async fn insert(store: &Store, priority: i32) -> Job {
-    store
-        .insert_job(spec("ffmpeg", priority), at(0), None, None)
-        .await
-        .expect("insert")
-}
-
-/// Held and paused jobs are stored, read back, listed and counted under their own states, and are
-/// unfinished: a starting daemon must recover them.
-#[tokio::test(flavor = "multi_thread")]
-async fn held_and_paused_jobs_read_back_and_are_unfinished() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
-    let queued = insert(&store, 0).await;
-    let mut held = insert(&store, 1).await;
-    held.apply(Event::Held { at: at(1) }).expect("hold");
-    store
-        .record(&held, vec![note("held", 1)])
-        .await
-        .expect("record");
-    let mut paused = insert(&store, 2).await;
-    paused
-        .apply(Event::Started { run: run_info(1) })
-        .expect("start");
-    paused.apply(Event::Paused { at: at(2) }).expect("pause");
-    paused
-        .apply(Event::Resumed { at: at(502) })
-        .expect("resume");
-    paused
-        .apply(Event::Paused { at: at(1_000) })
-        .expect("pause again");
-    store
-        .record(&paused, vec![note("paused", 1_000)])
-        .await
-        .expect("record");
-    assert_eq!(paused.state.run().map(|r| r.paused_secs), Some(0.5));
-    let finished = finish_with(&store, exited(0, 4)).await;
-    for job in [&queued, &held, &paused, &finished] {
-        assert_eq!(store.get(job.id).await.expect("get").as_ref(), Some(job));
-    }
-    let listed = |states: Vec<StateName>| {
-        store.list(ListFilter {
-            states,
-            newest_first: false,
-            ..ListFilter::default()
-        })
-    };
-    assert_eq!(
-        listed(vec![StateName::Held]).await.expect("list"),
-        [held.clone()]
-    );
-    assert_eq!(
-        listed(vec![StateName::Paused]).await.expect("list"),
-        [paused.clone()]
-    );
-    assert_eq!(
-        listed(vec![StateName::Paused, StateName::Held])
-            .await
-            .expect("list"),
-        [held.clone(), paused.clone()]
-    );
-    assert_eq!(
-        store.count_by_state().await.expect("count"),
-        [
-            (StateName::Queued, 1),
-            (StateName::Held, 1),
-            (StateName::Running, 0),
-            (StateName::Paused, 1),
-            (StateName::Stopping, 0),
-            (StateName::Finished, 1),
-        ]
-    );
-    assert_eq!(
-        store.unfinished().await.expect("unfinished"),
-        [queued, held.clone(), paused]
-    );
-    held.apply(Event::Released { at: at(5) }).expect("release");
-    store.record(&held, vec![]).await.expect("record");
-    assert_eq!(
-        listed(vec![StateName::Held]).await.expect("list"),
-        Vec::<Job>::new()
-    );
-    store.close().await.expect("close");
-}
-
-/// A retry is a new job that names the job it re-runs; the old job names its newest retry and logs
-/// each one (under the attempt it ended with). Both events are published as they commit.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_retry_links_both_jobs_and_logs_on_both() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
-    let mut old = insert(&store, 4).await;
-    for attempt in 0..2 {
-        if attempt > 0 {
-            old.apply(Event::Requeue { at: at(3) }).expect("requeue");
-        }
-        old.apply(Event::Started { run: run_info(1) })
-            .expect("start");
-        old.apply(exited(1, 2)).expect("exit");
-    }
-    store.record(&old, vec![]).await.expect("record");
-    assert_eq!(old.attempt, 2);
-    let mut live = store.subscribe();
-    let retry = store
-        .insert_retry(old.spec.clone(), at(10), None, Some("ops".into()), old.id)
-        .await
-        .expect("retry");
-    assert_eq!(retry.retry_of, Some(old.id));
-    assert_eq!(retry.retried_as, None);
-    assert_eq!(retry.submitted_by.as_deref(), Some("ops"));
-    assert_eq!((retry.state.name(), retry.attempt), (StateName::Queued, 1));
-    assert_eq!(
-        store.get(retry.id).await.expect("get").as_ref(),
-        Some(&retry)
-    );
-    let linked = store.get(old.id).await.expect("get").expect("old job");
-    assert_eq!(linked.retried_as, Some(retry.id));
-    assert_eq!(
-        Job {
-            retried_as: None,
-            ..linked
-        },
-        old,
-        "nothing else of the old job changed"
-    );
-
-    let submitted = store.events(retry.id).await.expect("events");
-    assert_eq!(
-        submitted.iter().map(|e| &e.event).collect::<Vec<_>>(),
-        [&JobEvent::Submitted {
-            program: "ffmpeg".into(),
-            priority: 4,
-            retry_of: Some(old.id),
-        }]
-    );
-    let logged = store.events(old.id).await.expect("events");
-    let retried = logged.last().expect("the old job's log");
-    assert_eq!(
-        retried.event,
-        JobEvent::Retried {
-            job_id: retry.id,
-            by: Some("ops".into()),
-        }
-    );
-    assert_eq!((retried.attempt, retried.at), (2, at(10)));
-    let published: Vec<(aura_model::EventLog, String, i64)> = [
-        live.recv().await.expect("published"),
-        live.recv().await.expect("published"),
-    ]
-    .iter()
-    .map(|e| (e.log, e.kind.clone(), e.seq))
-    .collect();
-    assert_eq!(
-        published,
-        [
-            (
-                aura_model::EventLog::Job(retry.id),
-                "submitted".into(),
-                submitted[0].seq
-            ),
-            (
-                aura_model::EventLog::Job(old.id),
-                "retried".into(),
-                retried.seq
-            ),
-        ]
-    );
-
-    let again = store
-        .insert_retry(old.spec.clone(), at(20), None, None, old.id)
-        .await
-        .expect("retry again");
-    let linked = store.get(old.id).await.expect("get").expect("old job");
-    assert_eq!(linked.retried_as, Some(again.id), "the newest retry");
-    let retries: Vec<JobEvent> = store
-        .events(old.id)
-        .await
-        .expect("events")
-        .into_iter()
-        .filter(|e| e.event.kind() == "retried")
-        .map(|e| e.event)
-        .collect();
-    assert_eq!(
-        retries,
-        [
-            JobEvent::Retried {
-                job_id: retry.id,
-                by: Some("ops".into())
-            },
-            JobEvent::Retried {
-                job_id: again.id,
-                by: None
-            },
-        ]
-    );
-    store.close().await.expect("close");
-}
-
-/// A retry of a job that is not stored is refused whole: no job, no event, no id used up.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_retry_of_a_missing_job_stores_nothing() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
-    let existing = insert(&store, 0).await;
-    let refused = store
-        .insert_retry(spec("ffmpeg", 0), at(1), None, None, JobId(99))
-        .await;
-    match &refused {
-        Err(e @ StoreError::NotFound(id)) => {
-            assert_eq!(*id, JobId(99));
-            assert!(!e.is_storage());
-        }
-        other => panic!("expected NotFound, got {other:?}"),
-    }
-    assert_eq!(
-        store.list(ListFilter::default()).await.expect("list"),
-        std::slice::from_ref(&existing)
-    );
-    assert_eq!(
-        store
-            .committed_after(None, 0, 100)
-            .await
-            .expect("events")
-            .len(),
-        1,
-        "only the existing job's submitted event"
-    );
-    assert_eq!(insert(&store, 0).await.id.0, existing.id.0 + 1);
-    store.close().await.expect("close");
-}
-
-fn priority_changed(from: i32, to: i32, ms: i64) -> NewEvent {
-    NewEvent {
-        at: at(ms),
-        event: JobEvent::PriorityChanged {
-            from,
-            to,
-            by: Some("ops".into()),
-        },
-        attempt: None,
-    }
-}
-
-/// The priority column as stored.
-fn stored_priority(path: &Path, id: JobId) -> i64 {
-    rusqlite::Connection::open(path)
-        .expect("second connection")
-        .query_row("SELECT priority FROM jobs WHERE id = ?1", [id.0], |row| {
-            row.get(0)
-        })
-        .expect("the priority column")
-}
-
-/// A priority change writes the priority column and the spec with the state, in order with the job's
-/// other writes: a state change queued after it, committed in the same transaction, keeps it.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_priority_change_rewrites_priority_and_spec_in_order() {
-    let dir = TempDir::new().expect("tempdir");
-    let path = db(&dir);
-    let store = open_with(
-        &path,
-        StoreOptions {
-            busy_timeout: PROMPTLY,
-            ..StoreOptions::default()
-        },
-    )
-    .await;
-    let mut job = insert(&store, 0).await;
-    job.apply(Event::Held { at: at(1) }).expect("hold");
-    job.spec.priority = 9;
-    store
-        .record_priority(&job, vec![priority_changed(0, 9, 1)])
-        .await
-        .expect("queued")
-        .await
-        .expect("record");
-    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
-    assert_eq!(stored_priority(&path, job.id), 9);
-    let logged = store.events(job.id).await.expect("events");
-    assert_eq!(
-        logged.last().map(|e| &e.event),
-        Some(&priority_changed(0, 9, 1).event)
-    );
-
-    let lock = WriteLock::take(&path);
-    let before = store.stats().writes;
-    let busy = store.record_queued(&job, vec![]).await.expect("queued");
-    writer_took(&store, before, 1).await;
-    job.spec.priority = -3;
-    let moving = job.clone();
-    let moved = async {
-        store
-            .record_priority(&moving, vec![priority_changed(9, -3, 2)])
-            .await?
-            .await
-    };
-    let mut moved = std::pin::pin!(moved);
-    // Polled once, it is queued (the channel has room) and waits for its commit behind the lock.
-    tokio::select! {
-        biased;
-        result = &mut moved => panic!("committed while the lock is held: {result:?}"),
-        () = std::future::ready(()) => {}
-    }
-    job.apply(Event::Released { at: at(3) }).expect("release");
-    let released = store
-        .record_queued(&job, vec![note("released", 3)])
-        .await
-        .expect("queued");
-    lock.release();
-    promptly("the blocked write", busy)
-        .await
-        .expect("committed");
-    promptly("the priority change", moved)
-        .await
-        .expect("committed");
-    promptly("the release", released).await.expect("committed");
-    assert_eq!(store.get(job.id).await.expect("get"), Some(job.clone()));
-    assert_eq!(stored_priority(&path, job.id), -3);
-    let kinds: Vec<String> = store
-        .events(job.id)
-        .await
-        .expect("events")
-        .iter()
-        .map(|e| e.event.kind())
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            "submitted",
-            "priority_changed",
-            "priority_changed",
-            "released"
-        ]
-    );
-    store.close().await.expect("close");
-}
-
-/// A write queued with a `Pending`, until it is committed.
-async fn committed(queued: Result<Pending, StoreError>) -> Result<(), StoreError> {
-    queued?.await
-}
-
 /// While the volume refuses writes, a kept priority change shows to readers, also under a later kept
 /// state change of the same job, and both are committed once space returns.
 #[tokio::test]
@@ -1169,60 +1226,5 @@ async fn a_kept_priority_change_shows_until_committed() {
         .expect("committed");
     promptly("the hold", held).await.expect("committed");
     assert_eq!(store.get(job.id).await.expect("get"), Some(job));
-    store.close().await.expect("close");
-}
-
-/// Node-wide settings: unset is `None`, a set replaces, `None` deletes, and they outlive the store.
-#[tokio::test(flavor = "multi_thread")]
-async fn settings_are_set_replaced_deleted_and_kept() {
-    let dir = TempDir::new().expect("tempdir");
-    let store = open(&db(&dir)).await;
-    assert_eq!(store.setting("drained").await.expect("read"), None);
-    store
-        .set_setting("drained", Some("true"))
-        .await
-        .expect("queued")
-        .await
-        .expect("set");
-    store
-        .set_setting("other", Some("1"))
-        .await
-        .expect("queued")
-        .await
-        .expect("set");
-    assert_eq!(
-        store.setting("drained").await.expect("read").as_deref(),
-        Some("true")
-    );
-    store
-        .set_setting("drained", Some("false"))
-        .await
-        .expect("queued")
-        .await
-        .expect("replace");
-    assert_eq!(
-        store.setting("drained").await.expect("read").as_deref(),
-        Some("false")
-    );
-    store
-        .set_setting("drained", None)
-        .await
-        .expect("queued")
-        .await
-        .expect("delete");
-    assert_eq!(store.setting("drained").await.expect("read"), None);
-    store
-        .set_setting("never set", None)
-        .await
-        .expect("queued")
-        .await
-        .expect("deleting what is not there");
-    store.close().await.expect("close");
-    let store = open(&db(&dir)).await;
-    assert_eq!(store.setting("drained").await.expect("read"), None);
-    assert_eq!(
-        store.setting("other").await.expect("read").as_deref(),
-        Some("1")
-    );
     store.close().await.expect("close");
 }

@@ -48,6 +48,10 @@ enum Command {
         /// Address to listen on. Default: 127.0.0.1:7411
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Where jobs are stored: `sqlite` (the data dir's database, the default) or
+        /// `postgres://user@host:port/dbname` (fleet mode; the password is a secret, never in the URL).
+        #[arg(long)]
+        store: Option<String>,
         /// TOML configuration file.
         #[arg(long, env = "AURA_CONFIG")]
         config: Option<PathBuf>,
@@ -173,6 +177,13 @@ enum Command {
     },
     /// A live view of running jobs, the host and admission (q to quit).
     Top,
+    /// The fleet's nodes (fleet mode): state, tags, running and claimed jobs, capacity, heartbeat age;
+    /// `*` marks the node --server names.
+    Nodes {
+        /// Print the nodes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Engine status: backend, running and queued jobs, admission, whether the node is drained, paused
     /// and held jobs.
     Status {
@@ -412,6 +423,7 @@ pub fn serve_config(args: &Args) -> anyhow::Result<Option<Config>> {
     let Command::Serve {
         data_dir,
         listen,
+        store,
         config,
         log_format,
         ..
@@ -430,6 +442,11 @@ pub fn serve_config(args: &Args) -> anyhow::Result<Option<Config>> {
     if let Some(listen) = listen {
         cfg.listen = *listen;
     }
+    if let Some(store) = store {
+        cfg.store = Some(store.clone());
+    }
+    // Checked before anything starts: a password in the URL is refused, whoever wrote it.
+    cfg.store_kind()?;
     Ok(Some(cfg))
 }
 
@@ -648,6 +665,17 @@ async fn client_command(args: Args, client: &Client) -> anyhow::Result<u8> {
                     let (kind, detail) = event_parts(&e.event);
                     let detail = describe_event(&kind, &detail);
                     println!("{:>6}  {}  {kind:<18} {detail}", e.seq, e.at);
+                }
+            }
+            Ok(0)
+        }
+        Command::Nodes { json } => {
+            let list = client.nodes().await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                for line in crate::render::node_table(&list) {
+                    println!("{line}");
                 }
             }
             Ok(0)
@@ -1109,60 +1137,9 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn short_time(t: Timestamp) -> String {
-    let text = t.to_string();
-    // 2026-11-22T15:40:01.123Z → 2026-11-22 15:40:01
-    text.get(..19)
-        .map(|s| s.replacen('T', " ", 1))
-        .unwrap_or(text)
-}
-
-fn duration_of(view: &JobView) -> Option<Duration> {
-    let run = view.job.state.run()?;
-    let end = match &view.job.state {
-        JobState::Finished(f) => f.finished_at,
-        _ => Timestamp::now(),
-    };
-    Some(end.since(run.started_at))
-}
-
-fn peak_memory(view: &JobView) -> Option<ByteSize> {
-    match &view.job.state {
-        JobState::Finished(f) => f.accounting.memory_peak,
-        _ => view.live.as_ref().and_then(|l| l.memory_peak).map(ByteSize),
-    }
-}
-
 fn print_table(jobs: &[JobView]) {
-    println!(
-        "{:>6}  {:<22}  {:<40}  {:<19}  {:>9}  {:>10}",
-        "ID", "STATE", "COMMAND", "STARTED", "DURATION", "PEAK MEM"
-    );
-    for view in jobs {
-        let mut command = view.job.spec.command_line();
-        if command.chars().count() > 40 {
-            command = command.chars().take(39).collect::<String>() + "…";
-        }
-        let mut state = describe_state(view);
-        if state.chars().count() > 22 {
-            state = state.chars().take(21).collect::<String>() + "…";
-        }
-        let started = view
-            .job
-            .state
-            .run()
-            .map(|r| short_time(r.started_at))
-            .unwrap_or_else(|| "-".into());
-        let duration = duration_of(view)
-            .map(|d| format!("{:.1}s", d.as_secs_f64()))
-            .unwrap_or_else(|| "-".into());
-        let peak = peak_memory(view)
-            .map(|b| b.to_string())
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "{:>6}  {state:<22}  {command:<40}  {started:<19}  {duration:>9}  {peak:>10}",
-            view.job.id.0
-        );
+    for line in crate::render::job_table(jobs, Timestamp::now()) {
+        println!("{line}");
     }
 }
 
@@ -1176,6 +1153,9 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
     );
     println!("  Command:    {}", job.spec.command_line());
     println!("  Submitted:  {}", job.submitted_at);
+    if let Some(node) = &job.node {
+        println!("  Node:       {node}");
+    }
     if let Some(run) = job.state.run() {
         println!("  Started:    {}", run.started_at);
         println!(
@@ -1195,7 +1175,7 @@ fn print_job(view: &JobView, events: &[aura_model::JobEventRecord]) {
         );
         println!("  Directory:  {}", run.cwd.display());
     }
-    if let Some(d) = duration_of(view) {
+    if let Some(d) = crate::render::duration_of(view, Timestamp::now()) {
         println!("  Duration:   {:.3}s", d.as_secs_f64());
     }
     if let Some(paused) = crate::render::paused_time(&job.state, Timestamp::now()) {
@@ -1482,6 +1462,14 @@ mod tests {
         ));
         assert!(matches!(parse(&["drain"]), Ok(Command::Drain)));
         assert!(matches!(parse(&["undrain"]), Ok(Command::Undrain)));
+        assert!(matches!(
+            parse(&["nodes", "--json"]),
+            Ok(Command::Nodes { json: true })
+        ));
+        assert!(matches!(
+            parse(&["nodes"]),
+            Ok(Command::Nodes { json: false })
+        ));
         assert!(matches!(
             parse(&["list", "--state", "paused", "--state", "held"]),
             Ok(Command::Jobs { state, .. }) if state == ["paused", "held"]

@@ -113,6 +113,117 @@ pub struct Config {
     /// `[log]`: the daemon's own log on stderr (its filter is `AURA_LOG`, e.g. `info` or
     /// `aura_engine=debug`).
     pub log: LogSection,
+    /// Where jobs are stored: unset, or `sqlite`: `aura.db` in the data dir (one node);
+    /// `postgres://user@host:port/dbname`: fleet mode, every node pointed at the same database shares one
+    /// queue (see `[fleet]`). Never a password in it: the password is the secret `fleet.password_secret`
+    /// names. `aura serve --store` wins. Default: unset.
+    pub store: Option<String>,
+    /// `[fleet]`: this node in a fleet (with a `postgres://` store): `node_name` (default: the host name
+    /// and the start of the data dir's instance id), `tags` jobs may require with the label
+    /// `requires=gpu,nvenc` (default: none), `advertise_url` other nodes reach its API at (default:
+    /// `http://` and the listen address), `heartbeat_timeout` = 15s (a node silent this long is dead and its
+    /// jobs are rescued; a node cut off from the database this long stops its jobs), `prefetch` = 64 (jobs
+    /// claimed ahead of free capacity), `pool_size` = 8, `connect_timeout` = 5s, and the names of two
+    /// secrets: `password_secret` = "store_password" (the database password, `AURA_SECRET_STORE_PASSWORD`)
+    /// and `token_secret` = "fleet_token" (the token every node shares, accepted as an admin token named
+    /// `fleet` and sent with requests forwarded to the node that holds a job).
+    pub fleet: FleetSection,
+}
+
+/// This node's part in a fleet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// This node's name. Default: the host name and the start of the instance id.
+    pub node_name: Option<String>,
+    /// What jobs may require of this node. Default: none.
+    pub tags: Vec<String>,
+    /// Where other nodes reach this node's API. Default: `http://<listen address>`.
+    pub advertise_url: Option<String>,
+    /// A node silent this long is declared dead. Default: 15s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub heartbeat_timeout: Duration,
+    /// Jobs claimed ahead of free capacity. Default: 64.
+    pub prefetch: usize,
+    /// Read connections to the database. Default: 8.
+    pub pool_size: usize,
+    /// How long connecting may take before a call fails as unavailable. Default: 5s.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// The secret holding the database password. Default: store_password.
+    pub password_secret: String,
+    /// The secret every node shares to authenticate to the others. Default: fleet_token.
+    pub token_secret: String,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            node_name: None,
+            tags: Vec::new(),
+            advertise_url: None,
+            heartbeat_timeout: Duration::from_secs(15),
+            prefetch: 64,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+            password_secret: "store_password".into(),
+            token_secret: "fleet_token".into(),
+        }
+    }
+}
+
+/// Where `store` points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The data dir's SQLite database.
+    Sqlite,
+    /// A PostgreSQL database shared by a fleet (the URL, password-free).
+    Postgres(String),
+}
+
+impl Config {
+    /// Reads `store`: `sqlite`/unset, or a `postgres://` URL without a password. A password in the URL
+    /// is refused: it would show in `ps`, shell history and logs.
+    pub fn store_kind(&self) -> anyhow::Result<StoreKind> {
+        let Some(store) = self
+            .store
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(StoreKind::Sqlite);
+        };
+        if store == "sqlite" {
+            return Ok(StoreKind::Sqlite);
+        }
+        let Some(rest) = store
+            .strip_prefix("postgres://")
+            .or_else(|| store.strip_prefix("postgresql://"))
+        else {
+            // Only the scheme is repeated: whatever follows may hold a password.
+            let scheme = store.split(':').next().unwrap_or("");
+            anyhow::bail!(
+                "store {scheme:?}… is neither `sqlite` nor a `postgres://user@host:port/dbname` URL"
+            );
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if userinfo.contains(':') {
+                anyhow::bail!(
+                    "the store URL holds a password: put it in the secret `{}` instead (secrets.toml, or                      the AURA_SECRET_{} variable), so that it never shows in `ps`, logs or shell history",
+                    self.fleet.password_secret,
+                    self.fleet.password_secret.to_ascii_uppercase()
+                );
+            }
+        }
+        if rest.contains("password=") {
+            anyhow::bail!(
+                "the store URL holds a password parameter: put it in the secret `{}` instead",
+                self.fleet.password_secret
+            );
+        }
+        Ok(StoreKind::Postgres(store.to_owned()))
+    }
 }
 
 /// How the daemon writes its log.
@@ -423,6 +534,8 @@ impl Default for Config {
             uploads: UploadsSection::default(),
             media: aura_engine::MediaConfig::default(),
             log: LogSection::default(),
+            store: None,
+            fleet: FleetSection::default(),
         }
     }
 }
@@ -781,6 +894,35 @@ mod tests {
             assert!(err.contains("resume threshold"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_store_is_sqlite_or_a_password_free_postgres_url() {
+        let kind = |store: Option<&str>| {
+            let cfg = Config {
+                store: store.map(str::to_owned),
+                ..Config::default()
+            };
+            cfg.store_kind().map_err(|e| e.to_string())
+        };
+        assert_eq!(kind(None), Ok(StoreKind::Sqlite));
+        assert_eq!(kind(Some("sqlite")), Ok(StoreKind::Sqlite));
+        assert_eq!(
+            kind(Some("postgres://aura@db:5432/aura")),
+            Ok(StoreKind::Postgres("postgres://aura@db:5432/aura".into()))
+        );
+        assert!(kind(Some("postgresql://db/aura?sslmode=require")).is_ok());
+        let refused = |store: &str, needle: &str| {
+            let err = kind(Some(store)).unwrap_err();
+            assert!(err.contains(needle), "{store}: {err}");
+            assert!(
+                !err.contains("hunter2"),
+                "the password is never repeated: {err}"
+            );
+        };
+        refused("postgres://aura:hunter2@db/aura", "store_password");
+        refused("postgres://db/aura?password=hunter2", "store_password");
+        refused("mysql://db/aura", "neither `sqlite` nor");
     }
 
     #[test]

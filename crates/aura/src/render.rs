@@ -1,12 +1,14 @@
 //! How the CLI words what it prints about jobs: states and outcomes, event lines, progress figures
 //! (the plain lines of `aura follow`/`aura wait`, the bars' messages, `aura top`'s column), and what
-//! operator commands report (the node's state, bulk cancels) — pure functions, shared by the commands
-//! and tested on their own.
+//! operator commands report (the node's state, bulk cancels), the tables of `aura jobs` and `aura
+//! nodes` — pure functions, shared by the commands and tested on their own.
 
-use aura_client::{CancelResult, JobView};
+use aura_client::{CancelResult, JobView, NodeList};
 use aura_model::{
-    EngineStatus, ExitStatus, Job, JobEventRecord, JobId, JobState, Outcome, Progress, Timestamp,
+    ByteSize, EngineStatus, ExitStatus, Job, JobEventRecord, JobId, JobState, Outcome, Progress,
+    Timestamp,
 };
+use std::time::Duration;
 
 /// A job's state in a few words: `running`, `failed (exit 1)`, `dependency_failed (job 3 failed)`.
 pub fn describe_state(view: &JobView) -> String {
@@ -435,6 +437,153 @@ pub fn janitor_status_lines(
     lines
 }
 
+/// A timestamp to the second, for a table: `2026-11-22 15:40:01`.
+pub fn short_time(t: Timestamp) -> String {
+    let text = t.to_string();
+    // 2026-11-22T15:40:01.123Z → 2026-11-22 15:40:01
+    text.get(..19)
+        .map(|s| s.replacen('T', " ", 1))
+        .unwrap_or(text)
+}
+
+/// How long a job has run (until `now` while it runs); `None` for one that never started.
+pub fn duration_of(view: &JobView, now: Timestamp) -> Option<Duration> {
+    let run = view.job.state.run()?;
+    let end = match &view.job.state {
+        JobState::Finished(f) => f.finished_at,
+        _ => now,
+    };
+    Some(end.since(run.started_at))
+}
+
+/// A job's peak memory: its accounting once finished, its live reading while it runs.
+pub fn peak_memory(view: &JobView) -> Option<ByteSize> {
+    match &view.job.state {
+        JobState::Finished(f) => f.accounting.memory_peak,
+        _ => view.live.as_ref().and_then(|l| l.memory_peak).map(ByteSize),
+    }
+}
+
+/// `text` cut to `max` characters, the last one `…` where it was longer.
+fn clipped(text: String, max: usize) -> String {
+    if text.chars().count() > max {
+        text.chars().take(max - 1).collect::<String>() + "…"
+    } else {
+        text
+    }
+}
+
+/// The widest a NODE column of `aura jobs` grows.
+const NODE_WIDTH: usize = 20;
+
+/// `aura jobs`: a header and one line per job — id, state, command, start, duration, peak memory, and
+/// in fleet mode, when any job listed has one, the node that holds it (`-` for a job none has claimed).
+pub fn job_table(jobs: &[JobView], now: Timestamp) -> Vec<String> {
+    let node_width = jobs
+        .iter()
+        .filter_map(|v| v.job.node.as_deref())
+        .map(|n| n.chars().count().clamp(4, NODE_WIDTH))
+        .max();
+    let node = |text: &str| match node_width {
+        Some(w) => format!("  {text:<w$}"),
+        None => String::new(),
+    };
+    let mut lines = vec![format!(
+        "{:>6}  {:<22}{}  {:<40}  {:<19}  {:>9}  {:>10}",
+        "ID",
+        "STATE",
+        node("NODE"),
+        "COMMAND",
+        "STARTED",
+        "DURATION",
+        "PEAK MEM"
+    )];
+    for view in jobs {
+        let command = clipped(view.job.spec.command_line(), 40);
+        let state = clipped(describe_state(view), 22);
+        let held_by = clipped(
+            view.job.node.clone().unwrap_or_else(|| "-".into()),
+            NODE_WIDTH,
+        );
+        let started = view
+            .job
+            .state
+            .run()
+            .map(|r| short_time(r.started_at))
+            .unwrap_or_else(|| "-".into());
+        let duration = duration_of(view, now)
+            .map(|d| format!("{:.1}s", d.as_secs_f64()))
+            .unwrap_or_else(|| "-".into());
+        let peak = peak_memory(view)
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "-".into());
+        lines.push(format!(
+            "{:>6}  {state:<22}{}  {command:<40}  {started:<19}  {duration:>9}  {peak:>10}",
+            view.job.id.0,
+            node(&held_by)
+        ));
+    }
+    lines
+}
+
+/// What `aura nodes` prints on a single node.
+pub const NOT_A_FLEET: &str = "not in fleet mode (embedded SQLite store): one node, this one";
+
+/// A heartbeat's age: `0.4s ago`, `12.0s ago`, `3m05s ago`.
+pub fn heartbeat_age(ms: u64) -> String {
+    if ms < 60_000 {
+        format!("{:.1}s ago", ms as f64 / 1000.0)
+    } else {
+        format!("{} ago", short_secs(ms as f64 / 1000.0))
+    }
+}
+
+/// CPUs as few characters: `16`, `1.5`.
+fn cpus(n: f64) -> String {
+    let text = format!("{n:.1}");
+    text.strip_suffix(".0").map(str::to_owned).unwrap_or(text)
+}
+
+/// `aura nodes`: a header and one line per node — name (`*`: the node that answered), state, tags,
+/// running and claimed jobs, capacity, heartbeat age; on a single node the one line [`NOT_A_FLEET`].
+pub fn node_table(list: &NodeList) -> Vec<String> {
+    if !list.fleet {
+        return vec![NOT_A_FLEET.to_owned()];
+    }
+    let tags: Vec<String> = list
+        .nodes
+        .iter()
+        .map(|n| {
+            if n.tags.is_empty() {
+                "-".to_owned()
+            } else {
+                n.tags.join(",")
+            }
+        })
+        .collect();
+    let width = |min: usize, texts: &mut dyn Iterator<Item = usize>| texts.fold(min, usize::max);
+    let name_w = width(4, &mut list.nodes.iter().map(|n| n.name.chars().count()));
+    let tags_w = width(4, &mut tags.iter().map(|t| t.chars().count()));
+    let mut lines = vec![format!(
+        "  {:<name_w$}  {:<5}  {:<tags_w$}  {:>7}  {:>7}  {:>5}  {:>9}  HEARTBEAT",
+        "NAME", "STATE", "TAGS", "RUNNING", "CLAIMED", "CPUS", "MEMORY"
+    )];
+    for (node, tags) in list.nodes.iter().zip(&tags) {
+        lines.push(format!(
+            "{} {:<name_w$}  {:<5}  {tags:<tags_w$}  {:>7}  {:>7}  {:>5}  {:>9}  {}",
+            if node.this_node { "*" } else { " " },
+            node.name,
+            node.state.as_str(),
+            node.running,
+            node.claimed,
+            cpus(node.capacity.cpus),
+            short_size(node.capacity.memory_bytes),
+            heartbeat_age(node.heartbeat_age_ms)
+        ));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,5 +888,111 @@ mod tests {
             lines[1]
         );
         assert_eq!(lines[2], "running now: work");
+    }
+
+    fn node(name: &str, state: aura_model::NodeState, this_node: bool) -> aura_model::NodeView {
+        aura_model::NodeView {
+            id: format!("{name}-id"),
+            name: name.to_owned(),
+            tags: Vec::new(),
+            url: None,
+            state,
+            incarnation: 1,
+            capacity: aura_model::NodeCapacity {
+                cpus: 16.0,
+                memory_bytes: 64 << 30,
+                gpus: 0,
+            },
+            running: 0,
+            claimed: 0,
+            heartbeat_age_ms: 1_234,
+            registered_at: Timestamp::from_unix_millis(0),
+            this_node,
+        }
+    }
+
+    #[test]
+    fn the_node_table_marks_this_node_and_ages_heartbeats() {
+        use aura_model::NodeState;
+        let mut first = node("render-1", NodeState::Up, true);
+        first.tags = vec!["gpu".into(), "nvenc".into()];
+        first.running = 3;
+        first.claimed = 1;
+        let mut second = node("r2", NodeState::Dead, false);
+        second.capacity.cpus = 1.5;
+        second.capacity.memory_bytes = 512 << 20;
+        second.heartbeat_age_ms = 185_000;
+        let list = NodeList {
+            fleet: true,
+            nodes: vec![first, second],
+        };
+        assert_eq!(
+            node_table(&list),
+            [
+                "  NAME      STATE  TAGS       RUNNING  CLAIMED   CPUS     MEMORY  HEARTBEAT",
+                "* render-1  up     gpu,nvenc        3        1     16    64.0GiB  1.2s ago",
+                "  r2        dead   -                0        0    1.5   512.0MiB  3m05s ago",
+            ]
+        );
+        assert_eq!(node_table(&NodeList::default()), [NOT_A_FLEET]);
+        assert_eq!(heartbeat_age(400), "0.4s ago");
+        assert_eq!(heartbeat_age(59_960), "60.0s ago");
+        assert_eq!(heartbeat_age(3_600_000), "1h00m ago");
+    }
+
+    #[test]
+    fn the_job_table_has_a_node_column_only_when_a_job_has_a_node() {
+        use aura_model::JobSpec;
+        let at = Timestamp::from_unix_millis;
+        let view = |id: i64, node: Option<&str>| {
+            let mut job = Job::new(JobId(id), JobSpec::new("sleep", ["5"]), at(0));
+            job.node = node.map(str::to_owned);
+            JobView {
+                job,
+                live: None,
+                waiting: None,
+            }
+        };
+        let single = job_table(&[view(2, None), view(1, None)], at(0));
+        assert_eq!(single.len(), 3);
+        assert!(!single[0].contains("NODE"), "{}", single[0]);
+        assert!(
+            single[0].starts_with("    ID  STATE                   COMMAND"),
+            "{}",
+            single[0]
+        );
+        assert!(
+            single[1].starts_with("     2  queued                  sleep 5"),
+            "{}",
+            single[1]
+        );
+        let fleet = job_table(
+            &[
+                view(3, Some("render-1")),
+                view(2, None),
+                view(1, Some("a-node-with-a-very-long-name")),
+            ],
+            at(0),
+        );
+        assert!(
+            fleet[0].starts_with("    ID  STATE                   NODE                  COMMAND"),
+            "{}",
+            fleet[0]
+        );
+        assert!(
+            fleet[1].starts_with("     3  queued                  render-1              sleep 5"),
+            "{}",
+            fleet[1]
+        );
+        assert!(
+            fleet[2].starts_with("     2  queued                  -                     sleep 5"),
+            "{}",
+            fleet[2]
+        );
+        assert!(
+            fleet[3].starts_with("     1  queued                  a-node-with-a-very-…  sleep 5"),
+            "{}",
+            fleet[3]
+        );
     }
 }

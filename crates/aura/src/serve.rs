@@ -238,6 +238,73 @@ fn api_tokens(
     Ok((tokens, local))
 }
 
+/// How often a fleet node reads the API tokens the others published.
+const FLEET_TOKENS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Accepts the tokens the other nodes published (a failed read keeps the last ones).
+async fn sync_fleet_tokens(engine: &aura_engine::EngineHandle, tokens: &Tokens) {
+    match engine.fleet_tokens().await {
+        Ok(published) => {
+            let entries: Vec<_> = published
+                .into_iter()
+                .map(|t| (t.node, t.name, t.hash, t.scope))
+                .collect();
+            tokens.set_fleet(&entries);
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot read the fleet's tokens"),
+    }
+}
+
+/// The name the fleet's shared token authenticates as.
+const FLEET_TOKEN_NAME: &str = "fleet";
+
+/// This node's fleet settings: the password and the shared token from the secrets, the node's name
+/// (configured, else the host name and the instance id's start) and the URL other nodes reach it at.
+fn fleet_config(
+    config: &Config,
+    url: &str,
+    instance_id: &str,
+    address: std::net::SocketAddr,
+    secrets: &aura_engine::Secrets,
+) -> anyhow::Result<aura_engine::FleetConfig> {
+    let section = &config.fleet;
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let short: String = instance_id.chars().take(8).collect();
+    let node_name = section
+        .node_name
+        .clone()
+        .unwrap_or_else(|| format!("{host}-{short}"));
+    let advertise = section.advertise_url.clone().or_else(|| {
+        // A wildcard listen address is no address to dial: the host name is.
+        Some(if address.ip().is_unspecified() {
+            format!("http://{host}:{}", address.port())
+        } else {
+            format!("http://{address}")
+        })
+    });
+    if section.heartbeat_timeout < std::time::Duration::from_secs(1) {
+        anyhow::bail!("fleet.heartbeat_timeout must be at least 1s");
+    }
+    Ok(aura_engine::FleetConfig {
+        store: aura_engine::PgConfig {
+            url: url.to_owned(),
+            password: secrets.get(&section.password_secret).cloned(),
+            pool_size: section.pool_size.max(1),
+            connect_timeout: section.connect_timeout,
+        },
+        node_id: instance_id.to_owned(),
+        node_name,
+        tags: section.tags.clone(),
+        url: advertise,
+        heartbeat_timeout: section.heartbeat_timeout,
+        prefetch: section.prefetch.max(1),
+        token: secrets.get(&section.token_secret).cloned(),
+    })
+}
+
 /// Refuses to serve a non-loopback address without configured tokens: the API runs commands.
 fn check_listen(config: &Config) -> anyhow::Result<()> {
     if !config.listen.ip().is_loopback() && config.api.tokens.is_empty() {
@@ -305,20 +372,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Everything the daemon creates (database, logs, tokens, runtime files) is its own; jobs get their
     // own umask (`jobs.umask`) and their directories are handed to them.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let (data_dir, _lock, instance, sandbox, tokens, local_token) = tokio::task::spawn_blocking({
-        let config = config.clone();
-        move || -> anyhow::Result<_> {
-            raise_priority(config.supervisor.daemon_nice);
-            let (data_dir, lock, instance) = prepare_data_dir(&config.data_dir)?;
-            let sandbox = sandbox(&config)?;
-            if sandbox.identity.is_some() {
-                open_data_dir_to_jobs(&data_dir)?;
+    let store_kind = config.store_kind()?;
+    let (data_dir, _lock, instance, sandbox, mut tokens, local_token) =
+        tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || -> anyhow::Result<_> {
+                raise_priority(config.supervisor.daemon_nice);
+                let (data_dir, lock, instance) = prepare_data_dir(&config.data_dir)?;
+                let sandbox = sandbox(&config)?;
+                if sandbox.identity.is_some() {
+                    open_data_dir_to_jobs(&data_dir)?;
+                }
+                let (tokens, local_token) = api_tokens(&config, &data_dir)?;
+                Ok((data_dir, lock, instance, sandbox, tokens, local_token))
             }
-            let (tokens, local_token) = api_tokens(&config, &data_dir)?;
-            Ok((data_dir, lock, instance, sandbox, tokens, local_token))
-        }
-    })
-    .await??;
+        })
+        .await??;
     let secrets = {
         let file = config.jobs.secrets_file.clone();
         let default = data_dir.join("secrets.toml");
@@ -338,6 +407,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let fleet = match &store_kind {
+        aura::config::StoreKind::Sqlite => None,
+        aura::config::StoreKind::Postgres(url) => {
+            let fleet = fleet_config(&config, url, &instance.id, address, &secrets)?;
+            if let Some(token) = &fleet.token {
+                // Other nodes forward requests for the jobs this node holds with the shared token.
+                tokens.add(
+                    TokenHash::of(token.expose()),
+                    Principal {
+                        name: FLEET_TOKEN_NAME.into(),
+                        scope: Scope::Admin,
+                        max_queued: None,
+                    },
+                )?;
+            }
+            Some(fleet)
+        }
+    };
+    let fleet_token = fleet.as_ref().and_then(|f| f.token.clone());
     let identity = sandbox.identity.clone();
 
     let mut supervisor = SupervisorConfig::new(instance.id);
@@ -366,6 +454,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warnings: config.warnings.clone(),
         janitor: config.janitor.clone(),
         uploads: config.uploads.to_engine(),
+        fleet,
         host_interval: config.metrics.interval,
         host_history: config.metrics.history,
         requeue_on_shutdown: config.requeue_on_shutdown,
@@ -434,7 +523,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     println!("aura serve: listening on http://{address}");
 
-    let router = aura_server::router(engine.clone(), api_config(&config, address, tokens));
+    // Fleet mode: one token reaches the whole fleet. This node's tokens (hashes) are published, the
+    // others' accepted, and kept fresh as nodes come and go.
+    let token_sync = match &store_kind {
+        aura::config::StoreKind::Sqlite => None,
+        aura::config::StoreKind::Postgres(_) => {
+            let own = tokens
+                .own()
+                .into_iter()
+                .filter(|(name, _, _)| name != FLEET_TOKEN_NAME)
+                .map(|(name, hash, scope)| aura_engine::FleetToken {
+                    node: String::new(),
+                    name,
+                    hash: hash.into(),
+                    scope: scope.as_str().to_owned(),
+                })
+                .collect();
+            engine.publish_tokens(own).await?;
+            sync_fleet_tokens(&engine, &tokens).await;
+            let (engine, tokens) = (engine.clone(), tokens.clone());
+            Some(tokio::spawn(async move {
+                let mut every = tokio::time::interval(FLEET_TOKENS_EVERY);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    sync_fleet_tokens(&engine, &tokens).await;
+                }
+            }))
+        }
+    };
+    let mut api = api_config(&config, address, tokens);
+    api.fleet_token = fleet_token;
+    let router = aura_server::router(engine.clone(), api);
     let listener_config = aura_server::ListenerConfig {
         max_connections: connection_cap(config.api.max_connections, config.max_concurrent),
         header_timeout: config.api.header_timeout,
@@ -478,6 +598,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     trimmer.abort();
+    if let Some(sync) = token_sync {
+        sync.abort();
+    }
     result.context("engine shutdown failed")?;
     let _ = stop_tx.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(2), server).await {

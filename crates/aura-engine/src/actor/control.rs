@@ -325,8 +325,10 @@ impl Actor {
                 by = by.as_deref().unwrap_or("-"),
                 "node drained: nothing new starts"
             );
-            // Admitted but not started: they wait for the undrain like the rest.
+            // Admitted but not started: they wait for the undrain like the rest — or, in a fleet, go
+            // back to the fleet's queue for the other nodes.
             self.withdraw_standby();
+            self.give_back_queue();
             self.engine_event(EngineEvent::Drained { by }).await;
         } else {
             tracing::info!(by = by.as_deref().unwrap_or("-"), "node undrained");

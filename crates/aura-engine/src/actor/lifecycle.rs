@@ -102,6 +102,10 @@ impl Actor {
     }
 
     pub(super) async fn started(&mut self, id: JobId, run: Run) {
+        if self.lost.contains(&id) {
+            // Its kill is on the way; another node holds the job.
+            return;
+        }
         let Some(active) = self.active.get_mut(&id) else {
             return;
         };
@@ -242,6 +246,10 @@ impl Actor {
 
     /// Applies the event that ends an attempt, requeues per policy, persists, and starts the next job.
     pub(super) async fn finish(&mut self, id: JobId, event: Event, mut events: Vec<NewEvent>) {
+        if self.drop_lost(id) {
+            self.dispatch().await;
+            return;
+        }
         let Some(Active {
             mut job,
             request,

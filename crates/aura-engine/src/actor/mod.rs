@@ -6,6 +6,7 @@
 
 mod control;
 mod lifecycle;
+mod membership;
 mod memory;
 mod pipeline;
 mod recovery;
@@ -82,6 +83,11 @@ struct Actor {
     monitors: JoinSet<()>,
     monitor_jobs: HashMap<tokio::task::Id, JobId>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
+    /// Fleet mode: jobs whose trees are being killed because another node holds them now (or this node
+    /// lost its leases); their ends are written nowhere.
+    lost: std::collections::HashSet<JobId>,
+    /// Waiting for the lost trees to be gone (see `membership`).
+    lost_waiters: Vec<oneshot::Sender<()>>,
 }
 
 const COMMAND_CAPACITY: usize = 1024;
@@ -115,8 +121,17 @@ pub(crate) async fn spawn(
         monitors: JoinSet::new(),
         monitor_jobs: HashMap::new(),
         shutdown_waiters: Vec::new(),
+        lost: std::collections::HashSet::new(),
+        lost_waiters: Vec::new(),
     };
     actor.restore_drain().await?;
+    if let Some(fleet) = shared.store.fleet() {
+        // Registered (a new incarnation) before recovery reads what this node still holds.
+        let incarnation = fleet
+            .register(&crate::fleet::fleet_limits(&shared.config))
+            .await?;
+        tracing::info!(node = %fleet.node().name, incarnation, "joined the fleet");
+    }
     actor.recover().await?;
     shared.accepting.store(true, Ordering::SeqCst);
     let guards = if shared.config.guards.enabled {
@@ -135,11 +150,24 @@ pub(crate) async fn spawn(
     };
     let janitor = crate::janitor::JanitorThread::start(shared.clone(), tx.clone())
         .map_err(|e| EngineError::internal("starting the janitor thread", e))?;
+    let fleet_task = match (shared.store.fleet(), &shared.config.fleet) {
+        (Some(fleet), Some(config)) => {
+            let (stop, stopped) = watch::channel(false);
+            let task = crate::fleet::FleetTask::new(shared.clone(), tx.clone(), fleet, config);
+            Some((tokio::spawn(task.run(stopped)), stop))
+        }
+        _ => None,
+    };
     let task = tokio::spawn(actor.run());
     let feed = tokio::spawn(crate::streams::progress_feed(shared.clone()));
-    Ok(EngineHandle::new(
-        tx, shared, task, guards, warnings, janitor, feed,
-    ))
+    let background = crate::handle::Background {
+        guards,
+        warnings,
+        janitor,
+        feed,
+        fleet: fleet_task,
+    };
+    Ok(EngineHandle::new(tx, shared, task, background))
 }
 
 impl Actor {
@@ -203,6 +231,13 @@ impl Actor {
                     self.dispatch().await;
                 }
             }
+            Command::Claimed { jobs, reply } => {
+                self.claimed(jobs).await;
+                let _ = reply.send(());
+            }
+            Command::Fenced(id) => self.fenced(id).await,
+            Command::LeasesLost { reason, reply } => self.leases_lost(reason, reply).await,
+            Command::Adopt(jobs) => self.adopt(jobs).await,
             Command::Cancel {
                 id,
                 kill,
@@ -563,8 +598,15 @@ async fn queue_write(
     let id = job.id;
     let announce = finished.then(|| shared.finished.clone());
     let then = move |result: Result<(), aura_store::StoreError>| {
-        if let Err(e) = result {
-            tracing::error!(job_id = %id, error = %e, "failed to persist a job state change");
+        match result {
+            // Fleet mode: another node holds the job now; the fleet task has the actor forget it.
+            Err(e) if e.is_fenced() => {
+                tracing::warn!(job_id = %id, "write refused: another node holds this job now (fenced)")
+            }
+            Err(e) => {
+                tracing::error!(job_id = %id, error = %e, "failed to persist a job state change")
+            }
+            Ok(()) => {}
         }
         if let Some(finished) = announce {
             let _ = finished.send(id);

@@ -22,13 +22,33 @@ impl Actor {
                 "killed processes left by a previous daemon"
             );
         }
+        self.take_back(unfinished, Some(report)).await
+    }
+
+    /// Takes unfinished jobs this node holds into its live state: whatever had started is recorded
+    /// interrupted (and requeued per its retry policy, or quarantined after a crash loop), the rest is
+    /// queued, parked behind its dependencies or held. `report`: what recovery killed, at a start-up;
+    /// `None` when a fleet node takes back its jobs after losing its leases (its trees are already gone,
+    /// and losing a lease is no crash of the job's doing).
+    pub(super) async fn take_back(
+        &mut self,
+        unfinished: Vec<Job>,
+        report: Option<aura_model::events::RecoveryReport>,
+    ) -> Result<(), EngineError> {
+        let crash = report.is_some();
+        let foreign = self.shared.config.foreign_trees && crash;
         let now = Timestamp::now();
         let quarantine_after = self.shared.config.quarantine_after;
         for mut job in unfinished {
             // Held jobs stay held; whatever had started (running, paused, stopping) was interrupted.
             if job.state.run().is_some() {
-                let deaths = job.interruptions.saturating_add(1);
-                let quarantine = !foreign && quarantine_after > 0 && deaths >= quarantine_after;
+                let deaths = if crash {
+                    job.interruptions.saturating_add(1)
+                } else {
+                    job.interruptions
+                };
+                let quarantine =
+                    crash && !foreign && quarantine_after > 0 && deaths >= quarantine_after;
                 let reason = if quarantine {
                     tracing::error!(job_id = %job.id, deaths, "job quarantined: it was running at every one of the last unclean daemon deaths");
                     format!(
@@ -39,8 +59,10 @@ impl Actor {
                     "running under the daemon this data dir was copied from; its processes were left \
                      to it"
                         .to_owned()
-                } else {
+                } else if crash {
                     "daemon died while the job ran".to_owned()
+                } else {
+                    "this node lost its fleet lease while the job ran".to_owned()
                 };
                 let at = now;
                 let event = if quarantine {
@@ -57,7 +79,7 @@ impl Actor {
                 let interruption = aura_model::events::Interruption {
                     reason: reason.clone(),
                     interruptions: Some(deaths),
-                    recovery: Some(report),
+                    recovery: report,
                 };
                 let logged = if quarantine {
                     JobEvent::Quarantined(interruption)

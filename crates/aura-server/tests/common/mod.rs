@@ -32,6 +32,7 @@ pub async fn engine(test: &str, dir: &std::path::Path) -> aura_engine::EngineHan
             ..Default::default()
         },
         uploads: Default::default(),
+        fleet: None,
         media: Default::default(),
         host_interval: Duration::from_secs(5),
         host_history: 2,

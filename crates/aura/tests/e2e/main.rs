@@ -451,3 +451,4 @@ mod follow;
 mod janitor;
 
 mod files;
+mod fleet;
