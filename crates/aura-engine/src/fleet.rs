@@ -5,7 +5,7 @@
 
 use crate::protocol::Command;
 use crate::shared::Shared;
-use aura_model::{EventLog, Secret};
+use aura_model::Secret;
 use aura_store::{ClaimFilter, Fleet, FleetLimit, PgConfig};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,8 +28,9 @@ pub struct FleetConfig {
     /// A node silent this long is declared dead and its jobs rescued; this node, cut off from the store
     /// this long, stops its jobs. Default 15 s.
     pub heartbeat_timeout: Duration,
-    /// Jobs this node keeps claimed ahead of its free capacity (its local queue), so that its launchers
-    /// never wait for a claim round trip. Default 64.
+    /// Jobs this node claims beyond its running slots (`max_concurrent`), waiting in its local queue so
+    /// that its launchers never wait for a claim round trip; given back when none of its jobs ended for
+    /// `STALL` (its slots are held by long jobs). Default 32.
     pub prefetch: usize,
     /// The token nodes present to each other (a named secret every node has), accepted as an admin
     /// token named `fleet`; `None`: no forwarding.
@@ -72,6 +73,10 @@ pub(crate) fn fleet_limits(config: &crate::EngineConfig) -> Vec<FleetLimit> {
 /// reconnect; a dependency or a limit may free up without one reaching this node).
 const CLAIM_EVERY: Duration = Duration::from_millis(500);
 
+/// How long jobs may wait here for a slot, with none of this node's jobs ending, before they go back to
+/// the fleet (its slots are held by long jobs: others may start them sooner).
+const STALL: Duration = Duration::from_secs(2);
+
 /// The longest the task waits for the actor to kill the trees of lost jobs before it registers again.
 const LOST_WAIT: Duration = Duration::from_secs(30);
 
@@ -91,6 +96,13 @@ pub(crate) struct FleetTask {
     /// Since when every heartbeat has succeeded: only a node that has itself been connected for a whole
     /// timeout judges others dead (after an outage of the store every heartbeat is old).
     healthy_since: Option<Instant>,
+    /// `Shared::ended_attempts` as last seen, and when it last changed.
+    ends: (u64, Instant),
+    /// No job ended here for `STALL` while others waited: claims stop at the free slots (no prefetch)
+    /// until one ends.
+    stalled: bool,
+    /// Since when jobs wait here (none: none waits).
+    waiting_since: Option<Instant>,
 }
 
 impl FleetTask {
@@ -119,6 +131,9 @@ impl FleetTask {
             holding: true,
             last_ok: now,
             healthy_since: Some(now),
+            ends: (0, now),
+            stalled: false,
+            waiting_since: None,
         }
     }
 
@@ -131,7 +146,6 @@ impl FleetTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let work = self.fleet.work();
         let mut fenced = self.fleet.fenced();
-        let mut committed = self.shared.store.subscribe();
         loop {
             if *stop.borrow() {
                 break;
@@ -140,21 +154,14 @@ impl FleetTask {
                 _ = stop.changed() => break,
                 _ = beat.tick() => self.beat().await,
                 () = work.notified() => self.claim().await,
-                _ = tick.tick() => self.claim().await,
+                _ = tick.tick() => {
+                    self.watch_stall().await;
+                    self.claim().await;
+                }
                 id = fenced.recv() => match id {
                     Ok(id) => {
                         tracing::warn!(job_id = %id, "another node holds this job now (fenced): its local tree is killed");
                         let _ = self.tx.send(Command::Fenced(id)).await;
-                    }
-                    Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => break,
-                },
-                event = committed.recv() => match event {
-                    // Waiters (`aura wait`, `submit --wait`) hear of jobs other nodes finish.
-                    Ok(event) => {
-                        if let (EventLog::Job(id), "finished") = (event.log, event.kind.as_str()) {
-                            let _ = self.shared.finished.send(id);
-                        }
                     }
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => break,
@@ -251,8 +258,37 @@ impl FleetTask {
         }
     }
 
-    /// Claims what this node can take: up to `prefetch` jobs waiting here, while it holds its leases,
-    /// accepts work, and admission is neither paused nor drained.
+    /// Jobs waiting here while none of this node's jobs ends (its slots held by long jobs, or its
+    /// admission short of memory) go back to the fleet, and prefetching stops until a job ends: a node
+    /// must not sit on work that idle nodes could start.
+    async fn watch_stall(&mut self) {
+        let ended = self.shared.ended_attempts.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if ended != self.ends.0 {
+            self.ends = (ended, now);
+            self.stalled = false;
+        }
+        let queued = self.shared.queued_count.load(Ordering::Relaxed);
+        let waiting = queued - self.shared.held_count.load(Ordering::Relaxed).min(queued);
+        if waiting == 0 {
+            self.waiting_since = None;
+            return;
+        }
+        // Counted from the later of the last end and the moment jobs began to wait: a node idle for a
+        // while (drained, nothing to do) has not stalled the jobs it has just claimed.
+        let since = *self.waiting_since.get_or_insert(now);
+        if !self.stalled && now.duration_since(self.ends.1.max(since)) >= STALL {
+            self.stalled = true;
+            tracing::debug!(
+                waiting,
+                "no job ended here lately: giving the waiting ones back to the fleet"
+            );
+            let _ = self.tx.send(Command::GiveBack).await;
+        }
+    }
+
+    /// Claims what this node can take: its free running slots and `prefetch` more, while it holds its
+    /// leases, accepts work, and admission is neither paused nor drained.
     async fn claim(&mut self) {
         loop {
             let shared = &self.shared;
@@ -264,8 +300,13 @@ impl FleetTask {
             if blocked {
                 return;
             }
-            let waiting = shared.queued_count.load(Ordering::Relaxed);
-            let want = self.prefetch.saturating_sub(waiting);
+            // Only what can start here now, and `prefetch` more: a node that took more than it can run
+            // would sit on long jobs that idle nodes could start.
+            let held = shared.queued_count.load(Ordering::Relaxed)
+                + shared.running_count.load(Ordering::Relaxed);
+            let prefetch = if self.stalled { 0 } else { self.prefetch };
+            let room = shared.config.max_concurrent + prefetch;
+            let want = room.saturating_sub(held);
             if want == 0 {
                 return;
             }

@@ -940,22 +940,59 @@ impl EngineHandle {
 
     /// Waits up to `timeout` for the job to reach a final state and returns it as it is then.
     pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobView, EngineError> {
-        // Subscribe before reading, so that a job finishing in between is not missed.
+        // Subscribe before reading, so that a job finishing in between is not missed. In fleet mode
+        // the job may end on another node: its `finished` event, committed there, is watched for too
+        // (only while someone waits: the store reads other nodes' events only for subscribers).
         let mut finished = self.shared.finished.subscribe();
+        let mut committed = self
+            .shared
+            .store
+            .fleet()
+            .map(|_| self.shared.store.subscribe());
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let view = self.get(id).await?;
             if view.job.state.name() == StateName::Finished {
                 return Ok(view);
             }
-            loop {
-                match tokio::time::timeout_at(deadline, finished.recv()).await {
-                    Err(_elapsed) => return self.get(id).await,
-                    Ok(Ok(done)) if done != id => continue,
-                    // Ours, or we lagged and may have missed it, or the engine stopped: re-read the store.
-                    Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => return self.get(id).await,
+            let elsewhere = async {
+                match committed.as_mut() {
+                    Some(events) => loop {
+                        match events.recv().await {
+                            Ok(e)
+                                if e.log == aura_model::EventLog::Job(id)
+                                    && e.kind == "finished" =>
+                            {
+                                break
+                            }
+                            Ok(_) => {}
+                            // Lagged: it may have passed; closed: re-read and see.
+                            Err(_) => break,
+                        }
+                    },
+                    None => std::future::pending().await,
                 }
+            };
+            // `true`: the engine stopped, nothing more will be announced.
+            let here = async {
+                loop {
+                    match finished.recv().await {
+                        Ok(done) if done != id => continue,
+                        // Ours, or we lagged and may have missed it: re-read the store.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break false,
+                        Err(broadcast::error::RecvError::Closed) => break true,
+                    }
+                }
+            };
+            let ended = async {
+                tokio::select! {
+                    () = elsewhere => false,
+                    closed = here => closed,
+                }
+            };
+            match tokio::time::timeout_at(deadline, ended).await {
+                Ok(false) => {}
+                Ok(true) | Err(_) => return self.get(id).await,
             }
         }
     }
@@ -1057,6 +1094,26 @@ impl EngineHandle {
             stop.send_replace(true);
             let _ = task.await;
             if let Some(fleet) = self.shared.store.fleet() {
+                // The writes still queued (the last jobs' requeues and ends) are committed first: a
+                // node marked `left` with a job still recorded running would have it rescued, and its
+                // own write of that job fenced. A setting goes through the writer in order: when it
+                // is committed, so is everything queued before it.
+                let barrier = Timestamp::now().unix_millis().to_string();
+                match self
+                    .shared
+                    .store
+                    .set_setting("fleet.left_at", Some(&barrier))
+                    .await
+                {
+                    Ok(pending) => {
+                        if let Err(e) = pending.await {
+                            tracing::warn!(error = %e, "cannot flush this node's writes before leaving the fleet");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot flush this node's writes before leaving the fleet")
+                    }
+                }
                 // What this node claimed and did not run goes back to the fleet's queue at once.
                 match fleet.leave().await {
                     Ok(released) => tracing::info!(released, "left the fleet"),

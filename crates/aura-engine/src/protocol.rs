@@ -51,6 +51,9 @@ pub(crate) enum Command {
         jobs: Vec<Job>,
         reply: oneshot::Sender<()>,
     },
+    /// Fleet mode: the jobs waiting here (queued, and standbys not started) go back to the fleet's queue:
+    /// none of this node's slots freed for a while, so others may start them sooner.
+    GiveBack,
     /// Fleet mode: another node holds this job now (a write of it was fenced): its local tree is killed
     /// and it is forgotten here, without a write.
     Fenced(JobId),

@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     pub job_metrics: crate::metrics::JobMetrics,
     /// What the janitor did and is doing (written by its thread, read by handles).
     pub janitor: crate::retention::Board,
+    /// Attempts that ended here since start-up (fleet mode: a node whose slots free up is worth
+    /// claiming ahead for).
+    pub ended_attempts: AtomicU64,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -131,6 +134,7 @@ impl Shared {
             closing: watch::Sender::new(false),
             job_metrics: crate::metrics::JobMetrics::default(),
             janitor: crate::retention::Board::default(),
+            ended_attempts: AtomicU64::new(0),
         }
     }
 

@@ -8,7 +8,7 @@ use crate::maintenance::{CompactStep, Maintenance, RetainedJob};
 use crate::reader::{self, ReadPool};
 use crate::reserve::Reserve;
 use crate::schema::{migrate, open_connection};
-use crate::writer::{Command, Counters, Done, Overlay, Write, Writer};
+use crate::writer::{Command, Counters, Done, Intake, Overlay, Write, Writer};
 use crate::{Fleet, PgConfig};
 use aura_model::{
     CommittedEvent, EngineEvent, EngineEventRecord, EventLog, Job, JobEvent, JobEventRecord, JobId,
@@ -213,7 +213,7 @@ impl Store {
             Ok((write_conn, read_conn, path, reserve))
         })
         .await?;
-        // tokio panics on a zero-capacity channel, and a zero batch would never make progress.
+        // tokio panics on a zero-capacity channel (`Intake::new` keeps the batch above zero likewise).
         let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
         let counters = Arc::new(Counters::default());
         let overlay = Overlay::default();
@@ -222,15 +222,11 @@ impl Store {
         let writer = Writer {
             published: published.clone(),
             conn: write_conn,
-            rx,
-            max_batch: opts.max_batch.max(1),
-            group_window: opts.group_window,
-            urgent: urgent.clone(),
+            intake: Intake::new(rx, &opts, urgent.clone()),
             counters: counters.clone(),
             reserve,
             kept: Vec::new(),
             overlay: overlay.clone(),
-            held: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()

@@ -17,6 +17,7 @@ use rusqlite::{
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -50,6 +51,135 @@ impl Command {
             },
             Command::Maintain(_) | Command::Close(_) => true,
         }
+    }
+}
+
+/// What both writers (this one and PostgreSQL's, `pg::writer`) do alike: take `Command`s off the
+/// channel and gather them into a batch for one group commit. How a batch is committed, and what a
+/// writer does while it cannot commit, stay the writer's own.
+pub(crate) struct Intake {
+    rx: mpsc::Receiver<Command>,
+    max_batch: usize,
+    group_window: Duration,
+    /// Rung by a sender of a write that must not wait for the group window (see `Store::send`).
+    urgent: Arc<tokio::sync::Notify>,
+    /// A maintenance operation taken from the channel, run once the writes queued before it are
+    /// committed; nothing more is taken until then, so queue order holds.
+    held: Option<Maintenance>,
+}
+
+/// What `Intake::next` found.
+pub(crate) enum Next {
+    /// The first command of a batch.
+    Command(Command),
+    /// Nothing came within the wait asked for: the writer tries its kept writes again.
+    Retry,
+    /// Every sender is gone, or a `Close` came and everything queued before the channel closed has
+    /// been taken: the writer stops.
+    Closed,
+}
+
+impl Intake {
+    pub fn new(
+        rx: mpsc::Receiver<Command>,
+        opts: &crate::StoreOptions,
+        urgent: Arc<tokio::sync::Notify>,
+    ) -> Intake {
+        Intake {
+            rx,
+            // A zero batch would never make progress.
+            max_batch: opts.max_batch.max(1),
+            group_window: opts.group_window,
+            urgent,
+            held: None,
+        }
+    }
+
+    /// The most writes one batch holds.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Waits for the first command of the next batch; with `retry`, for that long at most (a writer
+    /// holding kept writes must try them again even if nothing new comes).
+    pub async fn next(&mut self, retry: Option<Duration>) -> Next {
+        let first = match retry {
+            None => self.rx.recv().await,
+            Some(wait) => match tokio::time::timeout(wait, self.rx.recv()).await {
+                Ok(first) => first,
+                Err(_) => return Next::Retry,
+            },
+        };
+        first.map_or(Next::Closed, Next::Command)
+    }
+
+    /// Adds `first` and what else is queued to the batch (and the closers of `Close`s to `closers`),
+    /// holding the batch open for the group window when nobody waits for any of it.
+    pub async fn gather(
+        &mut self,
+        first: Command,
+        batch: &mut Vec<Write>,
+        closers: &mut Vec<oneshot::Sender<()>>,
+    ) {
+        let mut now = self.take(first, batch, closers);
+        now |= self.drain(batch, closers);
+        if !now && !self.group_window.is_zero() {
+            // Nobody waits for these: sleep through the window (later writes queue up without waking
+            // the writer) unless a write someone waits for, or a close, rings `urgent`. Registered
+            // before the channel is looked at again: a ring after that look is not missed, and what
+            // came before it is found by the look.
+            let urgent = self.urgent.clone();
+            let rung = urgent.notified();
+            tokio::pin!(rung);
+            rung.as_mut().enable();
+            if !self.drain(batch, closers) {
+                tokio::select! {
+                    () = tokio::time::sleep(self.group_window) => {}
+                    () = &mut rung => {}
+                }
+                self.drain(batch, closers);
+            }
+        }
+    }
+
+    /// The maintenance operation taken with the last batch, if any: the writer runs it once that batch
+    /// is committed.
+    pub fn held(&mut self) -> Option<Maintenance> {
+        self.held.take()
+    }
+
+    /// Takes what is queued, up to a full batch or a maintenance operation; `true` if any of it is
+    /// urgent (or the batch is full, or maintenance waits).
+    fn drain(&mut self, batch: &mut Vec<Write>, closers: &mut Vec<oneshot::Sender<()>>) -> bool {
+        let mut now = false;
+        while batch.len() < self.max_batch && self.held.is_none() {
+            let Ok(command) = self.rx.try_recv() else {
+                return now;
+            };
+            now |= self.take(command, batch, closers);
+        }
+        true
+    }
+
+    /// Adds a command to the batch; `true` when the batch must be committed without waiting (see
+    /// `Command::urgent`).
+    fn take(
+        &mut self,
+        command: Command,
+        batch: &mut Vec<Write>,
+        closers: &mut Vec<oneshot::Sender<()>>,
+    ) -> bool {
+        let urgent = command.urgent();
+        match command {
+            Command::Write(write) => batch.push(*write),
+            Command::Maintain(maintenance) => self.held = Some(maintenance),
+            Command::Close(reply) => {
+                // Nothing more can be queued; what already is still is taken (see `Next::Closed`).
+                self.rx.close();
+                closers.push(reply);
+            }
+        }
+        urgent
     }
 }
 
@@ -112,7 +242,7 @@ pub(crate) type Overlay =
     Arc<std::sync::Mutex<std::collections::HashMap<JobId, (StateRow, Option<SpecRow>)>>>;
 
 /// How often kept writes are tried again while the volume refuses them.
-const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Kept writes beyond this (a volume refusing writes for very long while jobs keep ending) are answered
 /// with the error instead: memory stays bounded.
@@ -120,11 +250,7 @@ const MAX_KEPT: usize = 65_536;
 
 pub(crate) struct Writer {
     pub conn: Connection,
-    pub rx: mpsc::Receiver<Command>,
-    pub max_batch: usize,
-    pub group_window: std::time::Duration,
-    /// Rung by a sender of a write that must not wait for the group window (see `Store::send`).
-    pub urgent: Arc<tokio::sync::Notify>,
+    pub intake: Intake,
     pub counters: Arc<Counters>,
     pub reserve: Reserve,
     /// Writes a storage fault kept from being committed, in queue order.
@@ -133,9 +259,6 @@ pub(crate) struct Writer {
     /// Every committed event goes out here, in commit order, for live streams (encoded only while
     /// someone listens).
     pub published: Published,
-    /// A maintenance operation taken from the channel, run once the writes queued before it are
-    /// committed; nothing more is taken until then, so queue order holds.
-    pub held: Option<Maintenance>,
 }
 
 /// The sender of committed events (see `Store::subscribe`).
@@ -152,47 +275,24 @@ impl Writer {
 
     async fn serve(&mut self) {
         let mut closers = Vec::new();
-        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut batch = Vec::with_capacity(self.intake.max_batch());
         // After a Close the channel is closed but still drained: anything a caller managed to queue was
         // acknowledged as queued (`record_queued`), so it must be written.
         loop {
-            let first = if self.kept.is_empty() {
-                self.rx.recv().await
-            } else {
-                match tokio::time::timeout(RETRY_EVERY, self.rx.recv()).await {
-                    Ok(first) => first,
-                    Err(_) => {
-                        self.apply(&mut batch);
-                        continue;
-                    }
+            let retry = (!self.kept.is_empty()).then_some(RETRY_EVERY);
+            let first = match self.intake.next(retry).await {
+                Next::Command(first) => first,
+                Next::Retry => {
+                    self.apply(&mut batch);
+                    continue;
                 }
+                Next::Closed => break,
             };
-            let Some(first) = first else {
-                break;
-            };
-            let mut now = self.take(first, &mut batch, &mut closers);
-            now |= self.drain(&mut batch, &mut closers);
-            if !now && !self.group_window.is_zero() {
-                // Nobody waits for these: sleep through the window (later writes queue up without waking
-                // this thread) unless a write someone waits for, or a close, rings `urgent`. Registered
-                // before the channel is looked at again: a ring after that look is not missed, and what
-                // came before it is found by the look.
-                let urgent = self.urgent.clone();
-                let rung = urgent.notified();
-                tokio::pin!(rung);
-                rung.as_mut().enable();
-                if !self.drain(&mut batch, &mut closers) {
-                    tokio::select! {
-                        () = tokio::time::sleep(self.group_window) => {}
-                        () = &mut rung => {}
-                    }
-                    self.drain(&mut batch, &mut closers);
-                }
-            }
+            self.intake.gather(first, &mut batch, &mut closers).await;
             if !batch.is_empty() {
                 self.apply(&mut batch);
             }
-            if let Some(maintenance) = self.held.take() {
+            if let Some(maintenance) = self.intake.held() {
                 self.maintain(maintenance);
             }
         }
@@ -208,39 +308,6 @@ impl Writer {
         for closer in closers {
             let _ = closer.send(());
         }
-    }
-
-    /// Takes what is queued, up to a full batch or a maintenance operation; `true` if any of it is
-    /// urgent (or the batch is full, or maintenance waits).
-    fn drain(&mut self, batch: &mut Vec<Write>, closers: &mut Vec<oneshot::Sender<()>>) -> bool {
-        let mut now = false;
-        while batch.len() < self.max_batch && self.held.is_none() {
-            let Ok(command) = self.rx.try_recv() else {
-                return now;
-            };
-            now |= self.take(command, batch, closers);
-        }
-        true
-    }
-
-    /// Adds a command to the batch; `true` when the batch must be committed without waiting (see
-    /// `Command::urgent`).
-    fn take(
-        &mut self,
-        command: Command,
-        batch: &mut Vec<Write>,
-        closers: &mut Vec<oneshot::Sender<()>>,
-    ) -> bool {
-        let urgent = command.urgent();
-        match command {
-            Command::Write(write) => batch.push(*write),
-            Command::Maintain(maintenance) => self.held = Some(maintenance),
-            Command::Close(reply) => {
-                self.rx.close();
-                closers.push(reply);
-            }
-        }
-        urgent
     }
 
     /// Applies the kept writes and then the batch. While the volume refuses writes, inserts are refused

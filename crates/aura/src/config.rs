@@ -122,8 +122,8 @@ pub struct Config {
     /// and the start of the data dir's instance id), `tags` jobs may require with the label
     /// `requires=gpu,nvenc` (default: none), `advertise_url` other nodes reach its API at (default:
     /// `http://` and the listen address), `heartbeat_timeout` = 15s (a node silent this long is dead and its
-    /// jobs are rescued; a node cut off from the database this long stops its jobs), `prefetch` = 64 (jobs
-    /// claimed ahead of free capacity), `pool_size` = 8, `connect_timeout` = 5s, and the names of two
+    /// jobs are rescued; a node cut off from the database this long stops its jobs), `prefetch` = 32 (jobs
+    /// claimed beyond the running slots), `pool_size` = 8, `connect_timeout` = 5s, and the names of two
     /// secrets: `password_secret` = "store_password" (the database password, `AURA_SECRET_STORE_PASSWORD`)
     /// and `token_secret` = "fleet_token" (the token every node shares, accepted as an admin token named
     /// `fleet` and sent with requests forwarded to the node that holds a job).
@@ -143,7 +143,8 @@ pub struct FleetSection {
     /// A node silent this long is declared dead. Default: 15s.
     #[serde(with = "aura_model::humantime_serde_compat")]
     pub heartbeat_timeout: Duration,
-    /// Jobs claimed ahead of free capacity. Default: 64.
+    /// Jobs claimed beyond the running slots (`max_concurrent`), so that short jobs never wait for a
+    /// claim; given back to the fleet when none of this node's jobs ended for 2 s. Default: 32.
     pub prefetch: usize,
     /// Read connections to the database. Default: 8.
     pub pool_size: usize,
@@ -163,7 +164,7 @@ impl Default for FleetSection {
             tags: Vec::new(),
             advertise_url: None,
             heartbeat_timeout: Duration::from_secs(15),
-            prefetch: 64,
+            prefetch: 32,
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
             password_secret: "store_password".into(),

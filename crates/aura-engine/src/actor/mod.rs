@@ -236,6 +236,10 @@ impl Actor {
                 let _ = reply.send(());
             }
             Command::Fenced(id) => self.fenced(id).await,
+            Command::GiveBack => {
+                self.withdraw_standby();
+                self.give_back_queue();
+            }
             Command::LeasesLost { reason, reply } => self.leases_lost(reason, reply).await,
             Command::Adopt(jobs) => self.adopt(jobs).await,
             Command::Cancel {

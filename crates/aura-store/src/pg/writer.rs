@@ -10,14 +10,14 @@ use super::{connect, PgShared, EVENTS_LOCK};
 use crate::codec::{encode_event, to_json, EventRow, FleetColumns, JobRow};
 use crate::error::StoreError;
 use crate::maintenance::Maintenance;
-use crate::writer::{Command, Counters, Write};
+use crate::writer::{Command, Counters, Intake, Next, Write};
 use crate::{AutoVacuum, CompactStep};
 use aura_model::{JobEvent, JobId, NewEvent};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -267,15 +267,11 @@ impl NewEvents {
 pub(crate) struct PgWriter {
     pub shared: Arc<PgShared>,
     pub publisher: Arc<Publisher>,
-    pub rx: mpsc::Receiver<Command>,
-    pub max_batch: usize,
-    pub group_window: Duration,
-    pub urgent: Arc<tokio::sync::Notify>,
+    intake: Intake,
     pub counters: Arc<Counters>,
     conn: Option<Conn>,
     /// Writes a lost connection kept from being committed, in queue order.
     kept: Vec<Write>,
-    held: Option<Maintenance>,
     /// When the next connection attempt may be made, and the wait after it fails.
     next_try: Instant,
     delay: Duration,
@@ -295,14 +291,10 @@ impl PgWriter {
         PgWriter {
             shared,
             publisher,
-            rx,
-            max_batch: opts.max_batch.max(1),
-            group_window: opts.group_window,
-            urgent,
+            intake: Intake::new(rx, opts, urgent),
             counters,
             conn: None,
             kept: Vec::new(),
-            held: None,
             next_try: Instant::now(),
             delay: BACKOFF_FIRST,
             last_error: String::new(),
@@ -330,46 +322,26 @@ impl PgWriter {
 
     async fn serve(&mut self) {
         let mut closers = Vec::new();
-        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut batch = Vec::with_capacity(self.intake.max_batch());
         loop {
-            let first = if self.kept.is_empty() {
-                self.rx.recv().await
-            } else {
-                let wait = self
-                    .next_try
+            let retry = (!self.kept.is_empty()).then(|| {
+                self.next_try
                     .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(10));
-                match tokio::time::timeout(wait, self.rx.recv()).await {
-                    Ok(first) => first,
-                    Err(_) => {
-                        self.apply(&mut batch).await;
-                        continue;
-                    }
+                    .max(Duration::from_millis(10))
+            });
+            let first = match self.intake.next(retry).await {
+                Next::Command(first) => first,
+                Next::Retry => {
+                    self.apply(&mut batch).await;
+                    continue;
                 }
+                Next::Closed => break,
             };
-            let Some(first) = first else {
-                break;
-            };
-            let mut now = self.take(first, &mut batch, &mut closers);
-            now |= self.drain(&mut batch, &mut closers);
-            if !now && !self.group_window.is_zero() {
-                // As SQLite's writer: sleep through the window unless someone rings `urgent`.
-                let urgent = self.urgent.clone();
-                let rung = urgent.notified();
-                tokio::pin!(rung);
-                rung.as_mut().enable();
-                if !self.drain(&mut batch, &mut closers) {
-                    tokio::select! {
-                        () = tokio::time::sleep(self.group_window) => {}
-                        () = &mut rung => {}
-                    }
-                    self.drain(&mut batch, &mut closers);
-                }
-            }
+            self.intake.gather(first, &mut batch, &mut closers).await;
             if !batch.is_empty() {
                 self.apply(&mut batch).await;
             }
-            if let Some(maintenance) = self.held.take() {
+            if let Some(maintenance) = self.intake.held() {
                 self.maintain(maintenance).await;
             }
         }
@@ -388,35 +360,6 @@ impl PgWriter {
         for closer in closers {
             let _ = closer.send(());
         }
-    }
-
-    fn drain(&mut self, batch: &mut Vec<Write>, closers: &mut Vec<oneshot::Sender<()>>) -> bool {
-        let mut now = false;
-        while batch.len() < self.max_batch && self.held.is_none() {
-            let Ok(command) = self.rx.try_recv() else {
-                return now;
-            };
-            now |= self.take(command, batch, closers);
-        }
-        true
-    }
-
-    fn take(
-        &mut self,
-        command: Command,
-        batch: &mut Vec<Write>,
-        closers: &mut Vec<oneshot::Sender<()>>,
-    ) -> bool {
-        let urgent = command.urgent();
-        match command {
-            Command::Write(write) => batch.push(*write),
-            Command::Maintain(maintenance) => self.held = Some(maintenance),
-            Command::Close(reply) => {
-                self.rx.close();
-                closers.push(reply);
-            }
-        }
-        urgent
     }
 
     fn unavailable(&self) -> StoreError {

@@ -470,7 +470,12 @@ async fn a_drained_node_gives_its_queue_back_to_the_fleet() {
     let a = node(
         &url,
         "node-a",
-        &[("AURA_MAX_CONCURRENT", "1"), ("AURA_STANDBY_JOBS", "0")],
+        &[
+            ("AURA_MAX_CONCURRENT", "1"),
+            ("AURA_STANDBY_JOBS", "0"),
+            // Claims the whole queue (beyond its one slot), as a node with a deep prefetch does.
+            ("AURA_FLEET__PREFETCH", "16"),
+        ],
     );
     let client = a.client();
     let entries: Vec<_> = (0..8)
@@ -513,5 +518,41 @@ async fn a_drained_node_gives_its_queue_back_to_the_fleet() {
         "the drained node's queue ran on node-b: {on_b} of {}",
         jobs.len()
     );
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_jobs_do_not_wait_on_a_busy_node_while_another_is_idle() {
+    let cluster = PgCluster::start();
+    let url = cluster.fresh_database();
+    let one_slot = [("AURA_MAX_CONCURRENT", "1"), ("AURA_STANDBY_JOBS", "0")];
+    let a = node(&url, "node-a", &one_slot);
+    let client = a.client();
+    let entries: Vec<_> = (0..3)
+        .map(|_| serde_json::json!({"program": "/bin/sleep", "args": ["30"]}))
+        .collect();
+    let jobs = client.submit_batch(entries).await.expect("submit");
+    // A claims them all (its slot and its prefetch) and runs one.
+    wait_running(&client, jobs[0].id, 1).await;
+    let b = node(&url, "node-b", &one_slot);
+    // A's waiting jobs go back once none of its jobs ended for a while; idle B starts one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let running: BTreeSet<String> = all_jobs(&client)
+            .await
+            .iter()
+            .filter(|j| j.job.state.name() == aura_model::StateName::Running)
+            .filter_map(|j| j.job.node.clone())
+            .collect();
+        if running.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a long job waited on busy node-a while node-b idled: running on {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The daemons' shutdown stops what still runs.
     drop(b);
 }
