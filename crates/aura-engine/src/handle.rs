@@ -39,11 +39,13 @@ pub struct EngineHandle {
     /// The progress feed of event streams; it ends when `Shared::closing` is set.
     feed: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// Fleet mode: the fleet task and its stop switch (see `crate::fleet`).
-    #[allow(clippy::type_complexity)]
-    fleet: Arc<Mutex<Option<(JoinHandle<()>, tokio::sync::watch::Sender<bool>)>>>,
+    fleet: Arc<Mutex<Option<FleetTaskHandle>>>,
     /// Turns to serve a file out of an archive (each holds a blocking thread while its client reads).
     archive_readers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Fleet mode's task (`crate::fleet::FleetTask`) and the switch that stops it.
+pub(crate) type FleetTaskHandle = (JoinHandle<()>, tokio::sync::watch::Sender<bool>);
 
 /// The threads and tasks the engine runs beside its actor, stopped by `EngineHandle::shutdown`.
 pub(crate) struct Background {
@@ -52,7 +54,7 @@ pub(crate) struct Background {
     pub janitor: crate::janitor::JanitorThread,
     pub feed: JoinHandle<()>,
     /// Fleet mode: the fleet task and its stop switch.
-    pub fleet: Option<(JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
+    pub fleet: Option<FleetTaskHandle>,
 }
 
 impl EngineHandle {
@@ -955,6 +957,7 @@ impl EngineHandle {
             if view.job.state.name() == StateName::Finished {
                 return Ok(view);
             }
+            // `Some(true)`: the stream closed (the store is closing), it is not watched again.
             let elsewhere = async {
                 match committed.as_mut() {
                     Some(events) => loop {
@@ -963,11 +966,12 @@ impl EngineHandle {
                                 if e.log == aura_model::EventLog::Job(id)
                                     && e.kind == "finished" =>
                             {
-                                break
+                                break false
                             }
                             Ok(_) => {}
-                            // Lagged: it may have passed; closed: re-read and see.
-                            Err(_) => break,
+                            // It may have passed: re-read and see.
+                            Err(broadcast::error::RecvError::Lagged(_)) => break false,
+                            Err(broadcast::error::RecvError::Closed) => break true,
                         }
                     },
                     None => std::future::pending().await,
@@ -984,15 +988,20 @@ impl EngineHandle {
                     }
                 }
             };
+            // (whether the engine stopped, whether the other nodes' stream closed)
             let ended = async {
                 tokio::select! {
-                    () = elsewhere => false,
-                    closed = here => closed,
+                    gone = elsewhere => (false, gone),
+                    closed = here => (closed, false),
                 }
             };
             match tokio::time::timeout_at(deadline, ended).await {
-                Ok(false) => {}
-                Ok(true) | Err(_) => return self.get(id).await,
+                Ok((false, gone)) => {
+                    if gone {
+                        committed = None;
+                    }
+                }
+                Ok((true, _)) | Err(_) => return self.get(id).await,
             }
         }
     }

@@ -211,7 +211,8 @@ impl Config {
         if let Some((userinfo, _)) = authority.rsplit_once('@') {
             if userinfo.contains(':') {
                 anyhow::bail!(
-                    "the store URL holds a password: put it in the secret `{}` instead (secrets.toml, or                      the AURA_SECRET_{} variable), so that it never shows in `ps`, logs or shell history",
+                    "the store URL holds a password: put it in the secret `{}` instead (secrets.toml, or the \
+                     AURA_SECRET_{} variable), so that it never shows in `ps`, logs or shell history",
                     self.fleet.password_secret,
                     self.fleet.password_secret.to_ascii_uppercase()
                 );

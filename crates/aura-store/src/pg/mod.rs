@@ -210,6 +210,32 @@ pub(crate) async fn connect(
     Ok(client)
 }
 
+/// Why connecting failed, in the server's words when it answered. A refusal that retrying cannot
+/// cure (wrong password or user, no such database: SQLSTATE classes 28 and 3D) is a configuration
+/// error; anything else (refused, reset, the server starting) is `Unavailable`.
+fn refused(e: &tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let why = format!("{} (SQLSTATE {code})", db.message());
+            if code.starts_with("28") || code.starts_with("3D") {
+                StoreError::Config(format!("the job database refused this node: {why}"))
+            } else {
+                StoreError::Unavailable(format!("cannot connect to the job database: {why}"))
+            }
+        }
+        None => {
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                why = format!("{why}: {c}");
+                cause = c.source();
+            }
+            StoreError::Unavailable(format!("cannot connect to the job database: {why}"))
+        }
+    }
+}
+
 /// Like `connect`, leaving the connection (and its notifications) to the caller.
 pub(crate) async fn connect_raw(
     config: &tokio_postgres::Config,
@@ -223,9 +249,7 @@ pub(crate) async fn connect_raw(
 > {
     match tokio::time::timeout(timeout, config.connect(NoTls)).await {
         Ok(Ok(pair)) => Ok(pair),
-        Ok(Err(e)) => Err(StoreError::Unavailable(format!(
-            "cannot connect to the job database: {e}"
-        ))),
+        Ok(Err(e)) => Err(refused(&e)),
         Err(_) => Err(StoreError::Unavailable(format!(
             "cannot connect to the job database within {timeout:?}"
         ))),

@@ -480,10 +480,22 @@ async fn a_full_volume_runs_the_janitor_early_and_work_resumes() {
         assert!(Instant::now() < deadline, "the janitor did not run early");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The job (accepted, or refused while the database could not commit: then submitted again).
+    // The job (accepted, or refused while the database could not commit: then submitted again, as the
+    // 507 says, until the store has taken a write again — it retries its kept writes every second).
     let id = match id {
         Ok(view) => view.job.id,
-        Err(_) => submit(&client, &spec("touch", &[marker.to_str().unwrap()])).await,
+        Err(_) => loop {
+            match client
+                .submit(&spec("touch", &[marker.to_str().unwrap()]))
+                .await
+            {
+                Ok(view) => break view.job.id,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "submits still refused: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        },
     };
     let view = wait_done(&client, id).await;
     assert!(
