@@ -268,8 +268,11 @@ impl FleetTask {
             self.ends = (ended, now);
             self.stalled = false;
         }
-        let queued = self.shared.queued_count.load(Ordering::Relaxed);
-        let waiting = queued - self.shared.held_count.load(Ordering::Relaxed).min(queued);
+        let waiting = self
+            .shared
+            .queued_count
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.shared.held_count.load(Ordering::Relaxed));
         if waiting == 0 {
             self.waiting_since = None;
             return;

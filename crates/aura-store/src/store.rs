@@ -196,7 +196,45 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Internal(format!("blocking task failed: {e}")))?
 }
 
+/// Starts a store's writer on a thread of its own with a current-thread runtime (time and I/O): it
+/// never competes with the daemon's tasks and outlives whichever runtime opened the store.
+fn spawn_writer(
+    name: &str,
+    run: impl FnOnce(tokio::runtime::Runtime) + Send + 'static,
+) -> Result<JoinHandle<()>, StoreError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StoreError::Spawn)?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(rt))
+        .map_err(StoreError::Spawn)
+}
+
 impl Store {
+    /// The handle over a started writer, whichever the backend.
+    fn assemble(
+        commands: mpsc::Sender<Command>,
+        urgent: Arc<tokio::sync::Notify>,
+        writer: JoinHandle<()>,
+        counters: Arc<Counters>,
+        published: crate::writer::Published,
+        backend: Backend,
+    ) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                commands,
+                urgent,
+                writer: Mutex::new(Some(writer)),
+                counters,
+                closed: AtomicBool::new(false),
+                published,
+                backend,
+            }),
+        }
+    }
+
     /// Opens (creating if missing) the database file, WAL mode, synchronous=NORMAL, foreign keys on, runs
     /// the migrations the file lacks, and starts the writer thread.
     pub async fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
@@ -228,29 +266,15 @@ impl Store {
             kept: Vec::new(),
             overlay: overlay.clone(),
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(StoreError::Spawn)?;
-        let handle = std::thread::Builder::new()
-            .name("aura-store-writer".into())
-            .spawn(move || writer.run(rt))
-            .map_err(StoreError::Spawn)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                commands: tx,
-                urgent,
-                writer: Mutex::new(Some(handle)),
-                counters,
-                closed: AtomicBool::new(false),
-                published,
-                backend: Backend::Sqlite {
-                    readers: Arc::new(ReadPool::new(path.clone(), busy_timeout, read_conn)),
-                    overlay,
-                    path,
-                },
-            }),
-        })
+        let handle = spawn_writer("aura-store-writer", move |rt| writer.run(rt))?;
+        let backend = Backend::Sqlite {
+            readers: Arc::new(ReadPool::new(path.clone(), busy_timeout, read_conn)),
+            overlay,
+            path,
+        };
+        Ok(Store::assemble(
+            tx, urgent, handle, counters, published, backend,
+        ))
     }
 
     /// Opens the fleet's PostgreSQL database as node `node`: connects (failing fast with `Unavailable`
@@ -283,25 +307,11 @@ impl Store {
         );
         // Its own runtime, as SQLite's writer: the writer and the listener (and their connections) never
         // compete with the daemon's tasks, and they outlive whichever runtime opened the store.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(StoreError::Spawn)?;
-        let handle = std::thread::Builder::new()
-            .name("aura-store-pg".into())
-            .spawn(move || writer.run(rt))
-            .map_err(StoreError::Spawn)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                commands: tx,
-                urgent,
-                writer: Mutex::new(Some(handle)),
-                counters,
-                closed: AtomicBool::new(false),
-                published,
-                backend: Backend::Postgres(shared),
-            }),
-        })
+        let handle = spawn_writer("aura-store-pg", move |rt| writer.run(rt))?;
+        let backend = Backend::Postgres(shared);
+        Ok(Store::assemble(
+            tx, urgent, handle, counters, published, backend,
+        ))
     }
 
     /// This node's part of the fleet; `None` on SQLite.

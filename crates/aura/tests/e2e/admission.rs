@@ -434,32 +434,16 @@ async fn ten_thousand_queued_jobs_drain_in_priority_order() {
     wait_done(&client, last).await;
     // Start order = order of the `started` events' sequence numbers; it must be priority, then id.
     let mut starts = Vec::new();
-    let mut after = None;
-    loop {
-        let page = client
-            .list(&aura_client::ListQuery {
-                limit: Some(1000),
-                after,
-                oldest_first: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        for v in &page.jobs {
-            if v.job.id != blocker {
-                let JobState::Finished(f) = &v.job.state else {
-                    panic!("{v:?}")
-                };
-                starts.push((
-                    f.run.as_ref().unwrap().started_at,
-                    v.job.spec.priority,
-                    v.job.id,
-                ));
-            }
-        }
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => break,
+    for v in all_jobs(&client).await {
+        if v.job.id != blocker {
+            let JobState::Finished(f) = &v.job.state else {
+                panic!("{v:?}")
+            };
+            starts.push((
+                f.run.as_ref().unwrap().started_at,
+                v.job.spec.priority,
+                v.job.id,
+            ));
         }
     }
     assert_eq!(starts.len(), 10_000);

@@ -39,29 +39,6 @@ fn marker_job(runs: &Path, n: usize, then: &str) -> serde_json::Value {
     serde_json::json!({"program": "/bin/sh", "args": ["-c", script]})
 }
 
-/// Every job of the fleet, oldest first, as one node sees it.
-async fn all_jobs(client: &Client) -> Vec<JobView> {
-    let mut jobs = Vec::new();
-    let mut after = None;
-    loop {
-        let page = client
-            .list(&aura_client::ListQuery {
-                limit: Some(1000),
-                after,
-                oldest_first: true,
-                ..Default::default()
-            })
-            .await
-            .expect("list");
-        let last = page.jobs.last().map(|j| j.job.id);
-        jobs.extend(page.jobs);
-        match (page.next_after, last) {
-            (Some(_), Some(last)) => after = Some(last),
-            _ => return jobs,
-        }
-    }
-}
-
 /// Waits until every one of the fleet's jobs has finished (as `client`'s node sees it).
 async fn all_finished(client: &Client, expected: usize, limit: Duration) -> Vec<JobView> {
     let deadline = Instant::now() + limit;

@@ -233,6 +233,28 @@ fn spec(program: &str, args: &[&str]) -> JobSpec {
     JobSpec::new(program, args.iter().copied())
 }
 
+/// Every job the daemon lists (in fleet mode: the fleet's), oldest first, page by page.
+async fn all_jobs(client: &Client) -> Vec<JobView> {
+    let mut jobs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client
+            .list(&aura_client::ListQuery {
+                limit: Some(1000),
+                after,
+                oldest_first: true,
+                ..Default::default()
+            })
+            .await
+            .expect("list");
+        jobs.extend(page.jobs);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return jobs,
+        }
+    }
+}
+
 /// Submits and returns the new job's id.
 async fn submit(client: &Client, spec: &JobSpec) -> JobId {
     client.submit(spec).await.expect("submit").job.id
