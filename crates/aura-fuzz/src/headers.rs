@@ -2,7 +2,9 @@
 //! sizes, `Host`, `Origin`, body type) and the bearer token of its `Authorization` header
 //! (`auth::bearer`, `Tokens::authenticate`), on requests built from the bytes as the server sees them.
 
-use aura_server::auth::{bearer, Principal, Scope, TokenConfig, TokenHash, Tokens};
+use aura_server::auth::{
+    bearer, valid_caller_name, valid_token_name, Principal, Scope, TokenConfig, TokenHash, Tokens,
+};
 use aura_server::prometheus::Format;
 use aura_server::{check_request, ErrorCode, SecurityConfig};
 use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
@@ -255,8 +257,30 @@ enum Length {
     Unclear,
 }
 
+/// `valid_caller_name` (a forwarded request's `X-Aura-Forwarded-For`) on any text: what it accepts is at
+/// most one `@` between two token names, and a token name is one.
+fn check_caller_name(value: &[u8]) {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return;
+    };
+    if valid_caller_name(text) {
+        let parts: Vec<&str> = text.split('@').collect();
+        assert!(
+            parts.len() <= 2 && parts.iter().all(|p| valid_token_name(p)),
+            "valid_caller_name({text:?}) accepted it"
+        );
+    }
+    if valid_token_name(text) {
+        assert!(
+            valid_caller_name(text),
+            "the token name {text:?} is no caller name"
+        );
+    }
+}
+
 /// `bearer` and `authenticate` on one `Authorization` value (or any bytes).
 fn check_bearer(value: &[u8]) {
+    check_caller_name(value);
     let tokens = &security().tokens;
     match bearer(value) {
         Some(token) => {

@@ -210,12 +210,7 @@ impl Tokens {
     /// Adds a token (the local admin token of `aura serve`, say).
     pub fn add(&mut self, hash: TokenHash, principal: Principal) -> Result<(), TokenError> {
         let name = &principal.name;
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !valid {
+        if !valid_token_name(name) {
             return Err(TokenError::InvalidName(name.clone()));
         }
         if let Some((_, other)) = self.entries.iter().find(|(_, p)| p.name == *name) {
@@ -282,6 +277,24 @@ impl Tokens {
             entries.push((hash, std::sync::Arc::new(principal)));
         }
         *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = entries;
+    }
+}
+
+/// A token's name: 1 to 64 letters, digits, `_`, `-`, `.`.
+pub fn valid_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A caller's name as a principal carries it: a token name, or `name@node` for a token another node of
+/// the fleet published (see `Tokens::set_fleet`), both parts token names.
+pub fn valid_caller_name(name: &str) -> bool {
+    match name.split_once('@') {
+        Some((token, node)) => valid_token_name(token) && valid_token_name(node),
+        None => valid_token_name(name),
     }
 }
 

@@ -206,8 +206,8 @@ fn act_for_sender(request: &mut Request) -> Result<(), ApiError> {
     let name = name
         .to_str()
         .ok()
-        .filter(|n| valid_name(n))
-        .ok_or_else(|| ApiError::bad_request("X-Aura-Forwarded-For is not a token name"))?
+        .filter(|n| crate::auth::valid_caller_name(n))
+        .ok_or_else(|| ApiError::bad_request("X-Aura-Forwarded-For is not a caller name"))?
         .to_owned();
     let scope = headers
         .get(FORWARDED_SCOPE)
@@ -222,15 +222,6 @@ fn act_for_sender(request: &mut Request) -> Result<(), ApiError> {
         max_queued: None,
     }));
     Ok(())
-}
-
-/// A token name as `auth::Tokens::add` accepts it: 1 to 64 letters, digits, `_`, `-`, `.`.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// Sends `request` to `node` through `peers` and streams its answer back.
@@ -480,12 +471,23 @@ mod tests {
         );
         act_for_sender(&mut request).expect("accepted");
         assert_eq!(principal(&request).name, "fleet");
+        // A caller who signed in with another node's token is named as its fleet entry.
+        let mut request = admin_request(
+            &[
+                (&FORWARDED_FOR, "local-admin@node-b"),
+                (&FORWARDED_SCOPE, "admin"),
+            ],
+            Scope::Admin,
+        );
+        act_for_sender(&mut request).expect("accepted");
+        assert_eq!(principal(&request).name, "local-admin@node-b");
         // Naming nobody keeps the sender; a malformed name or scope is refused.
         let mut request = admin_request(&[(&FORWARDED, "1")], Scope::Admin);
         act_for_sender(&mut request).expect("accepted");
         assert_eq!(principal(&request).name, "fleet");
         for headers in [
             [(&FORWARDED_FOR, "al ice"), (&FORWARDED_SCOPE, "read")],
+            [(&FORWARDED_FOR, "a@b@c"), (&FORWARDED_SCOPE, "read")],
             [(&FORWARDED_FOR, "alice"), (&FORWARDED_SCOPE, "root")],
         ] {
             let mut request = admin_request(&headers, Scope::Admin);
