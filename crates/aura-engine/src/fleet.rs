@@ -32,6 +32,9 @@ pub struct FleetConfig {
     /// that its launchers never wait for a claim round trip; given back when none of its jobs ended for
     /// `STALL` (its slots are held by long jobs). Default 32.
     pub prefetch: usize,
+    /// How long state changes nobody waits for gather before one commit (the store's group window).
+    /// Default 25 ms: a commit costs a round trip and holds the fleet's event lock.
+    pub commit_window: Duration,
     /// The token nodes present to each other (a named secret every node has), accepted as an admin
     /// token named `fleet`; `None`: no forwarding.
     pub token: Option<Secret>,
@@ -145,6 +148,7 @@ impl FleetTask {
         let mut tick = tokio::time::interval(CLAIM_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let work = self.fleet.work();
+        let shared = self.shared.clone();
         let mut fenced = self.fleet.fenced();
         loop {
             if *stop.borrow() {
@@ -154,6 +158,7 @@ impl FleetTask {
                 _ = stop.changed() => break,
                 _ = beat.tick() => self.beat().await,
                 () = work.notified() => self.claim().await,
+                () = shared.claim_now.notified() => self.claim().await,
                 _ = tick.tick() => {
                     self.watch_stall().await;
                     self.claim().await;
@@ -310,7 +315,10 @@ impl FleetTask {
             let prefetch = if self.stalled { 0 } else { self.prefetch };
             let room = shared.config.max_concurrent + prefetch;
             let want = room.saturating_sub(held);
-            if want == 0 {
+            // Topped up once half the prefetch is gone, not after every job: a claim is a query every
+            // node's claims contend on, and one for a job or two costs the database as much as one for
+            // thirty.
+            if want == 0 || want < prefetch / 2 {
                 return;
             }
             let max = u32::try_from(want).unwrap_or(u32::MAX);

@@ -261,7 +261,10 @@ pub async fn start(config: EngineConfig) -> Result<EngineHandle, EngineError> {
             aura_store::Store::open_postgres(
                 fleet.store.clone(),
                 node,
-                aura_store::StoreOptions::default(),
+                aura_store::StoreOptions {
+                    group_window: fleet.commit_window,
+                    ..aura_store::StoreOptions::default()
+                },
             )
             .await?
         }

@@ -77,6 +77,10 @@ pub(crate) struct Shared {
     /// Attempts that ended here since start-up (fleet mode: a node whose slots free up is worth
     /// claiming ahead for).
     pub ended_attempts: AtomicU64,
+    /// Rung when this node may take more work — an attempt ended, the node was undrained, admission
+    /// resumed — so that in fleet mode the fleet task tops the local queue up at once, not at its next
+    /// tick or the store's notification of a commit.
+    pub claim_now: tokio::sync::Notify,
 }
 
 /// What memory protection did since the daemon started (for `/metrics` and the utilization view).
@@ -135,6 +139,7 @@ impl Shared {
             job_metrics: crate::metrics::JobMetrics::default(),
             janitor: crate::retention::Board::default(),
             ended_attempts: AtomicU64::new(0),
+            claim_now: tokio::sync::Notify::new(),
         }
     }
 

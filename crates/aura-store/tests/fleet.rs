@@ -647,6 +647,37 @@ async fn subscribers_see_other_nodes_events_in_order() {
     b.close().await.expect("close");
 }
 
+/// What other nodes commit while nobody on A listens is passed over (A's listener moves its cursor by
+/// the numbers the notifications carry): a subscriber that comes later gets only what commits after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_subscriber_gets_nothing_committed_before_it() {
+    let url = fresh();
+    let a = open(&url, "a").await;
+    let b = open(&url, "b").await;
+    let job = b
+        .insert_job(spec(0), at(0), None, None)
+        .await
+        .expect("insert");
+    for n in 0..20 {
+        b.record(&job, vec![note("unheard", n)])
+            .await
+            .expect("record");
+    }
+    // A's listener hears those commits on its own (nothing waits on it): give it ample time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut live = a.subscribe();
+    b.record(&job, vec![note("heard", 99)])
+        .await
+        .expect("record");
+    let first = tokio::time::timeout(PROMPTLY, live.recv())
+        .await
+        .expect("published in time")
+        .expect("not lagged");
+    assert_eq!(first.kind, "heard", "{first:?}");
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
+
 /// The server goes away: reads fail promptly as `Unavailable`, inserts are refused, and a state change
 /// queued meanwhile is committed once the server is back.
 #[tokio::test(flavor = "multi_thread")]

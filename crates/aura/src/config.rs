@@ -123,7 +123,8 @@ pub struct Config {
     /// `requires=gpu,nvenc` (default: none), `advertise_url` other nodes reach its API at (default:
     /// `http://` and the listen address), `heartbeat_timeout` = 15s (a node silent this long is dead and its
     /// jobs are rescued; a node cut off from the database this long stops its jobs), `prefetch` = 32 (jobs
-    /// claimed beyond the running slots), `pool_size` = 8, `connect_timeout` = 5s, and the names of two
+    /// claimed beyond the running slots), `commit_window` = 25ms (how long state changes nobody waits
+    /// for gather before one commit), `pool_size` = 8, `connect_timeout` = 5s, and the names of two
     /// secrets: `password_secret` = "store_password" (the database password, `AURA_SECRET_STORE_PASSWORD`)
     /// and `token_secret` = "fleet_token" (the token every node shares, accepted as an admin token named
     /// `fleet` and sent with requests forwarded to the node that holds a job).
@@ -146,6 +147,12 @@ pub struct FleetSection {
     /// Jobs claimed beyond the running slots (`max_concurrent`), so that short jobs never wait for a
     /// claim; given back to the fleet when none of this node's jobs ended for 2 s. Default: 32.
     pub prefetch: usize,
+    /// How long state changes nobody waits for (a job started, a job ended with nobody waiting on it)
+    /// gather before they are committed together: every commit is a round trip to the database and
+    /// holds the fleet's event lock, so under a stream of short jobs a longer window carries more jobs
+    /// per commit. Other nodes see such a change this much later at most. Default: 25ms.
+    #[serde(with = "aura_model::humantime_serde_compat")]
+    pub commit_window: Duration,
     /// Read connections to the database. Default: 8.
     pub pool_size: usize,
     /// How long connecting may take before a call fails as unavailable. Default: 5s.
@@ -165,6 +172,7 @@ impl Default for FleetSection {
             advertise_url: None,
             heartbeat_timeout: Duration::from_secs(15),
             prefetch: 32,
+            commit_window: Duration::from_millis(25),
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
             password_secret: "store_password".into(),

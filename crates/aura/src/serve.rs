@@ -288,6 +288,9 @@ fn fleet_config(
     if section.heartbeat_timeout < std::time::Duration::from_secs(1) {
         anyhow::bail!("fleet.heartbeat_timeout must be at least 1s");
     }
+    if section.commit_window > std::time::Duration::from_secs(1) {
+        anyhow::bail!("fleet.commit_window must be at most 1s");
+    }
     Ok(aura_engine::FleetConfig {
         store: aura_engine::PgConfig {
             url: url.to_owned(),
@@ -301,6 +304,7 @@ fn fleet_config(
         url: advertise,
         heartbeat_timeout: section.heartbeat_timeout,
         prefetch: section.prefetch.max(1),
+        commit_window: section.commit_window,
         token: secrets.get(&section.token_secret).cloned(),
     })
 }

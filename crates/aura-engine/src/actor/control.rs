@@ -333,6 +333,7 @@ impl Actor {
         } else {
             tracing::info!(by = by.as_deref().unwrap_or("-"), "node undrained");
             self.engine_event(EngineEvent::Undrained { by }).await;
+            self.shared.claim_now.notify_one();
             self.dispatch().await;
         }
         true

@@ -247,6 +247,7 @@ impl Actor {
     /// Applies the event that ends an attempt, requeues per policy, persists, and starts the next job.
     pub(super) async fn finish(&mut self, id: JobId, event: Event, mut events: Vec<NewEvent>) {
         self.shared.ended_attempts.fetch_add(1, Ordering::Relaxed);
+        self.shared.claim_now.notify_one();
         if self.drop_lost(id) {
             self.dispatch().await;
             return;

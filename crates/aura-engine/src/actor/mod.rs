@@ -394,6 +394,7 @@ impl Actor {
                     .admission_paused(!resumed, std::time::Instant::now());
                 *self.shared.paused.lock().unwrap_or_else(|p| p.into_inner()) = paused;
                 if resumed {
+                    self.shared.claim_now.notify_one();
                     self.dispatch().await;
                 } else {
                     // Admitted before the pause but not started: they wait for the resume like the rest.

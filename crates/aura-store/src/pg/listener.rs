@@ -34,13 +34,21 @@ impl Publisher {
         }
     }
 
-    /// Reads what was committed past the cursor, on `client`, and publishes it.
-    pub async fn catch_up(&self, client: &Client) -> Result<(), StoreError> {
+    /// Reads what was committed past the cursor, on `client`, and publishes it. `newest`: the newest
+    /// committed event numbers, when the notifications since the last call said them all.
+    pub async fn catch_up(
+        &self,
+        client: &Client,
+        newest: Option<(i64, i64)>,
+    ) -> Result<(), StoreError> {
         let mut cursor = self.cursor.lock().await;
         if !self.listening() {
             // Nobody to tell: skip to the newest (a later subscriber must not get these) without
             // reading them.
-            let (job, engine) = super::reads::latest_seqs(client).await?;
+            let (job, engine) = match newest {
+                Some(newest) => newest,
+                None => super::reads::latest_seqs(client).await?,
+            };
             cursor.0 = cursor.0.max(job);
             cursor.1 = cursor.1.max(engine);
             return Ok(());
@@ -85,6 +93,35 @@ impl Publisher {
     }
 }
 
+/// What the `aura_events` notifications since the last look said: the newest event numbers, unless
+/// one came without them (a rescue's, or an older node's).
+#[derive(Default)]
+struct Heard {
+    newest: (i64, i64),
+    unknown: bool,
+}
+
+impl Heard {
+    fn add(&mut self, payload: &str) {
+        let parsed = payload.split_once(',').and_then(|(job, engine)| {
+            Some((job.parse::<i64>().ok()?, engine.parse::<i64>().ok()?))
+        });
+        match parsed {
+            Some((job, engine)) => {
+                self.newest.0 = self.newest.0.max(job);
+                self.newest.1 = self.newest.1.max(engine);
+            }
+            None => self.unknown = true,
+        }
+    }
+
+    /// The newest numbers heard, if every notification said them; the record starts over.
+    fn take(&mut self) -> Option<(i64, i64)> {
+        let heard = std::mem::take(self);
+        (!heard.unknown).then_some(heard.newest)
+    }
+}
+
 /// Listens until `stop` turns true: publishes every node's committed events on `aura_events` and wakes
 /// `work` on `aura_work`; after a lost connection it reconnects with backoff, listens again, catches up
 /// from the cursor, and wakes `work` once (notifications sent meanwhile are lost).
@@ -112,15 +149,23 @@ pub(crate) async fn listen(
             };
         // The connection is driven here rather than in a bare task, so its notifications come out.
         let events = Arc::new(tokio::sync::Notify::new());
+        let heard = Arc::new(std::sync::Mutex::new(Heard::default()));
         let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<()>();
         let driver = {
             let events = events.clone();
+            let heard = heard.clone();
             let work = shared.work.clone();
             tokio::spawn(async move {
                 loop {
                     match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                         Some(Ok(AsyncMessage::Notification(n))) => match n.channel() {
-                            "aura_events" => events.notify_one(),
+                            "aura_events" => {
+                                heard
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .add(n.payload());
+                                events.notify_one();
+                            }
                             "aura_work" => work.notify_one(),
                             _ => {}
                         },
@@ -140,7 +185,7 @@ pub(crate) async fn listen(
                 .batch_execute("LISTEN aura_events; LISTEN aura_work")
                 .await
                 .map_err(|e| crate::error::pg_error("listening for notifications", e))?;
-            publisher.catch_up(&client).await
+            publisher.catch_up(&client, None).await
         };
         match ready.await {
             Ok(()) => {
@@ -152,7 +197,8 @@ pub(crate) async fn listen(
                 loop {
                     tokio::select! {
                         () = events.notified() => {
-                            if let Err(error) = publisher.catch_up(&client).await {
+                            let newest = heard.lock().unwrap_or_else(|p| p.into_inner()).take();
+                            if let Err(error) = publisher.catch_up(&client, newest).await {
                                 tracing::debug!(%error, "job database listener lost its connection");
                                 break;
                             }
@@ -174,5 +220,25 @@ pub(crate) async fn listen(
         drop(client);
         driver.abort();
         let _ = driver.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Heard;
+
+    #[test]
+    fn heard_keeps_the_newest_numbers_unless_one_notification_lacked_them() {
+        let mut heard = Heard::default();
+        heard.add("12,0");
+        heard.add("10,3");
+        assert_eq!(heard.take(), Some((12, 3)));
+        assert_eq!(heard.take(), Some((0, 0)), "starts over");
+        heard.add("14,3");
+        heard.add("");
+        heard.add("15,4");
+        assert_eq!(heard.take(), None, "a rescue's notification says nothing");
+        heard.add("x,1");
+        assert_eq!(heard.take(), None);
     }
 }

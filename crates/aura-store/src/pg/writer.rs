@@ -512,7 +512,7 @@ impl PgWriter {
         }
         if self.publisher.listening() {
             if let Some(conn) = &self.conn {
-                if let Err(error) = self.publisher.catch_up(&conn.client).await {
+                if let Err(error) = self.publisher.catch_up(&conn.client, None).await {
                     // The listener catches up once it hears of the commit.
                     tracing::debug!(%error, "publishing committed events failed");
                 }
@@ -534,7 +534,12 @@ impl PgWriter {
             Ok((committed, work)) => {
                 let mut end = String::new();
                 if committed.seqs != (0, 0) {
-                    end.push_str("SELECT pg_notify('aura_events', ''); ");
+                    // The newest numbers ride along: a listener nobody subscribes to moves its
+                    // cursor past them without a query.
+                    end.push_str(&format!(
+                        "SELECT pg_notify('aura_events', '{},{}'); ",
+                        committed.seqs.0, committed.seqs.1
+                    ));
                 }
                 if work {
                     end.push_str("SELECT pg_notify('aura_work', ''); ");
