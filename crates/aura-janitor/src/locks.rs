@@ -49,22 +49,62 @@ impl LockTable {
     /// Reads `/proc/locks`. If it cannot be read (no procfs), the table is
     /// empty and a warning is logged: the per-directory `flock` probe still
     /// guards directories.
+    ///
+    /// The kernel lists the table a page at a time, taking its lock anew for
+    /// each `read`: a lock released between two reads shifts the rest of the
+    /// list, and the entry that moved across the boundary is in neither. So
+    /// the table is read until two reads in a row agree (at most
+    /// [`MAX_READS`]), and what any read saw counts as locked.
     pub fn read() -> LockTable {
-        match std::fs::read_to_string("/proc/locks") {
-            Ok(text) => LockTable {
-                locked: parse_proc_locks(&text),
-            },
-            Err(e) => {
-                tracing::warn!(target: "aura_janitor", "cannot read /proc/locks ({e}); file locks not detected");
-                LockTable::default()
+        let mut locked = HashSet::new();
+        let mut last: Option<HashSet<(u64, u64)>> = None;
+        for _ in 0..MAX_READS {
+            let seen = match read_proc_locks() {
+                Ok(text) => parse_proc_locks(&text),
+                Err(e) => {
+                    tracing::warn!(target: "aura_janitor", "cannot read /proc/locks ({e}); file locks not detected");
+                    break;
+                }
+            };
+            locked.extend(seen.iter().copied());
+            if last.as_ref() == Some(&seen) {
+                break;
             }
+            last = Some(seen);
         }
+        LockTable { locked }
     }
 
     /// Whether the inode `ino` on device `dev` is locked.
     pub fn contains(&self, dev: u64, ino: u64) -> bool {
         !self.locked.is_empty() && self.locked.contains(&(dev, ino))
     }
+}
+
+/// Reads of `/proc/locks` before [`LockTable::read`] settles for what it saw.
+const MAX_READS: usize = 4;
+
+/// `/proc/locks` in as few `read`s as the kernel allows (a page each):
+/// `read_to_string` would begin with a 32-byte probe, and the list may move
+/// between that read and the next.
+fn read_proc_locks() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open("/proc/locks")?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Parses the text of `/proc/locks` into `(st_dev, st_ino)` pairs of inodes

@@ -826,6 +826,52 @@ fn archive_error_leaves_no_temporary_and_keeps_the_source() {
     assert!(p.join("f").exists());
 }
 
+/// Locks taken and released all around (other tests, other processes) never hide one that stays held:
+/// the kernel lists `/proc/locks` a page per read, and a list that moves between two reads must not
+/// make the table lose an entry.
+#[test]
+fn the_lock_table_sees_a_held_lock_while_others_come_and_go() {
+    let (_tmp, fx) = fixture();
+    let held_path = fx.root.join("held_while_others_churn");
+    fs::write(&held_path, b"x").expect("write");
+    let _held = aura_janitor::testing::hold_posix_lock(&held_path).expect("lock");
+    let md = fs::metadata(&held_path).expect("stat");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..2)
+        .map(|t| {
+            let stop = stop.clone();
+            let dir = fx.root.clone();
+            std::thread::spawn(move || {
+                let paths: Vec<_> = (0..6)
+                    .map(|i| {
+                        let p = dir.join(format!("churn-{t}-{i}"));
+                        fs::write(&p, b"x").expect("write");
+                        p
+                    })
+                    .collect();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let fds: Vec<_> = paths
+                        .iter()
+                        .filter_map(|p| aura_janitor::testing::hold_flock(p).ok())
+                        .collect();
+                    drop(fds);
+                }
+            })
+        })
+        .collect();
+    let mut missed = 0;
+    for _ in 0..3000 {
+        if !LockTable::read().contains(md.dev(), md.ino()) {
+            missed += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for churner in churners {
+        churner.join().expect("churner");
+    }
+    assert_eq!(missed, 0, "reads of the table that missed a held lock");
+}
+
 #[test]
 fn remove_entry_keeps_a_posix_locked_file_and_the_lock() {
     let (_tmp, fx) = fixture();
