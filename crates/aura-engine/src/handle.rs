@@ -338,24 +338,74 @@ impl EngineHandle {
 
     /// Reserves resources for work outside Aura's processes, for `spec.ttl`; refused at once (not queued)
     /// when they are not free now.
+    /// In fleet mode, the slots it takes of named limits (`resources.providers`) are held fleet-wide
+    /// too (`Fleet::hold_lease`, counted with every node's jobs and leases): refused when another node's
+    /// work holds them.
     pub async fn acquire_lease(
         &self,
         spec: aura_model::LeaseSpec,
     ) -> Result<crate::LeaseInfo, EngineError> {
         spec.validate()?;
-        self.ask(|reply| Command::AcquireLease { spec, reply })
-            .await?
+        let ttl = spec.ttl;
+        let lease = self
+            .ask(|reply| Command::AcquireLease { spec, reply })
+            .await??;
+        let Some(fleet) = self.fleet_limited(&lease) else {
+            return Ok(lease);
+        };
+        let providers: Vec<String> = lease.resources.providers.iter().cloned().collect();
+        let refused = match fleet.hold_lease(lease.id, &providers, ttl).await {
+            Ok(None) => return Ok(lease),
+            Ok(Some((name, limit))) => {
+                EngineError::LeaseUnavailable(aura_admission::Shortfall::Limit {
+                    name: name.into(),
+                    limit,
+                })
+            }
+            Err(e) => e.into(),
+        };
+        // Not held fleet-wide: not held here either.
+        let _ = self
+            .ask(|reply| Command::ReleaseLease {
+                id: lease.id,
+                reply,
+            })
+            .await;
+        Err(refused)
     }
 
-    /// Extends a lease by its TTL from now.
+    /// Extends a lease by its TTL from now (in fleet mode, its slots of named limits too: a lease the
+    /// fleet no longer counts — its node was declared dead meanwhile — is released here and not found).
     pub async fn renew_lease(&self, id: u64) -> Result<crate::LeaseInfo, EngineError> {
-        self.ask(|reply| Command::RenewLease { id, reply }).await?
+        let lease = self
+            .ask(|reply| Command::RenewLease { id, reply })
+            .await??;
+        let Some(fleet) = self.fleet_limited(&lease) else {
+            return Ok(lease);
+        };
+        if fleet.renew_lease(id, lease.ttl).await? {
+            return Ok(lease);
+        }
+        let _ = self.ask(|reply| Command::ReleaseLease { id, reply }).await;
+        Err(EngineError::LeaseNotFound(id))
     }
 
     /// Gives a lease's reservation back at once; [`EngineError::LeaseNotFound`] if it is not held.
     pub async fn release_lease(&self, id: u64) -> Result<(), EngineError> {
         self.ask(|reply| Command::ReleaseLease { id, reply })
-            .await?
+            .await??;
+        if let Some(fleet) = self.shared.store.fleet() {
+            fleet.drop_lease(id).await?;
+        }
+        Ok(())
+    }
+
+    /// The fleet, when `lease` holds slots of named limits and there is one.
+    fn fleet_limited(&self, lease: &crate::LeaseInfo) -> Option<aura_store::Fleet> {
+        if lease.resources.providers.is_empty() {
+            return None;
+        }
+        self.shared.store.fleet()
     }
 
     /// Every lease held now.

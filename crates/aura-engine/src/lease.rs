@@ -113,6 +113,14 @@ impl Leases {
         expired
     }
 
+    /// Drops every lease (fleet mode: the node lost its membership, and the fleet its leases'
+    /// slots); returns how many there were.
+    pub fn clear(&mut self) -> usize {
+        let n = self.leases.len();
+        self.leases.clear();
+        n
+    }
+
     pub fn next_deadline(&self) -> Option<Instant> {
         self.leases.values().map(|l| l.deadline).min()
     }

@@ -154,6 +154,46 @@ impl Fleet {
         self.inner.forget_all()
     }
 
+    /// Holds a slot of every fleet limit named in `providers` for this node's lease `lease`, for `ttl`
+    /// from now (the database's clock) unless renewed, counted with the jobs that hold slots on any node.
+    /// Refused (nothing held) when one of them is full: `Some((name, max_concurrent))`. A name without
+    /// a row in the fleet's limits is unlimited. Leases count against `max_concurrent` only;
+    /// `per_minute` counts claims of jobs.
+    pub async fn hold_lease(
+        &self,
+        lease: u64,
+        providers: &[String],
+        ttl: Duration,
+    ) -> Result<Option<(String, u32)>, StoreError> {
+        self.inner.hold_lease(lease, providers, ttl).await
+    }
+
+    /// Extends a held lease's slots to `ttl` from now; `false` if the fleet no longer has them (the
+    /// node was declared dead meanwhile, or they expired).
+    pub async fn renew_lease(&self, lease: u64, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.renew_lease(lease, ttl).await
+    }
+
+    /// Gives a lease's slots back (nothing if it holds none).
+    pub async fn drop_lease(&self, lease: u64) -> Result<(), StoreError> {
+        self.inner.drop_lease(lease).await
+    }
+
+    /// Sends this node's live progress updates to the other nodes (`NOTIFY aura_progress`, packed
+    /// under the payload limit), for their event streams: progress is never stored.
+    pub async fn publish_progress(
+        &self,
+        updates: &[aura_model::ProgressUpdate],
+    ) -> Result<(), StoreError> {
+        self.inner.publish_progress(updates).await
+    }
+
+    /// The other nodes' live progress updates as they arrive (heard only while someone receives;
+    /// bounded: a receiver that lags misses some, and the next round's update replaces them).
+    pub fn progress(&self) -> tokio::sync::broadcast::Receiver<Arc<aura_model::ProgressUpdate>> {
+        self.inner.progress()
+    }
+
     /// Every node the fleet knows, this one marked, with its running and claimed counts; `up` first,
     /// then by name.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {

@@ -481,6 +481,131 @@ async fn dependencies_hold_claims_until_finished() {
     store.close().await.expect("close");
 }
 
+/// A lease's slot of a fleet limit counts with the jobs that hold slots, on every node: node B claims
+/// only what node A's lease leaves; a lease over the limit is refused; a released or expired lease
+/// frees its slot; a node that registers again holds none.
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_hold_slots_of_fleet_limits_across_nodes() {
+    let url = fresh();
+    let a = open(&url, "a").await;
+    let b = open(&url, "b").await;
+    let limits = [FleetLimit {
+        name: "tts".into(),
+        max_concurrent: Some(2),
+        per_minute: None,
+    }];
+    let (fa, fb) = (a.fleet().expect("fleet"), b.fleet().expect("fleet"));
+    fa.register(&limits).await.expect("register");
+    fb.register(&limits).await.expect("register");
+    let tts = vec!["tts".to_owned()];
+    let long = Duration::from_secs(60);
+    assert_eq!(fa.hold_lease(1, &tts, long).await.expect("hold"), None);
+    for n in 0..3 {
+        let mut spec = spec(n);
+        spec.resources.providers.insert("tts".into());
+        a.insert_job(spec, at(n as i64), None, None)
+            .await
+            .expect("insert");
+    }
+    assert_eq!(fb.claim(10, &any_job()).await.expect("claim").len(), 1);
+    // One job and one lease: the limit is full, for leases and claims alike.
+    assert_eq!(
+        fb.hold_lease(7, &tts, long).await.expect("hold"),
+        Some(("tts".to_owned(), 2))
+    );
+    assert!(fa.claim(10, &any_job()).await.expect("claim").is_empty());
+    // Released: its slot goes to the next lease.
+    fa.drop_lease(1).await.expect("drop");
+    assert_eq!(
+        fb.hold_lease(7, &tts, Duration::from_millis(300))
+            .await
+            .expect("hold"),
+        None
+    );
+    assert!(fb
+        .renew_lease(7, Duration::from_millis(300))
+        .await
+        .expect("renew"));
+    assert!(!fa.renew_lease(1, long).await.expect("renew"), "released");
+    // Expired: its slot goes to a job; with two jobs holding, a lease is refused.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(fa.claim(10, &any_job()).await.expect("claim").len(), 1);
+    assert!(fa.claim(10, &any_job()).await.expect("claim").is_empty());
+    assert_eq!(
+        fa.hold_lease(2, &tts, long).await.expect("hold"),
+        Some(("tts".to_owned(), 2))
+    );
+    // A lease naming no fleet limit is never refused.
+    assert_eq!(
+        fa.hold_lease(3, &["elsewhere".to_owned()], long)
+            .await
+            .expect("hold"),
+        None
+    );
+    fa.register(&limits).await.expect("register again");
+    assert!(
+        !fa.renew_lease(3, long).await.expect("renew"),
+        "dropped by the new registration"
+    );
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
+
+/// Live progress one node publishes reaches the other nodes' receivers, never its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_reaches_the_other_nodes() {
+    let url = fresh();
+    let a = open(&url, "a").await;
+    let b = open(&url, "b").await;
+    let (fa, fb) = (a.fleet().expect("fleet"), b.fleet().expect("fleet"));
+    let (mut on_a, mut on_b) = (fa.progress(), fb.progress());
+    let update = aura_model::ProgressUpdate {
+        job_id: aura_model::JobId(7),
+        progress: aura_model::Progress {
+            percent: Some(42.0),
+            reports: 1,
+            ..aura_model::Progress::default()
+        },
+    };
+    // Published every round, as the engine does (a listener may still be connecting at first).
+    let heard = tokio::time::timeout(PROMPTLY, async {
+        loop {
+            fa.publish_progress(std::slice::from_ref(&update))
+                .await
+                .expect("publish");
+            if let Ok(heard) = tokio::time::timeout(Duration::from_millis(200), on_b.recv()).await {
+                return heard.expect("not lagged");
+            }
+        }
+    })
+    .await
+    .expect("heard in time");
+    assert_eq!(*heard, update);
+    // B's reach A; A never hears its own (it sent several above).
+    fb.publish_progress(&[]).await.expect("nothing to publish");
+    let mut from_b = update.clone();
+    from_b.job_id = aura_model::JobId(8);
+    let first = tokio::time::timeout(PROMPTLY, async {
+        loop {
+            fb.publish_progress(std::slice::from_ref(&from_b))
+                .await
+                .expect("publish");
+            if let Ok(heard) = tokio::time::timeout(Duration::from_millis(200), on_a.recv()).await {
+                return heard.expect("not lagged");
+            }
+        }
+    })
+    .await
+    .expect("heard in time");
+    assert_eq!(
+        first.job_id,
+        aura_model::JobId(8),
+        "a node never hears its own"
+    );
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+}
+
 /// A fleet limit of 2 is never exceeded by three nodes claiming at once; a finished holder frees a slot.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_limit_holds_across_concurrent_claimers() {

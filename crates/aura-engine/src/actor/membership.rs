@@ -63,6 +63,16 @@ impl Actor {
         for id in ids {
             self.forget(id);
         }
+        // The fleet dropped this node's leases with it (their holders' renewals find none and acquire
+        // again); their reservations go too.
+        let leases = self.leases.clear();
+        if leases > 0 {
+            tracing::warn!(
+                leases,
+                "fleet membership lost: every lease of this node released"
+            );
+            self.leases_changed().await;
+        }
         self.lost_waiters.push(reply);
         self.answer_lost_waiters();
     }

@@ -9,7 +9,8 @@ use crate::error::{pg_error, StoreError};
 use crate::{ClaimFilter, FleetLimit, FleetToken};
 use aura_model::events::Interruption;
 use aura_model::{
-    Event, Job, JobEvent, JobId, NewEvent, NodeCapacity, NodeState, NodeView, Timestamp,
+    Event, Job, JobEvent, JobId, NewEvent, NodeCapacity, NodeState, NodeView, ProgressUpdate,
+    Timestamp,
 };
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -116,6 +117,11 @@ impl PgShared {
                         .await
                         .map_err(|e| pg_error("writing the fleet's limits", e))?;
                 }
+                // Leases live in a node's memory: one that registers (again) holds none.
+                client
+                    .execute("DELETE FROM fleet_leases WHERE node_id = $1", &[&node.id])
+                    .await
+                    .map_err(|e| pg_error("dropping this node's old leases", e))?;
                 row.try_get::<_, i64>(0).map_err(|e| pg_error(what, e))
             })
             .await?;
@@ -155,6 +161,14 @@ impl PgShared {
                 "UPDATE nodes SET state = 'dead' WHERE state = 'up' AND id <> $1 \
                  AND heartbeat_at < now() - $2 * interval '1 millisecond'",
                 &[&me, &timeout_ms],
+            )
+            .await
+            .map_err(err)?;
+            // A dead node's leases go with it: their holders' renewals fail there anyway.
+            tx.execute(
+                "DELETE FROM fleet_leases l WHERE l.node_id <> $1 AND NOT EXISTS \
+                 (SELECT 1 FROM nodes n WHERE n.id = l.node_id AND n.state = 'up')",
+                &[&me],
             )
             .await
             .map_err(err)?;
@@ -407,6 +421,97 @@ impl PgShared {
         self.epochs().clear();
     }
 
+    pub async fn hold_lease(
+        &self,
+        lease: u64,
+        providers: &[String],
+        ttl: Duration,
+    ) -> Result<Option<(String, u32)>, StoreError> {
+        let what = "holding a lease's slots of the fleet's limits";
+        let me = self.node.id.clone();
+        let lease = i64::try_from(lease).unwrap_or(i64::MAX);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut names = providers.to_vec();
+        names.sort();
+        names.dedup();
+        self.with_client(what, |mut client| async move {
+            let err = |e| pg_error(what, e);
+            let tx = client.transaction().await.map_err(err)?;
+            // The limits' rows first, in name order, as claims take them: counts stay exact.
+            let limits = tx
+                .query(
+                    "SELECT name, max_concurrent FROM fleet_limits WHERE name = ANY($1) \
+                     ORDER BY name FOR UPDATE",
+                    &[&names],
+                )
+                .await
+                .map_err(err)?;
+            let held = held_slots(&tx, &names).await.map_err(err)?;
+            for row in &limits {
+                let name: String = row.try_get(0).map_err(err)?;
+                let Some(max) = row.try_get::<_, Option<i32>>(1).map_err(err)? else {
+                    continue;
+                };
+                let holding = held.get(&name).map_or(0, |h| h.0);
+                if holding >= i64::from(max) {
+                    tx.commit().await.map_err(err)?;
+                    return Ok(Some((name, u32::try_from(max).unwrap_or_default())));
+                }
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO fleet_leases (node_id, lease_id, providers, expires_at_ms) \
+                     VALUES ($1, $2, $3, {NOW_MS} + $4) ON CONFLICT (node_id, lease_id) DO UPDATE \
+                     SET providers = excluded.providers, expires_at_ms = excluded.expires_at_ms"
+                ),
+                &[&me, &lease, &names, &ttl_ms],
+            )
+            .await
+            .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    pub async fn renew_lease(&self, lease: u64, ttl: Duration) -> Result<bool, StoreError> {
+        let what = "renewing a lease's slots of the fleet's limits";
+        let me = self.node.id.clone();
+        let lease = i64::try_from(lease).unwrap_or(i64::MAX);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        self.with_client(what, |client| async move {
+            let n = client
+                .execute(
+                    &format!(
+                        "UPDATE fleet_leases SET expires_at_ms = {NOW_MS} + $3 \
+                         WHERE node_id = $1 AND lease_id = $2"
+                    ),
+                    &[&me, &lease, &ttl_ms],
+                )
+                .await
+                .map_err(|e| pg_error(what, e))?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub async fn drop_lease(&self, lease: u64) -> Result<(), StoreError> {
+        let what = "giving back a lease's slots of the fleet's limits";
+        let me = self.node.id.clone();
+        let lease = i64::try_from(lease).unwrap_or(i64::MAX);
+        self.with_client(what, |client| async move {
+            client
+                .execute(
+                    "DELETE FROM fleet_leases WHERE node_id = $1 AND lease_id = $2",
+                    &[&me, &lease],
+                )
+                .await
+                .map_err(|e| pg_error(what, e))?;
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {
         let me = self.node.id.clone();
         self.with_client("reading the fleet's nodes", |client| async move {
@@ -501,6 +606,101 @@ impl PgShared {
     pub fn fenced(&self) -> tokio::sync::broadcast::Receiver<JobId> {
         self.fenced.subscribe()
     }
+
+    pub async fn publish_progress(&self, updates: &[ProgressUpdate]) -> Result<(), StoreError> {
+        let what = "publishing live progress to the fleet";
+        let payloads = progress_payloads(&self.node.id, updates)?;
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        self.with_client(what, |client| async move {
+            let notify = client
+                .prepare_cached("SELECT pg_notify('aura_progress', $1)")
+                .await
+                .map_err(|e| pg_error(what, e))?;
+            for payload in &payloads {
+                client
+                    .execute(&notify, &[payload])
+                    .await
+                    .map_err(|e| pg_error(what, e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn progress(&self) -> tokio::sync::broadcast::Receiver<Arc<ProgressUpdate>> {
+        self.progress.subscribe()
+    }
+}
+
+/// One `aura_progress` notification: a node's progress updates of one round.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct ProgressNote {
+    pub node: String,
+    pub updates: Vec<ProgressUpdate>,
+}
+
+/// A notification's payload must stay under PostgreSQL's 8,000 bytes: updates (a few hundred bytes
+/// each) are packed into as few notes as fit under this.
+const PROGRESS_PAYLOAD: usize = 7_000;
+
+/// `updates` as notes of node `node`, each payload under `PROGRESS_PAYLOAD` (an update that alone is
+/// larger is left out).
+pub(crate) fn progress_payloads(
+    node: &str,
+    updates: &[ProgressUpdate],
+) -> Result<Vec<String>, StoreError> {
+    let mut payloads = Vec::new();
+    let mut note = ProgressNote {
+        node: node.to_owned(),
+        updates: Vec::new(),
+    };
+    let mut size = 0;
+    for update in updates {
+        let len = crate::codec::to_json("a progress update", update)?.len() + 1;
+        if len + node.len() + 32 > PROGRESS_PAYLOAD {
+            continue;
+        }
+        if size + len + node.len() + 32 > PROGRESS_PAYLOAD {
+            payloads.push(crate::codec::to_json("progress updates", &note)?);
+            note.updates.clear();
+            size = 0;
+        }
+        note.updates.push(update.clone());
+        size += len;
+    }
+    if !note.updates.is_empty() {
+        payloads.push(crate::codec::to_json("progress updates", &note)?);
+    }
+    Ok(payloads)
+}
+
+/// Per limit of `names`: the slots held now (jobs claimed and not finished, on any node, and leases
+/// not expired) and the jobs claimed in the last minute. The caller holds the limits' row locks, so
+/// that every claim and lease committed before is counted and none commits meanwhile.
+async fn held_slots(
+    tx: &tokio_postgres::Transaction<'_>,
+    names: &[String],
+) -> Result<HashMap<String, (i64, i64)>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT p, sum(holding)::bigint, sum(recent)::bigint FROM ( \
+                 SELECT p, count(*) FILTER (WHERE jobs.node_id IS NOT NULL AND jobs.state <> 'finished') \
+                 AS holding, count(*) FILTER (WHERE jobs.claimed_at_ms > {NOW_MS} - 60000) AS recent \
+                 FROM jobs, unnest(jobs.providers) p WHERE jobs.providers && $1 AND p = ANY($1) GROUP BY p \
+                 UNION ALL \
+                 SELECT p, count(*), 0 FROM fleet_leases l, unnest(l.providers) p \
+                 WHERE l.providers && $1 AND p = ANY($1) AND l.expires_at_ms > {NOW_MS} GROUP BY p \
+                 ) c GROUP BY p"
+            ),
+            &[&names],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?))))
+        .collect()
 }
 
 /// Claims up to `room` jobs naming fleet limits, in one transaction: candidates locked (skipping those
@@ -563,23 +763,10 @@ async fn claim_limited(
     if !room_of.is_empty() {
         let limited: Vec<String> = room_of.keys().cloned().collect();
         // Counted only now, after the limits' locks: every claim that committed before is seen.
-        let counts = tx
-            .query(
-                &format!(
-                    "SELECT p, count(*) FILTER (WHERE jobs.node_id IS NOT NULL AND jobs.state <> 'finished'), \
-                     count(*) FILTER (WHERE jobs.claimed_at_ms > {NOW_MS} - 60000) \
-                     FROM jobs, unnest(jobs.providers) p WHERE jobs.providers && $1 AND p = ANY($1) \
-                     GROUP BY p"
-                ),
-                &[&limited],
-            )
-            .await
-            .map_err(err)?;
-        for row in &counts {
-            let name: String = row.try_get(0).map_err(err)?;
+        for (name, (holding, recent)) in held_slots(&tx, &limited).await.map_err(err)? {
             if let Some(slot) = room_of.get_mut(&name) {
-                slot.2 = row.try_get(1).map_err(err)?;
-                slot.3 = row.try_get(2).map_err(err)?;
+                slot.2 = holding;
+                slot.3 = recent;
             }
         }
     }
@@ -620,4 +807,38 @@ async fn claim_limited(
     };
     tx.commit().await.map_err(err)?;
     claimed(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{progress_payloads, ProgressNote, PROGRESS_PAYLOAD};
+    use aura_model::{JobId, Progress, ProgressUpdate};
+
+    fn update(id: i64, percent: f64) -> ProgressUpdate {
+        ProgressUpdate {
+            job_id: JobId(id),
+            progress: Progress {
+                percent: Some(percent),
+                fps: Some(25.0),
+                reports: 3,
+                ..Progress::default()
+            },
+        }
+    }
+
+    #[test]
+    fn progress_is_packed_under_the_notification_limit_in_order() {
+        let updates: Vec<ProgressUpdate> = (0..200).map(|n| update(n, n as f64 / 2.0)).collect();
+        let payloads = progress_payloads("node-1", &updates).expect("payloads");
+        assert!(payloads.len() > 1, "200 updates do not fit one note");
+        let mut back = Vec::new();
+        for payload in &payloads {
+            assert!(payload.len() <= PROGRESS_PAYLOAD, "{}", payload.len());
+            let note: ProgressNote = serde_json::from_str(payload).expect("a note");
+            assert_eq!(note.node, "node-1");
+            back.extend(note.updates);
+        }
+        assert_eq!(back, updates);
+        assert!(progress_payloads("node-1", &[]).expect("none").is_empty());
+    }
 }

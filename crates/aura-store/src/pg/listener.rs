@@ -93,6 +93,25 @@ impl Publisher {
     }
 }
 
+impl PgShared {
+    /// Publishes another node's progress updates to this node's subscribers (if any); a note that does
+    /// not parse, or this node's own, is dropped.
+    fn heard_progress(&self, payload: &str) {
+        if self.progress.receiver_count() == 0 {
+            return;
+        }
+        match serde_json::from_str::<super::fleet_ops::ProgressNote>(payload) {
+            Ok(note) if note.node != self.node.id => {
+                for update in note.updates {
+                    let _ = self.progress.send(Arc::new(update));
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "an unreadable progress notification"),
+        }
+    }
+}
+
 /// What the `aura_events` notifications since the last look said: the newest event numbers, unless
 /// one came without them (a rescue's, or an older node's).
 #[derive(Default)]
@@ -155,6 +174,7 @@ pub(crate) async fn listen(
             let events = events.clone();
             let heard = heard.clone();
             let work = shared.work.clone();
+            let listener = shared.clone();
             tokio::spawn(async move {
                 loop {
                     match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -167,6 +187,7 @@ pub(crate) async fn listen(
                                 events.notify_one();
                             }
                             "aura_work" => work.notify_one(),
+                            "aura_progress" => listener.heard_progress(n.payload()),
                             _ => {}
                         },
                         Some(Ok(_)) => {}
@@ -182,7 +203,7 @@ pub(crate) async fn listen(
         };
         let ready = async {
             client
-                .batch_execute("LISTEN aura_events; LISTEN aura_work")
+                .batch_execute("LISTEN aura_events; LISTEN aura_work; LISTEN aura_progress")
                 .await
                 .map_err(|e| crate::error::pg_error("listening for notifications", e))?;
             publisher.catch_up(&client, None).await

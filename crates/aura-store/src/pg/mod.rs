@@ -126,6 +126,8 @@ pub(crate) struct PgShared {
     pub incarnation: AtomicI64,
     pub work: Arc<tokio::sync::Notify>,
     pub fenced: tokio::sync::broadcast::Sender<JobId>,
+    /// Other nodes' live progress (`NOTIFY aura_progress`), for this node's event streams.
+    pub progress: tokio::sync::broadcast::Sender<Arc<aura_model::ProgressUpdate>>,
 }
 
 impl PgShared {
@@ -298,6 +300,7 @@ pub(crate) async fn open(
         .build()
         .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
     let (fenced, _) = tokio::sync::broadcast::channel(1024);
+    let (progress, _) = tokio::sync::broadcast::channel(1024);
     let shared = Arc::new(PgShared {
         node,
         pool,
@@ -310,6 +313,7 @@ pub(crate) async fn open(
         incarnation: AtomicI64::new(0),
         work: Arc::new(tokio::sync::Notify::new()),
         fenced,
+        progress,
     });
     Ok((shared, seqs))
 }

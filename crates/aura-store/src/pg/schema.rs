@@ -102,6 +102,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node_id, name)
     );
     "#,
+    // 2: slots of fleet limits held by leases (work outside Aura's processes) on any node, counted with
+    // the jobs that hold them. A row lasts until its lease is released or expires (`expires_at_ms`, the
+    // database's clock); a node's rows go when it registers again or is declared dead.
+    r#"
+    CREATE TABLE fleet_leases (
+        node_id       TEXT   NOT NULL,
+        lease_id      BIGINT NOT NULL,
+        providers     TEXT[] NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        PRIMARY KEY (node_id, lease_id)
+    );
+    "#,
 ];
 
 /// The newest schema version this build knows.

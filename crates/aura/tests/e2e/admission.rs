@@ -4,7 +4,7 @@
 use super::*;
 
 /// The most jobs whose runs overlapped, from their recorded start and finish times.
-fn max_overlap(views: &[JobView]) -> usize {
+pub(crate) fn max_overlap(views: &[JobView]) -> usize {
     let mut edges = Vec::new();
     for v in views {
         let JobState::Finished(f) = &v.job.state else {

@@ -342,6 +342,125 @@ async fn a_provider_limit_holds_across_the_fleet() {
     );
 }
 
+/// Leases hold slots of fleet limits fleet-wide: with a limit of 2, a lease on each of two nodes fills
+/// it, a third lease (on either) is refused naming the limit, jobs naming it wait on every node, and
+/// each release lets one start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_hold_fleet_limits_across_nodes() {
+    let cluster = PgCluster::start();
+    let url = cluster.fresh_database();
+    let limit = [("AURA_ADMISSION__LIMITS__TTS__MAX_CONCURRENT", "2")];
+    let nodes = [node(&url, "node-a", &limit), node(&url, "node-b", &limit)];
+    let (ha, hb) = (authed(&nodes[0].url), authed(&nodes[1].url));
+    let tts =
+        serde_json::json!({"resources": {"providers": ["tts"]}, "ttl": "60s", "holder": "e2e"});
+    let mut leases = Vec::new();
+    for (http, daemon) in [(&ha, &nodes[0]), (&hb, &nodes[1])] {
+        let resp = acquire_lease(http, daemon, tts.clone())
+            .await
+            .expect("lease");
+        assert_eq!(resp.status().as_u16(), 201);
+        let lease: serde_json::Value = resp.json().await.expect("json");
+        leases.push(lease["id"].as_u64().expect("id"));
+    }
+    for (http, daemon) in [(&ha, &nodes[0]), (&hb, &nodes[1])] {
+        let resp = acquire_lease(http, daemon, tts.clone())
+            .await
+            .expect("lease");
+        assert_eq!(
+            resp.status().as_u16(),
+            409,
+            "the fleet's two slots are leased"
+        );
+        let problem: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(problem["code"], "lease_unavailable", "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("tts"),
+            "{problem}"
+        );
+    }
+    let a = nodes[0].client();
+    let entries: Vec<_> = (0..2)
+        .map(|_| {
+            serde_json::json!({"program": "/bin/sleep", "args": ["0.2"],
+                               "resources": {"providers": ["tts"]}})
+        })
+        .collect();
+    let ids: Vec<JobId> = a
+        .submit_batch(entries)
+        .await
+        .expect("submit")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in &ids {
+        let view = a.get(*id).await.expect("get");
+        assert_eq!(view.job.state.name(), aura_model::StateName::Queued, "{:?}", view.job);
+    }
+    // B's lease goes: the jobs run one at a time (on either node), A's lease holding the other slot.
+    assert_eq!(release_lease(&hb, &nodes[1], leases[1]).await, 204);
+    let done = all_finished(&a, 2, Duration::from_secs(30)).await;
+    assert_eq!(
+        super::admission::max_overlap(&done),
+        1,
+        "one at a time: {done:?}"
+    );
+    assert_eq!(release_lease(&ha, &nodes[0], leases[0]).await, 204);
+}
+
+/// The live progress of an encode on one node reaches an event stream opened on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_progress_crosses_nodes() {
+    use super::media::{have_ffmpeg, read_events, stream};
+    if !have_ffmpeg() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    let url = cluster.fresh_database();
+    let nodes = [
+        node(&url, "node-a", &[]),
+        node(&url, "node-b", &[("AURA_FLEET__TAGS", "[\"enc\"]")]),
+    ];
+    let a = nodes[0].client();
+    let out = shared_dir();
+    let out_file = out.path().join("out.mp4");
+    // `-re`: real time, so the encode reports progress all along its 4 s.
+    let entry = serde_json::json!({
+        "program": "ffmpeg",
+        "args": ["-nostdin", "-y", "-re", "-f", "lavfi", "-i", "testsrc=duration=4:size=320x240:rate=25",
+                 "-c:v", "libx264", "-preset", "ultrafast", out_file.to_str().expect("utf-8")],
+        "labels": {"requires": "enc"}
+    });
+    let id = a.submit_batch(vec![entry]).await.expect("submit")[0].id;
+    let response = stream(&nodes[0], &format!("/api/jobs/{id}/events/stream"), None).await;
+    let events = read_events(response, Duration::from_secs(60), |e| e.event == "end").await;
+    let progress: Vec<aura_model::ProgressUpdate> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| serde_json::from_str(&e.data).expect("a progress update"))
+        .collect();
+    assert!(progress.len() >= 2, "{events:?}");
+    assert!(progress.iter().all(|u| u.job_id == id));
+    assert!(progress
+        .iter()
+        .any(|u| u.progress.percent.is_some_and(|p| p > 0.0)));
+    let view = a.get(id).await.expect("get");
+    assert_eq!(
+        view.job.node.as_deref(),
+        Some("node-b"),
+        "ran on the tagged node"
+    );
+    assert!(
+        view.job.outcome().is_some_and(|o| o.is_success()),
+        "{:?}",
+        view.job.state
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_loses_and_duplicates_nothing() {
     let cluster = PgCluster::start();

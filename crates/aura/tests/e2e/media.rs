@@ -6,7 +6,7 @@ use super::*;
 use aura_model::{Progress, ProgressUpdate};
 use std::os::unix::process::CommandExt;
 
-fn have_ffmpeg() -> bool {
+pub(crate) fn have_ffmpeg() -> bool {
     let found = Command::new("ffmpeg").arg("-version").output().is_ok();
     if !found {
         eprintln!("skipping: ffmpeg is not installed (cargo xtask test installs it)");
@@ -16,15 +16,15 @@ fn have_ffmpeg() -> bool {
 
 /// One server-sent event as the tests read it.
 #[derive(Debug, Clone, Default)]
-struct Sse {
-    event: String,
-    id: Option<String>,
-    data: String,
+pub(crate) struct Sse {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
 }
 
 /// Reads a `text/event-stream` response: every complete event, until `stop` says enough or the stream
 /// ends, within `limit`.
-async fn read_events(
+pub(crate) async fn read_events(
     mut response: reqwest::Response,
     limit: Duration,
     mut stop: impl FnMut(&Sse) -> bool,
@@ -61,7 +61,11 @@ async fn read_events(
     }
 }
 
-async fn stream(daemon: &Daemon, path: &str, last_event_id: Option<&str>) -> reqwest::Response {
+pub(crate) async fn stream(
+    daemon: &Daemon,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> reqwest::Response {
     let url = format!("{}{path}", daemon.url);
     let mut request = authed(&url).get(&url).header("accept", "text/event-stream");
     if let Some(id) = last_event_id {
