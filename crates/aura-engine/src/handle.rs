@@ -44,6 +44,25 @@ pub struct EngineHandle {
     archive_readers: Arc<tokio::sync::Semaphore>,
 }
 
+/// Which jobs `EngineHandle::cancel_where` acts on in fleet mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Every job picked: those held here and those in the fleet's queue are stopped here, the other
+    /// nodes holding picked jobs are named for the caller to ask.
+    Fleet,
+    /// Only the jobs this node holds (a request another node sent on).
+    HeldHere,
+}
+
+/// What `EngineHandle::cancel_where` did.
+#[derive(Debug, Default)]
+pub struct Cancelled {
+    /// The jobs stopped here, in order.
+    pub ids: Vec<JobId>,
+    /// Fleet mode, `Reach::Fleet`: the other live nodes that hold picked jobs.
+    pub elsewhere: Vec<aura_model::NodeView>,
+}
+
 /// Fleet mode's task (`crate::fleet::FleetTask`) and the switch that stops it.
 pub(crate) type FleetTaskHandle = (JoinHandle<()>, tokio::sync::watch::Sender<bool>);
 
@@ -746,26 +765,44 @@ impl EngineHandle {
 
     /// Cancels (or with `kill`, kills) every unfinished job `selection` picks — by state and labels;
     /// with `only_of`, that token's own jobs only — and returns the ids it acted on, in order. Jobs that
-    /// end meanwhile are skipped.
+    /// end meanwhile are skipped. In fleet mode, `reach` says which: with `Reach::Fleet`, the jobs this
+    /// node holds and those still in the fleet's queue (claimed here to be stopped), and the other live
+    /// nodes holding picked jobs are returned for the caller to ask; with `Reach::HeldHere` (a request
+    /// another node sent on), only the jobs this node holds.
     pub async fn cancel_where(
         &self,
         selection: &Selection,
         kill: bool,
         only_of: Option<&str>,
         by: Option<String>,
-    ) -> Result<Vec<JobId>, EngineError> {
-        let mut acted = Vec::new();
+        reach: Reach,
+    ) -> Result<Cancelled, EngineError> {
+        let mut done = Cancelled::default();
+        let here = self.shared.store.fleet().map(|f| f.node().name.clone());
         for job in self.select(selection).await? {
             if only_of.is_some_and(|name| job.submitted_by.as_deref() != Some(name)) {
                 continue;
             }
+            if let Some(here) = &here {
+                if job.node.as_deref() != Some(here.as_str()) {
+                    if reach == Reach::HeldHere {
+                        continue;
+                    }
+                    if let Some(node) = self.locate(job.id).await? {
+                        if !done.elsewhere.iter().any(|n| n.id == node.id) {
+                            done.elsewhere.push(node);
+                        }
+                        continue;
+                    }
+                }
+            }
             match self.stop_job(job.id, kill, by.clone()).await {
-                Ok(_) => acted.push(job.id),
+                Ok(_) => done.ids.push(job.id),
                 Err(EngineError::AlreadyFinished { .. } | EngineError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(acted)
+        Ok(done)
     }
 
     /// The unfinished jobs `selection` picks, oldest first (for a count before acting on them).

@@ -35,7 +35,7 @@ pub use error::EngineError;
 pub use files::{FileReader, JobFile, UploadConfig, UploadSink};
 pub use fleet::FleetConfig;
 pub use guards::{GuardConfig, MemoryThreshold, ThrottleConfig};
-pub use handle::{EngineHandle, Health, LimitUse, Readiness, Utilization};
+pub use handle::{Cancelled, EngineHandle, Health, LimitUse, Reach, Readiness, Utilization};
 pub use lease::LeaseInfo;
 pub use media::MediaConfig;
 pub use metrics::{

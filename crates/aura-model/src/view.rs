@@ -316,6 +316,10 @@ pub struct CancelResult {
     /// prompt; empty otherwise.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub by_state: std::collections::BTreeMap<String, usize>,
+    /// Fleet mode: nodes holding picked jobs that did not answer (their jobs were not stopped; asking
+    /// again stops them once the node answers, or the fleet rescues them); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<String>,
 }
 
 /// `POST /api/jobs/{id}/priority` (`aura priority ID N`): the job's new priority (higher runs first).

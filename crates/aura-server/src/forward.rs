@@ -127,6 +127,51 @@ pub(crate) async fn to_holder(
     }
 }
 
+/// The layer of the bulk cancel (`POST /api/jobs/cancel`), which a node sends on to the others itself
+/// (`cancel_on`): a request sent on is answered for the caller it names; any other as it is.
+pub(crate) async fn as_sender(mut request: Request, next: Next) -> Response {
+    if request.headers().contains_key(FORWARDED) {
+        if let Err(e) = act_for_sender(&mut request) {
+            return e.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Sends a bulk cancel (its JSON `body`, as the caller sent it) on to `node`, for `caller`, and reads
+/// which jobs it stopped there; an error says why it could not.
+pub(crate) async fn cancel_on(
+    app: &AppState,
+    node: &NodeView,
+    body: &[u8],
+    caller: &Principal,
+) -> Result<aura_model::view::CancelResult, String> {
+    let token = app
+        .config
+        .fleet_token
+        .as_ref()
+        .ok_or("this node has no fleet token")?;
+    let base = node.url.as_deref().ok_or("the node has no API address")?;
+    let peers = app.peers.as_ref().ok_or("no HTTP client for other nodes")?;
+    let mut headers =
+        outgoing(&HeaderMap::new(), token.expose(), Some(caller)).map_err(|e| e.detail)?;
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let answer = peers
+        .post(format!("{}/api/jobs/cancel", base.trim_end_matches('/')))
+        .headers(headers)
+        .body(body.to_vec())
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    if !answer.status().is_success() {
+        return Err(format!("it answered {}", answer.status()));
+    }
+    answer.json().await.map_err(|e| error_chain(&e))
+}
+
 /// The job id of a `/api/jobs/{id}/…` path, if it is one.
 fn path_job_id(path: &str) -> Option<JobId> {
     let rest = path.strip_prefix("/api/jobs/")?;

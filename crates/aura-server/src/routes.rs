@@ -71,7 +71,10 @@ pub fn router(engine: EngineHandle, config: ApiConfig) -> Router {
         .route("/api/jobs", post(submit).get(list))
         .route("/api/jobs/batch", post(submit_batch))
         .route("/api/jobs/{id}", get(show))
-        .route("/api/jobs/cancel", post(cancel_where))
+        .route(
+            "/api/jobs/cancel",
+            post(cancel_where).route_layer(axum::middleware::from_fn(crate::forward::as_sender)),
+        )
         .route(
             "/api/jobs/{id}/cancel",
             post(cancel).route_layer(to_holder()),
@@ -1037,7 +1040,7 @@ pub fn parse_cancel_selection(body: &[u8]) -> ApiResult<CancelSelection> {
 #[utoipa::path(
     post, path = "/api/jobs/cancel", tag = "jobs", operation_id = "cancel_where",
     summary = "Cancel (or kill) every unfinished job a selection picks",
-    description = "A `submit` token picks its own jobs only. With `dry_run`, only says which it would.",
+    description = "A `submit` token picks its own jobs only. With `dry_run`, only says which it would. In fleet mode the selection is the fleet's: this node stops its own jobs and those still in the fleet's queue, and sends the request on to every node holding others (`unreachable_nodes` names any that did not answer).",
     request_body(content = aura_model::view::CancelSelection, example = json!({"states": ["queued"], "dry_run": true})),
     responses(
         (status = 200, description = "The jobs stopped (or, for a dry run, that would be).", body = aura_model::view::CancelResult),
@@ -1047,10 +1050,12 @@ pub fn parse_cancel_selection(body: &[u8]) -> ApiResult<CancelSelection> {
 async fn cancel_where(
     State(app): State<Arc<AppState>>,
     principal: Option<Extension<Arc<Principal>>>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Json<CancelResult>> {
     let principal = caller(principal)?;
-    let request = parse_cancel_selection(&read_body(body, &app.config).await?)?;
+    let bytes = read_body(body, &app.config).await?;
+    let request = parse_cancel_selection(&bytes)?;
     let selection = aura_engine::Selection {
         states: request.states,
         labels: request.labels,
@@ -1075,17 +1080,37 @@ async fn cancel_where(
             ids: picked.iter().map(|job| job.id).collect(),
             dry_run: true,
             by_state,
+            unreachable_nodes: Vec::new(),
         }));
     }
-    let ids = app
+    // Sent on by another node: this node's own jobs only (that node stops the rest).
+    let reach = if headers.contains_key(crate::forward::FORWARDED) {
+        aura_engine::Reach::HeldHere
+    } else {
+        aura_engine::Reach::Fleet
+    };
+    let done = app
         .engine
-        .cancel_where(&selection, request.kill, only_of, by(&principal))
+        .cancel_where(&selection, request.kill, only_of, by(&principal), reach)
         .await?;
+    let mut ids = done.ids;
+    let mut unreachable_nodes = Vec::new();
+    for node in &done.elsewhere {
+        match crate::forward::cancel_on(&app, node, &bytes, &principal).await {
+            Ok(theirs) => ids.extend(theirs.ids),
+            Err(e) => {
+                tracing::warn!(node = %node.name, error = %e, "a bulk cancel did not reach the node holding some of its jobs");
+                unreachable_nodes.push(node.name.clone());
+            }
+        }
+    }
+    ids.sort_unstable();
     Ok(Json(CancelResult {
         count: ids.len(),
         ids,
         dry_run: false,
         by_state: Default::default(),
+        unreachable_nodes,
     }))
 }
 

@@ -1076,6 +1076,14 @@ async fn stop_selected(client: &Client, select: Selection, kill: bool) -> anyhow
     selection.dry_run = false;
     let done = client.cancel_where(&selection).await?;
     println!("{}", crate::render::bulk_done(kill, done.count));
+    if !done.unreachable_nodes.is_empty() {
+        eprintln!(
+            "aura: nodes {} did not answer: their jobs were not {}; run it again once they do",
+            done.unreachable_nodes.join(", "),
+            if kill { "killed" } else { "cancelled" }
+        );
+        return Ok(1);
+    }
     Ok(0)
 }
 

@@ -399,7 +399,12 @@ async fn leases_hold_fleet_limits_across_nodes() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in &ids {
         let view = a.get(*id).await.expect("get");
-        assert_eq!(view.job.state.name(), aura_model::StateName::Queued, "{:?}", view.job);
+        assert_eq!(
+            view.job.state.name(),
+            aura_model::StateName::Queued,
+            "{:?}",
+            view.job
+        );
     }
     // B's lease goes: the jobs run one at a time (on either node), A's lease holding the other slot.
     assert_eq!(release_lease(&hb, &nodes[1], leases[1]).await, 204);
@@ -459,6 +464,82 @@ async fn live_progress_crosses_nodes() {
         "{:?}",
         view.job.state
     );
+}
+
+/// A bulk cancel asked of one node stops the selection's jobs on every node — running on either, or
+/// still in the fleet's queue — and leaves the rest alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_cancel_reaches_every_node() {
+    let cluster = PgCluster::start();
+    let url = cluster.fresh_database();
+    let nodes = [node(&url, "node-a", &[]), node(&url, "node-b", &[])];
+    let a = nodes[0].client();
+    let job = |batch: &str| serde_json::json!({"program": "/bin/sleep", "args": ["300"], "labels": {"batch": batch}});
+    let mut entries: Vec<_> = (0..6).map(|_| job("x")).collect();
+    entries.push(job("keep"));
+    let ids: Vec<JobId> = a
+        .submit_batch(entries)
+        .await
+        .expect("submit")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    // Both nodes run some (two slots each); the rest wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let running: BTreeSet<String> = all_jobs(&a)
+            .await
+            .iter()
+            .filter(|v| v.job.state.name() == aura_model::StateName::Running)
+            .filter_map(|v| v.job.node.clone())
+            .collect();
+        if running.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both nodes run jobs: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let selection = aura_model::view::CancelSelection {
+        labels: [("batch".to_owned(), "x".to_owned())].into(),
+        ..Default::default()
+    };
+    let done = a.cancel_where(&selection).await.expect("cancel");
+    assert_eq!(done.ids, ids[..6], "{done:?}");
+    assert!(done.unreachable_nodes.is_empty());
+    let views = all_finished_but(&a, ids[6], Duration::from_secs(30)).await;
+    for v in &views {
+        assert_eq!(
+            v.job.outcome().map(|o| o.name()),
+            Some("cancelled"),
+            "{:?}",
+            v.job
+        );
+    }
+    assert!(
+        a.get(ids[6]).await.expect("get").job.outcome().is_none(),
+        "the job outside the selection runs on"
+    );
+    let _ = a.cancel(ids[6]).await;
+}
+
+/// Every job but `keep`, once all of them have finished (as `client`'s node sees it).
+async fn all_finished_but(client: &Client, keep: JobId, limit: Duration) -> Vec<JobView> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let others: Vec<JobView> = all_jobs(client)
+            .await
+            .into_iter()
+            .filter(|v| v.job.id != keep)
+            .collect();
+        if others.iter().all(|v| v.job.outcome().is_some()) {
+            return others;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish: {others:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
