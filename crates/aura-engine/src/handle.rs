@@ -357,6 +357,7 @@ impl EngineHandle {
 
     /// Reserves resources for work outside Aura's processes, for `spec.ttl`; refused at once (not queued)
     /// when they are not free now.
+    ///
     /// In fleet mode, the slots it takes of named limits (`resources.providers`) are held fleet-wide
     /// too (`Fleet::hold_lease`, counted with every node's jobs and leases): refused when another node's
     /// work holds them.
@@ -414,7 +415,10 @@ impl EngineHandle {
         self.ask(|reply| Command::ReleaseLease { id, reply })
             .await??;
         if let Some(fleet) = self.shared.store.fleet() {
-            fleet.drop_lease(id).await?;
+            // Released here all the same: the fleet's row ends at the lease's deadline by itself.
+            if let Err(error) = fleet.drop_lease(id).await {
+                tracing::warn!(lease_id = id, %error, "the fleet keeps a released lease's slots until its deadline");
+            }
         }
         Ok(())
     }

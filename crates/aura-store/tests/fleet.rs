@@ -551,6 +551,27 @@ async fn leases_hold_slots_of_fleet_limits_across_nodes() {
     b.close().await.expect("close");
 }
 
+/// Publishes `update` from `from` every 200 ms, as the engine does every round (a listener may still
+/// be connecting at first), until `to` hears something; what it heard.
+async fn publish_until_heard(
+    from: &aura_store::Fleet,
+    update: &aura_model::ProgressUpdate,
+    to: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<aura_model::ProgressUpdate>>,
+) -> std::sync::Arc<aura_model::ProgressUpdate> {
+    tokio::time::timeout(PROMPTLY, async {
+        loop {
+            from.publish_progress(std::slice::from_ref(update))
+                .await
+                .expect("publish");
+            if let Ok(heard) = tokio::time::timeout(Duration::from_millis(200), to.recv()).await {
+                return heard.expect("not lagged");
+            }
+        }
+    })
+    .await
+    .expect("heard in time")
+}
+
 /// Live progress one node publishes reaches the other nodes' receivers, never its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_reaches_the_other_nodes() {
@@ -567,36 +588,13 @@ async fn progress_reaches_the_other_nodes() {
             ..aura_model::Progress::default()
         },
     };
-    // Published every round, as the engine does (a listener may still be connecting at first).
-    let heard = tokio::time::timeout(PROMPTLY, async {
-        loop {
-            fa.publish_progress(std::slice::from_ref(&update))
-                .await
-                .expect("publish");
-            if let Ok(heard) = tokio::time::timeout(Duration::from_millis(200), on_b.recv()).await {
-                return heard.expect("not lagged");
-            }
-        }
-    })
-    .await
-    .expect("heard in time");
+    let heard = publish_until_heard(&fa, &update, &mut on_b).await;
     assert_eq!(*heard, update);
     // B's reach A; A never hears its own (it sent several above).
     fb.publish_progress(&[]).await.expect("nothing to publish");
     let mut from_b = update.clone();
     from_b.job_id = aura_model::JobId(8);
-    let first = tokio::time::timeout(PROMPTLY, async {
-        loop {
-            fb.publish_progress(std::slice::from_ref(&from_b))
-                .await
-                .expect("publish");
-            if let Ok(heard) = tokio::time::timeout(Duration::from_millis(200), on_a.recv()).await {
-                return heard.expect("not lagged");
-            }
-        }
-    })
-    .await
-    .expect("heard in time");
+    let first = publish_until_heard(&fb, &from_b, &mut on_a).await;
     assert_eq!(
         first.job_id,
         aura_model::JobId(8),

@@ -458,6 +458,13 @@ impl PgShared {
                     return Ok(Some((name, u32::try_from(max).unwrap_or_default())));
                 }
             }
+            // Leases whose holders vanished end at their deadlines; their rows go here.
+            tx.execute(
+                &format!("DELETE FROM fleet_leases WHERE expires_at_ms < {NOW_MS}"),
+                &[],
+            )
+            .await
+            .map_err(err)?;
             tx.execute(
                 &format!(
                     "INSERT INTO fleet_leases (node_id, lease_id, providers, expires_at_ms) \

@@ -485,23 +485,7 @@ async fn a_bulk_cancel_reaches_every_node() {
         .map(|j| j.id)
         .collect();
     // Both nodes run some (two slots each); the rest wait.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let running: BTreeSet<String> = all_jobs(&a)
-            .await
-            .iter()
-            .filter(|v| v.job.state.name() == aura_model::StateName::Running)
-            .filter_map(|v| v.job.node.clone())
-            .collect();
-        if running.len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "both nodes run jobs: {running:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_running_on(&a, 2, Duration::from_secs(30), "both nodes run jobs").await;
     let selection = aura_model::view::CancelSelection {
         labels: [("batch".to_owned(), "x".to_owned())].into(),
         ..Default::default()
@@ -523,6 +507,25 @@ async fn a_bulk_cancel_reaches_every_node() {
         "the job outside the selection runs on"
     );
     let _ = a.cancel(ids[6]).await;
+}
+
+/// Waits until jobs run on `nodes` different nodes (as `client`'s node sees it); fails with `why`
+/// after `limit`.
+async fn wait_running_on(client: &Client, nodes: usize, limit: Duration, why: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let running: BTreeSet<String> = all_jobs(client)
+            .await
+            .iter()
+            .filter(|j| j.job.state.name() == aura_model::StateName::Running)
+            .filter_map(|j| j.job.node.clone())
+            .collect();
+        if running.len() == nodes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{why}: running on {running:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Every job but `keep`, once all of them have finished (as `client`'s node sees it).
@@ -713,23 +716,13 @@ async fn long_jobs_do_not_wait_on_a_busy_node_while_another_is_idle() {
     wait_running(&client, jobs[0].id, 1).await;
     let b = node(&url, "node-b", &one_slot);
     // A's waiting jobs go back once none of its jobs ended for a while; idle B starts one.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let running: BTreeSet<String> = all_jobs(&client)
-            .await
-            .iter()
-            .filter(|j| j.job.state.name() == aura_model::StateName::Running)
-            .filter_map(|j| j.job.node.clone())
-            .collect();
-        if running.len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a long job waited on busy node-a while node-b idled: running on {running:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_running_on(
+        &client,
+        2,
+        Duration::from_secs(15),
+        "a long job waited on busy node-a while node-b idled",
+    )
+    .await;
     // The daemons' shutdown stops what still runs.
     drop(b);
 }

@@ -32,15 +32,26 @@ pub(super) fn config_file(text: &str) -> (tempfile::TempDir, String) {
 }
 
 pub(super) fn with_token(token: &str) -> reqwest::Client {
+    token_client(token).build().unwrap()
+}
+
+/// As `with_token`, with a new connection for every request: some refusals (431, 413) end their
+/// connection, and a pooled one the server has just closed may be taken for the next request before
+/// the client has seen it close (`IncompleteMessage` on a loaded runner).
+fn with_token_unpooled(token: &str) -> reqwest::Client {
+    token_client(token)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+fn token_client(token: &str) -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse().unwrap(),
     );
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().default_headers(headers)
 }
 
 /// A response's status and problem code (`""` when the body is no problem document).
@@ -170,7 +181,7 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     let pwned = |n: usize| scratch.join(format!("pwned-{n}"));
     // What every hostile submit asks: a file that exists only if a job ran.
     let job = |n: usize| serde_json::json!({"program": "/bin/touch", "args": [pwned(n).to_str().unwrap()]});
-    let admin = with_token(&daemon.token);
+    let admin = with_token_unpooled(&daemon.token);
     let anonymous = reqwest::Client::new();
     let jobs_url = format!("{}/api/jobs", daemon.url);
     let json_post = |client: &reqwest::Client, body: serde_json::Value| {
