@@ -172,6 +172,7 @@ impl EngineHandle {
         // Again, taking the job's place in the queue: shutdown may have begun, or the queue filled, while
         // this submit did its checks. Dropped on any error below, the place is given back.
         let place = self.shared.reserve_place(submitter)?;
+        self.check_fleet_caps(submitter, 1).await?;
         let job = self
             .shared
             .store
@@ -287,6 +288,7 @@ impl EngineHandle {
         let places = (0..entries.len())
             .map(|_| self.shared.reserve_place(submitter))
             .collect::<Result<Vec<_>, _>>()?;
+        self.check_fleet_caps(submitter, places.len()).await?;
         let jobs = self
             .shared
             .store
@@ -296,6 +298,42 @@ impl EngineHandle {
             self.hand_over(job, place).await?;
         }
         Ok(jobs)
+    }
+
+    /// Fleet mode: the queue caps against the fleet's waiting jobs (every node's submits go to the one
+    /// queue), for `adding` more. Counted, not reserved: submits on several nodes at the same moment
+    /// may pass a cap by their own sizes.
+    async fn check_fleet_caps(
+        &self,
+        submitter: Option<&crate::Submitter>,
+        adding: usize,
+    ) -> Result<(), EngineError> {
+        let Some(fleet) = self.shared.store.fleet() else {
+            return Ok(());
+        };
+        let (all, theirs) = fleet.waiting(submitter.map(|s| s.name.as_str())).await?;
+        let (all, theirs) = (
+            usize::try_from(all).unwrap_or(usize::MAX),
+            usize::try_from(theirs).unwrap_or(usize::MAX),
+        );
+        let cap = self.shared.config.admission.queue_cap;
+        if all.saturating_add(adding) > cap {
+            return Err(EngineError::QueueFull { queued: all, cap });
+        }
+        if let Some(crate::Submitter {
+            name,
+            max_queued: Some(cap),
+        }) = submitter
+        {
+            if theirs.saturating_add(adding) > *cap {
+                return Err(EngineError::SubmitterQueueFull {
+                    submitter: name.clone(),
+                    queued: theirs,
+                    cap: *cap,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a submit while the daemon shuts down, the queue is full, or the submitter's share of it is

@@ -194,6 +194,12 @@ impl Fleet {
         self.inner.progress()
     }
 
+    /// Jobs waiting in the fleet (queued or held, claimed by a node or not): all of them, and those
+    /// `submitter` submitted (0 without one) — for the queue caps at submit.
+    pub async fn waiting(&self, submitter: Option<&str>) -> Result<(u64, u64), StoreError> {
+        self.inner.waiting(submitter).await
+    }
+
     /// Every node the fleet knows, this one marked, with its running and claimed counts; `up` first,
     /// then by name.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {

@@ -519,6 +519,27 @@ impl PgShared {
         .await
     }
 
+    pub async fn waiting(&self, submitter: Option<&str>) -> Result<(u64, u64), StoreError> {
+        let what = "counting the fleet's waiting jobs";
+        let submitter = submitter.map(str::to_owned);
+        self.with_client(what, |client| async move {
+            let row = client
+                .query_one(
+                    "SELECT count(*), count(*) FILTER (WHERE submitted_by = $1) FROM jobs \
+                     WHERE state IN ('queued', 'held')",
+                    &[&submitter],
+                )
+                .await
+                .map_err(|e| pg_error(what, e))?;
+            let count = |i: usize| -> Result<u64, StoreError> {
+                let n: i64 = row.try_get(i).map_err(|e| pg_error(what, e))?;
+                Ok(u64::try_from(n).unwrap_or_default())
+            };
+            Ok((count(0)?, count(1)?))
+        })
+        .await
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeView>, StoreError> {
         let me = self.node.id.clone();
         self.with_client("reading the fleet's nodes", |client| async move {

@@ -545,6 +545,41 @@ async fn all_finished_but(client: &Client, keep: JobId, limit: Duration) -> Vec<
     }
 }
 
+/// The queue cap holds for the fleet's one queue: what waits anywhere counts, whichever node is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_cap_counts_the_fleets_queue() {
+    let cluster = PgCluster::start();
+    let url = cluster.fresh_database();
+    let cap = [("AURA_ADMISSION__QUEUE_CAP", "3")];
+    let nodes = [node(&url, "node-a", &cap), node(&url, "node-b", &cap)];
+    let (a, b) = (nodes[0].client(), nodes[1].client());
+    a.drain().await.expect("drain");
+    b.drain().await.expect("drain");
+    let sleeper = || serde_json::json!({"program": "/bin/sleep", "args": ["300"]});
+    a.submit_batch(vec![sleeper(), sleeper()])
+        .await
+        .expect("two fit");
+    let queue_full = |r: &Result<Vec<aura_model::Job>, aura_client::ClientError>| matches!(r, Err(aura_client::ClientError::Api(p)) if p.code == "queue_full");
+    let over = b.submit_batch(vec![sleeper(), sleeper()]).await;
+    assert!(
+        queue_full(&over),
+        "two more, asked of the other node, pass the cap of 3: {over:?}"
+    );
+    b.submit_batch(vec![sleeper()])
+        .await
+        .expect("one more fits");
+    let full = a.submit_batch(vec![sleeper()]).await;
+    assert!(queue_full(&full), "the fleet's queue is full: {full:?}");
+    assert_eq!(
+        all_jobs(&a).await.len(),
+        3,
+        "nothing stored by a refused submit"
+    );
+    let _ = a
+        .cancel_where(&aura_model::view::CancelSelection::default())
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_loses_and_duplicates_nothing() {
     let cluster = PgCluster::start();
