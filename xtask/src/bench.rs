@@ -6,9 +6,8 @@ use crate::harness::{
     rusage_secs, Daemon,
 };
 use anyhow::{bail, Context};
-use aura_client::ListQuery;
 use aura_host::procfs;
-use aura_model::{JobId, JobSpec, JobState, StopSequence};
+use aura_model::{JobId, JobSpec, StopSequence};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -227,34 +226,14 @@ fn throughput_once(root: &Path, jobs: usize, parallel: usize, queued: bool) -> a
         let _ = client.wait(max_id, Duration::from_secs(60)).await?;
         let min_id = ids.iter().copied().min().context("no jobs")?;
         let mut last_finish = first_submit;
-        let mut finished = 0usize;
         let (mut job_wall, mut job_cpu) = (0.0, 0.0);
-        let mut after = Some(JobId(min_id.0 - 1));
-        loop {
-            let page = client
-                .list(&ListQuery {
-                    limit: Some(1000),
-                    after,
-                    oldest_first: true,
-                    ..Default::default()
-                })
-                .await?;
-            for v in &page.jobs {
-                if let JobState::Finished(f) = &v.job.state {
-                    if !f.outcome.is_success() {
-                        anyhow::bail!("job {} did not succeed: {:?}", v.job.id, f.outcome);
-                    }
-                    finished += 1;
-                    job_wall += f.accounting.wall_secs.unwrap_or(0.0);
-                    job_cpu += f.accounting.cpu_user_secs.unwrap_or(0.0)
-                        + f.accounting.cpu_system_secs.unwrap_or(0.0);
-                    last_finish = last_finish.max(f.finished_at);
-                }
-            }
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => break,
-            }
+        let records = crate::harness::finished_from(&client, min_id).await?;
+        let finished = records.len();
+        for f in &records {
+            job_wall += f.accounting.wall_secs.unwrap_or(0.0);
+            job_cpu += f.accounting.cpu_user_secs.unwrap_or(0.0)
+                + f.accounting.cpu_system_secs.unwrap_or(0.0);
+            last_finish = last_finish.max(f.finished_at);
         }
         if finished != jobs {
             anyhow::bail!("only {finished} of {jobs} jobs are recorded as finished");

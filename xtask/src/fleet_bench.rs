@@ -2,10 +2,10 @@
 //! beside one node on its SQLite database and the raw spawn rate, in the same run; submit→start latency
 //! through the fleet; and how long a dead node's job takes to run again elsewhere.
 
-use crate::harness::{client_runtime, percentile, Daemon};
+use crate::harness::{client_runtime, finished_from, jobs_after, percentile, Daemon};
 use anyhow::Context;
 use aura_client::{Client, ListQuery};
-use aura_model::{JobState, StateName, Timestamp};
+use aura_model::{StateName, Timestamp};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -80,47 +80,23 @@ async fn run_batch(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     loop {
-        let counts = finished_since(client, min).await?;
-        if counts.0 >= jobs {
-            let wall = counts.1.since(first).as_secs_f64();
+        let finished = finished_from(client, min).await?;
+        if finished.len() >= jobs {
+            let last = finished
+                .iter()
+                .map(|f| f.finished_at)
+                .max()
+                .context("no jobs")?;
+            let wall = last.since(first).as_secs_f64();
             return Ok((jobs as f64 / wall, wall));
         }
         if Instant::now() > deadline {
-            anyhow::bail!("only {} of {jobs} jobs finished in 10 minutes", counts.0);
+            anyhow::bail!(
+                "only {} of {jobs} jobs finished in 10 minutes",
+                finished.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// How many jobs from `min` on have finished (each must have succeeded), and the latest end.
-async fn finished_since(
-    client: &Client,
-    min: aura_model::JobId,
-) -> anyhow::Result<(usize, Timestamp)> {
-    let mut after = Some(aura_model::JobId(min.0 - 1));
-    let (mut finished, mut last) = (0, Timestamp::from_unix_millis(0));
-    loop {
-        let page = client
-            .list(&ListQuery {
-                limit: Some(1000),
-                after,
-                oldest_first: true,
-                ..Default::default()
-            })
-            .await?;
-        for v in &page.jobs {
-            if let JobState::Finished(f) = &v.job.state {
-                if !f.outcome.is_success() {
-                    anyhow::bail!("job {} did not succeed: {:?}", v.job.id, f.outcome);
-                }
-                finished += 1;
-                last = last.max(f.finished_at);
-            }
-        }
-        match (page.next_after, page.jobs.last()) {
-            (Some(_), Some(v)) => after = Some(v.job.id),
-            _ => return Ok((finished, last)),
-        }
     }
 }
 
@@ -183,24 +159,8 @@ pub(crate) fn fleet(root: &Path, jobs: usize, nodes: usize) -> anyhow::Result<()
                 .collect::<anyhow::Result<_>>()?;
             let run = run_batch(&client, jobs, Some(&all)).await?;
             let mut spread = std::collections::BTreeMap::<String, usize>::new();
-            let mut after = None;
-            loop {
-                let page = client
-                    .list(&ListQuery {
-                        limit: Some(1000),
-                        after,
-                        ..Default::default()
-                    })
-                    .await?;
-                for v in &page.jobs {
-                    *spread
-                        .entry(v.job.node.clone().unwrap_or_default())
-                        .or_default() += 1;
-                }
-                match (page.next_after, page.jobs.last()) {
-                    (Some(_), Some(v)) => after = Some(v.job.id),
-                    _ => break,
-                }
+            for v in jobs_after(&client, None).await? {
+                *spread.entry(v.job.node.unwrap_or_default()).or_default() += 1;
             }
             // Rescue: two long jobs on the last node (the others drained meanwhile, so that it claims
             // them), then it is SIGKILLed and the others, undrained and idle, take them over.

@@ -129,6 +129,47 @@ pub(crate) fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Every job with an id above `after` (all with `None`), oldest first, page by page.
+pub(crate) async fn jobs_after(
+    client: &Client,
+    after: Option<aura_model::JobId>,
+) -> anyhow::Result<Vec<aura_client::JobView>> {
+    let mut jobs = Vec::new();
+    let mut after = after;
+    loop {
+        let page = client
+            .list(&aura_client::ListQuery {
+                limit: Some(1000),
+                after,
+                oldest_first: true,
+                ..Default::default()
+            })
+            .await?;
+        jobs.extend(page.jobs);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(jobs),
+        }
+    }
+}
+
+/// The finished records of the jobs from `first` on (each must have succeeded).
+pub(crate) async fn finished_from(
+    client: &Client,
+    first: aura_model::JobId,
+) -> anyhow::Result<Vec<aura_model::Finished>> {
+    let mut finished = Vec::new();
+    for v in jobs_after(client, Some(aura_model::JobId(first.0 - 1))).await? {
+        if let aura_model::JobState::Finished(f) = v.job.state {
+            if !f.outcome.is_success() {
+                anyhow::bail!("job {} did not succeed: {:?}", v.job.id, f.outcome);
+            }
+            finished.push(*f);
+        }
+    }
+    Ok(finished)
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

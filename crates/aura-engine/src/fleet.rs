@@ -310,11 +310,11 @@ impl FleetTask {
             }
             // Only what can start here now, and `prefetch` more: a node that took more than it can run
             // would sit on long jobs that idle nodes could start.
-            let held = shared.queued_count.load(Ordering::Relaxed)
+            let holding = shared.queued_count.load(Ordering::Relaxed)
                 + shared.running_count.load(Ordering::Relaxed);
             let prefetch = if self.stalled { 0 } else { self.prefetch };
             let room = shared.config.max_concurrent + prefetch;
-            let want = room.saturating_sub(held);
+            let want = room.saturating_sub(holding);
             // Topped up once half the prefetch is gone, not after every job: a claim is a query every
             // node's claims contend on, and one for a job or two costs the database as much as one for
             // thirty.

@@ -312,28 +312,9 @@ impl EngineHandle {
             return Ok(());
         };
         let (all, theirs) = fleet.waiting(submitter.map(|s| s.name.as_str())).await?;
-        let (all, theirs) = (
-            usize::try_from(all).unwrap_or(usize::MAX),
-            usize::try_from(theirs).unwrap_or(usize::MAX),
-        );
-        let cap = self.shared.config.admission.queue_cap;
-        if all.saturating_add(adding) > cap {
-            return Err(EngineError::QueueFull { queued: all, cap });
-        }
-        if let Some(crate::Submitter {
-            name,
-            max_queued: Some(cap),
-        }) = submitter
-        {
-            if theirs.saturating_add(adding) > *cap {
-                return Err(EngineError::SubmitterQueueFull {
-                    submitter: name.clone(),
-                    queued: theirs,
-                    cap: *cap,
-                });
-            }
-        }
-        Ok(())
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        self.shared
+            .within_caps(count(all), count(theirs), adding, submitter)
     }
 
     /// Refuses a submit while the daemon shuts down, the queue is full, or the submitter's share of it is
@@ -1412,21 +1393,39 @@ impl Shared {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
         }
+        let all = self.queued_count.load(Ordering::Relaxed) + places.total;
+        // Counted only where a cap reads it: a submit without one skips the map.
+        let theirs = match submitter {
+            Some(s) if s.max_queued.is_some() => {
+                self.queued_by(&s.name) + places.by.get(&s.name).copied().unwrap_or(0)
+            }
+            _ => 0,
+        };
+        self.within_caps(all, theirs, 1, submitter)
+    }
+
+    /// Whether `adding` more jobs fit the queue caps, with `all` waiting and `theirs` of them the
+    /// submitter's.
+    pub(crate) fn within_caps(
+        &self,
+        all: usize,
+        theirs: usize,
+        adding: usize,
+        submitter: Option<&crate::Submitter>,
+    ) -> Result<(), EngineError> {
         let cap = self.config.admission.queue_cap;
-        let queued = self.queued_count.load(Ordering::Relaxed) + places.total;
-        if queued >= cap {
-            return Err(EngineError::QueueFull { queued, cap });
+        if all.saturating_add(adding) > cap {
+            return Err(EngineError::QueueFull { queued: all, cap });
         }
         if let Some(crate::Submitter {
             name,
             max_queued: Some(cap),
         }) = submitter
         {
-            let queued = self.queued_by(name) + places.by.get(name).copied().unwrap_or(0);
-            if queued >= *cap {
+            if theirs.saturating_add(adding) > *cap {
                 return Err(EngineError::SubmitterQueueFull {
                     submitter: name.clone(),
-                    queued,
+                    queued: theirs,
                     cap: *cap,
                 });
             }

@@ -74,8 +74,8 @@ pub(crate) struct Shared {
     pub job_metrics: crate::metrics::JobMetrics,
     /// What the janitor did and is doing (written by its thread, read by handles).
     pub janitor: crate::retention::Board,
-    /// Attempts that ended here since start-up (fleet mode: a node whose slots free up is worth
-    /// claiming ahead for).
+    /// Attempts that ended here since start-up (fleet mode: the fleet task gives waiting jobs back when
+    /// none ends for a while).
     pub ended_attempts: AtomicU64,
     /// Rung when this node may take more work — an attempt ended, the node was undrained, admission
     /// resumed — so that in fleet mode the fleet task tops the local queue up at once, not at its next

@@ -112,6 +112,12 @@ fn any_job() -> ClaimFilter {
     }
 }
 
+/// Nodes `a` and `b` of a fresh fleet database.
+async fn two_nodes() -> (Store, Store) {
+    let url = fresh();
+    (open(&url, "a").await, open(&url, "b").await)
+}
+
 fn fresh() -> String {
     PgCluster::shared().fresh_database()
 }
@@ -303,9 +309,7 @@ async fn jobs_round_trip_and_list_on_postgres() {
 /// Two nodes claiming from 2,000 queued jobs at once, in batches: every job is claimed exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_claims_take_every_job_exactly_once() {
-    let url = fresh();
-    let a = open(&url, "a").await;
-    let b = open(&url, "b").await;
+    let (a, b) = two_nodes().await;
     let entries = (0..2000).map(|n| (spec(n), vec![], None)).collect();
     let jobs = a.insert_batch(entries, at(0), None).await.expect("insert");
     assert_eq!(jobs.len(), 2000);
@@ -338,9 +342,7 @@ async fn concurrent_claims_take_every_job_exactly_once() {
 /// requeued as attempt 2), A claims it; B's later write is fenced and changes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_nodes_job_is_rescued_and_its_writes_fenced() {
-    let url = fresh();
-    let a = open(&url, "a").await;
-    let b = open(&url, "b").await;
+    let (a, b) = two_nodes().await;
     let (fa, fb) = (a.fleet().expect("fleet"), b.fleet().expect("fleet"));
     fa.register(&[]).await.expect("register a");
     fb.register(&[]).await.expect("register b");
@@ -486,9 +488,7 @@ async fn dependencies_hold_claims_until_finished() {
 /// frees its slot; a node that registers again holds none.
 #[tokio::test(flavor = "multi_thread")]
 async fn leases_hold_slots_of_fleet_limits_across_nodes() {
-    let url = fresh();
-    let a = open(&url, "a").await;
-    let b = open(&url, "b").await;
+    let (a, b) = two_nodes().await;
     let limits = [FleetLimit {
         name: "tts".into(),
         max_concurrent: Some(2),
@@ -575,9 +575,7 @@ async fn publish_until_heard(
 /// Live progress one node publishes reaches the other nodes' receivers, never its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_reaches_the_other_nodes() {
-    let url = fresh();
-    let a = open(&url, "a").await;
-    let b = open(&url, "b").await;
+    let (a, b) = two_nodes().await;
     let (fa, fb) = (a.fleet().expect("fleet"), b.fleet().expect("fleet"));
     let (mut on_a, mut on_b) = (fa.progress(), fb.progress());
     let update = aura_model::ProgressUpdate {
@@ -689,9 +687,7 @@ async fn a_fleet_limit_holds_across_concurrent_claimers() {
 /// An insert through one node wakes another node's `work()`.
 #[tokio::test(flavor = "multi_thread")]
 async fn work_wakes_on_another_nodes_insert() {
-    let url = fresh();
-    let a = open(&url, "a").await;
-    let b = open(&url, "b").await;
+    let (a, b) = two_nodes().await;
     let work = a.fleet().expect("fleet").work();
     // The listener's first connect may wake it once: drain that.
     let _ = tokio::time::timeout(Duration::from_millis(300), work.notified()).await;
@@ -715,9 +711,7 @@ async fn work_wakes_on_another_nodes_insert() {
 /// A subscriber on node A sees what node B commits, in sequence order, without gaps: exactly the log.
 #[tokio::test(flavor = "multi_thread")]
 async fn subscribers_see_other_nodes_events_in_order() {
-    let url = fresh();
-    let a = open(&url, "a").await;
-    let b = open(&url, "b").await;
+    let (a, b) = two_nodes().await;
     let before = a
         .insert_job(spec(0), at(0), None, None)
         .await
@@ -774,9 +768,7 @@ async fn subscribers_see_other_nodes_events_in_order() {
 /// the numbers the notifications carry): a subscriber that comes later gets only what commits after it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_subscriber_gets_nothing_committed_before_it() {
-    let url = fresh();
-    let a = open(&url, "a").await;
-    let b = open(&url, "b").await;
+    let (a, b) = two_nodes().await;
     let job = b
         .insert_job(spec(0), at(0), None, None)
         .await

@@ -22,6 +22,27 @@ fn node(url: &str, name: &str, extra: &[(&str, &str)]) -> Daemon {
     Daemon::start_logged(&env, true)
 }
 
+/// `n` jobs that sleep `secs` holding a slot of the limit `tts`.
+fn tts_sleepers(n: usize, secs: &str) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|_| {
+            serde_json::json!({"program": "/bin/sleep", "args": [secs],
+                               "resources": {"providers": ["tts"]}})
+        })
+        .collect()
+}
+
+/// Submits `entries` as one batch; their ids.
+async fn submit_ids(client: &Client, entries: Vec<serde_json::Value>) -> Vec<JobId> {
+    client
+        .submit_batch(entries)
+        .await
+        .expect("submit")
+        .into_iter()
+        .map(|j| j.id)
+        .collect()
+}
+
 /// A directory every job of every node may write in.
 fn shared_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -297,13 +318,7 @@ async fn a_provider_limit_holds_across_the_fleet() {
         node(&url, "node-c", &limit),
     ];
     let a = nodes[0].client();
-    let entries: Vec<_> = (0..24)
-        .map(|_| {
-            serde_json::json!({"program": "/bin/sleep", "args": ["0.3"],
-                               "resources": {"providers": ["tts"]}})
-        })
-        .collect();
-    a.submit_batch(entries).await.expect("submit");
+    submit_ids(&a, tts_sleepers(24, "0.3")).await;
     let mut most = 0;
     let mut samples = 0;
     let mut nodes_seen = BTreeSet::new();
@@ -383,19 +398,7 @@ async fn leases_hold_fleet_limits_across_nodes() {
         );
     }
     let a = nodes[0].client();
-    let entries: Vec<_> = (0..2)
-        .map(|_| {
-            serde_json::json!({"program": "/bin/sleep", "args": ["0.2"],
-                               "resources": {"providers": ["tts"]}})
-        })
-        .collect();
-    let ids: Vec<JobId> = a
-        .submit_batch(entries)
-        .await
-        .expect("submit")
-        .into_iter()
-        .map(|j| j.id)
-        .collect();
+    let ids = submit_ids(&a, tts_sleepers(2, "0.2")).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in &ids {
         let view = a.get(*id).await.expect("get");
@@ -477,13 +480,7 @@ async fn a_bulk_cancel_reaches_every_node() {
     let job = |batch: &str| serde_json::json!({"program": "/bin/sleep", "args": ["300"], "labels": {"batch": batch}});
     let mut entries: Vec<_> = (0..6).map(|_| job("x")).collect();
     entries.push(job("keep"));
-    let ids: Vec<JobId> = a
-        .submit_batch(entries)
-        .await
-        .expect("submit")
-        .into_iter()
-        .map(|j| j.id)
-        .collect();
+    let ids = submit_ids(&a, entries).await;
     // Both nodes run some (two slots each); the rest wait.
     wait_running_on(&a, 2, Duration::from_secs(30), "both nodes run jobs").await;
     let selection = aura_model::view::CancelSelection {
