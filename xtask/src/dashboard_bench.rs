@@ -41,18 +41,8 @@ pub fn dashboard(root: &Path, pages: usize, jobs: usize, seconds: u64) -> anyhow
     {
         bail!("playwright-core is missing: run `cargo xtask deps` first");
     }
-    let concurrent = (jobs + 10).to_string();
-    let daemon = Daemon::start_with(
-        root,
-        jobs + 10,
-        &[
-            ("AURA_MAX_CONCURRENT", concurrent.as_str()),
-            // The browser is CPU outside Aura: it must not pause admission or throttle the jobs.
-            ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
-            ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
-            ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
-        ],
-    )?;
+    // The browser is CPU outside Aura: it must not pause admission or throttle the jobs.
+    let daemon = Daemon::start_with(root, jobs + 10, &crate::harness::QUIET_CPU)?;
     let token = daemon
         .token
         .clone()

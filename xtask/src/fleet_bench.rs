@@ -2,7 +2,7 @@
 //! beside one node on its SQLite database and the raw spawn rate, in the same run; submit→start latency
 //! through the fleet; and how long a dead node's job takes to run again elsewhere.
 
-use crate::harness::{client_runtime, finished_from, jobs_after, percentile, Daemon};
+use crate::harness::{client_runtime, finished_from, jobs_after, percentile, Daemon, QUIET_CPU};
 use anyhow::Context;
 use aura_client::{Client, ListQuery};
 use aura_model::{StateName, Timestamp};
@@ -11,16 +11,6 @@ use std::time::{Duration, Instant};
 
 /// The token the benchmark's nodes share.
 const TOKEN: &str = "bench-fleet-token-0123456789abcdef";
-
-/// Every node of the benchmark shares two cores with the others and with PostgreSQL: their CPU is
-/// "outside Aura" for each, and the outside-CPU guard and the throttle would pause and cap them — on a
-/// fleet of real machines a node has its machine to itself. The single node runs under the same
-/// settings, so the two figures compare.
-const SHARED_MACHINE: [(&str, &str); 3] = [
-    ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
-    ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
-    ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
-];
 
 /// Submits `jobs` × `/bin/true` in batches of 1,000 from four concurrent submitters, waits for every
 /// outcome, and returns the rate and the wall time: first submit → last outcome recorded; or, with
@@ -121,9 +111,9 @@ pub(crate) fn fleet(root: &Path, jobs: usize, nodes: usize) -> anyhow::Result<()
     }
     let raw_before = crate::harness::raw_spawn_rate(jobs.min(4000), 2)?;
     let rt = client_runtime()?;
-    // One node on SQLite: the single-node figure of the same run.
+    // One node on SQLite: the single-node figure of the same run, under the nodes' settings so both compare.
     let ((single, single_wall), (single_run, single_run_wall)) = {
-        let daemon = Daemon::start_named(root, 2, &SHARED_MACHINE, "-sqlite")?;
+        let daemon = Daemon::start_named(root, 2, &QUIET_CPU, "-sqlite")?;
         let client = daemon.client()?;
         let end_to_end = rt.block_on(run_batch(&client, jobs, None))?;
         let run = rt.block_on(run_batch(
@@ -145,7 +135,7 @@ pub(crate) fn fleet(root: &Path, jobs: usize, nodes: usize) -> anyhow::Result<()
             // The rescue figure with the default timeout, as a studio runs it.
             ("AURA_FLEET__HEARTBEAT_TIMEOUT", "15s"),
         ];
-        env.extend(SHARED_MACHINE);
+        env.extend(QUIET_CPU);
         daemons.push(Daemon::start_named(root, 2, &env, &format!("-{name}"))?);
     }
     let client = daemons[0].client()?;

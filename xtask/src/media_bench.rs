@@ -240,15 +240,7 @@ pub fn ffmpeg(root: &Path, encodes: usize, rounds: usize) -> anyhow::Result<()> 
     let parallel = 2;
     // The direct side's encodes are "CPU outside Aura" to the daemon: its guard would hold the next
     // side's jobs back (as it should for an editor's work) and measure the guard, not the supervision.
-    let daemon = Daemon::start_with(
-        root,
-        parallel,
-        &[
-            ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
-            ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
-            ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
-        ],
-    )?;
+    let daemon = Daemon::start_with(root, parallel, &crate::harness::QUIET_CPU)?;
     let rt = crate::harness::client_runtime()?;
     let client = daemon.client()?;
     let dir = std::env::temp_dir().join(format!("aura-bench-ffmpeg-{}", std::process::id()));

@@ -282,14 +282,6 @@ fn config_shows_sources_redacts_secrets_and_refuses_bad_files() {
     );
 }
 
-/// The guards that judge CPU used outside Aura would pause admission at random on a machine busy with
-/// other tests and builds; they have tests of their own.
-const QUIET_GUARDS: [(&str, &str); 3] = [
-    ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
-    ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
-    ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
-];
-
 /// `bash -o pipefail -c LINE` as an operator would type it against `daemon`, in `cwd`, with `aura` on
 /// the PATH; killed after a minute.
 fn shell(line: &str, daemon: &Daemon, cwd: &Path) -> Output {
@@ -400,7 +392,7 @@ fn every_command_of_the_operations_guide_runs() {
         );
     }
 
-    let daemon = Daemon::start(&QUIET_GUARDS);
+    let daemon = Daemon::start(&[]);
     // The commands find this token themselves, through the runtime file, as an operator's CLI does.
     assert!(daemon.token.starts_with("aura_"));
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -447,8 +439,7 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 fn json_logs_carry_the_job_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("daemon.log");
-    let mut env = QUIET_GUARDS.to_vec();
-    env.extend([("AURA_LOG", "info"), ("AURA_LOG__FORMAT", "json")]);
+    let env = [("AURA_LOG", "info"), ("AURA_LOG__FORMAT", "json")];
     let daemon = Daemon::start_logged(&env, Some(&log));
     let out = shell("aura submit --quiet --wait -- true", &daemon, dir.path());
     assert!(out.status.success(), "{out:?}");

@@ -187,10 +187,6 @@ async fn prometheus_answers_every_dashboard_query_from_a_real_daemon() {
         // One job at a time, so that the second job waits in the queue.
         ("AURA_MAX_CONCURRENT", "1"),
         ("AURA_METRICS__INTERVAL", "200ms"),
-        // Another test's CPU is "outside Aura" for this daemon.
-        ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
-        ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
-        ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
     ]);
     let prometheus = Prometheus::start(&daemon);
     let client = Client::authorized(&daemon.url, &daemon.token).expect("client");

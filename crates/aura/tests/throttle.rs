@@ -67,9 +67,9 @@ async fn engine_event(client: &Client, kind: &str, seq: i64, limit: Duration) ->
 async fn a_busy_desktop_caps_running_jobs_and_gets_its_cpu_back() {
     let share = SHARE.to_string();
     let daemon = Daemon::start(&[
-        // Admission is not what is tested: the loop outside must not pause it.
-        ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
-        ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
+        // The throttle is what is tested (the shared machine's defaults leave it off); admission is
+        // not: the loop outside must not pause it (those defaults see to that).
+        ("AURA_GUARDS__THROTTLE__ENABLED", "true"),
         ("AURA_GUARDS__THROTTLE__CPU_SHARE", &share),
     ]);
     let (url, token) = (&daemon.url, &daemon.token);

@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+pub mod machine;
+
 pub const AURA: &str = env!("CARGO_BIN_EXE_aura");
 
 pub struct Daemon {
@@ -15,7 +17,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// `aura serve` with these `AURA_*` overrides, once it listens.
+    /// `aura serve` with these `AURA_*` overrides (over `machine::SHARED_MACHINE`), once it listens.
     pub fn start(env: &[(&str, &str)]) -> Daemon {
         Daemon::start_logged(env, None)
     }
@@ -31,6 +33,7 @@ impl Daemon {
             // A knob of the test binaries, not the daemon's: `aura serve` refuses unknown AURA_* keys.
             .env_remove("AURA_LEAK_SECONDS")
             .env("AURA_RUNTIME_DIR", dir.path().join("runtime"))
+            .envs(machine::SHARED_MACHINE.iter().copied())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(match log {

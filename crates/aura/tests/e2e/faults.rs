@@ -149,6 +149,62 @@ async fn a_full_data_volume_keeps_records_true_and_answers_507() {
     }
 }
 
+/// The disk guard reads the data dir's real volume: below `min_free_disk` admission pauses and a job
+/// waits, saying why; once space returns above `resume_free_disk` the job runs, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nearly_full_data_volume_pauses_admission_until_space_returns() {
+    let Some(volume) = Tmpfs::mount("size=128m") else {
+        return;
+    };
+    let daemon = Daemon::start_at(
+        volume.path.join("data"),
+        &[
+            ("AURA_GUARDS__MIN_FREE_DISK", "10%"),
+            ("AURA_GUARDS__RESUME_FREE_DISK", "0.2"),
+            ("AURA_GUARDS__INTERVAL", "100ms"),
+        ],
+    );
+    let client = daemon.client();
+    // Room for the store's few writes is left: 6 % of the volume.
+    let stat = rustix::fs::statvfs(&volume.path).expect("statvfs");
+    let total = stat.f_blocks * stat.f_frsize;
+    let free = stat.f_bavail * stat.f_frsize;
+    let filler = std::fs::File::create(volume.path.join("filler")).expect("filler");
+    let size = free - total * 6 / 100;
+    rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), 0, size)
+        .expect("fill the volume");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        let u = client.utilization().await.unwrap();
+        if u.admission_paused {
+            break u.paused_reason.unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the disk guard never paused admission: {u:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.starts_with("data volume free space") && reason.contains("pauses below 10 %"),
+        "{reason}"
+    );
+    let id = submit(&client, &spec("true", &[])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = client.get(id).await.unwrap();
+    assert_eq!(view.job.state.name(), aura_model::StateName::Queued);
+    let waiting = view.waiting.unwrap_or_default();
+    assert!(
+        waiting.starts_with("admission paused: data volume free space"),
+        "{waiting}"
+    );
+
+    drop(filler);
+    std::fs::remove_file(volume.path.join("filler")).unwrap();
+    assert!(outcome(&wait_done(&client, id).await).is_success());
+    assert!(!client.utilization().await.unwrap().admission_paused);
+}
+
 /// A job that cannot start because the volume has no room for its directory ends `storage_exhausted`
 /// (not a generic failure to start), and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread")]

@@ -36,18 +36,7 @@ impl Daemon {
     fn start_with(env: &[(&str, &str)], logged: bool, data_dir: Option<PathBuf>) -> Daemon {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = data_dir.unwrap_or_else(|| tmp.path().join("data"));
-        // Tests share two cores with each other and with cargo: CPU used by another test's daemon is "outside
-        // Aura" for this one, so the outside-CPU guard would pause admission, and the throttle cap jobs, at
-        // random. The memory guards stay on; the CPU guard and the throttle have their own tests.
-        let defaults = [
-            ("AURA_GUARDS__MAX_OUTSIDE_CPU", "1.0"),
-            ("AURA_GUARDS__RESUME_OUTSIDE_CPU", "0.95"),
-            ("AURA_GUARDS__THROTTLE__ENABLED", "false"),
-            // Readiness must not hang on how full the machine's disk happens to be (a CI runner's was at
-            // 4 %); the low-disk path has its own test.
-            ("AURA_JANITOR__LOW_FREE_DISK", "0"),
-        ];
-        let env: Vec<(String, String)> = defaults
+        let env: Vec<(String, String)> = machine::SHARED_MACHINE
             .iter()
             .chain(env)
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -441,6 +430,9 @@ async fn get_text(url: String) -> String {
 fn outcome(view: &JobView) -> &Outcome {
     view.job.outcome().expect("finished")
 }
+
+#[path = "../common/machine.rs"]
+mod machine;
 
 mod control;
 mod fallback;
