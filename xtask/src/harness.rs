@@ -146,28 +146,17 @@ pub(crate) fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Every job with an id above `after` (all with `None`), oldest first, page by page.
+/// Every job with an id above `after` (all with `None`), oldest first.
 pub(crate) async fn jobs_after(
     client: &Client,
     after: Option<aura_model::JobId>,
 ) -> anyhow::Result<Vec<aura_client::JobView>> {
-    let mut jobs = Vec::new();
-    let mut after = after;
-    loop {
-        let page = client
-            .list(&aura_client::ListQuery {
-                limit: Some(1000),
-                after,
-                oldest_first: true,
-                ..Default::default()
-            })
-            .await?;
-        jobs.extend(page.jobs);
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => return Ok(jobs),
-        }
-    }
+    let query = aura_client::ListQuery {
+        after,
+        oldest_first: true,
+        ..Default::default()
+    };
+    Ok(client.list_all(&query).await?)
 }
 
 /// The finished records of the jobs from `first` on (each must have succeeded).

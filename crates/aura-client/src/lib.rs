@@ -562,6 +562,24 @@ impl Client {
             .await
     }
 
+    /// Every job matching `q` from its `after` on, in its order, fetched page by page (`q.limit` jobs a
+    /// page, 1,000 when unset). A job submitted meanwhile is included if its page is still ahead.
+    pub async fn list_all(&self, q: &ListQuery) -> Result<Vec<JobView>, ClientError> {
+        let mut page_query = ListQuery {
+            limit: Some(q.limit.unwrap_or(1000)),
+            ..q.clone()
+        };
+        let mut jobs = Vec::new();
+        loop {
+            let page = self.list(&page_query).await?;
+            jobs.extend(page.jobs);
+            match page.next_after {
+                Some(next) => page_query.after = Some(next),
+                None => return Ok(jobs),
+            }
+        }
+    }
+
     /// Cancels a queued job, or stops a running one with its stop sequence; returns the job as it is then.
     pub async fn cancel(&self, id: JobId) -> Result<JobView, ClientError> {
         self.send(self.http.post(self.url(&format!("/api/jobs/{id}/cancel"))))

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// An amount of available memory: a share of physical memory (`0.2`, `"20%"`) or a size (`"2GiB"`, or
-/// a whole number of bytes above 1).
+/// An amount of available memory or free disk: a share of the total — physical memory, or the data
+/// volume's size — (`0.2`, `"20%"`) or a size (`"2GiB"`, or a whole number of bytes above 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum MemoryThreshold {
     /// A share of the total, from 0 to 1.
@@ -79,7 +79,7 @@ impl<'de> serde::Deserialize<'de> for MemoryThreshold {
         }
         let bad = |what: &str| {
             serde::de::Error::custom(format!(
-                "invalid memory threshold {what}: use a share of physical memory (0.2 or \"20%\") or a size (\"2GiB\")"
+                "invalid threshold {what}: use a share (0.2 or \"20%\" of physical memory, or of the data volume for a disk threshold) or a size (\"2GiB\")"
             ))
         };
         match Raw::deserialize(d)? {
@@ -1076,7 +1076,7 @@ mod tests {
         );
         for bad in [json!(-1), json!(1.5), json!("150%"), json!("lots")] {
             let e = parse(bad.clone()).unwrap_err().to_string();
-            assert!(e.contains("invalid memory threshold"), "{bad}: {e}");
+            assert!(e.contains("invalid threshold"), "{bad}: {e}");
         }
         let mut c = GuardConfig {
             critical_available_memory: MemoryThreshold::Bytes(2 << 30),

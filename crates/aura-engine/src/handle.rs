@@ -1215,23 +1215,13 @@ impl EngineHandle {
             if let Some(fleet) = self.shared.store.fleet() {
                 // The writes still queued (the last jobs' requeues and ends) are committed first: a
                 // node marked `left` with a job still recorded running would have it rescued, and its
-                // own write of that job fenced. A setting goes through the writer in order: when it
-                // is committed, so is everything queued before it.
-                let barrier = Timestamp::now().unix_millis().to_string();
-                match self
-                    .shared
-                    .store
-                    .set_setting("fleet.left_at", Some(&barrier))
-                    .await
-                {
-                    Ok(pending) => {
-                        if let Err(e) = pending.await {
-                            tracing::warn!(error = %e, "cannot flush this node's writes before leaving the fleet");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot flush this node's writes before leaving the fleet")
-                    }
+                // own write of that job fenced.
+                let flushed = match self.shared.store.flush().await {
+                    Ok(pending) => pending.await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = flushed {
+                    tracing::warn!(error = %e, "cannot flush this node's writes before leaving the fleet");
                 }
                 // What this node claimed and did not run goes back to the fleet's queue at once.
                 match fleet.leave().await {

@@ -508,6 +508,20 @@ mod tests {
         }
     }
 
+    /// Drains until EOF, once the write end is closed. Another test of this binary that starts a process
+    /// (a mount) holds a copy of every open pipe end in its child between fork and exec: EOF comes once
+    /// that child has exec'd, a moment later.
+    fn drain_to_eof(capture: &mut Capture) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !capture.drain(usize::MAX).expect("drain") {
+            assert!(
+                Instant::now() < deadline,
+                "no EOF after the write end closed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn feed(capture: &mut Capture, tx: &mut File, n: u64) {
         send(capture, tx, &vec![b'x'; usize::try_from(n).expect("size")]);
     }
@@ -532,7 +546,7 @@ mod tests {
         );
         assert_eq!(capture.report().bytes_written, 3);
         drop(tx);
-        assert!(capture.drain(usize::MAX).expect("drain"));
+        drain_to_eof(&mut capture);
         assert!(capture.drain(usize::MAX).expect("drain"), "EOF stays EOF");
         assert_eq!(capture.report().bytes_written, 3);
     }
@@ -601,7 +615,7 @@ mod tests {
         capture.failing = Some((long_ago.expect("clock past 4 s"), "disk full".to_owned()));
         tx.write_all(b"fgh").expect("write");
         drop(tx);
-        assert!(capture.drain(usize::MAX).expect("drain"));
+        drain_to_eof(&mut capture);
         assert!(capture.failing.is_none());
         let note = "\n[aura: 5 bytes of output dropped: disk full]\n";
         let logged = std::fs::read(segment::path(&dir, Stream::Stdout, 0)).expect("read");

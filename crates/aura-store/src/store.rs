@@ -590,6 +590,18 @@ impl Store {
         Ok(Pending(answer))
     }
 
+    /// Resolves once queued, the `Pending` once every write queued before it is committed (kept writes
+    /// included: while the volume refuses writes, only when they are).
+    pub async fn flush(&self) -> Result<Pending, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let done: Done = Box::new(move |result| {
+            let _ = reply.send(result);
+        });
+        self.send(Command::Write(Box::new(Write::Flush { done })))
+            .await?;
+        Ok(Pending(answer))
+    }
+
     /// Appends an entry to the engine's own event log (decisions that belong to no single job); resolves
     /// once queued; `then` runs on the writer thread once it is committed (see `record_then`), within the
     /// group window.

@@ -45,7 +45,8 @@ impl Command {
                 Write::Insert { .. }
                 | Write::InsertBatch { .. }
                 | Write::InsertRetry { .. }
-                | Write::Setting { .. } => true,
+                | Write::Setting { .. }
+                | Write::Flush { .. } => true,
                 Write::Record { commit, .. } => *commit == Commit::Now,
                 Write::Engine { .. } => false,
             },
@@ -224,6 +225,8 @@ pub(crate) enum Write {
         value: Option<String>,
         done: Done,
     },
+    /// Writes nothing: answered once everything queued before it is committed.
+    Flush { done: Done },
 }
 
 #[derive(Default)]
@@ -624,6 +627,7 @@ impl Write {
                 .context("writing a setting")?;
                 Ok(JobId(0))
             }
+            Write::Flush { .. } => Ok(JobId(0)),
         }
     }
 
@@ -651,7 +655,8 @@ impl Write {
             }
             Write::Record { done, .. }
             | Write::Engine { done, .. }
-            | Write::Setting { done, .. } => done(result.map(|_| ())),
+            | Write::Setting { done, .. }
+            | Write::Flush { done } => done(result.map(|_| ())),
         }
     }
 }

@@ -418,6 +418,40 @@ async fn writes_someone_waits_for_never_wait_for_the_group_window(db: Db) {
 
 both!(writes_someone_waits_for_never_wait_for_the_group_window);
 
+/// A flush writes nothing itself and ends the group window: once it is answered, the writes queued
+/// before it are committed and readable.
+async fn a_flush_commits_what_was_queued_before_it(db: Db) {
+    let t = TestStore::open_with(
+        db,
+        StoreOptions {
+            group_window: FOREVER,
+            ..StoreOptions::default()
+        },
+    )
+    .await;
+    let store = t.store.clone();
+    let mut job = promptly(
+        "an insert",
+        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
+    )
+    .await
+    .expect("insert");
+    job.apply(Event::Started { run: run_info(1) })
+        .expect("start");
+    let soon = record_then(&store, &job, &[note("started", 1)], Commit::Soon).await;
+    promptly("a flush", committed(store.flush().await))
+        .await
+        .expect("flushed");
+    soon.await
+        .expect("answered")
+        .expect("committed before the flush");
+    assert_eq!(store.events(job.id).await.expect("events").len(), 2);
+    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    store.close().await.expect("close");
+}
+
+both!(a_flush_commits_what_was_queued_before_it);
+
 /// A write someone waits for that was queued behind a `Soon` write while the writer was busy is found
 /// when the writer comes back, and ends the window for both.
 async fn a_now_write_queued_behind_a_soon_write_ends_the_window(db: Db) {

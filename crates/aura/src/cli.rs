@@ -1087,12 +1087,28 @@ async fn stop_selected(client: &Client, select: Selection, kill: bool) -> anyhow
     Ok(0)
 }
 
+/// Waits until the job has finished. A job still waiting to start after a short while says why on stderr
+/// (and again whenever the reason changes), so a wait held by a paused admission, a drained node or a
+/// busy limit is not silent.
 async fn wait_for(client: &Client, id: JobId) -> anyhow::Result<JobView> {
+    let mut told: Option<String> = None;
+    let mut window = Duration::from_secs(2);
     loop {
-        let view = client.wait(id, Duration::from_secs(60)).await?;
+        let view = client.wait(id, window).await?;
         if view.job.outcome().is_some() {
             return Ok(view);
         }
+        let unstarted = matches!(view.job.state.name(), StateName::Queued | StateName::Held);
+        let waiting = view.waiting.filter(|_| unstarted);
+        if waiting.is_some() && waiting != told {
+            eprintln!(
+                "aura: job {id} waits: {}",
+                waiting.as_deref().unwrap_or_default()
+            );
+        }
+        // While it waits to start, look again soon for a changed reason; once it runs, only its end matters.
+        window = Duration::from_secs(if unstarted { 2 } else { 60 });
+        told = waiting;
     }
 }
 

@@ -1029,7 +1029,7 @@ memory_watch_interval = \"20ms\"
             let err = Config::load(Some(Path::new("bad.toml")))
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("invalid memory threshold"), "{err}");
+            assert!(err.contains("invalid threshold"), "{err}");
             jail.create_file(
                 "zero.toml",
                 "[supervisor]\nmemory_watch_interval = \"0s\"\n",

@@ -31,13 +31,31 @@ fn restore_sigpipe() {
     }
 }
 
+/// The error and its causes on one line, as `{:#}` joins them, less a cause its parent's text already
+/// quotes: library errors carry their source in their message (so that a log line of the message alone
+/// keeps it) as well as in `source()`, and `{:#}` would print it twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn main() -> std::process::ExitCode {
     bound_malloc_arenas();
     let args = cli::Args::parse();
     let serve = match cli::serve_config(&args) {
         Ok(serve) => serve,
         Err(e) => {
-            eprintln!("aura: {e:#}");
+            eprintln!("aura: {}", one_line(&e));
             return std::process::ExitCode::from(1);
         }
     };
@@ -63,7 +81,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli::run(args, serve)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("aura: {e:#}");
+            eprintln!("aura: {}", one_line(&e));
             std::process::ExitCode::from(1)
         }
     }

@@ -110,7 +110,10 @@ fn reply(write: Write, answer: Answer) {
                 )),
             });
         }
-        Write::Record { done, .. } | Write::Engine { done, .. } | Write::Setting { done, .. } => {
+        Write::Record { done, .. }
+        | Write::Engine { done, .. }
+        | Write::Setting { done, .. }
+        | Write::Flush { done } => {
             done(result(answer));
         }
     }
@@ -1116,7 +1119,7 @@ async fn body(
                 engine_detail.push(event.detail.as_str());
                 answers[i] = Some(Answer::Done);
             }
-            Write::Setting { .. } => answers[i] = Some(Answer::Done),
+            Write::Setting { .. } | Write::Flush { .. } => answers[i] = Some(Answer::Done),
         }
     }
 

@@ -155,6 +155,29 @@ async fn list_filters_and_pages() {
         second.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(),
         vec![queued[2], queued[1]]
     );
+    // The client pages through the rest itself, in the query's order, from its cursor on.
+    let rest = client
+        .list_all(&aura_client::ListQuery {
+            after: second.next_after,
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|j| j.job.id).collect::<Vec<_>>(),
+        vec![queued[0]]
+    );
+    let oldest_first = client
+        .list_all(&aura_client::ListQuery {
+            oldest_first: true,
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        oldest_first.iter().map(|j| j.job.id).collect::<Vec<_>>(),
+        queued
+    );
     client.cancel(blocker).await.unwrap();
     for id in queued {
         assert!(outcome(&wait_done(&client, id).await).is_success());

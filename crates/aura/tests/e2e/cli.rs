@@ -139,6 +139,51 @@ fn submit_wait_exits_with_the_job_code_and_jobs_show_it() {
     assert_eq!(String::from_utf8_lossy(&logs.stderr), "err\n");
 }
 
+/// `aura submit --wait` on a job that cannot start yet says why on stderr while it waits, and exits with
+/// the job's code once it ran.
+#[test]
+fn submit_wait_says_why_the_job_waits() {
+    let daemon = Daemon::start(&[]);
+    assert!(daemon.cli(&["drain"]).status.success());
+    let mut child = daemon
+        .cli_command(&["submit", "--wait", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run aura");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    if line.is_err() {
+        let _ = child.kill();
+    }
+    let line = line.expect("nothing on stderr while the job waited");
+    assert!(
+        line.starts_with("aura: job 1 waits: ") && line.contains("drained"),
+        "{line}"
+    );
+    assert!(daemon.cli(&["undrain"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("submit --wait did not end after the undrain");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let daemon = Daemon::start(&[]);

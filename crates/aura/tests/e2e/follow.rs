@@ -1,24 +1,14 @@
 //! The CLI over event streams: `aura submit --follow` of a real encode, `aura submit --from` a JSON-lines
 //! pipeline then `aura wait` on it, and a bad batch refused before anything is sent.
 
+use super::media::have_ffmpeg;
 use super::*;
-
-fn have_ffmpeg() -> bool {
-    let found = Command::new("ffmpeg").arg("-version").output().is_ok();
-    if !found {
-        eprintln!("skipping: ffmpeg is not installed (cargo xtask test installs it)");
-    }
-    found
-}
 
 /// The CLI with `stdin` fed to it.
 fn cli_with_stdin(daemon: &Daemon, args: &[&str], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(AURA)
-        .args(args)
-        .env("AURA_SERVER", &daemon.url)
-        .env("AURA_RUNTIME_DIR", daemon.runtime_dir())
-        .env_remove("AURA_TOKEN")
+    let mut child = daemon
+        .cli_command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -140,13 +140,17 @@ impl Daemon {
 
     /// The CLI as a user runs it: it finds the token through the daemon's runtime file.
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(AURA)
-            .args(args)
+        self.cli_command(args).output().expect("run aura")
+    }
+
+    /// `cli`, not started yet (for a test that talks to it or watches it while it runs).
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(AURA);
+        cmd.args(args)
             .env("AURA_SERVER", &self.url)
             .env("AURA_RUNTIME_DIR", self.runtime_dir())
-            .env_remove("AURA_TOKEN")
-            .output()
-            .expect("run aura")
+            .env_remove("AURA_TOKEN");
+        cmd
     }
 
     fn signal(&self, signal: rustix::process::Signal) {
@@ -222,26 +226,13 @@ fn spec(program: &str, args: &[&str]) -> JobSpec {
     JobSpec::new(program, args.iter().copied())
 }
 
-/// Every job the daemon lists (in fleet mode: the fleet's), oldest first, page by page.
+/// Every job the daemon lists (in fleet mode: the fleet's), oldest first.
 async fn all_jobs(client: &Client) -> Vec<JobView> {
-    let mut jobs = Vec::new();
-    let mut after = None;
-    loop {
-        let page = client
-            .list(&aura_client::ListQuery {
-                limit: Some(1000),
-                after,
-                oldest_first: true,
-                ..Default::default()
-            })
-            .await
-            .expect("list");
-        jobs.extend(page.jobs);
-        match page.next_after {
-            Some(next) => after = Some(next),
-            None => return jobs,
-        }
-    }
+    let oldest_first = aura_client::ListQuery {
+        oldest_first: true,
+        ..Default::default()
+    };
+    client.list_all(&oldest_first).await.expect("list")
 }
 
 /// Submits and returns the new job's id.
