@@ -378,8 +378,9 @@ async fn debug_output_shows_the_counters(db: Db) {
 
 both!(debug_output_shows_the_counters);
 
-/// Only writes nobody waits for may be held for the group window: an insert, a `Now` write and a close
-/// commit at once however long the window is.
+/// Only writes nobody waits for may be held for the group window: an insert, a `Now` write, a flush and
+/// a close commit at once however long the window is; a flush (which writes nothing itself) is answered
+/// once what was queued before it is committed.
 async fn writes_someone_waits_for_never_wait_for_the_group_window(db: Db) {
     let t = TestStore::open_with(
         db,
@@ -407,50 +408,24 @@ async fn writes_someone_waits_for_never_wait_for_the_group_window(db: Db) {
         .expect("answered")
         .expect("committed");
     let soon = record_then(&store, &job, &[note("soon", 3)], Commit::Soon).await;
-    promptly("close", store.close()).await.expect("close");
-    soon.await
-        .expect("answered")
-        .expect("committed by the close");
-    let store = t.reopen().await;
-    assert_eq!(store.events(job.id).await.expect("events").len(), 4);
-    store.close().await.expect("close");
-}
-
-both!(writes_someone_waits_for_never_wait_for_the_group_window);
-
-/// A flush writes nothing itself and ends the group window: once it is answered, the writes queued
-/// before it are committed and readable.
-async fn a_flush_commits_what_was_queued_before_it(db: Db) {
-    let t = TestStore::open_with(
-        db,
-        StoreOptions {
-            group_window: FOREVER,
-            ..StoreOptions::default()
-        },
-    )
-    .await;
-    let store = t.store.clone();
-    let mut job = promptly(
-        "an insert",
-        store.insert_job(spec("ffmpeg", 0), at(0), None, None),
-    )
-    .await
-    .expect("insert");
-    job.apply(Event::Started { run: run_info(1) })
-        .expect("start");
-    let soon = record_then(&store, &job, &[note("started", 1)], Commit::Soon).await;
     promptly("a flush", committed(store.flush().await))
         .await
         .expect("flushed");
     soon.await
         .expect("answered")
         .expect("committed before the flush");
-    assert_eq!(store.events(job.id).await.expect("events").len(), 2);
-    assert_eq!(store.get(job.id).await.expect("get"), Some(job));
+    assert_eq!(store.events(job.id).await.expect("events").len(), 4);
+    let last = record_then(&store, &job, &[note("last", 4)], Commit::Soon).await;
+    promptly("close", store.close()).await.expect("close");
+    last.await
+        .expect("answered")
+        .expect("committed by the close");
+    let store = t.reopen().await;
+    assert_eq!(store.events(job.id).await.expect("events").len(), 5);
     store.close().await.expect("close");
 }
 
-both!(a_flush_commits_what_was_queued_before_it);
+both!(writes_someone_waits_for_never_wait_for_the_group_window);
 
 /// A write someone waits for that was queued behind a `Soon` write while the writer was busy is found
 /// when the writer comes back, and ends the window for both.

@@ -280,35 +280,7 @@ async fn a_tripped_memory_guard_pauses_admission_and_says_why() {
         ("AURA_GUARDS__INTERVAL", "100ms"),
     ]);
     let client = daemon.client();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let utilization = loop {
-        let u = client.utilization().await.unwrap();
-        if u.admission_paused {
-            break u;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guard never paused admission: {u:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        utilization
-            .paused_reason
-            .as_deref()
-            .unwrap()
-            .starts_with("available memory"),
-        "{utilization:?}"
-    );
-    let id = submit(&client, &spec("true", &[])).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let view = client.get(id).await.unwrap();
-    assert_eq!(view.job.state.name(), aura_model::StateName::Queued);
-    let waiting = view.waiting.unwrap_or_default();
-    assert!(
-        waiting.starts_with("admission paused: available memory"),
-        "{waiting}"
-    );
+    let (utilization, id) = paused_admission_holds_a_job(&client, "available memory").await;
     let status = stdout(&daemon.cli(&["status"]));
     assert!(
         status.contains("admission:      paused: available memory"),

@@ -173,31 +173,9 @@ async fn a_nearly_full_data_volume_pauses_admission_until_space_returns() {
     let size = free - total * 6 / 100;
     rustix::fs::fallocate(&filler, rustix::fs::FallocateFlags::empty(), 0, size)
         .expect("fill the volume");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let reason = loop {
-        let u = client.utilization().await.unwrap();
-        if u.admission_paused {
-            break u.paused_reason.unwrap_or_default();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the disk guard never paused admission: {u:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(
-        reason.starts_with("data volume free space") && reason.contains("pauses below 10 %"),
-        "{reason}"
-    );
-    let id = submit(&client, &spec("true", &[])).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let view = client.get(id).await.unwrap();
-    assert_eq!(view.job.state.name(), aura_model::StateName::Queued);
-    let waiting = view.waiting.unwrap_or_default();
-    assert!(
-        waiting.starts_with("admission paused: data volume free space"),
-        "{waiting}"
-    );
+    let (utilization, id) = paused_admission_holds_a_job(&client, "data volume free space").await;
+    let reason = utilization.paused_reason.unwrap_or_default();
+    assert!(reason.contains("pauses below 10 %"), "{reason}");
 
     drop(filler);
     std::fs::remove_file(volume.path.join("filler")).unwrap();

@@ -226,6 +226,35 @@ fn spec(program: &str, args: &[&str]) -> JobSpec {
     JobSpec::new(program, args.iter().copied())
 }
 
+/// Waits (up to 10 s) until a guard has paused admission for a reason starting with `reason`; a job then
+/// submitted stays queued, saying so. Returns the utilization that showed the pause, and the job.
+async fn paused_admission_holds_a_job(
+    client: &Client,
+    reason: &str,
+) -> (aura_model::Utilization, JobId) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let utilization = loop {
+        let u = client.utilization().await.expect("utilization");
+        if u.admission_paused {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "admission never paused: {u:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let said = utilization.paused_reason.as_deref().unwrap_or_default();
+    assert!(said.starts_with(reason), "{utilization:?}");
+    let id = submit(client, &spec("true", &[])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = client.get(id).await.expect("get");
+    assert_eq!(view.job.state.name(), aura_model::StateName::Queued);
+    let waiting = view.waiting.unwrap_or_default();
+    assert!(
+        waiting.starts_with(&format!("admission paused: {reason}")),
+        "{waiting}"
+    );
+    (utilization, id)
+}
+
 /// Every job the daemon lists (in fleet mode: the fleet's), oldest first.
 async fn all_jobs(client: &Client) -> Vec<JobView> {
     let oldest_first = aura_client::ListQuery {
