@@ -86,3 +86,41 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// An error that quotes its source in its message and also returns it from `source()`, as the
+    /// library crates' errors do.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot open job database aura.db: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let quoting = anyhow::Error::new(Quoting(std::io::Error::other("file is not a database")))
+            .context("store")
+            .context("cannot start the engine");
+        assert_eq!(
+            one_line(&quoting),
+            "cannot start the engine: store: cannot open job database aura.db: file is not a database"
+        );
+        let plain = anyhow::anyhow!("connection refused").context("cannot reach the daemon");
+        assert_eq!(
+            one_line(&plain),
+            "cannot reach the daemon: connection refused"
+        );
+    }
+}
