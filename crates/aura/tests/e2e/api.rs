@@ -130,6 +130,8 @@ async fn list_filters_and_pages() {
     let daemon = Daemon::start(&[("AURA_MAX_CONCURRENT", "1")]);
     let client = daemon.client();
     let blocker = submit(&client, &spec("sleep", &["30"])).await;
+    // Running, so that only the five below are queued (a guard may hold it back a moment on a busy machine).
+    wait_running(&client, blocker, 1).await;
     let mut queued = Vec::new();
     for _ in 0..5 {
         queued.push(submit(&client, &spec("true", &[])).await);

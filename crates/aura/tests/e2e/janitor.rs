@@ -462,6 +462,9 @@ async fn a_full_volume_runs_the_janitor_early_and_work_resumes() {
         &[
             ("AURA_JANITOR__LOW_FREE_DISK", "0.5"),
             ("AURA_JANITOR__CHECK_EVERY", "200ms"),
+            // The volume is low while the filler is still being written (not old yet, so kept): an
+            // early run then must come again soon, not after the default 10 minutes.
+            ("AURA_JANITOR__EARLY_EVERY", "1s"),
             ("AURA_METRICS__INTERVAL", "100ms"),
             ("AURA_GUARDS__INTERVAL", "100ms"),
         ],
