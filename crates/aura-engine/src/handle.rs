@@ -1216,11 +1216,8 @@ impl EngineHandle {
                 // The writes still queued (the last jobs' requeues and ends) are committed first: a
                 // node marked `left` with a job still recorded running would have it rescued, and its
                 // own write of that job fenced.
-                let flushed = match self.shared.store.flush().await {
-                    Ok(pending) => pending.await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = flushed {
+                let flushed = async { self.shared.store.flush().await?.await };
+                if let Err(e) = flushed.await {
                     tracing::warn!(error = %e, "cannot flush this node's writes before leaving the fleet");
                 }
                 // What this node claimed and did not run goes back to the fleet's queue at once.

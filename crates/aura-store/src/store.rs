@@ -112,6 +112,18 @@ pub struct StoreStats {
 #[derive(Debug)]
 pub struct Pending(oneshot::Receiver<Result<(), StoreError>>);
 
+impl Pending {
+    /// The `Done` a queued write calls once committed (or failed), and the `Pending` that resolves with
+    /// it. A caller that stopped waiting (dropped its `Pending`) does not care about the answer.
+    fn answered_by() -> (Done, Pending) {
+        let (reply, answer) = oneshot::channel();
+        let done: Done = Box::new(move |result| {
+            let _ = reply.send(result);
+        });
+        (done, Pending(answer))
+    }
+}
+
 impl Future for Pending {
     type Output = Result<(), StoreError>;
 
@@ -516,14 +528,10 @@ impl Store {
         events: &[NewEvent],
         spec: Option<SpecRow>,
     ) -> Result<Pending, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        // A caller that stopped waiting (dropped its `Pending`) does not care about the answer.
-        let answer_it = move |result| {
-            let _ = reply.send(result);
-        };
-        self.queue_record(job, events, spec, Commit::Now, Box::new(answer_it))
+        let (done, pending) = Pending::answered_by();
+        self.queue_record(job, events, spec, Commit::Now, done)
             .await?;
-        Ok(Pending(answer))
+        Ok(pending)
     }
 
     /// Like `record`, but resolves as soon as the write is queued; `then` runs on the writer thread once
@@ -577,29 +585,23 @@ impl Store {
     /// committed. Like a state change, it is kept and committed later while the volume refuses writes,
     /// and the `Pending` resolves only then.
     pub async fn set_setting(&self, key: &str, value: Option<&str>) -> Result<Pending, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let done: Done = Box::new(move |result| {
-            let _ = reply.send(result);
-        });
+        let (done, pending) = Pending::answered_by();
         self.send(Command::Write(Box::new(Write::Setting {
             key: key.to_owned(),
             value: value.map(str::to_owned),
             done,
         })))
         .await?;
-        Ok(Pending(answer))
+        Ok(pending)
     }
 
     /// Resolves once queued, the `Pending` once every write queued before it is committed (kept writes
     /// included: while the volume refuses writes, only when they are).
     pub async fn flush(&self) -> Result<Pending, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let done: Done = Box::new(move |result| {
-            let _ = reply.send(result);
-        });
+        let (done, pending) = Pending::answered_by();
         self.send(Command::Write(Box::new(Write::Flush { done })))
             .await?;
-        Ok(Pending(answer))
+        Ok(pending)
     }
 
     /// Appends an entry to the engine's own event log (decisions that belong to no single job); resolves

@@ -1100,11 +1100,8 @@ async fn wait_for(client: &Client, id: JobId) -> anyhow::Result<JobView> {
         }
         let unstarted = matches!(view.job.state.name(), StateName::Queued | StateName::Held);
         let waiting = view.waiting.filter(|_| unstarted);
-        if waiting.is_some() && waiting != told {
-            eprintln!(
-                "aura: job {id} waits: {}",
-                waiting.as_deref().unwrap_or_default()
-            );
+        if let Some(reason) = waiting.as_ref().filter(|_| waiting != told) {
+            eprintln!("aura: job {id} waits: {reason}");
         }
         // While it waits to start, look again soon for a changed reason; once it runs, only its end matters.
         window = Duration::from_secs(if unstarted { 2 } else { 60 });
